@@ -1,0 +1,75 @@
+"""Five-point similarity alignment to the ArcFace template, and crop helpers."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+# insightface's arcface_dst: eye centres, nose tip and mouth corners in a 112x112 crop.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+
+
+def template_for(size: int) -> NDArray[np.float64]:
+    """The template scaled to a square crop of ``size`` (as insightface's ``estimate_norm``)."""
+    if size % 112 == 0:
+        return ARCFACE_TEMPLATE * (size / 112.0)
+    ratio = size / 128.0
+    dst = ARCFACE_TEMPLATE * ratio
+    dst[:, 0] += 8.0 * ratio
+    return dst
+
+
+def similarity_transform(src: NDArray[np.floating], dst: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Least-squares similarity (Umeyama 1991) mapping ``src`` (n, 2) onto ``dst``; a 2x3 matrix."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    cov = dst_c.T @ src_c / len(src)
+    u, s, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(cov) < 0:
+        d[1] = -1
+    rotation = u @ np.diag(d) @ vt
+    var = (src_c**2).sum() / len(src)
+    scale = (s * d).sum() / var if var > 0 else 1.0
+    matrix = np.zeros((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - scale * rotation @ src_mean
+    return matrix
+
+
+def align(image: NDArray[np.uint8], kps: NDArray[np.floating], size: int = 112) -> NDArray[np.uint8]:
+    """The face with landmarks ``kps`` (5, 2) warped onto the template in a ``size`` crop."""
+    matrix = similarity_transform(kps, template_for(size))
+    return cv2.warpAffine(image, matrix, (size, size), borderValue=0.0)
+
+
+def centre_crop(image: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
+    """The central square of ``image`` resized to ``size``: the fallback for undetected crops.
+
+    Video face crops are roughly centred on the face, so this is the best guess
+    at an aligned face when the detector finds nothing.
+    """
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = image[top : top + side, left : left + side]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(square, (size, size), interpolation=interp)
+
+
+def pad(image: NDArray[np.uint8], ratio: float) -> tuple[NDArray[np.uint8], int]:
+    """Add a black border of ``ratio`` x the longer side; returns the image and the border width.
+
+    A face that fills its frame has no context left for the detector's anchors; a
+    border makes it look like the faces the detector was trained on.
+    """
+    border = int(round(max(image.shape[:2]) * ratio))
+    if border <= 0:
+        return image, 0
+    return cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_CONSTANT, value=0), border

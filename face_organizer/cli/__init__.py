@@ -1,0 +1,1 @@
+"""Command-line front ends. Only this layer reads ``sys.argv`` and the environment."""

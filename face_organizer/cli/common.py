@@ -1,0 +1,92 @@
+"""What every command shares: logging, the error boundary, environment settings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import FaceOrganizerError, SetupError
+from ..modelpack import DEFAULT_PACK, MODEL_ROOT_ENV, default_model_root
+
+EXIT_INTERRUPTED = 130
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    if verbose < 2:
+        logging.getLogger("PIL").setLevel(logging.WARNING)
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a command, turning domain errors into ``Error: …`` and an exit code."""
+    try:
+        return main(argv)
+    except FaceOrganizerError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted: progress so far is checkpointed; re-run the same command to continue.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 1
+
+
+def parser(prog: str, description: str, examples: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_logging_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr, no progress bar")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_PACK, help=f"model pack name or folder (default: {DEFAULT_PACK})")
+    p.add_argument("--model-root", default=None,
+                   help=f"folder holding model packs (default: ${MODEL_ROOT_ENV}, else {default_model_root()})")
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: GPU if it really works, else CPU with a warning; cuda: fail unless the GPU is used")
+    p.add_argument("--tensorrt", action="store_true", help="try ONNX Runtime's TensorRT provider before CUDA")
+
+
+def model_root(arg: str | None) -> Path | None:
+    value = arg or os.environ.get(MODEL_ROOT_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def gpu_id_from_env() -> int:
+    raw = os.environ.get("GPU_ID", "0").strip() or "0"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SetupError(f"GPU_ID must be a GPU number such as 0 or 1, got {raw!r}") from None
+    if value < 0:
+        raise SetupError(f"GPU_ID must be 0 or more, got {value}")
+    return value
+
+
+def positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
+def non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number

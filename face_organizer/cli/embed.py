@@ -1,0 +1,74 @@
+"""generate_embeddings: face images -> one embeddings file per process/GPU."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import embed_run, images
+from ..errors import SetupError
+from ..faces import EmbedOptions, load_face_models
+from ..fsutil import check_writable_dir
+from ..modelpack import resolve_pack
+from . import common
+
+EXAMPLES = """\
+  GPU_ID=0 python scripts/generate_embeddings.py --input /workspace/input/2017 /workspace/input/2008 \\
+      --output /workspace/embeddings_gpu0.pkl --workers 8
+  python scripts/generate_embeddings.py --input ~/Pictures --output photos.pkl --mode photos --device cpu
+  # interrupted or new images added? run the same command again: only what is missing is embedded
+"""
+
+
+def build_parser():
+    p = common.parser("generate_embeddings.py", "Compute ArcFace embeddings for face images (InsightFace model packs, "
+                      "ONNX Runtime on the GPU selected by $GPU_ID, or the CPU).", EXAMPLES)
+    p.add_argument("--input", nargs="+", required=True, metavar="DIR", help="folders (searched recursively) or image files")
+    p.add_argument("--output", required=True, metavar="FILE.pkl", help="embeddings file to write (resumed if it exists)")
+    p.add_argument("--workers", type=common.non_negative, default=min(8, os.cpu_count() or 1),
+                   help="image-decoding processes; 0 decodes in the main process (default: CPUs, at most 8)")
+    p.add_argument("--batch-size", type=common.positive, default=64, help="faces per recogniser batch (default: 64)")
+    p.add_argument("--mode", choices=("crops", "photos"), default="crops",
+                   help="crops: one face per image (default); photos: every face in each image")
+    common.add_model_args(p)
+    common.add_device_args(p)
+    p.add_argument("--resume", dest="resume", action="store_true", default=True,
+                   help="continue an interrupted or earlier run into the same --output (the default)")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing --output and start over")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0, help="seconds between checkpoints (default: 60)")
+    p.add_argument("--threads", type=common.non_negative, default=0, help="ONNX Runtime threads on the CPU (default: all cores)")
+    common.add_logging_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.setup_logging(args.verbose, args.quiet)
+    gpu_id = common.gpu_id_from_env()
+    try:
+        paths = images.discover_images(args.input)
+    except FileNotFoundError as err:
+        raise SetupError(str(err)) from None
+    if not paths:
+        raise SetupError(f"no images (jpg, jpeg, png, webp, bmp, tif) found under {', '.join(args.input)}")
+    output = os.path.abspath(args.output)
+    if os.path.isdir(output):
+        raise SetupError(f"--output {output} is a folder; give a file name such as embeddings_gpu{gpu_id}.pkl")
+    try:
+        check_writable_dir(os.path.dirname(output))
+    except OSError as err:
+        raise SetupError(f"cannot write to {os.path.dirname(output)}: {err.strerror or err}") from None
+    pack = resolve_pack(args.model, common.model_root(args.model_root))
+    models = load_face_models(pack, args.device, gpu_id, batch_size=args.batch_size, threads=args.threads,
+                              tensorrt=args.tensorrt)
+    summary = embed_run.run_embeddings(
+        paths, output, models, EmbedOptions(mode=args.mode), inputs=args.input, batch_size=args.batch_size,
+        workers=args.workers, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet,
+    )
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cli() -> None:
+    sys.exit(common.run(main))

@@ -1,0 +1,286 @@
+"""A resumable embedding run over many images: decode in workers, embed in batches,
+checkpoint atomically, and finish with one sorted embeddings file.
+
+Checkpoints are parts beside the output (``OUTPUT.parts/part-NNNNNN.pkl``), each
+holding only the rows since the previous one, so a checkpoint costs the same at
+image 10 as at image 500,000. Re-running the same command reads the output and
+the parts and embeds only what is not in them yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from . import embfile, images
+from .embfile import EmbeddingsFile
+from .errors import EmbeddingsFileError, SetupError
+from .faces import EmbedOptions, FaceModels, FaceRows, embed_batch
+
+log = logging.getLogger(__name__)
+
+
+def parts_dir(output: str | os.PathLike[str]) -> Path:
+    return Path(os.fspath(output) + ".parts")
+
+
+@dataclass
+class RunSummary:
+    output: str
+    device: str
+    total_images: int = 0
+    already_done: int = 0
+    embedded: int = 0
+    faces: int = 0
+    fallback: int = 0
+    no_face: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    rows_in_file: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.embedded + self.no_face + sum(self.skipped.values())
+
+    @property
+    def rate(self) -> float:
+        return self.processed / self.elapsed if self.elapsed > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"embeddings file: {self.output} ({self.rows_in_file:,} faces)",
+            f"images found: {self.total_images:,}; already embedded: {self.already_done:,}",
+            f"embedded now: {self.embedded:,} images, {self.faces:,} faces; "
+            f"fallback (no face found, centre crop used): {self.fallback:,}",
+        ]
+        if self.no_face:
+            out.append(f"photos without a face: {self.no_face:,}")
+        skipped = sum(self.skipped.values())
+        out.append(f"skipped: {skipped:,}" + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + ")" if skipped else ""))
+        out.append(f"elapsed: {self.elapsed:.1f} s, {self.rate:.1f} images/s, device: {self.device}")
+        return out
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # the pool already uses every core; nested threads only contend
+
+
+def iter_loaded(paths: Sequence[str], workers: int, chunk: int = 16) -> Iterator[images.Loaded]:
+    """Decoded images in input order; ``workers`` processes decode ahead, bounded in memory."""
+    if workers <= 0:
+        for path in paths:
+            yield images.load(path)
+        return
+    chunks = (list(paths[i : i + chunk]) for i in range(0, len(paths), chunk))
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_worker_init) as pool:
+        pending: deque[Any] = deque()
+        for part in chunks:
+            pending.append(pool.apply_async(images.load_many, (part,)))
+            if len(pending) >= workers * 4:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+@dataclass
+class _State:
+    """What is already embedded: the finished output plus checkpoint parts."""
+
+    rows: list[FaceRows] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    no_face: set[str] = field(default_factory=set)
+    meta: dict[str, Any] | None = None
+    parts: int = 0
+
+    def done(self) -> set[str]:
+        return {p for r in self.rows for p in r.paths} | self.no_face
+
+    def add(self, ef: EmbeddingsFile) -> None:
+        self.rows.append(ef.rows)
+        self.failed.update(dict(ef.failed))
+        self.no_face.update(ef.no_face)
+        self.meta = self.meta or ef.meta
+
+
+def _check_compatible(meta: dict[str, Any], models: FaceModels, mode: str, where: str) -> None:
+    theirs = (meta.get("model_files", {}).get("recognition"), meta.get("embedding_size"), meta.get("mode", "crops"))
+    ours = (models.pack.recognizer.name, models.dim, mode)
+    if theirs != ours:
+        raise SetupError(
+            f"{where} was made with {theirs[0]} ({theirs[1]}-d, {theirs[2]} mode), this run uses {ours[0]} "
+            f"({ours[1]}-d, {ours[2]} mode): choose another --output, or pass --no-resume to replace it"
+        )
+
+
+def _load_state(output: Path, models: FaceModels, mode: str) -> _State:
+    state = _State()
+    if output.exists():
+        ef = embfile.load(output)
+        _check_compatible(ef.meta, models, mode, str(output))
+        state.add(ef)
+    for part in sorted(parts_dir(output).glob("part-*.pkl")):
+        try:
+            ef = embfile.load(part)
+        except EmbeddingsFileError as err:
+            log.warning("ignoring unreadable checkpoint %s: %s", part, err)
+            continue
+        _check_compatible(ef.meta, models, mode, str(part))
+        state.add(ef)
+        state.parts = max(state.parts, int(part.stem.split("-")[1]))
+    return state
+
+
+def _sorted_rows(rows: FaceRows) -> FaceRows:
+    order = sorted(range(len(rows)), key=lambda i: (rows.paths[i], int(rows.face_index[i])))
+    return rows.select(np.asarray(order, dtype=np.intp))
+
+
+class _Recorder:
+    """Collects results, writes checkpoint parts and the final file."""
+
+    def __init__(self, output: Path, state: _State, meta: dict[str, Any], dim: int, checkpoint_seconds: float):
+        self.output, self.state, self.meta, self.dim = output, state, meta, dim
+        self.checkpoint_seconds = checkpoint_seconds
+        self.new_rows: list[FaceRows] = []
+        self.new_failed: dict[str, str] = {}
+        self.new_no_face: list[str] = []
+        self.pending: list[FaceRows] = []
+        self.pending_failed: list[tuple[str, str]] = []
+        self.pending_no_face: list[str] = []
+        self.last_checkpoint = time.monotonic()
+
+    def rows(self, rows: FaceRows, no_face: list[str]) -> None:
+        self.new_rows.append(rows)
+        self.pending.append(rows)
+        self.new_no_face.extend(no_face)
+        self.pending_no_face.extend(no_face)
+
+    def fail(self, path: str, reason: str) -> None:
+        self.new_failed[path] = reason
+        self.pending_failed.append((path, reason))
+
+    def maybe_checkpoint(self) -> None:
+        if time.monotonic() - self.last_checkpoint >= self.checkpoint_seconds:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        if not (self.pending or self.pending_failed or self.pending_no_face):
+            return
+        self.state.parts += 1
+        part = parts_dir(self.output) / f"part-{self.state.parts:06d}.pkl"
+        meta = dict(self.meta, complete=False)
+        ef = EmbeddingsFile(FaceRows.concat(self.pending, self.dim), self.pending_failed, self.pending_no_face, meta)
+        embfile.save(part, ef)
+        self.pending, self.pending_failed, self.pending_no_face = [], [], []
+        self.last_checkpoint = time.monotonic()
+
+    def finish(self, attempted: set[str]) -> int:
+        rows = _sorted_rows(FaceRows.concat(self.state.rows + self.new_rows, self.dim))
+        embedded = set(rows.paths)
+        failed = {p: r for p, r in self.state.failed.items() if p not in attempted}
+        failed.update(self.new_failed)
+        failed = {p: r for p, r in failed.items() if p not in embedded}
+        no_face = sorted(self.state.no_face | set(self.new_no_face))
+        old_inputs = (self.state.meta or {}).get("inputs", [])
+        meta = dict(self.meta, complete=True, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
+        embfile.save(self.output, EmbeddingsFile(rows, sorted(failed.items()), no_face, meta))
+        shutil.rmtree(parts_dir(self.output), ignore_errors=True)
+        return len(rows)
+
+
+def _embed_isolating(batch: list[tuple[str, np.ndarray]], models: FaceModels, options: EmbedOptions,
+                     recorder: _Recorder, summary: RunSummary) -> None:
+    """Embed a batch; if it fails, retry image by image so one bad image costs only itself."""
+    try:
+        results = [(batch, embed_batch(batch, models, options))]
+    except Exception:  # noqa: BLE001 - isolate the image that broke the batch
+        results = []
+        for item in batch:
+            try:
+                results.append(([item], embed_batch([item], models, options)))
+            except Exception as err:  # noqa: BLE001
+                reason = f"embedding failed: {type(err).__name__}"
+                recorder.fail(item[0], reason)
+                summary.skipped[reason] += 1
+    for items, result in results:
+        recorder.rows(result.rows, result.no_face)
+        summary.embedded += len(items) - len(result.no_face)
+        summary.faces += len(result.rows)
+        summary.no_face += len(result.no_face)
+        summary.fallback += int((~result.rows.detected).sum())
+
+
+def run_embeddings(
+    paths: Sequence[str],
+    output: str | os.PathLike[str],
+    models: FaceModels,
+    options: EmbedOptions = EmbedOptions(),
+    *,
+    inputs: Sequence[str] = (),
+    batch_size: int = 64,
+    workers: int = 0,
+    resume: bool = True,
+    checkpoint_seconds: float = 60.0,
+    progress: bool = True,
+) -> RunSummary:
+    """Embed ``paths`` into ``output``, continuing from an earlier run when ``resume``."""
+    started = time.monotonic()
+    out = Path(output).absolute()
+    if resume:
+        state = _load_state(out, models, options.mode)
+    else:
+        shutil.rmtree(parts_dir(out), ignore_errors=True)
+        state = _State()
+    done = state.done()
+    todo = [p for p in paths if p not in done]
+    summary = RunSummary(output=str(out), device=models.device, total_images=len(paths), already_done=len(paths) - len(todo))
+    if summary.already_done:
+        log.info("resuming: %d of %d images already embedded", summary.already_done, len(paths))
+    meta = embfile.make_meta(pack_name=models.pack.name, model_files=models.pack.file_names(), dim=models.dim,
+                             device=models.device, inputs=[os.path.abspath(i) for i in inputs], mode=options.mode,
+                             complete=False, sessions=[r.describe() for r in models.reports])
+    recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds)
+    bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    batch: list[tuple[str, np.ndarray]] = []
+    try:
+        for loaded in iter_loaded(todo, workers):
+            if loaded.image is None:
+                reason = loaded.reason or "unreadable"
+                recorder.fail(loaded.path, reason)
+                summary.skipped[reason] += 1
+                log.debug("skipped %s: %s", loaded.path, reason)
+                bar.update(1)
+            else:
+                batch.append((loaded.path, loaded.image))
+            if len(batch) >= batch_size:
+                _embed_isolating(batch, models, options, recorder, summary)
+                bar.update(len(batch))
+                bar.set_postfix(fallback=summary.fallback, skipped=sum(summary.skipped.values()), refresh=False)
+                batch = []
+                recorder.maybe_checkpoint()
+        if batch:
+            _embed_isolating(batch, models, options, recorder, summary)
+            bar.update(len(batch))
+    except BaseException:
+        recorder.checkpoint()
+        raise
+    finally:
+        bar.close()
+    summary.rows_in_file = recorder.finish(set(todo))
+    summary.elapsed = time.monotonic() - started
+    return summary

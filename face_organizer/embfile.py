@@ -1,0 +1,188 @@
+"""The embeddings file: a pickle of a plain dict that users' scripts can ``pickle.load``.
+
+Keys: ``paths`` (list of absolute path strings), ``embeddings`` (float32 [N, D],
+L2-normalised), ``detected`` (bool [N]), ``det_score`` (float32 [N]), ``bbox``
+(float32 [N, 4]), ``face_index`` (int32 [N]), ``failed`` (list of (path, reason)),
+``no_face`` (list of paths, photos mode) and ``meta`` (dict).
+
+Our own stages read it with ``load``, whose unpickler resolves only numpy's array
+constructors: a pickle that would import anything else is refused unexecuted.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from .errors import EmbeddingsFileError, UnsafePickleError
+from .faces import FaceRows
+from .fsutil import atomic_write_bytes
+
+FORMAT_VERSION = 1
+PICKLE_PROTOCOL = 4
+
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"refusing to load {module}.{name}: embeddings files hold only plain data and numpy arrays")
+
+
+def safe_loads(data: bytes) -> Any:
+    return _RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+@dataclass
+class EmbeddingsFile:
+    rows: FaceRows
+    failed: list[tuple[str, str]]
+    no_face: list[str]
+    meta: dict[str, Any]
+
+    @property
+    def dim(self) -> int:
+        return int(self.rows.embeddings.shape[1])
+
+
+def make_meta(*, pack_name: str, model_files: dict[str, str], dim: int, device: str, inputs: list[str],
+              mode: str, complete: bool = True, **extra: Any) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_pack": pack_name,
+        "model_files": dict(model_files),
+        "embedding_size": int(dim),
+        "device": device,
+        "inputs": list(inputs),
+        "mode": mode,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": complete,
+        **extra,
+    }
+
+
+def to_dict(ef: EmbeddingsFile) -> dict[str, Any]:
+    r = ef.rows
+    return {
+        "paths": list(r.paths),
+        "embeddings": np.ascontiguousarray(r.embeddings, dtype=np.float32),
+        "detected": r.detected.astype(bool),
+        "det_score": r.det_score.astype(np.float32),
+        "bbox": r.bbox.astype(np.float32),
+        "face_index": r.face_index.astype(np.int32),
+        "failed": [(str(p), str(reason)) for p, reason in ef.failed],
+        "no_face": list(ef.no_face),
+        "meta": dict(ef.meta),
+    }
+
+
+def save(path: str | os.PathLike[str], ef: EmbeddingsFile) -> None:
+    """Write atomically: the previous file stays intact until the new one is complete."""
+    atomic_write_bytes(path, pickle.dumps(to_dict(ef), protocol=PICKLE_PROTOCOL))
+
+
+def _array(d: dict[str, Any], key: str, dtype: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    value = d.get(key)
+    if not isinstance(value, np.ndarray):
+        raise EmbeddingsFileError(f"{where}: '{key}' is missing or not an array")
+    if value.shape[: len(shape)] != shape or value.ndim != len(shape):
+        raise EmbeddingsFileError(f"{where}: '{key}' has shape {value.shape}, expected {shape}")
+    return value.astype(dtype, copy=False)
+
+
+def from_dict(d: Any, where: str = "embeddings file") -> EmbeddingsFile:
+    """Validate a loaded dict and turn it into an ``EmbeddingsFile``."""
+    if not isinstance(d, dict):
+        raise EmbeddingsFileError(f"{where}: not an embeddings file (top level is {type(d).__name__}, not dict)")
+    paths = d.get("paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise EmbeddingsFileError(f"{where}: 'paths' must be a list of strings")
+    emb = d.get("embeddings")
+    if not isinstance(emb, np.ndarray) or emb.ndim != 2 or emb.shape[0] != len(paths):
+        raise EmbeddingsFileError(f"{where}: 'embeddings' must be a float array with one row per path")
+    n, dim = emb.shape
+    meta = d.get("meta")
+    if not isinstance(meta, dict):
+        raise EmbeddingsFileError(f"{where}: 'meta' is missing")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise EmbeddingsFileError(f"{where}: format version {meta.get('format_version')} is newer than this tool reads ({FORMAT_VERSION})")
+    detected = _array(d, "detected", bool, (n,), where) if "detected" in d else np.ones(n, bool)
+    det_score = _array(d, "det_score", np.float32, (n,), where) if "det_score" in d else np.zeros(n, np.float32)
+    bbox = _array(d, "bbox", np.float32, (n, 4), where) if "bbox" in d else np.full((n, 4), np.nan, np.float32)
+    face_index = _array(d, "face_index", np.int32, (n,), where) if "face_index" in d else np.zeros(n, np.int32)
+    failed = [(str(p), str(r)) for p, r in d.get("failed", [])]
+    no_face = [str(p) for p in d.get("no_face", [])]
+    rows = FaceRows(list(paths), emb.astype(np.float32, copy=False), detected, det_score, bbox, face_index)
+    return EmbeddingsFile(rows, failed, no_face, meta)
+
+
+def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
+    """Read and validate an embeddings file without executing anything it contains."""
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}") from err
+    try:
+        obj = safe_loads(data)
+    except UnsafePickleError as err:
+        raise UnsafePickleError(f"{where}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - truncated or garbage pickles raise many types
+        raise EmbeddingsFileError(f"{where}: not a readable embeddings file ({type(err).__name__}: {err})") from None
+    return from_dict(obj, where)
+
+
+def model_signature(meta: dict[str, Any]) -> tuple[Any, ...]:
+    """What must match for embeddings to be comparable: the recogniser and its size."""
+    files = meta.get("model_files") or {}
+    return (files.get("recognition"), meta.get("embedding_size"))
+
+
+def merge(files: list[EmbeddingsFile], names: list[str]) -> EmbeddingsFile:
+    """Combine files of the same model; a (path, face_index) seen twice is kept once.
+
+    Raises ``EmbeddingsFileError`` when files come from different recognisers or sizes.
+    """
+    if not files:
+        raise EmbeddingsFileError("no embeddings files given")
+    first = model_signature(files[0].meta) + (files[0].dim,)
+    for ef, name in zip(files[1:], names[1:]):
+        sig = model_signature(ef.meta) + (ef.dim,)
+        if sig != first:
+            raise EmbeddingsFileError(
+                f"{name} was made with {sig[0]} ({sig[2]}-d) but {names[0]} with {first[0]} ({first[2]}-d): "
+                "embeddings of different models cannot be mixed; re-embed with one model pack"
+            )
+    rows = FaceRows.concat([f.rows for f in files], files[0].dim)
+    seen: set[tuple[str, int]] = set()
+    keep = []
+    for i, (p, fi) in enumerate(zip(rows.paths, rows.face_index.tolist())):
+        if (p, fi) not in seen:
+            seen.add((p, fi))
+            keep.append(i)
+    rows = rows.select(np.asarray(keep, dtype=np.intp))
+    meta = dict(files[0].meta)
+    meta["inputs"] = sorted({i for f in files for i in f.meta.get("inputs", [])})
+    meta["merged_from"] = list(names)
+    embedded = set(rows.paths)
+    failed = list({p: (p, r) for f in files for p, r in f.failed if p not in embedded}.values())
+    no_face = sorted({p for f in files for p in f.no_face})
+    return EmbeddingsFile(rows, failed, no_face, meta)

@@ -1,0 +1,186 @@
+"""Face models of a pack and the per-batch embedding function.
+
+``embed_batch`` is the unit of work every launcher maps over shards: decoded
+images in, embedding rows out, no global state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+
+from .alignment import align, centre_crop, pad
+from .detection import SCRFD, pick_central
+from .modelpack import ModelPack
+from .providers import Device, SessionReport, open_session
+from .recognition import Recognizer, batchable_model
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["crops", "photos"]
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How faces are found. Crops: pad, detect small, keep the central face; photos: every face."""
+
+    mode: Mode = "crops"
+    pad_ratio: float = 0.3
+    crop_det_sizes: tuple[int, ...] = (160, 320)
+    crop_threshold: float = 0.35
+    photo_det_size: int = 640
+    photo_threshold: float = 0.5
+
+
+@dataclass
+class FaceModels:
+    pack: ModelPack
+    detector: SCRFD
+    recognizer: Recognizer
+    reports: list[SessionReport] = field(default_factory=list)
+    batchable: bool = True
+
+    @property
+    def device(self) -> str:
+        return self.reports[-1].device if self.reports else "cpu"
+
+    @property
+    def dim(self) -> int:
+        return self.recognizer.dim
+
+
+def load_face_models(
+    pack: ModelPack,
+    device: Device = "auto",
+    gpu_id: int = 0,
+    *,
+    batch_size: int = 64,
+    threads: int = 0,
+    tensorrt: bool = False,
+) -> FaceModels:
+    """Open verified sessions for the pack's detector and recogniser on ``device``."""
+    det_session, det_report = open_session(str(pack.detector), pack.detector.name, device, gpu_id,
+                                           threads=threads, tensorrt=tensorrt)
+    rec_model = onnx.load(str(pack.recognizer))
+    rec_session, rec_report = open_session(rec_model.SerializeToString(), pack.recognizer.name, device, gpu_id,
+                                           threads=threads, tensorrt=tensorrt)
+
+    def reopen(serialized: bytes) -> object:
+        # Same device as the verified session: a dropped GPU was already reported above.
+        return open_session(serialized, pack.recognizer.name, rec_report.device if rec_report.device != "tensorrt" else "cuda",
+                            gpu_id, threads=threads, quiet=True)[0]
+
+    session, batchable = batchable_model(rec_model, reopen, rec_session)
+    recognizer = Recognizer(session, rec_model, max_batch=batch_size if batchable else 1)
+    log.info("recogniser %s: %d-d embeddings, batch %s", pack.recognizer.name, recognizer.dim,
+             recognizer.max_batch if batchable else "fixed at 1")
+    return FaceModels(pack, SCRFD(det_session), recognizer, [det_report, rec_report], batchable)
+
+
+@dataclass
+class FaceRows:
+    """Embedding rows: one per face. Arrays are aligned with ``paths``."""
+
+    paths: list[str]
+    embeddings: NDArray[np.float32]
+    detected: NDArray[np.bool_]
+    det_score: NDArray[np.float32]
+    bbox: NDArray[np.float32]
+    face_index: NDArray[np.int32]
+
+    @classmethod
+    def empty(cls, dim: int) -> FaceRows:
+        return cls([], np.zeros((0, dim), np.float32), np.zeros(0, bool), np.zeros(0, np.float32),
+                   np.zeros((0, 4), np.float32), np.zeros(0, np.int32))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def concat(cls, parts: Sequence[FaceRows], dim: int) -> FaceRows:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty(dim)
+        return cls(
+            [p for part in parts for p in part.paths],
+            np.concatenate([p.embeddings for p in parts]).astype(np.float32),
+            np.concatenate([p.detected for p in parts]).astype(bool),
+            np.concatenate([p.det_score for p in parts]).astype(np.float32),
+            np.concatenate([p.bbox for p in parts]).astype(np.float32),
+            np.concatenate([p.face_index for p in parts]).astype(np.int32),
+        )
+
+    def select(self, index: NDArray[np.intp]) -> FaceRows:
+        return FaceRows([self.paths[i] for i in index], self.embeddings[index], self.detected[index],
+                        self.det_score[index], self.bbox[index], self.face_index[index])
+
+
+@dataclass
+class BatchResult:
+    rows: FaceRows
+    no_face: list[str]
+
+
+def find_crop_face(image: NDArray[np.uint8], detector: SCRFD, options: EmbedOptions) -> tuple[NDArray[np.float32], NDArray[np.float32], float] | None:
+    """(kps (5, 2), box (4,), score) of the face a crop shows, in the crop's pixels, or None."""
+    padded, border = pad(image, options.pad_ratio)
+    for size in options.crop_det_sizes:
+        dets = detector.detect(padded, (size, size), options.crop_threshold)
+        if len(dets):
+            i = pick_central(dets, padded.shape)
+            return dets.kps[i] - border, dets.boxes[i] - border, float(dets.scores[i])
+    return None
+
+
+def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceModels, options: EmbedOptions) -> BatchResult:
+    """Embed decoded BGR images: one row per crop (crops mode) or per face (photos mode)."""
+    size = models.recognizer.input_size
+    aligned: list[NDArray[np.uint8]] = []
+    paths: list[str] = []
+    detected: list[bool] = []
+    scores: list[float] = []
+    boxes: list[NDArray[np.float32]] = []
+    indices: list[int] = []
+    no_face: list[str] = []
+    for path, image in images:
+        if options.mode == "crops":
+            found = find_crop_face(image, models.detector, options)
+            if found is None:
+                aligned.append(centre_crop(image, size))
+                h, w = image.shape[:2]
+                boxes.append(np.array([0, 0, w, h], np.float32))
+                detected.append(False)
+                scores.append(0.0)
+            else:
+                kps, box, score = found
+                aligned.append(align(image, kps, size))
+                boxes.append(box.astype(np.float32))
+                detected.append(True)
+                scores.append(score)
+            paths.append(path)
+            indices.append(0)
+            continue
+        dets = models.detector.detect(image, (options.photo_det_size, options.photo_det_size), options.photo_threshold)
+        if not len(dets):
+            no_face.append(path)
+            continue
+        dets = dets.take(np.argsort(dets.boxes[:, 0], kind="stable"))  # left to right: stable face_index
+        for i in range(len(dets)):
+            aligned.append(align(image, dets.kps[i], size))
+            boxes.append(dets.boxes[i])
+            detected.append(True)
+            scores.append(float(dets.scores[i]))
+            paths.append(path)
+            indices.append(i)
+    if not paths:
+        return BatchResult(FaceRows.empty(models.dim), no_face)
+    embeddings = models.recognizer.embed(np.stack(aligned))
+    rows = FaceRows(paths, embeddings, np.array(detected, bool), np.array(scores, np.float32),
+                    np.stack(boxes).astype(np.float32), np.array(indices, np.int32))
+    return BatchResult(rows, no_face)

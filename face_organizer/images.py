@@ -1,0 +1,138 @@
+"""Finding image files under input folders and decoding them robustly.
+
+Decoding never raises for a bad file: it returns a reason, so one corrupt frame
+among half a million is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+MIN_SIDE = 8
+
+BGRImage = NDArray[np.uint8]
+
+
+def is_image_name(name: str) -> bool:
+    """True for visible files with a supported extension in any letter case."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Absolute paths of every image under ``inputs``, sorted, without duplicates.
+
+    Hidden files and folders (including macOS ``._*`` files) are skipped, folders
+    named like images are walked but never returned, symlinked files are kept under
+    their own (unresolved) path, and symlinked folders are followed once.
+    Raises ``FileNotFoundError`` for an input that does not exist.
+    """
+    found: set[str] = set()
+    for raw in inputs:
+        root = os.path.abspath(os.fspath(raw))
+        if os.path.isfile(root):
+            if is_image_name(os.path.basename(root)):
+                found.add(root)
+            continue
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"input folder not found: {root}")
+        seen_dirs: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen_dirs:
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in filenames:
+                if is_image_name(name):
+                    path = os.path.join(dirpath, name)
+                    if os.path.isfile(path):
+                        found.add(path)
+    return sorted(found)
+
+
+class DecodeError(Exception):
+    """A file could not be turned into an image; ``str(err)`` is the reason."""
+
+
+def _jpeg_truncated(data: bytes) -> bool:
+    # libjpeg decodes a cut-off JPEG with a grey tail and only a warning; a complete
+    # file has an end-of-image marker after its last start-of-scan marker.
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0
+
+
+def to_bgr8(image: np.ndarray) -> BGRImage:
+    """Normalise any decoded image (grey, alpha, 16-bit, float) to HxWx3 uint8 BGR."""
+    if image.dtype == np.uint16:
+        image = (image.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        scale = 255.0 if float(np.nanmax(image, initial=0.0)) <= 1.0 else 1.0
+        image = np.clip(np.nan_to_num(image) * scale, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DecodeError(f"unsupported pixel type {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    channels = image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if channels == 4:
+        # Composite over black so transparent pixels of arbitrary colour do not leak in.
+        alpha = image[:, :, 3:4].astype(np.uint16)
+        return ((image[:, :, :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+    if channels == 3:
+        return np.ascontiguousarray(image)
+    raise DecodeError(f"unsupported channel count {channels}")
+
+
+def decode_bytes(data: bytes) -> BGRImage:
+    """Decode encoded image bytes to BGR uint8, raising ``DecodeError`` with a reason."""
+    if not data:
+        raise DecodeError("empty file")
+    if _jpeg_truncated(data):
+        raise DecodeError("truncated JPEG")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DecodeError("not a decodable image (corrupt, truncated or not an image)")
+    if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
+        raise DecodeError(f"image too small ({image.shape[1]}x{image.shape[0]})")
+    return to_bgr8(image)
+
+
+def read_image(path: str | os.PathLike[str]) -> BGRImage:
+    """Read and decode one file; raises ``DecodeError`` (never ``OSError``)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise DecodeError(f"unreadable: {err.strerror or err}") from err
+    return decode_bytes(data)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One file after decoding: either ``image`` or a failure ``reason``."""
+
+    path: str
+    image: BGRImage | None
+    reason: str | None = None
+
+
+def load(path: str) -> Loaded:
+    try:
+        return Loaded(path, read_image(path))
+    except DecodeError as err:
+        return Loaded(path, None, str(err))
+
+
+def load_many(paths: Sequence[str]) -> list[Loaded]:
+    return [load(p) for p in paths]
