@@ -7,8 +7,10 @@ embedding size or batch size is ever assumed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +98,8 @@ def _try_download(name: str, root: Path) -> None:
         return
     log.info("model pack %s not found under %s: trying insightface's download", name, root)
     try:
-        ensure_available(root.name, name, root=str(root.parent))
+        with contextlib.redirect_stdout(sys.stderr):  # insightface prints progress to stdout
+            ensure_available(root.name, name, root=str(root.parent))
     except Exception as err:  # noqa: BLE001 - network errors of every kind
         log.warning("download of %s failed: %s", name, str(err).splitlines()[0] if str(err) else type(err).__name__)
 

@@ -1,0 +1,67 @@
+"""Scores used by the evaluation scripts and tests: ROC AUC, pairwise and BCubed metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.stats import rankdata
+
+
+def roc_auc(scores: NDArray[np.floating], positive: NDArray[np.bool_]) -> float:
+    """Area under the ROC curve (Mann-Whitney U): the chance a positive outscores a negative."""
+    positive = np.asarray(positive, bool)
+    ranks = rankdata(scores)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("need both positive and negative pairs")
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@dataclass(frozen=True)
+class PRF:
+    precision: float
+    recall: float
+
+    @property
+    def f(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def _codes(labels: Sequence[object]) -> NDArray[np.int64]:
+    return np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)[1].astype(np.int64)
+
+
+def _contingency(truth: Sequence[object], pred: Sequence[object]) -> tuple[NDArray, NDArray, NDArray]:
+    t, p = _codes(truth), _codes(pred)
+    pairs, counts = np.unique(np.stack([t, p], axis=1), axis=0, return_counts=True)
+    return pairs, counts, np.stack([t, p], axis=1)
+
+
+def bcubed(truth: Sequence[object], pred: Sequence[object]) -> PRF:
+    """BCubed precision/recall: per item, the share of its predicted cluster that shares its
+    true label, and the share of its true class that shares its predicted cluster."""
+    t, p = _codes(truth), _codes(pred)
+    if len(t) == 0:
+        return PRF(1.0, 1.0)
+    joint = np.unique(t * (p.max() + 1) + p, return_inverse=True, return_counts=True)
+    both = joint[2][joint[1]]
+    pred_size = np.bincount(p)[p]
+    true_size = np.bincount(t)[t]
+    return PRF(float(np.mean(both / pred_size)), float(np.mean(both / true_size)))
+
+
+def pairwise(truth: Sequence[object], pred: Sequence[object]) -> PRF:
+    """Pairwise precision/recall over all pairs of items, computed from cluster sizes."""
+    t, p = _codes(truth), _codes(pred)
+    joint = np.unique(t * (p.max() + 1 if len(p) else 1) + p, return_counts=True)[1]
+
+    def pairs(counts: NDArray) -> float:
+        return float((counts * (counts - 1) / 2).sum())
+
+    tp = pairs(joint)
+    pred_pairs, true_pairs = pairs(np.bincount(p)), pairs(np.bincount(t))
+    return PRF(tp / pred_pairs if pred_pairs else 1.0, tp / true_pairs if true_pairs else 1.0)

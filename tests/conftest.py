@@ -1,0 +1,92 @@
+"""Shared fixtures. Real models and faces are read in place from ``../shared``
+(or ``$FACE_ORGANIZER_SHARED``); with ``FACE_ORGANIZER_REQUIRE_SHARED=1`` (as in CI)
+a missing folder fails the run instead of skipping those tests."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACE_ORGANIZER_SHARED", ROOT.parent / "shared")).resolve()
+REQUIRE_SHARED = os.environ.get("FACE_ORGANIZER_REQUIRE_SHARED") == "1"
+
+
+def _need(path: Path) -> Path:
+    if path.exists():
+        return path
+    message = f"{path} is missing: tests on real models and faces need ../shared (set FACE_ORGANIZER_SHARED)"
+    if REQUIRE_SHARED:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return _need(SHARED)
+
+
+@pytest.fixture(scope="session")
+def testpack_dir(shared: Path) -> Path:
+    return _need(shared / "models" / "testpack")
+
+
+@pytest.fixture(scope="session")
+def testpack(testpack_dir: Path):
+    from face_organizer.modelpack import resolve_pack
+
+    return resolve_pack(str(testpack_dir))
+
+
+@pytest.fixture(scope="session")
+def models(testpack):
+    from face_organizer.faces import load_face_models
+
+    return load_face_models(testpack, "cpu", 0, batch_size=32)
+
+
+def read_labels(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "labels.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="session")
+def lfw(shared: Path) -> Path:
+    return _need(shared / "datasets" / "lfw_dev")
+
+
+@pytest.fixture(scope="session")
+def lfw_labels(lfw: Path) -> list[dict[str, str]]:
+    return read_labels(lfw)
+
+
+def write_image(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(path.suffix if path.suffix.lower() != ".jpeg" else ".jpg", image)
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+@pytest.fixture(scope="session")
+def video_crops(lfw: Path, lfw_labels, models, tmp_path_factory) -> dict[str, list[Path]]:
+    """Video-style 256x256 PNG crops (face filling the frame, some occluded) of 3 LFW people."""
+    from face_organizer.images import read_image
+    from face_organizer.samples import crop_from_photo
+
+    out = tmp_path_factory.mktemp("video_crops")
+    people = ["Junichiro_Koizumi", "Jean_Chretien", "Tony_Blair"]
+    crops: dict[str, list[Path]] = {}
+    for person in people:
+        rows = [r for r in lfw_labels if r["identity"] == person][:12]
+        for i, row in enumerate(rows):
+            occlusion = (None, "bar", "blob")[i % 3]
+            crop = crop_from_photo(read_image(lfw / row["path"]), models.detector, occlude=occlusion, seed=i)
+            if crop is not None:
+                crops.setdefault(person, []).append(write_image(out / person / f"frame_{i:04d}.png", crop))
+    return crops

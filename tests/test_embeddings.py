@@ -1,0 +1,223 @@
+"""Stage 1 end to end on real models and faces."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from face_organizer import embfile
+from face_organizer.cli import common
+from face_organizer.cli.embed import main as embed_main
+from face_organizer.embed_run import parts_dir, run_embeddings
+from face_organizer.errors import UnsafePickleError
+from face_organizer.evaluation import roc_auc
+from face_organizer.faces import EmbedOptions, embed_batch
+from face_organizer.images import discover_images, read_image
+from face_organizer.samples import insightface_sample
+
+from conftest import ROOT, write_image
+
+
+def run_cli(args: list[str]) -> int:
+    return common.run(embed_main, args)
+
+
+def test_same_person_more_similar_than_different(lfw, lfw_labels, models) -> None:
+    rows = [r for r in lfw_labels if r["kind"] in ("big", "main")][::6][:150]
+    items = [(r["path"], read_image(lfw / r["path"])) for r in rows]
+    result = embed_batch(items, models, EmbedOptions())
+    emb = result.rows.embeddings
+    assert emb.shape == (len(rows), 128) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    ids = np.array([r["identity"] for r in rows])
+    iu = np.triu_indices(len(ids), 1)
+    sims, same = (emb @ emb.T)[iu], (ids[:, None] == ids[None])[iu]
+    assert sims[same].mean() > sims[~same].mean() + 0.3
+    assert roc_auc(sims, same) > 0.98
+
+
+def test_frame_filling_crops_are_detected_and_aligned(video_crops, lfw, lfw_labels, models) -> None:
+    paths = [p for crops in video_crops.values() for p in crops]
+    assert len(paths) >= 30
+    result = embed_batch([(str(p), read_image(p)) for p in paths], models, EmbedOptions())
+    assert result.rows.detected.mean() >= 0.95
+    # Without padding the detector misses most of these crops: the padding is what finds them.
+    unpadded = embed_batch([(str(p), read_image(p)) for p in paths], models,
+                           EmbedOptions(pad_ratio=0.0, crop_det_sizes=(640,), crop_threshold=0.5))
+    assert unpadded.rows.detected.mean() < result.rows.detected.mean()
+    # A crop's embedding matches its own person's photos better than the other people's.
+    emb, names = result.rows.embeddings, [Path(p).parent.name for p in result.rows.paths]
+    refs = {}
+    for person in video_crops:
+        photo = next(r for r in lfw_labels if r["identity"] == person and r["path"].endswith("_0020.jpg"))
+        refs[person] = embed_batch([(person, read_image(lfw / photo["path"]))], models, EmbedOptions()).rows.embeddings[0]
+    people = list(refs)
+    best = [people[int(np.argmax([emb[i] @ refs[p] for p in people]))] for i in range(len(emb))]
+    assert np.mean([b == n for b, n in zip(best, names)]) >= 0.95
+
+
+def test_photos_mode_finds_six_faces_of_t1(models) -> None:
+    path = insightface_sample("t1.jpg")
+    result = embed_batch([(str(path), read_image(path))], models, EmbedOptions(mode="photos"))
+    assert len(result.rows) == 6
+    assert result.rows.face_index.tolist() == list(range(6))
+    assert np.all(np.diff(result.rows.bbox[:, 0]) >= 0)
+    assert np.all(result.rows.det_score > 0.5)
+
+
+def _good_and_bad(tmp_path: Path, video_crops) -> tuple[Path, list[Path]]:
+    folder = tmp_path / "input"
+    good = []
+    for year in ("2017", "2008"):
+        for person, crops in video_crops.items():
+            for crop in crops[:3]:
+                target = folder / year / f"{person}_{crop.name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(crop.read_bytes())
+                good.append(target)
+    jpeg = (folder / "2017" / "whole.jpg")
+    write_image(jpeg, read_image(good[0]))
+    good.append(jpeg)
+    data = jpeg.read_bytes()
+    (folder / "2017" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "2017" / "empty.png").write_bytes(b"")
+    (folder / "2017" / "notes.jpg").write_text("not an image at all")
+    (folder / "2017" / "._frame_0001.png").write_bytes(b"\x00\x05\x16\x07")
+    (folder / "2017" / "dir.png").mkdir()
+    return folder, good
+
+
+def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, capsys) -> None:
+    folder, good = _good_and_bad(tmp_path, video_crops)
+    out = tmp_path / "emb.pkl"
+    code = run_cli(["--input", str(folder / "2017"), str(folder / "2008"), "--output", str(out),
+                    "--model", str(testpack_dir), "--workers", "2", "--batch-size", "8", "-q"])
+    assert code == 0
+    ef = embfile.load(out)
+    assert sorted(ef.rows.paths) == sorted(str(p) for p in good) == ef.rows.paths
+    reasons = dict(ef.failed)
+    assert set(reasons) == {str(folder / "2017" / n) for n in ("truncated.jpg", "empty.png", "notes.jpg")}
+    assert reasons[str(folder / "2017" / "empty.png")] == "empty file"
+    meta = ef.meta
+    assert meta["embedding_size"] == 128 and meta["device"] == "cpu" and meta["complete"] is True
+    assert meta["model_files"]["recognition"] == "MobileFaceNet.onnx"
+    printed = capsys.readouterr().out
+    assert "skipped: 3" in printed and "truncated JPEG: 1" in printed
+    # Plain pickle works for users' own scripts.
+    with open(out, "rb") as handle:
+        plain = pickle.load(handle)
+    assert plain["embeddings"].dtype == np.float32 and len(plain["paths"]) == len(good)
+
+
+def test_new_images_are_the_only_ones_embedded(tmp_path, video_crops, models) -> None:
+    crops = [p for c in video_crops.values() for p in c][:10]
+    out = tmp_path / "emb.pkl"
+    first = run_embeddings([str(p) for p in crops[:6]], out, models, batch_size=4)
+    assert first.embedded == 6
+    before = embfile.load(out)
+    again = run_embeddings([str(p) for p in crops], out, models, batch_size=4)
+    assert again.already_done == 6 and again.embedded == 4
+    after = embfile.load(out)
+    assert after.rows.paths == sorted(str(p) for p in crops)
+    index = {p: i for i, p in enumerate(after.rows.paths)}
+    for i, p in enumerate(before.rows.paths):
+        np.testing.assert_array_equal(after.rows.embeddings[index[p]], before.rows.embeddings[i])
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops, testpack_dir) -> None:
+    crops = [p for c in video_crops.values() for p in c]
+    folder = tmp_path / "in"
+    for i in range(3):  # enough images that the run is still going when it is killed
+        for p in crops:
+            target = folder / f"copy{i}" / p.parent.name / p.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(p.read_bytes())
+    args = ["--input", str(folder), "--model", str(testpack_dir), "--workers", "0", "--batch-size", "4",
+            "--checkpoint-seconds", "0", "-q"]
+    reference, resumed = tmp_path / "ref.pkl", tmp_path / "resumed.pkl"
+    assert run_cli(args + ["--output", str(reference)]) == 0
+
+    script = ROOT / "scripts" / "generate_embeddings.py"
+    proc = subprocess.Popen([sys.executable, str(script), *args, "--output", str(resumed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(parts_dir(resumed).glob("part-*.pkl"))) < 3:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not resumed.exists() and parts_dir(resumed).is_dir()
+
+    assert run_cli(args + ["--output", str(resumed)]) == 0
+    ref, res = embfile.load(reference), embfile.load(resumed)
+    assert res.rows.paths == ref.rows.paths
+    np.testing.assert_allclose(res.rows.embeddings, ref.rows.embeddings, atol=1e-5)
+    np.testing.assert_array_equal(res.rows.detected, ref.rows.detected)
+    assert not parts_dir(resumed).exists()
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hostile_pickle_is_refused_not_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"paths": [], "embeddings": _Exploit(marker), "meta": {}}))
+    with pytest.raises(UnsafePickleError, match="refusing to load"):
+        embfile.load(evil)
+    assert not marker.exists()
+
+
+def test_setup_errors_are_one_clear_line(tmp_path, testpack_dir, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert run_cli(["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o.pkl")]) == 2
+    assert run_cli(["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o.pkl")]) == 2
+    write_image(tmp_path / "in" / "a.png", np.full((64, 64, 3), 128, np.uint8))
+    assert run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o.pkl"),
+                    "--model", "buffalo_l", "--model-root", str(tmp_path / "models"), "-q"]) == 2
+    # (an attempted download may log warnings first; the error itself is one line)
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("WARNING")]
+    assert lines[0].startswith("Error: no images") and "input folder not found" in lines[1]
+    assert lines[2].startswith("Error: model pack 'buffalo_l' not found") and "det_10g.onnx" in lines[2]
+    assert len(lines) == 3
+
+
+def test_device_cuda_without_gpu_exits_nonzero(tmp_path, testpack_dir, capsys) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has a CUDA build of ONNX Runtime")
+    write_image(tmp_path / "in" / "a.png", np.full((64, 64, 3), 128, np.uint8))
+    code = run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o.pkl"),
+                    "--model", str(testpack_dir), "--device", "cuda"])
+    assert code == 2 and "CUDAExecutionProvider" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_mode(tmp_path, video_crops, models) -> None:
+    from face_organizer.errors import SetupError
+
+    crops = [str(p) for p in next(iter(video_crops.values()))[:2]]
+    out = tmp_path / "emb.pkl"
+    run_embeddings(crops, out, models)
+    with pytest.raises(SetupError, match="photos mode"):
+        run_embeddings(crops, out, models, EmbedOptions(mode="photos"))
+
+
+def test_undetectable_image_falls_back_to_centre_crop(tmp_path, models) -> None:
+    flat = write_image(tmp_path / "flat.png", np.full((200, 200, 3), 90, np.uint8))
+    result = embed_batch([(str(flat), read_image(flat))], models, EmbedOptions())
+    assert len(result.rows) == 1 and not result.rows.detected[0] and result.rows.det_score[0] == 0
+    assert discover_images([tmp_path]) == [str(flat)]

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from face_organizer.images import DecodeError, decode_bytes, discover_images, load, read_image
+
+from conftest import write_image
+
+
+def _face_like(h: int = 64, w: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_discovery_rules(tmp_path: Path) -> None:
+    img = _face_like()
+    keep = [
+        write_image(tmp_path / "2017" / "frame_0001.png", img),
+        write_image(tmp_path / "2017" / "nested" / "deeper" / "UPPER.JPG", img),
+        write_image(tmp_path / "2017" / "spaced name é.jpeg", img),
+        write_image(tmp_path / "2008" / "frame_0001.png", img),
+        write_image(tmp_path / "2008" / "x.webp", img),
+        write_image(tmp_path / "2008" / "y.BMP", img),
+        write_image(tmp_path / "2008" / "z.tif", img),
+    ]
+    write_image(tmp_path / "2017" / ".hidden.png", img)
+    (tmp_path / "2017" / "._frame_0001.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "2017" / ".git").mkdir()
+    write_image(tmp_path / "2017" / ".git" / "inside_hidden.png", img)
+    (tmp_path / "2017" / "album.jpg").mkdir()
+    write_image(tmp_path / "2017" / "album.jpg" / "inner.png", img)
+    (tmp_path / "2017" / "notes.txt").write_text("not an image")
+    os.symlink(keep[0], tmp_path / "2008" / "link.png")
+    found = discover_images([tmp_path / "2017", tmp_path / "2008", tmp_path / "2017"])
+    expected = sorted(
+        [str(p) for p in keep]
+        + [str(tmp_path / "2017" / "album.jpg" / "inner.png"), str(tmp_path / "2008" / "link.png")]
+    )
+    assert found == expected
+    assert str(tmp_path / "2017" / "album.jpg") not in found
+
+
+def test_missing_input_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="input folder not found"):
+        discover_images([tmp_path / "nope"])
+
+
+def test_decoding_variants(tmp_path: Path) -> None:
+    base = _face_like(40, 50)
+    grey = cv2.cvtColor(base, cv2.COLOR_BGR2GRAY)
+    deep = (base.astype(np.uint16) * 257)
+    alpha = np.dstack([base, np.full((40, 50), 255, np.uint8)])
+    for name, image in {"grey.png": grey, "deep.png": deep, "alpha.png": alpha, "plain.jpg": base}.items():
+        out = read_image(write_image(tmp_path / name, image))
+        assert out.shape == (40, 50, 3) and out.dtype == np.uint8, name
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png"), base)
+    np.testing.assert_array_equal(read_image(tmp_path / "alpha.png"), base)
+
+
+def test_bad_files_give_reasons(tmp_path: Path) -> None:
+    good = write_image(tmp_path / "good.jpg", _face_like(120, 120))
+    data = good.read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("this is not a jpeg")
+    png = write_image(tmp_path / "good.png", _face_like(120, 120)).read_bytes()
+    (tmp_path / "cut.png").write_bytes(png[:200])
+    reasons = {p.name: load(str(p)).reason for p in tmp_path.iterdir()}
+    assert reasons["good.jpg"] is None and reasons["good.png"] is None
+    assert reasons["truncated.jpg"] == "truncated JPEG"
+    assert reasons["empty.png"] == "empty file"
+    assert "not a decodable image" in reasons["text.jpg"]
+    assert "not a decodable image" in reasons["cut.png"]
+
+
+def test_tiny_image_rejected() -> None:
+    ok, data = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DecodeError, match="too small"):
+        decode_bytes(data.tobytes())

@@ -1,0 +1,117 @@
+"""Provider selection and fallback. The GPU cannot exist here, so only it is faked:
+a session factory that behaves like ONNX Runtime does when CUDA is dropped or fails."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from face_organizer.cli.common import gpu_id_from_env
+from face_organizer.errors import DeviceError, SetupError
+from face_organizer.providers import CPU, CUDA, TENSORRT, device_of, open_session, plan_providers
+
+GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+CPU_BUILD = ["CPUExecutionProvider"]
+
+
+def test_plan_cuda_on_gpu_id() -> None:
+    plan = plan_providers("cuda", 3, GPU_BUILD)
+    assert plan == [(CUDA, {"device_id": 3}), (CPU, {})]
+    with_trt = plan_providers("auto", 1, GPU_BUILD, tensorrt=True, trt_cache_dir="/cache")
+    assert [name for name, _ in with_trt] == [TENSORRT, CUDA, CPU]
+    assert with_trt[0][1]["device_id"] == 1 and with_trt[0][1]["trt_engine_cache_path"] == "/cache"
+
+
+def test_plan_cpu_and_fallbacks(caplog: pytest.LogCaptureFixture) -> None:
+    assert plan_providers("cpu", 0, GPU_BUILD) == [(CPU, {})]
+    with caplog.at_level(logging.WARNING):
+        assert plan_providers("auto", 0, ["AzureExecutionProvider", CPU]) == [(CPU, {})]
+    with pytest.raises(DeviceError, match="onnxruntime-gpu"):
+        plan_providers("cuda", 0, CPU_BUILD)
+    with pytest.raises(DeviceError):
+        plan_providers("cuda", -1, GPU_BUILD)
+
+
+class FakeSession:
+    """Answers like an ORT session whose providers are ``applied``."""
+
+    def __init__(self, applied: list[str], fail_run: bool = False, output: float = 1.0):
+        self.applied, self.fail_run, self.output = applied, fail_run, output
+
+    def get_providers(self) -> list[str]:
+        return self.applied
+
+    def get_inputs(self):
+        class Arg:
+            name, shape = "x", [1, 3, 8, 8]
+
+        return [Arg()]
+
+    def run(self, names, feeds):
+        if self.fail_run:
+            raise RuntimeError("CUDNN_STATUS_EXECUTION_FAILED\nmore detail")
+        return [np.full((1, 4), self.output, np.float32)]
+
+
+def factory_for(gpu: FakeSession):
+    calls = []
+
+    def factory(model, options, plan):
+        calls.append([name for name, _ in plan])
+        return gpu if plan[0][0] != CPU else FakeSession([CPU])
+
+    factory.calls = calls  # type: ignore[attr-defined]
+    return factory
+
+
+def test_real_cuda_session_is_reported() -> None:
+    factory = factory_for(FakeSession([CUDA, CPU]))
+    _, report = open_session(b"m", "rec.onnx", "cuda", 2, available=GPU_BUILD, factory=factory)
+    assert report.device == "cuda" and report.gpu_id == 2
+    assert "GPU 2" in report.describe() and CUDA in report.describe()
+
+
+@pytest.mark.parametrize("gpu", [FakeSession([CPU]), FakeSession([CUDA, CPU], fail_run=True),
+                                 FakeSession([CUDA, CPU], output=float("nan"))],
+                         ids=["provider-dropped", "inference-fails", "non-finite"])
+def test_cuda_not_really_in_use_fails_loudly(gpu: FakeSession) -> None:
+    with pytest.raises(DeviceError, match="diagnostic_test"):
+        open_session(b"m", "rec.onnx", "cuda", 0, available=GPU_BUILD, factory=factory_for(gpu))
+
+
+@pytest.mark.parametrize("gpu", [FakeSession([CPU]), FakeSession([CUDA, CPU], fail_run=True)],
+                         ids=["provider-dropped", "inference-fails"])
+def test_auto_falls_back_with_warning(gpu: FakeSession, caplog: pytest.LogCaptureFixture) -> None:
+    factory = factory_for(gpu)
+    with caplog.at_level(logging.WARNING):
+        session, report = open_session(b"m", "rec.onnx", "auto", 0, available=GPU_BUILD, factory=factory)
+    assert report.device == "cpu" and report.applied == (CPU,)
+    assert factory.calls[-1] == [CPU]
+    assert "falling back to the CPU" in caplog.text
+
+
+def test_real_cpu_session(testpack) -> None:
+    session, report = open_session(str(testpack.recognizer), testpack.recognizer.name, "auto", 0)
+    assert report.applied[0] == CPU and report.device == "cpu" and report.gpu_id is None
+    assert device_of(session.get_providers()) == "cpu"
+
+
+def test_cuda_requested_on_this_machine_fails(testpack) -> None:
+    import onnxruntime as ort
+
+    if CUDA in ort.get_available_providers():
+        pytest.skip("this machine has a CUDA build of ONNX Runtime")
+    with pytest.raises(DeviceError, match="CUDAExecutionProvider"):
+        open_session(str(testpack.recognizer), "rec", "cuda", 0)
+
+
+def test_gpu_id_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPU_ID", raising=False)
+    assert gpu_id_from_env() == 0
+    monkeypatch.setenv("GPU_ID", "3")
+    assert gpu_id_from_env() == 3
+    monkeypatch.setenv("GPU_ID", "first")
+    with pytest.raises(SetupError, match="GPU_ID"):
+        gpu_id_from_env()
