@@ -61,15 +61,3 @@ def centre_crop(image: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
     square = image[top : top + side, left : left + side]
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return cv2.resize(square, (size, size), interpolation=interp)
-
-
-def pad(image: NDArray[np.uint8], ratio: float) -> tuple[NDArray[np.uint8], int]:
-    """Add a black border of ``ratio`` x the longer side; returns the image and the border width.
-
-    A face that fills its frame has no context left for the detector's anchors; a
-    border makes it look like the faces the detector was trained on.
-    """
-    border = int(round(max(image.shape[:2]) * ratio))
-    if border <= 0:
-        return image, 0
-    return cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_CONSTANT, value=0), border

@@ -33,16 +33,22 @@ class Detections:
         return Detections(self.boxes[order], self.scores[order], self.kps[order])
 
 
-def letterbox(image: NDArray[np.uint8], size: tuple[int, int]) -> tuple[NDArray[np.uint8], float]:
-    """Resize into a ``size`` (w, h) canvas keeping the aspect ratio, top-left aligned."""
+def letterbox(image: NDArray[np.uint8], size: tuple[int, int], border: int = 0) -> tuple[NDArray[np.uint8], float, int]:
+    """Fit ``image`` plus a black ``border`` on every side into a ``size`` (w, h) canvas.
+
+    Keeps the aspect ratio, top-left aligned. Resizing first and padding on the small
+    canvas costs a fraction of padding the full image. Returns (canvas, scale, offset):
+    a pixel (x, y) of ``image`` lands at (x * scale + offset, y * scale + offset).
+    """
     width, height = size
     h, w = image.shape[:2]
-    scale = min(width / w, height / h)
+    scale = min(width / (w + 2 * border), height / (h + 2 * border))
     new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    offset = int(round(border * scale))
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=interp)
-    return canvas, scale
+    new_w, new_h = min(new_w, width - offset), min(new_h, height - offset)
+    canvas[offset : offset + new_h, offset : offset + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return canvas, scale, offset
 
 
 class SCRFD:
@@ -74,9 +80,16 @@ class SCRFD:
             self._centers[key] = centers
         return centers
 
-    def detect(self, image: NDArray[np.uint8], size: tuple[int, int], threshold: float = 0.5) -> Detections:
-        """Faces in a BGR image, detected at input ``size`` (w, h, multiples of 32)."""
-        canvas, scale = letterbox(image, size)
+    def detect(self, image: NDArray[np.uint8], size: tuple[int, int], threshold: float = 0.5, pad_ratio: float = 0.0) -> Detections:
+        """Faces in a BGR image, detected at input ``size`` (w, h, multiples of 32).
+
+        ``pad_ratio`` > 0 surrounds the image with a black border of that fraction of
+        its longer side first: a face filling its frame leaves the detector's anchors no
+        context, and the border makes it look like the faces it was trained on.
+        Coordinates are returned in ``image`` pixels either way.
+        """
+        border = int(round(max(image.shape[:2]) * pad_ratio))
+        canvas, scale, offset = letterbox(image, size, border)
         blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, size, (127.5, 127.5, 127.5), swapRB=True)
         outs = self.session.run(self.output_names, {self.input_name: blob})
         if self.batched:
@@ -97,9 +110,9 @@ class SCRFD:
                 kps.append(k + centers[:, None, :])
         if not scores:
             return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
-        all_boxes = np.concatenate(boxes).astype(np.float32) / scale
+        all_boxes = ((np.concatenate(boxes) - offset) / scale).astype(np.float32)
         all_scores = np.concatenate(scores).astype(np.float32)
-        all_kps = (np.concatenate(kps) / scale).astype(np.float32) if kps else np.zeros((len(all_scores), 5, 2), np.float32)
+        all_kps = ((np.concatenate(kps) - offset) / scale).astype(np.float32) if kps else np.zeros((len(all_scores), 5, 2), np.float32)
         xywh = np.concatenate([all_boxes[:, :2], all_boxes[:, 2:] - all_boxes[:, :2]], axis=1)
         keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), all_scores.tolist(), threshold, NMS_THRESHOLD), dtype=np.intp).reshape(-1)
         keep = keep[np.argsort(-all_scores[keep], kind="stable")]

@@ -16,6 +16,8 @@ import shutil
 import sys
 import time
 from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,22 +81,54 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # the pool already uses every core; nested threads only contend
 
 
+def _decode_isolated(context: Any, paths: list[str]) -> list[images.Loaded]:
+    """Decode files one per fresh process after a worker died, to find the file that kills it."""
+    results = []
+    for path in paths:
+        with ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init) as single:
+            try:
+                results.extend(single.submit(images.load_many, [path]).result())
+            except BrokenProcessPool:
+                results.append(images.Loaded(path, None, "decoder process crashed on this file"))
+    return results
+
+
 def iter_loaded(paths: Sequence[str], workers: int, chunk: int = 16) -> Iterator[images.Loaded]:
-    """Decoded images in input order; ``workers`` processes decode ahead, bounded in memory."""
+    """Decoded images in input order; ``workers`` processes decode ahead, bounded in memory.
+
+    A worker that dies (a decoder crash, the OOM killer) does not hang the run: its
+    chunk is decoded again file by file, and a file that crashes its decoder again
+    is reported as failed.
+    """
     if workers <= 0:
         for path in paths:
             yield images.load(path)
         return
-    chunks = (list(paths[i : i + chunk]) for i in range(0, len(paths), chunk))
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_worker_init) as pool:
-        pending: deque[Any] = deque()
-        for part in chunks:
-            pending.append(pool.apply_async(images.load_many, (part,)))
-            if len(pending) >= workers * 4:
-                yield from pending.popleft().get()
-        while pending:
-            yield from pending.popleft().get()
+    chunks = [list(paths[i : i + chunk]) for i in range(0, len(paths), chunk)]
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    try:
+        pending: deque[tuple[list[str], Future[list[images.Loaded]]]] = deque()
+        next_chunk = 0
+        while pending or next_chunk < len(chunks):
+            while next_chunk < len(chunks) and len(pending) < workers * 4:
+                pending.append((chunks[next_chunk], pool.submit(images.load_many, chunks[next_chunk])))
+                next_chunk += 1
+            part, future = pending.popleft()
+            try:
+                yield from future.result()
+            except BrokenProcessPool:
+                log.warning("an image-decoding process died; retrying %d files one by one", len(part))
+                pool.shutdown(cancel_futures=True)
+                yield from _decode_isolated(context, part)
+                retry = [p for waiting, _ in pending for p in waiting]
+                pending.clear()
+                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+                for i in range(0, len(retry), chunk):
+                    piece = retry[i : i + chunk]
+                    pending.append((piece, pool.submit(images.load_many, piece)))
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 @dataclass

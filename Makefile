@@ -1,0 +1,28 @@
+# Set-up and the commands README.md documents. Works on a fresh machine with Python 3.10-3.12.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+
+.PHONY: setup setup-test demo test bench lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# CPU install: the project, the CPU ONNX Runtime and insightface (sample faces, pack downloads).
+setup: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[cpu,insightface]"
+
+setup-test: setup
+	$(BIN)/python -m pip install --quiet -e ".[cpu,insightface,test]"
+
+# Quick start: sort the faces that ship inside pip packages (insightface's t1.jpg, scikit-image's astronaut).
+demo: setup
+	$(BIN)/python scripts/demo.py --output demo_output
+
+test: setup-test
+	FACE_ORGANIZER_SHARED=$(SHARED) $(BIN)/python -m pytest -q
+
+bench: setup-test
+	$(BIN)/python benchmarks/bench_embeddings.py --count 600 --workers 0

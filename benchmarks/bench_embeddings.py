@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Stage 1 speed: our pipeline vs the straightforward insightface loop, on the same images.
+
+Makes N video-style 256x256 PNG face crops from LFW photos (in ../shared), then times
+  baseline: cv2.imread + insightface FaceAnalysis.get at det_size=(640, 640), one image at a time
+  ours:     face_organizer.embed_run.run_embeddings (workers decode, padded small-size detection,
+            batched recognition, checkpointing and the final file write included)
+and prints images/s for each and the ratio.
+
+  python benchmarks/bench_embeddings.py --count 400 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2  # noqa: E402
+
+from face_organizer.embed_run import run_embeddings  # noqa: E402
+from face_organizer.faces import load_face_models  # noqa: E402
+from face_organizer.images import read_image  # noqa: E402
+from face_organizer.modelpack import resolve_pack  # noqa: E402
+from face_organizer.samples import crop_from_photo  # noqa: E402
+
+
+def make_crops(shared: Path, detector, count: int, folder: Path) -> list[str]:
+    lfw = shared / "datasets" / "lfw_dev"
+    with open(lfw / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    paths: list[str] = []
+    for i, row in enumerate(rows):
+        if len(paths) >= count:
+            break
+        crop = crop_from_photo(read_image(lfw / row["path"]), detector, occlude=(None, "bar", "blob")[i % 3], seed=i)
+        if crop is not None:
+            path = folder / f"frame_{i:05d}.png"
+            cv2.imwrite(str(path), crop)
+            paths.append(str(path))
+    return paths
+
+
+def baseline(pack_dir: Path, paths: list[str]) -> tuple[float, int]:
+    import onnxruntime as ort
+    from insightface.app import FaceAnalysis
+
+    ort.set_default_logger_severity(3)
+    app = FaceAnalysis(name=str(pack_dir), providers=["CPUExecutionProvider"])
+    app.prepare(ctx_id=-1, det_size=(640, 640))
+    app.get(cv2.imread(paths[0]))
+    found = 0
+    start = time.perf_counter()
+    for path in paths:
+        found += bool(app.get(cv2.imread(path)))
+    return len(paths) / (time.perf_counter() - start), found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=400)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    shared = Path(args.shared)
+    pack = resolve_pack(str(shared / "models" / "testpack"))
+    models = load_face_models(pack, "cpu", 0, batch_size=args.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_crops(shared, models.detector, args.count, Path(tmp))
+        print(f"{len(paths)} PNG crops of 256x256, {os.cpu_count()} CPUs, model pack {pack.name}")
+        base_rate, base_found = baseline(pack.folder, paths)
+        print(f"baseline  insightface FaceAnalysis.get(det_size=640): {base_rate:7.1f} images/s, face found in {base_found}/{len(paths)}")
+        summary = run_embeddings(paths, Path(tmp) / "emb.pkl", models, workers=args.workers, batch_size=args.batch_size,
+                                 resume=False, progress=False)
+        detected = summary.embedded - summary.fallback
+        print(f"ours      face_organizer run_embeddings:              {summary.rate:7.1f} images/s, face found in {detected}/{len(paths)}")
+        print(f"speed-up: {summary.rate / base_rate:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
