@@ -1,0 +1,66 @@
+"""cluster_faces: embeddings files -> person_A/, person_B/, …, outliers/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..cluster_stage import ClusterConfig, cluster_faces, dry_run_lines, load_embeddings
+from . import common
+
+EXAMPLES = """\
+  python scripts/cluster_faces.py --embeddings /workspace/embeddings_gpu0.pkl /workspace/embeddings_gpu1.pkl \\
+      --output /workspace/clustered_faces --clusters 2
+  python scripts/cluster_faces.py --embeddings photos.pkl --output people --clusters auto --link-mode symlink
+  python scripts/cluster_faces.py --embeddings emb.pkl --output sorted --dry-run
+"""
+
+
+def clusters_arg(value: str) -> int | None:
+    if value == "auto":
+        return None
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("use a number of people (1 or more) or 'auto'")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser("cluster_faces.py", "Group faces by person into person_A/, person_B/, … (largest first) and "
+                      "outliers/, with clusters.csv, summary.json and an index.html preview.", EXAMPLES)
+    p.add_argument("--embeddings", nargs="+", required=True, metavar="FILE", help="embeddings files (one per GPU is fine)")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the person folders (new or empty)")
+    p.add_argument("--clusters", type=clusters_arg, default=2, metavar="K|auto",
+                   help="number of people, or 'auto' to find it (default: 2)")
+    p.add_argument("--min-similarity", type=float, default=None,
+                   help="faces less similar than this to their cluster go to outliers/ (auto: to join a cluster); "
+                        "default: derived from the data for the model in use")
+    p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink", "move"), default="copy",
+                   help="how files reach the folders (default: copy)")
+    p.add_argument("--dry-run", action="store_true", help="write nothing; print what would happen")
+    p.add_argument("--min-cluster-size", type=common.positive, default=2,
+                   help="auto: smaller groups go to outliers/ (default: 2)")
+    p.add_argument("--neighbours", type=common.positive, default=10, help="auto: neighbours per face in the graph (default: 10)")
+    p.add_argument("--seed", type=int, default=1234, help="random seed: the same input gives the same folders")
+    p.add_argument("--no-previews", dest="previews", action="store_false", help="skip contact sheets and index.html")
+    common.add_logging_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.setup_logging(args.verbose, args.quiet)
+    ef = load_embeddings(args.embeddings)
+    config = ClusterConfig(clusters=args.clusters, min_similarity=args.min_similarity, link_mode=args.link_mode,
+                           dry_run=args.dry_run, neighbours=args.neighbours, min_cluster_size=args.min_cluster_size,
+                           seed=args.seed, previews=args.previews)
+    report = cluster_faces(ef, args.output, config, progress=not args.quiet, sources=args.embeddings)
+    print("\n".join(report.lines()))
+    if args.dry_run:
+        print("\n".join(dry_run_lines(report)))
+    return 0
+
+
+def cli() -> None:
+    sys.exit(common.run(main))

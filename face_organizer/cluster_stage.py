@@ -1,0 +1,180 @@
+"""Stages 2-3: embeddings files in, person folders, clusters.csv, summary.json and
+previews out."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from . import embfile
+from .clustering import OUTLIER, Clustering, cluster_name, gpu_count, graph_clusters, kmeans
+from .embfile import EmbeddingsFile
+from .fsutil import atomic_write_text
+from .organize import LinkMode, inside, place, plan_destinations, plan_digest, prepare_output
+from .preview import IndexEntry, SheetFace, contact_sheet, write_index, write_sheet
+from .thresholds import load_calibration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    clusters: int | None = 2  # None: find the number of people
+    min_similarity: float | None = None
+    link_mode: LinkMode = "copy"
+    dry_run: bool = False
+    neighbours: int = 10
+    min_cluster_size: int = 2
+    seed: int = 1234
+    previews: bool = True
+    use_gpu: bool | None = None  # None: FAISS GPU when one is usable
+
+
+@dataclass
+class ClusterReport:
+    output: str
+    clustering: Clustering
+    names: list[str]
+    images_per_cluster: dict[str, int]
+    destinations: list[str]
+    status: Counter[str] = field(default_factory=Counter)
+    elapsed: float = 0.0
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        out = []
+        for name, count in self.images_per_cluster.items():
+            out.append(f"{name}: {count:,} images → {os.path.join(self.output, name)}{os.sep}")
+        out.append(f"similarity cut-off {self.clustering.threshold:.3f} ({self.clustering.threshold_source}); "
+                   f"method: {self.clustering.method}")
+        if self.dry_run:
+            out.append("dry run: nothing was written")
+        else:
+            out.append("files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.status.items())) + f"; {self.elapsed:.1f} s")
+        return out
+
+
+def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:
+    """Read and merge embeddings files (one per GPU); different models are refused."""
+    return embfile.merge([embfile.load(p) for p in paths], [str(p) for p in paths])
+
+
+def _with_gpu_fallback(fn: Any, use_gpu: bool | None, **kwargs: Any) -> Clustering:
+    want = gpu_count() > 0 if use_gpu is None else use_gpu
+    if want:
+        try:
+            return fn(use_gpu=True, **kwargs)
+        except RuntimeError as err:  # e.g. a faiss-gpu build without kernels for this GPU
+            log.warning("FAISS on the GPU failed (%s); clustering on the CPU", str(err).splitlines()[0][:200])
+    return fn(use_gpu=False, **kwargs)
+
+
+def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
+    calibration = load_calibration(ef.meta.get("model_files", {}).get("recognition", ""))
+    if config.clusters is None:
+        calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
+        return _with_gpu_fallback(graph_clusters, config.use_gpu, x=ef.rows.embeddings, min_similarity=config.min_similarity,
+                                  neighbours=config.neighbours, min_cluster_size=config.min_cluster_size,
+                                  seed=config.seed, calibrated=calibrated)
+    calibrated = (float(calibration["centre_threshold"]), "calibration") if calibration and "centre_threshold" in calibration else None
+    return _with_gpu_fallback(kmeans, config.use_gpu, x=ef.rows.embeddings, k=config.clusters,
+                              min_similarity=config.min_similarity, seed=config.seed, calibrated=calibrated)
+
+
+def _write_csv(path: str, ef: EmbeddingsFile, names: list[str], sims: np.ndarray, dests: list[str], status: dict[str, str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "face_index", "cluster", "similarity", "destination", "detected", "status"])
+    r = ef.rows
+    for i, path in enumerate(r.paths):
+        writer.writerow([path, int(r.face_index[i]), names[i], f"{float(sims[i]):.4f}", dests[i],
+                         int(bool(r.detected[i])), status.get(dests[i], "")])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: list[str], counts: dict[str, int]) -> None:
+    folder = os.path.join(output, "previews")
+    photos = ef.meta.get("mode") == "photos"
+    entries = []
+    sims = clustering.similarity
+    for name in counts:
+        rows = np.nonzero(np.asarray(names) == name)[0]
+        order = rows[np.argsort(-sims[rows], kind="stable")]
+        central, borderline = order[:24], order[::-1][:8] if len(order) > 24 else order[:0]
+        faces = [[SheetFace(ef.rows.paths[i], ef.rows.bbox[i] if photos else None, name) for i in group]
+                 for group in (central, borderline)]
+        sheet = os.path.join(folder, f"{name}.jpg")
+        write_sheet(sheet, contact_sheet(*faces))
+        entries.append(IndexEntry(name, counts[name], os.path.join(output, name), sheet))
+    notes = [f"{len(ef.rows):,} faces; similarity cut-off {clustering.threshold:.3f} ({clustering.threshold_source})"]
+    write_index(os.path.join(output, "index.html"), "face-organizer clusters", entries, notes)
+
+
+def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, progress: bool = True,
+                  sources: Sequence[str] = ()) -> ClusterReport:
+    started = time.monotonic()
+    output = os.path.abspath(output)
+    clustering = run_clustering(ef, config)
+    names = [cluster_name(int(label)) for label in clustering.labels]
+    paths = ef.rows.paths
+    counts = Counter()
+    for name, path in set(zip(names, paths)):
+        counts[name] += 1
+    order = sorted(counts, key=lambda n: (n == "outliers", -counts[n], n))
+    images_per_cluster = {n: counts[n] for n in order}
+    dests_rel = plan_destinations(paths, names, ef.meta.get("inputs", []))
+    dests = [inside(output, d) for d in dests_rel]
+    operations = sorted(set(zip(paths, dests)))
+    report = ClusterReport(output, clustering, names, images_per_cluster, dests, dry_run=config.dry_run)
+    digest = plan_digest(operations, config.link_mode)
+    if prepare_output(output, digest, config.dry_run):
+        log.info("continuing an earlier run into %s", output)
+    if config.dry_run:
+        report.elapsed = time.monotonic() - started
+        return report
+    status: dict[str, str] = {}
+    for source, dest in tqdm(operations, unit="file", file=sys.stderr, disable=not progress, desc=config.link_mode):
+        status[dest] = place(source, dest, config.link_mode)
+    report.status = Counter(status.values())
+    _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, dests, status)
+    if config.previews:
+        _previews(output, ef, clustering, names, images_per_cluster)
+    report.elapsed = time.monotonic() - started
+    summary = {
+        "output": output,
+        "embeddings_files": list(sources),
+        "faces": len(paths),
+        "clusters": images_per_cluster,
+        "method": clustering.method,
+        "similarity_cutoff": clustering.threshold,
+        "cutoff_source": clustering.threshold_source,
+        "link_mode": config.link_mode,
+        "files": dict(report.status),
+        "model_pack": ef.meta.get("model_pack"),
+        "model_files": ef.meta.get("model_files"),
+        "elapsed_seconds": round(report.elapsed, 2),
+    }
+    atomic_write_text(os.path.join(output, "summary.json"), json.dumps(summary, indent=2))
+    return report
+
+
+def dry_run_lines(report: ClusterReport, limit: int = 20) -> list[str]:
+    ops = sorted(set(zip(report.clustering.labels.tolist(), report.destinations)))
+    lines = [f"would write {len(set(report.destinations)):,} files; first {min(limit, len(ops))}:"]
+    lines += [f"  {d}" for _, d in ops[:limit]]
+    return lines
+
+
+__all__ = ["ClusterConfig", "ClusterReport", "OUTLIER", "cluster_faces", "load_embeddings", "dry_run_lines"]

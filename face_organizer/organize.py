@@ -1,0 +1,182 @@
+"""Putting images into cluster folders without overwriting or losing any file.
+
+Destinations keep each file's path below the input folder it came from, prefixed
+by that folder's name (``person_A/2017/frame_0001.png``), so the same file name in
+every year folder never collides and every file stays traceable. Whatever paths an
+embeddings file holds, nothing is written outside the output folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import FaceOrganizerError, SetupError
+from .fsutil import atomic_write_text
+
+LinkMode = Literal["copy", "hardlink", "symlink", "move"]
+STATE_FILE = ".face-organizer-plan.json"
+
+
+def _clean(component: str) -> str:
+    cleaned = "".join(ch for ch in component if ch.isprintable() and ch not in "/\\\0")
+    return cleaned if cleaned not in ("", ".", "..") else "_"
+
+
+def relative_name(path: str, roots: Sequence[str]) -> str:
+    """``<input folder name>/<path below it>`` for the deepest root holding ``path``,
+    else ``<parent folder name>/<file name>``; every component is made safe."""
+    norm = os.path.normpath(os.path.abspath(path))
+    best = None
+    for root in roots:
+        r = os.path.normpath(os.path.abspath(root))
+        if norm.startswith(r.rstrip(os.sep) + os.sep) and (best is None or len(r) > len(best)):
+            best = r
+    if best is not None:
+        parts = [os.path.basename(best) or "input"] + os.path.relpath(norm, best).split(os.sep)
+    else:
+        parts = [os.path.basename(os.path.dirname(norm)) or "input", os.path.basename(norm)]
+    return "/".join(_clean(p) for p in parts)
+
+
+def plan_destinations(paths: Sequence[str], clusters: Sequence[str], roots: Sequence[str]) -> list[str]:
+    """A relative destination per row; rows with the same (cluster, path) share one.
+
+    Two different sources that would land on the same name get ``_2``, ``_3``, …
+    before the extension, assigned in sorted order so the plan is reproducible.
+    """
+    chosen: dict[tuple[str, str], str] = {}
+    taken: set[str] = set()
+    for cluster, path in sorted(set(zip(clusters, paths))):
+        base = f"{cluster}/{relative_name(path, roots)}"
+        dest, n = base, 1
+        while dest.casefold() in taken:  # case-insensitive filesystems collide too
+            n += 1
+            stem, ext = os.path.splitext(base)
+            dest = f"{stem}_{n}{ext}"
+        taken.add(dest.casefold())
+        chosen[(cluster, path)] = dest
+    return [chosen[(c, p)] for c, p in zip(clusters, paths)]
+
+
+def plan_digest(pairs: Sequence[tuple[str, str]], mode: str) -> str:
+    digest = hashlib.sha256(mode.encode())
+    for source, dest in sorted(set(pairs)):
+        digest.update(f"\0{source}\0{dest}".encode())
+    return digest.hexdigest()
+
+
+def inside(root: str, relative: str) -> str:
+    """Absolute destination for ``relative`` under ``root``; refuses anything escaping it."""
+    root = os.path.realpath(root)
+    target = os.path.normpath(os.path.join(root, relative))
+    if os.path.commonpath([root, target]) != root or target == root:
+        raise FaceOrganizerError(f"refusing to write outside the output folder: {relative!r}")
+    return target
+
+
+def prepare_output(output: str, digest: str, dry_run: bool) -> bool:
+    """Check the output folder: empty/new, or the same plan interrupted or finished.
+
+    Returns True when an earlier run of this very plan is being continued.
+    Raises ``SetupError`` for a folder holding anything else.
+    """
+    state = os.path.join(output, STATE_FILE)
+    if not os.path.exists(output) or not os.listdir(output):
+        if not dry_run:
+            os.makedirs(output, exist_ok=True)
+            atomic_write_text(state, json.dumps({"plan": digest}))
+        return False
+    try:
+        with open(state, encoding="utf-8") as handle:
+            previous = json.load(handle).get("plan")
+    except (OSError, ValueError):
+        raise SetupError(f"--output {output} is not empty and was not written by cluster_faces; choose an empty or new folder") from None
+    if previous != digest:
+        raise SetupError(
+            f"--output {output} holds a different clustering (other embeddings, settings or files); "
+            "choose a new folder, or remove it to start over"
+        )
+    return True
+
+
+def _same_size(a: str, b: str) -> bool:
+    try:
+        return os.path.getsize(a) == os.path.getsize(b)
+    except OSError:
+        return False
+
+
+def _copy_atomic(source: str, dest: str) -> None:
+    tmp = f"{dest}.partial-{os.getpid()}"
+    try:
+        shutil.copy2(source, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def place(source: str, dest: str, mode: LinkMode) -> str:
+    """Put ``source`` at ``dest``: 'placed', 'exists' (done by an earlier run) or 'missing'.
+
+    A move renames within a filesystem (atomic); across filesystems it copies,
+    makes the copy durable, and only then removes the source, so an interruption
+    leaves the file at the source, at the destination, or (between the last two
+    steps) at both, which the next run resolves by finishing the move.
+    """
+    if os.path.lexists(dest):
+        if mode == "hardlink" and os.path.exists(source) and os.path.samefile(source, dest):
+            return "exists"
+        if mode == "symlink" and os.path.islink(dest) and os.readlink(dest) == source:
+            return "exists"
+        if mode == "move":
+            if not os.path.exists(source):
+                return "exists"
+            if _same_size(source, dest):
+                os.unlink(source)  # the copy completed before an interruption
+                return "exists"
+        if mode == "copy" and (not os.path.exists(source) or _same_size(source, dest)):
+            return "exists"
+        raise FaceOrganizerError(f"{dest} already exists and is not {source}; refusing to overwrite it")
+    if not os.path.exists(source):
+        return "missing"
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    if mode == "copy":
+        _copy_atomic(source, dest)
+    elif mode == "symlink":
+        os.symlink(os.path.abspath(source), dest)
+    elif mode == "hardlink":
+        try:
+            os.link(source, dest)
+        except OSError as err:
+            if err.errno == errno.EXDEV:
+                raise FaceOrganizerError(f"cannot hard-link {source} into {dest}: different filesystems; use --link-mode copy or symlink") from None
+            raise
+    elif mode == "move":
+        try:
+            os.rename(source, dest)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            _copy_atomic(source, dest)
+            os.unlink(source)
+    else:
+        raise ValueError(f"unknown link mode {mode!r}")
+    return "placed"
+
+
+@dataclass(frozen=True)
+class Operation:
+    source: str
+    destination: str
+    cluster: str

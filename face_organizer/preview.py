@@ -1,0 +1,95 @@
+"""Contact sheets and an index page, so a user can tell which folder is which person
+without opening thousands of files."""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from .fsutil import atomic_write_bytes, atomic_write_text
+from .images import DecodeError, read_image
+
+TILE = 112
+
+
+@dataclass(frozen=True)
+class SheetFace:
+    path: str
+    bbox: NDArray[np.float32] | None  # crop to the face (photos mode), None for whole crops
+    label: str
+
+
+def _tile(face: SheetFace) -> NDArray[np.uint8]:
+    try:
+        image = read_image(face.path)
+    except DecodeError:
+        return np.full((TILE, TILE, 3), 200, np.uint8)
+    if face.bbox is not None and np.all(np.isfinite(face.bbox)):
+        x1, y1, x2, y2 = face.bbox
+        cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * 0.65
+        h, w = image.shape[:2]
+        l, t = int(max(0, cx - half)), int(max(0, cy - half))
+        r, b = int(min(w, cx + half)), int(min(h, cy + half))
+        if r > l and b > t:
+            image = image[t:b, l:r]
+    h, w = image.shape[:2]
+    side = min(h, w)
+    square = image[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+    return cv2.resize(square, (TILE, TILE), interpolation=cv2.INTER_AREA)
+
+
+def contact_sheet(central: Sequence[SheetFace], borderline: Sequence[SheetFace], columns: int = 8) -> NDArray[np.uint8]:
+    """Rows of the most central faces, then a red-framed row of borderline ones."""
+    rows = []
+    for group, colour in ((central, None), (borderline, (40, 40, 220))):
+        tiles = [_tile(f) for f in group]
+        for i in range(0, len(tiles), columns):
+            row = tiles[i : i + columns]
+            if colour is not None:
+                row = [cv2.copyMakeBorder(t[3:-3, 3:-3], 3, 3, 3, 3, cv2.BORDER_CONSTANT, value=colour) for t in row]
+            row += [np.full((TILE, TILE, 3), 255, np.uint8)] * (columns - len(row))
+            rows.append(np.hstack(row))
+    return np.vstack(rows) if rows else np.full((TILE, TILE * columns, 3), 255, np.uint8)
+
+
+def write_sheet(path: str, sheet: NDArray[np.uint8]) -> None:
+    ok, data = cv2.imencode(".jpg", sheet, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if ok:
+        atomic_write_bytes(path, data.tobytes())
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    images: int
+    folder: str
+    sheet: str
+
+
+def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Sequence[str]) -> None:
+    """A self-contained HTML page: every cluster with its count, folder and contact sheet."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;background:#fafafa}section{margin-bottom:2em}"
+        "img{max-width:100%;border:1px solid #ccc}h2{margin-bottom:.2em}.n{color:#555}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "".join(f"<p class='n'>{html.escape(n)}</p>" for n in notes),
+    ]
+    for e in entries:
+        rel_sheet = os.path.relpath(e.sheet, os.path.dirname(path))
+        rel_folder = os.path.relpath(e.folder, os.path.dirname(path))
+        parts.append(
+            f"<section><h2>{html.escape(e.name)}</h2><p class='n'>{e.images:,} images in "
+            f"<a href='{html.escape(rel_folder)}/'>{html.escape(rel_folder)}/</a> "
+            "(top rows: nearest the cluster centre; red: borderline)</p>"
+            f"<img src='{html.escape(rel_sheet)}' alt='{html.escape(e.name)}'></section>"
+        )
+    parts.append("</body></html>")
+    atomic_write_text(path, "\n".join(parts))

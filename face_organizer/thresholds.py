@@ -1,0 +1,87 @@
+"""Similarity cut-offs that suit whatever model made the embeddings.
+
+ArcFace-family models put two faces of different people near cosine 0, but how
+widely those impostor similarities spread depends on the model (a 128-d
+MobileFaceNet spreads about twice as wide as buffalo_l's 512-d ResNet), so one
+hard-coded threshold cannot fit both. Without a calibration for the model, the
+impostor spread is read off the data itself: among random pairs of faces, the
+lower half is almost all impostors even when a few people dominate the
+collection, so its centre and spread estimate the impostor distribution, and the
+cut-off is set a fixed number of standard deviations above it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+# Standard deviations above the impostor centre, chosen on LFW dev (see PROJECT_PLAN.md):
+# a face-to-face match (search, graph edges) and a face-to-cluster-centre match.
+PAIR_Z = 4.0
+CENTRE_Z = 3.0
+SAMPLE_PAIRS = 200_000
+CALIBRATION_ENV = "FACE_ORGANIZER_CALIBRATION"
+
+
+@dataclass(frozen=True)
+class ImpostorModel:
+    centre: float
+    spread: float
+
+    def cut(self, z: float) -> float:
+        return float(self.centre + z * self.spread)
+
+
+def impostor_from_similarities(sims: NDArray[np.floating]) -> ImpostorModel:
+    """Centre and spread of the impostor peak in a sample of similarities.
+
+    The centre is the mode of the histogram (impostor pairs form the tallest peak
+    even when a few people dominate a collection); the spread is read from the side
+    below the mode, where genuine pairs hardly reach: for a normal distribution,
+    the point below which 31.7% of that side lies is one standard deviation down.
+    """
+    sims = np.asarray(sims, dtype=np.float64)
+    if sims.size < 10:
+        return ImpostorModel(0.0, 0.1)
+    hist, edges = np.histogram(sims, bins=200, range=(-1.0, 1.0))
+    smooth = np.convolve(hist, np.ones(5) / 5, mode="same")
+    centre = float((edges[np.argmax(smooth)] + edges[np.argmax(smooth) + 1]) / 2)
+    below = sims[sims <= centre]
+    spread = centre - float(np.percentile(below, 31.73)) if below.size >= 5 else 0.1
+    return ImpostorModel(centre, max(spread, 1e-3))
+
+
+def impostor_model(embeddings: NDArray[np.float32], seed: int = 0, pairs: int = SAMPLE_PAIRS) -> ImpostorModel:
+    """The impostor peak of random pairs of faces (see ``impostor_from_similarities``)."""
+    n = len(embeddings)
+    if n < 3:
+        return ImpostorModel(0.0, 0.1)
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, n, pairs)
+    b = rng.integers(0, n, pairs)
+    keep = a != b
+    return impostor_from_similarities(np.einsum("ij,ij->i", embeddings[a[keep]], embeddings[b[keep]]))
+
+
+def calibration_path() -> Path:
+    env = os.environ.get(CALIBRATION_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.config/face-organizer/calibration.json").expanduser()
+
+
+def load_calibration(recognizer: str, path: Path | None = None) -> dict[str, Any] | None:
+    """The stored calibration for a recogniser file name (written by ``search_faces.py --calibrate``)."""
+    path = path or calibration_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = data.get(recognizer) if isinstance(data, dict) else None
+    return entry if isinstance(entry, dict) else None
