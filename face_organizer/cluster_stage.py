@@ -93,15 +93,16 @@ def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
                               min_similarity=config.min_similarity, seed=config.seed, calibrated=calibrated)
 
 
-def _write_csv(path: str, ef: EmbeddingsFile, names: list[str], sims: np.ndarray, dests: list[str], status: dict[str, str]) -> None:
+def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.ndarray, dests: list[str],
+               status: dict[str, str]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "face_index", "cluster", "similarity", "destination", "detected", "status"])
     r = ef.rows
-    for i, path in enumerate(r.paths):
-        writer.writerow([path, int(r.face_index[i]), names[i], f"{float(sims[i]):.4f}", dests[i],
+    for i, source in enumerate(r.paths):
+        writer.writerow([source, int(r.face_index[i]), names[i], f"{float(sims[i]):.4f}", dests[i],
                          int(bool(r.detected[i])), status.get(dests[i], "")])
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(csv_path, buffer.getvalue())
 
 
 def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: list[str], counts: dict[str, int]) -> None:

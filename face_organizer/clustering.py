@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 OUTLIER = -1
 GRAPH_Z = 5.0
 EXACT_KNN_LIMIT = 60_000
+SEARCH_BLOCK = 16_384
 
 
 @dataclass
@@ -45,8 +46,13 @@ def gpu_count() -> int:
 
 
 def _normalise(x: NDArray[np.floating]) -> NDArray[np.float32]:
+    """Unit rows as contiguous float32; rows already of unit length are not copied
+    (embeddings files hold normalised rows, and 500k x 512 is 1 GB)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if x.size and np.all(np.abs(norms - 1.0) < 1e-4):
+        return x
+    return x / np.maximum(norms, 1e-12)
 
 
 def _relabel_by_size(labels: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -90,7 +96,7 @@ def kmeans(
         return Clustering(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, d), np.float32), 0.0, "empty", "kmeans")
     k = max(1, min(k, n))
     km = faiss.Kmeans(d, k, niter=30, nredo=restarts, spherical=True, seed=seed, gpu=use_gpu,
-                      max_points_per_centroid=max(256, 100_000 // k), verbose=False)
+                      max_points_per_centroid=max(256, 100_000 // k), min_points_per_centroid=1, verbose=False)
     km.train(x)
     centres = _normalise(km.centroids)
     sims, nearest = km.index.search(x, k) if k > 1 else (x @ centres.T, np.zeros((n, 1), np.int64))
@@ -102,7 +108,7 @@ def kmeans(
         threshold, source = calibrated
     else:
         if k > 1:
-            model = impostor_from_similarities(sims[:, 1:].ravel())
+            model = impostor_from_similarities(sims[:, 1:].ravel(), d)
             how = "similarities to the other clusters' centres"
         else:
             model = impostor_model(x, seed=seed)
@@ -135,12 +141,16 @@ def knn_graph(x: NDArray[np.float32], k: int, *, seed: int = 1234, use_gpu: bool
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        index.train(x[rng.choice(n, min(n, nlist * 40), replace=False)])
+        index.train(x[np.sort(rng.choice(n, min(n, nlist * 20), replace=False))])
         index.nprobe = 16
     if use_gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(x)
-    sims, neighbours = index.search(x, k)
+    sims = np.empty((n, k), np.float32)
+    neighbours = np.empty((n, k), np.int64)
+    for start in range(0, n, SEARCH_BLOCK):  # blockwise: FAISS temporaries scale with the block
+        stop = min(n, start + SEARCH_BLOCK)
+        sims[start:stop], neighbours[start:stop] = index.search(x[start:stop], k)
     return sims, neighbours
 
 

@@ -31,8 +31,11 @@ class PRF:
         return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def _codes(labels: Sequence[object]) -> NDArray[np.int64]:
-    return np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)[1].astype(np.int64)
+def _codes(labels: Sequence[object] | NDArray) -> NDArray[np.int64]:
+    array = np.asarray(labels)
+    if array.dtype.kind not in "iu":
+        array = array.astype(object).astype(str)
+    return np.unique(array, return_inverse=True)[1].astype(np.int64).ravel()
 
 
 def _contingency(truth: Sequence[object], pred: Sequence[object]) -> tuple[NDArray, NDArray, NDArray]:
@@ -65,3 +68,40 @@ def pairwise(truth: Sequence[object], pred: Sequence[object]) -> PRF:
     tp = pairs(joint)
     pred_pairs, true_pairs = pairs(np.bincount(p)), pairs(np.bincount(t))
     return PRF(tp / pred_pairs if pred_pairs else 1.0, tp / true_pairs if true_pairs else 1.0)
+
+
+@dataclass(frozen=True)
+class FolderReport:
+    """How two-person folders came out: purity and recall per person folder, and the
+    share of strangers and junk kept out of the person folders."""
+
+    purity: dict[str, float]
+    recall: dict[str, float]
+    folder_of: dict[str, str]
+    strangers_out: float
+    junk_out: float
+
+    def lines(self) -> list[str]:
+        out = [f"{folder}: {person}, purity {self.purity[folder]:.4f}, recall {self.recall[folder]:.4f}"
+               for person, folder in self.folder_of.items()]
+        out.append(f"strangers in outliers/: {self.strangers_out:.3f}; junk in outliers/: {self.junk_out:.3f}")
+        return out
+
+
+def folder_report(truth: Sequence[str], folders: Sequence[str], people: Sequence[str]) -> FolderReport:
+    """``truth``: identity, 'stranger:…' or 'junk' per image; ``folders``: cluster per image."""
+    t, f = np.asarray(truth, dtype=object), np.asarray(folders, dtype=object)
+    purity, recall, folder_of = {}, {}, {}
+    for person in people:
+        mine = t == person
+        names, counts = np.unique(f[mine & (f != "outliers")], return_counts=True)
+        folder = str(names[np.argmax(counts)]) if len(names) else "outliers"
+        folder_of[person] = folder
+        in_folder = f == folder
+        purity[folder] = float((t[in_folder] == person).mean()) if in_folder.any() else 0.0
+        recall[folder] = float((in_folder & mine).sum() / max(1, mine.sum()))
+    strangers = np.array([str(x).startswith("stranger:") for x in t])
+    junk = t == "junk"
+    return FolderReport(purity, recall, folder_of,
+                        float((f[strangers] == "outliers").mean()) if strangers.any() else 1.0,
+                        float((f[junk] == "outliers").mean()) if junk.any() else 1.0)

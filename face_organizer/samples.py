@@ -8,6 +8,7 @@ ships anywhere, so tests, benchmarks and the quick start make them from photos.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -55,3 +56,67 @@ def insightface_sample(name: str = "t1.jpg") -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is not in this insightface installation")
     return path
+
+
+def junk_crop(image: NDArray[np.uint8], rng: np.random.Generator, size: int = 256) -> NDArray[np.uint8]:
+    """A non-face 'face crop' as extractors produce by mistake: a background corner,
+    a blurred smear, or a flat wall, scaled to ``size``."""
+    h, w = image.shape[:2]
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        side = max(16, min(h, w) // 5)
+        x, y = int(rng.choice([0, w - side])), int(rng.choice([0, h - side]))
+        patch = image[y : y + side, x : x + side]
+    elif kind == 1:
+        patch = cv2.GaussianBlur(image, (0, 0), sigmaX=25)
+    else:
+        patch = np.full((32, 32, 3), rng.integers(40, 220, 3), np.uint8)
+        patch = np.clip(patch + rng.normal(0, 6, patch.shape), 0, 255).astype(np.uint8)
+    return cv2.resize(patch, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    label: str  # an identity, "stranger:<identity>" or "junk"
+
+
+def two_person_collection(lfw: Path, out: Path, detector: SCRFD, people: tuple[str, str] = ("Tony_Blair", "Donald_Rumsfeld"),
+                          per_person: int | None = None, strangers: float = 0.10, junk: float = 0.03,
+                          seed: int = 0) -> list[LabelledImage]:
+    """A video-extraction-like collection from LFW: two people as occluded tight crops,
+    plus ``strangers`` (share) other people and ``junk`` (share) non-face crops, spread
+    over year folders with colliding file names."""
+    import csv
+
+    rng = np.random.default_rng(seed)
+    with open(lfw / "labels.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = [r for r in rows if r["identity"] in people]
+    if per_person:
+        chosen = [r for p in people for r in [x for x in chosen if x["identity"] == p][:per_person]]
+    others = [r for r in rows if r["identity"] not in people]
+    n_main = len(chosen)
+    picks = rng.choice(len(others), int(round(n_main * strangers)) + int(round(n_main * junk)), replace=False)
+    n_strangers = int(round(n_main * strangers))
+    plan = [(r, r["identity"]) for r in chosen]
+    plan += [(others[i], "stranger:" + others[i]["identity"]) for i in picks[:n_strangers]]
+    plan += [(others[i], "junk") for i in picks[n_strangers:]]
+    out_items: list[LabelledImage] = []
+    for i, (row, label) in enumerate(plan):
+        from .images import read_image
+
+        photo = read_image(lfw / row["path"])
+        if label == "junk":
+            crop = junk_crop(photo, rng)
+        else:
+            crop = crop_from_photo(photo, detector, zoom=float(rng.uniform(1.1, 1.4)),
+                                   occlude=(None, "bar", "blob")[i % 3], seed=i)
+            if crop is None:
+                continue
+        year = 2000 + i % 4
+        path = out / str(year) / f"frame_{i // 4:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), crop)
+        out_items.append(LabelledImage(path, label))
+    return out_items

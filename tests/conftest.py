@@ -90,3 +90,29 @@ def video_crops(lfw: Path, lfw_labels, models, tmp_path_factory) -> dict[str, li
             if crop is not None:
                 crops.setdefault(person, []).append(write_image(out / person / f"frame_{i:04d}.png", crop))
     return crops
+
+
+@pytest.fixture(scope="session")
+def two_person(lfw, models, tmp_path_factory):
+    """(embeddings file, {path: label}, input folder): 2 LFW people as occluded video crops
+    across year folders with colliding names, plus strangers and junk crops."""
+    from face_organizer.embed_run import run_embeddings
+    from face_organizer.samples import two_person_collection
+
+    root = tmp_path_factory.mktemp("two_person")
+    items = two_person_collection(lfw, root / "input", models.detector, ("Tony_Blair", "Donald_Rumsfeld"),
+                                  per_person=24, strangers=0.125, junk=0.07)
+    out = root / "emb.pkl"
+    run_embeddings([str(i.path) for i in items], out, models, inputs=[str(root / "input")], progress=False)
+    return out, {str(i.path): i.label for i in items}, root / "input"
+
+
+@pytest.fixture(scope="session")
+def lfw_subset(lfw, lfw_labels, models, tmp_path_factory):
+    """Embeddings of ~700 LFW dev photos: every big/main identity image plus 120 singles."""
+    from face_organizer.embed_run import run_embeddings
+
+    rows = [r for r in lfw_labels if r["kind"] in ("big", "main")][::2] + [r for r in lfw_labels if r["kind"] == "single"][:120]
+    out = tmp_path_factory.mktemp("lfw_subset") / "lfw.pkl"
+    run_embeddings([str(lfw / r["path"]) for r in rows], out, models, inputs=[str(lfw)], progress=False)
+    return out, {str(lfw / r["path"]): r["identity"] for r in rows}

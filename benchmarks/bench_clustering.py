@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Clustering speed and peak memory on synthetic embeddings (no files are placed).
+
+Each mode runs in its own process so its peak memory is measured alone:
+  --clusters 2:    two people (60/40) plus 5% scattered strangers
+  --clusters auto: 20,000 people with long-tailed sizes (Zipf-like), plus 5% noise
+Embeddings are unit vectors of --dim dimensions whose same-person similarity is like
+ArcFace's (about 0.4 between two faces, about 0 between people).
+
+  python benchmarks/bench_clustering.py --n 500000 --dim 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def synthetic(n: int, dim: int, people: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if people == 2:
+        sizes = np.array([int(n * 0.57), int(n * 0.38)])
+    else:
+        weights = 1.0 / np.arange(1, people + 1) ** 0.8
+        sizes = np.maximum(1, (weights / weights.sum() * n * 0.95).astype(int))
+    labels = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)] + [np.full(n - sizes.sum(), -1)])
+    centres = rng.standard_normal((people, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = np.empty((n, dim), np.float32)
+    for start in range(0, n, 50_000):  # blockwise: no float64 temporaries of the whole set
+        lab = labels[start : start + 50_000]
+        block = rng.standard_normal((len(lab), dim), dtype=np.float32) * np.float32(1.2 / np.sqrt(dim))
+        block[lab >= 0] += centres[lab[lab >= 0]]
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        x[start : start + len(lab)] = block
+    return x, labels
+
+
+def child(mode: str, n: int, dim: int) -> None:
+    from face_organizer.clustering import graph_clusters, kmeans
+    from face_organizer.evaluation import bcubed
+
+    x, labels = synthetic(n, dim, 2 if mode == "2" else 20_000)
+    start = time.perf_counter()
+    result = kmeans(x, 2) if mode == "2" else graph_clusters(x)
+    elapsed = time.perf_counter() - start
+    pred = np.where(result.labels >= 0, result.labels, -np.arange(1, n + 1))
+    truth = np.where(labels >= 0, labels, -np.arange(1, n + 1))
+    score = bcubed(truth, pred)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(json.dumps({"mode": mode, "n": n, "dim": dim, "seconds": round(elapsed, 1), "peak_gb": round(peak, 2),
+                      "clusters": result.n_clusters, "outliers": int((result.labels < 0).sum()),
+                      "bcubed_f": round(score.f, 4)}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=500_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--modes", default="2,auto")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.n, args.dim)
+        return 0
+    for mode in args.modes.split(","):
+        out = subprocess.run([sys.executable, __file__, "--child", mode, "--n", str(args.n), "--dim", str(args.dim)],
+                             capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"--clusters {mode:>4}: {r['n']:,} x {r['dim']}: {r['seconds']} s (clustering, data generation excluded), "
+              f"peak memory {r['peak_gb']} GB (process total), {r['clusters']:,} clusters, {r['outliers']:,} outliers, "
+              f"BCubed F {r['bcubed_f']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

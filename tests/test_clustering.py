@@ -1,0 +1,266 @@
+"""Stages 2-3 on real faces: folders that come out right, and files never lost."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from face_organizer import embfile, organize
+from face_organizer.cli import common
+from face_organizer.cli.cluster import main as cluster_main
+from face_organizer.cluster_stage import ClusterConfig, cluster_faces, load_embeddings, run_clustering
+from face_organizer.clustering import cluster_name, graph_clusters, kmeans
+from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError
+from face_organizer.evaluation import bcubed, folder_report
+from face_organizer.fsutil import _umask
+
+
+def run_cli(args: list[str]) -> int:
+    return common.run(cluster_main, args)
+
+
+def folder_files(out: Path) -> dict[str, list[Path]]:
+    return {d.name: sorted(p for p in d.rglob("*") if p.is_file() or p.is_symlink())
+            for d in out.iterdir() if d.is_dir() and (d.name.startswith("person_") or d.name == "outliers")}
+
+
+def test_two_people_land_in_pure_folders(two_person, tmp_path, capsys) -> None:
+    emb, labels, input_root = two_person
+    out = tmp_path / "clustered"
+    before = {p: Path(p).read_bytes() for p in labels}
+    assert run_cli(["--embeddings", str(emb), "--output", str(out), "--clusters", "2", "-q"]) == 0
+    # The sources are read, never written: every input file is byte-for-byte unchanged.
+    assert all(Path(p).read_bytes() == data for p, data in before.items())
+    assert oct((out / "clusters.csv").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    rows = list(csv.DictReader(open(out / "clusters.csv", newline="", encoding="utf-8")))
+    assert len(rows) == len(labels)
+    assert {"path", "cluster", "similarity", "destination"} <= set(rows[0])
+    report = folder_report([labels[r["path"]] for r in rows], [r["cluster"] for r in rows], ("Tony_Blair", "Donald_Rumsfeld"))
+    assert set(report.folder_of.values()) == {"person_A", "person_B"}
+    assert all(p == 1.0 for p in report.purity.values()), report.lines()
+    assert all(r >= 0.9 for r in report.recall.values()), report.lines()
+    assert report.strangers_out >= 0.8 and report.junk_out >= 0.8, report.lines()
+    # Folders hold the files, named by year folder: no collisions although names repeat.
+    files = folder_files(out)
+    assert sum(len(v) for v in files.values()) == len(labels)
+    for row in rows:
+        dest = Path(row["destination"])
+        assert dest.is_file() and dest.read_bytes() == Path(row["path"]).read_bytes()
+        assert dest.relative_to(out).parts[0] == row["cluster"]
+        # <cluster>/<input folder name>/<path below it>: same names in year folders never collide
+        assert dest.relative_to(out).parts[1:] == (input_root.name, *Path(row["path"]).relative_to(input_root).parts)
+    assert len(files["person_A"]) >= len(files["person_B"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clusters"]["person_A"] == len(files["person_A"])
+    assert (out / "index.html").is_file() and (out / "previews" / "person_A.jpg").is_file()
+    printed = capsys.readouterr().out
+    assert f"person_A: {len(files['person_A']):,} images → {out / 'person_A'}{os.sep}" in printed
+
+
+def test_same_input_gives_same_folders(two_person) -> None:
+    ef = load_embeddings([str(two_person[0])])
+    a = run_clustering(ef, ClusterConfig(clusters=2))
+    b = run_clustering(ef, ClusterConfig(clusters=2))
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_auto_finds_many_people(lfw_subset) -> None:
+    emb, identity = lfw_subset
+    ef = embfile.load(emb)
+    result = graph_clusters(ef.rows.embeddings)
+    truth = [identity[p] for p in ef.rows.paths]
+    pred = [f"c{c}" if c >= 0 else f"o{i}" for i, c in enumerate(result.labels)]
+    score = bcubed(truth, pred)
+    assert score.f >= 0.95, score
+    assert result.n_clusters >= 70
+
+
+@pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink", "move"])
+def test_link_modes(two_person, tmp_path, mode) -> None:
+    emb, labels, input_root = two_person
+    # Work on a private copy of the inputs: move takes the files away.
+    private = tmp_path / "input"
+    ef = embfile.load(emb)
+    mapping = {}
+    for p in ef.rows.paths:
+        target = private / Path(p).relative_to(input_root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(Path(p).read_bytes())
+        mapping[p] = str(target)
+    ef.rows.paths = [mapping[p] for p in ef.rows.paths]
+    ef.meta["inputs"] = [str(private)]
+    out = tmp_path / "out"
+    report = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode=mode, previews=False), progress=False)
+    assert report.status["placed"] == len(labels)
+    for source, dest in zip(ef.rows.paths, report.destinations):
+        if mode == "copy":
+            assert Path(dest).read_bytes() == Path(source).read_bytes() and Path(source).exists()
+        elif mode == "hardlink":
+            assert os.path.samefile(source, dest)
+        elif mode == "symlink":
+            assert os.path.islink(dest) and os.readlink(dest) == source
+        else:
+            assert not Path(source).exists() and Path(dest).is_file()
+    again = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode=mode, previews=False), progress=False)
+    assert again.status == {"exists": len(labels)}
+
+
+def _private_copy(two_person, tmp_path):
+    emb, labels, input_root = two_person
+    ef = embfile.load(emb)
+    private = tmp_path / "input"
+    new_paths = []
+    for p in ef.rows.paths:
+        target = private / Path(p).relative_to(input_root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(Path(p).read_bytes())
+        new_paths.append(str(target))
+    ef.rows.paths = new_paths
+    ef.meta["inputs"] = [str(private)]
+    return ef
+
+
+def _exactly_one_place(ef, report) -> None:
+    for source, dest in zip(ef.rows.paths, report.destinations):
+        assert Path(source).exists() != Path(dest).exists(), (source, dest)
+
+
+def test_interrupted_move_loses_nothing(two_person, tmp_path, monkeypatch) -> None:
+    ef = _private_copy(two_person, tmp_path)
+    out = tmp_path / "out"
+    config = ClusterConfig(clusters=2, link_mode="move", previews=False)
+    plan = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", dry_run=True), progress=False)
+    real_place, calls = organize.place, []
+
+    def dying_place(source, dest, mode):
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        calls.append(source)
+        return real_place(source, dest, mode)
+
+    monkeypatch.setattr("face_organizer.cluster_stage.place", dying_place)
+    with pytest.raises(KeyboardInterrupt):
+        cluster_faces(ef, str(out), config, progress=False)
+    _exactly_one_place(ef, plan)
+    monkeypatch.setattr("face_organizer.cluster_stage.place", real_place)
+    report = cluster_faces(ef, str(out), config, progress=False)
+    assert report.status["exists"] == 10 and not any(Path(p).exists() for p in ef.rows.paths)
+    _exactly_one_place(ef, report)
+
+
+def test_cross_device_move_interrupted_between_copy_and_delete(two_person, tmp_path, monkeypatch) -> None:
+    ef = _private_copy(two_person, tmp_path)
+    out = tmp_path / "out"
+    config = ClusterConfig(clusters=2, link_mode="move", previews=False)
+
+    def no_rename(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    real_unlink, unlinked = os.unlink, []
+
+    def dying_unlink(path, *a, **k):
+        if str(path) in ef.rows.paths and len(unlinked) == 3:
+            raise KeyboardInterrupt  # power cut after the copy, before the source is removed
+        if str(path) in ef.rows.paths:
+            unlinked.append(path)
+        return real_unlink(path, *a, **k)
+
+    monkeypatch.setattr(organize.os, "rename", no_rename)
+    monkeypatch.setattr(organize.os, "unlink", dying_unlink)
+    with pytest.raises(KeyboardInterrupt):
+        cluster_faces(ef, str(out), config, progress=False)
+    monkeypatch.setattr(organize.os, "unlink", real_unlink)
+    report = cluster_faces(ef, str(out), config, progress=False)
+    _exactly_one_place(ef, report)
+    assert all(Path(d).is_file() for d in report.destinations)
+
+
+def test_dry_run_writes_nothing(two_person, tmp_path, capsys) -> None:
+    out = tmp_path / "never"
+    assert run_cli(["--embeddings", str(two_person[0]), "--output", str(out), "--dry-run", "-q"]) == 0
+    assert not out.exists()
+    printed = capsys.readouterr().out
+    assert "dry run: nothing was written" in printed and "would write" in printed
+
+
+def test_rerun_into_other_clustering_is_refused(two_person, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
+    assert run_cli(base + ["--clusters", "2"]) == 0
+    assert run_cli(base + ["--clusters", "2"]) == 0
+    assert run_cli(base + ["--clusters", "3"]) == 2
+    assert "holds a different clustering" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mine.txt").write_text("user file")
+    assert run_cli(["--embeddings", str(two_person[0]), "--output", str(tmp_path / "other"), "-q"]) == 2
+    assert (tmp_path / "other" / "mine.txt").read_text() == "user file"
+
+
+def test_files_from_different_models_refused(two_person, tmp_path, capsys) -> None:
+    ef = embfile.load(two_person[0])
+    other = embfile.EmbeddingsFile(
+        embfile.FaceRows(ef.rows.paths[:3], np.eye(3, 512, dtype=np.float32), ef.rows.detected[:3],
+                         ef.rows.det_score[:3], ef.rows.bbox[:3], ef.rows.face_index[:3]),
+        [], [], dict(ef.meta, model_files={"recognition": "w600k_r50.onnx"}, embedding_size=512))
+    embfile.save(tmp_path / "gpu1.pkl", other)
+    with pytest.raises(EmbeddingsFileError, match="cannot be mixed"):
+        load_embeddings([str(two_person[0]), str(tmp_path / "gpu1.pkl")])
+    assert run_cli(["--embeddings", str(two_person[0]), str(tmp_path / "gpu1.pkl"), "--output", str(tmp_path / "o")]) == 2
+    assert "cannot be mixed" in capsys.readouterr().err
+
+
+def test_hostile_embeddings_refused(tmp_path, capsys) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"paths": [Exploit()]}))
+    assert run_cli(["--embeddings", str(tmp_path / "evil.pkl"), "--output", str(tmp_path / "o")]) == 2
+    assert "refusing to load" in capsys.readouterr().err and not marker.exists()
+
+
+def test_same_image_in_two_files_counted_once(two_person, tmp_path) -> None:
+    ef = embfile.load(two_person[0])
+    half = len(ef.rows) // 2
+    for name, sl in (("a.pkl", slice(0, half + 5)), ("b.pkl", slice(half - 5, None))):
+        rows = ef.rows.select(np.arange(len(ef.rows))[sl])
+        embfile.save(tmp_path / name, embfile.EmbeddingsFile(rows, [], [], ef.meta))
+    merged = load_embeddings([str(tmp_path / "a.pkl"), str(tmp_path / "b.pkl")])
+    assert sorted(merged.rows.paths) == sorted(ef.rows.paths)
+
+
+def test_paths_never_escape_the_output(tmp_path) -> None:
+    name = organize.relative_name("/data/2017/../../etc/passwd", ["/data/2017"])
+    assert ".." not in name.split("/")
+    target = organize.inside(str(tmp_path), "person_A/" + name)
+    assert target.startswith(str(tmp_path.resolve()) + os.sep)
+    with pytest.raises(FaceOrganizerError):
+        organize.inside(str(tmp_path), "../outside.png")
+    dests = organize.plan_destinations(["/a/2017/f.png", "/b/2017/f.png", "/a/2017/f.png"], ["person_A"] * 3, ["/a/2017", "/b/2017"])
+    assert dests == ["person_A/2017/f.png", "person_A/2017/f_2.png", "person_A/2017/f.png"]
+
+
+def test_kmeans_outlier_cut_and_naming() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((2, 64)).astype(np.float32)
+    unit = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    junk = rng.standard_normal((400, 64)).astype(np.float32)
+    junk /= np.linalg.norm(junk, axis=1, keepdims=True)
+    junk = junk[np.abs(junk @ unit.T).max(axis=1) < 0.1][:5]  # clearly no one's face
+    x = np.concatenate([centres[0] + 0.3 * rng.standard_normal((60, 64)), centres[1] + 0.3 * rng.standard_normal((30, 64)),
+                        junk]).astype(np.float32)
+    result = kmeans(x, 2)
+    assert (result.labels[:60] == 0).all() and (result.labels[60:90] == 1).all()
+    assert (result.labels[90:] == -1).all()
+    assert [cluster_name(i) for i in (-1, 0, 1, 25, 26, 27)] == ["outliers", "person_A", "person_B", "person_Z", "person_AA", "person_AB"]
+    forced = kmeans(x, 2, min_similarity=-1.0)
+    assert (forced.labels >= 0).all() and forced.threshold_source == "--min-similarity"
