@@ -60,8 +60,9 @@ def _relabel_by_size(labels: NDArray[np.int64]) -> NDArray[np.int64]:
     kept = labels[labels >= 0]
     if kept.size == 0:
         return labels
-    ids, counts = np.unique(kept, return_counts=True)
-    first = np.array([np.argmax(labels == i) for i in ids])
+    ids, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    keep = ids >= 0
+    ids, first, counts = ids[keep], first[keep], counts[keep]
     order = ids[np.lexsort((first, -counts))]
     mapping = np.full(int(labels.max()) + 1, OUTLIER, dtype=np.int64)
     mapping[order] = np.arange(len(order))
@@ -213,7 +214,10 @@ def graph_clusters(
     member = labels >= 0
     if k:
         similarity[member] = np.einsum("ij,ij->i", x[member], centres[labels[member]])
-        similarity[~member] = (x[~member] @ centres.T).max(axis=1) if (~member).any() else 0
+        if (~member).any():  # nearest centre by FAISS search: no outliers x centres matrix
+            index = faiss.IndexFlatIP(d)
+            index.add(centres)
+            similarity[~member] = index.search(x[~member], 1)[0][:, 0]
     return Clustering(labels, similarity, centres, float(threshold), source,
                       f"graph k-NN={neighbours} min_samples={min_samples}")
 

@@ -120,3 +120,36 @@ def two_person_collection(lfw: Path, out: Path, detector: SCRFD, people: tuple[s
         cv2.imwrite(str(path), crop)
         out_items.append(LabelledImage(path, label))
     return out_items
+
+
+def sample_collection(out: Path, detector: SCRFD, frames: int = 6) -> list[Path]:
+    """Video-style crops of the faces that ship with pip packages: the six people of
+    insightface's ``t1.jpg``, its ``Tom_Hanks_54745.png`` and scikit-image's astronaut,
+    ``frames`` variations each (zoom, brightness, occlusion), split over two year folders
+    with repeating file names, as a face extractor would write them."""
+    from skimage import data as skdata
+
+    from .images import read_image
+
+    sources: list[NDArray[np.uint8]] = []
+    group = read_image(insightface_sample("t1.jpg"))
+    dets = detector.detect(group, (640, 640), 0.5)
+    kps_list = [dets.kps[i] for i in np.argsort(dets.boxes[:, 0])]
+    singles = [read_image(insightface_sample("Tom_Hanks_54745.png")), np.ascontiguousarray(skdata.astronaut()[:, :, ::-1])]
+    for image in singles:
+        found = detector.detect(image, (640, 640), 0.5)
+        if len(found):
+            kps_list.append(found.kps[pick_central(found, image.shape)])
+            sources.append(image)
+    images = [group] * (len(kps_list) - len(sources)) + sources
+    written: list[Path] = []
+    rng = np.random.default_rng(7)
+    for person, (image, kps) in enumerate(zip(images, kps_list)):
+        for frame in range(frames):
+            crop = video_crop(image, kps, zoom=float(rng.uniform(1.05, 1.35)), occlude=(None, "bar", "blob")[frame % 3], seed=frame)
+            crop = np.clip(crop.astype(np.float32) * rng.uniform(0.7, 1.2), 0, 255).astype(np.uint8)
+            path = out / ("2017" if frame % 2 else "2018") / f"face{person:02d}_frame_{frame // 2:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), crop)
+            written.append(path)
+    return written

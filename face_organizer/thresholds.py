@@ -91,3 +91,64 @@ def load_calibration(recognizer: str, path: Path | None = None) -> dict[str, Any
         return None
     entry = data.get(recognizer) if isinstance(data, dict) else None
     return entry if isinstance(entry, dict) else None
+
+
+def calibrate_from_embeddings(x: NDArray[np.float32], identities: list[str], target_fmr: float = 1e-3,
+                              seed: int = 0, max_pairs: int = 2_000_000) -> dict[str, Any]:
+    """Cut-offs at a target false-match rate from labelled embeddings.
+
+    ``pair_threshold``: face-to-face similarity exceeded by ``target_fmr`` of impostor
+    pairs (search, graph edges). ``centre_threshold``: face-to-identity-centre
+    similarity exceeded by that share of faces of *other* identities (k-means outliers).
+    Also reports the genuine match rate at each.
+    """
+    ids = np.asarray(identities)
+    codes = np.unique(ids, return_inverse=True)[1]
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    if n * (n - 1) // 2 <= max_pairs:
+        a, b = np.triu_indices(n, 1)
+    else:
+        a, b = rng.integers(0, n, max_pairs), rng.integers(0, n, max_pairs)
+        a, b = a[a != b], b[a != b]
+    sims = np.concatenate([np.einsum("ij,ij->i", x[a[i : i + 100_000]], x[b[i : i + 100_000]]) for i in range(0, len(a), 100_000)])
+    same = codes[a] == codes[b]
+    if not same.any() or same.all():
+        raise ValueError("calibration needs several identities with two or more images each")
+    pair = float(np.quantile(sims[~same], 1.0 - target_fmr))
+    counts = np.bincount(codes)
+    centres = np.zeros((counts.size, x.shape[1]), np.float32)
+    np.add.at(centres, codes, x)
+    big = counts >= 3
+    # Genuine: leave-one-out centre of the face's own identity; impostor: other identities' centres.
+    own = centres[codes] - x
+    own /= np.maximum(np.linalg.norm(own, axis=1, keepdims=True), 1e-12)
+    genuine_centre = np.einsum("ij,ij->i", x, own)[big[codes]]
+    unit = centres[big] / np.linalg.norm(centres[big], axis=1, keepdims=True)
+    other = (x @ unit.T)[codes[:, None] != np.nonzero(big)[0][None, :]]
+    centre = float(np.quantile(other, 1.0 - target_fmr))
+    return {
+        "pair_threshold": round(pair, 4),
+        "pair_true_match_rate": round(float((sims[same] >= pair).mean()), 4),
+        "centre_threshold": round(centre, 4),
+        "centre_true_match_rate": round(float((genuine_centre >= centre).mean()), 4),
+        "target_false_match_rate": target_fmr,
+        "images": int(n),
+        "identities": int(counts.size),
+    }
+
+
+def save_calibration(recognizer: str, entry: dict[str, Any], path: Path | None = None) -> Path:
+    """Store ``entry`` for a recogniser file name, keeping other models' entries."""
+    from .fsutil import atomic_write_text
+
+    path = path or calibration_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    data[recognizer] = entry
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
+    return path

@@ -1,0 +1,148 @@
+"""Finding every face of one person from one or a few reference photos.
+
+Exact inner-product search in FAISS over the normalised embeddings (on the GPU when
+FAISS has one), every face above the cut-off returned, then query expansion: the
+most confident matches are averaged with the references into a new query, which
+reaches the person's harder photos (profile, occlusion, low light) that no single
+reference is close enough to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import SetupError
+from .faces import EmbedOptions, FaceModels, find_crop_face
+from .alignment import align
+from .images import DecodeError, read_image
+from .recognition import l2_normalise
+from .thresholds import impostor_model
+
+log = logging.getLogger(__name__)
+
+SEARCH_Z = 4.5
+EXPAND_Z = 5.0
+EXPAND_COUNT = 10
+
+
+@dataclass(frozen=True)
+class Reference:
+    path: str
+    embedding: NDArray[np.float32]
+    faces_in_photo: int
+    detected: bool
+
+
+def embed_reference(path: str, models: FaceModels) -> Reference:
+    """The largest face of a reference photo (or face crop), embedded.
+
+    Raises ``SetupError`` for an unreadable file or an image with no face.
+    """
+    try:
+        image = read_image(path)
+    except DecodeError as err:
+        raise SetupError(f"cannot use query {path}: {err}") from None
+    size = models.recognizer.input_size
+    dets = models.detector.detect(image, (640, 640), 0.5)
+    if len(dets):
+        area = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
+        i = int(np.argmax(area))
+        if len(dets) > 1:
+            log.warning("query %s shows %d faces; using the largest", path, len(dets))
+        face, count = align(image, dets.kps[i], size), len(dets)
+    else:
+        found = find_crop_face(image, models.detector, EmbedOptions())  # a tight crop needs padding
+        if found is None:
+            raise SetupError(f"no face found in query {path}; use a photo where the face is visible")
+        face, count = align(image, found[0], size), 1
+    return Reference(path, models.recognizer.embed(face[None])[0], count, True)
+
+
+@dataclass
+class SearchResult:
+    index: NDArray[np.int64]  # rows of the embeddings, best first
+    similarity: NDArray[np.float32]
+    via_expansion: NDArray[np.bool_]
+    threshold: float
+    threshold_source: str
+
+
+GPU_K_LIMIT = 2048  # FAISS GPU indexes return at most this many neighbours per query
+
+
+class _Searcher:
+    """Every row above a similarity, exactly: FAISS range search on the CPU, k-NN on
+    the GPU (falling back to the CPU index when a query has more matches than it returns)."""
+
+    def __init__(self, x: NDArray[np.float32], use_gpu: bool):
+        self.cpu = faiss.IndexFlatIP(x.shape[1])
+        self.cpu.add(x)
+        self.gpu = None
+        if use_gpu:
+            try:
+                self.gpu = faiss.index_cpu_to_all_gpus(self.cpu)
+            except RuntimeError as err:
+                log.warning("FAISS on the GPU failed (%s); searching on the CPU", str(err).splitlines()[0][:200])
+
+    def above(self, queries: NDArray[np.float32], cut: float) -> NDArray[np.float32]:
+        """(n,) best similarity to any query for rows reaching ``cut``, -inf elsewhere."""
+        best = np.full(self.cpu.ntotal, -np.inf, np.float32)
+        if self.gpu is not None:
+            k = min(self.cpu.ntotal, GPU_K_LIMIT)
+            sims, rows = self.gpu.search(queries, k)
+            if not (k == GPU_K_LIMIT and (sims[:, -1] >= cut).any()):
+                keep = (rows >= 0) & (sims >= cut)
+                np.maximum.at(best, rows[keep], sims[keep])
+                return best
+        lims, sims, rows = self.cpu.range_search(queries, cut)
+        np.maximum.at(best, rows, sims)
+        return best
+
+
+def search(
+    embeddings: NDArray[np.float32],
+    references: Sequence[NDArray[np.float32]],
+    *,
+    threshold: float | None = None,
+    calibrated: tuple[float, str] | None = None,
+    expand: bool = True,
+    top_k: int | None = None,
+    use_gpu: bool = False,
+) -> SearchResult:
+    """Rows of ``embeddings`` (n, d) matching any reference (d,), best first."""
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    refs = l2_normalise(np.stack(references))
+    if threshold is not None:
+        cut, source = float(threshold), "--threshold"
+        model = None
+    elif calibrated is not None:
+        (cut, source), model = calibrated, None
+    else:
+        model = impostor_model(x)
+        cut = model.cut(SEARCH_Z)
+        source = f"data: impostor peak of random pairs at {model.centre:.3f} + {SEARCH_Z} x {model.spread:.3f}"
+    searcher = _Searcher(x, use_gpu)
+    n = len(x)
+    first = searcher.above(refs, cut)
+    best = first
+    expanded = np.zeros(n, bool)
+    if expand:
+        confident_cut = model.cut(EXPAND_Z) if model is not None else cut + 0.1 * (1.0 - cut)
+        confident = np.nonzero(first >= confident_cut)[0]
+        confident = confident[np.argsort(-first[confident], kind="stable")][:EXPAND_COUNT]
+        if confident.size:
+            query = l2_normalise(np.concatenate([refs, x[confident]]).mean(axis=0, keepdims=True))
+            second = searcher.above(query, cut)
+            expanded = (second >= cut) & (first < cut)
+            best = np.maximum(first, second)
+    hits = np.nonzero(best >= cut)[0]
+    hits = hits[np.argsort(-best[hits], kind="stable")]
+    if top_k is not None:
+        hits = hits[:top_k]
+    return SearchResult(hits.astype(np.int64), best[hits], expanded[hits], float(cut), source)
