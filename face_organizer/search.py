@@ -22,13 +22,14 @@ from .faces import EmbedOptions, FaceModels, find_crop_face
 from .alignment import align
 from .images import DecodeError, read_image
 from .recognition import l2_normalise
-from .thresholds import impostor_model
+from .thresholds import ImpostorModel, impostor_model
 
 log = logging.getLogger(__name__)
 
 SEARCH_Z = 4.5
 EXPAND_Z = 5.0
 EXPAND_COUNT = 10
+IMPOSTOR_PAIRS = 50_000  # a histogram mode needs far fewer pairs than clustering's 200,000
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,14 @@ class SearchResult:
 GPU_K_LIMIT = 2048  # FAISS GPU indexes return at most this many neighbours per query
 
 
-class _Searcher:
-    """Every row above a similarity, exactly: FAISS range search on the CPU, k-NN on
-    the GPU (falling back to the CPU index when a query has more matches than it returns)."""
+class FaceIndex:
+    """Loaded embeddings ready for queries: every row above a similarity, exactly, with
+    FAISS range search on the CPU, k-NN on the GPU (falling back to the CPU index when a
+    query has more matches than it returns). Build once, query many times."""
 
-    def __init__(self, x: NDArray[np.float32], use_gpu: bool):
+    def __init__(self, x: NDArray[np.float32], use_gpu: bool = False):
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self._impostor: ImpostorModel | None = None
         self.cpu = faiss.IndexFlatIP(x.shape[1])
         self.cpu.add(x)
         self.gpu = None
@@ -89,6 +93,12 @@ class _Searcher:
                 self.gpu = faiss.index_cpu_to_all_gpus(self.cpu)
             except RuntimeError as err:
                 log.warning("FAISS on the GPU failed (%s); searching on the CPU", str(err).splitlines()[0][:200])
+
+    @property
+    def impostor(self) -> ImpostorModel:
+        if self._impostor is None:
+            self._impostor = impostor_model(self.x, pairs=IMPOSTOR_PAIRS)
+        return self._impostor
 
     def above(self, queries: NDArray[np.float32], cut: float) -> NDArray[np.float32]:
         """(n,) best similarity to any query for rows reaching ``cut``, -inf elsewhere."""
@@ -106,7 +116,7 @@ class _Searcher:
 
 
 def search(
-    embeddings: NDArray[np.float32],
+    embeddings: NDArray[np.float32] | FaceIndex,
     references: Sequence[NDArray[np.float32]],
     *,
     threshold: float | None = None,
@@ -115,8 +125,10 @@ def search(
     top_k: int | None = None,
     use_gpu: bool = False,
 ) -> SearchResult:
-    """Rows of ``embeddings`` (n, d) matching any reference (d,), best first."""
-    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    """Rows of ``embeddings`` (n, d), or of a prebuilt ``FaceIndex``, matching any
+    reference (d,), best first."""
+    searcher = embeddings if isinstance(embeddings, FaceIndex) else FaceIndex(embeddings, use_gpu)
+    x = searcher.x
     refs = l2_normalise(np.stack(references))
     if threshold is not None:
         cut, source = float(threshold), "--threshold"
@@ -124,10 +136,9 @@ def search(
     elif calibrated is not None:
         (cut, source), model = calibrated, None
     else:
-        model = impostor_model(x)
+        model = searcher.impostor
         cut = model.cut(SEARCH_Z)
         source = f"data: impostor peak of random pairs at {model.centre:.3f} + {SEARCH_Z} x {model.spread:.3f}"
-    searcher = _Searcher(x, use_gpu)
     n = len(x)
     first = searcher.above(refs, cut)
     best = first

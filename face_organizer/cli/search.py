@@ -1,0 +1,78 @@
+"""search_faces: every image of one person, from one or a few reference photos."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from ..cluster_stage import load_embeddings
+from ..errors import SetupError
+from ..faces import load_face_models
+from ..modelpack import resolve_pack
+from ..search_stage import calibrate_folder, find_person
+from ..thresholds import calibration_path, save_calibration
+from . import common
+
+EXAMPLES = """\
+  python scripts/search_faces.py --embeddings /workspace/embeddings_gpu0.pkl /workspace/embeddings_gpu1.pkl \\
+      --query /workspace/ref/her.jpg --output /workspace/faces_target
+  python scripts/search_faces.py --embeddings emb.pkl --query ref1.jpg ref2.jpg ref3.png --output her --link-mode symlink
+  # measure the model's cut-offs on a labelled folder (one sub-folder per person) and store them:
+  python scripts/search_faces.py --calibrate ../shared/datasets/lfw_dev --model buffalo_l
+"""
+
+
+def build_parser():
+    p = common.parser("search_faces.py", "Find every face of one person among embedded faces, from one or a few "
+                      "reference photos (face crops or full photos: the largest face is used).", EXAMPLES)
+    p.add_argument("--embeddings", nargs="+", metavar="FILE", help="embeddings files to search")
+    p.add_argument("--query", nargs="+", metavar="IMG", help="reference photos of the person (several help)")
+    p.add_argument("--output", metavar="DIR", help="folder for matches.csv and the matched images")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="minimum similarity (default: calibrated for the model, else derived from the data)")
+    p.add_argument("--top-k", type=common.positive, default=None, help="keep at most this many matches")
+    p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy")
+    p.add_argument("--no-expand", dest="expand", action="store_false", help="no second search from confident matches")
+    p.add_argument("--calibrate", metavar="DIR", default=None,
+                   help="instead of searching: compute the model's thresholds on a labelled folder and store them")
+    p.add_argument("--target-fmr", type=float, default=1e-3, help="false-match rate for --calibrate (default: 0.001)")
+    p.add_argument("--model", default=None, help="model pack (default: the one that made the embeddings)")
+    p.add_argument("--model-root", default=None, help="folder holding model packs")
+    common.add_device_args(p)
+    common.add_logging_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    common.setup_logging(args.verbose, args.quiet)
+    gpu_id = common.gpu_id_from_env()
+    if args.calibrate:
+        pack = resolve_pack(args.model or "buffalo_l", common.model_root(args.model_root))
+        models = load_face_models(pack, args.device, gpu_id, tensorrt=args.tensorrt)
+        entry = calibrate_folder(args.calibrate, models, args.target_fmr, progress=not args.quiet)
+        path = save_calibration(pack.recognizer.name, entry)
+        print(json.dumps(entry, indent=2))
+        print(f"stored for {pack.recognizer.name} in {path} (override the location with $FACE_ORGANIZER_CALIBRATION)")
+        return 0
+    missing = [f"--{n}" for n in ("embeddings", "query", "output") if not getattr(args, n)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    ef = load_embeddings(args.embeddings)
+    name = args.model or ef.meta.get("model_pack")
+    if not name:
+        raise SetupError("the embeddings file does not say which model pack made it; pass --model")
+    pack = resolve_pack(name, common.model_root(args.model_root))
+    models = load_face_models(pack, args.device, gpu_id, tensorrt=args.tensorrt)
+    from ..clustering import gpu_count
+
+    report = find_person(ef, models, args.query, args.output, threshold=args.threshold, top_k=args.top_k,
+                         expand=args.expand, link_mode=args.link_mode, use_gpu=gpu_count() > 0, progress=not args.quiet)
+    print("\n".join(report.lines()))
+    return 0
+
+
+def cli() -> None:
+    sys.exit(common.run(main))

@@ -1,0 +1,101 @@
+"""Face search as a stage: embeddings files + reference photos -> matches.csv and the
+matched images in a folder; and calibration of a model's cut-offs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from .embfile import EmbeddingsFile
+from .errors import SetupError
+from .faces import EmbedOptions, FaceModels, embed_batch
+from .fsutil import atomic_write_text
+from .images import discover_images, load
+from .organize import LinkMode, inside, place, plan_destinations, plan_digest, prepare_output
+from .search import Reference, SearchResult, embed_reference, search
+from .thresholds import calibrate_from_embeddings, load_calibration
+
+log = logging.getLogger(__name__)
+
+
+def check_same_model(ef: EmbeddingsFile, models: FaceModels) -> None:
+    theirs = ef.meta.get("model_files", {}).get("recognition")
+    if theirs != models.pack.recognizer.name or ef.dim != models.dim:
+        raise SetupError(
+            f"the embeddings were made with {theirs} ({ef.dim}-d) but the query would be embedded with "
+            f"{models.pack.recognizer.name} ({models.dim}-d): pass the pack that made them with --model/--model-root"
+        )
+
+
+@dataclass
+class SearchReport:
+    result: SearchResult
+    references: list[Reference]
+    destinations: list[str]
+    rows: int
+    output: str
+
+    def lines(self) -> list[str]:
+        unique = len(set(self.destinations))
+        via = int(self.result.via_expansion.sum())
+        return [
+            f"{len(self.result.index):,} matching faces in {unique:,} images "
+            f"({via:,} found by query expansion) out of {self.rows:,} faces → {self.output}{os.sep}",
+            f"similarity threshold {self.result.threshold:.3f} ({self.result.threshold_source})",
+        ]
+
+
+def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], output: str, *,
+                threshold: float | None = None, top_k: int | None = None, expand: bool = True,
+                link_mode: LinkMode = "copy", use_gpu: bool = False, progress: bool = True) -> SearchReport:
+    check_same_model(ef, models)
+    refs = [embed_reference(q, models) for q in queries]
+    calibration = load_calibration(models.pack.recognizer.name)
+    calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
+    result = search(ef.rows.embeddings, [r.embedding for r in refs], threshold=threshold, calibrated=calibrated,
+                    expand=expand, top_k=top_k, use_gpu=use_gpu)
+    output = os.path.abspath(output)
+    paths = [ef.rows.paths[i] for i in result.index]
+    rel = plan_destinations(paths, ["."] * len(paths), ef.meta.get("inputs", []))
+    dests = [inside(output, r) for r in rel]
+    operations = sorted(set(zip(paths, dests)))
+    prepare_output(output, plan_digest(operations, link_mode), dry_run=False)
+    status = {d: place(s, d, link_mode) for s, d in tqdm(operations, unit="file", file=sys.stderr, disable=not progress)}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "face_index", "similarity", "found_by", "destination", "status"])
+    for row, sim, via, dest in zip(result.index, result.similarity, result.via_expansion, dests):
+        writer.writerow([ef.rows.paths[row], int(ef.rows.face_index[row]), f"{float(sim):.4f}",
+                         "expansion" if via else "reference", dest, status[dest]])
+    atomic_write_text(os.path.join(output, "matches.csv"), buffer.getvalue())
+    return SearchReport(result, refs, dests, len(ef.rows), output)
+
+
+def calibrate_folder(folder: str, models: FaceModels, target_fmr: float, batch_size: int = 64,
+                     progress: bool = True) -> dict[str, object]:
+    """Embed a labelled folder (one sub-folder per identity) and compute cut-offs."""
+    root = os.path.abspath(folder)
+    paths = discover_images([root])
+    if not paths:
+        raise SetupError(f"no images under {root}")
+    embeddings, identities = [], []
+    for start in tqdm(range(0, len(paths), batch_size), unit="batch", file=sys.stderr, disable=not progress):
+        loaded = [item for item in (load(p) for p in paths[start : start + batch_size]) if item.image is not None]
+        result = embed_batch([(i.path, i.image) for i in loaded], models, EmbedOptions())
+        embeddings.append(result.rows.embeddings)
+        identities += [os.path.relpath(p, root).split(os.sep)[0] for p in result.rows.paths]
+    import numpy as np
+
+    try:
+        entry = calibrate_from_embeddings(np.concatenate(embeddings), identities, target_fmr)
+    except ValueError as err:
+        raise SetupError(f"cannot calibrate on {root}: {err}") from None
+    entry.update(folder=root, model_pack=models.pack.name, recognizer=models.pack.recognizer.name)
+    return entry

@@ -1,0 +1,117 @@
+"""Face search on real faces: the right person, more with several references and
+with expansion, clear errors for bad queries and mismatched models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from face_organizer import embfile
+from face_organizer.cli import common
+from face_organizer.cli.search import main as search_main
+from face_organizer.errors import SetupError
+from face_organizer.faces import EmbedOptions, embed_batch
+from face_organizer.images import read_image
+from face_organizer.search import embed_reference, search
+from face_organizer.search_stage import check_same_model
+
+
+def run_cli(args: list[str]) -> int:
+    return common.run(search_main, args)
+
+
+@pytest.fixture(scope="module")
+def lfw_index(lfw_subset):
+    emb, identity = lfw_subset
+    ef = embfile.load(emb)
+    truth = np.array([identity[p] for p in ef.rows.paths])
+    people = [p for p, c in Counter(truth).items() if c >= 8]
+    return ef, truth, people
+
+
+def _pr(ef, truth, person, refs_rows, models, expand=True):
+    refs = [embed_reference(ef.rows.paths[r], models).embedding for r in refs_rows]
+    found = search(ef.rows.embeddings, refs, expand=expand)
+    hits = np.setdiff1d(found.index, refs_rows)
+    relevant = np.setdiff1d(np.nonzero(truth == person)[0], refs_rows)
+    tp = int(np.isin(hits, relevant).sum())
+    return tp / max(1, len(hits)), tp / len(relevant)
+
+
+def test_reference_finds_that_person_and_not_others(lfw_index, models) -> None:
+    ef, truth, people = lfw_index
+    scores = [_pr(ef, truth, p, np.nonzero(truth == p)[0][:1], models) for p in people]
+    precision, recall = np.mean([s[0] for s in scores]), np.mean([s[1] for s in scores])
+    assert precision >= 0.95 and recall >= 0.85, (precision, recall)
+
+
+def test_several_references_and_expansion_raise_recall(lfw_index, models) -> None:
+    ef, truth, people = lfw_index
+    one = [_pr(ef, truth, p, np.nonzero(truth == p)[0][:1], models, expand=False) for p in people]
+    three = [_pr(ef, truth, p, np.nonzero(truth == p)[0][:3], models, expand=False) for p in people]
+    expanded = [_pr(ef, truth, p, np.nonzero(truth == p)[0][:1], models, expand=True) for p in people]
+    recall_one, recall_three = np.mean([s[1] for s in one]), np.mean([s[1] for s in three])
+    recall_expanded = np.mean([s[1] for s in expanded])
+    assert recall_three > recall_one
+    assert recall_expanded > recall_one
+    assert np.mean([s[0] for s in expanded]) >= np.mean([s[0] for s in one]) - 0.02
+
+
+def test_group_photo_query_uses_largest_face(shared, models, caplog) -> None:
+    folder = shared / "datasets" / "face_recognition_examples" / "_multi_face"
+    photo = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[0]
+    with caplog.at_level(logging.WARNING):
+        ref = embed_reference(str(photo), models)
+    assert ref.faces_in_photo >= 2 and "using the largest" in caplog.text
+    image = read_image(photo)
+    faces = embed_batch([(str(photo), image)], models, EmbedOptions(mode="photos")).rows
+    area = (faces.bbox[:, 2] - faces.bbox[:, 0]) * (faces.bbox[:, 3] - faces.bbox[:, 1])
+    np.testing.assert_allclose(ref.embedding, faces.embeddings[int(np.argmax(area))], atol=1e-5)
+
+
+def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, tmp_path, capsys) -> None:
+    emb, identity = lfw_subset
+    query = lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"
+    out = tmp_path / "her"
+    assert run_cli(["--embeddings", str(emb), "--query", str(query), "--output", str(out),
+                    "--model", str(testpack_dir), "-q"]) == 0
+    rows = list(csv.DictReader(open(out / "matches.csv", newline="", encoding="utf-8")))
+    sims = [float(r["similarity"]) for r in rows]
+    assert sims == sorted(sims, reverse=True) and len(rows) >= 10
+    assert np.mean([identity[r["path"]] == "Jean_Chretien" for r in rows]) >= 0.95
+    assert all(Path(r["destination"]).is_file() for r in rows)
+    printed = capsys.readouterr().out
+    assert "matching faces" in printed and "similarity threshold" in printed
+
+
+def test_bad_query_and_model_mismatch_are_clear(lfw_subset, testpack_dir, models, tmp_path, capsys) -> None:
+    emb, _ = lfw_subset
+    (tmp_path / "broken.jpg").write_text("not a photo")
+    assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "broken.jpg"), "--output", str(tmp_path / "o"),
+                    "--model", str(testpack_dir)]) == 2
+    assert "cannot use query" in capsys.readouterr().err
+    ef = embfile.load(emb)
+    ef.meta["model_files"] = {"recognition": "w600k_r50.onnx"}
+    with pytest.raises(SetupError, match="w600k_r50.onnx"):
+        check_same_model(ef, models)
+
+
+def test_calibration_is_stored_and_used(shared, testpack_dir, lfw_subset, lfw, tmp_path, monkeypatch, capsys) -> None:
+    store = tmp_path / "calibration.json"
+    monkeypatch.setenv("FACE_ORGANIZER_CALIBRATION", str(store))
+    folder = shared / "datasets" / "deepface_tests"
+    assert run_cli(["--calibrate", str(folder), "--model", str(testpack_dir), "-q"]) == 0
+    entry = json.loads(store.read_text())["MobileFaceNet.onnx"]
+    assert 0.0 < entry["pair_threshold"] < 1.0 and entry["identities"] == 13
+    assert entry["pair_true_match_rate"] > 0.5
+    capsys.readouterr()
+    emb, _ = lfw_subset
+    assert run_cli(["--embeddings", str(emb), "--query", str(lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"),
+                    "--output", str(tmp_path / "o"), "--model", str(testpack_dir), "-q"]) == 0
+    assert f"similarity threshold {entry['pair_threshold']:.3f} (calibration)" in capsys.readouterr().out
