@@ -271,6 +271,7 @@ def run_embeddings(
     resume: bool = True,
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
+    status_file: str | None = None,
 ) -> RunSummary:
     """Embed ``paths`` into ``output``, continuing from an earlier run when ``resume``."""
     started = time.monotonic()
@@ -307,6 +308,7 @@ def run_embeddings(
                 bar.set_postfix(fallback=summary.fallback, skipped=sum(summary.skipped.values()), refresh=False)
                 batch = []
                 recorder.maybe_checkpoint()
+                _write_status(status_file, summary.already_done + bar.n, len(paths))
         if batch:
             _embed_isolating(batch, models, options, recorder, summary)
             bar.update(len(batch))
@@ -317,4 +319,17 @@ def run_embeddings(
         bar.close()
     summary.rows_in_file = recorder.finish(set(todo))
     summary.elapsed = time.monotonic() - started
+    _write_status(status_file, len(paths), len(paths), force=True)
     return summary
+
+
+_last_status = [0.0]
+
+
+def _write_status(path: str | None, done: int, total: int, force: bool = False) -> None:
+    """Progress for a launcher watching several workers: {"done": n, "total": n}."""
+    if path and (force or time.monotonic() - _last_status[0] > 1.0):
+        _last_status[0] = time.monotonic()
+        from .fsutil import atomic_write_text
+
+        atomic_write_text(path, f'{{"done": {done}, "total": {total}}}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,14 @@ EXAMPLES = """\
   python scripts/generate_embeddings.py --input ~/Pictures --output photos.pkl --mode photos --device cpu
   # interrupted or new images added? run the same command again: only what is missing is embedded
 """
+
+
+def read_file_list(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return sorted({os.path.abspath(line.rstrip("\n")) for line in handle if line.strip()})
+    except OSError as err:
+        raise SetupError(f"cannot read --file-list {path}: {err.strerror or err}") from None
 
 
 def default_workers() -> int:
@@ -44,6 +53,9 @@ def build_parser():
                    help="continue an interrupted or earlier run into the same --output (the default)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing --output and start over")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0, help="seconds between checkpoints (default: 60)")
+    p.add_argument("--file-list", default=None, metavar="FILE",
+                   help="embed only the images listed in FILE (one path per line); --input still names the folders")
+    p.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=common.non_negative, default=0, help="ONNX Runtime threads on the CPU (default: all cores)")
     common.add_logging_args(p)
     return p
@@ -54,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.setup_logging(args.verbose, args.quiet)
     gpu_id = common.gpu_id_from_env()
     try:
-        paths = images.discover_images(args.input)
+        paths = images.discover_images(args.input) if not args.file_list else read_file_list(args.file_list)
     except FileNotFoundError as err:
         raise SetupError(str(err)) from None
     if not paths:
@@ -72,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = embed_run.run_embeddings(
         paths, output, models, EmbedOptions(mode=args.mode), inputs=args.input, batch_size=args.batch_size,
         workers=args.workers, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet,
+        status_file=args.status_file,
     )
     print("\n".join(summary.lines()))
     return 0

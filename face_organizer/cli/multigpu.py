@@ -1,0 +1,62 @@
+"""embed_all_gpus: one generate_embeddings worker per GPU, one embeddings file per GPU."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import images
+from ..errors import SetupError
+from ..multigpu import parse_gpus, plan_workers, run_workers
+from . import common
+
+EXAMPLES = """\
+  python scripts/embed_all_gpus.py --input /workspace/input/2006 /workspace/input/2007 \\
+      --output-dir /workspace --gpus all --workers 4
+  # then, as before:
+  python scripts/cluster_faces.py --embeddings /workspace/embeddings_gpu*.pkl --output /workspace/clustered_faces
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser("embed_all_gpus.py", "Embed images on several GPUs at once: files are balanced over the GPUs, "
+                      "one worker process per GPU writes OUTPUT_DIR/embeddings_gpu<ID>.pkl.", EXAMPLES)
+    p.add_argument("--input", nargs="+", required=True, metavar="DIR")
+    p.add_argument("--output-dir", required=True, metavar="DIR")
+    p.add_argument("--gpus", default="all", help="'all' (nvidia-smi) or ids such as 0,1,3 (default: all)")
+    p.add_argument("--prefix", default="embeddings_gpu", help="file name prefix (default: embeddings_gpu)")
+    common.add_logging_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, passthrough = build_parser().parse_known_args(argv)
+    common.setup_logging(args.verbose, args.quiet)
+    gpus = parse_gpus(args.gpus)
+    try:
+        paths = images.discover_images(args.input)
+    except FileNotFoundError as err:
+        raise SetupError(str(err)) from None
+    if not paths:
+        raise SetupError(f"no images found under {', '.join(args.input)}")
+    out_dir = Path(args.output_dir).absolute()
+    workers = plan_workers([os.path.abspath(i) for i in args.input], paths, gpus, out_dir, args.prefix, passthrough)
+    for w in workers:
+        print(f"GPU {w.gpu}: {w.files:,} files → {w.output}", file=sys.stderr)
+    run_workers(workers, len(paths), progress=not args.quiet)
+    failed = [w for w in workers if w.code != 0]
+    for w in workers:
+        state = "ok" if w.code == 0 else f"FAILED (exit {w.code})"
+        print(f"GPU {w.gpu}: {state}: {w.files:,} files → {w.output} (log: {w.log})")
+    for w in failed:
+        last = [line for line in w.log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()][-1:]
+        print(f"GPU {w.gpu} said: {last[0] if last else '(nothing)'}")
+        print(f"  re-run it alone (it resumes): {w.rerun_line()}")
+    return 1 if failed else 0
+
+
+def cli() -> None:
+    sys.exit(common.run(main))

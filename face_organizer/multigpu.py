@@ -1,0 +1,143 @@
+"""One embedding worker process per GPU, from one command.
+
+Files (not folders) are spread over the GPUs in equal shares, ordered by a hash of
+their path, so a re-run gives every file the same worker (new images move at most a
+file per boundary) and each worker resumes its own embeddings file. Each worker is an ordinary
+generate_embeddings process with its own ``GPU_ID``, so a failed one can be re-run
+alone with the command the launcher prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import SetupError
+
+
+def _key(path: str) -> bytes:
+    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+
+
+def shard(paths: Sequence[str], shards: int) -> list[list[str]]:
+    """Split paths over ``shards`` workers: ordered by a hash of the path, cut into equal runs.
+
+    Balanced to one file, independent of folder sizes, reproducible; a file added later
+    moves at most one file across each boundary, so resumed workers redo almost nothing.
+    """
+    ordered = sorted(paths, key=_key)
+    base, extra = divmod(len(ordered), shards)
+    out, start = [], 0
+    for i in range(shards):
+        stop = start + base + (1 if i < extra else 0)
+        out.append(sorted(ordered[start:stop]))
+        start = stop
+    return out
+
+
+def visible_gpus() -> list[int]:
+    """GPU indices nvidia-smi lists (honouring CUDA_VISIBLE_DEVICES when it holds numbers)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None and env.strip():
+        items = [i.strip() for i in env.split(",") if i.strip()]
+        if all(i.isdigit() for i in items):
+            return list(range(len(items)))
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [i for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+
+
+def parse_gpus(spec: str) -> list[int]:
+    if spec == "all":
+        gpus = visible_gpus()
+        if not gpus:
+            raise SetupError("--gpus all: no GPU found (nvidia-smi lists none); name GPU ids, e.g. --gpus 0,1, "
+                             "or --gpus 0 --device cpu for a CPU run")
+        return gpus
+    try:
+        gpus = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise SetupError(f"--gpus must be 'all' or ids such as 0,1,2: got {spec!r}") from None
+    if not gpus or len(set(gpus)) != len(gpus) or min(gpus) < 0:
+        raise SetupError(f"--gpus must list distinct GPU ids: got {spec!r}")
+    return gpus
+
+
+@dataclass
+class Worker:
+    gpu: int
+    files: int
+    output: Path
+    log: Path
+    command: list[str]
+    process: subprocess.Popen | None = None
+    code: int | None = None
+
+    @property
+    def status_file(self) -> Path:
+        return self.output.with_suffix(".status.json")
+
+    def rerun_line(self) -> str:
+        return f"GPU_ID={self.gpu} " + " ".join(shlex.quote(c) for c in self.command)
+
+
+def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int], out_dir: Path, prefix: str,
+                 extra: Sequence[str]) -> list[Worker]:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "generate_embeddings.py"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for gpu, files in zip(gpus, shard(paths, len(gpus))):
+        output = out_dir / f"{prefix}{gpu}.pkl"
+        file_list = out_dir / f"{prefix}{gpu}.files.txt"
+        file_list.write_text("".join(f"{p}\n" for p in files), encoding="utf-8")
+        command = [sys.executable, str(script), "--input", *inputs, "--file-list", str(file_list),
+                   "--output", str(output), *extra]
+        workers.append(Worker(gpu, len(files), output, out_dir / f"{prefix}{gpu}.log", command))
+    return workers
+
+
+def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: float = 1.0) -> list[Worker]:
+    """Start every worker, show overall progress from their status files, wait for all."""
+    for w in workers:
+        env = dict(os.environ, GPU_ID=str(w.gpu), PYTHONUNBUFFERED="1")
+        w.status_file.unlink(missing_ok=True)
+        with open(w.log, "w", encoding="utf-8") as log:
+            w.process = subprocess.Popen([*w.command, "--quiet", "--status-file", str(w.status_file)],
+                                         stdout=log, stderr=subprocess.STDOUT, env=env)
+    bar = tqdm(total=total, unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    try:
+        while any(w.process.poll() is None for w in workers if w.process):
+            bar.n = sum(_done(w) for w in workers)
+            bar.refresh()
+            time.sleep(poll)
+        bar.n = sum(_done(w) for w in workers)
+        bar.refresh()
+    except KeyboardInterrupt:
+        for w in workers:
+            if w.process and w.process.poll() is None:
+                w.process.terminate()
+        raise
+    finally:
+        bar.close()
+    for w in workers:
+        w.code = w.process.wait() if w.process else None
+    return workers
+
+
+def _done(worker: Worker) -> int:
+    try:
+        return int(json.loads(worker.status_file.read_text())["done"])
+    except (OSError, ValueError, KeyError):
+        return 0

@@ -1,0 +1,79 @@
+"""The all-GPUs launcher, run on the CPU: N workers give the same embeddings as one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from face_organizer import embfile
+from face_organizer.cli import common
+from face_organizer.cli.embed import main as embed_main
+from face_organizer.cli.multigpu import main as multi_main
+from face_organizer.cluster_stage import load_embeddings
+from face_organizer.errors import SetupError
+from face_organizer.multigpu import parse_gpus, shard
+
+
+def test_sharding_is_balanced_complete_and_stable() -> None:
+    paths = [f"/in/{year}/frame_{i:04d}.png" for year in (2006, 2007) for i in range(500)] + [f"/in/2008/x{i}.png" for i in range(7)]
+    parts = shard(paths, 3)
+    assert sorted(p for part in parts for p in part) == sorted(paths)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert all(part == sorted(part) for part in parts)
+    # By file, not by folder: every worker gets files of every year.
+    assert all({p.split("/")[2] for p in part} >= {"2006", "2007"} for part in parts)
+    moved = sum(len(set(a) - set(b)) for a, b in zip(parts, shard(paths + ["/in/2009/new.png"], 3)))
+    assert moved <= 2
+
+
+def test_gpu_list_parsing(monkeypatch) -> None:
+    assert parse_gpus("0,2") == [0, 2]
+    with pytest.raises(SetupError):
+        parse_gpus("0,0")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(SetupError, match="no GPU found"):
+        parse_gpus("all")
+
+
+def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, capsys) -> None:
+    crops = [p for c in video_crops.values() for p in c]
+    root = tmp_path / "input"
+    for i, p in enumerate(crops):
+        target = root / ("2017" if i % 2 else "2018") / p.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(p.read_bytes())
+    inputs = [str(root / "2017"), str(root / "2018")]
+    common_args = ["--model", str(testpack_dir), "--device", "cpu", "--workers", "0", "--batch-size", "8"]
+    assert common.run(embed_main, ["--input", *inputs, "--output", str(tmp_path / "single.pkl"), "-q", *common_args]) == 0
+    out = tmp_path / "multi"
+    assert common.run(multi_main, ["--input", *inputs, "--output-dir", str(out), "--gpus", "0,1", "-q", *common_args]) == 0
+    printed = capsys.readouterr().out
+    assert "GPU 0: ok" in printed and "GPU 1: ok" in printed
+    files = [embfile.load(out / f"embeddings_gpu{g}.pkl") for g in (0, 1)]
+    assert all(len(f.rows) > 0 for f in files) and not set(files[0].rows.paths) & set(files[1].rows.paths)
+    assert abs(len(files[0].rows) - len(files[1].rows)) <= 1
+    merged = load_embeddings([str(out / "embeddings_gpu0.pkl"), str(out / "embeddings_gpu1.pkl")])
+    single = embfile.load(tmp_path / "single.pkl")
+    order = np.argsort(merged.rows.paths)
+    assert [merged.rows.paths[i] for i in order] == single.rows.paths
+    np.testing.assert_allclose(merged.rows.embeddings[order], single.rows.embeddings, atol=1e-5)
+    assert sorted(merged.meta["inputs"]) == sorted(inputs)
+
+
+def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir, tmp_path, capsys) -> None:
+    root = tmp_path / "input"
+    for i, p in enumerate(next(iter(video_crops.values()))[:6]):
+        (root / "2017").mkdir(parents=True, exist_ok=True)
+        (root / "2017" / f"f{i}.png").write_bytes(p.read_bytes())
+    out = tmp_path / "multi"
+    (out / "embeddings_gpu1.pkl").mkdir(parents=True)  # worker 1 cannot write its file
+    code = common.run(multi_main, ["--input", str(root / "2017"), "--output-dir", str(out), "--gpus", "0,1", "-q",
+                                   "--model", str(testpack_dir), "--device", "cpu", "--workers", "0"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "GPU 0: ok" in printed and "GPU 1: FAILED" in printed
+    assert "is a folder" in printed and "GPU_ID=1 " in printed and "re-run it alone" in printed
+    assert (out / "embeddings_gpu0.pkl").is_file()
