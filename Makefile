@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: setup setup-test demo test bench lint
+.PHONY: setup setup-test demo test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,10 @@ setup-test: setup
 demo: setup
 	$(BIN)/python scripts/demo.py --output demo_output
 
+# Lint the Dockerfile, prove constraints.txt resolves for the image's platform, run the suite.
 test: setup-test
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/python docker/lock.py --check
 	FACE_ORGANIZER_SHARED=$(SHARED) $(BIN)/python -m pytest -q
 
 bench: setup-test

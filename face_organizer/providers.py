@@ -102,6 +102,19 @@ class SessionReport:
         return f"{self.model}: running on {where}; providers applied: {', '.join(self.applied)}"
 
 
+def _preload_cudnn() -> None:
+    """Let ONNX Runtime (>= 1.21) load cuDNN from the nvidia-cudnn-cu12 wheel, which is how
+    the Docker image pins cuDNN; harmless where cuDNN comes from the system instead."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if callable(preload):
+        try:
+            preload(cuda=False, cudnn=True, msvc=False)
+        except Exception as err:  # noqa: BLE001 - a failed preload shows up in the self-test below
+            log.debug("onnxruntime.preload_dlls: %s", err)
+
+
 SessionFactory = Callable[[Any, Any, list[ProviderSpec]], Any]
 
 
@@ -160,6 +173,8 @@ def open_session(
     available = list(available) if available is not None else available_providers()
     plan = plan_providers(device, gpu_id, available, tensorrt=tensorrt, trt_cache_dir=trt_cache_dir)
     wants_gpu = plan[0][0] in GPU_PROVIDERS
+    if wants_gpu and factory is _ort_factory:
+        _preload_cudnn()
     problem = None
     try:
         session = factory(model, session_options(threads), plan)

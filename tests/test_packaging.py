@@ -1,0 +1,40 @@
+"""Packaging facts that can be checked without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_service_reserves_all_gpus() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["face-organizer"]
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]} in devices
+    assert service["environment"]["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert "compute" in service["environment"]["NVIDIA_DRIVER_CAPABILITIES"]
+    assert service["command"] == ["sleep", "infinity"] and service["container_name"] == "face-organizer"
+    volumes = service["volumes"]
+    assert any(v.endswith(":/workspace") for v in volumes)
+    assert any(v.endswith(":ro") for v in volumes)
+    assert "face-organizer-models" in compose["volumes"]
+
+
+def test_constraints_pin_the_gpu_critical_packages() -> None:
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M))
+    assert "onnxruntime" not in pins and "opencv-python" not in pins
+    assert pins["onnxruntime-gpu"].startswith("1.")
+    major, minor = map(int, pins["nvidia-cudnn-cu12"].split(".")[:2])
+    assert (major, minor) < (9, 11)
+    assert all(name in pins for name in ("insightface", "faiss-cpu", "numpy", "opencv-contrib-python-headless"))
+
+
+def test_dockerfile_installs_traps_without_deps() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "--no-deps" in text and "insightface" in text and "constraints.txt" in text
+    assert "--mount=type=cache,target=/root/.cache/pip" in text and "--find-links /build/packages" in text
+    assert "verify_env.py" in text and "ARG WITH_DEEPFACE" in text and "ARG BAKE_MODELS" in text
