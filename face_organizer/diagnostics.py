@@ -1,0 +1,207 @@
+"""The GPU-stack diagnostic: what is installed, what the GPUs are, and whether each
+ONNX Runtime provider really computes the same embedding as the CPU."""
+
+from __future__ import annotations
+
+import ctypes.util
+import hashlib
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .modelpack import KNOWN_PACKS, ModelPack
+from .providers import CPU, CUDA, TENSORRT, session_options
+
+DISTRIBUTIONS = ("numpy", "onnxruntime", "onnxruntime-gpu", "insightface", "faiss-cpu", "faiss-gpu-cu12",
+                 "opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless",
+                 "nvidia-cudnn-cu12", "tensorflow", "tensorflow-cpu", "tf-keras", "deepface")
+NATIVE_LIBRARIES = ("cudart", "cublas", "cudnn", "nvinfer")
+PASCAL_OR_OLDER = 7.0  # compute capability below Volta: Pascal 6.x, Maxwell 5.x
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in DISTRIBUTIONS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def native_libraries() -> dict[str, str | None]:
+    return {name: ctypes.util.find_library(name) for name in NATIVE_LIBRARIES}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    compute_capability: float | None
+    driver: str
+
+
+def nvidia_smi_gpus() -> tuple[list[Gpu], str | None]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,compute_cap,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        return [], "nvidia-smi not found (no NVIDIA driver in this system or container: start it with --gpus all)"
+    except subprocess.SubprocessError as err:
+        return [], f"nvidia-smi failed: {err}"
+    if out.returncode != 0:
+        return [], f"nvidia-smi failed: {(out.stderr or out.stdout).strip().splitlines()[:1]}"
+    gpus = []
+    for line in out.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 4:
+            try:
+                cc = float(parts[2])
+            except ValueError:
+                cc = None
+            gpus.append(Gpu(int(parts[0]), parts[1], cc, parts[3]))
+    return gpus, None
+
+
+def known_problems(vers: dict[str, str], gpus: list[Gpu]) -> list[str]:
+    """Named bad combinations, each with its fix."""
+    problems = []
+    if "onnxruntime" in vers and "onnxruntime-gpu" in vers:
+        problems.append("onnxruntime and onnxruntime-gpu are both installed: they share the module name and the "
+                        "CPU one can win. Fix: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+    opencv = [n for n in vers if n.startswith("opencv")]
+    if len(opencv) > 1:
+        problems.append(f"several OpenCV distributions installed ({', '.join(opencv)}): they overwrite each other's cv2. "
+                        "Fix: uninstall all, install one (opencv-python-headless or opencv-contrib-python-headless)")
+    cudnn = vers.get("nvidia-cudnn-cu12")
+    old = [g for g in gpus if g.compute_capability is not None and g.compute_capability < PASCAL_OR_OLDER]
+    if cudnn and old and tuple(int(x) for x in cudnn.split(".")[:2]) >= (9, 11):
+        problems.append(f"cuDNN {cudnn} no longer supports Pascal/Maxwell GPUs ({', '.join(g.name for g in old)}): "
+                        "expect CUDNN_STATUS_EXECUTION_FAILED. Fix: pip install 'nvidia-cudnn-cu12<9.11'")
+    if "tensorflow" in vers and "onnxruntime-gpu" in vers and "nvidia-cudnn-cu12" not in vers:
+        problems.append("TensorFlow and onnxruntime-gpu without a pinned nvidia-cudnn-cu12: each may load a different "
+                        "cuDNN. Fix: install the versions in constraints.txt")
+    return problems
+
+
+def probe_model() -> bytes:
+    """A tiny convolutional ONNX model, for testing providers when no pack is at hand."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])],
+        "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    provider: str
+    passed: bool
+    detail: str
+    ms: float | None = None
+
+
+def _hint(message: str) -> str:
+    if "CUDNN_STATUS_EXECUTION_FAILED" in message or "no kernel image" in message:
+        return " (this GPU is not supported by these CUDA/cuDNN builds: Pascal/Maxwell need cuDNN < 9.11)"
+    if "libcudnn" in message or "libcublas" in message or "cannot open shared object" in message:
+        return " (CUDA/cuDNN libraries missing or of another major version than onnxruntime-gpu was built for)"
+    return ""
+
+
+def provider_self_tests(model: Any, gpu_id: int = 0, repeats: int = 10) -> list[SelfTest]:
+    """Run ``model`` on every available provider and compare with the CPU output."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    order = [p for p in (TENSORRT, CUDA, "ROCMExecutionProvider", "CoreMLExecutionProvider", CPU) if p in available]
+    results: list[SelfTest] = []
+    reference = None
+    feeds = None
+    for provider in reversed(order):  # CPU first: it is the reference
+        options = {"device_id": gpu_id} if provider in (TENSORRT, CUDA) else {}
+        try:
+            session = ort.InferenceSession(model, sess_options=session_options(),
+                                           providers=[provider] + ([CPU] if provider != CPU else []),
+                                           provider_options=[options] + ([{}] if provider != CPU else []))
+            applied = session.get_providers()
+            if applied[0] != provider:
+                results.append(SelfTest(provider, False, f"ONNX Runtime fell back to {applied[0]}: the provider did not load"))
+                continue
+            if feeds is None:
+                arg = session.get_inputs()[0]
+                shape = [d if isinstance(d, int) and d > 0 else 1 for d in arg.shape]
+                feeds = {arg.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+            out = session.run(None, feeds)[0].ravel()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                session.run(None, feeds)
+            ms = (time.perf_counter() - start) / repeats * 1000
+        except Exception as err:  # noqa: BLE001 - every failure is a finding here
+            text = str(err).splitlines()[0][:240] if str(err) else type(err).__name__
+            results.append(SelfTest(provider, False, f"error: {text}{_hint(str(err))}"))
+            continue
+        if reference is None:
+            reference = out
+            results.append(SelfTest(provider, True, "reference output", ms))
+            continue
+        cosine = float(out @ reference / (np.linalg.norm(out) * np.linalg.norm(reference) + 1e-12))
+        ok = cosine > 0.999
+        results.append(SelfTest(provider, ok, f"cosine to CPU output {cosine:.5f}" + ("" if ok else ": WRONG RESULTS"), ms))
+    return results
+
+
+def pack_files(pack: ModelPack) -> list[tuple[str, int, str]]:
+    rows = []
+    for path in sorted(pack.folder.glob("*.onnx")):
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        rows.append((path.name, path.stat().st_size, digest.hexdigest()))
+    return rows
+
+
+def missing_pack_files(pack: ModelPack) -> list[str]:
+    expected = KNOWN_PACKS.get(pack.name, ())
+    return [f for f in expected if not (pack.folder / f).exists()]
+
+
+def faiss_gpus() -> int:
+    try:
+        import faiss
+    except ImportError:
+        return 0
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def tensorflow_gpus() -> list[str] | None:
+    if "tensorflow" not in sys.modules:
+        try:
+            metadata.version("tensorflow")
+        except metadata.PackageNotFoundError:
+            return None
+    try:
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_physical_devices("GPU")]
+    except Exception as err:  # noqa: BLE001
+        return [f"error: {err}"]
+
+
+def recogniser_bytes(path: Path) -> bytes:
+    return path.read_bytes()

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import onnxruntime as ort
+import pytest
+
+from face_organizer import diagnostics as d
+from face_organizer.cli import common
+from face_organizer.cli.diagnostic import main as diag_main
+
+
+def run_cli(args: list[str]) -> int:
+    return common.run(diag_main, args)
+
+
+def test_cpu_self_test_passes_and_report_is_complete(testpack_dir, capsys) -> None:
+    assert run_cli(["--model", str(testpack_dir), "--skip-tensorflow"]) == 0
+    out = capsys.readouterr().out
+    for section in ("== versions", "== GPUs", "== model pack", "== provider self-test", "== known problems", "== verdict"):
+        assert section in out
+    assert "CPUExecutionProvider: PASS" in out
+    assert "sha256 b7120c095d60094f28a4a54ba6a8bf51b297a6273fb40ef6350dfec1f63d9507" in out  # MobileFaceNet.onnx
+
+
+def test_expect_gpu_fails_without_a_working_gpu(testpack_dir, capsys) -> None:
+    if any(p in ort.get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")):
+        pytest.skip("this machine has a GPU build of ONNX Runtime")
+    assert run_cli(["--model", str(testpack_dir), "--skip-tensorflow", "--expect-gpu"]) == 1
+    captured = capsys.readouterr()
+    assert "GPU: NOT in use" in captured.out and "--expect-gpu" in captured.err
+
+
+def test_missing_pack_still_tests_providers_with_probe_model(tmp_path, capsys) -> None:
+    assert run_cli(["--model", "buffalo_l", "--model-root", str(tmp_path), "--skip-tensorflow"]) == 0
+    out = capsys.readouterr().out
+    assert "not found" in out and "built-in probe model" in out and "CPUExecutionProvider: PASS" in out
+
+
+def test_known_bad_combinations_are_named() -> None:
+    pascal = [d.Gpu(0, "Tesla P4", 6.1, "550.54")]
+    problems = d.known_problems({"onnxruntime": "1.23.2", "onnxruntime-gpu": "1.23.2", "nvidia-cudnn-cu12": "9.11.0.98"}, pascal)
+    assert any("both installed" in p for p in problems)
+    assert any("Pascal" in p and "<9.11" in p for p in problems)
+    assert not d.known_problems({"onnxruntime-gpu": "1.23.2", "nvidia-cudnn-cu12": "9.10.2.21"}, pascal)
+    assert "Pascal/Maxwell" in d._hint("CUDNN_STATUS_EXECUTION_FAILED")
