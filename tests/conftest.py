@@ -116,3 +116,8 @@ def lfw_subset(lfw, lfw_labels, models, tmp_path_factory):
     out = tmp_path_factory.mktemp("lfw_subset") / "lfw.pkl"
     run_embeddings([str(lfw / r["path"]) for r in rows], out, models, inputs=[str(lfw)], progress=False)
     return out, {str(lfw / r["path"]): r["identity"] for r in rows}
+
+
+@pytest.fixture(scope="session")
+def utkface(shared: Path) -> Path:
+    return _need(shared / "datasets" / "utkface_gender_dev")

@@ -1,0 +1,69 @@
+"""gender_filter: keep the faces of one gender."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import images
+from ..errors import SetupError
+from ..gender import DeepFaceGender, InsightFaceGender
+from ..gender_stage import filter_by_gender
+from ..modelpack import resolve_pack
+from . import common
+from .embed import default_workers
+
+EXAMPLES = """\
+  for YEAR in 2006 2007 2008; do
+    docker exec face-organizer python /app/scripts/gender_filter.py --input /workspace/input/$YEAR \\
+        --output /workspace/faces_female/$YEAR --gender Woman
+  done
+  python scripts/gender_filter.py --input faces --output men --gender Man --backend deepface --detector-backend retinaface
+"""
+
+
+def build_parser():
+    p = common.parser("gender_filter.py", "Copy (or link) the images whose face is of the given gender; writes "
+                      "predictions.csv with gender, confidence and age for every image.", EXAMPLES)
+    p.add_argument("--input", nargs="+", required=True, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--gender", required=True, choices=("Woman", "Man"))
+    p.add_argument("--backend", choices=("insightface", "deepface"), default="insightface",
+                   help="insightface: the pack's genderage model, batched, GPU when present (default); "
+                        "deepface: DeepFace.analyze, as the original tool")
+    p.add_argument("--detector-backend", default="opencv",
+                   help="DeepFace detector (opencv, ssd, mtcnn, retinaface, yunet, …); --backend deepface only")
+    p.add_argument("--min-confidence", type=float, default=0.5, help="minimum probability of the gender (default: 0.5)")
+    p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy")
+    p.add_argument("--workers", type=common.non_negative, default=default_workers(), help="image-decoding processes")
+    p.add_argument("--batch-size", type=common.positive, default=64)
+    common.add_model_args(p)
+    common.add_device_args(p)
+    common.add_logging_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.setup_logging(args.verbose, args.quiet)
+    try:
+        paths = images.discover_images(args.input)
+    except FileNotFoundError as err:
+        raise SetupError(str(err)) from None
+    if not paths:
+        raise SetupError(f"no images found under {', '.join(args.input)}")
+    if args.backend == "insightface":
+        pack = resolve_pack(args.model, common.model_root(args.model_root))
+        predictor = InsightFaceGender(pack, args.device, common.gpu_id_from_env(), batch_size=args.batch_size)
+    else:
+        predictor = DeepFaceGender(args.detector_backend)
+    summary = filter_by_gender(paths, [os.path.abspath(i) for i in args.input], args.output, args.gender, predictor,
+                               min_confidence=args.min_confidence, link_mode=args.link_mode, workers=args.workers,
+                               batch_size=args.batch_size, progress=not args.quiet)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cli() -> None:
+    sys.exit(common.run(main))

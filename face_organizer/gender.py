@@ -1,0 +1,142 @@
+"""Gender (and age) per image: InsightFace's genderage model of the pack, batched, or
+DeepFace's ``analyze`` as the original tool did.
+
+The insightface backend finds the face as generate_embeddings does (padding tight
+crops first: the detector finds nothing on a 200x200 UTKFace crop without it), then
+crops it as insightface's ``Attribute`` model expects: centred on the box, 1.5x its
+longer side, 96x96, no rotation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+
+from .detection import SCRFD
+from .errors import ModelPackError, SetupError
+from .faces import EmbedOptions, find_crop_face
+from .modelpack import ModelPack
+from .providers import Device, SessionReport, open_session
+from .recognition import input_normalisation
+
+log = logging.getLogger(__name__)
+
+GENDERS = ("Woman", "Man")  # insightface's genderage: index 0 female, 1 male
+
+
+@dataclass(frozen=True)
+class GenderPrediction:
+    path: str
+    gender: str | None
+    confidence: float
+    age: float | None
+    reason: str | None = None  # why there is no prediction: 'no face' or a decode error
+
+
+def attribute_crop(image: NDArray[np.uint8], box: NDArray[np.floating], size: int = 96) -> NDArray[np.uint8]:
+    """The face box centred in a ``size`` square spanning 1.5x its longer side."""
+    x1, y1, x2, y2 = [float(v) for v in box[:4]]
+    scale = size / (max(x2 - x1, y2 - y1) * 1.5)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    matrix = np.array([[scale, 0, size / 2 - cx * scale], [0, scale, size / 2 - cy * scale]], np.float64)
+    return cv2.warpAffine(image, matrix, (size, size), borderValue=0.0)
+
+
+def _softmax(x: NDArray[np.floating]) -> NDArray[np.float64]:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class InsightFaceGender:
+    """Batched genderage inference with the pack's detector and attribute model."""
+
+    def __init__(self, pack: ModelPack, device: Device = "auto", gpu_id: int = 0, *, threads: int = 0, batch_size: int = 64):
+        if pack.genderage is None:
+            raise ModelPackError(f"model pack {pack.name} at {pack.folder} has no gender/age model (genderage.onnx)")
+        det_session, det_report = open_session(str(pack.detector), pack.detector.name, device, gpu_id, threads=threads)
+        model = onnx.load(str(pack.genderage))
+        self.session, report = open_session(model.SerializeToString(), pack.genderage.name, device, gpu_id, threads=threads)
+        self.reports: list[SessionReport] = [det_report, report]
+        self.detector = SCRFD(det_session)
+        arg = self.session.get_inputs()[0]
+        self.input_name, self.size = arg.name, int(arg.shape[2])
+        self.mean, self.std = input_normalisation(model)
+        if any(n.name == "bn_data" for n in model.graph.node[:3]):
+            self.mean, self.std = 0.0, 1.0  # normalisation inside the graph, as insightface detects it
+        batch_dim = arg.shape[0]
+        self.batch = batch_size if not (isinstance(batch_dim, int) and batch_dim > 0) else batch_dim
+        self.options = EmbedOptions()
+
+    @property
+    def device(self) -> str:
+        return self.reports[-1].device
+
+    def _run(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
+        blob = ((faces[..., ::-1].astype(np.float32) - self.mean) / self.std).transpose(0, 3, 1, 2)
+        return np.concatenate([self.session.run(None, {self.input_name: np.ascontiguousarray(blob[i : i + self.batch])})[0]
+                               for i in range(0, len(blob), self.batch)])
+
+    def predict(self, items: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[GenderPrediction]:
+        crops, owners, results = [], [], {}
+        for path, image in items:
+            found = find_crop_face(image, self.detector, self.options)
+            if found is None:
+                results[path] = GenderPrediction(path, None, 0.0, None, "no face")
+                continue
+            crops.append(attribute_crop(image, found[1], self.size))
+            owners.append(path)
+        if crops:
+            faces = np.stack(crops)
+            # Average the face and its mirror image: a cheap, standard test-time augmentation
+            # for this 96x96 model (measured on UTKFace dev: see PROJECT_PLAN.md).
+            preds = (self._run(faces) + self._run(faces[:, :, ::-1])) / 2
+            probs = _softmax(preds[:, :2])
+            for path, p, pred in zip(owners, probs, preds):
+                k = int(np.argmax(p))
+                results[path] = GenderPrediction(path, GENDERS[k], float(p[k]), float(pred[2] * 100))
+        return [results[path] for path, _ in items]
+
+
+class DeepFaceGender:
+    """DeepFace ``analyze(actions=['gender'])`` with a chosen detector backend (optional extra)."""
+
+    def __init__(self, detector_backend: str = "opencv"):
+        try:
+            from deepface import DeepFace
+        except ImportError as err:
+            raise SetupError("--backend deepface needs DeepFace and TensorFlow: pip install 'face-organizer[deepface]'") from err
+        _keep_tensorflow_off_gpu()
+        self.deepface, self.detector_backend = DeepFace, detector_backend
+        self.device = "cpu"
+
+    def predict(self, items: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[GenderPrediction]:
+        out = []
+        for path, image in items:
+            try:
+                result: Any = self.deepface.analyze(image, actions=["gender"], detector_backend=self.detector_backend,
+                                                    enforce_detection=True, silent=True)
+            except ValueError as err:
+                out.append(GenderPrediction(path, None, 0.0, None, "no face" if "Face could not be detected" in str(err) else str(err)[:200]))
+                continue
+            face = result[0] if isinstance(result, list) else result
+            scores = face.get("gender", {})
+            gender = face.get("dominant_gender")
+            out.append(GenderPrediction(path, gender, float(scores.get(gender, 0.0)) / 100.0, None))
+        return out
+
+
+def _keep_tensorflow_off_gpu() -> None:
+    """TensorFlow would grab the GPU and load its own CUDA libraries beside ONNX Runtime's."""
+    try:
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
+    except Exception as err:  # noqa: BLE001 - already initialised, or no TensorFlow GPU support
+        log.debug("TensorFlow GPU hiding skipped: %s", err)
