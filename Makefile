@@ -14,8 +14,9 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[cpu,insightface]"
 
+# Tests also cover the DeepFace backends of the legacy tools, so they install DeepFace + TensorFlow.
 setup-test: setup
-	$(BIN)/python -m pip install --quiet -e ".[cpu,insightface,test]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,insightface,deepface,test]"
 
 # Quick start: sort the faces that ship inside pip packages (insightface's t1.jpg, scikit-image's astronaut).
 demo: setup

@@ -83,6 +83,11 @@ class InsightFaceGender:
         return np.concatenate([self.session.run(None, {self.input_name: np.ascontiguousarray(blob[i : i + self.batch])})[0]
                                for i in range(0, len(blob), self.batch)])
 
+    def predict_crop(self, crop: NDArray[np.uint8]) -> str:
+        """Gender of one face already cropped by ``attribute_crop``."""
+        preds = (self._run(crop[None]) + self._run(crop[None, :, ::-1])) / 2
+        return GENDERS[int(np.argmax(preds[0, :2]))]
+
     def predict(self, items: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[GenderPrediction]:
         crops, owners, results = [], [], {}
         for path, image in items:
@@ -113,6 +118,14 @@ class DeepFaceGender:
         except ImportError as err:
             raise SetupError("--backend deepface needs DeepFace and TensorFlow: pip install 'face-organizer[deepface]'") from err
         _keep_tensorflow_off_gpu()
+        try:
+            DeepFace.build_model("Gender", task="facial_attribute")
+        except Exception as err:  # noqa: BLE001 - offline weight downloads fail in many ways
+            raise SetupError(
+                "DeepFace's gender model weights are missing and could not be downloaded "
+                f"({str(err).splitlines()[0][:120]}); put gender_model_weights.h5 into $DEEPFACE_HOME/.deepface/weights "
+                "(scripts/benchmark_backends.py --prepare-deepface-weights FOLDER copies it there) or use --backend insightface"
+            ) from None
         self.deepface, self.detector_backend = DeepFace, detector_backend
         self.device = "cpu"
 

@@ -1,0 +1,109 @@
+"""benchmark_backends: which face detector suits these images?"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import backends as b
+from .. import images
+from ..errors import FaceOrganizerError, SetupError
+from ..gender import InsightFaceGender, attribute_crop
+from ..modelpack import resolve_pack
+from ..providers import open_session
+from ..detection import SCRFD
+from . import common
+
+EXAMPLES = """\
+  python scripts/benchmark_backends.py --input /workspace/input/2017 --samples 200
+  python scripts/benchmark_backends.py --input faces --samples 100 --backends scrfd,yunet,mtcnn --gender Woman
+  # offline: put DeepFace's detector weights in place from files already on disk
+  python scripts/benchmark_backends.py --prepare-deepface-weights /models/yunet /path/to/weight/files
+"""
+
+
+def build_parser():
+    p = common.parser("benchmark_backends.py", "Compare face-detector backends (InsightFace SCRFD, OpenCV YuNet, "
+                      "DeepFace's detectors) on a sample of your images.", EXAMPLES)
+    p.add_argument("--input", metavar="DIR")
+    p.add_argument("--samples", type=common.positive, default=100)
+    p.add_argument("--backends", default="scrfd,yunet," + ",".join(b.DEEPFACE_BACKENDS),
+                   help="comma-separated: scrfd, yunet and DeepFace's names (default: all)")
+    p.add_argument("--gender", choices=("Woman", "Man"), default=None,
+                   help="also classify gender (insightface genderage on each backend's face) and count Matched/Failed")
+    p.add_argument("--yunet-model", default=os.environ.get("FACE_ORGANIZER_YUNET"),
+                   help="YuNet ONNX file for the yunet backend (default: $FACE_ORGANIZER_YUNET)")
+    p.add_argument("--prepare-deepface-weights", nargs="*", metavar="SOURCE", default=None,
+                   help="copy weight files (or folders of them) into $DEEPFACE_HOME/.deepface/weights and exit")
+    p.add_argument("--seed", type=int, default=0)
+    common.add_model_args(p)
+    common.add_logging_args(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    common.setup_logging(args.verbose, args.quiet)
+    if args.prepare_deepface_weights is not None:
+        home = b.deepface_home_default()
+        placed = b.prepare_deepface_weights(home, [Path(s) for s in args.prepare_deepface_weights])
+        print(f"{home / '.deepface' / 'weights'}: placed {', '.join(placed) or 'nothing new'}")
+        return 0
+    if not args.input:
+        parser.error("--input is required")
+    try:
+        paths = images.discover_images([args.input])
+    except FileNotFoundError as err:
+        raise SetupError(str(err)) from None
+    if not paths:
+        raise SetupError(f"no images under {args.input}")
+    sample = sorted(random.Random(args.seed).sample(paths, min(args.samples, len(paths))))
+    loaded = [(l.path, l.image) for l in images.load_many(sample) if l.image is not None]
+    if not loaded:
+        raise SetupError("none of the sampled images could be read")
+    pack = None
+    try:
+        pack = resolve_pack(args.model, common.model_root(args.model_root), download=False)
+    except FaceOrganizerError as err:
+        pack_error = str(err)
+    factories = {}
+    for name in [n.strip() for n in args.backends.split(",") if n.strip()]:
+        if name == "scrfd":
+            factories[name] = (lambda: b.scrfd_finder(SCRFD(open_session(str(pack.detector), pack.detector.name, "auto", 0, quiet=True)[0]))) \
+                if pack else None
+        elif name == "yunet":
+            factories[name] = (lambda: b.yunet_finder(args.yunet_model)) if args.yunet_model else None
+        else:
+            factories[name] = (lambda n=name: b.deepface_finder(n))
+    classify = None
+    if args.gender:
+        if pack is None or pack.genderage is None:
+            raise SetupError("--gender needs a model pack with genderage.onnx (--model/--model-root)")
+        predictor = InsightFaceGender(pack, "auto", common.gpu_id_from_env())
+
+        def classify(image, box):
+            return predictor.predict_crop(attribute_crop(image, box, predictor.size))
+
+    results = []
+    for name, factory in factories.items():
+        if factory is None:
+            reason = ("no model pack: " + pack_error) if name == "scrfd" else "no YuNet file: pass --yunet-model or set FACE_ORGANIZER_YUNET"
+            results.append(b.BackendResult(name, False, reason))
+            continue
+        finder, reason = b.try_backend(name, factory, loaded[0][1])
+        if finder is None:
+            results.append(b.BackendResult(name, False, reason))
+            continue
+        results.append(b.run_backend(name, finder, loaded, args.gender, classify))
+    print(f"{len(loaded)} sampled images of {len(paths):,} in {args.input}")
+    print("\n".join(b.table(results, args.gender)))
+    print(b.recommendation(results, len(paths)))
+    return 0
+
+
+def cli() -> None:
+    sys.exit(common.run(main))

@@ -1,0 +1,44 @@
+"""benchmark_backends and the DeepFace paths, offline, on real UTKFace crops."""
+
+from __future__ import annotations
+
+import pytest
+
+from face_organizer.cli import common
+from face_organizer.cli.backends import main as backends_main
+from face_organizer.cli.gender import main as gender_main
+
+
+@pytest.fixture()
+def offline_deepface_home(tmp_path, monkeypatch):
+    home = tmp_path / "deepface_home"
+    monkeypatch.setenv("DEEPFACE_HOME", str(home))
+    return home
+
+
+def test_benchmark_runs_offline_backends_and_lists_the_rest(utkface, testpack_dir, shared, offline_deepface_home, capsys) -> None:
+    yunet = next((shared / "models" / "yunet").glob("*.onnx"))
+    code = common.run(backends_main, ["--input", str(utkface), "--samples", "12", "--model", str(testpack_dir),
+                                      "--yunet-model", str(yunet), "--backends", "scrfd,yunet,mtcnn,opencv,retinaface",
+                                      "--gender", "Woman", "-q"])
+    assert code == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line and line.split()[0] in
+            ("scrfd", "yunet", "mtcnn", "opencv", "retinaface")}
+    for name in ("scrfd", "yunet", "mtcnn"):
+        assert "12/12" in rows[name] or "11/12" in rows[name], rows[name]
+    for name in ("opencv", "retinaface"):
+        assert "unavailable" in rows[name] and "weights" in rows[name]
+    assert "Matched" in out and "Recommendation:" in out and "Traceback" not in out
+
+
+def test_prepare_deepface_weights_offline(shared, offline_deepface_home, capsys) -> None:
+    assert common.run(backends_main, ["--prepare-deepface-weights", str(shared / "models" / "yunet")]) == 0
+    assert (offline_deepface_home / ".deepface" / "weights" / "face_detection_yunet_2023mar.onnx").is_file()
+
+
+def test_deepface_gender_without_weights_is_a_clear_error(utkface, tmp_path, offline_deepface_home, capsys) -> None:
+    code = common.run(gender_main, ["--input", str(utkface / "female"), "--output", str(tmp_path / "o"), "--gender", "Woman",
+                                    "--backend", "deepface", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "gender model weights are missing" in err and "Traceback" not in err
