@@ -38,3 +38,12 @@ def test_dockerfile_installs_traps_without_deps() -> None:
     assert "--no-deps" in text and "insightface" in text and "constraints.txt" in text
     assert "--mount=type=cache,target=/root/.cache/pip" in text and "--find-links /build/packages" in text
     assert "verify_env.py" in text and "ARG WITH_DEEPFACE" in text and "ARG BAKE_MODELS" in text
+
+
+def test_umbrella_command_dispatches(capsys) -> None:
+    from face_organizer.cli.main import main
+
+    assert main([]) == 0 and "cluster" in capsys.readouterr().out
+    assert main(["nope"]) == 2
+    assert main(["cluster", "--embeddings", "/nonexistent.pkl", "--output", "/tmp/x"]) == 2
+    assert "cannot read embeddings file" in capsys.readouterr().err
