@@ -93,7 +93,6 @@ def known_problems(vers: dict[str, str], gpus: list[Gpu]) -> list[str]:
 
 def probe_model() -> bytes:
     """A tiny convolutional ONNX model, for testing providers when no pack is at hand."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 3, 3, 3)).astype(np.float32), "w")

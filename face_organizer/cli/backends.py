@@ -55,12 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.input:
         parser.error("--input is required")
-    try:
-        paths = images.discover_images([args.input])
-    except FileNotFoundError as err:
-        raise SetupError(str(err)) from None
-    if not paths:
-        raise SetupError(f"no images under {args.input}")
+    paths = common.find_images([args.input])
     sample = sorted(random.Random(args.seed).sample(paths, min(args.samples, len(paths))))
     loaded = [(l.path, l.image) for l in images.load_many(sample) if l.image is not None]
     if not loaded:
@@ -84,9 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if pack is None or pack.genderage is None:
             raise SetupError("--gender needs a model pack with genderage.onnx (--model/--model-root)")
         predictor = InsightFaceGender(pack, "auto", common.gpu_id_from_env())
-
-        def classify(image, box):
-            return predictor.predict_crop(attribute_crop(image, box, predictor.size))
+        classify = lambda image, box: predictor.predict_crop(attribute_crop(image, box, predictor.size))  # noqa: E731
 
     results = []
     for name, factory in factories.items():

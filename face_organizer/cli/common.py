@@ -78,6 +78,19 @@ def gpu_id_from_env() -> int:
     return value
 
 
+def find_images(inputs: Sequence[str]) -> list[str]:
+    """Images under the input folders, or a ``SetupError`` naming what is wrong."""
+    from ..images import discover_images
+
+    try:
+        paths = discover_images(inputs)
+    except FileNotFoundError as err:
+        raise SetupError(str(err)) from None
+    if not paths:
+        raise SetupError(f"no images (jpg, jpeg, png, webp, bmp, tif) found under {', '.join(inputs)}")
+    return paths
+
+
 def positive(value: str) -> int:
     number = int(value)
     if number < 1:

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import embed_run, images
+from .. import embed_run
 from ..errors import SetupError
 from ..faces import EmbedOptions, load_face_models
 from ..fsutil import check_writable_dir
@@ -65,12 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet)
     gpu_id = common.gpu_id_from_env()
-    try:
-        paths = images.discover_images(args.input) if not args.file_list else read_file_list(args.file_list)
-    except FileNotFoundError as err:
-        raise SetupError(str(err)) from None
+    paths = read_file_list(args.file_list) if args.file_list else common.find_images(args.input)
     if not paths:
-        raise SetupError(f"no images (jpg, jpeg, png, webp, bmp, tif) found under {', '.join(args.input)}")
+        raise SetupError(f"--file-list {args.file_list} names no images")
     output = os.path.abspath(args.output)
     if os.path.isdir(output):
         raise SetupError(f"--output {output} is a folder; give a file name such as embeddings_gpu{gpu_id}.pkl")

@@ -6,8 +6,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import images
-from ..errors import SetupError
 from ..gender import DeepFaceGender, InsightFaceGender
 from ..gender_stage import filter_by_gender
 from ..modelpack import resolve_pack
@@ -47,12 +45,7 @@ def build_parser():
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet)
-    try:
-        paths = images.discover_images(args.input)
-    except FileNotFoundError as err:
-        raise SetupError(str(err)) from None
-    if not paths:
-        raise SetupError(f"no images found under {', '.join(args.input)}")
+    paths = common.find_images(args.input)
     if args.backend == "insightface":
         pack = resolve_pack(args.model, common.model_root(args.model_root))
         predictor = InsightFaceGender(pack, args.device, common.gpu_id_from_env(), batch_size=args.batch_size)

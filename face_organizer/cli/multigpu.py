@@ -8,8 +8,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import images
-from ..errors import SetupError
 from ..multigpu import parse_gpus, plan_workers, run_workers
 from . import common
 
@@ -36,12 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, passthrough = build_parser().parse_known_args(argv)
     common.setup_logging(args.verbose, args.quiet)
     gpus = parse_gpus(args.gpus)
-    try:
-        paths = images.discover_images(args.input)
-    except FileNotFoundError as err:
-        raise SetupError(str(err)) from None
-    if not paths:
-        raise SetupError(f"no images found under {', '.join(args.input)}")
+    paths = common.find_images(args.input)
     out_dir = Path(args.output_dir).absolute()
     workers = plan_workers([os.path.abspath(i) for i in args.input], paths, gpus, out_dir, args.prefix, passthrough)
     for w in workers:

@@ -11,7 +11,7 @@ from ..errors import SetupError
 from ..faces import load_face_models
 from ..modelpack import resolve_pack
 from ..search_stage import calibrate_folder, find_person
-from ..thresholds import calibration_path, save_calibration
+from ..thresholds import save_calibration
 from . import common
 
 EXAMPLES = """\
