@@ -41,11 +41,18 @@ def video_crop(image: NDArray[np.uint8], kps: NDArray[np.floating], size: int = 
 
 
 def crop_from_photo(image: NDArray[np.uint8], detector: SCRFD, **kwargs: object) -> NDArray[np.uint8] | None:
-    """Detect the main face of a photo and return its video-style crop, or None."""
+    """Detect the face nearest the centre of a photo and return its video-style crop, or None.
+
+    Labelled sets such as LFW centre the named person exactly, so the nearest face to
+    the centre (not the largest, which may be someone in front) carries the label.
+    """
     dets = detector.detect(image, (640, 640), 0.5)
     if not len(dets):
         return None
-    return video_crop(image, dets.kps[pick_central(dets, image.shape)], **kwargs)  # type: ignore[arg-type]
+    centres = (dets.boxes[:, :2] + dets.boxes[:, 2:]) / 2
+    h, w = image.shape[:2]
+    nearest = int(np.argmin(np.hypot(centres[:, 0] - w / 2, centres[:, 1] - h / 2)))
+    return video_crop(image, dets.kps[nearest], **kwargs)  # type: ignore[arg-type]
 
 
 def insightface_sample(name: str = "t1.jpg") -> Path:
