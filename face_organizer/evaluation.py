@@ -38,12 +38,6 @@ def _codes(labels: Sequence[object] | NDArray) -> NDArray[np.int64]:
     return np.unique(array, return_inverse=True)[1].astype(np.int64).ravel()
 
 
-def _contingency(truth: Sequence[object], pred: Sequence[object]) -> tuple[NDArray, NDArray, NDArray]:
-    t, p = _codes(truth), _codes(pred)
-    pairs, counts = np.unique(np.stack([t, p], axis=1), axis=0, return_counts=True)
-    return pairs, counts, np.stack([t, p], axis=1)
-
-
 def bcubed(truth: Sequence[object], pred: Sequence[object]) -> PRF:
     """BCubed precision/recall: per item, the share of its predicted cluster that shares its
     true label, and the share of its true class that shares its predicted cluster."""

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from .errors import FaceOrganizerError, SetupError
@@ -173,10 +172,3 @@ def place(source: str, dest: str, mode: LinkMode) -> str:
     else:
         raise ValueError(f"unknown link mode {mode!r}")
     return "placed"
-
-
-@dataclass(frozen=True)
-class Operation:
-    source: str
-    destination: str
-    cluster: str
