@@ -105,21 +105,32 @@ def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.nda
     atomic_write_text(csv_path, buffer.getvalue())
 
 
+MAX_SHEETS = 100  # contact sheets for the largest clusters; with thousands, the rest are listed by count
+
+
 def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: list[str], counts: dict[str, int]) -> None:
     folder = os.path.join(output, "previews")
     photos = ef.meta.get("mode") == "photos"
-    entries = []
+    members: dict[str, list[int]] = {}
+    for i, name in enumerate(names):  # one pass, not one scan of all faces per cluster
+        members.setdefault(name, []).append(i)
     sims = clustering.similarity
+    entries = []
+    sheeted = [n for n in counts if n != "outliers"][:MAX_SHEETS] + (["outliers"] if "outliers" in counts else [])
     for name in counts:
-        rows = np.nonzero(np.asarray(names) == name)[0]
-        order = rows[np.argsort(-sims[rows], kind="stable")]
-        central, borderline = order[:24], order[::-1][:8] if len(order) > 24 else order[:0]
-        faces = [[SheetFace(ef.rows.paths[i], ef.rows.bbox[i] if photos else None, name) for i in group]
-                 for group in (central, borderline)]
-        sheet = os.path.join(folder, f"{name}.jpg")
-        write_sheet(sheet, contact_sheet(*faces))
+        sheet = None
+        if name in sheeted:
+            rows = np.asarray(members[name])
+            order = rows[np.argsort(-sims[rows], kind="stable")]
+            central, borderline = order[:24], order[::-1][:8] if len(order) > 24 else order[:0]
+            faces = [[SheetFace(ef.rows.paths[i], ef.rows.bbox[i] if photos else None, name) for i in group]
+                     for group in (central, borderline)]
+            sheet = os.path.join(folder, f"{name}.jpg")
+            write_sheet(sheet, contact_sheet(*faces))
         entries.append(IndexEntry(name, counts[name], os.path.join(output, name), sheet))
     notes = [f"{len(ef.rows):,} faces; similarity cut-off {clustering.threshold:.3f} ({clustering.threshold_source})"]
+    if len(counts) > len(sheeted):
+        notes.append(f"contact sheets for the {MAX_SHEETS} largest clusters and outliers; the rest are listed by size")
     write_index(os.path.join(output, "index.html"), "face-organizer clusters", entries, notes)
 
 

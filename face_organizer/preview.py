@@ -69,7 +69,7 @@ class IndexEntry:
     name: str
     images: int
     folder: str
-    sheet: str
+    sheet: str | None  # None: listed without a contact sheet
 
 
 def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Sequence[str]) -> None:
@@ -83,11 +83,14 @@ def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Seq
         "".join(f"<p class='n'>{html.escape(n)}</p>" for n in notes),
     ]
     for e in entries:
-        rel_sheet = os.path.relpath(e.sheet, os.path.dirname(path))
         rel_folder = os.path.relpath(e.folder, os.path.dirname(path))
+        link = f"{e.images:,} images in <a href='{html.escape(rel_folder)}/'>{html.escape(rel_folder)}/</a>"
+        if e.sheet is None:
+            parts.append(f"<p>{html.escape(e.name)}: {link}</p>")
+            continue
+        rel_sheet = os.path.relpath(e.sheet, os.path.dirname(path))
         parts.append(
-            f"<section><h2>{html.escape(e.name)}</h2><p class='n'>{e.images:,} images in "
-            f"<a href='{html.escape(rel_folder)}/'>{html.escape(rel_folder)}/</a> "
+            f"<section><h2>{html.escape(e.name)}</h2><p class='n'>{link} "
             "(top rows: nearest the cluster centre; red: borderline)</p>"
             f"<img src='{html.escape(rel_sheet)}' alt='{html.escape(e.name)}'></section>"
         )

@@ -264,3 +264,14 @@ def test_kmeans_outlier_cut_and_naming() -> None:
     assert [cluster_name(i) for i in (-1, 0, 1, 25, 26, 27)] == ["outliers", "person_A", "person_B", "person_Z", "person_AA", "person_AB"]
     forced = kmeans(x, 2, min_similarity=-1.0)
     assert (forced.labels >= 0).all() and forced.threshold_source == "--min-similarity"
+
+
+def test_previews_cap_contact_sheets_for_many_clusters(lfw_subset, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("face_organizer.cluster_stage.MAX_SHEETS", 3)
+    ef = embfile.load(lfw_subset[0])
+    report = cluster_faces(ef, str(tmp_path / "out"), ClusterConfig(clusters=None, link_mode="symlink"), progress=False)
+    sheets = sorted(p.name for p in (tmp_path / "out" / "previews").iterdir())
+    assert sheets == ["outliers.jpg", "person_A.jpg", "person_B.jpg", "person_C.jpg"]
+    page = (tmp_path / "out" / "index.html").read_text()
+    listed = [n for n in report.images_per_cluster if n not in ("outliers", "person_A", "person_B", "person_C")]
+    assert listed and all(f"<p>{n}: " in page for n in listed)
