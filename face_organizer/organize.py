@@ -9,6 +9,7 @@ embeddings file holds, nothing is written outside the output folder.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -71,9 +72,14 @@ def plan_digest(pairs: Sequence[tuple[str, str]], mode: str) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _real(root: str) -> str:
+    return os.path.realpath(root)
+
+
 def inside(root: str, relative: str) -> str:
     """Absolute destination for ``relative`` under ``root``; refuses anything escaping it."""
-    root = os.path.realpath(root)
+    root = _real(root)  # once per output folder, not once per file
     target = os.path.normpath(os.path.join(root, relative))
     if os.path.commonpath([root, target]) != root or target == root:
         raise FaceOrganizerError(f"refusing to write outside the output folder: {relative!r}")
