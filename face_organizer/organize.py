@@ -29,17 +29,20 @@ def _clean(component: str) -> str:
     return cleaned if cleaned not in ("", ".", "..") else "_"
 
 
-def relative_name(path: str, roots: Sequence[str]) -> str:
+def _normalise_roots(roots: Sequence[str]) -> list[str]:
+    """Absolute, normalised roots, deepest first (the deepest root holding a path names it)."""
+    return sorted({os.path.normpath(os.path.abspath(r)) for r in roots}, key=len, reverse=True)
+
+
+def relative_name(path: str, roots: Sequence[str], *, normalised: bool = False) -> str:
     """``<input folder name>/<path below it>`` for the deepest root holding ``path``,
     else ``<parent folder name>/<file name>``; every component is made safe."""
     norm = os.path.normpath(os.path.abspath(path))
-    best = None
-    for root in roots:
-        r = os.path.normpath(os.path.abspath(root))
-        if norm.startswith(r.rstrip(os.sep) + os.sep) and (best is None or len(r) > len(best)):
-            best = r
-    if best is not None:
-        parts = [os.path.basename(best) or "input"] + os.path.relpath(norm, best).split(os.sep)
+    for root in roots if normalised else _normalise_roots(roots):
+        prefix = root.rstrip(os.sep) + os.sep
+        if norm.startswith(prefix):
+            parts = [os.path.basename(root) or "input", *norm[len(prefix):].split(os.sep)]
+            break
     else:
         parts = [os.path.basename(os.path.dirname(norm)) or "input", os.path.basename(norm)]
     return "/".join(_clean(p) for p in parts)
@@ -53,8 +56,9 @@ def plan_destinations(paths: Sequence[str], clusters: Sequence[str], roots: Sequ
     """
     chosen: dict[tuple[str, str], str] = {}
     taken: set[str] = set()
+    normalised = _normalise_roots(roots)
     for cluster, path in sorted(set(zip(clusters, paths))):
-        base = f"{cluster}/{relative_name(path, roots)}"
+        base = f"{cluster}/{relative_name(path, normalised, normalised=True)}"
         dest, n = base, 1
         while dest.casefold() in taken:  # case-insensitive filesystems collide too
             n += 1
