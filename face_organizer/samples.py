@@ -144,7 +144,7 @@ def sample_collection(out: Path, detector: SCRFD, frames: int = 6) -> list[Path]
     kps_list = [dets.kps[i] for i in np.argsort(dets.boxes[:, 0])]
     singles = [read_image(insightface_sample("Tom_Hanks_54745.png")), np.ascontiguousarray(skdata.astronaut()[:, :, ::-1])]
     for image in singles:
-        found = detector.detect(image, (640, 640), 0.5)
+        found = detector.detect(image, (640, 640), 0.5, pad_ratio=0.3)  # Tom Hanks is a tight 112x112 crop
         if len(found):
             kps_list.append(found.kps[pick_central(found, image.shape)])
             sources.append(image)

@@ -16,7 +16,7 @@ def test_demo_sorts_each_sample_person_into_one_folder(testpack_dir, tmp_path, m
     assert demo.main(["--output", str(out), "--model", str(testpack_dir)]) == 0
     summary = json.loads((out / "clustered" / "summary.json").read_text())
     folders = {k: v for k, v in summary["clusters"].items() if k != "outliers"}
-    assert len(folders) >= 7 and all(v == 6 for v in folders.values())
+    assert len(folders) == 8 and all(v == 6 for v in folders.values())  # t1.jpg's six, Tom Hanks, the astronaut
     for folder in folders:
         people = {p.name.split("_")[0] for p in (out / "clustered" / folder).rglob("*.png")}
         assert len(people) == 1, (folder, people)  # face07_… files of one source person only
