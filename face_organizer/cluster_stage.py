@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -16,13 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
-
 from . import embfile
 from .clustering import OUTLIER, Clustering, cluster_name, gpu_count, graph_clusters, kmeans
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
-from .organize import LinkMode, inside, place, plan_destinations, plan_digest, prepare_output
+from .organize import LinkMode, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, write_index, write_sheet
 from .thresholds import load_calibration
 
@@ -146,21 +143,14 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         counts[name] += 1
     order = sorted(counts, key=lambda n: (n == "outliers", -counts[n], n))
     images_per_cluster = {n: counts[n] for n in order}
-    dests_rel = plan_destinations(paths, names, ef.meta.get("inputs", []))
-    dests = [inside(output, d) for d in dests_rel]
-    operations = sorted(set(zip(paths, dests)))
-    report = ClusterReport(output, clustering, names, images_per_cluster, dests, dry_run=config.dry_run)
-    digest = plan_digest(operations, config.link_mode)
-    if prepare_output(output, digest, config.dry_run):
-        log.info("continuing an earlier run into %s", output)
+    placement = place_all(output, paths, names, ef.meta.get("inputs", []), config.link_mode,
+                          dry_run=config.dry_run, progress=progress)
+    report = ClusterReport(output, clustering, names, images_per_cluster, placement.destinations, dry_run=config.dry_run)
     if config.dry_run:
         report.elapsed = time.monotonic() - started
         return report
-    status: dict[str, str] = {}
-    for source, dest in tqdm(operations, unit="file", file=sys.stderr, disable=not progress, desc=config.link_mode):
-        status[dest] = place(source, dest, config.link_mode)
-    report.status = Counter(status.values())
-    _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, dests, status)
+    report.status = Counter(placement.status.values())
+    _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status)
     if config.previews:
         _previews(output, ef, clustering, names, images_per_cluster)
     report.elapsed = time.monotonic() - started

@@ -9,6 +9,7 @@ the parts and embeds only what is not in them yet.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -16,9 +17,9 @@ import shutil
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from . import embfile, images
 from .embfile import EmbeddingsFile
 from .errors import EmbeddingsFileError, SetupError
 from .faces import EmbedOptions, FaceModels, FaceRows, embed_batch
+from .fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -81,28 +83,32 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)  # the pool already uses every core; nested threads only contend
 
 
-def _decode_isolated(context: Any, paths: list[str]) -> list[images.Loaded]:
+Loader = Callable[[list[str]], list[images.Loaded]]
+
+
+def _decode_isolated(context: Any, paths: list[str], loader: Loader) -> list[images.Loaded]:
     """Decode files one per fresh process after a worker died, to find the file that kills it."""
     results = []
     for path in paths:
         with ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init) as single:
             try:
-                results.extend(single.submit(images.load_many, [path]).result())
+                results.extend(single.submit(loader, [path]).result())
             except BrokenProcessPool:
                 results.append(images.Loaded(path, None, "decoder process crashed on this file"))
     return results
 
 
-def iter_loaded(paths: Sequence[str], workers: int, chunk: int = 16) -> Iterator[images.Loaded]:
+def iter_loaded(paths: Sequence[str], workers: int, chunk: int = 16,
+                loader: Loader = images.load_many) -> Iterator[images.Loaded]:
     """Decoded images in input order; ``workers`` processes decode ahead, bounded in memory.
 
     A worker that dies (a decoder crash, the OOM killer) does not hang the run: its
     chunk is decoded again file by file, and a file that crashes its decoder again
-    is reported as failed.
+    is reported as failed. ``loader`` (a picklable module-level function) decodes a chunk.
     """
     if workers <= 0:
-        for path in paths:
-            yield images.load(path)
+        for start in range(0, len(paths), chunk):
+            yield from loader(list(paths[start : start + chunk]))
         return
     context = multiprocessing.get_context("spawn")
     chunks = [list(paths[i : i + chunk]) for i in range(0, len(paths), chunk)]
@@ -112,7 +118,7 @@ def iter_loaded(paths: Sequence[str], workers: int, chunk: int = 16) -> Iterator
         next_chunk = 0
         while pending or next_chunk < len(chunks):
             while next_chunk < len(chunks) and len(pending) < workers * 4:
-                pending.append((chunks[next_chunk], pool.submit(images.load_many, chunks[next_chunk])))
+                pending.append((chunks[next_chunk], pool.submit(loader, chunks[next_chunk])))
                 next_chunk += 1
             part, future = pending.popleft()
             try:
@@ -120,13 +126,13 @@ def iter_loaded(paths: Sequence[str], workers: int, chunk: int = 16) -> Iterator
             except BrokenProcessPool:
                 log.warning("an image-decoding process died; retrying %d files one by one", len(part))
                 pool.shutdown(cancel_futures=True)
-                yield from _decode_isolated(context, part)
+                yield from _decode_isolated(context, part, loader)
                 retry = [p for waiting, _ in pending for p in waiting]
                 pending.clear()
                 pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
                 for i in range(0, len(retry), chunk):
                     piece = retry[i : i + chunk]
-                    pending.append((piece, pool.submit(images.load_many, piece)))
+                    pending.append((piece, pool.submit(loader, piece)))
     finally:
         pool.shutdown(cancel_futures=True)
 
@@ -290,6 +296,7 @@ def run_embeddings(
                              device=models.device, inputs=[os.path.abspath(i) for i in inputs], mode=options.mode,
                              complete=False, sessions=[r.describe() for r in models.reports])
     recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds)
+    status = _StatusWriter(status_file)
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True, smoothing=0.1)
     batch: list[tuple[str, np.ndarray]] = []
     try:
@@ -308,7 +315,7 @@ def run_embeddings(
                 bar.set_postfix(fallback=summary.fallback, skipped=sum(summary.skipped.values()), refresh=False)
                 batch = []
                 recorder.maybe_checkpoint()
-                _write_status(status_file, summary.already_done + bar.n, len(paths))
+                status.write(summary.already_done + bar.n, len(paths))
         if batch:
             _embed_isolating(batch, models, options, recorder, summary)
             bar.update(len(batch))
@@ -319,17 +326,17 @@ def run_embeddings(
         bar.close()
     summary.rows_in_file = recorder.finish(set(todo))
     summary.elapsed = time.monotonic() - started
-    _write_status(status_file, len(paths), len(paths), force=True)
+    status.write(len(paths), len(paths), force=True)
     return summary
 
 
-_last_status = [0.0]
+class _StatusWriter:
+    """Progress for a launcher watching several workers, {"done": n, "total": n}, at most once a second."""
 
+    def __init__(self, path: str | None):
+        self.path, self.last = path, 0.0
 
-def _write_status(path: str | None, done: int, total: int, force: bool = False) -> None:
-    """Progress for a launcher watching several workers: {"done": n, "total": n}."""
-    if path and (force or time.monotonic() - _last_status[0] > 1.0):
-        _last_status[0] = time.monotonic()
-        from .fsutil import atomic_write_text
-
-        atomic_write_text(path, f'{{"done": {done}, "total": {total}}}')
+    def write(self, done: int, total: int, force: bool = False) -> None:
+        if self.path and (force or time.monotonic() - self.last > 1.0):
+            self.last = time.monotonic()
+            atomic_write_text(self.path, json.dumps({"done": done, "total": total}))

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .embed_run import iter_loaded
 from .fsutil import atomic_write_text
 from .gender import GenderPrediction
-from .organize import LinkMode, inside, place, plan_destinations, plan_digest, prepare_output
+from .organize import LinkMode, place_all
 
 
 class Predictor(Protocol):
@@ -85,11 +85,8 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
         else:
             matched.append(p.path)
     summary.matches = len(matched)
-    dests = [inside(output, d) for d in plan_destinations(matched, ["."] * len(matched), roots)]
-    prepare_output(output, plan_digest(list(zip(matched, dests)), link_mode), dry_run=False)
-    destination = dict(zip(matched, dests))
-    for source, dest in zip(matched, dests):
-        place(source, dest, link_mode)
+    placement = place_all(output, matched, ["."] * len(matched), roots, link_mode, progress=progress)
+    destination = dict(zip(matched, placement.destinations))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "gender", "confidence", "age", "matched", "reason", "destination"])

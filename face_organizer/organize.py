@@ -12,13 +12,20 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
+
+from tqdm import tqdm
 
 from .errors import FaceOrganizerError, SetupError
 from .fsutil import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 LinkMode = Literal["copy", "hardlink", "symlink", "move"]
 STATE_FILE = ".face-organizer-plan.json"
@@ -182,3 +189,32 @@ def place(source: str, dest: str, mode: LinkMode) -> str:
     else:
         raise ValueError(f"unknown link mode {mode!r}")
     return "placed"
+
+
+@dataclass
+class Placement:
+    """Where each row's file went: ``destinations`` (absolute, one per row) and the outcome
+    per destination ('placed', 'exists', 'missing'; empty for a dry run)."""
+
+    destinations: list[str]
+    status: dict[str, str]
+    resumed: bool
+
+
+def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: Sequence[str], mode: LinkMode, *,
+              dry_run: bool = False, progress: bool = True) -> Placement:
+    """Put each path under ``output/<group>/…`` (``"."``: directly under ``output``).
+
+    The plan is checked against the output folder first (new, empty, or the same plan
+    interrupted or finished); a dry run stops there and writes nothing.
+    """
+    destinations = [inside(output, d) for d in plan_destinations(paths, groups, roots)]
+    operations = sorted(set(zip(paths, destinations)))
+    resumed = prepare_output(output, plan_digest(operations, mode), dry_run)
+    if resumed:
+        log.info("continuing an earlier run into %s", output)
+    status: dict[str, str] = {}
+    if not dry_run:
+        for source, dest in tqdm(operations, unit="file", file=sys.stderr, disable=not progress, desc=mode):
+            status[dest] = place(source, dest, mode)
+    return Placement(destinations, status, resumed)

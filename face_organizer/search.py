@@ -37,7 +37,6 @@ class Reference:
     path: str
     embedding: NDArray[np.float32]
     faces_in_photo: int
-    detected: bool
 
 
 def embed_reference(path: str, models: FaceModels) -> Reference:
@@ -62,7 +61,7 @@ def embed_reference(path: str, models: FaceModels) -> Reference:
         if found is None:
             raise SetupError(f"no face found in query {path}; use a photo where the face is visible")
         face, count = align(image, found[0], size), 1
-    return Reference(path, models.recognizer.embed(face[None])[0], count, True)
+    return Reference(path, models.recognizer.embed(face[None])[0], count)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
 from .embfile import EmbeddingsFile
@@ -18,7 +19,7 @@ from .errors import SetupError
 from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
-from .organize import LinkMode, inside, place, plan_destinations, plan_digest, prepare_output
+from .organize import LinkMode, place_all
 from .search import Reference, SearchResult, embed_reference, search
 from .thresholds import calibrate_from_embeddings, load_calibration
 
@@ -63,11 +64,8 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
                     expand=expand, top_k=top_k, use_gpu=use_gpu)
     output = os.path.abspath(output)
     paths = [ef.rows.paths[i] for i in result.index]
-    rel = plan_destinations(paths, ["."] * len(paths), ef.meta.get("inputs", []))
-    dests = [inside(output, r) for r in rel]
-    operations = sorted(set(zip(paths, dests)))
-    prepare_output(output, plan_digest(operations, link_mode), dry_run=False)
-    status = {d: place(s, d, link_mode) for s, d in tqdm(operations, unit="file", file=sys.stderr, disable=not progress)}
+    placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode, progress=progress)
+    dests, status = placement.destinations, placement.status
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "face_index", "similarity", "found_by", "destination", "status"])
@@ -82,7 +80,10 @@ def calibrate_folder(folder: str, models: FaceModels, target_fmr: float, batch_s
                      progress: bool = True) -> dict[str, object]:
     """Embed a labelled folder (one sub-folder per identity) and compute cut-offs."""
     root = os.path.abspath(folder)
-    paths = discover_images([root])
+    try:
+        paths = discover_images([root])
+    except FileNotFoundError as err:
+        raise SetupError(f"cannot calibrate: {err}") from None
     if not paths:
         raise SetupError(f"no images under {root}")
     embeddings, identities = [], []
@@ -91,8 +92,6 @@ def calibrate_folder(folder: str, models: FaceModels, target_fmr: float, batch_s
         result = embed_batch([(i.path, i.image) for i in loaded], models, EmbedOptions())
         embeddings.append(result.rows.embeddings)
         identities += [os.path.relpath(p, root).split(os.sep)[0] for p in result.rows.paths]
-    import numpy as np
-
     try:
         entry = calibrate_from_embeddings(np.concatenate(embeddings), identities, target_fmr)
     except ValueError as err:

@@ -145,11 +145,11 @@ def test_interrupted_move_loses_nothing(two_person, tmp_path, monkeypatch) -> No
         calls.append(source)
         return real_place(source, dest, mode)
 
-    monkeypatch.setattr("face_organizer.cluster_stage.place", dying_place)
+    monkeypatch.setattr("face_organizer.organize.place", dying_place)
     with pytest.raises(KeyboardInterrupt):
         cluster_faces(ef, str(out), config, progress=False)
     _exactly_one_place(ef, plan)
-    monkeypatch.setattr("face_organizer.cluster_stage.place", real_place)
+    monkeypatch.setattr("face_organizer.organize.place", real_place)
     report = cluster_faces(ef, str(out), config, progress=False)
     assert report.status["exists"] == 10 and not any(Path(p).exists() for p in ef.rows.paths)
     _exactly_one_place(ef, report)

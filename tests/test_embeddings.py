@@ -221,3 +221,19 @@ def test_undetectable_image_falls_back_to_centre_crop(tmp_path, models) -> None:
     result = embed_batch([(str(flat), read_image(flat))], models, EmbedOptions())
     assert len(result.rows) == 1 and not result.rows.detected[0] and result.rows.det_score[0] == 0
     assert discover_images([tmp_path]) == [str(flat)]
+
+
+def test_dead_decoder_process_costs_only_its_file(video_crops, tmp_path) -> None:
+    import crashing_loader
+
+    from face_organizer.embed_run import iter_loaded
+
+    good = [str(p) for c in video_crops.values() for p in c][:20]
+    poison = tmp_path / "poison.png"
+    poison.write_bytes(Path(good[0]).read_bytes())
+    paths = good[:7] + [str(poison)] + good[7:]
+    loaded = list(iter_loaded(paths, workers=2, chunk=4, loader=crashing_loader.load_many))
+    assert [item.path for item in loaded] == paths
+    assert all(item.image is not None for item in loaded if item.path != str(poison))
+    dead = next(item for item in loaded if item.path == str(poison))
+    assert dead.image is None and dead.reason == "decoder process crashed on this file"

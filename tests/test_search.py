@@ -115,3 +115,9 @@ def test_calibration_is_stored_and_used(shared, testpack_dir, lfw_subset, lfw, t
     assert run_cli(["--embeddings", str(emb), "--query", str(lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"),
                     "--output", str(tmp_path / "o"), "--model", str(testpack_dir), "-q"]) == 0
     assert f"similarity threshold {entry['pair_threshold']:.3f} (calibration)" in capsys.readouterr().out
+
+
+def test_calibrating_a_missing_folder_is_one_line(testpack_dir, tmp_path, capsys) -> None:
+    assert run_cli(["--calibrate", str(tmp_path / "nope"), "--model", str(testpack_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("Error: cannot calibrate: input folder not found") and "Traceback" not in "".join(err)

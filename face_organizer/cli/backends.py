@@ -65,10 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         pack = resolve_pack(args.model, common.model_root(args.model_root), download=False)
     except FaceOrganizerError as err:
         pack_error = str(err)
+    gpu_id = common.gpu_id_from_env()
     factories = {}
     for name in [n.strip() for n in args.backends.split(",") if n.strip()]:
         if name == "scrfd":
-            factories[name] = (lambda: b.scrfd_finder(SCRFD(open_session(str(pack.detector), pack.detector.name, "auto", 0, quiet=True)[0]))) \
+            factories[name] = (lambda: b.scrfd_finder(SCRFD(open_session(str(pack.detector), pack.detector.name, "auto", gpu_id, quiet=True)[0]))) \
                 if pack else None
         elif name == "yunet":
             factories[name] = (lambda: b.yunet_finder(args.yunet_model)) if args.yunet_model else None
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gender:
         if pack is None or pack.genderage is None:
             raise SetupError("--gender needs a model pack with genderage.onnx (--model/--model-root)")
-        predictor = InsightFaceGender(pack, "auto", common.gpu_id_from_env())
+        predictor = InsightFaceGender(pack, "auto", gpu_id)
         classify = lambda image, box: predictor.predict_crop(attribute_crop(image, box, predictor.size))  # noqa: E731
 
     results = []
