@@ -3,11 +3,12 @@
 
 Makes N video-style 256x256 PNG face crops from LFW photos (in ../shared), then times
   baseline: cv2.imread + insightface FaceAnalysis.get at det_size=(640, 640), one image at a time
-  ours:     face_organizer.embed_run.run_embeddings (workers decode, padded small-size detection,
-            batched recognition, checkpointing and the final file write included)
+  ours:     face_organizer.embed_run.run_embeddings (one single-threaded stream per core, each
+            decoding its batch, padded small-size detection, batched recognition; checkpointing
+            and the final file write included)
 and prints images/s for each and the ratio.
 
-  python benchmarks/bench_embeddings.py --count 400 --workers 2
+  python benchmarks/bench_embeddings.py --count 600
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 
-from face_organizer.embed_run import run_embeddings  # noqa: E402
+from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
 from face_organizer.faces import load_face_models  # noqa: E402
 from face_organizer.images import read_image  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
@@ -66,20 +67,23 @@ def baseline(pack_dir: Path, paths: list[str]) -> tuple[float, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=400)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0, streams decode)")
+    parser.add_argument("--streams", type=int, default=0, help="embedding streams (default: one per core)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     shared = Path(args.shared)
     pack = resolve_pack(str(shared / "models" / "testpack"))
-    models = load_face_models(pack, "cpu", 0, batch_size=args.batch_size)
+    streams, threads = plan_streams(True, args.streams)
+    models = load_face_models(pack, "cpu", 0, batch_size=args.batch_size, threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_crops(shared, models.detector, args.count, Path(tmp))
-        print(f"{len(paths)} PNG crops of 256x256, {os.cpu_count()} CPUs, model pack {pack.name}")
+        print(f"{len(paths)} PNG crops of 256x256, {os.cpu_count()} CPUs, model pack {pack.name}, "
+              f"{streams} streams x {threads} threads, {args.workers} decoding processes")
         base_rate, base_found = baseline(pack.folder, paths)
         print(f"baseline  insightface FaceAnalysis.get(det_size=640): {base_rate:7.1f} images/s, face found in {base_found}/{len(paths)}")
-        summary = run_embeddings(paths, Path(tmp) / "emb.pkl", models, workers=args.workers, batch_size=args.batch_size,
+        summary = run_embeddings(paths, Path(tmp) / "emb.pkl", models, workers=args.workers, streams=streams, batch_size=args.batch_size,
                                  resume=False, progress=False)
         detected = summary.embedded - summary.fallback
         print(f"ours      face_organizer run_embeddings:              {summary.rate:7.1f} images/s, face found in {detected}/{len(paths)}")

@@ -16,7 +16,8 @@ import pytest
 from face_organizer import embfile
 from face_organizer.cli import common
 from face_organizer.cli.embed import main as embed_main
-from face_organizer.embed_run import parts_dir, run_embeddings
+from face_organizer import images
+from face_organizer.embed_run import parts_dir, plan_streams, run_embeddings
 from face_organizer.errors import UnsafePickleError
 from face_organizer.evaluation import roc_auc
 from face_organizer.faces import EmbedOptions, embed_batch
@@ -237,3 +238,46 @@ def test_dead_decoder_process_costs_only_its_file(video_crops, tmp_path) -> None
     assert all(item.image is not None for item in loaded if item.path != str(poison))
     dead = next(item for item in loaded if item.path == str(poison))
     assert dead.image is None and dead.reason == "decoder process crashed on this file"
+
+
+def test_streams_write_the_same_file_as_one_stream(tmp_path, video_crops, models) -> None:
+    folder, good = _good_and_bad(tmp_path, video_crops)
+    paths = discover_images([folder])
+    one = run_embeddings(paths, tmp_path / "one.pkl", models, batch_size=3, streams=1, progress=False)
+    three = run_embeddings(paths, tmp_path / "three.pkl", models, batch_size=3, streams=3, progress=False)
+    assert three.streams == 3 and three.embedded == one.embedded == len(good)
+    a, b = embfile.load(tmp_path / "one.pkl"), embfile.load(tmp_path / "three.pkl")
+    assert b.rows.paths == a.rows.paths == sorted(str(p) for p in good)
+    np.testing.assert_allclose(b.rows.embeddings, a.rows.embeddings, atol=1e-5)
+    assert b.failed == a.failed and len(b.failed) == 3
+
+
+def test_an_image_that_breaks_its_batch_costs_only_itself(tmp_path, video_crops, models) -> None:
+    paths = [str(p) for c in video_crops.values() for p in c][:9]
+    broken = paths[4]
+
+    def loader(chunk: list[str]) -> list[images.Loaded]:
+        # A decoded image with no pixels makes the detector's resize raise inside embed_batch.
+        return [images.Loaded(p, np.zeros((0, 0, 3), np.uint8)) if p == broken else images.load(p) for p in chunk]
+
+    summary = run_embeddings(paths, tmp_path / "emb.pkl", models, batch_size=4, streams=2, loader=loader, progress=False)
+    ef = embfile.load(tmp_path / "emb.pkl")
+    assert ef.rows.paths == sorted(p for p in paths if p != broken)
+    assert [p for p, _ in ef.failed] == [broken] and ef.failed[0][1].startswith("embedding failed: ")
+    assert summary.embedded == 8 and sum(summary.skipped.values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("on_cpu", "streams", "threads", "cpus", "expected"),
+    [
+        (True, 0, 0, 2, (2, 1)),     # one single-threaded stream per core
+        (True, 0, 0, 16, (16, 1)),
+        (True, 4, 0, 16, (4, 4)),    # cores shared out among the streams asked for
+        (True, 1, 0, 2, (1, 2)),
+        (True, 0, 3, 2, (2, 3)),     # --threads wins
+        (False, 0, 0, 16, (2, 0)),   # GPU: two streams overlap CPU work with inference
+        (False, 1, 0, 16, (1, 0)),
+    ],
+)
+def test_plan_streams(on_cpu, streams, threads, cpus, expected) -> None:
+    assert plan_streams(on_cpu, streams, threads, cpus=cpus) == expected

@@ -12,6 +12,7 @@ from ..errors import SetupError
 from ..faces import EmbedOptions, load_face_models
 from ..fsutil import check_writable_dir
 from ..modelpack import resolve_pack
+from ..providers import CUDA, available_providers
 from . import common
 
 EXAMPLES = """\
@@ -31,8 +32,8 @@ def read_file_list(path: str) -> list[str]:
 
 
 def default_workers() -> int:
-    # Decoding processes only pay off with cores to spare beside the model's own threads
-    # (measured on 2 cores: 0 workers 147 img/s, 1 worker 121, 2 workers 129).
+    # Decoding processes only pay off with cores to spare beside the inference streams;
+    # with none, each stream decodes its own batch.
     return max(0, min(8, (os.cpu_count() or 1) - 2))
 
 
@@ -41,9 +42,9 @@ def build_parser():
                       "ONNX Runtime on the GPU selected by $GPU_ID, or the CPU).", EXAMPLES)
     p.add_argument("--input", nargs="+", required=True, metavar="DIR", help="folders (searched recursively) or image files")
     p.add_argument("--output", required=True, metavar="FILE.pkl", help="embeddings file to write (resumed if it exists)")
-    p.add_argument("--workers", type=common.non_negative, default=default_workers(),
-                   help="image-decoding processes; 0 decodes in the main process "
-                        f"(default: CPUs minus 2, at most 8; here {default_workers()})")
+    p.add_argument("--workers", type=common.non_negative, default=None,
+                   help="image-decoding processes; 0: each stream decodes its own images "
+                        f"(default: 0 on the CPU; on a GPU, CPUs minus 2, at most 8: here {default_workers()})")
     p.add_argument("--batch-size", type=common.positive, default=64, help="faces per recogniser batch (default: 64)")
     p.add_argument("--mode", choices=("crops", "photos"), default="crops",
                    help="crops: one face per image (default); photos: every face in each image")
@@ -56,7 +57,10 @@ def build_parser():
     p.add_argument("--file-list", default=None, metavar="FILE",
                    help="embed only the images listed in FILE (one path per line); --input still names the folders")
     p.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=common.non_negative, default=0, help="ONNX Runtime threads on the CPU (default: all cores)")
+    p.add_argument("--streams", type=common.non_negative, default=0,
+                   help="batches embedded concurrently (default: one per core on the CPU, 2 on a GPU)")
+    p.add_argument("--threads", type=common.non_negative, default=0,
+                   help="ONNX Runtime threads per session on the CPU (default: cores divided by --streams)")
     common.add_logging_args(p)
     return p
 
@@ -76,11 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         raise SetupError(f"cannot write to {os.path.dirname(output)}: {err.strerror or err}") from None
     pack = resolve_pack(args.model, common.model_root(args.model_root))
-    models = load_face_models(pack, args.device, gpu_id, batch_size=args.batch_size, threads=args.threads,
+    on_cpu = args.device == "cpu" or CUDA not in available_providers()
+    streams, threads = embed_run.plan_streams(on_cpu, args.streams, args.threads)
+    workers = args.workers if args.workers is not None else (0 if on_cpu else default_workers())
+    models = load_face_models(pack, args.device, gpu_id, batch_size=args.batch_size, threads=threads,
                               tensorrt=args.tensorrt)
     summary = embed_run.run_embeddings(
         paths, output, models, EmbedOptions(mode=args.mode), inputs=args.input, batch_size=args.batch_size,
-        workers=args.workers, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet,
+        workers=workers, streams=streams, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet,
         status_file=args.status_file,
     )
     print("\n".join(summary.lines()))
