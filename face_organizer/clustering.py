@@ -14,7 +14,8 @@ from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .thresholds import CENTRE_Z, ImpostorModel, impostor_from_similarities, impostor_model
+from .thresholds import (CENTRE_Z, OTHER_CENTRE_Z, ImpostorModel, impostor_from_other_centres,
+                         impostor_model)
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ def kmeans(
     """Spherical k-means on unit vectors (n, d) float32, seeded; far faces become outliers.
 
     The outlier cut-off is ``min_similarity`` if given, else a calibration for the
-    model, else ``CENTRE_Z`` spreads above the impostor peak of the similarities of
-    faces to the *other* clusters' centres (k >= 2) or of random pairs (k = 1).
+    model, else ``OTHER_CENTRE_Z`` spreads above the median similarity of faces to the
+    *other* clusters' centres (k >= 2), or ``CENTRE_Z`` above the impostor peak of random
+    pairs of faces (k = 1).
     """
     x = _normalise(x)
     n, d = x.shape
@@ -109,13 +111,13 @@ def kmeans(
         threshold, source = calibrated
     else:
         if k > 1:
-            model = impostor_from_similarities(sims[:, 1:].ravel(), d)
-            how = "similarities to the other clusters' centres"
+            model, z = impostor_from_other_centres(sims[:, 1:].ravel(), d), OTHER_CENTRE_Z
+            how = "median similarity to the other clusters' centres"
         else:
-            model = impostor_model(x, seed=seed)
-            how = "random pairs of faces"
-        threshold = model.cut(CENTRE_Z)
-        source = f"data: impostor peak of {how} at {model.centre:.3f} + {CENTRE_Z} x {model.spread:.3f}"
+            model, z = impostor_model(x, seed=seed), CENTRE_Z
+            how = "impostor peak of random pairs of faces"
+        threshold = model.cut(z)
+        source = f"data: {how} {model.centre:.3f} + {z} x {model.spread:.3f}"
     labels = np.where(own >= threshold, labels, OUTLIER)
     labels = _relabel_by_size(labels)
     k_kept = int(labels.max()) + 1 if (labels >= 0).any() else 0

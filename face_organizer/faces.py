@@ -33,7 +33,7 @@ class EmbedOptions:
 
     mode: Mode = "crops"
     pad_ratio: float = 0.3
-    crop_det_sizes: tuple[int, ...] = (160, 320)
+    crop_det_sizes: tuple[int, ...] = (192, 320)
     crop_threshold: float = 0.35
     photo_det_size: int = 640
     photo_threshold: float = 0.5

@@ -20,6 +20,7 @@ from face_organizer.clustering import cluster_name, graph_clusters, kmeans
 from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError
 from face_organizer.evaluation import bcubed, folder_report
 from face_organizer.fsutil import _umask
+from face_organizer.thresholds import impostor_from_other_centres, impostor_from_similarities
 
 
 def run_cli(args: list[str]) -> int:
@@ -275,3 +276,16 @@ def test_previews_cap_contact_sheets_for_many_clusters(lfw_subset, tmp_path, mon
     page = (tmp_path / "out" / "index.html").read_text()
     listed = [n for n in report.images_per_cluster if n not in ("outliers", "person_A", "person_B", "person_C")]
     assert listed and all(f"<p>{n}: " in page for n in listed)
+
+
+def test_other_centre_impostor_estimate_is_steady() -> None:
+    # About 300 faces' similarities to the other person's centre, as a small two-person collection gives.
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(0.05, 0.09, 300) for _ in range(40)]
+    steady = [impostor_from_other_centres(s, 128) for s in samples]
+    peaks = [impostor_from_similarities(s, 128) for s in samples]
+    assert abs(np.mean([m.centre for m in steady]) - 0.05) < 0.01
+    assert abs(np.mean([m.spread for m in steady]) - 0.09) < 0.015
+    # The median moves far less between draws than a histogram mode does.
+    assert np.std([m.centre for m in steady]) < 0.5 * np.std([m.centre for m in peaks])
+    assert np.std([m.cut(2.5) for m in steady]) < 0.02
