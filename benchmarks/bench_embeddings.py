@@ -8,7 +8,7 @@ Makes N video-style 256x256 PNG face crops from LFW photos (in ../shared), then 
             and the final file write included)
 and prints images/s for each and the ratio.
 
-  python benchmarks/bench_embeddings.py --count 600
+  python benchmarks/bench_embeddings.py --count 1500 --stages
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from face_organizer.alignment import align, centre_crop  # noqa: E402
 
 from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
-from face_organizer.faces import load_face_models  # noqa: E402
+from face_organizer.faces import EmbedOptions, find_crop_face, load_face_models  # noqa: E402
 from face_organizer.images import read_image  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import crop_from_photo  # noqa: E402
@@ -64,12 +67,38 @@ def baseline(pack_dir: Path, paths: list[str]) -> tuple[float, int]:
     return len(paths) / (time.perf_counter() - start), found
 
 
+def stage_costs(pack, paths: list[str]) -> str:
+    """Milliseconds per image of each step, one image at a time on one core: the work any schedule must do."""
+    models = load_face_models(pack, "cpu", 0, threads=1)
+    options = EmbedOptions()
+    started = time.perf_counter()
+    decoded = [read_image(p) for p in paths]
+    decode = time.perf_counter() - started
+    find_crop_face(decoded[0], models.detector, options)
+    started = time.perf_counter()
+    found = [find_crop_face(image, models.detector, options) for image in decoded]
+    detect = time.perf_counter() - started
+    started = time.perf_counter()
+    faces = np.stack([align(image, f[0], models.recognizer.input_size) if f else centre_crop(image, models.recognizer.input_size)
+                      for image, f in zip(decoded, found)])
+    aligning = time.perf_counter() - started
+    started = time.perf_counter()
+    models.recognizer.embed(faces)
+    recognise = time.perf_counter() - started
+    n = len(paths) / 1000.0
+    total = decode + detect + aligning + recognise
+    return (f"one core, per image: decode {decode / n:.2f} ms, detect ({options.crop_det_sizes[0]} px) {detect / n:.2f} ms, "
+            f"align {aligning / n:.2f} ms, recognise {recognise / n:.2f} ms = {total / n:.2f} core-ms; "
+            f"{os.cpu_count()} cores cannot pass {os.cpu_count() / (total / len(paths)):.0f} images/s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0, streams decode)")
     parser.add_argument("--streams", type=int, default=0, help="embedding streams (default: one per core)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--stages", action="store_true", help="also time each step on one core")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -88,6 +117,8 @@ def main() -> int:
         detected = summary.embedded - summary.fallback
         print(f"ours      face_organizer run_embeddings:              {summary.rate:7.1f} images/s, face found in {detected}/{len(paths)}")
         print(f"speed-up: {summary.rate / base_rate:.1f}x")
+        if args.stages:
+            print(stage_costs(pack, paths))
     return 0
 
 
