@@ -252,19 +252,24 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+MAX_DEFAULT_STREAMS = 16
+PHOTOS_PER_JOB = 8  # a decoded 12-megapixel photo is 36 MB: keep what each stream holds small
+
+
 def plan_streams(on_cpu: bool, streams: int = 0, threads: int = 0, cpus: int | None = None) -> tuple[int, int]:
     """(embedding streams, ONNX Runtime threads per session); 0 means choose.
 
     On the CPU the small face models scale poorly inside one inference (the detector
     gains 1.4x from a second thread) but perfectly across independent ones, so the
     default is one single-threaded stream per core (measured on 2 cores: 2 streams x 1
-    thread 202 images/s, 1 stream x 2 threads 106). On a GPU two streams let one
-    stream's CPU work (detection decoding, alignment) overlap the other's inference.
+    thread 202 images/s, 1 stream x 2 threads 106), at most ``MAX_DEFAULT_STREAMS``, as
+    each stream holds a decoded batch. On a GPU two streams let one stream's CPU work
+    (detection decoding, alignment) overlap the other's inference.
     """
     cpus = cpus or usable_cpus()
     if not on_cpu:
         return streams or 2, threads
-    streams = streams or cpus
+    streams = streams or min(cpus, MAX_DEFAULT_STREAMS)
     return streams, threads or max(1, cpus // streams)
 
 
@@ -299,14 +304,16 @@ def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceM
     return out
 
 
-def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader) -> Iterator[list[str] | list[images.Loaded]]:
+def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos: bool = False) -> Iterator[list[str] | list[images.Loaded]]:
     """Batches of work: paths for the streams to decode themselves, or images decoded by worker processes."""
+    if photos:
+        batch_size = min(batch_size, PHOTOS_PER_JOB)
     if workers <= 0:
         for start in range(0, len(todo), batch_size):
             yield todo[start : start + batch_size]
         return
     batch: list[images.Loaded] = []
-    for loaded in iter_loaded(todo, workers, loader=loader):
+    for loaded in iter_loaded(todo, workers, chunk=2 if photos else 16, loader=loader):
         batch.append(loaded)
         if len(batch) >= batch_size:
             yield batch
@@ -374,7 +381,7 @@ def run_embeddings(
     pool = ThreadPoolExecutor(max(1, streams), thread_name_prefix="embed")
     pending: deque[Future[_JobResult]] = deque()
     try:
-        for job in _jobs(todo, workers, batch_size, loader):
+        for job in _jobs(todo, workers, batch_size, loader, photos=options.mode == "photos"):
             pending.append(pool.submit(_run_job, job, loader, models, options))
             while len(pending) > 2 * streams:  # bounded read-ahead; results recorded in order
                 record(pending.popleft().result())

@@ -272,6 +272,7 @@ def test_an_image_that_breaks_its_batch_costs_only_itself(tmp_path, video_crops,
     [
         (True, 0, 0, 2, (2, 1)),     # one single-threaded stream per core
         (True, 0, 0, 16, (16, 1)),
+        (True, 0, 0, 64, (16, 4)),   # at most 16 by default: each stream holds a decoded batch
         (True, 4, 0, 16, (4, 4)),    # cores shared out among the streams asked for
         (True, 1, 0, 2, (1, 2)),
         (True, 0, 3, 2, (2, 3)),     # --threads wins
@@ -281,3 +282,19 @@ def test_an_image_that_breaks_its_batch_costs_only_itself(tmp_path, video_crops,
 )
 def test_plan_streams(on_cpu, streams, threads, cpus, expected) -> None:
     assert plan_streams(on_cpu, streams, threads, cpus=cpus) == expected
+
+
+def test_photos_run_with_streams_and_decoders(tmp_path, models) -> None:
+    folder = tmp_path / "library"
+    for i in range(10):  # more photos than one photos job holds
+        write_image(folder / f"album{i % 2}" / f"IMG_{i:04d}.jpg", read_image(insightface_sample("t1.jpg")))
+    write_image(folder / "album0" / "wall.png", np.full((300, 400, 3), 120, np.uint8))
+    paths = discover_images([folder])
+    for workers in (0, 2):
+        out = tmp_path / f"photos{workers}.pkl"
+        summary = run_embeddings(paths, out, models, EmbedOptions(mode="photos"), workers=workers, streams=2, progress=False)
+        ef = embfile.load(out)
+        assert summary.faces == len(ef.rows) == 60 and summary.no_face == 1
+        assert ef.no_face == [str(folder / "album0" / "wall.png")]
+        assert sorted(set(ef.rows.paths)) == sorted(p for p in paths if not p.endswith("wall.png"))
+        assert all(ef.rows.face_index[np.array(ef.rows.paths) == p].tolist() == list(range(6)) for p in set(ef.rows.paths))
