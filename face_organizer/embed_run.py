@@ -261,8 +261,8 @@ def plan_streams(on_cpu: bool, streams: int = 0, threads: int = 0, cpus: int | N
 
     On the CPU the small face models scale poorly inside one inference (the detector
     gains 1.4x from a second thread) but perfectly across independent ones, so the
-    default is one single-threaded stream per core (measured on 2 cores: 2 streams x 1
-    thread 202 images/s, 1 stream x 2 threads 106), at most ``MAX_DEFAULT_STREAMS``, as
+    default is one single-threaded stream per core (benchmarks/bench_embeddings.py on 2
+    cores: 2 streams x 1 thread 169 images/s, 1 stream x 2 threads 139), at most ``MAX_DEFAULT_STREAMS``, as
     each stream holds a decoded batch. On a GPU two streams let one stream's CPU work
     (detection decoding, alignment) overlap the other's inference.
     """
