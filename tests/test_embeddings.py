@@ -207,6 +207,35 @@ def test_device_cuda_without_gpu_exits_nonzero(tmp_path, testpack_dir, capsys) -
     assert code == 2 and "CUDAExecutionProvider" in capsys.readouterr().err
 
 
+def test_auto_with_a_failing_cuda_plans_for_the_cpu(tmp_path, video_crops, testpack_dir, monkeypatch, capsys) -> None:
+    """CUDA listed but failing its self-test: the run falls back and is planned as a CPU run
+    (single-threaded streams, no decode processes), not as two all-core GPU streams."""
+    from face_organizer.cli import embed as embed_cli
+    from face_organizer.faces import load_face_models
+
+    calls: list[tuple[str, int]] = []
+
+    def fallback_load(pack, device, gpu_id, *, threads=0, **kwargs):
+        calls.append((device, threads))
+        # What open_session returns for 'auto' when the CUDA session fails: CPU sessions.
+        return load_face_models(pack, "cpu", gpu_id, threads=threads, batch_size=kwargs.get("batch_size", 64))
+
+    monkeypatch.setattr(embed_cli, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(embed_cli, "load_face_models", fallback_load)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for src in next(iter(video_crops.values()))[:3]:
+        (folder / Path(src).name).write_bytes(Path(src).read_bytes())
+    crops = discover_images([folder])
+    out = tmp_path / "o.pkl"
+    assert run_cli(["--input", str(folder), "--output", str(out), "--model", str(testpack_dir)]) == 0
+    streams, threads = plan_streams(True)
+    assert calls == [("auto", 0), ("cpu", threads)]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "device: cpu" in last and (f"({streams} streams)" in last) == (streams > 1)
+    assert embfile.load(out).rows.paths == sorted(crops)
+
+
 def test_resume_refuses_other_mode(tmp_path, video_crops, models) -> None:
     from face_organizer.errors import SetupError
 

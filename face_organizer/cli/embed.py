@@ -82,9 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     pack = resolve_pack(args.model, common.model_root(args.model_root))
     on_cpu = args.device == "cpu" or CUDA not in available_providers()
     streams, threads = embed_run.plan_streams(on_cpu, args.streams, args.threads)
-    workers = args.workers if args.workers is not None else (0 if on_cpu else default_workers())
     models = load_face_models(pack, args.device, gpu_id, batch_size=args.batch_size, threads=threads,
                               tensorrt=args.tensorrt)
+    if not on_cpu and models.device == "cpu":
+        # CUDA was listed but failed its self-test (already warned): plan for the CPU
+        # instead of two GPU streams whose sessions would each take every core.
+        on_cpu = True
+        streams, threads = embed_run.plan_streams(True, args.streams, args.threads)
+        models = load_face_models(pack, "cpu", gpu_id, batch_size=args.batch_size, threads=threads)
+    workers = args.workers if args.workers is not None else (0 if on_cpu else default_workers())
     summary = embed_run.run_embeddings(
         paths, output, models, EmbedOptions(mode=args.mode), inputs=args.input, batch_size=args.batch_size,
         workers=workers, streams=streams, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet,
