@@ -4,18 +4,33 @@ The decoding follows insightface's ``SCRFD`` but is vectorised end to end and
 caches anchor grids per input size: at the small sizes used for face crops the
 per-call Python overhead of the reference implementation costs more than the
 network itself.
+
+insightface's SCRFD exports fix the batch at 1, but their graphs take any batch once
+the input says so: the outputs then interleave the images (rows ordered by anchor
+position, then image). ``batchable_detector`` lifts the fixed batch and keeps the
+change only if a batch reproduces the single-image outputs, so that ``detect_many``
+runs a whole batch of same-size canvases in one call (on a GPU one call per image
+leaves it waiting on kernel launches at crop sizes).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
+import onnx
 from numpy.typing import NDArray
 
+log = logging.getLogger(__name__)
+
 NMS_THRESHOLD = 0.4
+# How a batched output stacks its images: "image" = image-major blocks (the native
+# batched exports), "anchor" = interleaved per anchor position (insightface's batch-1 exports).
+Layout = Literal["image", "anchor"]
 
 
 @dataclass(frozen=True)
@@ -51,11 +66,79 @@ def letterbox(image: NDArray[np.uint8], size: tuple[int, int], border: int = 0) 
     return canvas, scale, offset
 
 
-class SCRFD:
-    """SCRFD detector; ``detect(image, size, threshold)`` returns ``Detections``."""
+def _anchors_per_position(outputs: int) -> int:
+    return 2 if outputs in (6, 9) else 1
 
-    def __init__(self, session: Any):
+
+def split_batch(output: NDArray[np.float32], images: int, layout: Layout, anchors: int) -> list[NDArray[np.float32]]:
+    """One batched output (rows, c) or (n, rows, c) -> per-image (rows / n, c) arrays."""
+    if output.ndim == 3:
+        return list(output)
+    channels = output.shape[-1]
+    if layout == "image":
+        return list(output.reshape(images, -1, channels))
+    per = output.reshape(-1, images, anchors, channels).transpose(1, 0, 2, 3)
+    return list(per.reshape(images, -1, channels))
+
+
+def with_dynamic_input_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose input and outputs have symbolic sizes (the graph computes them)."""
+    dynamic = onnx.ModelProto()
+    dynamic.CopyFrom(model)
+    graph = dynamic.graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    if dims:
+        dims[0].ClearField("dim_value")
+        dims[0].dim_param = "batch"
+    for value in graph.output:
+        for index, dim in enumerate(value.type.tensor_type.shape.dim):
+            dim.ClearField("dim_value")
+            dim.dim_param = f"{value.name}_{index}"
+    del graph.value_info[:]
+    return dynamic
+
+
+def batchable_detector(model: onnx.ModelProto, open_session: Callable[[bytes], Any],
+                       reference_session: Any) -> tuple[Any, Layout | None]:
+    """(session, layout) taking a batch of canvases, or (``reference_session``, None).
+
+    A batch of 3 random canvases must give exactly the single-image outputs under one
+    of the known layouts; anything else keeps the original model, one image per call.
+    """
+    arg = reference_session.get_inputs()[0]
+    if not (isinstance(arg.shape[0], int) and arg.shape[0] == 1):
+        return reference_session, "image"  # already takes a batch
+    try:
+        session = open_session(with_dynamic_input_batch(model).SerializeToString())
+        side = [d if isinstance(d, int) and d > 0 else 96 for d in arg.shape[2:]]
+        probe = np.random.default_rng(1).standard_normal((3, 3, *side)).astype(np.float32)
+        names = [o.name for o in reference_session.get_outputs()]
+        anchors = _anchors_per_position(len(names))
+        single = [reference_session.run(names, {arg.name: p[None]}) for p in probe]
+        batched = session.run(names, {arg.name: probe})
+        for layout in ("anchor", "image"):
+            if all(o.shape[0] % 3 == 0 and all(np.allclose(part, single[i][k], rtol=1e-3, atol=1e-4)
+                                               for i, part in enumerate(split_batch(o, 3, layout, anchors)))
+                   for k, o in enumerate(batched)):
+                return session, layout
+        log.info("detector batch stays at 1: batched outputs differ from single ones")
+    except Exception as err:  # noqa: BLE001 - any failure means: keep the original model
+        log.info("detector batch stays at 1: %s", str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+    return reference_session, None
+
+
+class SCRFD:
+    """SCRFD detector; ``detect(image, size, threshold)`` returns ``Detections``,
+    ``detect_many`` the same for several images in batches of ``max_batch``.
+
+    ``layout`` says how the session stacks a batch (see ``batchable_detector``);
+    None means it takes one image per call.
+    """
+
+    def __init__(self, session: Any, layout: Layout | None = None, max_batch: int = 1):
         self.session = session
+        self.layout = layout
+        self.max_batch = max(1, max_batch) if layout is not None else 1
         self.input_name = session.get_inputs()[0].name
         outputs = session.get_outputs()
         self.output_names = [o.name for o in outputs]
@@ -65,7 +148,7 @@ class SCRFD:
             raise ValueError(f"not an SCRFD detector: {count} outputs")
         self.fmc = 3 if count in (6, 9) else 5
         self.strides = [8, 16, 32] if self.fmc == 3 else [8, 16, 32, 64, 128]
-        self.num_anchors = 2 if self.fmc == 3 else 1
+        self.num_anchors = _anchors_per_position(count)
         self.use_kps = count in (9, 15)
         self._centers: dict[tuple[int, int, int], NDArray[np.float32]] = {}
 
@@ -88,12 +171,38 @@ class SCRFD:
         context, and the border makes it look like the faces it was trained on.
         Coordinates are returned in ``image`` pixels either way.
         """
-        border = int(round(max(image.shape[:2]) * pad_ratio))
-        canvas, scale, offset = letterbox(image, size, border)
-        blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, size, (127.5, 127.5, 127.5), swapRB=True)
+        blob, scale, offset = self._blob(image, size, pad_ratio)
         outs = self.session.run(self.output_names, {self.input_name: blob})
         if self.batched:
             outs = [o[0] for o in outs]
+        return self._decode(outs, size, threshold, scale, offset)
+
+    def detect_many(self, images: Sequence[NDArray[np.uint8]], size: tuple[int, int], threshold: float = 0.5,
+                    pad_ratio: float = 0.0) -> list[Detections]:
+        """``detect`` for each image, with up to ``max_batch`` canvases per inference."""
+        if self.max_batch == 1:
+            return [self.detect(image, size, threshold, pad_ratio) for image in images]
+        found: list[Detections] = []
+        anchors = _anchors_per_position(len(self.output_names))
+        for start in range(0, len(images), self.max_batch):
+            prepared = [self._blob(image, size, pad_ratio) for image in images[start : start + self.max_batch]]
+            blob = np.concatenate([b for b, _, _ in prepared])
+            outs = self.session.run(self.output_names, {self.input_name: blob})
+            per_output = [split_batch(o, len(prepared), self.layout or "image", anchors) for o in outs]
+            for i, (_, scale, offset) in enumerate(prepared):
+                found.append(self._decode([parts[i] for parts in per_output], size, threshold, scale, offset))
+        return found
+
+    @staticmethod
+    def _blob(image: NDArray[np.uint8], size: tuple[int, int], pad_ratio: float) -> tuple[NDArray[np.float32], float, int]:
+        border = int(round(max(image.shape[:2]) * pad_ratio))
+        canvas, scale, offset = letterbox(image, size, border)
+        blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, size, (127.5, 127.5, 127.5), swapRB=True)
+        return blob, scale, offset
+
+    def _decode(self, outs: Sequence[NDArray[np.float32]], size: tuple[int, int], threshold: float,
+                scale: float, offset: int) -> Detections:
+        """One image's outputs (rows, c) -> detections in the image's pixels, after NMS."""
         width, height = size
         boxes, scores, kps = [], [], []
         for level, stride in enumerate(self.strides):

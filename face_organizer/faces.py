@@ -7,7 +7,7 @@ images in, embedding rows out, no global state.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,7 +16,7 @@ import onnx
 from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
-from .detection import SCRFD, pick_central
+from .detection import SCRFD, batchable_detector, pick_central
 from .modelpack import ModelPack
 from .providers import Device, SessionReport, open_session
 from .recognition import Recognizer, batchable_model
@@ -24,7 +24,7 @@ from .recognition import Recognizer, batchable_model
 log = logging.getLogger(__name__)
 
 Mode = Literal["crops", "photos"]
-CPU_RECOGNISER_BATCH = 8
+CPU_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -66,25 +66,31 @@ def load_face_models(
     tensorrt: bool = False,
 ) -> FaceModels:
     """Open verified sessions for the pack's detector and recogniser on ``device``."""
-    det_session, det_report = open_session(str(pack.detector), pack.detector.name, device, gpu_id,
+    det_model = onnx.load(str(pack.detector))
+    det_session, det_report = open_session(det_model.SerializeToString(), pack.detector.name, device, gpu_id,
                                            threads=threads, tensorrt=tensorrt)
     rec_model = onnx.load(str(pack.recognizer))
     rec_session, rec_report = open_session(rec_model.SerializeToString(), pack.recognizer.name, device, gpu_id,
                                            threads=threads, tensorrt=tensorrt)
 
-    def reopen(serialized: bytes) -> object:
-        # Same device as the verified session: a dropped GPU was already reported above.
-        return open_session(serialized, pack.recognizer.name, rec_report.device if rec_report.device != "tensorrt" else "cuda",
-                            gpu_id, threads=threads, quiet=True)[0]
+    def reopener(name: str, report: SessionReport) -> Callable[[bytes], object]:
+        def reopen(serialized: bytes) -> object:
+            # Same device as the verified session: a dropped GPU was already reported above.
+            return open_session(serialized, name, report.device if report.device != "tensorrt" else "cuda",
+                                gpu_id, threads=threads, quiet=True)[0]
+        return reopen
 
-    session, batchable = batchable_model(rec_model, reopen, rec_session)
     # On the CPU large batches only spill out of cache (measured: batch 8 is fastest);
     # accelerators want the whole batch.
-    max_batch = batch_size if rec_report.device != "cpu" else min(batch_size, CPU_RECOGNISER_BATCH)
-    recognizer = Recognizer(session, rec_model, max_batch=max_batch if batchable else 1)
-    log.info("recogniser %s: %d-d embeddings, batch %s", pack.recognizer.name, recognizer.dim,
-             recognizer.max_batch if batchable else "fixed at 1")
-    return FaceModels(pack, SCRFD(det_session), recognizer, [det_report, rec_report], batchable)
+    cap = batch_size if rec_report.device != "cpu" else min(batch_size, CPU_BATCH)
+    session, batchable = batchable_model(rec_model, reopener(pack.recognizer.name, rec_report), rec_session)
+    recognizer = Recognizer(session, rec_model, max_batch=cap if batchable else 1)
+    det_batch_session, layout = batchable_detector(det_model, reopener(pack.detector.name, det_report), det_session)
+    detector = SCRFD(det_batch_session, layout, max_batch=cap)
+    log.info("recogniser %s: %d-d embeddings, batch %s; detector %s: batch %s", pack.recognizer.name, recognizer.dim,
+             recognizer.max_batch if batchable else "fixed at 1", pack.detector.name,
+             detector.max_batch if layout else "fixed at 1")
+    return FaceModels(pack, detector, recognizer, [det_report, rec_report], batchable)
 
 
 @dataclass
@@ -131,14 +137,36 @@ class BatchResult:
     no_face: list[str]
 
 
-def find_crop_face(image: NDArray[np.uint8], detector: SCRFD, options: EmbedOptions) -> tuple[NDArray[np.float32], NDArray[np.float32], float] | None:
-    """(kps (5, 2), box (4,), score) of the face a crop shows, in the crop's pixels, or None."""
+CropFace = tuple[NDArray[np.float32], NDArray[np.float32], float]
+
+
+def find_crop_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, options: EmbedOptions) -> list[CropFace | None]:
+    """For each crop, (kps (5, 2), box (4,), score) of the face it shows, in its pixels, or None.
+
+    Every crop is detected at the first size in one batched pass; only those without a
+    face are tried again at the next size.
+    """
+    found: list[CropFace | None] = [None] * len(images)
+    todo = list(range(len(images)))
     for size in options.crop_det_sizes:
-        dets = detector.detect(image, (size, size), options.crop_threshold, pad_ratio=options.pad_ratio)
-        if len(dets):
-            i = pick_central(dets, image.shape)
-            return dets.kps[i], dets.boxes[i], float(dets.scores[i])
-    return None
+        if not todo:
+            break
+        dets_list = detector.detect_many([images[i] for i in todo], (size, size), options.crop_threshold,
+                                         pad_ratio=options.pad_ratio)
+        missed = []
+        for i, dets in zip(todo, dets_list):
+            if len(dets):
+                j = pick_central(dets, images[i].shape)
+                found[i] = (dets.kps[j], dets.boxes[j], float(dets.scores[j]))
+            else:
+                missed.append(i)
+        todo = missed
+    return found
+
+
+def find_crop_face(image: NDArray[np.uint8], detector: SCRFD, options: EmbedOptions) -> CropFace | None:
+    """``find_crop_faces`` for one crop."""
+    return find_crop_faces([image], detector, options)[0]
 
 
 def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceModels, options: EmbedOptions) -> BatchResult:
@@ -151,9 +179,14 @@ def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceMod
     boxes: list[NDArray[np.float32]] = []
     indices: list[int] = []
     no_face: list[str] = []
-    for path, image in images:
+    if options.mode == "crops":
+        crop_faces = find_crop_faces([image for _, image in images], models.detector, options)
+    else:
+        size2 = (options.photo_det_size, options.photo_det_size)
+        photo_faces = models.detector.detect_many([image for _, image in images], size2, options.photo_threshold)
+    for n, (path, image) in enumerate(images):
         if options.mode == "crops":
-            found = find_crop_face(image, models.detector, options)
+            found = crop_faces[n]
             if found is None:
                 aligned.append(centre_crop(image, size))
                 h, w = image.shape[:2]
@@ -169,7 +202,7 @@ def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceMod
             paths.append(path)
             indices.append(0)
             continue
-        dets = models.detector.detect(image, (options.photo_det_size, options.photo_det_size), options.photo_threshold)
+        dets = photo_faces[n]
         if not len(dets):
             no_face.append(path)
             continue

@@ -74,6 +74,46 @@ def test_photos_mode_finds_six_faces_of_t1(models) -> None:
     assert np.all(result.rows.det_score > 0.5)
 
 
+def test_batched_detection_finds_what_one_image_at_a_time_finds(lfw, lfw_labels, video_crops, models) -> None:
+    """The testpack detector (batch fixed at 1 in the file) runs whole batches after the
+    rewrite, and every box, landmark and score matches the one-image-per-call result."""
+    detector = models.detector
+    assert detector.layout == "anchor" and detector.max_batch > 1
+    photos = [read_image(lfw / r["path"]) for r in lfw_labels[:11]] + [read_image(insightface_sample("t1.jpg"))]
+    crops = [read_image(p) for c in video_crops.values() for p in c][:11]
+    for images_, size, pad in ((photos, 640, 0.0), (crops, 192, 0.3)):
+        many = detector.detect_many(images_, (size, size), 0.35, pad_ratio=pad)
+        single = [detector.detect(image, (size, size), 0.35, pad_ratio=pad) for image in images_]
+        assert [len(d) for d in many] == [len(d) for d in single] and sum(len(d) for d in single) >= len(images_)
+        for a, b in zip(many, single):
+            np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+            np.testing.assert_allclose(a.kps, b.kps, atol=1e-3)
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_detector_rewrite_kept_only_when_it_reproduces_single_outputs(testpack) -> None:
+    import onnx
+
+    from face_organizer.detection import SCRFD, batchable_detector
+    from face_organizer.providers import open_session
+
+    model = onnx.load(str(testpack.detector))
+    reference, _ = open_session(model.SerializeToString(), "det", "cpu", 0, quiet=True)
+
+    class Scrambled:  # a batched session whose rows come back in another order
+        def __init__(self, serialized: bytes):
+            self.inner = open_session(serialized, "det", "cpu", 0, quiet=True)[0]
+
+        def run(self, names, feeds):
+            return [o[::-1].copy() for o in self.inner.run(names, feeds)]
+
+    session, layout = batchable_detector(model, Scrambled, reference)
+    assert session is reference and layout is None
+    assert SCRFD(session, layout, max_batch=8).max_batch == 1
+    session, layout = batchable_detector(model, lambda b: open_session(b, "det", "cpu", 0, quiet=True)[0], reference)
+    assert session is not reference and layout == "anchor"
+
+
 def _good_and_bad(tmp_path: Path, video_crops) -> tuple[Path, list[Path]]:
     folder = tmp_path / "input"
     good = []
