@@ -37,7 +37,7 @@ from face_organizer.samples import two_person_collection  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="two-person collections to draw (default: 0 1 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="two-person collections to draw (default: 0 1 2 3 4 5)")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
