@@ -104,12 +104,15 @@ def batchable_detector(model: onnx.ModelProto, open_session: Callable[[bytes], A
 
     A batch of 3 random canvases must give exactly the single-image outputs under one
     of the known layouts; anything else keeps the original model, one image per call.
+    ``open_session(serialized_model)`` creates a session like the reference one.
     """
     arg = reference_session.get_inputs()[0]
-    if not (isinstance(arg.shape[0], int) and arg.shape[0] == 1):
-        return reference_session, "image"  # already takes a batch
+    if len(reference_session.get_outputs()[0].shape) == 3:
+        return reference_session, "image"  # a batched export: (n, rows, c)
+    fixed = isinstance(arg.shape[0], int) and arg.shape[0] > 0
     try:
-        session = open_session(with_dynamic_input_batch(model).SerializeToString())
+        # A symbolic batch already: only the layout of its outputs is left to find.
+        session = open_session(with_dynamic_input_batch(model).SerializeToString()) if fixed else reference_session
         side = [d if isinstance(d, int) and d > 0 else 96 for d in arg.shape[2:]]
         probe = np.random.default_rng(1).standard_normal((3, 3, *side)).astype(np.float32)
         names = [o.name for o in reference_session.get_outputs()]

@@ -182,8 +182,8 @@ def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceMod
     if options.mode == "crops":
         crop_faces = find_crop_faces([image for _, image in images], models.detector, options)
     else:
-        size2 = (options.photo_det_size, options.photo_det_size)
-        photo_faces = models.detector.detect_many([image for _, image in images], size2, options.photo_threshold)
+        photo_size = (options.photo_det_size, options.photo_det_size)
+        photo_faces = models.detector.detect_many([image for _, image in images], photo_size, options.photo_threshold)
     for n, (path, image) in enumerate(images):
         if options.mode == "crops":
             found = crop_faces[n]

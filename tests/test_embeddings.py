@@ -94,7 +94,7 @@ def test_batched_detection_finds_what_one_image_at_a_time_finds(lfw, lfw_labels,
 def test_detector_rewrite_kept_only_when_it_reproduces_single_outputs(testpack) -> None:
     import onnx
 
-    from face_organizer.detection import SCRFD, batchable_detector
+    from face_organizer.detection import SCRFD, batchable_detector, with_dynamic_input_batch
     from face_organizer.providers import open_session
 
     model = onnx.load(str(testpack.detector))
@@ -112,6 +112,10 @@ def test_detector_rewrite_kept_only_when_it_reproduces_single_outputs(testpack) 
     assert SCRFD(session, layout, max_batch=8).max_batch == 1
     session, layout = batchable_detector(model, lambda b: open_session(b, "det", "cpu", 0, quiet=True)[0], reference)
     assert session is not reference and layout == "anchor"
+    # A file whose batch is symbolic already: kept as it is, its output layout still probed.
+    symbolic, _ = open_session(with_dynamic_input_batch(model).SerializeToString(), "det", "cpu", 0, quiet=True)
+    session, layout = batchable_detector(model, Scrambled, symbolic)
+    assert session is symbolic and layout == "anchor"
 
 
 def _good_and_bad(tmp_path: Path, video_crops) -> tuple[Path, list[Path]]:
