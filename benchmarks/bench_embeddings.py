@@ -6,7 +6,7 @@ Makes N video-style 256x256 PNG face crops from LFW photos (in ../shared), then 
   ours:     face_organizer.embed_run.run_embeddings (one single-threaded stream per core, each
             decoding its batch, padded small-size detection, batched recognition; checkpointing
             and the final file write included)
-and prints images/s for each and the ratio.
+in alternating rounds over slices of the images (--rounds), and prints images/s for each and the ratio.
 
   python benchmarks/bench_embeddings.py --count 1500 --stages
 """
@@ -52,19 +52,25 @@ def make_crops(shared: Path, detector, count: int, folder: Path) -> list[str]:
     return paths
 
 
-def baseline(pack_dir: Path, paths: list[str]) -> tuple[float, int]:
-    import onnxruntime as ort
-    from insightface.app import FaceAnalysis
+class Baseline:
+    """The straightforward loop: cv2.imread + FaceAnalysis.get at det_size 640, one image at a time."""
 
-    ort.set_default_logger_severity(3)
-    app = FaceAnalysis(name=str(pack_dir), providers=["CPUExecutionProvider"])
-    app.prepare(ctx_id=-1, det_size=(640, 640))
-    app.get(cv2.imread(paths[0]))
-    found = 0
-    start = time.perf_counter()
-    for path in paths:
-        found += bool(app.get(cv2.imread(path)))
-    return len(paths) / (time.perf_counter() - start), found
+    def __init__(self, pack_dir: Path, warm_up: str):
+        import onnxruntime as ort
+        from insightface.app import FaceAnalysis
+
+        ort.set_default_logger_severity(3)
+        self.app = FaceAnalysis(name=str(pack_dir), providers=["CPUExecutionProvider"])
+        self.app.prepare(ctx_id=-1, det_size=(640, 640))
+        self.app.get(cv2.imread(warm_up))
+
+    def run(self, paths: list[str]) -> tuple[float, int]:
+        """(seconds, images with a face found)."""
+        found = 0
+        start = time.perf_counter()
+        for path in paths:
+            found += bool(self.app.get(cv2.imread(path)))
+        return time.perf_counter() - start, found
 
 
 def stage_costs(pack, paths: list[str]) -> str:
@@ -98,6 +104,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0, streams decode)")
     parser.add_argument("--streams", type=int, default=0, help="embedding streams (default: one per core)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="alternate baseline and ours over this many slices (default: 3)")
     parser.add_argument("--stages", action="store_true", help="also time each step on one core")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
@@ -110,13 +117,25 @@ def main() -> int:
         paths = make_crops(shared, models.detector, args.count, Path(tmp))
         print(f"{len(paths)} PNG crops of 256x256, {os.cpu_count()} CPUs, model pack {pack.name}, "
               f"{streams} streams x {threads} threads, {args.workers} decoding processes")
-        base_rate, base_found = baseline(pack.folder, paths)
-        print(f"baseline  insightface FaceAnalysis.get(det_size=640): {base_rate:7.1f} images/s, face found in {base_found}/{len(paths)}")
-        summary = run_embeddings(paths, Path(tmp) / "emb.pkl", models, workers=args.workers, streams=streams, batch_size=args.batch_size,
-                                 resume=False, progress=False)
-        detected = summary.embedded - summary.fallback
-        print(f"ours      face_organizer run_embeddings:              {summary.rate:7.1f} images/s, face found in {detected}/{len(paths)}")
-        print(f"speed-up: {summary.rate / base_rate:.1f}x")
+        # Alternate the two over --rounds slices of the images, so that a machine whose speed drifts
+        # (shared virtual CPUs) slows both alike; totals are over all images.
+        base = Baseline(pack.folder, paths[0])
+        base_time = ours_time = 0.0
+        base_found = ours_found = 0
+        ratios = []
+        for r in range(args.rounds):
+            part = paths[r * len(paths) // args.rounds : (r + 1) * len(paths) // args.rounds]
+            seconds, found = base.run(part)
+            started = time.perf_counter()
+            summary = run_embeddings(part, Path(tmp) / f"emb{r}.pkl", models, workers=args.workers, streams=streams,
+                                     batch_size=args.batch_size, resume=False, progress=False)
+            ours_seconds = time.perf_counter() - started
+            base_time, base_found = base_time + seconds, base_found + found
+            ours_time, ours_found = ours_time + ours_seconds, ours_found + summary.embedded - summary.fallback
+            ratios.append(seconds / ours_seconds)
+        print(f"baseline  insightface FaceAnalysis.get(det_size=640): {len(paths) / base_time:7.1f} images/s, face found in {base_found}/{len(paths)}")
+        print(f"ours      face_organizer run_embeddings:              {len(paths) / ours_time:7.1f} images/s, face found in {ours_found}/{len(paths)}")
+        print(f"speed-up: {base_time / ours_time:.1f}x (rounds: {', '.join(f'{x:.1f}x' for x in ratios)})")
         if args.stages:
             print(stage_costs(pack, paths))
     return 0
