@@ -51,6 +51,7 @@ class RunSummary:
     faces: int = 0
     fallback: int = 0
     no_face: int = 0
+    reused: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     rows_in_file: int = 0
     elapsed: float = 0.0
@@ -72,6 +73,8 @@ class RunSummary:
         ]
         if self.no_face:
             out.append(f"photos without a face: {self.no_face:,}")
+        if self.reused:
+            out.append(f"near-identical frames that took the embedding of the frame they repeat: {self.reused:,}")
         skipped = sum(self.skipped.values())
         out.append(f"skipped: {skipped:,}" + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + ")" if skipped else ""))
         out.append(f"elapsed: {self.elapsed:.1f} s, {self.rate:.1f} images/s, device: {self.device}"
@@ -146,6 +149,7 @@ class _State:
     rows: list[FaceRows] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     no_face: set[str] = field(default_factory=set)
+    reused: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] | None = None
     parts: int = 0
 
@@ -156,6 +160,7 @@ class _State:
         self.rows.append(ef.rows)
         self.failed.update(dict(ef.failed))
         self.no_face.update(ef.no_face)
+        self.reused.update(dict(ef.reused))
         self.meta = self.meta or ef.meta
 
 
@@ -201,16 +206,20 @@ class _Recorder:
         self.new_rows: list[FaceRows] = []
         self.new_failed: dict[str, str] = {}
         self.new_no_face: list[str] = []
+        self.new_reused: dict[str, str] = {}
         self.pending: list[FaceRows] = []
         self.pending_failed: list[tuple[str, str]] = []
         self.pending_no_face: list[str] = []
+        self.pending_reused: list[tuple[str, str]] = []
         self.last_checkpoint = time.monotonic()
 
-    def rows(self, rows: FaceRows, no_face: list[str]) -> None:
+    def rows(self, rows: FaceRows, no_face: list[str], reused: list[tuple[str, str]]) -> None:
         self.new_rows.append(rows)
         self.pending.append(rows)
         self.new_no_face.extend(no_face)
         self.pending_no_face.extend(no_face)
+        self.new_reused.update(reused)
+        self.pending_reused.extend(reused)
 
     def fail(self, path: str, reason: str) -> None:
         self.new_failed[path] = reason
@@ -226,9 +235,10 @@ class _Recorder:
         self.state.parts += 1
         part = parts_dir(self.output) / f"part-{self.state.parts:06d}.pkl"
         meta = dict(self.meta, complete=False)
-        ef = EmbeddingsFile(FaceRows.concat(self.pending, self.dim), self.pending_failed, self.pending_no_face, meta)
+        ef = EmbeddingsFile(FaceRows.concat(self.pending, self.dim), self.pending_failed, self.pending_no_face, meta,
+                            self.pending_reused)
         embfile.save(part, ef)
-        self.pending, self.pending_failed, self.pending_no_face = [], [], []
+        self.pending, self.pending_failed, self.pending_no_face, self.pending_reused = [], [], [], []
         self.last_checkpoint = time.monotonic()
 
     def finish(self, attempted: set[str]) -> int:
@@ -238,9 +248,12 @@ class _Recorder:
         failed.update(self.new_failed)
         failed = {p: r for p, r in failed.items() if p not in embedded}
         no_face = sorted(self.state.no_face | set(self.new_no_face))
+        reused = {p: source for p, source in self.state.reused.items() if p not in attempted}
+        reused.update(self.new_reused)
+        reused = {p: source for p, source in reused.items() if p in embedded}
         old_inputs = (self.state.meta or {}).get("inputs", [])
         meta = dict(self.meta, complete=True, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
-        embfile.save(self.output, EmbeddingsFile(rows, sorted(failed.items()), no_face, meta))
+        embfile.save(self.output, EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items())))
         shutil.rmtree(parts_dir(self.output), ignore_errors=True)
         return len(rows)
 
@@ -357,7 +370,8 @@ def run_embeddings(
         log.info("resuming: %d of %d images already embedded", summary.already_done, len(paths))
     meta = embfile.make_meta(pack_name=models.pack.name, model_files=models.pack.file_names(), dim=models.dim,
                              device=models.device, inputs=[os.path.abspath(i) for i in inputs], mode=options.mode,
-                             complete=False, sessions=[r.describe() for r in models.reports])
+                             complete=False, sessions=[r.describe() for r in models.reports],
+                             reuse_similar_frames=options.reuse_similar_frames)
     recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds)
     status = _StatusWriter(status_file)
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True, smoothing=0.1)
@@ -368,7 +382,8 @@ def run_embeddings(
             summary.skipped[reason] += 1
             log.debug("skipped %s: %s", path, reason)
         for count, result in job.results:
-            recorder.rows(result.rows, result.no_face)
+            recorder.rows(result.rows, result.no_face, result.reused)
+            summary.reused += len(result.reused)
             summary.embedded += count - len(result.no_face)
             summary.faces += len(result.rows)
             summary.no_face += len(result.no_face)

@@ -3,7 +3,9 @@
 Keys: ``paths`` (list of absolute path strings), ``embeddings`` (float32 [N, D],
 L2-normalised), ``detected`` (bool [N]), ``det_score`` (float32 [N]), ``bbox``
 (float32 [N, 4]), ``face_index`` (int32 [N]), ``failed`` (list of (path, reason)),
-``no_face`` (list of paths, photos mode) and ``meta`` (dict).
+``no_face`` (list of paths, photos mode), ``reused`` (list of (path, source path): frames
+that took the embedding of the near-identical frame they repeat, when asked for) and
+``meta`` (dict).
 
 Our own stages read it with ``load``, whose unpickler resolves only numpy's array
 constructors: a pickle that would import anything else is refused unexecuted.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,6 +58,7 @@ class EmbeddingsFile:
     failed: list[tuple[str, str]]
     no_face: list[str]
     meta: dict[str, Any]
+    reused: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def dim(self) -> int:
@@ -89,6 +92,7 @@ def to_dict(ef: EmbeddingsFile) -> dict[str, Any]:
         "face_index": r.face_index.astype(np.int32),
         "failed": [(str(p), str(reason)) for p, reason in ef.failed],
         "no_face": list(ef.no_face),
+        "reused": [(str(p), str(source)) for p, source in ef.reused],
         "meta": dict(ef.meta),
     }
 
@@ -129,8 +133,9 @@ def from_dict(d: Any, where: str = "embeddings file") -> EmbeddingsFile:
     face_index = _array(d, "face_index", np.int32, (n,), where) if "face_index" in d else np.zeros(n, np.int32)
     failed = [(str(p), str(r)) for p, r in d.get("failed", [])]
     no_face = [str(p) for p in d.get("no_face", [])]
+    reused = [(str(p), str(source)) for p, source in d.get("reused", [])]
     rows = FaceRows(list(paths), emb.astype(np.float32, copy=False), detected, det_score, bbox, face_index)
-    return EmbeddingsFile(rows, failed, no_face, meta)
+    return EmbeddingsFile(rows, failed, no_face, meta, reused)
 
 
 def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
@@ -185,4 +190,5 @@ def merge(files: list[EmbeddingsFile], names: list[str]) -> EmbeddingsFile:
     embedded = set(rows.paths)
     failed = list({p: (p, r) for f in files for p, r in f.failed if p not in embedded}.values())
     no_face = sorted({p for f in files for p in f.no_face})
-    return EmbeddingsFile(rows, failed, no_face, meta)
+    reused = sorted({p: (p, source) for f in files for p, source in f.reused}.values())
+    return EmbeddingsFile(rows, failed, no_face, meta, reused)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
 from .detection import SCRFD, batchable_detector, pick_central
+from .frames import repeated_frames
 from .modelpack import ModelPack
 from .providers import Device, SessionReport, open_session
 from .recognition import Recognizer, batchable_model
@@ -37,6 +38,9 @@ class EmbedOptions:
     crop_threshold: float = 0.35
     photo_det_size: int = 640
     photo_threshold: float = 0.5
+    # Crops mode: > 0 gives a near-identical consecutive frame the embedding of the frame it
+    # repeats (see ``frames``); the value is the signature distance that counts as repeating.
+    reuse_similar_frames: float = 0.0
 
 
 @dataclass
@@ -135,6 +139,7 @@ class FaceRows:
 class BatchResult:
     rows: FaceRows
     no_face: list[str]
+    reused: list[tuple[str, str]] = field(default_factory=list)  # (frame, the frame whose embedding it took)
 
 
 CropFace = tuple[NDArray[np.float32], NDArray[np.float32], float]
@@ -171,6 +176,15 @@ def find_crop_face(image: NDArray[np.uint8], detector: SCRFD, options: EmbedOpti
 
 def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceModels, options: EmbedOptions) -> BatchResult:
     """Embed decoded BGR images: one row per crop (crops mode) or per face (photos mode)."""
+    if options.mode == "crops" and options.reuse_similar_frames > 0:
+        source = repeated_frames([image for _, image in images], options.reuse_similar_frames)
+        if any(s >= 0 for s in source):
+            kept = [i for i, s in enumerate(source) if s < 0]
+            result = embed_batch([images[i] for i in kept], models, replace(options, reuse_similar_frames=0.0))
+            position = {i: k for k, i in enumerate(kept)}
+            rows = result.rows.select(np.array([position[i if s < 0 else s] for i, s in enumerate(source)], np.intp))
+            rows.paths = [path for path, _ in images]
+            return BatchResult(rows, [], [(images[i][0], images[s][0]) for i, s in enumerate(source) if s >= 0])
     size = models.recognizer.input_size
     aligned: list[NDArray[np.uint8]] = []
     paths: list[str] = []

@@ -82,6 +82,22 @@ def junk_crop(image: NDArray[np.uint8], rng: np.random.Generator, size: int = 25
     return cv2.resize(patch, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
+def shot_frames(crop: NDArray[np.uint8], count: int, rng: np.random.Generator, shift: float = 1.0) -> list[NDArray[np.uint8]]:
+    """``count`` consecutive frames of one video shot as a face extractor writes them: the
+    crop moved by about ``shift`` pixels and rescaled slightly each time, with small
+    changes of exposure and sensor noise. The first frame is the crop itself."""
+    h, w = crop.shape[:2]
+    frames = [crop]
+    for _ in range(count - 1):
+        dx, dy = rng.normal(0.0, shift, 2)
+        scale = 1.0 + rng.normal(0.0, shift / 100.0)
+        warp = np.array([[scale, 0.0, dx + (1 - scale) * w / 2], [0.0, scale, dy + (1 - scale) * h / 2]], np.float32)
+        frame = cv2.warpAffine(crop, warp, (w, h), borderMode=cv2.BORDER_REFLECT).astype(np.float32)
+        frame = frame * rng.uniform(0.95, 1.05) + rng.normal(0.0, 2.0, frame.shape)
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return frames
+
+
 @dataclass(frozen=True)
 class LabelledImage:
     path: Path

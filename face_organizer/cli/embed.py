@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import embed_run
+from .. import embed_run, frames
 from ..errors import SetupError
 from ..faces import EmbedOptions, load_face_models
 from ..fsutil import check_writable_dir
@@ -20,6 +20,8 @@ EXAMPLES = """\
       --output /workspace/embeddings_gpu0.pkl --workers 8
   python scripts/generate_embeddings.py --input ~/Pictures --output photos.pkl --mode photos --device cpu
   # interrupted or new images added? run the same command again: only what is missing is embedded
+  # every video frame extracted? let near-identical consecutive frames share one embedding
+  python scripts/generate_embeddings.py --input /workspace/input/2017 --output emb.pkl --reuse-similar-frames
 """
 
 
@@ -50,6 +52,11 @@ def build_parser():
                    help="crops: one face per image (default); photos: every face in each image")
     common.add_model_args(p)
     common.add_device_args(p)
+    p.add_argument("--reuse-similar-frames", nargs="?", type=common.non_negative_float, const=frames.DEFAULT_THRESHOLD, default=0.0,
+                   metavar="DISTANCE",
+                   help="crops mode: a frame that nearly repeats one of the last few embedded frames of the same size "
+                        "takes that frame's embedding instead of being embedded again, and is listed under 'reused' "
+                        f"in the file (default: off; the flag alone uses distance {frames.DEFAULT_THRESHOLD})")
     p.add_argument("--resume", dest="resume", action="store_true", default=True,
                    help="continue an interrupted or earlier run into the same --output (the default)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing --output and start over")
@@ -69,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet)
     gpu_id = common.gpu_id_from_env()
+    if args.reuse_similar_frames and args.mode != "crops":
+        raise SetupError("--reuse-similar-frames is for --mode crops (video frames), not for photo libraries")
+    options = EmbedOptions(mode=args.mode, reuse_similar_frames=args.reuse_similar_frames)
     paths = read_file_list(args.file_list) if args.file_list else common.find_images(args.input)
     if not paths:
         raise SetupError(f"--file-list {args.file_list} names no images")
@@ -92,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = load_face_models(pack, "cpu", gpu_id, batch_size=args.batch_size, threads=threads)
     workers = args.workers if args.workers is not None else (0 if on_cpu else default_workers())
     summary = embed_run.run_embeddings(
-        paths, output, models, EmbedOptions(mode=args.mode), inputs=args.input, batch_size=args.batch_size,
+        paths, output, models, options, inputs=args.input, batch_size=args.batch_size,
         workers=workers, streams=streams, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet,
         status_file=args.status_file,
     )
