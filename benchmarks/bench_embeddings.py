@@ -33,7 +33,8 @@ from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
 from face_organizer.faces import EmbedOptions, find_crop_face, load_face_models  # noqa: E402
 from face_organizer.images import read_image  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
-from face_organizer.samples import crop_from_photo  # noqa: E402
+from face_organizer.frames import DEFAULT_THRESHOLD  # noqa: E402
+from face_organizer.samples import crop_from_photo, shot_frames  # noqa: E402
 
 
 def make_crops(shared: Path, detector, count: int, folder: Path) -> list[str]:
@@ -49,6 +50,20 @@ def make_crops(shared: Path, detector, count: int, folder: Path) -> list[str]:
             path = folder / f"frame_{i:05d}.png"
             cv2.imwrite(str(path), crop)
             paths.append(str(path))
+    return paths
+
+
+def make_shots(crops: list[str], frames: int) -> list[str]:
+    """Each crop followed by ``frames - 1`` jittered copies, as consecutive files of one shot."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for crop in crops:
+        stem = crop[: -len(".png")]
+        for f, frame in enumerate(shot_frames(read_image(crop), frames, rng)):
+            path = f"{stem}_{f:03d}.png"
+            cv2.imwrite(path, frame)
+            paths.append(path)
+        os.remove(crop)
     return paths
 
 
@@ -104,6 +119,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0, streams decode)")
     parser.add_argument("--streams", type=int, default=0, help="embedding streams (default: one per core)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--frames", type=int, default=1,
+                        help="make shots of this many consecutive frames (about 1 pixel apart) from each crop (default: 1)")
+    parser.add_argument("--reuse", action="store_true", help="ours with --reuse-similar-frames")
     parser.add_argument("--rounds", type=int, default=3, help="alternate baseline and ours over this many slices (default: 3)")
     parser.add_argument("--stages", action="store_true", help="also time each step on one core")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
@@ -114,27 +132,35 @@ def main() -> int:
     streams, threads = plan_streams(True, args.streams)
     models = load_face_models(pack, "cpu", 0, batch_size=args.batch_size, threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_crops(shared, models.detector, args.count, Path(tmp))
-        print(f"{len(paths)} PNG crops of 256x256, {os.cpu_count()} CPUs, model pack {pack.name}, "
-              f"{streams} streams x {threads} threads, {args.workers} decoding processes")
+        paths = make_crops(shared, models.detector, -(-args.count // args.frames), Path(tmp))
+        if args.frames > 1:
+            paths = make_shots(paths, args.frames)[: args.count]
+        options = EmbedOptions(reuse_similar_frames=DEFAULT_THRESHOLD if args.reuse else 0.0)
+        print(f"{len(paths)} PNG crops of 256x256" + (f" in shots of {args.frames} frames" if args.frames > 1 else "")
+              + f", {os.cpu_count()} CPUs, model pack {pack.name}, {streams} streams x {threads} threads, "
+              f"{args.workers} decoding processes" + (", --reuse-similar-frames" if args.reuse else ""))
         # Alternate the two over --rounds slices of the images, so that a machine whose speed drifts
         # (shared virtual CPUs) slows both alike; totals are over all images.
         base = Baseline(pack.folder, paths[0])
         base_time = ours_time = 0.0
         base_found = ours_found = 0
         ratios = []
+        reused = 0
         for r in range(args.rounds):
             part = paths[r * len(paths) // args.rounds : (r + 1) * len(paths) // args.rounds]
             seconds, found = base.run(part)
             started = time.perf_counter()
-            summary = run_embeddings(part, Path(tmp) / f"emb{r}.pkl", models, workers=args.workers, streams=streams,
+            summary = run_embeddings(part, Path(tmp) / f"emb{r}.pkl", models, options, workers=args.workers, streams=streams,
                                      batch_size=args.batch_size, resume=False, progress=False)
             ours_seconds = time.perf_counter() - started
             base_time, base_found = base_time + seconds, base_found + found
             ours_time, ours_found = ours_time + ours_seconds, ours_found + summary.embedded - summary.fallback
+            reused += summary.reused
             ratios.append(seconds / ours_seconds)
         print(f"baseline  insightface FaceAnalysis.get(det_size=640): {len(paths) / base_time:7.1f} images/s, face found in {base_found}/{len(paths)}")
         print(f"ours      face_organizer run_embeddings:              {len(paths) / ours_time:7.1f} images/s, face found in {ours_found}/{len(paths)}")
+        if args.reuse:
+            print(f"          of which near-identical frames that took another frame's embedding: {reused}/{len(paths)}")
         print(f"speed-up: {base_time / ours_time:.1f}x (rounds: {', '.join(f'{x:.1f}x' for x in ratios)})")
         if args.stages:
             print(stage_costs(pack, paths))
