@@ -7,8 +7,10 @@ Makes N video-style 256x256 PNG face crops from LFW photos (in ../shared), then 
             decoding its batch, padded small-size detection, batched recognition; checkpointing
             and the final file write included)
 in alternating rounds over slices of the images (--rounds), and prints images/s for each and the ratio.
+With --device cuda both run on the GPU selected by $GPU_ID (ONNX Runtime's CUDA provider).
 
   python benchmarks/bench_embeddings.py --count 1500 --stages
+  GPU_ID=0 python benchmarks/bench_embeddings.py --count 3000 --device cuda
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from face_organizer.alignment import align, centre_crop  # noqa: E402
+from face_organizer.cli.common import gpu_id_from_env  # noqa: E402
+from face_organizer.cli.embed import default_workers  # noqa: E402
 
 from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
 from face_organizer.faces import EmbedOptions, find_crop_face, load_face_models  # noqa: E402
@@ -70,13 +74,20 @@ def make_shots(crops: list[str], frames: int) -> list[str]:
 class Baseline:
     """The straightforward loop: cv2.imread + FaceAnalysis.get at det_size 640, one image at a time."""
 
-    def __init__(self, pack_dir: Path, warm_up: str):
+    def __init__(self, pack_dir: Path, warm_up: str, device: str, gpu_id: int):
         import onnxruntime as ort
         from insightface.app import FaceAnalysis
 
         ort.set_default_logger_severity(3)
-        self.app = FaceAnalysis(name=str(pack_dir), providers=["CPUExecutionProvider"])
-        self.app.prepare(ctx_id=-1, det_size=(640, 640))
+        if device == "cuda":
+            providers: list = [("CUDAExecutionProvider", {"device_id": gpu_id}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.app = FaceAnalysis(name=str(pack_dir), providers=providers)
+        self.app.prepare(ctx_id=gpu_id if device == "cuda" else -1, det_size=(640, 640))
+        applied = {model.session.get_providers()[0] for model in self.app.models.values()}
+        if device == "cuda" and applied != {"CUDAExecutionProvider"}:
+            raise SystemExit(f"baseline: insightface runs on {sorted(applied)}, not CUDA")
         self.app.get(cv2.imread(warm_up))
 
     def run(self, paths: list[str]) -> tuple[float, int]:
@@ -116,21 +127,28 @@ def stage_costs(pack, paths: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=400)
-    parser.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0, streams decode)")
-    parser.add_argument("--streams", type=int, default=0, help="embedding streams (default: one per core)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="run both on the CPU (default) or on the GPU selected by $GPU_ID")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: as generate_embeddings: 0 on the CPU, so streams decode)")
+    parser.add_argument("--streams", type=int, default=0, help="embedding streams (default: as generate_embeddings)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--frames", type=int, default=1,
                         help="make shots of this many consecutive frames (about 1 pixel apart) from each crop (default: 1)")
     parser.add_argument("--reuse", action="store_true", help="ours with --reuse-similar-frames")
     parser.add_argument("--rounds", type=int, default=3, help="alternate baseline and ours over this many slices (default: 3)")
     parser.add_argument("--stages", action="store_true", help="also time each step on one core")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log which sessions and batch sizes are used")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     shared = Path(args.shared)
     pack = resolve_pack(str(shared / "models" / "testpack"))
-    streams, threads = plan_streams(True, args.streams)
-    models = load_face_models(pack, "cpu", 0, batch_size=args.batch_size, threads=threads)
+    on_cpu = args.device == "cpu"
+    gpu_id = gpu_id_from_env()
+    streams, threads = plan_streams(on_cpu, args.streams)
+    workers = args.workers if args.workers is not None else (0 if on_cpu else default_workers())
+    models = load_face_models(pack, args.device, gpu_id, batch_size=args.batch_size, threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_crops(shared, models.detector, -(-args.count // args.frames), Path(tmp))
         if args.frames > 1:
@@ -138,10 +156,10 @@ def main() -> int:
         options = EmbedOptions(reuse_similar_frames=DEFAULT_THRESHOLD if args.reuse else 0.0)
         print(f"{len(paths)} PNG crops of 256x256" + (f" in shots of {args.frames} frames" if args.frames > 1 else "")
               + f", {os.cpu_count()} CPUs, model pack {pack.name}, {streams} streams x {threads} threads, "
-              f"{args.workers} decoding processes" + (", --reuse-similar-frames" if args.reuse else ""))
+              f"{workers} decoding processes, device {models.device}" + (", --reuse-similar-frames" if args.reuse else ""))
         # Alternate the two over --rounds slices of the images, so that a machine whose speed drifts
         # (shared virtual CPUs) slows both alike; totals are over all images.
-        base = Baseline(pack.folder, paths[0])
+        base = Baseline(pack.folder, paths[0], args.device, gpu_id)
         base_time = ours_time = 0.0
         base_found = ours_found = 0
         ratios = []
@@ -150,7 +168,7 @@ def main() -> int:
             part = paths[r * len(paths) // args.rounds : (r + 1) * len(paths) // args.rounds]
             seconds, found = base.run(part)
             started = time.perf_counter()
-            summary = run_embeddings(part, Path(tmp) / f"emb{r}.pkl", models, options, workers=args.workers, streams=streams,
+            summary = run_embeddings(part, Path(tmp) / f"emb{r}.pkl", models, options, workers=workers, streams=streams,
                                      batch_size=args.batch_size, resume=False, progress=False)
             ours_seconds = time.perf_counter() - started
             base_time, base_found = base_time + seconds, base_found + found

@@ -31,7 +31,8 @@ NO_DEPS = ["insightface", "deepface", "retina-face"]
 HEADER = """\
 # Exact pins for the Docker image (Python 3.10, manylinux x86_64), written by docker/lock.py --write
 # from docker/requirements-*.txt and checked in CI by docker/lock.py --check. GPU-critical pins:
-# onnxruntime-gpu (CUDA 12 / cuDNN 9 build) and nvidia-cudnn-cu12 < 9.11 (9.11 dropped Pascal/Maxwell).
+# onnxruntime-gpu < 1.27 (CUDA 12 / cuDNN 9 build; 1.27+ is CUDA 13, without Pascal/Volta code) and
+# nvidia-cudnn-cu12 < 9.11 (9.11 dropped Pascal/Maxwell).
 """
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .cudabuild import CudaBuild, onnxruntime_cuda_library, read_cuda_build
 from .modelpack import KNOWN_PACKS, ModelPack
 from .providers import CPU, CUDA, TENSORRT, session_options
 
@@ -70,9 +71,27 @@ def nvidia_smi_gpus() -> tuple[list[Gpu], str | None]:
     return gpus, None
 
 
-def known_problems(vers: dict[str, str], gpus: list[Gpu]) -> list[str]:
+def onnxruntime_cuda_build() -> CudaBuild | None:
+    """What the installed onnxruntime-gpu's CUDA provider was built for, if there is one."""
+    library = onnxruntime_cuda_library()
+    try:
+        return read_cuda_build(library) if library else None
+    except (OSError, ValueError):  # unreadable, or empty (mmap refuses those): nothing to report
+        return None
+
+
+def known_problems(vers: dict[str, str], gpus: list[Gpu], ort_build: CudaBuild | None = None) -> list[str]:
     """Named bad combinations, each with its fix."""
     problems = []
+    if ort_build is not None:
+        uncovered = [g for g in gpus if g.compute_capability is not None and not ort_build.runs_on(g.compute_capability)]
+        if uncovered:
+            problems.append(
+                f"onnxruntime-gpu {vers.get('onnxruntime-gpu', '')} has no GPU code for "
+                + ", ".join(f"{g.name} (compute capability {g.compute_capability})" for g in uncovered)
+                + f": it was built for {ort_build.describe()}. Expect 'no kernel image is available'. "
+                "Fix: pip install 'onnxruntime-gpu<1.27' (the CUDA 12 builds, with code from Pascal sm_60 up; "
+                "constraints.txt pins one)")
     if "onnxruntime" in vers and "onnxruntime-gpu" in vers:
         problems.append("onnxruntime and onnxruntime-gpu are both installed: they share the module name and the "
                         "CPU one can win. Fix: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
@@ -116,7 +135,8 @@ class SelfTest:
 
 def _hint(message: str) -> str:
     if "CUDNN_STATUS_EXECUTION_FAILED" in message or "no kernel image" in message:
-        return " (this GPU is not supported by these CUDA/cuDNN builds: Pascal/Maxwell need cuDNN < 9.11)"
+        return (" (this GPU is not supported by these CUDA/cuDNN builds: Pascal/Maxwell need cuDNN < 9.11, "
+                "Pascal/Volta need onnxruntime-gpu < 1.27; see known problems)")
     if "libcudnn" in message or "libcublas" in message or "cannot open shared object" in message:
         return " (CUDA/cuDNN libraries missing or of another major version than onnxruntime-gpu was built for)"
     return ""

@@ -27,7 +27,9 @@ def test_compose_service_reserves_all_gpus() -> None:
 def test_constraints_pin_the_gpu_critical_packages() -> None:
     pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M))
     assert "onnxruntime" not in pins and "opencv-python" not in pins
-    assert pins["onnxruntime-gpu"].startswith("1.")
+    # 1.27+ is a CUDA 13 build without code for Pascal (the Tesla P4) or Volta
+    assert tuple(map(int, pins["onnxruntime-gpu"].split(".")[:2])) < (1, 27)
+    assert "onnxruntime-gpu<1.27" in (ROOT / "docker" / "requirements-gpu.txt").read_text()
     major, minor = map(int, pins["nvidia-cudnn-cu12"].split(".")[:2])
     assert (major, minor) < (9, 11)
     assert all(name in pins for name in ("insightface", "faiss-cpu", "numpy", "opencv-contrib-python-headless"))

@@ -33,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     vers = d.versions()
     out += [f"  {k}: {v}" for k, v in vers.items()]
     out += ["  native libraries: " + ", ".join(f"{k}={v or 'not found'}" for k, v in d.native_libraries().items())]
+    ort_build = d.onnxruntime_cuda_build()
+    if ort_build is not None:
+        out.append(f"  ONNX Runtime CUDA provider built for: {ort_build.describe()}")
     gpus, smi_error = d.nvidia_smi_gpus()
     out.append("== GPUs")
     out.append(f"  nvidia-smi: {smi_error}" if smi_error else f"  nvidia-smi: {len(gpus)} GPU(s)")
@@ -60,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.append(f"== provider self-test ({model_name}, GPU_ID={gpu_id})")
     tests = d.provider_self_tests(model, gpu_id)
     out += [f"  {t.provider}: {'PASS' if t.passed else 'FAIL'}: {t.detail}" + (f", {t.ms:.2f} ms" if t.ms else "") for t in tests]
-    problems = d.known_problems(vers, gpus)
+    problems = d.known_problems(vers, gpus, ort_build)
     out.append("== known problems")
     out += [f"  - {p}" for p in problems] or ["  none found"]
     gpu_ok = any(t.passed and t.provider != "CPUExecutionProvider" for t in tests)
