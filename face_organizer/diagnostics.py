@@ -83,7 +83,7 @@ def onnxruntime_cuda_build() -> CudaBuild | None:
 def known_problems(vers: dict[str, str], gpus: list[Gpu], ort_build: CudaBuild | None = None) -> list[str]:
     """Named bad combinations, each with its fix."""
     problems = []
-    if ort_build is not None:
+    if ort_build is not None and (ort_build.sass or ort_build.ptx):  # nothing read: no verdict
         uncovered = [g for g in gpus if g.compute_capability is not None and not ort_build.runs_on(g.compute_capability)]
         if uncovered:
             problems.append(

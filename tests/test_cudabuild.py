@@ -87,6 +87,8 @@ def test_diagnostic_names_a_build_without_code_for_the_gpu(tmp_path) -> None:
     assert "CUDA 13" in problems[0] and "onnxruntime-gpu<1.27" in problems[0]
     assert not d.known_problems(vers, [h100], read_cuda_build(cuda13(tmp_path)))
     assert not d.known_problems({**vers, "onnxruntime-gpu": "1.23.2"}, [p4, h100], read_cuda_build(cuda12(tmp_path)))
+    unread = read_cuda_build(library(tmp_path / "future.so", 14, []))  # a layout this reader does not know
+    assert not d.known_problems(vers, [p4], unread)
     assert "onnxruntime-gpu < 1.27" in d._hint("CUDA failure 209: no kernel image is available for execution on the device")
 
 
