@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 
+from .buckets import pad_batch
+
 log = logging.getLogger(__name__)
 
 NMS_THRESHOLD = 0.4
@@ -138,8 +140,9 @@ class SCRFD:
     None means it takes one image per call.
     """
 
-    def __init__(self, session: Any, layout: Layout | None = None, max_batch: int = 1):
+    def __init__(self, session: Any, layout: Layout | None = None, max_batch: int = 1, pad_batches: bool = False):
         self.session = session
+        self.pad_batches = pad_batches  # round batches up to a few shapes (see buckets.py); for accelerators
         self.layout = layout
         self.max_batch = max(1, max_batch) if layout is not None else 1
         self.input_name = session.get_inputs()[0].name
@@ -190,8 +193,10 @@ class SCRFD:
         for start in range(0, len(images), self.max_batch):
             prepared = [self._blob(image, size, pad_ratio) for image in images[start : start + self.max_batch]]
             blob = np.concatenate([b for b, _, _ in prepared])
+            if self.pad_batches:
+                blob = pad_batch(blob, self.max_batch)
             outs = self.session.run(self.output_names, {self.input_name: blob})
-            per_output = [split_batch(o, len(prepared), self.layout or "image", anchors) for o in outs]
+            per_output = [split_batch(o, len(blob), self.layout or "image", anchors) for o in outs]
             for i, (_, scale, offset) in enumerate(prepared):
                 found.append(self._decode([parts[i] for parts in per_output], size, threshold, scale, offset))
         return found

@@ -88,9 +88,10 @@ def load_face_models(
     # accelerators want the whole batch.
     cap = batch_size if rec_report.device != "cpu" else min(batch_size, CPU_BATCH)
     session, batchable = batchable_model(rec_model, reopener(pack.recognizer.name, rec_report), rec_session)
-    recognizer = Recognizer(session, rec_model, max_batch=cap if batchable else 1)
+    # Accelerators tune kernels per input shape: their batches are padded to a few sizes (buckets.py).
+    recognizer = Recognizer(session, rec_model, max_batch=cap if batchable else 1, pad_batches=rec_report.device != "cpu")
     det_batch_session, layout = batchable_detector(det_model, reopener(pack.detector.name, det_report), det_session)
-    detector = SCRFD(det_batch_session, layout, max_batch=cap)
+    detector = SCRFD(det_batch_session, layout, max_batch=cap, pad_batches=det_report.device != "cpu")
     log.info("recogniser %s: %d-d embeddings, batch %s; detector %s: batch %s", pack.recognizer.name, recognizer.dim,
              recognizer.max_batch if batchable else "fixed at 1", pack.detector.name,
              detector.max_batch if layout else "fixed at 1")

@@ -16,6 +16,8 @@ import onnx
 from numpy.typing import NDArray
 from onnx import numpy_helper
 
+from .buckets import pad_batch
+
 log = logging.getLogger(__name__)
 
 
@@ -64,8 +66,9 @@ def with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 class Recognizer:
     """Embeds aligned BGR face crops with an ONNX Runtime session."""
 
-    def __init__(self, session: Any, model: onnx.ModelProto, max_batch: int):
+    def __init__(self, session: Any, model: onnx.ModelProto, max_batch: int, pad_batches: bool = False):
         self.session = session
+        self.pad_batches = pad_batches  # round batches up to a few shapes (see buckets.py); for accelerators
         arg = session.get_inputs()[0]
         self.input_name = arg.name
         self.output_name = session.get_outputs()[0].name
@@ -82,10 +85,11 @@ class Recognizer:
 
     def raw(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         blob = self.blob(faces)
-        parts = [
-            self.session.run([self.output_name], {self.input_name: blob[i : i + self.max_batch]})[0]
-            for i in range(0, len(blob), self.max_batch)
-        ]
+        parts = []
+        for i in range(0, len(blob), self.max_batch):
+            chunk = blob[i : i + self.max_batch]
+            feed = pad_batch(chunk, self.max_batch) if self.pad_batches else chunk
+            parts.append(self.session.run([self.output_name], {self.input_name: feed})[0][: len(chunk)])
         return np.concatenate(parts).reshape(len(blob), -1).astype(np.float32)
 
     def embed(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:

@@ -1,0 +1,32 @@
+"""Batch sizes rounded up to a few fixed shapes, for accelerators that tune per input shape.
+
+ONNX Runtime's CUDA provider benchmarks cuDNN's convolution algorithms for every input shape
+it has not seen before (``cudnn_conv_algo_search`` EXHAUSTIVE, its default; onnxruntime issues
+#10746 and #19838 report the slow first runs this causes). Batches of faces come in every size
+from 1 to the batch size: the last batch of a stream, crops retried at a second detection size,
+the faces of a batch of photos, the frames left after reused ones. Unpadded, a run would pay
+that search up to batch-size times per model. Padding each batch with blank rows to the next
+power of two bounds it to log2(batch size) + 1 shapes; rows are computed independently, so the
+padded ones are dropped. The CPU provider does no such search and gets no padding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+def bucket(n: int, cap: int) -> int:
+    """The smallest power of two >= ``n``, but never above ``cap`` (the largest batch sent)."""
+    size = 1
+    while size < n:
+        size *= 2
+    return max(n, min(size, cap))
+
+
+def pad_batch(blob: NDArray[np.float32], cap: int) -> NDArray[np.float32]:
+    """``blob`` (n, ...) with zero rows appended up to ``bucket(n, cap)`` rows."""
+    target = bucket(len(blob), cap)
+    if target == len(blob):
+        return blob
+    return np.concatenate([blob, np.zeros((target - len(blob), *blob.shape[1:]), blob.dtype)])
