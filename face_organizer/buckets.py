@@ -12,6 +12,8 @@ padded ones are dropped. The CPU provider does no such search and gets no paddin
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -30,3 +32,15 @@ def pad_batch(blob: NDArray[np.float32], cap: int) -> NDArray[np.float32]:
     if target == len(blob):
         return blob
     return np.concatenate([blob, np.zeros((target - len(blob), *blob.shape[1:]), blob.dtype)])
+
+
+def run_batched(session: Any, output: str | None, input_name: str, blob: NDArray[np.float32], max_batch: int,
+                pad: bool) -> NDArray[np.float32]:
+    """The first output of ``session`` for ``blob`` (n, ...), run ``max_batch`` rows at a time,
+    each batch padded to a bucket size when ``pad``; one row per input row."""
+    parts = []
+    for start in range(0, len(blob), max_batch):
+        chunk = np.ascontiguousarray(blob[start : start + max_batch])
+        feed = pad_batch(chunk, max_batch) if pad else chunk
+        parts.append(session.run([output] if output else None, {input_name: feed})[0][: len(chunk)])
+    return np.concatenate(parts)

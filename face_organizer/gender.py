@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 
+from .buckets import run_batched
 from .detection import SCRFD
 from .errors import ModelPackError, SetupError
 from .faces import EmbedOptions, find_crop_face
@@ -80,8 +81,7 @@ class InsightFaceGender:
 
     def _run(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         blob = ((faces[..., ::-1].astype(np.float32) - self.mean) / self.std).transpose(0, 3, 1, 2)
-        return np.concatenate([self.session.run(None, {self.input_name: np.ascontiguousarray(blob[i : i + self.batch])})[0]
-                               for i in range(0, len(blob), self.batch)])
+        return run_batched(self.session, None, self.input_name, blob, self.batch, pad=self.device != "cpu")
 
     def predict_crop(self, crop: NDArray[np.uint8]) -> str:
         """Gender of one face already cropped by ``attribute_crop``."""

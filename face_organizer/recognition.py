@@ -16,7 +16,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import numpy_helper
 
-from .buckets import pad_batch
+from .buckets import run_batched
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,8 @@ class Recognizer:
 
     def raw(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         blob = self.blob(faces)
-        parts = []
-        for i in range(0, len(blob), self.max_batch):
-            chunk = blob[i : i + self.max_batch]
-            feed = pad_batch(chunk, self.max_batch) if self.pad_batches else chunk
-            parts.append(self.session.run([self.output_name], {self.input_name: feed})[0][: len(chunk)])
-        return np.concatenate(parts).reshape(len(blob), -1).astype(np.float32)
+        out = run_batched(self.session, self.output_name, self.input_name, blob, self.max_batch, self.pad_batches)
+        return out.reshape(len(blob), -1).astype(np.float32)
 
     def embed(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         """(n, s, s, 3) uint8 aligned faces -> (n, d) float32 unit vectors."""
