@@ -194,6 +194,9 @@ def open_session(
         if not wants_gpu:
             raise
         problem = f"{name}: the GPU session failed its self-test: {str(err).splitlines()[0][:300]}"
+        if "invalid device ordinal" in str(err):
+            problem += (f" (GPU_ID={gpu_id} names no GPU this process can see: GPUs are numbered from 0 "
+                        "among those CUDA_VISIBLE_DEVICES leaves visible; nvidia-smi -L lists them)")
     if problem is not None:
         if device == "cuda":
             raise DeviceError(problem + "; run scripts/diagnostic_test.py")

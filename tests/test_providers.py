@@ -37,8 +37,9 @@ def test_plan_cpu_and_fallbacks(caplog: pytest.LogCaptureFixture) -> None:
 class FakeSession:
     """Answers like an ORT session whose providers are ``applied``."""
 
-    def __init__(self, applied: list[str], fail_run: bool = False, output: float = 1.0):
-        self.applied, self.fail_run, self.output = applied, fail_run, output
+    def __init__(self, applied: list[str], fail_run: bool = False, output: float = 1.0,
+                 error: str = "CUDNN_STATUS_EXECUTION_FAILED\nmore detail"):
+        self.applied, self.fail_run, self.output, self.error = applied, fail_run, output, error
 
     def get_providers(self) -> list[str]:
         return self.applied
@@ -51,7 +52,7 @@ class FakeSession:
 
     def run(self, names, feeds):
         if self.fail_run:
-            raise RuntimeError("CUDNN_STATUS_EXECUTION_FAILED\nmore detail")
+            raise RuntimeError(self.error)
         return [np.full((1, 4), self.output, np.float32)]
 
 
@@ -79,6 +80,13 @@ def test_real_cuda_session_is_reported() -> None:
 def test_cuda_not_really_in_use_fails_loudly(gpu: FakeSession) -> None:
     with pytest.raises(DeviceError, match="diagnostic_test"):
         open_session(b"m", "rec.onnx", "cuda", 0, available=GPU_BUILD, factory=factory_for(gpu))
+
+
+def test_gpu_id_beyond_the_visible_gpus_is_explained() -> None:
+    error = "CUDA failure 101: invalid device ordinal ; GPU=3 ; hostname=x ; expr=cudaSetDevice(info_.device_id);"
+    gpu = FakeSession([CUDA, CPU], fail_run=True, error=error)
+    with pytest.raises(DeviceError, match="GPU_ID=3 names no GPU this process can see.*CUDA_VISIBLE_DEVICES"):
+        open_session(b"m", "rec.onnx", "cuda", 3, available=GPU_BUILD, factory=factory_for(gpu))
 
 
 @pytest.mark.parametrize("gpu", [FakeSession([CPU]), FakeSession([CUDA, CPU], fail_run=True)],
