@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 from numpy.typing import NDArray
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .thresholds import (CENTRE_Z, OTHER_CENTRE_Z, ImpostorModel, impostor_from_other_centres,
@@ -50,7 +50,7 @@ def _normalise(x: NDArray[np.floating]) -> NDArray[np.float32]:
     """Unit rows as contiguous float32; rows already of unit length are not copied
     (embeddings files hold normalised rows, and 500k x 512 is 1 GB)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # no (n, d) temporary, unlike np.linalg.norm
     if x.size and np.all(np.abs(norms - 1.0) < 1e-4):
         return x
     return x / np.maximum(norms, 1e-12)
@@ -71,9 +71,26 @@ def _relabel_by_size(labels: NDArray[np.int64]) -> NDArray[np.int64]:
 
 
 def _centres(x: NDArray[np.float32], labels: NDArray[np.int64], k: int) -> NDArray[np.float32]:
-    centres = np.zeros((k, x.shape[1]), np.float32)
-    np.add.at(centres, labels[labels >= 0], x[labels >= 0])
-    return _normalise(centres) if k else centres
+    """Unit mean direction of each cluster's members, as a sparse (k, n) membership matrix
+    times ``x``: no copy of the members' rows (1 GB for 500k x 512)."""
+    if not k:
+        return np.zeros((0, x.shape[1]), np.float32)
+    member = np.nonzero(labels >= 0)[0]
+    membership = csr_matrix((np.ones(member.size, np.float32), (labels[member], member)), shape=(k, len(x)))
+    return _normalise(np.asarray(membership @ x, dtype=np.float32))
+
+
+def _own_centre_similarity(x: NDArray[np.float32], labels: NDArray[np.int64], centres: NDArray[np.float32],
+                           default: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Each member's similarity to its own cluster's centre (``default`` for outliers), computed
+    in blocks: gathering every member's row and centre at once would take two copies of ``x``."""
+    similarity = default.astype(np.float32, copy=True)
+    for start in range(0, len(x), SEARCH_BLOCK):
+        stop = min(len(x), start + SEARCH_BLOCK)
+        lab = labels[start:stop]
+        member = np.nonzero(lab >= 0)[0]
+        similarity[start + member] = np.einsum("ij,ij->i", x[start + member], centres[lab[member]])
+    return similarity
 
 
 def kmeans(
@@ -122,10 +139,7 @@ def kmeans(
     labels = _relabel_by_size(labels)
     k_kept = int(labels.max()) + 1 if (labels >= 0).any() else 0
     centres = _centres(x, labels, k_kept)
-    similarity = own.copy()
-    if k_kept:
-        member = labels >= 0
-        similarity[member] = np.einsum("ij,ij->i", x[member], centres[labels[member]])
+    similarity = _own_centre_similarity(x, labels, centres, own) if k_kept else own.copy()
     return Clustering(labels, similarity, centres, float(threshold), source, f"kmeans k={k}")
 
 
@@ -215,7 +229,7 @@ def graph_clusters(
     similarity = np.zeros(n, np.float32)
     member = labels >= 0
     if k:
-        similarity[member] = np.einsum("ij,ij->i", x[member], centres[labels[member]])
+        similarity = _own_centre_similarity(x, labels, centres, similarity)
         if (~member).any():  # nearest centre by FAISS search: no outliers x centres matrix
             index = faiss.IndexFlatIP(d)
             index.add(centres)
