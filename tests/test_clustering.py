@@ -289,3 +289,24 @@ def test_other_centre_impostor_estimate_is_steady() -> None:
     # The median moves far less between draws than a histogram mode does.
     assert np.std([m.centre for m in steady]) < 0.5 * np.std([m.centre for m in peaks])
     assert np.std([m.cut(2.5) for m in steady]) < 0.02
+
+
+def test_centres_and_own_similarities_match_the_direct_formulas() -> None:
+    """Computed without copies of the embeddings (sparse sums, blocks of SEARCH_BLOCK rows),
+    they equal the direct per-cluster means and row-wise dot products, across block edges."""
+    from face_organizer import clustering as cl
+
+    rng = np.random.default_rng(0)
+    n = cl.SEARCH_BLOCK * 2 + 123
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = rng.integers(-1, 5, n)
+    centres = cl._centres(x, labels, 5)
+    direct = np.stack([x[labels == c].sum(axis=0) for c in range(5)])
+    np.testing.assert_allclose(centres, direct / np.linalg.norm(direct, axis=1, keepdims=True), atol=1e-5)
+    default = np.full(n, -2.0, np.float32)
+    sims = cl._own_centre_similarity(x, labels, centres, default)
+    member = labels >= 0
+    np.testing.assert_allclose(sims[member], np.sum(x[member] * centres[labels[member]], axis=1), atol=1e-5)
+    assert np.all(sims[~member] == -2.0) and np.all(default == -2.0)
+    assert cl._centres(x, np.full(n, -1), 0).shape == (0, 16)
