@@ -189,14 +189,13 @@ class SCRFD:
         if self.max_batch == 1:
             return [self.detect(image, size, threshold, pad_ratio) for image in images]
         found: list[Detections] = []
-        anchors = _anchors_per_position(len(self.output_names))
         for start in range(0, len(images), self.max_batch):
             prepared = [self._blob(image, size, pad_ratio) for image in images[start : start + self.max_batch]]
             blob = np.concatenate([b for b, _, _ in prepared])
             if self.pad_batches:
                 blob = pad_batch(blob, self.max_batch)
             outs = self.session.run(self.output_names, {self.input_name: blob})
-            per_output = [split_batch(o, len(blob), self.layout or "image", anchors) for o in outs]
+            per_output = [split_batch(o, len(blob), self.layout or "image", self.num_anchors) for o in outs]
             for i, (_, scale, offset) in enumerate(prepared):
                 found.append(self._decode([parts[i] for parts in per_output], size, threshold, scale, offset))
         return found
