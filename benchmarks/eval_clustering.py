@@ -6,10 +6,14 @@
    folders with colliding names. Reports purity/recall of the two person folders and
    how much of the strangers and junk ended in outliers/, for each of --seeds (each seed
    draws other strangers and junk and other zooms and occlusions).
+   With --recurring, the same draws again with every LFW dev photo of one or two more
+   people who recur (an interviewer: Junichiro Koizumi, 60 photos; then also Jean
+   Chretien, 55): reports the same, how many of their faces reached outliers/, and the
+   extra groups found, against --no-extra-groups.
 2. Many people, --clusters auto: all 2,805 LFW dev photos (610 identities, 400 of them
    with one photo); outliers count as singletons. Reports BCubed and pairwise P/R/F.
 
-  python benchmarks/eval_clustering.py
+  python benchmarks/eval_clustering.py [--recurring]
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from face_organizer.samples import two_person_collection  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="two-person collections to draw (default: 0 1 2 3 4 5)")
+    parser.add_argument("--recurring", action="store_true", help="also the draws with one and two recurring third people")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -47,19 +52,32 @@ def main() -> int:
     models = load_face_models(resolve_pack(str(shared / "models" / "testpack")), "cpu", 0, threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
         people = ("Tony_Blair", "Donald_Rumsfeld")
-        for seed in args.seeds:
-            root = Path(tmp) / f"two{seed}"
-            items = two_person_collection(lfw, root / "input", models.detector, people, seed=seed)
-            run_embeddings([str(i.path) for i in items], root / "two.pkl", models, inputs=[str(root / "input")],
-                           streams=streams, progress=False)
-            ef = embfile.load(root / "two.pkl")
-            label = {str(i.path): i.label for i in items}
-            clustering = run_clustering(ef, ClusterConfig(clusters=2))
-            folders = [cluster_name(int(c)) for c in clustering.labels]
-            report = folder_report([label[p] for p in ef.rows.paths], folders, people)
-            counts = {k: sum(1 for i in items if (i.label == k if k in people else i.label.startswith(k))) for k in (*people, "stranger", "junk")}
-            print(f"[two people, --clusters 2, seed {seed}] images: {counts}; cut-off {clustering.threshold:.3f} ({clustering.threshold_source})")
-            print("\n".join("  " + line for line in report.lines()))
+        scenarios: list[tuple[str, ...]] = [()]
+        if args.recurring:
+            scenarios += [("Junichiro_Koizumi",), ("Junichiro_Koizumi", "Jean_Chretien")]
+        for recurring in scenarios:
+            for seed in args.seeds:
+                root = Path(tmp) / f"two{seed}_{len(recurring)}"
+                items = two_person_collection(lfw, root / "input", models.detector, people, seed=seed, recurring=recurring)
+                run_embeddings([str(i.path) for i in items], root / "two.pkl", models, inputs=[str(root / "input")],
+                               streams=streams, progress=False)
+                ef = embfile.load(root / "two.pkl")
+                label = {str(i.path): i.label for i in items}
+                truth = [label[p] for p in ef.rows.paths]
+                counts = {k: sum(1 for i in items if (i.label == k if k in people else i.label.startswith(k)))
+                          for k in (*people, "stranger", "junk")}
+                for extra in (True, False) if recurring else (True,):
+                    clustering = run_clustering(ef, ClusterConfig(clusters=2, extra_groups=extra))
+                    folders = [cluster_name(int(c)) for c in clustering.labels]
+                    report = folder_report(truth, folders, people)
+                    title = f"two people{' + ' + ' + '.join(recurring) + ' recurring' if recurring else ''}, --clusters 2"
+                    title += "" if extra else " --no-extra-groups"
+                    print(f"[{title}, seed {seed}] images: {counts}; cut-off {clustering.threshold:.3f} "
+                          f"({clustering.threshold_source}); extra groups in outliers: {list(clustering.extra_groups)}")
+                    print("\n".join("  " + line for line in report.lines()))
+                    for name in recurring:
+                        theirs = [f for t, f in zip(truth, folders) if t == "stranger:" + name]
+                        print(f"  {name}: {sum(f == 'outliers' for f in theirs)} of {len(theirs)} in outliers/")
 
         paths = discover_images([lfw])
         run_embeddings(paths, Path(tmp) / "lfw.pkl", models, inputs=[str(lfw)], streams=streams, progress=False)

@@ -37,6 +37,7 @@ class ClusterConfig:
     seed: int = 1234
     previews: bool = True
     use_gpu: bool | None = None  # None: FAISS GPU when one is usable
+    extra_groups: bool = True  # fixed k: groups of alike faces beyond k get centres, their faces go to outliers
 
 
 @dataclass
@@ -56,11 +57,22 @@ class ClusterReport:
             out.append(f"{name}: {count:,} images → {os.path.join(self.output, name)}{os.sep}")
         out.append(f"similarity cut-off {self.clustering.threshold:.3f} ({self.clustering.threshold_source}); "
                    f"method: {self.clustering.method}")
+        out += self.extra_group_lines()
         if self.dry_run:
             out.append("dry run: nothing was written")
         else:
             out.append("files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.status.items())) + f"; {self.elapsed:.1f} s")
         return out
+
+
+    def extra_group_lines(self) -> list[str]:
+        extra = self.clustering.extra_groups
+        if not extra:
+            return []
+        k = self.clustering.n_clusters
+        return [f"outliers/ also holds {len(extra)} more group(s) of alike faces beyond --clusters {k} "
+                f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; "
+                f"--clusters {k + len(extra)} gives them folders of their own"]
 
 
 def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:
@@ -86,8 +98,10 @@ def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
                                   neighbours=config.neighbours, min_cluster_size=config.min_cluster_size,
                                   seed=config.seed, calibrated=calibrated)
     calibrated = (float(calibration["centre_threshold"]), "calibration") if calibration and "centre_threshold" in calibration else None
+    pair = float(calibration["pair_threshold"]) if calibration and "pair_threshold" in calibration else None
     return _with_gpu_fallback(kmeans, config.use_gpu, x=ef.rows.embeddings, k=config.clusters,
-                              min_similarity=config.min_similarity, seed=config.seed, calibrated=calibrated)
+                              min_similarity=config.min_similarity, seed=config.seed, calibrated=calibrated,
+                              extra_groups=config.extra_groups, pair_calibrated=pair)
 
 
 def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.ndarray, dests: list[str],
@@ -105,7 +119,8 @@ def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.nda
 MAX_SHEETS = 100  # contact sheets for the largest clusters; with thousands, the rest are listed by count
 
 
-def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: list[str], counts: dict[str, int]) -> None:
+def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: list[str], counts: dict[str, int],
+              extra_notes: Sequence[str] = ()) -> None:
     folder = os.path.join(output, "previews")
     photos = ef.meta.get("mode") == "photos"
     members: dict[str, list[int]] = {}
@@ -125,7 +140,8 @@ def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: li
             sheet = os.path.join(folder, f"{name}.jpg")
             write_sheet(sheet, contact_sheet(*faces))
         entries.append(IndexEntry(name, counts[name], os.path.join(output, name), sheet))
-    notes = [f"{len(ef.rows):,} faces; similarity cut-off {clustering.threshold:.3f} ({clustering.threshold_source})"]
+    notes = [f"{len(ef.rows):,} faces; similarity cut-off {clustering.threshold:.3f} ({clustering.threshold_source})",
+             *extra_notes]
     if len(counts) > len(sheeted):
         notes.append(f"contact sheets for the {MAX_SHEETS} largest clusters and outliers; the rest are listed by size")
     write_index(os.path.join(output, "index.html"), "face-organizer clusters", entries, notes)
@@ -152,7 +168,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     report.status = Counter(placement.status.values())
     _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status)
     if config.previews:
-        _previews(output, ef, clustering, names, images_per_cluster)
+        _previews(output, ef, clustering, names, images_per_cluster, report.extra_group_lines())
     report.elapsed = time.monotonic() - started
     summary = {
         "output": output,
@@ -162,6 +178,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         "method": clustering.method,
         "similarity_cutoff": clustering.threshold,
         "cutoff_source": clustering.threshold_source,
+        "extra_groups_in_outliers": list(clustering.extra_groups),
         "link_mode": config.link_mode,
         "files": dict(report.status),
         "model_pack": ef.meta.get("model_pack"),

@@ -14,8 +14,8 @@ from numpy.typing import NDArray
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .thresholds import (CENTRE_Z, OTHER_CENTRE_Z, ImpostorModel, impostor_from_other_centres,
-                         impostor_model)
+from .thresholds import (CENTRE_Z, OTHER_CENTRE_Z, ImpostorModel, impostor_from_cross_cluster_pairs,
+                         impostor_from_other_centres, impostor_model)
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,12 @@ OUTLIER = -1
 GRAPH_Z = 5.0
 EXACT_KNN_LIMIT = 60_000
 SEARCH_BLOCK = 16_384
+# With a fixed k, groups beyond k are looked for in a random sample of this many faces (an exact
+# k-NN graph: about a second for 512-d), counted when they hold MIN_GROUP faces of the sample,
+# and at most MAX_EXTRA_GROUPS of them get a centre of their own.
+GROUP_SAMPLE = 10_000
+MIN_GROUP = 10
+MAX_EXTRA_GROUPS = 8
 
 
 @dataclass
@@ -36,6 +42,7 @@ class Clustering:
     threshold: float
     threshold_source: str
     method: str
+    extra_groups: tuple[int, ...] = ()  # k-means: faces of each group found beyond k, sent to outliers
 
     @property
     def n_clusters(self) -> int:
@@ -93,6 +100,51 @@ def _own_centre_similarity(x: NDArray[np.float32], labels: NDArray[np.int64], ce
     return similarity
 
 
+def _spherical_kmeans(x: NDArray[np.float32], k: int, *, restarts: int, seed: int, use_gpu: bool,
+                      init: NDArray[np.float32] | None = None) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """FAISS spherical k-means: (similarities, centres) of every face to every centre, most
+    similar first, each (n, k). ``init`` seeds the centres (one run) instead of random faces."""
+    n, d = x.shape
+    km = faiss.Kmeans(d, k, niter=30, nredo=1 if init is not None else restarts, spherical=True, seed=seed,
+                      gpu=use_gpu, max_points_per_centroid=max(256, 100_000 // k), min_points_per_centroid=1,
+                      verbose=False)
+    km.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, np.float32))
+    if k == 1:
+        return x @ _normalise(km.centroids).T, np.zeros((n, 1), np.int64)
+    sims, nearest = km.index.search(x, k)
+    return sims, nearest.astype(np.int64)
+
+
+def _group_seeds(x: NDArray[np.float32], k: int, labels: NDArray[np.int64], *, pair_cut: float | None,
+                 seed: int, use_gpu: bool) -> NDArray[np.float32] | None:
+    """Centres of the groups of alike faces in a random sample, when there are more than ``k``.
+
+    k-means must put every face in one of its k clusters, so a third person who recurs
+    (an interviewer, a partner) is shared out among the k people's folders. The density
+    graph of a sample sees such a person as a group of their own. Groups need
+    ``MIN_GROUP`` faces of the sample; a group whose centre is as similar to a larger
+    group's centre as a genuine pair is one person split in two and is dropped. The
+    face-to-face cut-off comes from pairs of faces in different k-means clusters (with
+    two people dominating, most random pairs are of one person), or a calibration.
+    """
+    n = len(x)
+    if n < 2 * MIN_GROUP:
+        return None
+    if pair_cut is None:
+        model = impostor_from_cross_cluster_pairs(x, labels, seed=seed) if k > 1 else None
+        pair_cut = (model or impostor_model(x, seed=seed)).cut(GRAPH_Z)
+    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, GROUP_SAMPLE), replace=False))
+    groups = graph_clusters(x[sample], min_similarity=pair_cut, seed=seed, use_gpu=use_gpu)
+    sizes = np.bincount(groups.labels[groups.labels >= 0], minlength=groups.n_clusters)
+    kept: list[int] = []
+    for g in np.nonzero(sizes >= MIN_GROUP)[0]:  # largest first
+        if not kept or float(np.max(groups.centres[kept] @ groups.centres[g])) < pair_cut:
+            kept.append(int(g))
+        if len(kept) == k + MAX_EXTRA_GROUPS:
+            break
+    return groups.centres[kept] if len(kept) > k else None
+
+
 def kmeans(
     x: NDArray[np.floating],
     k: int,
@@ -102,24 +154,29 @@ def kmeans(
     seed: int = 1234,
     use_gpu: bool = False,
     calibrated: tuple[float, str] | None = None,
+    extra_groups: bool = True,
+    pair_calibrated: float | None = None,
 ) -> Clustering:
     """Spherical k-means on unit vectors (n, d) float32, seeded; far faces become outliers.
 
-    The outlier cut-off is ``min_similarity`` if given, else a calibration for the
-    model, else ``OTHER_CENTRE_Z`` spreads above the median similarity of faces to the
-    *other* clusters' centres (k >= 2), or ``CENTRE_Z`` above the impostor peak of random
-    pairs of faces (k = 1).
+    With ``extra_groups``, groups of alike faces beyond the k largest (see ``_group_seeds``)
+    get centres of their own, so they do not pull faces into the k clusters, and their
+    faces go to the outliers. The outlier cut-off is ``min_similarity`` if given, else a
+    calibration for the model, else ``OTHER_CENTRE_Z`` spreads above the median
+    similarity of faces to the *other* clusters' centres (k >= 2), or ``CENTRE_Z`` above
+    the impostor peak of random pairs of faces (k = 1).
     """
     x = _normalise(x)
     n, d = x.shape
     if n == 0:
         return Clustering(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, d), np.float32), 0.0, "empty", "kmeans")
     k = max(1, min(k, n))
-    km = faiss.Kmeans(d, k, niter=30, nredo=restarts, spherical=True, seed=seed, gpu=use_gpu,
-                      max_points_per_centroid=max(256, 100_000 // k), min_points_per_centroid=1, verbose=False)
-    km.train(x)
-    centres = _normalise(km.centroids)
-    sims, nearest = km.index.search(x, k) if k > 1 else (x @ centres.T, np.zeros((n, 1), np.int64))
+    sims, nearest = _spherical_kmeans(x, k, restarts=restarts, seed=seed, use_gpu=use_gpu)
+    method = f"kmeans k={k}"
+    seeds = _group_seeds(x, k, nearest[:, 0], pair_cut=pair_calibrated, seed=seed, use_gpu=use_gpu) if extra_groups else None
+    if seeds is not None:
+        sims, nearest = _spherical_kmeans(x, len(seeds), restarts=1, seed=seed, use_gpu=use_gpu, init=seeds)
+        method = f"kmeans k={k}, seeded with {len(seeds)} groups of alike faces"
     own = sims[:, 0].astype(np.float32)
     labels = nearest[:, 0].astype(np.int64)
     if min_similarity is not None:
@@ -128,19 +185,30 @@ def kmeans(
         threshold, source = calibrated
     else:
         if k > 1:
-            model, z = impostor_from_other_centres(sims[:, 1:].ravel(), d), OTHER_CENTRE_Z
+            other = sims[:, 1:]
+            if sims.shape[1] > k:  # only the k folders' faces and centres: the cut is the same with or without extra groups
+                kept = np.argsort(-np.bincount(nearest[:, 0], minlength=sims.shape[1]), kind="stable")[:k]
+                other = other[np.isin(nearest[:, 1:], kept) & np.isin(nearest[:, 0], kept)[:, None]]
+            model, z = impostor_from_other_centres(other.ravel(), d), OTHER_CENTRE_Z
             how = "median similarity to the other clusters' centres"
         else:
             model, z = impostor_model(x, seed=seed), CENTRE_Z
             how = "impostor peak of random pairs of faces"
         threshold = model.cut(z)
         source = f"data: {how} {model.centre:.3f} + {z} x {model.spread:.3f}"
-    labels = np.where(own >= threshold, labels, OUTLIER)
-    labels = _relabel_by_size(labels)
+    labels = _relabel_by_size(np.where(own >= threshold, labels, OUTLIER))
+    extra = np.bincount(labels[labels >= k] - k) if (labels >= k).any() else np.zeros(0, np.int64)
+    labels[labels >= k] = OUTLIER
     k_kept = int(labels.max()) + 1 if (labels >= 0).any() else 0
     centres = _centres(x, labels, k_kept)
     similarity = _own_centre_similarity(x, labels, centres, own) if k_kept else own.copy()
-    return Clustering(labels, similarity, centres, float(threshold), source, f"kmeans k={k}")
+    if extra.size and k_kept:  # outliers: similarity to the nearest centre that kept its folder
+        out = np.nonzero(labels == OUTLIER)[0]
+        index = faiss.IndexFlatIP(d)
+        index.add(centres)
+        similarity[out] = index.search(x[out], 1)[0][:, 0]
+    return Clustering(labels, similarity, centres, float(threshold), source, method,
+                      tuple(int(v) for v in extra if v))
 
 
 def knn_graph(x: NDArray[np.float32], k: int, *, seed: int = 1234, use_gpu: bool = False) -> tuple[NDArray[np.float32], NDArray[np.int64]]:

@@ -8,6 +8,7 @@ ships anywhere, so tests, benchmarks and the quick start make them from photos.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,10 +107,12 @@ class LabelledImage:
 
 def two_person_collection(lfw: Path, out: Path, detector: SCRFD, people: tuple[str, str] = ("Tony_Blair", "Donald_Rumsfeld"),
                           per_person: int | None = None, strangers: float = 0.10, junk: float = 0.03,
-                          seed: int = 0) -> list[LabelledImage]:
+                          seed: int = 0, recurring: Sequence[str] = ()) -> list[LabelledImage]:
     """A video-extraction-like collection from LFW: two people as occluded tight crops,
     plus ``strangers`` (share) other people and ``junk`` (share) non-face crops, spread
-    over year folders with colliding file names."""
+    over year folders with colliding file names. Every photo of each ``recurring``
+    identity (a third person seen again and again, such as an interviewer) is added too,
+    labelled ``stranger:<identity>``; without them the draw is the same as before."""
     import csv
 
     rng = np.random.default_rng(seed)
@@ -118,13 +121,14 @@ def two_person_collection(lfw: Path, out: Path, detector: SCRFD, people: tuple[s
     chosen = [r for r in rows if r["identity"] in people]
     if per_person:
         chosen = [r for p in people for r in [x for x in chosen if x["identity"] == p][:per_person]]
-    others = [r for r in rows if r["identity"] not in people]
+    others = [r for r in rows if r["identity"] not in people and r["identity"] not in recurring]
     n_main = len(chosen)
     picks = rng.choice(len(others), int(round(n_main * strangers)) + int(round(n_main * junk)), replace=False)
     n_strangers = int(round(n_main * strangers))
     plan = [(r, r["identity"]) for r in chosen]
     plan += [(others[i], "stranger:" + others[i]["identity"]) for i in picks[:n_strangers]]
     plan += [(others[i], "junk") for i in picks[n_strangers:]]
+    plan += [(r, "stranger:" + r["identity"]) for r in rows if r["identity"] in recurring]
     out_items: list[LabelledImage] = []
     for i, (row, label) in enumerate(plan):
         from .images import read_image

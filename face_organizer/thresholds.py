@@ -91,9 +91,32 @@ def impostor_model(embeddings: NDArray[np.float32], seed: int = 0, pairs: int = 
     a = rng.integers(0, n, pairs)
     b = rng.integers(0, n, pairs)
     a, b = a[a != b], b[a != b]
-    sims = np.concatenate([np.einsum("ij,ij->i", embeddings[a[i : i + 20_000]], embeddings[b[i : i + 20_000]])
-                           for i in range(0, len(a), 20_000)])  # blockwise: memory stays flat
-    return impostor_from_similarities(sims, embeddings.shape[1])
+    return impostor_from_similarities(_pair_similarities(embeddings, a, b), embeddings.shape[1])
+
+
+def _pair_similarities(embeddings: NDArray[np.float32], a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.float32]:
+    """Similarity of each pair (a[i], b[i]), in blocks: memory stays flat."""
+    return np.concatenate([np.einsum("ij,ij->i", embeddings[a[i : i + 20_000]], embeddings[b[i : i + 20_000]])
+                           for i in range(0, len(a), 20_000)] or [np.zeros(0, np.float32)])
+
+
+def impostor_from_cross_cluster_pairs(embeddings: NDArray[np.float32], labels: NDArray[np.int64], seed: int = 0,
+                                      pairs: int = SAMPLE_PAIRS) -> ImpostorModel | None:
+    """The impostor peak of random pairs of faces that k-means put in different clusters.
+
+    Such pairs are almost all of different people, also when two people dominate a collection
+    and random pairs are mostly of one person (there the tallest peak of random pairs is the
+    genuine one). Like the similarities to other clusters' centres, the median is the centre.
+    None when fewer than two clusters have members.
+    """
+    clustered = np.nonzero(labels >= 0)[0]
+    if clustered.size < 3 or np.unique(labels[clustered]).size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    a = clustered[rng.integers(0, clustered.size, pairs)]
+    b = clustered[rng.integers(0, clustered.size, pairs)]
+    cross = labels[a] != labels[b]
+    return impostor_from_other_centres(_pair_similarities(embeddings, a[cross], b[cross]), embeddings.shape[1])
 
 
 def calibration_path() -> Path:

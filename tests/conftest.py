@@ -108,6 +108,26 @@ def two_person(lfw, models, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def interviewer(lfw, lfw_labels, models, tmp_path_factory) -> tuple[Path, list[str]]:
+    """(embeddings file, paths): 16 video-style crops of a third person who recurs beside the
+    two of ``two_person`` (an interviewer), in an input folder and embeddings file of their own."""
+    from face_organizer.embed_run import run_embeddings
+    from face_organizer.images import read_image
+    from face_organizer.samples import crop_from_photo
+
+    root = tmp_path_factory.mktemp("interviewer")
+    rows = [r for r in lfw_labels if r["identity"] == "Junichiro_Koizumi"][-16:]
+    paths = []
+    for i, row in enumerate(rows):
+        crop = crop_from_photo(read_image(lfw / row["path"]), models.detector, occlude=(None, "bar", "blob")[i % 3], seed=50 + i)
+        if crop is not None:
+            paths.append(str(write_image(root / "interviews" / f"frame_{i:04d}.png", crop)))
+    out = root / "emb.pkl"
+    run_embeddings(paths, out, models, inputs=[str(root / "interviews")], progress=False)
+    return out, paths
+
+
+@pytest.fixture(scope="session")
 def lfw_subset(lfw, lfw_labels, models, tmp_path_factory):
     """Embeddings of ~700 LFW dev photos: every big/main identity image plus 120 singles."""
     from face_organizer.embed_run import run_embeddings

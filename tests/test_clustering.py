@@ -20,7 +20,8 @@ from face_organizer.clustering import cluster_name, graph_clusters, kmeans
 from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError
 from face_organizer.evaluation import bcubed, folder_report
 from face_organizer.fsutil import _umask
-from face_organizer.thresholds import impostor_from_other_centres, impostor_from_similarities
+from face_organizer.thresholds import (impostor_from_cross_cluster_pairs, impostor_from_other_centres,
+                                         impostor_from_similarities)
 
 
 def run_cli(args: list[str]) -> int:
@@ -63,6 +64,43 @@ def test_two_people_land_in_pure_folders(two_person, tmp_path, capsys) -> None:
     assert (out / "index.html").is_file() and (out / "previews" / "person_A.jpg").is_file()
     printed = capsys.readouterr().out
     assert f"person_A: {len(files['person_A']):,} images → {out / 'person_A'}{os.sep}" in printed
+
+
+def test_recurring_third_person_does_not_fill_a_person_folder(two_person, interviewer, tmp_path, capsys) -> None:
+    # With --clusters 2, k-means alone must put a recurring third person (an interviewer) in
+    # one of the two folders; the groups found beyond k give them a centre of their own.
+    emb, labels, _ = two_person
+    third, third_paths = interviewer
+    assert len(third_paths) >= 12
+    labels = {**labels, **{p: "stranger:Junichiro_Koizumi" for p in third_paths}}
+    out = tmp_path / "clustered"
+    assert run_cli(["--embeddings", str(emb), str(third), "--output", str(out), "--clusters", "2", "-q", "--no-previews"]) == 0
+    rows = list(csv.DictReader(open(out / "clusters.csv", newline="", encoding="utf-8")))
+    people = ("Tony_Blair", "Donald_Rumsfeld")
+    report = folder_report([labels[r["path"]] for r in rows], [r["cluster"] for r in rows], people)
+    assert set(report.folder_of.values()) == {"person_A", "person_B"}
+    assert all(p == 1.0 for p in report.purity.values()), report.lines()
+    assert all(r >= 0.9 for r in report.recall.values()), report.lines()
+    placed = {r["path"]: r["cluster"] for r in rows}
+    assert sum(placed[p] == "outliers" for p in third_paths) >= 0.9 * len(third_paths)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["extra_groups_in_outliers"]) == 1
+    assert summary["extra_groups_in_outliers"][0] >= 0.8 * len(third_paths)
+    assert "--clusters 3 gives them folders of their own" in capsys.readouterr().out
+
+    ef = load_embeddings([str(emb), str(third)])
+    index = {p: i for i, p in enumerate(ef.rows.paths)}
+    third_rows = [index[p] for p in third_paths]
+    # Asked for three people, the interviewer gets a folder of their own, whole and pure.
+    three = run_clustering(ef, ClusterConfig(clusters=3))
+    assert three.extra_groups == ()
+    folder = np.bincount(three.labels[third_rows] + 1).argmax() - 1
+    assert folder >= 0 and np.mean(three.labels[third_rows] == folder) >= 0.9
+    assert set(labels[ef.rows.paths[i]] for i in np.nonzero(three.labels == folder)[0]) == {"stranger:Junichiro_Koizumi"}
+    # Without the search (--no-extra-groups), the interviewer is shared out among the two folders.
+    plain = run_clustering(ef, ClusterConfig(clusters=2, extra_groups=False))
+    assert plain.extra_groups == ()
+    assert np.mean(plain.labels[third_rows] >= 0) >= 0.5
 
 
 def test_same_input_gives_same_folders(two_person) -> None:
@@ -265,6 +303,43 @@ def test_kmeans_outlier_cut_and_naming() -> None:
     assert [cluster_name(i) for i in (-1, 0, 1, 25, 26, 27)] == ["outliers", "person_A", "person_B", "person_Z", "person_AA", "person_AB"]
     forced = kmeans(x, 2, min_similarity=-1.0)
     assert (forced.labels >= 0).all() and forced.threshold_source == "--min-similarity"
+
+
+def _faces_around(centre: np.ndarray, count: int, rng: np.random.Generator, similarity: float = 0.75) -> np.ndarray:
+    """``count`` unit vectors at about ``similarity`` to the unit ``centre`` (ArcFace-like spread)."""
+    noise = rng.standard_normal((count, centre.size))
+    noise -= (noise @ centre)[:, None] * centre
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    return (similarity * centre + np.sqrt(1 - similarity**2) * noise).astype(np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_extra_groups_keep_one_person_whole_and_set_a_third_aside() -> None:
+    # Person A is seen in two looks (say, with and without glasses): the density graph splits
+    # them, but their centres are as alike as a genuine pair, so they stay one group. Person C
+    # recurs beside A and B and gets a centre of their own, so --clusters 2 sends C to outliers.
+    rng = np.random.default_rng(3)
+    a, b, c, u1, u2 = _unit(rng.standard_normal((5, 128)))
+    looks = _unit(np.stack([a + 0.6 * u1, a + 0.6 * u2]))
+    assert 0.6 < looks[0] @ looks[1] < 0.8
+    x = np.concatenate([_faces_around(looks[0], 150, rng), _faces_around(looks[1], 150, rng),
+                        _faces_around(b, 200, rng), _faces_around(c, 60, rng)])
+    truth = np.repeat([0, 0, 1, 2], [150, 150, 200, 60])
+    result = kmeans(x, 2)
+    assert (result.labels[truth == 0] == 0).all() and (result.labels[truth == 1] == 1).all()
+    assert (result.labels[truth == 2] == -1).all()
+    assert result.extra_groups == (60,) and "seeded with 3 groups" in result.method
+    # Outliers report their similarity to the nearest folder's centre, not to their own group's.
+    assert result.similarity[truth == 2].max() < result.threshold
+    # The pair cut-off comes from pairs across k-means clusters: the impostor peak, not A's genuine one.
+    model = impostor_from_cross_cluster_pairs(x, truth, seed=0)
+    assert model is not None and abs(model.centre) < 0.03 and 0.06 < model.spread < 0.12
+    assert impostor_from_cross_cluster_pairs(x, np.zeros(len(x), np.int64)) is None
+    plain = kmeans(x, 2, extra_groups=False)
+    assert plain.extra_groups == () and (plain.labels[truth == 2] >= 0).mean() > 0.1  # C pollutes a folder
 
 
 def test_previews_cap_contact_sheets_for_many_clusters(lfw_subset, tmp_path, monkeypatch) -> None:

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: smaller groups go to outliers/ (default: 2)")
     p.add_argument("--neighbours", type=common.positive, default=10, help="auto: neighbours per face in the graph (default: 10)")
     p.add_argument("--seed", type=int, default=1234, help="random seed: the same input gives the same folders")
+    p.add_argument("--no-extra-groups", dest="extra_groups", action="store_false",
+                   help="with a number of people: do not look for further recurring people first (their faces "
+                        "are then shared out among the K folders instead of going to outliers/)")
     p.add_argument("--no-previews", dest="previews", action="store_false", help="skip contact sheets and index.html")
     common.add_logging_args(p)
     return p
@@ -54,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ef = load_embeddings(args.embeddings)
     config = ClusterConfig(clusters=args.clusters, min_similarity=args.min_similarity, link_mode=args.link_mode,
                            dry_run=args.dry_run, neighbours=args.neighbours, min_cluster_size=args.min_cluster_size,
-                           seed=args.seed, previews=args.previews)
+                           seed=args.seed, previews=args.previews, extra_groups=args.extra_groups)
     report = cluster_faces(ef, args.output, config, progress=not args.quiet, sources=args.embeddings)
     print("\n".join(report.lines()))
     if args.dry_run:
