@@ -70,7 +70,8 @@ class ClusterReport:
         if not extra:
             return []
         k = self.clustering.n_clusters
-        return [f"outliers/ also holds {len(extra)} more group(s) of alike faces beyond --clusters {k} "
+        groups = "1 more group" if len(extra) == 1 else f"{len(extra)} more groups"
+        return [f"outliers/ also holds {groups} of alike faces beyond --clusters {k} "
                 f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; "
                 f"--clusters {k + len(extra)} gives them folders of their own"]
 
