@@ -102,8 +102,9 @@ def _own_centre_similarity(x: NDArray[np.float32], labels: NDArray[np.int64], ce
 
 def _spherical_kmeans(x: NDArray[np.float32], k: int, *, restarts: int, seed: int, use_gpu: bool,
                       init: NDArray[np.float32] | None = None) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """FAISS spherical k-means: (similarities, centres) of every face to every centre, most
-    similar first, each (n, k). ``init`` seeds the centres (one run) instead of random faces."""
+    """FAISS spherical k-means: each face's similarities to the k centres and those centres'
+    numbers, most similar first, each (n, k). ``init`` seeds the centres (one run) instead of
+    random faces."""
     n, d = x.shape
     km = faiss.Kmeans(d, k, niter=30, nredo=1 if init is not None else restarts, spherical=True, seed=seed,
                       gpu=use_gpu, max_points_per_centroid=max(256, 100_000 // k), min_points_per_centroid=1,
@@ -142,6 +143,8 @@ def _group_seeds(x: NDArray[np.float32], k: int, labels: NDArray[np.int64], *, p
             kept.append(int(g))
         if len(kept) == k + MAX_EXTRA_GROUPS:
             break
+    log.info("%d group(s) of alike faces (%d+ faces) in a sample of %d; pair cut-off %.3f",
+             len(kept), MIN_GROUP, len(sample), pair_cut)
     return groups.centres[kept] if len(kept) > k else None
 
 
