@@ -9,11 +9,13 @@
    With --recurring, the same draws again with every LFW dev photo of one or two more
    people who recur (an interviewer: Junichiro Koizumi, 60 photos; then also Jean
    Chretien, 55): reports the same, how many of their faces reached outliers/, and the
-   extra groups found, against --no-extra-groups.
+   extra groups found, against --no-extra-groups. With --blurred N, N more crops of the two
+   people and N of other people for each blur (Gaussian sigma 3, 5 and 8 pixels on the
+   256-pixel crop): where the blurred faces of each kind went.
 2. Many people, --clusters auto: all 2,805 LFW dev photos (610 identities, 400 of them
    with one photo); outliers count as singletons. Reports BCubed and pairwise P/R/F.
 
-  python benchmarks/eval_clustering.py [--recurring]
+  python benchmarks/eval_clustering.py [--recurring] [--blurred 20]
 """
 
 from __future__ import annotations
@@ -39,10 +41,27 @@ from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import two_person_collection  # noqa: E402
 
 
+def blur_lines(items: list, paths: list[str], folders: list[str], folder_of: dict[str, str]) -> list[str]:
+    """Per blur: the two people's blurred faces in their own folder / outliers / the other folder,
+    and other people's blurred faces that entered a person folder."""
+    item = {str(i.path): i for i in items}
+    lines = []
+    for sigma in sorted({i.blur for i in items if i.blur}):
+        own = [(item[p].label, f) for p, f in zip(paths, folders) if item[p].blur == sigma and item[p].label in folder_of]
+        right = sum(f == folder_of[label] for label, f in own)
+        out = sum(f == "outliers" for _, f in own)
+        others = [f for p, f in zip(paths, folders) if item[p].blur == sigma and item[p].label not in folder_of]
+        lines.append(f"blur sigma {sigma:g}: the two people's {len(own)} faces: {right} in their folder, {out} in outliers/, "
+                     f"{len(own) - right - out} in the other folder; other people's {len(others)}: "
+                     f"{sum(f != 'outliers' for f in others)} in a person folder")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="two-person collections to draw (default: 0 1 2 3 4 5)")
     parser.add_argument("--recurring", action="store_true", help="also the draws with one and two recurring third people")
+    parser.add_argument("--blurred", type=int, default=0, metavar="N", help="also the draws with N blurred crops per kind and blur")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -52,13 +71,16 @@ def main() -> int:
     models = load_face_models(resolve_pack(str(shared / "models" / "testpack")), "cpu", 0, threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
         people = ("Tony_Blair", "Donald_Rumsfeld")
-        scenarios: list[tuple[str, ...]] = [()]
+        scenarios: list[tuple[tuple[str, ...], int]] = [((), 0)]
         if args.recurring:
-            scenarios += [("Junichiro_Koizumi",), ("Junichiro_Koizumi", "Jean_Chretien")]
-        for recurring in scenarios:
+            scenarios += [(("Junichiro_Koizumi",), 0), (("Junichiro_Koizumi", "Jean_Chretien"), 0)]
+        if args.blurred:
+            scenarios += [((), args.blurred)]
+        for recurring, blurred in scenarios:
             for seed in args.seeds:
-                root = Path(tmp) / f"two{seed}_{len(recurring)}"
-                items = two_person_collection(lfw, root / "input", models.detector, people, seed=seed, recurring=recurring)
+                root = Path(tmp) / f"two{seed}_{len(recurring)}_{blurred}"
+                items = two_person_collection(lfw, root / "input", models.detector, people, seed=seed, recurring=recurring,
+                                              blurred=blurred)
                 run_embeddings([str(i.path) for i in items], root / "two.pkl", models, inputs=[str(root / "input")],
                                streams=streams, progress=False)
                 ef = embfile.load(root / "two.pkl")
@@ -70,7 +92,9 @@ def main() -> int:
                     clustering = run_clustering(ef, ClusterConfig(clusters=2, extra_groups=extra))
                     folders = [cluster_name(int(c)) for c in clustering.labels]
                     report = folder_report(truth, folders, people)
-                    title = f"two people{' + ' + ' + '.join(recurring) + ' recurring' if recurring else ''}, --clusters 2"
+                    title = f"two people{' + ' + ' + '.join(recurring) + ' recurring' if recurring else ''}"
+                    title += f" + {blurred} blurred crops per kind and blur" if blurred else ""
+                    title += ", --clusters 2"
                     title += "" if extra else " --no-extra-groups"
                     print(f"[{title}, seed {seed}] images: {counts}; cut-off {clustering.threshold:.3f} "
                           f"({clustering.threshold_source}); extra groups in outliers: {list(clustering.extra_groups)}")
@@ -78,6 +102,8 @@ def main() -> int:
                     for name in recurring:
                         theirs = [f for t, f in zip(truth, folders) if t == "stranger:" + name]
                         print(f"  {name}: {sum(f == 'outliers' for f in theirs)} of {len(theirs)} in outliers/")
+                    if blurred:
+                        print("\n".join("  " + line for line in blur_lines(items, ef.rows.paths, folders, report.folder_of)))
 
         paths = discover_images([lfw])
         run_embeddings(paths, Path(tmp) / "lfw.pkl", models, inputs=[str(lfw)], streams=streams, progress=False)

@@ -103,16 +103,21 @@ def shot_frames(crop: NDArray[np.uint8], count: int, rng: np.random.Generator, s
 class LabelledImage:
     path: Path
     label: str  # an identity, "stranger:<identity>" or "junk"
+    blur: float = 0.0  # sigma of the Gaussian blur applied to the crop, in pixels (0: sharp)
 
 
 def two_person_collection(lfw: Path, out: Path, detector: SCRFD, people: tuple[str, str] = ("Tony_Blair", "Donald_Rumsfeld"),
                           per_person: int | None = None, strangers: float = 0.10, junk: float = 0.03,
-                          seed: int = 0, recurring: Sequence[str] = ()) -> list[LabelledImage]:
+                          seed: int = 0, recurring: Sequence[str] = (), blurred: int = 0,
+                          blur_sigmas: Sequence[float] = (3.0, 5.0, 8.0)) -> list[LabelledImage]:
     """A video-extraction-like collection from LFW: two people as occluded tight crops,
     plus ``strangers`` (share) other people and ``junk`` (share) non-face crops, spread
     over year folders with colliding file names. Every photo of each ``recurring``
     identity (a third person seen again and again, such as an interviewer) is added too,
-    labelled ``stranger:<identity>``; without them the draw is the same as before."""
+    labelled ``stranger:<identity>``. With ``blurred``, that many more crops of the two
+    people and that many of other people are added for each of ``blur_sigmas`` (Gaussian
+    blur of the 256-pixel crop, as in badly focused or fast-moving video frames). Without
+    recurring or blurred images the draw is the same as before."""
     import csv
 
     rng = np.random.default_rng(seed)
@@ -129,6 +134,14 @@ def two_person_collection(lfw: Path, out: Path, detector: SCRFD, people: tuple[s
     plan += [(others[i], "stranger:" + others[i]["identity"]) for i in picks[:n_strangers]]
     plan += [(others[i], "junk") for i in picks[n_strangers:]]
     plan += [(r, "stranger:" + r["identity"]) for r in rows if r["identity"] in recurring]
+    sigma = [0.0] * len(plan)
+    if blurred:
+        own = [r for r in rows if r["identity"] in people]
+        pick = np.random.default_rng(seed + 10_000)  # a separate stream: the sharp images stay as drawn
+        for blur in blur_sigmas:
+            plan += [(own[i], own[i]["identity"]) for i in pick.choice(len(own), blurred, replace=False)]
+            plan += [(others[i], "stranger:" + others[i]["identity"]) for i in pick.choice(len(others), blurred, replace=False)]
+            sigma += [float(blur)] * (2 * blurred)
     out_items: list[LabelledImage] = []
     for i, (row, label) in enumerate(plan):
         from .images import read_image
@@ -141,11 +154,13 @@ def two_person_collection(lfw: Path, out: Path, detector: SCRFD, people: tuple[s
                                    occlude=(None, "bar", "blob")[i % 3], seed=i)
             if crop is None:
                 continue
+            if sigma[i]:
+                crop = cv2.GaussianBlur(crop, (0, 0), sigma[i])
         year = 2000 + i % 4
         path = out / str(year) / f"frame_{i // 4:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), crop)
-        out_items.append(LabelledImage(path, label))
+        out_items.append(LabelledImage(path, label, sigma[i]))
     return out_items
 
 
