@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from . import embfile
-from .clustering import OUTLIER, Clustering, cluster_name, gpu_count, graph_clusters, kmeans
+
+from . import embfile, quality
+from .clustering import OUTLIER, Clustering, cluster_name, gpu_count, graph_clusters, kmeans, with_set_aside
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
 from .organize import LinkMode, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, write_index, write_sheet
+from .quality import find_unrecognisable
 from .thresholds import load_calibration
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class ClusterConfig:
     previews: bool = True
     use_gpu: bool | None = None  # None: FAISS GPU when one is usable
     extra_groups: bool = True  # fixed k: groups of alike faces beyond k get centres, their faces go to outliers
+    set_aside_unrecognisable: bool = True  # faces blurred past recognition go to outliers before clustering
 
 
 @dataclass
@@ -57,23 +60,27 @@ class ClusterReport:
             out.append(f"{name}: {count:,} images → {os.path.join(self.output, name)}{os.sep}")
         out.append(f"similarity cut-off {self.clustering.threshold:.3f} ({self.clustering.threshold_source}); "
                    f"method: {self.clustering.method}")
-        out += self.extra_group_lines()
+        out += self.notes()
         if self.dry_run:
             out.append("dry run: nothing was written")
         else:
             out.append("files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.status.items())) + f"; {self.elapsed:.1f} s")
         return out
 
-
-    def extra_group_lines(self) -> list[str]:
-        extra = self.clustering.extra_groups
-        if not extra:
-            return []
-        k = self.clustering.n_clusters
-        groups = "1 more group" if len(extra) == 1 else f"{len(extra)} more groups"
-        return [f"outliers/ also holds {groups} of alike faces beyond --clusters {k} "
-                f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; "
-                f"--clusters {k + len(extra)} gives them folders of their own"]
+    def notes(self) -> list[str]:
+        """What outliers/ holds beyond scattered faces: groups beyond --clusters, faces set aside."""
+        notes = []
+        extra, k = self.clustering.extra_groups, self.clustering.n_clusters
+        if extra:
+            groups = "1 more group" if len(extra) == 1 else f"{len(extra)} more groups"
+            notes.append(f"outliers/ also holds {groups} of alike faces beyond --clusters {k} "
+                         f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; "
+                         f"--clusters {k + len(extra)} gives them folders of their own")
+        aside = self.clustering.set_aside
+        if aside is not None and aside.any():
+            notes.append(f"outliers/ also holds {int(aside.sum()):,} faces too blurred or degraded to recognise "
+                         f"({self.clustering.set_aside_reason}); --keep-unrecognisable clusters them too")
+        return notes
 
 
 def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:
@@ -92,28 +99,46 @@ def _with_gpu_fallback(fn: Any, use_gpu: bool | None, **kwargs: Any) -> Clusteri
 
 
 def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
+    """Faces too degraded to recognise are set aside first (when the file says where the model
+    puts them), then the rest are clustered with k-means or, for ``clusters=None``, the graph."""
+    x = ef.rows.embeddings
+    found = find_unrecognisable(x, ef.meta.get(quality.META_KEY)) if config.set_aside_unrecognisable else None
+    if found is None or not found.count:
+        if found is None and config.set_aside_unrecognisable and len(x):
+            log.info("the embeddings file does not say where its model puts unrecognisable faces "
+                     "(made before this was recorded): blurred faces are clustered like the others")
+        return _cluster(x, ef, config)
+    keep = np.nonzero(~found.mask)[0]
+    log.info("%d faces too degraded to recognise set aside (similarity to the unrecognisable-face centre >= %.3f)",
+             found.count, found.cutoff)
+    reason = f"similarity to the model's blurred-face centre >= {found.cutoff:.3f}: {found.source}"
+    return with_set_aside(_cluster(x[keep], ef, config), keep, x, reason)
+
+
+def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
     calibration = load_calibration(ef.meta.get("model_files", {}).get("recognition", ""))
     if config.clusters is None:
         calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
-        return _with_gpu_fallback(graph_clusters, config.use_gpu, x=ef.rows.embeddings, min_similarity=config.min_similarity,
+        return _with_gpu_fallback(graph_clusters, config.use_gpu, x=x, min_similarity=config.min_similarity,
                                   neighbours=config.neighbours, min_cluster_size=config.min_cluster_size,
                                   seed=config.seed, calibrated=calibrated)
     calibrated = (float(calibration["centre_threshold"]), "calibration") if calibration and "centre_threshold" in calibration else None
     pair = float(calibration["pair_threshold"]) if calibration and "pair_threshold" in calibration else None
-    return _with_gpu_fallback(kmeans, config.use_gpu, x=ef.rows.embeddings, k=config.clusters,
+    return _with_gpu_fallback(kmeans, config.use_gpu, x=x, k=config.clusters,
                               min_similarity=config.min_similarity, seed=config.seed, calibrated=calibrated,
                               extra_groups=config.extra_groups, pair_calibrated=pair)
 
 
 def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.ndarray, dests: list[str],
-               status: dict[str, str]) -> None:
+               status: dict[str, str], set_aside: np.ndarray | None) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "face_index", "cluster", "similarity", "destination", "detected", "status"])
+    writer.writerow(["path", "face_index", "cluster", "similarity", "destination", "detected", "status", "unrecognisable"])
     r = ef.rows
+    aside = np.zeros(len(r.paths), bool) if set_aside is None else set_aside
     for i, source in enumerate(r.paths):
         writer.writerow([source, int(r.face_index[i]), names[i], f"{float(sims[i]):.4f}", dests[i],
-                         int(bool(r.detected[i])), status.get(dests[i], "")])
+                         int(bool(r.detected[i])), status.get(dests[i], ""), int(aside[i])])
     atomic_write_text(csv_path, buffer.getvalue())
 
 
@@ -167,9 +192,10 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         report.elapsed = time.monotonic() - started
         return report
     report.status = Counter(placement.status.values())
-    _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status)
+    _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status,
+               clustering.set_aside)
     if config.previews:
-        _previews(output, ef, clustering, names, images_per_cluster, report.extra_group_lines())
+        _previews(output, ef, clustering, names, images_per_cluster, report.notes())
     report.elapsed = time.monotonic() - started
     summary = {
         "output": output,
@@ -180,6 +206,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         "similarity_cutoff": clustering.threshold,
         "cutoff_source": clustering.threshold_source,
         "extra_groups_in_outliers": list(clustering.extra_groups),
+        "unrecognisable_in_outliers": int(clustering.set_aside.sum()) if clustering.set_aside is not None else 0,
         "link_mode": config.link_mode,
         "files": dict(report.status),
         "model_pack": ef.meta.get("model_pack"),

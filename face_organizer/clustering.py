@@ -43,6 +43,8 @@ class Clustering:
     threshold_source: str
     method: str
     extra_groups: tuple[int, ...] = ()  # k-means: faces of each group found beyond k, sent to outliers
+    set_aside: NDArray[np.bool_] | None = None  # faces kept out of the clustering (too degraded to recognise)
+    set_aside_reason: str = ""
 
     @property
     def n_clusters(self) -> int:
@@ -307,6 +309,24 @@ def graph_clusters(
             similarity[~member] = index.search(x[~member], 1)[0][:, 0]
     return Clustering(labels, similarity, centres, float(threshold), source,
                       f"graph k-NN={neighbours} min_samples={min_samples}")
+
+
+def with_set_aside(result: Clustering, keep: NDArray[np.intp], x: NDArray[np.floating], reason: str) -> Clustering:
+    """``result`` of clustering ``x[keep]`` spread back over all of ``x``: the faces not in ``keep``
+    are outliers, with their similarity to the nearest cluster centre (0 without clusters)."""
+    n = len(x)
+    labels = np.full(n, OUTLIER, np.int64)
+    labels[keep] = result.labels
+    similarity = np.zeros(n, np.float32)
+    similarity[keep] = result.similarity
+    aside = np.ones(n, bool)
+    aside[keep] = False
+    if result.n_clusters and aside.any():
+        index = faiss.IndexFlatIP(result.centres.shape[1])
+        index.add(result.centres)
+        similarity[aside] = index.search(_normalise(x[aside]), 1)[0][:, 0]
+    return Clustering(labels, similarity, result.centres, result.threshold, result.threshold_source, result.method,
+                      result.extra_groups, aside, reason)
 
 
 def cluster_name(index: int) -> str:

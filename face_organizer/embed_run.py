@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import embfile, images
+from . import embfile, images, quality
 from .embfile import EmbeddingsFile
 from .errors import EmbeddingsFileError, SetupError
 from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, embed_batch
@@ -335,6 +335,11 @@ def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos
         yield batch
 
 
+def _unrecognisable_meta(models: FaceModels) -> dict[str, list[float]]:
+    centre = models.unrecognisable_centre
+    return {} if centre is None else {quality.META_KEY: [float(v) for v in centre]}
+
+
 def run_embeddings(
     paths: Sequence[str],
     output: str | os.PathLike[str],
@@ -371,7 +376,8 @@ def run_embeddings(
     meta = embfile.make_meta(pack_name=models.pack.name, model_files=models.pack.file_names(), dim=models.dim,
                              device=models.device, inputs=[os.path.abspath(i) for i in inputs], mode=options.mode,
                              complete=False, sessions=[r.describe() for r in models.reports],
-                             reuse_similar_frames=options.reuse_similar_frames)
+                             reuse_similar_frames=options.reuse_similar_frames,
+                             **_unrecognisable_meta(models))
     recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds)
     status = _StatusWriter(status_file)
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True, smoothing=0.1)

@@ -6,6 +6,7 @@ images in, embedding rows out, no global state.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -58,6 +59,13 @@ class FaceModels:
     @property
     def dim(self) -> int:
         return self.recognizer.dim
+
+    @functools.cached_property
+    def unrecognisable_centre(self) -> NDArray[np.float32] | None:
+        """Where this model puts faces blurred past recognition (see ``quality``)."""
+        from .quality import unrecognisable_centre
+
+        return unrecognisable_centre(self)
 
 
 def load_face_models(

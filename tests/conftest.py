@@ -128,6 +128,29 @@ def interviewer(lfw, lfw_labels, models, tmp_path_factory) -> tuple[Path, list[s
 
 
 @pytest.fixture(scope="session")
+def blurred_strangers(lfw, lfw_labels, models, tmp_path_factory) -> tuple[Path, list[str]]:
+    """(embeddings file, paths): video-style crops of 16 people other than the ``two_person``
+    and ``interviewer`` ones, blurred past recognition (Gaussian sigma 8 on the 256-pixel crop)."""
+    import cv2
+
+    from face_organizer.embed_run import run_embeddings
+    from face_organizer.images import read_image
+    from face_organizer.samples import crop_from_photo
+
+    taken = {"Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi"}
+    rows = list({r["identity"]: r for r in lfw_labels if r["identity"] not in taken}.values())[::7][:16]
+    root = tmp_path_factory.mktemp("blurred")
+    paths = []
+    for i, row in enumerate(rows):
+        crop = crop_from_photo(read_image(lfw / row["path"]), models.detector, seed=70 + i)
+        if crop is not None:
+            paths.append(str(write_image(root / "shaky" / f"frame_{i:04d}.png", cv2.GaussianBlur(crop, (0, 0), 8.0))))
+    out = root / "emb.pkl"
+    run_embeddings(paths, out, models, inputs=[str(root / "shaky")], progress=False)
+    return out, paths
+
+
+@pytest.fixture(scope="session")
 def lfw_subset(lfw, lfw_labels, models, tmp_path_factory):
     """Embeddings of ~700 LFW dev photos: every big/main identity image plus 120 singles."""
     from face_organizer.embed_run import run_embeddings

@@ -154,6 +154,9 @@ def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, ca
     meta = ef.meta
     assert meta["embedding_size"] == 128 and meta["device"] == "cpu" and meta["complete"] is True
     assert meta["model_files"]["recognition"] == "MobileFaceNet.onnx"
+    # Where the model puts faces blurred past recognition, for cluster_faces to set them aside.
+    centre = np.asarray(meta["unrecognisable_centre"])
+    assert centre.shape == (128,) and abs(np.linalg.norm(centre) - 1) < 1e-5
     printed = capsys.readouterr().out
     assert "skipped: 3" in printed and "truncated JPEG: 1" in printed
     # Plain pickle works for users' own scripts.

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-extra-groups", dest="extra_groups", action="store_false",
                    help="with a number of people: do not look for further recurring people first (their faces "
                         "are then shared out among the K folders instead of going to outliers/)")
+    p.add_argument("--keep-unrecognisable", dest="set_aside_unrecognisable", action="store_false",
+                   help="cluster faces too blurred or degraded to recognise like the others (by default they go "
+                        "to outliers/ first, when the embeddings file says where the model puts them)")
     p.add_argument("--no-previews", dest="previews", action="store_false", help="skip contact sheets and index.html")
     common.add_logging_args(p)
     return p
@@ -57,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ef = load_embeddings(args.embeddings)
     config = ClusterConfig(clusters=args.clusters, min_similarity=args.min_similarity, link_mode=args.link_mode,
                            dry_run=args.dry_run, neighbours=args.neighbours, min_cluster_size=args.min_cluster_size,
-                           seed=args.seed, previews=args.previews, extra_groups=args.extra_groups)
+                           seed=args.seed, previews=args.previews, extra_groups=args.extra_groups,
+                           set_aside_unrecognisable=args.set_aside_unrecognisable)
     report = cluster_faces(ef, args.output, config, progress=not args.quiet, sources=args.embeddings)
     print("\n".join(report.lines()))
     if args.dry_run:
