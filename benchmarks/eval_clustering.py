@@ -11,7 +11,7 @@
    Chretien, 55): reports the same, how many of their faces reached outliers/, and the
    extra groups found, against --no-extra-groups. With --blurred N, N more crops of the two
    people and N of other people for each blur (Gaussian sigma 3, 5 and 8 pixels on the
-   256-pixel crop): where the blurred faces of each kind went.
+   256-pixel crop): where the blurred faces of each kind went, against --keep-unrecognisable.
 2. Many people, --clusters auto: all 2,805 LFW dev photos (610 identities, 400 of them
    with one photo); outliers count as singletons. Reports BCubed and pairwise P/R/F.
 
@@ -88,16 +88,19 @@ def main() -> int:
                 truth = [label[p] for p in ef.rows.paths]
                 counts = {k: sum(1 for i in items if (i.label == k if k in people else i.label.startswith(k)))
                           for k in (*people, "stranger", "junk")}
-                for extra in (True, False) if recurring else (True,):
-                    clustering = run_clustering(ef, ClusterConfig(clusters=2, extra_groups=extra))
+                variants = [(True, True)] + ([(False, True)] if recurring else []) + ([(True, False)] if blurred else [])
+                for extra, set_aside in variants:
+                    clustering = run_clustering(ef, ClusterConfig(clusters=2, extra_groups=extra, set_aside_unrecognisable=set_aside))
                     folders = [cluster_name(int(c)) for c in clustering.labels]
                     report = folder_report(truth, folders, people)
                     title = f"two people{' + ' + ' + '.join(recurring) + ' recurring' if recurring else ''}"
                     title += f" + {blurred} blurred crops per kind and blur" if blurred else ""
                     title += ", --clusters 2"
                     title += "" if extra else " --no-extra-groups"
+                    title += "" if set_aside else " --keep-unrecognisable"
                     print(f"[{title}, seed {seed}] images: {counts}; cut-off {clustering.threshold:.3f} "
-                          f"({clustering.threshold_source}); extra groups in outliers: {list(clustering.extra_groups)}")
+                          f"({clustering.threshold_source}); extra groups in outliers: {list(clustering.extra_groups)}; "
+                          f"set aside as unrecognisable: {0 if clustering.set_aside is None else int(clustering.set_aside.sum())}")
                     print("\n".join("  " + line for line in report.lines()))
                     for name in recurring:
                         theirs = [f for t, f in zip(truth, folders) if t == "stranger:" + name]
@@ -115,7 +118,8 @@ def main() -> int:
         pred = [f"c{c}" if c >= 0 else f"outlier{i}" for i, c in enumerate(clustering.labels)]
         b, pw = bcubed(truth, pred), pairwise(truth, pred)
         print(f"[LFW dev, --clusters auto] {len(truth)} faces, {len(set(truth))} identities -> {clustering.n_clusters} clusters, "
-              f"{int((clustering.labels < 0).sum())} outliers; cut-off {clustering.threshold:.3f}")
+              f"{int((clustering.labels < 0).sum())} outliers (set aside as unrecognisable: "
+              f"{0 if clustering.set_aside is None else int(clustering.set_aside.sum())}); cut-off {clustering.threshold:.3f}")
         print(f"  BCubed precision {b.precision:.4f} recall {b.recall:.4f} F {b.f:.4f}")
         print(f"  pairwise precision {pw.precision:.4f} recall {pw.recall:.4f} F {pw.f:.4f}")
     return 0
