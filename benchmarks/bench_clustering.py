@@ -5,11 +5,13 @@ Each mode runs in its own process so its peak memory is measured alone:
   --clusters 2:    two people (60/40) plus 5% scattered strangers
   2-plain:         the same with --no-extra-groups
   2+third:         --clusters 2 on two people (57%, 33%), a recurring third (5%) and 5% strangers
+  2+blurred, auto+blurred: as 2 and auto through cluster_faces' own path, with 3% of the faces
+                   turned into unrecognisable ones (near the model's blurred-face centre) to set aside
   --clusters auto: 20,000 people with long-tailed sizes (Zipf-like), plus 5% noise
 Embeddings are unit vectors of --dim dimensions whose same-person similarity is like
 ArcFace's (about 0.4 between two faces, about 0 between people).
 
-  python benchmarks/bench_clustering.py --n 500000 --dim 512 [--modes 2,2-plain,2+third,auto]
+  python benchmarks/bench_clustering.py --n 500000 --dim 512 [--modes 2,2-plain,2+third,2+blurred,auto,auto+blurred]
 """
 
 from __future__ import annotations
@@ -49,15 +51,43 @@ def synthetic(n: int, dim: int, people: int, seed: int = 0) -> tuple[np.ndarray,
     return x, labels
 
 
-def child(mode: str, n: int, dim: int) -> None:
-    from face_organizer.clustering import graph_clusters, kmeans
-    from face_organizer.evaluation import bcubed
+def blur(x: np.ndarray, labels: np.ndarray, share: float = 0.03, seed: int = 1) -> np.ndarray:
+    """Turn ``share`` of the faces into unrecognisable ones (at about 0.6 to one centre) in
+    place; they belong in outliers/. Returns that centre."""
+    rng = np.random.default_rng(seed)
+    centre = rng.standard_normal(x.shape[1]).astype(np.float32)
+    centre /= np.linalg.norm(centre)
+    rows = np.sort(rng.choice(len(x), int(len(x) * share), replace=False))
+    noise = rng.standard_normal((len(rows), x.shape[1]), dtype=np.float32) * np.float32(1.2 / np.sqrt(x.shape[1]))
+    x[rows] = centre + noise
+    x[rows] /= np.linalg.norm(x[rows], axis=1, keepdims=True)
+    labels[rows] = -1
+    return centre
 
-    x, labels = synthetic(n, dim, {"2": 2, "2-plain": 2, "2+third": 3}.get(mode, 20_000))
+
+def child(mode: str, n: int, dim: int) -> None:
+    from face_organizer.cluster_stage import ClusterConfig, run_clustering
+    from face_organizer.clustering import graph_clusters, kmeans
+    from face_organizer.embfile import EmbeddingsFile
+    from face_organizer.evaluation import bcubed
+    from face_organizer.faces import FaceRows
+    from face_organizer.quality import META_KEY
+
+    base = mode.split("+")[0]
+    x, labels = synthetic(n, dim, {"2": 2, "2-plain": 2, "2+third": 3, "2+blurred": 2}.get(mode, 20_000))
     if mode == "2+third":
         labels = np.where(labels == 2, -1, labels)  # the third person belongs in outliers/
+    ef = None
+    if mode.endswith("+blurred"):
+        centre = blur(x, labels)
+        rows = FaceRows([f"/faces/{i:07d}.png" for i in range(n)], x, np.ones(n, bool), np.ones(n, np.float32),
+                        np.zeros((n, 4), np.float32), np.zeros(n, np.int32))
+        ef = EmbeddingsFile(rows, [], [], {META_KEY: centre.tolist()})
     start = time.perf_counter()
-    result = graph_clusters(x) if mode == "auto" else kmeans(x, 2, extra_groups=mode != "2-plain")
+    if ef is not None:
+        result = run_clustering(ef, ClusterConfig(clusters=None if base == "auto" else 2, use_gpu=False))
+    else:
+        result = graph_clusters(x) if mode == "auto" else kmeans(x, 2, extra_groups=mode != "2-plain")
     elapsed = time.perf_counter() - start
     pred = np.where(result.labels >= 0, result.labels, -np.arange(1, n + 1))
     truth = np.where(labels >= 0, labels, -np.arange(1, n + 1))
@@ -65,7 +95,8 @@ def child(mode: str, n: int, dim: int) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(json.dumps({"mode": mode, "n": n, "dim": dim, "seconds": round(elapsed, 1), "peak_gb": round(peak, 2),
                       "clusters": result.n_clusters, "outliers": int((result.labels < 0).sum()),
-                      "bcubed_f": round(score.f, 4), "extra_groups": list(result.extra_groups)}))
+                      "bcubed_f": round(score.f, 4), "extra_groups": list(result.extra_groups),
+                      "set_aside": 0 if result.set_aside is None else int(result.set_aside.sum())}))
 
 
 def main() -> int:
@@ -82,9 +113,10 @@ def main() -> int:
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--n", str(args.n), "--dim", str(args.dim)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"--clusters {mode:>7}: {r['n']:,} x {r['dim']}: {r['seconds']} s (clustering, data generation excluded), "
+        print(f"--clusters {mode:>12}: {r['n']:,} x {r['dim']}: {r['seconds']} s (clustering, data generation excluded), "
               f"peak memory {r['peak_gb']} GB (process total), {r['clusters']:,} clusters, {r['outliers']:,} outliers "
-              f"(groups beyond k among them: {r['extra_groups']}), BCubed F {r['bcubed_f']}")
+              f"(groups beyond k among them: {r['extra_groups']}; set aside as unrecognisable: {r['set_aside']:,}), "
+              f"BCubed F {r['bcubed_f']}")
     return 0
 
 

@@ -22,7 +22,6 @@ from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
 from .organize import LinkMode, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, write_index, write_sheet
-from .quality import find_unrecognisable
 from .thresholds import load_calibration
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
     """Faces too degraded to recognise are set aside first (when the file says where the model
     puts them), then the rest are clustered with k-means or, for ``clusters=None``, the graph."""
     x = ef.rows.embeddings
-    found = find_unrecognisable(x, ef.meta.get(quality.META_KEY)) if config.set_aside_unrecognisable else None
+    found = quality.find_unrecognisable(x, ef.meta.get(quality.META_KEY)) if config.set_aside_unrecognisable else None
     if found is None or not found.count:
         if found is None and config.set_aside_unrecognisable and len(x):
             log.info("the embeddings file does not say where its model puts unrecognisable faces "
