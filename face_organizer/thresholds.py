@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 CENTRE_Z = 2.0
 OTHER_CENTRE_Z = 2.5
 SAMPLE_PAIRS = 200_000
+IMPOSTOR_CENTRE_MAX = 0.2  # impostor peaks lie below this; genuine ones well above (0.5-0.7)
 CALIBRATION_ENV = "FACE_ORGANIZER_CALIBRATION"
 
 
@@ -53,7 +54,13 @@ def impostor_from_similarities(sims: NDArray[np.floating], dim: int | None = Non
         return ImpostorModel(0.0, 0.1)
     hist, edges = np.histogram(sims, bins=200, range=(-1.0, 1.0))
     smooth = np.convolve(hist, np.ones(5) / 5, mode="same")
-    centre = float((edges[np.argmax(smooth)] + edges[np.argmax(smooth) + 1]) / 2)
+    # One person can dominate so much that genuine pairs form the tallest peak (a collection
+    # of one person's frames with a few others). Impostor peaks of ArcFace-family models sit
+    # near 0, so the peak is looked for below IMPOSTOR_CENTRE_MAX; where the counts still
+    # rise up to that bound, no impostor peak stands out and its centre is taken as 0.
+    below = np.nonzero((edges[:-1] + edges[1:]) / 2 < IMPOSTOR_CENTRE_MAX)[0]
+    peak = int(below[np.argmax(smooth[below])])
+    centre = float((edges[peak] + edges[peak + 1]) / 2) if peak < below[-1] - 1 else 0.0
     return _below(sims, centre, dim)
 
 

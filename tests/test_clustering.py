@@ -344,6 +344,50 @@ def test_extra_groups_keep_one_person_whole_and_set_a_third_aside() -> None:
     assert plain.extra_groups == () and (plain.labels[truth == 2] >= 0).mean() > 0.1  # C pollutes a folder
 
 
+def test_one_person_asked_for_keeps_the_largest_whole() -> None:
+    # --clusters 1 on two people: the smaller one is a group beyond k, not mixed into person_A.
+    rng = np.random.default_rng(5)
+    a, b = _unit(rng.standard_normal((2, 128)))
+    x = np.concatenate([_faces_around(a, 120, rng), _faces_around(b, 80, rng)])
+    result = kmeans(x, 1)
+    assert (result.labels[:120] == 0).all() and (result.labels[120:] == -1).all()
+    assert result.extra_groups == (80,)
+
+
+def test_one_person_dominating_a_collection_still_fills_their_folder(two_person) -> None:
+    # Frames of one person with a few others: most random pairs are of that person, so their
+    # genuine peak is the tallest; the impostor peak must still be found near 0, or every face
+    # would be judged too far from the centre.
+    ef = embfile.load(two_person[0])
+    labels = two_person[1]
+    keep = np.array([i for i, p in enumerate(ef.rows.paths) if labels[p] != "Donald_Rumsfeld"])
+    ef.rows = ef.rows.select(keep)
+    result = run_clustering(ef, ClusterConfig(clusters=1))
+    truth = np.array([labels[p] for p in ef.rows.paths])
+    blair = truth == "Tony_Blair"
+    assert (result.labels[blair] == 0).mean() >= 0.9
+    assert (truth[result.labels == 0] == "Tony_Blair").mean() >= 0.9
+    # The same in the similarity statistics: 80% genuine pairs around 0.55, 20% impostor ones around 0.
+    rng = np.random.default_rng(0)
+    sims = np.concatenate([rng.normal(0.55, 0.12, 160_000), rng.normal(0.0, 0.09, 40_000)])
+    model = impostor_from_similarities(sims, 128)
+    assert abs(model.centre) < 0.03 and 0.07 < model.spread < 0.11
+
+
+def test_faces_set_aside_are_outliers_with_their_nearest_centre() -> None:
+    from face_organizer.clustering import with_set_aside
+
+    rng = np.random.default_rng(6)
+    a, b = _unit(rng.standard_normal((2, 64)))
+    x = np.concatenate([_faces_around(a, 40, rng), _faces_around(b, 30, rng), _faces_around(a, 3, rng, 0.3)])
+    keep = np.arange(70)
+    result = with_set_aside(kmeans(x[keep], 2), keep, x, "test")
+    assert (result.labels[70:] == -1).all() and result.set_aside[70:].all() and not result.set_aside[:70].any()
+    np.testing.assert_allclose(result.similarity[70:], (x[70:] @ result.centres.T).max(axis=1), atol=1e-5)
+    nothing = with_set_aside(kmeans(x[:0], 2), np.arange(0), x, "test")
+    assert (nothing.labels == -1).all() and nothing.set_aside.all() and nothing.n_clusters == 0
+
+
 def test_previews_cap_contact_sheets_for_many_clusters(lfw_subset, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("face_organizer.cluster_stage.MAX_SHEETS", 3)
     ef = embfile.load(lfw_subset[0])
