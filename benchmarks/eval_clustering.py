@@ -12,10 +12,11 @@
    extra groups found, against --no-extra-groups. With --blurred N, N more crops of the two
    people and N of other people for each blur (Gaussian sigma 3, 5 and 8 pixels on the
    256-pixel crop): where the blurred faces of each kind went, against --keep-unrecognisable.
+   With --one-person, draws of Tony Blair alone with strangers and junk, --clusters 1.
 2. Many people, --clusters auto: all 2,805 LFW dev photos (610 identities, 400 of them
    with one photo); outliers count as singletons. Reports BCubed and pairwise P/R/F.
 
-  python benchmarks/eval_clustering.py [--recurring] [--blurred 20]
+  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--one-person]
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="two-person collections to draw (default: 0 1 2 3 4 5)")
     parser.add_argument("--recurring", action="store_true", help="also the draws with one and two recurring third people")
     parser.add_argument("--blurred", type=int, default=0, metavar="N", help="also the draws with N blurred crops per kind and blur")
+    parser.add_argument("--one-person", action="store_true", help="also one person with strangers and junk, --clusters 1")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -107,6 +109,21 @@ def main() -> int:
                         print(f"  {name}: {sum(f == 'outliers' for f in theirs)} of {len(theirs)} in outliers/")
                     if blurred:
                         print("\n".join("  " + line for line in blur_lines(items, ef.rows.paths, folders, report.folder_of)))
+
+        for seed in args.seeds if args.one_person else []:
+            root = Path(tmp) / f"one{seed}"
+            items = two_person_collection(lfw, root / "input", models.detector, ("Tony_Blair",), seed=seed)
+            run_embeddings([str(i.path) for i in items], root / "one.pkl", models, inputs=[str(root / "input")],
+                           streams=streams, progress=False)
+            ef = embfile.load(root / "one.pkl")
+            label = {str(i.path): i.label for i in items}
+            clustering = run_clustering(ef, ClusterConfig(clusters=1))
+            report = folder_report([label[p] for p in ef.rows.paths], [cluster_name(int(c)) for c in clustering.labels],
+                                   ("Tony_Blair",))
+            counts = {k: sum(1 for i in items if i.label == k or i.label.startswith(k + ":")) for k in ("Tony_Blair", "stranger", "junk")}
+            print(f"[one person, --clusters 1, seed {seed}] images: {counts}; cut-off {clustering.threshold:.3f} "
+                  f"({clustering.threshold_source})")
+            print("\n".join("  " + line for line in report.lines()))
 
         paths = discover_images([lfw])
         run_embeddings(paths, Path(tmp) / "lfw.pkl", models, inputs=[str(lfw)], streams=streams, progress=False)

@@ -106,7 +106,7 @@ class LabelledImage:
     blur: float = 0.0  # sigma of the Gaussian blur applied to the crop, in pixels (0: sharp)
 
 
-def two_person_collection(lfw: Path, out: Path, detector: SCRFD, people: tuple[str, str] = ("Tony_Blair", "Donald_Rumsfeld"),
+def two_person_collection(lfw: Path, out: Path, detector: SCRFD, people: tuple[str, ...] = ("Tony_Blair", "Donald_Rumsfeld"),
                           per_person: int | None = None, strangers: float = 0.10, junk: float = 0.03,
                           seed: int = 0, recurring: Sequence[str] = (), blurred: int = 0,
                           blur_sigmas: Sequence[float] = (3.0, 5.0, 8.0)) -> list[LabelledImage]:
