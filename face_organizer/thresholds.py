@@ -54,13 +54,15 @@ def impostor_from_similarities(sims: NDArray[np.floating], dim: int | None = Non
         return ImpostorModel(0.0, 0.1)
     hist, edges = np.histogram(sims, bins=200, range=(-1.0, 1.0))
     smooth = np.convolve(hist, np.ones(5) / 5, mode="same")
+    peak = int(np.argmax(smooth))
+    centre = float((edges[peak] + edges[peak + 1]) / 2)
     # One person can dominate so much that genuine pairs form the tallest peak (a collection
     # of one person's frames with a few others). Impostor peaks of ArcFace-family models sit
-    # near 0, so the peak is looked for below IMPOSTOR_CENTRE_MAX; where the counts still
-    # rise up to that bound, no impostor peak stands out and its centre is taken as 0.
-    below = np.nonzero((edges[:-1] + edges[1:]) / 2 < IMPOSTOR_CENTRE_MAX)[0]
-    peak = int(below[np.argmax(smooth[below])])
-    centre = float((edges[peak] + edges[peak + 1]) / 2) if peak < below[-1] - 1 else 0.0
+    # near 0, never above IMPOSTOR_CENTRE_MAX: a taller peak there is genuine, and the impostor
+    # centre is taken as 0, its spread read from the similarities below 0. (A local maximum
+    # below the bound is no better: a broad genuine tail makes bumps there.)
+    if centre >= IMPOSTOR_CENTRE_MAX:
+        centre = 0.0
     return _below(sims, centre, dim)
 
 
