@@ -20,6 +20,7 @@ from face_organizer.clustering import cluster_name, graph_clusters, kmeans
 from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError
 from face_organizer.evaluation import bcubed, folder_report
 from face_organizer.fsutil import _umask
+from clusterrun import cluster_with
 from face_organizer.thresholds import (impostor_from_cross_cluster_pairs, impostor_from_other_centres,
                                          impostor_from_similarities)
 
@@ -72,17 +73,13 @@ def test_recurring_third_person_does_not_fill_a_person_folder(two_person, interv
     emb, labels, _ = two_person
     third, third_paths = interviewer
     assert len(third_paths) >= 12
-    labels = {**labels, **{p: "stranger:Junichiro_Koizumi" for p in third_paths}}
     out = tmp_path / "clustered"
-    assert run_cli(["--embeddings", str(emb), str(third), "--output", str(out), "--clusters", "2", "-q", "--no-previews"]) == 0
-    rows = list(csv.DictReader(open(out / "clusters.csv", newline="", encoding="utf-8")))
-    people = ("Tony_Blair", "Donald_Rumsfeld")
-    report = folder_report([labels[r["path"]] for r in rows], [r["cluster"] for r in rows], people)
+    rows, report = cluster_with(two_person, interviewer, "stranger:Junichiro_Koizumi", out, "--clusters", "2")
+    labels = {**labels, **{p: "stranger:Junichiro_Koizumi" for p in third_paths}}
     assert set(report.folder_of.values()) == {"person_A", "person_B"}
     assert all(p == 1.0 for p in report.purity.values()), report.lines()
     assert all(r >= 0.9 for r in report.recall.values()), report.lines()
-    placed = {r["path"]: r["cluster"] for r in rows}
-    assert sum(placed[p] == "outliers" for p in third_paths) >= 0.9 * len(third_paths)
+    assert sum(rows[p]["cluster"] == "outliers" for p in third_paths) >= 0.9 * len(third_paths)
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["extra_groups_in_outliers"]) == 1
     assert summary["extra_groups_in_outliers"][0] >= 0.8 * len(third_paths)
