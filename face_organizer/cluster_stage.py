@@ -104,8 +104,9 @@ def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
     found = quality.find_unrecognisable(x, ef.meta.get(quality.META_KEY)) if config.set_aside_unrecognisable else None
     if found is None or not found.count:
         if found is None and config.set_aside_unrecognisable and len(x):
-            log.info("the embeddings file does not say where its model puts unrecognisable faces "
-                     "(made before this was recorded): blurred faces are clustered like the others")
+            log.warning("the embeddings file does not say where its model puts unrecognisable faces, so blurred "
+                        "faces are clustered like the others; re-running the generate_embeddings command that made "
+                        "it records that without embedding anything again")
         return _cluster(x, ef, config)
     keep = np.nonzero(~found.mask)[0]
     log.info("%d faces too degraded to recognise set aside (similarity to the unrecognisable-face centre >= %.3f)",

@@ -293,6 +293,25 @@ def test_resume_refuses_other_mode(tmp_path, video_crops, models) -> None:
         run_embeddings(crops, out, models, EmbedOptions(mode="photos"))
 
 
+def test_rerun_adds_the_unrecognisable_centre_to_an_older_file(tmp_path, video_crops, models) -> None:
+    # Files made before the centre was recorded gain it from a re-run that embeds nothing again.
+    from face_organizer import quality
+
+    crops = [str(p) for p in next(iter(video_crops.values()))[:3]]
+    out = tmp_path / "emb.pkl"
+    run_embeddings(crops, out, models)
+    with open(out, "rb") as handle:
+        data = pickle.load(handle)
+    centre = data["meta"].pop(quality.META_KEY)
+    with open(out, "wb") as handle:
+        pickle.dump(data, handle)
+    summary = run_embeddings(crops, out, models)
+    assert summary.embedded == 0 and summary.already_done == 3
+    again = embfile.load(out)
+    assert again.meta[quality.META_KEY] == centre
+    np.testing.assert_array_equal(again.rows.embeddings, data["embeddings"])
+
+
 def test_undetectable_image_falls_back_to_centre_crop(tmp_path, models) -> None:
     flat = write_image(tmp_path / "flat.png", np.full((200, 200, 3), 90, np.uint8))
     result = embed_batch([(str(flat), read_image(flat))], models, EmbedOptions())

@@ -55,7 +55,7 @@ def test_files_without_a_centre_are_clustered_as_before(two_person, caplog) -> N
     ef = embfile.load(two_person[0])
     with_centre = run_clustering(ef, ClusterConfig(clusters=2))
     del ef.meta[quality.META_KEY]
-    with caplog.at_level(logging.INFO, logger="face_organizer.cluster_stage"):
+    with caplog.at_level(logging.WARNING, logger="face_organizer.cluster_stage"):
         without = run_clustering(ef, ClusterConfig(clusters=2))
     assert without.set_aside is None and "does not say where its model puts unrecognisable faces" in caplog.text
     assert with_centre.set_aside is not None
