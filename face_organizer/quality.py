@@ -21,6 +21,8 @@ from numpy.typing import NDArray
 
 from .alignment import align
 from .detection import pick_central
+from .images import DecodeError, read_image
+from .samples import insightface_sample
 from .thresholds import impostor_from_similarities
 
 if TYPE_CHECKING:
@@ -38,9 +40,6 @@ UNRECOGNISABLE_Z = 3.5
 def sample_faces(models: FaceModels) -> list[NDArray[np.uint8]]:
     """The package-shipped sample faces, aligned for the recogniser: the six people of
     insightface's ``t1.jpg``, its Tom Hanks photo and, when installed, scikit-image's astronaut."""
-    from .images import read_image
-    from .samples import insightface_sample
-
     size = models.recognizer.input_size
     group = read_image(insightface_sample("t1.jpg"))
     faces = [align(group, kps, size) for kps in models.detector.detect(group, (640, 640), 0.5).kps]
@@ -63,7 +62,7 @@ def unrecognisable_centre(models: FaceModels) -> NDArray[np.float32] | None:
     None (with a warning) when the sample faces cannot be had."""
     try:
         faces = sample_faces(models)
-    except (ImportError, FileNotFoundError, OSError, ValueError) as err:
+    except (ImportError, OSError, ValueError, DecodeError) as err:
         log.warning("blurred faces will not be set aside when clustering: no sample faces to find the "
                     "unrecognisable-face centre with (%s); install the 'insightface' extra", err)
         return None

@@ -68,7 +68,7 @@ def test_no_sample_faces_means_no_centre(models, monkeypatch, caplog) -> None:
     def missing(name="t1.jpg"):
         raise FileNotFoundError(f"{name} is not in this insightface installation")
 
-    monkeypatch.setattr("face_organizer.samples.insightface_sample", missing)
+    monkeypatch.setattr("face_organizer.quality.insightface_sample", missing)
     with caplog.at_level(logging.WARNING, logger="face_organizer.quality"):
         assert quality.unrecognisable_centre(models) is None
     assert "blurred faces will not be set aside" in caplog.text
