@@ -102,6 +102,13 @@ def _own_centre_similarity(x: NDArray[np.float32], labels: NDArray[np.int64], ce
     return similarity
 
 
+def _nearest_centre_similarity(x: NDArray[np.float32], centres: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Each face's similarity to its most similar centre, by FAISS search: no faces x centres matrix."""
+    index = faiss.IndexFlatIP(centres.shape[1])
+    index.add(centres)
+    return index.search(x, 1)[0][:, 0]
+
+
 def _spherical_kmeans(x: NDArray[np.float32], k: int, *, restarts: int, seed: int, use_gpu: bool,
                       init: NDArray[np.float32] | None = None) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """FAISS spherical k-means: each face's similarities to the k centres and those centres'
@@ -208,10 +215,8 @@ def kmeans(
     centres = _centres(x, labels, k_kept)
     similarity = _own_centre_similarity(x, labels, centres, own) if k_kept else own.copy()
     if extra.size and k_kept:  # outliers: similarity to the nearest centre that kept its folder
-        out = np.nonzero(labels == OUTLIER)[0]
-        index = faiss.IndexFlatIP(d)
-        index.add(centres)
-        similarity[out] = index.search(x[out], 1)[0][:, 0]
+        out = labels == OUTLIER
+        similarity[out] = _nearest_centre_similarity(x[out], centres)
     return Clustering(labels, similarity, centres, float(threshold), source, method,
                       tuple(int(v) for v in extra if v))
 
@@ -303,10 +308,8 @@ def graph_clusters(
     member = labels >= 0
     if k:
         similarity = _own_centre_similarity(x, labels, centres, similarity)
-        if (~member).any():  # nearest centre by FAISS search: no outliers x centres matrix
-            index = faiss.IndexFlatIP(d)
-            index.add(centres)
-            similarity[~member] = index.search(x[~member], 1)[0][:, 0]
+        if (~member).any():
+            similarity[~member] = _nearest_centre_similarity(x[~member], centres)
     return Clustering(labels, similarity, centres, float(threshold), source,
                       f"graph k-NN={neighbours} min_samples={min_samples}")
 
@@ -322,9 +325,7 @@ def with_set_aside(result: Clustering, keep: NDArray[np.intp], x: NDArray[np.flo
     aside = np.ones(n, bool)
     aside[keep] = False
     if result.n_clusters and aside.any():
-        index = faiss.IndexFlatIP(result.centres.shape[1])
-        index.add(result.centres)
-        similarity[aside] = index.search(_normalise(x[aside]), 1)[0][:, 0]
+        similarity[aside] = _nearest_centre_similarity(_normalise(x[aside]), result.centres)
     return Clustering(labels, similarity, result.centres, result.threshold, result.threshold_source, result.method,
                       result.extra_groups, aside, reason)
 

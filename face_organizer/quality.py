@@ -78,10 +78,9 @@ def unrecognisable_centre(models: FaceModels) -> NDArray[np.float32] | None:
 
 @dataclass(frozen=True)
 class Unrecognisable:
-    """``mask``: faces set aside; ``similarity``: each face's similarity to the centre."""
+    """``mask``: faces set aside, those at ``cutoff`` or more from the centre."""
 
     mask: NDArray[np.bool_]
-    similarity: NDArray[np.float32]
     cutoff: float
     source: str
 
@@ -106,4 +105,4 @@ def find_unrecognisable(embeddings: NDArray[np.float32], centre: NDArray[np.floa
     model = impostor_from_similarities(similarity, embeddings.shape[1])
     cutoff = model.cut(z)
     source = f"peak of the faces' similarity to it {model.centre:.3f} + {z} x {model.spread:.3f}"
-    return Unrecognisable(similarity >= cutoff, similarity, cutoff, source)
+    return Unrecognisable(similarity >= cutoff, cutoff, source)
