@@ -29,6 +29,7 @@ CENTRE_Z = 2.0
 OTHER_CENTRE_Z = 2.5
 SAMPLE_PAIRS = 200_000
 IMPOSTOR_CENTRE_MAX = 0.2  # impostor peaks lie below this; genuine ones well above (0.5-0.7)
+FIT_MIN_VALUES = 20_000  # enough similarities around the peak to fit its shape (see _fit_peak)
 CALIBRATION_ENV = "FACE_ORGANIZER_CALIBRATION"
 
 
@@ -48,6 +49,7 @@ def impostor_from_similarities(sims: NDArray[np.floating], dim: int | None = Non
     even when a few people dominate a collection); the spread is read from the side
     below the mode, where genuine pairs hardly reach: for a normal distribution,
     the point below which 31.7% of that side lies is one standard deviation down.
+    With enough values, a normal curve fitted to the peak refines both (``_fit_peak``).
     """
     sims = np.asarray(sims, dtype=np.float64)
     if sims.size < 10:
@@ -62,8 +64,31 @@ def impostor_from_similarities(sims: NDArray[np.floating], dim: int | None = Non
     # centre is taken as 0, its spread read from the similarities below 0. (A local maximum
     # below the bound is no better: a broad genuine tail makes bumps there.)
     if centre >= IMPOSTOR_CENTRE_MAX:
-        centre = 0.0
-    return _below(sims, centre, dim)
+        return _below(sims, 0.0, dim)
+    return _fit_peak(sims, _below(sims, centre, dim), dim)
+
+
+def _fit_peak(sims: NDArray[np.float64], rough: ImpostorModel, dim: int | None) -> ImpostorModel:
+    """The impostor peak refined by a normal curve fitted to it, when the sample is large.
+
+    A histogram mode jumps between neighbouring bins with the sample where the peak is
+    flat (LFW dev, auto: graph cut-off 0.485-0.521 over sixteen samples of 200,000 pairs).
+    A parabola fitted to the log-counts from 3 spreads below the rough centre to 1 above
+    uses the whole peak instead of its tallest bin (0.510-0.517 on the same samples). The
+    fit is kept only when it is a plausible peak near the rough one.
+    """
+    lo, hi = rough.centre - 3.0 * rough.spread, rough.centre + rough.spread
+    hist, edges = np.histogram(sims, bins=40, range=(lo, hi))
+    if hist.sum() < FIT_MIN_VALUES or np.count_nonzero(hist) < 10:
+        return rough
+    mid, used = (edges[:-1] + edges[1:]) / 2, hist > 0
+    a, b, _ = np.polyfit(mid[used], np.log(hist[used]), 2, w=np.sqrt(hist[used]))
+    if a >= 0:
+        return rough
+    centre, spread = -b / (2 * a), float(np.sqrt(-1 / (2 * a)))
+    if abs(centre - rough.centre) > 0.5 * rough.spread or not 0.67 < spread / rough.spread < 1.5:
+        return rough
+    return ImpostorModel(max(float(centre), 0.0), max(spread, _spread_floor(dim)))
 
 
 def impostor_from_other_centres(sims: NDArray[np.floating], dim: int | None = None) -> ImpostorModel:
@@ -84,11 +109,14 @@ def _below(sims: NDArray[np.float64], centre: float, dim: int | None) -> Imposto
     """The model centred at ``centre`` with the spread read from the side below it."""
     below = sims[sims <= centre]
     spread = centre - float(np.percentile(below, 31.73)) if below.size >= 5 else 0.1
-    # Random directions in d dimensions spread by 1/sqrt(d); impostor faces never spread
-    # less. The floor matters when tight clusters make the sample nearly constant.
-    # Likewise different people are never systematically opposite: the centre is at least 0.
-    floor = 1.0 / np.sqrt(dim) if dim else 1e-3
-    return ImpostorModel(max(centre, 0.0), max(spread, floor))
+    # Different people are never systematically opposite: the centre is at least 0.
+    return ImpostorModel(max(centre, 0.0), max(spread, _spread_floor(dim)))
+
+
+def _spread_floor(dim: int | None) -> float:
+    """Random directions in d dimensions spread by 1/sqrt(d); impostor faces never spread
+    less. The floor matters when tight clusters make the sample nearly constant."""
+    return 1.0 / np.sqrt(dim) if dim else 1e-3
 
 
 def impostor_model(embeddings: NDArray[np.float32], seed: int = 0, pairs: int = SAMPLE_PAIRS) -> ImpostorModel:

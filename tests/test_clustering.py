@@ -409,6 +409,42 @@ def test_other_centre_impostor_estimate_is_steady() -> None:
     assert np.std([m.cut(2.5) for m in steady]) < 0.02
 
 
+def _histogram_mode_model(sims: np.ndarray):
+    """The impostor model read at the tallest (smoothed) histogram bin alone, without the fit."""
+    from face_organizer.thresholds import _below
+
+    hist, edges = np.histogram(sims, bins=200, range=(-1.0, 1.0))
+    peak = int(np.argmax(np.convolve(hist, np.ones(5) / 5, mode="same")))
+    return _below(sims, float(edges[peak] + edges[peak + 1]) / 2, 128)
+
+
+def test_impostor_peak_fit_is_steadier_than_the_histogram_mode() -> None:
+    # Random pairs of a many-people collection: impostors around 0.012 (spread 0.1) and 1% genuine
+    # pairs. The tallest histogram bin jumps with the sample; the fitted peak hardly moves.
+    rng = np.random.default_rng(3)
+    samples = [np.concatenate([rng.normal(0.012, 0.1, 198_000), rng.normal(0.6, 0.1, 2_000)]) for _ in range(12)]
+    fitted = np.array([impostor_from_similarities(s, 128).cut(5.0) for s in samples])
+    modes = np.array([_histogram_mode_model(s).cut(5.0) for s in samples])
+    assert abs(fitted.mean() - 0.512) < 0.01
+    assert fitted.std() < 0.5 * modes.std()
+    # A few hundred values cannot shape a peak: the histogram mode is kept.
+    small = rng.normal(0.012, 0.1, 300)
+    assert impostor_from_similarities(small, 128) == _histogram_mode_model(small)
+
+
+def test_graph_cut_off_rises_with_the_number_of_faces() -> None:
+    from scipy.stats import norm
+
+    from face_organizer.clustering import GRAPH_Z, GRAPH_Z_FACES, graph_z
+
+    assert graph_z(2_805) == graph_z(GRAPH_Z_FACES) == GRAPH_Z
+    zs = [graph_z(n) for n in (20_000, 100_000, 500_000, 5_000_000)]
+    assert all(a < b for a, b in zip(zs, zs[1:])) and 5.6 < graph_z(500_000) < 5.8
+    # The expected impostors above the cut-off per face stay as at GRAPH_Z_FACES faces.
+    for n, z in zip((20_000, 100_000, 500_000, 5_000_000), zs):
+        assert n * norm.sf(z) == pytest.approx(GRAPH_Z_FACES * norm.sf(GRAPH_Z), rel=1e-6)
+
+
 def test_centres_and_own_similarities_match_the_direct_formulas() -> None:
     """Computed without copies of the embeddings (sparse sums, blocks of SEARCH_BLOCK rows),
     they equal the direct per-cluster means and row-wise dot products, across block edges."""
