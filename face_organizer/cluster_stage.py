@@ -54,6 +54,9 @@ class ClusterReport:
     dry_run: bool = False
 
     def lines(self) -> list[str]:
+        if not self.destinations:
+            return ["no faces in the embeddings files: nothing to sort"
+                    + ("" if self.dry_run else " (clusters.csv and summary.json list none)")]
         out = []
         for name, count in self.images_per_cluster.items():
             out.append(f"{name}: {count:,} images → {os.path.join(self.output, name)}{os.sep}")
@@ -218,6 +221,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
 
 
 def dry_run_lines(report: ClusterReport, limit: int = 20) -> list[str]:
+    if not report.destinations:
+        return []
     ops = sorted(set(zip(report.clustering.labels.tolist(), report.destinations)))
     lines = [f"would write {len(set(report.destinations)):,} files; first {min(limit, len(ops))}:"]
     lines += [f"  {d}" for _, d in ops[:limit]]

@@ -266,6 +266,17 @@ def test_hostile_embeddings_refused(tmp_path, capsys) -> None:
     assert "refusing to load" in capsys.readouterr().err and not marker.exists()
 
 
+def test_file_without_faces_sorts_nothing_and_says_so(two_person, tmp_path, capsys) -> None:
+    ef = embfile.load(two_person[0])
+    embfile.save(tmp_path / "none.pkl", embfile.EmbeddingsFile(ef.rows.select(np.arange(0)), [], [], ef.meta))
+    for extra in (["--dry-run"], []):
+        assert run_cli(["--embeddings", str(tmp_path / "none.pkl"), "--output", str(tmp_path / "o"), *extra]) == 0
+        assert capsys.readouterr().out.startswith("no faces in the embeddings files: nothing to sort")
+    with open(tmp_path / "o" / "clusters.csv", newline="") as handle:
+        assert list(csv.DictReader(handle)) == []
+    assert not any(d.name.startswith("person_") for d in (tmp_path / "o").iterdir())
+
+
 def test_same_image_in_two_files_counted_once(two_person, tmp_path) -> None:
     ef = embfile.load(two_person[0])
     half = len(ef.rows) // 2

@@ -63,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            seed=args.seed, previews=args.previews, extra_groups=args.extra_groups,
                            set_aside_unrecognisable=args.set_aside_unrecognisable)
     report = cluster_faces(ef, args.output, config, progress=not args.quiet, sources=args.embeddings)
-    print("\n".join(report.lines()))
-    if args.dry_run:
-        print("\n".join(dry_run_lines(report)))
+    print("\n".join(report.lines() + (dry_run_lines(report) if args.dry_run else [])))
     return 0
 
 
