@@ -18,6 +18,22 @@ import numpy as np
 from numpy.typing import NDArray
 
 
+# A model whose batch size was rewritten is used batched only if a batch gives the per-image
+# outputs within this relative error. A model that mixes images across the batch, or a wrong
+# split of its outputs, is off by about 1; GPU convolutions differ by batch size far less (cuDNN
+# picks its algorithms per shape, and ONNX Runtime's CUDA provider allows TF32), so an exact
+# comparison would keep every model at one image per call on a GPU.
+BATCH_TOLERANCE = 1e-2
+
+
+def relative_error(got: NDArray[np.floating], expected: NDArray[np.floating]) -> float:
+    """||got - expected|| / ||expected|| (inf for different shapes)."""
+    if got.shape != expected.shape:
+        return float("inf")
+    diff = np.linalg.norm(np.asarray(got, np.float64) - expected)
+    return float(diff / max(float(np.linalg.norm(np.asarray(expected, np.float64))), 1e-12))
+
+
 def bucket(n: int, cap: int) -> int:
     """The smallest power of two >= ``n``, but never above ``cap`` (the largest batch sent)."""
     size = 1

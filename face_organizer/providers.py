@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import DeviceError
+from .multigpu import visible_gpus
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,19 @@ def probe_input(session: Any, batch: int = 1) -> dict[str, np.ndarray]:
     return feeds
 
 
+_NO_SUCH_GPU = ("GPU_ID={gpu_id} names no GPU this process can see ({visible}GPUs are numbered from 0 among those "
+                "CUDA_VISIBLE_DEVICES leaves visible; nvidia-smi -L lists them)")
+
+
+def _missing_gpu(gpu_id: int) -> str | None:
+    """Why ``gpu_id`` cannot work, when it names no visible GPU (ONNX Runtime 1.31 then drops the
+    CUDA provider as it does for missing libraries); None when it does, or nothing lists GPUs."""
+    gpus = visible_gpus()
+    if not gpus or gpu_id in gpus:
+        return None
+    return _NO_SUCH_GPU.format(gpu_id=gpu_id, visible=f"{len(gpus)} visible; ")
+
+
 def open_session(
     model: Any,
     name: str,
@@ -180,10 +194,8 @@ def open_session(
         session = factory(model, session_options(threads), plan)
         applied = tuple(session.get_providers())
         if wants_gpu and device_of(applied) == "cpu":
-            problem = (
-                f"ONNX Runtime dropped the GPU providers for {name} and applied only {', '.join(applied)}: "
-                "the CUDA or cuDNN libraries it needs were not found or do not match this onnxruntime-gpu"
-            )
+            problem = f"ONNX Runtime dropped the GPU providers for {name} and applied only {', '.join(applied)}: " + (
+                _missing_gpu(gpu_id) or "the CUDA or cuDNN libraries it needs were not found or do not match this onnxruntime-gpu")
         else:
             outputs = session.run(None, probe_input(session))
             if not all(np.all(np.isfinite(o)) for o in outputs):
@@ -195,8 +207,7 @@ def open_session(
             raise
         problem = f"{name}: the GPU session failed its self-test: {str(err).splitlines()[0][:300]}"
         if "invalid device ordinal" in str(err):
-            problem += (f" (GPU_ID={gpu_id} names no GPU this process can see: GPUs are numbered from 0 "
-                        "among those CUDA_VISIBLE_DEVICES leaves visible; nvidia-smi -L lists them)")
+            problem += f" ({_missing_gpu(gpu_id) or _NO_SUCH_GPU.format(gpu_id=gpu_id, visible='')})"
     if problem is not None:
         if device == "cuda":
             raise DeviceError(problem + "; run scripts/diagnostic_test.py")

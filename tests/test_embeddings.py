@@ -116,6 +116,43 @@ def test_detector_rewrite_kept_only_when_it_reproduces_single_outputs(testpack) 
     symbolic, _ = open_session(with_dynamic_input_batch(model).SerializeToString(), "det", "cpu", 0, quiet=True)
     session, layout = batchable_detector(model, Scrambled, symbolic)
     assert session is symbolic and layout == "anchor"
+    # On a GPU, batched convolutions differ from single ones in the last digits (cuDNN picks its
+    # algorithms per batch size, TF32): such a session is still used batched.
+    session, layout = batchable_detector(model, GpuLike, reference)
+    assert isinstance(session, GpuLike) and layout == "anchor"
+
+
+class GpuLike:
+    """A batched CPU session whose outputs carry a relative error of about 1e-3, as on a GPU."""
+
+    def __init__(self, serialized: bytes):
+        from face_organizer.providers import open_session
+
+        self.inner = open_session(serialized, "model", "cpu", 0, quiet=True)[0]
+        self.rng = np.random.default_rng(0)
+
+    def run(self, names, feeds):
+        return [o * (1 + 1e-3 * self.rng.standard_normal(o.shape)).astype(o.dtype) for o in self.inner.run(names, feeds)]
+
+
+def test_recogniser_rewrite_tolerates_gpu_rounding_but_not_mixed_faces(testpack) -> None:
+    import onnx
+
+    from face_organizer.providers import open_session
+    from face_organizer.recognition import batchable_model
+
+    model = onnx.load(str(testpack.recognizer))
+    reference, _ = open_session(model.SerializeToString(), "rec", "cpu", 0, quiet=True)
+
+    class Mixed(GpuLike):  # a rewrite that leaks one face into another's output
+        def run(self, names, feeds):
+            out = self.inner.run(names, feeds)[0]
+            return [out + 0.2 * np.roll(out, 1, axis=0)]
+
+    session, batchable = batchable_model(model, GpuLike, reference)
+    assert batchable and isinstance(session, GpuLike)
+    session, batchable = batchable_model(model, Mixed, reference)
+    assert not batchable and session is reference
 
 
 def _good_and_bad(tmp_path: Path, video_crops) -> tuple[Path, list[Path]]:

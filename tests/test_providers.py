@@ -89,6 +89,16 @@ def test_gpu_id_beyond_the_visible_gpus_is_explained() -> None:
         open_session(b"m", "rec.onnx", "cuda", 3, available=GPU_BUILD, factory=factory_for(gpu))
 
 
+def test_dropped_provider_names_a_gpu_id_beyond_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ONNX Runtime 1.31 on a one-GPU machine with GPU_ID=1 drops the CUDA provider, as for missing libraries.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(DeviceError, match=r"GPU_ID=1 names no GPU this process can see \(1 visible; "):
+        open_session(b"m", "rec.onnx", "cuda", 1, available=GPU_BUILD, factory=factory_for(FakeSession([CPU])))
+    with pytest.raises(DeviceError, match="CUDA or cuDNN libraries") as caught:
+        open_session(b"m", "rec.onnx", "cuda", 0, available=GPU_BUILD, factory=factory_for(FakeSession([CPU])))
+    assert "GPU_ID" not in str(caught.value)
+
+
 @pytest.mark.parametrize("gpu", [FakeSession([CPU]), FakeSession([CUDA, CPU], fail_run=True)],
                          ids=["provider-dropped", "inference-fails"])
 def test_auto_falls_back_with_warning(gpu: FakeSession, caplog: pytest.LogCaptureFixture) -> None:
