@@ -105,7 +105,8 @@ def batchable_detector(model: onnx.ModelProto, open_session: Callable[[bytes], A
     """(session, layout) taking a batch of canvases, or (``reference_session``, None).
 
     A batch of 3 random canvases must give the single-image outputs (within
-    ``BATCH_TOLERANCE``) under one of the known layouts; anything else keeps the original model, one image per call.
+    ``BATCH_TOLERANCE``) under one of the known layouts; anything else keeps the
+    original model, one image per call.
     ``open_session(serialized_model)`` creates a session like the reference one.
     """
     arg = reference_session.get_inputs()[0]
