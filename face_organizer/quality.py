@@ -92,8 +92,8 @@ class Unrecognisable:
 def find_unrecognisable(embeddings: NDArray[np.float32], centre: NDArray[np.floating] | None,
                         z: float = UNRECOGNISABLE_Z) -> Unrecognisable | None:
     """Faces whose similarity to the unrecognisable-face centre stands ``z`` spreads above
-    the collection's peak (its mode, with the spread read below it, as for impostor pairs:
-    recognisable faces form the peak, the blurred ones a tail above). None without a centre
+    the collection's peak (found as the impostor peak of pairs is: recognisable faces form
+    the peak, the blurred ones a tail above). None without a centre
     or when its size does not match the embeddings."""
     if centre is None or len(embeddings) == 0:
         return None
