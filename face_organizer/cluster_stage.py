@@ -148,8 +148,14 @@ def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.nda
 MAX_SHEETS = 100  # contact sheets for the largest clusters; with thousands, the rest are listed by count
 
 
+def _sheet_path(destination: str, source: str) -> str:
+    """Where a face's image can be read now: its placed file (the only one left after a
+    move), else the path in the embeddings file."""
+    return destination if os.path.exists(destination) else source
+
+
 def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: list[str], counts: dict[str, int],
-              extra_notes: Sequence[str] = ()) -> None:
+              destinations: Sequence[str], extra_notes: Sequence[str] = ()) -> None:
     folder = os.path.join(output, "previews")
     photos = ef.meta.get("mode") == "photos"
     members: dict[str, list[int]] = {}
@@ -164,7 +170,8 @@ def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: li
             rows = np.asarray(members[name])
             order = rows[np.argsort(-sims[rows], kind="stable")]
             central, borderline = order[:24], order[::-1][:8] if len(order) > 24 else order[:0]
-            faces = [[SheetFace(ef.rows.paths[i], ef.rows.bbox[i] if photos else None, name) for i in group]
+            faces = [[SheetFace(_sheet_path(destinations[i], ef.rows.paths[i]), ef.rows.bbox[i] if photos else None, name)
+                      for i in group]
                      for group in (central, borderline)]
             sheet = os.path.join(folder, f"{name}.jpg")
             write_sheet(sheet, contact_sheet(*faces))
@@ -198,7 +205,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status,
                clustering.set_aside)
     if config.previews:
-        _previews(output, ef, clustering, names, images_per_cluster, report.notes())
+        _previews(output, ef, clustering, names, images_per_cluster, placement.destinations, report.notes())
     report.elapsed = time.monotonic() - started
     summary = {
         "output": output,

@@ -215,6 +215,17 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
         log.info("continuing an earlier run into %s", output)
     status: dict[str, str] = {}
     if not dry_run:
-        for source, dest in tqdm(operations, unit="file", file=sys.stderr, disable=not progress, desc=mode):
-            status[dest] = place(source, dest, mode)
+        for source, dest, how in tqdm(_ordered(operations, mode), total=len(operations), unit="file",
+                                      file=sys.stderr, disable=not progress, desc=mode):
+            status[dest] = place(source, dest, how)
     return Placement(destinations, status, resumed)
+
+
+def _ordered(operations: Sequence[tuple[str, str]], mode: LinkMode) -> list[tuple[str, str, LinkMode]]:
+    """``(source, dest, mode)`` per operation. A photo whose faces went to several folders is
+    moved only once: it is copied to every destination but its last, then moved to that one,
+    so it ends up in every folder it belongs to and a resumed run finds the copies done."""
+    if mode != "move":
+        return [(s, d, mode) for s, d in operations]
+    last = {source: dest for source, dest in operations}  # sorted: the last destination per source
+    return [(s, d, "move" if last[s] == d else "copy") for s, d in operations]

@@ -21,6 +21,10 @@ from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError
 from face_organizer.evaluation import bcubed, folder_report
 from face_organizer.fsutil import _umask
 from clusterrun import cluster_with
+from face_organizer.embed_run import run_embeddings
+from face_organizer.faces import EmbedOptions
+from face_organizer.images import discover_images, read_image
+from face_organizer.preview import TILE
 from face_organizer.thresholds import (impostor_from_cross_cluster_pairs, impostor_from_other_centres,
                                          impostor_from_similarities)
 
@@ -191,6 +195,44 @@ def test_interrupted_move_loses_nothing(two_person, tmp_path, monkeypatch) -> No
     report = cluster_faces(ef, str(out), config, progress=False)
     assert report.status["exists"] == 10 and not any(Path(p).exists() for p in ef.rows.paths)
     _exactly_one_place(ef, report)
+
+
+def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tmp_path, monkeypatch) -> None:
+    # A photo library: Obama's and Biden's photos, and a photo of the two together.
+    examples = shared / "datasets" / "face_recognition_examples"
+    library = tmp_path / "library"
+    for source in [*sorted((examples / "barack_obama").iterdir()), *sorted((examples / "joe_biden").iterdir()),
+                   examples / "_multi_face" / "examples__knn_examples__test__obama_and_biden.jpg"]:
+        (library / source.parent.name).mkdir(parents=True, exist_ok=True)
+        (library / source.parent.name / source.name).write_bytes(source.read_bytes())
+    emb = tmp_path / "photos.pkl"
+    run_embeddings(discover_images([library]), emb, models, EmbedOptions(mode="photos"), inputs=[str(library)], progress=False)
+    ef = embfile.load(emb)
+    group = str(library / "_multi_face" / "examples__knn_examples__test__obama_and_biden.jpg")
+    assert ef.rows.paths.count(group) >= 2
+    out = tmp_path / "out"
+    config = ClusterConfig(clusters=2, link_mode="move")
+    real_place, calls = organize.place, []
+
+    def dying_place(source, dest, mode):  # power cut after the group photo's copy, before its move
+        if calls and calls[-1] == (group, "copy"):
+            raise KeyboardInterrupt
+        calls.append((source, mode))
+        return real_place(source, dest, mode)
+
+    monkeypatch.setattr("face_organizer.organize.place", dying_place)
+    with pytest.raises(KeyboardInterrupt):
+        cluster_faces(ef, str(out), config, progress=False)
+    monkeypatch.setattr("face_organizer.organize.place", real_place)
+    report = cluster_faces(ef, str(out), config, progress=False)
+    assert "missing" not in report.status
+    assert not any(Path(p).exists() for p in ef.rows.paths)  # every photo moved
+    assert all(Path(d).is_file() for d in report.destinations)  # ... to every folder one of its faces went to
+    group_folders = {Path(d).relative_to(out).parts[0] for p, d in zip(ef.rows.paths, report.destinations) if p == group}
+    assert len(group_folders) >= 2, group_folders  # Obama and Biden are not sorted together
+    # The contact sheets show the moved photos, not the grey tiles of files no longer at their source.
+    sheet = read_image(out / "previews" / "person_A.jpg")
+    assert sheet[:TILE, :TILE].std() > 20
 
 
 def test_cross_device_move_interrupted_between_copy_and_delete(two_person, tmp_path, monkeypatch) -> None:
