@@ -1,13 +1,16 @@
-"""Atomic file writes: a crash never leaves a half-written file in place."""
+"""Atomic file writes (a crash never leaves a half-written file in place) and one writer per output."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from .errors import SetupError
 
 
 @contextlib.contextmanager
@@ -50,3 +53,36 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
     Path(path).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=path):
         pass
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``path`` for as long as the block runs; raise ``SetupError``
+    (ending with ``hint``) at once if another process holds it. The kernel drops the lock when its holder dies (even by
+    ``kill -9``), so a crashed run never leaves a stale lock, and the file is removed on exit."""
+    target = Path(path)
+    lock = target.parent / f".{target.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise SetupError(f"another process{f' (pid {owner})' if owner else ''} is writing {target}; {hint}") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # its holder removed the file after we opened it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)

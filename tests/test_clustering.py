@@ -7,6 +7,8 @@ import errno
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +270,31 @@ def test_dry_run_writes_nothing(two_person, tmp_path, capsys) -> None:
     assert not out.exists()
     printed = capsys.readouterr().out
     assert "dry run: nothing was written" in printed and "would write" in printed
+
+
+def test_second_run_into_the_same_output_while_one_runs_is_refused(two_person, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
+    child = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        assert run_cli(base) == 2
+        assert f"another process (pid {child.pid}) is writing {out}" in capsys.readouterr().err
+        assert not out.exists()
+        assert run_cli(base + ["--dry-run"]) == 0  # a dry run writes nothing, so it needs no lock
+    finally:
+        child.kill()
+        child.wait()
+    assert run_cli(base) == 0 and (out / "clusters.csv").is_file()
+
+
+HOLD_LOCK = """
+import sys, time
+from face_organizer.fsutil import exclusive
+with exclusive(sys.argv[1], "wait"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
 
 
 def test_rerun_into_other_clustering_is_refused(two_person, tmp_path, capsys) -> None:

@@ -217,7 +217,7 @@ def test_new_images_are_the_only_ones_embedded(tmp_path, video_crops, models) ->
         np.testing.assert_array_equal(after.rows.embeddings[index[p]], before.rows.embeddings[i])
 
 
-def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops, testpack_dir) -> None:
+def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops, testpack_dir, capsys) -> None:
     crops = [p for c in video_crops.values() for p in c]
     folder = tmp_path / "in"
     for i in range(3):  # enough images that the run is still going when it is killed
@@ -237,11 +237,17 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops,
     while time.monotonic() < deadline and len(list(parts_dir(resumed).glob("part-*.pkl"))) < 3:
         assert proc.poll() is None, "the run ended before it could be interrupted"
         time.sleep(0.02)
+    capsys.readouterr()
+    assert run_cli(args + ["--output", str(resumed)]) == 2  # a second writer of the same file is refused
+    assert f"another process (pid {proc.pid}) is writing {resumed}" in capsys.readouterr().err
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not resumed.exists() and parts_dir(resumed).is_dir()
 
+    lock = tmp_path / ".resumed.pkl.lock"
+    assert lock.exists()  # left by the killed run, but no longer held: it does not block the re-run
     assert run_cli(args + ["--output", str(resumed)]) == 0
+    assert not lock.exists()
     ref, res = embfile.load(reference), embfile.load(resumed)
     assert res.rows.paths == ref.rows.paths
     np.testing.assert_allclose(res.rows.embeddings, ref.rows.embeddings, atol=1e-5)

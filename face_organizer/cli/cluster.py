@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
 from ..cluster_stage import ClusterConfig, cluster_faces, dry_run_lines, load_embeddings
+from ..fsutil import exclusive
 from . import common
 
 EXAMPLES = """\
@@ -62,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            dry_run=args.dry_run, neighbours=args.neighbours, min_cluster_size=args.min_cluster_size,
                            seed=args.seed, previews=args.previews, extra_groups=args.extra_groups,
                            set_aside_unrecognisable=args.set_aside_unrecognisable)
-    report = cluster_faces(ef, args.output, config, progress=not args.quiet, sources=args.embeddings)
+    with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
+        report = cluster_faces(ef, args.output, config, progress=not args.quiet, sources=args.embeddings)
     print("\n".join(report.lines() + (dry_run_lines(report) if args.dry_run else [])))
     return 0
 

@@ -13,6 +13,7 @@ from ..errors import FaceOrganizerError, SetupError
 from ..modelpack import DEFAULT_PACK, MODEL_ROOT_ENV, default_model_root
 
 EXIT_INTERRUPTED = 130
+OTHER_RUN = "wait for it to finish or choose another --output"
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .. import embed_run, frames
 from ..errors import SetupError
 from ..faces import EmbedOptions, load_face_models
-from ..fsutil import check_writable_dir
+from ..fsutil import check_writable_dir, exclusive
 from ..modelpack import resolve_pack
 from ..providers import CUDA, available_providers
 from . import common
@@ -89,23 +89,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_writable_dir(os.path.dirname(output))
     except OSError as err:
         raise SetupError(f"cannot write to {os.path.dirname(output)}: {err.strerror or err}") from None
-    pack = resolve_pack(args.model, common.model_root(args.model_root))
-    on_cpu = args.device == "cpu" or CUDA not in available_providers()
-    streams, threads = embed_run.plan_streams(on_cpu, args.streams, args.threads)
-    models = load_face_models(pack, args.device, gpu_id, batch_size=args.batch_size, threads=threads,
-                              tensorrt=args.tensorrt)
-    if not on_cpu and models.device == "cpu":
-        # CUDA was listed but failed its self-test (already warned): plan for the CPU
-        # instead of two GPU streams whose sessions would each take every core.
-        on_cpu = True
-        streams, threads = embed_run.plan_streams(True, args.streams, args.threads)
-        models = load_face_models(pack, "cpu", gpu_id, batch_size=args.batch_size, threads=threads)
-    workers = args.workers if args.workers is not None else (0 if on_cpu else default_workers())
-    summary = embed_run.run_embeddings(
-        paths, output, models, options, inputs=args.input, batch_size=args.batch_size,
-        workers=workers, streams=streams, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet,
-        status_file=args.status_file,
-    )
+    # One writer per output: two processes on the same file would interleave their checkpoints.
+    with exclusive(output, "give each process its own --output, e.g. embeddings_gpu0.pkl and embeddings_gpu1.pkl"):
+        pack = resolve_pack(args.model, common.model_root(args.model_root))
+        on_cpu = args.device == "cpu" or CUDA not in available_providers()
+        streams, threads = embed_run.plan_streams(on_cpu, args.streams, args.threads)
+        models = load_face_models(pack, args.device, gpu_id, batch_size=args.batch_size, threads=threads,
+                                  tensorrt=args.tensorrt)
+        if not on_cpu and models.device == "cpu":
+            # CUDA was listed but failed its self-test (already warned): plan for the CPU
+            # instead of two GPU streams whose sessions would each take every core.
+            on_cpu = True
+            streams, threads = embed_run.plan_streams(True, args.streams, args.threads)
+            models = load_face_models(pack, "cpu", gpu_id, batch_size=args.batch_size, threads=threads)
+        workers = args.workers if args.workers is not None else (0 if on_cpu else default_workers())
+        summary = embed_run.run_embeddings(
+            paths, output, models, options, inputs=args.input, batch_size=args.batch_size,
+            workers=workers, streams=streams, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet,
+            status_file=args.status_file,
+        )
     print("\n".join(summary.lines()))
     return 0
 

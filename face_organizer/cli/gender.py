@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..fsutil import exclusive
 from ..gender import DeepFaceGender, InsightFaceGender
 from ..gender_stage import filter_by_gender
 from ..modelpack import resolve_pack
@@ -51,9 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = InsightFaceGender(pack, args.device, common.gpu_id_from_env(), batch_size=args.batch_size)
     else:
         predictor = DeepFaceGender(args.detector_backend)
-    summary = filter_by_gender(paths, [os.path.abspath(i) for i in args.input], args.output, args.gender, predictor,
-                               min_confidence=args.min_confidence, link_mode=args.link_mode, workers=args.workers,
-                               batch_size=args.batch_size, progress=not args.quiet)
+    with exclusive(args.output, common.OTHER_RUN):
+        summary = filter_by_gender(paths, [os.path.abspath(i) for i in args.input], args.output, args.gender, predictor,
+                                   min_confidence=args.min_confidence, link_mode=args.link_mode, workers=args.workers,
+                                   batch_size=args.batch_size, progress=not args.quiet)
     print("\n".join(summary.lines()))
     return 0
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from ..cluster_stage import load_embeddings
 from ..errors import SetupError
 from ..faces import load_face_models
+from ..fsutil import exclusive
 from ..modelpack import resolve_pack
 from ..search_stage import calibrate_folder, find_person
 from ..thresholds import save_calibration
@@ -68,8 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = load_face_models(pack, args.device, gpu_id, tensorrt=args.tensorrt)
     from ..clustering import gpu_count
 
-    report = find_person(ef, models, args.query, args.output, threshold=args.threshold, top_k=args.top_k,
-                         expand=args.expand, link_mode=args.link_mode, use_gpu=gpu_count() > 0, progress=not args.quiet)
+    with exclusive(args.output, common.OTHER_RUN):
+        report = find_person(ef, models, args.query, args.output, threshold=args.threshold, top_k=args.top_k,
+                             expand=args.expand, link_mode=args.link_mode, use_gpu=gpu_count() > 0, progress=not args.quiet)
     print("\n".join(report.lines()))
     return 0
 
