@@ -210,6 +210,7 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     """
     destinations = [inside(output, d) for d in plan_destinations(paths, groups, roots)]
     operations = sorted(set(zip(paths, destinations)))
+    check_space(operations, output, mode, dry_run)
     resumed = prepare_output(output, plan_digest(operations, mode), dry_run)
     if resumed:
         log.info("continuing an earlier run into %s", output)
@@ -219,6 +220,48 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
                                       file=sys.stderr, disable=not progress, desc=mode):
             status[dest] = place(source, dest, how)
     return Placement(destinations, status, resumed)
+
+
+BLOCK = 4096  # files take whole filesystem blocks
+
+
+def _existing_ancestor(path: str) -> str:
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def bytes_needed(operations: Sequence[tuple[str, str]], output: str, mode: LinkMode) -> int:
+    """Bytes the operations not done yet will add to the output's filesystem: copies, and
+    moves from another filesystem (a rename takes no space); links take none."""
+    if mode in ("hardlink", "symlink"):
+        return 0
+    device = os.stat(_existing_ancestor(output)).st_dev
+    total = 0
+    for source, dest, how in _ordered(operations, mode):
+        if os.path.lexists(dest):
+            continue
+        try:
+            stat = os.stat(source)
+        except OSError:
+            continue  # reported as missing when placed
+        if how == "copy" or stat.st_dev != device:
+            total += -(-stat.st_size // BLOCK) * BLOCK
+    return total
+
+
+def check_space(operations: Sequence[tuple[str, str]], output: str, mode: LinkMode, dry_run: bool) -> None:
+    """Refuse to start copies that cannot fit: a full disk would stop the run half-way."""
+    needed = bytes_needed(operations, output, mode)
+    free = shutil.disk_usage(_existing_ancestor(output)).free
+    if needed <= free:
+        return
+    message = (f"--link-mode {mode} needs {needed / 1e9:,.2f} GB in {output} but its filesystem has "
+               f"{free / 1e9:,.2f} GB free; free some space, or use --link-mode hardlink or symlink")
+    if dry_run:
+        log.warning("%s", message)
+        return
+    raise SetupError(message)
 
 
 def _ordered(operations: Sequence[tuple[str, str]], mode: LinkMode) -> list[tuple[str, str, LinkMode]]:

@@ -272,6 +272,47 @@ def test_dry_run_writes_nothing(two_person, tmp_path, capsys) -> None:
     assert "dry run: nothing was written" in printed and "would write" in printed
 
 
+def test_copy_that_cannot_fit_is_refused_before_anything_is_written(two_person, tmp_path, monkeypatch, capsys) -> None:
+    emb, labels, _ = two_person
+    out = tmp_path / "out"
+    sizes = sum(-(-Path(p).stat().st_size // organize.BLOCK) * organize.BLOCK for p in labels)
+    ef = embfile.load(emb)
+    pairs = [(p, str(out / "person_A" / Path(p).name)) for p in ef.rows.paths]
+    assert organize.bytes_needed(pairs, str(out), "copy") == sizes
+    assert organize.bytes_needed(pairs, str(out), "move") == 0  # a rename on the same filesystem
+    assert organize.bytes_needed(pairs, str(out), "symlink") == 0
+    real = organize.shutil.disk_usage
+    monkeypatch.setattr(organize.shutil, "disk_usage", lambda p: real(p)._replace(free=sizes - 1))
+    base = ["--embeddings", str(emb), "--output", str(out), "-q", "--no-previews"]
+    assert run_cli(base) == 2
+    assert "--link-mode copy needs" in capsys.readouterr().err and not out.exists()
+    assert run_cli(base + ["--dry-run"]) == 0 and not out.exists()  # a dry run warns instead
+    assert run_cli(base + ["--link-mode", "symlink"]) == 0
+
+
+def test_disk_full_half_way_is_one_line_and_the_rerun_finishes(two_person, tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
+    real_copy, copies = organize._copy_atomic, []
+
+    def filling_copy(source, dest):
+        if len(copies) == 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dest)
+        copies.append(dest)
+        real_copy(source, dest)
+
+    monkeypatch.setattr(organize, "_copy_atomic", filling_copy)
+    assert run_cli(base) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: No space left on device: ") and "re-run the same command" in err
+    assert len(err.splitlines()) == 1
+    monkeypatch.setattr(organize, "_copy_atomic", real_copy)
+    assert run_cli(base) == 0
+    rows = list(csv.DictReader((out / "clusters.csv").open()))
+    assert sorted(r["status"] for r in rows).count("exists") == 20
+    assert all(Path(r["destination"]).read_bytes() == Path(r["path"]).read_bytes() for r in rows)
+
+
 def test_second_run_into_the_same_output_while_one_runs_is_refused(two_person, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -34,6 +35,13 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         print("Interrupted: progress so far is checkpointed; re-run the same command to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
+        return 1
+    except OSError as err:  # a full disk, a folder that went away: one line, not a traceback
+        logging.getLogger(__name__).debug("the error in full", exc_info=True)
+        where = f": {err.filename}" if err.filename else ""
+        hint = ("; free some space, then re-run the same command: it continues where it stopped"
+                if err.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+        print(f"Error: {err.strerror or err}{where}{hint}", file=sys.stderr)
         return 1
 
 
