@@ -47,6 +47,7 @@ class RunSummary:
     streams: int = 1
     total_images: int = 0
     already_done: int = 0
+    changed: int = 0  # embedded before, but the file has changed since: embedded again
     embedded: int = 0
     faces: int = 0
     fallback: int = 0
@@ -67,7 +68,8 @@ class RunSummary:
     def lines(self) -> list[str]:
         out = [
             f"embeddings file: {self.output} ({self.rows_in_file:,} faces)",
-            f"images found: {self.total_images:,}; already embedded: {self.already_done:,}",
+            f"images found: {self.total_images:,}; already embedded: {self.already_done:,}"
+            + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
             f"embedded now: {self.embedded:,} images, {self.faces:,} faces; "
             f"fallback (no face found, centre crop used): {self.fallback:,}",
         ]
@@ -150,18 +152,41 @@ class _State:
     failed: dict[str, str] = field(default_factory=dict)
     no_face: set[str] = field(default_factory=set)
     reused: dict[str, str] = field(default_factory=dict)
+    signatures: dict[str, images.Signature] = field(default_factory=dict)
     meta: dict[str, Any] | None = None
     parts: int = 0
+    held: set[str] = field(default_factory=set)  # every path with rows or in no_face
 
     def done(self) -> set[str]:
-        return {p for r in self.rows for p in r.paths} | self.no_face
+        return set(self.held)
 
     def add(self, ef: EmbeddingsFile) -> None:
+        """Add a file or part; a path it holds replaces that path's older rows (a re-embedded change)."""
+        newer = set(ef.rows.paths) | set(ef.no_face)
+        self.forget(newer & self.held)
         self.rows.append(ef.rows)
         self.failed.update(dict(ef.failed))
         self.no_face.update(ef.no_face)
         self.reused.update(dict(ef.reused))
+        self.signatures.update(ef.signatures)
+        self.held |= newer
         self.meta = self.meta or ef.meta
+
+    def changed(self, current: dict[str, images.Signature | None]) -> set[str]:
+        """Held paths whose file differs from when it was read (files without signatures are trusted)."""
+        return {p for p, sig in current.items()
+                if sig is not None and p in self.held and self.signatures.get(p, sig) != sig}
+
+    def forget(self, paths: set[str]) -> None:
+        if not paths:
+            return
+        self.rows = [r.select(np.asarray([i for i, p in enumerate(r.paths) if p not in paths], dtype=np.intp))
+                     if any(p in paths for p in r.paths) else r for r in self.rows]
+        self.no_face -= paths
+        self.held -= paths
+        for p in paths:
+            self.reused.pop(p, None)
+            self.signatures.pop(p, None)
 
 
 def _check_compatible(meta: dict[str, Any], models: FaceModels, mode: str, where: str) -> None:
@@ -200,8 +225,12 @@ def _sorted_rows(rows: FaceRows) -> FaceRows:
 class _Recorder:
     """Collects results, writes checkpoint parts and the final file."""
 
-    def __init__(self, output: Path, state: _State, meta: dict[str, Any], dim: int, checkpoint_seconds: float):
+    def __init__(self, output: Path, state: _State, meta: dict[str, Any], dim: int, checkpoint_seconds: float,
+                 signatures: dict[str, images.Signature | None]):
         self.output, self.state, self.meta, self.dim = output, state, meta, dim
+        self.signatures = signatures  # taken before the files were read
+        self.new_signatures: dict[str, images.Signature] = {}
+        self.pending_signatures: dict[str, images.Signature] = {}
         self.checkpoint_seconds = checkpoint_seconds
         self.new_rows: list[FaceRows] = []
         self.new_failed: dict[str, str] = {}
@@ -220,6 +249,10 @@ class _Recorder:
         self.pending_no_face.extend(no_face)
         self.new_reused.update(reused)
         self.pending_reused.extend(reused)
+        for path in {*rows.paths, *no_face}:
+            signature = self.signatures.get(path)
+            if signature is not None:
+                self.new_signatures[path] = self.pending_signatures[path] = signature
 
     def fail(self, path: str, reason: str) -> None:
         self.new_failed[path] = reason
@@ -236,9 +269,10 @@ class _Recorder:
         part = parts_dir(self.output) / f"part-{self.state.parts:06d}.pkl"
         meta = dict(self.meta, complete=False)
         ef = EmbeddingsFile(FaceRows.concat(self.pending, self.dim), self.pending_failed, self.pending_no_face, meta,
-                            self.pending_reused)
+                            self.pending_reused, self.pending_signatures)
         embfile.save(part, ef)
         self.pending, self.pending_failed, self.pending_no_face, self.pending_reused = [], [], [], []
+        self.pending_signatures = {}
         self.last_checkpoint = time.monotonic()
 
     def finish(self, attempted: set[str]) -> int:
@@ -251,9 +285,12 @@ class _Recorder:
         reused = {p: source for p, source in self.state.reused.items() if p not in attempted}
         reused.update(self.new_reused)
         reused = {p: source for p, source in reused.items() if p in embedded}
+        signatures = {**self.state.signatures, **self.new_signatures}
+        signatures = {p: signatures[p] for p in sorted(embedded | set(no_face)) if p in signatures}
         old_inputs = (self.state.meta or {}).get("inputs", [])
         meta = dict(self.meta, complete=True, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
-        embfile.save(self.output, EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items())))
+        embfile.save(self.output, EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()),
+                                                 signatures))
         shutil.rmtree(parts_dir(self.output), ignore_errors=True)
         return len(rows)
 
@@ -363,22 +400,28 @@ def run_embeddings(
     """
     started = time.monotonic()
     out = Path(output).absolute()
+    signatures = {p: images.file_signature(p) for p in paths}  # before any file is read
+    changed: set[str] = set()
     if resume:
         state = _load_state(out, models, options.mode)
+        changed = state.changed(signatures)
+        state.forget(changed)
     else:
         shutil.rmtree(parts_dir(out), ignore_errors=True)
         state = _State()
     done = state.done()
     todo = [p for p in paths if p not in done]
-    summary = RunSummary(output=str(out), device=models.device, streams=max(1, streams), total_images=len(paths), already_done=len(paths) - len(todo))
-    if summary.already_done:
-        log.info("resuming: %d of %d images already embedded", summary.already_done, len(paths))
+    summary = RunSummary(output=str(out), device=models.device, streams=max(1, streams), total_images=len(paths),
+                         already_done=len(paths) - len(todo), changed=len(changed))
+    if summary.already_done or changed:
+        log.info("resuming: %d of %d images already embedded; %d changed since they were read, embedding them again",
+                 summary.already_done, len(paths), len(changed))
     meta = embfile.make_meta(pack_name=models.pack.name, model_files=models.pack.file_names(), dim=models.dim,
                              device=models.device, inputs=[os.path.abspath(i) for i in inputs], mode=options.mode,
                              complete=False, sessions=[r.describe() for r in models.reports],
                              reuse_similar_frames=options.reuse_similar_frames,
                              **_unrecognisable_meta(models))
-    recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds)
+    recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds, signatures)
     status = _StatusWriter(status_file)
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True, smoothing=0.1)
 

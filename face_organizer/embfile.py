@@ -4,8 +4,10 @@ Keys: ``paths`` (list of absolute path strings), ``embeddings`` (float32 [N, D],
 L2-normalised), ``detected`` (bool [N]), ``det_score`` (float32 [N]), ``bbox``
 (float32 [N, 4]), ``face_index`` (int32 [N]), ``failed`` (list of (path, reason)),
 ``no_face`` (list of paths, photos mode), ``reused`` (list of (path, source path): frames
-that took the embedding of the near-identical frame they repeat, when asked for) and
-``meta`` (dict).
+that took the embedding of the near-identical frame they repeat, when asked for),
+``file_signatures`` (dict of ``paths``, ``size`` int64 [M] and ``mtime_ns`` int64 [M]:
+each embedded or face-less file as it was when read, so a resumed run embeds changed
+files again) and ``meta`` (dict).
 
 Our own stages read it with ``load``, whose unpickler resolves only numpy's array
 constructors: a pickle that would import anything else is refused unexecuted.
@@ -25,6 +27,7 @@ import numpy as np
 from .errors import EmbeddingsFileError, UnsafePickleError
 from .faces import FaceRows
 from .fsutil import atomic_write_bytes
+from .images import Signature
 
 FORMAT_VERSION = 1
 PICKLE_PROTOCOL = 4
@@ -59,6 +62,7 @@ class EmbeddingsFile:
     no_face: list[str]
     meta: dict[str, Any]
     reused: list[tuple[str, str]] = field(default_factory=list)
+    signatures: dict[str, Signature] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
@@ -93,6 +97,9 @@ def to_dict(ef: EmbeddingsFile) -> dict[str, Any]:
         "failed": [(str(p), str(reason)) for p, reason in ef.failed],
         "no_face": list(ef.no_face),
         "reused": [(str(p), str(source)) for p, source in ef.reused],
+        "file_signatures": {"paths": list(ef.signatures),
+                            "size": np.fromiter((s for s, _ in ef.signatures.values()), np.int64, len(ef.signatures)),
+                            "mtime_ns": np.fromiter((m for _, m in ef.signatures.values()), np.int64, len(ef.signatures))},
         "meta": dict(ef.meta),
     }
 
@@ -135,7 +142,18 @@ def from_dict(d: Any, where: str = "embeddings file") -> EmbeddingsFile:
     no_face = [str(p) for p in d.get("no_face", [])]
     reused = [(str(p), str(source)) for p, source in d.get("reused", [])]
     rows = FaceRows(list(paths), emb.astype(np.float32, copy=False), detected, det_score, bbox, face_index)
-    return EmbeddingsFile(rows, failed, no_face, meta, reused)
+    return EmbeddingsFile(rows, failed, no_face, meta, reused, _signatures(d.get("file_signatures", {}), where))
+
+
+def _signatures(value: Any, where: str) -> dict[str, Signature]:
+    """``file_signatures`` as path -> (size, mtime_ns); absent in files older than the key."""
+    if not value:
+        return {}
+    paths, size, mtime = (value.get(k) if isinstance(value, dict) else None for k in ("paths", "size", "mtime_ns"))
+    if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
+            and all(isinstance(a, np.ndarray) and a.shape == (len(paths),) for a in (size, mtime))):
+        raise EmbeddingsFileError(f"{where}: 'file_signatures' must hold 'paths' and one 'size' and 'mtime_ns' per path")
+    return dict(zip(paths, zip(size.astype(np.int64).tolist(), mtime.astype(np.int64).tolist())))
 
 
 def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
@@ -191,4 +209,5 @@ def merge(files: list[EmbeddingsFile], names: list[str]) -> EmbeddingsFile:
     failed = list({p: (p, r) for f in files for p, r in f.failed if p not in embedded}.values())
     no_face = sorted({p for f in files for p in f.no_face})
     reused = sorted({p: (p, source) for f in files for p, source in f.reused}.values())
-    return EmbeddingsFile(rows, failed, no_face, meta, reused)
+    signatures = {p: sig for f in reversed(files) for p, sig in f.signatures.items()}  # the first file's win, as its rows do
+    return EmbeddingsFile(rows, failed, no_face, meta, reused, signatures)

@@ -59,6 +59,18 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
     return sorted(found)
 
 
+Signature = tuple[int, int]  # (size in bytes, modification time in ns)
+
+
+def file_signature(path: str) -> Signature | None:
+    """What changes when a file is rewritten; None for a file that cannot be stat'ed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 class DecodeError(Exception):
     """A file could not be turned into an image; ``str(err)`` is the reason."""
 

@@ -217,6 +217,56 @@ def test_new_images_are_the_only_ones_embedded(tmp_path, video_crops, models) ->
         np.testing.assert_array_equal(after.rows.embeddings[index[p]], before.rows.embeddings[i])
 
 
+def test_a_file_rewritten_since_it_was_embedded_is_embedded_again(tmp_path, video_crops, models) -> None:
+    # Frames extracted again into the same folder: same names, other faces.
+    blair, koizumi = video_crops["Tony_Blair"], video_crops["Junichiro_Koizumi"]
+    folder = tmp_path / "2017"
+    folder.mkdir()
+    frames = []
+    for i, source in enumerate(blair[:6]):
+        frames.append(folder / f"frame_{i:04d}.png")
+        frames[-1].write_bytes(source.read_bytes())
+    out = tmp_path / "emb.pkl"
+    run_embeddings([str(p) for p in frames], out, models, batch_size=4, progress=False)
+    before = embfile.load(out)
+    assert set(before.signatures) == {str(p) for p in frames}
+
+    frames[2].write_bytes(koizumi[0].read_bytes())  # overwritten with another person's face
+    os.utime(frames[2], ns=(time.time_ns(), time.time_ns() + 10**9))  # ... at a later time
+    again = run_embeddings([str(p) for p in frames], out, models, batch_size=4, progress=False)
+    assert again.changed == 1 and again.embedded == 1 and again.already_done == 5
+    assert "changed since embedded, so embedded again: 1" in "\n".join(again.lines())
+    after = embfile.load(out)
+    assert after.rows.paths == before.rows.paths  # one row per image still
+    fresh = embed_batch([(str(frames[2]), read_image(frames[2]))], models, EmbedOptions()).rows.embeddings[0]
+    np.testing.assert_allclose(after.rows.embeddings[2], fresh, atol=1e-5)
+    assert float(after.rows.embeddings[2] @ before.rows.embeddings[2]) < 0.5  # another person now
+    np.testing.assert_array_equal(np.delete(after.rows.embeddings, 2, 0), np.delete(before.rows.embeddings, 2, 0))
+    assert after.signatures[str(frames[2])] == images.file_signature(str(frames[2]))
+    assert run_embeddings([str(p) for p in frames], out, models, progress=False).embedded == 0
+
+    # Two more rewritten; the run is interrupted after the first was checkpointed.
+    for frame, source in ((frames[3], koizumi[1]), (frames[4], koizumi[2])):
+        frame.write_bytes(source.read_bytes())
+        os.utime(frame, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+
+    def interrupted(paths):
+        if str(frames[4]) in paths:
+            raise KeyboardInterrupt
+        return images.load_many(paths)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_embeddings([str(p) for p in frames], out, models, batch_size=1, streams=1, checkpoint_seconds=0,
+                       progress=False, loader=interrupted)
+    assert len(list(parts_dir(out).glob("part-*.pkl"))) == 1
+    resumed = run_embeddings([str(p) for p in frames], out, models, progress=False)
+    assert resumed.changed == 1 and resumed.embedded == 1  # frame 3 came from the checkpoint
+    final = embfile.load(out)
+    assert final.rows.paths == before.rows.paths
+    for i in (3, 4):
+        assert float(final.rows.embeddings[i] @ before.rows.embeddings[i]) < 0.5
+
+
 def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops, testpack_dir, capsys) -> None:
     crops = [p for c in video_crops.values() for p in c]
     folder = tmp_path / "in"
