@@ -7,7 +7,7 @@ among half a million is reported, not fatal.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,13 +107,51 @@ def to_bgr8(image: np.ndarray) -> BGRImage:
     raise DecodeError(f"unsupported channel count {channels}")
 
 
+def _may_be_turned(data: bytes) -> bool:
+    """A PNG or WebP with EXIF data, which may say that the stored pixels are rotated or mirrored."""
+    if data.startswith(b"\x89PNG"):
+        return b"eXIf" in data
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP" and b"EXIF" in data
+
+
+def _turns(a: np.ndarray) -> Iterator[np.ndarray]:
+    """The eight rotations and mirror images of ``a`` (views, no copies), the identity first."""
+    for mirrored in (a, np.fliplr(a)):
+        for quarter_turns in range(4):
+            yield np.rot90(mirrored, quarter_turns)
+
+
+def _turned_like(image: np.ndarray, upright: np.ndarray) -> np.ndarray:
+    """``image`` turned by the rotation or mirroring that makes its colour channels equal ``upright``."""
+    colour = image[:, :, :3] if image.ndim == 3 and image.shape[2] == 4 else image
+    for turned_colour, turned in zip(_turns(colour), _turns(image)):
+        if turned_colour.shape == upright.shape and np.array_equal(turned_colour, upright):
+            return np.ascontiguousarray(turned)
+    return image
+
+
+def _decode_upright(data: bytes) -> np.ndarray | None:
+    """Decode as stored (16-bit, grey and alpha kept), turned upright as the file's EXIF orientation
+    says: phone and camera photos are often stored sideways with an orientation tag, and a face
+    lying on its side is not found. OpenCV applies the tag itself except for ``IMREAD_UNCHANGED``."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if data.startswith(b"\xff\xd8"):  # JPEG: 8-bit without alpha, so the colour decode loses nothing
+        return cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if image is not None and _may_be_turned(data):
+        upright = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # oriented, alpha dropped
+        if upright is not None:
+            image = _turned_like(image, upright)
+    return image
+
+
 def decode_bytes(data: bytes) -> BGRImage:
     """Decode encoded image bytes to BGR uint8, raising ``DecodeError`` with a reason."""
     if not data:
         raise DecodeError("empty file")
     if _jpeg_truncated(data):
         raise DecodeError("truncated JPEG")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    image = _decode_upright(data)
     if image is None:
         raise DecodeError("not a decodable image (corrupt, truncated or not an image)")
     if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:

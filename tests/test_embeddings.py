@@ -74,6 +74,22 @@ def test_photos_mode_finds_six_faces_of_t1(models) -> None:
     assert np.all(result.rows.det_score > 0.5)
 
 
+def test_a_phone_photo_stored_sideways_finds_the_same_faces(tmp_path, models) -> None:
+    from PIL import Image
+
+    path = insightface_sample("t1.jpg")
+    upright = embed_batch([(str(path), read_image(path))], models, EmbedOptions(mode="photos")).rows
+    sideways = tmp_path / "IMG_0001.jpg"  # as a phone stores a portrait shot: pixels turned, EXIF says how
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(path).transpose(Image.Transpose.ROTATE_90).save(sideways, quality=95, exif=exif.tobytes())
+    summary = run_embeddings([str(sideways)], tmp_path / "emb.pkl", models, EmbedOptions(mode="photos"), progress=False)
+    rows = embfile.load(tmp_path / "emb.pkl").rows
+    assert summary.faces == len(rows) == 6
+    np.testing.assert_allclose(rows.bbox, upright.bbox, atol=4)  # boxes in the upright picture's pixels
+    assert np.all(np.sum(rows.embeddings * upright.embeddings, axis=1) > 0.9)
+
+
 def test_batched_detection_finds_what_one_image_at_a_time_finds(lfw, lfw_labels, video_crops, models) -> None:
     """The testpack detector (batch fixed at 1 in the file) runs whole batches after the
     rewrite, and every box, landmark and score matches the one-image-per-call result."""

@@ -82,3 +82,42 @@ def test_tiny_image_rejected() -> None:
     ok, data = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(DecodeError, match="too small"):
         decode_bytes(data.tobytes())
+
+
+# EXIF orientation -> how the stored pixels relate to the upright picture (np.rot90 turns anticlockwise).
+STORED = {3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, 1), 8: lambda a: np.rot90(a, -1),
+          2: np.fliplr, 5: lambda a: np.rot90(np.fliplr(a), 1)}
+
+
+def _save_with_orientation(path: Path, stored: np.ndarray, orientation: int) -> Path:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    mode = "RGBA" if stored.shape[2] == 4 else "RGB"
+    rgb = stored[:, :, [2, 1, 0, 3][: stored.shape[2]]]
+    options = {"quality": 95} if path.suffix == ".jpg" else {"lossless": True} if path.suffix == ".webp" else {}
+    Image.fromarray(np.ascontiguousarray(rgb), mode).save(path, exif=exif.tobytes(), **options)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp"])
+@pytest.mark.parametrize("orientation", sorted(STORED))
+def test_photos_stored_sideways_are_read_upright(tmp_path: Path, suffix: str, orientation: int) -> None:
+    from face_organizer.samples import insightface_sample
+
+    upright = read_image(insightface_sample("t1.jpg"))[:200, :300]
+    path = _save_with_orientation(tmp_path / f"photo{suffix}", STORED[orientation](upright), orientation)
+    got = read_image(path)
+    assert got.shape == upright.shape
+    if suffix == ".jpg":  # lossy
+        assert np.abs(got.astype(int) - upright).mean() < 3
+    else:
+        np.testing.assert_array_equal(got, upright)
+
+
+def test_a_sideways_png_with_alpha_is_turned_upright_alpha_and_all(tmp_path: Path) -> None:
+    upright = np.dstack([_face_like(40, 50), np.tile(np.linspace(0, 255, 50).astype(np.uint8), (40, 1))])
+    path = _save_with_orientation(tmp_path / "alpha.png", STORED[6](upright), 6)
+    composited = ((upright[:, :, :3].astype(np.uint16) * upright[:, :, 3:] + 127) // 255).astype(np.uint8)
+    np.testing.assert_array_equal(read_image(path), composited)
