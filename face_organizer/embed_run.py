@@ -285,8 +285,9 @@ class _Recorder:
         reused = {p: source for p, source in self.state.reused.items() if p not in attempted}
         reused.update(self.new_reused)
         reused = {p: source for p, source in reused.items() if p in embedded}
-        signatures = {**self.state.signatures, **self.new_signatures}
-        signatures = {p: signatures[p] for p in sorted(embedded | set(no_face)) if p in signatures}
+        # Rows from a file older than signatures were trusted; from now on they are watched too.
+        known = {**self.signatures, **self.state.signatures, **self.new_signatures}
+        signatures = {p: sig for p in sorted(embedded | set(no_face)) if (sig := known.get(p)) is not None}
         old_inputs = (self.state.meta or {}).get("inputs", [])
         meta = dict(self.meta, complete=True, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
         embfile.save(self.output, EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()),

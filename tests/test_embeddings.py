@@ -18,7 +18,7 @@ from face_organizer.cli import common
 from face_organizer.cli.embed import main as embed_main
 from face_organizer import images
 from face_organizer.embed_run import parts_dir, plan_streams, run_embeddings
-from face_organizer.errors import UnsafePickleError
+from face_organizer.errors import EmbeddingsFileError, UnsafePickleError
 from face_organizer.evaluation import roc_auc
 from face_organizer.faces import EmbedOptions, embed_batch
 from face_organizer.images import discover_images, read_image
@@ -281,6 +281,24 @@ def test_a_file_rewritten_since_it_was_embedded_is_embedded_again(tmp_path, vide
     assert final.rows.paths == before.rows.paths
     for i in (3, 4):
         assert float(final.rows.embeddings[i] @ before.rows.embeddings[i]) < 0.5
+
+
+def test_files_without_signatures_are_trusted_and_bad_signatures_refused(tmp_path, video_crops, models) -> None:
+    crops = [str(p) for p in video_crops["Jean_Chretien"][:4]]
+    out = tmp_path / "emb.pkl"
+    run_embeddings(crops, out, models, progress=False)
+    d = pickle.loads(out.read_bytes())
+    assert d["file_signatures"]["paths"] == crops and d["file_signatures"]["size"].dtype == np.int64
+    old = dict(d)
+    del old["file_signatures"]  # as written before the key existed
+    out.write_bytes(pickle.dumps(old))
+    assert embfile.load(out).signatures == {}
+    assert run_embeddings(crops, out, models, progress=False).embedded == 0
+    assert set(embfile.load(out).signatures) == set(crops)  # filled in for the images it read
+    bad = dict(d, file_signatures={"paths": crops, "size": np.zeros(2, np.int64), "mtime_ns": np.zeros(4, np.int64)})
+    out.write_bytes(pickle.dumps(bad))
+    with pytest.raises(EmbeddingsFileError, match="'file_signatures' must hold"):
+        embfile.load(out)
 
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops, testpack_dir, capsys) -> None:
