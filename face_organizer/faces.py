@@ -17,7 +17,7 @@ import onnx
 from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
-from .detection import SCRFD, batchable_detector, pick_central
+from .detection import SCRFD, Detections, batchable_detector, pick_central
 from .frames import repeated_frames
 from .modelpack import ModelPack
 from .providers import Device, SessionReport, open_session
@@ -39,6 +39,10 @@ class EmbedOptions:
     crop_threshold: float = 0.35
     photo_det_size: int = 640
     photo_threshold: float = 0.5
+    # Photos mode: a photo without a face at photo_det_size is tried once more, padded like a crop,
+    # at this size (0: never): portraits cropped to the face (avatars, ID photos) defeat the detector
+    # as video crops do.
+    photo_retry_size: int = 320
     # Crops mode: > 0 gives a near-identical consecutive frame the embedding of the frame it
     # repeats (see ``frames``); the value is the signature distance that counts as repeating.
     reuse_similar_frames: float = 0.0
@@ -183,6 +187,20 @@ def find_crop_face(image: NDArray[np.uint8], detector: SCRFD, options: EmbedOpti
     return find_crop_faces([image], detector, options)[0]
 
 
+def find_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, options: EmbedOptions) -> list[Detections]:
+    """Every face above the threshold in each photo, in its pixels; photos without one are
+    tried again padded, at ``options.photo_retry_size``, in one batched pass."""
+    size = (options.photo_det_size, options.photo_det_size)
+    found = detector.detect_many(images, size, options.photo_threshold)
+    missed = [i for i, dets in enumerate(found) if not len(dets)]
+    if missed and options.photo_retry_size:
+        retry = (options.photo_retry_size, options.photo_retry_size)
+        again = detector.detect_many([images[i] for i in missed], retry, options.photo_threshold, pad_ratio=options.pad_ratio)
+        for i, dets in zip(missed, again):
+            found[i] = dets
+    return found
+
+
 def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceModels, options: EmbedOptions) -> BatchResult:
     """Embed decoded BGR images: one row per crop (crops mode) or per face (photos mode)."""
     if options.mode == "crops" and options.reuse_similar_frames > 0:
@@ -205,8 +223,7 @@ def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceMod
     if options.mode == "crops":
         crop_faces = find_crop_faces([image for _, image in images], models.detector, options)
     else:
-        photo_size = (options.photo_det_size, options.photo_det_size)
-        photo_faces = models.detector.detect_many([image for _, image in images], photo_size, options.photo_threshold)
+        photo_faces = find_photo_faces([image for _, image in images], models.detector, options)
     for n, (path, image) in enumerate(images):
         if options.mode == "crops":
             found = crop_faces[n]

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -72,6 +73,22 @@ def test_photos_mode_finds_six_faces_of_t1(models) -> None:
     assert result.rows.face_index.tolist() == list(range(6))
     assert np.all(np.diff(result.rows.bbox[:, 0]) >= 0)
     assert np.all(result.rows.det_score > 0.5)
+
+
+def test_photos_cropped_to_the_face_are_found_and_non_faces_are_not(utkface, models) -> None:
+    import skimage.data
+
+    portraits = sorted(str(p) for p in utkface.rglob("*.jpg"))[:40]  # 200x200, the face filling the frame
+    result = embed_batch([(p, read_image(p)) for p in portraits], models, EmbedOptions(mode="photos"))
+    assert result.no_face == [] and result.rows.paths == portraits
+    unpadded = embed_batch([(p, read_image(p)) for p in portraits], models, EmbedOptions(mode="photos", photo_retry_size=0))
+    assert len(unpadded.no_face) == len(portraits)  # what the retry is for
+    as_crops = embed_batch([(p, read_image(p)) for p in portraits], models, EmbedOptions(mode="crops"))
+    assert np.median(np.sum(result.rows.embeddings * as_crops.rows.embeddings, axis=1)) > 0.95
+    scenes = {name: getattr(skimage.data, name)() for name in ("coffee", "rocket", "chelsea", "horse", "coins", "brick")}
+    scenes = [(name, cv2.cvtColor(np.uint8(img) * (255 if img.dtype == bool else 1),
+                                  cv2.COLOR_GRAY2BGR if img.ndim == 2 else cv2.COLOR_RGB2BGR)) for name, img in scenes.items()]
+    assert embed_batch(scenes, models, EmbedOptions(mode="photos")).no_face == [name for name, _ in scenes]
 
 
 def test_a_phone_photo_stored_sideways_finds_the_same_faces(tmp_path, models) -> None:
