@@ -6,6 +6,7 @@ when the number is unknown. Nothing builds an N x N matrix.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 
 import faiss
@@ -14,6 +15,7 @@ from numpy.typing import NDArray
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.special import ndtr, ndtri
 from scipy.sparse.csgraph import connected_components
+from tqdm import tqdm
 
 from .thresholds import (CENTRE_Z, OTHER_CENTRE_Z, ImpostorModel, impostor_from_cross_cluster_pairs,
                          impostor_from_other_centres, impostor_model)
@@ -28,6 +30,7 @@ GRAPH_Z = 5.0
 GRAPH_Z_FACES = 10_000
 EXACT_KNN_LIMIT = 60_000
 SEARCH_BLOCK = 16_384
+TRAIN_PER_LIST = 20  # faces per IVF list to train the coarse quantiser on, beyond EXACT_KNN_LIMIT
 # With a fixed k, groups beyond k are looked for in a random sample of this many faces (an exact
 # k-NN graph: about a second for 512-d), counted when they hold MIN_GROUP faces of the sample,
 # and at most MAX_EXTRA_GROUPS of them get a centre of their own.
@@ -254,16 +257,22 @@ def knn_graph(x: NDArray[np.float32], k: int, *, seed: int = 1234, use_gpu: bool
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        index.train(x[np.sort(rng.choice(n, min(n, nlist * 20), replace=False))])
+        index.cp.min_points_per_centroid = TRAIN_PER_LIST  # FAISS warns below its default of 39
+        index.train(x[np.sort(rng.choice(n, min(n, nlist * TRAIN_PER_LIST), replace=False))])
         index.nprobe = 16
     if use_gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(x)
     sims = np.empty((n, k), np.float32)
     neighbours = np.empty((n, k), np.int64)
+    # Minutes at 500,000 faces on two cores: a progress bar, unless logging was quietened (-q).
+    bar = tqdm(total=n, unit="face", desc="nearest neighbours", file=sys.stderr, dynamic_ncols=True,
+               disable=n <= SEARCH_BLOCK or not log.isEnabledFor(logging.INFO))
     for start in range(0, n, SEARCH_BLOCK):  # blockwise: FAISS temporaries scale with the block
         stop = min(n, start + SEARCH_BLOCK)
         sims[start:stop], neighbours[start:stop] = index.search(x[start:stop], k)
+        bar.update(stop - start)
+    bar.close()
     return sims, neighbours
 
 
