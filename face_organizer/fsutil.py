@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import IO
 
 from .errors import SetupError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -58,8 +61,9 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
 @contextlib.contextmanager
 def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     """Hold ``.<name>.lock`` beside ``path`` for as long as the block runs; raise ``SetupError``
-    (ending with ``hint``) at once if another process holds it. The kernel drops the lock when its holder dies (even by
-    ``kill -9``), so a crashed run never leaves a stale lock, and the file is removed on exit."""
+    (ending with ``hint``) at once if another process holds it. The kernel drops the lock when its
+    holder dies (even by ``kill -9``), so a file left by a crashed run does not block the next one;
+    the file is removed on exit. Where the filesystem cannot lock, the block runs unguarded, with a warning."""
     target = Path(path)
     lock = target.parent / f".{target.name}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +75,14 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
             raise SetupError(f"another process{f' (pid {owner})' if owner else ''} is writing {target}; {hint}") from None
+        except OSError as err:  # a network share without locks: run, but say what is not guarded
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            log.warning("cannot lock %s (%s): a second process writing %s at the same time would not be stopped",
+                        lock, err.strerror or err, target)
+            yield
+            return
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(lock))
         except FileNotFoundError:

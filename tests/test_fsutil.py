@@ -1,0 +1,37 @@
+"""One writer per output, and what happens where the filesystem cannot lock."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+import pytest
+
+from face_organizer import fsutil
+from face_organizer.errors import SetupError
+
+
+def test_second_holder_is_refused_and_the_lock_file_goes_away(tmp_path) -> None:
+    output = tmp_path / "embeddings_gpu0.pkl"
+    with fsutil.exclusive(output, "choose another --output"):
+        lock = tmp_path / ".embeddings_gpu0.pkl.lock"
+        assert lock.read_text() == str(os.getpid())
+        with pytest.raises(SetupError, match=rf"another process \(pid {os.getpid()}\) is writing .*; choose another --output"):
+            with fsutil.exclusive(output, "choose another --output"):
+                pass
+    assert not lock.exists()
+    with fsutil.exclusive(output, "again"):  # free once released
+        pass
+
+
+def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fsutil.fcntl, "flock", no_locks)
+    ran = []
+    with caplog.at_level(logging.WARNING), fsutil.exclusive(tmp_path / "out", "hint"):
+        ran.append(True)
+    assert ran and "cannot lock" in caplog.text and "would not be stopped" in caplog.text
+    assert not (tmp_path / ".out.lock").exists()
