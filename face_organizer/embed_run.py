@@ -226,9 +226,9 @@ class _Recorder:
     """Collects results, writes checkpoint parts and the final file."""
 
     def __init__(self, output: Path, state: _State, meta: dict[str, Any], dim: int, checkpoint_seconds: float,
-                 signatures: dict[str, images.Signature | None]):
+                 held_now: dict[str, images.Signature | None]):
         self.output, self.state, self.meta, self.dim = output, state, meta, dim
-        self.signatures = signatures  # taken before the files were read
+        self.held_now = held_now  # signatures of the files already embedded, as they are now
         self.new_signatures: dict[str, images.Signature] = {}
         self.pending_signatures: dict[str, images.Signature] = {}
         self.checkpoint_seconds = checkpoint_seconds
@@ -242,7 +242,9 @@ class _Recorder:
         self.pending_reused: list[tuple[str, str]] = []
         self.last_checkpoint = time.monotonic()
 
-    def rows(self, rows: FaceRows, no_face: list[str], reused: list[tuple[str, str]]) -> None:
+    def rows(self, rows: FaceRows, no_face: list[str], reused: list[tuple[str, str]],
+             signatures: dict[str, images.Signature]) -> None:
+        """Record a batch's results; ``signatures`` are its files' as they were read."""
         self.new_rows.append(rows)
         self.pending.append(rows)
         self.new_no_face.extend(no_face)
@@ -250,9 +252,8 @@ class _Recorder:
         self.new_reused.update(reused)
         self.pending_reused.extend(reused)
         for path in {*rows.paths, *no_face}:
-            signature = self.signatures.get(path)
-            if signature is not None:
-                self.new_signatures[path] = self.pending_signatures[path] = signature
+            if path in signatures:
+                self.new_signatures[path] = self.pending_signatures[path] = signatures[path]
 
     def fail(self, path: str, reason: str) -> None:
         self.new_failed[path] = reason
@@ -286,7 +287,7 @@ class _Recorder:
         reused.update(self.new_reused)
         reused = {p: source for p, source in reused.items() if p in embedded}
         # Rows from a file older than signatures were trusted; from now on they are watched too.
-        known = {**self.signatures, **self.state.signatures, **self.new_signatures}
+        known = {**self.held_now, **self.state.signatures, **self.new_signatures}
         signatures = {p: sig for p in sorted(embedded | set(no_face)) if (sig := known.get(p)) is not None}
         old_inputs = (self.state.meta or {}).get("inputs", [])
         meta = dict(self.meta, complete=True, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
@@ -330,12 +331,13 @@ class _JobResult:
 
     results: list[tuple[int, BatchResult]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    signatures: dict[str, images.Signature] = field(default_factory=dict)  # the files as they were read
 
 
 def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceModels, options: EmbedOptions) -> _JobResult:
     """Decode (when given paths) and embed one batch; one bad image costs only itself."""
     loaded = loader(job) if job and isinstance(job[0], str) else job
-    out = _JobResult()
+    out = _JobResult(signatures={item.path: item.signature for item in loaded if item.signature is not None})
     batch = []
     for item in loaded:
         if item.image is None:
@@ -401,11 +403,14 @@ def run_embeddings(
     """
     started = time.monotonic()
     out = Path(output).absolute()
-    signatures = {p: images.file_signature(p) for p in paths}  # before any file is read
+    held_now: dict[str, images.Signature | None] = {}
     changed: set[str] = set()
     if resume:
         state = _load_state(out, models, options.mode)
-        changed = state.changed(signatures)
+        # Files embedded before are stat'ed to find those rewritten since; new files are
+        # signed as they are read.
+        held_now = {p: images.file_signature(p) for p in paths if p in state.held}
+        changed = state.changed(held_now)
         state.forget(changed)
     else:
         shutil.rmtree(parts_dir(out), ignore_errors=True)
@@ -422,7 +427,7 @@ def run_embeddings(
                              complete=False, sessions=[r.describe() for r in models.reports],
                              reuse_similar_frames=options.reuse_similar_frames,
                              **_unrecognisable_meta(models))
-    recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds, signatures)
+    recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds, held_now)
     status = _StatusWriter(status_file)
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True, smoothing=0.1)
 
@@ -432,7 +437,7 @@ def run_embeddings(
             summary.skipped[reason] += 1
             log.debug("skipped %s: %s", path, reason)
         for count, result in job.results:
-            recorder.rows(result.rows, result.no_face, result.reused)
+            recorder.rows(result.rows, result.no_face, result.reused, job.signatures)
             summary.reused += len(result.reused)
             summary.embedded += count - len(result.no_face)
             summary.faces += len(result.rows)
