@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -91,12 +92,15 @@ def find_images(inputs: Sequence[str]) -> list[str]:
     """Images under the input folders, or a ``SetupError`` naming what is wrong."""
     from ..images import discover_images
 
+    started = time.monotonic()
     try:
         paths = discover_images(inputs)
     except FileNotFoundError as err:
         raise SetupError(str(err)) from None
     if not paths:
         raise SetupError(f"no images (jpg, jpeg, png, webp, bmp, tif) found under {', '.join(inputs)}")
+    logging.getLogger(__name__).info("%d images found under %s (%.1f s)", len(paths), ", ".join(inputs),
+                                     time.monotonic() - started)
     return paths
 
 
