@@ -210,6 +210,7 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     """
     destinations = [inside(output, d) for d in plan_destinations(paths, groups, roots)]
     operations = sorted(set(zip(paths, destinations)))
+    check_sources(operations, output, mode)
     check_space(operations, output, mode, dry_run)
     resumed = prepare_output(output, plan_digest(operations, mode), dry_run)
     if resumed:
@@ -225,6 +226,10 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
 BLOCK = 4096  # files take whole filesystem blocks
 
 
+def _device(path: str) -> int:
+    return os.stat(path).st_dev
+
+
 def _existing_ancestor(path: str) -> str:
     while not os.path.exists(path):
         path = os.path.dirname(path)
@@ -236,7 +241,7 @@ def bytes_needed(operations: Sequence[tuple[str, str]], output: str, mode: LinkM
     moves from another filesystem (a rename takes no space); links take none."""
     if mode in ("hardlink", "symlink"):
         return 0
-    device = os.stat(_existing_ancestor(output)).st_dev
+    device = _device(_existing_ancestor(output))
     total = 0
     for source, dest, how in _ordered(operations, mode):
         if os.path.lexists(dest):
@@ -248,6 +253,25 @@ def bytes_needed(operations: Sequence[tuple[str, str]], output: str, mode: LinkM
         if how == "copy" or stat.st_dev != device:
             total += -(-stat.st_size // BLOCK) * BLOCK
     return total
+
+
+def check_sources(operations: Sequence[tuple[str, str]], output: str, mode: LinkMode) -> None:
+    """Refuse, before the first file, what would fail half-way: hard links from another
+    filesystem, and moves out of folders that cannot be written (a read-only mount)."""
+    if mode not in ("hardlink", "move"):
+        return
+    device = _device(_existing_ancestor(output))
+    for folder in sorted({os.path.dirname(source) for source, dest in operations if not os.path.lexists(dest)}):
+        try:
+            other_device = _device(folder) != device
+        except OSError:
+            continue  # its files are reported as missing when placed
+        if mode == "hardlink" and other_device:
+            raise SetupError(f"--link-mode hardlink: {folder} is on another filesystem than {output}, and hard links "
+                             "cannot cross filesystems; use --link-mode copy or symlink")
+        if mode == "move" and not os.access(folder, os.W_OK):
+            raise SetupError(f"--link-mode move: files cannot be removed from {folder} (read-only or not yours); "
+                             "use --link-mode copy, hardlink or symlink")
 
 
 def check_space(operations: Sequence[tuple[str, str]], output: str, mode: LinkMode, dry_run: bool) -> None:

@@ -290,6 +290,25 @@ def test_copy_that_cannot_fit_is_refused_before_anything_is_written(two_person, 
     assert run_cli(base + ["--link-mode", "symlink"]) == 0
 
 
+def test_links_and_moves_that_would_fail_half_way_are_refused_before_the_first_file(two_person, tmp_path, monkeypatch,
+                                                                                      capsys) -> None:
+    emb, _, input_root = two_person
+    out = tmp_path / "out"
+    base = ["--embeddings", str(emb), "--output", str(out), "-q", "--no-previews"]
+    one_folder = str(next(Path(input_root).rglob("*.png")).parent)
+    real_device = organize._device
+    monkeypatch.setattr(organize, "_device", lambda p: real_device(p) + (1 if p == one_folder else 0))
+    assert run_cli(base + ["--link-mode", "hardlink"]) == 2
+    assert f"{one_folder} is on another filesystem" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr(organize, "_device", real_device)
+    real_access = os.access
+    monkeypatch.setattr(organize.os, "access", lambda p, m: False if p == one_folder else real_access(p, m))
+    sources = {p: Path(p).read_bytes() for p in map(str, Path(input_root).rglob("*.png"))}
+    assert run_cli(base + ["--link-mode", "move"]) == 2
+    assert f"files cannot be removed from {one_folder}" in capsys.readouterr().err and not out.exists()
+    assert all(Path(p).read_bytes() == data for p, data in sources.items())  # nothing moved
+
+
 def test_disk_full_half_way_is_one_line_and_the_rerun_finishes(two_person, tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "out"
     base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
