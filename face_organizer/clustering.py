@@ -6,7 +6,6 @@ when the number is unknown. Nothing builds an N x N matrix.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
 import faiss
@@ -15,8 +14,8 @@ from numpy.typing import NDArray
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.special import ndtr, ndtri
 from scipy.sparse.csgraph import connected_components
-from tqdm import tqdm
 
+from . import progress
 from .thresholds import (CENTRE_Z, OTHER_CENTRE_Z, ImpostorModel, impostor_from_cross_cluster_pairs,
                          impostor_from_other_centres, impostor_model)
 
@@ -266,8 +265,8 @@ def knn_graph(x: NDArray[np.float32], k: int, *, seed: int = 1234, use_gpu: bool
     sims = np.empty((n, k), np.float32)
     neighbours = np.empty((n, k), np.int64)
     # Minutes at 500,000 faces on two cores: a progress bar, unless logging was quietened (-q).
-    bar = tqdm(total=n, unit="face", desc="nearest neighbours", file=sys.stderr, dynamic_ncols=True,
-               disable=n <= SEARCH_BLOCK or not log.isEnabledFor(logging.INFO))
+    bar = progress.bar(total=n, unit="face", desc="nearest neighbours",
+                       enabled=n > SEARCH_BLOCK and log.isEnabledFor(logging.INFO))
     for start in range(0, n, SEARCH_BLOCK):  # blockwise: FAISS temporaries scale with the block
         stop = min(n, start + SEARCH_BLOCK)
         sims[start:stop], neighbours[start:stop] = index.search(x[start:stop], k)

@@ -14,7 +14,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -25,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from . import embfile, images, quality
 from .embfile import EmbeddingsFile
 from .errors import EmbeddingsFileError, SetupError
 from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, embed_batch
 from .fsutil import atomic_write_text
+from .progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +428,7 @@ def run_embeddings(
                              **_unrecognisable_meta(models))
     recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds, held_now)
     status = _StatusWriter(status_file)
-    bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=len(todo), unit="img", enabled=progress, smoothing=0.1)
 
     def record(job: _JobResult) -> None:
         for path, reason in job.skipped:

@@ -6,18 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tqdm import tqdm
 
 from .embed_run import iter_loaded
 from .fsutil import atomic_write_text
 from .gender import GenderPrediction
 from .organize import LinkMode, place_all
+from .progress import bar as progress_bar
 
 
 class Predictor(Protocol):
@@ -53,7 +52,7 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     summary = GenderSummary(output, gender)
     predictions: list[GenderPrediction] = []
     batch: list[tuple[str, object]] = []
-    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(paths), unit="img", enabled=progress)
 
     def flush() -> None:
         predictions.extend(predictor.predict(batch))

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
 
 from .errors import SetupError
+from .progress import bar as progress_bar
 
 
 def _key(path: str) -> bytes:
@@ -116,7 +116,7 @@ def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: 
         with open(w.log, "w", encoding="utf-8") as log:
             w.process = subprocess.Popen([*w.command, "--quiet", "--status-file", str(w.status_file)],
                                          stdout=log, stderr=subprocess.STDOUT, env=env)
-    bar = tqdm(total=total, unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total, unit="img", enabled=progress)
     try:
         while any(w.process.poll() is None for w in workers if w.process):
             bar.n = sum(_done(w) for w in workers)

@@ -15,15 +15,14 @@ import json
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from tqdm import tqdm
 
 from .errors import FaceOrganizerError, SetupError
 from .fsutil import atomic_write_text
+from .progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +216,8 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
         log.info("continuing an earlier run into %s", output)
     status: dict[str, str] = {}
     if not dry_run:
-        for source, dest, how in tqdm(_ordered(operations, mode), total=len(operations), unit="file",
-                                      file=sys.stderr, disable=not progress, desc=mode):
+        for source, dest, how in progress_bar(_ordered(operations, mode), total=len(operations), unit="file",
+                                              enabled=progress, desc=mode):
             status[dest] = place(source, dest, how)
     return Placement(destinations, status, resumed)
 

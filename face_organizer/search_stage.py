@@ -7,12 +7,10 @@ import csv
 import io
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from .embfile import EmbeddingsFile
 from .errors import SetupError
@@ -20,6 +18,7 @@ from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
 from .organize import LinkMode, place_all
+from .progress import bar as progress_bar
 from .search import Reference, SearchResult, embed_reference, search
 from .thresholds import calibrate_from_embeddings, load_calibration
 
@@ -87,7 +86,7 @@ def calibrate_folder(folder: str, models: FaceModels, target_fmr: float, batch_s
     if not paths:
         raise SetupError(f"no images under {root}")
     embeddings, identities = [], []
-    for start in tqdm(range(0, len(paths), batch_size), unit="batch", file=sys.stderr, disable=not progress):
+    for start in progress_bar(range(0, len(paths), batch_size), unit="batch", enabled=progress):
         loaded = [item for item in (load(p) for p in paths[start : start + batch_size]) if item.image is not None]
         result = embed_batch([(i.path, i.image) for i in loaded], models, EmbedOptions())
         embeddings.append(result.rows.embeddings)

@@ -1,0 +1,33 @@
+"""Progress bars on stderr that suit a terminal and a log file alike.
+
+In a terminal the bar redraws several times a second. Written to a file (a background
+``docker exec -d … > run.log 2>&1`` or ``nohup``), every redraw would be a line, and a
+run of hours would write megabytes of them: there it prints one line a minute.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from tqdm import tqdm
+
+LOG_INTERVAL_S = 60.0
+
+
+def _interactive() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True, **kwargs: Any) -> tqdm:
+    """``tqdm`` on stderr; ``enabled=False`` draws nothing. Keyword arguments go to tqdm."""
+    interactive = _interactive()
+    options: dict[str, Any] = {"file": sys.stderr, "dynamic_ncols": interactive, "disable": not enabled}
+    if not interactive:
+        options.update(mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S)
+    options.update(kwargs)
+    return tqdm(iterable, **options)
