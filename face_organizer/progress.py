@@ -1,8 +1,8 @@
 """Progress bars on stderr that suit a terminal and a log file alike.
 
 In a terminal the bar redraws several times a second. Written to a file (a background
-``docker exec -d … > run.log 2>&1`` or ``nohup``), every redraw would be a line, and a
-run of hours would write megabytes of them: there it prints one line a minute.
+``nohup docker exec … > run.log 2>&1 &``), every redraw would be a line, and a run of
+hours would write megabytes of them: there it prints one line a minute.
 """
 
 from __future__ import annotations
