@@ -67,6 +67,9 @@ class ClusterReport:
             out.append("dry run: nothing was written")
         else:
             out.append("files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.status.items())) + f"; {self.elapsed:.1f} s")
+            if self.status.get("missing"):
+                out.append(f"{self.status['missing']:,} images were no longer where the embeddings file says (moved or "
+                           "deleted since they were embedded): clusters.csv lists them with status 'missing'")
         return out
 
     def notes(self) -> list[str]:

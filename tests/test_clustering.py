@@ -237,6 +237,19 @@ def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tm
     assert sheet[:TILE, :TILE].std() > 20
 
 
+def test_images_gone_since_embedding_are_reported_not_fatal(two_person, tmp_path) -> None:
+    ef = _private_copy(two_person, tmp_path)
+    gone = ef.rows.paths[:3]
+    for path in gone:
+        os.unlink(path)
+    out = tmp_path / "out"
+    report = cluster_faces(ef, str(out), ClusterConfig(clusters=2, previews=False), progress=False)
+    assert report.status == {"placed": len(ef.rows) - 3, "missing": 3}
+    assert any(line.startswith("3 images were no longer where the embeddings file says") for line in report.lines())
+    rows = {r["path"]: r for r in csv.DictReader((out / "clusters.csv").open())}
+    assert all(rows[p]["status"] == "missing" and not Path(rows[p]["destination"]).exists() for p in gone)
+
+
 def test_cross_device_move_interrupted_between_copy_and_delete(two_person, tmp_path, monkeypatch) -> None:
     ef = _private_copy(two_person, tmp_path)
     out = tmp_path / "out"
