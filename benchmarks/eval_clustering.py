@@ -13,10 +13,13 @@
    people and N of other people for each blur (Gaussian sigma 3, 5 and 8 pixels on the
    256-pixel crop): where the blurred faces of each kind went, against --keep-unrecognisable.
    With --one-person, draws of Tony Blair alone with strangers and junk, --clusters 1.
+   With --years, each draw split into two "years" (alternate faces): the first sorted with
+   --clusters 2, the second with --people-from the first; reports both, so the second
+   year's folders can be compared with the first's.
 2. Many people, --clusters auto: all 2,805 LFW dev photos (610 identities, 400 of them
    with one photo); outliers count as singletons. Reports BCubed and pairwise P/R/F.
 
-  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--one-person]
+  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--one-person] [--years]
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from face_organizer.cluster_stage import ClusterConfig, run_clustering  # noqa: E402
+from face_organizer.cluster_stage import ClusterConfig, cluster_faces, run_clustering  # noqa: E402
 from face_organizer.clustering import cluster_name  # noqa: E402
 from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
 from face_organizer import embfile  # noqa: E402
@@ -64,6 +69,7 @@ def main() -> int:
     parser.add_argument("--recurring", action="store_true", help="also the draws with one and two recurring third people")
     parser.add_argument("--blurred", type=int, default=0, metavar="N", help="also the draws with N blurred crops per kind and blur")
     parser.add_argument("--one-person", action="store_true", help="also one person with strangers and junk, --clusters 1")
+    parser.add_argument("--years", action="store_true", help="also each draw as two years, the second sorted --people-from the first")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -124,6 +130,24 @@ def main() -> int:
             print(f"[one person, --clusters 1, seed {seed}] images: {counts}; cut-off {clustering.threshold:.3f} "
                   f"({clustering.threshold_source})")
             print("\n".join("  " + line for line in report.lines()))
+
+        for seed in args.seeds if args.years else []:
+            root = Path(tmp) / f"years{seed}"
+            items = two_person_collection(lfw, root / "input", models.detector, people, seed=seed)
+            run_embeddings([str(i.path) for i in items], root / "all.pkl", models, inputs=[str(root / "input")],
+                           streams=streams, progress=False)
+            ef = embfile.load(root / "all.pkl")
+            label = {str(i.path): i.label for i in items}
+            for year, first in (("first", 0), ("second", 1)):
+                part = embfile.EmbeddingsFile(ef.rows.select(np.arange(first, len(ef.rows), 2)), [], [], ef.meta)
+                config = ClusterConfig(clusters=2, link_mode="symlink", previews=False,
+                                       people_from=str(root / "first") if year == "second" else None)
+                report = cluster_faces(part, str(root / year), config, progress=False)
+                folders = folder_report([label[p] for p in part.rows.paths], report.names, people)
+                print(f"[two people split into two years, seed {seed}: {year} year, "
+                      f"{'--people-from the first' if year == 'second' else '--clusters 2'}] {len(part.rows)} faces; "
+                      f"cut-off {report.clustering.threshold:.3f}; folders {folders.folder_of}")
+                print("\n".join("  " + line for line in folders.lines()))
 
         paths = discover_images([lfw])
         run_embeddings(paths, Path(tmp) / "lfw.pkl", models, inputs=[str(lfw)], streams=streams, progress=False)

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from . import embfile, quality
-from .clustering import OUTLIER, Clustering, cluster_name, gpu_count, graph_clusters, kmeans, with_set_aside
+from . import embfile, people, quality
+from .clustering import (OUTLIER, Clustering, assign_to_people, cluster_name, gpu_count, graph_clusters, kmeans,
+                         with_set_aside)
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
 from .organize import LinkMode, place_all
@@ -40,6 +41,7 @@ class ClusterConfig:
     use_gpu: bool | None = None  # None: FAISS GPU when one is usable
     extra_groups: bool = True  # fixed k: groups of alike faces beyond k get centres, their faces go to outliers
     set_aside_unrecognisable: bool = True  # faces blurred past recognition go to outliers before clustering
+    people_from: str | None = None  # an earlier output: assign faces to its people instead of clustering
 
 
 @dataclass
@@ -107,21 +109,30 @@ def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
     """Faces too degraded to recognise are set aside first (when the file says where the model
     puts them), then the rest are clustered with k-means or, for ``clusters=None``, the graph."""
     x = ef.rows.embeddings
+    known = None
+    if config.people_from:
+        known = people.load(config.people_from)
+        people.check_model(known, ef.meta.get("model_files", {}).get("recognition"), ef.dim)
     found = quality.find_unrecognisable(x, ef.meta.get(quality.META_KEY)) if config.set_aside_unrecognisable else None
     if found is None or not found.count:
         if found is None and config.set_aside_unrecognisable and len(x):
             log.warning("the embeddings file does not say where its model puts unrecognisable faces, so blurred "
                         "faces are clustered like the others; re-running the generate_embeddings command that made "
                         "it records that without embedding anything again")
-        return _cluster(x, ef, config)
+        return _cluster(x, ef, config, known)
     keep = np.nonzero(~found.mask)[0]
     log.info("%d faces too degraded to recognise set aside (similarity to the unrecognisable-face centre >= %.3f)",
              found.count, found.cutoff)
     reason = f"similarity to the model's blurred-face centre >= {found.cutoff:.3f}: {found.source}"
-    return with_set_aside(_cluster(x[keep], ef, config), keep, x, reason)
+    return with_set_aside(_cluster(x[keep], ef, config, known), keep, x, reason)
 
 
-def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
+def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: people.People | None = None) -> Clustering:
+    if known is not None:
+        cut, source = ((config.min_similarity, "--min-similarity") if config.min_similarity is not None
+                       else (known.cutoff, f"the cut-off of {known.folder}: {known.cutoff_source}"))
+        return assign_to_people(x, known.centres, cut, source,
+                                f"assigned to the {len(known.centres)} people of {known.folder} ({known.method})")
     calibration = load_calibration(ef.meta.get("model_files", {}).get("recognition", ""))
     if config.clusters is None:
         calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
@@ -209,6 +220,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
                clustering.set_aside)
     if config.previews:
         _previews(output, ef, clustering, names, images_per_cluster, placement.destinations, report.notes())
+    people_file = people.save(output, clustering.centres)  # for a later --people-from
     report.elapsed = time.monotonic() - started
     summary = {
         "output": output,
@@ -224,6 +236,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         "files": dict(report.status),
         "model_pack": ef.meta.get("model_pack"),
         "model_files": ef.meta.get("model_files"),
+        "embedding_size": ef.dim,
+        "people_file": people_file,
         "elapsed_seconds": round(report.elapsed, 2),
     }
     atomic_write_text(os.path.join(output, "summary.json"), json.dumps(summary, indent=2))

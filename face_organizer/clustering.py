@@ -341,6 +341,26 @@ def graph_clusters(
                       f"graph k-NN={neighbours} min_samples={min_samples}")
 
 
+def assign_to_people(x: NDArray[np.floating], centres: NDArray[np.float32], threshold: float, source: str,
+                     method: str) -> Clustering:
+    """Each face to the most similar of known people's ``centres`` (label = row of ``centres``),
+    or to outliers below ``threshold``: the people of an earlier run keep their numbers, so
+    their folder names, whatever the new faces' numbers per person."""
+    x = _normalise(x)
+    n, k = len(x), len(centres)
+    labels = np.full(n, OUTLIER, np.int64)
+    similarity = np.zeros(n, np.float32)
+    if n and k:
+        index = faiss.IndexFlatIP(centres.shape[1])
+        index.add(np.ascontiguousarray(centres, np.float32))
+        for start in range(0, n, SEARCH_BLOCK):
+            stop = min(n, start + SEARCH_BLOCK)
+            sims, nearest = index.search(x[start:stop], 1)
+            similarity[start:stop] = sims[:, 0]
+            labels[start:stop] = np.where(sims[:, 0] >= threshold, nearest[:, 0], OUTLIER)
+    return Clustering(labels, similarity, np.asarray(centres, np.float32), float(threshold), source, method)
+
+
 def with_set_aside(result: Clustering, keep: NDArray[np.intp], x: NDArray[np.floating], reason: str) -> Clustering:
     """``result`` of clustering ``x[keep]`` spread back over all of ``x``: the faces not in ``keep``
     are outliers, with their similarity to the nearest cluster centre (0 without clusters)."""

@@ -108,6 +108,51 @@ def test_recurring_third_person_does_not_fill_a_person_folder(two_person, interv
     assert np.mean(plain.labels[third_rows] >= 0) >= 0.5
 
 
+def test_next_years_faces_go_to_the_same_person_folders(two_person, tmp_path, capsys) -> None:
+    emb, labels, _ = two_person
+    ef = embfile.load(emb)
+    people = ("Tony_Blair", "Donald_Rumsfeld")
+    years = {}
+    for year, rows in (("2017", np.arange(0, len(ef.rows), 2)), ("2018", np.arange(1, len(ef.rows), 2))):
+        years[year] = tmp_path / f"emb_{year}.pkl"
+        embfile.save(years[year], embfile.EmbeddingsFile(ef.rows.select(rows), [], [], ef.meta))
+    first, second = tmp_path / "sorted_2017", tmp_path / "sorted_2018"
+    assert run_cli(["--embeddings", str(years["2017"]), "--output", str(first), "--clusters", "2", "-q"]) == 0
+    assert run_cli(["--embeddings", str(years["2018"]), "--output", str(second), "--people-from", str(first), "-q"]) == 0
+
+    def report(out):
+        rows = list(csv.DictReader(open(out / "clusters.csv", newline="", encoding="utf-8")))
+        return folder_report([labels[r["path"]] for r in rows], [r["cluster"] for r in rows], people)
+
+    before, after = report(first), report(second)
+    assert after.folder_of == before.folder_of and set(after.folder_of.values()) == {"person_A", "person_B"}
+    assert all(p == 1.0 for p in after.purity.values()), after.lines()
+    assert all(r >= 0.9 for r in after.recall.values()), after.lines()
+    assert after.strangers_out >= 0.8 and after.junk_out >= 0.8, after.lines()
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["similarity_cutoff"] == json.loads((first / "summary.json").read_text())["similarity_cutoff"]
+    assert summary["method"].startswith(f"assigned to the 2 people of {first}")
+    np.testing.assert_array_equal(np.load(second / "people.npy"), np.load(first / "people.npy"))  # chains on
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:
+        run_cli(["--embeddings", str(years["2018"]), "--output", str(tmp_path / "x"), "--people-from", str(first),
+                 "--clusters", "3"])
+    assert usage.value.code == 2 and "leave out --clusters" in capsys.readouterr().err
+    other = embfile.EmbeddingsFile(ef.rows.select(np.arange(3)), [], [], dict(ef.meta, model_files={"recognition": "w600k_r50.onnx"}))
+    embfile.save(tmp_path / "other.pkl", other)
+    assert run_cli(["--embeddings", str(tmp_path / "other.pkl"), "--output", str(tmp_path / "y"), "--people-from", str(first)]) == 2
+    assert "re-embed with the same model pack" in capsys.readouterr().err
+    assert run_cli(["--embeddings", str(years["2018"]), "--output", str(tmp_path / "z"), "--people-from", str(tmp_path)]) == 2
+    assert "no summary.json from a finished cluster_faces run" in capsys.readouterr().err
+    older = tmp_path / "older"  # an output written before runs kept their people
+    older.mkdir()
+    (older / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "people_file"}))
+    assert run_cli(["--embeddings", str(years["2018"]), "--output", str(tmp_path / "w"), "--people-from", str(older)]) == 2
+    assert "did not keep its people" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in ("w", "x", "y", "z"))
+
+
 def test_same_input_gives_same_folders(two_person) -> None:
     ef = load_embeddings([str(two_person[0])])
     a = run_clustering(ef, ClusterConfig(clusters=2))

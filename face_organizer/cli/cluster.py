@@ -16,7 +16,11 @@ EXAMPLES = """\
       --output /workspace/clustered_faces --clusters 2
   python scripts/cluster_faces.py --embeddings photos.pkl --output people --clusters auto --link-mode symlink
   python scripts/cluster_faces.py --embeddings emb.pkl --output sorted --dry-run
+  # next year's faces into the same person_A/, person_B/, … as last year's run:
+  python scripts/cluster_faces.py --embeddings /workspace/embeddings_2018.pkl --output /workspace/clustered_2018 \\
+      --people-from /workspace/clustered_faces
 """
+NOT_GIVEN = -1  # --clusters left out: 2, unless --people-from names the people
 
 
 def clusters_arg(value: str) -> int | None:
@@ -33,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "outliers/, with clusters.csv, summary.json and an index.html preview.", EXAMPLES)
     p.add_argument("--embeddings", nargs="+", required=True, metavar="FILE", help="embeddings files (one per GPU is fine)")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the person folders (new or empty)")
-    p.add_argument("--clusters", type=clusters_arg, default=2, metavar="K|auto",
+    p.add_argument("--clusters", type=clusters_arg, default=NOT_GIVEN, metavar="K|auto",
                    help="number of people, or 'auto' to find it (default: 2)")
+    p.add_argument("--people-from", metavar="DIR", default=None,
+                   help="instead of clustering, sort each face into the most similar person of an earlier "
+                        "cluster_faces output DIR (same folder names; below its cut-off: outliers/)")
     p.add_argument("--min-similarity", type=float, default=None,
                    help="faces less similar than this to their cluster go to outliers/ (auto: to join a cluster); "
                         "default: derived from the data for the model in use")
@@ -57,13 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.people_from and args.clusters != NOT_GIVEN:
+        parser.error("--people-from sorts faces into the people of an earlier run: leave out --clusters")
+    if args.clusters == NOT_GIVEN:
+        args.clusters = 2
     common.setup_logging(args.verbose, args.quiet)
     ef = load_embeddings(args.embeddings)
     config = ClusterConfig(clusters=args.clusters, min_similarity=args.min_similarity, link_mode=args.link_mode,
                            dry_run=args.dry_run, neighbours=args.neighbours, min_cluster_size=args.min_cluster_size,
                            seed=args.seed, previews=args.previews, extra_groups=args.extra_groups,
-                           set_aside_unrecognisable=args.set_aside_unrecognisable)
+                           set_aside_unrecognisable=args.set_aside_unrecognisable, people_from=args.people_from)
     with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
         report = cluster_faces(ef, args.output, config, progress=not args.quiet, sources=args.embeddings)
     print("\n".join(report.lines() + (dry_run_lines(report) if args.dry_run else [])))

@@ -1,0 +1,69 @@
+"""The people of a finished ``cluster_faces`` run, kept so that later runs can sort new
+faces (next year's folder) into the same ``person_A/``, ``person_B/``, … .
+
+A run writes ``people.npy`` (float32 [K, D]: row i is the centre of the i-th person folder,
+``person_A`` first) beside ``summary.json``, which records the file, the cut-off and the model.
+It is read with ``allow_pickle=False``: plain numbers only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import SetupError
+from .fsutil import atomic_open
+
+PEOPLE_FILE = "people.npy"
+
+
+@dataclass(frozen=True)
+class People:
+    folder: str
+    centres: NDArray[np.float32]  # (K, D), row i = cluster_name(i)
+    cutoff: float
+    cutoff_source: str
+    recognition: str | None  # the recogniser file that made the embeddings
+    method: str
+
+
+def save(output: str, centres: NDArray[np.float32]) -> str:
+    """Write the centres atomically; returns the file name to record in summary.json."""
+    with atomic_open(os.path.join(output, PEOPLE_FILE), "wb") as handle:
+        np.save(handle, np.ascontiguousarray(centres, np.float32), allow_pickle=False)
+    return PEOPLE_FILE
+
+
+def load(folder: str) -> People:
+    """The people of the ``cluster_faces`` output ``folder``, or a ``SetupError`` saying why not."""
+    folder = os.path.abspath(folder)
+    try:
+        with open(os.path.join(folder, "summary.json"), encoding="utf-8") as handle:
+            summary = json.load(handle)
+    except (OSError, ValueError):
+        raise SetupError(f"--people-from {folder}: no summary.json from a finished cluster_faces run there") from None
+    name = summary.get("people_file")
+    if not name:
+        raise SetupError(f"--people-from {folder}: that run did not keep its people (made before people.npy existed, "
+                         "or a dry run); run cluster_faces again into a new folder to get one")
+    try:
+        centres = np.load(os.path.join(folder, os.path.basename(name)), allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise SetupError(f"--people-from {folder}: cannot read {name}: {err}") from None
+    if centres.ndim != 2 or centres.dtype.kind != "f":
+        raise SetupError(f"--people-from {folder}: {name} is not a (people x embedding size) array")
+    return People(folder, centres.astype(np.float32), float(summary["similarity_cutoff"]),
+                  str(summary.get("cutoff_source", "")), (summary.get("model_files") or {}).get("recognition"),
+                  str(summary.get("method", "")))
+
+
+def check_model(people: People, recognition: str | None, dim: int) -> None:
+    """Refuse embeddings of another model: their similarities to these centres mean nothing."""
+    theirs = (people.recognition, people.centres.shape[1])
+    if theirs != (recognition, dim):
+        raise SetupError(f"--people-from {people.folder} was sorted with {theirs[0]} ({theirs[1]}-d embeddings); these "
+                         f"embeddings are from {recognition} ({dim}-d): re-embed with the same model pack")
