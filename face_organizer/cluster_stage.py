@@ -107,7 +107,8 @@ def _with_gpu_fallback(fn: Any, use_gpu: bool | None, **kwargs: Any) -> Clusteri
 
 def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
     """Faces too degraded to recognise are set aside first (when the file says where the model
-    puts them), then the rest are clustered with k-means or, for ``clusters=None``, the graph."""
+    puts them), then the rest are clustered with k-means or, for ``clusters=None``, the graph,
+    or, with ``people_from``, assigned to the people of that earlier output."""
     x = ef.rows.embeddings
     known = None
     if config.people_from:
