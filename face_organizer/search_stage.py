@@ -18,6 +18,7 @@ from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
 from .organize import LinkMode, place_all
+from .preview import IndexEntry, SheetFace, contact_sheet, write_index, write_sheet
 from .progress import bar as progress_bar
 from .search import Reference, SearchResult, embed_reference, search
 from .thresholds import calibrate_from_embeddings, load_calibration
@@ -54,7 +55,8 @@ class SearchReport:
 
 def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], output: str, *,
                 threshold: float | None = None, top_k: int | None = None, expand: bool = True,
-                link_mode: LinkMode = "copy", use_gpu: bool = False, progress: bool = True) -> SearchReport:
+                link_mode: LinkMode = "copy", use_gpu: bool = False, progress: bool = True,
+                previews: bool = True) -> SearchReport:
     check_same_model(ef, models)
     refs = [embed_reference(q, models) for q in queries]
     calibration = load_calibration(models.pack.recognizer.name)
@@ -72,7 +74,33 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
         writer.writerow([ef.rows.paths[row], int(ef.rows.face_index[row]), f"{float(sim):.4f}",
                          "expansion" if via else "reference", dest, status[dest]])
     atomic_write_text(os.path.join(output, "matches.csv"), buffer.getvalue())
-    return SearchReport(result, refs, dests, len(ef.rows), output)
+    report = SearchReport(result, refs, dests, len(ef.rows), output)
+    if previews:
+        _preview(output, ef, report)
+    return report
+
+
+def _preview(output: str, ef: EmbeddingsFile, report: SearchReport) -> None:
+    """``index.html`` with a contact sheet: the references, then the best matches, then (framed
+    in red) the weakest, where a wrong match would show first."""
+    photos = ef.meta.get("mode") == "photos"
+    rows = report.result.index
+
+    def face(k: int) -> SheetFace:
+        i = int(rows[k])
+        dest = report.destinations[k]
+        return SheetFace(dest if os.path.exists(dest) else ef.rows.paths[i], ef.rows.bbox[i] if photos else None, "")
+
+    queries = [SheetFace(r.path, None, "") for r in report.references]
+    n_best = min(len(rows), max(8, 24 - len(queries)))
+    best = [face(k) for k in range(n_best)]
+    weakest = [face(k) for k in range(len(rows) - 1, max(n_best, len(rows) - 8) - 1, -1)]
+    sheet = os.path.join(output, "previews", "matches.jpg")
+    write_sheet(sheet, contact_sheet(queries + best, weakest))
+    notes = [f"the first {len(queries)} tiles are the references "
+             f"({', '.join(os.path.basename(r.path) for r in report.references)}), then the best matches", *report.lines()]
+    write_index(os.path.join(output, "index.html"), "face-organizer search",
+                [IndexEntry("matches", len(set(report.destinations)), output, sheet)], notes)
 
 
 def calibrate_folder(folder: str, models: FaceModels, target_fmr: float, batch_size: int = 64,

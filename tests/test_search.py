@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from face_organizer import embfile
+from face_organizer import embfile, preview
 from face_organizer.cli import common
 from face_organizer.cli.search import main as search_main
 from face_organizer.errors import SetupError
@@ -88,6 +88,13 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, tmp_pat
     assert all(Path(r["destination"]).is_file() for r in rows)
     printed = capsys.readouterr().out
     assert "matching faces" in printed and "similarity threshold" in printed
+    # index.html shows the reference first, then the best matches, then the weakest (framed).
+    sheet = read_image(out / "previews" / "matches.jpg")
+    tile = preview._tile(preview.SheetFace(str(query), None, ""))
+    assert np.abs(sheet[:preview.TILE, :preview.TILE].astype(int) - tile).mean() < 4  # JPEG-compressed
+    best = preview._tile(preview.SheetFace(rows[0]["destination"], None, ""))
+    assert np.abs(sheet[:preview.TILE, preview.TILE:2 * preview.TILE].astype(int) - best).mean() < 4
+    assert "matches.jpg" in (out / "index.html").read_text()
 
 
 def test_bad_query_and_model_mismatch_are_clear(lfw_subset, testpack_dir, models, tmp_path, capsys) -> None:

@@ -35,6 +35,8 @@ def build_parser():
     p.add_argument("--top-k", type=common.positive, default=None, help="keep at most this many matches")
     p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy")
     p.add_argument("--no-expand", dest="expand", action="store_false", help="no second search from confident matches")
+    p.add_argument("--no-previews", dest="previews", action="store_false",
+                   help="skip the contact sheet of matches and index.html")
     p.add_argument("--calibrate", metavar="DIR", default=None,
                    help="instead of searching: compute the model's thresholds on a labelled folder and store them")
     p.add_argument("--target-fmr", type=float, default=1e-3, help="false-match rate for --calibrate (default: 0.001)")
@@ -71,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with exclusive(args.output, common.OTHER_RUN):
         report = find_person(ef, models, args.query, args.output, threshold=args.threshold, top_k=args.top_k,
-                             expand=args.expand, link_mode=args.link_mode, use_gpu=gpu_count() > 0, progress=not args.quiet)
+                             expand=args.expand, link_mode=args.link_mode, use_gpu=gpu_count() > 0, progress=not args.quiet,
+                             previews=args.previews)
     print("\n".join(report.lines()))
     return 0
 
