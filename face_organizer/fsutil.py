@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
+import functools
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -49,6 +52,26 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
         handle.write(text)
+
+
+def sync_filesystem(path: str | os.PathLike[str]) -> None:
+    """Flush everything written to the filesystem holding ``path`` (``syncfs``; ``sync`` where
+    the C library lacks it): one flush for thousands of files instead of an fsync each."""
+    syncfs = _syncfs()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+@functools.lru_cache(maxsize=1)
+def _syncfs() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
 
 
 def check_writable_dir(path: str | os.PathLike[str]) -> None:

