@@ -18,6 +18,8 @@ from .errors import SetupError
 
 log = logging.getLogger(__name__)
 
+OUTPUT_MARKER = ".face-organizer-plan.json"  # in every folder that cluster_faces, search or gender wrote
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: object) -> Iterator[IO]:

@@ -6,6 +6,7 @@ among half a million is reported, not fatal.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from numpy.typing import NDArray
+
+from .fsutil import OUTPUT_MARKER
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 MIN_SIDE = 8
@@ -33,9 +38,12 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
     their own (unresolved) path, and symlinked folders are followed once.
     Raises ``FileNotFoundError`` for an input that does not exist. Directory entries
     tell files from folders, so a plain file costs no ``stat`` (on a network share, half
-    a million of them would take minutes).
+    a million of them would take minutes). A folder below an input that holds a
+    face-organizer output (person folders of copies) is skipped with a warning: its
+    copies would be embedded a second time.
     """
     found: set[str] = set()
+    outputs: list[str] = []
     for raw in inputs:
         root = os.path.abspath(os.fspath(raw))
         if os.path.isfile(root):
@@ -56,6 +64,9 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
                 entries = list(os.scandir(folder))
             except OSError:
                 continue  # unreadable folder: as os.walk, skip it
+            if folder != root and any(entry.name == OUTPUT_MARKER for entry in entries):
+                outputs.append(folder)
+                continue
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
@@ -66,6 +77,9 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
                         found.add(entry.path)
                 except OSError:
                     continue  # a dangling or unreadable entry
+    for folder in sorted(outputs):
+        log.warning("skipping %s: it holds sorted copies written by face-organizer (name it as an input of its own "
+                    "to embed them)", folder)
     return sorted(found)
 
 

@@ -22,13 +22,13 @@ from typing import Any, Literal
 
 
 from .errors import FaceOrganizerError, SetupError
-from .fsutil import atomic_write_text, sync_filesystem
+from .fsutil import OUTPUT_MARKER, atomic_write_text, sync_filesystem
 from .progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
 LinkMode = Literal["copy", "hardlink", "symlink", "move"]
-STATE_FILE = ".face-organizer-plan.json"
+STATE_FILE = OUTPUT_MARKER
 SYNC_EVERY = 2000  # copies written between flushes of the output's filesystem
 
 

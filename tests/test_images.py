@@ -121,3 +121,14 @@ def test_a_sideways_png_with_alpha_is_turned_upright_alpha_and_all(tmp_path: Pat
     path = _save_with_orientation(tmp_path / "alpha.png", STORED[6](upright), 6)
     composited = ((upright[:, :, :3].astype(np.uint16) * upright[:, :, 3:] + 127) // 255).astype(np.uint8)
     np.testing.assert_array_equal(read_image(path), composited)
+
+
+def test_sorted_copies_inside_an_input_are_not_embedded_twice(tmp_path: Path, caplog) -> None:
+    frame = write_image(tmp_path / "input" / "2017" / "frame_0001.png", _face_like())
+    clustered = tmp_path / "input" / "clustered"  # a cluster_faces --output put inside the input folder
+    write_image(clustered / "person_A" / "2017" / "frame_0001.png", _face_like())
+    (clustered / ".face-organizer-plan.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert discover_images([tmp_path / "input"]) == [str(frame)]
+    assert f"skipping {clustered}" in caplog.text
+    assert discover_images([clustered]) == [str(clustered / "person_A" / "2017" / "frame_0001.png")]  # asked for by name
