@@ -53,6 +53,7 @@ class RunSummary:
     no_face: int = 0
     reused: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    skipped_examples: list[tuple[str, str]] = field(default_factory=list)  # the first few, to show
     rows_in_file: int = 0
     elapsed: float = 0.0
 
@@ -78,6 +79,9 @@ class RunSummary:
             out.append(f"near-identical frames that took the embedding of the frame they repeat: {self.reused:,}")
         skipped = sum(self.skipped.values())
         out.append(f"skipped: {skipped:,}" + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + ")" if skipped else ""))
+        out += [f"  {path}: {reason}" for path, reason in self.skipped_examples]
+        if skipped > len(self.skipped_examples):
+            out.append(f"  … all {skipped:,} are listed under 'failed' in the embeddings file")
         out.append(f"elapsed: {self.elapsed:.1f} s, {self.rate:.1f} images/s, device: {self.device}"
                    + (f" ({self.streams} streams)" if self.streams > 1 else ""))
         return out
@@ -304,6 +308,7 @@ def usable_cpus() -> int:
 
 
 MAX_DEFAULT_STREAMS = 16
+SKIPPED_SHOWN = 5  # skipped files named in the summary; the file lists them all
 PHOTOS_PER_JOB = 8  # a decoded 12-megapixel photo is 36 MB: keep what each stream holds small
 
 
@@ -434,6 +439,8 @@ def run_embeddings(
         for path, reason in job.skipped:
             recorder.fail(path, reason)
             summary.skipped[reason] += 1
+            if len(summary.skipped_examples) < SKIPPED_SHOWN:
+                summary.skipped_examples.append((path, reason))
             log.debug("skipped %s: %s", path, reason)
         for count, result in job.results:
             recorder.rows(result.rows, result.no_face, result.reused, job.signatures)

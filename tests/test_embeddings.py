@@ -229,6 +229,7 @@ def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, ca
     assert centre.shape == (128,) and abs(np.linalg.norm(centre) - 1) < 1e-5
     printed = capsys.readouterr().out
     assert "skipped: 3" in printed and "truncated JPEG: 1" in printed
+    assert f"  {folder / '2017' / 'empty.png'}: empty file" in printed.splitlines()  # named, not only counted
     # Plain pickle works for users' own scripts.
     with open(out, "rb") as handle:
         plain = pickle.load(handle)
