@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 import pickle
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from face_organizer import embfile
 from face_organizer.cli import common
 from face_organizer.cli.embed import main as embed_main
 from face_organizer import images
-from face_organizer.embed_run import parts_dir, plan_streams, run_embeddings
+from face_organizer.embed_run import RunSummary, parts_dir, plan_streams, run_embeddings
 from face_organizer.errors import EmbeddingsFileError, UnsafePickleError
 from face_organizer.evaluation import roc_auc
 from face_organizer.faces import EmbedOptions, embed_batch
@@ -230,6 +231,9 @@ def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, ca
     printed = capsys.readouterr().out
     assert "skipped: 3" in printed and "truncated JPEG: 1" in printed
     assert f"  {folder / '2017' / 'empty.png'}: empty file" in printed.splitlines()  # named, not only counted
+    many = RunSummary(output=str(out), device="cpu", skipped=Counter({"empty file": 9}),
+                      skipped_examples=[(f"/in/{i}.png", "empty file") for i in range(5)])
+    assert "  … all 9 are listed under 'failed' in the embeddings file" in many.lines()
     # Plain pickle works for users' own scripts.
     with open(out, "rb") as handle:
         plain = pickle.load(handle)
