@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 import pickle
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from face_organizer import embfile
+from face_organizer import embfile, images
 from face_organizer.cli import common
 from face_organizer.cli.embed import main as embed_main
-from face_organizer import images
 from face_organizer.embed_run import RunSummary, parts_dir, plan_streams, run_embeddings
 from face_organizer.errors import EmbeddingsFileError, UnsafePickleError
 from face_organizer.evaluation import roc_auc
