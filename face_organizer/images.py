@@ -38,12 +38,12 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
     their own (unresolved) path, and symlinked folders are followed once.
     Raises ``FileNotFoundError`` for an input that does not exist. Directory entries
     tell files from folders, so a plain file costs no ``stat`` (on a network share, half
-    a million of them would take minutes). A folder below an input that holds a
-    face-organizer output (person folders of copies) is skipped with a warning: its
-    copies would be embedded a second time.
+    a million of them would take minutes). A face-organizer output (sorted copies) found
+    below an input beside other images is skipped with a warning: its copies would be
+    embedded a second time. An input holding only outputs (say, one gender_filter output
+    per year) is embedded as it is.
     """
     found: set[str] = set()
-    outputs: list[str] = []
     for raw in inputs:
         root = os.path.abspath(os.fspath(raw))
         if os.path.isfile(root):
@@ -52,35 +52,48 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
             continue
         if not os.path.isdir(root):
             raise FileNotFoundError(f"input folder not found: {root}")
-        seen_dirs: set[str] = set()
-        pending = [root]
-        while pending:
-            folder = pending.pop()
-            real = os.path.realpath(folder)
-            if real in seen_dirs:
-                continue
-            seen_dirs.add(real)
-            try:
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue  # unreadable folder: as os.walk, skip it
-            if folder != root and any(entry.name == OUTPUT_MARKER for entry in entries):
-                outputs.append(folder)
-                continue
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if entry.is_dir():
-                        pending.append(entry.path)
-                    elif is_image_name(entry.name) and entry.is_file():
-                        found.add(entry.path)
-                except OSError:
-                    continue  # a dangling or unreadable entry
-    for folder in sorted(outputs):
-        log.warning("skipping %s: it holds sorted copies written by face-organizer (name it as an input of its own "
-                    "to embed them)", folder)
+        own, in_outputs = _walk(root)
+        if own:
+            for folder in sorted(in_outputs):
+                log.warning("skipping %s: it holds copies sorted by face-organizer, and %s holds other images "
+                            "(name it as an input of its own to embed it)", folder, root)
+            found |= own
+        else:
+            found |= {path for paths in in_outputs.values() for path in paths}
     return sorted(found)
+
+
+def _walk(root: str) -> tuple[set[str], dict[str, set[str]]]:
+    """Images under ``root``: those outside face-organizer outputs, and those inside each output
+    folder below ``root`` (keyed by the output folder)."""
+    own: set[str] = set()
+    in_outputs: dict[str, set[str]] = {}
+    seen_dirs: set[str] = set()
+    pending: list[tuple[str, str | None]] = [(root, None)]
+    while pending:
+        folder, output = pending.pop()
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            continue
+        seen_dirs.add(real)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # unreadable folder: as os.walk, skip it
+        if output is None and folder != root and any(entry.name == OUTPUT_MARKER for entry in entries):
+            output = folder
+        bucket = own if output is None else in_outputs.setdefault(output, set())
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    pending.append((entry.path, output))
+                elif is_image_name(entry.name) and entry.is_file():
+                    bucket.add(entry.path)
+            except OSError:
+                continue  # a dangling or unreadable entry
+    return own, in_outputs
 
 
 Signature = tuple[int, int]  # (size in bytes, modification time in ns)

@@ -132,3 +132,9 @@ def test_sorted_copies_inside_an_input_are_not_embedded_twice(tmp_path: Path, ca
         assert discover_images([tmp_path / "input"]) == [str(frame)]
     assert f"skipping {clustered}" in caplog.text
     assert discover_images([clustered]) == [str(clustered / "person_A" / "2017" / "frame_0001.png")]  # asked for by name
+    # A folder of outputs only (gender_filter --output faces_female/$YEAR for each year) is embedded whole.
+    female = tmp_path / "faces_female"
+    kept = [write_image(female / year / "2017" / "frame_0001.png", _face_like()) for year in ("2017", "2018")]
+    for year in ("2017", "2018"):
+        (female / year / ".face-organizer-plan.json").write_text("{}")
+    assert discover_images([female]) == sorted(str(p) for p in kept)
