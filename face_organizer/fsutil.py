@@ -93,7 +93,13 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     lock = target.parent / f".{target.name}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:  # no room for a lock file beside the output (a read-only parent)
+            log.warning("cannot create %s (%s): a second process writing %s at the same time would not be stopped",
+                        lock, err.strerror or err, target)
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -35,3 +35,18 @@ def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monk
         ran.append(True)
     assert ran and "cannot lock" in caplog.text and "would not be stopped" in caplog.text
     assert not (tmp_path / ".out.lock").exists()
+
+
+def test_no_room_for_a_lock_file_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
+    real_open = os.open
+
+    def read_only_parent(path, flags, *args):
+        if str(path).endswith(".lock"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(fsutil.os, "open", read_only_parent)
+    ran = []
+    with caplog.at_level(logging.WARNING), fsutil.exclusive(tmp_path / "out", "hint"):
+        ran.append(True)
+    assert ran and "cannot create" in caplog.text
