@@ -88,39 +88,15 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     """Hold ``.<name>.lock`` beside ``path`` for as long as the block runs; raise ``SetupError``
     (ending with ``hint``) at once if another process holds it. The kernel drops the lock when its
     holder dies (even by ``kill -9``), so a file left by a crashed run does not block the next one;
-    the file is removed on exit. Where the filesystem cannot lock, the block runs unguarded, with a warning."""
+    the file is removed on exit. Where no lock can be had (a network share without locks, a
+    read-only parent folder), the block runs unguarded, with a warning."""
     target = Path(path)
     lock = target.parent / f".{target.name}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as err:  # no room for a lock file beside the output (a read-only parent)
-            log.warning("cannot create %s (%s): a second process writing %s at the same time would not be stopped",
-                        lock, err.strerror or err, target)
-            yield
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise SetupError(f"another process{f' (pid {owner})' if owner else ''} is writing {target}; {hint}") from None
-        except OSError as err:  # a network share without locks: run, but say what is not guarded
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(lock)
-            log.warning("cannot lock %s (%s): a second process writing %s at the same time would not be stopped",
-                        lock, err.strerror or err, target)
-            yield
-            return
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # its holder removed the file after we opened it: lock the new one
+    fd = _acquire(lock, target, hint)
+    if fd is None:
+        yield
+        return
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -129,3 +105,36 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)
         os.close(fd)
+
+
+def _acquire(lock: Path, target: Path, hint: str) -> int | None:
+    """A descriptor holding ``lock``; None (after a warning) where locking is impossible."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            return _unguarded(lock, target, err)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise SetupError(f"another process{f' (pid {owner})' if owner else ''} is writing {target}; {hint}") from None
+        except OSError as err:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            return _unguarded(lock, target, err)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # its holder removed the file after we opened it: lock the new one
+
+
+def _unguarded(lock: Path, target: Path, err: OSError) -> None:
+    log.warning("cannot lock %s (%s): a second process writing %s at the same time would not be stopped",
+                lock, err.strerror or err, target)
+    return None
