@@ -56,7 +56,10 @@ def load(folder: str) -> People:
         raise SetupError(f"--people-from {folder}: cannot read {name}: {err}") from None
     if centres.ndim != 2 or centres.dtype.kind != "f":
         raise SetupError(f"--people-from {folder}: {name} is not a (people x embedding size) array")
-    return People(folder, centres.astype(np.float32), float(summary["similarity_cutoff"]),
+    cutoff = summary.get("similarity_cutoff")
+    if not isinstance(cutoff, (int, float)):
+        raise SetupError(f"--people-from {folder}: summary.json has no similarity_cutoff")
+    return People(folder, centres.astype(np.float32), float(cutoff),
                   str(summary.get("cutoff_source", "")), (summary.get("model_files") or {}).get("recognition"),
                   str(summary.get("method", "")))
 
