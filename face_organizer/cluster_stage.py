@@ -78,7 +78,12 @@ class ClusterReport:
         """What outliers/ holds beyond scattered faces: groups beyond --clusters, faces set aside."""
         notes = []
         extra, k = self.clustering.extra_groups, self.clustering.n_clusters
-        if extra:
+        if extra and self.clustering.known_people:
+            groups = "1 group" if len(extra) == 1 else f"{len(extra)} groups"
+            notes.append(f"outliers/ also holds {groups} of alike faces that are none of the earlier run's people "
+                         f"(about {', '.join(f'{v:,}' for v in extra)} faces): people new since, or a repeated "
+                         "non-face; cluster_faces --clusters auto on these embeddings gives them folders")
+        elif extra:
             groups = "1 more group" if len(extra) == 1 else f"{len(extra)} more groups"
             notes.append(f"outliers/ also holds {groups} of alike faces beyond --clusters {k} "
                          f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; "
@@ -133,7 +138,8 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
         cut, source = ((config.min_similarity, "--min-similarity") if config.min_similarity is not None
                        else (known.cutoff, f"the cut-off of {known.folder}: {known.cutoff_source}"))
         return assign_to_people(x, known.centres, cut, source,
-                                f"assigned to the {len(known.centres)} people of {known.folder} ({known.method})")
+                                f"assigned to the {len(known.centres)} people of {known.folder} ({known.method})",
+                                seed=config.seed, use_gpu=bool(config.use_gpu))
     calibration = load_calibration(ef.meta.get("model_files", {}).get("recognition", ""))
     if config.clusters is None:
         calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None

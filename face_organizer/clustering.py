@@ -6,7 +6,7 @@ when the number is unknown. Nothing builds an N x N matrix.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
@@ -52,6 +52,7 @@ class Clustering:
     extra_groups: tuple[int, ...] = ()  # k-means: faces of each group found beyond k, sent to outliers
     set_aside: NDArray[np.bool_] | None = None  # faces kept out of the clustering (too degraded to recognise)
     set_aside_reason: str = ""
+    known_people: bool = False  # assigned to an earlier run's people: extra_groups are people new since
 
     @property
     def n_clusters(self) -> int:
@@ -342,10 +343,11 @@ def graph_clusters(
 
 
 def assign_to_people(x: NDArray[np.floating], centres: NDArray[np.float32], threshold: float, source: str,
-                     method: str) -> Clustering:
+                     method: str, *, seed: int = 1234, use_gpu: bool = False) -> Clustering:
     """Each face to the most similar of known people's ``centres`` (label = row of ``centres``),
     or to outliers below ``threshold``: the people of an earlier run keep their numbers, so
-    their folder names, whatever the new faces' numbers per person."""
+    their folder names, whatever the new faces' numbers per person. Groups of alike faces
+    among the outliers (people new since) are reported in ``extra_groups``."""
     x = _normalise(x)
     n, k = len(x), len(centres)
     labels = np.full(n, OUTLIER, np.int64)
@@ -358,7 +360,22 @@ def assign_to_people(x: NDArray[np.floating], centres: NDArray[np.float32], thre
             sims, nearest = index.search(x[start:stop], 1)
             similarity[start:stop] = sims[:, 0]
             labels[start:stop] = np.where(sims[:, 0] >= threshold, nearest[:, 0], OUTLIER)
-    return Clustering(labels, similarity, np.asarray(centres, np.float32), float(threshold), source, method)
+    outliers = np.nonzero(labels == OUTLIER)[0]
+    return Clustering(labels, similarity, np.asarray(centres, np.float32), float(threshold), source, method,
+                      new_groups(x[outliers], seed=seed, use_gpu=use_gpu), known_people=True)
+
+
+def new_groups(x: NDArray[np.float32], *, seed: int = 1234, use_gpu: bool = False) -> tuple[int, ...]:
+    """Sizes (estimated from a sample of at most ``GROUP_SAMPLE``) of the groups of alike faces
+    among ``x``, largest first, counting groups of ``MIN_GROUP`` faces of the sample or more:
+    among faces that matched none of the known people, a person who is new since."""
+    n = len(x)
+    if n < 2 * MIN_GROUP:
+        return ()
+    sample = np.sort(np.random.default_rng(seed).choice(n, min(n, GROUP_SAMPLE), replace=False))
+    groups = graph_clusters(x[sample], min_cluster_size=MIN_GROUP, seed=seed, use_gpu=use_gpu)
+    sizes = np.bincount(groups.labels[groups.labels >= 0], minlength=groups.n_clusters)
+    return tuple(int(round(size * n / len(sample))) for size in sizes[:MAX_EXTRA_GROUPS])
 
 
 def with_set_aside(result: Clustering, keep: NDArray[np.intp], x: NDArray[np.floating], reason: str) -> Clustering:
@@ -373,8 +390,7 @@ def with_set_aside(result: Clustering, keep: NDArray[np.intp], x: NDArray[np.flo
     aside[keep] = False
     if result.n_clusters and aside.any():
         similarity[aside] = _nearest_centre_similarity(_normalise(x[aside]), result.centres)
-    return Clustering(labels, similarity, result.centres, result.threshold, result.threshold_source, result.method,
-                      result.extra_groups, aside, reason)
+    return replace(result, labels=labels, similarity=similarity, set_aside=aside, set_aside_reason=reason)
 
 
 def cluster_name(index: int) -> str:

@@ -108,7 +108,7 @@ def test_recurring_third_person_does_not_fill_a_person_folder(two_person, interv
     assert np.mean(plain.labels[third_rows] >= 0) >= 0.5
 
 
-def test_next_years_faces_go_to_the_same_person_folders(two_person, tmp_path, capsys) -> None:
+def test_next_years_faces_go_to_the_same_person_folders(two_person, interviewer, tmp_path, capsys) -> None:
     emb, labels, _ = two_person
     ef = embfile.load(emb)
     people = ("Tony_Blair", "Donald_Rumsfeld")
@@ -118,7 +118,9 @@ def test_next_years_faces_go_to_the_same_person_folders(two_person, tmp_path, ca
         embfile.save(years[year], embfile.EmbeddingsFile(ef.rows.select(rows), [], [], ef.meta))
     first, second = tmp_path / "sorted_2017", tmp_path / "sorted_2018"
     assert run_cli(["--embeddings", str(years["2017"]), "--output", str(first), "--clusters", "2", "-q"]) == 0
+    capsys.readouterr()
     assert run_cli(["--embeddings", str(years["2018"]), "--output", str(second), "--people-from", str(first), "-q"]) == 0
+    assert "none of the earlier run's people" not in capsys.readouterr().out  # strangers are one-offs
 
     def report(out):
         rows = list(csv.DictReader(open(out / "clusters.csv", newline="", encoding="utf-8")))
@@ -134,7 +136,15 @@ def test_next_years_faces_go_to_the_same_person_folders(two_person, tmp_path, ca
     assert summary["method"].startswith(f"assigned to the 2 people of {first}")
     np.testing.assert_array_equal(np.load(second / "people.npy"), np.load(first / "people.npy"))  # chains on
 
-    capsys.readouterr()
+    # A person new since (an interviewer in 2018's footage): told, and kept out of the folders.
+    third = tmp_path / "sorted_2018_interviews"
+    assert run_cli(["--embeddings", str(years["2018"]), str(interviewer[0]), "--output", str(third),
+                    "--people-from", str(first), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "outliers/ also holds 1 group of alike faces that are none of the earlier run's people" in printed
+    rows = {r["path"]: r["cluster"] for r in csv.DictReader(open(third / "clusters.csv", newline="", encoding="utf-8"))}
+    assert np.mean([rows[p] == "outliers" for p in interviewer[1]]) >= 0.9
+
     with pytest.raises(SystemExit) as usage:
         run_cli(["--embeddings", str(years["2018"]), "--output", str(tmp_path / "x"), "--people-from", str(first),
                  "--clusters", "3"])
