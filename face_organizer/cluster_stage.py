@@ -22,7 +22,7 @@ from .clustering import (OUTLIER, Clustering, assign_to_people, cluster_name, gp
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
 from .organize import LinkMode, place_all
-from .preview import IndexEntry, SheetFace, contact_sheet, write_index, write_sheet
+from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .thresholds import load_calibration
 
 log = logging.getLogger(__name__)
@@ -169,12 +169,6 @@ def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.nda
 MAX_SHEETS = 100  # contact sheets for the largest clusters; with thousands, the rest are listed by count
 
 
-def _sheet_path(destination: str, source: str) -> str:
-    """Where a face's image can be read now: its placed file (the only one left after a
-    move), else the path in the embeddings file."""
-    return destination if os.path.exists(destination) else source
-
-
 def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: list[str], counts: dict[str, int],
               destinations: Sequence[str], extra_notes: Sequence[str] = ()) -> None:
     folder = os.path.join(output, "previews")
@@ -191,7 +185,7 @@ def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: li
             rows = np.asarray(members[name])
             order = rows[np.argsort(-sims[rows], kind="stable")]
             central, borderline = order[:24], order[::-1][:8] if len(order) > 24 else order[:0]
-            faces = [[SheetFace(_sheet_path(destinations[i], ef.rows.paths[i]), ef.rows.bbox[i] if photos else None, name)
+            faces = [[SheetFace(placed_or_source(destinations[i], ef.rows.paths[i]), ef.rows.bbox[i] if photos else None, name)
                       for i in group]
                      for group in (central, borderline)]
             sheet = os.path.join(folder, f"{name}.jpg")

@@ -122,13 +122,13 @@ def batchable_detector(model: onnx.ModelProto, open_session: Callable[[bytes], A
         anchors = _anchors_per_position(len(names))
         single = [reference_session.run(names, {arg.name: p[None]}) for p in probe]
         batched = session.run(names, {arg.name: probe})
-        errors = {}
-        for layout in ("anchor", "image"):
-            errors[layout] = max((relative_error(part, single[i][k])
-                                  for k, o in enumerate(batched) if o.shape[0] % 3 == 0
-                                  for i, part in enumerate(split_batch(o, 3, layout, anchors))), default=float("inf"))
-            if errors[layout] <= BATCH_TOLERANCE and all(o.shape[0] % 3 == 0 for o in batched):
-                return session, layout
+        errors = {"anchor": float("inf"), "image": float("inf")}
+        if all(o.shape[0] % 3 == 0 for o in batched):
+            for layout in errors:
+                errors[layout] = max(relative_error(part, single[i][k]) for k, o in enumerate(batched)
+                                     for i, part in enumerate(split_batch(o, 3, layout, anchors)))
+                if errors[layout] <= BATCH_TOLERANCE:
+                    return session, layout
         log.info("detector batch stays at 1: batched outputs differ from single ones (relative error %.2g)",
                  min(errors.values()))
     except Exception as err:  # noqa: BLE001 - any failure means: keep the original model

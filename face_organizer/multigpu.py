@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import SetupError
 from .progress import bar as progress_bar
+from .providers import visible_gpus
 
 
 def _key(path: str) -> bytes:
@@ -43,20 +44,6 @@ def shard(paths: Sequence[str], shards: int) -> list[list[str]]:
         out.append(sorted(ordered[start:stop]))
         start = stop
     return out
-
-
-def visible_gpus() -> list[int]:
-    """GPU indices nvidia-smi lists (honouring CUDA_VISIBLE_DEVICES when it holds numbers)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None and env.strip():
-        items = [i.strip() for i in env.split(",") if i.strip()]
-        if all(i.isdigit() for i in items):
-            return list(range(len(items)))
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [i for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
 
 
 def parse_gpus(spec: str) -> list[int]:

@@ -105,7 +105,7 @@ def prepare_output(output: str, digest: str, dry_run: bool) -> dict[str, Any] | 
     for a new one. Raises ``SetupError`` for a folder holding anything else.
     """
     state = os.path.join(output, STATE_FILE)
-    if not os.path.exists(output) or not os.listdir(output):
+    if not _has_entries(output):
         if not dry_run:
             os.makedirs(output, exist_ok=True)
             atomic_write_text(state, json.dumps({"plan": digest, "durable": 0}))
@@ -230,8 +230,11 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     """
     destinations = [inside(output, d) for d in plan_destinations(paths, groups, roots)]
     operations = sorted(set(zip(paths, destinations)))
-    check_sources(operations, output, mode)
-    check_space(operations, output, mode, dry_run)
+    # Only what is not placed yet can fail; on a new output that is everything (no lookups).
+    started = _has_entries(output)
+    todo = [op for op in operations if not os.path.lexists(op[1])] if started else operations
+    check_sources(todo, output, mode)
+    check_space(todo, output, mode, dry_run)
     digest = plan_digest(operations, mode)
     previous = prepare_output(output, digest, dry_run)
     if previous is not None:
@@ -262,6 +265,13 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
 BLOCK = 4096  # files take whole filesystem blocks
 
 
+def _has_entries(folder: str) -> bool:
+    if not os.path.isdir(folder):
+        return False
+    with os.scandir(folder) as entries:
+        return next(entries, None) is not None
+
+
 def _device(path: str) -> int:
     return os.stat(path).st_dev
 
@@ -272,16 +282,14 @@ def _existing_ancestor(path: str) -> str:
     return path
 
 
-def bytes_needed(operations: Sequence[tuple[str, str]], output: str, mode: LinkMode) -> int:
-    """Bytes the operations not done yet will add to the output's filesystem: copies, and
-    moves from another filesystem (a rename takes no space); links take none."""
+def bytes_needed(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode) -> int:
+    """Bytes the operations ``todo`` (not done yet) will add to the output's filesystem:
+    copies, and moves from another filesystem (a rename takes no space); links take none."""
     if mode in ("hardlink", "symlink"):
         return 0
     device = _device(_existing_ancestor(output))
     total = 0
-    for source, dest, how in _ordered(operations, mode):
-        if os.path.lexists(dest):
-            continue
+    for source, _, how in _ordered(todo, mode):
         try:
             stat = os.stat(source)
         except OSError:
@@ -291,13 +299,13 @@ def bytes_needed(operations: Sequence[tuple[str, str]], output: str, mode: LinkM
     return total
 
 
-def check_sources(operations: Sequence[tuple[str, str]], output: str, mode: LinkMode) -> None:
-    """Refuse, before the first file, what would fail half-way: hard links from another
-    filesystem, and moves out of folders that cannot be written (a read-only mount)."""
+def check_sources(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode) -> None:
+    """Refuse, before the first file, what would fail half-way in ``todo`` (not done yet): hard
+    links from another filesystem, and moves out of folders that cannot be written (a read-only mount)."""
     if mode not in ("hardlink", "move"):
         return
     device = _device(_existing_ancestor(output))
-    for folder in sorted({os.path.dirname(source) for source, dest in operations if not os.path.lexists(dest)}):
+    for folder in sorted({os.path.dirname(source) for source, _ in todo}):
         try:
             other_device = _device(folder) != device
         except OSError:
@@ -310,9 +318,9 @@ def check_sources(operations: Sequence[tuple[str, str]], output: str, mode: Link
                              "use --link-mode copy, hardlink or symlink")
 
 
-def check_space(operations: Sequence[tuple[str, str]], output: str, mode: LinkMode, dry_run: bool) -> None:
+def check_space(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, dry_run: bool) -> None:
     """Refuse to start copies that cannot fit: a full disk would stop the run half-way."""
-    needed = bytes_needed(operations, output, mode)
+    needed = bytes_needed(todo, output, mode)
     free = shutil.disk_usage(_existing_ancestor(output)).free
     if needed <= free:
         return

@@ -25,6 +25,12 @@ class SheetFace:
     label: str
 
 
+def placed_or_source(destination: str, source: str) -> str:
+    """Where a face's image can be read now: its placed file (the only one left after a
+    move), else the path in the embeddings file."""
+    return destination if os.path.exists(destination) else source
+
+
 def _tile(face: SheetFace) -> NDArray[np.uint8]:
     try:
         image = read_image(face.path)

@@ -9,6 +9,8 @@ and proves the session with one real inference before trusting it.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,7 +18,6 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import DeviceError
-from .multigpu import visible_gpus
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,20 @@ def probe_input(session: Any, batch: int = 1) -> dict[str, np.ndarray]:
             dims[2:] = [64, 64]
         feeds[arg.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
+
+
+def visible_gpus() -> list[int]:
+    """GPU indices nvidia-smi lists (honouring CUDA_VISIBLE_DEVICES when it holds numbers)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None and env.strip():
+        items = [i.strip() for i in env.split(",") if i.strip()]
+        if all(i.isdigit() for i in items):
+            return list(range(len(items)))
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [i for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
 
 
 _NO_SUCH_GPU = ("GPU_ID={gpu_id} names no GPU this process can see ({visible}GPUs are numbered from 0 among those "

@@ -18,7 +18,7 @@ from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
 from .organize import LinkMode, place_all
-from .preview import IndexEntry, SheetFace, contact_sheet, write_index, write_sheet
+from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .search import Reference, SearchResult, embed_reference, search
 from .thresholds import calibrate_from_embeddings, load_calibration
@@ -88,8 +88,7 @@ def _preview(output: str, ef: EmbeddingsFile, report: SearchReport) -> None:
 
     def face(k: int) -> SheetFace:
         i = int(rows[k])
-        dest = report.destinations[k]
-        return SheetFace(dest if os.path.exists(dest) else ef.rows.paths[i], ef.rows.bbox[i] if photos else None, "")
+        return SheetFace(placed_or_source(report.destinations[k], ef.rows.paths[i]), ef.rows.bbox[i] if photos else None, "")
 
     queries = [SheetFace(r.path, None, "") for r in report.references]
     n_best = min(len(rows), max(8, 24 - len(queries)))
