@@ -452,7 +452,7 @@ def run_embeddings(
         bar.update(len(job.skipped) + sum(count for count, _ in job.results))
         bar.set_postfix(fallback=summary.fallback, skipped=sum(summary.skipped.values()), refresh=False)
         recorder.maybe_checkpoint()
-        status.write(summary.already_done + bar.n, len(paths))
+        status.write(summary.already_done + summary.processed, len(paths))  # bar.n stays 0 when it is off
 
     pool = ThreadPoolExecutor(max(1, streams), thread_name_prefix="embed")
     pending: deque[Future[_JobResult]] = deque()

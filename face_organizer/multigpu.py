@@ -95,6 +95,9 @@ def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int
     return workers
 
 
+STOP_GRACE_S = 60.0  # for a worker to save its checkpoint after SIGTERM
+
+
 def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: float = 1.0) -> list[Worker]:
     """Start every worker, show overall progress from their status files, wait for all."""
     for w in workers:
@@ -112,15 +115,30 @@ def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: 
         bar.n = sum(_done(w) for w in workers)
         bar.refresh()
     except KeyboardInterrupt:
-        for w in workers:
-            if w.process and w.process.poll() is None:
-                w.process.terminate()
+        stop_workers(workers)
         raise
     finally:
         bar.close()
     for w in workers:
         w.code = w.process.wait() if w.process else None
     return workers
+
+
+def stop_workers(workers: list[Worker], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM every worker still running (each saves a checkpoint and exits), wait up to
+    ``grace`` seconds for them all, then kill those still running."""
+    running = [w.process for w in workers if w.process and w.process.poll() is None]
+    for process in running:
+        process.terminate()
+    deadline = time.monotonic() + grace
+    for process in running:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for w in workers:
+        w.code = w.process.poll() if w.process else None
 
 
 def _done(worker: Worker) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -358,6 +359,42 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops,
     np.testing.assert_allclose(res.rows.embeddings, ref.rows.embeddings, atol=1e-5)
     np.testing.assert_array_equal(res.rows.detected, ref.rows.detected)
     assert not parts_dir(resumed).exists()
+
+
+def test_sigterm_saves_progress_and_the_rerun_continues(tmp_path, video_crops, testpack_dir) -> None:
+    """kill, docker stop, systemd: the run saves what it embedded since the last checkpoint."""
+    crops = [p for c in video_crops.values() for p in c]
+    folder = tmp_path / "in"
+    for i in range(5):
+        for p in crops:
+            target = folder / f"copy{i}" / p.parent.name / p.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(p.read_bytes())
+    out, status = tmp_path / "emb.pkl", tmp_path / "status.json"
+    args = ["--input", str(folder), "--model", str(testpack_dir), "--workers", "0", "--batch-size", "4",
+            "--checkpoint-seconds", "3600", "-q", "--output", str(out)]  # no periodic checkpoint in this run
+    script = ROOT / "scripts" / "generate_embeddings.py"
+    proc = subprocess.Popen([sys.executable, str(script), *args, "--status-file", str(status)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, done = time.monotonic() + 120, 0
+    while time.monotonic() < deadline and not done:  # the launcher's progress comes from this file
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        done = json.loads(status.read_text())["done"] if status.exists() else 0
+        time.sleep(0.02)
+    assert 0 < done < 5 * len(crops)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Stopped by SIGTERM: progress so far is saved; re-run the same command to continue." in err
+    assert "Traceback" not in err
+    saved = [embfile.load(part) for part in parts_dir(out).glob("part-*.pkl")]
+    held = sum(len(ef.rows) for ef in saved)
+    assert 0 < held < 5 * len(crops)
+    rerun = tmp_path / "rerun.txt"
+    with open(rerun, "w") as log:
+        assert subprocess.run([sys.executable, str(script), *args[:-3], "--output", str(out)], stdout=log).returncode == 0
+    assert f"already embedded: {held:,}" in rerun.read_text()
+    assert embfile.load(out).rows.paths == sorted(str(p) for p in folder.rglob("*.png"))
 
 
 class _Exploit:

@@ -6,10 +6,14 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..errors import FaceOrganizerError, SetupError
 from ..modelpack import DEFAULT_PACK, MODEL_ROOT_ENV, default_model_root
@@ -25,15 +29,68 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
         logging.getLogger("PIL").setLevel(logging.WARNING)
 
 
-def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run a command, turning domain errors into ``Error: …`` and an exit code."""
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # kill, docker/systemd stop, a closed terminal
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal turned into an exception, so that a run saves its progress as on Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise ``Stopped`` in the main thread, as Ctrl-C raises
+    ``KeyboardInterrupt``.
+
+    After the first of these, SIGTERM and SIGHUP are ignored, so the cleanup it starts (a
+    checkpoint) is not cut short: Ctrl-C in a terminal reaches the multi-GPU launcher and
+    its workers, and the launcher's SIGTERM then finds them already saving. A second Ctrl-C
+    still interrupts. A signal that was ignored when the command started (``nohup`` ignores
+    SIGHUP, a shell's background jobs SIGINT) stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+
+    def stop(signum: int, frame: Any) -> None:
+        for number in previous:
+            if number != signal.SIGINT:
+                signal.signal(number, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        raise Stopped(signum)
+
+    for name in ("SIGINT", *STOP_SIGNALS):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) not in (signal.SIG_IGN, None):
+            previous[number] = signal.signal(number, stop)
     try:
-        return main(argv)
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a command, turning domain errors into ``Error: …`` and an exit code, and stop
+    signals into the same orderly stop as Ctrl-C (exit 128 + the signal's number)."""
+    try:
+        with stop_signals_raise():
+            return main(argv)
     except FaceOrganizerError as err:
         print(f"Error: {err}", file=sys.stderr)
         return err.exit_code
+    except Stopped as stop:
+        print(f"Stopped by {signal.Signals(stop.signum).name}: progress so far is saved; "
+              "re-run the same command to continue.", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
-        print("Interrupted: progress so far is checkpointed; re-run the same command to continue.", file=sys.stderr)
+        print("Interrupted: progress so far is saved; re-run the same command to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 1
