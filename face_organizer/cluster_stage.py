@@ -44,6 +44,9 @@ class ClusterConfig:
     people_from: str | None = None  # an earlier output: assign faces to its people instead of clustering
 
 
+SHOWN_FOLDERS = 50  # printed one per line; with thousands (--clusters auto), the rest are counted
+
+
 @dataclass
 class ClusterReport:
     output: str
@@ -59,9 +62,17 @@ class ClusterReport:
         if not self.destinations:
             return ["no faces in the embeddings files: nothing to sort"
                     + ("" if self.dry_run else " (clusters.csv and summary.json list none)")]
-        out = []
-        for name, count in self.images_per_cluster.items():
-            out.append(f"{name}: {count:,} images → {os.path.join(self.output, name)}{os.sep}")
+        people = [(n, c) for n, c in self.images_per_cluster.items() if n != "outliers"]
+        shown = people if len(people) <= SHOWN_FOLDERS + 1 else people[:SHOWN_FOLDERS]
+        out = [f"{name}: {count:,} images → {os.path.join(self.output, name)}{os.sep}" for name, count in shown]
+        if len(shown) < len(people):
+            rest = [c for _, c in people[len(shown):]]
+            sizes = f"{min(rest):,}–{max(rest):,} images each" if min(rest) != max(rest) else f"{rest[0]:,} images each"
+            out.append(f"… and {len(rest):,} more person folders ({sizes}, {sum(rest):,} in all): summary.json "
+                       "lists every folder")
+        if "outliers" in self.images_per_cluster:
+            out.append(f"outliers: {self.images_per_cluster['outliers']:,} images → "
+                       f"{os.path.join(self.output, 'outliers')}{os.sep}")
         out.append(f"similarity cut-off {self.clustering.threshold:.3f} ({self.clustering.threshold_source}); "
                    f"method: {self.clustering.method}")
         out += self.notes()

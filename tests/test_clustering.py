@@ -17,7 +17,7 @@ import pytest
 from face_organizer import embfile, organize
 from face_organizer.cli import common
 from face_organizer.cli.cluster import main as cluster_main
-from face_organizer.cluster_stage import ClusterConfig, cluster_faces, load_embeddings, run_clustering
+from face_organizer.cluster_stage import SHOWN_FOLDERS, ClusterConfig, cluster_faces, load_embeddings, run_clustering
 from face_organizer.clustering import cluster_name, graph_clusters, kmeans
 from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError
 from face_organizer.evaluation import bcubed, folder_report
@@ -179,6 +179,24 @@ def test_auto_finds_many_people(lfw_subset) -> None:
     score = bcubed(truth, pred)
     assert score.f >= 0.95, score
     assert result.n_clusters >= 70
+
+
+def test_thousands_of_folders_print_the_largest_and_count_the_rest(lfw_subset, tmp_path, capsys) -> None:
+    emb, _ = lfw_subset
+    out = tmp_path / "out"
+    assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(out), "--clusters", "auto",
+                                     "--link-mode", "symlink", "--no-previews", "-q"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    folders = json.loads((out / "summary.json").read_text())["clusters"]
+    people = [n for n in folders if n != "outliers"]
+    assert len(people) > SHOWN_FOLDERS + 1
+    listed = [line for line in printed if line.startswith("person_")]
+    assert listed == [f"{n}: {folders[n]:,} images → {out / n}{os.sep}" for n in people[:SHOWN_FOLDERS]]
+    rest = [folders[n] for n in people[SHOWN_FOLDERS:]]
+    assert (f"… and {len(rest):,} more person folders ({min(rest):,}–{max(rest):,} images each, {sum(rest):,} in all): "
+            "summary.json lists every folder") in printed
+    assert f"outliers: {folders['outliers']:,} images → {out / 'outliers'}{os.sep}" in printed
+    assert all((out / n).is_dir() for n in folders)
 
 
 @pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink", "move"])
