@@ -65,6 +65,7 @@ class InsightFaceGender:
         model = onnx.load(str(pack.genderage))
         self.session, report = open_session(model.SerializeToString(), pack.genderage.name, device, gpu_id, threads=threads)
         self.reports: list[SessionReport] = [det_report, report]
+        self.name = f"insightface {pack.name} {pack.detector.name} {pack.genderage.name}"  # what made the predictions
         self.detector = SCRFD(det_session)
         arg = self.session.get_inputs()[0]
         self.input_name, self.size = arg.name, int(arg.shape[2])
@@ -127,6 +128,7 @@ class DeepFaceGender:
                 "(scripts/benchmark_backends.py --prepare-deepface-weights FOLDER copies it there) or use --backend insightface"
             ) from None
         self.deepface, self.detector_backend = DeepFace, detector_backend
+        self.name = f"deepface {detector_backend}"
         self.device = "cpu"
 
     def predict(self, items: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[GenderPrediction]:

@@ -4,13 +4,16 @@ predictions.csv and a summary."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
+import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
-
+from typing import IO, Protocol
 
 from .embed_run import iter_loaded
 from .fsutil import atomic_write_text
@@ -19,8 +22,14 @@ from .organize import LinkMode, place_all
 from .progress import bar as progress_bar
 
 
+log = logging.getLogger(__name__)
+
+PROGRESS_SUFFIX = ".gender-progress.jsonl"
+
+
 class Predictor(Protocol):
     device: str
+    name: str  # the backend and model: predictions by another are not reused
 
     def predict(self, items: Sequence[tuple[str, object]]) -> list[GenderPrediction]: ...
 
@@ -34,6 +43,7 @@ class GenderSummary:
     low_confidence: int = 0
     no_face: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    resumed: int = 0  # predicted by an interrupted run, not again
 
     def lines(self) -> list[str]:
         errors = sum(self.errors.values())
@@ -42,34 +52,128 @@ class GenderSummary:
             f"other gender: {self.non_matches:,}; below --min-confidence: {self.low_confidence:,}; "
             f"no face: {self.no_face:,}; errors: {errors:,}"
             + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.errors.most_common()) + ")" if errors else ""),
-        ]
+        ] + ([f"continued an interrupted run: {self.resumed:,} images were already predicted"] if self.resumed else [])
+
+
+def progress_path(output: str) -> str:
+    """Where predictions are kept until the run finishes: beside the output folder, as its lock."""
+    parent, name = os.path.split(os.path.abspath(output))
+    return os.path.join(parent, f".{name}{PROGRESS_SUFFIX}")
+
+
+class _Progress:
+    """Predictions so far, appended as JSON lines, so that an interrupted run continues where it
+    stopped. The first line names the predictor; another predictor's lines are not reused."""
+
+    def __init__(self, path: str, predictor: str, sync_seconds: float = 60.0):
+        self.path, self.sync_seconds = path, sync_seconds
+        self.done: dict[str, GenderPrediction] = {}
+        kept = self._read(predictor)
+        try:
+            self.handle: IO[str] | None = open(path, "a" if kept else "w", encoding="utf-8")
+        except OSError as err:  # a read-only parent folder: the run goes on without
+            log.warning("cannot keep predictions in %s (%s): an interrupted run will predict everything again",
+                        path, err.strerror or err)
+            self.handle = None
+            return
+        if not kept:
+            self.handle.write(json.dumps({"predictor": predictor}) + "\n")
+        elif self.handle.tell() and not self._ends_with_newline():
+            self.handle.write("\n")  # after a line cut short by a kill
+        self.handle.flush()
+        self.last_sync = time.monotonic()
+
+    def _read(self, predictor: str) -> bool:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError:  # none yet, or unreadable
+            return False
+        if not lines:
+            return False
+        try:
+            header = json.loads(lines[0])
+        except ValueError:
+            header = {}
+        if not isinstance(header, dict) or header.get("predictor") != predictor:
+            log.warning("%s: predictions of another backend or model (%s); predicting again", self.path,
+                        header.get("predictor") if isinstance(header, dict) else "unreadable")
+            return False
+        names = {f.name for f in dataclasses.fields(GenderPrediction)}
+        for line in lines[1:]:
+            try:
+                row = json.loads(line)
+                prediction = GenderPrediction(**{k: v for k, v in row.items() if k in names})
+            except (ValueError, TypeError, AttributeError):
+                continue  # a line cut short by a kill
+            self.done[prediction.path] = prediction
+        return True
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+
+    def add(self, predictions: Sequence[GenderPrediction]) -> None:
+        if self.handle is None:
+            return
+        self.handle.write("".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in predictions))
+        self.handle.flush()  # a killed process loses nothing flushed; a power cut what was not synced
+        if time.monotonic() - self.last_sync >= self.sync_seconds:
+            os.fsync(self.handle.fileno())
+            self.last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            os.unlink(self.path)
 
 
 def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, gender: str, predictor: Predictor, *,
                      min_confidence: float = 0.5, link_mode: LinkMode = "copy", workers: int = 0, batch_size: int = 64,
                      progress: bool = True) -> GenderSummary:
+    """Predict every image's gender, place those of ``gender``, write predictions.csv.
+
+    Predictions are kept in ``progress_path(output)`` as they are made: an interrupted run
+    re-run predicts only the images it had not reached. The file goes when the run finishes.
+    """
     output = os.path.abspath(output)
     summary = GenderSummary(output, gender)
-    predictions: list[GenderPrediction] = []
+    saved = _Progress(progress_path(output), predictor.name)
+    made: dict[str, GenderPrediction] = {p: saved.done[p] for p in paths if p in saved.done}
+    summary.resumed = len(made)
+    if made:
+        log.info("continuing: %d of %d images already predicted", len(made), len(paths))
+    todo = [p for p in paths if p not in made]
     batch: list[tuple[str, object]] = []
-    bar = progress_bar(total=len(paths), unit="img", enabled=progress)
+    bar = progress_bar(total=len(todo), unit="img", enabled=progress)
+
+    def record(predictions: list[GenderPrediction]) -> None:
+        saved.add(predictions)
+        made.update((p.path, p) for p in predictions)
+        bar.update(len(predictions))
 
     def flush() -> None:
-        predictions.extend(predictor.predict(batch))
-        bar.update(len(batch))
+        record(predictor.predict(batch))
         batch.clear()
 
-    for loaded in iter_loaded(list(paths), workers):
-        if loaded.image is None:
-            predictions.append(GenderPrediction(loaded.path, None, 0.0, None, loaded.reason))
-            bar.update(1)
-            continue
-        batch.append((loaded.path, loaded.image))
-        if len(batch) >= batch_size:
+    try:
+        for loaded in iter_loaded(todo, workers):
+            if loaded.image is None:
+                record([GenderPrediction(loaded.path, None, 0.0, None, loaded.reason)])
+                continue
+            batch.append((loaded.path, loaded.image))
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
-    bar.close()
+    finally:
+        saved.close()
+        bar.close()
+    predictions = [made[p] for p in paths]
     matched = []
     for p in predictions:
         if p.gender is None:
@@ -93,4 +197,5 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
         writer.writerow([p.path, p.gender or "", f"{p.confidence:.4f}", "" if p.age is None else f"{p.age:.1f}",
                          int(p.path in destination), p.reason or "", destination.get(p.path, "")])
     atomic_write_text(os.path.join(output, "predictions.csv"), buffer.getvalue())
+    saved.remove()
     return summary

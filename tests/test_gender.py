@@ -11,6 +11,7 @@ import pytest
 from face_organizer.cli import common
 from face_organizer.cli.gender import main as gender_main
 from face_organizer.gender import InsightFaceGender
+from face_organizer.gender_stage import filter_by_gender, progress_path
 from face_organizer.images import read_image
 
 from conftest import read_labels
@@ -58,3 +59,60 @@ def test_filter_copies_one_gender_and_reports_bad_files(utkface, testpack_dir, t
     assert "not a decodable image" in reasons["broken.jpg"] and reasons["wall.png"] == "empty file"
     printed = capsys.readouterr().out
     assert f"Woman: {len(copied)} images" in printed and "errors: 2" in printed
+
+
+class _Watched:
+    """The real predictor, recording what it is asked, and stopping (as Ctrl-C would) after ``stop_after`` images."""
+
+    def __init__(self, inner, stop_after: int | None = None, name: str | None = None):
+        self.inner, self.stop_after, self.asked = inner, stop_after, []
+        self.device, self.name = inner.device, name or inner.name
+
+    def predict(self, items):
+        if self.stop_after is not None and len(self.asked) >= self.stop_after:
+            raise KeyboardInterrupt
+        self.asked += [path for path, _ in items]
+        return self.inner.predict(items)
+
+
+def _predictions(out: Path) -> list[dict[str, str]]:
+    rows = list(csv.DictReader(open(out / "predictions.csv", newline="", encoding="utf-8")))
+    return [{k: v for k, v in r.items() if k != "destination"} for r in rows]
+
+
+def test_interrupted_filter_continues_where_it_stopped(utkface, predictor, tmp_path) -> None:
+    rows = read_labels(utkface)[:16]
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for r in rows:
+        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
+    (folder / "000_broken.jpg").write_text("not an image")  # sorts first
+    paths = sorted(str(p) for p in folder.iterdir())
+    decodable = [p for p in paths if not p.endswith("000_broken.jpg")]
+    run = dict(workers=0, batch_size=4, progress=False)
+
+    whole = _Watched(predictor)
+    filter_by_gender(paths, [str(folder)], str(tmp_path / "whole"), "Woman", whole, **run)
+    assert whole.asked == decodable and not Path(progress_path(str(tmp_path / "whole"))).exists()
+
+    out = tmp_path / "women"
+    with pytest.raises(KeyboardInterrupt):
+        filter_by_gender(paths, [str(folder)], str(out), "Woman", _Watched(predictor, stop_after=8), **run)
+    saved = Path(progress_path(str(out)))
+    assert len(saved.read_text().splitlines()) == 1 + 8 + 1  # the predictor, 000_broken.jpg, 8 predictions
+    with open(saved, "a") as handle:
+        handle.write('{"path": "' + decodable[9][:20])  # a line cut short by kill -9
+    again = _Watched(predictor)
+    summary = filter_by_gender(paths, [str(folder)], str(out), "Woman", again, **run)
+    assert again.asked == decodable[8:] and summary.resumed == 9
+    assert "continued an interrupted run: 9 images were already predicted" in summary.lines()
+    assert _predictions(out) == _predictions(tmp_path / "whole")
+    assert sorted(p.name for p in out.rglob("*.jpg")) == sorted(p.name for p in (tmp_path / "whole").rglob("*.jpg"))
+    assert not saved.exists()
+
+    other = tmp_path / "men"
+    with pytest.raises(KeyboardInterrupt):
+        filter_by_gender(paths, [str(folder)], str(other), "Man", _Watched(predictor, stop_after=4), **run)
+    by_other_model = _Watched(predictor, name="another model")
+    assert filter_by_gender(paths, [str(folder)], str(other), "Man", by_other_model, **run).resumed == 0
+    assert by_other_model.asked == decodable
