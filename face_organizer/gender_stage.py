@@ -4,7 +4,6 @@ predictions.csv and a summary."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -12,7 +11,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import IO, Protocol
 
 from .embed_run import iter_loaded
@@ -20,7 +19,6 @@ from .fsutil import atomic_write_text
 from .gender import GenderPrediction
 from .organize import LinkMode, place_all
 from .progress import bar as progress_bar
-
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +97,7 @@ class _Progress:
             log.warning("%s: predictions of another backend or model (%s); predicting again", self.path,
                         header.get("predictor") if isinstance(header, dict) else "unreadable")
             return False
-        names = {f.name for f in dataclasses.fields(GenderPrediction)}
+        names = {f.name for f in fields(GenderPrediction)}
         for line in lines[1:]:
             try:
                 row = json.loads(line)
@@ -117,7 +115,7 @@ class _Progress:
     def add(self, predictions: Sequence[GenderPrediction]) -> None:
         if self.handle is None:
             return
-        self.handle.write("".join(json.dumps(dataclasses.asdict(p)) + "\n" for p in predictions))
+        self.handle.write("".join(json.dumps(asdict(p)) + "\n" for p in predictions))
         self.handle.flush()  # a killed process loses nothing flushed; a power cut what was not synced
         if time.monotonic() - self.last_sync >= self.sync_seconds:
             os.fsync(self.handle.fileno())

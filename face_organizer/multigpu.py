@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from .errors import SetupError
 from .progress import bar as progress_bar
 from .providers import visible_gpus

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-
 from .errors import FaceOrganizerError, SetupError
 from .fsutil import OUTPUT_MARKER, atomic_write_text, sync_filesystem
 from .progress import bar as progress_bar
