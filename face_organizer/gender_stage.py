@@ -17,7 +17,7 @@ from typing import IO, Protocol
 from .embed_run import iter_loaded
 from .fsutil import atomic_write_text
 from .gender import GenderPrediction
-from .organize import LinkMode, place_all
+from .organize import LinkMode, check_output_folder, place_all
 from .progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     re-run predicts only the images it had not reached. The file goes when the run finishes.
     """
     output = os.path.abspath(output)
+    check_output_folder(output)  # before hours of predictions
     summary = GenderSummary(output, gender)
     saved = _Progress(progress_path(output), predictor.name)
     made: dict[str, GenderPrediction] = {p: saved.done[p] for p in paths if p in saved.done}

@@ -97,12 +97,23 @@ def inside(root: str, relative: str) -> str:
     return target
 
 
+def check_output_folder(output: str) -> None:
+    """Refuse an ``--output`` that no run could write into, before any long work starts:
+    a file, or a folder holding files that no face-organizer placement put there."""
+    if os.path.lexists(output) and not os.path.isdir(output):
+        raise SetupError(f"--output {output} is a file, not a folder; choose a new or empty folder")
+    if _has_entries(output) and not os.path.lexists(os.path.join(output, STATE_FILE)):
+        raise SetupError(f"--output {output} is not empty and was not written by face-organizer; "
+                         "choose a new or empty folder")
+
+
 def prepare_output(output: str, digest: str, dry_run: bool) -> dict[str, Any] | None:
     """Check the output folder: empty/new, or the same plan interrupted or finished.
 
     Returns the saved state of an earlier run of this very plan being continued, None
     for a new one. Raises ``SetupError`` for a folder holding anything else.
     """
+    check_output_folder(output)
     state = os.path.join(output, STATE_FILE)
     if not _has_entries(output):
         if not dry_run:
@@ -113,7 +124,8 @@ def prepare_output(output: str, digest: str, dry_run: bool) -> dict[str, Any] | 
         with open(state, encoding="utf-8") as handle:
             previous = json.load(handle)
     except (OSError, ValueError):
-        raise SetupError(f"--output {output} is not empty and was not written by cluster_faces; choose an empty or new folder") from None
+        raise SetupError(f"--output {output}: its {STATE_FILE} cannot be read; choose a new folder, or remove it "
+                         "to start over") from None
     if not isinstance(previous, dict) or previous.get("plan") != digest:
         raise SetupError(
             f"--output {output} holds a different clustering (other embeddings, settings or files); "

@@ -17,7 +17,7 @@ from .errors import SetupError
 from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
-from .organize import LinkMode, place_all
+from .organize import LinkMode, check_output_folder, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .search import Reference, SearchResult, embed_reference, search
@@ -58,12 +58,13 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
                 link_mode: LinkMode = "copy", use_gpu: bool = False, progress: bool = True,
                 previews: bool = True) -> SearchReport:
     check_same_model(ef, models)
+    output = os.path.abspath(output)
+    check_output_folder(output)
     refs = [embed_reference(q, models) for q in queries]
     calibration = load_calibration(models.pack.recognizer.name)
     calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
     result = search(ef.rows.embeddings, [r.embedding for r in refs], threshold=threshold, calibrated=calibrated,
                     expand=expand, top_k=top_k, use_gpu=use_gpu)
-    output = os.path.abspath(output)
     paths = [ef.rows.paths[i] for i in result.index]
     placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode, progress=progress)
     dests, status = placement.destinations, placement.status

@@ -486,6 +486,26 @@ def test_rerun_into_other_clustering_is_refused(two_person, tmp_path, capsys) ->
     (tmp_path / "other" / "mine.txt").write_text("user file")
     assert run_cli(["--embeddings", str(two_person[0]), "--output", str(tmp_path / "other"), "-q"]) == 2
     assert (tmp_path / "other" / "mine.txt").read_text() == "user file"
+    assert "is not empty and was not written by face-organizer" in capsys.readouterr().err
+
+
+def test_output_no_run_could_write_is_refused_before_clustering(two_person, tmp_path, monkeypatch, capsys) -> None:
+    # On 500,000 faces clustering takes minutes: a folder that can never be the output is refused first.
+    def not_reached(*args: object) -> None:
+        raise AssertionError("clustered although the output was unusable")
+
+    monkeypatch.setattr("face_organizer.cluster_stage.run_clustering", not_reached)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mine.txt").write_text("user file")
+    (tmp_path / "a_file").write_text("user file")
+    for output, message in ((tmp_path / "other", "is not empty and was not written by face-organizer"),
+                            (tmp_path / "a_file", "is a file, not a folder")):
+        for extra in ([], ["--dry-run"]):
+            assert run_cli(["--embeddings", str(two_person[0]), "--output", str(output), "-q"] + extra) == 2
+            assert message in capsys.readouterr().err
+    assert (tmp_path / "other" / "mine.txt").read_text() == "user file"
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["mine.txt"]
+    assert (tmp_path / "a_file").read_text() == "user file"
 
 
 def test_files_from_different_models_refused(two_person, tmp_path, capsys) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from face_organizer.cli import common
 from face_organizer.cli.gender import main as gender_main
+from face_organizer.errors import SetupError
 from face_organizer.gender import InsightFaceGender
 from face_organizer.gender_stage import filter_by_gender, progress_path
 from face_organizer.images import read_image
@@ -116,3 +117,21 @@ def test_interrupted_filter_continues_where_it_stopped(utkface, predictor, tmp_p
     by_other_model = _Watched(predictor, name="another model")
     assert filter_by_gender(paths, [str(folder)], str(other), "Man", by_other_model, **run).resumed == 0
     assert by_other_model.asked == decodable
+
+
+def test_unusable_output_is_refused_before_predicting(utkface, predictor, tmp_path) -> None:
+    # DeepFace takes hours on a large folder: an output that could never be written is refused first.
+    image = tmp_path / "input" / "face.jpg"
+    image.parent.mkdir()
+    image.write_bytes((utkface / read_labels(utkface)[0]["path"]).read_bytes())
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("user file")
+    watched = _Watched(predictor)
+    for output in (taken, taken / "notes.txt"):
+        with pytest.raises(SetupError):
+            filter_by_gender([str(image)], [str(image.parent)], str(output), "Woman", watched, workers=0,
+                             batch_size=4, progress=False)
+        assert not Path(progress_path(str(output))).exists()
+    assert watched.asked == []
+    assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]

@@ -103,6 +103,11 @@ def test_bad_query_and_model_mismatch_are_clear(lfw_subset, testpack_dir, models
     assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "broken.jpg"), "--output", str(tmp_path / "o"),
                     "--model", str(testpack_dir)]) == 2
     assert "cannot use query" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("user file")
+    assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "broken.jpg"), "--output",
+                    str(tmp_path / "taken"), "--model", str(testpack_dir)]) == 2
+    assert "is not empty and was not written by face-organizer" in capsys.readouterr().err  # before the query is read
     ef = embfile.load(emb)
     ef.meta["model_files"] = {"recognition": "w600k_r50.onnx"}
     with pytest.raises(SetupError, match="w600k_r50.onnx"):

@@ -26,7 +26,10 @@ NOT_GIVEN = -1  # --clusters left out: 2, unless --people-from names the people
 def clusters_arg(value: str) -> int | None:
     if value == "auto":
         return None
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
     if number < 1:
         raise argparse.ArgumentTypeError("use a number of people (1 or more) or 'auto'")
     return number
