@@ -89,8 +89,8 @@ def _walk(root: str) -> tuple[set[str], dict[str, set[str]]]:
             try:
                 if entry.is_dir():
                     pending.append((entry.path, output))
-                elif is_image_name(entry.name) and entry.is_file():
-                    bucket.add(entry.path)
+                elif is_image_name(entry.name) and (entry.is_file() or entry.is_symlink()):
+                    bucket.add(entry.path)  # a link whose target is gone too: it is reported, not lost silently
             except OSError:
                 continue  # a dangling or unreadable entry
     return own, in_outputs
@@ -202,6 +202,9 @@ def _read(path: str | os.PathLike[str]) -> tuple[bytes, Signature]:
         with open(path, "rb") as handle:
             stat = os.fstat(handle.fileno())
             return handle.read(), (stat.st_size, stat.st_mtime_ns)
+    except FileNotFoundError as err:
+        reason = "broken symbolic link (its target is missing)" if os.path.islink(path) else "file no longer exists"
+        raise DecodeError(reason) from err
     except OSError as err:
         raise DecodeError(f"unreadable: {err.strerror or err}") from err
 

@@ -36,10 +36,13 @@ def test_discovery_rules(tmp_path: Path) -> None:
     write_image(tmp_path / "2017" / "album.jpg" / "inner.png", img)
     (tmp_path / "2017" / "notes.txt").write_text("not an image")
     os.symlink(keep[0], tmp_path / "2008" / "link.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "2008" / "dangling.png")  # listed, to be reported when read
+    os.symlink(tmp_path / "gone", tmp_path / "2008" / "dangling_notes.txt")
     found = discover_images([tmp_path / "2017", tmp_path / "2008", tmp_path / "2017"])
     expected = sorted(
         [str(p) for p in keep]
-        + [str(tmp_path / "2017" / "album.jpg" / "inner.png"), str(tmp_path / "2008" / "link.png")]
+        + [str(tmp_path / "2017" / "album.jpg" / "inner.png"), str(tmp_path / "2008" / "link.png"),
+           str(tmp_path / "2008" / "dangling.png")]
     )
     assert found == expected
     assert str(tmp_path / "2017" / "album.jpg") not in found
@@ -70,7 +73,9 @@ def test_bad_files_give_reasons(tmp_path: Path) -> None:
     (tmp_path / "text.jpg").write_text("this is not a jpeg")
     png = write_image(tmp_path / "good.png", _face_like(120, 120)).read_bytes()
     (tmp_path / "cut.png").write_bytes(png[:200])
+    os.symlink(tmp_path / "unmounted" / "frame.png", tmp_path / "on_nas.png")
     reasons = {p.name: load(str(p)).reason for p in tmp_path.iterdir()}
+    assert reasons["on_nas.png"] == "broken symbolic link (its target is missing)"
     assert reasons["good.jpg"] is None and reasons["good.png"] is None
     assert reasons["truncated.jpg"] == "truncated JPEG"
     assert reasons["empty.png"] == "empty file"
