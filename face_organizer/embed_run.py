@@ -157,7 +157,9 @@ class _State:
     reused: dict[str, str] = field(default_factory=dict)
     signatures: dict[str, images.Signature] = field(default_factory=dict)
     meta: dict[str, Any] | None = None
-    parts: int = 0
+    parts: int = 0  # the highest part number
+    parts_read: int = 0
+    unreadable_parts: list[str] = field(default_factory=list)
     held: set[str] = field(default_factory=set)  # every path with rows or in no_face
 
     def done(self) -> set[str]:
@@ -202,22 +204,32 @@ def _check_compatible(meta: dict[str, Any], models: FaceModels, mode: str, where
         )
 
 
-def _load_state(output: Path, models: FaceModels, mode: str) -> _State:
+def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None = None) -> _State:
+    """What a re-run of the command writing ``output`` would find done: the finished file
+    plus its checkpoint parts. ``check(meta, where)`` may refuse a file or part."""
     state = _State()
     if output.exists():
         ef = embfile.load(output)
-        _check_compatible(ef.meta, models, mode, str(output))
+        if check:
+            check(ef.meta, str(output))
         state.add(ef)
     for part in sorted(parts_dir(output).glob("part-*.pkl")):
         try:
             ef = embfile.load(part)
         except EmbeddingsFileError as err:
             log.warning("ignoring unreadable checkpoint %s: %s", part, err)
+            state.unreadable_parts.append(str(part))
             continue
-        _check_compatible(ef.meta, models, mode, str(part))
+        if check:
+            check(ef.meta, str(part))
         state.add(ef)
         state.parts = max(state.parts, int(part.stem.split("-")[1]))
+        state.parts_read += 1
     return state
+
+
+def _load_state(output: Path, models: FaceModels, mode: str) -> _State:
+    return read_state(output, lambda meta, where: _check_compatible(meta, models, mode, where))
 
 
 def _sorted_rows(rows: FaceRows) -> FaceRows:

@@ -11,6 +11,7 @@ from . import common
 COMMANDS = {
     "embed": ("embed", "compute embeddings (scripts/generate_embeddings.py)"),
     "embed-all-gpus": ("multigpu", "one embedding worker per GPU (scripts/embed_all_gpus.py)"),
+    "info": ("info", "what embeddings files hold, how far their runs got (scripts/embeddings_info.py)"),
     "cluster": ("cluster", "person folders (scripts/cluster_faces.py)"),
     "search": ("search", "every image of one person (scripts/search_faces.py)"),
     "gender": ("gender", "keep one gender (scripts/gender_filter.py)"),

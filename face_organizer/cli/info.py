@@ -1,0 +1,45 @@
+"""embeddings_info: what embeddings files hold, and how far the runs writing them have got."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from ..embinfo import describe
+from ..errors import FaceOrganizerError
+from . import common
+
+EXAMPLES = """\
+  python scripts/embeddings_info.py /workspace/embeddings_gpu*.pkl
+  # while one process per GPU is still running: which are done, which were interrupted
+  python scripts/embeddings_info.py /workspace/embeddings_gpu0.pkl --json
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = common.parser("embeddings_info.py", "Describe embeddings files: model, inputs, images and faces, skipped "
+                      "files by reason, and whether the run that writes each one finished, was interrupted "
+                      "(checkpoint parts beside it) or is running now. Reads only; safe during a run.", EXAMPLES)
+    p.add_argument("files", nargs="+", metavar="FILE.pkl", help="embeddings files (as given to --output)")
+    p.add_argument("--json", action="store_true", help="one JSON list on stdout instead of text")
+    common.add_logging_args(p)
+    args = p.parse_args(argv)
+    common.setup_logging(args.verbose, args.quiet)
+    infos, code = [], 0
+    for name in args.files:  # as ls does: a file that cannot be described does not hide the others
+        try:
+            infos.append(describe(name))
+        except FaceOrganizerError as err:
+            print(f"Error: {err}", file=sys.stderr)
+            code = max(code, err.exit_code)
+    if args.json:
+        json.dump([i.as_dict() for i in infos], sys.stdout, indent=2)
+        print()
+    elif infos:
+        print("\n".join(line for i in infos for line in i.lines()))
+    return code
+
+
+def cli() -> None:
+    sys.exit(common.run(main))

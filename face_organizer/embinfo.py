@@ -1,0 +1,110 @@
+"""What an embeddings file holds, and how far the run writing it has got.
+
+Reads the finished file and its checkpoint parts the way a re-run would (``embed_run.read_state``),
+so an interrupted or still-running ``generate_embeddings`` can be looked at without touching it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .embed_run import parts_dir, read_state
+from .errors import SetupError
+
+
+@dataclass
+class EmbeddingsInfo:
+    path: str
+    meta: dict[str, Any]
+    images: int  # images with rows, or photos without a face
+    faces: int
+    fallback: int  # crops mode: rows whose face was not detected (centre crop used)
+    no_face: int  # photos mode: images without a face
+    reused: int
+    skipped: Counter[str] = field(default_factory=Counter)
+    finished: bool = False  # the file exists and no checkpoint part waits beside it
+    parts: int = 0
+    unreadable_parts: list[str] = field(default_factory=list)
+    writer: int | None = None  # pid of the process holding the output's lock, if it is alive
+
+    def status(self) -> str:
+        if self.writer is not None:
+            return f"being written now (pid {self.writer})"
+        if self.finished:
+            return "finished"
+        return (f"interrupted: {self.parts} checkpoint part(s) beside it; run the same generate_embeddings "
+                "command again to continue")
+
+    def lines(self) -> list[str]:
+        m = self.meta
+        files = m.get("model_files") or {}
+        out = [
+            f"{self.path}: {self.status()}",
+            f"  model: {m.get('model_pack', '?')} ({files.get('recognition', '?')}, {m.get('embedding_size', '?')}-d), "
+            f"{m.get('mode', 'crops')} mode, device {m.get('device', '?')}, run started {m.get('created', '?')}",
+            "  inputs: " + (", ".join(m.get("inputs") or []) or "?"),
+            f"  images: {self.images:,}; faces: {self.faces:,}"
+            + (f"; fallback (no face found, centre crop used): {self.fallback:,}" if self.fallback else "")
+            + (f"; photos without a face: {self.no_face:,}" if self.no_face else "")
+            + (f"; near-identical frames reused: {self.reused:,}" if self.reused else ""),
+        ]
+        skipped = sum(self.skipped.values())
+        out.append(f"  skipped: {skipped:,}"
+                   + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + ")" if skipped else ""))
+        out += [f"  unreadable checkpoint part (ignored): {p}" for p in self.unreadable_parts]
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "status": self.status(), "finished": self.finished, "writer_pid": self.writer,
+                "checkpoint_parts": self.parts, "images": self.images, "faces": self.faces,
+                "fallback": self.fallback, "no_face": self.no_face, "reused": self.reused,
+                "skipped": dict(self.skipped), "unreadable_parts": self.unreadable_parts, "meta": self.meta}
+
+
+def _writer(output: Path) -> int | None:
+    """The live process named in the output's lock file (see ``fsutil.exclusive``), if any.
+
+    The file is only read: taking the lock, even for a moment, could make a run starting
+    at that instant refuse to start."""
+    try:
+        pid = int((output.parent / f".{output.name}.lock").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # alive, but another user's
+        return pid
+    except OSError:
+        return None
+    return pid
+
+
+def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
+    """Raises ``SetupError`` when there is neither a file nor a checkpoint at ``path``,
+    ``EmbeddingsFileError`` when the file cannot be read."""
+    output = Path(os.path.abspath(path))
+    if not output.exists() and not parts_dir(output).is_dir():
+        raise SetupError(f"{path}: no embeddings file and no checkpoint of one there")
+    state = read_state(output)
+    rows = [r for r in state.rows if len(r)]
+    info = EmbeddingsInfo(
+        path=str(output),
+        meta=dict(state.meta or {}),
+        images=len(state.held),
+        faces=sum(len(r) for r in rows),
+        fallback=sum(int((~r.detected).sum()) for r in rows) if (state.meta or {}).get("mode", "crops") == "crops" else 0,
+        no_face=len(state.no_face),
+        reused=len(state.reused),
+        skipped=Counter(reason for p, reason in state.failed.items() if p not in state.held),
+        finished=output.exists() and state.parts_read == 0 and not state.unreadable_parts,
+        parts=state.parts_read,
+        unreadable_parts=state.unreadable_parts,
+        writer=_writer(output),
+    )
+    return info

@@ -1,0 +1,102 @@
+"""embeddings_info on real runs: finished, interrupted, running, and files it cannot describe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from face_organizer import images
+from face_organizer.cli import common
+from face_organizer.cli.info import main as info_main
+from face_organizer.cli.main import main as umbrella
+from face_organizer.embed_run import parts_dir, run_embeddings
+from face_organizer.embinfo import describe
+
+
+def run_cli(args: list[str]) -> int:
+    return common.run(info_main, args)
+
+
+@pytest.fixture()
+def folder(tmp_path, video_crops) -> tuple[Path, list[str]]:
+    crops = [p for c in video_crops.values() for p in c][:9]
+    paths = []
+    for i, crop in enumerate(crops):
+        target = tmp_path / "in" / f"frame_{i:04d}.png"
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(crop.read_bytes())
+        paths.append(str(target))
+    (tmp_path / "in" / "cut.png").write_bytes(Path(paths[0]).read_bytes()[:300])
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    return tmp_path / "in", sorted(paths + [str(tmp_path / "in" / n) for n in ("cut.png", "empty.png")])
+
+
+def test_finished_file_is_described(folder, models, tmp_path, capsys) -> None:
+    root, paths = folder
+    out = tmp_path / "emb.pkl"
+    summary = run_embeddings(paths, out, models, inputs=[str(root)], batch_size=4, progress=False)
+    info = describe(out)
+    assert info.finished and info.writer is None and info.parts == 0
+    assert (info.images, info.faces) == (summary.embedded, summary.faces) == (9, 9)
+    assert info.skipped == summary.skipped and sum(info.skipped.values()) == 2
+    assert info.fallback == summary.fallback
+    assert run_cli([str(out)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0] == f"{out}: finished"
+    assert "MobileFaceNet.onnx, 128-d" in text[1] and "crops mode" in text[1]
+    assert text[2] == f"  inputs: {root}"
+    assert "  images: 9; faces: 9" in text[3]
+    assert "empty file: 1" in text[4] and text[4].startswith("  skipped: 2")
+
+
+def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, capsys) -> None:
+    _, paths = folder
+    out = tmp_path / "emb.pkl"
+
+    def interrupted(chunk: list[str]) -> list[images.Loaded]:
+        if paths[6] in chunk:
+            raise KeyboardInterrupt
+        return images.load_many(chunk)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_embeddings(paths, out, models, batch_size=2, streams=1, checkpoint_seconds=0, progress=False,
+                       loader=interrupted)
+    assert not out.exists()
+    parts = len(list(parts_dir(out).glob("part-*.pkl")))
+    info = describe(out)
+    assert not info.finished and info.parts == parts >= 1
+    assert 1 <= info.images < 9 and sum(info.skipped.values()) == 2  # cut.png and empty.png sort first
+    assert "interrupted" in info.status() and "run the same generate_embeddings command again" in info.status()
+
+    lock = out.parent / f".{out.name}.lock"
+    lock.write_text(str(os.getpid()))  # as a live run holds it
+    assert describe(out).status() == f"being written now (pid {os.getpid()})"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(str(dead.pid))  # left behind by a run killed with kill -9
+    assert describe(out).writer is None
+    lock.unlink()
+
+    resumed = run_embeddings(paths, out, models, progress=False)
+    assert (resumed.already_done, resumed.embedded) == (info.images, 9 - info.images)  # what the re-run found
+    assert run_cli([str(out), "--json"]) == 0
+    (described,) = json.loads(capsys.readouterr().out)
+    assert described["finished"] and described["images"] == 9 and described["checkpoint_parts"] == 0
+
+
+def test_files_it_cannot_describe_do_not_hide_the_others(folder, models, tmp_path, capsys) -> None:
+    _, paths = folder
+    out = tmp_path / "emb.pkl"
+    run_embeddings(paths[:3], out, models, progress=False)
+    (tmp_path / "notes.pkl").write_text("not a pickle")
+    code = umbrella(["info", str(tmp_path / "missing.pkl"), str(out), str(tmp_path / "notes.pkl")])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{out}: finished")
+    assert f"Error: {tmp_path / 'missing.pkl'}: no embeddings file and no checkpoint of one there" in captured.err
+    assert "notes.pkl: not a readable embeddings file" in captured.err
