@@ -39,6 +39,10 @@ def parts_dir(output: str | os.PathLike[str]) -> Path:
     return Path(os.fspath(output) + ".parts")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 @dataclass
 class RunSummary:
     output: str
@@ -70,7 +74,7 @@ class RunSummary:
             f"embeddings file: {self.output} ({self.rows_in_file:,} faces)",
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}"
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
-            f"embedded now: {self.embedded:,} images, {self.faces:,} faces; "
+            f"embedded now: {_count(self.embedded, 'image')}, {_count(self.faces, 'face')}; "
             f"fallback (no face found, centre crop used): {self.fallback:,}",
         ]
         if self.no_face:

@@ -236,6 +236,7 @@ def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, ca
     many = RunSummary(output=str(out), device="cpu", skipped=Counter({"empty file": 9}),
                       skipped_examples=[(f"/in/{i}.png", "empty file") for i in range(5)])
     assert "  … all 9 are listed under 'failed' in the embeddings file" in many.lines()
+    assert RunSummary(output=str(out), device="cpu", embedded=1, faces=1).lines()[2].startswith("embedded now: 1 image, 1 face;")
     # Plain pickle works for users' own scripts.
     with open(out, "rb") as handle:
         plain = pickle.load(handle)
