@@ -21,7 +21,7 @@ from .clustering import (OUTLIER, Clustering, assign_to_people, cluster_name, gp
                          with_set_aside)
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
-from .organize import LinkMode, check_output_folder, place_all
+from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .thresholds import load_calibration
 
@@ -214,6 +214,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     started = time.monotonic()
     output = os.path.abspath(output)
     check_output_folder(output)  # before the clustering, which takes minutes on a large collection
+    check_images_reachable(ef.rows.paths, output)
     clustering = run_clustering(ef, config)
     names = [cluster_name(int(label)) for label in clustering.labels]
     paths = ef.rows.paths

@@ -107,6 +107,19 @@ def check_output_folder(output: str) -> None:
                          "choose a new or empty folder")
 
 
+def check_images_reachable(paths: Sequence[str], output: str) -> None:
+    """Refuse a new ``output`` when not one of ``paths`` exists: the images were embedded where they
+    sit at other paths (another container, another mount point), and every file would be 'missing'.
+    An output already started is left to its run: after a move its sources are gone by design."""
+    if not paths or os.path.lexists(os.path.join(output, STATE_FILE)):
+        return
+    if any(os.path.lexists(p) for p in paths):  # stops at the first one found
+        return
+    raise SetupError(f"none of the {len(set(paths)):,} images named in the embeddings is where it was embedded "
+                     f"(for example {paths[0]}): were they embedded in another container or with their folders "
+                     "mounted elsewhere? Mount them at the same paths, or embed them again here")
+
+
 def prepare_output(output: str, digest: str, dry_run: bool) -> dict[str, Any] | None:
     """Check the output folder: empty/new, or the same plan interrupted or finished.
 

@@ -17,7 +17,7 @@ from .errors import SetupError
 from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
-from .organize import LinkMode, check_output_folder, place_all
+from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .search import Reference, SearchResult, embed_reference, search
@@ -60,6 +60,7 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     check_same_model(ef, models)
     output = os.path.abspath(output)
     check_output_folder(output)
+    check_images_reachable(ef.rows.paths, output)
     refs = [embed_reference(q, models) for q in queries]
     calibration = load_calibration(models.pack.recognizer.name)
     calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None

@@ -323,6 +323,20 @@ def test_images_gone_since_embedding_are_reported_not_fatal(two_person, tmp_path
     assert all(rows[p]["status"] == "missing" and not Path(rows[p]["destination"]).exists() for p in gone)
 
 
+def test_images_all_elsewhere_are_refused_before_clustering(two_person, tmp_path, monkeypatch, capsys) -> None:
+    # Embedded inside the container under /workspace, clustered where the folders are mounted elsewhere.
+    ef = _private_copy(two_person, tmp_path)
+    (tmp_path / "input").rename(tmp_path / "mounted_elsewhere")
+    pkl = tmp_path / "moved.pkl"
+    embfile.save(pkl, ef)
+    monkeypatch.setattr("face_organizer.cluster_stage.run_clustering", lambda *a: pytest.fail("clustered anyway"))
+    for extra in ([], ["--dry-run"]):
+        assert run_cli(["--embeddings", str(pkl), "--output", str(tmp_path / "out"), "-q"] + extra) == 2
+        assert f"none of the {len(set(ef.rows.paths))} images named in the embeddings is where it was embedded" \
+            in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_cross_device_move_interrupted_between_copy_and_delete(two_person, tmp_path, monkeypatch) -> None:
     ef = _private_copy(two_person, tmp_path)
     out = tmp_path / "out"

@@ -19,7 +19,7 @@ from face_organizer.errors import SetupError
 from face_organizer.faces import EmbedOptions, embed_batch
 from face_organizer.images import read_image
 from face_organizer.search import embed_reference, search
-from face_organizer.search_stage import check_same_model
+from face_organizer.search_stage import check_same_model, find_person
 
 
 def run_cli(args: list[str]) -> int:
@@ -109,6 +109,11 @@ def test_bad_query_and_model_mismatch_are_clear(lfw_subset, testpack_dir, models
                     str(tmp_path / "taken"), "--model", str(testpack_dir)]) == 2
     assert "is not empty and was not written by face-organizer" in capsys.readouterr().err  # before the query is read
     ef = embfile.load(emb)
+    query = str(Path(ef.rows.paths[0]))
+    ef.rows.paths = ["/workspace/input/" + Path(p).name for p in ef.rows.paths]  # embedded inside a container
+    with pytest.raises(SetupError, match="none of the .* images named in the embeddings is where it was embedded"):
+        find_person(ef, models, [query], str(tmp_path / "found"), progress=False)
+    assert not (tmp_path / "found").exists()
     ef.meta["model_files"] = {"recognition": "w600k_r50.onnx"}
     with pytest.raises(SetupError, match="w600k_r50.onnx"):
         check_same_model(ef, models)
