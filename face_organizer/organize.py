@@ -117,7 +117,8 @@ def check_images_reachable(paths: Sequence[str], output: str) -> None:
         return
     raise SetupError(f"none of the {len(set(paths)):,} images named in the embeddings is where it was embedded "
                      f"(for example {paths[0]}): were they embedded in another container or with their folders "
-                     "mounted elsewhere? Mount them at the same paths, or embed them again here")
+                     "mounted elsewhere, or moved since (by an earlier --link-mode move)? Mount them at the same "
+                     "paths, or embed them where they are now")
 
 
 def prepare_output(output: str, digest: str, dry_run: bool) -> dict[str, Any] | None:
