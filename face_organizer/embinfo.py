@@ -92,13 +92,14 @@ def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
     if not output.exists() and not parts_dir(output).is_dir():
         raise SetupError(f"{path}: no embeddings file and no checkpoint of one there")
     state = read_state(output)
-    rows = [r for r in state.rows if len(r)]
-    info = EmbeddingsInfo(
+    meta = dict(state.meta or {})
+    crops = meta.get("mode", "crops") == "crops"
+    return EmbeddingsInfo(
         path=str(output),
-        meta=dict(state.meta or {}),
+        meta=meta,
         images=len(state.held),
-        faces=sum(len(r) for r in rows),
-        fallback=sum(int((~r.detected).sum()) for r in rows) if (state.meta or {}).get("mode", "crops") == "crops" else 0,
+        faces=sum(len(r) for r in state.rows),
+        fallback=sum(int((~r.detected).sum()) for r in state.rows) if crops else 0,
         no_face=len(state.no_face),
         reused=len(state.reused),
         skipped=Counter(reason for p, reason in state.failed.items() if p not in state.held),
@@ -107,4 +108,3 @@ def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
         unreadable_parts=state.unreadable_parts,
         writer=_writer(output),
     )
-    return info
