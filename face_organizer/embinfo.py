@@ -14,6 +14,7 @@ from typing import Any
 
 from .embed_run import parts_dir, read_state
 from .errors import SetupError
+from .fsutil import lock_path
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _writer(output: Path) -> int | None:
     The file is only read: taking the lock, even for a moment, could make a run starting
     at that instant refuse to start."""
     try:
-        pid = int((output.parent / f".{output.name}.lock").read_text().strip())
+        pid = int(lock_path(output).read_text().strip())
     except (OSError, ValueError):
         return None
     if pid <= 0:

@@ -83,6 +83,12 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
         pass
 
 
+def lock_path(path: str | os.PathLike[str]) -> Path:
+    """``.<name>.lock`` beside ``path``: the file ``exclusive`` locks, holding its owner's pid."""
+    target = Path(path)
+    return target.parent / f".{target.name}.lock"
+
+
 @contextlib.contextmanager
 def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     """Hold ``.<name>.lock`` beside ``path`` for as long as the block runs; raise ``SetupError``
@@ -91,7 +97,7 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     the file is removed on exit. Where no lock can be had (a network share without locks, a
     read-only parent folder), the block runs unguarded, with a warning."""
     target = Path(path)
-    lock = target.parent / f".{target.name}.lock"
+    lock = lock_path(target)
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(lock, target, hint)
     if fd is None:

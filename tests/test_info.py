@@ -16,6 +16,7 @@ from face_organizer.cli.info import main as info_main
 from face_organizer.cli.main import main as umbrella
 from face_organizer.embed_run import parts_dir, run_embeddings
 from face_organizer.embinfo import describe
+from face_organizer.fsutil import lock_path
 
 
 def run_cli(args: list[str]) -> int:
@@ -73,7 +74,7 @@ def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, c
     assert 1 <= info.images < 9 and sum(info.skipped.values()) == 2  # cut.png and empty.png sort first
     assert "interrupted" in info.status() and "run the same generate_embeddings command again" in info.status()
 
-    lock = out.parent / f".{out.name}.lock"
+    lock = lock_path(out)
     lock.write_text(str(os.getpid()))  # as a live run holds it
     assert describe(out).status() == f"being written now (pid {os.getpid()})"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
