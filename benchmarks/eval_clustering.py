@@ -17,9 +17,11 @@
    --clusters 2, the second with --people-from the first; reports both, so the second
    year's folders can be compared with the first's.
 2. Many people, --clusters auto: all 2,805 LFW dev photos (610 identities, 400 of them
-   with one photo); outliers count as singletons. Reports BCubed and pairwise P/R/F.
+   with one photo); outliers count as singletons. Reports BCubed and pairwise P/R/F, with
+   and without the second pass for outliers (--no-second-pass). With --crops, the same
+   photos again as occluded video-style crops (as the two-person draws make them).
 
-  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--one-person] [--years]
+  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--one-person] [--years] [--crops]
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def main() -> int:
     parser.add_argument("--blurred", type=int, default=0, metavar="N", help="also the draws with N blurred crops per kind and blur")
     parser.add_argument("--one-person", action="store_true", help="also one person with strangers and junk, --clusters 1")
     parser.add_argument("--years", action="store_true", help="also each draw as two years, the second sorted --people-from the first")
+    parser.add_argument("--crops", action="store_true", help="also every LFW dev photo as an occluded crop, --clusters auto")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -154,16 +157,35 @@ def main() -> int:
         ef = embfile.load(Path(tmp) / "lfw.pkl")
         with open(lfw / "labels.csv", newline="") as handle:
             identity = {str((lfw / r["path"]).absolute()): r["identity"] for r in csv.DictReader(handle)}
-        truth = [identity[p] for p in ef.rows.paths]
-        clustering = run_clustering(ef, ClusterConfig(clusters=None))
+        many_people("LFW dev photos", ef, [identity[p] for p in ef.rows.paths])
+        if args.crops:
+            with open(lfw / "labels.csv", newline="") as handle:
+                everyone = tuple(sorted({r["identity"] for r in csv.DictReader(handle)}))
+            items = two_person_collection(lfw, Path(tmp) / "crops" / "input", models.detector, everyone,
+                                          strangers=0.0, junk=0.0)
+            run_embeddings([str(i.path) for i in items], Path(tmp) / "crops.pkl", models,
+                           inputs=[str(Path(tmp) / "crops" / "input")], streams=streams, progress=False)
+            ef = embfile.load(Path(tmp) / "crops.pkl")
+            label = {str(i.path): i.label for i in items}
+            many_people("LFW dev as occluded video crops", ef, [label[p] for p in ef.rows.paths])
+    return 0
+
+
+def many_people(title: str, ef: embfile.EmbeddingsFile, truth: list[str]) -> None:
+    """BCubed and pairwise scores of --clusters auto, with and without the second pass."""
+    for second_pass in (True, False):
+        clustering = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=second_pass))
         pred = [f"c{c}" if c >= 0 else f"outlier{i}" for i, c in enumerate(clustering.labels)]
         b, pw = bcubed(truth, pred), pairwise(truth, pred)
-        print(f"[LFW dev, --clusters auto] {len(truth)} faces, {len(set(truth))} identities -> {clustering.n_clusters} clusters, "
+        joined = (f"; second pass: {clustering.attached} joined at >= {clustering.attach_cutoff:.3f}"
+                  if clustering.attach_cutoff is not None else "")
+        print(f"[{title}, --clusters auto{'' if second_pass else ' --no-second-pass'}] {len(truth)} faces, "
+              f"{len(set(truth))} identities -> {clustering.n_clusters} clusters, "
               f"{int((clustering.labels < 0).sum())} outliers (set aside as unrecognisable: "
-              f"{0 if clustering.set_aside is None else int(clustering.set_aside.sum())}); cut-off {clustering.threshold:.3f}")
+              f"{0 if clustering.set_aside is None else int(clustering.set_aside.sum())}); cut-off "
+              f"{clustering.threshold:.3f}{joined}")
         print(f"  BCubed precision {b.precision:.4f} recall {b.recall:.4f} F {b.f:.4f}")
         print(f"  pairwise precision {pw.precision:.4f} recall {pw.recall:.4f} F {pw.f:.4f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class ClusterConfig:
     extra_groups: bool = True  # fixed k: groups of alike faces beyond k get centres, their faces go to outliers
     set_aside_unrecognisable: bool = True  # faces blurred past recognition go to outliers before clustering
     people_from: str | None = None  # an earlier output: assign faces to its people instead of clustering
+    attach_outliers: bool = True  # auto: a second pass gives outliers near a cluster's centre to that cluster
 
 
 SHOWN_FOLDERS = 50  # printed one per line; with thousands (--clusters auto), the rest are counted
@@ -99,6 +100,11 @@ class ClusterReport:
             notes.append(f"outliers/ also holds {groups} of alike faces beyond --clusters {k} "
                          f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; "
                          f"--clusters {k + len(extra)} gives them folders of their own")
+        c = self.clustering
+        if c.attach_cutoff is not None:
+            notes.append(f"second pass: {c.attached:,} faces the graph left out joined their nearest cluster "
+                         f"(similarity to its centre >= {c.attach_cutoff:.3f}: {c.attach_source}); "
+                         "--no-second-pass leaves them in outliers/")
         aside = self.clustering.set_aside
         if aside is not None and aside.any():
             notes.append(f"outliers/ also holds {int(aside.sum()):,} faces too blurred or degraded to recognise "
@@ -156,7 +162,7 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
         calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
         return _with_gpu_fallback(graph_clusters, config.use_gpu, x=x, min_similarity=config.min_similarity,
                                   neighbours=config.neighbours, min_cluster_size=config.min_cluster_size,
-                                  seed=config.seed, calibrated=calibrated)
+                                  seed=config.seed, calibrated=calibrated, attach=config.attach_outliers)
     calibrated = (float(calibration["centre_threshold"]), "calibration") if calibration and "centre_threshold" in calibration else None
     pair = float(calibration["pair_threshold"]) if calibration and "pair_threshold" in calibration else None
     return _with_gpu_fallback(kmeans, config.use_gpu, x=x, k=config.clusters,
@@ -245,6 +251,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         "similarity_cutoff": clustering.threshold,
         "cutoff_source": clustering.threshold_source,
         "extra_groups_in_outliers": list(clustering.extra_groups),
+        "second_pass": ({"joined": clustering.attached, "cutoff": clustering.attach_cutoff,
+                         "cutoff_source": clustering.attach_source} if clustering.attach_cutoff is not None else None),
         "unrecognisable_in_outliers": int(clustering.set_aside.sum()) if clustering.set_aside is not None else 0,
         "link_mode": config.link_mode,
         "files": dict(report.status),

@@ -56,12 +56,16 @@ def load(folder: str) -> People:
         raise SetupError(f"--people-from {folder}: cannot read {name}: {err}") from None
     if centres.ndim != 2 or centres.dtype.kind != "f":
         raise SetupError(f"--people-from {folder}: {name} is not a (people x embedding size) array")
-    cutoff = summary.get("similarity_cutoff")
+    cutoff, source = summary.get("similarity_cutoff"), str(summary.get("cutoff_source", ""))
+    second = summary.get("second_pass")
+    if isinstance(second, dict) and isinstance(second.get("cutoff"), (int, float)):
+        # --clusters auto: the edge cut-off compares two faces; the second pass's compares a face
+        # with a centre, as assigning to these people does.
+        cutoff, source = second["cutoff"], f"second pass, {second.get('cutoff_source', '')}"
     if not isinstance(cutoff, (int, float)):
         raise SetupError(f"--people-from {folder}: summary.json has no similarity_cutoff")
-    return People(folder, centres.astype(np.float32), float(cutoff),
-                  str(summary.get("cutoff_source", "")), (summary.get("model_files") or {}).get("recognition"),
-                  str(summary.get("method", "")))
+    return People(folder, centres.astype(np.float32), float(cutoff), source,
+                  (summary.get("model_files") or {}).get("recognition"), str(summary.get("method", "")))
 
 
 def check_model(people: People, recognition: str | None, dim: int) -> None:

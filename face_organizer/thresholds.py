@@ -131,9 +131,12 @@ def impostor_model(embeddings: NDArray[np.float32], seed: int = 0, pairs: int = 
     return impostor_from_similarities(_pair_similarities(embeddings, a, b), embeddings.shape[1])
 
 
-def _pair_similarities(embeddings: NDArray[np.float32], a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.float32]:
-    """Similarity of each pair (a[i], b[i]), in blocks: memory stays flat."""
-    return np.concatenate([np.einsum("ij,ij->i", embeddings[a[i : i + 20_000]], embeddings[b[i : i + 20_000]])
+def _pair_similarities(embeddings: NDArray[np.float32], a: NDArray[np.int64], b: NDArray[np.int64],
+                       others: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
+    """Similarity of each pair (embeddings[a[i]], others[b[i]]) (``others``: ``embeddings``
+    itself by default), in blocks: memory stays flat."""
+    right = embeddings if others is None else others
+    return np.concatenate([np.einsum("ij,ij->i", embeddings[a[i : i + 20_000]], right[b[i : i + 20_000]])
                            for i in range(0, len(a), 20_000)] or [np.zeros(0, np.float32)])
 
 
@@ -154,6 +157,26 @@ def impostor_from_cross_cluster_pairs(embeddings: NDArray[np.float32], labels: N
     b = clustered[rng.integers(0, clustered.size, pairs)]
     cross = labels[a] != labels[b]
     return impostor_from_other_centres(_pair_similarities(embeddings, a[cross], b[cross]), embeddings.shape[1])
+
+
+def impostor_from_other_centre_pairs(embeddings: NDArray[np.float32], labels: NDArray[np.int64],
+                                     centres: NDArray[np.float32], seed: int = 0,
+                                     pairs: int = SAMPLE_PAIRS) -> ImpostorModel | None:
+    """The impostor scale of face-to-centre similarities, from random (member, other centre) pairs.
+
+    Each sampled member of a cluster is paired with a random centre that is not its own
+    (label = row of ``centres``), so with thousands of clusters no faces x centres matrix is
+    built. With two clusters these are the similarities k-means' own cut-off reads. None
+    when there are fewer than two centres or hardly any members.
+    """
+    k = len(centres)
+    clustered = np.nonzero(labels >= 0)[0]
+    if k < 2 or clustered.size < 10:
+        return None
+    rng = np.random.default_rng(seed)
+    a = clustered[rng.integers(0, clustered.size, pairs)]
+    other = (labels[a] + rng.integers(1, k, pairs)) % k
+    return impostor_from_other_centres(_pair_similarities(embeddings, a, other, centres), embeddings.shape[1])
 
 
 def calibration_path() -> Path:

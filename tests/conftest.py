@@ -162,5 +162,29 @@ def lfw_subset(lfw, lfw_labels, models, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lfw_crops(lfw, lfw_labels, models, tmp_path_factory):
+    """(embeddings file, {path: identity}): LFW dev as occluded video-style crops, six photos each
+    of 60 people with five or more and 60 people with one (about 400 crops)."""
+    from face_organizer.embed_run import run_embeddings
+    from face_organizer.images import read_image
+    from face_organizer.samples import crop_from_photo
+
+    by_person: dict[str, list[dict[str, str]]] = {}
+    for row in lfw_labels:
+        by_person.setdefault(row["identity"], []).append(row)
+    many = sorted(p for p, rows in by_person.items() if len(rows) >= 5)[:60]
+    chosen = [r for p in many for r in by_person[p][:6]] + [r for r in lfw_labels if r["kind"] == "single"][:60]
+    out = tmp_path_factory.mktemp("lfw_crops")
+    identity = {}
+    for i, row in enumerate(chosen):
+        crop = crop_from_photo(read_image(lfw / row["path"]), models.detector, zoom=1.1 + 0.03 * (i * 7 % 10),
+                               occlude=(None, "bar", "blob")[i % 3], seed=i)
+        if crop is not None:
+            identity[str(write_image(out / "input" / f"frame_{i:04d}.png", crop))] = row["identity"]
+    run_embeddings(list(identity), out / "emb.pkl", models, inputs=[str(out / "input")], progress=False)
+    return out / "emb.pkl", identity
+
+
+@pytest.fixture(scope="session")
 def utkface(shared: Path) -> Path:
     return _need(shared / "datasets" / "utkface_gender_dev")

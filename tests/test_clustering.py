@@ -181,6 +181,92 @@ def test_auto_finds_many_people(lfw_subset) -> None:
     assert result.n_clusters >= 70
 
 
+def test_second_pass_gives_occluded_faces_their_person_and_leaves_strangers_out(lfw_crops) -> None:
+    """Occluded crops often miss the graph's face-to-face cut-off for every neighbour; the second
+    pass gives them to their own person's cluster, and people seen once stay in outliers."""
+    emb, identity = lfw_crops
+    ef = embfile.load(emb)
+    truth = [identity[p] for p in ef.rows.paths]
+    once = {p for p in set(truth) if truth.count(p) == 1}
+    first = graph_clusters(ef.rows.embeddings, attach=False)
+    both = graph_clusters(ef.rows.embeddings)
+    assert first.attached == 0 and first.attach_cutoff is None
+    joined = np.nonzero((first.labels < 0) & (both.labels >= 0))[0]
+    assert both.attached == joined.size >= 10
+    assert np.all(both.labels[first.labels >= 0] >= 0)  # the second pass only adds faces
+    # Every face that joined a cluster joined the one holding its own person.
+    for i in joined:
+        members = [truth[j] for j in np.nonzero(both.labels == both.labels[i])[0] if j != i]
+        assert max(set(members), key=members.count) == truth[i], (truth[i], members)
+    assert all(both.labels[i] < 0 for i, t in enumerate(truth) if t in once)
+    # The clusters of the first pass keep their faces, only renumbered by size.
+    clustered = first.labels >= 0
+    assert len(set(zip(first.labels[clustered], both.labels[clustered]))) == first.n_clusters == both.n_clusters
+    pred = [[f"c{c}" if c >= 0 else f"o{i}" for i, c in enumerate(r.labels)] for r in (first, both)]
+    before, after = bcubed(truth, pred[0]), bcubed(truth, pred[1])
+    assert after.recall >= before.recall + 0.03 and after.precision >= 0.99, (before, after)
+    assert both.attach_cutoff < both.threshold and "other clusters' centres" in both.attach_source
+    # A cut-off given by the user is the only rule.
+    assert graph_clusters(ef.rows.embeddings, min_similarity=first.threshold).attach_cutoff is None
+
+
+def test_people_from_an_auto_run_use_its_face_to_centre_cut_off(lfw_crops, tmp_path) -> None:
+    """Next year's faces are compared with last year's centres, as the second pass compares
+    outliers: its cut-off is the one kept, not the stricter face-to-face edge cut-off."""
+    emb, identity = lfw_crops
+    ef = embfile.load(emb)
+    years = [embfile.EmbeddingsFile(ef.rows.select(np.arange(s, len(ef.rows), 2)), [], [], ef.meta) for s in (0, 1)]
+    config = ClusterConfig(clusters=None, link_mode="symlink", previews=False)
+    first = cluster_faces(years[0], str(tmp_path / "first"), config, progress=False).clustering
+    assert first.attach_cutoff is not None and first.attach_cutoff < first.threshold
+    follow = ClusterConfig(link_mode="symlink", previews=False, people_from=str(tmp_path / "first"))
+    second = cluster_faces(years[1], str(tmp_path / "second"), follow, progress=False).clustering
+    assert second.threshold == pytest.approx(first.attach_cutoff)
+    assert second.threshold_source.startswith(f"the cut-off of {tmp_path / 'first'}: second pass, data: median")
+    strict = run_clustering(years[1], ClusterConfig(people_from=str(tmp_path / "first"), min_similarity=first.threshold))
+    # Each folder's person: the identity of most of its first-year faces.
+    truth = [[identity[p] for p in y.rows.paths] for y in years]
+    person = {c: max(set(m), key=m.count) for c in range(first.n_clusters)
+              for m in [[t for t, lab in zip(truth[0], first.labels) if lab == c]]}
+    right = [t == person[c] for t, c in zip(truth[1], second.labels) if c >= 0]
+    theirs = sum(t in set(person.values()) for t in truth[1])  # faces of people with a folder
+    assert sum(right) >= 0.98 * len(right) and sum(right) >= 0.93 * theirs
+    assert len(right) > sum(strict.labels >= 0)
+    seen_once = {t for t in truth[1] if t not in truth[0]}
+    assert all(c < 0 for t, c in zip(truth[1], second.labels) if t in seen_once)
+
+
+def test_second_pass_cut_off_rises_with_the_number_of_clusters() -> None:
+    from scipy.stats import norm
+
+    from face_organizer.clustering import ATTACH_Z, ATTACH_Z_CLUSTERS, attach_z
+
+    assert attach_z(2) == attach_z(ATTACH_Z_CLUSTERS) == ATTACH_Z
+    zs = [attach_z(k) for k in (2_000, 20_000, 200_000)]
+    assert all(a < b for a, b in zip(zs, zs[1:])) and 4.9 < attach_z(20_000) < 5.1
+    for k, z in zip((2_000, 20_000, 200_000), zs):
+        assert k * norm.sf(z) == pytest.approx(ATTACH_Z_CLUSTERS * norm.sf(ATTACH_Z), rel=1e-6)
+
+
+def test_other_centre_pairs_give_the_scale_of_the_full_matrix() -> None:
+    """Sampled (member, other centre) pairs estimate what every member against every other
+    centre would give, without that matrix."""
+    from face_organizer.thresholds import impostor_from_other_centre_pairs
+
+    rng = np.random.default_rng(3)
+    centres = _unit(rng.standard_normal((300, 128)).astype(np.float32))
+    x = np.concatenate([_faces_around(c, 20, rng, 0.6) for c in centres])
+    labels = np.repeat(np.arange(300), 20)
+    full = x @ centres.T
+    other = full[labels[:, None] != np.arange(300)[None, :]]
+    exact = impostor_from_other_centres(other, 128)
+    sampled = impostor_from_other_centre_pairs(x, labels, centres, seed=0)
+    assert sampled is not None
+    assert sampled.centre == pytest.approx(exact.centre, abs=0.005)
+    assert sampled.spread == pytest.approx(exact.spread, rel=0.03)
+    assert impostor_from_other_centre_pairs(x, np.zeros(len(x), np.int64), centres[:1]) is None
+
+
 def test_thousands_of_folders_print_the_largest_and_count_the_rest(lfw_subset, tmp_path, capsys) -> None:
     emb, _ = lfw_subset
     out = tmp_path / "out"
@@ -197,6 +283,16 @@ def test_thousands_of_folders_print_the_largest_and_count_the_rest(lfw_subset, t
             "summary.json lists every folder") in printed
     assert f"outliers: {folders['outliers']:,} images → {out / 'outliers'}{os.sep}" in printed
     assert all((out / n).is_dir() for n in folders)
+    second = json.loads((out / "summary.json").read_text())["second_pass"]
+    assert second["joined"] > 0 and "other clusters' centres" in second["cutoff_source"]
+    assert any(line.startswith(f"second pass: {second['joined']:,} faces the graph left out joined their nearest "
+                               f"cluster (similarity to its centre >= {second['cutoff']:.3f}") for line in printed)
+    # --no-second-pass leaves them in outliers/.
+    assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(tmp_path / "strict"), "--clusters", "auto",
+                                     "--no-second-pass", "--dry-run", "-q"]) == 0
+    strict = capsys.readouterr().out
+    assert "second pass" not in strict
+    assert f"outliers: {folders['outliers'] + second['joined']:,} images" in strict
 
 
 @pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink", "move"])

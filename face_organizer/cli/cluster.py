@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-extra-groups", dest="extra_groups", action="store_false",
                    help="with a number of people: do not look for further recurring people first (their faces "
                         "are then shared out among the K folders instead of going to outliers/)")
+    p.add_argument("--no-second-pass", dest="attach_outliers", action="store_false",
+                   help="auto: leave in outliers/ the faces no graph edge reached, even those close to a cluster's "
+                        "centre (by default a second pass gives them to it; never with --min-similarity)")
     p.add_argument("--keep-unrecognisable", dest="set_aside_unrecognisable", action="store_false",
                    help="cluster faces too blurred or degraded to recognise like the others (by default they go "
                         "to outliers/ first, when the embeddings file says where the model puts them)")
@@ -78,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ClusterConfig(clusters=args.clusters, min_similarity=args.min_similarity, link_mode=args.link_mode,
                            dry_run=args.dry_run, neighbours=args.neighbours, min_cluster_size=args.min_cluster_size,
                            seed=args.seed, previews=args.previews, extra_groups=args.extra_groups,
-                           set_aside_unrecognisable=args.set_aside_unrecognisable, people_from=args.people_from)
+                           set_aside_unrecognisable=args.set_aside_unrecognisable, people_from=args.people_from,
+                           attach_outliers=args.attach_outliers)
     with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
         report = cluster_faces(ef, args.output, config, progress=not args.quiet, sources=args.embeddings)
     print("\n".join(report.lines() + (dry_run_lines(report) if args.dry_run else [])))
