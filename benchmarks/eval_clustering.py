@@ -12,6 +12,8 @@
    extra groups found, against --no-extra-groups. With --blurred N, N more crops of the two
    people and N of other people for each blur (Gaussian sigma 3, 5 and 8 pixels on the
    256-pixel crop): where the blurred faces of each kind went, against --keep-unrecognisable.
+   With --auto, each draw also with --clusters auto, with and without its second pass
+   (--no-second-pass): the same report, plus how many more folders auto made.
    With --one-person, draws of Tony Blair alone with strangers and junk, --clusters 1.
    With --years, each draw split into two "years" (alternate faces): the first sorted with
    --clusters 2, the second with --people-from the first; reports both, so the second
@@ -21,7 +23,7 @@
    and without the second pass for outliers (--no-second-pass). With --crops, the same
    photos again as occluded video-style crops (as the two-person draws make them).
 
-  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--one-person] [--years] [--crops]
+  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops]
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="two-person collections to draw (default: 0 1 2 3 4 5)")
     parser.add_argument("--recurring", action="store_true", help="also the draws with one and two recurring third people")
     parser.add_argument("--blurred", type=int, default=0, metavar="N", help="also the draws with N blurred crops per kind and blur")
+    parser.add_argument("--auto", action="store_true", help="also each two-person draw with --clusters auto")
     parser.add_argument("--one-person", action="store_true", help="also one person with strangers and junk, --clusters 1")
     parser.add_argument("--years", action="store_true", help="also each draw as two years, the second sorted --people-from the first")
     parser.add_argument("--crops", action="store_true", help="also every LFW dev photo as an occluded crop, --clusters auto")
@@ -118,6 +121,18 @@ def main() -> int:
                         print(f"  {name}: {sum(f == 'outliers' for f in theirs)} of {len(theirs)} in outliers/")
                     if blurred:
                         print("\n".join("  " + line for line in blur_lines(items, ef.rows.paths, folders, report.folder_of)))
+                for second_pass in (True, False) if args.auto and not recurring and not blurred else ():
+                    clustering = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=second_pass))
+                    folders = [cluster_name(int(c)) for c in clustering.labels]
+                    report = folder_report(truth, folders, people)
+                    theirs = set(report.folder_of.values()) | {"outliers"}
+                    others = {f for f in folders if f not in theirs}
+                    joined = (f"; second pass: {clustering.attached} joined at >= {clustering.attach_cutoff:.3f}"
+                              if clustering.attach_cutoff is not None else "")
+                    print(f"[two people, --clusters auto{'' if second_pass else ' --no-second-pass'}, seed {seed}] "
+                          f"edge cut-off {clustering.threshold:.3f}{joined}; {len(others)} more folders "
+                          f"({sum(f in others for f in folders)} faces)")
+                    print("\n".join("  " + line for line in report.lines()))
 
         for seed in args.seeds if args.one_person else []:
             root = Path(tmp) / f"one{seed}"

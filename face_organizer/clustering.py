@@ -85,8 +85,8 @@ def graph_z(n: int) -> float:
 
 
 def attach_z(k: int) -> float:
-    """Impostor spreads above the other-centre centre that an outlier's similarity to its nearest
-    of ``k`` cluster centres needs to join that cluster.
+    """How many impostor spreads (of faces' similarities to other clusters' centres) above their
+    centre an outlier's similarity to the nearest of ``k`` cluster centres must be to join it.
 
     The nearest centre is the best of k candidates, so among k impostor centres one clears z
     about k * P(Z > z) times. ATTACH_Z holds up to ATTACH_Z_CLUSTERS clusters; for more, z keeps
