@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from . import embfile, people, quality
-from .clustering import (OUTLIER, Clustering, assign_to_people, cluster_name, gpu_count, graph_clusters, kmeans,
-                         with_set_aside)
+from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cluster_name, gpu_count, graph_clusters,
+                         graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
 from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
-from .thresholds import load_calibration
+from .thresholds import calibrated_pair_cut, load_calibration
 
 log = logging.getLogger(__name__)
 
@@ -159,15 +159,25 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
                                 seed=config.seed, use_gpu=bool(config.use_gpu))
     calibration = load_calibration(ef.meta.get("model_files", {}).get("recognition", ""))
     if config.clusters is None:
-        calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
         return _with_gpu_fallback(graph_clusters, config.use_gpu, x=x, min_similarity=config.min_similarity,
                                   neighbours=config.neighbours, min_cluster_size=config.min_cluster_size,
-                                  seed=config.seed, calibrated=calibrated, attach=config.attach_outliers)
+                                  seed=config.seed, calibrated=_graph_cut(calibration, len(x)),
+                                  attach=config.attach_outliers)
     calibrated = (float(calibration["centre_threshold"]), "calibration") if calibration and "centre_threshold" in calibration else None
-    pair = float(calibration["pair_threshold"]) if calibration and "pair_threshold" in calibration else None
+    pair = _graph_cut(calibration, min(len(x), GROUP_SAMPLE)) if config.extra_groups else None
     return _with_gpu_fallback(kmeans, config.use_gpu, x=x, k=config.clusters,
                               min_similarity=config.min_similarity, seed=config.seed, calibrated=calibrated,
-                              extra_groups=config.extra_groups, pair_calibrated=pair)
+                              extra_groups=config.extra_groups, pair_calibrated=pair[0] if pair else None)
+
+
+def _graph_cut(calibration: dict[str, Any] | None, n: int) -> tuple[float, str] | None:
+    """The calibrated edge cut-off of a graph over ``n`` faces, as ``graph_z`` asks of the data's."""
+    cut = calibrated_pair_cut(calibration, graph_z(n))
+    if calibration and cut is None:
+        log.warning("the stored calibration for this model was made before it recorded the impostor pairs' scale, "
+                    "so the face-to-face cut-off of the clustering graph is read from the data; run "
+                    "search_faces.py --calibrate again to use the calibration there too")
+    return cut
 
 
 def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.ndarray, dests: list[str],

@@ -17,7 +17,7 @@ from scipy.sparse.csgraph import connected_components
 
 from . import progress
 from .thresholds import (CENTRE_Z, OTHER_CENTRE_Z, ImpostorModel, impostor_from_cross_cluster_pairs,
-                         impostor_from_other_centre_pairs, impostor_from_other_centres, impostor_model)
+                         impostor_from_other_centre_pairs, impostor_from_impostors, impostor_model)
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def kmeans(
             if sims.shape[1] > k:  # only the k folders' faces and centres: the cut is the same with or without extra groups
                 kept = np.argsort(-np.bincount(nearest[:, 0], minlength=sims.shape[1]), kind="stable")[:k]
                 other = other[np.isin(nearest[:, 1:], kept) & np.isin(nearest[:, 0], kept)[:, None]]
-            model, z = impostor_from_other_centres(other.ravel(), d), OTHER_CENTRE_Z
+            model, z = impostor_from_impostors(other.ravel(), d), OTHER_CENTRE_Z
             how = "median similarity to the other clusters' centres"
         else:
             model, z = impostor_model(x, seed=seed), CENTRE_Z
@@ -359,9 +359,9 @@ def graph_clusters(
     connected groups of core faces, and a non-core face joins the cluster of its most
     similar core neighbour. Faces reaching no core, and clusters smaller than
     ``min_cluster_size``, are outliers. Requiring core faces on both ends stops one
-    stray edge from chaining two people together. With ``attach``, and a cut-off read
-    from the data, a second pass gives outliers close enough to a centre to that cluster
-    (see ``_attach_outliers``); a cut-off given or calibrated is kept as the only rule.
+    stray edge from chaining two people together. With ``attach``, a second pass gives
+    outliers close enough to a centre to that cluster (see ``_attach_outliers``), unless
+    ``min_similarity`` is given: a cut-off the user chose is kept as the only rule.
     """
     x = _normalise(x)
     n, d = x.shape
@@ -400,7 +400,7 @@ def graph_clusters(
     k = int(labels.max()) + 1 if (labels >= 0).any() else 0
     centres = _centres(x, labels, k)
     attached, attach_cutoff, attach_source = 0, None, ""
-    if attach and min_similarity is None and calibrated is None:
+    if attach and min_similarity is None:
         labels, attached, attach_cutoff, attach_source = _attach_outliers(x, labels, centres, seed)
         if attached:
             labels = _relabel_by_size(labels)

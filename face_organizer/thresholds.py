@@ -91,13 +91,14 @@ def _fit_peak(sims: NDArray[np.float64], rough: ImpostorModel, dim: int | None) 
     return ImpostorModel(max(float(centre), 0.0), max(spread, _spread_floor(dim)))
 
 
-def impostor_from_other_centres(sims: NDArray[np.floating], dim: int | None = None) -> ImpostorModel:
-    """Centre and spread of faces' similarities to cluster centres that are not their own.
+def impostor_from_impostors(sims: NDArray[np.floating], dim: int | None = None) -> ImpostorModel:
+    """Centre and spread of similarities that are nearly all impostor values: faces' similarities
+    to cluster centres not their own, pairs of faces in different clusters, labelled pairs of
+    different people (a calibration).
 
-    Nearly all of these are impostor similarities, so no genuine peak needs avoiding and
-    the median is the centre: with two clusters there are only a few hundred values in a
-    small collection, where a histogram mode moves by several bins between draws of the
-    same two people (measured 0.045-0.085; the median 0.043-0.052).
+    No genuine peak needs avoiding, so the median is the centre: with two clusters there are
+    only a few hundred values in a small collection, where a histogram mode moves by several
+    bins between draws of the same two people (measured 0.045-0.085; the median 0.043-0.052).
     """
     sims = np.asarray(sims, dtype=np.float64)
     if sims.size < 10:
@@ -156,7 +157,7 @@ def impostor_from_cross_cluster_pairs(embeddings: NDArray[np.float32], labels: N
     a = clustered[rng.integers(0, clustered.size, pairs)]
     b = clustered[rng.integers(0, clustered.size, pairs)]
     cross = labels[a] != labels[b]
-    return impostor_from_other_centres(_pair_similarities(embeddings, a[cross], b[cross]), embeddings.shape[1])
+    return impostor_from_impostors(_pair_similarities(embeddings, a[cross], b[cross]), embeddings.shape[1])
 
 
 def impostor_from_other_centre_pairs(embeddings: NDArray[np.float32], labels: NDArray[np.int64],
@@ -176,7 +177,7 @@ def impostor_from_other_centre_pairs(embeddings: NDArray[np.float32], labels: ND
     rng = np.random.default_rng(seed)
     a = clustered[rng.integers(0, clustered.size, pairs)]
     other = (labels[a] + rng.integers(1, k, pairs)) % k
-    return impostor_from_other_centres(_pair_similarities(embeddings, a, other, centres), embeddings.shape[1])
+    return impostor_from_impostors(_pair_similarities(embeddings, a, other, centres), embeddings.shape[1])
 
 
 def calibration_path() -> Path:
@@ -202,9 +203,11 @@ def calibrate_from_embeddings(x: NDArray[np.float32], identities: list[str], tar
     """Cut-offs at a target false-match rate from labelled embeddings.
 
     ``pair_threshold``: face-to-face similarity exceeded by ``target_fmr`` of impostor
-    pairs (search, graph edges). ``centre_threshold``: face-to-identity-centre
-    similarity exceeded by that share of faces of *other* identities (k-means outliers).
-    Also reports the genuine match rate at each.
+    pairs (search). ``centre_threshold``: face-to-identity-centre similarity exceeded by
+    that share of faces of *other* identities (k-means outliers). Also reports the genuine
+    match rate at each, and the impostor pairs' centre and spread (``pair_impostor_centre``,
+    ``pair_impostor_spread``): graph edges need far rarer false matches than a quantile of a
+    few million pairs can give, so their cut-off is set from these (see ``calibrated_pair_cut``).
     """
     ids = np.asarray(identities)
     codes = np.unique(ids, return_inverse=True)[1]
@@ -220,6 +223,7 @@ def calibrate_from_embeddings(x: NDArray[np.float32], identities: list[str], tar
     if not same.any() or same.all():
         raise ValueError("calibration needs several identities with two or more images each")
     pair = float(np.quantile(sims[~same], 1.0 - target_fmr))
+    impostors = impostor_from_impostors(sims[~same], x.shape[1])
     counts = np.bincount(codes)
     centres = np.zeros((counts.size, x.shape[1]), np.float32)
     np.add.at(centres, codes, x)
@@ -234,12 +238,23 @@ def calibrate_from_embeddings(x: NDArray[np.float32], identities: list[str], tar
     return {
         "pair_threshold": round(pair, 4),
         "pair_true_match_rate": round(float((sims[same] >= pair).mean()), 4),
+        "pair_impostor_centre": round(impostors.centre, 4),
+        "pair_impostor_spread": round(impostors.spread, 4),
         "centre_threshold": round(centre, 4),
         "centre_true_match_rate": round(float((genuine_centre >= centre).mean()), 4),
         "target_false_match_rate": target_fmr,
         "images": int(n),
         "identities": int(counts.size),
     }
+
+
+def calibrated_pair_cut(entry: dict[str, Any] | None, z: float) -> tuple[float, str] | None:
+    """A face-to-face cut-off ``z`` spreads above a calibration's impostor pairs, with where it
+    came from; None for no calibration, or one made before it recorded their scale."""
+    if not entry or not all(isinstance(entry.get(k), (int, float)) for k in ("pair_impostor_centre", "pair_impostor_spread")):
+        return None
+    centre, spread = float(entry["pair_impostor_centre"]), float(entry["pair_impostor_spread"])
+    return centre + z * spread, f"calibration: impostor pairs at {centre:.3f} + {z:.2f} x {spread:.3f}"
 
 
 def save_calibration(recognizer: str, entry: dict[str, Any], path: Path | None = None) -> Path:

@@ -27,7 +27,7 @@ from face_organizer.embed_run import run_embeddings
 from face_organizer.faces import EmbedOptions
 from face_organizer.images import discover_images, read_image
 from face_organizer.preview import TILE
-from face_organizer.thresholds import (impostor_from_cross_cluster_pairs, impostor_from_other_centres,
+from face_organizer.thresholds import (impostor_from_cross_cluster_pairs, impostor_from_impostors,
                                          impostor_from_similarities)
 
 
@@ -259,12 +259,44 @@ def test_other_centre_pairs_give_the_scale_of_the_full_matrix() -> None:
     labels = np.repeat(np.arange(300), 20)
     full = x @ centres.T
     other = full[labels[:, None] != np.arange(300)[None, :]]
-    exact = impostor_from_other_centres(other, 128)
+    exact = impostor_from_impostors(other, 128)
     sampled = impostor_from_other_centre_pairs(x, labels, centres, seed=0)
     assert sampled is not None
     assert sampled.centre == pytest.approx(exact.centre, abs=0.005)
     assert sampled.spread == pytest.approx(exact.spread, rel=0.03)
     assert impostor_from_other_centre_pairs(x, np.zeros(len(x), np.int64), centres[:1]) is None
+
+
+def test_a_calibration_sets_the_graph_cut_off_from_its_impostor_scale(lfw_subset, tmp_path, monkeypatch, caplog) -> None:
+    """A calibration's pair threshold is a quantile at a false-match rate for search (0.001 by
+    default); graph edges need far rarer chance matches, or people chain together. The graph
+    takes the calibration's impostor scale with its own number of spreads instead."""
+    from face_organizer.thresholds import calibrate_from_embeddings, save_calibration
+
+    emb, identity = lfw_subset
+    ef = embfile.load(emb)
+    truth = np.array([identity[p] for p in ef.rows.paths])
+    people = np.unique(truth)
+    labelled = np.isin(truth, people[::2])  # calibrate on half of the people, cluster the others
+    entry = calibrate_from_embeddings(ef.rows.embeddings[labelled], list(truth[labelled]))
+    store = tmp_path / "calibration.json"
+    monkeypatch.setenv("FACE_ORGANIZER_CALIBRATION", str(store))
+    save_calibration(ef.meta["model_files"]["recognition"], entry)
+    rest = embfile.EmbeddingsFile(ef.rows.select(np.nonzero(~labelled)[0]), [], [], ef.meta)
+    result = run_clustering(rest, ClusterConfig(clusters=None))
+    assert result.threshold_source.startswith("calibration: impostor pairs at")
+    assert result.threshold > entry["pair_threshold"] + 0.1
+    pred = [f"c{c}" if c >= 0 else f"o{i}" for i, c in enumerate(result.labels)]
+    assert bcubed(list(truth[~labelled]), pred).f >= 0.95
+    # At the pair threshold itself, people chain together.
+    chained = graph_clusters(rest.rows.embeddings, min_similarity=entry["pair_threshold"])
+    pred = [f"c{c}" if c >= 0 else f"o{i}" for i, c in enumerate(chained.labels)]
+    assert bcubed(list(truth[~labelled]), pred).precision < 0.9
+    # A calibration made before the scale was recorded: the data's cut-off, and a warning saying so.
+    save_calibration(ef.meta["model_files"]["recognition"], {"pair_threshold": entry["pair_threshold"],
+                                                              "centre_threshold": entry["centre_threshold"]})
+    old = run_clustering(rest, ClusterConfig(clusters=None))
+    assert old.threshold_source.startswith("data:") and "run search_faces.py --calibrate again" in caplog.text
 
 
 def test_thousands_of_folders_print_the_largest_and_count_the_rest(lfw_subset, tmp_path, capsys) -> None:
@@ -788,7 +820,7 @@ def test_other_centre_impostor_estimate_is_steady() -> None:
     # About 300 faces' similarities to the other person's centre, as a small two-person collection gives.
     rng = np.random.default_rng(0)
     samples = [rng.normal(0.05, 0.09, 300) for _ in range(40)]
-    steady = [impostor_from_other_centres(s, 128) for s in samples]
+    steady = [impostor_from_impostors(s, 128) for s in samples]
     peaks = [impostor_from_similarities(s, 128) for s in samples]
     assert abs(np.mean([m.centre for m in steady]) - 0.05) < 0.01
     assert abs(np.mean([m.spread for m in steady]) - 0.09) < 0.015

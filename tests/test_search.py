@@ -127,6 +127,7 @@ def test_calibration_is_stored_and_used(shared, testpack_dir, lfw_subset, lfw, t
     entry = json.loads(store.read_text())["MobileFaceNet.onnx"]
     assert 0.0 < entry["pair_threshold"] < 1.0 and entry["identities"] == 13
     assert entry["pair_true_match_rate"] > 0.5
+    assert 0.0 <= entry["pair_impostor_centre"] < 0.2 and 0.05 < entry["pair_impostor_spread"] < 0.2  # for the graph
     capsys.readouterr()
     emb, _ = lfw_subset
     assert run_cli(["--embeddings", str(emb), "--query", str(lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"),
