@@ -162,11 +162,6 @@ def _nearest_centre(x: NDArray[np.float32], centres: NDArray[np.float32],
     return sims, nearest
 
 
-def _nearest_centre_similarity(x: NDArray[np.float32], centres: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Each face's similarity to its most similar centre."""
-    return _nearest_centre(x, centres)[0]
-
-
 def _attach_outliers(x: NDArray[np.float32], labels: NDArray[np.int64], centres: NDArray[np.float32],
                      seed: int) -> tuple[NDArray[np.int64], int, float | None, str]:
     """The graph's second pass: each outlier whose similarity to its nearest centre clears
@@ -300,8 +295,8 @@ def kmeans(
     centres = _centres(x, labels, k_kept)
     similarity = _own_centre_similarity(x, labels, centres, own) if k_kept else own.copy()
     if extra.size and k_kept:  # outliers: similarity to the nearest centre that kept its folder
-        out = labels == OUTLIER
-        similarity[out] = _nearest_centre_similarity(x[out], centres)
+        out = np.nonzero(labels == OUTLIER)[0]
+        similarity[out] = _nearest_centre(x, centres, out)[0]
     return Clustering(labels, similarity, centres, float(threshold), source, method,
                       tuple(int(v) for v in extra if v))
 
@@ -463,7 +458,7 @@ def with_set_aside(result: Clustering, keep: NDArray[np.intp], x: NDArray[np.flo
     aside = np.ones(n, bool)
     aside[keep] = False
     if result.n_clusters and aside.any():
-        similarity[aside] = _nearest_centre_similarity(_normalise(x[aside]), result.centres)
+        similarity[aside] = _nearest_centre(_normalise(x[aside]), result.centres)[0]
     return replace(result, labels=labels, similarity=similarity, set_aside=aside, set_aside_reason=reason)
 
 
