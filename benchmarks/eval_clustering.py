@@ -21,9 +21,12 @@
 2. Many people, --clusters auto: all 2,805 LFW dev photos (610 identities, 400 of them
    with one photo); outliers count as singletons. Reports BCubed and pairwise P/R/F, with
    and without the second pass for outliers (--no-second-pass). With --crops, the same
-   photos again as occluded video-style crops (as the two-person draws make them).
+   photos again as occluded video-style crops (as the two-person draws make them). With
+   --frames N, each photo as a shot of N such crops whose zoom, occluder, exposure and
+   mirroring vary from frame to frame (a collection full of near-copies, as video gives),
+   also without the rule that joins two groups only when their faces are alike on average.
 
-  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops]
+  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,9 +50,9 @@ from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
 from face_organizer import embfile  # noqa: E402
 from face_organizer.evaluation import bcubed, folder_report, pairwise  # noqa: E402
 from face_organizer.faces import load_face_models  # noqa: E402
-from face_organizer.images import discover_images  # noqa: E402
+from face_organizer.images import discover_images, read_image  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
-from face_organizer.samples import two_person_collection  # noqa: E402
+from face_organizer.samples import central_landmarks, two_person_collection, varied_frames  # noqa: E402
 
 
 def blur_lines(items: list, paths: list[str], folders: list[str], folder_of: dict[str, str]) -> list[str]:
@@ -69,13 +73,16 @@ def blur_lines(items: list, paths: list[str], folders: list[str], folder_of: dic
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="two-person collections to draw (default: 0 1 2 3 4 5)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4, 5],
+                        help="two-person collections to draw (default: 0 1 2 3 4 5; none with a bare --seeds)")
     parser.add_argument("--recurring", action="store_true", help="also the draws with one and two recurring third people")
     parser.add_argument("--blurred", type=int, default=0, metavar="N", help="also the draws with N blurred crops per kind and blur")
     parser.add_argument("--auto", action="store_true", help="also each two-person draw with --clusters auto")
     parser.add_argument("--one-person", action="store_true", help="also one person with strangers and junk, --clusters 1")
     parser.add_argument("--years", action="store_true", help="also each draw as two years, the second sorted --people-from the first")
     parser.add_argument("--crops", action="store_true", help="also every LFW dev photo as an occluded crop, --clusters auto")
+    parser.add_argument("--frames", type=int, default=0, metavar="N",
+                        help="also every LFW dev photo as a shot of N varied occluded crops, --clusters auto")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -183,24 +190,50 @@ def main() -> int:
             ef = embfile.load(Path(tmp) / "crops.pkl")
             label = {str(i.path): i.label for i in items}
             many_people("LFW dev as occluded video crops", ef, [label[p] for p in ef.rows.paths])
+        if args.frames:
+            with open(lfw / "labels.csv", newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            rng = np.random.default_rng(0)
+            shots = Path(tmp) / "shots"
+            label = {}
+            for i, row in enumerate(rows):
+                photo = read_image(lfw / row["path"])
+                kps = central_landmarks(photo, models.detector)
+                for f, frame in enumerate(varied_frames(photo, kps, args.frames, rng) if kps is not None else []):
+                    path = shots / f"shot_{i:04d}" / f"frame_{f:02d}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    cv2.imwrite(str(path), frame)
+                    label[str(path)] = row["identity"]
+            run_embeddings(list(label), Path(tmp) / "shots.pkl", models, inputs=[str(shots)], streams=streams, progress=False)
+            ef = embfile.load(Path(tmp) / "shots.pkl")
+            many_people(f"LFW dev as shots of {args.frames} occluded frames", ef, [label[p] for p in ef.rows.paths],
+                        without_join_rule=True)
     return 0
 
 
-def many_people(title: str, ef: embfile.EmbeddingsFile, truth: list[str]) -> None:
-    """BCubed and pairwise scores of --clusters auto, with and without the second pass."""
-    for second_pass in (True, False):
-        clustering = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=second_pass))
+def many_people(title: str, ef: embfile.EmbeddingsFile, truth: list[str], without_join_rule: bool = False) -> None:
+    """BCubed and pairwise scores of --clusters auto, with and without the second pass (and,
+    with ``without_join_rule``, without the rule that joins groups only when alike on average)."""
+    variants = [(True, True), (False, True)] + ([(True, False)] if without_join_rule else [])
+    for second_pass, join_rule in variants:
+        clustering = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=second_pass, join_rule=join_rule))
         pred = [f"c{c}" if c >= 0 else f"outlier{i}" for i, c in enumerate(clustering.labels)]
         b, pw = bcubed(truth, pred), pairwise(truth, pred)
         joined = (f"; second pass: {clustering.attached} joined at >= {clustering.attach_cutoff:.3f}"
                   if clustering.attach_cutoff is not None else "")
-        print(f"[{title}, --clusters auto{'' if second_pass else ' --no-second-pass'}] {len(truth)} faces, "
+        options = ("" if second_pass else " --no-second-pass") + ("" if join_rule else ", without the join rule")
+        print(f"[{title}, --clusters auto{options}] {len(truth)} faces, "
               f"{len(set(truth))} identities -> {clustering.n_clusters} clusters, "
               f"{int((clustering.labels < 0).sum())} outliers (set aside as unrecognisable: "
               f"{0 if clustering.set_aside is None else int(clustering.set_aside.sum())}); cut-off "
-              f"{clustering.threshold:.3f}{joined}")
+              f"{clustering.threshold:.3f}{joined}; joins refused: {clustering.refused_joins}")
         print(f"  BCubed precision {b.precision:.4f} recall {b.recall:.4f} F {b.f:.4f}")
         print(f"  pairwise precision {pw.precision:.4f} recall {pw.recall:.4f} F {pw.f:.4f}")
+        sizes = np.bincount(clustering.labels[clustering.labels >= 0])
+        for c in np.argsort(-sizes)[:3]:  # what the largest clusters hold
+            members = [t for t, label in zip(truth, clustering.labels) if label == c]
+            top = sorted(set(members), key=lambda m: -members.count(m))[:3]
+            print(f"  cluster of {sizes[c]}: " + ", ".join(f"{m} {members.count(m)}" for m in top))
 
 
 if __name__ == "__main__":

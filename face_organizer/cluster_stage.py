@@ -23,7 +23,7 @@ from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
 from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
-from .thresholds import calibrated_pair_cut, load_calibration
+from .thresholds import calibrated_impostors, calibrated_pair_cut, load_calibration
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class ClusterConfig:
     set_aside_unrecognisable: bool = True  # faces blurred past recognition go to outliers before clustering
     people_from: str | None = None  # an earlier output: assign faces to its people instead of clustering
     attach_outliers: bool = True  # auto: a second pass gives outliers near a cluster's centre to that cluster
+    join_rule: bool = True  # auto: groups join only when their faces are alike on average (off only for comparison)
 
 
 SHOWN_FOLDERS = 50  # printed one per line; with thousands (--clusters auto), the rest are counted
@@ -162,7 +163,8 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
         return _with_gpu_fallback(graph_clusters, config.use_gpu, x=x, min_similarity=config.min_similarity,
                                   neighbours=config.neighbours, min_cluster_size=config.min_cluster_size,
                                   seed=config.seed, calibrated=_graph_cut(calibration, len(x)),
-                                  attach=config.attach_outliers)
+                                  impostors=calibrated_impostors(calibration), attach=config.attach_outliers,
+                                  join_rule=config.join_rule)
     calibrated = (float(calibration["centre_threshold"]), "calibration") if calibration and "centre_threshold" in calibration else None
     pair = _graph_cut(calibration, min(len(x), GROUP_SAMPLE)) if config.extra_groups else None
     return _with_gpu_fallback(kmeans, config.use_gpu, x=x, k=config.clusters,

@@ -41,8 +41,8 @@ def video_crop(image: NDArray[np.uint8], kps: NDArray[np.floating], size: int = 
     return crop
 
 
-def crop_from_photo(image: NDArray[np.uint8], detector: SCRFD, **kwargs: object) -> NDArray[np.uint8] | None:
-    """Detect the face nearest the centre of a photo and return its video-style crop, or None.
+def central_landmarks(image: NDArray[np.uint8], detector: SCRFD) -> NDArray[np.float32] | None:
+    """The five landmarks of the face nearest the centre of a photo, or None.
 
     Labelled sets such as LFW centre the named person exactly, so the nearest face to
     the centre (not the largest, which may be someone in front) carries the label.
@@ -52,8 +52,27 @@ def crop_from_photo(image: NDArray[np.uint8], detector: SCRFD, **kwargs: object)
         return None
     centres = (dets.boxes[:, :2] + dets.boxes[:, 2:]) / 2
     h, w = image.shape[:2]
-    nearest = int(np.argmin(np.hypot(centres[:, 0] - w / 2, centres[:, 1] - h / 2)))
-    return video_crop(image, dets.kps[nearest], **kwargs)  # type: ignore[arg-type]
+    return dets.kps[int(np.argmin(np.hypot(centres[:, 0] - w / 2, centres[:, 1] - h / 2)))]
+
+
+def crop_from_photo(image: NDArray[np.uint8], detector: SCRFD, **kwargs: object) -> NDArray[np.uint8] | None:
+    """The video-style crop of the face nearest the centre of a photo, or None."""
+    kps = central_landmarks(image, detector)
+    return None if kps is None else video_crop(image, kps, **kwargs)  # type: ignore[arg-type]
+
+
+def varied_frames(image: NDArray[np.uint8], kps: NDArray[np.floating], count: int,
+                  rng: np.random.Generator) -> list[NDArray[np.uint8]]:
+    """``count`` video-style crops of one face, as the frames of a long shot differ: the
+    zoom, the occluder (none, a bar or a hand-like blob), the exposure and the side the
+    face turns to (mirrored) change from one to the next."""
+    frames = []
+    for i in range(count):
+        crop = video_crop(image, kps, zoom=float(rng.uniform(1.05, 1.45)), occlude=(None, "bar", "blob")[int(rng.integers(3))],
+                          seed=int(rng.integers(1 << 31)))
+        crop = np.clip(crop.astype(np.float32) * rng.uniform(0.7, 1.2), 0, 255).astype(np.uint8)
+        frames.append(np.ascontiguousarray(crop[:, ::-1]) if i % 2 else crop)
+    return frames
 
 
 def insightface_sample(name: str = "t1.jpg") -> Path:

@@ -248,13 +248,21 @@ def calibrate_from_embeddings(x: NDArray[np.float32], identities: list[str], tar
     }
 
 
+def calibrated_impostors(entry: dict[str, Any] | None) -> ImpostorModel | None:
+    """A calibration's impostor pairs as a model; None for no calibration, or one made before
+    it recorded their centre and spread."""
+    if not entry or not all(isinstance(entry.get(k), (int, float)) for k in ("pair_impostor_centre", "pair_impostor_spread")):
+        return None
+    return ImpostorModel(float(entry["pair_impostor_centre"]), float(entry["pair_impostor_spread"]))
+
+
 def calibrated_pair_cut(entry: dict[str, Any] | None, z: float) -> tuple[float, str] | None:
     """A face-to-face cut-off ``z`` spreads above a calibration's impostor pairs, with where it
     came from; None for no calibration, or one made before it recorded their scale."""
-    if not entry or not all(isinstance(entry.get(k), (int, float)) for k in ("pair_impostor_centre", "pair_impostor_spread")):
+    model = calibrated_impostors(entry)
+    if model is None:
         return None
-    centre, spread = float(entry["pair_impostor_centre"]), float(entry["pair_impostor_spread"])
-    return centre + z * spread, f"calibration: impostor pairs at {centre:.3f} + {z:.2f} x {spread:.3f}"
+    return model.cut(z), f"calibration: impostor pairs at {model.centre:.3f} + {z:.2f} x {model.spread:.3f}"
 
 
 def save_calibration(recognizer: str, entry: dict[str, Any], path: Path | None = None) -> Path:

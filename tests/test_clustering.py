@@ -18,7 +18,7 @@ from face_organizer import embfile, organize
 from face_organizer.cli import common
 from face_organizer.cli.cluster import main as cluster_main
 from face_organizer.cluster_stage import SHOWN_FOLDERS, ClusterConfig, cluster_faces, load_embeddings, run_clustering
-from face_organizer.clustering import cluster_name, graph_clusters, kmeans
+from face_organizer.clustering import MERGE_Z, cluster_name, graph_clusters, kmeans
 from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError
 from face_organizer.evaluation import bcubed, folder_report
 from face_organizer.fsutil import _umask
@@ -181,6 +181,78 @@ def test_auto_finds_many_people(lfw_subset) -> None:
     assert result.n_clusters >= 70
 
 
+def test_groups_join_only_when_their_faces_are_alike_on_average() -> None:
+    """Two tight groups bridged by one strong edge stay apart; a pair joins a group by its edge
+    alone, however unlike the rest of the group it is on average."""
+    from face_organizer.clustering import MERGE_MIN_GROUP, join_groups
+
+    assert MERGE_MIN_GROUP == 3
+    rng = np.random.default_rng(0)
+    axes = np.linalg.qr(rng.normal(size=(32, 3)))[0].T  # three orthogonal directions
+    def near(axis: np.ndarray, count: int, spread: float) -> np.ndarray:
+        x = axis + rng.normal(0, spread, (count, 32))
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    # rows 0-5: one person; 6-11: another; 12-13: a pair half-way between the first and a third
+    x = np.vstack([near(axes[0], 6, 0.05), near(axes[1], 6, 0.05), near(axes[0] + 4.0 * axes[2], 2, 0.02)]).astype(np.float32)
+    within = [(i, j) for g in (range(6), range(6, 12)) for i in g for j in g if i < j] + [(12, 13)]
+    src = np.array([i for i, _ in within] + [0, 12])
+    dst = np.array([j for _, j in within] + [6, 1])  # a bridge between the people; the pair's edge to the first
+    weight = np.array([float(x[i] @ x[j]) for i, j in zip(src, dst)], np.float32)
+    weight[-2] = 0.6  # a look-alike pair: strong, but weaker than the people's own edges
+    groups, refused = join_groups(x, src, dst, weight, min_mean=0.3)
+    assert len(set(groups[:6])) == len(set(groups[6:12])) == 1 and groups[0] != groups[6]
+    assert refused == 1
+    assert float(x[12:14].mean(0) @ x[:6].mean(0)) < 0.3 and groups[12] == groups[13] == groups[0]
+    # Without the rule (every edge joins) the bridge makes one group.
+    assert len(set(join_groups(x, src, dst, weight, min_mean=-np.inf)[0])) == 1
+
+
+def test_a_cross_fade_between_two_people_does_not_join_them(lfw_subset, models, tmp_path) -> None:
+    """A video cross-fade blends one person's shot into another's. Each blended frame is close
+    to the next, so the fade is a chain of core faces from one person to the other, and plain
+    connected components make one cluster of both. Groups join only when their faces are alike
+    on average, so the two people stay apart."""
+    import cv2
+
+    from conftest import write_image
+
+    emb, label = lfw_subset
+    blair = sorted(p for p, who in label.items() if who == "Tony_Blair")
+    rumsfeld = sorted(p for p, who in label.items() if who == "Donald_Rumsfeld")
+    fades, sources = [], set()
+    for t in range(3):
+        sources |= {blair[t * 7], rumsfeld[t * 5]}
+        a, b = read_image(blair[t * 7]), read_image(rumsfeld[t * 5])
+        fades += [str(write_image(tmp_path / "fades" / f"fade{t}" / f"frame_{step:03d}.png",
+                                  cv2.addWeighted(a, 1 - step / 12, b, step / 12, 0))) for step in range(1, 12)]
+    run_embeddings(fades, tmp_path / "fades.pkl", models, inputs=[str(tmp_path / "fades")], progress=False)
+    ef = load_embeddings([str(emb), str(tmp_path / "fades.pkl")])
+    truth = [label.get(p, "fade") for p in ef.rows.paths]
+    assert truth.count("fade") == 33
+
+    def person_clusters(result) -> tuple[dict[str, tuple[int, float]], set[str]]:
+        """Each person's most common cluster with the share of their faces in it, and the
+        faces of either person in the other's cluster."""
+        top, share = {}, {}
+        for who in ("Tony_Blair", "Donald_Rumsfeld"):
+            theirs = [int(c) for c, t in zip(result.labels, truth) if t == who]
+            top[who] = max(set(theirs), key=theirs.count)
+            share[who] = theirs.count(top[who]) / len(theirs)
+        strays = {p for p, c, t in zip(ef.rows.paths, result.labels, truth)
+                  if t in top and c == top["Tony_Blair" if t == "Donald_Rumsfeld" else "Donald_Rumsfeld"]}
+        return {who: (top[who], share[who]) for who in top}, strays
+
+    chained, _ = person_clusters(graph_clusters(ef.rows.embeddings, attach=False, join_rule=False))
+    assert chained["Tony_Blair"][0] == chained["Donald_Rumsfeld"][0] >= 0, chained
+    result = graph_clusters(ef.rows.embeddings, attach=False)
+    kept, strays = person_clusters(result)
+    assert kept["Tony_Blair"][0] != kept["Donald_Rumsfeld"][0], kept
+    assert all(cluster >= 0 and share >= 0.95 for cluster, share in kept.values()), kept
+    # Only a photo a fade starts from may follow its fade to the other person's cluster.
+    assert strays <= sources, strays - sources
+    assert result.refused_joins > 0 and "groups join at mean similarity >=" in result.method
+
+
 def test_second_pass_gives_occluded_faces_their_person_and_leaves_strangers_out(lfw_crops) -> None:
     """Occluded crops often miss the graph's face-to-face cut-off for every neighbour; the second
     pass gives them to their own person's cluster, and people seen once stay in outliers."""
@@ -286,12 +358,15 @@ def test_a_calibration_sets_the_graph_cut_off_from_its_impostor_scale(lfw_subset
     result = run_clustering(rest, ClusterConfig(clusters=None))
     assert result.threshold_source.startswith("calibration: impostor pairs at")
     assert result.threshold > entry["pair_threshold"] + 0.1
+    join = entry["pair_impostor_centre"] + MERGE_Z * entry["pair_impostor_spread"]
+    assert f"groups join at mean similarity >= {join:.3f}" in result.method  # on the calibration's scale too
     pred = [f"c{c}" if c >= 0 else f"o{i}" for i, c in enumerate(result.labels)]
     assert bcubed(list(truth[~labelled]), pred).f >= 0.95
-    # At the pair threshold itself, people chain together.
-    chained = graph_clusters(rest.rows.embeddings, min_similarity=entry["pair_threshold"])
-    pred = [f"c{c}" if c >= 0 else f"o{i}" for i, c in enumerate(chained.labels)]
-    assert bcubed(list(truth[~labelled]), pred).precision < 0.9
+    # At the pair threshold itself, the edges chain people together; the join rule holds most apart.
+    for join_rule, precision in ((False, lambda p: p < 0.9), (True, lambda p: p >= 0.95)):
+        chained = graph_clusters(rest.rows.embeddings, min_similarity=entry["pair_threshold"], join_rule=join_rule)
+        pred = [f"c{c}" if c >= 0 else f"o{i}" for i, c in enumerate(chained.labels)]
+        assert precision(bcubed(list(truth[~labelled]), pred).precision), join_rule
     # A calibration made before the scale was recorded: the data's cut-off, and a warning saying so.
     save_calibration(ef.meta["model_files"]["recognition"], {"pair_threshold": entry["pair_threshold"],
                                                               "centre_threshold": entry["centre_threshold"]})
