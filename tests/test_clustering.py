@@ -189,10 +189,12 @@ def test_groups_join_only_when_their_faces_are_alike_on_average() -> None:
     assert MERGE_MIN_GROUP == 3
     rng = np.random.default_rng(0)
     axes = np.linalg.qr(rng.normal(size=(32, 3)))[0].T  # three orthogonal directions
+
     def near(axis: np.ndarray, count: int, spread: float) -> np.ndarray:
         x = axis + rng.normal(0, spread, (count, 32))
         return x / np.linalg.norm(x, axis=1, keepdims=True)
-    # rows 0-5: one person; 6-11: another; 12-13: a pair half-way between the first and a third
+
+    # rows 0-5: one person; 6-11: another; 12-13: a pair mostly along a third direction (about 0.24 to the first)
     x = np.vstack([near(axes[0], 6, 0.05), near(axes[1], 6, 0.05), near(axes[0] + 4.0 * axes[2], 2, 0.02)]).astype(np.float32)
     within = [(i, j) for g in (range(6), range(6, 12)) for i in g for j in g if i < j] + [(12, 13)]
     src = np.array([i for i, _ in within] + [0, 12])
