@@ -353,8 +353,8 @@ def join_groups(x: NDArray[np.float32], src: NDArray[np.int64], dst: NDArray[np.
     near-copies (a video shot, the same photo cropped twice), so every face of a look-alike
     pair is a core face, and one such pair of shots joins two people, then a third: LFW dev
     as shots of five occluded crops fell to BCubed precision 0.84 (Tony Blair's cluster took
-    in David Beckham and John Snow; ``benchmarks/eval_clustering.py --frames 5``), against
-    0.98 with this rule. Across two people the mean over all pairs stays near the impostor
+    in David Beckham, John Snow and others; ``benchmarks/eval_clustering.py --frames 5``),
+    against 0.98 with this rule. Across two people the mean over all pairs stays near the impostor
     centre however alike one pair is, while within one person it stays near the genuine level.
 
     A group of one or two faces is judged by its edge alone: the mean of so few is as noisy
