@@ -14,7 +14,8 @@
    256-pixel crop): where the blurred faces of each kind went, against --keep-unrecognisable.
    With --auto, each draw also with --clusters auto, with and without its second pass
    (--no-second-pass): the same report, plus how many more folders auto made.
-   With --one-person, draws of Tony Blair alone with strangers and junk, --clusters 1.
+   With --one-person, draws of Tony Blair alone with strangers and junk, --clusters 1
+   (and --clusters auto too, with --auto).
    With --years, each draw split into two "years" (alternate faces): the first sorted with
    --clusters 2, the second with --people-from the first; reports both, so the second
    year's folders can be compared with the first's.
@@ -78,7 +79,7 @@ def main() -> int:
     parser.add_argument("--recurring", action="store_true", help="also the draws with one and two recurring third people")
     parser.add_argument("--blurred", type=int, default=0, metavar="N", help="also the draws with N blurred crops per kind and blur")
     parser.add_argument("--auto", action="store_true", help="also each two-person draw with --clusters auto")
-    parser.add_argument("--one-person", action="store_true", help="also one person with strangers and junk, --clusters 1")
+    parser.add_argument("--one-person", action="store_true", help="also one person with strangers and junk, --clusters 1 (and auto, with --auto)")
     parser.add_argument("--years", action="store_true", help="also each draw as two years, the second sorted --people-from the first")
     parser.add_argument("--crops", action="store_true", help="also every LFW dev photo as an occluded crop, --clusters auto")
     parser.add_argument("--frames", type=int, default=0, metavar="N",
@@ -148,13 +149,15 @@ def main() -> int:
                            streams=streams, progress=False)
             ef = embfile.load(root / "one.pkl")
             label = {str(i.path): i.label for i in items}
-            clustering = run_clustering(ef, ClusterConfig(clusters=1))
-            report = folder_report([label[p] for p in ef.rows.paths], [cluster_name(int(c)) for c in clustering.labels],
-                                   ("Tony_Blair",))
             counts = {k: sum(1 for i in items if i.label == k or i.label.startswith(k + ":")) for k in ("Tony_Blair", "stranger", "junk")}
-            print(f"[one person, --clusters 1, seed {seed}] images: {counts}; cut-off {clustering.threshold:.3f} "
-                  f"({clustering.threshold_source})")
-            print("\n".join("  " + line for line in report.lines()))
+            for clusters in (1, None) if args.auto else (1,):
+                clustering = run_clustering(ef, ClusterConfig(clusters=clusters))
+                report = folder_report([label[p] for p in ef.rows.paths], [cluster_name(int(c)) for c in clustering.labels],
+                                       ("Tony_Blair",))
+                print(f"[one person, --clusters {clusters or 'auto'}, seed {seed}] images: {counts}; "
+                      f"cut-off {clustering.threshold:.3f} ({clustering.threshold_source}); {clustering.n_clusters} folders"
+                      + ("; no second pass: one cluster" if clustering.lone_cluster else ""))
+                print("\n".join("  " + line for line in report.lines()))
 
         for seed in args.seeds if args.years else []:
             root = Path(tmp) / f"years{seed}"

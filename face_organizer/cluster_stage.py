@@ -107,6 +107,12 @@ class ClusterReport:
                          f"(similarity to its centre >= {c.attach_cutoff:.3f}: {c.attach_source}); "
                          "--no-second-pass leaves them in outliers/")
         aside = self.clustering.set_aside
+        if c.lone_cluster:
+            left = int(((c.labels < 0) & (True if aside is None else ~aside)).sum())
+            notes.append(f"one person found: outliers/ keeps all {left:,} faces the graph left out, as the second pass "
+                         "reads its cut-off from faces' similarities to other people's centres; if the collection is "
+                         "mostly this person, --clusters 1 judges every face by its similarity to their centre "
+                         "(more of their harder faces, and more look-alikes)")
         if aside is not None and aside.any():
             notes.append(f"outliers/ also holds {int(aside.sum()):,} faces too blurred or degraded to recognise "
                          f"({self.clustering.set_aside_reason}); --keep-unrecognisable clusters them too")

@@ -67,6 +67,7 @@ class Clustering:
     attach_cutoff: float | None = None  # graph: the similarity to a centre that the second pass asked for
     attach_source: str = ""
     refused_joins: int = 0  # graph: edges that would have joined two groups whose faces are not alike on average
+    lone_cluster: bool = False  # graph: one cluster found, so its second pass had no other centre to read a cut-off from
 
     @property
     def n_clusters(self) -> int:
@@ -473,6 +474,10 @@ def graph_clusters(
         if attached:
             labels = _relabel_by_size(labels)
             centres = _centres(x, labels, k)
+    lone = attach and min_similarity is None and k == 1 and attach_cutoff is None and bool((labels < 0).any())
+    if lone:
+        log.info("graph: one cluster found; the second pass reads its cut-off from faces' similarities to other "
+                 "clusters' centres, so it did not run")
     similarity = np.zeros(n, np.float32)
     outliers = np.nonzero(labels < 0)[0]
     if k:
@@ -483,7 +488,8 @@ def graph_clusters(
               + (f", groups join at mean similarity >= {min_mean:.3f}" if join_rule else "")
               + (", second pass for outliers" if attach_cutoff is not None else ""))
     return Clustering(labels, similarity, centres, float(threshold), source, method, attached=attached,
-                      attach_cutoff=attach_cutoff, attach_source=attach_source, refused_joins=refused)
+                      attach_cutoff=attach_cutoff, attach_source=attach_source, refused_joins=refused,
+                      lone_cluster=lone)
 
 
 def assign_to_people(x: NDArray[np.floating], centres: NDArray[np.float32], threshold: float, source: str,

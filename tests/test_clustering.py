@@ -848,7 +848,7 @@ def test_one_person_asked_for_keeps_the_largest_whole() -> None:
     assert result.extra_groups == (80,)
 
 
-def test_one_person_dominating_a_collection_still_fills_their_folder(two_person) -> None:
+def test_one_person_dominating_a_collection_still_fills_their_folder(two_person, tmp_path) -> None:
     # Frames of one person with a few others: most random pairs are of that person, so their
     # genuine peak is the tallest; the impostor peak must still be found near 0, or every face
     # would be judged too far from the centre.
@@ -861,6 +861,21 @@ def test_one_person_dominating_a_collection_still_fills_their_folder(two_person)
     blair = truth == "Tony_Blair"
     assert (result.labels[blair] == 0).mean() >= 0.9
     assert (truth[result.labels == 0] == "Tony_Blair").mean() >= 0.9
+    # With --clusters auto the graph finds this one person, and its second pass has no other
+    # person's centre to read a cut-off from: the summary says so and points to --clusters 1.
+    auto = cluster_faces(ef, str(tmp_path / "auto"), ClusterConfig(clusters=None, link_mode="symlink", previews=False),
+                         progress=False)
+    assert auto.clustering.n_clusters == 1 and auto.clustering.lone_cluster
+    assert (truth[auto.clustering.labels == 0] == "Tony_Blair").all()
+    aside = auto.clustering.set_aside if auto.clustering.set_aside is not None else np.zeros(len(truth), bool)
+    left = int(((auto.clustering.labels < 0) & ~aside).sum())
+    assert left >= 3  # strangers at least
+    note = [n for n in auto.notes() if n.startswith("one person found")]
+    assert len(note) == 1 and f"all {left:,} faces the graph left out" in note[0] and "--clusters 1" in note[0]
+    quiet = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=False))
+    assert not quiet.lone_cluster and np.array_equal(quiet.labels, auto.clustering.labels)
+    two = run_clustering(embfile.load(two_person[0]), ClusterConfig(clusters=None))
+    assert two.n_clusters >= 2 and not two.lone_cluster and two.attach_cutoff is not None
     # The same in the similarity statistics: 80% genuine pairs around 0.55, 20% impostor ones around 0.
     rng = np.random.default_rng(0)
     sims = np.concatenate([rng.normal(0.55, 0.12, 160_000), rng.normal(0.0, 0.09, 40_000)])
