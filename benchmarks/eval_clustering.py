@@ -26,8 +26,10 @@
    --frames N, each photo as a shot of N such crops whose zoom, occluder, exposure and
    mirroring vary from frame to frame (a collection full of near-copies, as video gives),
    also without the rule that joins two groups only when their faces are alike on average.
+   With --library, a photo library: DeepFace's and face_recognition's labelled photos (20
+   people, 2-14 photos each) in photos mode, also with --min-cluster-size 3 (no folders of two).
 
-  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5]
+  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5] [--library]
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from face_organizer.clustering import cluster_name  # noqa: E402
 from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
 from face_organizer import embfile  # noqa: E402
 from face_organizer.evaluation import bcubed, folder_report, pairwise  # noqa: E402
-from face_organizer.faces import load_face_models  # noqa: E402
+from face_organizer.faces import EmbedOptions, FaceModels, load_face_models  # noqa: E402
 from face_organizer.images import discover_images, read_image  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import central_landmarks, two_person_collection, varied_frames  # noqa: E402
@@ -82,6 +84,8 @@ def main() -> int:
     parser.add_argument("--one-person", action="store_true", help="also one person with strangers and junk, --clusters 1 (and auto, with --auto)")
     parser.add_argument("--years", action="store_true", help="also each draw as two years, the second sorted --people-from the first")
     parser.add_argument("--crops", action="store_true", help="also every LFW dev photo as an occluded crop, --clusters auto")
+    parser.add_argument("--library", action="store_true",
+                        help="also DeepFace's and face_recognition's labelled photos in photos mode, --clusters auto")
     parser.add_argument("--frames", type=int, default=0, metavar="N",
                         help="also every LFW dev photo as a shot of N varied occluded crops, --clusters auto")
     parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
@@ -193,6 +197,8 @@ def main() -> int:
             ef = embfile.load(Path(tmp) / "crops.pkl")
             label = {str(i.path): i.label for i in items}
             many_people("LFW dev as occluded video crops", ef, [label[p] for p in ef.rows.paths])
+        if args.library:
+            library(shared / "datasets", models, Path(tmp), streams)
         if args.frames:
             with open(lfw / "labels.csv", newline="") as handle:
                 rows = list(csv.DictReader(handle))
@@ -214,29 +220,62 @@ def main() -> int:
     return 0
 
 
-def many_people(title: str, ef: embfile.EmbeddingsFile, truth: list[str], without_join_rule: bool = False) -> None:
+def many_people(title: str, ef: embfile.EmbeddingsFile, truth: list[str], without_join_rule: bool = False,
+                scored: np.ndarray | None = None, groups_of_three: bool = False) -> None:
     """BCubed and pairwise scores of --clusters auto, with and without the second pass (and,
-    with ``without_join_rule``, without the rule that joins groups only when alike on average)."""
-    variants = [(True, True), (False, True)] + ([(True, False)] if without_join_rule else [])
-    for second_pass, join_rule in variants:
-        clustering = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=second_pass, join_rule=join_rule))
-        pred = [f"c{c}" if c >= 0 else f"outlier{i}" for i, c in enumerate(clustering.labels)]
+    with ``without_join_rule``, without the rule that joins groups only when alike on average;
+    with ``groups_of_three``, with --min-cluster-size 3, so no folders of two). ``truth``
+    labels the faces of ``scored`` (all by default); the others are clustered but not scored."""
+    variants = [(True, True, 2), (False, True, 2)] + ([(True, False, 2)] if without_join_rule else [])
+    variants += [(True, True, 3)] if groups_of_three else []
+    rows = np.arange(len(ef.rows)) if scored is None else scored
+    for second_pass, join_rule, min_size in variants:
+        clustering = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=second_pass, join_rule=join_rule,
+                                                      min_cluster_size=min_size))
+        labels = clustering.labels[rows]
+        pred = [f"c{c}" if c >= 0 else f"outlier{i}" for i, c in enumerate(labels)]
         b, pw = bcubed(truth, pred), pairwise(truth, pred)
         joined = (f"; second pass: {clustering.attached} joined at >= {clustering.attach_cutoff:.3f}"
                   if clustering.attach_cutoff is not None else "")
-        options = ("" if second_pass else " --no-second-pass") + ("" if join_rule else ", without the join rule")
-        print(f"[{title}, --clusters auto{options}] {len(truth)} faces, "
-              f"{len(set(truth))} identities -> {clustering.n_clusters} clusters, "
-              f"{int((clustering.labels < 0).sum())} outliers (set aside as unrecognisable: "
-              f"{0 if clustering.set_aside is None else int(clustering.set_aside.sum())}); cut-off "
+        options = (("" if second_pass else " --no-second-pass") + ("" if min_size == 2 else f" --min-cluster-size {min_size}")
+                   + ("" if join_rule else ", without the join rule"))
+        print(f"[{title}, --clusters auto{options}] {len(truth)} faces scored, "
+              f"{len(set(truth))} identities -> {clustering.n_clusters} clusters ({clustering.pairs} of two faces), "
+              f"{int((labels < 0).sum())} outliers (set aside as unrecognisable: "
+              f"{0 if clustering.set_aside is None else int(clustering.set_aside[rows].sum())}); cut-off "
               f"{clustering.threshold:.3f}{joined}; joins refused: {clustering.refused_joins}")
         print(f"  BCubed precision {b.precision:.4f} recall {b.recall:.4f} F {b.f:.4f}")
         print(f"  pairwise precision {pw.precision:.4f} recall {pw.recall:.4f} F {pw.f:.4f}")
-        sizes = np.bincount(clustering.labels[clustering.labels >= 0])
+        sizes = np.bincount(labels[labels >= 0])
         for c in np.argsort(-sizes)[:3]:  # what the largest clusters hold
-            members = [t for t, label in zip(truth, clustering.labels) if label == c]
+            members = [t for t, label in zip(truth, labels) if label == c]
             top = sorted(set(members), key=lambda m: -members.count(m))[:3]
             print(f"  cluster of {sizes[c]}: " + ", ".join(f"{m} {members.count(m)}" for m in top))
+
+
+def library(datasets: Path, models: FaceModels, tmp: Path, streams: int) -> None:
+    """A photo library: DeepFace's and face_recognition's labelled photos (20 people, two to
+    fourteen photos each) in photos mode; each photo's largest face is the person it is
+    labelled with, its other faces are clustered but not scored."""
+    identity = {}
+    for name in ("deepface_tests", "face_recognition_examples"):
+        for listing in ("labels.csv", "extra.csv"):
+            if (datasets / name / listing).exists():
+                with open(datasets / name / listing, newline="") as handle:
+                    identity.update({str((datasets / name / r["path"]).absolute()): f"{name}:{r['identity']}"
+                                     for r in csv.DictReader(handle)})
+    run_embeddings(sorted(identity), tmp / "library.pkl", models, EmbedOptions(mode="photos"), inputs=[str(datasets)],
+                   streams=streams, progress=False)
+    ef = embfile.load(tmp / "library.pkl")
+    rows = ef.rows
+    area = (rows.bbox[:, 2] - rows.bbox[:, 0]) * (rows.bbox[:, 3] - rows.bbox[:, 1])
+    largest: dict[str, int] = {}
+    for i, path in enumerate(rows.paths):
+        if path not in largest or area[i] > area[largest[path]]:
+            largest[path] = i
+    scored = np.array(sorted(largest.values()))
+    many_people(f"photo library ({len(rows)} faces in {len(largest)} photos)", ef,
+                [identity[rows.paths[i]] for i in scored], scored=scored, groups_of_three=True)
 
 
 if __name__ == "__main__":

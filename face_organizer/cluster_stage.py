@@ -109,10 +109,14 @@ class ClusterReport:
         aside = self.clustering.set_aside
         if c.lone_cluster:
             left = int(((c.labels < 0) & (True if aside is None else ~aside)).sum())
-            notes.append(f"one person found: outliers/ keeps all {left:,} faces the graph left out, as the second pass "
-                         "reads its cut-off from faces' similarities to other people's centres; if the collection is "
-                         "mostly this person, --clusters 1 judges every face by its similarity to their centre "
-                         "(more of their harder faces, and more look-alikes)")
+            notes.append(f"one person found (person_A): outliers/ keeps the {left:,} faces the graph left out, as the "
+                         "second pass reads its cut-off from faces' similarities to other people's centres; if the "
+                         "collection is mostly this person, --clusters 1 judges every face by its similarity to their "
+                         "centre (more of their harder faces, and more look-alikes)")
+        if c.pairs:
+            folders = "1 folder" if c.pairs == 1 else f"{c.pairs:,} folders"
+            notes.append(f"{folders} of two faces, each the other's most similar (a person seen twice); "
+                         "--min-cluster-size 3 leaves such faces in outliers/")
         if aside is not None and aside.any():
             notes.append(f"outliers/ also holds {int(aside.sum()):,} faces too blurred or degraded to recognise "
                          f"({self.clustering.set_aside_reason}); --keep-unrecognisable clusters them too")

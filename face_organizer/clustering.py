@@ -68,6 +68,7 @@ class Clustering:
     attach_source: str = ""
     refused_joins: int = 0  # graph: edges that would have joined two groups whose faces are not alike on average
     lone_cluster: bool = False  # graph: one cluster found, so its second pass had no other centre to read a cut-off from
+    pairs: int = 0  # graph: clusters of two faces, each the other's most similar neighbour
 
     @property
     def n_clusters(self) -> int:
@@ -397,6 +398,26 @@ def join_groups(x: NDArray[np.float32], src: NDArray[np.int64], dst: NDArray[np.
     return np.fromiter((find(i) for i in range(n)), np.int64, n), refused
 
 
+def _mutual_pairs(labels: NDArray[np.int64], edge: NDArray[np.bool_], nbrs: NDArray[np.int64]) -> tuple[NDArray[np.int64], int]:
+    """Clusters of two: faces still outliers after the second pass that are each other's most
+    similar neighbour above the edge cut-off (a person with two photos in a library, a
+    stranger seen twice). A core face needs ``min_samples`` edges, so no group of two could
+    form otherwise. Returns the labels (new clusters numbered after the others) and how many
+    pairs were made."""
+    lone = np.nonzero((labels < 0) & edge.any(axis=1))[0]
+    if not lone.size:
+        return labels, 0
+    best = np.full(len(labels), -1, np.int64)
+    best[lone] = nbrs[lone, np.argmax(edge[lone], axis=1)]  # neighbours come most similar first
+    other = best[lone]
+    mutual = (best[other] == lone) & (lone < other)
+    first, second = lone[mutual], other[mutual]
+    labels = labels.copy()
+    new = int(labels.max()) + 1 + np.arange(first.size)
+    labels[first], labels[second] = new, new
+    return labels, int(first.size)
+
+
 def graph_clusters(
     x: NDArray[np.floating],
     *,
@@ -423,7 +444,8 @@ def graph_clusters(
     for comparison), which stops a few look-alike pairs from doing so. With ``attach``, a
     second pass gives outliers close enough to a centre to that cluster (see
     ``_attach_outliers``), unless ``min_similarity`` is given: a cut-off the user chose is
-    kept as the only rule.
+    kept as the only rule. Last, with ``min_cluster_size`` 2, two outliers that are each
+    other's most similar neighbour above the cut-off make a cluster of two (``_mutual_pairs``).
 
     ``impostors``: the scale of different people's face pairs, for the edge cut-off (when
     neither ``min_similarity`` nor ``calibrated`` gives one) and the join rule; by default
@@ -478,6 +500,14 @@ def graph_clusters(
     if lone:
         log.info("graph: one cluster found; the second pass reads its cut-off from faces' similarities to other "
                  "clusters' centres, so it did not run")
+    pairs = 0
+    if min_cluster_size <= 2:
+        labels, pairs = _mutual_pairs(labels, edge, nbrs)
+        if pairs:
+            log.info("graph: %d pairs of faces, each the other's most similar, made clusters of two", pairs)
+            labels = _relabel_by_size(labels)
+            k = int(labels.max()) + 1
+            centres = _centres(x, labels, k)
     similarity = np.zeros(n, np.float32)
     outliers = np.nonzero(labels < 0)[0]
     if k:
@@ -486,10 +516,11 @@ def graph_clusters(
             similarity[outliers] = _nearest_centre(x, centres, outliers)[0]
     method = (f"graph k-NN={neighbours} min_samples={min_samples}"
               + (f", groups join at mean similarity >= {min_mean:.3f}" if join_rule else "")
-              + (", second pass for outliers" if attach_cutoff is not None else ""))
+              + (", second pass for outliers" if attach_cutoff is not None else "")
+              + (", pairs of mutually most similar faces" if min_cluster_size <= 2 else ""))
     return Clustering(labels, similarity, centres, float(threshold), source, method, attached=attached,
                       attach_cutoff=attach_cutoff, attach_source=attach_source, refused_joins=refused,
-                      lone_cluster=lone)
+                      lone_cluster=lone, pairs=pairs)
 
 
 def assign_to_people(x: NDArray[np.floating], centres: NDArray[np.float32], threshold: float, source: str,

@@ -23,6 +23,7 @@ from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError
 from face_organizer.evaluation import bcubed, folder_report
 from face_organizer.fsutil import _umask
 from clusterrun import cluster_with
+from conftest import read_labels
 from face_organizer.embed_run import run_embeddings
 from face_organizer.faces import EmbedOptions
 from face_organizer.images import discover_images, read_image
@@ -262,8 +263,10 @@ def test_second_pass_gives_occluded_faces_their_person_and_leaves_strangers_out(
     ef = embfile.load(emb)
     truth = [identity[p] for p in ef.rows.paths]
     once = {p for p in set(truth) if truth.count(p) == 1}
-    first = graph_clusters(ef.rows.embeddings, attach=False)
-    both = graph_clusters(ef.rows.embeddings)
+    # Clusters of three faces or more (pairs are made after the second pass, see the test of pairs).
+    first = graph_clusters(ef.rows.embeddings, attach=False, min_cluster_size=3)
+    both = graph_clusters(ef.rows.embeddings, min_cluster_size=3)
+    assert first.pairs == both.pairs == 0
     assert first.attached == 0 and first.attach_cutoff is None
     joined = np.nonzero((first.labels < 0) & (both.labels >= 0))[0]
     assert both.attached == joined.size >= 10
@@ -282,6 +285,43 @@ def test_second_pass_gives_occluded_faces_their_person_and_leaves_strangers_out(
     assert both.attach_cutoff < both.threshold and "other clusters' centres" in both.attach_source
     # A cut-off given by the user is the only rule.
     assert graph_clusters(ef.rows.embeddings, min_similarity=first.threshold).attach_cutoff is None
+
+
+def test_a_person_with_two_photos_in_a_library_gets_a_folder(shared, models, tmp_path, capsys) -> None:
+    """A core face needs two alike neighbours, so a person seen in only two photos made no group;
+    two faces that are each other's most similar now make a folder of two."""
+    library = shared / "datasets" / "deepface_tests"
+    identity = {str((library / r["path"]).absolute()): r["identity"] for r in read_labels(library)}
+    emb = tmp_path / "library.pkl"
+    run_embeddings(sorted(identity), emb, models, EmbedOptions(mode="photos"), inputs=[str(library)], progress=False)
+    ef = embfile.load(emb)
+    rows = ef.rows
+    area = (rows.bbox[:, 2] - rows.bbox[:, 0]) * (rows.bbox[:, 3] - rows.bbox[:, 1])
+    largest: dict[str, int] = {}  # each photo's largest face is the person it is labelled with
+    for i, path in enumerate(rows.paths):
+        if path not in largest or area[i] > area[largest[path]]:
+            largest[path] = i
+    faces = np.array(sorted(largest.values()))
+    truth = [identity[rows.paths[i]] for i in faces]
+    twice = {p for p in truth if truth.count(p) == 2}
+    assert len(twice) >= 3
+
+    report = cluster_faces(ef, str(tmp_path / "out"), ClusterConfig(clusters=None, link_mode="symlink", previews=False),
+                           progress=False)
+    result = report.clustering
+    labels = result.labels[faces]
+    for person in twice:
+        theirs = labels[[t == person for t in truth]]
+        assert theirs[0] >= 0 and theirs[0] == theirs[1], person
+        assert int((result.labels == theirs[0]).sum()) == 2, person  # a folder of their two faces alone
+    for c in set(labels[labels >= 0]):  # every folder holds one person
+        assert len({t for t, lab in zip(truth, labels) if lab == c}) == 1
+    assert result.pairs >= len(twice) and "pairs of mutually most similar faces" in result.method
+    assert any(n.startswith(f"{result.pairs} folders of two faces") for n in report.notes())
+    # Groups of three or more only: their faces stay in outliers/.
+    three = run_clustering(ef, ClusterConfig(clusters=None, min_cluster_size=3))
+    assert three.pairs == 0 and all(three.labels[faces][[t in twice for t in truth]] < 0)
+    assert result.n_clusters == three.n_clusters + result.pairs
 
 
 def test_people_from_an_auto_run_use_its_face_to_centre_cut_off(lfw_crops, tmp_path) -> None:
@@ -303,7 +343,9 @@ def test_people_from_an_auto_run_use_its_face_to_centre_cut_off(lfw_crops, tmp_p
     person = {c: max(set(m), key=m.count) for c in range(first.n_clusters)
               for m in [[t for t, lab in zip(truth[0], first.labels) if lab == c]]}
     right = [t == person[c] for t, c in zip(truth[1], second.labels) if c >= 0]
-    theirs = sum(t in set(person.values()) for t in truth[1])  # faces of people with a folder
+    # Faces of people with a folder of three or more (a folder of two is a weaker centre).
+    sizes = np.bincount(first.labels[first.labels >= 0])
+    theirs = sum(t in {person[c] for c in np.nonzero(sizes >= 3)[0]} for t in truth[1])
     assert sum(right) >= 0.98 * len(right) and sum(right) >= 0.93 * theirs
     assert len(right) > sum(strict.labels >= 0)
     seen_once = {t for t in truth[1] if t not in truth[0]}
@@ -379,8 +421,9 @@ def test_a_calibration_sets_the_graph_cut_off_from_its_impostor_scale(lfw_subset
 def test_thousands_of_folders_print_the_largest_and_count_the_rest(lfw_subset, tmp_path, capsys) -> None:
     emb, _ = lfw_subset
     out = tmp_path / "out"
+    # Groups of three or more, so that --no-second-pass below changes nothing but the second pass.
     assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(out), "--clusters", "auto",
-                                     "--link-mode", "symlink", "--no-previews", "-q"]) == 0
+                                     "--min-cluster-size", "3", "--link-mode", "symlink", "--no-previews", "-q"]) == 0
     printed = capsys.readouterr().out.splitlines()
     folders = json.loads((out / "summary.json").read_text())["clusters"]
     people = [n for n in folders if n != "outliers"]
@@ -398,7 +441,7 @@ def test_thousands_of_folders_print_the_largest_and_count_the_rest(lfw_subset, t
                                f"cluster (similarity to its centre >= {second['cutoff']:.3f}") for line in printed)
     # --no-second-pass leaves them in outliers/.
     assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(tmp_path / "strict"), "--clusters", "auto",
-                                     "--no-second-pass", "--dry-run", "-q"]) == 0
+                                     "--min-cluster-size", "3", "--no-second-pass", "--dry-run", "-q"]) == 0
     strict = capsys.readouterr().out
     assert "second pass" not in strict
     assert f"outliers: {folders['outliers'] + second['joined']:,} images" in strict
@@ -871,7 +914,7 @@ def test_one_person_dominating_a_collection_still_fills_their_folder(two_person,
     left = int(((auto.clustering.labels < 0) & ~aside).sum())
     assert left >= 3  # strangers at least
     note = [n for n in auto.notes() if n.startswith("one person found")]
-    assert len(note) == 1 and f"all {left:,} faces the graph left out" in note[0] and "--clusters 1" in note[0]
+    assert len(note) == 1 and f"keeps the {left:,} faces the graph left out" in note[0] and "--clusters 1" in note[0]
     quiet = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=False))
     assert not quiet.lone_cluster and np.array_equal(quiet.labels, auto.clustering.labels)
     two = run_clustering(embfile.load(two_person[0]), ClusterConfig(clusters=None))

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how files reach the folders (default: copy)")
     p.add_argument("--dry-run", action="store_true", help="write nothing; print what would happen")
     p.add_argument("--min-cluster-size", type=common.positive, default=2,
-                   help="auto: smaller groups go to outliers/ (default: 2)")
+                   help="auto: smaller groups go to outliers/ (default: 2, so two faces that are each other's "
+                        "most similar make a folder: a person with two photos; 3 leaves them in outliers/)")
     p.add_argument("--neighbours", type=common.positive, default=10, help="auto: neighbours per face in the graph (default: 10)")
     p.add_argument("--seed", type=int, default=1234, help="random seed: the same input gives the same folders")
     p.add_argument("--no-extra-groups", dest="extra_groups", action="store_false",
