@@ -287,7 +287,7 @@ def test_second_pass_gives_occluded_faces_their_person_and_leaves_strangers_out(
     assert graph_clusters(ef.rows.embeddings, min_similarity=first.threshold).attach_cutoff is None
 
 
-def test_a_person_with_two_photos_in_a_library_gets_a_folder(shared, models, tmp_path, capsys) -> None:
+def test_a_person_with_two_photos_in_a_library_gets_a_folder(shared, models, tmp_path) -> None:
     """A core face needs two alike neighbours, so a person seen in only two photos made no group;
     two faces that are each other's most similar now make a folder of two."""
     library = shared / "datasets" / "deepface_tests"
