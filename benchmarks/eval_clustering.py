@@ -27,7 +27,7 @@
    mirroring vary from frame to frame (a collection full of near-copies, as video gives),
    also without the rule that joins two groups only when their faces are alike on average.
    With --library, a photo library: DeepFace's and face_recognition's labelled photos (20
-   people, 2-14 photos each) in photos mode, also with --min-cluster-size 3 (no folders of two).
+   people, 1-11 photos each) in photos mode, also with --min-cluster-size 3 (no folders of two).
 
   python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5] [--library]
 """
@@ -254,8 +254,8 @@ def many_people(title: str, ef: embfile.EmbeddingsFile, truth: list[str], withou
 
 
 def library(datasets: Path, models: FaceModels, tmp: Path, streams: int) -> None:
-    """A photo library: DeepFace's and face_recognition's labelled photos (20 people, two to
-    fourteen photos each) in photos mode; each photo's largest face is the person it is
+    """A photo library: DeepFace's and face_recognition's labelled photos (20 people, one to
+    eleven photos each) in photos mode; each photo's largest face is the person it is
     labelled with, its other faces are clustered but not scored."""
     identity = {}
     for name in ("deepface_tests", "face_recognition_examples"):
