@@ -51,7 +51,7 @@ from face_organizer.cluster_stage import ClusterConfig, cluster_faces, run_clust
 from face_organizer.clustering import cluster_name  # noqa: E402
 from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
 from face_organizer import embfile  # noqa: E402
-from face_organizer.evaluation import bcubed, folder_report, pairwise  # noqa: E402
+from face_organizer.evaluation import bcubed, folder_report, largest_face_rows, pairwise  # noqa: E402
 from face_organizer.faces import EmbedOptions, FaceModels, load_face_models  # noqa: E402
 from face_organizer.images import discover_images, read_image  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
@@ -268,13 +268,8 @@ def library(datasets: Path, models: FaceModels, tmp: Path, streams: int) -> None
                    streams=streams, progress=False)
     ef = embfile.load(tmp / "library.pkl")
     rows = ef.rows
-    area = (rows.bbox[:, 2] - rows.bbox[:, 0]) * (rows.bbox[:, 3] - rows.bbox[:, 1])
-    largest: dict[str, int] = {}
-    for i, path in enumerate(rows.paths):
-        if path not in largest or area[i] > area[largest[path]]:
-            largest[path] = i
-    scored = np.array(sorted(largest.values()))
-    many_people(f"photo library ({len(rows)} faces in {len(largest)} photos)", ef,
+    scored = largest_face_rows(rows.paths, rows.bbox)
+    many_people(f"photo library ({len(rows)} faces in {len(scored)} photos)", ef,
                 [identity[rows.paths[i]] for i in scored], scored=scored, groups_of_three=True)
 
 

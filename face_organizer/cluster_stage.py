@@ -108,7 +108,7 @@ class ClusterReport:
                          "--no-second-pass leaves them in outliers/")
         aside = self.clustering.set_aside
         if c.lone_cluster:
-            left = int(((c.labels < 0) & (True if aside is None else ~aside)).sum())
+            left = int((c.labels < 0).sum()) - (0 if aside is None else int(aside.sum()))  # set-aside faces are outliers too
             notes.append(f"one person found (person_A): outliers/ keeps the {left:,} faces the graph left out, as the "
                          "second pass reads its cut-off from faces' similarities to other people's centres; if the "
                          "collection is mostly this person, --clusters 1 judges every face by its similarity to their "

@@ -99,3 +99,14 @@ def folder_report(truth: Sequence[str], folders: Sequence[str], people: Sequence
     return FolderReport(purity, recall, folder_of,
                         float((f[strangers] == "outliers").mean()) if strangers.any() else 1.0,
                         float((f[junk] == "outliers").mean()) if junk.any() else 1.0)
+
+
+def largest_face_rows(paths: Sequence[str], bbox: NDArray[np.floating]) -> NDArray[np.intp]:
+    """The row of each image's largest face (photos mode: a labelled photo's largest face is the
+    person it is labelled with), in row order."""
+    area = (bbox[:, 2] - bbox[:, 0]) * (bbox[:, 3] - bbox[:, 1])
+    largest: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        if path not in largest or area[i] > area[largest[path]]:
+            largest[path] = i
+    return np.array(sorted(largest.values()), np.intp)

@@ -20,7 +20,7 @@ from face_organizer.cli.cluster import main as cluster_main
 from face_organizer.cluster_stage import SHOWN_FOLDERS, ClusterConfig, cluster_faces, load_embeddings, run_clustering
 from face_organizer.clustering import MERGE_Z, cluster_name, graph_clusters, kmeans
 from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError
-from face_organizer.evaluation import bcubed, folder_report
+from face_organizer.evaluation import bcubed, folder_report, largest_face_rows
 from face_organizer.fsutil import _umask
 from clusterrun import cluster_with
 from conftest import read_labels
@@ -295,14 +295,8 @@ def test_a_person_with_two_photos_in_a_library_gets_a_folder(shared, models, tmp
     emb = tmp_path / "library.pkl"
     run_embeddings(sorted(identity), emb, models, EmbedOptions(mode="photos"), inputs=[str(library)], progress=False)
     ef = embfile.load(emb)
-    rows = ef.rows
-    area = (rows.bbox[:, 2] - rows.bbox[:, 0]) * (rows.bbox[:, 3] - rows.bbox[:, 1])
-    largest: dict[str, int] = {}  # each photo's largest face is the person it is labelled with
-    for i, path in enumerate(rows.paths):
-        if path not in largest or area[i] > area[largest[path]]:
-            largest[path] = i
-    faces = np.array(sorted(largest.values()))
-    truth = [identity[rows.paths[i]] for i in faces]
+    faces = largest_face_rows(ef.rows.paths, ef.rows.bbox)  # each photo's largest face is its labelled person
+    truth = [identity[ef.rows.paths[i]] for i in faces]
     twice = {p for p in truth if truth.count(p) == 2}
     assert len(twice) >= 3
 
