@@ -15,7 +15,8 @@
    With --auto, each draw also with --clusters auto, with and without its second pass
    (--no-second-pass): the same report, plus how many more folders auto made.
    With --one-person, draws of Tony Blair alone with strangers and junk, --clusters 1
-   (and --clusters auto too, with --auto).
+   (and --clusters auto too, with --auto, also with a calibration made on the crops of the
+   LFW dev people with five photos or more who are not in the draw).
    With --years, each draw split into two "years" (alternate faces): the first sorted with
    --clusters 2, the second with --people-from the first; reports both, so the second
    year's folders can be compared with the first's.
@@ -56,6 +57,7 @@ from face_organizer.faces import EmbedOptions, FaceModels, load_face_models  # n
 from face_organizer.images import discover_images, read_image  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import central_landmarks, two_person_collection, varied_frames  # noqa: E402
+from face_organizer.thresholds import CALIBRATION_ENV, calibrate_from_embeddings, save_calibration  # noqa: E402
 
 
 def blur_lines(items: list, paths: list[str], folders: list[str], folder_of: dict[str, str]) -> list[str]:
@@ -146,6 +148,7 @@ def main() -> int:
                           f"({sum(f in others for f in folders)} faces)")
                     print("\n".join("  " + line for line in report.lines()))
 
+        calibration = calibration_crops(lfw, models, Path(tmp), streams) if args.one_person and args.auto else None
         for seed in args.seeds if args.one_person else []:
             root = Path(tmp) / f"one{seed}"
             items = two_person_collection(lfw, root / "input", models.detector, ("Tony_Blair",), seed=seed)
@@ -161,6 +164,22 @@ def main() -> int:
                 print(f"[one person, --clusters {clusters or 'auto'}, seed {seed}] images: {counts}; "
                       f"cut-off {clustering.threshold:.3f} ({clustering.threshold_source}); {clustering.n_clusters} folders"
                       + ("; no second pass: one cluster" if clustering.lone_cluster else ""))
+                print("\n".join("  " + line for line in report.lines()))
+            if calibration is not None:
+                present = {label[p].split(":", 1)[-1] for p in ef.rows.paths}
+                store = root / "calibration.json"
+                images, people = calibrate_without(calibration, present, ef.meta["model_files"]["recognition"], store)
+                os.environ[CALIBRATION_ENV] = str(store)
+                try:
+                    clustering = run_clustering(ef, ClusterConfig(clusters=None))
+                finally:
+                    del os.environ[CALIBRATION_ENV]
+                report = folder_report([label[p] for p in ef.rows.paths], [cluster_name(int(c)) for c in clustering.labels],
+                                       ("Tony_Blair",))
+                joined = (f"second pass: {clustering.attached} joined at >= {clustering.attach_cutoff:.3f}"
+                          if clustering.attach_cutoff is not None else "no second pass")
+                print(f"[one person, --clusters auto, calibrated on {images} crops of {people} other people, seed {seed}] "
+                      f"edge cut-off {clustering.threshold:.3f}; {joined}; {clustering.n_clusters} folders")
                 print("\n".join("  " + line for line in report.lines()))
 
         for seed in args.seeds if args.years else []:
@@ -218,6 +237,32 @@ def main() -> int:
             many_people(f"LFW dev as shots of {args.frames} occluded frames", ef, [label[p] for p in ef.rows.paths],
                         without_join_rule=True)
     return 0
+
+
+def calibration_crops(lfw: Path, models: FaceModels, tmp: Path, streams: int) -> tuple[np.ndarray, list[str]]:
+    """Embeddings and identities of occluded crops of every LFW dev person with five photos or
+    more except Tony Blair: a labelled folder of the kind a user would calibrate on."""
+    with open(lfw / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["identity"]] = counts.get(row["identity"], 0) + 1
+    ids = tuple(sorted(i for i, c in counts.items() if c >= 5 and i != "Tony_Blair"))
+    items = two_person_collection(lfw, tmp / "calibration" / "input", models.detector, ids, strangers=0.0, junk=0.0)
+    run_embeddings([str(i.path) for i in items], tmp / "calibration.pkl", models,
+                   inputs=[str(tmp / "calibration" / "input")], streams=streams, progress=False)
+    ef = embfile.load(tmp / "calibration.pkl")
+    label = {str(i.path): i.label for i in items}
+    return ef.rows.embeddings, [label[p] for p in ef.rows.paths]
+
+
+def calibrate_without(crops: tuple[np.ndarray, list[str]], present: set[str], recognizer: str, store: Path) -> tuple[int, int]:
+    """Calibrate on the crops of the people not in ``present`` into ``store``; (images, people) used."""
+    x, ids = crops
+    keep = [i for i, identity in enumerate(ids) if identity not in present]
+    chosen = [ids[i] for i in keep]
+    save_calibration(recognizer, calibrate_from_embeddings(x[keep], chosen), store)
+    return len(keep), len(set(chosen))
 
 
 def many_people(title: str, ef: embfile.EmbeddingsFile, truth: list[str], without_join_rule: bool = False,

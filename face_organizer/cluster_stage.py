@@ -23,7 +23,7 @@ from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
 from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
-from .thresholds import calibrated_impostors, calibrated_pair_cut, load_calibration
+from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,10 @@ class ClusterReport:
         if c.lone_cluster:
             left = int((c.labels < 0).sum()) - (0 if aside is None else int(aside.sum()))  # set-aside faces are outliers too
             notes.append(f"one person found (person_A): outliers/ keeps the {left:,} faces the graph left out, as the "
-                         "second pass reads its cut-off from faces' similarities to other people's centres; if the "
-                         "collection is mostly this person, --clusters 1 judges every face by its similarity to their "
-                         "centre (more of their harder faces, and more look-alikes)")
+                         "second pass reads its cut-off from faces' similarities to other people's centres (or from a "
+                         "calibration: search_faces.py --calibrate DIR); if the collection is mostly this person, "
+                         "--clusters 1 judges every face by its similarity to their centre (more of their harder "
+                         "faces, and more look-alikes)")
         if c.pairs:
             folders = "1 folder" if c.pairs == 1 else f"{c.pairs:,} folders"
             notes.append(f"{folders} of two faces, each the other's most similar (a person seen twice); "
@@ -174,7 +175,7 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
                                   neighbours=config.neighbours, min_cluster_size=config.min_cluster_size,
                                   seed=config.seed, calibrated=_graph_cut(calibration, len(x)),
                                   impostors=calibrated_impostors(calibration), attach=config.attach_outliers,
-                                  join_rule=config.join_rule)
+                                  join_rule=config.join_rule, centre_impostors=calibrated_centre_impostors(calibration))
     calibrated = (float(calibration["centre_threshold"]), "calibration") if calibration and "centre_threshold" in calibration else None
     pair = _graph_cut(calibration, min(len(x), GROUP_SAMPLE)) if config.extra_groups else None
     return _with_gpu_fallback(kmeans, config.use_gpu, x=x, k=config.clusters,

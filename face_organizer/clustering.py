@@ -171,10 +171,13 @@ def _nearest_centre(x: NDArray[np.float32], centres: NDArray[np.float32],
 
 
 def _attach_outliers(x: NDArray[np.float32], labels: NDArray[np.int64], centres: NDArray[np.float32],
-                     seed: int) -> tuple[NDArray[np.int64], int, float | None, str]:
+                     seed: int, calibrated: ImpostorModel | None = None) -> tuple[NDArray[np.int64], int, float | None, str]:
     """The graph's second pass: each outlier whose similarity to its nearest centre clears
     ``attach_z`` spreads of the faces' similarities to other clusters' centres joins that
     cluster. Returns the new labels, how many joined, the cut-off and where it came from.
+    With a single cluster there are no other centres to read that scale from: ``calibrated``
+    (a calibration's faces-to-other-identities'-centres scale) stands in, else the pass does
+    not run.
 
     The graph asks every edge to clear a face-to-face cut-off, which a face with a bar over
     its mouth or in profile often misses for all its neighbours, although it is nearer its
@@ -182,6 +185,9 @@ def _attach_outliers(x: NDArray[np.float32], labels: NDArray[np.int64], centres:
     0.88 without this pass, see PROJECT_PLAN.md).
     """
     model = impostor_from_other_centre_pairs(x, labels, centres, seed=seed)
+    origin = "data: median similarity to other clusters' centres"
+    if model is None and calibrated is not None and len(centres):
+        model, origin = calibrated, "calibration: similarity to other people's centres"
     outliers = np.nonzero(labels == OUTLIER)[0]
     if model is None or not outliers.size:
         return labels, 0, None, ""
@@ -191,7 +197,7 @@ def _attach_outliers(x: NDArray[np.float32], labels: NDArray[np.int64], centres:
     take = sims >= cut
     labels = labels.copy()
     labels[outliers[take]] = nearest[take]
-    source = f"data: median similarity to other clusters' centres {model.centre:.3f} + {z:.2f} x {model.spread:.3f}"
+    source = f"{origin} {model.centre:.3f} + {z:.2f} x {model.spread:.3f}"
     log.info("second pass: %d of %d outliers joined their nearest cluster (similarity to its centre >= %.3f)",
              int(take.sum()), outliers.size, cut)
     return labels, int(take.sum()), cut, source
@@ -431,6 +437,7 @@ def graph_clusters(
     attach: bool = True,
     impostors: ImpostorModel | None = None,
     join_rule: bool = True,
+    centre_impostors: ImpostorModel | None = None,
 ) -> Clustering:
     """Density-based clustering (DBSCAN-like) over a FAISS k-NN graph.
 
@@ -449,7 +456,9 @@ def graph_clusters(
 
     ``impostors``: the scale of different people's face pairs, for the edge cut-off (when
     neither ``min_similarity`` nor ``calibrated`` gives one) and the join rule; by default
-    read from random pairs of ``x``.
+    read from random pairs of ``x``. ``centre_impostors``: a calibration's scale of faces'
+    similarities to other people's centres, for the second pass when the graph finds one
+    cluster (with two or more it reads that scale from them).
     """
     x = _normalise(x)
     n, d = x.shape
@@ -492,14 +501,14 @@ def graph_clusters(
     centres = _centres(x, labels, k)
     attached, attach_cutoff, attach_source = 0, None, ""
     if attach and min_similarity is None:
-        labels, attached, attach_cutoff, attach_source = _attach_outliers(x, labels, centres, seed)
+        labels, attached, attach_cutoff, attach_source = _attach_outliers(x, labels, centres, seed, centre_impostors)
         if attached:
             labels = _relabel_by_size(labels)
             centres = _centres(x, labels, k)
     lone = attach and min_similarity is None and k == 1 and attach_cutoff is None and bool((labels < 0).any())
     if lone:
         log.info("graph: one cluster found; the second pass reads its cut-off from faces' similarities to other "
-                 "clusters' centres, so it did not run")
+                 "clusters' centres (or a calibration's), so it did not run")
     pairs = 0
     if min_cluster_size <= 2:
         labels, pairs = _mutual_pairs(labels, edge, nbrs)

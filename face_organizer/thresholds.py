@@ -208,6 +208,9 @@ def calibrate_from_embeddings(x: NDArray[np.float32], identities: list[str], tar
     match rate at each, and the impostor pairs' centre and spread (``pair_impostor_centre``,
     ``pair_impostor_spread``): graph edges need far rarer false matches than a quantile of a
     few million pairs can give, so their cut-off is set from these (see ``calibrated_pair_cut``).
+    Likewise the centre and spread of faces' similarities to other identities' centres
+    (``centre_impostor_centre``, ``centre_impostor_spread``), for the graph's second pass when
+    a collection has no second cluster to read them from (see ``calibrated_centre_impostors``).
     """
     ids = np.asarray(identities)
     codes = np.unique(ids, return_inverse=True)[1]
@@ -235,6 +238,7 @@ def calibrate_from_embeddings(x: NDArray[np.float32], identities: list[str], tar
     unit = centres[big] / np.linalg.norm(centres[big], axis=1, keepdims=True)
     other = (x @ unit.T)[codes[:, None] != np.nonzero(big)[0][None, :]]
     centre = float(np.quantile(other, 1.0 - target_fmr))
+    centre_impostors = impostor_from_impostors(other, x.shape[1])
     return {
         "pair_threshold": round(pair, 4),
         "pair_true_match_rate": round(float((sims[same] >= pair).mean()), 4),
@@ -242,18 +246,31 @@ def calibrate_from_embeddings(x: NDArray[np.float32], identities: list[str], tar
         "pair_impostor_spread": round(impostors.spread, 4),
         "centre_threshold": round(centre, 4),
         "centre_true_match_rate": round(float((genuine_centre >= centre).mean()), 4),
+        "centre_impostor_centre": round(centre_impostors.centre, 4),
+        "centre_impostor_spread": round(centre_impostors.spread, 4),
         "target_false_match_rate": target_fmr,
         "images": int(n),
         "identities": int(counts.size),
     }
 
 
+def _calibrated_model(entry: dict[str, Any] | None, prefix: str) -> ImpostorModel | None:
+    keys = (f"{prefix}_impostor_centre", f"{prefix}_impostor_spread")
+    if not entry or not all(isinstance(entry.get(k), (int, float)) for k in keys):
+        return None
+    return ImpostorModel(float(entry[keys[0]]), float(entry[keys[1]]))
+
+
 def calibrated_impostors(entry: dict[str, Any] | None) -> ImpostorModel | None:
     """A calibration's impostor pairs as a model; None for no calibration, or one made before
     it recorded their centre and spread."""
-    if not entry or not all(isinstance(entry.get(k), (int, float)) for k in ("pair_impostor_centre", "pair_impostor_spread")):
-        return None
-    return ImpostorModel(float(entry["pair_impostor_centre"]), float(entry["pair_impostor_spread"]))
+    return _calibrated_model(entry, "pair")
+
+
+def calibrated_centre_impostors(entry: dict[str, Any] | None) -> ImpostorModel | None:
+    """A calibration's faces-to-other-identities'-centres similarities as a model; None for no
+    calibration, or one made before it recorded their centre and spread."""
+    return _calibrated_model(entry, "centre")
 
 
 def calibrated_pair_cut(entry: dict[str, Any] | None, z: float) -> tuple[float, str] | None:

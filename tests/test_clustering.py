@@ -885,7 +885,34 @@ def test_one_person_asked_for_keeps_the_largest_whole() -> None:
     assert result.extra_groups == (80,)
 
 
-def test_one_person_dominating_a_collection_still_fills_their_folder(two_person, tmp_path) -> None:
+def test_a_calibration_lets_the_second_pass_run_when_the_graph_finds_one_person() -> None:
+    # One person's frames: 100 alike ones, 12 harder ones (each near the person's centre but too
+    # unlike any other frame for an edge) and 30 strangers. With one cluster there is no other
+    # centre to read the second pass's scale from; a calibration's scale stands in.
+    from face_organizer.thresholds import ImpostorModel
+
+    rng = np.random.default_rng(11)
+    a = _unit(rng.standard_normal(128))
+    x = np.concatenate([_faces_around(a, 100, rng), _faces_around(a, 12, rng, similarity=0.35),
+                        _unit(rng.standard_normal((30, 128))).astype(np.float32)])
+    hard, strangers = np.arange(100, 112), np.arange(112, 142)
+    alone = graph_clusters(x)
+    assert alone.n_clusters == 1 and alone.lone_cluster and alone.attach_cutoff is None
+    assert (alone.labels[:100] == 0).all() and (alone.labels[hard] < 0).all() and (alone.labels[strangers] < 0).all()
+    scale = ImpostorModel(0.0, 0.07)  # cut-off 4 spreads up: 0.28
+    calibrated = graph_clusters(x, centre_impostors=scale)
+    assert not calibrated.lone_cluster and calibrated.attach_cutoff == pytest.approx(4 * scale.spread)
+    assert calibrated.attach_source.startswith("calibration: similarity to other people's centres")
+    assert (calibrated.labels[:112] == 0).all() and (calibrated.labels[strangers] < 0).all()
+    assert calibrated.attached == 12
+    # With two clusters their own scale is used, calibration or not.
+    b = _unit(rng.standard_normal(128))
+    two = np.concatenate([x, _faces_around(b, 60, rng)])
+    assert graph_clusters(two, centre_impostors=scale).attach_source == graph_clusters(two).attach_source
+    assert graph_clusters(two).attach_source.startswith("data:")
+
+
+def test_one_person_dominating_a_collection_still_fills_their_folder(two_person, lfw_crops, tmp_path, monkeypatch) -> None:
     # Frames of one person with a few others: most random pairs are of that person, so their
     # genuine peak is the tallest; the impostor peak must still be found near 0, or every face
     # would be judged too far from the centre.
@@ -913,6 +940,28 @@ def test_one_person_dominating_a_collection_still_fills_their_folder(two_person,
     assert not quiet.lone_cluster and np.array_equal(quiet.labels, auto.clustering.labels)
     two = run_clustering(embfile.load(two_person[0]), ClusterConfig(clusters=None))
     assert two.n_clusters >= 2 and not two.lone_cluster and two.attach_cutoff is not None
+    # A calibration for the model, made on other people's crops, gives the second pass its scale.
+    from face_organizer.thresholds import calibrate_from_embeddings, save_calibration
+
+    crops = embfile.load(lfw_crops[0])
+    others = np.array([lfw_crops[1][p] for p in crops.rows.paths])
+    present = {t.split(":", 1)[-1] for t in truth}
+    disjoint = ~np.isin(others, sorted(present))
+    entry = calibrate_from_embeddings(crops.rows.embeddings[disjoint], list(others[disjoint]))
+    assert entry["centre_impostor_centre"] < 0.1 and 0.06 < entry["centre_impostor_spread"] < 0.15
+    monkeypatch.setenv("FACE_ORGANIZER_CALIBRATION", str(tmp_path / "calibration.json"))
+    save_calibration(ef.meta["model_files"]["recognition"], entry)
+    calibrated = cluster_faces(ef, str(tmp_path / "calibrated"),
+                               ClusterConfig(clusters=None, link_mode="symlink", previews=False), progress=False)
+    c = calibrated.clustering
+    assert c.n_clusters == 1 and not c.lone_cluster
+    cut = entry["centre_impostor_centre"] + 4 * entry["centre_impostor_spread"]
+    assert c.attach_cutoff == pytest.approx(cut) and c.attach_source.startswith("calibration:")
+    assert (truth[c.labels == 0] == "Tony_Blair").all()
+    assert (c.similarity[c.labels < 0] < cut).all()  # every face left out is below the calibrated cut-off
+    notes = calibrated.notes()
+    assert not [n for n in notes if n.startswith("one person found")]
+    assert [n for n in notes if n.startswith("second pass:") and "calibration:" in n]
     # The same in the similarity statistics: 80% genuine pairs around 0.55, 20% impostor ones around 0.
     rng = np.random.default_rng(0)
     sims = np.concatenate([rng.normal(0.55, 0.12, 160_000), rng.normal(0.0, 0.09, 40_000)])
