@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +50,22 @@ def test_umbrella_command_dispatches(capsys) -> None:
     assert main(["nope"]) == 2
     assert main(["cluster", "--embeddings", "/nonexistent.pkl", "--output", "/tmp/x"]) == 2
     assert "cannot read embeddings file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("stage", "option", "value", "message"), [
+    ("cluster", "--min-similarity", "2", "a cosine similarity lies between -1 and 1, not 2"),
+    ("cluster", "--min-similarity", "high", "not a number: 'high'"),
+    ("cluster", "--neighbours", "2", "must be 3 or more"),
+    ("search", "--threshold", "-1.5", "a cosine similarity lies between -1 and 1, not -1.5"),
+    ("search", "--target-fmr", "0", "must be above 0 and below 1, not 0"),
+    ("gender", "--min-confidence", "1.2", "must be between 0 and 1, not 1.2"),
+    ("embed", "--checkpoint-seconds", "-5", "must be 0 or more"),
+])
+def test_out_of_range_options_are_one_usage_line(stage, option, value, message, capsys) -> None:
+    # A value that cannot mean anything is refused before any work starts, naming the option.
+    from face_organizer.cli.main import main
+
+    with pytest.raises(SystemExit) as usage:
+        main([stage, f"{option}={value}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert usage.value.code == 2 and f"error: argument {option}: {message}" in err[-1] and "Traceback" not in "".join(err)

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--people-from", metavar="DIR", default=None,
                    help="instead of clustering, sort each face into the most similar person of an earlier "
                         "cluster_faces output DIR (same folder names; below its cut-off: outliers/)")
-    p.add_argument("--min-similarity", type=float, default=None,
+    p.add_argument("--min-similarity", type=common.similarity, default=None,
                    help="faces less similar than this to their cluster go to outliers/ (auto: to join a cluster); "
                         "default: derived from the data for the model in use")
     p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink", "move"), default="copy",
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-cluster-size", type=common.positive, default=2,
                    help="auto: smaller groups go to outliers/ (default: 2, so two faces that are each other's "
                         "most similar make a folder: a person with two photos; 3 leaves them in outliers/)")
-    p.add_argument("--neighbours", type=common.positive, default=10, help="auto: neighbours per face in the graph (default: 10)")
+    p.add_argument("--neighbours", type=common.graph_neighbours, default=10, help="auto: neighbours per face in the graph (default: 10)")
     p.add_argument("--seed", type=int, default=1234, help="random seed: the same input gives the same folders")
     p.add_argument("--no-extra-groups", dest="extra_groups", action="store_false",
                    help="with a number of people: do not look for further recurring people first (their faces "

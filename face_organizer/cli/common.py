@@ -175,11 +175,47 @@ def non_negative(value: str) -> int:
     return number
 
 
-def non_negative_float(value: str) -> float:
+def _number(value: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+
+
+def non_negative_float(value: str) -> float:
+    number = _number(value)
     if not number >= 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
+
+
+def similarity(value: str) -> float:
+    """A cosine similarity cut-off: -1 to 1."""
+    number = _number(value)
+    if not -1.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine similarity lies between -1 and 1, not {value}")
+    return number
+
+
+def probability(value: str) -> float:
+    number = _number(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
+    return number
+
+
+def rate(value: str) -> float:
+    """A rate strictly between 0 and 1 (a false-match rate)."""
+    number = _number(value)
+    if not 0.0 < number < 1.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and below 1, not {value}")
+    return number
+
+
+def graph_neighbours(value: str) -> int:
+    """Neighbours per face in the clustering graph: the face itself plus the two a core face needs."""
+    number = int(value)
+    if number < 3:
+        raise argparse.ArgumentTypeError("must be 3 or more (a face's nearest neighbours include the face itself, "
+                                         "and a face needs two more to form a group)")
     return number

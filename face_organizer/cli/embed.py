@@ -60,7 +60,7 @@ def build_parser():
     p.add_argument("--resume", dest="resume", action="store_true", default=True,
                    help="continue an interrupted or earlier run into the same --output (the default)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing --output and start over")
-    p.add_argument("--checkpoint-seconds", type=float, default=60.0, help="seconds between checkpoints (default: 60)")
+    p.add_argument("--checkpoint-seconds", type=common.non_negative_float, default=60.0, help="seconds between checkpoints (default: 60)")
     p.add_argument("--file-list", default=None, metavar="FILE",
                    help="embed only the images listed in FILE (one path per line); --input still names the folders")
     p.add_argument("--status-file", default=None, help=argparse.SUPPRESS)

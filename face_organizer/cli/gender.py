@@ -33,7 +33,7 @@ def build_parser():
                         "deepface: DeepFace.analyze, as the original tool")
     p.add_argument("--detector-backend", default="opencv",
                    help="DeepFace detector (opencv, ssd, mtcnn, retinaface, yunet, …); --backend deepface only")
-    p.add_argument("--min-confidence", type=float, default=0.5, help="minimum probability of the gender (default: 0.5)")
+    p.add_argument("--min-confidence", type=common.probability, default=0.5, help="minimum probability of the gender (default: 0.5)")
     p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy")
     p.add_argument("--workers", type=common.non_negative, default=default_workers(), help="image-decoding processes")
     p.add_argument("--batch-size", type=common.positive, default=64)

@@ -30,7 +30,7 @@ def build_parser():
     p.add_argument("--embeddings", nargs="+", metavar="FILE", help="embeddings files to search")
     p.add_argument("--query", nargs="+", metavar="IMG", help="reference photos of the person (several help)")
     p.add_argument("--output", metavar="DIR", help="folder for matches.csv and the matched images")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=common.similarity, default=None,
                    help="minimum similarity (default: calibrated for the model, else derived from the data)")
     p.add_argument("--top-k", type=common.positive, default=None, help="keep at most this many matches")
     p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy")
@@ -39,7 +39,7 @@ def build_parser():
                    help="skip the contact sheet of matches and index.html")
     p.add_argument("--calibrate", metavar="DIR", default=None,
                    help="instead of searching: compute the model's thresholds on a labelled folder and store them")
-    p.add_argument("--target-fmr", type=float, default=1e-3, help="false-match rate for --calibrate (default: 0.001)")
+    p.add_argument("--target-fmr", type=common.rate, default=1e-3, help="false-match rate for --calibrate (default: 0.001)")
     p.add_argument("--model", default=None, help="model pack (default: the one that made the embeddings)")
     p.add_argument("--model-root", default=None, help="folder holding model packs")
     common.add_device_args(p)
