@@ -182,13 +182,26 @@ def _decode_upright(data: bytes) -> np.ndarray | None:
     return image
 
 
+def _opencv_reason(err: cv2.error) -> str:
+    message = str(err)
+    if "CV_IO_MAX_IMAGE_PIXELS" in message:
+        # The header asks for more pixels than OpenCV will allocate (2^30 by default): a giant
+        # panorama, or a small file crafted to exhaust memory when decoded.
+        return "image too large to decode (over OpenCV's pixel limit; OPENCV_IO_MAX_IMAGE_PIXELS raises it)"
+    detail = next((line.strip() for line in message.splitlines() if "error:" in line), message.strip())
+    return f"not a decodable image (OpenCV: {detail[:200]})"
+
+
 def decode_bytes(data: bytes) -> BGRImage:
     """Decode encoded image bytes to BGR uint8, raising ``DecodeError`` with a reason."""
     if not data:
         raise DecodeError("empty file")
     if _jpeg_truncated(data):
         raise DecodeError("truncated JPEG")
-    image = _decode_upright(data)
+    try:
+        image = _decode_upright(data)
+    except cv2.error as err:  # OpenCV raises, rather than returning None, for some files
+        raise DecodeError(_opencv_reason(err)) from None
     if image is None:
         raise DecodeError("not a decodable image (corrupt, truncated or not an image)")
     if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
@@ -231,6 +244,8 @@ def load(path: str) -> Loaded:
         return Loaded(path, decode_bytes(data), signature=signature)
     except DecodeError as err:
         return Loaded(path, None, str(err), signature)
+    except MemoryError:  # a huge image within OpenCV's limit, on a machine short of memory
+        return Loaded(path, None, "out of memory while decoding (image too large for this machine)", signature)
 
 
 def load_many(paths: Sequence[str]) -> list[Loaded]:

@@ -50,6 +50,20 @@ def models(testpack):
     return load_face_models(testpack, "cpu", 0, batch_size=32)
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` grey pixels (a decompression bomb's
+    shape): decoders size their buffer from the header before reading any pixel."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+            + chunk(b"IEND", b""))
+
+
 def read_labels(folder: Path) -> list[dict[str, str]]:
     with open(folder / "labels.csv", newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))

@@ -26,7 +26,7 @@ from face_organizer.faces import EmbedOptions, embed_batch
 from face_organizer.images import discover_images, read_image
 from face_organizer.samples import insightface_sample
 
-from conftest import ROOT, write_image
+from conftest import ROOT, png_claiming, write_image
 
 
 def run_cli(args: list[str]) -> int:
@@ -206,6 +206,7 @@ def _good_and_bad(tmp_path: Path, video_crops) -> tuple[Path, list[Path]]:
     (folder / "2017" / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (folder / "2017" / "empty.png").write_bytes(b"")
     (folder / "2017" / "notes.jpg").write_text("not an image at all")
+    (folder / "2017" / "panorama.png").write_bytes(png_claiming(40_000, 40_000))
     (folder / "2017" / "._frame_0001.png").write_bytes(b"\x00\x05\x16\x07")
     (folder / "2017" / "dir.png").mkdir()
     os.symlink(folder / "unmounted" / "frame.png", folder / "2017" / "on_nas.png")  # its drive is not mounted
@@ -221,7 +222,9 @@ def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, ca
     ef = embfile.load(out)
     assert sorted(ef.rows.paths) == sorted(str(p) for p in good) == ef.rows.paths
     reasons = dict(ef.failed)
-    assert set(reasons) == {str(folder / "2017" / n) for n in ("truncated.jpg", "empty.png", "notes.jpg", "on_nas.png")}
+    assert set(reasons) == {str(folder / "2017" / n) for n in ("truncated.jpg", "empty.png", "notes.jpg", "on_nas.png",
+                                                              "panorama.png")}
+    assert reasons[str(folder / "2017" / "panorama.png")].startswith("image too large to decode")
     assert reasons[str(folder / "2017" / "empty.png")] == "empty file"
     assert reasons[str(folder / "2017" / "on_nas.png")] == "broken symbolic link (its target is missing)"
     meta = ef.meta
@@ -231,7 +234,7 @@ def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, ca
     centre = np.asarray(meta["unrecognisable_centre"])
     assert centre.shape == (128,) and abs(np.linalg.norm(centre) - 1) < 1e-5
     printed = capsys.readouterr().out
-    assert "skipped: 4" in printed and "truncated JPEG: 1" in printed
+    assert "skipped: 5" in printed and "truncated JPEG: 1" in printed
     assert f"  {folder / '2017' / 'empty.png'}: empty file" in printed.splitlines()  # named, not only counted
     many = RunSummary(output=str(out), device="cpu", skipped=Counter({"empty file": 9}),
                       skipped_examples=[(f"/in/{i}.png", "empty file") for i in range(5)])
@@ -532,7 +535,7 @@ def test_streams_write_the_same_file_as_one_stream(tmp_path, video_crops, models
     a, b = embfile.load(tmp_path / "one.pkl"), embfile.load(tmp_path / "three.pkl")
     assert b.rows.paths == a.rows.paths == sorted(str(p) for p in good)
     np.testing.assert_allclose(b.rows.embeddings, a.rows.embeddings, atol=1e-5)
-    assert b.failed == a.failed and len(b.failed) == 4
+    assert b.failed == a.failed and len(b.failed) == 5
 
 
 def test_an_image_that_breaks_its_batch_costs_only_itself(tmp_path, video_crops, models) -> None:

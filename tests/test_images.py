@@ -9,7 +9,7 @@ import pytest
 
 from face_organizer.images import DecodeError, decode_bytes, discover_images, load, read_image
 
-from conftest import write_image
+from conftest import png_claiming, write_image
 
 
 def _face_like(h: int = 64, w: int = 64) -> np.ndarray:
@@ -74,7 +74,9 @@ def test_bad_files_give_reasons(tmp_path: Path) -> None:
     png = write_image(tmp_path / "good.png", _face_like(120, 120)).read_bytes()
     (tmp_path / "cut.png").write_bytes(png[:200])
     os.symlink(tmp_path / "unmounted" / "frame.png", tmp_path / "on_nas.png")
+    (tmp_path / "bomb.png").write_bytes(png_claiming(40_000, 40_000))  # 1.6 gigapixels in 100 bytes
     reasons = {p.name: load(str(p)).reason for p in tmp_path.iterdir()}
+    assert reasons["bomb.png"].startswith("image too large to decode (over OpenCV's pixel limit")
     assert reasons["on_nas.png"] == "broken symbolic link (its target is missing)"
     assert reasons["good.jpg"] is None and reasons["good.png"] is None
     assert reasons["truncated.jpg"] == "truncated JPEG"
@@ -143,3 +145,18 @@ def test_sorted_copies_inside_an_input_are_not_embedded_twice(tmp_path: Path, ca
     for year in ("2017", "2018"):
         (female / year / ".face-organizer-plan.json").write_text("{}")
     assert discover_images([female]) == sorted(str(p) for p in kept)
+
+
+def test_an_image_too_large_for_the_machine_is_skipped_not_fatal(tmp_path: Path, monkeypatch) -> None:
+    # A photo within OpenCV's pixel limit can still need more memory than a container has.
+    from face_organizer import images
+
+    path = write_image(tmp_path / "big.png", np.zeros((20, 20, 3), np.uint8))
+
+    def exhausted(data: bytes) -> np.ndarray:
+        raise MemoryError
+
+    monkeypatch.setattr(images, "decode_bytes", exhausted)
+    loaded = images.load(str(path))
+    assert loaded.image is None and loaded.reason == "out of memory while decoding (image too large for this machine)"
+    assert loaded.signature is not None  # read, so a later run knows the file was already tried
