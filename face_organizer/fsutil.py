@@ -52,7 +52,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+    """Write UTF-8 text atomically. A file name that is not valid UTF-8 (an old archive's
+    Latin-1 names) reaches Python as lone surrogates; it is written back as its own bytes."""
+    with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         handle.write(text)
 
 

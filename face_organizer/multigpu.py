@@ -87,7 +87,7 @@ def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int
     for gpu, files in zip(gpus, shard(paths, len(gpus))):
         output = out_dir / f"{prefix}{gpu}.pkl"
         file_list = out_dir / f"{prefix}{gpu}.files.txt"
-        file_list.write_text("".join(f"{p}\n" for p in files), encoding="utf-8")
+        file_list.write_text("".join(f"{p}\n" for p in files), encoding="utf-8", errors="surrogateescape")
         command = [sys.executable, str(script), "--input", *inputs, "--file-list", str(file_list),
                    "--output", str(output), *extra]
         workers.append(Worker(gpu, len(files), output, out_dir / f"{prefix}{gpu}.log", command))

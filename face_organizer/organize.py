@@ -31,8 +31,14 @@ STATE_FILE = OUTPUT_MARKER
 SYNC_EVERY = 2000  # copies written between flushes of the output's filesystem
 
 
+def _undecodable_byte(ch: str) -> bool:
+    """A byte of a file name that is not valid UTF-8, as Python's surrogateescape reads it."""
+    return "\udc80" <= ch <= "\udcff"
+
+
 def _clean(component: str) -> str:
-    cleaned = "".join(ch for ch in component if ch.isprintable() and ch not in "/\\\0")
+    # Undecodable bytes are kept: the copy's name then has the same bytes as the original's.
+    cleaned = "".join(ch for ch in component if (ch.isprintable() or _undecodable_byte(ch)) and ch not in "/\\\0")
     return cleaned if cleaned not in ("", ".", "..") else "_"
 
 
@@ -79,7 +85,7 @@ def plan_destinations(paths: Sequence[str], clusters: Sequence[str], roots: Sequ
 def plan_digest(pairs: Sequence[tuple[str, str]], mode: str) -> str:
     digest = hashlib.sha256(mode.encode())
     for source, dest in sorted(set(pairs)):
-        digest.update(f"\0{source}\0{dest}".encode())
+        digest.update(f"\0{source}\0{dest}".encode("utf-8", "surrogateescape"))  # names need not be UTF-8
     return digest.hexdigest()
 
 

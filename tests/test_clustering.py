@@ -1062,3 +1062,43 @@ def test_centres_and_own_similarities_match_the_direct_formulas() -> None:
     np.testing.assert_allclose(sims[member], np.sum(x[member] * centres[labels[member]], axis=1), atol=1e-5)
     assert np.all(sims[~member] == -2.0) and np.all(default == -2.0)
     assert cl._centres(x, np.full(n, -1), 0).shape == (0, 16)
+
+
+def test_file_names_that_are_not_utf8_are_kept_byte_for_byte(video_crops, testpack_dir, tmp_path, capsys) -> None:
+    # Old archives extracted on Linux keep Latin-1 names, which are not valid UTF-8: Python reads
+    # such bytes as lone surrogates, which a strict UTF-8 write (CSV, plan digest, file list) refuses.
+    from face_organizer.cli.embed import main as embed_main
+    from face_organizer.cli.search import main as search_main
+
+    folder = tmp_path / "input" / "2017"
+    folder.mkdir(parents=True)
+    names = []
+    for person, prefix in (("Junichiro_Koizumi", b"caf\xe9"), ("Jean_Chretien", b"na\xefve")):
+        for i, crop in enumerate(video_crops[person][:5]):
+            name = os.fsdecode(prefix + b"_%d.png" % i)
+            (folder / name).write_bytes(crop.read_bytes())
+            names.append(name)
+    file_list = tmp_path / "files.txt"
+    file_list.write_bytes(b"".join(os.fsencode(folder / n) + b"\n" for n in names))  # as the GPU launcher writes it
+    emb = tmp_path / "emb.pkl"
+    assert common.run(embed_main, ["--input", str(tmp_path / "input"), "--file-list", str(file_list), "--output", str(emb),
+                                   "--model", str(testpack_dir), "-q"]) == 0
+    ef = embfile.load(emb)
+    assert sorted(ef.rows.paths) == sorted(str(folder / n) for n in names) and not ef.failed
+    out = tmp_path / "sorted"
+    args = ["--embeddings", str(emb), "--output", str(out), "--clusters", "2", "-q"]
+    assert run_cli(args) == 0
+    placed = {os.fsencode(p.name): p for files in folder_files(out).values() for p in files}
+    assert sorted(placed) == sorted(os.fsencode(n) for n in names)  # the same bytes, nothing renamed
+    for name in names:
+        assert placed[os.fsencode(name)].read_bytes() == (folder / name).read_bytes()
+    raw = (out / "clusters.csv").read_bytes()
+    assert b"/2017/caf\xe9_0.png" in raw and b"/2017/na\xefve_4.png" in raw
+    koizumi = {p.parent.parent.parent.name for b, p in placed.items() if b.startswith(b"caf\xe9")}
+    assert len(koizumi) == 1  # one person, one folder
+    assert run_cli(args) == 0  # the re-run recognises its own plan
+    capsys.readouterr()
+    found = tmp_path / "found"
+    assert common.run(search_main, ["--embeddings", str(emb), "--query", str(folder / names[0]), "--output", str(found),
+                                    "--model", str(testpack_dir), "-q"]) == 0
+    assert b"caf\xe9_0.png" in (found / "matches.csv").read_bytes()

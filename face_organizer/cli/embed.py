@@ -27,7 +27,7 @@ EXAMPLES = """\
 
 def read_file_list(path: str) -> list[str]:
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:  # names need not be UTF-8
             return sorted({os.path.abspath(line.rstrip("\n")) for line in handle if line.strip()})
     except OSError as err:
         raise SetupError(f"cannot read --file-list {path}: {err.strerror or err}") from None
