@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -20,6 +21,9 @@ from .fsutil import OUTPUT_MARKER
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# Photo formats a library may hold that are not read here: named in a warning, not left out silently.
+OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef",
+                                    ".arw", ".orf", ".rw2", ".raf"})
 MIN_SIDE = 8
 
 BGRImage = NDArray[np.uint8]
@@ -44,6 +48,7 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
     per year) is embedded as it is.
     """
     found: set[str] = set()
+    missed = _Missed()
     for raw in inputs:
         root = os.path.abspath(os.fspath(raw))
         if os.path.isfile(root):
@@ -52,7 +57,7 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
             continue
         if not os.path.isdir(root):
             raise FileNotFoundError(f"input folder not found: {root}")
-        own, in_outputs = _walk(root)
+        own, in_outputs = _walk(root, missed)
         if own:
             for folder in sorted(in_outputs):
                 log.warning("skipping %s: it holds copies sorted by face-organizer, and %s holds other images "
@@ -60,12 +65,33 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
             found |= own
         else:
             found |= {path for paths in in_outputs.values() for path in paths}
+    missed.warn()
     return sorted(found)
 
 
-def _walk(root: str) -> tuple[set[str], dict[str, set[str]]]:
+@dataclass
+class _Missed:
+    """What a walk could not include: folders it could not read, photos in formats not read here."""
+
+    folders: list[tuple[str, str]] = field(default_factory=list)
+    formats: Counter[str] = field(default_factory=Counter)
+
+    def warn(self) -> None:
+        for folder, reason in self.folders[:20]:
+            log.warning("cannot read folder %s (%s): its images are left out", folder, reason)
+        if len(self.folders) > 20:
+            log.warning("… and %d more folders that cannot be read", len(self.folders) - 20)
+        if self.formats:
+            counts = "; ".join(f"{ext}: {n:,}" for ext, n in sorted(self.formats.items(), key=lambda item: (-item[1], item[0])))
+            log.warning("%s photos in formats not read here were left out (%s); convert them to JPEG or PNG to "
+                        "include them", f"{sum(self.formats.values()):,}", counts)
+
+
+def _walk(root: str, missed: _Missed | None = None) -> tuple[set[str], dict[str, set[str]]]:
     """Images under ``root``: those outside face-organizer outputs, and those inside each output
-    folder below ``root`` (keyed by the output folder)."""
+    folder below ``root`` (keyed by the output folder). Unreadable folders and photos in other
+    formats are counted in ``missed``."""
+    missed = missed if missed is not None else _Missed()
     own: set[str] = set()
     in_outputs: dict[str, set[str]] = {}
     seen_dirs: set[str] = set()
@@ -78,8 +104,9 @@ def _walk(root: str) -> tuple[set[str], dict[str, set[str]]]:
         seen_dirs.add(real)
         try:
             entries = list(os.scandir(folder))
-        except OSError:
-            continue  # unreadable folder: as os.walk, skip it
+        except OSError as err:
+            missed.folders.append((folder, err.strerror or str(err)))  # skipped, and said so
+            continue
         if output is None and folder != root and any(entry.name == OUTPUT_MARKER for entry in entries):
             output = folder
         bucket = own if output is None else in_outputs.setdefault(output, set())
@@ -91,6 +118,8 @@ def _walk(root: str) -> tuple[set[str], dict[str, set[str]]]:
                     pending.append((entry.path, output))
                 elif is_image_name(entry.name) and (entry.is_file() or entry.is_symlink()):
                     bucket.add(entry.path)  # a link whose target is gone too: it is reported, not lost silently
+                elif os.path.splitext(entry.name)[1].lower() in OTHER_PHOTO_EXTENSIONS:
+                    missed.formats[os.path.splitext(entry.name)[1].lower()] += 1
             except OSError:
                 continue  # a dangling or unreadable entry
     return own, in_outputs

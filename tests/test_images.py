@@ -48,6 +48,36 @@ def test_discovery_rules(tmp_path: Path) -> None:
     assert str(tmp_path / "2017" / "album.jpg") not in found
 
 
+def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog) -> None:
+    # A photo library holds formats not read here (iPhone HEIC, camera raw files), and a folder
+    # may not be readable: both are said, not left out silently; other files are no concern.
+    img = _face_like()
+    kept = write_image(tmp_path / "2019" / "a.jpg", img)
+    for name in ("IMG_0001.HEIC", "IMG_0002.heic", "DSC_0003.NEF", "clip.gif"):
+        (tmp_path / "2019" / name).write_bytes(b"\0" * 16)
+    (tmp_path / "2019" / "movie.mov").write_bytes(b"\0" * 16)
+    (tmp_path / "2019" / "notes.txt").write_text("x")
+    locked = tmp_path / "2019" / "private"
+    write_image(locked / "b.jpg", img)
+    real_scandir = os.scandir
+
+    def scandir(path):  # root reads every folder, so the refusal is simulated
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    caplog.set_level("WARNING")
+    assert discover_images([tmp_path]) == [str(kept)]
+    assert f"cannot read folder {locked} (Permission denied): its images are left out" in caplog.text
+    assert "4 photos in formats not read here were left out (.heic: 2; .gif: 1; .nef: 1)" in caplog.text
+    assert ".mov" not in caplog.text and ".txt" not in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    discover_images([locked])
+    assert not caplog.text  # nothing left out, nothing said
+
+
 def test_missing_input_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="input folder not found"):
         discover_images([tmp_path / "nope"])
