@@ -26,17 +26,13 @@ from typing import Any
 import numpy as np
 
 from . import embfile, images, quality
-from .embfile import EmbeddingsFile
+from .embfile import EmbeddingsFile, parts_dir
 from .errors import EmbeddingsFileError, SetupError
 from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, embed_batch
 from .fsutil import atomic_write_text
 from .progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
-
-
-def parts_dir(output: str | os.PathLike[str]) -> Path:
-    return Path(os.fspath(output) + ".parts")
 
 
 def _count(n: int, noun: str) -> str:

@@ -20,6 +20,7 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -156,12 +157,24 @@ def _signatures(value: Any, where: str) -> dict[str, Signature]:
     return dict(zip(paths, zip(size.astype(np.int64).tolist(), mtime.astype(np.int64).tolist())))
 
 
+def parts_dir(output: str | os.PathLike[str]) -> Path:
+    """The folder of checkpoint parts beside an embeddings file while its run is unfinished."""
+    return Path(os.fspath(output) + ".parts")
+
+
 def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
     """Read and validate an embeddings file without executing anything it contains."""
     where = os.fspath(path)
     try:
         with open(path, "rb") as handle:
             data = handle.read()
+    except FileNotFoundError as err:
+        if parts_dir(path).is_dir():
+            raise EmbeddingsFileError(
+                f"embeddings file {where} is not finished: its run was interrupted or is still going (checkpoints "
+                f"in {parts_dir(path)}); run the same generate_embeddings command again to finish it "
+                "(embeddings_info.py tells which)") from err
+        raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}") from err
     except OSError as err:
         raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}") from err
     try:

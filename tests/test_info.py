@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from face_organizer import images
+from face_organizer import embfile, images
 from face_organizer.cli import common
 from face_organizer.cli.info import main as info_main
 from face_organizer.cli.main import main as umbrella
 from face_organizer.embed_run import parts_dir, run_embeddings
 from face_organizer.embinfo import describe
+from face_organizer.errors import EmbeddingsFileError
 from face_organizer.fsutil import lock_path
 
 
@@ -73,6 +74,10 @@ def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, c
     assert not info.finished and info.parts == parts >= 1
     assert 1 <= info.images < 9 and sum(info.skipped.values()) == 2  # cut.png and empty.png sort first
     assert "interrupted" in info.status() and "run the same generate_embeddings command again" in info.status()
+    # Clustering or searching it says the same, rather than that the file does not exist.
+    with pytest.raises(EmbeddingsFileError, match=r"is not finished: its run was interrupted or is still going "
+                                                  r"\(checkpoints in .*emb\.pkl\.parts\); run the same generate_embeddings"):
+        embfile.load(out)
 
     lock = lock_path(out)
     lock.write_text(str(os.getpid()))  # as a live run holds it
