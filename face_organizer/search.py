@@ -10,6 +10,7 @@ reference is close enough to.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,8 @@ def embed_reference(path: str, models: FaceModels) -> Reference:
 
     Raises ``SetupError`` for an unreadable file or an image with no face.
     """
+    if not os.path.lexists(path):
+        raise SetupError(f"query not found: {path}")
     try:
         image = read_image(path)
     except DecodeError as err:

@@ -8,7 +8,7 @@ import io
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,15 +42,39 @@ class SearchReport:
     destinations: list[str]
     rows: int
     output: str
+    left_out: list[str] = field(default_factory=list)  # "<query>: <reason>" for queries that could not be used
 
     def lines(self) -> list[str]:
         unique = len(set(self.destinations))
         via = int(self.result.via_expansion.sum())
-        return [
+        lines = [
             f"{len(self.result.index):,} matching faces in {unique:,} images "
             f"({via:,} found by query expansion) out of {self.rows:,} faces → {self.output}{os.sep}",
             f"similarity threshold {self.result.threshold:.3f} ({self.result.threshold_source})",
         ]
+        if self.left_out:
+            lines.append(f"searched with {len(self.references)} of {len(self.references) + len(self.left_out)} "
+                         f"queries; left out: {'; '.join(self.left_out)}")
+        return lines
+
+
+def usable_references(queries: Sequence[str], models: FaceModels) -> tuple[list[Reference], list[str]]:
+    """The queries' reference faces, and why any could not be used. One unusable query among
+    several is left out with a warning (a reference set often holds a photo where the face is
+    turned away); the search stops only when none can be used."""
+    refs: list[Reference] = []
+    left_out: list[str] = []
+    for query in queries:
+        try:
+            refs.append(embed_reference(query, models))
+        except SetupError as err:
+            if len(queries) == 1:
+                raise
+            log.warning("%s; searching with the other queries", err)
+            left_out.append(str(err))
+    if not refs:
+        raise SetupError(f"none of the {len(queries)} queries can be used: {'; '.join(left_out)}")
+    return refs, left_out
 
 
 def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], output: str, *,
@@ -61,7 +85,7 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     output = os.path.abspath(output)
     check_output_folder(output)
     check_images_reachable(ef.rows.paths, output)
-    refs = [embed_reference(q, models) for q in queries]
+    refs, left_out = usable_references(queries, models)
     calibration = load_calibration(models.pack.recognizer.name)
     calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
     result = search(ef.rows.embeddings, [r.embedding for r in refs], threshold=threshold, calibrated=calibrated,
@@ -76,7 +100,7 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
         writer.writerow([ef.rows.paths[row], int(ef.rows.face_index[row]), f"{float(sim):.4f}",
                          "expansion" if via else "reference", dest, status[dest]])
     atomic_write_text(os.path.join(output, "matches.csv"), buffer.getvalue())
-    report = SearchReport(result, refs, dests, len(ef.rows), output)
+    report = SearchReport(result, refs, dests, len(ef.rows), output, left_out)
     if previews:
         _preview(output, ef, report)
     return report

@@ -9,6 +9,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -97,12 +98,29 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, tmp_pat
     assert "matches.jpg" in (out / "index.html").read_text()
 
 
-def test_bad_query_and_model_mismatch_are_clear(lfw_subset, testpack_dir, models, tmp_path, capsys) -> None:
-    emb, _ = lfw_subset
+def test_bad_query_and_model_mismatch_are_clear(lfw_subset, lfw, testpack_dir, models, tmp_path, capsys) -> None:
+    emb, identity = lfw_subset
     (tmp_path / "broken.jpg").write_text("not a photo")
     assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "broken.jpg"), "--output", str(tmp_path / "o"),
                     "--model", str(testpack_dir)]) == 2
     assert "cannot use query" in capsys.readouterr().err
+    assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "gone.jpg"), "--output", str(tmp_path / "o"),
+                    "--model", str(testpack_dir)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"Error: query not found: {tmp_path / 'gone.jpg'}"
+    # Among several references, one that cannot be used is left out and said so; with none left, it stops.
+    cv2.imwrite(str(tmp_path / "wall.png"), np.full((300, 300, 3), 128, np.uint8))  # no face at all
+    query = lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"
+    out = tmp_path / "several"
+    assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "wall.png"), str(query), str(tmp_path / "broken.jpg"),
+                    "--output", str(out), "--model", str(testpack_dir)]) == 0
+    printed = capsys.readouterr()
+    assert f"searched with 1 of 3 queries; left out: no face found in query {tmp_path / 'wall.png'}" in printed.out
+    assert f"cannot use query {tmp_path / 'broken.jpg'}" in printed.out and printed.err.count("WARNING") >= 2
+    rows = list(csv.DictReader(open(out / "matches.csv", newline="", encoding="utf-8")))
+    assert len(rows) >= 10 and np.mean([identity[r["path"]] == "Jean_Chretien" for r in rows]) >= 0.95
+    assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "wall.png"), str(tmp_path / "broken.jpg"),
+                    "--output", str(tmp_path / "none"), "--model", str(testpack_dir)]) == 2
+    assert "Error: none of the 2 queries can be used" in capsys.readouterr().err
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("user file")
     assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "broken.jpg"), "--output",
