@@ -10,13 +10,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# insightface requires the GUI build opencv-python, whose cv2 needs the desktop's libGL and X11
+# libraries (on a server: "ImportError: libGL.so.1"). All OpenCV builds share one cv2 folder and
+# the last installed wins, so the GUI build is removed and the headless one ($(1)) put back over it.
+define headless_opencv
+	$(BIN)/python -m pip uninstall --quiet -y opencv-python
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps \
+		"$(1)==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("$(1)"))')"
+endef
+
 # CPU install: the project, the CPU ONNX Runtime and insightface (sample faces, pack downloads).
 setup: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[cpu,insightface]"
+	$(call headless_opencv,opencv-python-headless)
 
-# Tests also cover the DeepFace backends of the legacy tools, so they install DeepFace + TensorFlow.
+# Tests also cover the DeepFace backends of the legacy tools, so they install DeepFace + TensorFlow
+# (and deepface's opencv-contrib-python-headless, the build then put back last).
 setup-test: setup
 	$(BIN)/python -m pip install --quiet -e ".[cpu,insightface,deepface,test]"
+	$(call headless_opencv,opencv-contrib-python-headless)
 
 # Quick start: sort the faces that ship inside pip packages (insightface's t1.jpg, scikit-image's astronaut).
 demo: setup

@@ -95,10 +95,16 @@ def known_problems(vers: dict[str, str], gpus: list[Gpu], ort_build: CudaBuild |
     if "onnxruntime" in vers and "onnxruntime-gpu" in vers:
         problems.append("onnxruntime and onnxruntime-gpu are both installed: they share the module name and the "
                         "CPU one can win. Fix: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
-    opencv = [n for n in vers if n.startswith("opencv")]
-    if len(opencv) > 1:
-        problems.append(f"several OpenCV distributions installed ({', '.join(opencv)}): they overwrite each other's cv2. "
-                        "Fix: uninstall all, install one (opencv-python-headless or opencv-contrib-python-headless)")
+    opencv = {n: v for n, v in vers.items() if n.startswith("opencv")}
+    gui = sorted(n for n in opencv if not n.endswith("-headless"))
+    if len(opencv) > 1 and (gui or len(set(opencv.values())) > 1):
+        # They share one cv2 folder, so the last installed wins; builds of one version without a GUI
+        # are interchangeable here, but a GUI build needs the desktop's libGL (ImportError on servers).
+        why = (f"{', '.join(gui)} (a GUI build, needing libGL) beside a headless one" if gui
+               else "of different versions")
+        problems.append(f"several OpenCV distributions installed ({', '.join(f'{n} {v}' for n, v in sorted(opencv.items()))}), "
+                        f"{why}: they overwrite each other's cv2. Fix: uninstall all, install one "
+                        "(opencv-python-headless or opencv-contrib-python-headless)")
     cudnn = vers.get("nvidia-cudnn-cu12")
     old = [g for g in gpus if g.compute_capability is not None and g.compute_capability < PASCAL_OR_OLDER]
     if cudnn and old and tuple(int(x) for x in cudnn.split(".")[:2]) >= (9, 11):

@@ -42,3 +42,10 @@ def test_known_bad_combinations_are_named() -> None:
     assert any("Pascal" in p and "<9.11" in p for p in problems)
     assert not d.known_problems({"onnxruntime-gpu": "1.23.2", "nvidia-cudnn-cu12": "9.10.2.21"}, pascal)
     assert "Pascal/Maxwell" in d._hint("CUDNN_STATUS_EXECUTION_FAILED")
+    # OpenCV: a GUI build beside a headless one, or builds of different versions, share one cv2 folder.
+    headless = {"opencv-python-headless": "5.0.0.93", "opencv-contrib-python-headless": "5.0.0.93"}
+    assert not d.known_problems(headless, [])
+    (gui,) = d.known_problems({**headless, "opencv-python": "5.0.0.93"}, [])
+    assert "opencv-python (a GUI build, needing libGL) beside a headless one" in gui
+    (mixed,) = d.known_problems({**headless, "opencv-python-headless": "4.10.0.84"}, [])
+    assert "of different versions" in mixed
