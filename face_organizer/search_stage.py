@@ -42,7 +42,7 @@ class SearchReport:
     destinations: list[str]
     rows: int
     output: str
-    left_out: list[str] = field(default_factory=list)  # "<query>: <reason>" for queries that could not be used
+    left_out: list[str] = field(default_factory=list)  # why each query that could not be used was left out
 
     def lines(self) -> list[str]:
         unique = len(set(self.destinations))
@@ -70,7 +70,7 @@ def usable_references(queries: Sequence[str], models: FaceModels) -> tuple[list[
         except SetupError as err:
             if len(queries) == 1:
                 raise
-            log.warning("%s; searching with the other queries", err)
+            log.warning("%s; this query is left out", err)
             left_out.append(str(err))
     if not refs:
         raise SetupError(f"none of the {len(queries)} queries can be used: {'; '.join(left_out)}")
