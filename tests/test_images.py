@@ -190,3 +190,18 @@ def test_an_image_too_large_for_the_machine_is_skipped_not_fatal(tmp_path: Path,
     loaded = images.load(str(path))
     assert loaded.image is None and loaded.reason == "out of memory while decoding (image too large for this machine)"
     assert loaded.signature is not None  # read, so a later run knows the file was already tried
+
+
+def test_an_opencv_exception_on_one_file_is_its_reason(tmp_path: Path, monkeypatch) -> None:
+    # Some files make OpenCV raise instead of returning nothing; the file is skipped with OpenCV's words.
+    from face_organizer import images
+
+    path = write_image(tmp_path / "odd.png", np.zeros((20, 20, 3), np.uint8))
+
+    def raising(buffer, flags):
+        raise cv2.error("OpenCV(5.0.0) /io/opencv/modules/imgcodecs/src/grfmt_png.cpp:1: error: (-2:Unspecified error) bad chunk in function 'readData'\n")
+
+    monkeypatch.setattr(images.cv2, "imdecode", raising)
+    loaded = images.load(str(path))
+    assert loaded.image is None and loaded.reason.startswith("not a decodable image (OpenCV: OpenCV(5.0.0)")
+    assert "bad chunk in function 'readData'" in loaded.reason and "\n" not in loaded.reason
