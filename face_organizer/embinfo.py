@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .embed_run import parts_dir, read_state
+from .embed_run import read_state
+from .embfile import parts_dir
 from .errors import SetupError
 from .fsutil import lock_path
 

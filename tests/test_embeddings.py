@@ -19,7 +19,8 @@ import pytest
 from face_organizer import embfile, images
 from face_organizer.cli import common
 from face_organizer.cli.embed import main as embed_main
-from face_organizer.embed_run import RunSummary, parts_dir, plan_streams, run_embeddings
+from face_organizer.embed_run import RunSummary, plan_streams, run_embeddings
+from face_organizer.embfile import parts_dir
 from face_organizer.errors import EmbeddingsFileError, UnsafePickleError
 from face_organizer.evaluation import roc_auc
 from face_organizer.faces import EmbedOptions, embed_batch

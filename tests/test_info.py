@@ -14,7 +14,8 @@ from face_organizer import embfile, images
 from face_organizer.cli import common
 from face_organizer.cli.info import main as info_main
 from face_organizer.cli.main import main as umbrella
-from face_organizer.embed_run import parts_dir, run_embeddings
+from face_organizer.embed_run import run_embeddings
+from face_organizer.embfile import parts_dir
 from face_organizer.embinfo import describe
 from face_organizer.errors import EmbeddingsFileError
 from face_organizer.fsutil import lock_path
