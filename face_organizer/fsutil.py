@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import functools
+import hashlib
 import logging
 import os
 import tempfile
@@ -26,7 +27,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: object
     """Open a temporary file beside ``path``; on success fsync it and ``os.replace`` it into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # The name's start tells whose temporary file it is; all of a long name would pass NAME_MAX.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=target.parent)
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary user files
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:  # type: ignore[call-overload]
@@ -86,9 +88,13 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
 
 
 def lock_path(path: str | os.PathLike[str]) -> Path:
-    """``.<name>.lock`` beside ``path``: the file ``exclusive`` locks, holding its owner's pid."""
+    """``.<name>.lock`` beside ``path``: the file ``exclusive`` locks, holding its owner's pid.
+    A name too long for that becomes its start and a digest of the whole."""
     target = Path(path)
-    return target.parent / f".{target.name}.lock"
+    name = target.name
+    if len(os.fsencode(name)) > 200:
+        name = f"{name[:40]}-{hashlib.sha1(os.fsencode(name)).hexdigest()[:16]}"
+    return target.parent / f".{name}.lock"
 
 
 @contextlib.contextmanager

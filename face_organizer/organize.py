@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 LinkMode = Literal["copy", "hardlink", "symlink", "move"]
 STATE_FILE = OUTPUT_MARKER
 SYNC_EVERY = 2000  # copies written between flushes of the output's filesystem
+NAME_MAX = 255  # bytes in one file name, on every filesystem a collection is likely to sit on
+PARTIAL_PREFIX = ".fo-partial-"  # a copy being written; hidden, so discovery never reads one as an image
 
 
 def _undecodable_byte(ch: str) -> bool:
@@ -75,11 +77,25 @@ def plan_destinations(paths: Sequence[str], clusters: Sequence[str], roots: Sequ
         dest, n = base, 1
         while dest.casefold() in taken:  # case-insensitive filesystems collide too
             n += 1
-            stem, ext = os.path.splitext(base)
-            dest = f"{stem}_{n}{ext}"
+            dest = numbered(base, n)
         taken.add(dest.casefold())
         chosen[(cluster, path)] = dest
     return [chosen[(c, p)] for c, p in zip(clusters, paths)]
+
+
+def _name_bytes(name: str) -> int:
+    return len(name.encode("utf-8", "surrogateescape"))
+
+
+def numbered(relative: str, n: int) -> str:
+    """``relative`` with ``_n`` before its extension, its stem shortened where the file name
+    would otherwise pass ``NAME_MAX`` bytes (a long name that exists once exists twice)."""
+    folder, name = os.path.split(relative)
+    stem, ext = os.path.splitext(name)
+    tag = f"_{n}{ext}"
+    while stem and _name_bytes(stem + tag) > NAME_MAX:
+        stem = stem[:-1]
+    return os.path.join(folder, stem + tag)
 
 
 def plan_digest(pairs: Sequence[tuple[str, str]], mode: str) -> str:
@@ -169,8 +185,11 @@ def _same_size(a: str, b: str) -> bool:
 
 def _copy_atomic(source: str, dest: str, durable: bool = True) -> None:
     """Copy through a temporary name, so ``dest`` is whole or absent; ``durable``: on disk
-    before the rename (else the caller flushes many copies at once)."""
-    tmp = f"{dest}.partial-{os.getpid()}"
+    before the rename (else the caller flushes many copies at once). The temporary name is
+    short whatever the length of ``dest``'s; a re-run removes one a crash left
+    (``remove_partial_copies``)."""
+    key = hashlib.sha1(os.path.basename(dest).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    tmp = os.path.join(os.path.dirname(dest), f"{PARTIAL_PREFIX}{os.getpid()}-{key}")
     try:
         shutil.copy2(source, tmp)
         if durable:
@@ -242,6 +261,22 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
     return "placed"
 
 
+def remove_partial_copies(destinations: Sequence[str]) -> int:
+    """Delete the temporary copies an interrupted run left in the folders of ``destinations``
+    (the caller holds the output's lock, so no copy is still being written); their count."""
+    removed = 0
+    for folder in sorted({os.path.dirname(d) for d in destinations}):
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(PARTIAL_PREFIX) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
 @dataclass
 class Placement:
     """Where each row's file went: ``destinations`` (absolute, one per row) and the outcome
@@ -270,6 +305,8 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     previous = prepare_output(output, digest, dry_run)
     if previous is not None:
         log.info("continuing an earlier run into %s", output)
+        if not dry_run and (removed := remove_partial_copies(destinations)):
+            log.info("removed %d unfinished cop%s an interrupted run left", removed, "y" if removed == 1 else "ies")
     status: dict[str, str] = {}
     if dry_run:
         return Placement(destinations, status, previous is not None)

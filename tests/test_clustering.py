@@ -1102,3 +1102,35 @@ def test_file_names_that_are_not_utf8_are_kept_byte_for_byte(video_crops, testpa
     assert common.run(search_main, ["--embeddings", str(emb), "--query", str(folder / names[0]), "--output", str(found),
                                     "--model", str(testpack_dir), "-q"]) == 0
     assert b"caf\xe9_0.png" in (found / "matches.csv").read_bytes()
+
+
+def test_names_at_the_filesystem_limit_collide_and_copy(video_crops, models, tmp_path, capsys) -> None:
+    # Two input folders both named 2017 hold the same 254-byte name: the second copy needs "_2",
+    # and neither it nor the copy's temporary name may pass the 255 bytes a file name can have.
+    name = "é" * 60 + "x" * (254 - 120 - 4) + ".png"
+    assert len(name.encode()) == 254
+    sources = []
+    for disk, crop in (("a", video_crops["Tony_Blair"][0]), ("b", video_crops["Tony_Blair"][3])):
+        target = tmp_path / disk / "2017" / name
+        target.parent.mkdir(parents=True)
+        target.write_bytes(crop.read_bytes())
+        sources.append(target)
+    emb = tmp_path / "emb.pkl"
+    run_embeddings([str(p) for p in sources], emb, models, inputs=[str(p.parent) for p in sources], progress=False)
+    out = tmp_path / "out"
+    args = ["--embeddings", str(emb), "--output", str(out), "--clusters", "1", "-q", "--no-previews"]
+    assert run_cli(args) == 0
+    rows = {r["path"]: r for r in csv.DictReader((out / "clusters.csv").open(encoding="utf-8"))}
+    first, second = (Path(rows[str(p)]["destination"]) for p in sources)
+    assert first == out / "person_A" / "2017" / name
+    assert second.parent == first.parent and second.name.endswith("_2.png") and len(second.name.encode()) == 255
+    assert second.name.startswith("é" * 60) and first.read_bytes() != second.read_bytes()
+    for source in sources:
+        assert Path(rows[str(source)]["destination"]).read_bytes() == source.read_bytes()
+    # What a kill -9 between a copy and its rename leaves; the re-run clears it and changes nothing else.
+    left = first.parent / f"{organize.PARTIAL_PREFIX}999999-0123456789abcdef"
+    left.write_bytes(b"half a copy")
+    capsys.readouterr()
+    assert run_cli(args[:-2] + ["--no-previews"]) == 0  # not quiet: the removal is logged
+    assert not left.exists() and "removed 1 unfinished copy" in capsys.readouterr().err
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, second.name])

@@ -1,4 +1,4 @@
-"""One writer per output, and what happens where the filesystem cannot lock."""
+"""Atomic writes, one writer per output, and what happens where the filesystem cannot lock."""
 
 from __future__ import annotations
 
@@ -50,3 +50,13 @@ def test_no_room_for_a_lock_file_runs_unguarded_with_a_warning(tmp_path, monkeyp
     with caplog.at_level(logging.WARNING), fsutil.exclusive(tmp_path / "out", "hint"):
         ran.append(True)
     assert ran and "cannot lock" in caplog.text and "Permission denied" in caplog.text
+
+
+def test_a_file_name_at_the_filesystem_limit_is_written_atomically(tmp_path) -> None:
+    # The temporary and lock files beside it take only the start of its name, so they fit too.
+    target = tmp_path / ("ü" * 100 + "x" * 51 + ".pkl")
+    assert len(target.name.encode()) == 255
+    with fsutil.exclusive(target, "wait"):
+        assert fsutil.lock_path(target).exists()  # locked, not left unguarded
+        fsutil.atomic_write_text(target, "whole")
+    assert target.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == [target.name]
