@@ -23,6 +23,7 @@ from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
 from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
+from .progress import count
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,14 @@ class ClusterReport:
                     + ("" if self.dry_run else " (clusters.csv and summary.json list none)")]
         people = [(n, c) for n, c in self.images_per_cluster.items() if n != "outliers"]
         shown = people if len(people) <= SHOWN_FOLDERS + 1 else people[:SHOWN_FOLDERS]
-        out = [f"{name}: {count:,} images → {os.path.join(self.output, name)}{os.sep}" for name, count in shown]
+        out = [f"{name}: {count(n, 'image')} → {os.path.join(self.output, name)}{os.sep}" for name, n in shown]
         if len(shown) < len(people):
             rest = [c for _, c in people[len(shown):]]
             sizes = f"{min(rest):,}–{max(rest):,} images each" if min(rest) != max(rest) else f"{rest[0]:,} images each"
             out.append(f"… and {len(rest):,} more person folders ({sizes}, {sum(rest):,} in all): summary.json "
                        "lists every folder")
         if "outliers" in self.images_per_cluster:
-            out.append(f"outliers: {self.images_per_cluster['outliers']:,} images → "
+            out.append(f"outliers: {count(self.images_per_cluster['outliers'], 'image')} → "
                        f"{os.path.join(self.output, 'outliers')}{os.sep}")
         out.append(f"similarity cut-off {self.clustering.threshold:.3f} ({self.clustering.threshold_source}); "
                    f"method: {self.clustering.method}")

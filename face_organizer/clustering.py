@@ -185,9 +185,9 @@ def _attach_outliers(x: NDArray[np.float32], labels: NDArray[np.int64], centres:
     0.88 without this pass, see PROJECT_PLAN.md).
     """
     model = impostor_from_other_centre_pairs(x, labels, centres, seed=seed)
-    origin = "data: median similarity to other clusters' centres"
+    calibration = False
     if model is None and calibrated is not None and len(centres):
-        model, origin = calibrated, "calibration: similarity to other people's centres"
+        model, calibration = calibrated, True
     outliers = np.nonzero(labels == OUTLIER)[0]
     if model is None or not outliers.size:
         return labels, 0, None, ""
@@ -197,7 +197,8 @@ def _attach_outliers(x: NDArray[np.float32], labels: NDArray[np.int64], centres:
     take = sims >= cut
     labels = labels.copy()
     labels[outliers[take]] = nearest[take]
-    source = f"{origin} {model.centre:.3f} + {z:.2f} x {model.spread:.3f}"
+    source = (f"calibration: similarity to other people's centres {model.centre:.3f} + {z:.2f} x {model.spread:.3f}"
+              if calibration else model.describe("median similarity to other clusters' centres", round(z, 2)))
     log.info("second pass: %d of %d outliers joined their nearest cluster (similarity to its centre >= %.3f)",
              int(take.sum()), outliers.size, cut)
     return labels, int(take.sum()), cut, source
@@ -277,9 +278,9 @@ def kmeans(
     n, d = x.shape
     if n == 0:
         return Clustering(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, d), np.float32), 0.0, "empty", "kmeans")
-    k = max(1, min(k, n))
+    asked, k = k, max(1, min(k, n))
     sims, nearest = _spherical_kmeans(x, k, restarts=restarts, seed=seed, use_gpu=use_gpu)
-    method = f"kmeans k={k}"
+    method = f"kmeans k={k}" + (f" (only {n:,} faces for the {asked:,} people asked for)" if k < asked else "")
     seeds = _group_seeds(x, k, nearest[:, 0], pair_cut=pair_calibrated, seed=seed, use_gpu=use_gpu) if extra_groups else None
     if seeds is not None:
         sims, nearest = _spherical_kmeans(x, len(seeds), restarts=1, seed=seed, use_gpu=use_gpu, init=seeds)
@@ -302,7 +303,7 @@ def kmeans(
             model, z = impostor_model(x, seed=seed), CENTRE_Z
             how = "impostor peak of random pairs of faces"
         threshold = model.cut(z)
-        source = f"data: {how} {model.centre:.3f} + {z} x {model.spread:.3f}"
+        source = model.describe(how, z)
     labels = _relabel_by_size(np.where(own >= threshold, labels, OUTLIER))
     extra = np.bincount(labels[labels >= k] - k) if (labels >= k).any() else np.zeros(0, np.int64)
     labels[labels >= k] = OUTLIER
@@ -472,7 +473,7 @@ def graph_clusters(
     else:
         z = graph_z(n)
         threshold = model.cut(z)
-        source = f"data: impostor peak of random pairs at {model.centre:.3f} + {z:.2f} x {model.spread:.3f}"
+        source = model.describe("impostor peak of random pairs", round(z, 2))
     sims, nbrs = knn_graph(x, neighbours, seed=seed, use_gpu=use_gpu)
     rows = np.arange(n)[:, None]
     edge = (sims >= threshold) & (nbrs != rows) & (nbrs >= 0)

@@ -31,12 +31,9 @@ from .errors import EmbeddingsFileError, SetupError
 from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, embed_batch
 from .fsutil import atomic_write_text
 from .progress import bar as progress_bar
+from .progress import count
 
 log = logging.getLogger(__name__)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 @dataclass
@@ -70,7 +67,7 @@ class RunSummary:
             f"embeddings file: {self.output} ({self.rows_in_file:,} faces)",
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}"
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
-            f"embedded now: {_count(self.embedded, 'image')}, {_count(self.faces, 'face')}; "
+            f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
             f"fallback (no face found, centre crop used): {self.fallback:,}",
         ]
         if self.no_face:
@@ -316,7 +313,7 @@ def usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return os.cpucount() or 1
 
 
 MAX_DEFAULT_STREAMS = 16
@@ -454,14 +451,14 @@ def run_embeddings(
             if len(summary.skipped_examples) < SKIPPED_SHOWN:
                 summary.skipped_examples.append((path, reason))
             log.debug("skipped %s: %s", path, reason)
-        for count, result in job.results:
+        for n_images, result in job.results:
             recorder.rows(result.rows, result.no_face, result.reused, job.signatures)
             summary.reused += len(result.reused)
-            summary.embedded += count - len(result.no_face)
+            summary.embedded += n_images - len(result.no_face)
             summary.faces += len(result.rows)
             summary.no_face += len(result.no_face)
             summary.fallback += int((~result.rows.detected).sum())
-        bar.update(len(job.skipped) + sum(count for count, _ in job.results))
+        bar.update(len(job.skipped) + sum(n for n, _ in job.results))
         bar.set_postfix(fallback=summary.fallback, skipped=sum(summary.skipped.values()), refresh=False)
         recorder.maybe_checkpoint()
         status.write(summary.already_done + summary.processed, len(paths))  # bar.n stays 0 when it is off

@@ -19,6 +19,7 @@ from .fsutil import atomic_write_text
 from .gender import GenderPrediction
 from .organize import LinkMode, check_output_folder, place_all
 from .progress import bar as progress_bar
+from .progress import count
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class GenderSummary:
     def lines(self) -> list[str]:
         errors = sum(self.errors.values())
         return [
-            f"{self.gender}: {self.matches:,} images → {self.output}{os.sep}",
+            f"{self.gender}: {count(self.matches, 'image')} → {self.output}{os.sep}",
             f"other gender: {self.non_matches:,}; below --min-confidence: {self.low_confidence:,}; "
             f"no face: {self.no_face:,}; errors: {errors:,}"
             + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.errors.most_common()) + ")" if errors else ""),

@@ -16,6 +16,11 @@ from tqdm import tqdm
 LOG_INTERVAL_S = 60.0
 
 
+def count(n: int, noun: str) -> str:
+    """``1 image``, ``2,000 images``: a number and its noun for summaries."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _interactive() -> bool:
     try:
         return sys.stderr.isatty()

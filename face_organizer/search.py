@@ -140,7 +140,7 @@ def search(
     else:
         model = searcher.impostor
         cut = model.cut(SEARCH_Z)
-        source = f"data: impostor peak of random pairs at {model.centre:.3f} + {SEARCH_Z} x {model.spread:.3f}"
+        source = model.describe("impostor peak of random pairs", SEARCH_Z)
     n = len(x)
     first = searcher.above(refs, cut)
     best = first

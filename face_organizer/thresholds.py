@@ -37,9 +37,22 @@ CALIBRATION_ENV = "FACE_ORGANIZER_CALIBRATION"
 class ImpostorModel:
     centre: float
     spread: float
+    assumed: bool = False  # too few values to read it from: the defaults below
 
     def cut(self, z: float) -> float:
         return float(self.centre + z * self.spread)
+
+    def describe(self, what: str, z: float) -> str:
+        """How a cut-off ``z`` spreads above this model came about, for logs and summaries."""
+        if self.assumed:
+            return f"assumed, too few faces to measure the {what}: {self.centre:.3f} + {z:g} x {self.spread:.3f}"
+        return f"data: {what} {self.centre:.3f} + {z:g} x {self.spread:.3f}"
+
+
+# Where there are too few values to read a scale from: impostor similarities near 0 spread
+# about 0.1 for the 128-d testpack model and less for larger ones, so this is on the safe side.
+ASSUMED = ImpostorModel(0.0, 0.1, assumed=True)
+MIN_VALUES = 10  # similarities (or distinct pairs of faces) needed to measure a scale at all
 
 
 def impostor_from_similarities(sims: NDArray[np.floating], dim: int | None = None) -> ImpostorModel:
@@ -52,8 +65,8 @@ def impostor_from_similarities(sims: NDArray[np.floating], dim: int | None = Non
     With enough values, a normal curve fitted to the peak refines both (``_fit_peak``).
     """
     sims = np.asarray(sims, dtype=np.float64)
-    if sims.size < 10:
-        return ImpostorModel(0.0, 0.1)
+    if sims.size < MIN_VALUES:
+        return ASSUMED
     hist, edges = np.histogram(sims, bins=200, range=(-1.0, 1.0))
     smooth = np.convolve(hist, np.ones(5) / 5, mode="same")
     peak = int(np.argmax(smooth))
@@ -101,15 +114,17 @@ def impostor_from_impostors(sims: NDArray[np.floating], dim: int | None = None) 
     bins between draws of the same two people (measured 0.045-0.085; the median 0.043-0.052).
     """
     sims = np.asarray(sims, dtype=np.float64)
-    if sims.size < 10:
-        return ImpostorModel(0.0, 0.1)
+    if sims.size < MIN_VALUES:
+        return ASSUMED
     return _below(sims, float(np.median(sims)), dim)
 
 
 def _below(sims: NDArray[np.float64], centre: float, dim: int | None) -> ImpostorModel:
     """The model centred at ``centre`` with the spread read from the side below it."""
     below = sims[sims <= centre]
-    spread = centre - float(np.percentile(below, 31.73)) if below.size >= 5 else 0.1
+    if below.size < 5:
+        return ImpostorModel(max(centre, 0.0), max(ASSUMED.spread, _spread_floor(dim)), assumed=True)
+    spread = centre - float(np.percentile(below, 31.73))
     # Different people are never systematically opposite: the centre is at least 0.
     return ImpostorModel(max(centre, 0.0), max(spread, _spread_floor(dim)))
 
@@ -123,8 +138,8 @@ def _spread_floor(dim: int | None) -> float:
 def impostor_model(embeddings: NDArray[np.float32], seed: int = 0, pairs: int = SAMPLE_PAIRS) -> ImpostorModel:
     """The impostor peak of random pairs of faces (see ``impostor_from_similarities``)."""
     n = len(embeddings)
-    if n < 3:
-        return ImpostorModel(0.0, 0.1)
+    if n * (n - 1) // 2 < MIN_VALUES:  # sampling many pairs of a few faces repeats the same few
+        return ASSUMED
     rng = np.random.default_rng(seed)
     a = rng.integers(0, n, pairs)
     b = rng.integers(0, n, pairs)

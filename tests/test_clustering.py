@@ -836,6 +836,21 @@ def test_kmeans_outlier_cut_and_naming() -> None:
     assert [cluster_name(i) for i in (-1, 0, 1, 25, 26, 27)] == ["outliers", "person_A", "person_B", "person_Z", "person_AA", "person_AB"]
     forced = kmeans(x, 2, min_similarity=-1.0)
     assert (forced.labels >= 0).all() and forced.threshold_source == "--min-similarity"
+    assert result.threshold_source.startswith("data: median similarity to the other clusters' centres")
+
+
+def test_a_handful_of_faces_says_what_it_could_not_measure(two_person, tmp_path, capsys) -> None:
+    # Three faces give too few similarities to read a scale from, and fewer people than asked for:
+    # the summary says so instead of presenting the defaults as measured.
+    ef = embfile.load(two_person[0])
+    few = embfile.EmbeddingsFile(ef.rows.select(np.arange(3)), [], [], ef.meta)
+    report = cluster_faces(few, str(tmp_path / "out"), ClusterConfig(clusters=5, previews=False), progress=False)
+    lines = report.lines()
+    assert "kmeans k=3 (only 3 faces for the 5 people asked for)" in report.clustering.method
+    assert report.clustering.threshold_source.startswith("assumed, too few faces to measure")
+    assert sum(line.startswith("person_") and ": 1 image →" in line for line in lines) == 3
+    graph = graph_clusters(ef.rows.embeddings[:3])
+    assert graph.threshold_source.startswith("assumed, too few faces to measure the impostor peak of random pairs")
 
 
 def _faces_around(centre: np.ndarray, count: int, rng: np.random.Generator, similarity: float = 0.75) -> np.ndarray:
