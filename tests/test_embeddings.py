@@ -368,6 +368,39 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops,
     assert not parts_dir(resumed).exists()
 
 
+def test_disk_full_at_the_final_write_is_one_line_and_the_rerun_embeds_nothing_again(tmp_path, video_crops, testpack_dir,
+                                                                                       monkeypatch, capsys) -> None:
+    # The checkpoint parts fit, the final file (as large again) does not.
+    import errno
+
+    folder = tmp_path / "in"
+    for person, crops in video_crops.items():
+        for p in crops:
+            (folder / person).mkdir(parents=True, exist_ok=True)
+            (folder / person / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "emb.pkl"
+    args = ["--input", str(folder), "--output", str(out), "--model", str(testpack_dir), "--workers", "0",
+            "--checkpoint-seconds", "0", "-q"]
+    real_save = embfile.save
+
+    def full_disk(path, ef):
+        if Path(path) == out:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(path, ef)
+
+    monkeypatch.setattr(embfile, "save", full_disk)
+    capsys.readouterr()
+    assert run_cli(args) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the CPU warning, one line
+    assert last == "Error: No space left on device; free some space, then re-run the same command: it continues where it stopped"
+    assert not out.exists() and list(parts_dir(out).glob("part-*.pkl"))
+    monkeypatch.setattr(embfile, "save", real_save)
+    assert run_cli(args) == 0
+    total = sum(len(c) for c in video_crops.values())
+    assert f"images found: {total:,}; already embedded: {total:,}" in capsys.readouterr().out
+    assert len(embfile.load(out).rows.paths) + len(embfile.load(out).no_face) == total and not parts_dir(out).exists()
+
+
 def test_sigterm_saves_progress_and_the_rerun_continues(tmp_path, video_crops, testpack_dir) -> None:
     """kill, docker stop, systemd: the run saves what it embedded since the last checkpoint."""
     crops = [p for c in video_crops.values() for p in c]
