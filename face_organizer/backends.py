@@ -62,6 +62,13 @@ def scrfd_finder(detector: SCRFD) -> BoxFinder:
     return find
 
 
+def find_yunet(model_root: Path) -> Path | None:
+    """A YuNet ONNX file kept beside the model packs (``<root>/yunet/…yunet….onnx``), the
+    newest by name when there are several (OpenCV names them by release date)."""
+    found = sorted(p for p in (model_root / "yunet").glob("*.onnx") if "yunet" in p.name.lower())
+    return found[-1] if found else None
+
+
 def yunet_finder(model: str, pad_ratio: float = 0.3, threshold: float = 0.6) -> BoxFinder:
     """YuNet through OpenCV; tight crops get the same padding as SCRFD."""
     net = cv2.FaceDetectorYN.create(model, "", (320, 320), threshold)
@@ -160,7 +167,13 @@ def recommendation(results: Sequence[BackendResult], folder_images: int) -> str:
     pick = max(candidates, key=lambda r: r.speed)
     eta = folder_images / pick.speed if pick.speed else float("inf")
     return (f"Recommendation: {pick.name} (detects {pick.rate:.0%} at {pick.speed:.1f} img/s); "
-            f"the whole folder of {folder_images:,} images would take about {eta / 60:.1f} min on this machine.")
+            f"the whole folder of {folder_images:,} images would take about {_duration(eta)} on this machine.")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(seconds, 1):.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
 def table(results: Sequence[BackendResult], gender: str | None) -> list[str]:

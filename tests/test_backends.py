@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from face_organizer.cli import common
@@ -30,6 +32,18 @@ def test_benchmark_runs_offline_backends_and_lists_the_rest(utkface, testpack_di
     for name in ("opencv", "retinaface"):
         assert "unavailable" in rows[name] and "weights" in rows[name]
     assert "Matched" in out and "Recommendation:" in out and "Traceback" not in out
+
+
+def test_yunet_is_found_beside_the_model_packs(utkface, shared, offline_deepface_home, monkeypatch, capsys) -> None:
+    # /models/yunet/*.onnx next to /models/buffalo_l: no --yunet-model needed.
+    monkeypatch.delenv("FACE_ORGANIZER_YUNET", raising=False)
+    code = common.run(backends_main, ["--input", str(utkface), "--samples", "6", "--model-root", str(shared / "models"),
+                                      "--model", "testpack", "--backends", "yunet", "-q"])
+    assert code == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("yunet"))
+    assert "unavailable" not in row and ("6/6" in row or "5/6" in row), row
+    assert re.search(r"would take about \d+(\.\d)? (s|min|h) on this machine", out)
 
 
 def test_prepare_deepface_weights_offline(shared, offline_deepface_home, capsys) -> None:

@@ -12,7 +12,7 @@ from .. import backends as b
 from .. import images
 from ..errors import FaceOrganizerError, SetupError
 from ..gender import InsightFaceGender, attribute_crop
-from ..modelpack import resolve_pack
+from ..modelpack import default_model_root, resolve_pack
 from ..providers import open_session
 from ..detection import SCRFD
 from . import common
@@ -35,7 +35,8 @@ def build_parser():
     p.add_argument("--gender", choices=("Woman", "Man"), default=None,
                    help="also classify gender (insightface genderage on each backend's face) and count Matched/Failed")
     p.add_argument("--yunet-model", default=os.environ.get("FACE_ORGANIZER_YUNET"),
-                   help="YuNet ONNX file for the yunet backend (default: $FACE_ORGANIZER_YUNET)")
+                   help="YuNet ONNX file for the yunet backend (default: $FACE_ORGANIZER_YUNET, else the newest "
+                        "*yunet*.onnx in the yunet/ folder of the model root)")
     p.add_argument("--prepare-deepface-weights", nargs="*", metavar="SOURCE", default=None,
                    help="copy weight files (or folders of them) into $DEEPFACE_HOME/.deepface/weights and exit")
     p.add_argument("--seed", type=int, default=0)
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pack = resolve_pack(args.model, common.model_root(args.model_root), download=False)
     except FaceOrganizerError as err:
         pack_error = str(err)
+    yunet = args.yunet_model or b.find_yunet(common.model_root(args.model_root) or default_model_root())
     gpu_id = common.gpu_id_from_env()
     factories = {}
     for name in [n.strip() for n in args.backends.split(",") if n.strip()]:
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             factories[name] = (lambda: b.scrfd_finder(SCRFD(open_session(str(pack.detector), pack.detector.name, "auto", gpu_id, quiet=True)[0]))) \
                 if pack else None
         elif name == "yunet":
-            factories[name] = (lambda: b.yunet_finder(args.yunet_model)) if args.yunet_model else None
+            factories[name] = (lambda: b.yunet_finder(str(yunet))) if yunet else None
         else:
             factories[name] = (lambda n=name: b.deepface_finder(n))
     classify = None
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for name, factory in factories.items():
         if factory is None:
-            reason = ("no model pack: " + pack_error) if name == "scrfd" else "no YuNet file: pass --yunet-model or set FACE_ORGANIZER_YUNET"
+            reason = ("no model pack: " + pack_error) if name == "scrfd" else "no YuNet file: pass --yunet-model, set FACE_ORGANIZER_YUNET or put it in the model root's yunet/ folder"
             results.append(b.BackendResult(name, False, reason))
             continue
         finder, reason = b.try_backend(name, factory, loaded[0][1])
