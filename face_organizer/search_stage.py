@@ -55,13 +55,30 @@ class SearchReport:
         if self.left_out:
             lines.append(f"searched with {len(self.references)} of {len(self.references) + len(self.left_out)} "
                          f"queries; left out: {'; '.join(self.left_out)}")
+        elif len(self.references) > 1:
+            lines.append(f"searched with {len(self.references)} queries")
         return lines
 
 
+def reference_paths(queries: Sequence[str]) -> list[str]:
+    """The reference photos the queries name: a folder stands for every image in it."""
+    paths: list[str] = []
+    for query in queries:
+        if os.path.isdir(query):
+            found = discover_images([query])
+            if not found:
+                raise SetupError(f"query folder {query} holds no images")
+            paths += found
+        else:
+            paths.append(query)
+    return paths
+
+
 def usable_references(queries: Sequence[str], models: FaceModels) -> tuple[list[Reference], list[str]]:
-    """The queries' reference faces, and why any could not be used. One unusable query among
-    several is left out with a warning (a reference set often holds a photo where the face is
-    turned away); the search stops only when none can be used."""
+    """The queries' reference faces (a folder: each of its images), and why any could not be
+    used. One unusable query among several is left out with a warning (a reference set often
+    holds a photo where the face is turned away); the search stops only when none can be used."""
+    queries = reference_paths(queries)
     refs: list[Reference] = []
     left_out: list[str] = []
     for query in queries:

@@ -137,6 +137,25 @@ def test_bad_query_and_model_mismatch_are_clear(lfw_subset, lfw, testpack_dir, m
         check_same_model(ef, models)
 
 
+def test_a_folder_of_references_is_each_photo_in_it(lfw_subset, lfw, testpack_dir, tmp_path, capsys) -> None:
+    emb, identity = lfw_subset
+    refs = tmp_path / "ref" / "chretien"
+    refs.mkdir(parents=True)
+    for name in ("Jean_Chretien_0001.jpg", "Jean_Chretien_0002.jpg"):
+        (refs / name).write_bytes((lfw / "Jean_Chretien" / name).read_bytes())
+    (refs / "notes.txt").write_text("where these came from")  # not an image: not a query
+    out = tmp_path / "found"
+    assert run_cli(["--embeddings", str(emb), "--query", str(refs), "--output", str(out),
+                    "--model", str(testpack_dir), "-q"]) == 0
+    assert "searched with 2 queries" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "matches.csv", newline="", encoding="utf-8")))
+    assert len(rows) >= 10 and np.mean([identity[r["path"]] == "Jean_Chretien" for r in rows]) >= 0.95
+    (tmp_path / "empty").mkdir()
+    assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "empty"), "--output", str(tmp_path / "o"),
+                    "--model", str(testpack_dir), "-q"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"Error: query folder {tmp_path / 'empty'} holds no images"
+
+
 def test_calibration_is_stored_and_used(shared, testpack_dir, lfw_subset, lfw, tmp_path, monkeypatch, capsys) -> None:
     store = tmp_path / "calibration.json"
     monkeypatch.setenv("FACE_ORGANIZER_CALIBRATION", str(store))

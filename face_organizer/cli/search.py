@@ -19,6 +19,7 @@ EXAMPLES = """\
   python scripts/search_faces.py --embeddings /workspace/embeddings_gpu0.pkl /workspace/embeddings_gpu1.pkl \\
       --query /workspace/ref/her.jpg --output /workspace/faces_target
   python scripts/search_faces.py --embeddings emb.pkl --query ref1.jpg ref2.jpg ref3.png --output her --link-mode symlink
+  python scripts/search_faces.py --embeddings emb.pkl --query /workspace/ref/her/ --output her   # every photo in the folder
   # measure the model's cut-offs on a labelled folder (one sub-folder per person) and store them:
   python scripts/search_faces.py --calibrate ../shared/datasets/lfw_dev --model buffalo_l
 """
@@ -28,7 +29,8 @@ def build_parser():
     p = common.parser("search_faces.py", "Find every face of one person among embedded faces, from one or a few "
                       "reference photos (face crops or full photos: the largest face is used).", EXAMPLES)
     p.add_argument("--embeddings", nargs="+", metavar="FILE", help="embeddings files to search")
-    p.add_argument("--query", nargs="+", metavar="IMG", help="reference photos of the person (several help)")
+    p.add_argument("--query", nargs="+", metavar="IMG", help="reference photos of the person (several help; a folder: "
+                   "every image in it)")
     p.add_argument("--output", metavar="DIR", help="folder for matches.csv and the matched images")
     p.add_argument("--threshold", type=common.similarity, default=None,
                    help="minimum similarity (default: calibrated for the model, else derived from the data)")
