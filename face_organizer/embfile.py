@@ -175,6 +175,9 @@ def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
                 f"in {parts_dir(path)}); run the same generate_embeddings command again to finish it "
                 "(embeddings_info.py tells which)") from err
         raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}") from err
+    except IsADirectoryError as err:
+        raise EmbeddingsFileError(f"{where} is a folder, not an embeddings file; name the files in it "
+                                  f"(e.g. {os.path.join(where, 'embeddings_gpu*.pkl')})") from err
     except OSError as err:
         raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}") from err
     try:

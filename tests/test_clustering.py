@@ -789,6 +789,12 @@ def test_hostile_embeddings_refused(tmp_path, capsys) -> None:
     assert "refusing to load" in capsys.readouterr().err and not marker.exists()
 
 
+def test_a_folder_given_as_embeddings_is_one_clear_line(tmp_path, capsys) -> None:
+    assert run_cli(["--embeddings", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"Error: {tmp_path} is a folder, not an embeddings file; name the files in it (e.g. {tmp_path}/embeddings_gpu*.pkl)"
+
+
 def test_file_without_faces_sorts_nothing_and_says_so(two_person, tmp_path, capsys) -> None:
     ef = embfile.load(two_person[0])
     embfile.save(tmp_path / "none.pkl", embfile.EmbeddingsFile(ef.rows.select(np.arange(0)), [], [], ef.meta))
