@@ -313,7 +313,7 @@ def usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpucount() or 1
+        return os.cpu_count() or 1
 
 
 MAX_DEFAULT_STREAMS = 16
