@@ -45,7 +45,7 @@ class ImpostorModel:
     def describe(self, what: str, z: float) -> str:
         """How a cut-off ``z`` spreads above this model came about, for logs and summaries."""
         if self.assumed:
-            return f"assumed, too few faces to measure the {what}: {self.centre:.3f} + {z:g} x {self.spread:.3f}"
+            return f"assumed, too little data to measure the {what}: {self.centre:.3f} + {z:g} x {self.spread:.3f}"
         return f"data: {what} {self.centre:.3f} + {z:g} x {self.spread:.3f}"
 
 

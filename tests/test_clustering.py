@@ -853,10 +853,10 @@ def test_a_handful_of_faces_says_what_it_could_not_measure(two_person, tmp_path,
     report = cluster_faces(few, str(tmp_path / "out"), ClusterConfig(clusters=5, previews=False), progress=False)
     lines = report.lines()
     assert "kmeans k=3 (only 3 faces for the 5 people asked for)" in report.clustering.method
-    assert report.clustering.threshold_source.startswith("assumed, too few faces to measure")
+    assert report.clustering.threshold_source.startswith("assumed, too little data to measure")
     assert sum(line.startswith("person_") and ": 1 image →" in line for line in lines) == 3
     graph = graph_clusters(ef.rows.embeddings[:3])
-    assert graph.threshold_source.startswith("assumed, too few faces to measure the impostor peak of random pairs")
+    assert graph.threshold_source.startswith("assumed, too little data to measure the impostor peak of random pairs")
 
 
 def _faces_around(centre: np.ndarray, count: int, rng: np.random.Generator, similarity: float = 0.75) -> np.ndarray:
