@@ -22,13 +22,24 @@ log = logging.getLogger(__name__)
 OUTPUT_MARKER = ".face-organizer-plan.json"  # in every folder that cluster_faces, search or gender wrote
 
 
+SIDE_NAME_MAX = 200  # bytes of a file's name kept in the name of a file beside it (limit: 255)
+
+
+def short_name(name: str) -> str:
+    """``name``, or where it is too long to be part of a file name beside it (a temporary or a
+    lock file), its start and a digest of the whole."""
+    raw = os.fsencode(name)
+    if len(raw) <= SIDE_NAME_MAX:
+        return name
+    return f"{name[:40]}-{hashlib.sha1(raw).hexdigest()[:16]}"
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: object) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and ``os.replace`` it into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # The name's start tells whose temporary file it is; all of a long name would pass NAME_MAX.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{short_name(target.name)}.", suffix=".tmp", dir=target.parent)
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary user files
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:  # type: ignore[call-overload]
@@ -88,13 +99,10 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
 
 
 def lock_path(path: str | os.PathLike[str]) -> Path:
-    """``.<name>.lock`` beside ``path``: the file ``exclusive`` locks, holding its owner's pid.
-    A name too long for that becomes its start and a digest of the whole."""
+    """``.<name>.lock`` beside ``path``: the file ``exclusive`` locks, holding its owner's pid
+    (a long name shortened by ``short_name``)."""
     target = Path(path)
-    name = target.name
-    if len(os.fsencode(name)) > 200:
-        name = f"{name[:40]}-{hashlib.sha1(os.fsencode(name)).hexdigest()[:16]}"
-    return target.parent / f".{name}.lock"
+    return target.parent / f".{short_name(target.name)}.lock"
 
 
 @contextlib.contextmanager
