@@ -1,4 +1,4 @@
-"""Progress bars on stderr that suit a terminal and a log file alike.
+"""Progress bars on stderr that suit a terminal and a log file alike, and the counts summaries print.
 
 In a terminal the bar redraws several times a second. Written to a file (a background
 ``nohup docker exec … > run.log 2>&1 &``), every redraw would be a line, and a run of
