@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_setup import add_shared_argument  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -139,7 +140,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternate baseline and ours over this many slices (default: 3)")
     parser.add_argument("--stages", action="store_true", help="also time each step on one core")
     parser.add_argument("-v", "--verbose", action="store_true", help="log which sessions and batch sizes are used")
-    parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
+    add_shared_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     shared = Path(args.shared)

@@ -48,14 +48,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_setup import add_shared_argument, embedded_collection, testpack_streams  # noqa: E402
 from face_organizer.cluster_stage import ClusterConfig, cluster_faces, run_clustering  # noqa: E402
 from face_organizer.clustering import cluster_name  # noqa: E402
-from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
+from face_organizer.embed_run import run_embeddings  # noqa: E402
 from face_organizer import embfile  # noqa: E402
 from face_organizer.evaluation import bcubed, folder_report, largest_face_rows, pairwise  # noqa: E402
-from face_organizer.faces import EmbedOptions, FaceModels, load_face_models  # noqa: E402
+from face_organizer.faces import EmbedOptions, FaceModels  # noqa: E402
 from face_organizer.images import discover_images, read_image  # noqa: E402
-from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import central_landmarks, two_person_collection, varied_frames  # noqa: E402
 from face_organizer.thresholds import CALIBRATION_ENV, calibrate_from_embeddings, save_calibration  # noqa: E402
 
@@ -90,13 +90,12 @@ def main() -> int:
                         help="also DeepFace's and face_recognition's labelled photos in photos mode, --clusters auto")
     parser.add_argument("--frames", type=int, default=0, metavar="N",
                         help="also every LFW dev photo as a shot of N varied occluded crops, --clusters auto")
-    parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
+    add_shared_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     shared = Path(args.shared)
     lfw = shared / "datasets" / "lfw_dev"
-    streams, threads = plan_streams(True)
-    models = load_face_models(resolve_pack(str(shared / "models" / "testpack")), "cpu", 0, threads=threads)
+    models, streams = testpack_streams(shared)
     with tempfile.TemporaryDirectory() as tmp:
         people = ("Tony_Blair", "Donald_Rumsfeld")
         scenarios: list[tuple[tuple[str, ...], int]] = [((), 0)]
@@ -107,12 +106,8 @@ def main() -> int:
         for recurring, blurred in scenarios:
             for seed in args.seeds:
                 root = Path(tmp) / f"two{seed}_{len(recurring)}_{blurred}"
-                items = two_person_collection(lfw, root / "input", models.detector, people, seed=seed, recurring=recurring,
-                                              blurred=blurred)
-                run_embeddings([str(i.path) for i in items], root / "two.pkl", models, inputs=[str(root / "input")],
-                               streams=streams, progress=False)
-                ef = embfile.load(root / "two.pkl")
-                label = {str(i.path): i.label for i in items}
+                items, ef, label = embedded_collection(lfw, root, models, streams, people, seed=seed, recurring=recurring,
+                                                       blurred=blurred)
                 truth = [label[p] for p in ef.rows.paths]
                 counts = {k: sum(1 for i in items if (i.label == k if k in people else i.label.startswith(k)))
                           for k in (*people, "stranger", "junk")}
@@ -151,11 +146,7 @@ def main() -> int:
         calibration = calibration_crops(lfw, models, Path(tmp), streams) if args.one_person and args.auto else None
         for seed in args.seeds if args.one_person else []:
             root = Path(tmp) / f"one{seed}"
-            items = two_person_collection(lfw, root / "input", models.detector, ("Tony_Blair",), seed=seed)
-            run_embeddings([str(i.path) for i in items], root / "one.pkl", models, inputs=[str(root / "input")],
-                           streams=streams, progress=False)
-            ef = embfile.load(root / "one.pkl")
-            label = {str(i.path): i.label for i in items}
+            items, ef, label = embedded_collection(lfw, root, models, streams, ("Tony_Blair",), seed=seed)
             counts = {k: sum(1 for i in items if i.label == k or i.label.startswith(k + ":")) for k in ("Tony_Blair", "stranger", "junk")}
             for clusters in (1, None) if args.auto else (1,):
                 clustering = run_clustering(ef, ClusterConfig(clusters=clusters))
@@ -184,11 +175,7 @@ def main() -> int:
 
         for seed in args.seeds if args.years else []:
             root = Path(tmp) / f"years{seed}"
-            items = two_person_collection(lfw, root / "input", models.detector, people, seed=seed)
-            run_embeddings([str(i.path) for i in items], root / "all.pkl", models, inputs=[str(root / "input")],
-                           streams=streams, progress=False)
-            ef = embfile.load(root / "all.pkl")
-            label = {str(i.path): i.label for i in items}
+            _, ef, label = embedded_collection(lfw, root, models, streams, people, seed=seed)
             for year, first in (("first", 0), ("second", 1)):
                 part = embfile.EmbeddingsFile(ef.rows.select(np.arange(first, len(ef.rows), 2)), [], [], ef.meta)
                 config = ClusterConfig(clusters=2, link_mode="symlink", previews=False,
@@ -209,12 +196,7 @@ def main() -> int:
         if args.crops:
             with open(lfw / "labels.csv", newline="") as handle:
                 everyone = tuple(sorted({r["identity"] for r in csv.DictReader(handle)}))
-            items = two_person_collection(lfw, Path(tmp) / "crops" / "input", models.detector, everyone,
-                                          strangers=0.0, junk=0.0)
-            run_embeddings([str(i.path) for i in items], Path(tmp) / "crops.pkl", models,
-                           inputs=[str(Path(tmp) / "crops" / "input")], streams=streams, progress=False)
-            ef = embfile.load(Path(tmp) / "crops.pkl")
-            label = {str(i.path): i.label for i in items}
+            _, ef, label = embedded_collection(lfw, Path(tmp) / "crops", models, streams, everyone, strangers=0.0, junk=0.0)
             many_people("LFW dev as occluded video crops", ef, [label[p] for p in ef.rows.paths])
         if args.library:
             library(shared / "datasets", models, Path(tmp), streams)

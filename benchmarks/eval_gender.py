@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_setup import add_shared_argument  # noqa: E402
 from face_organizer.gender import InsightFaceGender  # noqa: E402
 from face_organizer.images import read_image  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
@@ -26,7 +26,7 @@ from face_organizer.modelpack import resolve_pack  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
+    add_shared_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     root = Path(args.shared) / "datasets" / "utkface_gender_dev"

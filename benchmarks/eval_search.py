@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_setup import add_shared_argument  # noqa: E402
 from face_organizer import embfile  # noqa: E402
 from face_organizer.embed_run import run_embeddings  # noqa: E402
 from face_organizer.faces import load_face_models  # noqa: E402
@@ -36,7 +36,7 @@ from face_organizer.search import FaceIndex, embed_reference, search  # noqa: E4
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", str(Path(__file__).resolve().parents[2] / "shared")))
+    add_shared_argument(parser)
     parser.add_argument("--speed-n", type=int, default=500_000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)

@@ -48,6 +48,7 @@ class ClusterConfig:
 
 
 SHOWN_FOLDERS = 50  # printed one per line; with thousands (--clusters auto), the rest are counted
+SHOWN_MIXED = 10  # folders named in the note on folders that do not look like one person
 
 
 @dataclass
@@ -89,8 +90,9 @@ class ClusterReport:
         return out
 
     def notes(self) -> list[str]:
-        """What outliers/ holds beyond scattered faces: groups beyond --clusters, faces set aside."""
-        notes = []
+        """Folders that are not one person; what outliers/ holds beyond scattered faces: groups
+        beyond --clusters, faces set aside."""
+        notes = self.not_one_person()
         extra, k = self.clustering.extra_groups, self.clustering.n_clusters
         if extra and self.clustering.known_people:
             groups = "1 group" if len(extra) == 1 else f"{len(extra)} groups"
@@ -123,6 +125,39 @@ class ClusterReport:
             notes.append(f"outliers/ also holds {int(aside.sum()):,} faces too blurred or degraded to recognise "
                          f"({self.clustering.set_aside_reason}); --keep-unrecognisable clusters them too")
         return notes
+
+    def not_one_person(self) -> list[str]:
+        """k-means folders whose faces are on average no more alike than different people's, and
+        folders that look like one person."""
+        cohesion = self.clustering.cohesion
+        if cohesion is None:
+            return []
+        notes = []
+        if cohesion.same_person:
+            pairs = ", ".join(f"{cluster_name(i)} and {cluster_name(j)} ({cohesion.cross_mean[i, j]:.3f})"
+                              for i, j in cohesion.same_person[:SHOWN_MIXED])
+            extra = len(cohesion.same_person) - SHOWN_MIXED
+            more = f" and {extra:,} more pairs" if extra > 0 else ""
+            notes.append(f"{pairs}{more} look like one person: their faces are on average as alike across the "
+                         f"folders as one person's (mean similarity of the pairs across them in brackets; one person's "
+                         f"reach {cohesion.cutoff:.3f}, {cohesion.source}); --clusters {cohesion.people} or --clusters "
+                         "auto would keep each person together")
+        mixed = cohesion.not_alike
+        if not mixed:
+            return notes
+        sizes = np.bincount(self.clustering.labels[self.clustering.labels >= 0], minlength=self.clustering.n_clusters)
+        named = ", ".join(f"{cluster_name(c)} ({count(int(sizes[c]), 'face')}, mean pair similarity "
+                          f"{cohesion.mean_pair[c]:.3f})" for c in mixed[:SHOWN_MIXED])
+        named += f" and {len(mixed) - SHOWN_MIXED:,} more" if len(mixed) > SHOWN_MIXED else ""
+        one = len(mixed) == 1
+        if len(mixed) == self.clustering.n_clusters:
+            advice = "the collection may be many different people: --clusters auto gives each person a folder"
+        else:
+            advice = ("other people or non-faces that the fixed number of folders had to take in; fewer --clusters, "
+                      "or --clusters auto, may suit the collection better")
+        return notes + [f"{named} {'does' if one else 'do'} not look like one person{'' if one else ' each'}: "
+                        f"{'its' if one else 'their'} faces are on average no more alike than different people's (one "
+                        f"person's reach {cohesion.cutoff:.3f}, {cohesion.source}): {advice}"]
 
 
 def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:
@@ -275,6 +310,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         "similarity_cutoff": clustering.threshold,
         "cutoff_source": clustering.threshold_source,
         "extra_groups_in_outliers": list(clustering.extra_groups),
+        "one_person_check": _cohesion_summary(clustering),
         "second_pass": ({"joined": clustering.attached, "cutoff": clustering.attach_cutoff,
                          "cutoff_source": clustering.attach_source} if clustering.attach_cutoff is not None else None),
         "unrecognisable_in_outliers": int(clustering.set_aside.sum()) if clustering.set_aside is not None else 0,
@@ -288,6 +324,19 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     }
     atomic_write_text(os.path.join(output, "summary.json"), json.dumps(summary, indent=2))
     return report
+
+
+def _cohesion_summary(clustering: Clustering) -> dict[str, Any] | None:
+    """Each k-means folder's mean pair similarity, the level one person's faces reach, and the
+    folders below it (None for the graph, whose folders are held to it as they grow)."""
+    c = clustering.cohesion
+    if c is None:
+        return None
+    return {"mean_pair_similarity": {cluster_name(i): (None if np.isnan(v) else round(float(v), 4))
+                                     for i, v in enumerate(c.mean_pair)},
+            "one_person_cutoff": c.cutoff, "cutoff_source": c.source,
+            "not_one_person": [cluster_name(i) for i in c.not_alike],
+            "look_like_one_person": [[cluster_name(i), cluster_name(j)] for i, j in c.same_person]}
 
 
 def dry_run_lines(report: ClusterReport, limit: int = 20) -> list[str]:

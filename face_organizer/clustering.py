@@ -15,8 +15,10 @@ from scipy.sparse import csr_matrix
 from scipy.special import ndtr, ndtri
 
 from . import progress
-from .thresholds import (CENTRE_Z, OTHER_CENTRE_Z, ImpostorModel, impostor_from_cross_cluster_pairs,
-                         impostor_from_other_centre_pairs, impostor_from_impostors, impostor_model)
+from .cohesion import Cohesion, folder_cohesion
+from .thresholds import (ALIKE_Z, CENTRE_Z, IMPOSTOR_CENTRE_MAX, OTHER_CENTRE_Z, ImpostorModel,
+                         impostor_from_cross_cluster_pairs, impostor_from_other_centre_pairs, impostor_from_impostors,
+                         impostor_model)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ ATTACH_Z_CLUSTERS = 200
 # similarity of all their pairs must be MERGE_Z impostor spreads above the impostor centre (chosen
 # on LFW dev as shots of five occluded crops; see join_groups). Groups of fewer than
 # MERGE_MIN_GROUP faces join by the edge alone.
-MERGE_Z = 2.5
+MERGE_Z = ALIKE_Z
 MERGE_MIN_GROUP = 3
 EXACT_KNN_LIMIT = 60_000
 SEARCH_BLOCK = 16_384
@@ -69,6 +71,7 @@ class Clustering:
     refused_joins: int = 0  # graph: edges that would have joined two groups whose faces are not alike on average
     lone_cluster: bool = False  # graph: one cluster found, so its second pass had no other centre to read a cut-off from
     pairs: int = 0  # graph: clusters of two faces, each the other's most similar neighbour
+    cohesion: Cohesion | None = None  # k-means: whether each folder's faces are alike on average, as one person's
 
     @property
     def n_clusters(self) -> int:
@@ -292,16 +295,21 @@ def kmeans(
     elif calibrated is not None:
         threshold, source = calibrated
     else:
+        model, z, how = None, CENTRE_Z, "impostor peak of random pairs of faces"
         if k > 1:
             other = sims[:, 1:]
             if sims.shape[1] > k:  # only the k folders' faces and centres: the cut is the same with or without extra groups
                 kept = np.argsort(-np.bincount(nearest[:, 0], minlength=sims.shape[1]), kind="stable")[:k]
                 other = other[np.isin(nearest[:, 1:], kept) & np.isin(nearest[:, 0], kept)[:, None]]
-            model, z = impostor_from_impostors(other.ravel(), d), OTHER_CENTRE_Z
-            how = "median similarity to the other clusters' centres"
-        else:
-            model, z = impostor_model(x, seed=seed), CENTRE_Z
-            how = "impostor peak of random pairs of faces"
+            centre_model = impostor_from_impostors(other.ravel(), d)
+            # Faces as alike to the other centres as to one person's: k clusters of one person (a
+            # collection of one person's frames). That is no impostor scale; random pairs' peak is.
+            if centre_model.centre <= IMPOSTOR_CENTRE_MAX:
+                model, z, how = centre_model, OTHER_CENTRE_Z, "median similarity to the other clusters' centres"
+            else:
+                how += (f" (faces are as alike to the other clusters' centres, {centre_model.centre:.3f}, as to one "
+                        "person's)")
+        model = model or impostor_model(x, seed=seed)
         threshold = model.cut(z)
         source = model.describe(how, z)
     labels = _relabel_by_size(np.where(own >= threshold, labels, OUTLIER))
@@ -314,7 +322,7 @@ def kmeans(
         out = np.nonzero(labels == OUTLIER)[0]
         similarity[out] = _nearest_centre(x, centres, out)[0]
     return Clustering(labels, similarity, centres, float(threshold), source, method,
-                      tuple(int(v) for v in extra if v))
+                      tuple(int(v) for v in extra if v), cohesion=folder_cohesion(x, labels, k_kept, seed=seed))
 
 
 def knn_graph(x: NDArray[np.float32], k: int, *, seed: int = 1234, use_gpu: bool = False) -> tuple[NDArray[np.float32], NDArray[np.int64]]:

@@ -27,6 +27,10 @@ from numpy.typing import NDArray
 # benchmarks/eval_clustering.py (see PROJECT_PLAN.md). Search and graph edges set their own.
 CENTRE_Z = 2.0
 OTHER_CENTRE_Z = 2.5
+# Faces are alike on average, as one person's are, when the mean similarity of their pairs is this
+# many spreads above the impostor centre: the graph's rule for joining two groups (chosen on LFW dev
+# as shots of five occluded crops) and the test of whether a k-means folder holds one person.
+ALIKE_Z = 2.5
 SAMPLE_PAIRS = 200_000
 IMPOSTOR_CENTRE_MAX = 0.2  # impostor peaks lie below this; genuine ones well above (0.5-0.7)
 FIT_MIN_VALUES = 20_000  # enough similarities around the peak to fit its shape (see _fit_peak)

@@ -1,0 +1,41 @@
+"""What the benchmark scripts share: where ``../shared`` is, the testpack models on the CPU, and
+embedded collections of labelled video-style crops."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from face_organizer import embfile  # noqa: E402
+from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
+from face_organizer.faces import FaceModels, load_face_models  # noqa: E402
+from face_organizer.modelpack import resolve_pack  # noqa: E402
+from face_organizer.samples import LabelledImage, two_person_collection  # noqa: E402
+
+DEFAULT_SHARED = str(Path(__file__).resolve().parents[2] / "shared")
+
+
+def add_shared_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shared", default=os.environ.get("FACE_ORGANIZER_SHARED", DEFAULT_SHARED),
+                        help="the shared models and datasets (default: $FACE_ORGANIZER_SHARED, else ../shared)")
+
+
+def testpack_streams(shared: Path) -> tuple[FaceModels, int]:
+    """The testpack's models on the CPU, threaded for as many embedding streams as suit this machine."""
+    streams, threads = plan_streams(True)
+    return load_face_models(resolve_pack(str(shared / "models" / "testpack")), "cpu", 0, threads=threads), streams
+
+
+def embedded_collection(lfw: Path, root: Path, models: FaceModels, streams: int, people: tuple[str, ...],
+                        **kwargs: Any) -> tuple[list[LabelledImage], embfile.EmbeddingsFile, dict[str, str]]:
+    """``samples.two_person_collection`` of ``people`` written under ``root/input`` and embedded into
+    ``root/embeddings.pkl``: its items, the loaded file, and each image path's label."""
+    items = two_person_collection(lfw, root / "input", models.detector, people, **kwargs)
+    run_embeddings([str(i.path) for i in items], root / "embeddings.pkl", models, inputs=[str(root / "input")],
+                   streams=streams, progress=False)
+    return items, embfile.load(root / "embeddings.pkl"), {str(i.path): i.label for i in items}

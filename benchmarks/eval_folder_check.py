@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Does cluster_faces' one-person check tell the k-means folders right? (real faces, testpack)
+
+k-means fills as many folders as it is asked for. The check names folders whose faces are on
+average no more alike than different people's, and pairs of folders alike enough across to be
+one person split in two. Here every folder of a range of --clusters values is checked against
+the truth, on:
+  two:      the two-person draws of eval_clustering.py (Tony Blair, Donald Rumsfeld, strangers, junk);
+  one:      Tony Blair alone with strangers and junk;
+  only:     Tony Blair's crops alone (the same draws, nothing else);
+  utkface:  UTKFace's 500 crops, nearly every one a different person.
+A folder is truly one person when one person (a stranger drawn twice counts as a person) has
+90% or more of its faces; two folders are truly one person split when both are one and the same.
+Prints, for each collection and --clusters, how many faces reached a folder, each folder's mean
+pair similarity, verdict and truth, then the confusion counts over everything.
+
+  python benchmarks/eval_folder_check.py [--seeds 0 1 2 3 4 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_setup import add_shared_argument, embedded_collection, testpack_streams  # noqa: E402
+from face_organizer import embfile  # noqa: E402
+from face_organizer.cluster_stage import ClusterConfig, run_clustering  # noqa: E402
+from face_organizer.clustering import cluster_name  # noqa: E402
+from face_organizer.embed_run import run_embeddings  # noqa: E402
+from face_organizer.images import discover_images  # noqa: E402
+
+ONE_PERSON_SHARE = 0.9
+
+
+def judge(title: str, ef: embfile.EmbeddingsFile, truth: list[str], clusters: range, tally: Counter) -> None:
+    truth_array = np.array(truth)
+    for k in clusters:
+        c = run_clustering(ef, ClusterConfig(clusters=k))
+        check = c.cohesion
+        assert check is not None
+        top: list[str | None] = []
+        parts = []
+        for j in range(c.n_clusters):
+            labels, counts = np.unique(truth_array[c.labels == j], return_counts=True)
+            share = counts.max() / counts.sum()
+            top.append(str(labels[counts.argmax()]) if share >= ONE_PERSON_SHARE else None)
+            verdict = "not one person" if j in check.not_alike else "one person"
+            tally[f"folders: judged {verdict}, truly {'one person' if top[j] else 'several'}"] += 1
+            parts.append(f"{cluster_name(j)} {counts.sum()} faces, mean pair {check.mean_pair[j]:.3f}: {verdict} "
+                         f"(truly {top[j] or f'several, largest {share:.0%}'})")
+        flagged = set(check.same_person)
+        for i in range(c.n_clusters):
+            for j in range(i + 1, c.n_clusters):
+                split = top[i] is not None and top[i] == top[j]
+                tally[f"pairs of folders: judged {'one person' if (i, j) in flagged else 'two'}, "
+                      f"truly {'one person' if split else 'two'}"] += 1
+        print(f"[{title}, --clusters {k}] {int((c.labels >= 0).sum())} of {len(truth)} faces in folders, cut-off "
+              f"{c.threshold:.3f} ({c.threshold_source}); one person's faces reach {check.cutoff:.3f} ({check.source}); "
+              f"folders that look like one person: {[(cluster_name(i), cluster_name(j)) for i, j in check.same_person]}")
+        print("\n".join("  " + p for p in parts))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4, 5])
+    add_shared_argument(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    shared = Path(args.shared)
+    lfw = shared / "datasets" / "lfw_dev"
+    models, streams = testpack_streams(shared)
+    tally: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            for name, people in (("two", ("Tony_Blair", "Donald_Rumsfeld")), ("one", ("Tony_Blair",))):
+                root = Path(tmp) / f"{name}{seed}"
+                _, ef, label = embedded_collection(lfw, root, models, streams, people, seed=seed)
+                truth = [label[p] for p in ef.rows.paths]
+                judge(f"{name}, seed {seed}", ef, truth, range(1, 5) if name == "two" else range(1, 4), tally)
+                if name == "one":
+                    keep = np.array([i for i, t in enumerate(truth) if t == "Tony_Blair"])
+                    only = embfile.EmbeddingsFile(ef.rows.select(keep), [], [], ef.meta)
+                    judge(f"only Tony Blair, seed {seed}", only, [truth[i] for i in keep], range(1, 4), tally)
+        utk = shared / "datasets" / "utkface_gender_dev"
+        paths = discover_images([utk])
+        run_embeddings(paths, Path(tmp) / "utk.pkl", models, inputs=[str(utk)], streams=streams, progress=False)
+        ef = embfile.load(Path(tmp) / "utk.pkl")
+        judge("UTKFace, every crop its own person", ef, list(ef.rows.paths), range(1, 4), tally)
+    print("\n".join(f"{key}: {value}" for key, value in sorted(tally.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
