@@ -84,9 +84,11 @@ class ClusterReport:
             out.append("dry run: nothing was written")
         else:
             out.append("files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.status.items())) + f"; {self.elapsed:.1f} s")
-            if self.status.get("missing"):
-                out.append(f"{self.status['missing']:,} images were no longer where the embeddings file says (moved or "
-                           "deleted since they were embedded): clusters.csv lists them with status 'missing'")
+            missing = self.status.get("missing", 0)
+            if missing:
+                out.append(f"{count(missing, 'image')} {'was' if missing == 1 else 'were'} no longer where the "
+                           "embeddings file says (moved or deleted since embedded): clusters.csv lists "
+                           f"{'it' if missing == 1 else 'them'} with status 'missing'")
         return out
 
     def notes(self) -> list[str]:
@@ -106,13 +108,13 @@ class ClusterReport:
                          f"--clusters {k + len(extra)} gives them folders of their own")
         c = self.clustering
         if c.attach_cutoff is not None:
-            notes.append(f"second pass: {c.attached:,} faces the graph left out joined their nearest cluster "
+            notes.append(f"second pass: {count(c.attached, 'face')} the graph left out joined their nearest cluster "
                          f"(similarity to its centre >= {c.attach_cutoff:.3f}: {c.attach_source}); "
                          "--no-second-pass leaves them in outliers/")
         aside = self.clustering.set_aside
         if c.lone_cluster:
             left = int((c.labels < 0).sum()) - (0 if aside is None else int(aside.sum()))  # set-aside faces are outliers too
-            notes.append(f"one person found (person_A): outliers/ keeps the {left:,} faces the graph left out, as the "
+            notes.append(f"one person found (person_A): outliers/ keeps the {count(left, 'face')} the graph left out, as the "
                          "second pass reads its cut-off from faces' similarities to other people's centres (or from a "
                          "calibration: search_faces.py --calibrate DIR); if the collection is mostly this person, "
                          "--clusters 1 judges every face by its similarity to their centre (more of their harder "
@@ -122,7 +124,7 @@ class ClusterReport:
             notes.append(f"{folders} of two faces, each the other's most similar (a person seen twice); "
                          "--min-cluster-size 3 leaves such faces in outliers/")
         if aside is not None and aside.any():
-            notes.append(f"outliers/ also holds {int(aside.sum()):,} faces too blurred or degraded to recognise "
+            notes.append(f"outliers/ also holds {count(int(aside.sum()), 'face')} too blurred or degraded to recognise "
                          f"({self.clustering.set_aside_reason}); --keep-unrecognisable clusters them too")
         return notes
 

@@ -64,7 +64,7 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         out = [
-            f"embeddings file: {self.output} ({self.rows_in_file:,} faces)",
+            f"embeddings file: {self.output} ({count(self.rows_in_file, 'face')})",
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}"
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "

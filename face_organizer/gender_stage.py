@@ -51,7 +51,7 @@ class GenderSummary:
             f"other gender: {self.non_matches:,}; below --min-confidence: {self.low_confidence:,}; "
             f"no face: {self.no_face:,}; errors: {errors:,}"
             + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.errors.most_common()) + ")" if errors else ""),
-        ] + ([f"continued an interrupted run: {self.resumed:,} images were already predicted"] if self.resumed else [])
+        ] + ([f"continued an interrupted run: {count(self.resumed, 'image')} already predicted"] if self.resumed else [])
 
 
 def progress_path(output: str) -> str:

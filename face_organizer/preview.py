@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from .fsutil import atomic_write_bytes, atomic_write_text
 from .images import DecodeError, read_image
+from .progress import count
 
 TILE = 112
 
@@ -90,7 +91,7 @@ def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Seq
     ]
     for e in entries:
         rel_folder = os.path.relpath(e.folder, os.path.dirname(path))
-        link = f"{e.images:,} images in <a href='{html.escape(rel_folder)}/'>{html.escape(rel_folder)}/</a>"
+        link = f"{count(e.images, 'image')} in <a href='{html.escape(rel_folder)}/'>{html.escape(rel_folder)}/</a>"
         if e.sheet is None:
             parts.append(f"<p>{html.escape(e.name)}: {link}</p>")
             continue

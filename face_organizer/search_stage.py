@@ -20,6 +20,7 @@ from .images import discover_images, load
 from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
+from .progress import count
 from .search import Reference, SearchResult, embed_reference, search
 from .thresholds import calibrate_from_embeddings, load_calibration
 
@@ -48,8 +49,8 @@ class SearchReport:
         unique = len(set(self.destinations))
         via = int(self.result.via_expansion.sum())
         lines = [
-            f"{len(self.result.index):,} matching faces in {unique:,} images "
-            f"({via:,} found by query expansion) out of {self.rows:,} faces → {self.output}{os.sep}",
+            f"{count(len(self.result.index), 'matching face')} in {count(unique, 'image')} "
+            f"({via:,} found by query expansion) out of {count(self.rows, 'face')} → {self.output}{os.sep}",
             f"similarity threshold {self.result.threshold:.3f} ({self.result.threshold_source})",
         ]
         if self.left_out:

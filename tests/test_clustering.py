@@ -28,6 +28,7 @@ from face_organizer.embed_run import run_embeddings
 from face_organizer.faces import EmbedOptions
 from face_organizer.images import discover_images, read_image
 from face_organizer.preview import TILE
+from face_organizer.progress import count
 from face_organizer.thresholds import (impostor_from_cross_cluster_pairs, impostor_from_impostors,
                                          impostor_from_similarities)
 
@@ -431,7 +432,7 @@ def test_thousands_of_folders_print_the_largest_and_count_the_rest(lfw_subset, t
     assert all((out / n).is_dir() for n in folders)
     second = json.loads((out / "summary.json").read_text())["second_pass"]
     assert second["joined"] > 0 and "other clusters' centres" in second["cutoff_source"]
-    assert any(line.startswith(f"second pass: {second['joined']:,} faces the graph left out joined their nearest "
+    assert any(line.startswith(f"second pass: {count(second['joined'], 'face')} the graph left out joined their nearest "
                                f"cluster (similarity to its centre >= {second['cutoff']:.3f}") for line in printed)
     # --no-second-pass leaves them in outliers/.
     assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(tmp_path / "strict"), "--clusters", "auto",
@@ -956,7 +957,7 @@ def test_one_person_dominating_a_collection_still_fills_their_folder(two_person,
     left = int(((auto.clustering.labels < 0) & ~aside).sum())
     assert left >= 3  # strangers at least
     note = [n for n in auto.notes() if n.startswith("one person found")]
-    assert len(note) == 1 and f"keeps the {left:,} faces the graph left out" in note[0] and "--clusters 1" in note[0]
+    assert len(note) == 1 and f"keeps the {count(left, 'face')} the graph left out" in note[0] and "--clusters 1" in note[0]
     quiet = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=False))
     assert not quiet.lone_cluster and np.array_equal(quiet.labels, auto.clustering.labels)
     two = run_clustering(embfile.load(two_person[0]), ClusterConfig(clusters=None))

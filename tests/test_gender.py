@@ -106,7 +106,7 @@ def test_interrupted_filter_continues_where_it_stopped(utkface, predictor, tmp_p
     again = _Watched(predictor)
     summary = filter_by_gender(paths, [str(folder)], str(out), "Woman", again, **run)
     assert again.asked == decodable[8:] and summary.resumed == 9
-    assert "continued an interrupted run: 9 images were already predicted" in summary.lines()
+    assert "continued an interrupted run: 9 images already predicted" in summary.lines()
     assert _predictions(out) == _predictions(tmp_path / "whole")
     assert sorted(p.name for p in out.rglob("*.jpg")) == sorted(p.name for p in (tmp_path / "whole").rglob("*.jpg"))
     assert not saved.exists()
