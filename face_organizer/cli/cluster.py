@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", nargs="+", required=True, metavar="FILE", help="embeddings files (one per GPU is fine)")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the person folders (new or empty)")
     p.add_argument("--clusters", type=clusters_arg, default=NOT_GIVEN, metavar="K|auto",
-                   help="number of people, or 'auto' to find it (default: 2)")
+                   help="number of people, or 'auto' to find it (default: 2); the summary names a folder that "
+                        "does not look like one person, and folders that look like one person split")
     p.add_argument("--people-from", metavar="DIR", default=None,
                    help="instead of clustering, sort each face into the most similar person of an earlier "
                         "cluster_faces output DIR (same folder names; below its cut-off: outliers/)")
