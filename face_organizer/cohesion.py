@@ -4,10 +4,11 @@ impostor scale.
 k-means fills the number of folders it is asked for, whatever the collection holds: two
 folders from a collection of many different people, or a second folder of strangers when
 one person is there. Such a folder looks like a person's but is not. Within one person,
-the mean similarity over all pairs of faces stays near the genuine level (0.49-0.55 for
-the 128-d testpack model on occluded video crops, 3.8-5.1 impostor spreads above the
-impostor centre); a folder of different people stays near the impostor centre (0.4-0.9
-spreads), however alike a few of its pairs are. ``ALIKE_Z`` lies between the two, and
+the mean similarity over all pairs of faces stays near the genuine level (0.38-0.60 for
+the 128-d testpack model on occluded video crops, about 4-5 impostor spreads above the
+impostor centre); in a folder of different people it stays near the impostor centre
+(0.06-0.22, about 1 spread), however alike a few of its pairs are
+(``benchmarks/eval_folder_check.py``). ``ALIKE_Z`` lies between the two, and
 is the same rule by which the graph of ``--clusters auto`` lets two groups join. Across two
 folders, the mean over the pairs of their faces tells, by the same rule, one person split in
 two (asked for two folders, given one person's frames) from two people.
@@ -57,7 +58,7 @@ class Cohesion:
         k = len(self.mean_pair)
         if not k:
             return 0
-        i, j = np.nonzero(np.triu(self.cross_mean >= self.cutoff, 1))
+        i, j = np.array(self.same_person, np.int64).reshape(-1, 2).T
         graph = csr_matrix((np.ones(i.size), (i, j)), shape=(k, k))
         return int(connected_components(graph, directed=False)[0])
 
@@ -80,7 +81,9 @@ def folder_cohesion(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, *
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n >= 2, (np.einsum("ij,ij->i", sums, sums) - n) / (n * (n - 1)), np.nan)
         cross = np.where(np.outer(n, n) > 0, (sums @ sums.T) / np.outer(n, n), np.nan)
-    model: ImpostorModel | None = impostor_from_cross_cluster_pairs(x, labels, seed=seed, pairs=SCALE_PAIRS) if k >= 2 else None
+    model: ImpostorModel | None = None
+    if k >= 2:
+        model = impostor_from_cross_cluster_pairs(x, labels, seed=seed, pairs=SCALE_PAIRS)
     what = "similarity of faces in different folders"
     if model is None or model.centre > IMPOSTOR_CENTRE_MAX:
         model, what = impostor_model(x, seed=seed), "impostor peak of random pairs of faces"

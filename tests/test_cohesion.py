@@ -45,13 +45,22 @@ def test_mean_pair_similarities_match_the_pairs() -> None:
     assert np.isnan(c.mean_pair[4])  # no members
 
 
-def test_two_peoples_folders_pass_and_a_folder_of_strangers_is_named(two_person, tmp_path, capsys) -> None:
+def test_folders_alike_across_count_as_one_person() -> None:
+    from face_organizer.cohesion import Cohesion
+
+    cross = np.array([[0.5, 0.4, 0.0, 0.0], [0.4, 0.5, 0.35, 0.0], [0.0, 0.35, 0.5, 0.0], [0.0, 0.0, 0.0, 0.1]], np.float32)
+    c = Cohesion(np.diag(cross).copy(), cross, 0.3, "test")
+    assert c.same_person == ((0, 1), (1, 2)) and c.people == 2 and c.not_alike == (3,)
+    assert Cohesion(np.zeros(0, np.float32), np.zeros((0, 0), np.float32), 0.3, "test").people == 0
+
+
+def test_two_peoples_folders_pass_and_a_folder_of_strangers_is_named(two_person, tmp_path) -> None:
     ef = embfile.load(two_person[0])
     report = cluster_faces(ef, str(tmp_path / "two"), ClusterConfig(link_mode="symlink", previews=False), progress=False)
     c = report.clustering.cohesion
     assert c is not None and c.not_alike == () and c.same_person == () and c.people == 2
     assert (c.mean_pair > c.cutoff + 0.1).all()
-    assert not notes_about(report, "look like one person") and not notes_about(report, "not look like one person")
+    assert not notes_about(report, "look like one person")
     # One person with the strangers and junk of the same collection, asked for two folders:
     # the second holds the strangers, and is named as no person.
     ef = embfile.load(two_person[0])
@@ -73,7 +82,7 @@ def test_one_persons_frames_in_two_folders_are_placed_and_named_one_person(two_p
     # folder's centre as to their own, so that is no impostor scale to cut by (it put every face
     # in outliers/); the folders are reported as one person.
     ef = embfile.load(two_person[0])
-    truth = only(ef, two_person[1], lambda label: label == "Tony_Blair")
+    assert set(only(ef, two_person[1], lambda label: label == "Tony_Blair")) == {"Tony_Blair"}
     report = cluster_faces(ef, str(tmp_path / "out"), ClusterConfig(clusters=2, link_mode="symlink", previews=False),
                            progress=False)
     c = report.clustering
@@ -82,10 +91,9 @@ def test_one_persons_frames_in_two_folders_are_placed_and_named_one_person(two_p
     assert c.cohesion.same_person == ((0, 1),) and c.cohesion.people == 1 and c.cohesion.not_alike == ()
     note = notes_about(report, "look like one person")
     assert len(note) == 1 and note[0].startswith("person_A and person_B (") and "--clusters 1 " in note[0]
-    assert len(truth) == len(c.labels)
 
 
-def test_a_collection_of_different_people_in_two_folders_says_so(utkface, models, tmp_path, capsys) -> None:
+def test_a_collection_of_different_people_in_two_folders_says_so(utkface, models, tmp_path) -> None:
     # UTKFace: a different person in nearly every image. k-means still fills the two folders it
     # was asked for; the summary says neither is one person and points to --clusters auto.
     images = discover_images([str(utkface)])[:160]
