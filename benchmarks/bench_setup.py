@@ -4,6 +4,7 @@ embedded collections of labelled video-style crops."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -29,6 +30,14 @@ def testpack_streams(shared: Path) -> tuple[FaceModels, int]:
     """The testpack's models on the CPU, threaded for as many embedding streams as suit this machine."""
     streams, threads = plan_streams(True)
     return load_face_models(resolve_pack(str(shared / "models" / "testpack")), "cpu", 0, threads=threads), streams
+
+
+def lfw_testpack(shared_arg: str) -> tuple[Path, Path, FaceModels, int]:
+    """For the evaluations on LFW dev: warnings only on stderr, then the shared folder, LFW dev in
+    it, and the testpack's models with their number of streams."""
+    logging.basicConfig(level=logging.WARNING)
+    shared = Path(shared_arg)
+    return (shared, shared / "datasets" / "lfw_dev", *testpack_streams(shared))
 
 
 def embedded_collection(lfw: Path, root: Path, models: FaceModels, streams: int, people: tuple[str, ...],

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import os
 import sys
 import tempfile
@@ -48,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_setup import add_shared_argument, embedded_collection, testpack_streams  # noqa: E402
+from bench_setup import add_shared_argument, embedded_collection, lfw_testpack  # noqa: E402
 from face_organizer.cluster_stage import ClusterConfig, cluster_faces, run_clustering  # noqa: E402
 from face_organizer.clustering import cluster_name  # noqa: E402
 from face_organizer.embed_run import run_embeddings  # noqa: E402
@@ -92,10 +91,7 @@ def main() -> int:
                         help="also every LFW dev photo as a shot of N varied occluded crops, --clusters auto")
     add_shared_argument(parser)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    shared = Path(args.shared)
-    lfw = shared / "datasets" / "lfw_dev"
-    models, streams = testpack_streams(shared)
+    shared, lfw, models, streams = lfw_testpack(args.shared)
     with tempfile.TemporaryDirectory() as tmp:
         people = ("Tony_Blair", "Donald_Rumsfeld")
         scenarios: list[tuple[tuple[str, ...], int]] = [((), 0)]

@@ -20,7 +20,6 @@ pair similarity, verdict and truth, then the confusion counts over everything.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 from collections import Counter
@@ -30,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_setup import add_shared_argument, embedded_collection, testpack_streams  # noqa: E402
+from bench_setup import add_shared_argument, embedded_collection, lfw_testpack  # noqa: E402
 from face_organizer import embfile  # noqa: E402
 from face_organizer.cluster_stage import ClusterConfig, run_clustering  # noqa: E402
 from face_organizer.clustering import cluster_name  # noqa: E402
@@ -73,10 +72,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4, 5])
     add_shared_argument(parser)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    shared = Path(args.shared)
-    lfw = shared / "datasets" / "lfw_dev"
-    models, streams = testpack_streams(shared)
+    shared, lfw, models, streams = lfw_testpack(args.shared)
     tally: Counter[str] = Counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:

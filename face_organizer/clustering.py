@@ -290,6 +290,7 @@ def kmeans(
         method = f"kmeans k={k}, seeded with {len(seeds)} groups of alike faces"
     own = sims[:, 0].astype(np.float32)
     labels = nearest[:, 0].astype(np.int64)
+    random_pairs = None  # the impostor peak of random pairs of faces, once computed
     if min_similarity is not None:
         threshold, source = float(min_similarity), "--min-similarity"
     elif calibrated is not None:
@@ -309,7 +310,8 @@ def kmeans(
             else:
                 how += (f" (faces are as alike to the other clusters' centres, {centre_model.centre:.3f}, as to one "
                         "person's)")
-        model = model or impostor_model(x, seed=seed)
+        if model is None:
+            model = random_pairs = impostor_model(x, seed=seed)
         threshold = model.cut(z)
         source = model.describe(how, z)
     labels = _relabel_by_size(np.where(own >= threshold, labels, OUTLIER))
@@ -321,8 +323,9 @@ def kmeans(
     if extra.size and k_kept:  # outliers: similarity to the nearest centre that kept its folder
         out = np.nonzero(labels == OUTLIER)[0]
         similarity[out] = _nearest_centre(x, centres, out)[0]
+    cohesion = folder_cohesion(x, labels, k_kept, seed=seed, random_pairs=random_pairs)
     return Clustering(labels, similarity, centres, float(threshold), source, method,
-                      tuple(int(v) for v in extra if v), cohesion=folder_cohesion(x, labels, k_kept, seed=seed))
+                      tuple(int(v) for v in extra if v), cohesion=cohesion)
 
 
 def knn_graph(x: NDArray[np.float32], k: int, *, seed: int = 1234, use_gpu: bool = False) -> tuple[NDArray[np.float32], NDArray[np.int64]]:

@@ -63,14 +63,15 @@ class Cohesion:
         return int(connected_components(graph, directed=False)[0])
 
 
-def folder_cohesion(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, *, seed: int = 0) -> Cohesion:
+def folder_cohesion(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, *, seed: int = 0,
+                    random_pairs: ImpostorModel | None = None) -> Cohesion:
     """Mean pair similarities within and across the ``k`` clusters, from each cluster's sum
     of unit rows (|sum|^2 = n + 2 x the sum over its pairs): O(n d), no pairs are formed.
 
     The cut-off lies ``ALIKE_Z`` impostor spreads up, the scale read from random pairs of
     faces in different clusters, or, when those centre above ``IMPOSTOR_CENTRE_MAX`` (one
     person split over the clusters) or there is one cluster, from the impostor peak of
-    random pairs of all faces."""
+    random pairs of all faces (``random_pairs`` when the caller has it already)."""
     sums = np.zeros((k, x.shape[1]), np.float64)
     for start in range(0, len(x), BLOCK):  # float32 sums of a block, added up in float64
         lab = labels[start:start + BLOCK]
@@ -86,5 +87,5 @@ def folder_cohesion(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, *
         model = impostor_from_cross_cluster_pairs(x, labels, seed=seed, pairs=SCALE_PAIRS)
     what = "similarity of faces in different folders"
     if model is None or model.centre > IMPOSTOR_CENTRE_MAX:
-        model, what = impostor_model(x, seed=seed), "impostor peak of random pairs of faces"
+        model, what = random_pairs or impostor_model(x, seed=seed), "impostor peak of random pairs of faces"
     return Cohesion(mean.astype(np.float32), cross.astype(np.float32), model.cut(ALIKE_Z), model.describe(what, ALIKE_Z))
