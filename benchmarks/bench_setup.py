@@ -1,9 +1,10 @@
-"""What the benchmark scripts share: where ``../shared`` is, the testpack models on the CPU, and
-embedded collections of labelled video-style crops."""
+"""What the benchmark scripts share: where ``../shared`` is, the testpack models on the CPU, the
+datasets' labels, and embedded collections of labelled photos and video-style crops."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from face_organizer import embfile  # noqa: E402
 from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
 from face_organizer.faces import FaceModels, load_face_models  # noqa: E402
+from face_organizer.images import discover_images  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import LabelledImage, two_person_collection  # noqa: E402
 
@@ -48,3 +50,18 @@ def embedded_collection(lfw: Path, root: Path, models: FaceModels, streams: int,
     run_embeddings([str(i.path) for i in items], root / "embeddings.pkl", models, inputs=[str(root / "input")],
                    streams=streams, progress=False)
     return items, embfile.load(root / "embeddings.pkl"), {str(i.path): i.label for i in items}
+
+
+def read_labels(folder: Path) -> list[dict[str, str]]:
+    """A shared dataset's ``labels.csv``: one row per image, ``path`` relative to ``folder``."""
+    with open(folder / "labels.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def embedded_photos(folder: Path, out: Path, models: FaceModels, streams: int) -> tuple[embfile.EmbeddingsFile, list[str]]:
+    """Every image of a labelled dataset (LFW dev) embedded into ``out``: the loaded file and
+    each row's identity."""
+    run_embeddings(discover_images([folder]), out, models, inputs=[str(folder)], streams=streams, progress=False)
+    ef = embfile.load(out)
+    identity = {str((folder / r["path"]).absolute()): r["identity"] for r in read_labels(folder)}
+    return ef, [identity[p] for p in ef.rows.paths]

@@ -47,14 +47,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_setup import add_shared_argument, embedded_collection, lfw_testpack  # noqa: E402
+from bench_setup import add_shared_argument, embedded_collection, embedded_photos, lfw_testpack, read_labels  # noqa: E402
 from face_organizer.cluster_stage import ClusterConfig, cluster_faces, run_clustering  # noqa: E402
 from face_organizer.clustering import cluster_name  # noqa: E402
 from face_organizer.embed_run import run_embeddings  # noqa: E402
 from face_organizer import embfile  # noqa: E402
 from face_organizer.evaluation import bcubed, folder_report, largest_face_rows, pairwise  # noqa: E402
 from face_organizer.faces import EmbedOptions, FaceModels  # noqa: E402
-from face_organizer.images import discover_images, read_image  # noqa: E402
+from face_organizer.images import read_image  # noqa: E402
 from face_organizer.samples import central_landmarks, two_person_collection, varied_frames  # noqa: E402
 from face_organizer.thresholds import CALIBRATION_ENV, calibrate_from_embeddings, save_calibration  # noqa: E402
 
@@ -183,22 +183,15 @@ def main() -> int:
                       f"cut-off {report.clustering.threshold:.3f}; folders {folders.folder_of}")
                 print("\n".join("  " + line for line in folders.lines()))
 
-        paths = discover_images([lfw])
-        run_embeddings(paths, Path(tmp) / "lfw.pkl", models, inputs=[str(lfw)], streams=streams, progress=False)
-        ef = embfile.load(Path(tmp) / "lfw.pkl")
-        with open(lfw / "labels.csv", newline="") as handle:
-            identity = {str((lfw / r["path"]).absolute()): r["identity"] for r in csv.DictReader(handle)}
-        many_people("LFW dev photos", ef, [identity[p] for p in ef.rows.paths])
+        many_people("LFW dev photos", *embedded_photos(lfw, Path(tmp) / "lfw.pkl", models, streams))
         if args.crops:
-            with open(lfw / "labels.csv", newline="") as handle:
-                everyone = tuple(sorted({r["identity"] for r in csv.DictReader(handle)}))
+            everyone = tuple(sorted({r["identity"] for r in read_labels(lfw)}))
             _, ef, label = embedded_collection(lfw, Path(tmp) / "crops", models, streams, everyone, strangers=0.0, junk=0.0)
             many_people("LFW dev as occluded video crops", ef, [label[p] for p in ef.rows.paths])
         if args.library:
             library(shared / "datasets", models, Path(tmp), streams)
         if args.frames:
-            with open(lfw / "labels.csv", newline="") as handle:
-                rows = list(csv.DictReader(handle))
+            rows = read_labels(lfw)
             rng = np.random.default_rng(0)
             shots = Path(tmp) / "shots"
             label = {}
@@ -220,8 +213,7 @@ def main() -> int:
 def calibration_crops(lfw: Path, models: FaceModels, tmp: Path, streams: int) -> tuple[np.ndarray, list[str]]:
     """Embeddings and identities of occluded crops of every LFW dev person with five photos or
     more except Tony Blair: a labelled folder of the kind a user would calibrate on."""
-    with open(lfw / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_labels(lfw)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["identity"]] = counts.get(row["identity"], 0) + 1

@@ -23,7 +23,7 @@ from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
 from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
-from .progress import count
+from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class ClusterConfig:
 
 SHOWN_FOLDERS = 50  # printed one per line; with thousands (--clusters auto), the rest are counted
 SHOWN_MIXED = 10  # folders named in the note on folders that do not look like one person
+ACROSS = "the mean similarity of their faces across the folders"
 
 
 @dataclass
@@ -135,15 +136,20 @@ class ClusterReport:
         if cohesion is None:
             return []
         notes = []
-        if cohesion.same_person:
-            pairs = ", ".join(f"{cluster_name(i)} and {cluster_name(j)} ({cohesion.cross_mean[i, j]:.3f})"
-                              for i, j in cohesion.same_person[:SHOWN_MIXED])
-            extra = len(cohesion.same_person) - SHOWN_MIXED
-            more = f" and {extra:,} more pairs" if extra > 0 else ""
-            notes.append(f"{pairs}{more} look like one person: their faces are on average as alike across the "
-                         f"folders as one person's (mean similarity of the pairs across them in brackets; one person's "
-                         f"reach {cohesion.cutoff:.3f}, {cohesion.source}); --clusters {cohesion.people} or --clusters "
-                         "auto would keep each person together")
+        if cohesion.groups:
+            scale = f"one person's reach {cohesion.cutoff:.3f}, {cohesion.source}"
+            advice = f"--clusters {cohesion.people} or --clusters auto would keep each person together"
+            if len(cohesion.groups) == 1:
+                group = cohesion.groups[0]
+                notes.append(f"{listed([cluster_name(c) for c in group], 'folder')} look like one person "
+                             f"({cohesion.across(group):.3f}: {ACROSS}; {scale}); {advice}")
+            else:
+                named = "; ".join(f"{listed([cluster_name(c) for c in group], 'folder')} ({cohesion.across(group):.3f})"
+                                  for group in cohesion.groups[:SHOWN_MIXED])
+                extra = len(cohesion.groups) - SHOWN_MIXED
+                named += f"; and {count(extra, 'more group')}" if extra > 0 else ""
+                notes.append(f"each of these groups of folders looks like one person: {named} (in brackets: "
+                             f"{ACROSS}; {scale}); {advice}")
         mixed = cohesion.not_alike
         if not mixed:
             return notes
@@ -329,8 +335,9 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
 
 
 def _cohesion_summary(clustering: Clustering) -> dict[str, Any] | None:
-    """Each k-means folder's mean pair similarity, the level one person's faces reach, and the
-    folders below it (None for the graph, whose folders are held to it as they grow)."""
+    """Each k-means folder's mean pair similarity, the level one person's faces reach, the
+    folders below it, the groups of folders that look like one person and how many people the
+    folders hold (None for the graph, whose folders are held to it as they grow)."""
     c = clustering.cohesion
     if c is None:
         return None
@@ -338,7 +345,8 @@ def _cohesion_summary(clustering: Clustering) -> dict[str, Any] | None:
                                      for i, v in enumerate(c.mean_pair)},
             "one_person_cutoff": c.cutoff, "cutoff_source": c.source,
             "not_one_person": [cluster_name(i) for i in c.not_alike],
-            "look_like_one_person": [[cluster_name(i), cluster_name(j)] for i, j in c.same_person]}
+            "look_like_one_person": [[cluster_name(i) for i in group] for group in c.groups],
+            "people": c.people}
 
 
 def dry_run_lines(report: ClusterReport, limit: int = 20) -> list[str]:

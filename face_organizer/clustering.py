@@ -15,8 +15,8 @@ from scipy.sparse import csr_matrix
 from scipy.special import ndtr, ndtri
 
 from . import progress
-from .cohesion import Cohesion, folder_cohesion
-from .thresholds import (ALIKE_Z, CENTRE_Z, IMPOSTOR_CENTRE_MAX, OTHER_CENTRE_Z, ImpostorModel,
+from .cohesion import Cohesion, folder_cohesion, join_groups
+from .thresholds import (ALIKE_Z, CENTRE_Z, IMPOSTOR_CENTRE_MAX, MIN_VALUES, OTHER_CENTRE_Z, ImpostorModel,
                          impostor_from_cross_cluster_pairs, impostor_from_other_centre_pairs, impostor_from_impostors,
                          impostor_model)
 
@@ -35,10 +35,8 @@ ATTACH_Z = 4.0
 ATTACH_Z_CLUSTERS = 200
 # Two groups of the graph join along an edge only when their faces are on average alike: the mean
 # similarity of all their pairs must be MERGE_Z impostor spreads above the impostor centre (chosen
-# on LFW dev as shots of five occluded crops; see join_groups). Groups of fewer than
-# MERGE_MIN_GROUP faces join by the edge alone.
+# on LFW dev as shots of five occluded crops; see cohesion.join_groups).
 MERGE_Z = ALIKE_Z
-MERGE_MIN_GROUP = 3
 EXACT_KNN_LIMIT = 60_000
 SEARCH_BLOCK = 16_384
 TRAIN_PER_LIST = 20  # faces per IVF list to train the coarse quantiser on, beyond EXACT_KNN_LIMIT
@@ -256,6 +254,16 @@ def _group_seeds(x: NDArray[np.float32], k: int, labels: NDArray[np.int64], *, p
     return groups.centres[kept] if len(kept) > k else None
 
 
+def one_person_of(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, seed: int,
+                  random_pairs: ImpostorModel | None = None) -> NDArray[np.int64]:
+    """For each of ``k`` clusters, the first cluster of the group it forms one person with
+    (itself when it looks like no other; see ``cohesion.folder_cohesion``)."""
+    person = np.arange(k)
+    for group in folder_cohesion(x, labels, k, seed=seed, random_pairs=random_pairs).groups:
+        person[list(group)] = group[0]
+    return person
+
+
 def kmeans(
     x: NDArray[np.floating],
     k: int,
@@ -290,7 +298,7 @@ def kmeans(
         method = f"kmeans k={k}, seeded with {len(seeds)} groups of alike faces"
     own = sims[:, 0].astype(np.float32)
     labels = nearest[:, 0].astype(np.int64)
-    random_pairs = None  # the impostor peak of random pairs of faces, once computed
+    random_pairs: ImpostorModel | None = None  # the impostor peak of random pairs of faces, once computed
     if min_similarity is not None:
         threshold, source = float(min_similarity), "--min-similarity"
     elif calibrated is not None:
@@ -298,20 +306,27 @@ def kmeans(
     else:
         model, z, how = None, CENTRE_Z, "impostor peak of random pairs of faces"
         if k > 1:
-            other = sims[:, 1:]
+            use = np.ones(sims[:, 1:].shape, bool)
             if sims.shape[1] > k:  # only the k folders' faces and centres: the cut is the same with or without extra groups
                 kept = np.argsort(-np.bincount(nearest[:, 0], minlength=sims.shape[1]), kind="stable")[:k]
-                other = other[np.isin(nearest[:, 1:], kept) & np.isin(nearest[:, 0], kept)[:, None]]
-            centre_model = impostor_from_impostors(other.ravel(), d)
+                use &= np.isin(nearest[:, 1:], kept) & np.isin(nearest[:, 0], kept)[:, None]
+            # A face's similarity to another centre of its own person (more folders asked for than
+            # there are people) is no impostor value: such centres are left out.
+            random_pairs = impostor_model(x, seed=seed)  # for the check below, and for k-means' own fallback
+            person = one_person_of(x, labels, sims.shape[1], seed, random_pairs)
+            use &= person[nearest[:, 1:]] != person[labels][:, None]
+            centre_model = impostor_from_impostors(sims[:, 1:][use], d) if use.sum() >= MIN_VALUES else None
             # Faces as alike to the other centres as to one person's: k clusters of one person (a
             # collection of one person's frames). That is no impostor scale; random pairs' peak is.
-            if centre_model.centre <= IMPOSTOR_CENTRE_MAX:
+            if centre_model is None:
+                how += " (the folders look like one person)"
+            elif centre_model.centre <= IMPOSTOR_CENTRE_MAX:
                 model, z, how = centre_model, OTHER_CENTRE_Z, "median similarity to the other clusters' centres"
             else:
                 how += (f" (faces are as alike to the other clusters' centres, {centre_model.centre:.3f}, as to one "
                         "person's)")
         if model is None:
-            model = random_pairs = impostor_model(x, seed=seed)
+            model = random_pairs = random_pairs or impostor_model(x, seed=seed)
         threshold = model.cut(z)
         source = model.describe(how, z)
     labels = _relabel_by_size(np.where(own >= threshold, labels, OUTLIER))
@@ -360,60 +375,6 @@ def knn_graph(x: NDArray[np.float32], k: int, *, seed: int = 1234, use_gpu: bool
         bar.update(stop - start)
     bar.close()
     return sims, neighbours
-
-
-def join_groups(x: NDArray[np.float32], src: NDArray[np.int64], dst: NDArray[np.int64],
-                 weight: NDArray[np.float32], min_mean: float) -> tuple[NDArray[np.int64], int]:
-    """Groups of the graph's edges, most similar edge first, where an edge joins two groups
-    only when the mean similarity of all pairs across them (the dot product of their mean
-    embeddings) is at least ``min_mean``. Returns each face's group (a member's row) and how
-    many edges were refused.
-
-    Plain connected components let any edge join two groups. A face collection holds many
-    near-copies (a video shot, the same photo cropped twice), so every face of a look-alike
-    pair is a core face, and one such pair of shots joins two people, then a third: LFW dev
-    as shots of five occluded crops fell to BCubed precision 0.84 (Tony Blair's cluster took
-    in David Beckham, John Snow and others; ``benchmarks/eval_clustering.py --frames 5``),
-    against 0.98 with this rule. Across two people the mean over all pairs stays near the impostor
-    centre however alike one pair is, while within one person it stays near the genuine level.
-
-    A group of one or two faces is judged by its edge alone: the mean of so few is as noisy
-    as one pair, and two of a person's harder faces can be alike to each other but not, on
-    average, to the rest of him. Judged by their mean, such pairs became extra folders of 2-5
-    faces and starved the second pass (two-person draws with --clusters auto: Tony Blair's
-    recall fell from 0.958-0.993 to 0.931-0.972). Group sums are kept only for groups of two
-    or more.
-    """
-    n = len(x)
-    a, b = np.minimum(src, dst), np.maximum(src, dst)
-    key, first = np.unique(a * np.int64(n) + b, return_index=True)  # an edge found from both ends once
-    order = np.argsort(-weight[first], kind="stable")
-    parent = list(range(n))
-    size = [1] * n
-    sums: dict[int, NDArray[np.float32]] = {}
-    refused = 0
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip((key[order] // n).tolist(), (key[order] % n).tolist()):
-        ri, rj = find(i), find(j)
-        if ri == rj:
-            continue
-        si, sj = sums.get(ri, x[ri]), sums.get(rj, x[rj])
-        if min(size[ri], size[rj]) >= MERGE_MIN_GROUP and float(si @ sj) < min_mean * size[ri] * size[rj]:
-            refused += 1
-            continue
-        if size[ri] < size[rj]:
-            ri, rj, si, sj = rj, ri, sj, si
-        parent[rj] = ri
-        size[ri] += size[rj]
-        sums[ri] = si + sj
-        sums.pop(rj, None)
-    return np.fromiter((find(i) for i in range(n)), np.int64, n), refused
 
 
 def _mutual_pairs(labels: NDArray[np.int64], edge: NDArray[np.bool_], nbrs: NDArray[np.int64]) -> tuple[NDArray[np.int64], int]:

@@ -8,7 +8,7 @@ hours would write megabytes of them: there it prints one line a minute.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tqdm import tqdm
@@ -19,6 +19,14 @@ LOG_INTERVAL_S = 60.0
 def count(n: int, noun: str) -> str:
     """``1 image``, ``2,000 images``: a number and its noun for summaries."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def listed(names: Sequence[str], noun: str, shown: int = 6) -> str:
+    """``A``, ``A and B``, ``A, B and C``; past ``shown`` names, ``A, B, … and 12 more folders``
+    (``noun``: ``folder``)."""
+    if len(names) > shown:
+        return f"{', '.join(names[:shown])} and {count(len(names) - shown, 'more ' + noun)}"
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
 
 
 def _interactive() -> bool:

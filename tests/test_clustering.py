@@ -186,7 +186,7 @@ def test_auto_finds_many_people(lfw_subset) -> None:
 def test_groups_join_only_when_their_faces_are_alike_on_average() -> None:
     """Two tight groups bridged by one strong edge stay apart; a pair joins a group by its edge
     alone, however unlike the rest of the group it is on average."""
-    from face_organizer.clustering import MERGE_MIN_GROUP, join_groups
+    from face_organizer.cohesion import MERGE_MIN_GROUP, join_groups
 
     assert MERGE_MIN_GROUP == 3
     rng = np.random.default_rng(0)

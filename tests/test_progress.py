@@ -1,4 +1,4 @@
-"""Progress written to a log file stays a few lines, not one per redraw."""
+"""Progress written to a log file stays a few lines, not one per redraw; counts and lists in summaries read as English."""
 
 from __future__ import annotations
 
@@ -19,3 +19,13 @@ def test_disabled_draws_nothing(capsys) -> None:
     for _ in progress.bar(range(10), enabled=False):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_counts_and_lists_read_as_english() -> None:
+    assert progress.count(1, "face") == "1 face" and progress.count(12_000, "face") == "12,000 faces"
+    assert progress.listed(["A"], "folder") == "A"
+    assert progress.listed(["A", "B"], "folder") == "A and B"
+    assert progress.listed(["A", "B", "C"], "folder") == "A, B and C"
+    names = [f"person_{i}" for i in range(8)]
+    assert progress.listed(names, "folder", shown=6) == "person_0, person_1, person_2, person_3, person_4, person_5 and 2 more folders"
+    assert progress.listed(names[:7], "folder", shown=6).endswith("person_5 and 1 more folder")
