@@ -3,8 +3,8 @@
 
 k-means fills as many folders as it is asked for. The check names folders whose faces are on
 average no more alike than different people's, and groups of folders alike enough across to be
-one person split up (every pair of folders in a group is judged one person). Here every folder of a range of --clusters values is checked against
-the truth, on:
+one person split up (every pair of folders in a group is judged one person). Here every folder
+of a range of --clusters values is checked against the truth, on:
   two:      the two-person draws of eval_clustering.py (Tony Blair, Donald Rumsfeld, strangers, junk);
   one:      Tony Blair alone with strangers and junk;
   only:     Tony Blair's crops alone (the same draws, nothing else);
