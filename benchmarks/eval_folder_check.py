@@ -88,9 +88,7 @@ def many_folders(ef: embfile.EmbeddingsFile, truth: list[str], clusters: tuple[i
             c = run_clustering(ef, ClusterConfig(clusters=k, seed=seed, extra_groups=False))
             check = c.cohesion
             assert check is not None
-            person = np.arange(c.n_clusters)
-            for group in check.groups:
-                person[list(group)] = group[0]
+            person = check.person
             placed = c.labels >= 0
             folders = pairwise(truth_array[placed], c.labels[placed])
             people = pairwise(truth_array[placed], person[c.labels[placed]])

@@ -254,16 +254,6 @@ def _group_seeds(x: NDArray[np.float32], k: int, labels: NDArray[np.int64], *, p
     return groups.centres[kept] if len(kept) > k else None
 
 
-def one_person_of(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, seed: int,
-                  random_pairs: ImpostorModel | None = None) -> NDArray[np.int64]:
-    """For each of ``k`` clusters, the first cluster of the group it forms one person with
-    (itself when it looks like no other; see ``cohesion.folder_cohesion``)."""
-    person = np.arange(k)
-    for group in folder_cohesion(x, labels, k, seed=seed, random_pairs=random_pairs).groups:
-        person[list(group)] = group[0]
-    return person
-
-
 def kmeans(
     x: NDArray[np.floating],
     k: int,
@@ -313,7 +303,7 @@ def kmeans(
             # A face's similarity to another centre of its own person (more folders asked for than
             # there are people) is no impostor value: such centres are left out.
             random_pairs = impostor_model(x, seed=seed)  # for the check below, and for k-means' own fallback
-            person = one_person_of(x, labels, sims.shape[1], seed, random_pairs)
+            person = folder_cohesion(x, labels, sims.shape[1], seed=seed, random_pairs=random_pairs).person
             use &= person[nearest[:, 1:]] != person[labels][:, None]
             centre_model = impostor_from_impostors(sims[:, 1:][use], d) if use.sum() >= MIN_VALUES else None
             # Faces as alike to the other centres as to one person's: k clusters of one person (a

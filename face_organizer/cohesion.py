@@ -66,8 +66,21 @@ class Cohesion:
     @property
     def people(self) -> int:
         """How many people the clusters that are one person hold, each group counted once."""
-        one = int(((self.sizes > 0) & ~(self.mean_pair < self.cutoff)).sum())
+        one = int((self.sizes > 0).sum()) - len(self.not_alike)
         return one - sum(len(g) - 1 for g in self.groups)
+
+    @property
+    def person(self) -> NDArray[np.int64]:
+        """For each cluster, the first cluster of its group (itself when in none)."""
+        return person_of(self.groups, len(self.mean_pair))
+
+
+def person_of(groups: tuple[tuple[int, ...], ...], k: int) -> NDArray[np.int64]:
+    """For each of ``k`` clusters, the first cluster of the group it is in (itself when in none)."""
+    person = np.arange(k)
+    for group in groups:
+        person[list(group)] = group[0]
+    return person
 
 
 def join_groups(x: NDArray[np.floating], src: NDArray[np.int64], dst: NDArray[np.int64],
@@ -167,9 +180,7 @@ def folder_cohesion(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, *
         provisional = min(model.cut(ALIKE_Z), random.cut(ALIKE_Z))
         groups = one_person_groups(sums, n.astype(np.int64), mean < provisional, cross, provisional)
         if groups:
-            person = np.arange(k)
-            for group in groups:
-                person[list(group)] = group[0]
+            person = person_of(groups, k)
             model, what = scale(np.where(labels >= 0, person[np.maximum(labels, 0)], -1),
                                 "similarity of faces in different folders, those that look like one person taken as one")
     cutoff = model.cut(ALIKE_Z)
