@@ -221,24 +221,28 @@ def _spherical_kmeans(x: NDArray[np.float32], k: int, *, restarts: int, seed: in
     return sims, nearest.astype(np.int64)
 
 
-def _group_seeds(x: NDArray[np.float32], k: int, labels: NDArray[np.int64], *, pair_cut: float | None,
-                 seed: int, use_gpu: bool) -> NDArray[np.float32] | None:
-    """Centres of the groups of alike faces in a random sample, when there are more than ``k``.
+def _group_seeds(x: NDArray[np.float32], k: int, people: NDArray[np.int64], random_pairs: ImpostorModel, *,
+                 pair_cut: float | None, seed: int, use_gpu: bool) -> NDArray[np.float32] | None:
+    """Centres of the groups of alike faces in a random sample, when there are more than ``k``,
+    or ``k`` while the k-means clusters hold fewer people than ``k``.
 
     k-means must put every face in one of its k clusters, so a third person who recurs
-    (an interviewer, a partner) is shared out among the k people's folders. The density
-    graph of a sample sees such a person as a group of their own. Groups need
+    (an interviewer, a partner) is shared out among the k people's folders. It may also
+    split one person who is seen in two looks and put two others together. The density
+    graph of a sample sees each person as a group of their own. Groups need
     ``MIN_GROUP`` faces of the sample; a group whose centre is as similar to a larger
     group's centre as a genuine pair is one person split in two and is dropped. The
-    face-to-face cut-off comes from pairs of faces in different k-means clusters (with
-    two people dominating, most random pairs are of one person), or a calibration; the
-    graph's join rule always from those pairs.
+    face-to-face cut-off comes from pairs of faces of different people (``people``: each
+    face's person, the k-means clusters that look like one person taken as one; with two
+    people dominating, most random pairs are of one person), or a calibration; the graph's
+    join rule always from those pairs. ``random_pairs`` (the impostor peak of random pairs)
+    stands in when all the faces look like one person.
     """
     n = len(x)
     if n < 2 * MIN_GROUP:
         return None
     sample = np.sort(np.random.default_rng(seed).choice(n, min(n, GROUP_SAMPLE), replace=False))
-    model = (impostor_from_cross_cluster_pairs(x, labels, seed=seed) if k > 1 else None) or impostor_model(x, seed=seed)
+    model = impostor_from_cross_cluster_pairs(x, people, seed=seed) or random_pairs
     if pair_cut is None:
         pair_cut = model.cut(graph_z(len(sample)))
     groups = graph_clusters(x[sample], min_similarity=pair_cut, seed=seed, use_gpu=use_gpu, impostors=model)
@@ -251,7 +255,8 @@ def _group_seeds(x: NDArray[np.float32], k: int, labels: NDArray[np.int64], *, p
             break
     log.info("%d group(s) of alike faces (%d+ faces) in a sample of %d; pair cut-off %.3f",
              len(kept), MIN_GROUP, len(sample), pair_cut)
-    return groups.centres[kept] if len(kept) > k else None
+    split = np.unique(people).size < k  # clusters that look like one person
+    return groups.centres[kept] if len(kept) > k or (split and len(kept) == k) else None
 
 
 def kmeans(
@@ -282,13 +287,25 @@ def kmeans(
     asked, k = k, max(1, min(k, n))
     sims, nearest = _spherical_kmeans(x, k, restarts=restarts, seed=seed, use_gpu=use_gpu)
     method = f"kmeans k={k}" + (f" (only {n:,} faces for the {asked:,} people asked for)" if k < asked else "")
-    seeds = _group_seeds(x, k, nearest[:, 0], pair_cut=pair_calibrated, seed=seed, use_gpu=use_gpu) if extra_groups else None
+    labels = nearest[:, 0].astype(np.int64)
+    random_pairs = impostor_model(x, seed=seed)  # the impostor peak of random pairs of faces, read once
+    own_cut = min_similarity is None and calibrated is None
+
+    def people() -> NDArray[np.int64]:
+        """Which person each cluster is: with more clusters asked for than there are people,
+        one person fills several, and pairs of their faces across them are no impostor pairs."""
+        return folder_cohesion(x, labels, sims.shape[1], seed=seed, random_pairs=random_pairs).person
+
+    person = people() if k > 1 and (extra_groups or own_cut) else np.zeros(k, np.int64)
+    seeds = (_group_seeds(x, k, person[labels], random_pairs, pair_cut=pair_calibrated, seed=seed, use_gpu=use_gpu)
+             if extra_groups else None)
     if seeds is not None:
         sims, nearest = _spherical_kmeans(x, len(seeds), restarts=1, seed=seed, use_gpu=use_gpu, init=seeds)
         method = f"kmeans k={k}, seeded with {len(seeds)} groups of alike faces"
+        labels = nearest[:, 0].astype(np.int64)
+        if own_cut:
+            person = people()
     own = sims[:, 0].astype(np.float32)
-    labels = nearest[:, 0].astype(np.int64)
-    random_pairs: ImpostorModel | None = None  # the impostor peak of random pairs of faces, once computed
     if min_similarity is not None:
         threshold, source = float(min_similarity), "--min-similarity"
     elif calibrated is not None:
@@ -300,10 +317,7 @@ def kmeans(
             if sims.shape[1] > k:  # only the k folders' faces and centres: the cut is the same with or without extra groups
                 kept = np.argsort(-np.bincount(nearest[:, 0], minlength=sims.shape[1]), kind="stable")[:k]
                 use &= np.isin(nearest[:, 1:], kept) & np.isin(nearest[:, 0], kept)[:, None]
-            # A face's similarity to another centre of its own person (more folders asked for than
-            # there are people) is no impostor value: such centres are left out.
-            random_pairs = impostor_model(x, seed=seed)  # for the check below, and for k-means' own fallback
-            person = folder_cohesion(x, labels, sims.shape[1], seed=seed, random_pairs=random_pairs).person
+            # A face's similarity to another centre of its own person is no impostor value either.
             use &= person[nearest[:, 1:]] != person[labels][:, None]
             centre_model = impostor_from_impostors(sims[:, 1:][use], d) if use.sum() >= MIN_VALUES else None
             # Faces as alike to the other centres as to one person's: k clusters of one person (a
@@ -316,7 +330,7 @@ def kmeans(
                 how += (f" (faces are as alike to the other clusters' centres, {centre_model.centre:.3f}, as to one "
                         "person's)")
         if model is None:
-            model = random_pairs = random_pairs or impostor_model(x, seed=seed)
+            model = random_pairs
         threshold = model.cut(z)
         source = model.describe(how, z)
     labels = _relabel_by_size(np.where(own >= threshold, labels, OUTLIER))

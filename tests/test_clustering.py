@@ -897,6 +897,29 @@ def test_extra_groups_keep_one_person_whole_and_set_a_third_aside() -> None:
     assert plain.extra_groups == () and (plain.labels[truth == 2] >= 0).mean() > 0.1  # C pollutes a folder
 
 
+def test_a_person_split_by_k_means_is_mended_by_the_groups() -> None:
+    # A is seen in two looks and is by far the largest: k-means spends two clusters on A's looks
+    # and puts B and C together, or shares them out among A's. The groups of alike faces are A,
+    # B and C: k-means runs again from their centres, and pairs of A's faces across A's two
+    # clusters do not count as different people's when the groups' cut-off is read.
+    rng = np.random.default_rng(4)
+    a, b, c, u1, u2 = _unit(rng.standard_normal((5, 128)))
+    looks = _unit(np.stack([a + 0.6 * u1, a + 0.6 * u2]))
+    x = np.concatenate([_faces_around(looks[0], 200, rng), _faces_around(looks[1], 200, rng),
+                        _faces_around(b, 30, rng), _faces_around(c, 25, rng)])
+    truth = np.repeat([0, 0, 1, 2], [200, 200, 30, 25])
+    plain = kmeans(x, 3, extra_groups=False)
+    assert {tuple(np.unique(truth[plain.labels == j])) for j in range(3)} == {(0,), (1, 2)}  # A split, B with C
+    three = kmeans(x, 3)
+    assert "seeded with 3 groups" in three.method and three.extra_groups == ()
+    assert [np.unique(truth[three.labels == j]).tolist() for j in range(3)] == [[0], [1], [2]]
+    assert (three.labels[truth == 0] == 0).all() and (three.labels[truth == 1] == 1).all()
+    assert three.cohesion is not None and three.cohesion.not_alike == () and three.cohesion.people == 3
+    two = kmeans(x, 2)  # A's two looks held B, and C's faces were spread over them
+    assert (two.labels[truth == 0] == 0).all() and (two.labels[truth == 1] == 1).all()
+    assert (two.labels[truth == 2] == -1).all() and two.extra_groups == (25,)
+
+
 def test_one_person_asked_for_keeps_the_largest_whole() -> None:
     # --clusters 1 on two people: the smaller one is a group beyond k, not mixed into person_A.
     rng = np.random.default_rng(5)
