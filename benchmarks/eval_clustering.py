@@ -29,8 +29,11 @@
    also without the rule that joins two groups only when their faces are alike on average.
    With --library, a photo library: DeepFace's and face_recognition's labelled photos (20
    people, 1-11 photos each) in photos mode, also with --min-cluster-size 3 (no folders of two).
+   With --few, photo libraries that a few people fill, in photos mode, --clusters auto and
+   --clusters 5: every LFW dev photo of the five people with the most (144, 121, 60, 55 and
+   20 photos), and of the two with the most beside three with 7-19.
 
-  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5] [--library]
+  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5] [--library] [--few]
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ def main() -> int:
     parser.add_argument("--crops", action="store_true", help="also every LFW dev photo as an occluded crop, --clusters auto")
     parser.add_argument("--library", action="store_true",
                         help="also DeepFace's and face_recognition's labelled photos in photos mode, --clusters auto")
+    parser.add_argument("--few", action="store_true",
+                        help="also every LFW dev photo of five people in photos mode, --clusters auto and 5")
     parser.add_argument("--frames", type=int, default=0, metavar="N",
                         help="also every LFW dev photo as a shot of N varied occluded crops, --clusters auto")
     add_shared_argument(parser)
@@ -190,6 +195,8 @@ def main() -> int:
             many_people("LFW dev as occluded video crops", ef, [label[p] for p in ef.rows.paths])
         if args.library:
             library(shared / "datasets", models, Path(tmp), streams)
+        if args.few:
+            few_people(lfw, models, Path(tmp), streams)
         if args.frames:
             rows = read_labels(lfw)
             rng = np.random.default_rng(0)
@@ -286,6 +293,37 @@ def library(datasets: Path, models: FaceModels, tmp: Path, streams: int) -> None
     scored = largest_face_rows(rows.paths, rows.bbox)
     many_people(f"photo library ({len(rows)} faces in {len(scored)} photos)", ef,
                 [identity[rows.paths[i]] for i in scored], scored=scored, groups_of_three=True)
+
+
+FEW = (("Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi", "Jean_Chretien", "John_Ashcroft"),
+       ("Tony_Blair", "Donald_Rumsfeld", "Abdullah_Gul", "Adrien_Brody", "Al_Sharpton"))
+
+
+def few_people(lfw: Path, models: FaceModels, tmp: Path, streams: int) -> None:
+    """Photo libraries that a few people fill: every LFW dev photo of each of ``FEW`` in photos
+    mode, scored on each photo's largest face (the person it is labelled with; the other faces
+    are clustered but not scored), with --clusters auto and with the number of people given."""
+    for n, people in enumerate(FEW):
+        identity = {str((lfw / r["path"]).absolute()): r["identity"] for r in read_labels(lfw) if r["identity"] in people}
+        run_embeddings(sorted(identity), tmp / f"few{n}.pkl", models, EmbedOptions(mode="photos"), inputs=[str(lfw)],
+                       streams=streams, progress=False)
+        ef = embfile.load(tmp / f"few{n}.pkl")
+        scored = largest_face_rows(ef.rows.paths, ef.rows.bbox)
+        truth = [identity[ef.rows.paths[i]] for i in scored]
+        title = f"{', '.join(people)}: photos ({len(ef.rows)} faces in {len(scored)} photos)"
+        many_people(title, ef, truth, scored=scored)
+        fixed = run_clustering(ef, ClusterConfig(clusters=len(people)))
+        labels = fixed.labels[scored]
+        pred = [f"c{c}" if c >= 0 else f"outlier{i}" for i, c in enumerate(labels)]
+        b = bcubed(truth, pred)
+        print(f"[{title}, --clusters {len(people)}] cut-off {fixed.threshold:.3f} ({fixed.threshold_source}); "
+              f"{int((labels < 0).sum())} outliers")
+        print(f"  BCubed precision {b.precision:.4f} recall {b.recall:.4f} F {b.f:.4f}")
+        for clustering, how in ((run_clustering(ef, ClusterConfig(clusters=None)), "auto"), (fixed, str(len(people)))):
+            labels = clustering.labels[scored]
+            kept = [f"{person} {sum(1 for t, c in zip(truth, labels) if t == person and c >= 0)}/{truth.count(person)}"
+                    for person in people]
+            print(f"  --clusters {how}: each person's photos in a folder: " + ", ".join(kept))
 
 
 if __name__ == "__main__":
