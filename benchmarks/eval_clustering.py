@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_setup import add_shared_argument, embedded_collection, embedded_photos, lfw_testpack, read_labels  # noqa: E402
 from face_organizer.cluster_stage import ClusterConfig, cluster_faces, run_clustering  # noqa: E402
-from face_organizer.clustering import cluster_name  # noqa: E402
+from face_organizer.clustering import Clustering, cluster_name  # noqa: E402
 from face_organizer.embed_run import run_embeddings  # noqa: E402
 from face_organizer import embfile  # noqa: E402
 from face_organizer.evaluation import bcubed, folder_report, largest_face_rows, pairwise  # noqa: E402
@@ -243,17 +243,20 @@ def calibrate_without(crops: tuple[np.ndarray, list[str]], present: set[str], re
 
 
 def many_people(title: str, ef: embfile.EmbeddingsFile, truth: list[str], without_join_rule: bool = False,
-                scored: np.ndarray | None = None, groups_of_three: bool = False) -> None:
+                scored: np.ndarray | None = None, groups_of_three: bool = False) -> Clustering:
     """BCubed and pairwise scores of --clusters auto, with and without the second pass (and,
     with ``without_join_rule``, without the rule that joins groups only when alike on average;
     with ``groups_of_three``, with --min-cluster-size 3, so no folders of two). ``truth``
-    labels the faces of ``scored`` (all by default); the others are clustered but not scored."""
+    labels the faces of ``scored`` (all by default); the others are clustered but not scored.
+    Returns the clustering of plain --clusters auto."""
     variants = [(True, True, 2), (False, True, 2)] + ([(True, False, 2)] if without_join_rule else [])
     variants += [(True, True, 3)] if groups_of_three else []
     rows = np.arange(len(ef.rows)) if scored is None else scored
+    plain: Clustering | None = None
     for second_pass, join_rule, min_size in variants:
         clustering = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=second_pass, join_rule=join_rule,
                                                       min_cluster_size=min_size))
+        plain = plain or clustering
         labels = clustering.labels[rows]
         pred = [f"c{c}" if c >= 0 else f"outlier{i}" for i, c in enumerate(labels)]
         b, pw = bcubed(truth, pred), pairwise(truth, pred)
@@ -273,6 +276,8 @@ def many_people(title: str, ef: embfile.EmbeddingsFile, truth: list[str], withou
             members = [t for t, label in zip(truth, labels) if label == c]
             top = sorted(set(members), key=lambda m: -members.count(m))[:3]
             print(f"  cluster of {sizes[c]}: " + ", ".join(f"{m} {members.count(m)}" for m in top))
+    assert plain is not None
+    return plain
 
 
 def library(datasets: Path, models: FaceModels, tmp: Path, streams: int) -> None:
@@ -311,7 +316,7 @@ def few_people(lfw: Path, models: FaceModels, tmp: Path, streams: int) -> None:
         scored = largest_face_rows(ef.rows.paths, ef.rows.bbox)
         truth = [identity[ef.rows.paths[i]] for i in scored]
         title = f"{', '.join(people)}: photos ({len(ef.rows)} faces in {len(scored)} photos)"
-        many_people(title, ef, truth, scored=scored)
+        auto = many_people(title, ef, truth, scored=scored)
         fixed = run_clustering(ef, ClusterConfig(clusters=len(people)))
         labels = fixed.labels[scored]
         pred = [f"c{c}" if c >= 0 else f"outlier{i}" for i, c in enumerate(labels)]
@@ -319,7 +324,7 @@ def few_people(lfw: Path, models: FaceModels, tmp: Path, streams: int) -> None:
         print(f"[{title}, --clusters {len(people)}] cut-off {fixed.threshold:.3f} ({fixed.threshold_source}); "
               f"{int((labels < 0).sum())} outliers")
         print(f"  BCubed precision {b.precision:.4f} recall {b.recall:.4f} F {b.f:.4f}")
-        for clustering, how in ((run_clustering(ef, ClusterConfig(clusters=None)), "auto"), (fixed, str(len(people)))):
+        for clustering, how in ((auto, "auto"), (fixed, str(len(people)))):
             labels = clustering.labels[scored]
             kept = [f"{person} {sum(1 for t, c in zip(truth, labels) if t == person and c >= 0)}/{truth.count(person)}"
                     for person in people]

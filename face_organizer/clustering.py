@@ -290,13 +290,10 @@ def kmeans(
     labels = nearest[:, 0].astype(np.int64)
     random_pairs = impostor_model(x, seed=seed)  # the impostor peak of random pairs of faces, read once
     own_cut = min_similarity is None and calibrated is None
-
-    def people() -> NDArray[np.int64]:
-        """Which person each cluster is: with more clusters asked for than there are people,
-        one person fills several, and pairs of their faces across them are no impostor pairs."""
-        return folder_cohesion(x, labels, sims.shape[1], seed=seed, random_pairs=random_pairs).person
-
-    person = people() if k > 1 and (extra_groups or own_cut) else np.zeros(k, np.int64)
+    # Which person each cluster is: with more clusters asked for than there are people, one
+    # person fills several, and pairs of their faces across them are no impostor pairs.
+    person = (folder_cohesion(x, labels, k, seed=seed, random_pairs=random_pairs).person
+              if k > 1 and (extra_groups or own_cut) else np.zeros(k, np.int64))
     seeds = (_group_seeds(x, k, person[labels], random_pairs, pair_cut=pair_calibrated, seed=seed, use_gpu=use_gpu)
              if extra_groups else None)
     if seeds is not None:
@@ -304,7 +301,7 @@ def kmeans(
         method = f"kmeans k={k}, seeded with {len(seeds)} groups of alike faces"
         labels = nearest[:, 0].astype(np.int64)
         if own_cut:
-            person = people()
+            person = folder_cohesion(x, labels, len(seeds), seed=seed, random_pairs=random_pairs).person
     own = sims[:, 0].astype(np.float32)
     if min_similarity is not None:
         threshold, source = float(min_similarity), "--min-similarity"
