@@ -37,6 +37,11 @@ ATTACH_Z_CLUSTERS = 200
 # similarity of all their pairs must be MERGE_Z impostor spreads above the impostor centre (chosen
 # on LFW dev as shots of five occluded crops; see cohesion.join_groups).
 MERGE_Z = ALIKE_Z
+# The graph is cut again on the scale of pairs of faces in different groups of its first cut when
+# that scale's spread is at most this share of random pairs' (see graph_clusters): clearly narrower,
+# as where a few people fill the collection (0.088 against 0.139), not by the 1-7% by which the two
+# differ where random pairs are not disturbed (two-person draws, LFW dev; at the floor on synthetic data).
+RECUT_SPREAD_SHARE = 0.9
 EXACT_KNN_LIMIT = 60_000
 SEARCH_BLOCK = 16_384
 TRAIN_PER_LIST = 20  # faces per IVF list to train the coarse quantiser on, beyond EXACT_KNN_LIMIT
@@ -398,6 +403,49 @@ def _mutual_pairs(labels: NDArray[np.int64], edge: NDArray[np.bool_], nbrs: NDAr
     return labels, int(first.size)
 
 
+def _recut_scale(random_pairs: ImpostorModel, across: ImpostorModel | None) -> ImpostorModel | None:
+    """The scale of pairs across a first cut's groups when the graph should be cut again on it:
+    its spread clearly narrower than random pairs' and its centre where impostors lie."""
+    if across is None or across.centre >= IMPOSTOR_CENTRE_MAX:
+        return None
+    return across if across.spread <= RECUT_SPREAD_SHARE * random_pairs.spread else None
+
+
+class _GraphGroups:
+    """The groups of a k-NN graph for an edge cut-off: an edge joins two faces whose similarity
+    passes it, a *core* face has at least ``min_samples`` edges, groups are the core faces joined
+    through core-to-core edges (see ``cohesion.join_groups`` for ``min_mean``), a border face joins
+    the group of its most similar core neighbour, and groups under ``min_cluster_size`` are outliers.
+    Called with a cut-off, it returns the labels (numbered by size), the edges and how many joins
+    the rule refused; the graph can be cut again at another cut-off without searching it again."""
+
+    def __init__(self, x: NDArray[np.float32], sims: NDArray[np.float32], nbrs: NDArray[np.int64],
+                 min_samples: int, min_cluster_size: int) -> None:
+        self.x, self.sims, self.nbrs = x, sims, nbrs
+        self.min_samples, self.min_cluster_size = min_samples, min_cluster_size
+
+    def __call__(self, threshold: float, min_mean: float) -> tuple[NDArray[np.int64], NDArray[np.bool_], int]:
+        sims, nbrs = self.sims, self.nbrs
+        rows = np.arange(len(self.x))[:, None]
+        edge = (sims >= threshold) & (nbrs != rows) & (nbrs >= 0)
+        core = edge.sum(axis=1) >= self.min_samples
+        src = np.broadcast_to(rows, nbrs.shape)[edge]
+        dst = nbrs[edge]
+        both = core[src] & core[dst]
+        component, refused = join_groups(self.x, src[both], dst[both], sims[edge][both], min_mean)
+        labels = np.where(core, component, OUTLIER).astype(np.int64)
+        # Border faces: first (most similar) core neighbour above the cut-off.
+        border = np.nonzero(~core & edge.any(axis=1))[0]
+        if border.size:
+            cand = edge[border] & core[np.maximum(nbrs[border], 0)]
+            has = cand.any(axis=1)
+            first = np.argmax(cand, axis=1)
+            labels[border[has]] = labels[nbrs[border[has], first[has]]]
+        ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+        labels[np.isin(labels, ids[counts < self.min_cluster_size])] = OUTLIER
+        return _relabel_by_size(labels), edge, refused
+
+
 def graph_clusters(
     x: NDArray[np.floating],
     *,
@@ -439,38 +487,36 @@ def graph_clusters(
     if n == 0:
         return Clustering(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, d), np.float32), 0.0, "empty", "graph")
     model: ImpostorModel = impostors or impostor_model(x, seed=seed)
+    z = graph_z(n)
     if min_similarity is not None:
         threshold, source = float(min_similarity), "--min-similarity"
     elif calibrated is not None:
         threshold, source = calibrated
     else:
-        z = graph_z(n)
         threshold = model.cut(z)
         source = model.describe("impostor peak of random pairs", round(z, 2))
     sims, nbrs = knn_graph(x, neighbours, seed=seed, use_gpu=use_gpu)
-    rows = np.arange(n)[:, None]
-    edge = (sims >= threshold) & (nbrs != rows) & (nbrs >= 0)
-    core = edge.sum(axis=1) >= min_samples
-    src = np.broadcast_to(rows, nbrs.shape)[edge]
-    dst = nbrs[edge]
-    both = core[src] & core[dst]
+    groups = _GraphGroups(x, sims, nbrs, min_samples, min_cluster_size)
     min_mean = model.cut(MERGE_Z) if join_rule else -np.inf
-    component, refused = join_groups(x, src[both], dst[both], sims[edge][both], min_mean)
+    labels, edge, refused = groups(threshold, min_mean)
+    if impostors is None and min_similarity is None and calibrated is None:
+        # Random pairs hold every person's own pairs too. Where a few people fill the collection,
+        # those widen the upper side of the impostor peak while a person whom the model places
+        # unlike everyone else widens the lower side, and the edge cut-off comes out too high
+        # (see ``eval_clustering.py --few``). Pairs of faces in different groups of this first
+        # pass are nearly all of different people: where their spread is clearly narrower, it is the
+        # scale (unless they centre where impostors never do: groups of one person split by the first cut).
+        across = _recut_scale(model, impostor_from_cross_cluster_pairs(x, labels, seed=seed))
+        if across is not None:
+            log.info("graph: the impostor spread of pairs of faces in different groups (%.3f) is narrower than that "
+                     "of random pairs (%.3f); edges are cut again on it", across.spread, model.spread)
+            model, threshold = across, across.cut(z)
+            source = model.describe("impostor peak of pairs of faces in different groups of a first pass", round(z, 2))
+            min_mean = model.cut(MERGE_Z) if join_rule else -np.inf
+            labels, edge, refused = groups(threshold, min_mean)
     if refused:
         log.info("graph: %d edges left unfollowed: each would have joined two groups whose faces' mean similarity "
                  "is below %.3f", refused, min_mean)
-    labels = np.where(core, component, OUTLIER).astype(np.int64)
-    # Border faces: first (most similar) core neighbour above the cut-off.
-    border = np.nonzero(~core & edge.any(axis=1))[0]
-    if border.size:
-        cand = edge[border] & core[np.maximum(nbrs[border], 0)]
-        has = cand.any(axis=1)
-        first = np.argmax(cand, axis=1)
-        labels[border[has]] = labels[nbrs[border[has], first[has]]]
-    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
-    small = ids[counts < min_cluster_size]
-    labels[np.isin(labels, small)] = OUTLIER
-    labels = _relabel_by_size(labels)
     k = int(labels.max()) + 1 if (labels >= 0).any() else 0
     centres = _centres(x, labels, k)
     attached, attach_cutoff, attach_source = 0, None, ""
