@@ -484,7 +484,9 @@ def graph_clusters(
 
     ``impostors``: the scale of different people's face pairs, for the edge cut-off (when
     neither ``min_similarity`` nor ``calibrated`` gives one) and the join rule; by default
-    read from random pairs of ``x``. ``centre_impostors``: a calibration's scale of faces'
+    read from random pairs of ``x``, and then, where pairs of faces in different groups of that
+    first cut spread clearly narrower (``_recut_scale``), from those, the graph cut again on
+    them. ``centre_impostors``: a calibration's scale of faces'
     similarities to other people's centres, for the second pass when the graph finds one
     cluster (with two or more it reads that scale from them).
     """
@@ -510,14 +512,15 @@ def graph_clusters(
         # those widen the upper side of the impostor peak while a person whom the model places
         # unlike everyone else widens the lower side, and the edge cut-off comes out too high
         # (see ``eval_clustering.py --few``). Pairs of faces in different groups of this first
-        # pass are nearly all of different people: where their spread is clearly narrower, it is the
-        # scale (unless they centre where impostors never do: groups of one person split by the first cut).
+        # cut are nearly all of different people: where their spread is clearly narrower, it is the
+        # scale (unless they centre where impostors never do: groups of one person split by the cut).
         across = _recut_scale(model, impostor_from_cross_cluster_pairs(x, labels, seed=seed))
         if across is not None:
             log.info("graph: the impostor spread of pairs of faces in different groups (%.3f) is narrower than that "
                      "of random pairs (%.3f); edges are cut again on it", across.spread, model.spread)
             model, threshold = across, across.cut(z)
-            source = model.describe("impostor peak of pairs of faces in different groups of a first pass", round(z, 2))
+            source = model.describe("impostor peak of pairs of faces in different groups of a first cut of the graph",
+                                    round(z, 2))
             min_mean = model.cut(MERGE_Z) if join_rule else -np.inf
             labels, edge, refused = groups(threshold, min_mean)
     if refused:

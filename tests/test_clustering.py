@@ -310,7 +310,7 @@ def test_a_library_of_a_few_people_keeps_each_persons_photos(lfw, lfw_labels, mo
         score = bcubed(truth, [f"c{c}" if c >= 0 else f"o{i}" for i, c in enumerate(labels)])
         assert score.precision >= 0.99 and score.recall >= 0.95, (clusters, second_pass, score)
         if clusters is None:
-            assert result.threshold < 0.65 and "different groups of a first pass" in result.threshold_source
+            assert result.threshold < 0.65 and "different groups of a first cut" in result.threshold_source
         for person in people:  # each person's photos nearly all in one folder
             theirs = labels[[t == person for t in truth]]
             assert np.bincount(theirs[theirs >= 0]).max() >= 0.9 * theirs.size, (clusters, person)
