@@ -417,39 +417,33 @@ def _recut_scale(random_pairs: ImpostorModel, across: ImpostorModel | None) -> I
     return across if across.spread <= RECUT_SPREAD_SHARE * random_pairs.spread else None
 
 
-class _GraphGroups:
-    """The groups of a k-NN graph for an edge cut-off: an edge joins two faces whose similarity
-    passes it, a *core* face has at least ``min_samples`` edges, groups are the core faces joined
-    through core-to-core edges (see ``cohesion.join_groups`` for ``min_mean``), a border face joins
-    the group of its most similar core neighbour, and groups under ``min_cluster_size`` are outliers.
-    Called with a cut-off, it returns the labels (numbered by size), the edges and how many joins
-    the rule refused; the graph can be cut again at another cut-off without searching it again."""
-
-    def __init__(self, x: NDArray[np.float32], sims: NDArray[np.float32], nbrs: NDArray[np.int64],
-                 min_samples: int, min_cluster_size: int) -> None:
-        self.x, self.sims, self.nbrs = x, sims, nbrs
-        self.min_samples, self.min_cluster_size = min_samples, min_cluster_size
-
-    def __call__(self, threshold: float, min_mean: float) -> tuple[NDArray[np.int64], NDArray[np.bool_], int]:
-        sims, nbrs = self.sims, self.nbrs
-        rows = np.arange(len(self.x))[:, None]
-        edge = (sims >= threshold) & (nbrs != rows) & (nbrs >= 0)
-        core = edge.sum(axis=1) >= self.min_samples
-        src = np.broadcast_to(rows, nbrs.shape)[edge]
-        dst = nbrs[edge]
-        both = core[src] & core[dst]
-        component, refused = join_groups(self.x, src[both], dst[both], sims[edge][both], min_mean)
-        labels = np.where(core, component, OUTLIER).astype(np.int64)
-        # Border faces: first (most similar) core neighbour above the cut-off.
-        border = np.nonzero(~core & edge.any(axis=1))[0]
-        if border.size:
-            cand = edge[border] & core[np.maximum(nbrs[border], 0)]
-            has = cand.any(axis=1)
-            first = np.argmax(cand, axis=1)
-            labels[border[has]] = labels[nbrs[border[has], first[has]]]
-        ids, counts = np.unique(labels[labels >= 0], return_counts=True)
-        labels[np.isin(labels, ids[counts < self.min_cluster_size])] = OUTLIER
-        return _relabel_by_size(labels), edge, refused
+def _graph_groups(x: NDArray[np.float32], sims: NDArray[np.float32], nbrs: NDArray[np.int64], threshold: float,
+                  min_mean: float, min_samples: int, min_cluster_size: int
+                  ) -> tuple[NDArray[np.int64], NDArray[np.bool_], int]:
+    """The groups of a k-NN graph (``sims``, ``nbrs``) for an edge cut-off: an edge joins two faces
+    whose similarity passes ``threshold``, a *core* face has at least ``min_samples`` edges, groups
+    are the core faces joined through core-to-core edges (see ``cohesion.join_groups`` for
+    ``min_mean``), a border face joins the group of its most similar core neighbour, and groups
+    under ``min_cluster_size`` are outliers. Returns the labels (numbered by size), the edges and
+    how many joins the rule refused."""
+    rows = np.arange(len(x))[:, None]
+    edge = (sims >= threshold) & (nbrs != rows) & (nbrs >= 0)
+    core = edge.sum(axis=1) >= min_samples
+    src = np.broadcast_to(rows, nbrs.shape)[edge]
+    dst = nbrs[edge]
+    both = core[src] & core[dst]
+    component, refused = join_groups(x, src[both], dst[both], sims[edge][both], min_mean)
+    labels = np.where(core, component, OUTLIER).astype(np.int64)
+    # Border faces: first (most similar) core neighbour above the cut-off.
+    border = np.nonzero(~core & edge.any(axis=1))[0]
+    if border.size:
+        cand = edge[border] & core[np.maximum(nbrs[border], 0)]
+        has = cand.any(axis=1)
+        first = np.argmax(cand, axis=1)
+        labels[border[has]] = labels[nbrs[border[has], first[has]]]
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    labels[np.isin(labels, ids[counts < min_cluster_size])] = OUTLIER
+    return _relabel_by_size(labels), edge, refused
 
 
 def graph_clusters(
@@ -504,9 +498,8 @@ def graph_clusters(
         threshold = model.cut(z)
         source = model.describe("impostor peak of random pairs", round(z, 2))
     sims, nbrs = knn_graph(x, neighbours, seed=seed, use_gpu=use_gpu)
-    groups = _GraphGroups(x, sims, nbrs, min_samples, min_cluster_size)
     min_mean = model.cut(MERGE_Z) if join_rule else -np.inf
-    labels, edge, refused = groups(threshold, min_mean)
+    labels, edge, refused = _graph_groups(x, sims, nbrs, threshold, min_mean, min_samples, min_cluster_size)
     if impostors is None and min_similarity is None and calibrated is None:
         # Random pairs hold every person's own pairs too. Where a few people fill the collection,
         # those widen the upper side of the impostor peak while a person whom the model places
@@ -522,7 +515,7 @@ def graph_clusters(
             source = model.describe("impostor peak of pairs of faces in different groups of a first cut of the graph",
                                     round(z, 2))
             min_mean = model.cut(MERGE_Z) if join_rule else -np.inf
-            labels, edge, refused = groups(threshold, min_mean)
+            labels, edge, refused = _graph_groups(x, sims, nbrs, threshold, min_mean, min_samples, min_cluster_size)
     if refused:
         log.info("graph: %d edges left unfollowed: each would have joined two groups whose faces' mean similarity "
                  "is below %.3f", refused, min_mean)

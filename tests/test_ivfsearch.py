@@ -40,8 +40,7 @@ def test_merging_often_changes_nothing(monkeypatch) -> None:
     kmeans.train(x)
     quantizer.add(kmeans.centroids)
     once_s, once_i = self_search(x, quantizer, 30, 5, 8)
-    import face_organizer.ivfsearch as ivf
-    monkeypatch.setattr(ivf, "MERGE_EVERY", 0)  # merge after every list
+    monkeypatch.setattr("face_organizer.ivfsearch.MERGE_EVERY", 0)  # merge after every list
     often_s, often_i = self_search(x, quantizer, 30, 5, 8)
     np.testing.assert_array_equal(once_s, often_s)
     assert np.mean(once_i == often_i) > 0.999
