@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import embfile, people, quality
+from . import __version__, embfile, people, quality
 from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cluster_name, gpu_count, graph_clusters,
                          graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
@@ -329,6 +329,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         "embedding_size": ef.dim,
         "people_file": people_file,
         "elapsed_seconds": round(report.elapsed, 2),
+        "tool_version": __version__,
     }
     atomic_write_text(os.path.join(output, "summary.json"), json.dumps(summary, indent=2))
     return report

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import __version__
 from .errors import EmbeddingsFileError, UnsafePickleError
 from .faces import FaceRows
 from .fsutil import atomic_write_bytes
@@ -74,6 +75,7 @@ def make_meta(*, pack_name: str, model_files: dict[str, str], dim: int, device: 
               mode: str, complete: bool = True, **extra: Any) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
         "model_pack": pack_name,
         "model_files": dict(model_files),
         "embedding_size": int(dim),

@@ -47,7 +47,8 @@ class EmbeddingsInfo:
         out = [
             f"{self.path}: {self.status()}",
             f"  model: {m.get('model_pack', '?')} ({files.get('recognition', '?')}, {m.get('embedding_size', '?')}-d), "
-            f"{m.get('mode', 'crops')} mode, device {m.get('device', '?')}, run started {m.get('created', '?')}",
+            f"{m.get('mode', 'crops')} mode, device {m.get('device', '?')}, run started {m.get('created', '?')}"
+            + (f", face-organizer {m['tool_version']}" if m.get("tool_version") else ""),
             "  inputs: " + (", ".join(m.get("inputs") or []) or "?"),
             f"  images: {self.images:,}; faces: {self.faces:,}"
             + (f"; fallback (no face found, centre crop used): {self.fallback:,}" if self.fallback else "")

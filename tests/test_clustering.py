@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from face_organizer import embfile, organize
+from face_organizer import __version__, embfile, organize
 from face_organizer.cli import common
 from face_organizer.cli.cluster import main as cluster_main
 from face_organizer.cluster_stage import SHOWN_FOLDERS, ClusterConfig, cluster_faces, load_embeddings, run_clustering
@@ -69,7 +69,7 @@ def test_two_people_land_in_pure_folders(two_person, tmp_path, capsys) -> None:
         assert dest.relative_to(out).parts[1:] == (input_root.name, *Path(row["path"]).relative_to(input_root).parts)
     assert len(files["person_A"]) >= len(files["person_B"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["clusters"]["person_A"] == len(files["person_A"])
+    assert summary["clusters"]["person_A"] == len(files["person_A"]) and summary["tool_version"] == __version__
     assert (out / "index.html").is_file() and (out / "previews" / "person_A.jpg").is_file()
     printed = capsys.readouterr().out
     assert f"person_A: {len(files['person_A']):,} images → {out / 'person_A'}{os.sep}" in printed

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from face_organizer import embfile, images
+from face_organizer import __version__, embfile, images
 from face_organizer.cli import common
 from face_organizer.cli.embed import main as embed_main
 from face_organizer.embed_run import RunSummary, plan_streams, run_embeddings
@@ -230,7 +230,7 @@ def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, ca
     assert reasons[str(folder / "2017" / "on_nas.png")] == "broken symbolic link (its target is missing)"
     meta = ef.meta
     assert meta["embedding_size"] == 128 and meta["device"] == "cpu" and meta["complete"] is True
-    assert meta["model_files"]["recognition"] == "MobileFaceNet.onnx"
+    assert meta["model_files"]["recognition"] == "MobileFaceNet.onnx" and meta["tool_version"] == __version__
     # Where the model puts faces blurred past recognition, for cluster_faces to set them aside.
     centre = np.asarray(meta["unrecognisable_centre"])
     assert centre.shape == (128,) and abs(np.linalg.norm(centre) - 1) < 1e-5

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from face_organizer import embfile, images
+from face_organizer import __version__, embfile, images
 from face_organizer.cli import common
 from face_organizer.cli.info import main as info_main
 from face_organizer.cli.main import main as umbrella
@@ -52,6 +52,7 @@ def test_finished_file_is_described(folder, models, tmp_path, capsys) -> None:
     text = capsys.readouterr().out.splitlines()
     assert text[0] == f"{out}: finished"
     assert "MobileFaceNet.onnx, 128-d" in text[1] and "crops mode" in text[1]
+    assert text[1].endswith(f", face-organizer {__version__}")  # which release wrote it
     assert text[2] == f"  inputs: {root}"
     assert "  images: 9; faces: 9" in text[3]
     assert "empty file: 1" in text[4] and text[4].startswith("  skipped: 2")

@@ -52,6 +52,20 @@ def test_umbrella_command_dispatches(capsys) -> None:
     assert "cannot read embeddings file" in capsys.readouterr().err
 
 
+def test_every_command_tells_its_version(capsys) -> None:
+    from importlib.metadata import version
+
+    from face_organizer import __version__
+    from face_organizer.cli.main import COMMANDS, main
+
+    assert version("face-organizer") == __version__  # the package's metadata reads the one place it is set
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"face-organizer {__version__}\n"
+    for stage in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([stage, "--version"])
+        assert done.value.code == 0 and capsys.readouterr().out == f"face-organizer {__version__}\n", stage
+
+
 @pytest.mark.parametrize(("stage", "option", "value", "message"), [
     ("cluster", "--min-similarity", "2", "a cosine similarity lies between -1 and 1, not 2"),
     ("cluster", "--min-similarity", "high", "not a number: 'high'"),

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..errors import FaceOrganizerError, SetupError
 from ..modelpack import DEFAULT_PACK, MODEL_ROOT_ENV, default_model_root
 
@@ -104,12 +105,14 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
 
 
 def parser(prog: str, description: str, examples: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    p = argparse.ArgumentParser(
         prog=prog,
         description=description,
         epilog="examples:\n" + examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"face-organizer {__version__}")
+    return p
 
 
 def add_logging_args(p: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
+from .. import __version__
 from . import common
 
 COMMANDS = {
@@ -21,7 +22,8 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: face-organizer COMMAND [options]   (face-organizer COMMAND --help for each)", "", "commands:"]
+    lines = ["usage: face-organizer COMMAND [options]   (face-organizer COMMAND --help for each)",
+             "       face-organizer --version", "", "commands:"]
     lines += [f"  {name:<16}{text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -30,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if args[0] == "--version":
+        print(f"face-organizer {__version__}")
         return 0
     if args[0] not in COMMANDS:
         print(f"Error: unknown command {args[0]!r}\n{usage()}", file=sys.stderr)
