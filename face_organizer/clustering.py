@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from scipy.sparse import csr_matrix
 from scipy.special import ndtr, ndtri
 
-from . import ivfsearch, progress
+from .knn import SEARCH_BLOCK, knn_graph
 from .cohesion import Cohesion, folder_cohesion, join_groups
 from .thresholds import (ALIKE_Z, CENTRE_Z, IMPOSTOR_CENTRE_MAX, MIN_VALUES, OTHER_CENTRE_Z, ImpostorModel,
                          impostor_from_cross_cluster_pairs, impostor_from_other_centre_pairs, impostor_from_impostors,
@@ -42,10 +42,6 @@ MERGE_Z = ALIKE_Z
 # as where a few people fill the collection (0.088 against 0.139), not by the 1-7% by which the two
 # differ where random pairs are not disturbed (two-person draws, LFW dev; at the floor on synthetic data).
 RECUT_SPREAD_SHARE = 0.9
-EXACT_KNN_LIMIT = 60_000
-SEARCH_BLOCK = 16_384
-TRAIN_PER_LIST = 20  # faces per IVF list to train the coarse quantiser on, beyond EXACT_KNN_LIMIT
-IVF_PROBES = 16  # lists each face's neighbours are looked for in
 # With a fixed k, groups beyond k are looked for in a random sample of this many faces (an exact
 # k-NN graph: about a second for 512-d), counted when they hold MIN_GROUP faces of the sample,
 # and at most MAX_EXTRA_GROUPS of them get a centre of their own.
@@ -348,45 +344,6 @@ def kmeans(
     cohesion = folder_cohesion(x, labels, k_kept, seed=seed, random_pairs=random_pairs)
     return Clustering(labels, similarity, centres, float(threshold), source, method,
                       tuple(int(v) for v in extra if v), cohesion=cohesion)
-
-
-def knn_graph(x: NDArray[np.float32], k: int, *, seed: int = 1234, use_gpu: bool = False) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """(similarities, neighbours), each (n, k+1) including the point itself.
-
-    Exact inner-product search up to ``EXACT_KNN_LIMIT`` points, an IVF index beyond
-    (about 4 sqrt(n) lists, 16 probed) so 500k faces take a minute or two, not hours. On the
-    CPU the IVF lists are searched list by list (``ivfsearch.self_search``: the same
-    candidates as FAISS's own search, about twice as fast at 500,000 x 512).
-    """
-    n, d = x.shape
-    k = min(k + 1, n)
-    # Minutes at 500,000 faces on two cores: a progress bar, unless logging was quietened (-q).
-    show = n > SEARCH_BLOCK and log.isEnabledFor(logging.INFO)
-    if n <= EXACT_KNN_LIMIT:
-        index: faiss.Index = faiss.IndexFlatIP(d)
-    else:
-        nlist = int(4 * np.sqrt(n))
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        index.cp.min_points_per_centroid = TRAIN_PER_LIST  # FAISS warns below its default of 39
-        index.train(x[np.sort(rng.choice(n, min(n, nlist * TRAIN_PER_LIST), replace=False))])
-        index.nprobe = IVF_PROBES
-        if not use_gpu:
-            with progress.bar(total=nlist, unit="list", desc="nearest neighbours", enabled=show) as bar:
-                return ivfsearch.self_search(x, index.quantizer, nlist, IVF_PROBES, k, on_list=bar.update)
-    if use_gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(x)
-    sims = np.empty((n, k), np.float32)
-    neighbours = np.empty((n, k), np.int64)
-    bar = progress.bar(total=n, unit="face", desc="nearest neighbours", enabled=show)
-    for start in range(0, n, SEARCH_BLOCK):  # blockwise: FAISS temporaries scale with the block
-        stop = min(n, start + SEARCH_BLOCK)
-        sims[start:stop], neighbours[start:stop] = index.search(x[start:stop], k)
-        bar.update(stop - start)
-    bar.close()
-    return sims, neighbours
 
 
 def _mutual_pairs(labels: NDArray[np.int64], edge: NDArray[np.bool_], nbrs: NDArray[np.int64]) -> tuple[NDArray[np.int64], int]:

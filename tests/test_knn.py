@@ -1,12 +1,12 @@
-"""The list-by-list search of an IVF index finds what FAISS's own search of it finds."""
+"""The k-NN graph: the list-by-list search of an IVF index finds what FAISS's own search of it finds."""
 
 from __future__ import annotations
 
 import faiss
 import numpy as np
 
-from face_organizer import clustering
-from face_organizer.ivfsearch import self_search
+from face_organizer import knn
+from face_organizer.knn import self_search
 
 
 def _people(n: int, d: int, people: int, seed: int) -> np.ndarray:
@@ -40,7 +40,7 @@ def test_merging_often_changes_nothing(monkeypatch) -> None:
     kmeans.train(x)
     quantizer.add(kmeans.centroids)
     once_s, once_i = self_search(x, quantizer, 30, 5, 8)
-    monkeypatch.setattr("face_organizer.ivfsearch.MERGE_EVERY", 0)  # merge after every list
+    monkeypatch.setattr("face_organizer.knn.MERGE_EVERY", 0)  # merge after every list
     often_s, often_i = self_search(x, quantizer, 30, 5, 8)
     np.testing.assert_array_equal(once_s, often_s)
     assert np.mean(once_i == often_i) > 0.999
@@ -48,9 +48,9 @@ def test_merging_often_changes_nothing(monkeypatch) -> None:
 
 def test_knn_graph_searches_the_lists_beyond_the_exact_limit(monkeypatch) -> None:
     x = _people(4_000, 24, 100, seed=2)
-    exact_s, exact_i = clustering.knn_graph(x, 10)
-    monkeypatch.setattr(clustering, "EXACT_KNN_LIMIT", 1_000)  # 252 lists, 16 probed
-    ivf_s, ivf_i = clustering.knn_graph(x, 10)
+    exact_s, exact_i = knn.knn_graph(x, 10)
+    monkeypatch.setattr(knn, "EXACT_KNN_LIMIT", 1_000)  # 252 lists, 16 probed
+    ivf_s, ivf_i = knn.knn_graph(x, 10)
     assert ivf_s.shape == exact_s.shape == (4_000, 11)
     # IVF is approximate: nearly every face keeps its exact neighbours.
     assert np.mean([len(set(a) & set(b)) for a, b in zip(ivf_i, exact_i)]) > 10.5
