@@ -14,8 +14,8 @@ from numpy.typing import NDArray
 from scipy.sparse import csr_matrix
 from scipy.special import ndtr, ndtri
 
-from .knn import SEARCH_BLOCK, knn_graph
 from .cohesion import Cohesion, folder_cohesion, join_groups
+from .knn import SEARCH_BLOCK, knn_graph
 from .thresholds import (ALIKE_Z, CENTRE_Z, IMPOSTOR_CENTRE_MAX, MIN_VALUES, OTHER_CENTRE_Z, ImpostorModel,
                          impostor_from_cross_cluster_pairs, impostor_from_other_centre_pairs, impostor_from_impostors,
                          impostor_model)

@@ -65,7 +65,7 @@ def knn_graph(x: NDArray[np.float32], k: int, *, seed: int = 1234, use_gpu: bool
     sims = np.empty((n, k), np.float32)
     neighbours = np.empty((n, k), np.int64)
     bar = progress.bar(total=n, unit="face", desc="nearest neighbours", enabled=show)
-    for start in range(0, n, SEARCH_BLOCK):  # blockwise: FAISS temporaries scale with the block
+    for start in range(0, n, SEARCH_BLOCK):
         stop = min(n, start + SEARCH_BLOCK)
         sims[start:stop], neighbours[start:stop] = index.search(x[start:stop], k)
         bar.update(stop - start)
