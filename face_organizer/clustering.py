@@ -48,6 +48,12 @@ RECUT_SPREAD_SHARE = 0.9
 GROUP_SAMPLE = 10_000
 MIN_GROUP = 10
 MAX_EXTRA_GROUPS = 8
+# k-means trains on a random sample of at most this many faces per centre (all faces' clusters
+# are then assigned from the trained centres, and each folder's centre is the mean of all its
+# faces). A centre read from 10,000 faces is off by about 1% of one face's spread from the same
+# people's centre read from all of them, far less than what separates two people; a larger sample
+# only costs time (at 500,000 faces, k = 2: 2.8-3.3 s of training on 100,000 faces against 0.5 s).
+KMEANS_FACES_PER_CENTRE = 10_000
 
 
 @dataclass
@@ -214,7 +220,7 @@ def _spherical_kmeans(x: NDArray[np.float32], k: int, *, restarts: int, seed: in
     random faces."""
     n, d = x.shape
     km = faiss.Kmeans(d, k, niter=30, nredo=1 if init is not None else restarts, spherical=True, seed=seed,
-                      gpu=use_gpu, max_points_per_centroid=max(256, 100_000 // k), min_points_per_centroid=1,
+                      gpu=use_gpu, max_points_per_centroid=max(256, min(KMEANS_FACES_PER_CENTRE, 100_000 // k)), min_points_per_centroid=1,
                       verbose=False)
     km.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, np.float32))
     if k == 1:

@@ -172,6 +172,43 @@ def test_same_input_gives_same_folders(two_person) -> None:
     np.testing.assert_array_equal(a.labels, b.labels)
 
 
+def test_kmeans_trained_on_a_sample_gives_the_folders_of_training_on_every_face(monkeypatch) -> None:
+    """Above KMEANS_FACES_PER_CENTRE faces per centre, k-means trains on a sample; the folders
+    must be those of training on all the faces, but for a face or two right at the cut-off (the
+    trained centres differ in the fourth decimal)."""
+    import face_organizer.clustering as clustering
+
+    rng = np.random.default_rng(3)
+    sizes = (15_000, 10_000)
+    centres = rng.standard_normal((2, 128)).astype(np.float32)
+    truth = np.repeat([0, 1], sizes)
+    x = centres[truth] / np.linalg.norm(centres, axis=1, keepdims=True)[truth]
+    x = np.vstack([x + rng.standard_normal(x.shape).astype(np.float32) * np.float32(1.2 / np.sqrt(128)),
+                   rng.standard_normal((1_250, 128)).astype(np.float32)])  # 5% strangers
+    truth = np.concatenate([truth, np.full(1_250, -1)])
+    trained_on = []
+    real_kmeans = clustering.faiss.Kmeans
+
+    def spy(*args, **kwargs):
+        trained_on.append(kwargs["max_points_per_centroid"])
+        return real_kmeans(*args, **kwargs)
+
+    monkeypatch.setattr(clustering.faiss, "Kmeans", spy)
+    monkeypatch.setattr(clustering, "KMEANS_FACES_PER_CENTRE", 2_000)
+    sampled = kmeans(x, 2, extra_groups=False)
+    assert trained_on == [2_000]  # 4,000 of the 26,250 faces
+    monkeypatch.setattr(clustering, "KMEANS_FACES_PER_CENTRE", 10**9)
+    full = kmeans(x, 2, extra_groups=False)
+    assert abs(sampled.threshold - full.threshold) < 1e-3
+    differ = np.nonzero(sampled.labels != full.labels)[0]
+    assert len(differ) <= 3 and np.all(np.abs(full.similarity[differ] - full.threshold) < 0.01), differ
+    assert not np.any((sampled.labels[differ] >= 0) & (full.labels[differ] >= 0))  # no face changes folder
+    person = {int(np.bincount(sampled.labels[truth == t]).argmax()): t for t in (0, 1)}
+    assert sorted(person) == [0, 1]
+    assert all((sampled.labels[truth == t] == c).mean() > 0.999 for c, t in person.items())
+    assert (sampled.labels[truth == -1] == -1).mean() > 0.98
+
+
 def test_auto_finds_many_people(lfw_subset) -> None:
     emb, identity = lfw_subset
     ef = embfile.load(emb)
