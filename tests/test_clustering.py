@@ -597,11 +597,11 @@ def test_interrupted_move_loses_nothing(two_person, tmp_path, monkeypatch) -> No
     plan = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", dry_run=True), progress=False)
     real_place, calls = organize.place, []
 
-    def dying_place(source, dest, mode):
+    def dying_place(source, dest, mode, **options):
         if len(calls) == 10:
             raise KeyboardInterrupt
         calls.append(source)
-        return real_place(source, dest, mode)
+        return real_place(source, dest, mode, **options)
 
     monkeypatch.setattr("face_organizer.organize.place", dying_place)
     with pytest.raises(KeyboardInterrupt):
@@ -630,11 +630,11 @@ def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tm
     config = ClusterConfig(clusters=2, link_mode="move")
     real_place, calls = organize.place, []
 
-    def dying_place(source, dest, mode):  # power cut after the group photo's copy, before its move
+    def dying_place(source, dest, mode, **options):  # power cut after the group photo's copy, before its move
         if calls and calls[-1] == (group, "copy"):
             raise KeyboardInterrupt
         calls.append((source, mode))
-        return real_place(source, dest, mode)
+        return real_place(source, dest, mode, **options)
 
     monkeypatch.setattr("face_organizer.organize.place", dying_place)
     with pytest.raises(KeyboardInterrupt):
@@ -924,6 +924,22 @@ def test_paths_never_escape_the_output(tmp_path) -> None:
         organize.inside(str(tmp_path), "../outside.png")
     dests = organize.plan_destinations(["/a/2017/f.png", "/b/2017/f.png", "/a/2017/f.png"], ["person_A"] * 3, ["/a/2017", "/b/2017"])
     assert dests == ["person_A/2017/f.png", "person_A/2017/f_2.png", "person_A/2017/f.png"]
+    for escaping in ("person_A/..", ".", "../" + tmp_path.name + "2/f.png"):  # the folder itself, a sibling named like it
+        with pytest.raises(FaceOrganizerError):
+            organize.inside(str(tmp_path), escaping)
+
+
+def test_destination_names_keep_the_folders_below_the_deepest_input() -> None:
+    roots = ["/in", "/in/2017", "/other/"]
+    name = lambda path: organize.relative_name(path, roots)  # noqa: E731
+    assert name("/in/2017/shot 1/f.png") == "2017/shot 1/f.png"  # the deepest input folder holding it
+    assert name("/in/2018/f.png") == "in/2018/f.png"
+    assert name("/in/f.png") == "in/f.png" and name("/other/f.png") == "other/f.png"
+    assert name("/elsewhere/deep/f.png") == "deep/f.png"  # no input holds it: its own folder's name
+    assert name("/f.png") == "input/f.png"
+    assert name("/in/a\\b\tc.png") == "in/abc.png"  # a backslash and control characters are dropped
+    assert name("/in/\udcff\u00e9t\u00e9.png") == "in/\udcff\u00e9t\u00e9.png"  # bytes that are not UTF-8 are kept
+    assert name("/in/\t/f.png") == "in/_/f.png"  # a folder name with nothing left
 
 
 def test_kmeans_outlier_cut_and_naming() -> None:
