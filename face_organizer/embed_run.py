@@ -230,8 +230,9 @@ def _load_state(output: Path, models: FaceModels, mode: str) -> _State:
 
 
 def _sorted_rows(rows: FaceRows) -> FaceRows:
-    order = sorted(range(len(rows)), key=lambda i: (rows.paths[i], int(rows.face_index[i])))
-    return rows.select(np.asarray(order, dtype=np.intp))
+    order = np.asarray(sorted(range(len(rows)), key=lambda i: (rows.paths[i], int(rows.face_index[i]))), dtype=np.intp)
+    # Images are embedded in sorted order, so the rows usually are already: then no copy of them all.
+    return rows if np.array_equal(order, np.arange(len(rows))) else rows.select(order)
 
 
 class _Recorder:

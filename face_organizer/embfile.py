@@ -28,11 +28,11 @@ import numpy as np
 from . import __version__
 from .errors import EmbeddingsFileError, UnsafePickleError
 from .faces import FaceRows
-from .fsutil import atomic_write_bytes
+from .fsutil import atomic_open
 from .images import Signature
 
 FORMAT_VERSION = 1
-PICKLE_PROTOCOL = 4
+PICKLE_PROTOCOL = 5  # arrays are written from their own memory (protocol 4 first copies each into bytes)
 
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
@@ -115,7 +115,8 @@ def to_dict(ef: EmbeddingsFile) -> dict[str, Any]:
 
 def save(path: str | os.PathLike[str], ef: EmbeddingsFile) -> None:
     """Write atomically: the previous file stays intact until the new one is complete."""
-    atomic_write_bytes(path, pickle.dumps(to_dict(ef), protocol=PICKLE_PROTOCOL))
+    with atomic_open(path, "wb") as handle:  # pickled into the file: no second copy of the rows as bytes
+        pickle.dump(to_dict(ef), handle, protocol=PICKLE_PROTOCOL)
 
 
 def _array(d: dict[str, Any], key: str, dtype: Any, shape: tuple[int, ...], where: str) -> np.ndarray:

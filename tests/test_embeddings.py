@@ -23,7 +23,7 @@ from face_organizer.embed_run import RunSummary, plan_streams, run_embeddings
 from face_organizer.embfile import parts_dir
 from face_organizer.errors import EmbeddingsFileError, UnsafePickleError
 from face_organizer.evaluation import roc_auc
-from face_organizer.faces import EmbedOptions, embed_batch
+from face_organizer.faces import EmbedOptions, FaceRows, embed_batch
 from face_organizer.images import discover_images, read_image
 from face_organizer.samples import insightface_sample
 
@@ -452,6 +452,27 @@ def test_hostile_pickle_is_refused_not_executed(tmp_path: Path) -> None:
     with pytest.raises(UnsafePickleError, match="refusing to load"):
         embfile.load(evil)
     assert not marker.exists()
+
+
+def test_files_of_either_pickle_protocol_load_alike(tmp_path: Path) -> None:
+    """Files are written with protocol 5 (arrays straight from their memory); files written with
+    protocol 4, as earlier releases did, load the same, and plain ``pickle.load`` reads both."""
+    rng = np.random.default_rng(0)
+    rows = FaceRows([f"/in/2017/f{i}.png" for i in range(50)], rng.standard_normal((50, 128)).astype(np.float32),
+                    np.arange(50) % 2 == 0, rng.random(50).astype(np.float32), rng.random((50, 4)).astype(np.float32),
+                    np.zeros(50, np.int32))
+    ef = embfile.EmbeddingsFile(rows, [("/in/bad.png", "truncated JPEG")], [], {"embedding_size": 128})
+    embfile.save(tmp_path / "new.pkl", ef)
+    assert (tmp_path / "new.pkl").read_bytes()[:2] == b"\x80\x05"  # protocol 5
+    (tmp_path / "old.pkl").write_bytes(pickle.dumps(embfile.to_dict(ef), protocol=4))
+    for name in ("new.pkl", "old.pkl"):
+        loaded = embfile.load(tmp_path / name)
+        assert loaded.rows.paths == rows.paths and loaded.failed == ef.failed
+        for column in ("embeddings", "detected", "det_score", "bbox", "face_index"):
+            np.testing.assert_array_equal(getattr(loaded.rows, column), getattr(rows, column))
+        assert loaded.rows.embeddings.flags.writeable
+        with open(tmp_path / name, "rb") as handle:
+            np.testing.assert_array_equal(pickle.load(handle)["embeddings"], rows.embeddings)
 
 
 def test_setup_errors_are_one_clear_line(tmp_path, testpack_dir, capsys) -> None:
