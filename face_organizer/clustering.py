@@ -219,9 +219,9 @@ def _spherical_kmeans(x: NDArray[np.float32], k: int, *, restarts: int, seed: in
     numbers, most similar first, each (n, k). ``init`` seeds the centres (one run) instead of
     random faces."""
     n, d = x.shape
+    per_centre = max(256, min(KMEANS_FACES_PER_CENTRE, 100_000 // k))
     km = faiss.Kmeans(d, k, niter=30, nredo=1 if init is not None else restarts, spherical=True, seed=seed,
-                      gpu=use_gpu, max_points_per_centroid=max(256, min(KMEANS_FACES_PER_CENTRE, 100_000 // k)), min_points_per_centroid=1,
-                      verbose=False)
+                      gpu=use_gpu, max_points_per_centroid=per_centre, min_points_per_centroid=1, verbose=False)
     km.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, np.float32))
     if k == 1:
         return x @ _normalise(km.centroids).T, np.zeros((n, 1), np.int64)

@@ -126,7 +126,7 @@ def inside(root: str, relative: str) -> str:
     root = _real(root)  # once per output folder, not once per file
     target = os.path.normpath(os.path.join(root, relative))
     # Both normalised and absolute: below ``root`` means starting with it and a separator.
-    if not target.startswith(root if root.endswith(os.sep) else root + os.sep):
+    if target == root or not target.startswith(root if root.endswith(os.sep) else root + os.sep):
         raise FaceOrganizerError(f"refusing to write outside the output folder: {relative!r}")
     return target
 
