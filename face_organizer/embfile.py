@@ -15,7 +15,6 @@ constructors: a pickle that would import anything else is refused unexecuted.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -53,13 +52,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"refusing to load {module}.{name}: embeddings files hold only plain data and numpy arrays")
 
 
-def safe_loads(data: bytes) -> Any:
-    return _RestrictedUnpickler(io.BytesIO(data)).load()
-
-
 def safe_load(handle: IO[bytes]) -> Any:
-    """``safe_loads`` reading from an open file: the file's bytes are never held whole beside
-    the arrays made of them (0.5 GB less at the peak for 250,000 x 512 embeddings)."""
+    """Unpickle from an open file, refusing anything but plain data and numpy arrays. Read from
+    the file, its bytes are never held whole beside the arrays made of them (0.5 GB less at the
+    peak for 250,000 x 512 embeddings)."""
     return _RestrictedUnpickler(handle).load()
 
 
