@@ -289,7 +289,29 @@ class _Recorder:
         self.pending_signatures = {}
         self.last_checkpoint = time.monotonic()
 
+    def up_to_date(self, attempted: set[str]) -> bool:
+        """Whether the finished output already says all that this run found.
+
+        So a re-run that found nothing new (no new image, none changed, only the files that failed
+        before failing again for the same reason) leaves the file as it is: a 500,000-face file is
+        not rewritten on every pass of a shell loop. It is rewritten when it lacks what a rewrite
+        adds: signatures of its files, the unrecognisable-face centre, a newly named input folder.
+        """
+        old = self.state.meta or {}
+        return (set(self.new_failed) == attempted
+                and all(self.state.failed.get(p) == reason for p, reason in self.new_failed.items())
+                and not any(len(r) for r in self.new_rows) and not self.new_no_face and not self.new_reused
+                and self.state.parts_read == 0 and not self.state.unreadable_parts
+                and not parts_dir(self.output).exists() and self.output.is_file()
+                and old.get("complete") is True and old.get("format_version") == embfile.FORMAT_VERSION
+                and set(self.meta["inputs"]) <= set(old.get("inputs", []))
+                and (quality.META_KEY not in self.meta or quality.META_KEY in old)
+                and all(p in self.state.signatures for p in self.state.held))
+
     def finish(self, attempted: set[str]) -> int:
+        if self.up_to_date(attempted):
+            log.info("%s is up to date: nothing new was embedded, so the file is left as it was", self.output)
+            return sum(len(r) for r in self.state.rows)
         rows = _sorted_rows(FaceRows.concat(self.state.rows + self.new_rows, self.dim))
         embedded = set(rows.paths)
         failed = {p: r for p, r in self.state.failed.items() if p not in attempted}

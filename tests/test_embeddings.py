@@ -247,6 +247,40 @@ def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, ca
     assert plain["embeddings"].dtype == np.float32 and len(plain["paths"]) == len(good)
 
 
+def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, video_crops, testpack_dir, capsys) -> None:
+    folder, good = _good_and_bad(tmp_path, video_crops)
+    out = tmp_path / "emb.pkl"
+    command = ["--input", str(folder / "2017"), str(folder / "2008"), "--output", str(out), "--model", str(testpack_dir),
+               "--batch-size", "8", "-q"]
+    assert run_cli(command) == 0
+    written, stat = out.read_bytes(), out.stat()
+    capsys.readouterr()
+
+    # The bad files are tried again and fail for the same reasons: nothing to write.
+    assert run_cli(command) == 0
+    printed = capsys.readouterr().out
+    assert f"already embedded: {len(good)}" in printed and "skipped: 5" in printed and f"({len(good)} faces)" in printed
+    again = out.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns) and out.read_bytes() == written
+    assert not parts_dir(out).exists()
+    assert run_cli(command[:2] + command[3:]) == 0  # one of the two folders: nothing new either
+    assert out.stat().st_mtime_ns == stat.st_mtime_ns
+
+    # A corrupt file mended since, or a new image: the file is written again, the earlier rows kept.
+    (folder / "2017" / "notes.jpg").write_bytes((folder / "2017" / "whole.jpg").read_bytes())
+    assert run_cli(command) == 0
+    after = embfile.load(out)
+    assert out.stat().st_ino != stat.st_ino and len(after.rows) == len(good) + 1
+    assert str(folder / "2017" / "notes.jpg") not in dict(after.failed) and len(after.failed) == 4
+    new_folder = folder / "2019"
+    new_folder.mkdir()
+    (new_folder / "frame.png").write_bytes(good[0].read_bytes())
+    assert run_cli(command[:1] + [str(new_folder)] + command[3:]) == 0
+    grown = embfile.load(out)
+    assert len(grown.rows) == len(good) + 2 and str(new_folder) in grown.meta["inputs"]
+    assert str(folder / "2017") in grown.meta["inputs"]
+
+
 def test_new_images_are_the_only_ones_embedded(tmp_path, video_crops, models) -> None:
     crops = [p for c in video_crops.values() for p in c][:10]
     out = tmp_path / "emb.pkl"
