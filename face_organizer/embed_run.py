@@ -52,6 +52,7 @@ class RunSummary:
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_examples: list[tuple[str, str]] = field(default_factory=list)  # the first few, to show
     rows_in_file: int = 0
+    file_unchanged: bool = False  # nothing new was found: the file was left as it was
     elapsed: float = 0.0
 
     @property
@@ -64,7 +65,8 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         out = [
-            f"embeddings file: {self.output} ({count(self.rows_in_file, 'face')})",
+            f"embeddings file: {self.output} ({count(self.rows_in_file, 'face')})"
+            + ("; nothing new, so it was left as it was" if self.file_unchanged else ""),
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}"
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
@@ -308,10 +310,10 @@ class _Recorder:
                 and (quality.META_KEY not in self.meta or quality.META_KEY in old)
                 and all(p in self.state.signatures for p in self.state.held))
 
-    def finish(self, attempted: set[str]) -> int:
+    def finish(self, attempted: set[str]) -> tuple[int, bool]:
+        """Write the final file and remove the parts; (rows in the file, whether it was left as it was)."""
         if self.up_to_date(attempted):
-            log.info("%s is up to date: nothing new was embedded, so the file is left as it was", self.output)
-            return sum(len(r) for r in self.state.rows)
+            return sum(len(r) for r in self.state.rows), True
         rows = _sorted_rows(FaceRows.concat(self.state.rows + self.new_rows, self.dim))
         embedded = set(rows.paths)
         failed = {p: r for p, r in self.state.failed.items() if p not in attempted}
@@ -329,7 +331,7 @@ class _Recorder:
         embfile.save(self.output, EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()),
                                                  signatures))
         shutil.rmtree(parts_dir(self.output), ignore_errors=True)
-        return len(rows)
+        return len(rows), False
 
 
 def usable_cpus() -> int:
@@ -505,7 +507,7 @@ def run_embeddings(
     finally:
         pool.shutdown(wait=True)
         bar.close()
-    summary.rows_in_file = recorder.finish(set(todo))
+    summary.rows_in_file, summary.file_unchanged = recorder.finish(set(todo))
     summary.elapsed = time.monotonic() - started
     status.write(len(paths), len(paths), force=True)
     return summary

@@ -253,25 +253,30 @@ def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, vide
     command = ["--input", str(folder / "2017"), str(folder / "2008"), "--output", str(out), "--model", str(testpack_dir),
                "--batch-size", "8", "-q"]
     assert run_cli(command) == 0
-    written, stat = out.read_bytes(), out.stat()
+    written, stat, first = out.read_bytes(), out.stat(), embfile.load(out)
     capsys.readouterr()
 
     # The bad files are tried again and fail for the same reasons: nothing to write.
     assert run_cli(command) == 0
     printed = capsys.readouterr().out
-    assert f"already embedded: {len(good)}" in printed and "skipped: 5" in printed and f"({len(good)} faces)" in printed
+    assert f"already embedded: {len(good)}" in printed and "skipped: 5" in printed
+    assert f"({len(good)} faces); nothing new, so it was left as it was" in printed
     again = out.stat()
     assert (again.st_ino, again.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns) and out.read_bytes() == written
     assert not parts_dir(out).exists()
     assert run_cli(command[:2] + command[3:]) == 0  # one of the two folders: nothing new either
     assert out.stat().st_mtime_ns == stat.st_mtime_ns
+    capsys.readouterr()
 
     # A corrupt file mended since, or a new image: the file is written again, the earlier rows kept.
     (folder / "2017" / "notes.jpg").write_bytes((folder / "2017" / "whole.jpg").read_bytes())
     assert run_cli(command) == 0
     after = embfile.load(out)
     assert out.stat().st_ino != stat.st_ino and len(after.rows) == len(good) + 1
+    assert "left as it was" not in capsys.readouterr().out
     assert str(folder / "2017" / "notes.jpg") not in dict(after.failed) and len(after.failed) == 4
+    index = {p: i for i, p in enumerate(after.rows.paths)}
+    np.testing.assert_array_equal(after.rows.embeddings[[index[p] for p in first.rows.paths]], first.rows.embeddings)
     new_folder = folder / "2019"
     new_folder.mkdir()
     (new_folder / "frame.png").write_bytes(good[0].read_bytes())
