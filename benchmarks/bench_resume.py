@@ -4,11 +4,11 @@ shell loops over year folders do every time they run again.
 
 Makes N image files in year folders (hard links to one real 256x256 face crop, so that N can be
 500,000 without 45 GB of disk), a finished embeddings file for them as a complete run would have
-written it (the testpack's embedding size, every file's size and modification time, the unrecognisable-face
-centre), and --new
-more files in a new year folder. Then runs scripts/generate_embeddings.py as users do, as its own
-process, and reports its wall time and peak memory, and checks the result: every old row kept
-unchanged, every new image embedded once, no checkpoint parts left.
+written it (the testpack's embedding size, every file's size and modification time, the
+unrecognisable-face centre), and --new more files in a new year folder. Then runs
+scripts/generate_embeddings.py as users do, as its own process, reports its wall time and peak
+memory, and checks the result: every old row kept unchanged, every new image embedded once, no
+checkpoint parts left, and with nothing new the file not written again.
 
   python benchmarks/bench_resume.py --n 500000 --new 1000
 """
