@@ -18,14 +18,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
-import onnx
 from numpy.typing import NDArray
 
 from .buckets import BATCH_TOLERANCE, pad_batch, relative_error
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ def split_batch(output: NDArray[np.float32], images: int, layout: Layout, anchor
 
 def with_dynamic_input_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose input and outputs have symbolic sizes (the graph computes them)."""
+    import onnx  # here: the stages that only read embeddings files need no ONNX (0.8 s to import)
+
     dynamic = onnx.ModelProto()
     dynamic.CopyFrom(model)
     graph = dynamic.graph

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import __version__
 from .errors import EmbeddingsFileError, UnsafePickleError
-from .faces import FaceRows
+from .rows import FaceRows
 from .fsutil import atomic_open
 from .images import Signature
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
-import onnx
 from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
@@ -22,6 +21,7 @@ from .frames import repeated_frames
 from .modelpack import ModelPack
 from .providers import Device, SessionReport, open_session
 from .recognition import Recognizer, batchable_model
+from .rows import FaceRows
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ def load_face_models(
     tensorrt: bool = False,
 ) -> FaceModels:
     """Open verified sessions for the pack's detector and recogniser on ``device``."""
+    import onnx  # here: the stages that only read embeddings files need no ONNX (0.8 s to import)
+
     det_model = onnx.load(str(pack.detector))
     det_session, det_report = open_session(det_model.SerializeToString(), pack.detector.name, device, gpu_id,
                                            threads=threads, tensorrt=tensorrt)
@@ -108,46 +110,6 @@ def load_face_models(
              recognizer.max_batch if batchable else "fixed at 1", pack.detector.name,
              detector.max_batch if layout else "fixed at 1")
     return FaceModels(pack, detector, recognizer, [det_report, rec_report], batchable)
-
-
-@dataclass
-class FaceRows:
-    """Embedding rows: one per face. Arrays are aligned with ``paths``."""
-
-    paths: list[str]
-    embeddings: NDArray[np.float32]
-    detected: NDArray[np.bool_]
-    det_score: NDArray[np.float32]
-    bbox: NDArray[np.float32]
-    face_index: NDArray[np.int32]
-
-    @classmethod
-    def empty(cls, dim: int) -> FaceRows:
-        return cls([], np.zeros((0, dim), np.float32), np.zeros(0, bool), np.zeros(0, np.float32),
-                   np.zeros((0, 4), np.float32), np.zeros(0, np.int32))
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @classmethod
-    def concat(cls, parts: Sequence[FaceRows], dim: int) -> FaceRows:
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return cls.empty(dim)
-        # One copy of each column (``astype`` after ``concatenate`` would make a second: 1 GB more
-        # for 500,000 x 512 embeddings).
-        return cls(
-            [p for part in parts for p in part.paths],
-            np.concatenate([p.embeddings for p in parts], dtype=np.float32),
-            np.concatenate([p.detected for p in parts], dtype=bool),
-            np.concatenate([p.det_score for p in parts], dtype=np.float32),
-            np.concatenate([p.bbox for p in parts], dtype=np.float32),
-            np.concatenate([p.face_index for p in parts], dtype=np.int32),
-        )
-
-    def select(self, index: NDArray[np.intp]) -> FaceRows:
-        return FaceRows([self.paths[i] for i in index], self.embeddings[index], self.detected[index],
-                        self.det_score[index], self.bbox[index], self.face_index[index])
 
 
 @dataclass

@@ -13,10 +13,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from .errors import ModelPackError
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
 
 def classify(path: Path) -> str | None:
     """'detection', 'recognition', 'genderage', 'landmark' or None for an ONNX file."""
+    import onnx  # here: the stages that only read embeddings files need no ONNX (0.8 s to import)
+
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as err:  # noqa: BLE001 - onnx raises DecodeError and friends

@@ -21,8 +21,8 @@ from numpy.typing import NDArray
 
 from .alignment import align
 from .detection import pick_central
-from .images import DecodeError, read_image
-from .samples import insightface_sample
+from .images import DecodeError
+from .samples import sample_photos
 from .thresholds import impostor_from_similarities
 
 if TYPE_CHECKING:
@@ -41,15 +41,8 @@ def sample_faces(models: FaceModels) -> list[NDArray[np.uint8]]:
     """The package-shipped sample faces, aligned for the recogniser: the six people of
     insightface's ``t1.jpg``, its Tom Hanks photo and, when installed, scikit-image's astronaut."""
     size = models.recognizer.input_size
-    group = read_image(insightface_sample("t1.jpg"))
+    group, singles = sample_photos()
     faces = [align(group, kps, size) for kps in models.detector.detect(group, (640, 640), 0.5).kps]
-    singles = [read_image(insightface_sample("Tom_Hanks_54745.png"))]
-    try:
-        from skimage import data as skdata
-
-        singles.append(np.ascontiguousarray(skdata.astronaut()[:, :, ::-1]))
-    except ImportError:
-        pass
     for image in singles:
         found = models.detector.detect(image, (640, 640), 0.5, pad_ratio=0.3)
         if len(found):

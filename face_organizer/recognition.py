@@ -9,14 +9,15 @@ change only if it reproduces the original outputs.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 from numpy.typing import NDArray
-from onnx import numpy_helper
 
 from .buckets import BATCH_TOLERANCE, relative_error, run_batched
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ def _fixed_batch_of_one(model: onnx.ModelProto) -> bool:
 
 def with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy with a symbolic batch dimension; Reshape targets of (1, ...) become (0, ...)."""
+    import onnx  # here: the stages that only read embeddings files need no ONNX (0.8 s to import)
+    from onnx import numpy_helper
+
     dynamic = onnx.ModelProto()
     dynamic.CopyFrom(model)
     graph = dynamic.graph

@@ -7,7 +7,7 @@ ships anywhere, so tests, benchmarks and the quick start make them from photos.
 
 from __future__ import annotations
 
-import os
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +75,35 @@ def varied_frames(image: NDArray[np.uint8], kps: NDArray[np.floating], count: in
     return frames
 
 
+def package_file(package: str, *parts: str) -> Path:
+    """A data file inside an installed package, found without importing the package (importing
+    insightface would add a fraction of a second to every start of the stage-1 command)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"{package} is not installed")
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not in this {package} installation")
+    return path
+
+
 def insightface_sample(name: str = "t1.jpg") -> Path:
     """A sample image that ships inside the insightface package (``t1.jpg``: six people)."""
-    import insightface
+    return package_file("insightface", "data", "images", name)
 
-    path = Path(os.path.dirname(insightface.__file__)) / "data" / "images" / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is not in this insightface installation")
-    return path
+
+def sample_photos() -> tuple[NDArray[np.uint8], list[NDArray[np.uint8]]]:
+    """The sample photos that ship inside pip packages, BGR: insightface's ``t1.jpg`` (six people),
+    then the single faces: its ``Tom_Hanks_54745.png`` and, when scikit-image is installed, its astronaut."""
+    from .images import read_image
+
+    group = read_image(insightface_sample("t1.jpg"))
+    singles = [read_image(insightface_sample("Tom_Hanks_54745.png"))]
+    try:
+        singles.append(read_image(package_file("skimage", "data", "astronaut.png")))
+    except (ImportError, FileNotFoundError):
+        pass
+    return group, singles
 
 
 def junk_crop(image: NDArray[np.uint8], rng: np.random.Generator, size: int = 256) -> NDArray[np.uint8]:
@@ -188,15 +209,10 @@ def sample_collection(out: Path, detector: SCRFD, frames: int = 6) -> list[Path]
     insightface's ``t1.jpg``, its ``Tom_Hanks_54745.png`` and scikit-image's astronaut,
     ``frames`` variations each (zoom, brightness, occlusion), split over two year folders
     with repeating file names, as a face extractor would write them."""
-    from skimage import data as skdata
-
-    from .images import read_image
-
     sources: list[NDArray[np.uint8]] = []
-    group = read_image(insightface_sample("t1.jpg"))
+    group, singles = sample_photos()
     dets = detector.detect(group, (640, 640), 0.5)
     kps_list = [dets.kps[i] for i in np.argsort(dets.boxes[:, 0])]
-    singles = [read_image(insightface_sample("Tom_Hanks_54745.png")), np.ascontiguousarray(skdata.astronaut()[:, :, ::-1])]
     for image in singles:
         found = detector.detect(image, (640, 640), 0.5, pad_ratio=0.3)  # Tom Hanks is a tight 112x112 crop
         if len(found):

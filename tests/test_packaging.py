@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,15 @@ def test_umbrella_command_dispatches(capsys) -> None:
     assert main(["nope"]) == 2
     assert main(["cluster", "--embeddings", "/nonexistent.pkl", "--output", "/tmp/x"]) == 2
     assert "cannot read embeddings file" in capsys.readouterr().err
+
+
+def test_stages_that_only_read_embeddings_files_do_not_load_onnx() -> None:
+    # Importing onnx takes most of a second; clustering, embeddings_info and the search's
+    # set-up should not pay it before they know they need a model.
+    code = ("import sys; import face_organizer.cli.cluster, face_organizer.cli.info, face_organizer.cli.search, "
+            "face_organizer.cli.embed; print(sorted(m for m in ('onnx', 'onnxruntime', 'insightface') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
 
 
 def test_every_command_tells_its_version(capsys) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 
 from clusterrun import cluster_with
+from conftest import ROOT
 from face_organizer import embfile, quality
 from face_organizer.cluster_stage import ClusterConfig, load_embeddings, run_clustering
+from face_organizer.samples import sample_photos
 
 
 def test_blurred_faces_stand_out_from_sharp_ones(lfw_subset, blurred_strangers) -> None:
@@ -68,7 +72,20 @@ def test_no_sample_faces_means_no_centre(models, monkeypatch, caplog) -> None:
     def missing(name="t1.jpg"):
         raise FileNotFoundError(f"{name} is not in this insightface installation")
 
-    monkeypatch.setattr("face_organizer.quality.insightface_sample", missing)
+    monkeypatch.setattr("face_organizer.samples.insightface_sample", missing)
     with caplog.at_level(logging.WARNING, logger="face_organizer.quality"):
         assert quality.unrecognisable_centre(models) is None
     assert "blurred faces will not be set aside" in caplog.text
+
+
+def test_sample_photos_are_found_without_importing_their_packages() -> None:
+    # Every stage-1 run embeds the sample faces; importing insightface and skimage.data to find
+    # them added a fraction of a second to each start.
+    code = ("import sys; from face_organizer.samples import sample_photos; group, singles = sample_photos(); "
+            "print(group.shape[2], len(singles), 'insightface' in sys.modules, 'skimage.data' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.split() == ["3", "2", "False", "False"]
+    from skimage import data as skdata
+
+    # The astronaut read from its file is the image skimage's loader gives, in BGR order.
+    np.testing.assert_array_equal(sample_photos()[1][1], skdata.astronaut()[:, :, ::-1])
