@@ -300,9 +300,8 @@ class _Recorder:
         adds: signatures of its files, the unrecognisable-face centre, a newly named input folder.
         """
         old = self.state.meta or {}
-        return (set(self.new_failed) == attempted
+        return (set(self.new_failed) == attempted  # every image tried failed, so none gave a row
                 and all(self.state.failed.get(p) == reason for p, reason in self.new_failed.items())
-                and not any(len(r) for r in self.new_rows) and not self.new_no_face and not self.new_reused
                 and self.state.parts_read == 0 and not self.state.unreadable_parts
                 and not parts_dir(self.output).exists() and self.output.is_file()
                 and old.get("complete") is True and old.get("format_version") == embfile.FORMAT_VERSION
