@@ -186,7 +186,7 @@ class SCRFD:
         Coordinates are returned in ``image`` pixels either way.
         """
         blob, places = self._blob([image], size, pad_ratio)
-        (scale, offset), = places
+        scale, offset = places[0]
         outs = self.session.run(self.output_names, {self.input_name: blob})
         if self.batched:
             outs = [o[0] for o in outs]
