@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .buckets import BATCH_TOLERANCE, pad_batch, relative_error
+from .tensors import planar_rgb
 
 if TYPE_CHECKING:
     import onnx
@@ -52,22 +53,21 @@ class Detections:
         return Detections(self.boxes[order], self.scores[order], self.kps[order])
 
 
-def letterbox(image: NDArray[np.uint8], size: tuple[int, int], border: int = 0) -> tuple[NDArray[np.uint8], float, int]:
-    """Fit ``image`` plus a black ``border`` on every side into a ``size`` (w, h) canvas.
+def letterbox(image: NDArray[np.uint8], canvas: NDArray[np.uint8], border: int = 0) -> tuple[float, int]:
+    """Fit ``image`` plus a black ``border`` on every side into a black (h, w, 3) ``canvas``.
 
     Keeps the aspect ratio, top-left aligned. Resizing first and padding on the small
-    canvas costs a fraction of padding the full image. Returns (canvas, scale, offset):
+    canvas costs a fraction of padding the full image. Returns (scale, offset):
     a pixel (x, y) of ``image`` lands at (x * scale + offset, y * scale + offset).
     """
-    width, height = size
+    height, width = canvas.shape[:2]
     h, w = image.shape[:2]
     scale = min(width / (w + 2 * border), height / (h + 2 * border))
     new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
     offset = int(round(border * scale))
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
     new_w, new_h = min(new_w, width - offset), min(new_h, height - offset)
     canvas[offset : offset + new_h, offset : offset + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    return canvas, scale, offset
+    return scale, offset
 
 
 def _anchors_per_position(outputs: int) -> int:
@@ -211,16 +211,11 @@ class SCRFD:
     @staticmethod
     def _blob(images: Sequence[NDArray[np.uint8]], size: tuple[int, int],
               pad_ratio: float) -> tuple[NDArray[np.float32], list[tuple[float, int]]]:
-        """The images letterboxed into ``size`` canvases as one (n, 3, h, w) blob, and each one's (scale, offset).
-
-        One ``blobFromImages`` call for the batch: 0.10 ms a canvas at 192 px, against 0.34 ms for a
-        ``blobFromImage`` call per canvas and their concatenation (the same values)."""
-        canvases, places = [], []
-        for image in images:
-            canvas, scale, offset = letterbox(image, size, int(round(max(image.shape[:2]) * pad_ratio)))
-            canvases.append(canvas)
-            places.append((scale, offset))
-        return cv2.dnn.blobFromImages(canvases, 1.0 / 128.0, size, (127.5, 127.5, 127.5), swapRB=True), places
+        """The images letterboxed into ``size`` canvases as one (n, 3, h, w) blob, and each one's (scale, offset)."""
+        width, height = size
+        canvases = np.zeros((len(images), height, width, 3), np.uint8)
+        places = [letterbox(image, canvas, int(round(max(image.shape[:2]) * pad_ratio))) for image, canvas in zip(images, canvases)]
+        return planar_rgb(canvases, 127.5, 128.0), places
 
     def _decode(self, outs: Sequence[NDArray[np.float32]], size: tuple[int, int], threshold: float,
                 scale: float, offset: int) -> Detections:

@@ -26,6 +26,7 @@ from .faces import EmbedOptions, find_crop_face
 from .modelpack import ModelPack
 from .providers import Device, SessionReport, open_session
 from .recognition import input_normalisation
+from .tensors import planar_rgb
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,7 @@ class InsightFaceGender:
         return self.reports[-1].device
 
     def _run(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
-        blob = ((faces[..., ::-1].astype(np.float32) - self.mean) / self.std).transpose(0, 3, 1, 2)
-        return run_batched(self.session, None, self.input_name, blob, self.batch, pad=self.device != "cpu")
+        return run_batched(self.session, None, self.input_name, planar_rgb(faces, self.mean, self.std), self.batch, pad=self.device != "cpu")
 
     def predict_crop(self, crop: NDArray[np.uint8]) -> str:
         """Gender of one face already cropped by ``attribute_crop``."""

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .buckets import BATCH_TOLERANCE, relative_error, run_batched
+from .tensors import planar_rgb
 
 if TYPE_CHECKING:
     import onnx
@@ -84,8 +85,7 @@ class Recognizer:
 
     def blob(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         """(n, s, s, 3) BGR uint8 -> (n, 3, s, s) float32 RGB normalised."""
-        rgb = faces[..., ::-1].astype(np.float32)
-        return np.ascontiguousarray(((rgb - self.mean) / self.std).transpose(0, 3, 1, 2))
+        return planar_rgb(faces, self.mean, self.std)
 
     def raw(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         blob = self.blob(faces)
