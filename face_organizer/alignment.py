@@ -2,8 +2,8 @@
 
 insightface's ``face_align.norm_crop`` does the same warp through scikit-image's
 ``SimilarityTransform.estimate`` (deprecated there, with a warning per call). The
-closed-form least-squares fit below gives the same crops (pixels within 1) in 0.14 ms
-instead of 0.24 ms per face, which counts at half a million faces.
+closed-form least-squares fit below gives the same crops (pixels within 1) in 0.05 ms
+instead of 0.12 ms per face (2-core Intel Xeon), which counts at half a million faces.
 """
 
 from __future__ import annotations
@@ -30,22 +30,24 @@ def template_for(size: int) -> NDArray[np.float64]:
 
 
 def similarity_transform(src: NDArray[np.floating], dst: NDArray[np.floating]) -> NDArray[np.float64]:
-    """Least-squares similarity (Umeyama 1991) mapping ``src`` (n, 2) onto ``dst``; a 2x3 matrix."""
+    """Least-squares similarity (rotation, scale, shift; no mirroring) mapping ``src`` (n, 2) onto ``dst``.
+
+    Returns a 2x3 matrix. In two dimensions Umeyama's (1991) solution has a closed form: with both
+    point sets centred, the scaled rotation is [[a, -b], [b, a]] where a + ib = sum(conj(s) * d) / sum(|s|^2),
+    s and d taken as complex numbers. No SVD: half the time, the same matrix to 1e-13.
+    """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
-    src_c, dst_c = src - src_mean, dst - dst_mean
-    cov = dst_c.T @ src_c / len(src)
-    u, s, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(cov) < 0:
-        d[1] = -1
-    rotation = u @ np.diag(d) @ vt
-    var = (src_c**2).sum() / len(src)
-    scale = (s * d).sum() / var if var > 0 else 1.0
-    matrix = np.zeros((2, 3))
-    matrix[:, :2] = scale * rotation
-    matrix[:, 2] = dst_mean - scale * rotation @ src_mean
+    s, d = src - src_mean, dst - dst_mean
+    var = (s**2).sum()
+    if var == 0:
+        a, b = 1.0, 0.0
+    else:
+        a = (s * d).sum() / var
+        b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / var
+    matrix = np.array([[a, -b, 0.0], [b, a, 0.0]])
+    matrix[:, 2] = dst_mean - matrix[:, :2] @ src_mean
     return matrix
 
 
