@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .buckets import BATCH_TOLERANCE, pad_batch, relative_error
-from .tensors import planar_rgb
+from .tensors import planar_rgb, random_input, takes_uint8_images
 
 if TYPE_CHECKING:
     import onnx
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NMS_THRESHOLD = 0.4
+DETECTOR_NORMALISATION = (127.5, 128.0)  # (mean, std) of SCRFD's input, as insightface feeds it
 # How a batched output stacks its images: "image" = image-major blocks (the native
 # batched exports), "anchor" = interleaved per anchor position (insightface's batch-1 exports).
 Layout = Literal["image", "anchor"]
@@ -120,8 +121,7 @@ def batchable_detector(model: onnx.ModelProto, open_session: Callable[[bytes], A
     try:
         # A symbolic batch already: only the layout of its outputs is left to find.
         session = open_session(with_dynamic_input_batch(model).SerializeToString()) if fixed else reference_session
-        side = [d if isinstance(d, int) and d > 0 else 96 for d in arg.shape[2:]]
-        probe = np.random.default_rng(1).standard_normal((3, 3, *side)).astype(np.float32)
+        probe = random_input(arg, np.random.default_rng(1), batch=3, side=96)
         names = [o.name for o in reference_session.get_outputs()]
         anchors = _anchors_per_position(len(names))
         single = [reference_session.run(names, {arg.name: p[None]}) for p in probe]
@@ -154,6 +154,7 @@ class SCRFD:
         self.layout = layout
         self.max_batch = max(1, max_batch) if layout is not None else 1
         self.input_name = session.get_inputs()[0].name
+        self.takes_uint8 = takes_uint8_images(session)  # the images themselves (see tensors.py), else float planes
         outputs = session.get_outputs()
         self.output_names = [o.name for o in outputs]
         self.batched = len(outputs[0].shape) == 3
@@ -185,7 +186,7 @@ class SCRFD:
         context, and the border makes it look like the faces it was trained on.
         Coordinates are returned in ``image`` pixels either way.
         """
-        blob, places = self._blob([image], size, pad_ratio)
+        blob, places = self._input([image], size, pad_ratio)
         scale, offset = places[0]
         outs = self.session.run(self.output_names, {self.input_name: blob})
         if self.batched:
@@ -199,7 +200,7 @@ class SCRFD:
             return [self.detect(image, size, threshold, pad_ratio) for image in images]
         found: list[Detections] = []
         for start in range(0, len(images), self.max_batch):
-            blob, places = self._blob(images[start : start + self.max_batch], size, pad_ratio)
+            blob, places = self._input(images[start : start + self.max_batch], size, pad_ratio)
             if self.pad_batches:
                 blob = pad_batch(blob, self.max_batch)
             outs = self.session.run(self.output_names, {self.input_name: blob})
@@ -208,14 +209,13 @@ class SCRFD:
                 found.append(self._decode([parts[i] for parts in per_output], size, threshold, scale, offset))
         return found
 
-    @staticmethod
-    def _blob(images: Sequence[NDArray[np.uint8]], size: tuple[int, int],
-              pad_ratio: float) -> tuple[NDArray[np.float32], list[tuple[float, int]]]:
-        """The images letterboxed into ``size`` canvases as one (n, 3, h, w) blob, and each one's (scale, offset)."""
+    def _input(self, images: Sequence[NDArray[np.uint8]], size: tuple[int, int],
+               pad_ratio: float) -> tuple[NDArray[np.uint8] | NDArray[np.float32], list[tuple[float, int]]]:
+        """The images letterboxed into ``size`` canvases, as the session takes them, and each one's (scale, offset)."""
         width, height = size
         canvases = np.zeros((len(images), height, width, 3), np.uint8)
         places = [letterbox(image, canvas, int(round(max(image.shape[:2]) * pad_ratio))) for image, canvas in zip(images, canvases)]
-        return planar_rgb(canvases, 127.5, 128.0), places
+        return (canvases if self.takes_uint8 else planar_rgb(canvases, *DETECTOR_NORMALISATION)), places
 
     def _decode(self, outs: Sequence[NDArray[np.float32]], size: tuple[int, int], threshold: float,
                 scale: float, offset: int) -> Detections:

@@ -16,12 +16,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
-from .detection import SCRFD, Detections, batchable_detector, pick_central
+from .detection import DETECTOR_NORMALISATION, SCRFD, Detections, batchable_detector, pick_central
 from .frames import repeated_frames
 from .modelpack import ModelPack
 from .providers import Device, SessionReport, open_session
-from .recognition import Recognizer, batchable_model
+from .recognition import Recognizer, batchable_model, input_normalisation
 from .rows import FaceRows
+from .tensors import with_uint8_bgr_input
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,12 @@ def load_face_models(
     """Open verified sessions for the pack's detector and recogniser on ``device``."""
     import onnx  # here: the stages that only read embeddings files need no ONNX (0.8 s to import)
 
-    det_model = onnx.load(str(pack.detector))
+    # The sessions take the uint8 images and normalise them themselves (see tensors.py).
+    det_model = with_uint8_bgr_input(onnx.load(str(pack.detector)), *DETECTOR_NORMALISATION)
     det_session, det_report = open_session(det_model.SerializeToString(), pack.detector.name, device, gpu_id,
                                            threads=threads, tensorrt=tensorrt)
-    rec_model = onnx.load(str(pack.recognizer))
+    rec_exported = onnx.load(str(pack.recognizer))
+    rec_model = with_uint8_bgr_input(rec_exported, *input_normalisation(rec_exported))
     rec_session, rec_report = open_session(rec_model.SerializeToString(), pack.recognizer.name, device, gpu_id,
                                            threads=threads, tensorrt=tensorrt)
 
@@ -103,7 +106,7 @@ def load_face_models(
     cap = batch_size if rec_report.device != "cpu" else min(batch_size, CPU_BATCH)
     session, batchable = batchable_model(rec_model, reopener(pack.recognizer.name, rec_report), rec_session)
     # Accelerators tune kernels per input shape: their batches are padded to a few sizes (buckets.py).
-    recognizer = Recognizer(session, rec_model, max_batch=cap if batchable else 1, pad_batches=rec_report.device != "cpu")
+    recognizer = Recognizer(session, rec_exported, max_batch=cap if batchable else 1, pad_batches=rec_report.device != "cpu")
     det_batch_session, layout = batchable_detector(det_model, reopener(pack.detector.name, det_report), det_session)
     detector = SCRFD(det_batch_session, layout, max_batch=cap, pad_batches=det_report.device != "cpu")
     log.info("recogniser %s: %d-d embeddings, batch %s; detector %s: batch %s", pack.recognizer.name, recognizer.dim,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import DeviceError
+from .tensors import random_input
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +141,10 @@ def session_options(threads: int = 0) -> Any:
     return options
 
 
-def probe_input(session: Any, batch: int = 1) -> dict[str, np.ndarray]:
+def probe_input(session: Any) -> dict[str, np.ndarray]:
     """A deterministic input for every session input, symbolic sizes filled in."""
     rng = np.random.default_rng(0)
-    feeds = {}
-    for index, arg in enumerate(session.get_inputs()):
-        dims = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 64) for i, d in enumerate(arg.shape)]
-        if index == 0 and len(dims) == 4 and not all(isinstance(d, int) for d in arg.shape[2:]):
-            dims[2:] = [64, 64]
-        feeds[arg.name] = rng.standard_normal(dims).astype(np.float32)
-    return feeds
+    return {arg.name: random_input(arg, rng) for arg in session.get_inputs()}
 
 
 def visible_gpus() -> list[int]:

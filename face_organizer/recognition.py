@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .buckets import BATCH_TOLERANCE, relative_error, run_batched
-from .tensors import planar_rgb
+from .tensors import planar_rgb, random_input, takes_uint8_images
 
 if TYPE_CHECKING:
     import onnx
@@ -69,7 +69,11 @@ def with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class Recognizer:
-    """Embeds aligned BGR face crops with an ONNX Runtime session."""
+    """Embeds aligned BGR face crops with an ONNX Runtime session.
+
+    ``model`` is the recogniser as exported, which tells its input normalisation; ``session`` may run
+    it as it is or with ``tensors.with_uint8_bgr_input`` in front.
+    """
 
     def __init__(self, session: Any, model: onnx.ModelProto, max_batch: int, pad_batches: bool = False):
         self.session = session
@@ -77,15 +81,16 @@ class Recognizer:
         arg = session.get_inputs()[0]
         self.input_name = arg.name
         self.output_name = session.get_outputs()[0].name
-        self.input_size = int(arg.shape[2])
+        self.takes_uint8 = takes_uint8_images(session)
+        self.input_size = int(arg.shape[1] if self.takes_uint8 else arg.shape[2])  # (n, s, s, 3) or (n, 3, s, s)
         self.mean, self.std = input_normalisation(model)
         batch_dim = arg.shape[0]
         self.max_batch = max_batch if not (isinstance(batch_dim, int) and batch_dim > 0) else batch_dim
         self.dim = int(self.embed(np.zeros((1, self.input_size, self.input_size, 3), np.uint8)).shape[1])
 
-    def blob(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """(n, s, s, 3) BGR uint8 -> (n, 3, s, s) float32 RGB normalised."""
-        return planar_rgb(faces, self.mean, self.std)
+    def blob(self, faces: NDArray[np.uint8]) -> NDArray[np.uint8] | NDArray[np.float32]:
+        """(n, s, s, 3) BGR uint8 faces as the session takes them: as they are, or (n, 3, s, s) float32 RGB normalised."""
+        return faces if self.takes_uint8 else planar_rgb(faces, self.mean, self.std)
 
     def raw(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         blob = self.blob(faces)
@@ -117,7 +122,7 @@ def batchable_model(model: onnx.ModelProto, open_session: Any, reference_session
     try:
         session = open_session(with_dynamic_batch(model).SerializeToString())
         arg = reference_session.get_inputs()[0]
-        probe = np.random.default_rng(1).standard_normal((3, *arg.shape[1:])).astype(np.float32)
+        probe = random_input(arg, np.random.default_rng(1), batch=3)
         out_name = reference_session.get_outputs()[0].name
         expected = np.concatenate([reference_session.run([out_name], {arg.name: p[None]})[0] for p in probe])
         got = session.run([out_name], {arg.name: probe})[0]

@@ -1,9 +1,24 @@
-"""Model inputs: batches of uint8 BGR images as the planar float32 RGB tensors insightface's models take."""
+"""Model inputs: batches of uint8 BGR images as insightface's models take them.
+
+The models take (n, 3, h, w) float32 RGB planes, each value ``(x - mean) / std``. ``planar_rgb`` makes
+that tensor on the CPU; ``with_uint8_bgr_input`` instead puts the same steps in front of the model's
+graph, so that the session takes the (n, h, w, 3) uint8 images themselves. On the CPU the values are
+the same bit for bit, ONNX Runtime computes them as fast as numpy does and without holding the GIL; an
+accelerator computes them with the rest of the model, from a copy a quarter the size.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    import onnx
+
+UINT8 = "tensor(uint8)"
+_PREFIX = "face_organizer_bgr_"
 
 
 def planar_rgb(images: NDArray[np.uint8], mean: float, std: float) -> NDArray[np.float32]:
@@ -19,3 +34,67 @@ def planar_rgb(images: NDArray[np.uint8], mean: float, std: float) -> NDArray[np
         np.subtract(images[..., channel], np.float32(mean), out=out[:, plane], dtype=np.float32)
     np.divide(out, np.float32(std), out=out)
     return out
+
+
+def takes_uint8_images(session: Any) -> bool:
+    """Whether ``session``'s first input is the (n, h, w, 3) uint8 images of ``with_uint8_bgr_input``."""
+    return getattr(session.get_inputs()[0], "type", "") == UINT8
+
+
+def with_uint8_bgr_input(model: onnx.ModelProto, mean: float, std: float) -> onnx.ModelProto:
+    """A copy of an image model whose first input takes (n, h, w, 3) uint8 BGR images: Cast,
+    Transpose, Gather (BGR to RGB), Sub ``mean`` and Div ``std`` in front of the graph feed its
+    (n, 3, h, w) float32 input. ``model`` itself when its input is not that (then use ``planar_rgb``)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not graph.input:
+        return model
+    tensor = graph.input[0].type.tensor_type
+    dims = tensor.shape.dim
+    if (opset < 7 or tensor.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4
+            or not (dims[1].HasField("dim_value") and dims[1].dim_value == 3)):
+        return model
+    wrapped = onnx.ModelProto()
+    wrapped.CopyFrom(model)
+    graph = wrapped.graph
+    original = graph.input[0]
+    images = onnx.ValueInfoProto()
+    images.name = _PREFIX + "images"
+    images.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    for index in (0, 2, 3, 1):  # n, h, w, c
+        images.type.tensor_type.shape.dim.add().CopyFrom(original.type.tensor_type.shape.dim[index])
+    p = _PREFIX
+    steps = [  # Cast first: TensorRT takes uint8 inputs only straight into a Cast
+        helper.make_node("Cast", [images.name], [p + "float"], name=p + "cast", to=onnx.TensorProto.FLOAT),
+        helper.make_node("Transpose", [p + "float"], [p + "planes"], name=p + "transpose", perm=[0, 3, 1, 2]),
+        helper.make_node("Gather", [p + "planes", p + "rgb"], [p + "rgb_planes"], name=p + "to_rgb", axis=1),
+        helper.make_node("Sub", [p + "rgb_planes", p + "mean"], [p + "centred"], name=p + "sub"),
+        helper.make_node("Div", [p + "centred", p + "std"], [original.name], name=p + "div"),
+    ]
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([2, 1, 0], np.int64), p + "rgb"),
+        numpy_helper.from_array(np.array(mean, np.float32), p + "mean"),
+        numpy_helper.from_array(np.array(std, np.float32), p + "std"),
+    ])
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(steps + nodes)
+    graph.input.remove(original)
+    graph.input.insert(0, images)
+    return wrapped
+
+
+def random_input(arg: Any, rng: np.random.Generator, batch: int | None = None, side: int = 64) -> np.ndarray:
+    """An input for the session input ``arg``: uint8 images or standard normal float32, sizes the model
+    leaves open set to ``side`` (the first to ``batch`` when given, else to 1 where open)."""
+    dims = [d if isinstance(d, int) and d > 0 else side for d in arg.shape]
+    if batch is not None:
+        dims[0] = batch
+    elif not (isinstance(arg.shape[0], int) and arg.shape[0] > 0):
+        dims[0] = 1
+    if getattr(arg, "type", "") == UINT8:
+        return rng.integers(0, 256, dims, dtype=np.uint8)
+    return rng.standard_normal(dims).astype(np.float32)

@@ -1,13 +1,19 @@
-"""Model input tensors: the values insightface's models expect, in the layout they take."""
+"""Model inputs: the values insightface's models expect, in the layout they take, made on the CPU
+(``planar_rgb``) or inside the model (``with_uint8_bgr_input``) with the same result."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import onnx
 import pytest
+from onnx import helper
 
-from face_organizer.detection import SCRFD
-from face_organizer.tensors import planar_rgb
+from face_organizer.detection import DETECTOR_NORMALISATION, SCRFD
+from face_organizer.images import read_image
+from face_organizer.providers import open_session
+from face_organizer.recognition import Recognizer, input_normalisation
+from face_organizer.tensors import planar_rgb, takes_uint8_images, with_uint8_bgr_input
 
 
 @pytest.mark.parametrize(("mean", "std"), [(127.5, 127.5), (0.0, 1.0), (127.5, 128.0)])
@@ -20,21 +26,65 @@ def test_planar_rgb_is_the_normalised_rgb_planes(mean: float, std: float) -> Non
     assert got[1, 0, 2, 3] == (float(images[1, 2, 3, 2]) - mean) / std  # plane 0 is red, BGR's last channel
 
 
-def test_detector_blob_matches_opencv_and_places_each_image() -> None:
+def _session(model: onnx.ModelProto):
+    return open_session(model.SerializeToString(), "model", "cpu", 0, threads=1, quiet=True)[0]
+
+
+def test_detector_input_is_letterboxed_and_normalised_as_insightface_feeds_it(models, testpack) -> None:
     rng = np.random.default_rng(4)
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((256, 256), (120, 200), (300, 90))]
-    blob, places = SCRFD._blob(images, (192, 160), pad_ratio=0.25)
-    assert blob.shape == (3, 3, 160, 192)
-    canvases = []
-    for image, (scale, offset) in zip(images, places):
+    assert models.detector.takes_uint8  # the stage's detector normalises inside the model
+    canvases, places = models.detector._input(images, (192, 160), pad_ratio=0.25)
+    assert canvases.dtype == np.uint8 and canvases.shape == (3, 160, 192, 3)
+    for image, canvas, (scale, offset) in zip(images, canvases, places):
         h, w = image.shape[:2]
         border = round(max(h, w) * 0.25)
         assert scale == pytest.approx(min(192 / (w + 2 * border), 160 / (h + 2 * border)))
         assert offset == round(border * scale)
-        canvas = np.zeros((160, 192, 3), np.uint8)
         new_w, new_h = min(round(w * scale), 192 - offset), min(round(h * scale), 160 - offset)
-        canvas[offset : offset + new_h, offset : offset + new_w] = cv2.resize(image, (new_w, new_h))
-        canvases.append(canvas)
-    want = cv2.dnn.blobFromImages(canvases, 1.0 / 128.0, (192, 160), (127.5, 127.5, 127.5), swapRB=True)
-    assert np.array_equal(blob, want)
-    assert np.all(blob[:, :, :2, :2] == -127.5 / 128.0)  # the black border
+        assert np.array_equal(canvas[offset : offset + new_h, offset : offset + new_w], cv2.resize(image, (new_w, new_h)))
+        assert not canvas[:offset].any() and not canvas[offset + new_h :].any() and not canvas[:, offset + new_w :].any()
+    plain = SCRFD(_session(onnx.load(str(testpack.detector))))  # the exported model: float planes
+    blob, same_places = plain._input(images, (192, 160), pad_ratio=0.25)
+    assert not plain.takes_uint8 and same_places == places
+    want = cv2.dnn.blobFromImages(list(canvases), 1.0 / 128.0, (192, 160), (127.5, 127.5, 127.5), swapRB=True)
+    assert np.array_equal(blob, want)  # insightface's own SCRFD input
+
+
+def test_models_taking_uint8_images_give_the_exported_models_outputs(testpack, lfw) -> None:
+    face = read_image(lfw / "Tony_Blair" / "Tony_Blair_0001.jpg")
+    canvas = cv2.resize(face, (160, 160))[None]
+    exported = onnx.load(str(testpack.detector))
+    wrapped = _session(with_uint8_bgr_input(exported, *DETECTOR_NORMALISATION))
+    arg = wrapped.get_inputs()[0]
+    assert takes_uint8_images(wrapped) and arg.shape[0] == 1 and arg.shape[3] == 3  # (1, h, w, 3), as exported
+    got = wrapped.run(None, {arg.name: canvas})
+    want = _session(exported).run(None, {exported.graph.input[0].name: planar_rgb(canvas, *DETECTOR_NORMALISATION)})
+    assert len(got) == len(want) == 9 and all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert max(float(o.max()) for o in got[:3]) > 0.5  # a face was seen: the image reached the network
+
+    exported = onnx.load(str(testpack.recognizer))
+    faces = np.stack([cv2.resize(face[60:190, 60:190], (112, 112))])
+    uint8_recogniser = Recognizer(_session(with_uint8_bgr_input(exported, *input_normalisation(exported))), exported, 1)
+    float_recogniser = Recognizer(_session(exported), exported, 1)
+    assert uint8_recogniser.takes_uint8 and not float_recogniser.takes_uint8
+    assert uint8_recogniser.input_size == float_recogniser.input_size == 112
+    assert np.array_equal(uint8_recogniser.embed(faces), float_recogniser.embed(faces))
+
+
+def test_only_image_models_get_a_uint8_input() -> None:
+    def model(channels: int, elem_type: int = onnx.TensorProto.FLOAT) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", elem_type, ["n", channels, 4, 4])
+        y = helper.make_tensor_value_info("y", elem_type, ["n", channels, 4, 4])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    grey, doubles, colour = model(1), model(3, onnx.TensorProto.DOUBLE), model(3)
+    assert with_uint8_bgr_input(grey, 0.0, 1.0) is grey and with_uint8_bgr_input(doubles, 0.0, 1.0) is doubles
+    wrapped = with_uint8_bgr_input(colour, 10.0, 2.0)
+    onnx.checker.check_model(wrapped, full_check=True)
+    first = wrapped.graph.node[0]  # TensorRT takes a uint8 input only straight into a Cast
+    assert first.op_type == "Cast" and list(first.input) == ["face_organizer_bgr_images"]
+    images = np.random.default_rng(5).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    out = _session(wrapped).run(None, {"face_organizer_bgr_images": images})[0]
+    assert np.array_equal(out, planar_rgb(images, 10.0, 2.0))
