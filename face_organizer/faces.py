@@ -86,11 +86,11 @@ def load_face_models(
     import onnx  # here: the stages that only read embeddings files need no ONNX (0.8 s to import)
 
     # The sessions take the uint8 images and normalise them themselves (see tensors.py).
-    det_model = with_uint8_bgr_input(onnx.load(str(pack.detector)), *DETECTOR_NORMALISATION)
+    det_model = with_uint8_bgr_input(onnx.load(str(pack.detector)), *DETECTOR_NORMALISATION, cast_first=tensorrt)
     det_session, det_report = open_session(det_model.SerializeToString(), pack.detector.name, device, gpu_id,
                                            threads=threads, tensorrt=tensorrt)
     rec_exported = onnx.load(str(pack.recognizer))
-    rec_model = with_uint8_bgr_input(rec_exported, *input_normalisation(rec_exported))
+    rec_model = with_uint8_bgr_input(rec_exported, *input_normalisation(rec_exported), cast_first=tensorrt)
     rec_session, rec_report = open_session(rec_model.SerializeToString(), pack.recognizer.name, device, gpu_id,
                                            threads=threads, tensorrt=tensorrt)
 

@@ -51,11 +51,12 @@ def test_detector_input_is_letterboxed_and_normalised_as_insightface_feeds_it(mo
     assert np.array_equal(blob, want)  # insightface's own SCRFD input
 
 
-def test_models_taking_uint8_images_give_the_exported_models_outputs(testpack, lfw) -> None:
+@pytest.mark.parametrize("cast_first", [False, True])
+def test_models_taking_uint8_images_give_the_exported_models_outputs(testpack, lfw, cast_first: bool) -> None:
     face = read_image(lfw / "Tony_Blair" / "Tony_Blair_0001.jpg")
     canvas = cv2.resize(face, (160, 160))[None]
     exported = onnx.load(str(testpack.detector))
-    wrapped = _session(with_uint8_bgr_input(exported, *DETECTOR_NORMALISATION))
+    wrapped = _session(with_uint8_bgr_input(exported, *DETECTOR_NORMALISATION, cast_first=cast_first))
     arg = wrapped.get_inputs()[0]
     assert takes_uint8_images(wrapped) and arg.shape[0] == 1 and arg.shape[3] == 3  # (1, h, w, 3), as exported
     got = wrapped.run(None, {arg.name: canvas})
@@ -65,7 +66,8 @@ def test_models_taking_uint8_images_give_the_exported_models_outputs(testpack, l
 
     exported = onnx.load(str(testpack.recognizer))
     faces = np.stack([cv2.resize(face[60:190, 60:190], (112, 112))])
-    uint8_recogniser = Recognizer(_session(with_uint8_bgr_input(exported, *input_normalisation(exported))), exported, 1)
+    uint8_model = with_uint8_bgr_input(exported, *input_normalisation(exported), cast_first=cast_first)
+    uint8_recogniser = Recognizer(_session(uint8_model), exported, 1)
     float_recogniser = Recognizer(_session(exported), exported, 1)
     assert uint8_recogniser.takes_uint8 and not float_recogniser.takes_uint8
     assert uint8_recogniser.input_size == float_recogniser.input_size == 112
@@ -82,10 +84,28 @@ def test_only_image_models_get_a_uint8_input() -> None:
 
     grey, doubles, colour = model(1), model(3, onnx.TensorProto.DOUBLE), model(3)
     assert with_uint8_bgr_input(grey, 0.0, 1.0) is grey and with_uint8_bgr_input(doubles, 0.0, 1.0) is doubles
-    wrapped = with_uint8_bgr_input(colour, 10.0, 2.0)
-    onnx.checker.check_model(wrapped, full_check=True)
-    first = wrapped.graph.node[0]  # TensorRT takes a uint8 input only straight into a Cast
-    assert first.op_type == "Cast" and list(first.input) == ["face_organizer_bgr_images"]
     images = np.random.default_rng(5).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
-    out = _session(wrapped).run(None, {"face_organizer_bgr_images": images})[0]
-    assert np.array_equal(out, planar_rgb(images, 10.0, 2.0))
+    for cast_first in (False, True):
+        wrapped = with_uint8_bgr_input(colour, 10.0, 2.0, cast_first=cast_first)
+        onnx.checker.check_model(wrapped, full_check=True)
+        ops = [node.op_type for node in wrapped.graph.node]
+        # TensorRT takes a uint8 input only straight into a Cast; elsewhere the uint8 pixels are moved first
+        assert ops == (["Cast", "Transpose", "Gather"] if cast_first else ["Transpose", "Gather", "Cast"]) + ["Sub", "Div", "Identity"]
+        assert list(wrapped.graph.node[0].input) == ["face_organizer_bgr_images"]
+        out = _session(wrapped).run(None, {"face_organizer_bgr_images": images})[0]
+        assert np.array_equal(out, planar_rgb(images, 10.0, 2.0))
+
+
+@pytest.mark.parametrize("tensorrt", [False, True])
+def test_stage_models_cast_first_only_for_tensorrt(testpack, monkeypatch, tensorrt: bool) -> None:
+    import face_organizer.faces as faces
+
+    orders = []
+
+    def recording(model, mean, std, *, cast_first=False):
+        orders.append(cast_first)
+        return with_uint8_bgr_input(model, mean, std, cast_first=cast_first)
+
+    monkeypatch.setattr(faces, "with_uint8_bgr_input", recording)
+    models = faces.load_face_models(testpack, "cpu", 0, tensorrt=tensorrt)
+    assert orders == [tensorrt, tensorrt] and models.detector.takes_uint8 and models.recognizer.takes_uint8
