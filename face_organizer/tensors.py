@@ -52,11 +52,10 @@ def with_uint8_bgr_input(model: onnx.ModelProto, mean: float, std: float, *, cas
     import onnx
     from onnx import helper, numpy_helper
 
-    graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if not graph.input:
+    if not model.graph.input:
         return model
-    tensor = graph.input[0].type.tensor_type
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)  # 7: broadcasting Sub, Div
+    tensor = model.graph.input[0].type.tensor_type
     dims = tensor.shape.dim
     if (opset < 7 or tensor.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4
             or not (dims[1].HasField("dim_value") and dims[1].dim_value == 3)):
