@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .buckets import BATCH_TOLERANCE, pad_batch, relative_error
-from .tensors import planar_rgb, random_input, takes_uint8_images
+from .tensors import model_input, random_input, takes_uint8_images
 
 if TYPE_CHECKING:
     import onnx
@@ -215,7 +215,7 @@ class SCRFD:
         width, height = size
         canvases = np.zeros((len(images), height, width, 3), np.uint8)
         places = [letterbox(image, canvas, int(round(max(image.shape[:2]) * pad_ratio))) for image, canvas in zip(images, canvases)]
-        return (canvases if self.takes_uint8 else planar_rgb(canvases, *DETECTOR_NORMALISATION)), places
+        return model_input(canvases, self.takes_uint8, *DETECTOR_NORMALISATION), places
 
     def _decode(self, outs: Sequence[NDArray[np.float32]], size: tuple[int, int], threshold: float,
                 scale: float, offset: int) -> Detections:

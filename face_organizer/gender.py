@@ -20,13 +20,13 @@ import onnx
 from numpy.typing import NDArray
 
 from .buckets import run_batched
-from .detection import SCRFD
+from .detection import DETECTOR_NORMALISATION, SCRFD
 from .errors import ModelPackError, SetupError
 from .faces import EmbedOptions, find_crop_face
 from .modelpack import ModelPack
 from .providers import Device, SessionReport, open_session
 from .recognition import input_normalisation
-from .tensors import planar_rgb
+from .tensors import model_input, takes_uint8_images, with_uint8_bgr_input
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,21 @@ class InsightFaceGender:
     def __init__(self, pack: ModelPack, device: Device = "auto", gpu_id: int = 0, *, threads: int = 0, batch_size: int = 64):
         if pack.genderage is None:
             raise ModelPackError(f"model pack {pack.name} at {pack.folder} has no gender/age model (genderage.onnx)")
-        det_session, det_report = open_session(str(pack.detector), pack.detector.name, device, gpu_id, threads=threads)
+        # Both sessions take the uint8 images and normalise them themselves (see tensors.py).
+        det_model = with_uint8_bgr_input(onnx.load(str(pack.detector)), *DETECTOR_NORMALISATION)
+        det_session, det_report = open_session(det_model.SerializeToString(), pack.detector.name, device, gpu_id, threads=threads)
         model = onnx.load(str(pack.genderage))
+        self.mean, self.std = input_normalisation(model)
+        if any(n.name == "bn_data" for n in model.graph.node[:3]):
+            self.mean, self.std = 0.0, 1.0  # normalisation inside the graph, as insightface detects it
+        model = with_uint8_bgr_input(model, self.mean, self.std)
         self.session, report = open_session(model.SerializeToString(), pack.genderage.name, device, gpu_id, threads=threads)
         self.reports: list[SessionReport] = [det_report, report]
         self.name = f"insightface {pack.name} {pack.detector.name} {pack.genderage.name}"  # what made the predictions
         self.detector = SCRFD(det_session)
         arg = self.session.get_inputs()[0]
-        self.input_name, self.size = arg.name, int(arg.shape[2])
-        self.mean, self.std = input_normalisation(model)
-        if any(n.name == "bn_data" for n in model.graph.node[:3]):
-            self.mean, self.std = 0.0, 1.0  # normalisation inside the graph, as insightface detects it
+        self.takes_uint8 = takes_uint8_images(self.session)
+        self.input_name, self.size = arg.name, int(arg.shape[1] if self.takes_uint8 else arg.shape[2])
         batch_dim = arg.shape[0]
         self.batch = batch_size if not (isinstance(batch_dim, int) and batch_dim > 0) else batch_dim
         self.options = EmbedOptions()
@@ -82,7 +86,8 @@ class InsightFaceGender:
         return self.reports[-1].device
 
     def _run(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
-        return run_batched(self.session, None, self.input_name, planar_rgb(faces, self.mean, self.std), self.batch, pad=self.device != "cpu")
+        blob = model_input(faces, self.takes_uint8, self.mean, self.std)
+        return run_batched(self.session, None, self.input_name, blob, self.batch, pad=self.device != "cpu")
 
     def predict_crop(self, crop: NDArray[np.uint8]) -> str:
         """Gender of one face already cropped by ``attribute_crop``."""

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .buckets import BATCH_TOLERANCE, relative_error, run_batched
-from .tensors import planar_rgb, random_input, takes_uint8_images
+from .tensors import model_input, random_input, takes_uint8_images
 
 if TYPE_CHECKING:
     import onnx
@@ -90,7 +90,7 @@ class Recognizer:
 
     def blob(self, faces: NDArray[np.uint8]) -> NDArray[np.uint8] | NDArray[np.float32]:
         """(n, s, s, 3) BGR uint8 faces as the session takes them: as they are, or (n, 3, s, s) float32 RGB normalised."""
-        return faces if self.takes_uint8 else planar_rgb(faces, self.mean, self.std)
+        return model_input(faces, self.takes_uint8, self.mean, self.std)
 
     def raw(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         blob = self.blob(faces)

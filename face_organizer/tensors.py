@@ -36,6 +36,11 @@ def planar_rgb(images: NDArray[np.uint8], mean: float, std: float) -> NDArray[np
     return out
 
 
+def model_input(images: NDArray[np.uint8], takes_uint8: bool, mean: float, std: float) -> NDArray[np.uint8] | NDArray[np.float32]:
+    """(n, h, w, 3) BGR uint8 images as a session takes them: as they are, or as ``planar_rgb``."""
+    return images if takes_uint8 else planar_rgb(images, mean, std)
+
+
 def takes_uint8_images(session: Any) -> bool:
     """Whether ``session``'s first input is the (n, h, w, 3) uint8 images of ``with_uint8_bgr_input``."""
     return getattr(session.get_inputs()[0], "type", "") == UINT8
