@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 from .cudabuild import CudaBuild, onnxruntime_cuda_library, read_cuda_build
 from .modelpack import KNOWN_PACKS, ModelPack
 from .providers import CPU, CUDA, TENSORRT, session_options
+from .tensors import random_input, with_uint8_bgr_input
 
 DISTRIBUTIONS = ("numpy", "onnxruntime", "onnxruntime-gpu", "insightface", "faiss-cpu", "faiss-gpu-cu12",
                  "opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless",
@@ -137,6 +139,44 @@ class SelfTest:
     passed: bool
     detail: str
     ms: float | None = None
+    placement: str = ""  # where the kernels of one run ran (see ``describe_placement``)
+
+
+def kernel_placement(profile: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Provider -> op types of the kernels one profiled run executed, from ONNX Runtime's profile events."""
+    placement: dict[str, list[str]] = {}
+    for event in profile:
+        args = event.get("args", {})
+        if event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time") and "provider" in args:
+            placement.setdefault(args["provider"], []).append(str(args.get("op_name", "?")))
+    return placement
+
+
+def describe_placement(placement: dict[str, list[str]], provider: str) -> str:
+    """'all 53 kernels on CUDAExecutionProvider', or how many ran elsewhere and which ops they were:
+    a GPU provider that leaves part of a model to the CPU works, but copies tensors to and fro."""
+    total = sum(len(ops) for ops in placement.values())
+    if not total:
+        return ""
+    mine = len(placement.get(provider, []))
+    if mine == total:
+        return f"all {total} kernels on {provider}"
+    others = "; ".join(f"{name}: {', '.join(sorted(set(ops)))}" for name, ops in sorted(placement.items()) if name != provider)
+    return f"{mine} of {total} kernels on {provider}, the others on {others}"
+
+
+def _profiled_run(session: Any, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+    """The first output of one run of a session opened with profiling, and where its kernels ran."""
+    import json
+
+    out = session.run(None, feeds)[0]
+    path = session.end_profiling()  # later runs are not profiled
+    try:
+        with open(path, encoding="utf-8") as handle:
+            placement = kernel_placement(json.load(handle))
+    finally:
+        Path(path).unlink(missing_ok=True)
+    return out, describe_placement(placement, session.get_providers()[0])
 
 
 def _hint(message: str) -> str:
@@ -148,8 +188,11 @@ def _hint(message: str) -> str:
     return ""
 
 
-def provider_self_tests(model: Any, gpu_id: int = 0, repeats: int = 10) -> list[SelfTest]:
-    """Run ``model`` on every available provider and compare with the CPU output."""
+def provider_self_tests(model: bytes | Callable[[str], bytes], gpu_id: int = 0, repeats: int = 10) -> list[SelfTest]:
+    """Run ``model`` (or ``model(provider)``) on every available provider and compare with the CPU output;
+    say where its kernels ran."""
+    import tempfile
+
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -160,18 +203,22 @@ def provider_self_tests(model: Any, gpu_id: int = 0, repeats: int = 10) -> list[
     for provider in reversed(order):  # CPU first: it is the reference
         options = {"device_id": gpu_id} if provider in (TENSORRT, CUDA) else {}
         try:
-            session = ort.InferenceSession(model, sess_options=session_options(),
-                                           providers=[provider] + ([CPU] if provider != CPU else []),
-                                           provider_options=[options] + ([{}] if provider != CPU else []))
-            applied = session.get_providers()
-            if applied[0] != provider:
-                results.append(SelfTest(provider, False, f"ONNX Runtime fell back to {applied[0]}: the provider did not load"))
-                continue
-            if feeds is None:
-                arg = session.get_inputs()[0]
-                shape = [d if isinstance(d, int) and d > 0 else 1 for d in arg.shape]
-                feeds = {arg.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-            out = session.run(None, feeds)[0].ravel()
+            with tempfile.TemporaryDirectory() as profiles:
+                sess_options = session_options()
+                sess_options.enable_profiling = True
+                sess_options.profile_file_prefix = str(Path(profiles) / "self_test")
+                session = ort.InferenceSession(model(provider) if callable(model) else model, sess_options=sess_options,
+                                               providers=[provider] + ([CPU] if provider != CPU else []),
+                                               provider_options=[options] + ([{}] if provider != CPU else []))
+                applied = session.get_providers()
+                if applied[0] != provider:
+                    results.append(SelfTest(provider, False, f"ONNX Runtime fell back to {applied[0]}: the provider did not load"))
+                    continue
+                if feeds is None:
+                    rng = np.random.default_rng(0)
+                    feeds = {arg.name: random_input(arg, rng, side=112) for arg in session.get_inputs()}
+                first, placement = _profiled_run(session, feeds)
+            out = first.ravel()
             start = time.perf_counter()
             for _ in range(repeats):
                 session.run(None, feeds)
@@ -182,11 +229,12 @@ def provider_self_tests(model: Any, gpu_id: int = 0, repeats: int = 10) -> list[
             continue
         if reference is None:
             reference = out
-            results.append(SelfTest(provider, True, "reference output", ms))
+            results.append(SelfTest(provider, True, "reference output", ms, placement))
             continue
         cosine = float(out @ reference / (np.linalg.norm(out) * np.linalg.norm(reference) + 1e-12))
         ok = cosine > 0.999
-        results.append(SelfTest(provider, ok, f"cosine to CPU output {cosine:.5f}" + ("" if ok else ": WRONG RESULTS"), ms))
+        results.append(SelfTest(provider, ok, f"cosine to CPU output {cosine:.5f}" + ("" if ok else ": WRONG RESULTS"), ms,
+                                placement))
     return results
 
 
@@ -228,5 +276,11 @@ def tensorflow_gpus() -> list[str] | None:
         return [f"error: {err}"]
 
 
-def recogniser_bytes(path: Path) -> bytes:
-    return path.read_bytes()
+def recogniser_as_stage_1_runs_it(path: Path, provider: str) -> bytes:
+    """The pack's recogniser as stage 1 feeds it on ``provider``: uint8 images in (see tensors.py)."""
+    import onnx
+
+    from .recognition import input_normalisation
+
+    model = onnx.load(str(path))
+    return with_uint8_bgr_input(model, *input_normalisation(model), cast_first=provider == TENSORRT).SerializeToString()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import onnxruntime as ort
 import pytest
 
@@ -19,6 +21,24 @@ def test_cpu_self_test_passes_and_report_is_complete(testpack_dir, capsys) -> No
         assert section in out
     assert "CPUExecutionProvider: PASS" in out
     assert "sha256 b7120c095d60094f28a4a54ba6a8bf51b297a6273fb40ef6350dfec1f63d9507" in out  # MobileFaceNet.onnx
+    # the recogniser as stage 1 runs it (uint8 images in), every kernel of a profiled run accounted for
+    assert "(MobileFaceNet.onnx, uint8 images in as in stage 1, GPU_ID=0)" in out
+    assert re.search(r"CPUExecutionProvider: PASS: reference output, [0-9.]+ ms; all \d+ kernels on CPUExecutionProvider", out)
+
+
+def test_kernels_left_to_the_cpu_are_named() -> None:
+    def kernel(provider: str, op: str) -> dict:
+        return {"cat": "Node", "name": f"n_{op}_kernel_time", "args": {"provider": provider, "op_name": op}}
+
+    profile = [{"cat": "Session", "name": "model_run"}, {"cat": "Node", "name": "n_fence_before", "args": {}},
+               kernel("CPUExecutionProvider", "Transpose"), kernel("CPUExecutionProvider", "Gather"),
+               kernel("CPUExecutionProvider", "Transpose")] + [kernel("CUDAExecutionProvider", "Conv")] * 50
+    placement = d.kernel_placement(profile)
+    assert placement == {"CPUExecutionProvider": ["Transpose", "Gather", "Transpose"], "CUDAExecutionProvider": ["Conv"] * 50}
+    assert d.describe_placement(placement, "CUDAExecutionProvider") == (
+        "50 of 53 kernels on CUDAExecutionProvider, the others on CPUExecutionProvider: Gather, Transpose")
+    assert d.describe_placement({"CUDAExecutionProvider": ["Conv"] * 3}, "CUDAExecutionProvider") == "all 3 kernels on CUDAExecutionProvider"
+    assert d.describe_placement({}, "CUDAExecutionProvider") == ""
 
 
 def test_expect_gpu_fails_without_a_working_gpu(testpack_dir, capsys) -> None:

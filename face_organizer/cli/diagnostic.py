@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .. import diagnostics as d
 from ..errors import ModelPackError
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tf = d.tensorflow_gpus()
         out.append("  TensorFlow: not installed" if tf is None else f"  TensorFlow GPUs: {tf or 'none'}")
     out.append("== model pack")
-    model: bytes
+    model: bytes | Callable[[str], bytes]
     try:
         pack = resolve_pack(args.model, common.model_root(args.model_root), download=False)
         for name, size, sha in d.pack_files(pack):
@@ -56,13 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = d.missing_pack_files(pack)
         if missing:
             out.append(f"  MISSING from {pack.folder}: {', '.join(missing)}")
-        model, model_name = d.recogniser_bytes(pack.recognizer), pack.recognizer.name
+        model = functools.partial(d.recogniser_as_stage_1_runs_it, pack.recognizer)
+        model_name = f"{pack.recognizer.name}, uint8 images in as in stage 1"
     except ModelPackError as err:
         out.append(f"  {err}")
         model, model_name = d.probe_model(), "a built-in probe model"
     out.append(f"== provider self-test ({model_name}, GPU_ID={gpu_id})")
     tests = d.provider_self_tests(model, gpu_id)
-    out += [f"  {t.provider}: {'PASS' if t.passed else 'FAIL'}: {t.detail}" + (f", {t.ms:.2f} ms" if t.ms else "") for t in tests]
+    out += [f"  {t.provider}: {'PASS' if t.passed else 'FAIL'}: {t.detail}" + (f", {t.ms:.2f} ms" if t.ms else "")
+            + (f"; {t.placement}" if t.placement else "") for t in tests]
     problems = d.known_problems(vers, gpus, ort_build)
     out.append("== known problems")
     out += [f"  - {p}" for p in problems] or ["  none found"]
