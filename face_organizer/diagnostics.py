@@ -171,11 +171,8 @@ def _profiled_run(session: Any, feeds: dict[str, np.ndarray]) -> tuple[np.ndarra
 
     out = session.run(None, feeds)[0]
     path = session.end_profiling()  # later runs are not profiled
-    try:
-        with open(path, encoding="utf-8") as handle:
-            placement = kernel_placement(json.load(handle))
-    finally:
-        Path(path).unlink(missing_ok=True)
+    with open(path, encoding="utf-8") as handle:
+        placement = kernel_placement(json.load(handle))
     return out, describe_placement(placement, session.get_providers()[0])
 
 
