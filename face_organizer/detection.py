@@ -16,6 +16,7 @@ leaves it waiting on kernel launches at crop sizes).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .buckets import BATCH_TOLERANCE, pad_batch, relative_error
-from .tensors import model_input, random_input, takes_uint8_images
+from .tensors import model_input, random_input, takes_uint8_images, with_uint8_bgr_input
 
 if TYPE_CHECKING:
     import onnx
@@ -84,6 +85,13 @@ def split_batch(output: NDArray[np.float32], images: int, layout: Layout, anchor
         return list(output.reshape(images, -1, channels))
     per = output.reshape(-1, images, anchors, channels).transpose(1, 0, 2, 3)
     return list(per.reshape(images, -1, channels))
+
+
+def load_detector_model(path: str | os.PathLike[str], *, cast_first: bool = False) -> onnx.ModelProto:
+    """A pack's SCRFD detector, taking the uint8 images and normalising them itself (see tensors.py)."""
+    import onnx  # here: the stages that only read embeddings files need no ONNX (0.8 s to import)
+
+    return with_uint8_bgr_input(onnx.load(os.fspath(path)), *DETECTOR_NORMALISATION, cast_first=cast_first)
 
 
 def with_dynamic_input_batch(model: onnx.ModelProto) -> onnx.ModelProto:

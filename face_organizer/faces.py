@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
-from .detection import DETECTOR_NORMALISATION, SCRFD, Detections, batchable_detector, pick_central
+from .detection import SCRFD, Detections, batchable_detector, load_detector_model, pick_central
 from .frames import repeated_frames
 from .modelpack import ModelPack
 from .providers import Device, SessionReport, open_session
@@ -86,7 +86,7 @@ def load_face_models(
     import onnx  # here: the stages that only read embeddings files need no ONNX (0.8 s to import)
 
     # The sessions take the uint8 images and normalise them themselves (see tensors.py).
-    det_model = with_uint8_bgr_input(onnx.load(str(pack.detector)), *DETECTOR_NORMALISATION, cast_first=tensorrt)
+    det_model = load_detector_model(pack.detector, cast_first=tensorrt)
     det_session, det_report = open_session(det_model.SerializeToString(), pack.detector.name, device, gpu_id,
                                            threads=threads, tensorrt=tensorrt)
     rec_exported = onnx.load(str(pack.recognizer))

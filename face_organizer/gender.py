@@ -20,7 +20,7 @@ import onnx
 from numpy.typing import NDArray
 
 from .buckets import run_batched
-from .detection import DETECTOR_NORMALISATION, SCRFD
+from .detection import SCRFD, load_detector_model
 from .errors import ModelPackError, SetupError
 from .faces import EmbedOptions, find_crop_face
 from .modelpack import ModelPack
@@ -63,8 +63,7 @@ class InsightFaceGender:
         if pack.genderage is None:
             raise ModelPackError(f"model pack {pack.name} at {pack.folder} has no gender/age model (genderage.onnx)")
         # Both sessions take the uint8 images and normalise them themselves (see tensors.py).
-        det_model = with_uint8_bgr_input(onnx.load(str(pack.detector)), *DETECTOR_NORMALISATION)
-        det_session, det_report = open_session(det_model.SerializeToString(), pack.detector.name, device, gpu_id, threads=threads)
+        det_session, det_report = open_session(load_detector_model(pack.detector).SerializeToString(), pack.detector.name, device, gpu_id, threads=threads)
         model = onnx.load(str(pack.genderage))
         self.mean, self.std = input_normalisation(model)
         if any(n.name == "bn_data" for n in model.graph.node[:3]):

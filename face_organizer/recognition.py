@@ -88,12 +88,8 @@ class Recognizer:
         self.max_batch = max_batch if not (isinstance(batch_dim, int) and batch_dim > 0) else batch_dim
         self.dim = int(self.embed(np.zeros((1, self.input_size, self.input_size, 3), np.uint8)).shape[1])
 
-    def blob(self, faces: NDArray[np.uint8]) -> NDArray[np.uint8] | NDArray[np.float32]:
-        """(n, s, s, 3) BGR uint8 faces as the session takes them: as they are, or (n, 3, s, s) float32 RGB normalised."""
-        return model_input(faces, self.takes_uint8, self.mean, self.std)
-
     def raw(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
-        blob = self.blob(faces)
+        blob = model_input(faces, self.takes_uint8, self.mean, self.std)  # (n, s, s, 3) uint8 or float planes
         out = run_batched(self.session, self.output_name, self.input_name, blob, self.max_batch, self.pad_batches)
         return out.reshape(len(blob), -1).astype(np.float32)
 

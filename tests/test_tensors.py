@@ -10,6 +10,7 @@ import pytest
 from conftest import read_labels
 from onnx import helper
 
+import face_organizer.detection as detection
 import face_organizer.gender as gender
 from face_organizer.detection import DETECTOR_NORMALISATION, SCRFD
 from face_organizer.images import read_image
@@ -108,6 +109,7 @@ def test_stage_models_cast_first_only_for_tensorrt(testpack, monkeypatch, tensor
         orders.append(cast_first)
         return with_uint8_bgr_input(model, mean, std, cast_first=cast_first)
 
+    monkeypatch.setattr(detection, "with_uint8_bgr_input", recording)
     monkeypatch.setattr(faces, "with_uint8_bgr_input", recording)
     models = faces.load_face_models(testpack, "cpu", 0, tensorrt=tensorrt)
     assert orders == [tensorrt, tensorrt] and models.detector.takes_uint8 and models.recognizer.takes_uint8
@@ -116,8 +118,10 @@ def test_stage_models_cast_first_only_for_tensorrt(testpack, monkeypatch, tensor
 def test_gender_models_take_uint8_and_predict_as_the_exported_ones(testpack, utkface, monkeypatch) -> None:
     items = [(r["path"], read_image(utkface / r["path"])) for r in read_labels(utkface)[::25]]
     uint8 = gender.InsightFaceGender(testpack, "cpu")
-    monkeypatch.setattr(gender, "with_uint8_bgr_input", lambda model, mean, std: model)
+    for module in (gender, detection):
+        monkeypatch.setattr(module, "with_uint8_bgr_input", lambda model, mean, std, cast_first=False: model)
     exported = gender.InsightFaceGender(testpack, "cpu")
-    assert uint8.takes_uint8 and uint8.detector.takes_uint8 and not exported.takes_uint8 and uint8.size == exported.size
+    assert uint8.takes_uint8 and uint8.detector.takes_uint8 and uint8.size == exported.size
+    assert not exported.takes_uint8 and not exported.detector.takes_uint8
     got, want = uint8.predict(items), exported.predict(items)
     assert got == want and sum(p.gender is not None for p in got) >= 18  # the same genders, confidences and ages
