@@ -77,14 +77,25 @@ def _anchors_per_position(outputs: int) -> int:
 
 
 def split_batch(output: NDArray[np.float32], images: int, layout: Layout, anchors: int) -> list[NDArray[np.float32]]:
-    """One batched output (rows, c) or (n, rows, c) -> per-image (rows / n, c) arrays."""
+    """One batched output (rows, c) or (n, rows, c) -> each image's rows, as views of it:
+    (rows / n, c), or (positions, anchors, c) for the "anchor" layout, whose rows are not
+    contiguous (``take_rows`` reads either). Copying them out was the largest CPU cost of
+    decoding a batch."""
     if output.ndim == 3:
         return list(output)
     channels = output.shape[-1]
     if layout == "image":
         return list(output.reshape(images, -1, channels))
-    per = output.reshape(-1, images, anchors, channels).transpose(1, 0, 2, 3)
-    return list(per.reshape(images, -1, channels))
+    return list(output.reshape(-1, images, anchors, channels).transpose(1, 0, 2, 3))
+
+
+def take_rows(output: NDArray[np.float32], keep: NDArray[np.intp]) -> NDArray[np.float32]:
+    """Rows ``keep`` of one image's output as (len(keep), c), from (rows, c) or from the
+    (positions, anchors, c) view of ``split_batch``, where row r is [r // anchors, r % anchors]."""
+    if output.ndim == 2:
+        return output[keep]
+    positions, anchors = np.divmod(keep, output.shape[1])
+    return output[positions, anchors]
 
 
 def load_detector_model(path: str | os.PathLike[str], *, cast_first: bool = False) -> onnx.ModelProto:
@@ -137,7 +148,7 @@ def batchable_detector(model: onnx.ModelProto, open_session: Callable[[bytes], A
         errors = {"anchor": float("inf"), "image": float("inf")}
         if all(o.shape[0] % 3 == 0 for o in batched):
             for layout in errors:
-                errors[layout] = max(relative_error(part, single[i][k]) for k, o in enumerate(batched)
+                errors[layout] = max(relative_error(part.reshape(single[i][k].shape), single[i][k]) for k, o in enumerate(batched)
                                      for i, part in enumerate(split_batch(o, 3, layout, anchors)))
                 if errors[layout] <= BATCH_TOLERANCE:
                     return session, layout
@@ -227,7 +238,7 @@ class SCRFD:
 
     def _decode(self, outs: Sequence[NDArray[np.float32]], size: tuple[int, int], threshold: float,
                 scale: float, offset: int) -> Detections:
-        """One image's outputs (rows, c) -> detections in the image's pixels, after NMS."""
+        """One image's outputs (see ``split_batch``) -> detections in the image's pixels, after NMS."""
         width, height = size
         boxes, scores, kps = [], [], []
         for level, stride in enumerate(self.strides):
@@ -236,11 +247,11 @@ class SCRFD:
             if keep.size == 0:
                 continue
             centers = self._anchor_centers(height // stride, width // stride, stride)[keep]
-            dist = outs[level + self.fmc][keep] * stride
+            dist = take_rows(outs[level + self.fmc], keep) * stride
             boxes.append(np.concatenate([centers - dist[:, :2], centers + dist[:, 2:4]], axis=1))
             scores.append(level_scores[keep])
             if self.use_kps:
-                k = outs[level + 2 * self.fmc][keep].reshape(-1, 5, 2) * stride
+                k = take_rows(outs[level + 2 * self.fmc], keep).reshape(-1, 5, 2) * stride
                 kps.append(k + centers[:, None, :])
         if not scores:
             return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))

@@ -126,6 +126,22 @@ def test_batched_detection_finds_what_one_image_at_a_time_finds(lfw, lfw_labels,
             np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
 
 
+def test_each_images_rows_are_read_from_the_batch_output_without_copying_it() -> None:
+    from face_organizer.detection import split_batch, take_rows
+
+    images, positions, anchors, channels = 3, 5, 2, 4
+    # "anchor" layout: rows ordered by anchor position, then image, then anchor.
+    per_image = np.arange(images * positions * anchors * channels, dtype=np.float32).reshape(images, positions * anchors, channels)
+    interleaved = per_image.reshape(images, positions, anchors, channels).transpose(1, 0, 2, 3).reshape(-1, channels)
+    keep = np.array([0, 3, 4, 9], np.intp)
+    for output, layout in ((interleaved, "anchor"), (per_image.reshape(-1, channels), "image"), (per_image, "image")):
+        parts = split_batch(output, images, layout, anchors)
+        assert len(parts) == images and all(np.shares_memory(part, output) for part in parts)
+        for i, part in enumerate(parts):
+            np.testing.assert_array_equal(part.reshape(-1, channels), per_image[i])
+            np.testing.assert_array_equal(take_rows(part, keep), per_image[i][keep])
+
+
 def test_detector_rewrite_kept_only_when_it_reproduces_single_outputs(testpack) -> None:
     import onnx
 
