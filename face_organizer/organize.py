@@ -268,16 +268,25 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
                 raise FaceOrganizerError(f"cannot hard-link {source} into {dest}: different filesystems; use --link-mode copy or symlink") from None
             raise
     elif mode == "move":
-        try:
-            os.rename(source, dest)
-        except OSError as err:
-            if err.errno != errno.EXDEV:
-                raise
+        # Renamed, a link would point elsewhere from its new folder (a relative one) or at a file
+        # this run moves on: the folder gets the image it shows, then the link goes.
+        if os.path.islink(source) or not _renamed(source, dest):
             _copy_atomic(source, dest)
             os.unlink(source)
     else:
         raise ValueError(f"unknown link mode {mode!r}")
     return "placed"
+
+
+def _renamed(source: str, dest: str) -> bool:
+    """``os.rename``; False, with nothing done, when the two are on different filesystems."""
+    try:
+        os.rename(source, dest)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        return False
+    return True
 
 
 def remove_partial_copies(destinations: Sequence[str]) -> int:
@@ -383,7 +392,7 @@ def bytes_needed(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode) -
             stat = os.stat(source)
         except OSError:
             continue  # reported as missing when placed
-        if how == "copy" or stat.st_dev != device:
+        if how == "copy" or stat.st_dev != device or os.path.islink(source):  # a moved link is copied (``place``)
             total += -(-stat.st_size // BLOCK) * BLOCK
     return total
 
@@ -424,8 +433,12 @@ def check_space(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, dr
 def _ordered(operations: Sequence[tuple[str, str]], mode: LinkMode) -> list[tuple[str, str, LinkMode]]:
     """``(source, dest, mode)`` per operation. A photo whose faces went to several folders is
     moved only once: it is copied to every destination but its last, then moved to that one,
-    so it ends up in every folder it belongs to and a resumed run finds the copies done."""
+    so it ends up in every folder it belongs to and a resumed run finds the copies done.
+    Symbolic links are moved first, as copies of the images they show (see ``place``), while
+    those images are still where the links point."""
     if mode != "move":
         return [(s, d, mode) for s, d in operations]
     last = {source: dest for source, dest in operations}  # sorted: the last destination per source
-    return [(s, d, "move" if last[s] == d else "copy") for s, d in operations]
+    links = {source for source in last if os.path.islink(source)}
+    ordered = sorted(operations, key=lambda op: op[0] not in links)  # stable: each source's order is kept
+    return [(s, d, "move" if last[s] == d else "copy") for s, d in ordered]

@@ -585,6 +585,41 @@ def _private_copy(two_person, tmp_path):
     return ef
 
 
+def test_move_places_the_images_that_symbolic_links_show(two_person, tmp_path) -> None:
+    """Relative links that sort before and after their targets, and an absolute link to an
+    image outside the input: each folder gets a real image, and no link is left dangling."""
+    ef = _private_copy(two_person, tmp_path)
+    private = tmp_path / "input"
+    outside = tmp_path / "elsewhere" / "face.png"
+    outside.parent.mkdir()
+    outside.write_bytes(Path(ef.rows.paths[2]).read_bytes())
+    first_target, last_target = Path(ef.rows.paths[0]), Path(ef.rows.paths[1])
+    links = {private / "0000_first.png": os.path.relpath(first_target, private),
+             private / "zzzz" / "last.png": os.path.relpath(last_target, private / "zzzz"),
+             private / "zzzz" / "outside.png": str(outside)}
+    for link, target in links.items():
+        link.parent.mkdir(exist_ok=True)
+        os.symlink(target, link)
+    shows = {str(link): Path(link).read_bytes() for link in links}
+    # Rows 3-5 are now the links (their embeddings stay: this is about the files).
+    ef.rows.paths[3:6] = list(shows)
+    expected = {p: shows.get(p) or Path(p).read_bytes() for p in ef.rows.paths}
+    out = tmp_path / "out"
+    config = ClusterConfig(clusters=2, link_mode="move", previews=False)
+    # A moved link takes the space of a copy; a moved image, on the same filesystem, none.
+    pairs = [(p, str(out / "x" / f"{i}.png")) for i, p in enumerate(ef.rows.paths[:6])]
+    assert organize.bytes_needed(pairs, str(out), "move") == sum(
+        -(-len(data) // organize.BLOCK) * organize.BLOCK for data in shows.values())
+    report = cluster_faces(ef, str(out), config, progress=False)
+    assert report.status["placed"] == len(ef.rows.paths)
+    for source, dest in zip(ef.rows.paths, report.destinations):
+        assert not os.path.lexists(source), source
+        assert not os.path.islink(dest) and Path(dest).read_bytes() == expected[source], dest
+    assert outside.read_bytes() == shows[str(private / "zzzz" / "outside.png")]  # the image outside stays
+    again = cluster_faces(ef, str(out), config, progress=False)
+    assert again.status == {"exists": len(ef.rows.paths)}
+
+
 def _exactly_one_place(ef, report) -> None:
     for source, dest in zip(ef.rows.paths, report.destinations):
         assert Path(source).exists() != Path(dest).exists(), (source, dest)
