@@ -79,7 +79,7 @@ def _anchors_per_position(outputs: int) -> int:
 def split_batch(output: NDArray[np.float32], images: int, layout: Layout, anchors: int) -> list[NDArray[np.float32]]:
     """One batched output (rows, c) or (n, rows, c) -> each image's rows, as views of it:
     (rows / n, c), or (positions, anchors, c) for the "anchor" layout, whose rows are not
-    contiguous (``take_rows`` reads either). Copying them out was the largest CPU cost of
+    contiguous (``take_rows`` reads either). Copying them out would be the largest CPU cost of
     decoding a batch."""
     if output.ndim == 3:
         return list(output)
