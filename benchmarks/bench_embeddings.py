@@ -34,8 +34,7 @@ import numpy as np  # noqa: E402
 
 from face_organizer.alignment import align, centre_crop  # noqa: E402
 from face_organizer.cli.common import gpu_id_from_env  # noqa: E402
-from face_organizer.cli.embed import default_workers  # noqa: E402
-
+from face_organizer.cpus import default_workers  # noqa: E402
 from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
 from face_organizer.faces import EmbedOptions, embed_batch, find_crop_face, load_face_models  # noqa: E402
 from face_organizer.images import read_image  # noqa: E402

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import embfile, images, quality
+from .cpus import usable_cpus
 from .embfile import EmbeddingsFile, parts_dir
 from .errors import EmbeddingsFileError, SetupError
 from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, embed_batch
@@ -331,13 +332,6 @@ class _Recorder:
                                                  signatures))
         shutil.rmtree(parts_dir(self.output), ignore_errors=True)
         return len(rows), False
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 MAX_DEFAULT_STREAMS = 16

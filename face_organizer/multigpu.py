@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cpus import CPUS_ENV, usable_cpus
 from .errors import SetupError
 from .progress import bar as progress_bar
 from .providers import visible_gpus
@@ -97,10 +98,17 @@ def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int
 STOP_GRACE_S = 60.0  # for a worker to save its checkpoint after SIGTERM
 
 
+def worker_env(worker: Worker, workers: int) -> dict[str, str]:
+    """The environment of one of ``workers`` processes: its ``GPU_ID`` and an equal share of the
+    CPUs, so that their decoding processes and threads together fit the machine."""
+    share = max(1, usable_cpus() // max(1, workers))
+    return dict(os.environ, GPU_ID=str(worker.gpu), PYTHONUNBUFFERED="1", **{CPUS_ENV: str(share)})
+
+
 def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: float = 1.0) -> list[Worker]:
     """Start every worker, show overall progress from their status files, wait for all."""
     for w in workers:
-        env = dict(os.environ, GPU_ID=str(w.gpu), PYTHONUNBUFFERED="1")
+        env = worker_env(w, len(workers))
         w.status_file.unlink(missing_ok=True)
         with open(w.log, "w", encoding="utf-8") as log:
             w.process = subprocess.Popen([*w.command, "--quiet", "--status-file", str(w.status_file)],

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .cpus import usable_cpus
 from .errors import DeviceError
 from .tensors import random_input
 
@@ -133,11 +134,13 @@ def _ort_factory(model: Any, options: Any, plan: list[ProviderSpec]) -> Any:
 
 
 def session_options(threads: int = 0) -> Any:
+    """Options for a session with ``threads`` intra-op threads (0: one per physical core this
+    process may use, which is ONNX Runtime's own default unless a CPU quota or share is lower)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # shape-mismatch warnings on every run otherwise flood stderr
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or usable_cpus(physical=True)
     return options
 
 

@@ -694,11 +694,3 @@ def test_photos_run_with_streams_and_decoders(tmp_path, models) -> None:
         assert ef.no_face == [str(folder / "album0" / "wall.png")]
         assert sorted(set(ef.rows.paths)) == sorted(p for p in paths if not p.endswith("wall.png"))
         assert all(ef.rows.face_index[np.array(ef.rows.paths) == p].tolist() == list(range(6)) for p in set(ef.rows.paths))
-
-
-def test_usable_cpus_without_an_affinity_call(monkeypatch) -> None:
-    # macOS and Windows have no os.sched_getaffinity: the CPU count stands in.
-    from face_organizer import embed_run
-
-    monkeypatch.delattr(embed_run.os, "sched_getaffinity", raising=False)
-    assert embed_run.usable_cpus() == (os.cpu_count() or 1)

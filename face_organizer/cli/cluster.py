@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ..cluster_stage import ClusterConfig, cluster_faces, dry_run_lines, load_embeddings
+from ..cpus import fit_openmp_threads
 from ..fsutil import exclusive
 from . import common
 
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.clusters == NOT_GIVEN:
         args.clusters = 2
     common.setup_logging(args.verbose, args.quiet)
+    fit_openmp_threads()
     ef = load_embeddings(args.embeddings)
     config = ClusterConfig(clusters=args.clusters, min_similarity=args.min_similarity, link_mode=args.link_mode,
                            dry_run=args.dry_run, neighbours=args.neighbours, min_cluster_size=args.min_cluster_size,

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import embed_run, frames
+from ..cpus import default_workers
 from ..errors import SetupError
 from ..faces import EmbedOptions, load_face_models
 from ..fsutil import check_writable_dir, exclusive
@@ -31,12 +32,6 @@ def read_file_list(path: str) -> list[str]:
             return sorted({os.path.abspath(line.rstrip("\n")) for line in handle if line.strip()})
     except OSError as err:
         raise SetupError(f"cannot read --file-list {path}: {err.strerror or err}") from None
-
-
-def default_workers() -> int:
-    # Decoding processes only pay off with cores to spare beside the inference streams;
-    # with none, each stream decodes its own batch.
-    return max(0, min(8, (os.cpu_count() or 1) - 2))
 
 
 def build_parser():

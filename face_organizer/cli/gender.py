@@ -6,12 +6,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..cpus import default_workers
 from ..fsutil import exclusive
 from ..gender import DeepFaceGender, InsightFaceGender
 from ..gender_stage import filter_by_gender
 from ..modelpack import resolve_pack
 from . import common
-from .embed import default_workers
 
 EXAMPLES = """\
   for YEAR in 2006 2007 2008; do

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..cluster_stage import load_embeddings
+from ..cpus import fit_openmp_threads
 from ..errors import SetupError
 from ..faces import load_face_models
 from ..fsutil import exclusive
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     common.setup_logging(args.verbose, args.quiet)
+    fit_openmp_threads()
     gpu_id = common.gpu_id_from_env()
     if args.calibrate:
         pack = resolve_pack(args.model or "buffalo_l", common.model_root(args.model_root))

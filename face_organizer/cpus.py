@@ -1,0 +1,48 @@
+"""How many CPUs a process may use, and how many image-decoding processes that leaves room for."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import joblib
+
+log = logging.getLogger(__name__)
+
+CPUS_ENV = "FACE_ORGANIZER_CPUS"  # at most this many CPUs: a process's share of a machine it shares
+MAX_DEFAULT_WORKERS = 8
+
+
+def usable_cpus(physical: bool = False) -> int:
+    """CPUs this process may use: its CPU affinity (taskset, ``docker --cpuset-cpus``) and its
+    container's CPU quota (``docker --cpus``, Kubernetes CPU limits), which ``os.cpu_count``
+    does not see (joblib reads both), at most ``$FACE_ORGANIZER_CPUS`` (embed_all_gpus gives each
+    of its GPU processes a share). ``physical``: also at most the physical cores, as ONNX Runtime
+    and OpenMP count them by default."""
+    with warnings.catch_warnings():
+        # Without os.sched_getaffinity (macOS, Windows) loky asks for psutil on every call; the count
+        # it gives is right there without it.
+        warnings.filterwarnings("ignore", message="Failed to inspect CPU affinity", category=UserWarning)
+        cpus = max(1, joblib.cpu_count(only_physical_cores=physical))
+    share = os.environ.get(CPUS_ENV, "").strip()
+    if share:
+        if share.isdigit() and int(share) > 0:
+            return min(cpus, int(share))
+        log.warning("ignoring %s=%r: not a positive whole number of CPUs", CPUS_ENV, share)
+    return cpus
+
+
+def default_workers(cpus: int | None = None) -> int:
+    """Image-decoding processes beside a GPU run's two streams: the CPUs left after two, at most
+    ``MAX_DEFAULT_WORKERS``; with none left, each stream decodes its own images."""
+    return max(0, min(MAX_DEFAULT_WORKERS, (usable_cpus() if cpus is None else cpus) - 2))
+
+
+def fit_openmp_threads() -> None:
+    """Give FAISS's OpenMP pool one thread per CPU this process may use. OpenMP counts the CPUs
+    of the affinity mask only, so under a container's CPU quota its threads outnumber the CPUs
+    and stall each other."""
+    import faiss
+
+    faiss.omp_set_num_threads(usable_cpus())
