@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes.util
 import hashlib
+import os
 import platform
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from .cpus import CPUS_ENV, default_workers, usable_cpus
 from .cudabuild import CudaBuild, onnxruntime_cuda_library, read_cuda_build
+from .embed_run import plan_streams
 from .modelpack import KNOWN_PACKS, ModelPack
 from .providers import CPU, CUDA, TENSORRT, session_options
 from .tensors import random_input, with_uint8_bgr_input
@@ -37,6 +40,15 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return found
+
+
+def cpu_plan() -> list[str]:
+    """The CPUs this process may use and what stage 1 plans from them: on a fast GPU the CPU side
+    (decoding, alignment) is what keeps it fed, and a container's CPU quota is easy to miss."""
+    streams, threads = plan_streams(on_cpu=True)
+    return [f"visible: {os.cpu_count()}; usable: {usable_cpus()} (CPU affinity, container CPU quota, ${CPUS_ENV})",
+            f"stage 1 plans: on a GPU {plan_streams(on_cpu=False)[0]} streams and {default_workers()} decoding processes; "
+            f"on the CPU {streams} stream(s) x {threads} thread(s)"]
 
 
 def native_libraries() -> dict[str, str | None]:

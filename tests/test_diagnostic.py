@@ -17,13 +17,25 @@ def run_cli(args: list[str]) -> int:
 def test_cpu_self_test_passes_and_report_is_complete(testpack_dir, capsys) -> None:
     assert run_cli(["--model", str(testpack_dir), "--skip-tensorflow"]) == 0
     out = capsys.readouterr().out
-    for section in ("== versions", "== GPUs", "== model pack", "== provider self-test", "== known problems", "== verdict"):
+    for section in ("== versions", "== GPUs", "== CPUs", "== model pack", "== provider self-test", "== known problems",
+                    "== verdict"):
         assert section in out
     assert "CPUExecutionProvider: PASS" in out
     assert "sha256 b7120c095d60094f28a4a54ba6a8bf51b297a6273fb40ef6350dfec1f63d9507" in out  # MobileFaceNet.onnx
     # the recogniser as stage 1 runs it (uint8 images in), every kernel of a profiled run accounted for
     assert "(MobileFaceNet.onnx, uint8 images in as in stage 1, GPU_ID=0)" in out
     assert re.search(r"CPUExecutionProvider: PASS: reference output, [0-9.]+ ms; all \d+ kernels on CPUExecutionProvider", out)
+
+
+def test_cpus_and_what_stage_1_plans_from_them_are_reported(monkeypatch) -> None:
+    from face_organizer import cpus
+
+    monkeypatch.delenv(cpus.CPUS_ENV, raising=False)
+    monkeypatch.setattr(cpus.joblib, "cpu_count", lambda only_physical_cores=False: 6)  # e.g. docker run --cpus=6
+    monkeypatch.setattr(d.os, "cpu_count", lambda: 64)
+    assert d.cpu_plan() == [
+        "visible: 64; usable: 6 (CPU affinity, container CPU quota, $FACE_ORGANIZER_CPUS)",
+        "stage 1 plans: on a GPU 2 streams and 4 decoding processes; on the CPU 6 stream(s) x 1 thread(s)"]
 
 
 def test_kernels_left_to_the_cpu_are_named() -> None:

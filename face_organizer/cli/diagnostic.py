@@ -48,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_tensorflow:
         tf = d.tensorflow_gpus()
         out.append("  TensorFlow: not installed" if tf is None else f"  TensorFlow GPUs: {tf or 'none'}")
+    out.append("== CPUs")
+    out += [f"  {line}" for line in d.cpu_plan()]
     out.append("== model pack")
     model: bytes | Callable[[str], bytes]
     try:
