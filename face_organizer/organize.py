@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -327,8 +327,10 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     # Only what is not placed yet can fail; on a new output that is everything (no lookups).
     started = _has_entries(output)
     todo = [op for op in operations if not os.path.lexists(op[1])] if started else operations
-    check_sources(todo, output, mode)
-    check_space(todo, output, mode, dry_run)
+    # Symbolic links are placed as the images they show (see ``_ordered``): found once, from folder listings.
+    links = symbolic_links({source for source, _ in operations}) if mode in ("hardlink", "move") else frozenset()
+    check_sources(todo, output, mode, links)
+    check_space(todo, output, mode, dry_run, links)
     digest = plan_digest(operations, mode)
     previous = prepare_output(output, digest, dry_run)
     if previous is not None:
@@ -340,7 +342,7 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
         return Placement(destinations, status, previous is not None)
     folders: set[str] = set()
     if mode != "copy":  # links take no data; moves make each copy durable before deleting its source
-        for source, dest, how in progress_bar(_ordered(operations, mode), total=len(operations), unit="file",
+        for source, dest, how in progress_bar(_ordered(operations, mode, links), total=len(operations), unit="file",
                                               enabled=progress, desc=mode):
             status[dest] = place(source, dest, how, folders=folders)
         return Placement(destinations, status, previous is not None)
@@ -380,26 +382,28 @@ def _existing_ancestor(path: str) -> str:
     return path
 
 
-def bytes_needed(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode) -> int:
+def bytes_needed(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, links: Set[str] | None = None) -> int:
     """Bytes the operations ``todo`` (not done yet) will add to the output's filesystem:
     copies, and moves from another filesystem (a rename takes no space); links take none."""
     if mode in ("hardlink", "symlink"):
         return 0
     device = _device(_existing_ancestor(output))
     total = 0
-    for source, _, how in _ordered(todo, mode):
+    links = _links(todo, links)
+    for source, _, how in _ordered(todo, mode, links):
         try:
             stat = os.stat(source)
         except OSError:
             continue  # reported as missing when placed
-        if how == "copy" or stat.st_dev != device or os.path.islink(source):  # a moved link is copied (``place``)
+        if how == "copy" or stat.st_dev != device or source in links:  # a moved link is copied (``place``)
             total += -(-stat.st_size // BLOCK) * BLOCK
     return total
 
 
-def check_sources(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode) -> None:
+def check_sources(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, links: Set[str] | None = None) -> None:
     """Refuse, before the first file, what would fail half-way in ``todo`` (not done yet): hard
-    links from another filesystem, and moves out of folders that cannot be written (a read-only mount)."""
+    links from another filesystem (a folder there, or a symbolic link to an image there), and moves
+    out of folders that cannot be written (a read-only mount)."""
     if mode not in ("hardlink", "move"):
         return
     device = _device(_existing_ancestor(output))
@@ -414,11 +418,42 @@ def check_sources(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode) 
         if mode == "move" and not os.access(folder, os.W_OK):
             raise SetupError(f"--link-mode move: files cannot be removed from {folder} (read-only or not yours); "
                              "use --link-mode copy, hardlink or symlink")
+    if mode == "hardlink":  # a hard link to a symbolic link is made to the image it shows
+        for link in sorted(_links(todo, links) & {source for source, _ in todo}):
+            try:
+                other_device = _device(link) != device
+            except OSError:
+                continue  # a broken link: reported as missing when placed
+            if other_device:
+                raise SetupError(f"--link-mode hardlink: {link} is a symbolic link to an image on another filesystem "
+                                 f"than {output}, and hard links cannot cross filesystems; use --link-mode copy or symlink")
 
 
-def check_space(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, dry_run: bool) -> None:
+def symbolic_links(paths: Set[str]) -> frozenset[str]:
+    """Those of ``paths`` that are symbolic links, read from one listing per folder (no call per file)."""
+    names: dict[str, set[str]] = {}
+    for path in paths:
+        folder, name = os.path.split(path)
+        names.setdefault(folder, set()).add(name)
+    links = []
+    for folder in sorted(names):
+        try:
+            with os.scandir(folder) as entries:
+                links += [os.path.join(folder, e.name) for e in entries if e.name in names[folder] and e.is_symlink()]
+        except OSError:
+            continue  # its files are reported as missing when placed
+    return frozenset(links)
+
+
+def _links(operations: Sequence[tuple[str, str]], links: Set[str] | None) -> Set[str]:
+    """``links`` as found by the caller, else the symbolic links among the operations' sources."""
+    return symbolic_links({source for source, _ in operations}) if links is None else links
+
+
+def check_space(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, dry_run: bool,
+                links: Set[str] | None = None) -> None:
     """Refuse to start copies that cannot fit: a full disk would stop the run half-way."""
-    needed = bytes_needed(todo, output, mode)
+    needed = bytes_needed(todo, output, mode, links)
     free = shutil.disk_usage(_existing_ancestor(output)).free
     if needed <= free:
         return
@@ -430,15 +465,20 @@ def check_space(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, dr
     raise SetupError(message)
 
 
-def _ordered(operations: Sequence[tuple[str, str]], mode: LinkMode) -> list[tuple[str, str, LinkMode]]:
+def _ordered(operations: Sequence[tuple[str, str]], mode: LinkMode,
+             links: Set[str] | None = None) -> list[tuple[str, str, LinkMode]]:
     """``(source, dest, mode)`` per operation. A photo whose faces went to several folders is
     moved only once: it is copied to every destination but its last, then moved to that one,
     so it ends up in every folder it belongs to and a resumed run finds the copies done.
     Symbolic links are moved first, as copies of the images they show (see ``place``), while
-    those images are still where the links point."""
-    if mode != "move":
+    those images are still where the links point. A hard link is made to the image a symbolic
+    link shows: Linux's link() makes one to the link itself, and a relative link would then
+    point elsewhere from its new folder."""
+    if mode not in ("move", "hardlink"):
         return [(s, d, mode) for s, d in operations]
+    links = _links(operations, links)
+    if mode == "hardlink":
+        return [(os.path.realpath(s) if s in links else s, d, mode) for s, d in operations]
     last = {source: dest for source, dest in operations}  # sorted: the last destination per source
-    links = {source for source in last if os.path.islink(source)}
     ordered = sorted(operations, key=lambda op: op[0] not in links)  # stable: each source's order is kept
     return [(s, d, "move" if last[s] == d else "copy") for s, d in ordered]

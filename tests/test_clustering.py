@@ -620,6 +620,32 @@ def test_move_places_the_images_that_symbolic_links_show(two_person, tmp_path) -
     assert again.status == {"exists": len(ef.rows.paths)}
 
 
+def test_hardlink_links_the_image_a_symbolic_link_shows(two_person, tmp_path, monkeypatch) -> None:
+    """Linux's link() links a symbolic link itself, which, relative, would point elsewhere from its
+    new folder; and a link to an image on another filesystem is refused before the first file."""
+    ef = _private_copy(two_person, tmp_path)
+    private = tmp_path / "input"
+    target = Path(ef.rows.paths[0])
+    link = private / "zzzz" / "relative.png"
+    link.parent.mkdir()
+    os.symlink(os.path.relpath(target, link.parent), link)
+    ef.rows.paths[3] = str(link)  # the row's embedding stays: this is about the files
+    config = ClusterConfig(clusters=2, link_mode="hardlink", previews=False)
+    real_device = organize._device
+    monkeypatch.setattr(organize, "_device", lambda p: real_device(p) + (1 if p == str(link) else 0))
+    with pytest.raises(FaceOrganizerError, match="relative.png is a symbolic link to an image on another filesystem"):
+        cluster_faces(ef, str(tmp_path / "refused"), config, progress=False)
+    assert not (tmp_path / "refused").exists()
+    monkeypatch.setattr(organize, "_device", real_device)
+    report = cluster_faces(ef, str(tmp_path / "out"), config, progress=False)
+    assert report.status["placed"] == len(ef.rows.paths)
+    for source, dest in zip(ef.rows.paths, report.destinations):
+        assert not os.path.islink(dest) and os.path.samefile(source, dest), dest
+    assert os.path.samefile(report.destinations[3], target) and link.is_symlink()  # the link stays where it was
+    again = cluster_faces(ef, str(tmp_path / "out"), config, progress=False)
+    assert again.status == {"exists": len(ef.rows.paths)}
+
+
 def _exactly_one_place(ef, report) -> None:
     for source, dest in zip(ef.rows.paths, report.destinations):
         assert Path(source).exists() != Path(dest).exists(), (source, dest)
