@@ -21,8 +21,8 @@ def usable_cpus(physical: bool = False) -> int:
     of its GPU processes a share). ``physical``: also at most the physical cores, as ONNX Runtime
     and OpenMP count them by default."""
     with warnings.catch_warnings():
-        # Without os.sched_getaffinity (macOS, Windows) loky asks for psutil on every call; the count
-        # it gives is right there without it.
+        # Where os.sched_getaffinity is missing, loky warns on every call that it wants psutil to read
+        # the affinity; the count it gives there is the right one without it.
         warnings.filterwarnings("ignore", message="Failed to inspect CPU affinity", category=UserWarning)
         cpus = max(1, joblib.cpu_count(only_physical_cores=physical))
     share = os.environ.get(CPUS_ENV, "").strip()

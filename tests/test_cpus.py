@@ -62,7 +62,7 @@ def test_a_share_set_in_the_environment_caps_the_count(machine, monkeypatch, cap
         assert f"ignoring {cpus.CPUS_ENV}={bad!r}" in caplog.text
 
 
-def test_each_gpu_process_of_the_launcher_gets_an_equal_share(machine, tmp_path: Path) -> None:
+def test_each_gpu_process_of_the_launcher_gets_an_equal_share(machine, monkeypatch, tmp_path: Path) -> None:
     worker = Worker(3, 10, tmp_path / "embeddings_gpu3.pkl", tmp_path / "embeddings_gpu3.log", ["true"])
     machine(16)
     env = worker_env(worker, 4)
@@ -70,11 +70,8 @@ def test_each_gpu_process_of_the_launcher_gets_an_equal_share(machine, tmp_path:
     assert worker_env(worker, 3)[cpus.CPUS_ENV] == "5"
     assert worker_env(worker, 32)[cpus.CPUS_ENV] == "1"
     # With 4 GPUs on 16 CPUs, each process then plans 2 decoding processes beside its 2 streams.
-    os.environ[cpus.CPUS_ENV] = env[cpus.CPUS_ENV]
-    try:
-        assert cpus.default_workers() == 2
-    finally:
-        del os.environ[cpus.CPUS_ENV]
+    monkeypatch.setenv(cpus.CPUS_ENV, env[cpus.CPUS_ENV])
+    assert cpus.default_workers() == 2
 
 
 def test_faiss_threads_follow_the_usable_cpus(machine) -> None:
