@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from face_organizer.alignment import align, centre_crop  # noqa: E402
 from face_organizer.cli.common import gpu_id_from_env  # noqa: E402
-from face_organizer.cpus import default_workers  # noqa: E402
+from face_organizer.cpus import default_workers, usable_cpus  # noqa: E402
 from face_organizer.embed_run import plan_streams, run_embeddings  # noqa: E402
 from face_organizer.faces import EmbedOptions, embed_batch, find_crop_face, load_face_models  # noqa: E402
 from face_organizer.images import read_image  # noqa: E402
@@ -123,7 +123,7 @@ def stage_costs(pack, paths: list[str]) -> str:
     total = decode + detect + aligning + recognise
     return (f"one core, per image: decode {decode / n:.2f} ms, detect ({options.crop_det_sizes[0]} px) {detect / n:.2f} ms, "
             f"align {aligning / n:.2f} ms, recognise {recognise / n:.2f} ms = {total / n:.2f} core-ms; "
-            f"{os.cpu_count()} cores cannot pass {os.cpu_count() / (total / len(paths)):.0f} images/s")
+            f"{usable_cpus()} cores cannot pass {usable_cpus() / (total / len(paths)):.0f} images/s")
 
 
 class CachedSession:
@@ -212,7 +212,7 @@ def main() -> int:
             return 0
         options = EmbedOptions(reuse_similar_frames=DEFAULT_THRESHOLD if args.reuse else 0.0)
         print(f"{len(paths)} PNG crops of 256x256" + (f" in shots of {args.frames} frames" if args.frames > 1 else "")
-              + f", {os.cpu_count()} CPUs, model pack {pack.name}, {streams} streams x {threads} threads, "
+              + f", {usable_cpus()} CPUs, model pack {pack.name}, {streams} streams x {threads} threads, "
               f"{workers} decoding processes, device {models.device}" + (", --reuse-similar-frames" if args.reuse else ""))
         # Alternate the two over --rounds slices of the images, so that a machine whose speed drifts
         # (shared virtual CPUs) slows both alike; totals are over all images.
