@@ -41,7 +41,9 @@ def build_parser():
     p.add_argument("--output", required=True, metavar="FILE.pkl", help="embeddings file to write (resumed if it exists)")
     p.add_argument("--workers", type=common.non_negative, default=None,
                    help="image-decoding processes; 0: each stream decodes its own images "
-                        f"(default: 0 on the CPU; on a GPU, CPUs minus 2, at most 8: here {default_workers()})")
+                        f"(default: 0 on the CPU; on a GPU, CPUs minus 2, at most 8: here {default_workers()}; "
+                        "CPUs are those this process may use: its affinity and container CPU quota, at most "
+                        "$FACE_ORGANIZER_CPUS)")
     p.add_argument("--batch-size", type=common.positive, default=64, help="faces per recogniser batch (default: 64)")
     p.add_argument("--mode", choices=("crops", "photos"), default="crops",
                    help="crops: one face per image (default); photos: every face in each image")
