@@ -384,12 +384,14 @@ def _existing_ancestor(path: str) -> str:
 
 def bytes_needed(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, links: Set[str] | None = None) -> int:
     """Bytes the operations ``todo`` (not done yet) will add to the output's filesystem:
-    copies, and moves from another filesystem (a rename takes no space); links take none."""
+    copies, and moves from another filesystem (a rename takes no space); links take none.
+    ``links``: the symbolic links among the sources, found here when not given."""
     if mode in ("hardlink", "symlink"):
         return 0
     device = _device(_existing_ancestor(output))
     total = 0
-    links = _links(todo, links)
+    if links is None:
+        links = symbolic_links({source for source, _ in todo})
     for source, _, how in _ordered(todo, mode, links):
         try:
             stat = os.stat(source)
@@ -400,10 +402,10 @@ def bytes_needed(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, l
     return total
 
 
-def check_sources(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, links: Set[str] | None = None) -> None:
+def check_sources(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, links: Set[str]) -> None:
     """Refuse, before the first file, what would fail half-way in ``todo`` (not done yet): hard
     links from another filesystem (a folder there, or a symbolic link to an image there), and moves
-    out of folders that cannot be written (a read-only mount)."""
+    out of folders that cannot be written (a read-only mount). ``links``: the symbolic links among the sources."""
     if mode not in ("hardlink", "move"):
         return
     device = _device(_existing_ancestor(output))
@@ -419,7 +421,7 @@ def check_sources(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, 
             raise SetupError(f"--link-mode move: files cannot be removed from {folder} (read-only or not yours); "
                              "use --link-mode copy, hardlink or symlink")
     if mode == "hardlink":  # a hard link to a symbolic link is made to the image it shows
-        for link in sorted(_links(todo, links) & {source for source, _ in todo}):
+        for link in sorted(links & {source for source, _ in todo}):
             try:
                 other_device = _device(link) != device
             except OSError:
@@ -445,13 +447,7 @@ def symbolic_links(paths: Set[str]) -> frozenset[str]:
     return frozenset(links)
 
 
-def _links(operations: Sequence[tuple[str, str]], links: Set[str] | None) -> Set[str]:
-    """``links`` as found by the caller, else the symbolic links among the operations' sources."""
-    return symbolic_links({source for source, _ in operations}) if links is None else links
-
-
-def check_space(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, dry_run: bool,
-                links: Set[str] | None = None) -> None:
+def check_space(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, dry_run: bool, links: Set[str]) -> None:
     """Refuse to start copies that cannot fit: a full disk would stop the run half-way."""
     needed = bytes_needed(todo, output, mode, links)
     free = shutil.disk_usage(_existing_ancestor(output)).free
@@ -465,8 +461,7 @@ def check_space(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, dr
     raise SetupError(message)
 
 
-def _ordered(operations: Sequence[tuple[str, str]], mode: LinkMode,
-             links: Set[str] | None = None) -> list[tuple[str, str, LinkMode]]:
+def _ordered(operations: Sequence[tuple[str, str]], mode: LinkMode, links: Set[str]) -> list[tuple[str, str, LinkMode]]:
     """``(source, dest, mode)`` per operation. A photo whose faces went to several folders is
     moved only once: it is copied to every destination but its last, then moved to that one,
     so it ends up in every folder it belongs to and a resumed run finds the copies done.
@@ -476,7 +471,6 @@ def _ordered(operations: Sequence[tuple[str, str]], mode: LinkMode,
     point elsewhere from its new folder."""
     if mode not in ("move", "hardlink"):
         return [(s, d, mode) for s, d in operations]
-    links = _links(operations, links)
     if mode == "hardlink":
         return [(os.path.realpath(s) if s in links else s, d, mode) for s, d in operations]
     last = {source: dest for source, dest in operations}  # sorted: the last destination per source
