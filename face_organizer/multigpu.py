@@ -80,6 +80,12 @@ class Worker:
         return f"GPU_ID={self.gpu} " + " ".join(shlex.quote(c) for c in self.command)
 
 
+def write_file_list(path: Path, files: Sequence[str]) -> None:
+    """One path per line, readable in a pager; NUL-separated instead when a name holds a line break."""
+    sep = b"\0" if any("\n" in f or "\r" in f for f in files) else b"\n"
+    path.write_bytes(b"".join(os.fsencode(f) + sep for f in files))
+
+
 def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int], out_dir: Path, prefix: str,
                  extra: Sequence[str]) -> list[Worker]:
     script = Path(__file__).resolve().parents[1] / "scripts" / "generate_embeddings.py"
@@ -88,7 +94,7 @@ def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int
     for gpu, files in zip(gpus, shard(paths, len(gpus))):
         output = out_dir / f"{prefix}{gpu}.pkl"
         file_list = out_dir / f"{prefix}{gpu}.files.txt"
-        file_list.write_text("".join(f"{p}\n" for p in files), encoding="utf-8", errors="surrogateescape")
+        write_file_list(file_list, files)
         command = [sys.executable, str(script), "--input", *inputs, "--file-list", str(file_list),
                    "--output", str(output), *extra]
         workers.append(Worker(gpu, len(files), output, out_dir / f"{prefix}{gpu}.log", command))

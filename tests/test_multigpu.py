@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
@@ -41,7 +42,8 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     crops = [p for c in video_crops.values() for p in c]
     root = tmp_path / "input"
     for i, p in enumerate(crops):
-        target = root / ("2017" if i % 2 else "2018") / p.name
+        name = p.name if i != 3 else "two\nlines.png"  # the launcher's file lists must carry line breaks too
+        target = root / ("2017" if i % 2 else "2018") / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(p.read_bytes())
     inputs = [str(root / "2017"), str(root / "2018")]
@@ -58,6 +60,7 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     single = embfile.load(tmp_path / "single.pkl")
     order = np.argsort(merged.rows.paths)
     assert [merged.rows.paths[i] for i in order] == single.rows.paths
+    assert str(root / "2017" / "two\nlines.png") in single.rows.paths and not merged.failed
     np.testing.assert_allclose(merged.rows.embeddings[order], single.rows.embeddings, atol=1e-5)
     assert sorted(merged.meta["inputs"]) == sorted(inputs)
 
@@ -76,3 +79,16 @@ def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir
     assert "GPU 0: ok" in printed and "GPU 1: FAILED" in printed
     assert "is a folder" in printed and "GPU_ID=1 " in printed and "re-run it alone" in printed
     assert (out / "embeddings_gpu0.pkl").is_file()
+
+
+def test_file_lists_one_per_line_or_nul_separated(tmp_path) -> None:
+    from face_organizer.cli.embed import read_file_list
+    from face_organizer.multigpu import write_file_list
+
+    names = [str(tmp_path / "a b.png"), str(tmp_path / "two\nlines.png"), str(tmp_path / "end\r.png")]
+    write_file_list(tmp_path / "nul.txt", names)
+    assert read_file_list(str(tmp_path / "nul.txt")) == sorted(names)
+    write_file_list(tmp_path / "plain.txt", names[:1])
+    assert (tmp_path / "plain.txt").read_text() == names[0] + "\n"  # readable where it can be
+    (tmp_path / "crlf.txt").write_bytes(b"x.png\r\n\r\n./y.png\r\n")  # written on Windows, blank line
+    assert read_file_list(str(tmp_path / "crlf.txt")) == [os.path.abspath("x.png"), os.path.abspath("y.png")]

@@ -27,11 +27,18 @@ EXAMPLES = """\
 
 
 def read_file_list(path: str) -> list[str]:
+    """The images a ``--file-list`` names: one path per line or, where names hold line breaks,
+    separated by NUL bytes (as ``find -print0`` and the GPU launcher write them)."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as handle:  # names need not be UTF-8
-            return sorted({os.path.abspath(line.rstrip("\n")) for line in handle if line.strip()})
+        with open(path, "rb") as handle:
+            data = handle.read()
     except OSError as err:
         raise SetupError(f"cannot read --file-list {path}: {err.strerror or err}") from None
+    if b"\0" in data:
+        names = data.split(b"\0")
+    else:
+        names = [line.rstrip(b"\r") for line in data.split(b"\n") if line.strip()]
+    return sorted({os.path.abspath(os.fsdecode(name)) for name in names if name})  # names need not be UTF-8
 
 
 def build_parser():
@@ -59,7 +66,7 @@ def build_parser():
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing --output and start over")
     p.add_argument("--checkpoint-seconds", type=common.non_negative_float, default=60.0, help="seconds between checkpoints (default: 60)")
     p.add_argument("--file-list", default=None, metavar="FILE",
-                   help="embed only the images listed in FILE (one path per line); --input still names the folders")
+                   help="embed only the images listed in FILE (one path per line, or NUL-separated as find -print0 writes); --input still names the folders")
     p.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--streams", type=common.non_negative, default=0,
                    help="batches embedded concurrently (default: one per core on the CPU, 2 on a GPU)")
