@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, embfile, people, quality
+from . import __version__, embfile, people, quality, relocate
 from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cluster_name, gpu_count, graph_clusters,
                          graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
@@ -45,6 +45,7 @@ class ClusterConfig:
     people_from: str | None = None  # an earlier output: assign faces to its people instead of clustering
     attach_outliers: bool = True  # auto: a second pass gives outliers near a cluster's centre to that cluster
     join_rule: bool = True  # auto: groups join only when their faces are alike on average (off only for comparison)
+    moved_to: tuple[str, ...] = ()  # earlier outputs that --link-mode move put the images in
 
 
 SHOWN_FOLDERS = 50  # printed one per line; with thousands (--clusters auto), the rest are counted
@@ -254,7 +255,7 @@ MAX_SHEETS = 100  # contact sheets for the largest clusters; with thousands, the
 
 
 def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: list[str], counts: dict[str, int],
-              destinations: Sequence[str], extra_notes: Sequence[str] = ()) -> None:
+              destinations: Sequence[str], where: Sequence[str], extra_notes: Sequence[str] = ()) -> None:
     folder = os.path.join(output, "previews")
     photos = ef.meta.get("mode") == "photos"
     members: dict[str, list[int]] = {}
@@ -269,7 +270,7 @@ def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: li
             rows = np.asarray(members[name])
             order = rows[np.argsort(-sims[rows], kind="stable")]
             central, borderline = order[:24], order[::-1][:8] if len(order) > 24 else order[:0]
-            faces = [[SheetFace(placed_or_source(destinations[i], ef.rows.paths[i]), ef.rows.bbox[i] if photos else None, name)
+            faces = [[SheetFace(placed_or_source(destinations[i], where[i]), ef.rows.bbox[i] if photos else None, name)
                       for i in group]
                      for group in (central, borderline)]
             sheet = os.path.join(folder, f"{name}.jpg")
@@ -287,7 +288,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     started = time.monotonic()
     output = os.path.abspath(output)
     check_output_folder(output)  # before the clustering, which takes minutes on a large collection
-    check_images_reachable(ef.rows.paths, output)
+    where = relocate.current_locations(ef.rows.paths, config.moved_to)
+    check_images_reachable(where, output)
     clustering = run_clustering(ef, config)
     names = [cluster_name(int(label)) for label in clustering.labels]
     paths = ef.rows.paths
@@ -296,7 +298,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         counts[name] += 1
     order = sorted(counts, key=lambda n: (n == "outliers", -counts[n], n))
     images_per_cluster = {n: counts[n] for n in order}
-    placement = place_all(output, paths, names, ef.meta.get("inputs", []), config.link_mode,
+    placement = place_all(output, paths, names, ef.meta.get("inputs", []), config.link_mode, sources=where,
                           dry_run=config.dry_run, progress=progress)
     report = ClusterReport(output, clustering, names, images_per_cluster, placement.destinations, dry_run=config.dry_run)
     if config.dry_run:
@@ -306,7 +308,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status,
                clustering.set_aside)
     if config.previews:
-        _previews(output, ef, clustering, names, images_per_cluster, placement.destinations, report.notes())
+        _previews(output, ef, clustering, names, images_per_cluster, placement.destinations, where, report.notes())
     people_file = people.save(output, clustering.centres)  # for a later --people-from
     report.elapsed = time.monotonic() - started
     summary = {

@@ -151,11 +151,11 @@ def check_images_reachable(paths: Sequence[str], output: str) -> None:
         return
     raise SetupError(f"none of the {len(set(paths)):,} images named in the embeddings is where it was embedded "
                      f"(for example {paths[0]}): were they embedded in another container or with their folders "
-                     "mounted elsewhere, or moved since (by an earlier --link-mode move)? Mount them at the same "
-                     "paths, or embed them where they are now")
+                     "mounted elsewhere, or moved since? Mount them at the same paths, add --moved-to with the "
+                     "output folder of an earlier --link-mode move, or embed them where they are now")
 
 
-def prepare_output(output: str, digest: str, dry_run: bool) -> dict[str, Any] | None:
+def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode = "copy") -> dict[str, Any] | None:
     """Check the output folder: empty/new, or the same plan interrupted or finished.
 
     Returns the saved state of an earlier run of this very plan being continued, None
@@ -166,7 +166,7 @@ def prepare_output(output: str, digest: str, dry_run: bool) -> dict[str, Any] | 
     if not _has_entries(output):
         if not dry_run:
             os.makedirs(output, exist_ok=True)
-            atomic_write_text(state, json.dumps({"plan": digest, "durable": 0}))
+            atomic_write_text(state, json.dumps({"plan": digest, "durable": 0, "mode": mode}))
         return None
     try:
         with open(state, encoding="utf-8") as handle:
@@ -175,6 +175,10 @@ def prepare_output(output: str, digest: str, dry_run: bool) -> dict[str, Any] | 
         raise SetupError(f"--output {output}: its {STATE_FILE} cannot be read; choose a new folder, or remove it "
                          "to start over") from None
     if not isinstance(previous, dict) or previous.get("plan") != digest:
+        if isinstance(previous, dict) and previous.get("mode") == "move":
+            raise SetupError(f"--output {output} holds images an earlier run moved there (--link-mode move), sorted "
+                             f"differently; removing it would delete them. Choose a new folder, and add --moved-to "
+                             f"{output} to cluster_faces or search_faces to read the images from there")
         raise SetupError(
             f"--output {output} holds a different clustering (other embeddings, settings or files); "
             "choose a new folder, or remove it to start over"
@@ -182,10 +186,10 @@ def prepare_output(output: str, digest: str, dry_run: bool) -> dict[str, Any] | 
     return previous
 
 
-def _mark_durable(output: str, digest: str, done: int) -> None:
+def _mark_durable(output: str, digest: str, mode: LinkMode, done: int) -> None:
     """Flush the output's filesystem, then record that the first ``done`` operations are on disk."""
     sync_filesystem(output)
-    atomic_write_text(os.path.join(output, STATE_FILE), json.dumps({"plan": digest, "durable": done}))
+    atomic_write_text(os.path.join(output, STATE_FILE), json.dumps({"plan": digest, "durable": done, "mode": mode}))
 
 
 def _same_size(a: str, b: str) -> bool:
@@ -316,14 +320,18 @@ class Placement:
 
 
 def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: Sequence[str], mode: LinkMode, *,
-              dry_run: bool = False, progress: bool = True) -> Placement:
+              sources: Sequence[str] | None = None, dry_run: bool = False, progress: bool = True) -> Placement:
     """Put each path under ``output/<group>/…`` (``"."``: directly under ``output``).
 
+    ``sources``: where each image is now, where that is not its path (an earlier move took it
+    elsewhere: ``relocate``); destinations are named from ``paths`` either way, and so is the
+    plan, so that a re-run finds it the same once some images have moved on.
     The plan is checked against the output folder first (new, empty, or the same plan
     interrupted or finished); a dry run stops there and writes nothing.
     """
     destinations = [inside(output, d) for d in plan_destinations(paths, groups, roots)]
-    operations = sorted(set(zip(paths, destinations)))
+    named = sorted(set(zip(paths, destinations)))
+    operations = named if sources is None else sorted(set(zip(sources, destinations)))
     # Only what is not placed yet can fail; on a new output that is everything (no lookups).
     started = _has_entries(output)
     todo = [op for op in operations if not os.path.lexists(op[1])] if started else operations
@@ -331,8 +339,8 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     links = symbolic_links({source for source, _ in operations}) if mode in ("hardlink", "move") else frozenset()
     check_sources(todo, output, mode, links)
     check_space(todo, output, mode, dry_run, links)
-    digest = plan_digest(operations, mode)
-    previous = prepare_output(output, digest, dry_run)
+    digest = plan_digest(named, mode)
+    previous = prepare_output(output, digest, dry_run, mode)
     if previous is not None:
         log.info("continuing an earlier run into %s", output)
         if not dry_run and (removed := remove_partial_copies(destinations)):
@@ -356,9 +364,9 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
                              folders=folders)
         unflushed += status[dest] == "placed"
         if unflushed >= SYNC_EVERY:
-            _mark_durable(output, digest, i + 1)
+            _mark_durable(output, digest, mode, i + 1)
             unflushed = 0
-    _mark_durable(output, digest, len(operations))
+    _mark_durable(output, digest, mode, len(operations))
     return Placement(destinations, status, previous is not None)
 
 

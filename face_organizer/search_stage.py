@@ -17,6 +17,7 @@ from .errors import SetupError
 from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
+from . import relocate
 from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
@@ -98,18 +99,21 @@ def usable_references(queries: Sequence[str], models: FaceModels) -> tuple[list[
 def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], output: str, *,
                 threshold: float | None = None, top_k: int | None = None, expand: bool = True,
                 link_mode: LinkMode = "copy", use_gpu: bool = False, progress: bool = True,
-                previews: bool = True) -> SearchReport:
+                previews: bool = True, moved_to: Sequence[str] = ()) -> SearchReport:
+    """``moved_to``: earlier cluster_faces outputs that ``--link-mode move`` put the images in."""
     check_same_model(ef, models)
     output = os.path.abspath(output)
     check_output_folder(output)
-    check_images_reachable(ef.rows.paths, output)
+    where = relocate.current_locations(ef.rows.paths, moved_to)
+    check_images_reachable(where, output)
     refs, left_out = usable_references(queries, models)
     calibration = load_calibration(models.pack.recognizer.name)
     calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
     result = search(ef.rows.embeddings, [r.embedding for r in refs], threshold=threshold, calibrated=calibrated,
                     expand=expand, top_k=top_k, use_gpu=use_gpu)
     paths = [ef.rows.paths[i] for i in result.index]
-    placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode, progress=progress)
+    placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode,
+                          sources=[where[i] for i in result.index], progress=progress)
     dests, status = placement.destinations, placement.status
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -120,11 +124,11 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     atomic_write_text(os.path.join(output, "matches.csv"), buffer.getvalue())
     report = SearchReport(result, refs, dests, len(ef.rows), output, left_out)
     if previews:
-        _preview(output, ef, report)
+        _preview(output, ef, report, where)
     return report
 
 
-def _preview(output: str, ef: EmbeddingsFile, report: SearchReport) -> None:
+def _preview(output: str, ef: EmbeddingsFile, report: SearchReport, where: Sequence[str]) -> None:
     """``index.html`` with a contact sheet: the references, then the best matches, then (framed
     in red) the weakest, where a wrong match would show first."""
     photos = ef.meta.get("mode") == "photos"
@@ -132,7 +136,7 @@ def _preview(output: str, ef: EmbeddingsFile, report: SearchReport) -> None:
 
     def face(k: int) -> SheetFace:
         i = int(rows[k])
-        return SheetFace(placed_or_source(report.destinations[k], ef.rows.paths[i]), ef.rows.bbox[i] if photos else None, "")
+        return SheetFace(placed_or_source(report.destinations[k], where[i]), ef.rows.bbox[i] if photos else None, "")
 
     queries = [SheetFace(r.path, None, "") for r in report.references]
     n_best = min(len(rows), max(8, 24 - len(queries)))

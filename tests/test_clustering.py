@@ -19,7 +19,7 @@ from face_organizer.cli import common
 from face_organizer.cli.cluster import main as cluster_main
 from face_organizer.cluster_stage import SHOWN_FOLDERS, ClusterConfig, cluster_faces, load_embeddings, run_clustering
 from face_organizer.clustering import MERGE_Z, cluster_name, graph_clusters, kmeans
-from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError
+from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError, SetupError
 from face_organizer.evaluation import bcubed, folder_report, largest_face_rows
 from face_organizer.fsutil import _umask
 from clusterrun import cluster_with
@@ -651,24 +651,30 @@ def _exactly_one_place(ef, report) -> None:
         assert Path(source).exists() != Path(dest).exists(), (source, dest)
 
 
-def test_interrupted_move_loses_nothing(two_person, tmp_path, monkeypatch) -> None:
-    ef = _private_copy(two_person, tmp_path)
-    out = tmp_path / "out"
-    config = ClusterConfig(clusters=2, link_mode="move", previews=False)
-    plan = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", dry_run=True), progress=False)
+def _interrupted_after(placed: int, ef, output: str, config: ClusterConfig, monkeypatch) -> list[str]:
+    """Run ``cluster_faces`` until a Ctrl-C after ``placed`` files; the sources it placed."""
     real_place, calls = organize.place, []
 
     def dying_place(source, dest, mode, **options):
-        if len(calls) == 10:
+        if len(calls) == placed:
             raise KeyboardInterrupt
         calls.append(source)
         return real_place(source, dest, mode, **options)
 
     monkeypatch.setattr("face_organizer.organize.place", dying_place)
     with pytest.raises(KeyboardInterrupt):
-        cluster_faces(ef, str(out), config, progress=False)
-    _exactly_one_place(ef, plan)
+        cluster_faces(ef, output, config, progress=False)
     monkeypatch.setattr("face_organizer.organize.place", real_place)
+    return calls
+
+
+def test_interrupted_move_loses_nothing(two_person, tmp_path, monkeypatch) -> None:
+    ef = _private_copy(two_person, tmp_path)
+    out = tmp_path / "out"
+    config = ClusterConfig(clusters=2, link_mode="move", previews=False)
+    plan = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", dry_run=True), progress=False)
+    _interrupted_after(10, ef, str(out), config, monkeypatch)
+    _exactly_one_place(ef, plan)
     report = cluster_faces(ef, str(out), config, progress=False)
     assert report.status["exists"] == 10 and not any(Path(p).exists() for p in ef.rows.paths)
     _exactly_one_place(ef, report)
@@ -737,6 +743,58 @@ def test_images_all_elsewhere_are_refused_before_clustering(two_person, tmp_path
         assert f"none of the {len(set(ef.rows.paths))} images named in the embeddings is where it was embedded" \
             in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_images_an_earlier_move_took_are_sorted_again_and_searched_with_moved_to(two_person, testpack_dir, tmp_path,
+                                                                                   monkeypatch, capsys) -> None:
+    from face_organizer.cli.search import main as search_main
+
+    ef = _private_copy(two_person, tmp_path)
+    pkl = tmp_path / "emb.pkl"
+    embfile.save(pkl, ef)
+    content = {p: Path(p).read_bytes() for p in ef.rows.paths}
+    first = tmp_path / "sorted"
+    assert run_cli(["--embeddings", str(pkl), "--output", str(first), "--link-mode", "move", "--no-previews", "-q"]) == 0
+    assert not any(os.path.lexists(p) for p in ef.rows.paths)
+    capsys.readouterr()
+    # Sorted differently into the same folder: removing it would delete the images, so it is not suggested.
+    assert run_cli(["--embeddings", str(pkl), "--output", str(first), "--clusters", "3", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "removing it would delete them" in err and f"--moved-to {first}" in err and "remove it to start" not in err
+    assert run_cli(["--embeddings", str(pkl), "--output", str(tmp_path / "again"), "--clusters", "3", "-q"]) == 2
+    assert "--moved-to" in capsys.readouterr().err
+    # Moved on again, for three people, and interrupted: the re-run of the same command finishes it.
+    again = tmp_path / "again"
+    config = ClusterConfig(clusters=3, link_mode="move", previews=False, moved_to=(str(first),))
+    calls = _interrupted_after(10, ef, str(again), config, monkeypatch)
+    assert all(str(first) in source for source in calls)  # read from where the first move put them
+    report = cluster_faces(ef, str(again), config, progress=False)
+    assert report.status == {"exists": 10, "placed": len(ef.rows) - 10}
+    assert {Path(d).relative_to(again).parts[0] for d in report.destinations} >= {"person_A", "person_B", "person_C"}
+    for path, dest in zip(ef.rows.paths, report.destinations):
+        assert Path(dest).read_bytes() == content[path]  # each image, named as it was embedded
+    assert not [f for files in folder_files(first).values() for f in files]  # nothing left behind, nothing copied
+    rows = list(csv.DictReader((again / "clusters.csv").open(encoding="utf-8")))
+    assert sorted(r["path"] for r in rows) == sorted(ef.rows.paths)
+    # A search finds them through the latest output (its table maps the embedded paths onward).
+    query = tmp_path / "query.png"
+    query.write_bytes(content[ef.rows.paths[0]])
+    found = tmp_path / "found"
+    assert common.run(search_main, ["--embeddings", str(pkl), "--query", str(query), "--output", str(found),
+                                    "--model", str(testpack_dir), "--moved-to", str(again), "-q"]) == 0
+    matches = list(csv.DictReader((found / "matches.csv").open(encoding="utf-8")))
+    assert len(matches) > 20 and {m["status"] for m in matches} == {"placed"}
+    assert all(Path(m["destination"]).read_bytes() == content[m["path"]] for m in matches)
+
+
+def test_moved_to_a_folder_without_a_clusters_table_is_one_line(tmp_path) -> None:
+    from face_organizer.relocate import current_locations
+
+    with pytest.raises(SetupError, match="cannot read .*clusters.csv"):
+        current_locations(["/in/a.png"], [str(tmp_path)])
+    (tmp_path / "clusters.csv").write_text("path,similarity\n/in/a.png,0.5\n")  # another table
+    with pytest.raises(SetupError, match="is not a cluster_faces table"):
+        current_locations(["/in/a.png"], [str(tmp_path)])
 
 
 def test_cross_device_move_interrupted_between_copy_and_delete(two_person, tmp_path, monkeypatch) -> None:

@@ -17,6 +17,8 @@ EXAMPLES = """\
       --output /workspace/clustered_faces --clusters 2
   python scripts/cluster_faces.py --embeddings photos.pkl --output people --clusters auto --link-mode symlink
   python scripts/cluster_faces.py --embeddings emb.pkl --output sorted --dry-run
+  # images moved into person folders by an earlier --link-mode move, sorted again for three people:
+  python scripts/cluster_faces.py --embeddings emb.pkl --output sorted3 --clusters 3 --moved-to sorted
   # next year's faces into the same person_A/, person_B/, … as last year's run:
   python scripts/cluster_faces.py --embeddings /workspace/embeddings_2018.pkl --output /workspace/clustered_2018 \\
       --people-from /workspace/clustered_faces
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: derived from the data for the model in use")
     p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink", "move"), default="copy",
                    help="how files reach the folders (default: copy)")
+    common.add_moved_to_arg(p)
     p.add_argument("--dry-run", action="store_true", help="write nothing; print what would happen")
     p.add_argument("--min-cluster-size", type=common.positive, default=2,
                    help="auto: smaller groups go to outliers/ (default: 2, so two faces that are each other's "
@@ -86,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            dry_run=args.dry_run, neighbours=args.neighbours, min_cluster_size=args.min_cluster_size,
                            seed=args.seed, previews=args.previews, extra_groups=args.extra_groups,
                            set_aside_unrecognisable=args.set_aside_unrecognisable, people_from=args.people_from,
-                           attach_outliers=args.attach_outliers)
+                           attach_outliers=args.attach_outliers, moved_to=tuple(args.moved_to))
     with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
         report = cluster_faces(ef, args.output, config, progress=not args.quiet, sources=args.embeddings)
     print("\n".join(report.lines() + (dry_run_lines(report) if args.dry_run else [])))

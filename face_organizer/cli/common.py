@@ -132,6 +132,12 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorrt", action="store_true", help="try ONNX Runtime's TensorRT provider before CUDA")
 
 
+def add_moved_to_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--moved-to", nargs="+", default=[], metavar="DIR",
+                   help="output folders of an earlier cluster_faces --link-mode move: images no longer where they "
+                        "were embedded are read from where that run put them (its clusters.csv)")
+
+
 def model_root(arg: str | None) -> Path | None:
     value = arg or os.environ.get(MODEL_ROOT_ENV)
     return Path(value).expanduser() if value else None

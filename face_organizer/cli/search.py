@@ -37,6 +37,7 @@ def build_parser():
                    help="minimum similarity (default: calibrated for the model, else derived from the data)")
     p.add_argument("--top-k", type=common.positive, default=None, help="keep at most this many matches")
     p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy")
+    common.add_moved_to_arg(p)
     p.add_argument("--no-expand", dest="expand", action="store_false", help="no second search from confident matches")
     p.add_argument("--no-previews", dest="previews", action="store_false",
                    help="skip the contact sheet of matches and index.html")
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exclusive(args.output, common.OTHER_RUN):
         report = find_person(ef, models, args.query, args.output, threshold=args.threshold, top_k=args.top_k,
                              expand=args.expand, link_mode=args.link_mode, use_gpu=gpu_count() > 0, progress=not args.quiet,
-                             previews=args.previews)
+                             previews=args.previews, moved_to=args.moved_to)
     print("\n".join(report.lines()))
     return 0
 

@@ -1,0 +1,69 @@
+"""Images that an earlier ``cluster_faces --link-mode move`` took from where they were embedded,
+found again through that run's ``clusters.csv`` (each row: the path as embedded and its destination).
+
+An embeddings file keeps the paths its images had when they were embedded. After a move, a
+second clustering (another number of people) or a search would find none of them; with the
+earlier output named, each image is read from where the move put it, and the new output names
+it as before (by the path it was embedded at).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Sequence
+
+from .errors import SetupError
+
+TABLE = "clusters.csv"
+
+log = logging.getLogger(__name__)
+
+
+def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
+    """Path as embedded -> the files an earlier placement made of it (a group photo goes to the
+    folder of each of its faces), read from the ``clusters.csv`` of each earlier output."""
+    found: dict[str, list[str]] = {}
+    for output in outputs:
+        table = os.path.join(output, TABLE)
+        try:
+            with open(table, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+                for row in csv.DictReader(handle):
+                    places = found.setdefault(row["path"], [])
+                    if row["destination"] not in places:
+                        places.append(row["destination"])
+        except OSError as err:
+            raise SetupError(f"--moved-to {output}: cannot read {table} ({err.strerror or err}); name the folder "
+                             "an earlier cluster_faces run wrote") from None
+        except (KeyError, TypeError, csv.Error):
+            raise SetupError(f"--moved-to {output}: {table} is not a cluster_faces table (no path and "
+                             "destination columns)") from None
+    return found
+
+
+def locate(paths: Sequence[str], moved: dict[str, list[str]]) -> list[str]:
+    """Where each image is now: where it was embedded while it is still there (an interrupted
+    move leaves some), else the first file an earlier placement made of it that exists."""
+    if not moved:
+        return list(paths)
+    where: dict[str, str] = {}
+    for path in paths:
+        if path not in where:
+            where[path] = path if os.path.lexists(path) else next(
+                (d for d in moved.get(path, ()) if os.path.lexists(d)), path)
+    return [where[p] for p in paths]
+
+
+def current_locations(paths: Sequence[str], moved_to: Sequence[str]) -> list[str]:
+    """Where each of ``paths`` is now, given the earlier outputs a move put images in (none: the paths)."""
+    if not moved_to:
+        return list(paths)
+    where = locate(paths, moved_locations(moved_to))
+    found = len({p for p, w in zip(paths, where) if p != w})
+    log.info("%d image%s read from where an earlier move put %s (%s)", found, "" if found == 1 else "s",
+             "it" if found == 1 else "them", ", ".join(moved_to))
+    return where
+
+
+__all__ = ["current_locations", "locate", "moved_locations"]
