@@ -180,7 +180,7 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode = "co
                              f"differently; removing it would delete them. Choose a new folder, and add --moved-to "
                              f"{output} to cluster_faces or search_faces to read the images from there")
         raise SetupError(
-            f"--output {output} holds a different clustering (other embeddings, settings or files); "
+            f"--output {output} holds the output of a different run (other embeddings, settings, query or files); "
             "choose a new folder, or remove it to start over"
         )
     return previous

@@ -955,7 +955,7 @@ def test_rerun_into_other_clustering_is_refused(two_person, tmp_path, capsys) ->
     assert run_cli(base + ["--clusters", "2"]) == 0
     assert run_cli(base + ["--clusters", "2"]) == 0
     assert run_cli(base + ["--clusters", "3"]) == 2
-    assert "holds a different clustering" in capsys.readouterr().err
+    assert "holds the output of a different run" in capsys.readouterr().err
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "mine.txt").write_text("user file")
     assert run_cli(["--embeddings", str(two_person[0]), "--output", str(tmp_path / "other"), "-q"]) == 2
