@@ -325,6 +325,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
                          "cutoff_source": clustering.attach_source} if clustering.attach_cutoff is not None else None),
         "unrecognisable_in_outliers": int(clustering.set_aside.sum()) if clustering.set_aside is not None else 0,
         "link_mode": config.link_mode,
+        "moved_to": list(config.moved_to),
         "files": dict(report.status),
         "model_pack": ef.meta.get("model_pack"),
         "model_files": ef.meta.get("model_files"),

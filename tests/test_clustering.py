@@ -776,6 +776,7 @@ def test_images_an_earlier_move_took_are_sorted_again_and_searched_with_moved_to
     assert not [f for files in folder_files(first).values() for f in files]  # nothing left behind, nothing copied
     rows = list(csv.DictReader((again / "clusters.csv").open(encoding="utf-8")))
     assert sorted(r["path"] for r in rows) == sorted(ef.rows.paths)
+    assert json.loads((again / "summary.json").read_text())["moved_to"] == [str(first)]
     # A search finds them through the latest output (its table maps the embedded paths onward).
     query = tmp_path / "query.png"
     query.write_bytes(content[ef.rows.paths[0]])
