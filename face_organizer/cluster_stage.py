@@ -288,7 +288,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     started = time.monotonic()
     output = os.path.abspath(output)
     check_output_folder(output)  # before the clustering, which takes minutes on a large collection
-    where = relocate.current_locations(ef.rows.paths, config.moved_to)
+    where = relocate.current_locations(ef.rows.paths, config.moved_to, output)
     check_images_reachable(where, output)
     clustering = run_clustering(ef, config)
     names = [cluster_name(int(label)) for label in clustering.labels]

@@ -238,7 +238,7 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
         if mode == "symlink" and os.path.islink(dest) and os.readlink(dest) == source:
             return "exists"
         if mode == "move":
-            if not os.path.exists(source):
+            if source == dest or not os.path.exists(source):  # never delete what is to be placed
                 return "exists"
             if _same_size(source, dest):
                 os.unlink(source)  # the copy completed before an interruption

@@ -42,24 +42,28 @@ def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
     return found
 
 
-def locate(paths: Sequence[str], moved: dict[str, list[str]]) -> list[str]:
+def locate(paths: Sequence[str], moved: dict[str, list[str]], output: str) -> list[str]:
     """Where each image is now: where it was embedded while it is still there (an interrupted
-    move leaves some), else the first file an earlier placement made of it that exists."""
+    move leaves some), else the first file an earlier placement made of it that exists outside
+    ``output``. Files inside it are this placement's own (the same command naming its own output):
+    read from there, a move would delete a photo's copy in one folder as the source of another."""
     if not moved:
         return list(paths)
+    own = os.path.join(os.path.realpath(output), "")
     where: dict[str, str] = {}
     for path in paths:
         if path not in where:
             where[path] = path if os.path.lexists(path) else next(
-                (d for d in moved.get(path, ()) if os.path.lexists(d)), path)
+                (d for d in moved.get(path, ()) if not d.startswith(own) and os.path.lexists(d)), path)
     return [where[p] for p in paths]
 
 
-def current_locations(paths: Sequence[str], moved_to: Sequence[str]) -> list[str]:
-    """Where each of ``paths`` is now, given the earlier outputs a move put images in (none: the paths)."""
+def current_locations(paths: Sequence[str], moved_to: Sequence[str], output: str) -> list[str]:
+    """Where each of ``paths`` is now, given the earlier outputs a move put images in (none: the
+    paths), for a placement into ``output``."""
     if not moved_to:
         return list(paths)
-    where = locate(paths, moved_locations(moved_to))
+    where = locate(paths, moved_locations(moved_to), output)
     found = len({p for p, w in zip(paths, where) if p != w})
     log.info("%d image%s read from where an earlier move put %s (%s)", found, "" if found == 1 else "s",
              "it" if found == 1 else "them", ", ".join(moved_to))

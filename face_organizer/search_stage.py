@@ -104,7 +104,7 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     check_same_model(ef, models)
     output = os.path.abspath(output)
     check_output_folder(output)
-    where = relocate.current_locations(ef.rows.paths, moved_to)
+    where = relocate.current_locations(ef.rows.paths, moved_to, output)
     check_images_reachable(where, output)
     refs, left_out = usable_references(queries, models)
     calibration = load_calibration(models.pack.recognizer.name)

@@ -713,6 +713,10 @@ def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tm
     assert all(Path(d).is_file() for d in report.destinations)  # ... to every folder one of its faces went to
     group_folders = {Path(d).relative_to(out).parts[0] for p, d in zip(ef.rows.paths, report.destinations) if p == group}
     assert len(group_folders) >= 2, group_folders  # Obama and Biden are not sorted together
+    # The same command naming its own output as where the images went: nothing is moved onto itself or deleted.
+    again = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", moved_to=(str(out),)), progress=False)
+    assert again.status == {"exists": len(set(report.destinations))}
+    assert all(Path(d).is_file() for d in report.destinations)
     # The contact sheets show the moved photos, not the grey tiles of files no longer at their source.
     sheet = read_image(out / "previews" / "person_A.jpg")
     assert sheet[:TILE, :TILE].std() > 20
@@ -788,14 +792,21 @@ def test_images_an_earlier_move_took_are_sorted_again_and_searched_with_moved_to
     assert all(Path(m["destination"]).read_bytes() == content[m["path"]] for m in matches)
 
 
+def test_a_move_onto_itself_deletes_nothing(tmp_path) -> None:
+    image = tmp_path / "person_A" / "frame.png"
+    image.parent.mkdir()
+    image.write_bytes(b"the only copy")
+    assert organize.place(str(image), str(image), "move") == "exists" and image.read_bytes() == b"the only copy"
+
+
 def test_moved_to_a_folder_without_a_clusters_table_is_one_line(tmp_path) -> None:
     from face_organizer.relocate import current_locations
 
     with pytest.raises(SetupError, match="cannot read .*clusters.csv"):
-        current_locations(["/in/a.png"], [str(tmp_path)])
+        current_locations(["/in/a.png"], [str(tmp_path)], str(tmp_path / "out"))
     (tmp_path / "clusters.csv").write_text("path,similarity\n/in/a.png,0.5\n")  # another table
     with pytest.raises(SetupError, match="is not a cluster_faces table"):
-        current_locations(["/in/a.png"], [str(tmp_path)])
+        current_locations(["/in/a.png"], [str(tmp_path)], str(tmp_path / "out"))
 
 
 def test_cross_device_move_interrupted_between_copy_and_delete(two_person, tmp_path, monkeypatch) -> None:
