@@ -21,7 +21,7 @@ from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cl
                          graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
-from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
+from .organize import LinkMode, check_images_reachable, check_output_folder, missing_note, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
@@ -86,11 +86,8 @@ class ClusterReport:
             out.append("dry run: nothing was written")
         else:
             out.append("files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.status.items())) + f"; {self.elapsed:.1f} s")
-            missing = self.status.get("missing", 0)
-            if missing:
-                out.append(f"{count(missing, 'image')} {'was' if missing == 1 else 'were'} no longer where the "
-                           "embeddings file says (moved or deleted since embedded): clusters.csv lists "
-                           f"{'it' if missing == 1 else 'them'} with status 'missing'")
+            if self.status.get("missing"):
+                out.append(missing_note(self.status["missing"], "clusters.csv"))
         return out
 
     def notes(self) -> list[str]:

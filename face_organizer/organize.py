@@ -23,6 +23,7 @@ from typing import Any, Literal
 from .errors import FaceOrganizerError, SetupError
 from .fsutil import OUTPUT_MARKER, atomic_write_text, sync_filesystem
 from .progress import bar as progress_bar
+from .progress import count
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,13 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode = "co
             "choose a new folder, or remove it to start over"
         )
     return previous
+
+
+def missing_note(missing: int, table: str) -> str:
+    """The summary's line on images not placed because they were not where the embeddings file says."""
+    return (f"{count(missing, 'image')} {'was' if missing == 1 else 'were'} no longer where the embeddings file "
+            f"says (moved or deleted since embedded): {table} lists {'it' if missing == 1 else 'them'} with status "
+            "'missing'; moved by an earlier --link-mode move, they are found with --moved-to and that run's output folder")
 
 
 def _mark_durable(output: str, digest: str, mode: LinkMode, done: int) -> None:

@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
 from . import relocate
-from .organize import LinkMode, check_images_reachable, check_output_folder, place_all
+from .organize import LinkMode, check_images_reachable, check_output_folder, missing_note, place_all
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .progress import count
@@ -45,6 +46,7 @@ class SearchReport:
     rows: int
     output: str
     left_out: list[str] = field(default_factory=list)  # why each query that could not be used was left out
+    status: Counter[str] = field(default_factory=Counter)  # files by what their placement did
 
     def lines(self) -> list[str]:
         unique = len(set(self.destinations))
@@ -59,6 +61,10 @@ class SearchReport:
                          f"queries; left out: {'; '.join(self.left_out)}")
         elif len(self.references) > 1:
             lines.append(f"searched with {len(self.references)} queries")
+        if self.status:
+            lines.append("files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.status.items())))
+        if self.status.get("missing"):
+            lines.append(missing_note(self.status["missing"], "matches.csv"))
         return lines
 
 
@@ -122,7 +128,7 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
         writer.writerow([ef.rows.paths[row], int(ef.rows.face_index[row]), f"{float(sim):.4f}",
                          "expansion" if via else "reference", dest, status[dest]])
     atomic_write_text(os.path.join(output, "matches.csv"), buffer.getvalue())
-    report = SearchReport(result, refs, dests, len(ef.rows), output, left_out)
+    report = SearchReport(result, refs, dests, len(ef.rows), output, left_out, Counter(status.values()))
     if previews:
         _preview(output, ef, report, where)
     return report
