@@ -92,3 +92,18 @@ def test_file_lists_one_per_line_or_nul_separated(tmp_path) -> None:
     assert (tmp_path / "plain.txt").read_text() == names[0] + "\n"  # readable where it can be
     (tmp_path / "crlf.txt").write_bytes(b"x.png\r\n\r\n./y.png\r\n")  # written on Windows, blank line
     assert read_file_list(str(tmp_path / "crlf.txt")) == [os.path.abspath("x.png"), os.path.abspath("y.png")]
+
+
+def test_options_every_worker_would_refuse_are_refused_before_any_starts(tmp_path, capsys) -> None:
+    out = tmp_path / "embeddings"
+    base = ["--input", str(tmp_path), "--output-dir", str(out), "--gpus", "0,1", "--device", "cpu"]
+    for extra, said in ((["--wrkers", "2"], "unrecognized arguments: --wrkers 2"),
+                        (["--workers", "x"], "argument --workers: invalid"),
+                        (["--output", "x.pkl"], "set for each worker by embed_all_gpus"),  # not --output-dir
+                        (["--out", "x.pkl"], "set for each worker"),  # generate_embeddings reads it as --output
+                        (["--file-list=files.txt"], "set for each worker")):
+        with pytest.raises(SystemExit) as stopped:
+            multi_main(base + extra)
+        assert stopped.value.code == 2
+        assert "embed_all_gpus.py: error: " in (err := capsys.readouterr().err) and said in err, extra
+    assert not out.exists() and not (tmp_path / "x.pkl").exists()

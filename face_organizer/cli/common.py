@@ -104,12 +104,13 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         return 1
 
 
-def parser(prog: str, description: str, examples: str) -> argparse.ArgumentParser:
+def parser(prog: str, description: str, examples: str, *, allow_abbrev: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description=description,
         epilog="examples:\n" + examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=allow_abbrev,
     )
     p.add_argument("--version", action="version", version=f"face-organizer {__version__}")
     return p

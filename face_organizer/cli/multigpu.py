@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..multigpu import parse_gpus, plan_workers, run_workers
 from . import common
+from . import embed as embed_cli
 
 EXAMPLES = """\
   python scripts/embed_all_gpus.py --input /workspace/input/2006 /workspace/input/2007 \\
@@ -21,7 +22,10 @@ EXAMPLES = """\
 
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser("embed_all_gpus.py", "Embed images on several GPUs at once: files are balanced over the GPUs, "
-                      "one worker process per GPU writes OUTPUT_DIR/embeddings_gpu<ID>.pkl.", EXAMPLES)
+                      "one worker process per GPU writes OUTPUT_DIR/embeddings_gpu<ID>.pkl. Options of "
+                      "generate_embeddings.py (--workers, --batch-size, --model, --device, --mode, …) are passed "
+                      "to every worker.", EXAMPLES,
+                      allow_abbrev=False)  # generate_embeddings' --output is not short for --output-dir
     p.add_argument("--input", nargs="+", required=True, metavar="DIR")
     p.add_argument("--output-dir", required=True, metavar="DIR")
     p.add_argument("--gpus", default="all", help="'all' (nvidia-smi) or ids such as 0,1,3 (default: all)")
@@ -30,8 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_passthrough(parser: argparse.ArgumentParser, passthrough: Sequence[str]) -> None:
+    """Refuse, before any worker starts, options that generate_embeddings would refuse in every
+    worker, and those the launcher sets for each worker itself (also when abbreviated)."""
+    stage = embed_cli.build_parser()
+    stage.prog = parser.prog  # its errors name the command that was typed
+    own = ["--input", "<launcher>", "--output", "<launcher>"]
+    chosen, unknown = stage.parse_known_args([*own, *passthrough])
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if chosen.input != own[1:2] or chosen.output != own[3] or chosen.file_list or chosen.status_file:
+        parser.error("--input, --output and --file-list are set for each worker by embed_all_gpus: give the "
+                     "folders to its --input, and the embeddings files' folder and name to --output-dir and --prefix")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args, passthrough = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, passthrough = parser.parse_known_args(argv)
+    check_passthrough(parser, passthrough)
     common.setup_logging(args.verbose, args.quiet)
     gpus = parse_gpus(args.gpus)
     paths = common.find_images(args.input)
