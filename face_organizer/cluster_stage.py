@@ -295,8 +295,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         counts[name] += 1
     order = sorted(counts, key=lambda n: (n == "outliers", -counts[n], n))
     images_per_cluster = {n: counts[n] for n in order}
-    placement = place_all(output, paths, names, ef.meta.get("inputs", []), config.link_mode, sources=where,
-                          dry_run=config.dry_run, progress=progress)
+    placement = place_all(output, paths, names, ef.meta.get("inputs", []), config.link_mode,
+                          sources=where if config.moved_to else None, dry_run=config.dry_run, progress=progress)
     report = ClusterReport(output, clustering, names, images_per_cluster, placement.destinations, dry_run=config.dry_run)
     if config.dry_run:
         report.elapsed = time.monotonic() - started

@@ -156,7 +156,7 @@ def check_images_reachable(paths: Sequence[str], output: str) -> None:
                      "output folder of an earlier --link-mode move, or embed them where they are now")
 
 
-def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode = "copy") -> dict[str, Any] | None:
+def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode) -> dict[str, Any] | None:
     """Check the output folder: empty/new, or the same plan interrupted or finished.
 
     Returns the saved state of an earlier run of this very plan being continued, None
@@ -191,7 +191,8 @@ def missing_note(missing: int, table: str) -> str:
     """The summary's line on images not placed because they were not where the embeddings file says."""
     return (f"{count(missing, 'image')} {'was' if missing == 1 else 'were'} no longer where the embeddings file "
             f"says (moved or deleted since embedded): {table} lists {'it' if missing == 1 else 'them'} with status "
-            "'missing'; moved by an earlier --link-mode move, they are found with --moved-to and that run's output folder")
+            "'missing'; moved by an earlier --link-mode move, they are found with --moved-to and that run's "
+            "output folder")
 
 
 def _mark_durable(output: str, digest: str, mode: LinkMode, done: int) -> None:

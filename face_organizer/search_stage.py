@@ -119,7 +119,7 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
                     expand=expand, top_k=top_k, use_gpu=use_gpu)
     paths = [ef.rows.paths[i] for i in result.index]
     placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode,
-                          sources=[where[i] for i in result.index], progress=progress)
+                          sources=[where[i] for i in result.index] if moved_to else None, progress=progress)
     dests, status = placement.destinations, placement.status
     buffer = io.StringIO()
     writer = csv.writer(buffer)

@@ -66,7 +66,8 @@ def build_parser():
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing --output and start over")
     p.add_argument("--checkpoint-seconds", type=common.non_negative_float, default=60.0, help="seconds between checkpoints (default: 60)")
     p.add_argument("--file-list", default=None, metavar="FILE",
-                   help="embed only the images listed in FILE (one path per line, or NUL-separated as find -print0 writes); --input still names the folders")
+                   help="embed only the images listed in FILE (one path per line, or NUL-separated as find -print0 "
+                        "writes); --input still names the folders")
     p.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--streams", type=common.non_negative, default=0,
                    help="batches embedded concurrently (default: one per core on the CPU, 2 on a GPU)")
