@@ -283,6 +283,19 @@ def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, vide
     assert run_cli(command[:2] + command[3:]) == 0  # one of the two folders: nothing new either
     assert out.stat().st_mtime_ns == stat.st_mtime_ns
     capsys.readouterr()
+    # A year folder emptied since (its images moved into person folders): the loop over years goes on.
+    emptied = tmp_path / "emptied"
+    emptied.mkdir()
+    for _ in range(2):  # the first time, the file records the folder as one of its inputs
+        assert run_cli(["--input", str(emptied)] + command[3:]) == 0
+    said = capsys.readouterr()
+    assert said.out.count("images found: 0") == 2 and "left as it was" in said.out and "no images" in said.err
+    kept = embfile.load(out)
+    np.testing.assert_array_equal(kept.rows.embeddings, first.rows.embeddings)
+    assert kept.rows.paths == first.rows.paths and kept.failed == first.failed
+    stat = out.stat()
+    assert run_cli(["--input", str(emptied), "--output", str(tmp_path / "new.pkl")] + command[5:]) == 2  # no file yet
+    assert "Error: no images" in capsys.readouterr().err and not (tmp_path / "new.pkl").exists()
 
     # A corrupt file mended since, or a new image: the file is written again, the earlier rows kept.
     (folder / "2017" / "notes.jpg").write_bytes((folder / "2017" / "whole.jpg").read_bytes())

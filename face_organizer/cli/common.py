@@ -155,8 +155,9 @@ def gpu_id_from_env() -> int:
     return value
 
 
-def find_images(inputs: Sequence[str]) -> list[str]:
-    """Images under the input folders, or a ``SetupError`` naming what is wrong."""
+def find_images(inputs: Sequence[str], *, none_ok: bool = False) -> list[str]:
+    """Images under the input folders, or a ``SetupError`` naming what is wrong; folders that
+    hold none are only warned about with ``none_ok``."""
     from ..images import discover_images
 
     started = time.monotonic()
@@ -165,7 +166,10 @@ def find_images(inputs: Sequence[str]) -> list[str]:
     except FileNotFoundError as err:
         raise SetupError(str(err)) from None
     if not paths:
-        raise SetupError(f"no images (jpg, jpeg, png, webp, bmp, tif) found under {', '.join(inputs)}")
+        message = f"no images (jpg, jpeg, png, webp, bmp, tif) found under {', '.join(inputs)}"
+        if not none_ok:
+            raise SetupError(message)
+        logging.getLogger(__name__).warning("%s", message)
     logging.getLogger(__name__).info("%d images found under %s (%.1f s)", len(paths), ", ".join(inputs),
                                      time.monotonic() - started)
     return paths

@@ -84,10 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reuse_similar_frames and args.mode != "crops":
         raise SetupError("--reuse-similar-frames is for --mode crops (video frames), not for photo libraries")
     options = EmbedOptions(mode=args.mode, reuse_similar_frames=args.reuse_similar_frames)
-    paths = read_file_list(args.file_list) if args.file_list else common.find_images(args.input)
-    if not paths:
-        raise SetupError(f"--file-list {args.file_list} names no images")
     output = os.path.abspath(args.output)
+    if args.file_list:
+        paths = read_file_list(args.file_list)
+        if not paths:
+            raise SetupError(f"--file-list {args.file_list} names no images")
+    else:
+        # Folders emptied since an earlier run into this file (its images moved into person folders,
+        # or deleted) leave that file as it is; a shell loop over year folders goes on.
+        paths = common.find_images(args.input, none_ok=args.resume and os.path.isfile(output))
     if os.path.isdir(output):
         raise SetupError(f"--output {output} is a folder; give a file name such as embeddings_gpu{gpu_id}.pkl")
     try:
