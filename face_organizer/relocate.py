@@ -5,11 +5,16 @@ An embeddings file keeps the paths its images had when they were embedded. After
 second clustering (another number of people) or a search would find none of them; with the
 earlier output named, each image is read from where the move put it, and the new output names
 it as before (by the path it was embedded at).
+
+Destinations are read relative to the folder that run wrote (``summary.json``'s ``output``) and
+found under the folder named now: an output moved or renamed since, or mounted elsewhere, is
+still found, and a table cannot name a file outside its own folder (a move would take it away).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -17,6 +22,7 @@ from collections.abc import Sequence
 from .errors import SetupError
 
 TABLE = "clusters.csv"
+SUMMARY = "summary.json"
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +33,18 @@ def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for output in outputs:
         table = os.path.join(output, TABLE)
+        roots = _written_to(output)
+        here = os.path.join(os.path.realpath(output), "")
         try:
             with open(table, encoding="utf-8", errors="surrogateescape", newline="") as handle:
                 for row in csv.DictReader(handle):
+                    dest = os.path.normpath(row["destination"])  # no '..' leads out of the folder
+                    root = next((r for r in roots if dest.startswith(r)), None)
+                    if root is None:
+                        continue  # not in the folder that run wrote
                     places = found.setdefault(row["path"], [])
-                    if row["destination"] not in places:
-                        places.append(row["destination"])
+                    if (place := here + dest[len(root):]) not in places:
+                        places.append(place)
         except OSError as err:
             raise SetupError(f"--moved-to {output}: cannot read {table} ({err.strerror or err}); name the folder "
                              "an earlier cluster_faces run wrote") from None
@@ -40,6 +52,20 @@ def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
             raise SetupError(f"--moved-to {output}: {table} is not a cluster_faces table (no path and "
                              "destination columns)") from None
     return found
+
+
+def _written_to(output: str) -> list[str]:
+    """Where an earlier run's destinations may begin, each ending in a separator: the folder as
+    that run named it (its ``summary.json``) and as the real path of that name, then where the
+    folder is now."""
+    try:
+        with open(os.path.join(output, SUMMARY), encoding="utf-8") as handle:
+            named = json.load(handle).get("output")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    roots = [named, os.path.realpath(named)] if isinstance(named, str) and os.path.isabs(named) else []
+    roots.append(os.path.realpath(output))
+    return list(dict.fromkeys(os.path.join(os.path.normpath(r), "") for r in roots))
 
 
 def locate(paths: Sequence[str], moved: dict[str, list[str]], output: str) -> list[str]:

@@ -768,6 +768,8 @@ def test_images_an_earlier_move_took_are_sorted_again_and_searched_with_moved_to
     assert "removing it would delete them" in err and f"--moved-to {first}" in err and "remove it to start" not in err
     assert run_cli(["--embeddings", str(pkl), "--output", str(tmp_path / "again"), "--clusters", "3", "-q"]) == 2
     assert "--moved-to" in capsys.readouterr().err
+    # The sorted folder itself moved since (to another disk, or mounted elsewhere): found where it is now.
+    first = first.rename(tmp_path / "sorted_2017")
     # Moved on again, for three people, and interrupted: the re-run of the same command finishes it.
     again = tmp_path / "again"
     config = ClusterConfig(clusters=3, link_mode="move", previews=False, moved_to=(str(first),))
@@ -805,14 +807,29 @@ def test_a_move_onto_itself_deletes_nothing(tmp_path) -> None:
     assert organize.place(str(image), str(image), "move") == "exists" and image.read_bytes() == b"the only copy"
 
 
-def test_moved_to_a_folder_without_a_clusters_table_is_one_line(tmp_path) -> None:
+def test_moved_to_reads_only_files_inside_the_folder_named(tmp_path) -> None:
     from face_organizer.relocate import current_locations
 
+    sorted_ = tmp_path / "sorted"
     with pytest.raises(SetupError, match="cannot read .*clusters.csv"):
-        current_locations(["/in/a.png"], [str(tmp_path)], str(tmp_path / "out"))
-    (tmp_path / "clusters.csv").write_text("path,similarity\n/in/a.png,0.5\n")  # another table
+        current_locations(["/in/a.png"], [str(sorted_)], str(tmp_path / "out"))
+    sorted_.mkdir()
+    (sorted_ / "clusters.csv").write_text("path,similarity\n/in/a.png,0.5\n")  # another table
     with pytest.raises(SetupError, match="is not a cluster_faces table"):
-        current_locations(["/in/a.png"], [str(tmp_path)], str(tmp_path / "out"))
+        current_locations(["/in/a.png"], [str(sorted_)], str(tmp_path / "out"))
+    # A table naming files outside its folder (edited, or crafted) is not followed: a move would take them.
+    for name in ("keep.png", "person_A/a.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"image")
+    (sorted_ / "person_A").mkdir()
+    (sorted_ / "person_A" / "b.png").write_bytes(b"image")
+    rows = [("/in/a.png", tmp_path / "person_A" / "a.png"), ("/in/k.png", sorted_ / ".." / "keep.png"),
+            ("/in/b.png", sorted_ / "person_A" / "b.png")]
+    (sorted_ / "clusters.csv").write_text("path,cluster,destination\n" + "".join(f"{p},person_A,{d}\n"
+                                                                                for p, d in rows))
+    paths = [p for p, _ in rows]
+    found = current_locations(paths, [str(sorted_)], str(tmp_path / "out"))
+    assert found == [*paths[:2], str(sorted_ / "person_A" / "b.png")]
 
 
 def test_cross_device_move_interrupted_between_copy_and_delete(two_person, tmp_path, monkeypatch) -> None:
