@@ -170,6 +170,7 @@ def find_images(inputs: Sequence[str], *, none_ok: bool = False) -> list[str]:
         if not none_ok:
             raise SetupError(message)
         logging.getLogger(__name__).warning("%s", message)
+        return []
     logging.getLogger(__name__).info("%d images found under %s (%.1f s)", len(paths), ", ".join(inputs),
                                      time.monotonic() - started)
     return paths
