@@ -21,7 +21,8 @@ from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cl
                          graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
-from .organize import LinkMode, check_images_reachable, check_output_folder, missing_note, place_all
+from .organize import (LinkMode, check_images_reachable, check_output_folder, files_line, missing_note,
+                       place_all)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
@@ -85,7 +86,7 @@ class ClusterReport:
         if self.dry_run:
             out.append("dry run: nothing was written")
         else:
-            out.append("files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.status.items())) + f"; {self.elapsed:.1f} s")
+            out.append(f"{files_line(self.status)}; {self.elapsed:.1f} s")
             if self.status.get("missing"):
                 out.append(missing_note(self.status["missing"], "clusters.csv"))
         return out

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -185,6 +185,11 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode) -> d
             "choose a new folder, or remove it to start over"
         )
     return previous
+
+
+def files_line(status: Mapping[str, int]) -> str:
+    """The summary's count of files by what their placement did: ``files: exists 3, placed 12``."""
+    return "files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(status.items()))
 
 
 def missing_note(missing: int, table: str) -> str:

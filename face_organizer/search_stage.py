@@ -19,7 +19,8 @@ from .errors import SetupError
 from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
-from .organize import LinkMode, check_images_reachable, check_output_folder, missing_note, place_all
+from .organize import (LinkMode, check_images_reachable, check_output_folder, files_line, missing_note,
+                       place_all)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .progress import count
@@ -62,7 +63,7 @@ class SearchReport:
         elif len(self.references) > 1:
             lines.append(f"searched with {len(self.references)} queries")
         if self.status:
-            lines.append("files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.status.items())))
+            lines.append(files_line(self.status))
         if self.status.get("missing"):
             lines.append(missing_note(self.status["missing"], "matches.csv"))
         return lines
