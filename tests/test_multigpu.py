@@ -107,3 +107,32 @@ def test_options_every_worker_would_refuse_are_refused_before_any_starts(tmp_pat
         assert stopped.value.code == 2
         assert "embed_all_gpus.py: error: " in (err := capsys.readouterr().err) and said in err, extra
     assert not out.exists() and not (tmp_path / "x.pkl").exists()
+
+
+def test_fewer_images_than_gpus_and_emptied_folders(video_crops, testpack_dir, tmp_path, capsys) -> None:
+    folder = tmp_path / "input" / "2017"
+    folder.mkdir(parents=True)
+    image = folder / "f0.png"
+    image.write_bytes(next(iter(video_crops.values()))[0].read_bytes())
+    out = tmp_path / "multi"
+    run = ["--input", str(folder), "--output-dir", str(out), "--gpus", "0,1", "-q",
+           "--model", str(testpack_dir), "--device", "cpu", "--workers", "0"]
+    assert common.run(multi_main, run) == 0  # GPU 1 has nothing to do: not a failure
+    printed = capsys.readouterr().out
+    assert "GPU 0: ok: 1 file →" in printed and "GPU 1: not started, no images for it: no file written" in printed
+    assert embfile.load(out / "embeddings_gpu0.pkl").rows.paths == [str(image)]
+    assert not (out / "embeddings_gpu1.pkl").exists()
+    written = (out / "embeddings_gpu0.pkl").read_bytes()
+    image.unlink()  # moved into a person folder since: the year loop goes on, the file stays
+    assert common.run(multi_main, run) == 0
+    captured = capsys.readouterr()
+    assert "no images" in captured.err and "GPU 0: not started, no images for it: its earlier file is left" in captured.out
+    assert (out / "embeddings_gpu0.pkl").read_bytes() == written
+    image.write_bytes(b"")  # present again (an empty file) so that only the left-over file is in the way
+    assert common.run(multi_main, ["--input", str(folder), "--output-dir", str(out), "--gpus", "1,0", "-q",
+                                   "--no-resume", "--model", str(testpack_dir), "--device", "cpu"]) == 2
+    assert "--no-resume: " + str(out / "embeddings_gpu0.pkl") in capsys.readouterr().err
+    assert (out / "embeddings_gpu0.pkl").read_bytes() == written
+    image.unlink()
+    assert common.run(multi_main, run[:2] + ["--output-dir", str(tmp_path / "new")] + run[4:]) == 2  # no file yet
+    assert "Error: no images" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import SetupError
 from ..multigpu import parse_gpus, plan_workers, run_workers
 from . import common
 from . import embed as embed_cli
@@ -34,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_passthrough(parser: argparse.ArgumentParser, passthrough: Sequence[str]) -> None:
+def check_passthrough(parser: argparse.ArgumentParser, passthrough: Sequence[str]) -> argparse.Namespace:
     """Refuse, before any worker starts, options that generate_embeddings would refuse in every
-    worker, and those the launcher sets for each worker itself (also when abbreviated)."""
+    worker, and those the launcher sets for each worker itself (also when abbreviated); return
+    the options every worker will run with."""
     stage = embed_cli.build_parser()
     stage.prog = parser.prog  # its errors name the command that was typed
     own = ["--input", "<launcher>", "--output", "<launcher>"]
@@ -46,24 +48,43 @@ def check_passthrough(parser: argparse.ArgumentParser, passthrough: Sequence[str
     if chosen.input != own[1:2] or chosen.output != own[3] or chosen.file_list or chosen.status_file:
         parser.error("--input, --output and --file-list are set for each worker by embed_all_gpus: give the "
                      "folders to its --input, and the embeddings files' folder and name to --output-dir and --prefix")
+    return chosen
+
+
+def files(count: int) -> str:
+    return f"{count:,} file{'' if count == 1 else 's'}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
-    check_passthrough(parser, passthrough)
+    resume = check_passthrough(parser, passthrough).resume
     common.setup_logging(args.verbose, args.quiet)
     gpus = parse_gpus(args.gpus)
-    paths = common.find_images(args.input)
     out_dir = Path(args.output_dir).absolute()
+    earlier = [out_dir / f"{args.prefix}{gpu}.pkl" for gpu in gpus]
+    # As generate_embeddings: folders emptied since an earlier run into these files (their images
+    # moved into person folders) leave the files as they are, and a loop over year folders goes on.
+    paths = common.find_images(args.input, none_ok=resume and any(f.is_file() for f in earlier))
     workers = plan_workers([os.path.abspath(i) for i in args.input], paths, gpus, out_dir, args.prefix, passthrough)
+    idle = [w for w in workers if not w.files]  # fewer images than GPUs, or none left
+    if not resume and (kept := [w.output for w in idle if w.output.exists()]):
+        raise SetupError(f"--no-resume: {', '.join(map(str, kept))} would be left from an earlier run, with no images "
+                         "left for its GPU: remove it, or name fewer --gpus")
+    busy = [w for w in workers if w.files]
+    if not args.quiet:
+        for w in busy:
+            print(f"GPU {w.gpu}: {files(w.files)} → {w.output}", file=sys.stderr)
+    if busy:
+        run_workers(busy, len(paths), progress=not args.quiet)
     for w in workers:
-        print(f"GPU {w.gpu}: {w.files:,} files → {w.output}", file=sys.stderr)
-    run_workers(workers, len(paths), progress=not args.quiet)
-    failed = [w for w in workers if w.code != 0]
-    for w in workers:
-        state = "ok" if w.code == 0 else f"FAILED (exit {w.code})"
-        print(f"GPU {w.gpu}: {state}: {w.files:,} files → {w.output} (log: {w.log})")
+        if not w.files:
+            kept = "its earlier file is left as it is" if w.output.exists() else "no file written"
+            print(f"GPU {w.gpu}: not started, no images for it: {kept} ({w.output})")
+        else:
+            state = "ok" if w.code == 0 else f"FAILED (exit {w.code})"
+            print(f"GPU {w.gpu}: {state}: {files(w.files)} → {w.output} (log: {w.log})")
+    failed = [w for w in busy if w.code != 0]
     for w in failed:
         last = [line for line in w.log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()][-1:]
         print(f"GPU {w.gpu} said: {last[0] if last else '(nothing)'}")
