@@ -52,6 +52,8 @@ def test_umbrella_command_dispatches(capsys) -> None:
     assert main(["nope"]) == 2
     assert main(["cluster", "--embeddings", "/nonexistent.pkl", "--output", "/tmp/x"]) == 2
     assert "cannot read embeddings file" in capsys.readouterr().err
+    run = subprocess.run([sys.executable, "-m", "face_organizer", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert (run.returncode, run.stdout.split()[0]) == (0, "face-organizer")
 
 
 def test_stages_that_only_read_embeddings_files_do_not_load_onnx() -> None:
