@@ -6,6 +6,7 @@ among half a million is reported, not fatal.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import struct
@@ -40,7 +41,11 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
 
     Hidden files and folders (including macOS ``._*`` files) are skipped, folders
     named like images are walked but never returned, symlinked files are kept under
-    their own (unresolved) path, and symlinked folders are followed once.
+    their own (unresolved) path, and symlinked folders are followed once. A folder
+    reached twice (through a symlinked folder, or named twice through different paths)
+    gives its images once, under the path of the first input that holds it and, within
+    an input, under a path without symlinked folders where there is one: the same
+    command finds the same paths, whatever order the file system lists folders in.
     Raises ``FileNotFoundError`` for an input that does not exist. Directory entries
     tell files from folders, so a plain file costs no ``stat`` (on a network share, half
     a million of them would take minutes). A face-organizer output (sorted copies) found
@@ -48,13 +53,13 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
     embedded a second time. An input holding only outputs (say, one gender_filter output
     per year) is embedded as it is.
     """
-    found: set[str] = set()
+    found: dict[str, str] = {}  # the image's real folder and name: the path it is found under first
     missed = _Missed()
     for raw in inputs:
         root = os.path.abspath(os.fspath(raw))
         if os.path.isfile(root):
             if is_image_name(os.path.basename(root)):
-                found.add(root)
+                found.setdefault(_real_key(os.path.realpath(os.path.dirname(root)), os.path.basename(root)), root)
             continue
         if not os.path.isdir(root):
             raise FileNotFoundError(f"input folder not found: {root}")
@@ -63,11 +68,18 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
             for folder in sorted(in_outputs):
                 log.warning("skipping %s: it holds copies sorted by face-organizer, and %s holds other images "
                             "(name it as an input of its own to embed it)", folder, root)
-            found |= own
+            taken = [own]
         else:
-            found |= {path for paths in in_outputs.values() for path in paths}
+            taken = list(in_outputs.values())
+        for images in taken:
+            for key, path in images.items():
+                found.setdefault(key, path)
     missed.warn()
-    return sorted(found)
+    return sorted(found.values())
+
+
+def _real_key(real_folder: str, name: str) -> str:
+    return real_folder + os.sep + name
 
 
 @dataclass
@@ -88,17 +100,20 @@ class _Missed:
                         "include them", f"{sum(self.formats.values()):,}", counts)
 
 
-def _walk(root: str, missed: _Missed | None = None) -> tuple[set[str], dict[str, set[str]]]:
+def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """Images under ``root``: those outside face-organizer outputs, and those inside each output
-    folder below ``root`` (keyed by the output folder). Unreadable folders and photos in other
-    formats are counted in ``missed``."""
+    folder below ``root`` (keyed by the output folder), each keyed by its real folder and name.
+    Folders reached through a symlinked folder are walked after all others, in order of path,
+    so a folder reached both ways gives the path without the link. Unreadable folders and photos
+    in other formats are counted in ``missed``."""
     missed = missed if missed is not None else _Missed()
-    own: set[str] = set()
-    in_outputs: dict[str, set[str]] = {}
+    own: dict[str, str] = {}
+    in_outputs: dict[str, dict[str, str]] = {}
     seen_dirs: set[str] = set()
     pending: list[tuple[str, str | None]] = [(root, None)]
-    while pending:
-        folder, output = pending.pop()
+    linked: list[tuple[str, str | None]] = []  # a heap: symlinked folders, by path
+    while pending or linked:
+        folder, output = pending.pop() if pending else heapq.heappop(linked)
         real = os.path.realpath(folder)
         if real in seen_dirs:
             continue
@@ -110,15 +125,19 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[set[str], dict[str,
             continue
         if output is None and folder != root and any(entry.name == OUTPUT_MARKER for entry in entries):
             output = folder
-        bucket = own if output is None else in_outputs.setdefault(output, set())
+        bucket = own if output is None else in_outputs.setdefault(output, {})
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             try:
                 if entry.is_dir():
-                    pending.append((entry.path, output))
+                    if entry.is_symlink():
+                        heapq.heappush(linked, (entry.path, output))
+                    else:
+                        pending.append((entry.path, output))
                 elif is_image_name(entry.name) and (entry.is_file() or entry.is_symlink()):
-                    bucket.add(entry.path)  # a link whose target is gone too: it is reported, not lost silently
+                    # a link whose target is gone too: it is reported, not lost silently
+                    bucket[_real_key(real, entry.name)] = entry.path
                 elif os.path.splitext(entry.name)[1].lower() in OTHER_PHOTO_EXTENSIONS:
                     missed.formats[os.path.splitext(entry.name)[1].lower()] += 1
             except OSError:

@@ -50,6 +50,28 @@ def test_discovery_rules(tmp_path: Path) -> None:
     assert str(tmp_path / "2017" / "album.jpg") not in found
 
 
+def test_a_folder_reached_twice_gives_its_images_once_under_one_path(tmp_path: Path, monkeypatch) -> None:
+    # input/latest -> 2017 (a link kept beside the year folders), and the same year named again
+    # through another link: each image once, under the same path whatever order folders are listed in.
+    img = _face_like()
+    images = [write_image(tmp_path / "input" / "2017" / "sub" / f"frame_{i}.png", img) for i in range(3)]
+    os.symlink(tmp_path / "input" / "2017", tmp_path / "input" / "latest")
+    os.symlink(tmp_path / "input" / "2017", tmp_path / "input" / "0_first")  # listed before 2017 by name
+    os.symlink(tmp_path / "input" / "2017", tmp_path / "y2017")
+    outside = write_image(tmp_path / "elsewhere" / "only_by_link.png", img)
+    os.symlink(outside.parent, tmp_path / "input" / "extra")  # a folder reached only through a link is kept
+    expected = sorted([str(p) for p in images] + [str(tmp_path / "input" / "extra" / "only_by_link.png")])
+    real_scandir = os.scandir
+    for backwards in (False, True):
+        monkeypatch.setattr(os, "scandir", lambda path, backwards=backwards: iter(
+            sorted(real_scandir(path), key=lambda entry: entry.name, reverse=backwards)))
+        assert discover_images([tmp_path / "input", tmp_path / "y2017"]) == expected
+        assert discover_images([tmp_path / "input" / "2017", tmp_path / "input"]) == expected
+        # The input named first gives the path: here the link, as the user typed it.
+        assert discover_images([tmp_path / "y2017", tmp_path / "input" / "2017"]) == [
+            str(tmp_path / "y2017" / "sub" / p.name) for p in images]
+
+
 def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog) -> None:
     # A photo library holds formats not read here (iPhone HEIC, camera raw files), and a folder
     # may not be readable: both are said, not left out silently; other files are no concern.
