@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
@@ -36,12 +36,14 @@ IMPOSTOR_PAIRS = 50_000  # a histogram mode needs far fewer pairs than clusterin
 @dataclass(frozen=True)
 class Reference:
     path: str
-    embedding: NDArray[np.float32]
+    embedding: NDArray[np.float32]  # the face searched for
     faces_in_photo: int
+    faces: NDArray[np.float32] | None = None  # every face of a photo that shows several, largest first
 
 
 def embed_reference(path: str, models: FaceModels) -> Reference:
-    """The largest face of a reference photo (or face crop), embedded.
+    """The faces of a reference photo (or face crop), embedded; the largest is the one searched
+    for until ``choose_faces`` picks, among several references, the one they have in common.
 
     Raises ``SetupError`` for an unreadable file or an image with no face.
     """
@@ -53,18 +55,48 @@ def embed_reference(path: str, models: FaceModels) -> Reference:
         raise SetupError(f"cannot use query {path}: {err}") from None
     size = models.recognizer.input_size
     dets = models.detector.detect(image, (640, 640), 0.5)
-    if len(dets):
+    if len(dets) > 1:
         area = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
-        i = int(np.argmax(area))
-        if len(dets) > 1:
-            log.warning("query %s shows %d faces; using the largest", path, len(dets))
-        face, count = align(image, dets.kps[i], size), len(dets)
+        faces = np.stack([align(image, dets.kps[i], size) for i in np.argsort(-area, kind="stable")])
+        embeddings = models.recognizer.embed(faces)
+        return Reference(path, embeddings[0], len(dets), embeddings)
+    if len(dets):
+        face = align(image, dets.kps[0], size)
     else:
         found = find_crop_face(image, models.detector, EmbedOptions())  # a tight crop needs padding
         if found is None:
             raise SetupError(f"no face found in query {path}; use a photo where the face is visible")
-        face, count = align(image, found[0], size), 1
-    return Reference(path, models.recognizer.embed(face[None])[0], count)
+        face = align(image, found[0], size)
+    return Reference(path, models.recognizer.embed(face[None])[0], 1)
+
+
+def choose_faces(refs: Sequence[Reference]) -> list[Reference]:
+    """In each reference photo that shows several faces, the face of the person the references
+    have in common: the one whose best match in every other reference is closest (a family photo
+    beside photos of the person alone, or several group photos of one person with others).
+    With no other reference to compare with, the largest face, with a warning."""
+    chosen = []
+    for n, ref in enumerate(refs):
+        if ref.faces is None:
+            chosen.append(ref)
+            continue
+        others = [r.faces if r.faces is not None else r.embedding[None] for i, r in enumerate(refs) if i != n]
+        if not others:
+            log.warning("query %s shows %d faces; using the largest (add a photo of the person alone, or give "
+                        "a crop of the face, to search for another)", ref.path, ref.faces_in_photo)
+            chosen.append(ref)
+            continue
+        agreement = np.sum([np.max(ref.faces @ other.T, axis=1) for other in others], axis=0) / len(others)
+        best = int(np.argmax(agreement))
+        log.warning("query %s shows %d faces; using the %s, the one most like the other references (similarity "
+                    "%.2f on average)", ref.path, ref.faces_in_photo,
+                    "largest" if best == 0 else f"{_ordinal(best + 1)} largest", float(agreement[best]))
+        chosen.append(replace(ref, embedding=ref.faces[best]))
+    return chosen
+
+
+def _ordinal(n: int) -> str:
+    return {2: "second", 3: "third"}.get(n, f"{n}th")
 
 
 @dataclass

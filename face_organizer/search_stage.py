@@ -24,7 +24,7 @@ from .organize import (LinkMode, check_images_reachable, check_output_folder, fi
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .progress import count
-from .search import Reference, SearchResult, embed_reference, search
+from .search import Reference, SearchResult, choose_faces, embed_reference, search
 from .thresholds import calibrate_from_embeddings, load_calibration
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def usable_references(queries: Sequence[str], models: FaceModels) -> tuple[list[
             left_out.append(str(err))
     if not refs:
         raise SetupError(f"none of the {len(queries)} queries can be used: {'; '.join(left_out)}")
-    return refs, left_out
+    return choose_faces(refs), left_out
 
 
 def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], output: str, *,

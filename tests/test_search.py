@@ -15,11 +15,12 @@ import pytest
 
 from face_organizer import embfile, preview
 from face_organizer.cli import common
+from face_organizer.cli.embed import main as embed_main
 from face_organizer.cli.search import main as search_main
 from face_organizer.errors import SetupError
 from face_organizer.faces import EmbedOptions, embed_batch
 from face_organizer.images import read_image
-from face_organizer.search import embed_reference, search
+from face_organizer.search import choose_faces, embed_reference, search
 from face_organizer.search_stage import check_same_model, find_person
 
 
@@ -67,13 +68,52 @@ def test_several_references_and_expansion_raise_recall(lfw_index, models) -> Non
 def test_group_photo_query_uses_largest_face(shared, models, caplog) -> None:
     folder = shared / "datasets" / "face_recognition_examples" / "_multi_face"
     photo = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[0]
+    ref = embed_reference(str(photo), models)
     with caplog.at_level(logging.WARNING):
-        ref = embed_reference(str(photo), models)
+        assert choose_faces([ref]) == [ref]  # nothing to compare with
     assert ref.faces_in_photo >= 2 and "using the largest" in caplog.text
     image = read_image(photo)
     faces = embed_batch([(str(photo), image)], models, EmbedOptions(mode="photos")).rows
     area = (faces.bbox[:, 2] - faces.bbox[:, 0]) * (faces.bbox[:, 3] - faces.bbox[:, 1])
     np.testing.assert_allclose(ref.embedding, faces.embeddings[int(np.argmax(area))], atol=1e-5)
+
+
+def test_group_photo_among_references_gives_the_face_they_share(shared, testpack_dir, tmp_path, capsys) -> None:
+    # Rose Leslie beside Kit Harington, whose face is the larger: with a photo of her alone as the
+    # other reference, the search is for her, and none of his photos are matched.
+    examples = shared / "datasets" / "face_recognition_examples"
+    pair = examples / "_multi_face" / "examples__knn_examples__test__kit_with_rose.jpg"
+    emb = tmp_path / "photos.pkl"
+    assert common.run(embed_main, ["--input", str(examples / "rose_leslie"), str(examples / "kit_harington"), str(pair),
+                                   "--output", str(emb), "--mode", "photos", "--model", str(testpack_dir),
+                                   "--device", "cpu", "--workers", "0", "-q"]) == 0
+    for alone, person in ((examples / "rose_leslie" / "img1.jpg", "rose_leslie"),
+                          (examples / "kit_harington" / "john1.jpeg", "kit_harington")):
+        out = tmp_path / person
+        assert run_cli(["--embeddings", str(emb), "--query", str(alone), str(pair), "--output", str(out),
+                        "--threshold", "0.4", "--no-expand", "--no-previews", "--model", str(testpack_dir), "-q"]) == 0
+        rows = list(csv.DictReader(open(out / "matches.csv", newline="", encoding="utf-8")))
+        folders = Counter(Path(r["path"]).parent.name for r in rows)
+        assert folders[person] == len(list((examples / person).iterdir())), folders  # all of them
+        assert set(folders) == {person, "_multi_face"} and folders["_multi_face"] == 1, folders
+    capsys.readouterr()
+
+
+def test_group_photos_alone_give_the_person_they_share(shared, models, tmp_path) -> None:
+    # Two group photos, each of Rose Leslie (the smaller face) with someone else: hers in both.
+    examples = shared / "datasets" / "face_recognition_examples"
+    groups = []
+    for i, (rose, other) in enumerate((("img1.jpg", "barack_obama/obama.jpg"), ("img2.jpg", "joe_biden/biden.jpg"))):
+        small, big = read_image(examples / "rose_leslie" / rose), read_image(examples / other)
+        height = big.shape[0]
+        small = cv2.resize(small, (int(small.shape[1] * 0.4 * height / small.shape[0]), int(0.4 * height)))
+        small = cv2.copyMakeBorder(small, 0, height - small.shape[0], 0, 0, cv2.BORDER_CONSTANT)
+        cv2.imwrite(str(tmp_path / f"group{i}.jpg"), cv2.hconcat([small, big]))
+        groups.append(embed_reference(str(tmp_path / f"group{i}.jpg"), models))
+    assert [g.faces_in_photo for g in groups] == [2, 2]
+    for group, rose in zip(choose_faces(groups), ("img1.jpg", "img2.jpg")):
+        alone = embed_reference(str(examples / "rose_leslie" / rose), models).embedding
+        assert float(group.embedding @ alone) > 0.9 and float(group.faces[0] @ alone) < 0.3  # not the largest
 
 
 def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, tmp_path, capsys) -> None:

@@ -28,7 +28,8 @@ EXAMPLES = """\
 
 def build_parser():
     p = common.parser("search_faces.py", "Find every face of one person among embedded faces, from one or a few "
-                      "reference photos (face crops or full photos: the largest face is used).", EXAMPLES)
+                      "reference photos (face crops or full photos; in a group photo, the face the references have in "
+                      "common, else the largest).", EXAMPLES)
     p.add_argument("--embeddings", nargs="+", metavar="FILE", help="embeddings files to search")
     p.add_argument("--query", nargs="+", metavar="IMG", help="reference photos of the person (several help; a folder: "
                    "every image in it)")
