@@ -36,9 +36,22 @@ IMPOSTOR_PAIRS = 50_000  # a histogram mode needs far fewer pairs than clusterin
 @dataclass(frozen=True)
 class Reference:
     path: str
-    embedding: NDArray[np.float32]  # the face searched for
-    faces_in_photo: int
-    faces: NDArray[np.float32] | None = None  # every face of a photo that shows several, largest first
+    faces: NDArray[np.float32]  # [F, D]: every face of the photo, largest first (one for a face crop)
+    boxes: NDArray[np.float32] | None  # [F, 4]: their boxes; None for a crop, where the image is the face
+    chosen: int = 0  # the face searched for
+
+    @property
+    def embedding(self) -> NDArray[np.float32]:
+        return self.faces[self.chosen]
+
+    @property
+    def faces_in_photo(self) -> int:
+        return len(self.faces)
+
+    @property
+    def box(self) -> NDArray[np.float32] | None:
+        """The box of the face searched for, or None where the whole image is that face."""
+        return None if self.boxes is None else self.boxes[self.chosen]
 
 
 def embed_reference(path: str, models: FaceModels) -> Reference:
@@ -55,19 +68,15 @@ def embed_reference(path: str, models: FaceModels) -> Reference:
         raise SetupError(f"cannot use query {path}: {err}") from None
     size = models.recognizer.input_size
     dets = models.detector.detect(image, (640, 640), 0.5)
-    if len(dets) > 1:
-        area = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
-        faces = np.stack([align(image, dets.kps[i], size) for i in np.argsort(-area, kind="stable")])
-        embeddings = models.recognizer.embed(faces)
-        return Reference(path, embeddings[0], len(dets), embeddings)
     if len(dets):
-        face = align(image, dets.kps[0], size)
-    else:
-        found = find_crop_face(image, models.detector, EmbedOptions())  # a tight crop needs padding
-        if found is None:
-            raise SetupError(f"no face found in query {path}; use a photo where the face is visible")
-        face = align(image, found[0], size)
-    return Reference(path, models.recognizer.embed(face[None])[0], 1)
+        area = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
+        order = np.argsort(-area, kind="stable")
+        faces = np.stack([align(image, dets.kps[i], size) for i in order])
+        return Reference(path, models.recognizer.embed(faces), dets.boxes[order].astype(np.float32))
+    found = find_crop_face(image, models.detector, EmbedOptions())  # a tight crop needs padding
+    if found is None:
+        raise SetupError(f"no face found in query {path}; use a photo where the face is visible")
+    return Reference(path, models.recognizer.embed(align(image, found[0], size)[None]), None)
 
 
 def choose_faces(refs: Sequence[Reference]) -> list[Reference]:
@@ -77,10 +86,10 @@ def choose_faces(refs: Sequence[Reference]) -> list[Reference]:
     With no other reference to compare with, the largest face, with a warning."""
     chosen = []
     for n, ref in enumerate(refs):
-        if ref.faces is None:
+        if ref.faces_in_photo == 1:
             chosen.append(ref)
             continue
-        others = [r.faces if r.faces is not None else r.embedding[None] for i, r in enumerate(refs) if i != n]
+        others = [r.faces for i, r in enumerate(refs) if i != n]
         if not others:
             log.warning("query %s shows %d faces; using the largest (add a photo of the person alone, or give "
                         "a crop of the face, to search for another)", ref.path, ref.faces_in_photo)
@@ -91,7 +100,7 @@ def choose_faces(refs: Sequence[Reference]) -> list[Reference]:
         log.warning("query %s shows %d faces; using the %s, the one most like the other references (similarity "
                     "%.2f on average)", ref.path, ref.faces_in_photo,
                     "largest" if best == 0 else f"{_ordinal(best + 1)} largest", float(agreement[best]))
-        chosen.append(replace(ref, embedding=ref.faces[best]))
+        chosen.append(replace(ref, chosen=best))
     return chosen
 
 

@@ -78,7 +78,7 @@ def test_group_photo_query_uses_largest_face(shared, models, caplog) -> None:
     np.testing.assert_allclose(ref.embedding, faces.embeddings[int(np.argmax(area))], atol=1e-5)
 
 
-def test_group_photo_among_references_gives_the_face_they_share(shared, testpack_dir, tmp_path, capsys) -> None:
+def test_group_photo_among_references_gives_the_face_they_share(shared, testpack_dir, models, tmp_path, capsys) -> None:
     # Rose Leslie beside Kit Harington, whose face is the larger: with a photo of her alone as the
     # other reference, the search is for her, and none of his photos are matched.
     examples = shared / "datasets" / "face_recognition_examples"
@@ -91,11 +91,17 @@ def test_group_photo_among_references_gives_the_face_they_share(shared, testpack
                           (examples / "kit_harington" / "john1.jpeg", "kit_harington")):
         out = tmp_path / person
         assert run_cli(["--embeddings", str(emb), "--query", str(alone), str(pair), "--output", str(out),
-                        "--threshold", "0.4", "--no-expand", "--no-previews", "--model", str(testpack_dir), "-q"]) == 0
+                        "--threshold", "0.4", "--no-expand", "--model", str(testpack_dir), "-q"]) == 0
         rows = list(csv.DictReader(open(out / "matches.csv", newline="", encoding="utf-8")))
         folders = Counter(Path(r["path"]).parent.name for r in rows)
         assert folders[person] == len(list((examples / person).iterdir())), folders  # all of them
         assert set(folders) == {person, "_multi_face"} and folders["_multi_face"] == 1, folders
+        # The contact sheet shows the face searched for in the group photo, cropped from it.
+        used = choose_faces([embed_reference(str(alone), models), embed_reference(str(pair), models)])[1]
+        shown = read_image(out / "previews" / "matches.jpg")[:preview.TILE, preview.TILE:2 * preview.TILE].astype(int)
+        differ = [np.abs(shown - preview._tile(preview.SheetFace(str(pair), box, ""))).mean() for box in used.boxes]
+        assert differ[used.chosen] < 6 < 20 < differ[1 - used.chosen], differ  # JPEG-compressed
+        assert (used.chosen == 0) == (person == "kit_harington")  # his is the larger face
     capsys.readouterr()
 
 
@@ -116,7 +122,7 @@ def test_group_photos_alone_give_the_person_they_share(shared, models, tmp_path)
         assert float(group.embedding @ alone) > 0.9 and float(group.faces[0] @ alone) < 0.3  # not the largest
 
 
-def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, tmp_path, capsys) -> None:
+def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models, tmp_path, capsys) -> None:
     emb, identity = lfw_subset
     query = lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"
     out = tmp_path / "her"
@@ -131,7 +137,7 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, tmp_pat
     assert "matching faces" in printed and "similarity threshold" in printed
     # index.html shows the reference first, then the best matches, then the weakest (framed).
     sheet = read_image(out / "previews" / "matches.jpg")
-    tile = preview._tile(preview.SheetFace(str(query), None, ""))
+    tile = preview._tile(preview.SheetFace(str(query), embed_reference(str(query), models).box, ""))
     assert np.abs(sheet[:preview.TILE, :preview.TILE].astype(int) - tile).mean() < 4  # JPEG-compressed
     best = preview._tile(preview.SheetFace(rows[0]["destination"], None, ""))
     assert np.abs(sheet[:preview.TILE, preview.TILE:2 * preview.TILE].astype(int) - best).mean() < 4
