@@ -459,7 +459,8 @@ def run_embeddings(
                              reuse_similar_frames=options.reuse_similar_frames,
                              **_unrecognisable_meta(models))
     recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds, held_now)
-    status = _StatusWriter(status_file)
+    status = _StatusWriter(status_file, models.device)
+    status.start(summary.already_done, len(paths))
     bar = progress_bar(total=len(todo), unit="img", enabled=progress, smoothing=0.1)
 
     def record(job: _JobResult) -> None:
@@ -507,12 +508,21 @@ def run_embeddings(
 
 
 class _StatusWriter:
-    """Progress for a launcher watching several workers, {"done": n, "total": n}, at most once a second."""
+    """Progress for a launcher watching several workers, ``{"done": n, "total": n, "device": "cuda"}``,
+    at most once a second."""
 
-    def __init__(self, path: str | None):
-        self.path, self.last = path, 0.0
+    def __init__(self, path: str | None, device: str):
+        self.path, self.device, self.last = path, device, 0.0
+
+    def start(self, done: int, total: int) -> None:
+        """The device at once, before the first batch (whose count is then written at once too)."""
+        self._put(done, total)
 
     def write(self, done: int, total: int, force: bool = False) -> None:
-        if self.path and (force or time.monotonic() - self.last > 1.0):
+        if force or time.monotonic() - self.last > 1.0:
             self.last = time.monotonic()
-            atomic_write_text(self.path, json.dumps({"done": done, "total": total}))
+            self._put(done, total)
+
+    def _put(self, done: int, total: int) -> None:
+        if self.path:
+            atomic_write_text(self.path, json.dumps({"done": done, "total": total, "device": self.device}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -24,6 +25,8 @@ from .cpus import CPUS_ENV, usable_cpus
 from .errors import SetupError
 from .progress import bar as progress_bar
 from .providers import visible_gpus
+
+log = logging.getLogger(__name__)
 
 
 def _key(path: str) -> bytes:
@@ -71,6 +74,7 @@ class Worker:
     command: list[str]
     process: subprocess.Popen | None = None
     code: int | None = None
+    device: str | None = None  # what its sessions run on, as it reported ("cuda", "tensorrt", "cpu")
 
     @property
     def status_file(self) -> Path:
@@ -111,22 +115,38 @@ def worker_env(worker: Worker, workers: int) -> dict[str, str]:
     return dict(os.environ, GPU_ID=str(worker.gpu), PYTHONUNBUFFERED="1", **{CPUS_ENV: str(share)})
 
 
-def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: float = 1.0) -> list[Worker]:
-    """Start every worker, show overall progress from their status files, wait for all."""
+def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: float = 1.0,
+                expect_gpu: bool = False) -> list[Worker]:
+    """Start every worker, show overall progress from their status files, wait for all.
+    With ``expect_gpu``, a worker that reports running on the CPU is warned about at once: a GPU
+    that failed its self-test would otherwise go unnoticed in that worker's log for hours."""
     for w in workers:
         env = worker_env(w, len(workers))
         w.status_file.unlink(missing_ok=True)
-        with open(w.log, "w", encoding="utf-8") as log:
+        with open(w.log, "w", encoding="utf-8") as output:
             w.process = subprocess.Popen([*w.command, "--quiet", "--status-file", str(w.status_file)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=env)
+                                         stdout=output, stderr=subprocess.STDOUT, env=env)
     bar = progress_bar(total=total, unit="img", enabled=progress)
+
+    def update() -> None:
+        done = 0
+        for w in workers:
+            status = _status(w)
+            done += int(status.get("done", 0))
+            if w.device is None and status.get("device"):
+                w.device = str(status["device"])
+                if expect_gpu and w.device == "cpu":
+                    with bar.external_write_mode(file=sys.stderr):
+                        log.warning("GPU %d: its worker runs on the CPU, not on the GPU (see %s): stop it with "
+                                       "Ctrl-C and run diagnostic_test.py, or let it go on at CPU speed", w.gpu, w.log)
+        bar.n = done
+        bar.refresh()
+
     try:
         while any(w.process.poll() is None for w in workers if w.process):
-            bar.n = sum(_done(w) for w in workers)
-            bar.refresh()
+            update()
             time.sleep(poll)
-        bar.n = sum(_done(w) for w in workers)
-        bar.refresh()
+        update()
     except KeyboardInterrupt:
         stop_workers(workers)
         raise
@@ -154,8 +174,9 @@ def stop_workers(workers: list[Worker], grace: float = STOP_GRACE_S) -> None:
         w.code = w.process.poll() if w.process else None
 
 
-def _done(worker: Worker) -> int:
+def _status(worker: Worker) -> dict:
     try:
-        return int(json.loads(worker.status_file.read_text())["done"])
-    except (OSError, ValueError, KeyError):
-        return 0
+        status = json.loads(worker.status_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}

@@ -52,7 +52,7 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     out = tmp_path / "multi"
     assert common.run(multi_main, ["--input", *inputs, "--output-dir", str(out), "--gpus", "0,1", "-q", *common_args]) == 0
     printed = capsys.readouterr().out
-    assert "GPU 0: ok" in printed and "GPU 1: ok" in printed
+    assert "GPU 0: ok: " in printed and "GPU 1: ok: " in printed  # --device cpu: the CPU was asked for
     files = [embfile.load(out / f"embeddings_gpu{g}.pkl") for g in (0, 1)]
     assert all(len(f.rows) > 0 for f in files) and not set(files[0].rows.paths) & set(files[1].rows.paths)
     assert abs(len(files[0].rows) - len(files[1].rows)) <= 1
@@ -136,3 +136,19 @@ def test_fewer_images_than_gpus_and_emptied_folders(video_crops, testpack_dir, t
     image.unlink()
     assert common.run(multi_main, run[:2] + ["--output-dir", str(tmp_path / "new")] + run[4:]) == 2  # no file yet
     assert "Error: no images" in capsys.readouterr().err
+
+
+def test_a_worker_that_runs_on_the_cpu_instead_of_its_gpu_is_named(video_crops, testpack_dir, tmp_path, capsys) -> None:
+    # GPUs 98 and 99 exist nowhere: with --device auto each worker falls back to the CPU (as on a
+    # machine whose GPU fails its self-test), and the launcher says so, during the run and at the end.
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for i, crop in enumerate(next(iter(video_crops.values()))[:2]):
+        (folder / f"f{i}.png").write_bytes(crop.read_bytes())
+    out = tmp_path / "multi"
+    assert common.run(multi_main, ["--input", str(folder), "--output-dir", str(out), "--gpus", "98,99", "-q",
+                                   "--model", str(testpack_dir), "--device", "auto", "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    for gpu in (98, 99):
+        assert f"GPU {gpu}: ok, but ON THE CPU (its log says why): 1 file" in captured.out
+        assert f"WARNING: GPU {gpu}: its worker runs on the CPU, not on the GPU" in captured.err

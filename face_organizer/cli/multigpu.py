@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import SetupError
 from ..multigpu import parse_gpus, plan_workers, run_workers
+from ..progress import count
 from . import common
 from . import embed as embed_cli
 
@@ -51,39 +52,39 @@ def check_passthrough(parser: argparse.ArgumentParser, passthrough: Sequence[str
     return chosen
 
 
-def files(count: int) -> str:
-    return f"{count:,} file{'' if count == 1 else 's'}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
-    resume = check_passthrough(parser, passthrough).resume
+    chosen = check_passthrough(parser, passthrough)
     common.setup_logging(args.verbose, args.quiet)
     gpus = parse_gpus(args.gpus)
     out_dir = Path(args.output_dir).absolute()
     earlier = [out_dir / f"{args.prefix}{gpu}.pkl" for gpu in gpus]
     # As generate_embeddings: folders emptied since an earlier run into these files (their images
     # moved into person folders) leave the files as they are, and a loop over year folders goes on.
-    paths = common.find_images(args.input, none_ok=resume and any(f.is_file() for f in earlier))
+    paths = common.find_images(args.input, none_ok=chosen.resume and any(f.is_file() for f in earlier))
     workers = plan_workers([os.path.abspath(i) for i in args.input], paths, gpus, out_dir, args.prefix, passthrough)
     idle = [w for w in workers if not w.files]  # fewer images than GPUs, or none left
-    if not resume and (kept := [w.output for w in idle if w.output.exists()]):
+    if not chosen.resume and (kept := [w.output for w in idle if w.output.exists()]):
         raise SetupError(f"--no-resume: {', '.join(map(str, kept))} would be left from an earlier run, with no images "
                          "left for its GPU: remove it, or name fewer --gpus")
     busy = [w for w in workers if w.files]
     if not args.quiet:
         for w in busy:
-            print(f"GPU {w.gpu}: {files(w.files)} → {w.output}", file=sys.stderr)
+            print(f"GPU {w.gpu}: {count(w.files, 'file')} → {w.output}", file=sys.stderr)
     if busy:
-        run_workers(busy, len(paths), progress=not args.quiet)
+        run_workers(busy, len(paths), progress=not args.quiet, expect_gpu=chosen.device != "cpu")
     for w in workers:
         if not w.files:
             kept = "its earlier file is left as it is" if w.output.exists() else "no file written"
             print(f"GPU {w.gpu}: not started, no images for it: {kept} ({w.output})")
         else:
             state = "ok" if w.code == 0 else f"FAILED (exit {w.code})"
-            print(f"GPU {w.gpu}: {state}: {files(w.files)} → {w.output} (log: {w.log})")
+            if w.device == "cpu" and chosen.device != "cpu":
+                state += ", but ON THE CPU (its log says why)"
+            print(f"GPU {w.gpu}: {state}: {count(w.files, 'file')} → {w.output} (log: {w.log})")
     failed = [w for w in busy if w.code != 0]
     for w in failed:
         last = [line for line in w.log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()][-1:]
