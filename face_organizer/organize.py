@@ -187,9 +187,13 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode) -> d
     return previous
 
 
+FILE_STATES = {"placed": "placed", "exists": "already in place", "missing": "missing"}  # status → summary words
+
+
 def files_line(status: Mapping[str, int]) -> str:
-    """The summary's count of files by what their placement did: ``files: exists 3, placed 12``."""
-    return "files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(status.items()))
+    """The summary's count of files by what their placement did: ``files: 12 placed, 3 already in place``."""
+    order = [*FILE_STATES, *sorted(set(status) - set(FILE_STATES))]
+    return "files: " + (", ".join(f"{status[k]:,} {FILE_STATES.get(k, k)}" for k in order if status.get(k)) or "none")
 
 
 def missing_note(missing: int, table: str) -> str:

@@ -796,7 +796,7 @@ def test_images_an_earlier_move_took_are_sorted_again_and_searched_with_moved_to
     assert len(matches) > 20 and Counter(m["status"] for m in matches) == {"placed": len(matches) - 1, "missing": 1}
     assert all(Path(m["destination"]).read_bytes() == content[m["path"]] for m in matches if m["status"] == "placed")
     printed = capsys.readouterr().out
-    assert f"files: missing 1, placed {len(matches) - 1}" in printed
+    assert f"files: {len(matches) - 1} placed, 1 missing" in printed
     assert "1 image was no longer where the embeddings file says" in printed and "matches.csv lists it" in printed
 
 
@@ -924,6 +924,7 @@ def test_disk_full_half_way_is_one_line_and_the_rerun_finishes(two_person, tmp_p
     assert run_cli(base) == 0
     rows = list(csv.DictReader((out / "clusters.csv").open()))
     assert sorted(r["status"] for r in rows).count("exists") == 20
+    assert f"files: {len(rows) - 20:,} placed, 20 already in place; " in capsys.readouterr().out
     assert all(Path(r["destination"]).read_bytes() == Path(r["path"]).read_bytes() for r in rows)
 
 
