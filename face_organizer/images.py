@@ -79,7 +79,7 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
 
 
 def _real_key(real_folder: str, name: str) -> str:
-    return real_folder + os.sep + name
+    return os.path.join(real_folder, name)  # as os.scandir joins an entry's path
 
 
 @dataclass
@@ -126,6 +126,7 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
         if output is None and folder != root and any(entry.name == OUTPUT_MARKER for entry in entries):
             output = folder
         bucket = own if output is None else in_outputs.setdefault(output, {})
+        direct = real == folder  # no symbolic link on the way: the path is its own key (no second string)
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -137,7 +138,8 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
                         pending.append((entry.path, output))
                 elif is_image_name(entry.name) and (entry.is_file() or entry.is_symlink()):
                     # a link whose target is gone too: it is reported, not lost silently
-                    bucket[_real_key(real, entry.name)] = entry.path
+                    path = entry.path
+                    bucket[path if direct else _real_key(real, entry.name)] = path
                 elif os.path.splitext(entry.name)[1].lower() in OTHER_PHOTO_EXTENSIONS:
                     missed.formats[os.path.splitext(entry.name)[1].lower()] += 1
             except OSError:
