@@ -119,7 +119,7 @@ def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: 
                 expect_gpu: bool = False) -> list[Worker]:
     """Start every worker, show overall progress from their status files, wait for all.
     With ``expect_gpu``, a worker that reports running on the CPU is warned about at once: a GPU
-    that failed its self-test would otherwise go unnoticed in that worker's log for hours."""
+    that does not work would otherwise go unnoticed in that worker's log for hours."""
     for w in workers:
         env = worker_env(w, len(workers))
         w.status_file.unlink(missing_ok=True)
@@ -138,7 +138,7 @@ def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: 
                 if expect_gpu and w.device == "cpu":
                     with bar.external_write_mode(file=sys.stderr):
                         log.warning("GPU %d: its worker runs on the CPU, not on the GPU (see %s): stop it with "
-                                       "Ctrl-C and run diagnostic_test.py, or let it go on at CPU speed", w.gpu, w.log)
+                                    "Ctrl-C and run diagnostic_test.py, or let it go on at CPU speed", w.gpu, w.log)
         bar.n = done
         bar.refresh()
 

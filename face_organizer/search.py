@@ -105,7 +105,11 @@ def choose_faces(refs: Sequence[Reference]) -> list[Reference]:
 
 
 def _ordinal(n: int) -> str:
-    return {2: "second", 3: "third"}.get(n, f"{n}th")
+    """``second``, ``third``, then ``4th`` … ``11th``, ``21st``, ``22nd``."""
+    if n in (2, 3):
+        return "second" if n == 2 else "third"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 @dataclass

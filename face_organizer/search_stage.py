@@ -145,7 +145,7 @@ def _preview(output: str, ef: EmbeddingsFile, report: SearchReport, where: Seque
         i = int(rows[k])
         return SheetFace(placed_or_source(report.destinations[k], where[i]), ef.rows.bbox[i] if photos else None, "")
 
-    queries = [SheetFace(r.path, r.box, "") for r in report.references]  # in a group photo, the face used
+    queries = [SheetFace(r.path, r.box, "") for r in report.references]  # cropped to the face used
     n_best = min(len(rows), max(8, 24 - len(queries)))
     best = [face(k) for k in range(n_best)]
     weakest = [face(k) for k in range(len(rows) - 1, max(n_best, len(rows) - 8) - 1, -1)]

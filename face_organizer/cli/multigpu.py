@@ -52,8 +52,6 @@ def check_passthrough(parser: argparse.ArgumentParser, passthrough: Sequence[str
     return chosen
 
 
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
