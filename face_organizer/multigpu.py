@@ -33,13 +33,24 @@ def _key(path: str) -> bytes:
     return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
 
 
-def shard(paths: Sequence[str], shards: int) -> list[list[str]]:
+def shard(paths: Sequence[str], shards: int, block: int = 0) -> list[list[str]]:
     """Split paths over ``shards`` workers: ordered by a hash of the path, cut into equal runs.
 
     Balanced to one file, independent of folder sizes, reproducible; a file added later
     moves at most one file across each boundary, so resumed workers redo almost nothing.
+    With ``block``, the hash is of the file's folder and its place there divided by ``block``:
+    runs of ``block`` consecutive files of a folder (a shot's frames) stay with one worker,
+    which ``--reuse-similar-frames`` needs to find repeats; a file inserted in the middle of
+    a folder then moves about one file per later run of that folder.
     """
-    ordered = sorted(paths, key=_key)
+    if block:
+        keys: dict[str, bytes] = {}
+        for folder, names in _by_folder(paths).items():
+            for i, path in enumerate(names):
+                keys[path] = _key(f"{folder}\0{i // block}")
+        ordered = sorted(paths, key=lambda path: (keys[path], path))
+    else:
+        ordered = sorted(paths, key=_key)
     base, extra = divmod(len(ordered), shards)
     out, start = [], 0
     for i in range(shards):
@@ -47,6 +58,13 @@ def shard(paths: Sequence[str], shards: int) -> list[list[str]]:
         out.append(sorted(ordered[start:stop]))
         start = stop
     return out
+
+
+def _by_folder(paths: Sequence[str]) -> dict[str, list[str]]:
+    folders: dict[str, list[str]] = {}
+    for path in sorted(paths):
+        folders.setdefault(os.path.dirname(path), []).append(path)
+    return folders
 
 
 def parse_gpus(spec: str) -> list[int]:
@@ -90,12 +108,15 @@ def write_file_list(path: Path, files: Sequence[str]) -> None:
     path.write_bytes(b"".join(os.fsencode(f) + sep for f in files))
 
 
+FRAME_BLOCK = 64  # consecutive files kept on one worker (``block``) with --reuse-similar-frames
+
+
 def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int], out_dir: Path, prefix: str,
-                 extra: Sequence[str]) -> list[Worker]:
+                 extra: Sequence[str], block: int = 0) -> list[Worker]:
     script = Path(__file__).resolve().parents[1] / "scripts" / "generate_embeddings.py"
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = []
-    for gpu, files in zip(gpus, shard(paths, len(gpus))):
+    for gpu, files in zip(gpus, shard(paths, len(gpus), block)):
         output = out_dir / f"{prefix}{gpu}.pkl"
         file_list = out_dir / f"{prefix}{gpu}.files.txt"
         write_file_list(file_list, files)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -26,6 +27,43 @@ def test_sharding_is_balanced_complete_and_stable() -> None:
     assert all({p.split("/")[2] for p in part} >= {"2006", "2007"} for part in parts)
     moved = sum(len(set(a) - set(b)) for a, b in zip(parts, shard(paths + ["/in/2009/new.png"], 3)))
     assert moved <= 2
+
+
+def test_frame_blocks_keep_a_shots_frames_on_one_worker() -> None:
+    paths = [f"/in/{year}/frame_{i:05d}.png" for year in (2006, 2007, 2008) for i in range(3000)]
+    together = {}
+    for block in (0, 64):
+        parts = shard(paths, 4, block)
+        assert sorted(p for part in parts for p in part) == sorted(paths)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+        worker = {p: n for n, part in enumerate(parts) for p in part}
+        together[block] = np.mean([worker[a] == worker[b] for a, b in zip(paths, paths[1:])])
+    assert together[0] < 0.3 and together[64] > 0.97, together  # a shot of frames: one worker, in a row
+    # Frames added at the end of a folder, and a new folder, move few of those already sharded.
+    grown = paths + [f"/in/2008/frame_{i:05d}.png" for i in range(3000, 3100)] + [f"/in/2009/x{i}.png" for i in range(500)]
+    before = {p: n for n, part in enumerate(shard(paths, 4, 64)) for p in part}
+    after = {p: n for n, part in enumerate(shard(grown, 4, 64)) for p in part}
+    assert sum(before[p] != after[p] for p in paths) <= 4 * 64, sum(before[p] != after[p] for p in paths)
+
+
+def test_reuse_of_frames_finds_as_many_repeats_over_two_workers_as_in_one_run(video_crops, testpack_dir, tmp_path,
+                                                                               capsys) -> None:
+    from face_organizer.samples import shot_frames
+    from conftest import write_image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "input" / "2019"
+    for i, crop in enumerate(p for c in video_crops.values() for p in c[:8]):
+        for f, frame in enumerate(shot_frames(cv2.imread(str(crop)), 4, rng)):
+            write_image(folder / f"frame_{i:03d}_{f}.png", frame)
+    args = ["--model", str(testpack_dir), "--device", "cpu", "--workers", "0", "--reuse-similar-frames", "-q"]
+    assert common.run(embed_main, ["--input", str(folder), "--output", str(tmp_path / "one.pkl"), *args]) == 0
+    out = tmp_path / "multi"
+    assert common.run(multi_main, ["--input", str(folder), "--output-dir", str(out), "--gpus", "0,1", *args]) == 0
+    capsys.readouterr()
+    one = len(embfile.load(tmp_path / "one.pkl").reused)
+    two = sum(len(embfile.load(out / f"embeddings_gpu{g}.pkl").reused) for g in (0, 1))
+    assert one >= 0.6 * len(list(folder.iterdir())) and two >= one - 2, (one, two)  # a shot cut at most at the boundary
 
 
 def test_gpu_list_parsing(monkeypatch) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SetupError
-from ..multigpu import parse_gpus, plan_workers, run_workers
+from ..multigpu import FRAME_BLOCK, parse_gpus, plan_workers, run_workers
 from ..progress import count
 from . import common
 from . import embed as embed_cli
@@ -63,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # As generate_embeddings: folders emptied since an earlier run into these files (their images
     # moved into person folders) leave the files as they are, and a loop over year folders goes on.
     paths = common.find_images(args.input, none_ok=chosen.resume and any(f.is_file() for f in earlier))
-    workers = plan_workers([os.path.abspath(i) for i in args.input], paths, gpus, out_dir, args.prefix, passthrough)
+    # Repeated frames are found among consecutive files: a shot's frames stay with one worker.
+    block = FRAME_BLOCK if chosen.reuse_similar_frames else 0
+    workers = plan_workers([os.path.abspath(i) for i in args.input], paths, gpus, out_dir, args.prefix, passthrough,
+                           block)
     idle = [w for w in workers if not w.files]  # fewer images than GPUs, or none left
     if not chosen.resume and (kept := [w.output for w in idle if w.output.exists()]):
         raise SetupError(f"--no-resume: {', '.join(map(str, kept))} would be left from an earlier run, with no images "
