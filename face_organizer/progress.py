@@ -41,6 +41,24 @@ def bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True, **kwargs
     interactive = _interactive()
     options: dict[str, Any] = {"file": sys.stderr, "dynamic_ncols": interactive, "disable": not enabled}
     if not interactive:
-        options.update(mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S)
+        options.update(file=_Lines(sys.stderr), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S)
     options.update(kwargs)
     return tqdm(iterable, **options)
+
+
+class _Lines:
+    """A log file's view of a bar: tqdm redraws in place (``\r`` and the bar, padded), which a log
+    viewer, ``grep`` or ``docker logs`` would see as one ever-growing line; here each redraw is a
+    line of its own, and a redraw that repeats the last one is left out."""
+
+    def __init__(self, out: Any):
+        self.out, self.last = out, ""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line and line != self.last:
+            self.out.write(line + "\n")
+            self.last = line
+
+    def flush(self) -> None:
+        self.out.flush()
