@@ -37,6 +37,9 @@ from .progress import count
 log = logging.getLogger(__name__)
 
 
+COUNTED = ("total_images", "already_done", "changed", "embedded", "faces", "fallback", "no_face", "reused")
+
+
 @dataclass
 class RunSummary:
     output: str
@@ -64,10 +67,19 @@ class RunSummary:
     def rate(self) -> float:
         return self.processed / self.elapsed if self.elapsed > 0 else 0.0
 
-    def lines(self) -> list[str]:
+    def counts(self) -> dict[str, Any]:
+        """What a launcher adds up over its workers (plain JSON types), with ``add``."""
+        return {**{key: getattr(self, key) for key in COUNTED}, "skipped": dict(self.skipped)}
+
+    def add(self, counts: dict[str, Any]) -> None:
+        """Add another run's ``counts()``."""
+        for key in COUNTED:
+            setattr(self, key, getattr(self, key) + int(counts.get(key, 0)))
+        self.skipped.update({str(reason): int(n) for reason, n in counts.get("skipped", {}).items()})
+
+    def count_lines(self) -> list[str]:
+        """The images found, embedded, reused and skipped."""
         out = [
-            f"embeddings file: {self.output} ({count(self.rows_in_file, 'face')})"
-            + ("; nothing new, so it was left as it was" if self.file_unchanged else ""),
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}"
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
@@ -79,6 +91,13 @@ class RunSummary:
             out.append(f"near-identical frames that took the embedding of the frame they repeat: {self.reused:,}")
         skipped = sum(self.skipped.values())
         out.append(f"skipped: {skipped:,}" + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + ")" if skipped else ""))
+        return out
+
+    def lines(self) -> list[str]:
+        out = [f"embeddings file: {self.output} ({count(self.rows_in_file, 'face')})"
+               + ("; nothing new, so it was left as it was" if self.file_unchanged else "")]
+        out += self.count_lines()
+        skipped = sum(self.skipped.values())
         out += [f"  {path}: {reason}" for path, reason in self.skipped_examples]
         if skipped > len(self.skipped_examples):
             out.append(f"  … all {skipped:,} are listed under 'failed' in the embeddings file")
@@ -503,7 +522,7 @@ def run_embeddings(
         bar.close()
     summary.rows_in_file, summary.file_unchanged = recorder.finish(set(todo))
     summary.elapsed = time.monotonic() - started
-    status.write(len(paths), len(paths), force=True)
+    status.finish(summary)
     return summary
 
 
@@ -523,6 +542,10 @@ class _StatusWriter:
             self.last = time.monotonic()
             self._put(done, total)
 
-    def _put(self, done: int, total: int) -> None:
+    def finish(self, summary: RunSummary) -> None:
+        """The run's counts, for the launcher's summary over every worker."""
+        self._put(summary.total_images, summary.total_images, summary=summary.counts())
+
+    def _put(self, done: int, total: int, **more: Any) -> None:
         if self.path:
-            atomic_write_text(self.path, json.dumps({"done": done, "total": total, "device": self.device}))
+            atomic_write_text(self.path, json.dumps({"done": done, "total": total, "device": self.device, **more}))

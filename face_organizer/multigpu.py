@@ -93,6 +93,7 @@ class Worker:
     process: subprocess.Popen | None = None
     code: int | None = None
     device: str | None = None  # what its sessions run on, as it reported ("cuda", "tensorrt", "cpu")
+    summary: dict | None = None  # its run's counts when it finished (``RunSummary.counts``)
 
     @property
     def status_file(self) -> Path:
@@ -154,6 +155,7 @@ def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: 
         for w in workers:
             status = _status(w)
             done += int(status.get("done", 0))
+            w.summary = status.get("summary") or w.summary
             if w.device is None and status.get("device"):
                 w.device = str(status["device"])
                 if expect_gpu and w.device == "cpu":

@@ -101,6 +101,10 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     assert str(root / "2017" / "two\nlines.png") in single.rows.paths and not merged.failed
     np.testing.assert_allclose(merged.rows.embeddings[order], single.rows.embeddings, atol=1e-5)
     assert sorted(merged.meta["inputs"]) == sorted(inputs)
+    # One summary over both workers, with the counts the one run's summary gives.
+    n = len(single.rows)
+    total = printed[printed.index("total over the 2 workers:"):]
+    assert f"images found: {n}; already embedded: 0" in total and f"embedded now: {n} images, {n} faces" in total
 
 
 def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir, tmp_path, capsys) -> None:
@@ -145,6 +149,10 @@ def test_options_every_worker_would_refuse_are_refused_before_any_starts(tmp_pat
         assert stopped.value.code == 2
         assert "embed_all_gpus.py: error: " in (err := capsys.readouterr().err) and said in err, extra
     assert not out.exists() and not (tmp_path / "x.pkl").exists()
+    # A model pack that is not there: one line before any worker starts, not one failure per worker.
+    assert common.run(multi_main, base + ["--model", "nope", "--model-root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"Error: model pack 'nope' not found: {tmp_path / 'nope'} does not exist")
+    assert not out.exists()
 
 
 def test_fewer_images_than_gpus_and_emptied_folders(video_crops, testpack_dir, tmp_path, capsys) -> None:

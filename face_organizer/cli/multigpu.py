@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..embed_run import RunSummary
 from ..errors import SetupError
+from ..modelpack import resolve_pack
 from ..multigpu import FRAME_BLOCK, parse_gpus, plan_workers, run_workers
 from ..progress import count
 from . import common
@@ -52,12 +55,27 @@ def check_passthrough(parser: argparse.ArgumentParser, passthrough: Sequence[str
     return chosen
 
 
+def added_up(summaries: Sequence[dict], workers: int, elapsed: float) -> list[str]:
+    """The summary over the workers that finished: their runs' counts added up, and the images
+    per second of them all together."""
+    total = RunSummary(output="", device="", elapsed=elapsed)
+    for counts in summaries:
+        total.add(counts)
+    which = (f"the {len(summaries)} of {workers} workers that finished" if len(summaries) < workers
+             else f"the {count(workers, 'worker')}")
+    return [f"total over {which}:", *(f"  {line}" for line in total.count_lines()),
+            f"  elapsed: {elapsed:.1f} s, {total.rate:.1f} images/s"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
     chosen = check_passthrough(parser, passthrough)
     common.setup_logging(args.verbose, args.quiet)
     gpus = parse_gpus(args.gpus)
+    # The pack is checked (and a known pack not here yet downloaded) once, before any worker starts:
+    # not one error per worker, nor one download per worker into the same folder.
+    resolve_pack(chosen.model, common.model_root(chosen.model_root))
     out_dir = Path(args.output_dir).absolute()
     earlier = [out_dir / f"{args.prefix}{gpu}.pkl" for gpu in gpus]
     # As generate_embeddings: folders emptied since an earlier run into these files (their images
@@ -75,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet:
         for w in busy:
             print(f"GPU {w.gpu}: {count(w.files, 'file')} → {w.output}", file=sys.stderr)
+    started = time.monotonic()
     if busy:
         run_workers(busy, len(paths), progress=not args.quiet, expect_gpu=chosen.device != "cpu")
     for w in workers:
@@ -87,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state += ", but ON THE CPU (its log says why)"
             print(f"GPU {w.gpu}: {state}: {count(w.files, 'file')} → {w.output} (log: {w.log})")
     failed = [w for w in busy if w.code != 0]
+    if finished := [w.summary for w in busy if w.code == 0 and w.summary]:
+        print("\n".join(added_up(finished, len(busy), time.monotonic() - started)))
     for w in failed:
         last = [line for line in w.log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()][-1:]
         print(f"GPU {w.gpu} said: {last[0] if last else '(nothing)'}")
