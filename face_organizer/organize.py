@@ -156,18 +156,20 @@ def check_images_reachable(paths: Sequence[str], output: str) -> None:
                      "output folder of an earlier --link-mode move, or embed them where they are now")
 
 
-def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode) -> dict[str, Any] | None:
+def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
+                   run: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Check the output folder: empty/new, or the same plan interrupted or finished.
 
     Returns the saved state of an earlier run of this very plan being continued, None
-    for a new one. Raises ``SetupError`` for a folder holding anything else.
+    for a new one. Raises ``SetupError`` for a folder holding anything else. ``run``: the
+    settings of the stage's run, kept in the state file for ``earlier_run``.
     """
     check_output_folder(output)
     state = os.path.join(output, STATE_FILE)
     if not _has_entries(output):
         if not dry_run:
             os.makedirs(output, exist_ok=True)
-            atomic_write_text(state, json.dumps({"plan": digest, "durable": 0, "mode": mode}))
+            _write_state(output, digest, mode, 0, run)
         return None
     try:
         with open(state, encoding="utf-8") as handle:
@@ -204,10 +206,26 @@ def missing_note(missing: int, table: str) -> str:
             "output folder")
 
 
-def _mark_durable(output: str, digest: str, mode: LinkMode, done: int) -> None:
+def _mark_durable(output: str, digest: str, mode: LinkMode, done: int, run: dict[str, Any] | None) -> None:
     """Flush the output's filesystem, then record that the first ``done`` operations are on disk."""
     sync_filesystem(output)
-    atomic_write_text(os.path.join(output, STATE_FILE), json.dumps({"plan": digest, "durable": done, "mode": mode}))
+    _write_state(output, digest, mode, done, run)
+
+
+def _write_state(output: str, digest: str, mode: LinkMode, durable: int, run: dict[str, Any] | None) -> None:
+    state = {"plan": digest, "durable": durable, "mode": mode, **({"run": run} if run else {})}
+    atomic_write_text(os.path.join(output, STATE_FILE), json.dumps(state))
+
+
+def earlier_run(output: str) -> dict[str, Any] | None:
+    """The settings a stage recorded (``place_all(run=…)``) for the run that wrote ``output``, if any."""
+    try:
+        with open(os.path.join(output, STATE_FILE), encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    run = state.get("run") if isinstance(state, dict) else None
+    return run if isinstance(run, dict) else None
 
 
 def _same_size(a: str, b: str) -> bool:
@@ -338,12 +356,14 @@ class Placement:
 
 
 def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: Sequence[str], mode: LinkMode, *,
-              sources: Sequence[str] | None = None, dry_run: bool = False, progress: bool = True) -> Placement:
+              sources: Sequence[str] | None = None, dry_run: bool = False, progress: bool = True,
+              run: dict[str, Any] | None = None) -> Placement:
     """Put each path under ``output/<group>/…`` (``"."``: directly under ``output``).
 
     ``sources``: where each image is now, where that is not its path (an earlier move took it
     elsewhere: ``relocate``); destinations are named from ``paths`` either way, and so is the
-    plan, so that a re-run finds it the same once some images have moved on.
+    plan, so that a re-run finds it the same once some images have moved on. ``run``: the stage's
+    settings, recorded for ``earlier_run``.
     The plan is checked against the output folder first (new, empty, or the same plan
     interrupted or finished); a dry run stops there and writes nothing.
     """
@@ -358,7 +378,7 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     check_sources(todo, output, mode, links)
     check_space(todo, output, mode, dry_run, links)
     digest = plan_digest(named, mode)
-    previous = prepare_output(output, digest, dry_run, mode)
+    previous = prepare_output(output, digest, dry_run, mode, run)
     if previous is not None:
         log.info("continuing an earlier run into %s", output)
         if not dry_run and (removed := remove_partial_copies(destinations)):
@@ -382,9 +402,9 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
                              folders=folders)
         unflushed += status[dest] == "placed"
         if unflushed >= SYNC_EVERY:
-            _mark_durable(output, digest, mode, i + 1)
+            _mark_durable(output, digest, mode, i + 1, run)
             unflushed = 0
-    _mark_durable(output, digest, mode, len(operations))
+    _mark_durable(output, digest, mode, len(operations), run)
     return Placement(destinations, status, previous is not None)
 
 

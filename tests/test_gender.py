@@ -135,3 +135,35 @@ def test_unusable_output_is_refused_before_predicting(utkface, predictor, tmp_pa
         assert not Path(progress_path(str(output))).exists()
     assert watched.asked == []
     assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]
+
+
+def test_an_output_of_other_input_folders_is_refused_before_predicting(utkface, predictor, tmp_path) -> None:
+    # A loop over year folders given one --output: the second year is refused at once, not after
+    # hours of predictions; the same command again finds its own output and places nothing twice.
+    labels = read_labels(utkface)
+    women, men = [r for r in labels if r["gender"] == "female"][:3], [r for r in labels if r["gender"] == "male"][:3]
+    years = {}
+    for year, part in (("2017", women[:2] + men[:1]), ("2018", women[2:] + men[1:])):
+        years[year] = tmp_path / "input" / year
+        years[year].mkdir(parents=True)
+        for r in part:
+            (years[year] / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
+    out = tmp_path / "women"
+
+    def run(year: str, gender: str = "Woman", model: _Watched | None = None):
+        paths = sorted(str(p) for p in years[year].iterdir())
+        return filter_by_gender(paths, [str(years[year])], str(out), gender, model or _Watched(predictor),
+                                workers=0, batch_size=4, progress=False)
+
+    first = run("2017")
+    assert first.matches >= 1
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    watched = _Watched(predictor)
+    with pytest.raises(SetupError, match=r"another gender_filter run, of .*2017: give each input folder its own"):
+        run("2018", model=watched)
+    assert watched.asked == [] and not Path(progress_path(str(out))).exists()
+    with pytest.raises(SetupError, match="made with other settings \\(gender Woman, now Man\\)"):
+        run("2017", "Man", watched)
+    assert watched.asked == []
+    again = run("2017")  # the same run: nothing new, nothing refused
+    assert again.matches == first.matches and sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
