@@ -33,12 +33,13 @@ EXPAND_COUNT = 10
 IMPOSTOR_PAIRS = 50_000  # a histogram mode needs far fewer pairs than clustering's 200,000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: equal only to itself
 class Reference:
     path: str
     faces: NDArray[np.float32]  # [F, D]: every face of the photo, largest first (one for a face crop)
     boxes: NDArray[np.float32] | None  # [F, 4]: their boxes; None for a crop, where the image is the face
     chosen: int = 0  # the face searched for
+    agreement: float | None = None  # in a photo of several faces: the chosen face's mean best match in the others
 
     @property
     def embedding(self) -> NDArray[np.float32]:
@@ -100,8 +101,14 @@ def choose_faces(refs: Sequence[Reference]) -> list[Reference]:
         log.warning("query %s shows %d faces; using the %s, the one most like the other references (similarity "
                     "%.2f on average)", ref.path, ref.faces_in_photo,
                     "largest" if best == 0 else f"{_ordinal(best + 1)} largest", float(agreement[best]))
-        chosen.append(replace(ref, chosen=best))
+        chosen.append(replace(ref, chosen=best, agreement=float(agreement[best])))
     return chosen
+
+
+def strangers(refs: Sequence[Reference], threshold: float) -> list[Reference]:
+    """Group photos among ``refs`` none of whose faces matches the other references (the chosen
+    face's agreement is below the search's threshold): they likely do not show the person."""
+    return [r for r in refs if r.agreement is not None and r.agreement < threshold]
 
 
 def _ordinal(n: int) -> str:

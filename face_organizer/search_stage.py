@@ -24,7 +24,7 @@ from .organize import (LinkMode, check_images_reachable, check_output_folder, fi
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .progress import count
-from .search import Reference, SearchResult, choose_faces, embed_reference, search
+from .search import FaceIndex, Reference, SearchResult, choose_faces, embed_reference, search, strangers
 from .thresholds import calibrate_from_embeddings, load_calibration
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,22 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     refs, left_out = usable_references(queries, models)
     calibration = load_calibration(models.pack.recognizer.name)
     calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
-    result = search(ef.rows.embeddings, [r.embedding for r in refs], threshold=threshold, calibrated=calibrated,
-                    expand=expand, top_k=top_k, use_gpu=use_gpu)
+    index = FaceIndex(ef.rows.embeddings, use_gpu)
+
+    def run(refs: Sequence[Reference]) -> SearchResult:
+        return search(index, [r.embedding for r in refs], threshold=threshold, calibrated=calibrated, expand=expand,
+                      top_k=top_k)
+
+    result = run(refs)
+    if (doubtful := strangers(refs, result.threshold)) and len(doubtful) < len(refs):
+        # A group photo in which no face is the person the other references show: searching for
+        # its closest stranger would fill the folder with that stranger.
+        for ref in doubtful:
+            left_out.append(f"none of the {ref.faces_in_photo} faces in {ref.path} is like the other references "
+                            f"(best {ref.agreement:.2f}, below the threshold {result.threshold:.2f})")
+            log.warning("%s; this query is left out", left_out[-1])
+        refs = [r for r in refs if r not in doubtful]
+        result = run(refs)
     paths = [ef.rows.paths[i] for i in result.index]
     placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode,
                           sources=[where[i] for i in result.index] if moved_to else None, progress=progress)

@@ -84,9 +84,10 @@ def test_group_photo_among_references_gives_the_face_they_share(shared, testpack
     examples = shared / "datasets" / "face_recognition_examples"
     pair = examples / "_multi_face" / "examples__knn_examples__test__kit_with_rose.jpg"
     emb = tmp_path / "photos.pkl"
-    assert common.run(embed_main, ["--input", str(examples / "rose_leslie"), str(examples / "kit_harington"), str(pair),
-                                   "--output", str(emb), "--mode", "photos", "--model", str(testpack_dir),
-                                   "--device", "cpu", "--workers", "0", "-q"]) == 0
+    others = examples / "_multi_face" / "examples__knn_examples__test__obama_and_biden.jpg"
+    people = [str(examples / p) for p in ("rose_leslie", "kit_harington", "barack_obama", "joe_biden")]
+    assert common.run(embed_main, ["--input", *people, str(pair), "--output", str(emb), "--mode", "photos",
+                                   "--model", str(testpack_dir), "--device", "cpu", "--workers", "0", "-q"]) == 0
     for alone, person in ((examples / "rose_leslie" / "img1.jpg", "rose_leslie"),
                           (examples / "kit_harington" / "john1.jpeg", "kit_harington")):
         out = tmp_path / person
@@ -102,7 +103,17 @@ def test_group_photo_among_references_gives_the_face_they_share(shared, testpack
         differ = [np.abs(shown - preview._tile(preview.SheetFace(str(pair), box, ""))).mean() for box in used.boxes]
         assert differ[used.chosen] < 6 < 20 < differ[1 - used.chosen], differ  # JPEG-compressed
         assert (used.chosen == 0) == (person == "kit_harington")  # his is the larger face
+    # A group photo in which she is not: no face of it is like hers, so it is left out and said so,
+    # rather than searching for whichever of Obama and Biden looks least unlike her.
     capsys.readouterr()
+    out = tmp_path / "not_in_it"
+    assert run_cli(["--embeddings", str(emb), "--query", str(examples / "rose_leslie" / "img1.jpg"), str(others),
+                    "--output", str(out), "--threshold", "0.4", "--no-expand", "--no-previews",
+                    "--model", str(testpack_dir), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert f"searched with 1 of 2 queries; left out: none of the 3 faces in {others} is like the other" in printed
+    rows = list(csv.DictReader(open(out / "matches.csv", newline="", encoding="utf-8")))
+    assert {Path(r["path"]).parent.name for r in rows} == {"rose_leslie", "_multi_face"}
 
 
 def test_group_photos_alone_give_the_person_they_share(shared, models, tmp_path) -> None:
