@@ -4,7 +4,8 @@ Files (not folders) are spread over the GPUs in equal shares, ordered by a hash 
 their path, so a re-run gives every file the same worker (new images move at most a
 file per boundary) and each worker resumes its own embeddings file. Each worker is an ordinary
 generate_embeddings process with its own ``GPU_ID``, so a failed one can be re-run
-alone with the command the launcher prints.
+alone with the command the launcher prints. With ``--reuse-similar-frames``, runs of
+consecutive files of a folder are hashed instead, so that a shot's frames stay together.
 """
 
 from __future__ import annotations
