@@ -163,8 +163,7 @@ def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: 
                     with bar.external_write_mode(file=sys.stderr):
                         log.warning("GPU %d: its worker runs on the CPU, not on the GPU (see %s): stop it with "
                                     "Ctrl-C and run diagnostic_test.py, or let it go on at CPU speed", w.gpu, w.log)
-        bar.n = done
-        bar.refresh()
+        bar.update(max(0, done - bar.n))  # redrawn as often as the bar allows: in a log, once a minute
 
     try:
         while any(w.process.poll() is None for w in workers if w.process):

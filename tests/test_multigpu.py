@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -198,3 +199,20 @@ def test_a_worker_that_runs_on_the_cpu_instead_of_its_gpu_is_named(video_crops, 
     for gpu in (98, 99):
         assert f"GPU {gpu}: ok, but ON THE CPU (its log says why): 1 file" in captured.out
         assert f"WARNING: GPU {gpu}: its worker runs on the CPU, not on the GPU" in captured.err
+
+
+def test_the_launchers_progress_in_a_log_is_a_few_lines_not_one_per_poll(tmp_path, capsys) -> None:
+    from face_organizer.multigpu import Worker, run_workers
+
+    # Stand-ins for workers: each writes its status file (as generate_embeddings does) for about a second.
+    script = tmp_path / "worker.py"
+    script.write_text("import json, sys, time\n"
+                      "path = sys.argv[sys.argv.index('--status-file') + 1]\n"
+                      "for done in range(1, 21):\n"
+                      "    json.dump({'done': done, 'total': 20, 'device': 'cpu'}, open(path, 'w'))\n"
+                      "    time.sleep(0.05)\n")
+    workers = [Worker(g, 20, tmp_path / f"e{g}.pkl", tmp_path / f"e{g}.log", [sys.executable, str(script)])
+               for g in (0, 1)]
+    run_workers(workers, 40, poll=0.02)  # stderr is captured: not a terminal
+    lines = capsys.readouterr().err.splitlines()
+    assert [w.code for w in workers] == [0, 0] and 1 <= len(lines) <= 3 and "40/40" in lines[-1], lines
