@@ -100,6 +100,16 @@ class Worker:
     def status_file(self) -> Path:
         return self.output.with_suffix(".status.json")
 
+    @property
+    def file_list(self) -> Path:
+        return self.output.with_suffix(".files.txt")
+
+    def tidy(self) -> None:
+        """After a worker finished: its file list and status file are of no more use (a failed
+        worker keeps them, for the command that re-runs it alone)."""
+        self.file_list.unlink(missing_ok=True)
+        self.status_file.unlink(missing_ok=True)
+
     def rerun_line(self) -> str:
         return f"GPU_ID={self.gpu} " + " ".join(shlex.quote(c) for c in self.command)
 
@@ -120,11 +130,12 @@ def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int
     workers = []
     for gpu, files in zip(gpus, shard(paths, len(gpus), block)):
         output = out_dir / f"{prefix}{gpu}.pkl"
-        file_list = out_dir / f"{prefix}{gpu}.files.txt"
-        write_file_list(file_list, files)
-        command = [sys.executable, str(script), "--input", *inputs, "--file-list", str(file_list),
-                   "--output", str(output), *extra]
-        workers.append(Worker(gpu, len(files), output, out_dir / f"{prefix}{gpu}.log", command))
+        worker = Worker(gpu, len(files), output, out_dir / f"{prefix}{gpu}.log", [])
+        if files:  # a GPU with none is not started
+            write_file_list(worker.file_list, files)
+        worker.command = [sys.executable, str(script), "--input", *inputs, "--file-list", str(worker.file_list),
+                          "--output", str(output), *extra]
+        workers.append(worker)
     return workers
 
 

@@ -93,6 +93,7 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     printed = capsys.readouterr().out
     assert "GPU 0: ok: " in printed and "GPU 1: ok: " in printed  # --device cpu: the CPU was asked for
     files = [embfile.load(out / f"embeddings_gpu{g}.pkl") for g in (0, 1)]
+    assert sorted(p.name for p in out.iterdir()) == [f"embeddings_gpu{g}.{e}" for g in (0, 1) for e in ("log", "pkl")]
     assert all(len(f.rows) > 0 for f in files) and not set(files[0].rows.paths) & set(files[1].rows.paths)
     assert abs(len(files[0].rows) - len(files[1].rows)) <= 1
     merged = load_embeddings([str(out / "embeddings_gpu0.pkl"), str(out / "embeddings_gpu1.pkl")])
@@ -122,6 +123,8 @@ def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir
     assert "GPU 0: ok" in printed and "GPU 1: FAILED" in printed
     assert "is a folder" in printed and "GPU_ID=1 " in printed and "re-run it alone" in printed
     assert (out / "embeddings_gpu0.pkl").is_file()
+    # The failed worker's file list stays for the command that re-runs it; the finished one's goes.
+    assert (out / "embeddings_gpu1.files.txt").is_file() and not (out / "embeddings_gpu0.files.txt").exists()
 
 
 def test_file_lists_one_per_line_or_nul_separated(tmp_path) -> None:

@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state += ", but ON THE CPU (its log says why)"
             print(f"GPU {w.gpu}: {state}: {count(w.files, 'file')} → {w.output} (log: {w.log})")
     failed = [w for w in busy if w.code != 0]
+    for w in busy:
+        if w.code == 0:
+            w.tidy()
     if finished := [w.summary for w in busy if w.code == 0 and w.summary]:
         print("\n".join(added_up(finished, len(busy), time.monotonic() - started)))
     for w in failed:
