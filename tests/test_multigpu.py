@@ -122,6 +122,7 @@ def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir
     assert code == 1
     assert "GPU 0: ok" in printed and "GPU 1: FAILED" in printed
     assert "is a folder" in printed and "GPU_ID=1 " in printed and "re-run it alone" in printed
+    assert "total over the 1 of 2 workers that finished:\n  images found: 3; already embedded: 0" in printed
     assert (out / "embeddings_gpu0.pkl").is_file()
     # The failed worker's file list stays for the command that re-runs it; the finished one's goes.
     assert (out / "embeddings_gpu1.files.txt").is_file() and not (out / "embeddings_gpu0.files.txt").exists()
