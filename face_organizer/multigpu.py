@@ -1,11 +1,12 @@
 """One embedding worker process per GPU, from one command.
 
 Files (not folders) are spread over the GPUs in equal shares, ordered by a hash of
-their path, so a re-run gives every file the same worker (new images move at most a
-file per boundary) and each worker resumes its own embeddings file. Each worker is an ordinary
-generate_embeddings process with its own ``GPU_ID``, so a failed one can be re-run
-alone with the command the launcher prints. With ``--reuse-similar-frames``, runs of
-consecutive files of a folder are hashed instead, so that a shot's frames stay together.
+their path. Each GPU's list of files stays in the output folder, and a re-run gives every
+file listed there the same GPU again, so that each worker resumes its own embeddings file;
+only the files no list holds are spread anew, evenly, also over GPUs added since. Each
+worker is an ordinary generate_embeddings process with its own ``GPU_ID``, so a failed one
+can be re-run alone with the command the launcher prints. With ``--reuse-similar-frames``,
+runs of consecutive files of a folder are hashed instead, so that a shot's frames stay together.
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ def shard(paths: Sequence[str], shards: int, block: int = 0) -> list[list[str]]:
     """Split paths over ``shards`` workers: ordered by a hash of the path, cut into equal runs.
 
     Balanced to one file, independent of folder sizes, reproducible; a file added later
-    moves at most one file across each boundary, so resumed workers redo almost nothing.
-    With ``block``, the hash is of the file's folder and its place there divided by ``block``:
-    runs of ``block`` consecutive files of a folder (a shot's frames) stay with one worker,
-    which ``--reuse-similar-frames`` needs to find repeats; a file inserted in the middle of
-    a folder then moves about one file per later run of that folder.
+    moves at most one file across each boundary (``assign`` keeps earlier files in place
+    whatever the cuts). With ``block``, the hash is of the file's folder and its place there
+    divided by ``block``: runs of ``block`` consecutive files of a folder (a shot's frames)
+    stay with one worker, which ``--reuse-similar-frames`` needs to find repeats.
     """
     if block:
         keys: dict[str, bytes] = {}
@@ -105,13 +105,27 @@ class Worker:
         return self.output.with_suffix(".files.txt")
 
     def tidy(self) -> None:
-        """After a worker finished: its file list and status file are of no more use (a failed
-        worker keeps them, for the command that re-runs it alone)."""
-        self.file_list.unlink(missing_ok=True)
+        """After a worker finished: its status file is of no more use. (Its file list stays: the next
+        run reads from it which files this GPU's embeddings file holds.)"""
         self.status_file.unlink(missing_ok=True)
 
     def rerun_line(self) -> str:
         return f"GPU_ID={self.gpu} " + " ".join(shlex.quote(c) for c in self.command)
+
+
+def read_file_list(path: str) -> list[str]:
+    """The images a ``--file-list`` names: one path per line or, where names hold line breaks,
+    separated by NUL bytes (as ``find -print0`` and the GPU launcher write them)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise SetupError(f"cannot read --file-list {path}: {err.strerror or err}") from None
+    if b"\0" in data:
+        names = data.split(b"\0")
+    else:
+        names = [line.rstrip(b"\r") for line in data.split(b"\n") if line.strip()]
+    return sorted({os.path.abspath(os.fsdecode(name)) for name in names if name})  # names need not be UTF-8
 
 
 def write_file_list(path: Path, files: Sequence[str]) -> None:
@@ -123,19 +137,42 @@ def write_file_list(path: Path, files: Sequence[str]) -> None:
 FRAME_BLOCK = 64  # consecutive files kept on one worker (``block``) with --reuse-similar-frames
 
 
+def assign(paths: Sequence[str], gpus: Sequence[int], previous: dict[int, set[str]], block: int = 0) -> list[list[str]]:
+    """Each GPU's files: those an earlier run gave it (``previous``, its file list) stay with it, so
+    that its embeddings file already holds them; the rest are ``shard``ed evenly over all the GPUs.
+
+    With the same GPUs as before this is the new images spread evenly; with GPUs added (2 to 4),
+    nothing already embedded is embedded again (re-sharding everything would move three quarters
+    of the files to another GPU's file, each embedded a second time), and the new GPUs take their
+    share of the new images.
+    """
+    held = {path: gpu for gpu in gpus for path in previous.get(gpu, ())}
+    kept: dict[int, list[str]] = {gpu: [] for gpu in gpus}
+    new = []
+    for path in paths:
+        if path in held:
+            kept[held[path]].append(path)
+        else:
+            new.append(path)
+    return [sorted(kept[gpu] + part) for gpu, part in zip(gpus, shard(new, len(gpus), block))]
+
+
 def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int], out_dir: Path, prefix: str,
-                 extra: Sequence[str], block: int = 0) -> list[Worker]:
+                 extra: Sequence[str], block: int = 0, resume: bool = True) -> list[Worker]:
+    """One worker per GPU and its file list. With ``resume``, the lists an earlier run left in
+    ``out_dir`` say which files each GPU's embeddings file already holds (see ``assign``)."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "generate_embeddings.py"
     out_dir.mkdir(parents=True, exist_ok=True)
-    workers = []
-    for gpu, files in zip(gpus, shard(paths, len(gpus), block)):
-        output = out_dir / f"{prefix}{gpu}.pkl"
-        worker = Worker(gpu, len(files), output, out_dir / f"{prefix}{gpu}.log", [])
-        if files:  # a GPU with none is not started
+    workers = [Worker(gpu, 0, out_dir / f"{prefix}{gpu}.pkl", out_dir / f"{prefix}{gpu}.log", []) for gpu in gpus]
+    previous = {w.gpu: set(read_file_list(str(w.file_list))) for w in workers if resume and w.file_list.is_file()}
+    for worker, files in zip(workers, assign(paths, gpus, previous, block)):
+        worker.files = len(files)
+        if files:
             write_file_list(worker.file_list, files)
+        else:  # not started: a list left from before would say it holds files it may not
+            worker.file_list.unlink(missing_ok=True)
         worker.command = [sys.executable, str(script), "--input", *inputs, "--file-list", str(worker.file_list),
-                          "--output", str(output), *extra]
-        workers.append(worker)
+                          "--output", str(worker.output), *extra]
     return workers
 
 

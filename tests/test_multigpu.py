@@ -93,7 +93,8 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     printed = capsys.readouterr().out
     assert "GPU 0: ok: " in printed and "GPU 1: ok: " in printed  # --device cpu: the CPU was asked for
     files = [embfile.load(out / f"embeddings_gpu{g}.pkl") for g in (0, 1)]
-    assert sorted(p.name for p in out.iterdir()) == [f"embeddings_gpu{g}.{e}" for g in (0, 1) for e in ("log", "pkl")]
+    assert sorted(p.name for p in out.iterdir()) == [f"embeddings_gpu{g}.{e}" for g in (0, 1)
+                                                     for e in ("files.txt", "log", "pkl")]  # status files gone
     assert all(len(f.rows) > 0 for f in files) and not set(files[0].rows.paths) & set(files[1].rows.paths)
     assert abs(len(files[0].rows) - len(files[1].rows)) <= 1
     merged = load_embeddings([str(out / "embeddings_gpu0.pkl"), str(out / "embeddings_gpu1.pkl")])
@@ -107,6 +108,35 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     n = len(single.rows)
     total = printed[printed.index("total over the 2 workers:"):]
     assert f"images found: {n}; already embedded: 0" in total and f"embedded now: {n} images, {n} faces" in total
+
+
+def test_gpus_added_later_embed_only_the_new_images(video_crops, testpack_dir, tmp_path, capsys) -> None:
+    # Two GPUs, then new images and four GPUs: what the first run embedded stays in its files
+    # (re-sharding all of it would move most files to another GPU's file, embedded a second time);
+    # the new images are spread over all four.
+    crops = next(iter(video_crops.values()))[:12]
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for i, crop in enumerate(crops[:8]):
+        (folder / f"f{i:02d}.png").write_bytes(crop.read_bytes())
+    out = tmp_path / "multi"
+    args = ["--input", str(folder), "--output-dir", str(out), "-q", "--model", str(testpack_dir), "--device", "cpu",
+            "--workers", "0"]
+    assert common.run(multi_main, [*args, "--gpus", "0,1"]) == 0
+    first = {g: embfile.load(out / f"embeddings_gpu{g}.pkl").rows.paths for g in (0, 1)}
+    for i, crop in enumerate(crops[8:], start=8):
+        (folder / f"f{i:02d}.png").write_bytes(crop.read_bytes())
+    capsys.readouterr()
+    assert common.run(multi_main, [*args, "--gpus", "0,1,2,3"]) == 0
+    printed = capsys.readouterr().out
+    assert "images found: 12; already embedded: 8\n  embedded now: 4 images" in printed
+    files = {g: embfile.load(out / f"embeddings_gpu{g}.pkl").rows.paths for g in (0, 1, 2, 3)}
+    assert all(set(first[g]) <= set(files[g]) for g in (0, 1))
+    assert [len(files[g]) - len(first.get(g, [])) for g in (0, 1, 2, 3)] == [1, 1, 1, 1]
+    assert sorted(p for g in files for p in files[g]) == sorted(str(p) for p in folder.iterdir())  # each once
+    # --no-resume starts over: the lists of the run before are not followed, the shares are equal.
+    assert common.run(multi_main, [*args, "--gpus", "0,1,2,3", "--no-resume"]) == 0
+    assert [len(embfile.load(out / f"embeddings_gpu{g}.pkl").rows) for g in (0, 1, 2, 3)] == [3, 3, 3, 3]
 
 
 def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir, tmp_path, capsys) -> None:
@@ -124,13 +154,12 @@ def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir
     assert "is a folder" in printed and "GPU_ID=1 " in printed and "re-run it alone" in printed
     assert "total over the 1 of 2 workers that finished:\n  images found: 3; already embedded: 0" in printed
     assert (out / "embeddings_gpu0.pkl").is_file()
-    # The failed worker's file list stays for the command that re-runs it; the finished one's goes.
-    assert (out / "embeddings_gpu1.files.txt").is_file() and not (out / "embeddings_gpu0.files.txt").exists()
+    # The list the re-run command names is there; the finished worker's status file is gone.
+    assert (out / "embeddings_gpu1.files.txt").is_file() and not (out / "embeddings_gpu0.status.json").exists()
 
 
 def test_file_lists_one_per_line_or_nul_separated(tmp_path) -> None:
-    from face_organizer.cli.embed import read_file_list
-    from face_organizer.multigpu import write_file_list
+    from face_organizer.multigpu import read_file_list, write_file_list
 
     names = [str(tmp_path / "a b.png"), str(tmp_path / "two\nlines.png"), str(tmp_path / "end\r.png")]
     write_file_list(tmp_path / "nul.txt", names)

@@ -13,6 +13,7 @@ from ..errors import SetupError
 from ..faces import EmbedOptions, load_face_models
 from ..fsutil import check_writable_dir, exclusive
 from ..modelpack import resolve_pack
+from ..multigpu import read_file_list
 from ..providers import CUDA, available_providers
 from . import common
 
@@ -24,21 +25,6 @@ EXAMPLES = """\
   # every video frame extracted? let near-identical consecutive frames share one embedding
   python scripts/generate_embeddings.py --input /workspace/input/2017 --output emb.pkl --reuse-similar-frames
 """
-
-
-def read_file_list(path: str) -> list[str]:
-    """The images a ``--file-list`` names: one path per line or, where names hold line breaks,
-    separated by NUL bytes (as ``find -print0`` and the GPU launcher write them)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as err:
-        raise SetupError(f"cannot read --file-list {path}: {err.strerror or err}") from None
-    if b"\0" in data:
-        names = data.split(b"\0")
-    else:
-        names = [line.rstrip(b"\r") for line in data.split(b"\n") if line.strip()]
-    return sorted({os.path.abspath(os.fsdecode(name)) for name in names if name})  # names need not be UTF-8
 
 
 def build_parser():

@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Repeated frames are found among consecutive files: a shot's frames stay with one worker.
     block = FRAME_BLOCK if chosen.reuse_similar_frames else 0
     workers = plan_workers([os.path.abspath(i) for i in args.input], paths, gpus, out_dir, args.prefix, passthrough,
-                           block)
+                           block, resume=chosen.resume)
     idle = [w for w in workers if not w.files]  # fewer images than GPUs, or none left
     if not chosen.resume and (kept := [w.output for w in idle if w.output.exists()]):
         raise SetupError(f"--no-resume: {', '.join(map(str, kept))} would be left from an earlier run, with no images "
