@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .cpus import CPUS_ENV, usable_cpus
 from .errors import SetupError
+from .fsutil import atomic_write_bytes
 from .progress import bar as progress_bar
 from .providers import visible_gpus
 
@@ -131,7 +132,7 @@ def read_file_list(path: str) -> list[str]:
 def write_file_list(path: Path, files: Sequence[str]) -> None:
     """One path per line, readable in a pager; NUL-separated instead when a name holds a line break."""
     sep = b"\0" if any("\n" in f or "\r" in f for f in files) else b"\n"
-    path.write_bytes(b"".join(os.fsencode(f) + sep for f in files))
+    atomic_write_bytes(path, b"".join(os.fsencode(f) + sep for f in files))  # the next run reads it back
 
 
 FRAME_BLOCK = 64  # consecutive files kept on one worker (``block``) with --reuse-similar-frames
