@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cpus import CPUS_ENV, usable_cpus
@@ -96,6 +96,7 @@ class Worker:
     code: int | None = None
     device: str | None = None  # what its sessions run on, as it reported ("cuda", "tensorrt", "cpu")
     summary: dict | None = None  # its run's counts when it finished (``RunSummary.counts``)
+    paths: list[str] = field(default_factory=list)  # its files, for ``write_list``
 
     @property
     def status_file(self) -> Path:
@@ -104,6 +105,14 @@ class Worker:
     @property
     def file_list(self) -> Path:
         return self.output.with_suffix(".files.txt")
+
+    def write_list(self) -> None:
+        """Its ``--file-list``; a GPU with no files (not started) keeps none, which would say that its
+        embeddings file holds files it may not."""
+        if self.paths:
+            write_file_list(self.file_list, self.paths)
+        else:
+            self.file_list.unlink(missing_ok=True)
 
     def tidy(self) -> None:
         """After a worker finished: its status file is of no more use. (Its file list stays: the next
@@ -160,18 +169,14 @@ def assign(paths: Sequence[str], gpus: Sequence[int], previous: dict[int, set[st
 
 def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int], out_dir: Path, prefix: str,
                  extra: Sequence[str], block: int = 0, resume: bool = True) -> list[Worker]:
-    """One worker per GPU and its file list. With ``resume``, the lists an earlier run left in
-    ``out_dir`` say which files each GPU's embeddings file already holds (see ``assign``)."""
+    """One worker per GPU with its files; nothing is written (``Worker.write_list`` does). With
+    ``resume``, the lists an earlier run left in ``out_dir`` say which files each GPU's embeddings
+    file already holds (see ``assign``)."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "generate_embeddings.py"
-    out_dir.mkdir(parents=True, exist_ok=True)
     workers = [Worker(gpu, 0, out_dir / f"{prefix}{gpu}.pkl", out_dir / f"{prefix}{gpu}.log", []) for gpu in gpus]
     previous = {w.gpu: set(read_file_list(str(w.file_list))) for w in workers if resume and w.file_list.is_file()}
     for worker, files in zip(workers, assign(paths, gpus, previous, block)):
-        worker.files = len(files)
-        if files:
-            write_file_list(worker.file_list, files)
-        else:  # not started: a list left from before would say it holds files it may not
-            worker.file_list.unlink(missing_ok=True)
+        worker.files, worker.paths = len(files), files
         worker.command = [sys.executable, str(script), "--input", *inputs, "--file-list", str(worker.file_list),
                           "--output", str(worker.output), *extra]
     return workers

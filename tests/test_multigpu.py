@@ -212,7 +212,7 @@ def test_fewer_images_than_gpus_and_emptied_folders(video_crops, testpack_dir, t
     assert common.run(multi_main, ["--input", str(folder), "--output-dir", str(out), "--gpus", "1,0", "-q",
                                    "--no-resume", "--model", str(testpack_dir), "--device", "cpu"]) == 2
     assert "--no-resume: " + str(out / "embeddings_gpu0.pkl") in capsys.readouterr().err
-    assert (out / "embeddings_gpu0.pkl").read_bytes() == written
+    assert (out / "embeddings_gpu0.pkl").read_bytes() == written and not list(out.glob("*.files.txt"))  # untouched
     image.unlink()
     assert common.run(multi_main, run[:2] + ["--output-dir", str(tmp_path / "new")] + run[4:]) == 2  # no file yet
     assert "Error: no images" in capsys.readouterr().err

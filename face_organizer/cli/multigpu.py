@@ -89,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not chosen.resume and (kept := [w.output for w in idle if w.output.exists()]):
         raise SetupError(f"--no-resume: {', '.join(map(str, kept))} would be left from an earlier run, with no images "
                          "left for its GPU: remove it, or name fewer --gpus")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for w in workers:
+        w.write_list()
     busy = [w for w in workers if w.files]
     if not args.quiet:
         for w in busy:
