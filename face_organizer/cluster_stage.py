@@ -4,6 +4,7 @@ previews out."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -21,8 +22,8 @@ from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cl
                          graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text
-from .organize import (LinkMode, check_images_reachable, check_output_folder, files_line, missing_note,
-                       place_all)
+from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_run, files_line,
+                       missing_note, place_all)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
@@ -226,6 +227,20 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
                               extra_groups=config.extra_groups, pair_calibrated=pair[0] if pair else None)
 
 
+def run_settings(ef: EmbeddingsFile, config: ClusterConfig) -> dict[str, Any]:
+    """What the output's state file keeps of a run, for ``check_same_run`` to refuse another run's
+    output before clustering: the images (a digest of their paths) and the settings that decide
+    the folders. Other settings are left to the plan's own check, after the clustering."""
+    paths = sorted(set(ef.rows.paths))
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path}\0".encode("utf-8", "surrogateescape"))  # names need not be UTF-8
+    people_from = os.path.abspath(config.people_from) if config.people_from else None
+    return {"images": digest.hexdigest(), "image_count": len(paths), "model_pack": ef.meta.get("model_pack"),
+            "clusters": None if people_from else (config.clusters or "auto"), "people_from": people_from,
+            "min_similarity": config.min_similarity, "link_mode": config.link_mode}
+
+
 def _graph_cut(calibration: dict[str, Any] | None, n: int) -> tuple[float, str] | None:
     """The calibrated edge cut-off of a graph over ``n`` faces, as ``graph_z`` asks of the data's."""
     cut = calibrated_pair_cut(calibration, graph_z(n))
@@ -286,6 +301,11 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     started = time.monotonic()
     output = os.path.abspath(output)
     check_output_folder(output)  # before the clustering, which takes minutes on a large collection
+    run = run_settings(ef, config)
+    check_same_run(output, run, "cluster_faces", subject="images", of=lambda earlier: (
+        f"other images ({count(earlier.get('image_count', 0), 'image')}, now {count(run['image_count'], 'image')})"
+        if earlier.get("image_count") != run["image_count"] else "other images"),
+        advice="give each embeddings file its own --output (in a loop over year folders: one per year)")
     where = relocate.current_locations(ef.rows.paths, config.moved_to, output)
     check_images_reachable(where, output)
     clustering = run_clustering(ef, config)
@@ -297,7 +317,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     order = sorted(counts, key=lambda n: (n == "outliers", -counts[n], n))
     images_per_cluster = {n: counts[n] for n in order}
     placement = place_all(output, paths, names, ef.meta.get("inputs", []), config.link_mode,
-                          sources=where if config.moved_to else None, dry_run=config.dry_run, progress=progress)
+                          sources=where if config.moved_to else None, dry_run=config.dry_run, progress=progress,
+                          run=run)
     report = ClusterReport(output, clustering, names, images_per_cluster, placement.destinations, dry_run=config.dry_run)
     if config.dry_run:
         report.elapsed = time.monotonic() - started

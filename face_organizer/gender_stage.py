@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import IO, Protocol
 
 from .embed_run import iter_loaded
-from .errors import SetupError
 from .fsutil import atomic_write_text
 from .gender import GenderPrediction
-from .organize import LinkMode, check_output_folder, earlier_run, place_all
+from .organize import LinkMode, check_output_folder, check_same_run, place_all
 from .progress import bar as progress_bar
 from .progress import count
 
@@ -132,24 +131,6 @@ class _Progress:
             os.unlink(self.path)
 
 
-def check_same_run(output: str, run: dict) -> None:
-    """Refuse, before any prediction, an output that another gender_filter run wrote (other input
-    folders or settings), rather than after hours of them: a loop over year folders needs an
-    output per year, as its placement would refuse at the end."""
-    earlier = earlier_run(output)
-    if earlier is None or earlier == run:
-        return
-    if earlier.get("inputs") != run["inputs"]:
-        what = f"of {', '.join(earlier.get('inputs') or ['other folders'])}"
-        advice = "give each input folder its own --output (in a loop over year folders: one per year)"
-    else:
-        changed = sorted(k for k in run if earlier.get(k) != run[k])
-        what = f"made with other settings ({'; '.join(f'{k} {earlier.get(k)}, now {run[k]}' for k in changed)})"
-        advice = "choose a new --output"
-    raise SetupError(f"--output {output} holds the output of another gender_filter run, {what}: {advice}, "
-                     "or remove it to start over")
-
-
 def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, gender: str, predictor: Predictor, *,
                      min_confidence: float = 0.5, link_mode: LinkMode = "copy", workers: int = 0, batch_size: int = 64,
                      progress: bool = True) -> GenderSummary:
@@ -162,7 +143,9 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     check_output_folder(output)  # before hours of predictions
     run = {"inputs": sorted(os.path.abspath(r) for r in roots), "gender": gender, "backend": predictor.name,
            "min_confidence": min_confidence, "link_mode": link_mode}
-    check_same_run(output, run)
+    check_same_run(output, run, "gender_filter", subject="inputs",
+                   of=lambda earlier: ", ".join(earlier.get("inputs") or ["other folders"]),
+                   advice="give each input folder its own --output (in a loop over year folders: one per year)")
     summary = GenderSummary(output, gender)
     saved = _Progress(progress_path(output), predictor.name)
     made: dict[str, GenderPrediction] = {p: saved.done[p] for p in paths if p in saved.done}

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -217,15 +217,49 @@ def _write_state(output: str, digest: str, mode: LinkMode, durable: int, run: di
     atomic_write_text(os.path.join(output, STATE_FILE), json.dumps(state))
 
 
-def earlier_run(output: str) -> dict[str, Any] | None:
-    """The settings a stage recorded (``place_all(run=…)``) for the run that wrote ``output``, if any."""
+def _saved_state(output: str) -> dict[str, Any] | None:
     try:
         with open(os.path.join(output, STATE_FILE), encoding="utf-8") as handle:
             state = json.load(handle)
     except (OSError, ValueError):
         return None
-    run = state.get("run") if isinstance(state, dict) else None
+    return state if isinstance(state, dict) else None
+
+
+def earlier_run(output: str) -> dict[str, Any] | None:
+    """The settings a stage recorded (``place_all(run=…)``) for the run that wrote ``output``, if any."""
+    run = (_saved_state(output) or {}).get("run")
     return run if isinstance(run, dict) else None
+
+
+def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: str, of: Callable[[Mapping[str, Any]], str],
+                   advice: str) -> None:
+    """Refuse, before a stage's long work (a clustering, hours of predictions), an output that
+    another run of it wrote, rather than once the work is done, when ``place_all`` finds a plan
+    that differs. ``run``: this run's settings as the stage records them; ``subject``: the one
+    naming what it sorts (the images, the input folders), described by ``of(earlier run)`` and
+    answered with ``advice``. Settings an older run did not record are not compared."""
+    state = _saved_state(output)
+    earlier = earlier_run(output)
+    if state is None or earlier is None:
+        return
+    changed = sorted(k for k in run if k in earlier and earlier[k] != run[k])
+    if not changed:
+        return
+    if state.get("mode") == "move":
+        what, advice = "that moved images there (--link-mode move)", (
+            f"removing it would delete them. Choose a new --output, and add --moved-to {output} to cluster_faces or "
+            "search_faces to read the images from there")
+    elif subject in changed:
+        what, advice = f"of {of(earlier)}", f"{advice}, or remove it to start over"
+    else:
+        def shown(value: Any) -> Any:
+            return "not given" if value is None else value
+
+        what = "made with other settings ({})".format("; ".join(
+            f"{k} {shown(earlier[k])}, now {shown(run[k])}" for k in changed))
+        advice = "choose a new --output, or remove it to start over"
+    raise SetupError(f"--output {output} holds the output of another {stage} run, {what}: {advice}")
 
 
 def _same_size(a: str, b: str) -> bool:

@@ -985,11 +985,34 @@ with exclusive(sys.argv[1], "wait"):
 """
 
 
-def test_rerun_into_other_clustering_is_refused(two_person, tmp_path, capsys) -> None:
+def test_rerun_into_other_clustering_is_refused_before_clustering(two_person, interviewer, tmp_path, monkeypatch,
+                                                                  capsys) -> None:
     out = tmp_path / "out"
     base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
     assert run_cli(base + ["--clusters", "2"]) == 0
     assert run_cli(base + ["--clusters", "2"]) == 0
+    assert run_cli(base + ["--clusters", "2", "--dry-run"]) == 0
+    clustered = []
+    monkeypatch.setattr("face_organizer.cluster_stage.run_clustering", lambda *a: clustered.append(a) or pytest.fail())
+    images = len(set(embfile.load(two_person[0]).rows.paths))
+    # Minutes of clustering at 500,000 faces are not spent on an output that would be refused after them:
+    # another number of people, another link mode, a year loop into one output.
+    for extra, message in ((["--clusters", "3"], "made with other settings (clusters 2, now 3): choose a new --output"),
+                           (["--link-mode", "hardlink", "--min-similarity", "0.3"],
+                            "made with other settings (link_mode copy, now hardlink; min_similarity not given, "
+                            "now 0.3)")):
+        for dry in ([], ["--dry-run"]):
+            assert run_cli(base + extra + dry) == 2
+            assert f"--output {out} holds the output of another cluster_faces run, {message}" in capsys.readouterr().err
+    assert run_cli(["--embeddings", str(interviewer[0]), "--output", str(out), "-q"]) == 2
+    assert (f"another cluster_faces run, of other images ({images} images, now {len(interviewer[1])} images): give "
+            "each embeddings file its own --output (in a loop over year folders: one per year), or remove it to "
+            "start over") in capsys.readouterr().err
+    assert clustered == []
+    # An output from before runs were recorded is still refused, once the plan shows it differs.
+    state = out / organize.STATE_FILE
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "run"}))
+    monkeypatch.undo()
     assert run_cli(base + ["--clusters", "3"]) == 2
     assert "holds the output of a different run" in capsys.readouterr().err
     (tmp_path / "other").mkdir()
@@ -997,6 +1020,24 @@ def test_rerun_into_other_clustering_is_refused(two_person, tmp_path, capsys) ->
     assert run_cli(["--embeddings", str(two_person[0]), "--output", str(tmp_path / "other"), "-q"]) == 2
     assert (tmp_path / "other" / "mine.txt").read_text() == "user file"
     assert "is not empty and was not written by face-organizer" in capsys.readouterr().err
+
+
+def test_other_run_into_an_output_that_holds_moved_images_says_removing_it_deletes_them(two_person, tmp_path,
+                                                                                        capsys) -> None:
+    ef = _private_copy(two_person, tmp_path)
+    pkl = tmp_path / "emb.pkl"
+    embfile.save(pkl, ef)
+    out = tmp_path / "out"
+    base = ["--embeddings", str(pkl), "--output", str(out), "-q", "--no-previews", "--link-mode", "move"]
+    assert run_cli(base) == 0
+    assert run_cli(base) == 0  # the same run again: nothing left to move, nothing refused
+    moved = sorted(p for p in out.rglob("*.png"))
+    assert len(moved) == len(set(ef.rows.paths))
+    assert run_cli(base + ["--clusters", "3"]) == 2
+    assert (f"--output {out} holds the output of another cluster_faces run, that moved images there (--link-mode "
+            f"move): removing it would delete them. Choose a new --output, and add --moved-to {out}") \
+        in capsys.readouterr().err
+    assert sorted(p for p in out.rglob("*.png")) == moved
 
 
 def test_output_no_run_could_write_is_refused_before_clustering(two_person, tmp_path, monkeypatch, capsys) -> None:
