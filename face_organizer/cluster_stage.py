@@ -305,7 +305,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     check_same_run(output, run, "cluster_faces", subject="images", of=lambda earlier: (
         f"other images ({count(earlier.get('image_count', 0), 'image')}, now {count(run['image_count'], 'image')})"
         if earlier.get("image_count") != run["image_count"] else "other images"),
-        advice="give each embeddings file its own --output (in a loop over year folders: one per year)")
+        advice="give each embeddings file its own --output (in a loop over year folders: one per year)", moved_to=True)
     where = relocate.current_locations(ef.rows.paths, config.moved_to, output)
     check_images_reachable(where, output)
     clustering = run_clustering(ef, config)

@@ -233,12 +233,13 @@ def earlier_run(output: str) -> dict[str, Any] | None:
 
 
 def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: str, of: Callable[[Mapping[str, Any]], str],
-                   advice: str) -> None:
+                   advice: str, moved_to: bool = False) -> None:
     """Refuse, before a stage's long work (a clustering, hours of predictions), an output that
     another run of it wrote, rather than once the work is done, when ``place_all`` finds a plan
     that differs. ``run``: this run's settings as the stage records them; ``subject``: the one
     naming what it sorts (the images, the input folders), described by ``of(earlier run)`` and
-    answered with ``advice``. Settings an older run did not record are not compared."""
+    answered with ``advice``; ``moved_to``: the stage reads images an earlier move took with
+    ``--moved-to``. Settings an older run did not record are not compared."""
     state = _saved_state(output)
     earlier = earlier_run(output)
     if state is None or earlier is None:
@@ -246,19 +247,20 @@ def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: 
     changed = sorted(k for k in run if k in earlier and earlier[k] != run[k])
     if not changed:
         return
-    if state.get("mode") == "move":
-        what, advice = "that moved images there (--link-mode move)", (
-            f"removing it would delete them. Choose a new --output, and add --moved-to {output} to cluster_faces or "
-            "search_faces to read the images from there")
-    elif subject in changed:
-        what, advice = f"of {of(earlier)}", f"{advice}, or remove it to start over"
+    moved = state.get("mode") == "move"
+    if subject in changed:
+        what, advice = f"of {of(earlier)}", advice if moved else f"{advice}, or remove it to start over"
     else:
         def shown(value: Any) -> Any:
             return "not given" if value is None else value
 
         what = "made with other settings ({})".format("; ".join(
             f"{k} {shown(earlier[k])}, now {shown(run[k])}" for k in changed))
-        advice = "choose a new --output, or remove it to start over"
+        advice = "choose a new --output" if moved else "choose a new --output, or remove it to start over"
+    if moved:
+        advice += "; it holds the images that run moved there (--link-mode move), which removing it would delete"
+        if moved_to:
+            advice += f" (--moved-to {output} reads them from there)"
     raise SetupError(f"--output {output} holds the output of another {stage} run, {what}: {advice}")
 
 

@@ -765,7 +765,7 @@ def test_images_an_earlier_move_took_are_sorted_again_and_searched_with_moved_to
     # Sorted differently into the same folder: removing it would delete the images, so it is not suggested.
     assert run_cli(["--embeddings", str(pkl), "--output", str(first), "--clusters", "3", "-q"]) == 2
     err = capsys.readouterr().err
-    assert "removing it would delete them" in err and f"--moved-to {first}" in err and "remove it to start" not in err
+    assert "which removing it would delete" in err and f"--moved-to {first}" in err and "remove it to start" not in err
     assert run_cli(["--embeddings", str(pkl), "--output", str(tmp_path / "again"), "--clusters", "3", "-q"]) == 2
     assert "--moved-to" in capsys.readouterr().err
     # The sorted folder itself moved since (to another disk, or mounted elsewhere): found where it is now.
@@ -1034,9 +1034,17 @@ def test_other_run_into_an_output_that_holds_moved_images_says_removing_it_delet
     moved = sorted(p for p in out.rglob("*.png"))
     assert len(moved) == len(set(ef.rows.paths))
     assert run_cli(base + ["--clusters", "3"]) == 2
-    assert (f"--output {out} holds the output of another cluster_faces run, that moved images there (--link-mode "
-            f"move): removing it would delete them. Choose a new --output, and add --moved-to {out}") \
-        in capsys.readouterr().err
+    moved_there = ("; it holds the images that run moved there (--link-mode move), which removing it would delete "
+                   f"(--moved-to {out} reads them from there)\n")
+    assert capsys.readouterr().err.endswith(f"--output {out} holds the output of another cluster_faces run, made with "
+                                            f"other settings (clusters 2, now 3): choose a new --output{moved_there}")
+    # Another year's embeddings into the same output: no "remove it to start over" either.
+    ef.rows = ef.rows.select(np.arange(10))
+    embfile.save(tmp_path / "2019.pkl", ef)
+    assert run_cli(["--embeddings", str(tmp_path / "2019.pkl"), "--output", str(out), "--link-mode", "move", "-q"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"of other images ({len(moved)} images, now 10 images): give each embeddings file its own --output (in a "
+        f"loop over year folders: one per year){moved_there}")
     assert sorted(p for p in out.rglob("*.png")) == moved
 
 
