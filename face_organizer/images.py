@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import re
 import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,6 +28,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", 
 OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef",
                                     ".arw", ".orf", ".rw2", ".raf"})
 MIN_SIDE = 8
+# The contact sheets that cluster_faces and search_faces write in an output's previews/ folder: not
+# images of the collection, left out when an output is an input (gender_filter over sorted folders).
+SHEETS_FOLDER = "previews"
+SHEET_NAME = re.compile(r"(person_[A-Z]+|outliers|matches)\.jpg")
 
 BGRImage = NDArray[np.uint8]
 
@@ -51,7 +56,7 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
     a million of them would take minutes). A face-organizer output (sorted copies) found
     below an input beside other images is skipped with a warning: its copies would be
     embedded a second time. An input holding only outputs (say, one gender_filter output
-    per year) is embedded as it is.
+    per year) is embedded as it is, but for the contact sheets in their ``previews/`` folders.
     """
     found: dict[str, str] = {}  # the image's real folder and name: the path it is found under first
     missed = _Missed()
@@ -88,8 +93,12 @@ class _Missed:
 
     folders: list[tuple[str, str]] = field(default_factory=list)
     formats: Counter[str] = field(default_factory=Counter)
+    sheets: int = 0
 
     def warn(self) -> None:
+        if self.sheets:
+            log.info("left out %d contact sheet%s that face-organizer made in the previews/ folders of its outputs",
+                     self.sheets, "" if self.sheets == 1 else "s")
         for folder, reason in self.folders[:20]:
             log.warning("cannot read folder %s (%s): its images are left out", folder, reason)
         if len(self.folders) > 20:
@@ -104,12 +113,13 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
     """Images under ``root``: those outside face-organizer outputs, and those inside each output
     folder below ``root`` (keyed by the output folder), each keyed by its real folder and name.
     Folders reached through a symlinked folder are walked after all others, in order of path,
-    so a folder reached both ways gives the path without the link. Unreadable folders and photos
-    in other formats are counted in ``missed``."""
+    so a folder reached both ways gives the path without the link. Unreadable folders, photos
+    in other formats and the contact sheets of outputs are counted in ``missed``."""
     missed = missed if missed is not None else _Missed()
     own: dict[str, str] = {}
     in_outputs: dict[str, dict[str, str]] = {}
     seen_dirs: set[str] = set()
+    sheet_folders: set[str] = set()  # previews/ of each output found
     pending: list[tuple[str, str | None]] = [(root, None)]
     linked: list[tuple[str, str | None]] = []  # a heap: symlinked folders, by path
     while pending or linked:
@@ -123,9 +133,12 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
         except OSError as err:
             missed.folders.append((folder, err.strerror or str(err)))  # skipped, and said so
             continue
-        if output is None and folder != root and any(entry.name == OUTPUT_MARKER for entry in entries):
-            output = folder
+        if any(entry.name == OUTPUT_MARKER for entry in entries):
+            sheet_folders.add(os.path.join(folder, SHEETS_FOLDER))
+            if output is None and folder != root:
+                output = folder
         bucket = own if output is None else in_outputs.setdefault(output, {})
+        sheets = folder in sheet_folders
         direct = real == folder  # no symbolic link on the way: the path is its own key (no second string)
         for entry in entries:
             if entry.name.startswith("."):
@@ -136,6 +149,8 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
                         heapq.heappush(linked, (entry.path, output))
                     else:
                         pending.append((entry.path, output))
+                elif sheets and SHEET_NAME.fullmatch(entry.name):
+                    missed.sheets += 1
                 elif is_image_name(entry.name) and (entry.is_file() or entry.is_symlink()):
                     # a link whose target is gone too: it is reported, not lost silently
                     path = entry.path

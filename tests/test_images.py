@@ -192,12 +192,21 @@ def test_sorted_copies_inside_an_input_are_not_embedded_twice(tmp_path: Path, ca
     with caplog.at_level("WARNING"):
         assert discover_images([tmp_path / "input"]) == [str(frame)]
     assert f"skipping {clustered}" in caplog.text
-    assert discover_images([clustered]) == [str(clustered / "person_A" / "2017" / "frame_0001.png")]  # asked for by name
+    # Asked for by name, its images are embedded; its contact sheets are not images of the collection.
+    for sheet in ("person_A.jpg", "person_AB.jpg", "outliers.jpg", "matches.jpg"):
+        write_image(clustered / "previews" / sheet, _face_like())
+    with caplog.at_level("INFO"):
+        assert discover_images([clustered]) == [str(clustered / "person_A" / "2017" / "frame_0001.png")]
+    assert "left out 4 contact sheets that face-organizer made in the previews/ folders of its outputs" in caplog.text
     # A folder of outputs only (gender_filter --output faces_female/$YEAR for each year) is embedded whole.
     female = tmp_path / "faces_female"
     kept = [write_image(female / year / "2017" / "frame_0001.png", _face_like()) for year in ("2017", "2018")]
     for year in ("2017", "2018"):
         (female / year / ".face-organizer-plan.json").write_text("{}")
+    write_image(female / "2017" / "previews" / "outliers.jpg", _face_like())  # a search output's sheet beside them
+    (female / "2017" / "matches.csv").write_text("path\n")
+    # An input folder named like the sheets' keeps its images in an output: only the sheets' names are left out.
+    kept.append(write_image(female / "2018" / "previews" / "frame_0002.png", _face_like()))
     assert discover_images([female]) == sorted(str(p) for p in kept)
 
 
