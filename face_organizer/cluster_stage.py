@@ -169,7 +169,14 @@ class ClusterReport:
 
 
 def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:
-    """Read and merge embeddings files (one per GPU); different models are refused."""
+    """Read and merge embeddings files (one per GPU); different models are refused. A file that
+    a later run is adding to (checkpoint parts beside it) is read as it is, with a warning."""
+    for path in paths:
+        if waiting := embfile.waiting_parts(path):
+            log.warning("%s: a later generate_embeddings run into it was interrupted or is still going (%s in %s), "
+                        "so the images that run embedded are not in it yet: run the same generate_embeddings command "
+                        "again to finish it (embeddings_info.py tells which)", path, count(waiting, "checkpoint part"),
+                        embfile.parts_dir(path))
     return embfile.merge([embfile.load(p) for p in paths], [str(p) for p in paths])
 
 

@@ -167,6 +167,14 @@ def parts_dir(output: str | os.PathLike[str]) -> Path:
     return Path(os.fspath(output) + ".parts")
 
 
+def waiting_parts(output: str | os.PathLike[str]) -> int:
+    """How many checkpoint parts wait beside a file: a later run into it interrupted or still going."""
+    try:
+        return sum(1 for _ in parts_dir(output).glob("part-*.pkl"))
+    except OSError:
+        return 0
+
+
 def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
     """Read and validate an embeddings file without executing anything it contains."""
     where = os.fspath(path)

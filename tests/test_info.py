@@ -14,6 +14,7 @@ from face_organizer import __version__, embfile, images
 from face_organizer.cli import common
 from face_organizer.cli.info import main as info_main
 from face_organizer.cli.main import main as umbrella
+from face_organizer.cluster_stage import load_embeddings
 from face_organizer.embed_run import run_embeddings
 from face_organizer.embfile import parts_dir
 from face_organizer.embinfo import describe
@@ -95,6 +96,37 @@ def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, c
     assert run_cli([str(out), "--json"]) == 0
     (described,) = json.loads(capsys.readouterr().out)
     assert described["finished"] and described["images"] == 9 and described["checkpoint_parts"] == 0
+
+
+def test_clustering_a_file_whose_next_run_was_interrupted_warns_that_images_are_missing(folder, models, tmp_path,
+                                                                                         caplog) -> None:
+    # Embedded once, then new images added and the re-run killed: the finished file is read as it
+    # is, but the clustering says that the images embedded since are not in it yet.
+    _, paths = folder
+    out = tmp_path / "emb.pkl"
+    run_embeddings(paths[:4], out, models, progress=False)
+
+    def interrupted(chunk: list[str]) -> list[images.Loaded]:
+        if paths[8] in chunk:
+            raise KeyboardInterrupt
+        return images.load_many(chunk)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_embeddings(paths, out, models, batch_size=2, streams=1, checkpoint_seconds=0, progress=False,
+                       loader=interrupted)
+    waiting = len(list(parts_dir(out).glob("part-*.pkl")))
+    assert waiting >= 1 and not describe(out).finished
+    with caplog.at_level("WARNING"):
+        ef = load_embeddings([str(out)])
+    assert len(ef.rows) == 2  # the file as the first run left it (cut.png and empty.png were skipped)
+    assert (f"{out}: a later generate_embeddings run into it was interrupted or is still going ({waiting} checkpoint "
+            f"part{'s' if waiting > 1 else ''} in {parts_dir(out)}), so the images that run embedded are not in it "
+            "yet: run the same generate_embeddings command again") in caplog.text
+    caplog.clear()
+    run_embeddings(paths, out, models, progress=False)
+    with caplog.at_level("WARNING"):
+        assert len(load_embeddings([str(out)]).rows) == 9
+    assert "interrupted" not in caplog.text
 
 
 def test_files_it_cannot_describe_do_not_hide_the_others(folder, models, tmp_path, capsys) -> None:
