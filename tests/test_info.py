@@ -40,6 +40,18 @@ def folder(tmp_path, video_crops) -> tuple[Path, list[str]]:
     return tmp_path / "in", sorted(paths + [str(tmp_path / "in" / n) for n in ("cut.png", "empty.png")])
 
 
+def interrupted_at(paths: list[str], stop: str, out: Path, models) -> None:
+    """Embed ``paths`` into ``out`` two at a time, checkpointing each batch, and stop (Ctrl-C) at ``stop``."""
+    def interrupted(chunk: list[str]) -> list[images.Loaded]:
+        if stop in chunk:
+            raise KeyboardInterrupt
+        return images.load_many(chunk)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_embeddings(paths, out, models, batch_size=2, streams=1, checkpoint_seconds=0, progress=False,
+                       loader=interrupted)
+
+
 def test_finished_file_is_described(folder, models, tmp_path, capsys) -> None:
     root, paths = folder
     out = tmp_path / "emb.pkl"
@@ -63,14 +75,7 @@ def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, c
     _, paths = folder
     out = tmp_path / "emb.pkl"
 
-    def interrupted(chunk: list[str]) -> list[images.Loaded]:
-        if paths[6] in chunk:
-            raise KeyboardInterrupt
-        return images.load_many(chunk)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_embeddings(paths, out, models, batch_size=2, streams=1, checkpoint_seconds=0, progress=False,
-                       loader=interrupted)
+    interrupted_at(paths, paths[6], out, models)
     assert not out.exists()
     parts = len(list(parts_dir(out).glob("part-*.pkl")))
     info = describe(out)
@@ -106,14 +111,7 @@ def test_clustering_a_file_whose_next_run_was_interrupted_warns_that_images_are_
     out = tmp_path / "emb.pkl"
     run_embeddings(paths[:4], out, models, progress=False)
 
-    def interrupted(chunk: list[str]) -> list[images.Loaded]:
-        if paths[8] in chunk:
-            raise KeyboardInterrupt
-        return images.load_many(chunk)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_embeddings(paths, out, models, batch_size=2, streams=1, checkpoint_seconds=0, progress=False,
-                       loader=interrupted)
+    interrupted_at(paths, paths[8], out, models)
     waiting = len(list(parts_dir(out).glob("part-*.pkl")))
     assert waiting >= 1 and not describe(out).finished
     with caplog.at_level("WARNING"):
