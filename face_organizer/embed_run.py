@@ -45,6 +45,7 @@ class RunSummary:
     output: str
     device: str
     streams: int = 1
+    mode: str = "crops"  # crops: a face not found is embedded centred (fallback); photos: the photo has none
     total_images: int = 0
     already_done: int = 0
     changed: int = 0  # embedded before, but the file has changed since: embedded again
@@ -83,10 +84,9 @@ class RunSummary:
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}"
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
-            f"fallback (no face found, centre crop used): {self.fallback:,}",
+            + (f"photos without a face: {self.no_face:,}" if self.mode == "photos"
+               else f"fallback (no face found, centre crop used): {self.fallback:,}"),
         ]
-        if self.no_face:
-            out.append(f"photos without a face: {self.no_face:,}")
         if self.reused:
             out.append(f"near-identical frames that took the embedding of the frame they repeat: {self.reused:,}")
         skipped = sum(self.skipped.values())
@@ -467,8 +467,8 @@ def run_embeddings(
         state = _State()
     done = state.done()
     todo = [p for p in paths if p not in done]
-    summary = RunSummary(output=str(out), device=models.device, streams=max(1, streams), total_images=len(paths),
-                         already_done=len(paths) - len(todo), changed=len(changed))
+    summary = RunSummary(output=str(out), device=models.device, streams=max(1, streams), mode=options.mode,
+                         total_images=len(paths), already_done=len(paths) - len(todo), changed=len(changed))
     if summary.already_done or changed:
         log.info("resuming: %d of %d images already embedded; %d changed since they were read, embedding them again",
                  summary.already_done, len(paths), len(changed))

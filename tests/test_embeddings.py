@@ -704,6 +704,9 @@ def test_photos_run_with_streams_and_decoders(tmp_path, models) -> None:
         summary = run_embeddings(paths, out, models, EmbedOptions(mode="photos"), workers=workers, streams=2, progress=False)
         ef = embfile.load(out)
         assert summary.faces == len(ef.rows) == 60 and summary.no_face == 1
+        # Counted as photos: a photo without a face is not embedded centred, as a crop is.
+        assert "embedded now: 10 images, 60 faces; photos without a face: 1" in summary.lines()
+        assert not any("fallback" in line for line in summary.lines())
         assert ef.no_face == [str(folder / "album0" / "wall.png")]
         assert sorted(set(ef.rows.paths)) == sorted(p for p in paths if not p.endswith("wall.png"))
         assert all(ef.rows.face_index[np.array(ef.rows.paths) == p].tolist() == list(range(6)) for p in set(ef.rows.paths))

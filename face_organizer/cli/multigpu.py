@@ -55,10 +55,10 @@ def check_passthrough(parser: argparse.ArgumentParser, passthrough: Sequence[str
     return chosen
 
 
-def added_up(summaries: Sequence[dict], workers: int, elapsed: float) -> list[str]:
+def added_up(summaries: Sequence[dict], workers: int, elapsed: float, mode: str = "crops") -> list[str]:
     """The summary over the workers that finished: their runs' counts added up, and the images
     per second of them all together."""
-    total = RunSummary(output="", device="", elapsed=elapsed)
+    total = RunSummary(output="", device="", mode=mode, elapsed=elapsed)
     for counts in summaries:
         total.add(counts)
     which = (f"the {len(summaries)} of {workers} workers that finished" if len(summaries) < workers
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if w.code == 0:
             w.tidy()
     if finished := [w.summary for w in busy if w.code == 0 and w.summary]:
-        print("\n".join(added_up(finished, len(busy), time.monotonic() - started)))
+        print("\n".join(added_up(finished, len(busy), time.monotonic() - started, chosen.mode)))
     for w in failed:
         last = [line for line in w.log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()][-1:]
         print(f"GPU {w.gpu} said: {last[0] if last else '(nothing)'}")
