@@ -29,6 +29,9 @@ from .thresholds import calibrate_from_embeddings, load_calibration
 
 log = logging.getLogger(__name__)
 
+FOLDER_REFERENCES = 100  # at most this many references from one query folder
+SHOWN_REFERENCES = 8  # reference tiles on the contact sheet, before the matches
+
 
 def check_same_model(ef: EmbeddingsFile, models: FaceModels) -> None:
     theirs = ef.meta.get("model_files", {}).get("recognition")
@@ -70,13 +73,19 @@ class SearchReport:
 
 
 def reference_paths(queries: Sequence[str]) -> list[str]:
-    """The reference photos the queries name: a folder stands for every image in it."""
+    """The reference photos the queries name: a folder stands for its images, at most
+    ``FOLDER_REFERENCES`` of them spread evenly over it (a person folder of 300,000 crops would
+    take an hour to embed as references, and adds nothing over a spread of them)."""
     paths: list[str] = []
     for query in queries:
         if os.path.isdir(query):
             found = discover_images([query])
             if not found:
                 raise SetupError(f"query folder {query} holds no images")
+            if len(found) > FOLDER_REFERENCES:
+                log.warning("query folder %s holds %s; searching with %d of them, spread evenly over it (name "
+                            "photos as queries to choose them)", query, count(len(found), "image"), FOLDER_REFERENCES)
+                found = [found[i * len(found) // FOLDER_REFERENCES] for i in range(FOLDER_REFERENCES)]
             paths += found
         else:
             paths.append(query)
@@ -159,14 +168,17 @@ def _preview(output: str, ef: EmbeddingsFile, report: SearchReport, where: Seque
         i = int(rows[k])
         return SheetFace(placed_or_source(report.destinations[k], where[i]), ef.rows.bbox[i] if photos else None, "")
 
-    queries = [SheetFace(r.path, r.box, "") for r in report.references]  # cropped to the face used
+    refs = report.references[:SHOWN_REFERENCES]
+    queries = [SheetFace(r.path, r.box, "") for r in refs]  # cropped to the face used
     n_best = min(len(rows), max(8, 24 - len(queries)))
     best = [face(k) for k in range(n_best)]
     weakest = [face(k) for k in range(len(rows) - 1, max(n_best, len(rows) - 8) - 1, -1)]
     sheet = os.path.join(output, "previews", "matches.jpg")
     write_sheet(sheet, contact_sheet(queries + best, weakest))
-    notes = [f"the first {len(queries)} tiles are the references "
-             f"({', '.join(os.path.basename(r.path) for r in report.references)}), then the best matches", *report.lines()]
+    shown = (f"{len(refs)} of the {len(report.references)} references" if len(refs) < len(report.references)
+             else "references")
+    notes = [f"the first {len(queries)} tiles are the {shown} ({', '.join(os.path.basename(r.path) for r in refs)}), "
+             "then the best matches", *report.lines()]
     write_index(os.path.join(output, "index.html"), "face-organizer search",
                 [IndexEntry("matches", len(set(report.destinations)), output, sheet)], notes)
 

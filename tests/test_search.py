@@ -213,6 +213,36 @@ def test_a_folder_of_references_is_each_photo_in_it(lfw_subset, lfw, testpack_di
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"Error: query folder {tmp_path / 'empty'} holds no images"
 
 
+def test_a_large_folder_of_references_is_sampled_and_its_sheet_stays_small(lfw_subset, lfw, testpack_dir, tmp_path,
+                                                                           monkeypatch, capsys) -> None:
+    # A person folder of 300,000 crops as --query: a spread of them is enough, and the contact
+    # sheet shows a few references before the matches, not every one.
+    from face_organizer import search_stage
+
+    monkeypatch.setattr(search_stage, "FOLDER_REFERENCES", 4)
+    monkeypatch.setattr(search_stage, "SHOWN_REFERENCES", 2)
+    emb, identity = lfw_subset
+    refs = tmp_path / "person_A"
+    names = sorted(p.name for p in (lfw / "Jean_Chretien").iterdir())[:10]
+    for name in names:
+        (refs / name).parent.mkdir(exist_ok=True)
+        (refs / name).write_bytes((lfw / "Jean_Chretien" / name).read_bytes())
+    out = tmp_path / "found"
+    assert run_cli(["--embeddings", str(emb), "--query", str(refs), "--output", str(out), "--model", str(testpack_dir),
+                    "--no-expand"]) == 0
+    printed = capsys.readouterr()
+    assert f"query folder {refs} holds 10 images; searching with 4 of them, spread evenly over it" in printed.err
+    assert "searched with 4 queries" in printed.out
+    rows = list(csv.DictReader(open(out / "matches.csv", newline="", encoding="utf-8")))
+    assert len(rows) >= 10 and np.mean([identity[r["path"]] == "Jean_Chretien" for r in rows]) >= 0.95
+    chosen = [names[i] for i in (0, 2, 5, 7)]
+    assert f"the first 2 tiles are the 2 of the 4 references ({chosen[0]}, {chosen[1]}), then" in \
+        (out / "index.html").read_text()
+    sheet = read_image(out / "previews" / "matches.jpg")
+    best = preview._tile(preview.SheetFace(rows[0]["destination"], None, ""))  # the third tile, after 2 references
+    assert np.abs(sheet[:preview.TILE, 2 * preview.TILE:3 * preview.TILE].astype(int) - best).mean() < 4
+
+
 def test_calibration_is_stored_and_used(shared, testpack_dir, lfw_subset, lfw, tmp_path, monkeypatch, capsys) -> None:
     store = tmp_path / "calibration.json"
     monkeypatch.setenv("FACE_ORGANIZER_CALIBRATION", str(store))
