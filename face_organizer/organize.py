@@ -162,7 +162,7 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
 
     Returns the saved state of an earlier run of this very plan being continued, None
     for a new one. Raises ``SetupError`` for a folder holding anything else. ``run``: the
-    settings of the stage's run, kept in the state file for ``earlier_run``.
+    settings of the stage's run, kept in the state file for ``check_same_run``.
     """
     check_output_folder(output)
     state = os.path.join(output, STATE_FILE)
@@ -226,12 +226,6 @@ def _saved_state(output: str) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-def earlier_run(output: str) -> dict[str, Any] | None:
-    """The settings a stage recorded (``place_all(run=…)``) for the run that wrote ``output``, if any."""
-    run = (_saved_state(output) or {}).get("run")
-    return run if isinstance(run, dict) else None
-
-
 def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: str, of: Callable[[Mapping[str, Any]], str],
                    advice: str, moved_to: bool = False) -> None:
     """Refuse, before a stage's long work (a clustering, hours of predictions), an output that
@@ -240,9 +234,9 @@ def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: 
     naming what it sorts (the images, the input folders), described by ``of(earlier run)`` and
     answered with ``advice``; ``moved_to``: the stage reads images an earlier move took with
     ``--moved-to``. Settings an older run did not record are not compared."""
-    state = _saved_state(output)
-    earlier = earlier_run(output)
-    if state is None or earlier is None:
+    state = _saved_state(output) or {}
+    earlier = state.get("run")
+    if not isinstance(earlier, dict):
         return
     changed = sorted(k for k in run if k in earlier and earlier[k] != run[k])
     if not changed:
@@ -399,7 +393,7 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     ``sources``: where each image is now, where that is not its path (an earlier move took it
     elsewhere: ``relocate``); destinations are named from ``paths`` either way, and so is the
     plan, so that a re-run finds it the same once some images have moved on. ``run``: the stage's
-    settings, recorded for ``earlier_run``.
+    settings, recorded for ``check_same_run``.
     The plan is checked against the output folder first (new, empty, or the same plan
     interrupted or finished); a dry run stops there and writes nothing.
     """

@@ -74,8 +74,8 @@ class SearchReport:
 
 def reference_paths(queries: Sequence[str]) -> list[str]:
     """The reference photos the queries name: a folder stands for its images, at most
-    ``FOLDER_REFERENCES`` of them spread evenly over it (a person folder of 300,000 crops would
-    take an hour to embed as references, and adds nothing over a spread of them)."""
+    ``FOLDER_REFERENCES`` of them spread evenly over it: each reference is embedded on its own,
+    so a person folder of 300,000 crops would take over an hour."""
     paths: list[str] = []
     for query in queries:
         if os.path.isdir(query):
