@@ -21,7 +21,7 @@ from . import __version__, embfile, people, quality, relocate
 from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cluster_name, gpu_count, graph_clusters,
                          graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, lock_holder
 from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_run, files_line,
                        missing_note, place_all)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
@@ -170,13 +170,19 @@ class ClusterReport:
 
 def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:
     """Read and merge embeddings files (one per GPU); different models are refused. A file that
-    a later run is adding to (checkpoint parts beside it) is read as it is, with a warning."""
+    a later run is adding to (running now, or interrupted: checkpoint parts beside it) is read as
+    it is, with a warning."""
     for path in paths:
-        if waiting := embfile.waiting_parts(path):
-            log.warning("%s: a later generate_embeddings run into it was interrupted or is still going (%s in %s), "
-                        "so the images that run embedded are not in it yet: run the same generate_embeddings command "
-                        "again to finish it (embeddings_info.py tells which)", path, count(waiting, "checkpoint part"),
-                        embfile.parts_dir(path))
+        if not os.path.isfile(path):
+            continue  # ``embfile.load`` says why
+        if (writer := lock_holder(path)) is not None:
+            log.warning("%s: a generate_embeddings run (pid %d) is adding to it now, so the images it embeds are not "
+                        "in it yet: cluster or search once it has finished (embeddings_info.py tells how far it got)",
+                        path, writer)
+        elif waiting := embfile.waiting_parts(path):
+            log.warning("%s: a later generate_embeddings run into it was interrupted (%s in %s), so the images that "
+                        "run embedded are not in it yet: run the same generate_embeddings command again to finish it",
+                        path, count(waiting, "checkpoint part"), embfile.parts_dir(path))
     return embfile.merge([embfile.load(p) for p in paths], [str(p) for p in paths])
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from . import __version__
 from .errors import EmbeddingsFileError, UnsafePickleError
 from .rows import FaceRows
-from .fsutil import atomic_open
+from .fsutil import atomic_open, lock_holder
 from .images import Signature
 
 FORMAT_VERSION = 1
@@ -186,6 +186,9 @@ def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
                 f"embeddings file {where} is not finished: its run was interrupted or is still going (checkpoints "
                 f"in {parts_dir(path)}); run the same generate_embeddings command again to finish it "
                 "(embeddings_info.py tells which)") from err
+        if (writer := lock_holder(path)) is not None:
+            raise EmbeddingsFileError(f"embeddings file {where} is not written yet: a generate_embeddings run (pid "
+                                      f"{writer}) is making it; it appears when that run finishes") from err
         raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}") from err
     except IsADirectoryError as err:
         raise EmbeddingsFileError(f"{where} is a folder, not an embeddings file; name the files in it "

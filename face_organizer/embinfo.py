@@ -15,7 +15,7 @@ from typing import Any
 from .embed_run import read_state
 from .embfile import parts_dir
 from .errors import SetupError
-from .fsutil import lock_path
+from .fsutil import lock_holder
 
 
 @dataclass
@@ -68,26 +68,6 @@ class EmbeddingsInfo:
                 "skipped": dict(self.skipped), "unreadable_parts": self.unreadable_parts, "meta": self.meta}
 
 
-def _writer(output: Path) -> int | None:
-    """The live process named in the output's lock file (see ``fsutil.exclusive``), if any.
-
-    The file is only read: taking the lock, even for a moment, could make a run starting
-    at that instant refuse to start."""
-    try:
-        pid = int(lock_path(output).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except PermissionError:  # alive, but another user's
-        return pid
-    except OSError:
-        return None
-    return pid
-
-
 def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
     """Raises ``SetupError`` when there is neither a file nor a checkpoint at ``path``,
     ``EmbeddingsFileError`` when the file cannot be read."""
@@ -109,5 +89,5 @@ def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
         finished=output.exists() and state.parts_read == 0 and not state.unreadable_parts,
         parts=state.parts_read,
         unreadable_parts=state.unreadable_parts,
-        writer=_writer(output),
+        writer=lock_holder(output),
     )

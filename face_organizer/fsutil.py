@@ -105,6 +105,27 @@ def lock_path(path: str | os.PathLike[str]) -> Path:
     return target.parent / f".{short_name(target.name)}.lock"
 
 
+def lock_holder(path: str | os.PathLike[str]) -> int | None:
+    """The live process named in the lock file of ``path`` (see ``exclusive``), if any: the run
+    writing it now.
+
+    The file is only read: taking the lock, even for a moment, could make a run starting
+    at that instant refuse to start."""
+    try:
+        pid = int(lock_path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # alive, but another user's
+        return pid
+    except OSError:
+        return None
+    return pid
+
+
 @contextlib.contextmanager
 def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     """Hold ``.<name>.lock`` beside ``path`` for as long as the block runs; raise ``SetupError``

@@ -90,6 +90,11 @@ def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, c
     lock = lock_path(out)
     lock.write_text(str(os.getpid()))  # as a live run holds it
     assert describe(out).status() == f"being written now (pid {os.getpid()})"
+    fresh = tmp_path / "fresh.pkl"  # a run that has not checkpointed yet: no file, no part
+    lock_path(fresh).write_text(str(os.getpid()))
+    with pytest.raises(EmbeddingsFileError, match=rf"embeddings file {fresh} is not written yet: a generate_embeddings "
+                                                  rf"run \(pid {os.getpid()}\) is making it"):
+        embfile.load(fresh)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock.write_text(str(dead.pid))  # left behind by a run killed with kill -9
@@ -117,9 +122,16 @@ def test_clustering_a_file_whose_next_run_was_interrupted_warns_that_images_are_
     with caplog.at_level("WARNING"):
         ef = load_embeddings([str(out)])
     assert len(ef.rows) == 2  # the file as the first run left it (cut.png and empty.png were skipped)
-    assert (f"{out}: a later generate_embeddings run into it was interrupted or is still going ({waiting} checkpoint "
+    assert (f"{out}: a later generate_embeddings run into it was interrupted ({waiting} checkpoint "
             f"part{'s' if waiting > 1 else ''} in {parts_dir(out)}), so the images that run embedded are not in it "
             "yet: run the same generate_embeddings command again") in caplog.text
+    caplog.clear()
+    lock_path(out).write_text(str(os.getpid()))  # as the run holds it while it goes on
+    with caplog.at_level("WARNING"):
+        load_embeddings([str(out)])
+    assert (f"{out}: a generate_embeddings run (pid {os.getpid()}) is adding to it now, so the images it embeds are "
+            "not in it yet: cluster or search once it has finished") in caplog.text
+    lock_path(out).unlink()
     caplog.clear()
     run_embeddings(paths, out, models, progress=False)
     with caplog.at_level("WARNING"):
