@@ -104,9 +104,11 @@ class ClusterReport:
                          "non-face; cluster_faces --clusters auto on these embeddings gives them folders")
         elif extra:
             groups = "1 more group" if len(extra) == 1 else f"{len(extra)} more groups"
+            # In a collection of many people (no folder is one person), k + groups folders would not be either.
+            advice = ("--clusters auto gives each person a folder" if self.many_people()
+                      else f"--clusters {k + len(extra)} gives them folders of their own")
             notes.append(f"outliers/ also holds {groups} of alike faces beyond --clusters {k} "
-                         f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; "
-                         f"--clusters {k + len(extra)} gives them folders of their own")
+                         f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; {advice}")
         c = self.clustering
         if c.attach_cutoff is not None:
             notes.append(f"second pass: {count(c.attached, 'face')} the graph left out joined their nearest cluster "
@@ -128,6 +130,11 @@ class ClusterReport:
             notes.append(f"outliers/ also holds {count(int(aside.sum()), 'face')} too blurred or degraded to recognise "
                          f"({self.clustering.set_aside_reason}); --keep-unrecognisable clusters them too")
         return notes
+
+    def many_people(self) -> bool:
+        """No k-means folder looks like one person: the collection is likely many people."""
+        cohesion = self.clustering.cohesion
+        return cohesion is not None and len(cohesion.not_alike) == self.clustering.n_clusters > 0
 
     def not_one_person(self) -> list[str]:
         """k-means folders whose faces are on average no more alike than different people's, and
@@ -158,7 +165,7 @@ class ClusterReport:
                           f"{cohesion.mean_pair[c]:.3f})" for c in mixed[:SHOWN_MIXED])
         named += f" and {len(mixed) - SHOWN_MIXED:,} more" if len(mixed) > SHOWN_MIXED else ""
         one = len(mixed) == 1
-        if len(mixed) == self.clustering.n_clusters:
+        if self.many_people():
             advice = "the collection may be many different people: --clusters auto gives each person a folder"
         else:
             advice = ("other people or non-faces that the fixed number of folders had to take in; fewer --clusters, "
