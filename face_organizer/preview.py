@@ -77,6 +77,7 @@ class IndexEntry:
     images: int
     folder: str
     sheet: str | None  # None: listed without a contact sheet
+    caption: str = "top rows: nearest the cluster centre; red: borderline"  # how to read the sheet
 
 
 def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Sequence[str]) -> None:
@@ -98,8 +99,8 @@ def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Seq
         rel_sheet = os.path.relpath(e.sheet, os.path.dirname(path))
         parts.append(
             f"<section><h2>{html.escape(e.name)}</h2><p class='n'>{link} "
-            "(top rows: nearest the cluster centre; red: borderline)</p>"
-            f"<img src='{html.escape(rel_sheet)}' alt='{html.escape(e.name)}'></section>"
+            f"({html.escape(e.caption)})</p>"
+            f"<img src='{html.escape(rel_sheet)}' alt='{html.escape(e.name)}' loading='lazy'></section>"
         )
     parts.append("</body></html>")
     atomic_write_text(path, "\n".join(parts))

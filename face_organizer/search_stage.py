@@ -180,7 +180,9 @@ def _preview(output: str, ef: EmbeddingsFile, report: SearchReport, where: Seque
     notes = [f"the first {len(queries)} tiles are the {shown} ({', '.join(os.path.basename(r.path) for r in refs)}), "
              "then the best matches", *report.lines()]
     write_index(os.path.join(output, "index.html"), "face-organizer search",
-                [IndexEntry("matches", len(set(report.destinations)), output, sheet)], notes)
+                [IndexEntry("matches", len(set(report.destinations)), output, sheet,
+                            f"first {'the reference' if len(queries) == 1 else f'{len(queries)} references'}, then "
+                            "the best matches; red: the weakest, where a wrong match would show first")], notes)
 
 
 def calibrate_folder(folder: str, models: FaceModels, target_fmr: float, batch_size: int = 64,

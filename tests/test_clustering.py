@@ -1355,6 +1355,8 @@ def test_previews_cap_contact_sheets_for_many_clusters(lfw_subset, tmp_path, mon
     page = (tmp_path / "out" / "index.html").read_text()
     listed = [n for n in report.images_per_cluster if n not in ("outliers", "person_A", "person_B", "person_C")]
     assert listed and all(f"<p>{n}: " in page for n in listed)
+    assert page.count("(top rows: nearest the cluster centre; red: borderline)</p><img src=") == 4
+    assert page.count("loading='lazy'") == 4  # a page of 100 sheets opens before they are all read
 
 
 def test_other_centre_impostor_estimate_is_steady() -> None:

@@ -152,7 +152,9 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models,
     assert np.abs(sheet[:preview.TILE, :preview.TILE].astype(int) - tile).mean() < 4  # JPEG-compressed
     best = preview._tile(preview.SheetFace(rows[0]["destination"], None, ""))
     assert np.abs(sheet[:preview.TILE, preview.TILE:2 * preview.TILE].astype(int) - best).mean() < 4
-    assert "matches.jpg" in (out / "index.html").read_text()
+    index = (out / "index.html").read_text()
+    assert "matches.jpg" in index and "loading='lazy'" in index
+    assert "(first the reference, then the best matches; red: the weakest, where a wrong match would show first)" in index
 
 
 def test_bad_query_and_model_mismatch_are_clear(lfw_subset, lfw, testpack_dir, models, tmp_path, capsys) -> None:
