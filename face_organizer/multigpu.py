@@ -27,6 +27,7 @@ from .cpus import CPUS_ENV, usable_cpus
 from .errors import SetupError
 from .fsutil import atomic_write_bytes
 from .progress import bar as progress_bar
+from .progress import count
 from .providers import visible_gpus
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,9 @@ def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: 
     for w in workers:
         env = worker_env(w, len(workers))
         w.status_file.unlink(missing_ok=True)
-        with open(w.log, "w", encoding="utf-8") as output:
+        with open(w.log, "a", encoding="utf-8") as output:  # a re-run adds to the log of the runs before
+            output.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: GPU {w.gpu}, {count(w.files, 'file')}\n")
+            output.flush()
             w.process = subprocess.Popen([*w.command, "--quiet", "--status-file", str(w.status_file)],
                                          stdout=output, stderr=subprocess.STDOUT, env=env)
     bar = progress_bar(total=total, unit="img", enabled=progress)

@@ -398,6 +398,37 @@ def test_files_without_signatures_are_trusted_and_bad_signatures_refused(tmp_pat
         embfile.load(out)
 
 
+def test_log_file_keeps_what_a_detached_run_prints(tmp_path, video_crops, testpack_dir, capfd) -> None:
+    # docker exec -d discards a run's output: --log appends it (log, progress, summary, errors) to a file.
+    crops = [p for c in video_crops.values() for p in c][:6]
+    folder = tmp_path / "in"
+    for p in crops:
+        (folder / p.name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / p.name).write_bytes(p.read_bytes())
+    log = tmp_path / "logs" / "gpu0.log"
+    script = ROOT / "scripts" / "generate_embeddings.py"
+    args = [sys.executable, str(script), "--model", str(testpack_dir), "--output", str(tmp_path / "emb.pkl"),
+            "--log", str(log), "--input"]
+    done = subprocess.run([*args, str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == f"logging to {log}\n"
+    text = log.read_text()
+    assert text.startswith("=== ") and f"generate_embeddings.py --model {testpack_dir}" in text.splitlines()[0]
+    assert f"INFO: {len(crops)} images found under {folder}" in text
+    assert f"100%|##########| {len(crops)}/{len(crops)}" in text and "\r" not in text  # a line per update
+    assert f"embedded now: {len(crops)} images, {len(crops)} faces" in text
+    failed = subprocess.run([*args, str(tmp_path / "gone")], capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert failed.stderr == f"logging to {log}\nError (exit 2): see the end of {log}\n"
+    again = log.read_text()
+    assert again.startswith(text) and again.endswith(f"Error: input folder not found: {tmp_path / 'gone'}\n")
+    # Run in this process, the command gives the process's stdout and stderr back when it ends.
+    capfd.readouterr()
+    assert common.run(embed_main, ["--input", str(folder), "--output", str(tmp_path / "emb.pkl"), "--model",
+                                   str(testpack_dir), "--log", str(log), "-q"]) == 0
+    os.write(1, b"after the run\n")
+    assert capfd.readouterr().out.endswith("after the run\n") and "after the run" not in log.read_text()
+
+
 def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops, testpack_dir, capsys) -> None:
     crops = [p for c in video_crops.values() for p in c]
     folder = tmp_path / "in"

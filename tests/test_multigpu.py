@@ -133,6 +133,9 @@ def test_gpus_added_later_embed_only_the_new_images(video_crops, testpack_dir, t
     files = {g: embfile.load(out / f"embeddings_gpu{g}.pkl").rows.paths for g in (0, 1, 2, 3)}
     assert all(set(first[g]) <= set(files[g]) for g in (0, 1))
     assert [len(files[g]) - len(first.get(g, [])) for g in (0, 1, 2, 3)] == [1, 1, 1, 1]
+    # Each worker's log keeps the runs before it, one header a run.
+    headers = [line for line in (out / "embeddings_gpu0.log").read_text().splitlines() if line.startswith("=== ")]
+    assert len(headers) == 2 and headers[0].endswith(": GPU 0, 4 files") and headers[1].endswith(": GPU 0, 5 files")
     assert sorted(p for g in files for p in files[g]) == sorted(str(p) for p in folder.iterdir())  # each once
     # --no-resume starts over: the lists of the run before are not followed, the shares are equal.
     assert common.run(multi_main, [*args, "--gpus", "0,1,2,3", "--no-resume"]) == 0

@@ -48,7 +48,7 @@ def build_parser():
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    common.setup_logging(args.verbose, args.quiet)
+    common.setup_logging(args.verbose, args.quiet, args.log)
     if args.prepare_deepface_weights is not None:
         home = b.deepface_home_default()
         placed = b.prepare_deepface_weights(home, [Path(s) for s in args.prepare_deepface_weights])

@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--people-from sorts faces into the people of an earlier run: leave out --clusters")
     if args.clusters == NOT_GIVEN:
         args.clusters = 2
-    common.setup_logging(args.verbose, args.quiet)
+    common.setup_logging(args.verbose, args.quiet, args.log)
     fit_openmp_threads()
     ef = load_embeddings(args.embeddings)
     config = ClusterConfig(clusters=args.clusters, min_similarity=args.min_similarity, link_mode=args.link_mode,

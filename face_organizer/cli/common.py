@@ -23,7 +23,48 @@ EXIT_INTERRUPTED = 130
 OTHER_RUN = "wait for it to finish or choose another --output"
 
 
-def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+_REDIRECTED: list[tuple[int, int]] = []  # (stdout or stderr's descriptor, a copy of what it was)
+_LOG_FILE: list[str] = []  # the file they go to meanwhile
+
+
+def log_to_file(path: str) -> None:
+    """Send everything the command writes from here on (log, progress, summary, errors, and
+    what native libraries and child processes write) to the end of ``path``, as ``> FILE 2>&1``
+    would: for runs started with ``docker exec -d``, whose output is otherwise lost. Progress
+    then comes as one line a minute. ``restore_output`` undoes it."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as err:
+        raise SetupError(f"cannot write the log file --log {path}: {err.strerror or err}") from None
+    print(f"logging to {path}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for target in (1, 2):
+        _REDIRECTED.append((target, os.dup(target)))
+        os.dup2(fd, target)
+    os.close(fd)
+    _LOG_FILE[:] = [path]
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"=== {started}: {' '.join([os.path.basename(sys.argv[0]), *sys.argv[1:]])}", file=sys.stderr, flush=True)
+
+
+def restore_output() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    while _REDIRECTED:
+        target, saved = _REDIRECTED.pop()
+        os.dup2(saved, target)
+        os.close(saved)
+    _LOG_FILE.clear()
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False, log: str | None = None) -> None:
+    """Log on stderr: warnings and errors only with ``quiet``, debug with ``verbose`` > 1;
+    with ``log``, stderr and stdout go to that file (``log_to_file``)."""
+    if log:
+        log_to_file(log)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
     if verbose < 2:
@@ -79,7 +120,20 @@ def stop_signals_raise() -> Iterator[None]:
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a command, turning domain errors into ``Error: …`` and an exit code, and stop
-    signals into the same orderly stop as Ctrl-C (exit 128 + the signal's number)."""
+    signals into the same orderly stop as Ctrl-C (exit 128 + the signal's number). Its last
+    line goes where its output went (``--log``), then the output is restored."""
+    code = 1
+    try:
+        code = _run(main, argv)
+        return code
+    finally:
+        logged = _LOG_FILE[:]
+        restore_output()
+        if logged and code != 0:
+            print(f"Error (exit {code}): see the end of {logged[0]}", file=sys.stderr)
+
+
+def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     try:
         with stop_signals_raise():
             return main(argv)
@@ -119,6 +173,9 @@ def parser(prog: str, description: str, examples: str, *, allow_abbrev: bool = T
 def add_logging_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr, no progress bar")
+    p.add_argument("--log", metavar="FILE", default=None,
+                   help="append everything the command prints to FILE instead (for runs started with docker exec -d, "
+                        "whose output is otherwise lost); progress then comes once a minute")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -65,7 +65,7 @@ def build_parser():
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    common.setup_logging(args.verbose, args.quiet)
+    common.setup_logging(args.verbose, args.quiet, args.log)
     gpu_id = common.gpu_id_from_env()
     if args.reuse_similar_frames and args.mode != "crops":
         raise SetupError("--reuse-similar-frames is for --mode crops (video frames), not for photo libraries")

@@ -45,7 +45,7 @@ def build_parser():
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    common.setup_logging(args.verbose, args.quiet)
+    common.setup_logging(args.verbose, args.quiet, args.log)
     paths = common.find_images(args.input)
     if args.backend == "insightface":
         pack = resolve_pack(args.model, common.model_root(args.model_root))

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON list on stdout instead of text")
     common.add_logging_args(p)
     args = p.parse_args(argv)
-    common.setup_logging(args.verbose, args.quiet)
+    common.setup_logging(args.verbose, args.quiet, args.log)
     infos, code = [], 0
     for name in args.files:  # as ls does: a file that cannot be described does not hide the others
         try:

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
     chosen = check_passthrough(parser, passthrough)
-    common.setup_logging(args.verbose, args.quiet)
+    common.setup_logging(args.verbose, args.quiet, args.log)
     gpus = parse_gpus(args.gpus)
     # The pack is checked (and a known pack not here yet downloaded) once, before any worker starts:
     # not one error per worker, nor one download per worker into the same folder.

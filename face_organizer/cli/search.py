@@ -55,7 +55,7 @@ def build_parser():
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    common.setup_logging(args.verbose, args.quiet)
+    common.setup_logging(args.verbose, args.quiet, args.log)
     fit_openmp_threads()
     gpu_id = common.gpu_id_from_env()
     if args.calibrate:
