@@ -418,7 +418,7 @@ def test_log_file_keeps_what_a_detached_run_prints(tmp_path, video_crops, testpa
     assert f"embedded now: {len(crops)} images, {len(crops)} faces" in text
     failed = subprocess.run([*args, str(tmp_path / "gone")], capture_output=True, text=True)
     assert failed.returncode == 2
-    assert failed.stderr == f"logging to {log}\nError (exit 2): see the end of {log}\n"
+    assert failed.stderr == f"logging to {log}\nexit 2: the end of {log} says why\n"
     again = log.read_text()
     assert again.startswith(text) and again.endswith(f"Error: input folder not found: {tmp_path / 'gone'}\n")
     # Run in this process, the command gives the process's stdout and stderr back when it ends.

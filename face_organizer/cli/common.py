@@ -130,7 +130,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         logged = _LOG_FILE[:]
         restore_output()
         if logged and code != 0:
-            print(f"Error (exit {code}): see the end of {logged[0]}", file=sys.stderr)
+            print(f"exit {code}: the end of {logged[0]} says why", file=sys.stderr)
 
 
 def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
