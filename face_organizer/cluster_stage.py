@@ -186,7 +186,7 @@ def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:
             log.warning("%s: a generate_embeddings run (pid %d) is adding to it now, so the images it embeds are not "
                         "in it yet: cluster or search once it has finished (embeddings_info.py tells how far it got)",
                         path, writer)
-        elif waiting := embfile.waiting_parts(path):
+        elif waiting := len(embfile.checkpoint_parts(path)):
             log.warning("%s: a later generate_embeddings run into it was interrupted (%s in %s), so the images that "
                         "run embedded are not in it yet: run the same generate_embeddings command again to finish it",
                         path, count(waiting, "checkpoint part"), embfile.parts_dir(path))

@@ -232,7 +232,7 @@ def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None
         if check:
             check(ef.meta, str(output))
         state.add(ef)
-    for part in sorted(parts_dir(output).glob("part-*.pkl")):
+    for part in embfile.checkpoint_parts(output):
         try:
             ef = embfile.load(part)
         except EmbeddingsFileError as err:
@@ -302,7 +302,7 @@ class _Recorder:
         if not (self.pending or self.pending_failed or self.pending_no_face):
             return
         self.state.parts += 1
-        part = parts_dir(self.output) / f"part-{self.state.parts:06d}.pkl"
+        part = embfile.part_path(self.output, self.state.parts)
         meta = dict(self.meta, complete=False)
         ef = EmbeddingsFile(FaceRows.concat(self.pending, self.dim), self.pending_failed, self.pending_no_face, meta,
                             self.pending_reused, self.pending_signatures)

@@ -167,12 +167,18 @@ def parts_dir(output: str | os.PathLike[str]) -> Path:
     return Path(os.fspath(output) + ".parts")
 
 
-def waiting_parts(output: str | os.PathLike[str]) -> int:
-    """How many checkpoint parts wait beside a file: a later run into it interrupted or still going."""
+def part_path(output: str | os.PathLike[str], number: int) -> Path:
+    """The ``number``-th checkpoint part of a run into ``output``."""
+    return parts_dir(output) / f"part-{number:06d}.pkl"
+
+
+def checkpoint_parts(output: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoint parts beside ``output``, in the order they were written (none when the
+    folder is missing or unreadable)."""
     try:
-        return sum(1 for _ in parts_dir(output).glob("part-*.pkl"))
+        return sorted(parts_dir(output).glob("part-*.pkl"))
     except OSError:
-        return 0
+        return []
 
 
 def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
