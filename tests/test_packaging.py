@@ -45,6 +45,21 @@ def test_dockerfile_installs_traps_without_deps() -> None:
     assert "verify_env.py" in text and "ARG WITH_DEEPFACE" in text and "ARG BAKE_MODELS" in text
 
 
+def test_what_the_container_downloads_or_measures_lives_in_the_models_volume(monkeypatch) -> None:
+    # The container is recreated on every upgrade: model packs, DeepFace's weights and the model's
+    # calibration kept in its home folder would be lost, and downloaded or measured again.
+    from face_organizer.backends import deepface_home_default
+    from face_organizer.thresholds import calibration_path
+
+    text = (ROOT / "Dockerfile").read_text()
+    env = dict(re.findall(r"^\s*(?:ENV\s+)?([A-Z_]+)=(\S+?)\s*\\?$", text, re.M))
+    assert 'VOLUME ["/models"]' in text
+    for name in ("FACE_ORGANIZER_MODEL_ROOT", "FACE_ORGANIZER_CALIBRATION", "DEEPFACE_HOME"):
+        assert env[name].startswith("/models"), name
+        monkeypatch.setenv(name, env[name])
+    assert calibration_path() == Path("/models/calibration.json") and deepface_home_default() == Path("/models/deepface")
+
+
 def test_umbrella_command_dispatches(capsys) -> None:
     from face_organizer.cli.main import main
 
