@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from face_organizer.cli import common
 from face_organizer.multigpu import Worker, stop_workers
@@ -91,3 +92,30 @@ def test_launcher_stops_its_workers_in_order(tmp_path) -> None:
     assert 2.0 <= time.monotonic() - started < 30
     for w in workers:
         w.process.stdout.close()
+
+
+CRASHING = """
+import sys
+from face_organizer.cli import common
+
+def main(argv):
+    parser = common.parser("crashing", "a command that fails unexpectedly", "")
+    common.add_logging_args(parser)
+    args = parser.parse_args(argv)
+    common.setup_logging(args.verbose, args.quiet, args.log)
+    print("working")
+    raise RuntimeError("an unexpected failure")
+
+sys.exit(common.run(main, sys.argv[1:]))
+"""
+
+
+def test_a_crash_of_a_logged_run_leaves_its_traceback_in_the_log(tmp_path) -> None:
+    # Started with docker exec -d and --log, a run has no terminal: what ended it must be in the log.
+    log = tmp_path / "run.log"
+    done = subprocess.run([sys.executable, "-c", CRASHING, "--log", str(log)], capture_output=True, text=True,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(f"logging to {log}\nexit 1: the end of {log} says why\nTraceback")
+    text = log.read_text()
+    assert "\nworking\nTraceback (most recent call last):" in text and text.endswith("RuntimeError: an unexpected failure\n")

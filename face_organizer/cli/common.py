@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,6 +127,10 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     try:
         code = _run(main, argv)
         return code
+    except Exception:
+        if _LOG_FILE:  # a crash's traceback belongs in the log too: a detached run has no terminal
+            traceback.print_exc()
+        raise
     finally:
         logged = _LOG_FILE[:]
         restore_output()
