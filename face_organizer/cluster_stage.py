@@ -75,7 +75,7 @@ class ClusterReport:
         out = [f"{name}: {count(n, 'image')} → {os.path.join(self.output, name)}{os.sep}" for name, n in shown]
         if len(shown) < len(people):
             rest = [c for _, c in people[len(shown):]]
-            sizes = f"{min(rest):,}–{max(rest):,} images each" if min(rest) != max(rest) else f"{rest[0]:,} images each"
+            sizes = f"{min(rest):,}–{max(rest):,} images each" if min(rest) != max(rest) else f"{count(rest[0], 'image')} each"
             out.append(f"… and {len(rest):,} more person folders ({sizes}, {sum(rest):,} in all): summary.json "
                        "lists every folder")
         if "outliers" in self.images_per_cluster:
@@ -334,7 +334,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     counts = Counter()
     for name, path in set(zip(names, paths)):
         counts[name] += 1
-    order = sorted(counts, key=lambda n: (n == "outliers", -counts[n], n))
+    label = dict(zip(names, clustering.labels.tolist()))  # person_B before person_AA when as large
+    order = sorted(counts, key=lambda n: (n == "outliers", -counts[n], label[n]))
     images_per_cluster = {n: counts[n] for n in order}
     placement = place_all(output, paths, names, ef.meta.get("inputs", []), config.link_mode,
                           sources=where if config.moved_to else None, dry_run=config.dry_run, progress=progress,

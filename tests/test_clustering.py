@@ -512,6 +512,23 @@ def test_a_calibration_sets_the_graph_cut_off_from_its_impostor_scale(lfw_subset
     assert old.threshold_source.startswith("data:") and "run search_faces.py --calibrate again" in caplog.text
 
 
+def test_folders_as_large_as_each_other_are_listed_in_their_own_order(lfw_subset, tmp_path, monkeypatch) -> None:
+    # As many folders as faces: all of one image. Listed person_A, person_B, … person_Z, person_AA
+    # (the names' order), not person_A, person_AA, person_AB (the alphabet's), and counted in words.
+    monkeypatch.setattr("face_organizer.cluster_stage.SHOWN_FOLDERS", 30)
+    ef = embfile.load(lfw_subset[0])
+    ef.rows = ef.rows.select(np.arange(0, len(ef.rows), 8))
+    report = cluster_faces(ef, str(tmp_path / "out"), ClusterConfig(clusters=len(ef.rows), link_mode="symlink",
+                                                                       dry_run=True), progress=False)
+    people = [n for n in report.images_per_cluster if n != "outliers"]
+    assert len(people) > 40 and set(report.images_per_cluster[n] for n in people) == {1}
+    assert people == [cluster_name(i) for i in range(len(people))]
+    lines = report.lines()
+    assert [line.split(":")[0] for line in lines[:30]] == people[:30]
+    assert f"… and {len(people) - 30} more person folders (1 image each, {len(people) - 30} in all): summary.json " \
+        "lists every folder" in lines
+
+
 def test_thousands_of_folders_print_the_largest_and_count_the_rest(lfw_subset, tmp_path, capsys) -> None:
     emb, _ = lfw_subset
     out = tmp_path / "out"
