@@ -25,6 +25,7 @@ SIGNATURE_SIDE = 16
 # 2 pixels 0.09; two different photos of the same person never came closer than 0.26, and
 # consecutive crops of different photos 0.43. tests/test_frames.py holds both sides.
 DEFAULT_THRESHOLD = 0.15
+MAX_THRESHOLD = 0.25  # the most allowed: beyond it, different photos would share an embedding
 RECENT = 4  # frames with several faces interleave them: frame_0001_0, frame_0001_1, frame_0002_0, ...
 
 

@@ -13,7 +13,7 @@ from face_organizer.cli import common
 from face_organizer.cli.embed import main as embed_main
 from face_organizer.embed_run import run_embeddings
 from face_organizer.faces import EmbedOptions
-from face_organizer.frames import DEFAULT_THRESHOLD, repeated_frames
+from face_organizer.frames import DEFAULT_THRESHOLD, MAX_THRESHOLD, repeated_frames
 from face_organizer.images import discover_images, read_image
 from face_organizer.samples import shot_frames
 
@@ -41,9 +41,11 @@ def test_frames_of_a_shot_repeat_their_first_frame(video_crops) -> None:
 
 
 def test_different_photos_never_repeat_each_other(video_crops) -> None:
-    # Crops of the same three people from different photos: each is embedded on its own.
+    # Crops of the same three people from different photos: each is embedded on its own, also
+    # at the largest distance --reuse-similar-frames accepts.
     crops = _crops(video_crops)
     assert repeated_frames(crops) == [-1] * len(crops)
+    assert repeated_frames(crops, threshold=MAX_THRESHOLD) == [-1] * len(crops)
 
 
 def test_interleaved_faces_and_other_sizes(video_crops) -> None:
@@ -117,3 +119,14 @@ def test_cli_reuse_distance_must_be_a_number(value, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         embed_main(["--input", str(tmp_path), "--output", str(tmp_path / "o.pkl"), "--reuse-similar-frames", value])
     assert exit_info.value.code == 2 and "--reuse-similar-frames" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0.3", "2", "5"])
+def test_cli_reuse_distance_past_the_safe_range_is_refused(value, tmp_path, capsys) -> None:
+    # A distance read as pixels (2, 5) made 72 of 74 crops of different people take another's embedding.
+    with pytest.raises(SystemExit) as exit_info:
+        embed_main(["--input", str(tmp_path), "--output", str(tmp_path / "o.pkl"), "--reuse-similar-frames", value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert (f"argument --reuse-similar-frames: a thumbnail difference from 0 to {MAX_THRESHOLD} (default "
+            f"{DEFAULT_THRESHOLD}), not {value}: different photos of one person differ by 0.26 or more") in err

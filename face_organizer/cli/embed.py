@@ -27,6 +27,17 @@ EXAMPLES = """\
 """
 
 
+def frame_distance(value: str) -> float:
+    """``--reuse-similar-frames``' distance: 0 (off) up to ``frames.MAX_THRESHOLD``."""
+    distance = common.non_negative_float(value)
+    if distance > frames.MAX_THRESHOLD:
+        raise argparse.ArgumentTypeError(
+            f"a thumbnail difference from 0 to {frames.MAX_THRESHOLD} (default {frames.DEFAULT_THRESHOLD}), not "
+            f"{value}: different photos of one person differ by 0.26 or more, so a larger one would give one face's "
+            "embedding to another")
+    return distance
+
+
 def build_parser():
     p = common.parser("generate_embeddings.py", "Compute ArcFace embeddings for face images (InsightFace model packs, "
                       "ONNX Runtime on the GPU selected by $GPU_ID, or the CPU).", EXAMPLES)
@@ -42,7 +53,7 @@ def build_parser():
                    help="crops: one face per image (default); photos: every face in each image")
     common.add_model_args(p)
     common.add_device_args(p)
-    p.add_argument("--reuse-similar-frames", nargs="?", type=common.non_negative_float, const=frames.DEFAULT_THRESHOLD, default=0.0,
+    p.add_argument("--reuse-similar-frames", nargs="?", type=frame_distance, const=frames.DEFAULT_THRESHOLD, default=0.0,
                    metavar="DISTANCE",
                    help="crops mode: a frame that nearly repeats one of the last few embedded frames of the same size "
                         "takes that frame's embedding instead of being embedded again, and is listed under 'reused' "
