@@ -4,7 +4,6 @@ previews out."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -22,8 +21,8 @@ from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cl
                          graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text, lock_holder
-from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_run, files_line,
-                       missing_note, place_all)
+from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
+                       images_run, missing_note, place_all)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
@@ -251,12 +250,8 @@ def run_settings(ef: EmbeddingsFile, config: ClusterConfig) -> dict[str, Any]:
     """What the output's state file keeps of a run, for ``check_same_run`` to refuse another run's
     output before clustering: the images (a digest of their paths) and the settings that decide
     the folders. Other settings are left to the plan's own check, after the clustering."""
-    paths = sorted(set(ef.rows.paths))
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(f"{path}\0".encode("utf-8", "surrogateescape"))  # names need not be UTF-8
     people_from = os.path.abspath(config.people_from) if config.people_from else None
-    return {"images": digest.hexdigest(), "image_count": len(paths), "model_pack": ef.meta.get("model_pack"),
+    return {**images_run(ef.rows.paths), "model_pack": ef.meta.get("model_pack"),
             "clusters": None if people_from else (config.clusters or "auto"), "people_from": people_from,
             "min_similarity": config.min_similarity, "link_mode": config.link_mode}
 
@@ -322,10 +317,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     output = os.path.abspath(output)
     check_output_folder(output)  # before the clustering, which takes minutes on a large collection
     run = run_settings(ef, config)
-    check_same_run(output, run, "cluster_faces", subject="images", of=lambda earlier: (
-        f"other images ({count(earlier.get('image_count', 0), 'image')}, now {count(run['image_count'], 'image')})"
-        if earlier.get("image_count") != run["image_count"] else "other images"),
-        advice="give each embeddings file its own --output (in a loop over year folders: one per year)", moved_to=True)
+    check_same_images(output, run, "cluster_faces")
     where = relocate.current_locations(ef.rows.paths, config.moved_to, output)
     check_images_reachable(where, output)
     clustering = run_clustering(ef, config)

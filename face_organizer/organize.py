@@ -246,7 +246,7 @@ def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: 
         what, advice = f"of {of(earlier)}", advice if moved else f"{advice}, or remove it to start over"
     else:
         def shown(value: Any) -> Any:
-            return "not given" if value is None else value
+            return "not given" if value is None else ", ".join(map(str, value)) if isinstance(value, list) else value
 
         what = "made with other settings ({})".format("; ".join(
             f"{k} {shown(earlier[k])}, now {shown(run[k])}" for k in changed))
@@ -256,6 +256,27 @@ def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: 
         if moved_to:
             advice += f" (--moved-to {output} reads them from there)"
     raise SetupError(f"--output {output} holds the output of another {stage} run, {what}: {advice}")
+
+
+def images_run(paths: Sequence[str]) -> dict[str, Any]:
+    """What a run of cluster_faces or search_faces records of the images it sorts, for
+    ``check_same_images``: a digest of their paths (0.37 s for 500,000) and their number."""
+    unique = sorted(set(paths))
+    digest = hashlib.sha256()
+    for path in unique:
+        digest.update(f"{path}\0".encode("utf-8", "surrogateescape"))  # names need not be UTF-8
+    return {"images": digest.hexdigest(), "image_count": len(unique)}
+
+
+def check_same_images(output: str, run: Mapping[str, Any], stage: str) -> None:
+    """``check_same_run`` for the stages that sort the images of embeddings files (``run`` holds
+    ``images_run``'s keys): a loop over year folders into one output is told to give each its own."""
+    def other(earlier: Mapping[str, Any]) -> str:
+        before, now = earlier.get("image_count"), run["image_count"]
+        return f"other images ({count(before, 'image')}, now {count(now, 'image')})" if before != now else "other images"
+
+    check_same_run(output, run, stage, subject="images", of=other, moved_to=True,
+                   advice="give each embeddings file its own --output (in a loop over year folders: one per year)")
 
 
 def _same_size(a: str, b: str) -> bool:

@@ -19,8 +19,8 @@ from .errors import SetupError
 from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
-from .organize import (LinkMode, check_images_reachable, check_output_folder, files_line, missing_note,
-                       place_all)
+from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
+                       images_run, missing_note, place_all)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .progress import count
@@ -120,6 +120,9 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     check_same_model(ef, models)
     output = os.path.abspath(output)
     check_output_folder(output)
+    settings = {**images_run(ef.rows.paths), "queries": [os.path.abspath(q) for q in queries], "threshold": threshold,
+                "top_k": top_k, "expand": expand, "link_mode": link_mode}
+    check_same_images(output, settings, "search_faces")  # before the references are embedded and searched for
     where = relocate.current_locations(ef.rows.paths, moved_to, output)
     check_images_reachable(where, output)
     refs, left_out = usable_references(queries, models)
@@ -143,7 +146,8 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
         result = run(refs)
     paths = [ef.rows.paths[i] for i in result.index]
     placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode,
-                          sources=[where[i] for i in result.index] if moved_to else None, progress=progress)
+                          sources=[where[i] for i in result.index] if moved_to else None, progress=progress,
+                          run=settings)
     dests, status = placement.destinations, placement.status
     buffer = io.StringIO()
     writer = csv.writer(buffer)
