@@ -247,9 +247,9 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
 
 
 def run_settings(ef: EmbeddingsFile, config: ClusterConfig) -> dict[str, Any]:
-    """What the output's state file keeps of a run, for ``check_same_run`` to refuse another run's
-    output before clustering: the images (a digest of their paths) and the settings that decide
-    the folders. Other settings are left to the plan's own check, after the clustering."""
+    """What the output's state file keeps of a run, for ``check_same_images`` to refuse another
+    run's output before clustering: the images (``images_run``) and the settings that decide the
+    folders. Other settings are left to the plan's own check, after the clustering."""
     people_from = os.path.abspath(config.people_from) if config.people_from else None
     return {**images_run(ef.rows.paths), "model_pack": ef.meta.get("model_pack"),
             "clusters": None if people_from else (config.clusters or "auto"), "people_from": people_from,
