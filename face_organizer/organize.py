@@ -217,7 +217,8 @@ def _write_state(output: str, digest: str, mode: LinkMode, durable: int, run: di
     atomic_write_text(os.path.join(output, STATE_FILE), json.dumps(state))
 
 
-def _saved_state(output: str) -> dict[str, Any] | None:
+def saved_state(output: str) -> dict[str, Any] | None:
+    """The state file of an output (``STATE_FILE``), or None where there is none that can be read."""
     try:
         with open(os.path.join(output, STATE_FILE), encoding="utf-8") as handle:
             state = json.load(handle)
@@ -234,7 +235,7 @@ def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: 
     naming what it sorts (the images, the input folders), described by ``of(earlier run)`` and
     answered with ``advice``; ``moved_to``: the stage reads images an earlier move took with
     ``--moved-to``. Settings an older run did not record are not compared."""
-    state = _saved_state(output) or {}
+    state = saved_state(output) or {}
     earlier = state.get("run")
     if not isinstance(earlier, dict):
         return

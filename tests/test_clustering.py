@@ -23,7 +23,7 @@ from face_organizer.clustering import MERGE_Z, cluster_name, graph_clusters, kme
 from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError, SetupError
 from face_organizer.evaluation import bcubed, folder_report, largest_face_rows
 from face_organizer.fsutil import _umask
-from clusterrun import cluster_with
+from clusterrun import GROUP_PHOTO, cluster_with, obama_biden_library, private_copy
 from conftest import read_labels
 from face_organizer.embed_run import run_embeddings
 from face_organizer.faces import EmbedOptions
@@ -588,25 +588,10 @@ def test_link_modes(two_person, tmp_path, mode) -> None:
     assert again.status == {"exists": len(labels)}
 
 
-def _private_copy(two_person, tmp_path):
-    emb, labels, input_root = two_person
-    ef = embfile.load(emb)
-    private = tmp_path / "input"
-    new_paths = []
-    for p in ef.rows.paths:
-        target = private / Path(p).relative_to(input_root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(Path(p).read_bytes())
-        new_paths.append(str(target))
-    ef.rows.paths = new_paths
-    ef.meta["inputs"] = [str(private)]
-    return ef
-
-
 def test_move_places_the_images_that_symbolic_links_show(two_person, tmp_path) -> None:
     """Relative links that sort before and after their targets, and an absolute link to an
     image outside the input: each folder gets a real image, and no link is left dangling."""
-    ef = _private_copy(two_person, tmp_path)
+    ef = private_copy(two_person, tmp_path)
     private = tmp_path / "input"
     outside = tmp_path / "elsewhere" / "face.png"
     outside.parent.mkdir()
@@ -641,7 +626,7 @@ def test_move_places_the_images_that_symbolic_links_show(two_person, tmp_path) -
 def test_hardlink_links_the_image_a_symbolic_link_shows(two_person, tmp_path, monkeypatch) -> None:
     """Linux's link() links a symbolic link itself, which, relative, would point elsewhere from its
     new folder; and a link to an image on another filesystem is refused before the first file."""
-    ef = _private_copy(two_person, tmp_path)
+    ef = private_copy(two_person, tmp_path)
     private = tmp_path / "input"
     target = Path(ef.rows.paths[0])
     link = private / "zzzz" / "relative.png"
@@ -687,7 +672,7 @@ def _interrupted_after(placed: int, ef, output: str, config: ClusterConfig, monk
 
 
 def test_interrupted_move_loses_nothing(two_person, tmp_path, monkeypatch) -> None:
-    ef = _private_copy(two_person, tmp_path)
+    ef = private_copy(two_person, tmp_path)
     out = tmp_path / "out"
     config = ClusterConfig(clusters=2, link_mode="move", previews=False)
     plan = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", dry_run=True), progress=False)
@@ -700,16 +685,11 @@ def test_interrupted_move_loses_nothing(two_person, tmp_path, monkeypatch) -> No
 
 def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tmp_path, monkeypatch) -> None:
     # A photo library: Obama's and Biden's photos, and a photo of the two together.
-    examples = shared / "datasets" / "face_recognition_examples"
-    library = tmp_path / "library"
-    for source in [*sorted((examples / "barack_obama").iterdir()), *sorted((examples / "joe_biden").iterdir()),
-                   examples / "_multi_face" / "examples__knn_examples__test__obama_and_biden.jpg"]:
-        (library / source.parent.name).mkdir(parents=True, exist_ok=True)
-        (library / source.parent.name / source.name).write_bytes(source.read_bytes())
+    library = obama_biden_library(shared, tmp_path)
     emb = tmp_path / "photos.pkl"
     run_embeddings(discover_images([library]), emb, models, EmbedOptions(mode="photos"), inputs=[str(library)], progress=False)
     ef = embfile.load(emb)
-    group = str(library / "_multi_face" / "examples__knn_examples__test__obama_and_biden.jpg")
+    group = str(library / "_multi_face" / GROUP_PHOTO)
     assert ef.rows.paths.count(group) >= 2
     out = tmp_path / "out"
     config = ClusterConfig(clusters=2, link_mode="move")
@@ -741,7 +721,7 @@ def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tm
 
 
 def test_images_gone_since_embedding_are_reported_not_fatal(two_person, tmp_path) -> None:
-    ef = _private_copy(two_person, tmp_path)
+    ef = private_copy(two_person, tmp_path)
     gone = ef.rows.paths[:3]
     for path in gone:
         os.unlink(path)
@@ -755,7 +735,7 @@ def test_images_gone_since_embedding_are_reported_not_fatal(two_person, tmp_path
 
 def test_images_all_elsewhere_are_refused_before_clustering(two_person, tmp_path, monkeypatch, capsys) -> None:
     # Embedded inside the container under /workspace, clustered where the folders are mounted elsewhere.
-    ef = _private_copy(two_person, tmp_path)
+    ef = private_copy(two_person, tmp_path)
     (tmp_path / "input").rename(tmp_path / "mounted_elsewhere")
     pkl = tmp_path / "moved.pkl"
     embfile.save(pkl, ef)
@@ -771,7 +751,7 @@ def test_images_an_earlier_move_took_are_sorted_again_and_searched_with_moved_to
                                                                                    monkeypatch, capsys) -> None:
     from face_organizer.cli.search import main as search_main
 
-    ef = _private_copy(two_person, tmp_path)
+    ef = private_copy(two_person, tmp_path)
     pkl = tmp_path / "emb.pkl"
     embfile.save(pkl, ef)
     content = {p: Path(p).read_bytes() for p in ef.rows.paths}
@@ -850,7 +830,7 @@ def test_moved_to_reads_only_files_inside_the_folder_named(tmp_path) -> None:
 
 
 def test_cross_device_move_interrupted_between_copy_and_delete(two_person, tmp_path, monkeypatch) -> None:
-    ef = _private_copy(two_person, tmp_path)
+    ef = private_copy(two_person, tmp_path)
     out = tmp_path / "out"
     config = ClusterConfig(clusters=2, link_mode="move", previews=False)
 
@@ -1041,7 +1021,7 @@ def test_rerun_into_other_clustering_is_refused_before_clustering(two_person, in
 
 def test_other_run_into_an_output_that_holds_moved_images_says_removing_it_deletes_them(two_person, tmp_path,
                                                                                         capsys) -> None:
-    ef = _private_copy(two_person, tmp_path)
+    ef = private_copy(two_person, tmp_path)
     pkl = tmp_path / "emb.pkl"
     embfile.save(pkl, ef)
     out = tmp_path / "out"

@@ -15,6 +15,7 @@ COMMANDS = {
     "info": ("info", "what embeddings files hold, how far their runs got (scripts/embeddings_info.py)"),
     "cluster": ("cluster", "person folders (scripts/cluster_faces.py)"),
     "search": ("search", "every image of one person (scripts/search_faces.py)"),
+    "undo-move": ("undo", "put the images of a cluster --link-mode move back (scripts/undo_move.py)"),
     "gender": ("gender", "keep one gender (scripts/gender_filter.py)"),
     "backends": ("backends", "compare face detectors (scripts/benchmark_backends.py)"),
     "diagnose": ("diagnostic", "check the GPU stack (scripts/diagnostic_test.py)"),

@@ -1,0 +1,36 @@
+"""undo_move: the images of a cluster_faces --link-mode move, back where they were embedded."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+
+from ..fsutil import exclusive
+from ..undo import undo_move
+from . import common
+
+EXAMPLES = """\
+  python scripts/undo_move.py /workspace/clustered_faces
+  python scripts/undo_move.py /workspace/clustered_faces --dry-run   # what it would put back
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = common.parser("undo_move.py", "Put the images that cluster_faces --link-mode move took into OUTPUT back "
+                      "where they were embedded (its clusters.csv says where). Nothing is overwritten: an image "
+                      "whose path holds a different file now stays in OUTPUT and is named. Interrupted, run it "
+                      "again. clusters.csv, summary.json and the previews stay in OUTPUT.", EXAMPLES)
+    p.add_argument("output", metavar="OUTPUT", help="the --output folder of a cluster_faces --link-mode move")
+    p.add_argument("--dry-run", action="store_true", help="move nothing; print what would happen")
+    common.add_logging_args(p)
+    args = p.parse_args(argv)
+    common.setup_logging(args.verbose, args.quiet, args.log)
+    with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
+        report = undo_move(args.output, dry_run=args.dry_run, progress=not args.quiet)
+    print("\n".join(report.lines()))
+    return 1 if report.conflicts else 0
+
+
+def cli() -> None:
+    sys.exit(common.run(main))

@@ -1,0 +1,116 @@
+"""Putting back the images that ``cluster_faces --link-mode move`` took into an output folder.
+
+The output's ``clusters.csv`` names, for every face, the path its image was embedded at and the
+file the move made of it (``relocate.moved_locations``, which reads only files inside the
+output). Each image goes back to its path as a move does (a rename, or a durable copy before the
+delete across filesystems), so an interruption leaves it in one of the two places and running
+again finishes. The extra copies a photo with faces in several folders got are removed once the
+photo is back, and only when their bytes are the photo's. Nothing is overwritten: a different
+file at an image's path keeps its place, and the image stays in the output, named in the report.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import os
+from dataclasses import dataclass, field
+
+from . import relocate
+from .errors import SetupError
+from .organize import STATE_FILE, place, saved_state
+from .progress import bar as progress_bar
+from .progress import count
+
+log = logging.getLogger(__name__)
+
+SHOWN_CONFLICTS = 20
+
+
+@dataclass
+class UndoReport:
+    output: str
+    restored: int = 0  # moved back to where it was embedded
+    already_back: int = 0  # at its path before this run (an earlier undo, or a move cut short)
+    copies_removed: int = 0  # a group photo's copies in the folders of its other faces
+    gone: int = 0  # neither at its path nor in the output: moved on by a later run, or deleted
+    conflicts: list[tuple[str, str]] = field(default_factory=list)  # (its path, the file left in the output)
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        verb = "would put back" if self.dry_run else "put back"
+        out = [f"{verb}: {count(self.restored, 'image')} where they were embedded, from {self.output}"]
+        if self.already_back or self.copies_removed:
+            out.append(f"already back: {count(self.already_back, 'image')}; copies of photos in several folders "
+                       f"{'to remove' if self.dry_run else 'removed'}: {self.copies_removed:,}")
+        if self.gone:
+            out.append(f"not in {self.output} any more: {count(self.gone, 'image')} (moved on by a later "
+                       "--link-mode move: undo that output; or deleted)")
+        if self.conflicts:
+            out.append(f"left in {self.output}: {count(len(self.conflicts), 'image')}, as a different file is at its "
+                       "path now (nothing is overwritten):")
+            out += [f"  {kept} (its path: {path})" for path, kept in self.conflicts[:SHOWN_CONFLICTS]]
+            if len(self.conflicts) > SHOWN_CONFLICTS:
+                out.append(f"  … and {len(self.conflicts) - SHOWN_CONFLICTS:,} more")
+        if self.dry_run:
+            out.append("dry run: nothing was moved")
+        return out
+
+
+def _moved_there(output: str) -> None:
+    """Refuse a folder that no ``--link-mode move`` filled: its images never left their places."""
+    state = saved_state(output)
+    if state is None:
+        raise SetupError(f"{output} holds no output of cluster_faces (no readable {STATE_FILE})")
+    if (mode := state.get("mode")) != "move":
+        raise SetupError(f"{output} was filled with --link-mode {mode}: the images never left where they were "
+                         "embedded, so there is nothing to put back (removing the folder removes the "
+                         f"{'copies' if mode == 'copy' else 'links'})")
+
+
+def _same_bytes(a: str, b: str) -> bool:
+    return os.path.getsize(a) == os.path.getsize(b) and filecmp.cmp(a, b, shallow=False)
+
+
+def undo_move(output: str, *, dry_run: bool = False, progress: bool = True) -> UndoReport:
+    """Move every image of ``output`` (a ``cluster_faces --link-mode move`` output) back to the
+    path it was embedded at; see the module's description."""
+    output = os.path.abspath(output)
+    _moved_there(output)
+    report = UndoReport(output, dry_run=dry_run)
+    moved = relocate.moved_locations([output])
+    folders: set[str] = set()
+    for path, files in progress_bar(sorted(moved.items()), unit="img", enabled=progress, desc="undo"):
+        here = [f for f in files if os.path.lexists(f)]
+        if not os.path.lexists(path):
+            if not here:
+                report.gone += 1
+                continue
+            report.restored += 1
+            if dry_run:
+                report.copies_removed += len(here) - 1
+                continue
+            place(here[0], path, "move", folders=folders)
+            here = here[1:]
+        else:
+            report.already_back += 1
+        for copy in here:
+            if os.path.isfile(path) and _same_bytes(path, copy):
+                report.copies_removed += 1
+                if not dry_run:
+                    os.unlink(copy)
+            else:
+                report.conflicts.append((path, copy))
+    if not dry_run:
+        _remove_empty_folders(output)
+    return report
+
+
+def _remove_empty_folders(output: str) -> None:
+    """The person folders the images left, once empty (``os.rmdir`` removes nothing else)."""
+    for folder, _, _ in sorted(os.walk(output), key=lambda entry: -len(entry[0])):
+        if folder != output:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass  # not empty: a file the move did not make, or one left in place

@@ -1,0 +1,106 @@
+"""undo_move: the images of a cluster_faces --link-mode move, back where they were embedded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clusterrun import obama_biden_library, private_copy
+from face_organizer import organize
+from face_organizer.cli import common
+from face_organizer.cli.main import main as umbrella
+from face_organizer.cli.undo import main as undo_main
+from face_organizer.cluster_stage import ClusterConfig, cluster_faces
+
+
+def run_cli(args: list[str]) -> int:
+    return common.run(undo_main, args)
+
+
+def _moved(two_person, tmp_path: Path):
+    """(embeddings, {image path: its bytes}, output) after a move into person folders."""
+    ef = private_copy(two_person, tmp_path)
+    content = {p: Path(p).read_bytes() for p in ef.rows.paths}
+    out = tmp_path / "sorted"
+    cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", previews=False), progress=False)
+    assert not any(Path(p).exists() for p in content)
+    return ef, content, out
+
+
+def test_undo_puts_every_image_back_and_a_second_run_finds_them_there(two_person, tmp_path, capsys) -> None:
+    ef, content, out = _moved(two_person, tmp_path)
+    assert run_cli([str(out), "--dry-run", "-q"]) == 0
+    assert f"would put back: {len(content)} images where they were embedded, from {out}" in capsys.readouterr().out
+    assert not any(Path(p).exists() for p in content)  # a dry run moves nothing
+    assert run_cli([str(out), "-q"]) == 0
+    assert capsys.readouterr().out.startswith(f"put back: {len(content)} images where they were embedded, from {out}")
+    assert all(Path(p).read_bytes() == data for p, data in content.items())  # each image back, byte for byte
+    assert not list(out.rglob("*.png"))  # nothing left behind, and the emptied person folders are gone
+    assert sorted(p.name for p in out.iterdir()) == sorted([organize.STATE_FILE, "clusters.csv", "people.npy",
+                                                            "summary.json"])
+    assert umbrella(["undo-move", str(out), "-q"]) == 0
+    assert f"already back: {len(content)} images" in capsys.readouterr().out
+    # The same clustering again sorts them as before (the plan is unchanged), moving them once more.
+    again = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", previews=False), progress=False)
+    assert again.status == {"placed": len(content)}
+
+
+def test_undo_overwrites_nothing_and_an_interrupted_undo_finishes(two_person, tmp_path, monkeypatch, capsys) -> None:
+    ef, content, out = _moved(two_person, tmp_path)
+    taken = sorted(content)[5]
+    Path(taken).write_bytes(b"a new file at the same path")  # an extractor wrote a new frame there since
+    real_place, calls = organize.place, []
+
+    def dying_place(source, dest, mode, **options):
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        calls.append(dest)
+        return real_place(source, dest, mode, **options)
+
+    monkeypatch.setattr("face_organizer.undo.place", dying_place)
+    assert run_cli([str(out), "-q"]) == common.EXIT_INTERRUPTED
+    back = [p for p in content if Path(p).exists() and p != taken]
+    assert len(back) == 10 and all(Path(p).read_bytes() == content[p] for p in back)
+    monkeypatch.setattr("face_organizer.undo.place", real_place)
+    assert run_cli([str(out), "-q"]) == 1  # one image could not go back: said, and non-zero
+    printed = capsys.readouterr().out
+    left = [p for p in out.rglob("*.png")]
+    assert len(left) == 1 and left[0].read_bytes() == content[taken]
+    assert Path(taken).read_bytes() == b"a new file at the same path"
+    assert f"left in {out}: 1 image, as a different file is at its path now (nothing is overwritten):" in printed
+    assert f"  {left[0]} (its path: {taken})" in printed
+    assert all(Path(p).read_bytes() == content[p] for p in content if p != taken)
+
+
+def test_undo_removes_a_group_photos_copies_once_it_is_back(shared, models, tmp_path) -> None:
+    # A photo of Obama and Biden goes to both their folders: a copy in one, the photo itself in the other.
+    from face_organizer.embed_run import run_embeddings
+    from face_organizer.faces import EmbedOptions
+    from face_organizer.images import discover_images
+    from face_organizer import embfile
+
+    library = obama_biden_library(shared, tmp_path)
+    content = {str(p): p.read_bytes() for p in library.rglob("*") if p.is_file()}
+    emb = tmp_path / "photos.pkl"
+    run_embeddings(discover_images([library]), emb, models, EmbedOptions(mode="photos"), inputs=[str(library)],
+                   progress=False)
+    ef = embfile.load(emb)
+    out = tmp_path / "out"
+    report = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", previews=False), progress=False)
+    assert len(set(report.destinations)) > len(set(ef.rows.paths))  # the group photo is in two folders
+    assert run_cli([str(out), "-q"]) == 0
+    assert all(Path(p).read_bytes() == data for p, data in content.items() if p in set(ef.rows.paths))
+    assert not [p for p in out.rglob("*") if p.suffix in (".jpg", ".png", ".jpeg")]
+
+
+@pytest.mark.parametrize("mode", ["copy", "symlink"])
+def test_an_output_no_move_filled_is_refused(two_person, tmp_path, mode, capsys) -> None:
+    ef = private_copy(two_person, tmp_path)
+    out = tmp_path / "sorted"
+    cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode=mode, previews=False), progress=False)
+    assert run_cli([str(out)]) == 2
+    assert (f"Error: {out} was filled with --link-mode {mode}: the images never left where they were embedded, so "
+            "there is nothing to put back") in capsys.readouterr().err
+    assert run_cli([str(tmp_path / "input")]) == 2
+    assert "holds no output of cluster_faces" in capsys.readouterr().err
