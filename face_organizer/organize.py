@@ -186,6 +186,8 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
             f"--output {output} holds the output of a different run (other embeddings, settings, query or files); "
             "choose a new folder, or remove it to start over"
         )
+    if previous.get("undone") and not dry_run:  # the images an undo took back are placed again
+        _write_state(output, digest, mode, int(previous.get("durable", 0)), run)
     return previous
 
 
@@ -242,7 +244,7 @@ def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: 
     changed = sorted(k for k in run if k in earlier and earlier[k] != run[k])
     if not changed:
         return
-    moved = state.get("mode") == "move"
+    moved = state.get("mode") == "move" and not state.get("undone")  # it holds the images that run moved
     if subject in changed:
         what, advice = f"of {of(earlier)}", advice if moved else f"{advice}, or remove it to start over"
     else:
@@ -257,6 +259,14 @@ def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: 
         if moved_to:
             advice += f" (--moved-to {output} reads them from there)"
     raise SetupError(f"--output {output} holds the output of another {stage} run, {what}: {advice}")
+
+
+def mark_undone(output: str) -> None:
+    """Record that every image a move put in ``output`` went back (``undo_move``): it holds none
+    now, so removing it loses nothing. Placing the same plan again rewrites the state without it."""
+    state = saved_state(output)
+    if state is not None:
+        atomic_write_text(os.path.join(output, STATE_FILE), json.dumps({**state, "undone": True}))
 
 
 def images_run(paths: Sequence[str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import relocate
 from .errors import SetupError
-from .organize import STATE_FILE, place, saved_state
+from .organize import STATE_FILE, mark_undone, place, saved_state
 from .progress import bar as progress_bar
 from .progress import count
 
@@ -103,6 +103,8 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True) -> U
                 report.conflicts.append((path, copy))
     if not dry_run:
         _remove_empty_folders(output)
+        if not report.conflicts:
+            mark_undone(output)
     return report
 
 

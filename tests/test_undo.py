@@ -12,6 +12,7 @@ from face_organizer.cli import common
 from face_organizer.cli.main import main as umbrella
 from face_organizer.cli.undo import main as undo_main
 from face_organizer.cluster_stage import ClusterConfig, cluster_faces
+from face_organizer.errors import SetupError
 
 
 def run_cli(args: list[str]) -> int:
@@ -41,9 +42,15 @@ def test_undo_puts_every_image_back_and_a_second_run_finds_them_there(two_person
                                                             "summary.json"])
     assert umbrella(["undo-move", str(out), "-q"]) == 0
     assert f"already back: {len(content)} images" in capsys.readouterr().out
+    # Emptied, the output is another run's like any other: removing it loses nothing now.
+    with pytest.raises(SetupError) as refused:
+        cluster_faces(ef, str(out), ClusterConfig(clusters=3, link_mode="move", previews=False), progress=False)
+    assert str(refused.value).endswith("(clusters 2, now 3): choose a new --output, or remove it to start over")
     # The same clustering again sorts them as before (the plan is unchanged), moving them once more.
     again = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", previews=False), progress=False)
     assert again.status == {"placed": len(content)}
+    with pytest.raises(SetupError, match="which removing it would delete"):
+        cluster_faces(ef, str(out), ClusterConfig(clusters=3, link_mode="move", previews=False), progress=False)
 
 
 def test_undo_overwrites_nothing_and_an_interrupted_undo_finishes(two_person, tmp_path, monkeypatch, capsys) -> None:
