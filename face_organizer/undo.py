@@ -12,7 +12,6 @@ file at an image's path keeps its place, and the image stays in the output, name
 from __future__ import annotations
 
 import filecmp
-import logging
 import os
 from dataclasses import dataclass, field
 
@@ -21,8 +20,6 @@ from .errors import SetupError
 from .organize import STATE_FILE, mark_undone, place, saved_state
 from .progress import bar as progress_bar
 from .progress import count
-
-log = logging.getLogger(__name__)
 
 SHOWN_CONFLICTS = 20
 
