@@ -40,8 +40,8 @@ def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
                 for row in csv.DictReader(handle):
                     dest = os.path.normpath(row["destination"])  # no '..' leads out of the folder
                     root = next((r for r in roots if dest.startswith(r)), None)
-                    if root is None:
-                        continue  # not in the folder that run wrote
+                    if root is None or not os.path.isabs(row["path"]):
+                        continue  # not in the folder that run wrote, or not a path an image was embedded at
                     places = found.setdefault(row["path"], [])
                     if (place := here + dest[len(root):]) not in places:
                         places.append(place)

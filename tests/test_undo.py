@@ -111,3 +111,22 @@ def test_an_output_no_move_filled_is_refused(two_person, tmp_path, mode, capsys)
             "there is nothing to put back") in capsys.readouterr().err
     assert run_cli([str(tmp_path / "input")]) == 2
     assert "holds no output of cluster_faces" in capsys.readouterr().err
+
+
+def test_a_table_naming_a_relative_path_moves_nothing_there(two_person, tmp_path, monkeypatch) -> None:
+    # clusters.csv is read from the output: a row whose path is not one an image was embedded at
+    # (absolute) is not followed, wherever the command runs.
+    import csv
+
+    ef, content, out = _moved(two_person, tmp_path)
+    extra = out / "person_A" / "extra.png"
+    extra.write_bytes(b"not an image the move made")
+    table = out / "clusters.csv"
+    rows = list(csv.DictReader(table.open(newline="", encoding="utf-8")))
+    with table.open("a", newline="", encoding="utf-8") as handle:
+        csv.DictWriter(handle, fieldnames=list(rows[0])).writerow({**rows[0], "path": "escape/here.png",
+                                                                   "destination": str(extra)})
+    monkeypatch.chdir(tmp_path)
+    assert run_cli([str(out), "-q"]) == 0
+    assert not (tmp_path / "escape").exists() and extra.read_bytes() == b"not an image the move made"
+    assert all(Path(p).read_bytes() == data for p, data in content.items())
