@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="faces less similar than this to their cluster go to outliers/ (auto: to join a cluster); "
                         "default: derived from the data for the model in use")
     p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink", "move"), default="copy",
-                   help="how files reach the folders (default: copy)")
+                   help="how files reach the folders (default: copy; undo_move.py puts moved images back)")
     common.add_moved_to_arg(p)
     p.add_argument("--dry-run", action="store_true", help="write nothing; print what would happen")
     p.add_argument("--min-cluster-size", type=common.positive, default=2,
