@@ -120,7 +120,7 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     check_same_model(ef, models)
     output = os.path.abspath(output)
     check_output_folder(output)
-    settings = {**images_run(ef.rows.paths), "queries": [os.path.abspath(q) for q in queries], "threshold": threshold,
+    settings = {**images_run(ef.rows.paths), "queries": sorted(os.path.abspath(q) for q in queries), "threshold": threshold,
                 "top_k": top_k, "expand": expand, "link_mode": link_mode}
     check_same_images(output, settings, "search_faces")  # before the references are embedded and searched for
     where = relocate.current_locations(ef.rows.paths, moved_to, output)

@@ -250,22 +250,22 @@ def test_another_search_into_the_same_output_is_refused_before_its_references_ar
                                                                                          capsys) -> None:
     emb, _ = lfw_subset
     out = tmp_path / "found"
-    her = lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"
+    her, again = (lfw / "Jean_Chretien" / f"Jean_Chretien_000{i}.jpg" for i in (1, 3))
     base = ["--embeddings", str(emb), "--output", str(out), "--model", str(testpack_dir), "-q", "--no-previews"]
-    assert run_cli([*base, "--query", str(her)]) == 0
-    assert run_cli([*base, "--query", str(her)]) == 0  # the same search again: nothing placed twice
+    assert run_cli([*base, "--query", str(her), str(again)]) == 0
+    assert run_cli([*base, "--query", str(again), str(her)]) == 0  # the same search again: nothing placed twice
     read = []
     monkeypatch.setattr("face_organizer.search_stage.embed_reference", lambda path, models: read.append(path))
     other = lfw / "Jean_Chretien" / "Jean_Chretien_0002.jpg"
     assert run_cli([*base, "--query", str(other)]) == 2
     assert (f"--output {out} holds the output of another search_faces run, made with other settings (queries {her}, "
-            f"now {other}): choose a new --output, or remove it to start over") in capsys.readouterr().err
+            f"{again}, now {other}): choose a new --output, or remove it to start over") in capsys.readouterr().err
     # A loop over year folders into one output: each year's embeddings file needs an output of its own.
     ef = embfile.load(emb)
     images = len(set(ef.rows.paths))
     ef.rows = ef.rows.select(np.arange(20))
     embfile.save(tmp_path / "2019.pkl", ef)
-    assert run_cli(["--embeddings", str(tmp_path / "2019.pkl"), *base[2:], "--query", str(her)]) == 2
+    assert run_cli(["--embeddings", str(tmp_path / "2019.pkl"), *base[2:], "--query", str(her), str(again)]) == 2
     assert (f"holds the output of another search_faces run, of other images ({images} images, now 20 images): give "
             "each embeddings file its own --output (in a loop over year folders: one per year), or remove it to start "
             "over") in capsys.readouterr().err
