@@ -209,7 +209,9 @@ def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
         except OSError as err:  # a read failing half-way (a disk or network error)
             raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}") from err
         except Exception as err:  # noqa: BLE001 - truncated or garbage pickles raise many types
-            raise EmbeddingsFileError(f"{where}: not a readable embeddings file ({type(err).__name__}: {err})") from None
+            hint = ("" if where.endswith(".pkl") else "; name only the .pkl files (embeddings_gpu*.pkl: "
+                    "embeddings_gpu* also matches the logs and file lists embed_all_gpus.py writes beside them)")
+            raise EmbeddingsFileError(f"{where}: not a readable embeddings file ({type(err).__name__}: {err}){hint}") from None
     return from_dict(obj, where)
 
 

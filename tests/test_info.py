@@ -150,3 +150,4 @@ def test_files_it_cannot_describe_do_not_hide_the_others(folder, models, tmp_pat
     assert captured.out.startswith(f"{out}: finished")
     assert f"Error: {tmp_path / 'missing.pkl'}: no embeddings file and no checkpoint of one there" in captured.err
     assert "notes.pkl: not a readable embeddings file" in captured.err
+    assert "name only the .pkl files" not in captured.err  # a .pkl: no hint about patterns

@@ -14,7 +14,7 @@ from face_organizer.cli import common
 from face_organizer.cli.embed import main as embed_main
 from face_organizer.cli.multigpu import main as multi_main
 from face_organizer.cluster_stage import load_embeddings
-from face_organizer.errors import SetupError
+from face_organizer.errors import EmbeddingsFileError, SetupError
 from face_organizer.multigpu import parse_gpus, shard
 
 
@@ -104,6 +104,10 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     assert str(root / "2017" / "two\nlines.png") in single.rows.paths and not merged.failed
     np.testing.assert_allclose(merged.rows.embeddings[order], single.rows.embeddings, atol=1e-5)
     assert sorted(merged.meta["inputs"]) == sorted(inputs)
+    # embeddings_gpu* without .pkl also names the launcher's logs and file lists: the error says so.
+    with pytest.raises(EmbeddingsFileError, match=r"embeddings_gpu0\.files\.txt: not a readable embeddings file .*; "
+                                                  r"name only the \.pkl files \(embeddings_gpu\*\.pkl"):
+        load_embeddings(sorted(str(p) for p in out.glob("embeddings_gpu*")))
     # One summary over both workers, with the counts the one run's summary gives.
     n = len(single.rows)
     total = printed[printed.index("total over the 2 workers:"):]
