@@ -219,8 +219,8 @@ def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
                         "it records that without embedding anything again")
         return _cluster(x, ef, config, known)
     keep = np.nonzero(~found.mask)[0]
-    log.info("%d faces too degraded to recognise set aside (similarity to the unrecognisable-face centre >= %.3f)",
-             found.count, found.cutoff)
+    log.info("%s too degraded to recognise set aside (similarity to the unrecognisable-face centre >= %.3f)",
+             count(found.count, "face"), found.cutoff)
     reason = f"similarity to the model's blurred-face centre >= {found.cutoff:.3f}: {found.source}"
     return with_set_aside(_cluster(x[keep], ef, config, known), keep, x, reason)
 

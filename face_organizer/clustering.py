@@ -16,6 +16,7 @@ from scipy.special import ndtr, ndtri
 
 from .cohesion import Cohesion, folder_cohesion, join_groups
 from .knn import SEARCH_BLOCK, knn_graph
+from .progress import count
 from .thresholds import (ALIKE_Z, CENTRE_Z, IMPOSTOR_CENTRE_MAX, MIN_VALUES, OTHER_CENTRE_Z, ImpostorModel,
                          impostor_from_cross_cluster_pairs, impostor_from_other_centre_pairs, impostor_from_impostors,
                          impostor_model)
@@ -306,7 +307,7 @@ def kmeans(
              if extra_groups else None)
     if seeds is not None:
         sims, nearest = _spherical_kmeans(x, len(seeds), restarts=1, seed=seed, use_gpu=use_gpu, init=seeds)
-        method = f"kmeans k={k}, seeded with {len(seeds)} groups of alike faces"
+        method = f"kmeans k={k}, seeded with {count(len(seeds), 'group')} of alike faces"
         labels = nearest[:, 0].astype(np.int64)
         if own_cut:
             person = folder_cohesion(x, labels, len(seeds), seed=seed, random_pairs=random_pairs).person
@@ -480,8 +481,8 @@ def graph_clusters(
             min_mean = model.cut(MERGE_Z) if join_rule else -np.inf
             labels, edge, refused = _graph_groups(x, sims, nbrs, threshold, min_mean, min_samples, min_cluster_size)
     if refused:
-        log.info("graph: %d edges left unfollowed: each would have joined two groups whose faces' mean similarity "
-                 "is below %.3f", refused, min_mean)
+        log.info("graph: %s left unfollowed: each would have joined two groups whose faces' mean similarity "
+                 "is below %.3f", count(refused, "edge"), min_mean)
     k = int(labels.max()) + 1 if (labels >= 0).any() else 0
     centres = _centres(x, labels, k)
     attached, attach_cutoff, attach_source = 0, None, ""
@@ -498,7 +499,7 @@ def graph_clusters(
     if min_cluster_size <= 2:
         labels, pairs = _mutual_pairs(labels, edge, nbrs)
         if pairs:
-            log.info("graph: %d pairs of faces, each the other's most similar, made clusters of two", pairs)
+            log.info("graph: %s of faces, each the other's most similar, made clusters of two", count(pairs, "pair"))
             labels = _relabel_by_size(labels)
             k = int(labels.max()) + 1
             centres = _centres(x, labels, k)

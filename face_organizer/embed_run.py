@@ -153,7 +153,7 @@ def iter_loaded(paths: Sequence[str], workers: int, chunk: int = 16,
             try:
                 yield from future.result()
             except BrokenProcessPool:
-                log.warning("an image-decoding process died; retrying %d files one by one", len(part))
+                log.warning("an image-decoding process died; retrying %s one by one", count(len(part), "file"))
                 pool.shutdown(cancel_futures=True)
                 yield from _decode_isolated(context, part, loader)
                 retry = [p for waiting, _ in pending for p in waiting]

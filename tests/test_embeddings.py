@@ -586,6 +586,16 @@ def test_setup_errors_are_one_clear_line(tmp_path, testpack_dir, capsys) -> None
     assert lines[0].startswith("Error: no images") and "input folder not found" in lines[1]
     assert lines[2].startswith("Error: model pack 'buffalo_l' not found") and "det_10g.onnx" in lines[2]
     assert len(lines) == 3
+    assert run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path), "--model", str(testpack_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"INFO: 1 image found under {tmp_path / 'in'} (0.0 s)"
+    assert err[-1] == f"Error: --output {tmp_path} is a folder; give a file name such as embeddings_gpu0.pkl"
+    # Not a .pkl name: embedded all the same, with a warning that *.pkl patterns would leave the file out.
+    assert run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "emb.txt"), "--model",
+                    str(testpack_dir), "-q"]) == 0
+    assert (f"WARNING: --output {tmp_path / 'emb.txt'} does not end in .pkl: embeddings files are pickles, and a "
+            "pattern such as embeddings_gpu*.pkl given to cluster_faces would leave this one out") in capsys.readouterr().err
+    assert embfile.load(tmp_path / "emb.txt").rows.paths == [str(tmp_path / "in" / "a.png")]
 
 
 def test_device_cuda_without_gpu_exits_nonzero(tmp_path, testpack_dir, capsys) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from .. import __version__
 from ..errors import FaceOrganizerError, SetupError
 from ..modelpack import DEFAULT_PACK, MODEL_ROOT_ENV, default_model_root
+from ..progress import count
 
 EXIT_INTERRUPTED = 130
 OTHER_RUN = "wait for it to finish or choose another --output"
@@ -233,7 +234,7 @@ def find_images(inputs: Sequence[str], *, none_ok: bool = False) -> list[str]:
             raise SetupError(message)
         logging.getLogger(__name__).warning("%s", message)
         return []
-    logging.getLogger(__name__).info("%d images found under %s (%.1f s)", len(paths), ", ".join(inputs),
+    logging.getLogger(__name__).info("%s found under %s (%.1f s)", count(len(paths), "image"), ", ".join(inputs),
                                      time.monotonic() - started)
     return paths
 

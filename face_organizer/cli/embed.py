@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from ..modelpack import resolve_pack
 from ..multigpu import read_file_list
 from ..providers import CUDA, available_providers
 from . import common
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """\
   GPU_ID=0 python scripts/generate_embeddings.py --input /workspace/input/2017 /workspace/input/2008 \\
@@ -92,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = common.find_images(args.input, none_ok=args.resume and os.path.isfile(output))
     if os.path.isdir(output):
         raise SetupError(f"--output {output} is a folder; give a file name such as embeddings_gpu{gpu_id}.pkl")
+    if not output.endswith(".pkl"):
+        log.warning("--output %s does not end in .pkl: embeddings files are pickles, and a pattern such as "
+                    "embeddings_gpu*.pkl given to cluster_faces would leave this one out", output)
     try:
         check_writable_dir(os.path.dirname(output))
     except OSError as err:
