@@ -389,7 +389,8 @@ def dry_run_lines(report: ClusterReport, limit: int = 20) -> list[str]:
     if not report.destinations:
         return []
     ops = sorted(set(zip(report.clustering.labels.tolist(), report.destinations)))
-    lines = [f"would write {len(set(report.destinations)):,} files; first {min(limit, len(ops))}:"]
+    files = len(set(report.destinations))
+    lines = [f"would write {count(files, 'file')}" + (f"; first {limit}:" if files > limit else ":")]
     lines += [f"  {d}" for _, d in ops[:limit]]
     return lines
 

@@ -861,7 +861,9 @@ def test_dry_run_writes_nothing(two_person, tmp_path, capsys) -> None:
     assert run_cli(["--embeddings", str(two_person[0]), "--output", str(out), "--dry-run", "-q"]) == 0
     assert not out.exists()
     printed = capsys.readouterr().out
-    assert "dry run: nothing was written" in printed and "would write" in printed
+    files = len(set(embfile.load(two_person[0]).rows.paths))
+    assert "dry run: nothing was written" in printed and f"would write {files} files; first 20:" in printed
+    assert len([line for line in printed.splitlines() if line.startswith(f"  {out}")]) == 20
 
 
 def test_copy_that_cannot_fit_is_refused_before_anything_is_written(two_person, tmp_path, monkeypatch, capsys) -> None:
