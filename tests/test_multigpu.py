@@ -91,7 +91,8 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     out = tmp_path / "multi"
     assert common.run(multi_main, ["--input", *inputs, "--output-dir", str(out), "--gpus", "0,1", "-q", *common_args]) == 0
     printed = capsys.readouterr().out
-    assert "GPU 0: ok: " in printed and "GPU 1: ok: " in printed  # --device cpu: the CPU was asked for
+    # --device cpu: the CPU was asked for, so the workers are named as CPU workers, without a warning
+    assert "worker 0 (CPU): ok: " in printed and "worker 1 (CPU): ok: " in printed and "ON THE CPU" not in printed
     files = [embfile.load(out / f"embeddings_gpu{g}.pkl") for g in (0, 1)]
     assert sorted(p.name for p in out.iterdir()) == [f"embeddings_gpu{g}.{e}" for g in (0, 1)
                                                      for e in ("files.txt", "log", "pkl")]  # status files gone
@@ -157,7 +158,7 @@ def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir
                                    "--model", str(testpack_dir), "--device", "cpu", "--workers", "0"])
     printed = capsys.readouterr().out
     assert code == 1
-    assert "GPU 0: ok" in printed and "GPU 1: FAILED" in printed
+    assert "worker 0 (CPU): ok" in printed and "worker 1 (CPU): FAILED" in printed
     assert "is a folder" in printed and "GPU_ID=1 " in printed and "re-run it alone" in printed
     assert "total over the 1 of 2 workers that finished:\n  images found: 3; already embedded: 0" in printed
     assert (out / "embeddings_gpu0.pkl").is_file()
@@ -206,14 +207,16 @@ def test_fewer_images_than_gpus_and_emptied_folders(video_crops, testpack_dir, t
            "--model", str(testpack_dir), "--device", "cpu", "--workers", "0"]
     assert common.run(multi_main, run) == 0  # GPU 1 has nothing to do: not a failure
     printed = capsys.readouterr().out
-    assert "GPU 0: ok: 1 file →" in printed and "GPU 1: not started, no images for it: no file written" in printed
+    assert "worker 0 (CPU): ok: 1 file →" in printed
+    assert "worker 1 (CPU): not started, no images for it: no file written" in printed
     assert embfile.load(out / "embeddings_gpu0.pkl").rows.paths == [str(image)]
     assert not (out / "embeddings_gpu1.pkl").exists()
     written = (out / "embeddings_gpu0.pkl").read_bytes()
     image.unlink()  # moved into a person folder since: the year loop goes on, the file stays
     assert common.run(multi_main, run) == 0
     captured = capsys.readouterr()
-    assert "no images" in captured.err and "GPU 0: not started, no images for it: its earlier file is left" in captured.out
+    assert "no images" in captured.err
+    assert "worker 0 (CPU): not started, no images for it: its earlier file is left" in captured.out
     assert (out / "embeddings_gpu0.pkl").read_bytes() == written
     image.write_bytes(b"")  # present again (an empty file) so that only the left-over file is in the way
     assert common.run(multi_main, ["--input", str(folder), "--output-dir", str(out), "--gpus", "1,0", "-q",

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..embed_run import RunSummary
 from ..errors import SetupError
 from ..modelpack import resolve_pack
-from ..multigpu import FRAME_BLOCK, parse_gpus, plan_workers, run_workers
+from ..multigpu import FRAME_BLOCK, Worker, parse_gpus, plan_workers, run_workers
 from ..progress import count
 from . import common
 from . import embed as embed_cli
@@ -93,21 +93,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     for w in workers:
         w.write_list()
     busy = [w for w in workers if w.files]
+
+    def name(w: Worker) -> str:  # --device cpu: workers on the CPU, numbered as the GPUs would be
+        return f"worker {w.gpu} (CPU)" if chosen.device == "cpu" else f"GPU {w.gpu}"
+
     if not args.quiet:
         for w in busy:
-            print(f"GPU {w.gpu}: {count(w.files, 'file')} → {w.output}", file=sys.stderr)
+            print(f"{name(w)}: {count(w.files, 'file')} → {w.output}", file=sys.stderr)
     started = time.monotonic()
     if busy:
         run_workers(busy, len(paths), progress=not args.quiet, expect_gpu=chosen.device != "cpu")
     for w in workers:
         if not w.files:
             kept = "its earlier file is left as it is" if w.output.exists() else "no file written"
-            print(f"GPU {w.gpu}: not started, no images for it: {kept} ({w.output})")
+            print(f"{name(w)}: not started, no images for it: {kept} ({w.output})")
         else:
             state = "ok" if w.code == 0 else f"FAILED (exit {w.code})"
             if w.device == "cpu" and chosen.device != "cpu":
                 state += ", but ON THE CPU (its log says why)"
-            print(f"GPU {w.gpu}: {state}: {count(w.files, 'file')} → {w.output} (log: {w.log})")
+            print(f"{name(w)}: {state}: {count(w.files, 'file')} → {w.output} (log: {w.log})")
     failed = [w for w in busy if w.code != 0]
     for w in busy:
         if w.code == 0:
@@ -116,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(added_up(finished, len(busy), time.monotonic() - started, chosen.mode)))
     for w in failed:
         last = [line for line in w.log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()][-1:]
-        print(f"GPU {w.gpu} said: {last[0] if last else '(nothing)'}")
+        print(f"{name(w)} said: {last[0] if last else '(nothing)'}")
         print(f"  re-run it alone (it resumes): {w.rerun_line()}")
     return 1 if failed else 0
 
