@@ -337,6 +337,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         report.elapsed = time.monotonic() - started
         return report
     report.status = Counter(placement.status.values())
+    if config.moved_to and config.link_mode == "move":
+        relocate.remove_moved_copies(dict(zip(paths, placement.destinations)), config.moved_to, output)
     _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status,
                clustering.set_aside)
     if config.previews:

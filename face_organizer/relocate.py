@@ -14,6 +14,7 @@ still found, and a table cannot name a file outside its own folder (a move would
 from __future__ import annotations
 
 import csv
+import filecmp
 import json
 import logging
 import os
@@ -96,4 +97,26 @@ def current_locations(paths: Sequence[str], moved_to: Sequence[str], output: str
     return where
 
 
-__all__ = ["current_locations", "locate", "moved_locations"]
+def remove_moved_copies(placed: dict[str, str], moved_to: Sequence[str], output: str) -> int:
+    """After a move onward from the earlier outputs ``moved_to``: the copies a group photo got
+    there in the folders of its other faces stay behind when the photo itself moves on (one file
+    is the source). Each is removed once ``placed[path]``, the photo's file in ``output``, holds
+    the same bytes, so the earlier output empties as a move leaves it. Returns how many went."""
+    own = os.path.join(os.path.realpath(output), "")
+    removed = 0
+    for path, files in moved_locations(moved_to).items():
+        dest = placed.get(path)
+        if dest is None or not os.path.isfile(dest):
+            continue
+        for copy in files:
+            if (not copy.startswith(own) and os.path.isfile(copy) and not os.path.islink(copy)
+                    and os.path.getsize(copy) == os.path.getsize(dest) and filecmp.cmp(copy, dest, shallow=False)):
+                os.unlink(copy)
+                removed += 1
+    if removed:
+        log.info("removed %d cop%s of group photos that stayed in %s when the photos moved on", removed,
+                 "y" if removed == 1 else "ies", ", ".join(moved_to))
+    return removed
+
+
+__all__ = ["current_locations", "locate", "moved_locations", "remove_moved_copies"]

@@ -718,6 +718,14 @@ def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tm
     # The contact sheets show the moved photos, not the grey tiles of files no longer at their source.
     sheet = read_image(out / "previews" / "person_A.jpg")
     assert sheet[:TILE, :TILE].std() > 20
+    # Moved on (sorted again): the group photo's copy in the folder of its other face does not stay behind.
+    content = {d: Path(d).read_bytes() for d in report.destinations}
+    onward = tmp_path / "onward"
+    sorted_again = cluster_faces(ef, str(onward), ClusterConfig(clusters=3, link_mode="move", previews=False,
+                                                                moved_to=(str(out),)), progress=False)
+    assert not [p for p in out.rglob("*.jpg") if "previews" not in p.parts]
+    assert all(Path(d).is_file() for d in sorted_again.destinations)  # every photo, in every folder of its faces
+    assert {Path(d).read_bytes() for d in sorted_again.destinations} == set(content.values())
 
 
 def test_images_gone_since_embedding_are_reported_not_fatal(two_person, tmp_path) -> None:
