@@ -22,7 +22,7 @@ from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cl
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text, lock_holder
 from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
-                       images_run, missing_note, place_all)
+                       images_run, missing_note, place_all, saved_state)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
@@ -337,8 +337,10 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         report.elapsed = time.monotonic() - started
         return report
     report.status = Counter(placement.status.values())
-    if config.moved_to and config.link_mode == "move":
-        relocate.remove_moved_copies(dict(zip(paths, placement.destinations)), config.moved_to, output)
+    # Only from outputs a move filled: an output of copies named in --moved-to keeps them.
+    if moved_from := [d for d in config.moved_to if (saved_state(d) or {}).get("mode") == "move"]:
+        if config.link_mode == "move":
+            relocate.remove_moved_copies(dict(zip(paths, placement.destinations)), moved_from, output)
     _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status,
                clustering.set_aside)
     if config.previews:

@@ -728,6 +728,18 @@ def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tm
     assert {Path(d).read_bytes() for d in sorted_again.destinations} == set(content.values())
 
 
+def test_a_move_keeps_the_files_of_a_copy_output_named_in_moved_to(two_person, tmp_path) -> None:
+    # Only the outputs a move filled give their files up: copies sorted earlier stay where they are.
+    ef = private_copy(two_person, tmp_path)
+    copies = tmp_path / "copies"
+    first = cluster_faces(ef, str(copies), ClusterConfig(clusters=2, previews=False), progress=False)
+    kept = {d: Path(d).read_bytes() for d in first.destinations}
+    moved = cluster_faces(ef, str(tmp_path / "moved"), ClusterConfig(clusters=3, link_mode="move", previews=False,
+                                                                      moved_to=(str(copies),)), progress=False)
+    assert moved.status == {"placed": len(set(ef.rows.paths))} and not any(Path(p).exists() for p in ef.rows.paths)
+    assert all(Path(d).read_bytes() == data for d, data in kept.items())
+
+
 def test_images_gone_since_embedding_are_reported_not_fatal(two_person, tmp_path) -> None:
     ef = private_copy(two_person, tmp_path)
     gone = ef.rows.paths[:3]
