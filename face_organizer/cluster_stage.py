@@ -338,9 +338,9 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         return report
     report.status = Counter(placement.status.values())
     # Only from outputs a move filled: an output of copies named in --moved-to keeps them.
-    if moved_from := [d for d in config.moved_to if (saved_state(d) or {}).get("mode") == "move"]:
-        if config.link_mode == "move":
-            relocate.remove_moved_copies(dict(zip(paths, placement.destinations)), moved_from, output)
+    if config.link_mode == "move" and (moved_from := [d for d in config.moved_to
+                                                      if (saved_state(d) or {}).get("mode") == "move"]):
+        relocate.remove_moved_copies(dict(zip(paths, placement.destinations)), moved_from, output)
     _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status,
                clustering.set_aside)
     if config.previews:

@@ -98,7 +98,8 @@ def current_locations(paths: Sequence[str], moved_to: Sequence[str], output: str
 
 
 def remove_moved_copies(placed: dict[str, str], moved_to: Sequence[str], output: str) -> int:
-    """After a move onward from the earlier outputs ``moved_to``: the copies a group photo got
+    """After a move onward from the earlier outputs ``moved_to`` (outputs a move filled; one of
+    copies keeps its files, which the caller sees to): the copies a group photo got
     there in the folders of its other faces stay behind when the photo itself moves on (one file
     is the source). Each is removed once ``placed[path]``, the photo's file in ``output``, holds
     the same bytes, so the earlier output empties as a move leaves it. Returns how many went."""
