@@ -111,6 +111,8 @@ def test_an_output_no_move_filled_is_refused(two_person, tmp_path, mode, capsys)
             "there is nothing to put back") in capsys.readouterr().err
     assert run_cli([str(tmp_path / "input")]) == 2
     assert "holds no output of cluster_faces" in capsys.readouterr().err
+    assert run_cli([str(tmp_path / "nowhere" / "sorted")]) == 2
+    assert "nowhere/sorted is not a folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
 
 
 def test_a_table_naming_a_relative_path_moves_nothing_there(two_person, tmp_path, monkeypatch) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
+from ..errors import SetupError
 from ..fsutil import exclusive
 from ..undo import undo_move
 from . import common
@@ -26,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.add_logging_args(p)
     args = p.parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
+    if not os.path.isdir(args.output):
+        raise SetupError(f"{args.output} is not a folder: name the --output folder of a cluster_faces --link-mode move")
     with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
         report = undo_move(args.output, dry_run=args.dry_run, progress=not args.quiet)
     print("\n".join(report.lines()))
