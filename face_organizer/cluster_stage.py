@@ -64,6 +64,7 @@ class ClusterReport:
     status: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
     dry_run: bool = False
+    link_mode: LinkMode = "copy"
 
     def lines(self) -> list[str]:
         if not self.destinations:
@@ -87,6 +88,8 @@ class ClusterReport:
             out.append("dry run: nothing was written")
         else:
             out.append(f"{files_line(self.status)}; {self.elapsed:.1f} s")
+            if self.link_mode == "move" and self.status.get("placed"):
+                out.append(f"moved: undo_move.py {self.output} puts them back where they were embedded")
             if self.status.get("missing"):
                 out.append(missing_note(self.status["missing"], "clusters.csv"))
         return out
@@ -332,7 +335,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     placement = place_all(output, paths, names, ef.meta.get("inputs", []), config.link_mode,
                           sources=where if config.moved_to else None, dry_run=config.dry_run, progress=progress,
                           run=run)
-    report = ClusterReport(output, clustering, names, images_per_cluster, placement.destinations, dry_run=config.dry_run)
+    report = ClusterReport(output, clustering, names, images_per_cluster, placement.destinations, dry_run=config.dry_run,
+                           link_mode=config.link_mode)
     if config.dry_run:
         report.elapsed = time.monotonic() - started
         return report

@@ -24,8 +24,9 @@ def _moved(two_person, tmp_path: Path):
     ef = private_copy(two_person, tmp_path)
     content = {p: Path(p).read_bytes() for p in ef.rows.paths}
     out = tmp_path / "sorted"
-    cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", previews=False), progress=False)
+    report = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode="move", previews=False), progress=False)
     assert not any(Path(p).exists() for p in content)
+    assert f"moved: undo_move.py {out} puts them back where they were embedded" in report.lines()  # said where
     return ef, content, out
 
 
