@@ -22,7 +22,7 @@ from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cl
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text, lock_holder
 from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
-                       images_run, missing_note, place_all, saved_state)
+                       holds_moved_images, images_run, missing_note, place_all, saved_state)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
@@ -343,7 +343,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     report.status = Counter(placement.status.values())
     # Only from outputs a move filled: an output of copies named in --moved-to keeps them.
     if config.link_mode == "move" and (moved_from := [d for d in config.moved_to
-                                                      if (saved_state(d) or {}).get("mode") == "move"]):
+                                                      if holds_moved_images(saved_state(d) or {})]):
         relocate.remove_moved_copies(dict(zip(paths, placement.destinations)), moved_from, output)
     _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status,
                clustering.set_aside)

@@ -178,7 +178,7 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
         raise SetupError(f"--output {output}: its {STATE_FILE} cannot be read; choose a new folder, or remove it "
                          "to start over") from None
     if not isinstance(previous, dict) or previous.get("plan") != digest:
-        if isinstance(previous, dict) and previous.get("mode") == "move":
+        if isinstance(previous, dict) and holds_moved_images(previous):
             raise SetupError(f"--output {output} holds images an earlier run moved there (--link-mode move), sorted "
                              f"differently; removing it would delete them. Choose a new folder, and add --moved-to "
                              f"{output} to cluster_faces or search_faces to read the images from there")
@@ -229,6 +229,12 @@ def saved_state(output: str) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
+def holds_moved_images(state: Mapping[str, Any]) -> bool:
+    """An output's state (``saved_state``) says a move filled it and no undo emptied it since:
+    removing the folder would delete the images."""
+    return state.get("mode") == "move" and not state.get("undone")
+
+
 def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: str, of: Callable[[Mapping[str, Any]], str],
                    advice: str, moved_to: bool = False) -> None:
     """Refuse, before a stage's long work (a clustering, hours of predictions), an output that
@@ -244,7 +250,7 @@ def check_same_run(output: str, run: Mapping[str, Any], stage: str, *, subject: 
     changed = sorted(k for k in run if k in earlier and earlier[k] != run[k])
     if not changed:
         return
-    moved = state.get("mode") == "move" and not state.get("undone")  # it holds the images that run moved
+    moved = holds_moved_images(state)
     if subject in changed:
         what, advice = f"of {of(earlier)}", advice if moved else f"{advice}, or remove it to start over"
     else:
