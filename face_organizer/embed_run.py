@@ -247,6 +247,16 @@ def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None
     return state
 
 
+def close_run(output: Path, forget: set[str] = frozenset()) -> None:
+    """Finish the file of a run that will not be continued (its GPU is no longer given to the
+    launcher) with what it holds: an interrupted run's checkpoint parts merged in and removed, the
+    rows of ``forget`` (images changed since) dropped, nothing embedded."""
+    state = read_state(output)
+    state.forget(set(forget))
+    if state.meta is not None and (state.parts_read or state.unreadable_parts or forget):
+        _Recorder(output, state, dict(state.meta), int(state.meta["embedding_size"]), float("inf"), {}).write(set())
+
+
 def _load_state(output: Path, models: FaceModels, mode: str) -> _State:
     return read_state(output, lambda meta, where: _check_compatible(meta, models, mode, where))
 
@@ -333,6 +343,10 @@ class _Recorder:
         """Write the final file and remove the parts; (rows in the file, whether it was left as it was)."""
         if self.up_to_date(attempted):
             return sum(len(r) for r in self.state.rows), True
+        return self.write(attempted), False
+
+    def write(self, attempted: set[str]) -> int:
+        """Write the final file (what was there, what this run found) and remove the parts; its rows."""
         rows = _sorted_rows(FaceRows.concat(self.state.rows + self.new_rows, self.dim))
         embedded = set(rows.paths)
         failed = {p: r for p, r in self.state.failed.items() if p not in attempted}
@@ -350,7 +364,7 @@ class _Recorder:
         embfile.save(self.output, EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()),
                                                  signatures))
         shutil.rmtree(parts_dir(self.output), ignore_errors=True)
-        return len(rows), False
+        return len(rows)
 
 
 MAX_DEFAULT_STREAMS = 16

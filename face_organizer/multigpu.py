@@ -3,18 +3,21 @@
 Files (not folders) are spread over the GPUs in equal shares, ordered by a hash of
 their path. Each GPU's list of files stays in the output folder, and a re-run gives every
 file listed there the same GPU again, so that each worker resumes its own embeddings file;
-only the files no list holds are spread anew, evenly, also over GPUs added since. Each
-worker is an ordinary generate_embeddings process with its own ``GPU_ID``, so a failed one
-can be re-run alone with the command the launcher prints. With ``--reuse-similar-frames``,
+only the files no list holds are spread anew, evenly, also over GPUs added since. A GPU
+no longer given keeps what its embeddings file holds (``Dropped``); only the rest of its files
+are spread over the others. Each worker is an ordinary generate_embeddings process with its
+own ``GPU_ID``, so a failed one can be re-run alone with the command the launcher prints. With ``--reuse-similar-frames``,
 runs of consecutive files of a folder are hashed instead, so that a shot's frames stay together.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -24,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cpus import CPUS_ENV, usable_cpus
-from .errors import SetupError
-from .fsutil import atomic_write_bytes
+from . import images
+from .embed_run import close_run, read_state
+from .errors import EmbeddingsFileError, SetupError
+from .fsutil import atomic_write_bytes, exclusive, lock_holder
 from .progress import bar as progress_bar
 from .progress import count
 from .providers import visible_gpus
@@ -148,9 +153,11 @@ def write_file_list(path: Path, files: Sequence[str]) -> None:
 FRAME_BLOCK = 64  # consecutive files kept on one worker (``block``) with --reuse-similar-frames
 
 
-def assign(paths: Sequence[str], gpus: Sequence[int], previous: dict[int, set[str]], block: int = 0) -> list[list[str]]:
+def assign(paths: Sequence[str], gpus: Sequence[int], previous: dict[int, set[str]], block: int = 0,
+           elsewhere: set[str] = frozenset()) -> list[list[str]]:
     """Each GPU's files: those an earlier run gave it (``previous``, its file list) stay with it, so
-    that its embeddings file already holds them; the rest are ``shard``ed evenly over all the GPUs.
+    that its embeddings file already holds them; the rest are ``shard``ed evenly over all the GPUs,
+    except those in ``elsewhere`` (held by the file of a GPU no longer given).
 
     With the same GPUs as before this is the new images spread evenly; with GPUs added (2 to 4),
     nothing already embedded is embedded again (re-sharding everything would move three quarters
@@ -163,24 +170,111 @@ def assign(paths: Sequence[str], gpus: Sequence[int], previous: dict[int, set[st
     for path in paths:
         if path in held:
             kept[held[path]].append(path)
-        else:
+        elif path not in elsewhere:
             new.append(path)
     return [sorted(kept[gpu] + part) for gpu, part in zip(gpus, shard(new, len(gpus), block))]
 
 
 def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int], out_dir: Path, prefix: str,
-                 extra: Sequence[str], block: int = 0, resume: bool = True) -> list[Worker]:
+                 extra: Sequence[str], block: int = 0, resume: bool = True,
+                 elsewhere: set[str] = frozenset()) -> list[Worker]:
     """One worker per GPU with its files; nothing is written (``Worker.write_list`` does). With
     ``resume``, the lists an earlier run left in ``out_dir`` say which files each GPU's embeddings
-    file already holds (see ``assign``)."""
+    file already holds (see ``assign``); ``elsewhere`` are files that GPUs no longer given hold."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "generate_embeddings.py"
     workers = [Worker(gpu, 0, out_dir / f"{prefix}{gpu}.pkl", out_dir / f"{prefix}{gpu}.log", []) for gpu in gpus]
     previous = {w.gpu: set(read_file_list(str(w.file_list))) for w in workers if resume and w.file_list.is_file()}
-    for worker, files in zip(workers, assign(paths, gpus, previous, block)):
+    for worker, files in zip(workers, assign(paths, gpus, previous, block, elsewhere)):
         worker.files, worker.paths = len(files), files
         worker.command = [sys.executable, str(script), "--input", *inputs, "--file-list", str(worker.file_list),
                           "--output", str(worker.output), *extra]
     return workers
+
+
+@dataclass
+class Dropped:
+    """A GPU that an earlier run gave files to and this one does not (it failed, or is busy with
+    other work). The images its embeddings file holds stay there, not embedded again (cluster_faces
+    reads ``embeddings_gpu*.pkl``); only the rest of its files are spread over the GPUs given."""
+
+    gpu: int
+    output: Path
+    listed: list[str]  # its file list
+    kept: set[str] = field(default_factory=set)  # of those, the ones its file holds (all while a run writes it)
+    writer: int | None = None  # a live run writing its file now
+    why_none: str = ""  # why its file keeps none of them
+    interrupted: bool = False  # checkpoint parts to merge into its file (``settle``)
+    changed: set[str] = field(default_factory=set)  # images rewritten since its file read them
+    released: int = 0  # its files found now and not kept: spread over the GPUs given
+
+    @property
+    def file_list(self) -> Path:
+        return self.output.with_suffix(".files.txt")
+
+    def settle(self) -> None:
+        """Its file finished with what it holds (an interrupted run's parts merged in, the rows of
+        images changed since dropped) and its list cut to what the file holds, so that the list goes
+        on saying which files this GPU's file holds should the GPU be given again."""
+        if self.writer is not None:
+            return
+        if self.kept and (self.interrupted or self.changed):
+            with exclusive(self.output, "wait for it to finish, or give this GPU again"):
+                close_run(self.output, self.changed)
+        if self.kept:
+            write_file_list(self.file_list, sorted(self.kept))
+        else:
+            self.file_list.unlink(missing_ok=True)
+
+    def line(self, name: str) -> str:
+        """Its outcome, for the launcher's summary."""
+        if self.writer is not None:
+            return (f"{name}: not given, but a run (pid {self.writer}) is writing {self.output}: its "
+                    f"{count(len(self.listed), 'file')} are left to that run")
+        spread = f"{count(self.released, 'file')} spread over the others"
+        if not self.kept:
+            return f"{name}: not given: {self.why_none}; its {spread}"
+        return (f"{name}: not given: its {self.output} keeps {count(len(self.kept), 'image')}, not embedded again"
+                + (f"; {spread}" if self.released else ""))
+
+
+def find_dropped(out_dir: Path, prefix: str, gpus: Sequence[int], recognizer: str, mode: str,
+                 paths: Sequence[str]) -> list[Dropped]:
+    """The GPUs that have a file list in ``out_dir`` from an earlier run but are not in ``gpus``,
+    with what each one's embeddings file holds (read only: ``Dropped.settle`` writes). A file made
+    with another recogniser or mode keeps nothing: this run's images need the new one. ``paths``
+    are the images found now."""
+    dropped = []
+    found = set(paths)
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.files\.txt")
+    for listing in sorted(out_dir.glob(glob.escape(prefix) + "*.files.txt")):
+        match = pattern.fullmatch(listing.name)
+        gpu = int(match[1]) if match else -1
+        if listing.name != f"{prefix}{gpu}.files.txt" or gpu in gpus:
+            continue
+        d = Dropped(gpu, out_dir / f"{prefix}{gpu}.pkl", read_file_list(str(listing)))
+        dropped.append(d)
+        if (writer := lock_holder(d.output)) is not None:
+            d.writer, d.kept = writer, set(d.listed)
+            continue
+        try:
+            state = read_state(d.output)
+        except EmbeddingsFileError as err:
+            d.why_none = f"{d.output} cannot be read ({err})"
+            continue
+        meta = state.meta or {}
+        made_with = (meta.get("model_files", {}).get("recognition"), meta.get("mode", "crops"))
+        if not state.held & set(d.listed):
+            d.why_none = f"{d.output} holds none of them" if meta else f"no {d.output.name} was written"
+        elif made_with != (recognizer, mode):
+            d.why_none = f"{d.output} was made with {made_with[0]} ({made_with[1]} mode)"
+        else:
+            held = state.held & set(d.listed)
+            d.changed = state.changed({p: images.file_signature(p) for p in held})
+            d.kept, d.interrupted = held - d.changed, bool(state.parts_read or state.unreadable_parts)
+            d.why_none = "each of its images changed since it was embedded"
+    for d in dropped:
+        d.released = sum(1 for p in d.listed if p in found and p not in d.kept)
+    return dropped
 
 
 STOP_GRACE_S = 60.0  # for a worker to save its checkpoint after SIGTERM

@@ -204,8 +204,8 @@ def missing_note(missing: int, table: str) -> str:
     """The summary's line on images not placed because they were not where the embeddings file says."""
     return (f"{count(missing, 'image')} {'was' if missing == 1 else 'were'} no longer where the embeddings file "
             f"says (moved or deleted since embedded): {table} lists {'it' if missing == 1 else 'them'} with status "
-            "'missing'; moved by an earlier --link-mode move, they are found with --moved-to and that run's "
-            "output folder")
+            "'missing'; images that an earlier --link-mode move took are found with --moved-to and that "
+            "run's output folder")
 
 
 def _mark_durable(output: str, digest: str, mode: LinkMode, done: int, run: dict[str, Any] | None) -> None:

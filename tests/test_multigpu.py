@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -147,6 +149,66 @@ def test_gpus_added_later_embed_only_the_new_images(video_crops, testpack_dir, t
     assert [len(embfile.load(out / f"embeddings_gpu{g}.pkl").rows) for g in (0, 1, 2, 3)] == [3, 3, 3, 3]
 
 
+def test_a_gpu_no_longer_given_keeps_what_its_file_holds(video_crops, testpack_dir, models, tmp_path, capsys) -> None:
+    # Three GPUs; GPU 2 dies part-way (its file: a checkpoint of its first two images), and one of
+    # those is rewritten since. Re-run on GPUs 0 and 1: the image GPU 2's file still holds rightly
+    # stays there, only the rest of its files are embedded by the others, and its file is finished.
+    from face_organizer import images
+    from face_organizer.embed_run import run_embeddings
+    from face_organizer.embfile import parts_dir
+    from face_organizer.multigpu import read_file_list
+
+    crops = [p for c in video_crops.values() for p in c]
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for i, crop in enumerate(crops[:12]):
+        (folder / f"f{i:02d}.png").write_bytes(crop.read_bytes())
+    out = tmp_path / "multi"
+    args = ["--input", str(folder), "--output-dir", str(out), "-q", "--model", str(testpack_dir), "--device", "cpu",
+            "--workers", "0"]
+    assert common.run(multi_main, [*args, "--gpus", "0,1,2"]) == 0
+    listed = read_file_list(str(out / "embeddings_gpu2.files.txt"))
+    assert len(listed) == 4
+    gpu2 = out / "embeddings_gpu2.pkl"
+    gpu2.unlink()
+
+    def dying(paths):
+        if set(paths) & set(listed[2:]):
+            raise KeyboardInterrupt
+        return images.load_many(paths)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_embeddings(listed, gpu2, models, batch_size=1, streams=1, checkpoint_seconds=0, progress=False,
+                       loader=dying)
+    assert not gpu2.exists() and len(list(parts_dir(gpu2).glob("part-*.pkl"))) == 2
+    Path(listed[1]).write_bytes(crops[12].read_bytes())  # another face since
+    os.utime(listed[1], ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    for i, crop in enumerate(crops[13:15], start=13):  # and new images
+        (folder / f"f{i:02d}.png").write_bytes(crop.read_bytes())
+    capsys.readouterr()
+    assert common.run(multi_main, [*args, "--gpus", "0,1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"worker 2 (CPU): not given: its {gpu2} keeps 1 image, not embedded again; 3 files spread over the others" \
+        in printed
+    # 8 held by GPUs 0 and 1; 2 new, 2 GPU 2 never embedded and the rewritten one: 5 embedded now.
+    assert "images found: 13; already embedded: 8\n  embedded now: 5 images" in printed
+    assert embfile.load(gpu2).rows.paths == [listed[0]] and not parts_dir(gpu2).exists()
+    assert read_file_list(str(out / "embeddings_gpu2.files.txt")) == [listed[0]]
+    files = [str(out / f"embeddings_gpu{g}.pkl") for g in (0, 1, 2)]
+    rows = [p for f in files for p in embfile.load(f).rows.paths]
+    assert sorted(rows) == sorted(str(p) for p in folder.iterdir())  # each image in one file only
+    merged = load_embeddings(files)
+    assert common.run(embed_main, ["--input", str(folder), "--output", str(tmp_path / "one.pkl"), *args[4:]]) == 0
+    single = embfile.load(tmp_path / "one.pkl")
+    order = np.argsort(merged.rows.paths)
+    assert [merged.rows.paths[i] for i in order] == single.rows.paths
+    np.testing.assert_allclose(merged.rows.embeddings[order], single.rows.embeddings, atol=1e-5)
+    # GPU 2 given again: its list still says what its file holds, so nothing is embedded twice.
+    capsys.readouterr()
+    assert common.run(multi_main, [*args, "--gpus", "0,1,2"]) == 0
+    assert "images found: 14; already embedded: 14\n  embedded now: 0 images" in capsys.readouterr().out
+
+
 def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir, tmp_path, capsys) -> None:
     root = tmp_path / "input"
     for i, p in enumerate(next(iter(video_crops.values()))[:6]):
@@ -160,10 +222,18 @@ def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir
     assert code == 1
     assert "worker 0 (CPU): ok" in printed and "worker 1 (CPU): FAILED" in printed
     assert "is a folder" in printed and "GPU_ID=1 " in printed and "re-run it alone" in printed
+    assert "or leave 1 out of --gpus and run this command again" in printed
     assert "total over the 1 of 2 workers that finished:\n  images found: 3; already embedded: 0" in printed
     assert (out / "embeddings_gpu0.pkl").is_file()
     # The list the re-run command names is there; the finished worker's status file is gone.
     assert (out / "embeddings_gpu1.files.txt").is_file() and not (out / "embeddings_gpu0.status.json").exists()
+    # GPU 1 left out, as the failure line offers: its files go to GPU 0.
+    assert common.run(multi_main, ["--input", str(root / "2017"), "--output-dir", str(out), "--gpus", "0", "-q",
+                                   "--model", str(testpack_dir), "--device", "cpu", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "images found: 6; already embedded: 3\n  embedded now: 3 images" in printed
+    assert f"worker 1 (CPU): not given: {out / 'embeddings_gpu1.pkl'} cannot be read (" in printed, printed
+    assert not (out / "embeddings_gpu1.files.txt").exists()
 
 
 def test_file_lists_one_per_line_or_nul_separated(tmp_path) -> None:

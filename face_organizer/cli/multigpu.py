@@ -12,7 +12,7 @@ from pathlib import Path
 from ..embed_run import RunSummary
 from ..errors import SetupError
 from ..modelpack import resolve_pack
-from ..multigpu import FRAME_BLOCK, Worker, parse_gpus, plan_workers, run_workers
+from ..multigpu import FRAME_BLOCK, find_dropped, parse_gpus, plan_workers, run_workers
 from ..progress import count
 from . import common
 from . import embed as embed_cli
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpus = parse_gpus(args.gpus)
     # The pack is checked (and a known pack not here yet downloaded) once, before any worker starts:
     # not one error per worker, nor one download per worker into the same folder.
-    resolve_pack(chosen.model, common.model_root(chosen.model_root))
+    pack = resolve_pack(chosen.model, common.model_root(chosen.model_root))
     out_dir = Path(args.output_dir).absolute()
     earlier = [out_dir / f"{args.prefix}{gpu}.pkl" for gpu in gpus]
     # As generate_embeddings: folders emptied since an earlier run into these files (their images
@@ -83,35 +83,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = common.find_images(args.input, none_ok=chosen.resume and any(f.is_file() for f in earlier))
     # Repeated frames are found among consecutive files: a shot's frames stay with one worker.
     block = FRAME_BLOCK if chosen.reuse_similar_frames else 0
+    # GPUs an earlier run used and this one is not given keep what their files hold.
+    dropped = find_dropped(out_dir, args.prefix, gpus, pack.recognizer.name, chosen.mode, paths) if chosen.resume else []
     workers = plan_workers([os.path.abspath(i) for i in args.input], paths, gpus, out_dir, args.prefix, passthrough,
-                           block, resume=chosen.resume)
+                           block, resume=chosen.resume, elsewhere=set().union(*(d.kept for d in dropped)))
     idle = [w for w in workers if not w.files]  # fewer images than GPUs, or none left
     if not chosen.resume and (kept := [w.output for w in idle if w.output.exists()]):
         raise SetupError(f"--no-resume: {', '.join(map(str, kept))} would be left from an earlier run, with no images "
                          "left for its GPU: remove it, or name fewer --gpus")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for d in dropped:
+        d.settle()
     for w in workers:
         w.write_list()
     busy = [w for w in workers if w.files]
 
-    def name(w: Worker) -> str:  # --device cpu: workers on the CPU, numbered as the GPUs would be
-        return f"worker {w.gpu} (CPU)" if chosen.device == "cpu" else f"GPU {w.gpu}"
+    def name(gpu: int) -> str:  # --device cpu: workers on the CPU, numbered as the GPUs would be
+        return f"worker {gpu} (CPU)" if chosen.device == "cpu" else f"GPU {gpu}"
 
     if not args.quiet:
         for w in busy:
-            print(f"{name(w)}: {count(w.files, 'file')} → {w.output}", file=sys.stderr)
+            print(f"{name(w.gpu)}: {count(w.files, 'file')} → {w.output}", file=sys.stderr)
+        for d in dropped:
+            print(d.line(name(d.gpu)), file=sys.stderr)
     started = time.monotonic()
     if busy:
         run_workers(busy, len(paths), progress=not args.quiet, expect_gpu=chosen.device != "cpu")
+    for d in dropped:
+        print(d.line(name(d.gpu)))
     for w in workers:
         if not w.files:
             kept = "its earlier file is left as it is" if w.output.exists() else "no file written"
-            print(f"{name(w)}: not started, no images for it: {kept} ({w.output})")
+            print(f"{name(w.gpu)}: not started, no images for it: {kept} ({w.output})")
         else:
             state = "ok" if w.code == 0 else f"FAILED (exit {w.code})"
             if w.device == "cpu" and chosen.device != "cpu":
                 state += ", but ON THE CPU (its log says why)"
-            print(f"{name(w)}: {state}: {count(w.files, 'file')} → {w.output} (log: {w.log})")
+            print(f"{name(w.gpu)}: {state}: {count(w.files, 'file')} → {w.output} (log: {w.log})")
     failed = [w for w in busy if w.code != 0]
     for w in busy:
         if w.code == 0:
@@ -120,8 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(added_up(finished, len(busy), time.monotonic() - started, chosen.mode)))
     for w in failed:
         last = [line for line in w.log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()][-1:]
-        print(f"{name(w)} said: {last[0] if last else '(nothing)'}")
+        print(f"{name(w.gpu)} said: {last[0] if last else '(nothing)'}")
         print(f"  re-run it alone (it resumes): {w.rerun_line()}")
+        if chosen.resume and len(busy) > 1:
+            print(f"  or leave {w.gpu} out of --gpus and run this command again: the images its file holds stay "
+                  "there, the others take the rest")
     return 1 if failed else 0
 
 
