@@ -117,18 +117,24 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     assert f"images found: {n}; already embedded: 0" in total and f"embedded now: {n} images, {n} faces" in total
 
 
+def _crops_folder(tmp_path: Path, crops: list[Path], testpack_dir: Path) -> tuple[Path, Path, list[str]]:
+    """``crops`` copied to ``input/f00.png``, …; the launcher's output folder and its arguments
+    (without ``--gpus``)."""
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for i, crop in enumerate(crops):
+        (folder / f"f{i:02d}.png").write_bytes(crop.read_bytes())
+    out = tmp_path / "multi"
+    return folder, out, ["--input", str(folder), "--output-dir", str(out), "-q", "--model", str(testpack_dir),
+                         "--device", "cpu", "--workers", "0"]
+
+
 def test_gpus_added_later_embed_only_the_new_images(video_crops, testpack_dir, tmp_path, capsys) -> None:
     # Two GPUs, then new images and four GPUs: what the first run embedded stays in its files
     # (re-sharding all of it would move most files to another GPU's file, embedded a second time);
     # the new images are spread over all four.
     crops = next(iter(video_crops.values()))[:12]
-    folder = tmp_path / "input"
-    folder.mkdir()
-    for i, crop in enumerate(crops[:8]):
-        (folder / f"f{i:02d}.png").write_bytes(crop.read_bytes())
-    out = tmp_path / "multi"
-    args = ["--input", str(folder), "--output-dir", str(out), "-q", "--model", str(testpack_dir), "--device", "cpu",
-            "--workers", "0"]
+    folder, out, args = _crops_folder(tmp_path, crops[:8], testpack_dir)
     assert common.run(multi_main, [*args, "--gpus", "0,1"]) == 0
     first = {g: embfile.load(out / f"embeddings_gpu{g}.pkl").rows.paths for g in (0, 1)}
     for i, crop in enumerate(crops[8:], start=8):
@@ -159,13 +165,7 @@ def test_a_gpu_no_longer_given_keeps_what_its_file_holds(video_crops, testpack_d
     from face_organizer.multigpu import read_file_list
 
     crops = [p for c in video_crops.values() for p in c]
-    folder = tmp_path / "input"
-    folder.mkdir()
-    for i, crop in enumerate(crops[:12]):
-        (folder / f"f{i:02d}.png").write_bytes(crop.read_bytes())
-    out = tmp_path / "multi"
-    args = ["--input", str(folder), "--output-dir", str(out), "-q", "--model", str(testpack_dir), "--device", "cpu",
-            "--workers", "0"]
+    folder, out, args = _crops_folder(tmp_path, crops[:12], testpack_dir)
     assert common.run(multi_main, [*args, "--gpus", "0,1,2"]) == 0
     listed = read_file_list(str(out / "embeddings_gpu2.files.txt"))
     assert len(listed) == 4
