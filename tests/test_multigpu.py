@@ -192,6 +192,7 @@ def test_a_gpu_no_longer_given_keeps_what_its_file_holds(video_crops, testpack_d
         in printed
     # 8 held by GPUs 0 and 1; 2 new, 2 GPU 2 never embedded and the rewritten one: 5 embedded now.
     assert "images found: 13; already embedded: 8\n  embedded now: 5 images" in printed
+    assert "  beside these, 1 image in the files of GPUs not given (see above)" in printed
     assert embfile.load(gpu2).rows.paths == [listed[0]] and not parts_dir(gpu2).exists()
     assert read_file_list(str(out / "embeddings_gpu2.files.txt")) == [listed[0]]
     files = [str(out / f"embeddings_gpu{g}.pkl") for g in (0, 1, 2)]

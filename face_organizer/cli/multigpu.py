@@ -126,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             w.tidy()
     if finished := [w.summary for w in busy if w.code == 0 and w.summary]:
         print("\n".join(added_up(finished, len(busy), time.monotonic() - started, chosen.mode)))
+        if kept_away := sum(len(d.kept) for d in dropped if d.writer is None):
+            print(f"  beside these, {count(kept_away, 'image')} in the files of GPUs not given (see above)")
     for w in failed:
         last = [line for line in w.log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()][-1:]
         print(f"{name(w.gpu)} said: {last[0] if last else '(nothing)'}")
