@@ -40,6 +40,7 @@ class Reference:
     boxes: NDArray[np.float32] | None  # [F, 4]: their boxes; None for a crop, where the image is the face
     chosen: int = 0  # the face searched for
     agreement: float | None = None  # in a photo of several faces: the chosen face's mean best match in the others
+    runner_up_agreement: float | None = None  # there: the face next in agreement's
 
     @property
     def embedding(self) -> NDArray[np.float32]:
@@ -82,27 +83,45 @@ def embed_reference(path: str, models: FaceModels) -> Reference:
 
 def choose_faces(refs: Sequence[Reference]) -> list[Reference]:
     """In each reference photo that shows several faces, the face of the person the references
-    have in common: the one whose best match in every other reference is closest (a family photo
-    beside photos of the person alone, or several group photos of one person with others).
-    With no other reference to compare with, the largest face, with a warning."""
+    have in common: the one whose best match in the others is closest on average. Photos of one
+    face (the person alone, or a crop) decide where there are any: group photos of the same people
+    together would otherwise outvote them. Without them, every other reference counts (several
+    group photos of one person with others). With no other reference at all, the largest face,
+    with a warning."""
+    alone = [r.faces for r in refs if r.faces_in_photo == 1]
     chosen = []
     for n, ref in enumerate(refs):
         if ref.faces_in_photo == 1:
             chosen.append(ref)
             continue
-        others = [r.faces for i, r in enumerate(refs) if i != n]
+        others = alone or [r.faces for i, r in enumerate(refs) if i != n]
         if not others:
             log.warning("query %s shows %d faces; using the largest (add a photo of the person alone, or give "
                         "a crop of the face, to search for another)", ref.path, ref.faces_in_photo)
             chosen.append(ref)
             continue
         agreement = np.sum([np.max(ref.faces @ other.T, axis=1) for other in others], axis=0) / len(others)
-        best = int(np.argmax(agreement))
-        log.warning("query %s shows %d faces; using the %s, the one most like the other references (similarity "
-                    "%.2f on average)", ref.path, ref.faces_in_photo,
-                    "largest" if best == 0 else f"{_ordinal(best + 1)} largest", float(agreement[best]))
-        chosen.append(replace(ref, chosen=best, agreement=float(agreement[best])))
+        best, second = np.argsort(-agreement, kind="stable")[:2]
+        log.warning("query %s shows %d faces; using the %s, the one most like the %s (similarity %.2f on average)",
+                    ref.path, ref.faces_in_photo, _size_rank(int(best)),
+                    "references of one face" if alone else "other references", float(agreement[best]))
+        chosen.append(replace(ref, chosen=int(best), agreement=float(agreement[best]),
+                              runner_up_agreement=float(agreement[second])))
     return chosen
+
+
+def undecided(refs: Sequence[Reference], threshold: float) -> list[Reference]:
+    """Group photos in which a second face, too, is like the other references (its agreement at or
+    above the search's threshold) when no reference shows a face alone: the references show the
+    same people together, and nothing says which of them is meant."""
+    if any(r.faces_in_photo == 1 for r in refs):
+        return []
+    return [r for r in refs if r.runner_up_agreement is not None and r.runner_up_agreement >= threshold]
+
+
+def _size_rank(index: int) -> str:
+    """``largest``, ``second largest``, … for the face at ``index`` (largest first)."""
+    return "largest" if index == 0 else f"{_ordinal(index + 1)} largest"
 
 
 def strangers(refs: Sequence[Reference], threshold: float) -> list[Reference]:

@@ -24,7 +24,7 @@ from .organize import (LinkMode, check_images_reachable, check_output_folder, ch
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .progress import count
-from .search import FaceIndex, Reference, SearchResult, choose_faces, embed_reference, search, strangers
+from .search import FaceIndex, Reference, SearchResult, choose_faces, embed_reference, search, strangers, undecided
 from .thresholds import calibrate_from_embeddings, load_calibration
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,19 @@ def usable_references(queries: Sequence[str], models: FaceModels) -> tuple[list[
     return choose_faces(refs), left_out
 
 
+def _which_of(some: int, photos: int) -> str:
+    """``both group photos``, ``the 3 group photos``, ``2 of the 5 group photos``."""
+    if some < photos:
+        return f"{some} of the {photos} group photos"
+    return "both group photos" if photos == 2 else f"the {photos} group photos"
+
+
+def _span(values: Sequence[float]) -> str:
+    """``0.54–0.60``, or ``0.57`` for values that round alike."""
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return low if low == high else f"{low}–{high}"
+
+
 def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], output: str, *,
                 threshold: float | None = None, top_k: int | None = None, expand: bool = True,
                 link_mode: LinkMode = "copy", use_gpu: bool = False, progress: bool = True,
@@ -144,6 +157,12 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
             log.warning("%s; this query is left out", left_out[-1])
         refs = [r for r in refs if r not in doubtful]
         result = run(refs)
+    if unsure := undecided(refs, result.threshold):
+        log.warning("%s show the same people together (%s): in each, a second face is like the other references too "
+                    "(%s, against %s for the faces searched for), so nothing says which person is meant. To search for "
+                    "another of them, add a photo of that person alone or a crop of the face",
+                    _which_of(len(unsure), len(refs)), ", ".join(r.path for r in unsure[:3]) + (", …" if len(unsure) > 3 else ""),
+                    _span([r.runner_up_agreement for r in unsure]), _span([r.agreement for r in unsure]))
     paths = [ef.rows.paths[i] for i in result.index]
     placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode,
                           sources=[where[i] for i in result.index] if moved_to else None, progress=progress,

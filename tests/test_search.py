@@ -20,7 +20,7 @@ from face_organizer.cli.search import main as search_main
 from face_organizer.errors import SetupError
 from face_organizer.faces import EmbedOptions, embed_batch
 from face_organizer.images import read_image
-from face_organizer.search import choose_faces, embed_reference, search
+from face_organizer.search import choose_faces, embed_reference, search, undecided
 from face_organizer.search_stage import check_same_model, find_person
 
 
@@ -131,6 +131,39 @@ def test_group_photos_alone_give_the_person_they_share(shared, models, tmp_path)
     for group, rose in zip(choose_faces(groups), ("img1.jpg", "img2.jpg")):
         alone = embed_reference(str(examples / "rose_leslie" / rose), models).embedding
         assert float(group.embedding @ alone) > 0.9 and float(group.faces[0] @ alone) < 0.3  # not the largest
+
+
+def _pairs(lfw: Path, tmp_path: Path, count: int) -> list[Path]:
+    """Photos of Tony Blair (left) beside Donald Rumsfeld (right), LFW dev's first ``count`` of each."""
+    paths = []
+    for i in range(1, count + 1):
+        left = read_image(lfw / "Tony_Blair" / f"Tony_Blair_{i:04d}.jpg")
+        right = read_image(lfw / "Donald_Rumsfeld" / f"Donald_Rumsfeld_{i:04d}.jpg")
+        paths.append(tmp_path / f"blair_and_rumsfeld_{i}.jpg")
+        cv2.imwrite(str(paths[-1]), cv2.hconcat([left, right]))
+    return paths
+
+
+def test_a_photo_of_the_person_alone_decides_among_group_photos_of_the_same_two(lfw, lfw_subset, testpack_dir,
+                                                                                 models, tmp_path, capsys) -> None:
+    # One photo of Blair alone and eight of him beside Rumsfeld. Counting every other reference
+    # alike, the group photos outvoted it: Rumsfeld's face was chosen in four of the eight.
+    pairs = _pairs(lfw, tmp_path, 8)
+    alone = embed_reference(str(lfw / "Tony_Blair" / "Tony_Blair_0010.jpg"), models)
+    chosen = choose_faces([alone, *(embed_reference(str(p), models) for p in pairs)])[1:]
+    assert all(r.faces_in_photo >= 2 for r in chosen)
+    centres = [float(r.boxes[r.chosen][0] + r.boxes[r.chosen][2]) / 2 for r in chosen]
+    assert all(x < 250 for x in centres), centres  # Blair's, on the left, in every one
+    assert not undecided(chosen, 0.4)
+    # Without it, nothing says which of the two is meant: the search says so.
+    together = choose_faces([embed_reference(str(p), models) for p in pairs[:3]])
+    assert undecided(together, 0.4) == together
+    emb, _ = lfw_subset
+    capsys.readouterr()
+    assert run_cli(["--embeddings", str(emb), "--query", *map(str, pairs[:3]), "--output", str(tmp_path / "out"),
+                    "--no-previews", "--model", str(testpack_dir), "-q"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "show the same people together" in line]
+    assert len(said) == 1 and f"the 3 group photos show the same people together ({pairs[0]}, " in said[0], said
 
 
 def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models, tmp_path, capsys) -> None:
