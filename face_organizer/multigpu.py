@@ -6,8 +6,9 @@ file listed there the same GPU again, so that each worker resumes its own embedd
 only the files no list holds are spread anew, evenly, also over GPUs added since. A GPU
 no longer given keeps what its embeddings file holds (``Dropped``); only the rest of its files
 are spread over the others. Each worker is an ordinary generate_embeddings process with its
-own ``GPU_ID``, so a failed one can be re-run alone with the command the launcher prints. With ``--reuse-similar-frames``,
-runs of consecutive files of a folder are hashed instead, so that a shot's frames stay together.
+own ``GPU_ID``, so a failed one can be re-run alone with the command the launcher prints.
+With ``--reuse-similar-frames``, runs of consecutive files of a folder are hashed instead, so
+that a shot's frames stay together.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cpus import CPUS_ENV, usable_cpus
 from . import images
+from .cpus import CPUS_ENV, usable_cpus
 from .embed_run import close_run, read_state
 from .errors import EmbeddingsFileError, SetupError
 from .fsutil import atomic_write_bytes, exclusive, lock_holder
@@ -271,7 +272,8 @@ def find_dropped(out_dir: Path, prefix: str, gpus: Sequence[int], recognizer: st
             held = state.held & set(d.listed)
             d.changed = state.changed({p: images.file_signature(p) for p in held})
             d.kept, d.interrupted = held - d.changed, bool(state.parts_read or state.unreadable_parts)
-            d.why_none = "each of its images changed since it was embedded"
+            if not d.kept:
+                d.why_none = "each of its images changed since it was embedded"
     for d in dropped:
         d.released = sum(1 for p in d.listed if p in found and p not in d.kept)
     return dropped

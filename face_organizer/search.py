@@ -40,7 +40,7 @@ class Reference:
     boxes: NDArray[np.float32] | None  # [F, 4]: their boxes; None for a crop, where the image is the face
     chosen: int = 0  # the face searched for
     agreement: float | None = None  # in a photo of several faces: the chosen face's mean best match in the others
-    runner_up_agreement: float | None = None  # there: the face next in agreement's
+    runner_up_agreement: float | None = None  # there: the agreement of the face next to it
 
     @property
     def embedding(self) -> NDArray[np.float32]:
