@@ -234,7 +234,7 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
                        else (known.cutoff, f"the cut-off of {known.folder}: {known.cutoff_source}"))
         return assign_to_people(x, known.centres, cut, source,
                                 f"assigned to the {len(known.centres)} people of {known.folder} ({known.method})",
-                                seed=config.seed, use_gpu=bool(config.use_gpu))
+                                names=known.names, seed=config.seed, use_gpu=bool(config.use_gpu))
     calibration = load_calibration(ef.meta.get("model_files", {}).get("recognition", ""))
     if config.clusters is None:
         return _with_gpu_fallback(graph_clusters, config.use_gpu, x=x, min_similarity=config.min_similarity,
@@ -324,7 +324,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     where = relocate.current_locations(ef.rows.paths, config.moved_to, output)
     check_images_reachable(where, output)
     clustering = run_clustering(ef, config)
-    names = [cluster_name(int(label)) for label in clustering.labels]
+    names = [clustering.name(int(label)) for label in clustering.labels]
     paths = ef.rows.paths
     counts = Counter()
     for name, path in set(zip(names, paths)):
@@ -371,6 +371,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         "model_files": ef.meta.get("model_files"),
         "embedding_size": ef.dim,
         "people_file": people_file,
+        "people_names": [clustering.name(i) for i in range(clustering.n_clusters)],
         "elapsed_seconds": round(report.elapsed, 2),
         "tool_version": __version__,
     }

@@ -6,6 +6,7 @@ when the number is unknown. Nothing builds an N x N matrix.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import faiss
@@ -79,10 +80,15 @@ class Clustering:
     lone_cluster: bool = False  # graph: one cluster found, so its second pass had no other centre to read a cut-off from
     pairs: int = 0  # graph: clusters of two faces, each the other's most similar neighbour
     cohesion: Cohesion | None = None  # k-means: whether each folder's faces are alike on average, as one person's
+    names: tuple[str, ...] = ()  # known people: each label's folder (as named now), else ``cluster_name``
 
     @property
     def n_clusters(self) -> int:
         return int(self.centres.shape[0])
+
+    def name(self, label: int) -> str:
+        """The folder of the faces of ``label``: ``person_A``, …, ``outliers``, or a known person's."""
+        return self.names[label] if 0 <= label < len(self.names) else cluster_name(label)
 
 
 def gpu_count() -> int:
@@ -519,11 +525,11 @@ def graph_clusters(
 
 
 def assign_to_people(x: NDArray[np.floating], centres: NDArray[np.float32], threshold: float, source: str,
-                     method: str, *, seed: int = 1234, use_gpu: bool = False) -> Clustering:
+                     method: str, *, names: Sequence[str] = (), seed: int = 1234, use_gpu: bool = False) -> Clustering:
     """Each face to the most similar of known people's ``centres`` (label = row of ``centres``),
     or to outliers below ``threshold``: the people of an earlier run keep their numbers, so
-    their folder names, whatever the new faces' numbers per person. Groups of alike faces
-    among the outliers (people new since) are reported in ``extra_groups``."""
+    their folder names (``names``, one per centre), whatever the new faces' numbers per person.
+    Groups of alike faces among the outliers (people new since) are reported in ``extra_groups``."""
     x = _normalise(x)
     n, k = len(x), len(centres)
     labels = np.full(n, OUTLIER, np.int64)
@@ -538,7 +544,7 @@ def assign_to_people(x: NDArray[np.floating], centres: NDArray[np.float32], thre
             labels[start:stop] = np.where(sims[:, 0] >= threshold, nearest[:, 0], OUTLIER)
     outliers = np.nonzero(labels == OUTLIER)[0]
     return Clustering(labels, similarity, np.asarray(centres, np.float32), float(threshold), source, method,
-                      new_groups(x[outliers], seed=seed, use_gpu=use_gpu), known_people=True)
+                      new_groups(x[outliers], seed=seed, use_gpu=use_gpu), known_people=True, names=tuple(names))
 
 
 def new_groups(x: NDArray[np.float32], *, seed: int = 1234, use_gpu: bool = False) -> tuple[int, ...]:

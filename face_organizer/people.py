@@ -2,8 +2,11 @@
 faces (next year's folder) into the same ``person_A/``, ``person_B/``, … .
 
 A run writes ``people.npy`` (float32 [K, D]: row i is the centre of the i-th person folder,
-``person_A`` first) beside ``summary.json``, which records the file, the cut-off and the model.
-It is read with ``allow_pickle=False``: plain numbers only.
+``person_A`` first) beside ``summary.json``, which records the file, the folders' names, the
+cut-off and the model. It is read with ``allow_pickle=False``: plain numbers only.
+
+A folder renamed since (``person_A/`` to ``alice/``) keeps its new name in later runs, and the
+faces of a folder emptied into another (two folders of one person made one) go to that one.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .clustering import cluster_name
 from .errors import SetupError
 from .fsutil import atomic_open
+from .relocate import NOT_A_PERSON, folder_names
 
 PEOPLE_FILE = "people.npy"
 
@@ -24,7 +29,8 @@ PEOPLE_FILE = "people.npy"
 @dataclass(frozen=True)
 class People:
     folder: str
-    centres: NDArray[np.float32]  # (K, D), row i = cluster_name(i)
+    centres: NDArray[np.float32]  # (K, D)
+    names: list[str]  # the folder of each centre, as it is named now
     cutoff: float
     cutoff_source: str
     recognition: str | None  # the recogniser file that made the embeddings
@@ -64,7 +70,13 @@ def load(folder: str) -> People:
         cutoff, source = second["cutoff"], f"second pass, {second.get('cutoff_source', '')}"
     if not isinstance(cutoff, (int, float)):
         raise SetupError(f"--people-from {folder}: summary.json has no similarity_cutoff")
-    return People(folder, centres.astype(np.float32), float(cutoff), source,
+    written = summary.get("people_names") or [cluster_name(i) for i in range(len(centres))]
+    if (not isinstance(written, list) or len(written) != len(centres)
+            or not all(isinstance(n, str) and n and os.sep not in n and n not in {".", "..", *NOT_A_PERSON}
+                       for n in written)):
+        raise SetupError(f"--people-from {folder}: summary.json's people_names do not name one folder per person")
+    names = folder_names(folder, written, "--people-from")
+    return People(folder, centres.astype(np.float32), names, float(cutoff), source,
                   (summary.get("model_files") or {}).get("recognition"), str(summary.get("method", "")))
 
 

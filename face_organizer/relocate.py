@@ -9,6 +9,9 @@ it as before (by the path it was embedded at).
 Destinations are read relative to the folder that run wrote (``summary.json``'s ``output``) and
 found under the folder named now: an output moved or renamed since, or mounted elsewhere, is
 still found, and a table cannot name a file outside its own folder (a move would take it away).
+A folder of the output renamed since (``person_A/`` to ``alice/``), or whose images were moved
+into another of its folders (two folders of one person made one), is found by its files
+(``renamed_folders``): later runs follow the names the user gave.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import filecmp
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 
 from .errors import SetupError
 
@@ -30,29 +34,100 @@ log = logging.getLogger(__name__)
 
 def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
     """Path as embedded -> the files an earlier placement made of it (a group photo goes to the
-    folder of each of its faces), read from the ``clusters.csv`` of each earlier output."""
+    folder of each of its faces), read from the ``clusters.csv`` of each earlier output, in the
+    folders as they are named now (``renamed_folders``)."""
     found: dict[str, list[str]] = {}
     for output in outputs:
-        table = os.path.join(output, TABLE)
-        roots = _written_to(output)
-        here = os.path.join(os.path.realpath(output), "")
-        try:
-            with open(table, encoding="utf-8", errors="surrogateescape", newline="") as handle:
-                for row in csv.DictReader(handle):
-                    dest = os.path.normpath(row["destination"])  # no '..' leads out of the folder
-                    root = next((r for r in roots if dest.startswith(r)), None)
-                    if root is None or not os.path.isabs(row["path"]):
-                        continue  # not in the folder that run wrote, or not a path an image was embedded at
-                    places = found.setdefault(row["path"], [])
-                    if (place := here + dest[len(root):]) not in places:
-                        places.append(place)
-        except OSError as err:
-            raise SetupError(f"--moved-to {output}: cannot read {table} ({err.strerror or err}); name the folder "
-                             "an earlier cluster_faces run wrote") from None
-        except (KeyError, TypeError, csv.Error):
-            raise SetupError(f"--moved-to {output}: {table} is not a cluster_faces table (no path and "
-                             "destination columns)") from None
+        here = os.path.realpath(output)
+        rows = list(_table_rows(output))
+        samples: dict[str, list[str]] = {}
+        for _, folder, rest in rows:
+            if len(kept := samples.setdefault(folder, [])) < RENAME_SAMPLES:
+                kept.append(rest)
+        renamed = renamed_folders(here, samples)
+        for path, folder, rest in rows:
+            places = found.setdefault(path, [])
+            if (place := os.path.join(here, renamed.get(folder, folder), rest)) not in places:
+                places.append(place)
     return found
+
+
+def _table_rows(output: str, option: str = "--moved-to") -> Iterator[tuple[str, str, str]]:
+    """(path as embedded, folder of ``output`` the earlier run put it in, its name under that
+    folder) for each row of ``output``'s ``clusters.csv`` whose destination is in ``output``;
+    errors name ``option``, which named the folder."""
+    table = os.path.join(output, TABLE)
+    roots = _written_to(output)
+    try:
+        with open(table, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+            for row in csv.DictReader(handle):
+                dest = os.path.normpath(row["destination"])  # no '..' leads out of the folder
+                root = next((r for r in roots if dest.startswith(r)), None)
+                if root is None or not os.path.isabs(row["path"]):
+                    continue  # not in the folder that run wrote, or not a path an image was embedded at
+                folder, _, rest = dest[len(root):].partition(os.sep)
+                if rest:
+                    yield row["path"], folder, rest
+    except OSError as err:
+        raise SetupError(f"{option} {output}: cannot read {table} ({err.strerror or err}); name the folder "
+                         "an earlier cluster_faces run wrote") from None
+    except (KeyError, TypeError, csv.Error):
+        raise SetupError(f"{option} {output}: {table} is not a cluster_faces table (no path and "
+                         "destination columns)") from None
+
+
+RENAME_SAMPLES = 8  # files of a folder no longer there looked for in the others
+NOT_A_PERSON = frozenset({"previews", "outliers"})
+
+
+def renamed_folders(output: str, samples: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Folder as an earlier run named it -> the folder of ``output`` that holds its files now, for
+    each folder of ``samples`` whose files are no longer there: renamed (``person_A`` to
+    ``alice``), or emptied into another (``person_F``'s images moved into ``person_C``).
+    ``samples``: a few of each folder's files, relative to it; most of them must be in one other
+    folder. A folder whose files are nowhere (deleted) is left out, and so are moves into
+    ``outliers/`` and ``previews/``."""
+    missing = [f for f, files in samples.items()
+               if files and 2 * sum(os.path.lexists(os.path.join(output, f, rest)) for rest in files) <= len(files)]
+    if not missing:
+        return {}
+    try:
+        candidates = sorted(e.name for e in os.scandir(output)
+                            if e.is_dir() and e.name not in NOT_A_PERSON and not e.name.startswith("."))
+    except OSError:
+        return {}
+    renamed = {}
+    for folder in missing:
+        files = samples[folder][:RENAME_SAMPLES]
+        votes = Counter(c for rest in files for c in candidates if os.path.lexists(os.path.join(output, c, rest)))
+        if votes and 2 * (best := votes.most_common(1)[0])[1] > len(files):
+            renamed[folder] = best[0]
+            log.info("%s/ of %s is not there now; its images are in %s/", folder, output, best[0])
+    return renamed
+
+
+def _holds_a_file(folder: str) -> bool:
+    """Whether ``folder`` or a folder in it holds a file (it stops at the first one)."""
+    return any(files for _, _, files in os.walk(folder))
+
+
+def folder_names(output: str, folders: Sequence[str], option: str) -> list[str]:
+    """The names ``folders`` of the earlier output ``output`` have now (``renamed_folders``); a
+    folder that still holds its images, or whose images are nowhere, keeps its name. Its table is
+    read only when a folder is gone or empty."""
+    if all(_holds_a_file(os.path.join(output, f)) for f in folders):
+        return list(folders)
+    wanted = set(folders)
+    samples: dict[str, list[str]] = {f: [] for f in folders}
+    try:
+        for _, folder, rest in _table_rows(output, option):
+            if folder in wanted and len(samples[folder]) < RENAME_SAMPLES:
+                samples[folder].append(rest)
+    except SetupError as err:
+        log.warning("%s; folders renamed there since are not followed", err)
+        return list(folders)
+    renamed = renamed_folders(os.path.realpath(output), samples)
+    return [renamed.get(f, f) for f in folders]
 
 
 def _written_to(output: str) -> list[str]:
@@ -120,4 +195,4 @@ def remove_moved_copies(placed: dict[str, str], moved_to: Sequence[str], output:
     return removed
 
 
-__all__ = ["current_locations", "locate", "moved_locations", "remove_moved_copies"]
+__all__ = ["current_locations", "folder_names", "locate", "moved_locations", "remove_moved_copies", "renamed_folders"]

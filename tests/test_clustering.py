@@ -166,6 +166,43 @@ def test_next_years_faces_go_to_the_same_person_folders(two_person, interviewer,
     assert not any((tmp_path / d).exists() for d in ("w", "x", "y", "z"))
 
 
+def test_folders_renamed_or_joined_since_are_followed_by_people_from(two_person, tmp_path) -> None:
+    # The user names person_A "blair" after the first year: the next years' faces of that person
+    # go to blair/, and on down the chain of runs. Two folders made one (one person's): their faces
+    # go to that one. A folder deleted: its faces keep its name.
+    import shutil
+
+    emb, labels, _ = two_person
+    ef = embfile.load(emb)
+    first = tmp_path / "2017"
+    earlier = embfile.EmbeddingsFile(ef.rows.select(np.arange(0, len(ef.rows), 2)), [], [], ef.meta)
+    cluster_faces(earlier, str(first), ClusterConfig(clusters=2, previews=False), progress=False)
+    later = embfile.EmbeddingsFile(ef.rows.select(np.arange(1, len(ef.rows), 2)), [], [], ef.meta)
+
+    def sorted_into(people_from: Path, out: Path) -> dict[str, set[str]]:
+        cluster_faces(later, str(out), ClusterConfig(people_from=str(people_from), previews=False), progress=False)
+        folders: dict[str, set[str]] = {}
+        for row in csv.DictReader(open(out / "clusters.csv", newline="", encoding="utf-8")):
+            folders.setdefault(row["cluster"], set()).add(labels[row["path"]])
+        return folders
+
+    plain = sorted_into(first, tmp_path / "plain")
+    assert plain["person_A"] == {"Tony_Blair"} and plain["person_B"] == {"Donald_Rumsfeld"}, plain
+    (first / "person_A").rename(first / "blair")
+    named = sorted_into(first, tmp_path / "2018")
+    assert set(named) == {"blair", "person_B", "outliers"} and named["blair"] == {"Tony_Blair"}, named
+    assert (tmp_path / "2018" / "blair").is_dir() and not (tmp_path / "2018" / "person_A").exists()
+    assert json.loads((tmp_path / "2018" / "summary.json").read_text())["people_names"] == ["blair", "person_B"]
+    assert set(sorted_into(tmp_path / "2018", tmp_path / "2019")) == {"blair", "person_B", "outliers"}  # chained
+    for image in list((first / "person_B").rglob("*.png")):  # joined into one; person_B/ is left empty
+        image.rename(first / "blair" / image.relative_to(first / "person_B"))
+    assert (first / "person_B").is_dir()
+    joined = sorted_into(first, tmp_path / "joined")
+    assert set(joined) == {"blair", "outliers"} and joined["blair"] == {"Tony_Blair", "Donald_Rumsfeld"}, joined
+    shutil.rmtree(first / "blair")  # deleted: nothing says where its faces should go, so as the run named them
+    assert set(sorted_into(first, tmp_path / "deleted")) == {"person_A", "person_B", "outliers"}
+
+
 def test_same_input_gives_same_folders(two_person) -> None:
     ef = load_embeddings([str(two_person[0])])
     a = run_clustering(ef, ClusterConfig(clusters=2))

@@ -54,6 +54,20 @@ def test_undo_puts_every_image_back_and_a_second_run_finds_them_there(two_person
         cluster_faces(ef, str(out), ClusterConfig(clusters=3, link_mode="move", previews=False), progress=False)
 
 
+def test_undo_finds_the_images_in_folders_renamed_since(two_person, tmp_path, capsys) -> None:
+    # person_A renamed "blair" after the move, and person_B's images moved into it: undo (and
+    # --moved-to, which reads the same table) finds each image where it is now.
+    ef, content, out = _moved(two_person, tmp_path)
+    (out / "person_A").rename(out / "blair")
+    for image in list((out / "person_B").rglob("*.png")):
+        target = out / "blair" / image.relative_to(out / "person_B")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.rename(target)
+    assert run_cli([str(out), "-q"]) == 0
+    assert capsys.readouterr().out.startswith(f"put back: {len(content)} images where they were embedded")
+    assert all(Path(p).read_bytes() == data for p, data in content.items())
+
+
 def test_undo_overwrites_nothing_and_an_interrupted_undo_finishes(two_person, tmp_path, monkeypatch, capsys) -> None:
     ef, content, out = _moved(two_person, tmp_path)
     taken = sorted(content)[5]
