@@ -273,13 +273,22 @@ def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.nda
                status: dict[str, str], set_aside: np.ndarray | None) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "face_index", "cluster", "similarity", "destination", "detected", "status", "unrecognisable"])
+    writer.writerow(["path", "face_index", "cluster", "similarity", "destination", "detected", "status", "unrecognisable",
+                     "bytes"])
     r = ef.rows
     aside = np.zeros(len(r.paths), bool) if set_aside is None else set_aside
+    size = {dest: _size(dest) for dest in set(dests)}  # later runs know each image by its name and size
     for i, source in enumerate(r.paths):
         writer.writerow([source, int(r.face_index[i]), names[i], f"{float(sims[i]):.4f}", dests[i],
-                         int(bool(r.detected[i])), status.get(dests[i], ""), int(aside[i])])
+                         int(bool(r.detected[i])), status.get(dests[i], ""), int(aside[i]), size[dests[i]]])
     atomic_write_text(csv_path, buffer.getvalue())
+
+
+def _size(path: str) -> int | str:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return ""  # not placed: missing
 
 
 MAX_SHEETS = 100  # contact sheets for the largest clusters; with thousands, the rest are listed by count

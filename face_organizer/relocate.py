@@ -23,6 +23,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from .errors import SetupError
 
@@ -35,27 +36,53 @@ log = logging.getLogger(__name__)
 def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
     """Path as embedded -> the files an earlier placement made of it (a group photo goes to the
     folder of each of its faces), read from the ``clusters.csv`` of each earlier output, in the
-    folders as they are named now (``renamed_folders``)."""
+    folders as they are named now (``renamed_folders``); an image moved by hand to another
+    folder of the output is found there (``_StrayFinder``)."""
     found: dict[str, list[str]] = {}
     for output in outputs:
         here = os.path.realpath(output)
         rows = list(_table_rows(output))
-        samples: dict[str, list[str]] = {}
-        for _, folder, rest in rows:
-            if len(kept := samples.setdefault(folder, [])) < RENAME_SAMPLES:
-                kept.append(rest)
+        samples: dict[str, list[Placed]] = {}
+        for row in rows:
+            if len(kept := samples.setdefault(row.folder, [])) < RENAME_SAMPLES:
+                kept.append(row)
         renamed = renamed_folders(here, samples)
-        for path, folder, rest in rows:
-            places = found.setdefault(path, [])
-            if (place := os.path.join(here, renamed.get(folder, folder), rest)) not in places:
+        gone = {f for f, files in samples.items() if f not in renamed and not _present(here, f, files)}
+        strays = _StrayFinder(here)
+        for row in rows:
+            places = found.setdefault(row.path, [])
+            place = os.path.join(here, renamed.get(row.folder, row.folder), row.rest)
+            if row.folder not in gone and not os.path.lexists(place) and not os.path.lexists(row.path):
+                place = strays.find(row, place)
+            if place not in places:
                 places.append(place)
     return found
 
 
-def _table_rows(output: str, option: str = "--moved-to") -> Iterator[tuple[str, str, str]]:
-    """(path as embedded, folder of ``output`` the earlier run put it in, its name under that
-    folder) for each row of ``output``'s ``clusters.csv`` whose destination is in ``output``;
-    errors name ``option``, which named the folder."""
+@dataclass(frozen=True)
+class Placed:
+    """A row of an earlier output's ``clusters.csv``: the image embedded at ``path`` went to
+    ``rest`` in its ``folder``; ``size``: its bytes (None in tables written before they were kept)."""
+
+    path: str
+    folder: str
+    rest: str
+    size: int | None
+
+
+def _is(file: str, placed: Placed) -> bool:
+    """Whether ``file`` is that image: there under its name, and of its size where it is known."""
+    if placed.size is None:
+        return os.path.lexists(file)
+    try:
+        return os.stat(file).st_size == placed.size
+    except OSError:
+        return False
+
+
+def _table_rows(output: str, option: str = "--moved-to") -> Iterator[Placed]:
+    """Each row of ``output``'s ``clusters.csv`` whose destination is in ``output``; errors name
+    ``option``, which named the folder."""
     table = os.path.join(output, TABLE)
     roots = _written_to(output)
     try:
@@ -66,8 +93,9 @@ def _table_rows(output: str, option: str = "--moved-to") -> Iterator[tuple[str, 
                 if root is None or not os.path.isabs(row["path"]):
                     continue  # not in the folder that run wrote, or not a path an image was embedded at
                 folder, _, rest = dest[len(root):].partition(os.sep)
+                size = row.get("bytes") or ""
                 if rest:
-                    yield row["path"], folder, rest
+                    yield Placed(row["path"], folder, rest, int(size) if size.isdigit() else None)
     except OSError as err:
         raise SetupError(f"{option} {output}: cannot read {table} ({err.strerror or err}); name the folder "
                          "an earlier cluster_faces run wrote") from None
@@ -76,34 +104,67 @@ def _table_rows(output: str, option: str = "--moved-to") -> Iterator[tuple[str, 
                          "destination columns)") from None
 
 
+class _StrayFinder:
+    """An image the user moved by hand from its folder to another of the output (a wrong face
+    corrected): looked for under the same name, and of the same size, in each folder; taken only
+    where exactly one folder holds it. At most ``STRAY_LOOKUPS`` images an output are looked for
+    (a folder gone whole is not looked for image by image)."""
+
+    def __init__(self, output: str):
+        self.output, self.left = output, STRAY_LOOKUPS
+        self.folders: list[str] | None = None
+
+    def find(self, placed: Placed, place: str) -> str:
+        """Where ``placed`` is now in another folder; ``place`` if in none, or in several."""
+        if self.left <= 0:
+            return place
+        self.left -= 1
+        if self.folders is None:
+            self.folders = _folders(self.output, exclude={"previews"})
+        held = [p for f in self.folders if _is(p := os.path.join(self.output, f, placed.rest), placed)]
+        return held[0] if len(held) == 1 else place
+
+
+STRAY_LOOKUPS = 10_000
 RENAME_SAMPLES = 8  # files of a folder no longer there looked for in the others
 NOT_A_PERSON = frozenset({"previews", "outliers"})
 
 
-def renamed_folders(output: str, samples: Mapping[str, Sequence[str]]) -> dict[str, str]:
+def renamed_folders(output: str, samples: Mapping[str, Sequence[Placed]]) -> dict[str, str]:
     """Folder as an earlier run named it -> the folder of ``output`` that holds its files now, for
     each folder of ``samples`` whose files are no longer there: renamed (``person_A`` to
     ``alice``), or emptied into another (``person_F``'s images moved into ``person_C``).
-    ``samples``: a few of each folder's files, relative to it; most of them must be in one other
-    folder. A folder whose files are nowhere (deleted) is left out, and so are moves into
+    ``samples``: a few of each folder's files; most of them must be in one other folder, and no
+    more than half in any other (two input folders of the same name give different images the
+    same names). A folder whose files are nowhere (deleted) is left out, and so are moves into
     ``outliers/`` and ``previews/``."""
-    missing = [f for f, files in samples.items()
-               if files and 2 * sum(os.path.lexists(os.path.join(output, f, rest)) for rest in files) <= len(files)]
+    missing = [f for f, files in samples.items() if files and not _present(output, f, files)]
     if not missing:
         return {}
-    try:
-        candidates = sorted(e.name for e in os.scandir(output)
-                            if e.is_dir() and e.name not in NOT_A_PERSON and not e.name.startswith("."))
-    except OSError:
-        return {}
+    candidates = _folders(output, exclude=NOT_A_PERSON)
     renamed = {}
     for folder in missing:
         files = samples[folder][:RENAME_SAMPLES]
-        votes = Counter(c for rest in files for c in candidates if os.path.lexists(os.path.join(output, c, rest)))
-        if votes and 2 * (best := votes.most_common(1)[0])[1] > len(files):
-            renamed[folder] = best[0]
-            log.info("%s/ of %s is not there now; its images are in %s/", folder, output, best[0])
+        votes = Counter(c for placed in files for c in candidates
+                        if _is(os.path.join(output, c, placed.rest), placed)).most_common(2)
+        if votes and 2 * votes[0][1] > len(files) and (len(votes) == 1 or 2 * votes[1][1] <= len(files)):
+            renamed[folder] = votes[0][0]
+            log.info("%s/ of %s is not there now; its images are in %s/", folder, output, votes[0][0])
     return renamed
+
+
+def _present(output: str, folder: str, files: Sequence[Placed]) -> bool:
+    """Whether most of ``files`` are in ``folder`` of ``output``."""
+    return 2 * sum(_is(os.path.join(output, folder, placed.rest), placed) for placed in files) > len(files)
+
+
+def _folders(output: str, exclude: frozenset[str] | set[str]) -> list[str]:
+    """The folders of ``output`` but ``exclude`` and hidden ones, sorted."""
+    try:
+        return sorted(e.name for e in os.scandir(output)
+                      if e.is_dir() and e.name not in exclude and not e.name.startswith("."))
+    except OSError:
+        return []
 
 
 def _holds_a_file(folder: str) -> bool:
@@ -118,11 +179,11 @@ def folder_names(output: str, folders: Sequence[str], option: str) -> list[str]:
     if all(_holds_a_file(os.path.join(output, f)) for f in folders):
         return list(folders)
     wanted = set(folders)
-    samples: dict[str, list[str]] = {f: [] for f in folders}
+    samples: dict[str, list[Placed]] = {f: [] for f in folders}
     try:
-        for _, folder, rest in _table_rows(output, option):
-            if folder in wanted and len(samples[folder]) < RENAME_SAMPLES:
-                samples[folder].append(rest)
+        for placed in _table_rows(output, option):
+            if placed.folder in wanted and len(samples[placed.folder]) < RENAME_SAMPLES:
+                samples[placed.folder].append(placed)
     except SetupError as err:
         log.warning("%s; folders renamed there since are not followed", err)
         return list(folders)
