@@ -55,14 +55,18 @@ def test_undo_puts_every_image_back_and_a_second_run_finds_them_there(two_person
 
 
 def test_undo_finds_the_images_in_folders_renamed_since(two_person, tmp_path, capsys) -> None:
-    # person_A renamed "blair" after the move, and person_B's images moved into it: undo (and
-    # --moved-to, which reads the same table) finds each image where it is now.
+    # person_A renamed "blair" after the move, person_B's images moved into it, and one image moved
+    # by hand into outliers/: undo (and --moved-to, which reads the same table) finds each where it is.
     ef, content, out = _moved(two_person, tmp_path)
     (out / "person_A").rename(out / "blair")
     for image in list((out / "person_B").rglob("*.png")):
         target = out / "blair" / image.relative_to(out / "person_B")
         target.parent.mkdir(parents=True, exist_ok=True)
         image.rename(target)
+    wrong = sorted((out / "blair").rglob("*.png"))[3]  # a face the user took for a stranger's, moved by hand
+    corrected = out / "outliers" / wrong.relative_to(out / "blair")
+    corrected.parent.mkdir(parents=True, exist_ok=True)
+    wrong.rename(corrected)
     assert run_cli([str(out), "-q"]) == 0
     assert capsys.readouterr().out.startswith(f"put back: {len(content)} images where they were embedded")
     assert all(Path(p).read_bytes() == data for p, data in content.items())
