@@ -42,10 +42,7 @@ def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
     for output in outputs:
         here = os.path.realpath(output)
         rows = list(_table_rows(output))
-        samples: dict[str, list[Placed]] = {}
-        for row in rows:
-            if len(kept := samples.setdefault(row.folder, [])) < RENAME_SAMPLES:
-                kept.append(row)
+        samples = _samples(rows)
         renamed = renamed_folders(here, samples)
         gone = {f for f, files in samples.items() if f not in renamed and not _present(here, f, files)}
         strays = _StrayFinder(here)
@@ -102,6 +99,23 @@ def _table_rows(output: str, option: str = "--moved-to") -> Iterator[Placed]:
     except (KeyError, TypeError, csv.Error):
         raise SetupError(f"{option} {output}: {table} is not a cluster_faces table (no path and "
                          "destination columns)") from None
+
+
+def _samples(rows: Sequence[Placed]) -> dict[str, list[Placed]]:
+    """A few files of each folder, for ``renamed_folders``: images placed in that folder alone,
+    where it has any. The copies a group photo got in the folders of its other faces are the same
+    file in each, so they would make a folder look renamed to each of those."""
+    placed = {(row.path, row.folder): row for row in rows}  # a photo's faces in one folder: one file
+    copies = Counter(path for path, _ in placed)
+    alone: dict[str, list[Placed]] = {}
+    shared: dict[str, list[Placed]] = {}
+    for row in placed.values():
+        kept = (alone if copies[row.path] == 1 else shared).setdefault(row.folder, [])
+        if len(kept) < RENAME_SAMPLES:
+            kept.append(row)
+    for folder, more in shared.items():
+        alone.setdefault(folder, more)  # a folder of group photos only
+    return alone
 
 
 class _StrayFinder:
@@ -178,16 +192,12 @@ def folder_names(output: str, folders: Sequence[str], option: str) -> list[str]:
     read only when a folder is gone or empty."""
     if all(_holds_a_file(os.path.join(output, f)) for f in folders):
         return list(folders)
-    wanted = set(folders)
-    samples: dict[str, list[Placed]] = {f: [] for f in folders}
     try:
-        for placed in _table_rows(output, option):
-            if placed.folder in wanted and len(samples[placed.folder]) < RENAME_SAMPLES:
-                samples[placed.folder].append(placed)
+        samples = _samples(list(_table_rows(output, option)))
     except SetupError as err:
         log.warning("%s; folders renamed there since are not followed", err)
         return list(folders)
-    renamed = renamed_folders(os.path.realpath(output), samples)
+    renamed = renamed_folders(os.path.realpath(output), {f: samples.get(f, []) for f in folders})
     return [renamed.get(f, f) for f in folders]
 
 

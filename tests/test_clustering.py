@@ -917,6 +917,28 @@ def test_moved_images_are_found_by_name_and_size_in_folders_renamed_or_corrected
     assert moved_locations([str(out)])["/in1/2017/f3.png"] == [str(out / "person_B" / "2017" / "f3.png")]
 
 
+def test_a_renamed_folder_is_found_though_group_photos_are_in_others_too(tmp_path) -> None:
+    # person_A: two photos of one face and three group photos whose copies are also in person_B
+    # (same bytes). Renamed, most of its files are in person_B too: only the photos it alone
+    # holds can say where it went.
+    from face_organizer.relocate import moved_locations
+
+    out = tmp_path / "sorted"
+    rows = []
+    for i in range(5):
+        for folder in ("person_A", "person_B") if i >= 2 else ("person_A",):
+            dest = out / folder / "photos" / f"p{i}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(b"x" * (100 + i))
+            rows.append(f"/lib/photos/p{i}.jpg,{folder},{dest},{100 + i}\n")
+    (out / "clusters.csv").write_text("path,cluster,destination,bytes\n" + "".join(rows))
+    (out / "person_A").rename(out / "alice")
+    found = moved_locations([str(out)])
+    assert found["/lib/photos/p0.jpg"] == [str(out / "alice" / "photos" / "p0.jpg")]
+    assert found["/lib/photos/p3.jpg"] == [str(out / "alice" / "photos" / "p3.jpg"),
+                                           str(out / "person_B" / "photos" / "p3.jpg")]
+
+
 def test_cross_device_move_interrupted_between_copy_and_delete(two_person, tmp_path, monkeypatch) -> None:
     ef = private_copy(two_person, tmp_path)
     out = tmp_path / "out"
