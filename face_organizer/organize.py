@@ -24,6 +24,7 @@ from .errors import FaceOrganizerError, SetupError
 from .fsutil import OUTPUT_MARKER, atomic_write_text, sync_filesystem
 from .progress import bar as progress_bar
 from .progress import count
+from .relocate import Placed, renamed_folders, samples_of
 
 log = logging.getLogger(__name__)
 
@@ -448,6 +449,7 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     digest = plan_digest(named, mode)
     previous = prepare_output(output, digest, dry_run, mode, run)
     if previous is not None:
+        _refuse_renamed_folders(output, paths, destinations)
         log.info("continuing an earlier run into %s", output)
         if not dry_run and (removed := remove_partial_copies(destinations)):
             log.info("removed %d unfinished cop%s an interrupted run left", removed, "y" if removed == 1 else "ies")
@@ -474,6 +476,20 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
             unflushed = 0
     _mark_durable(output, digest, mode, len(operations), run)
     return Placement(destinations, status, previous is not None)
+
+
+def _refuse_renamed_folders(output: str, paths: Sequence[str], destinations: Sequence[str]) -> None:
+    """The same run again into its output, whose folders the user renamed since (``person_A`` to
+    ``alice``): it would place their images a second time under the old names. Refused, naming them."""
+    real = os.path.realpath(output)
+    root = os.path.join(real, "")
+    rows = [Placed(path, *dest[len(root):].split(os.sep, 1), None)
+            for path, dest in zip(paths, destinations) if dest.startswith(root) and os.sep in dest[len(root):]]
+    if renamed := renamed_folders(real, samples_of(rows)):
+        raise SetupError(f"--output {output}: {', '.join(f'{old}/ is {new}/ now' for old, new in sorted(renamed.items()))}"
+                         "; this run would place those images again under the old names. Rename them back to run it "
+                         "again, give this output to --people-from to sort next year's faces into the renamed folders, "
+                         "or choose a new --output")
 
 
 BLOCK = 4096  # files take whole filesystem blocks

@@ -42,7 +42,7 @@ def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
     for output in outputs:
         here = os.path.realpath(output)
         rows = list(_table_rows(output))
-        samples = _samples(rows)
+        samples = samples_of(rows)
         renamed = renamed_folders(here, samples)
         gone = {f for f, files in samples.items() if f not in renamed and not _present(here, f, files)}
         strays = _StrayFinder(here)
@@ -101,7 +101,7 @@ def _table_rows(output: str, option: str = "--moved-to") -> Iterator[Placed]:
                          "destination columns)") from None
 
 
-def _samples(rows: Sequence[Placed]) -> dict[str, list[Placed]]:
+def samples_of(rows: Sequence[Placed]) -> dict[str, list[Placed]]:
     """A few files of each folder, for ``renamed_folders``: images placed in that folder alone,
     where it has any. The copies a group photo got in the folders of its other faces are the same
     file in each, so they would make a folder look renamed to each of those."""
@@ -193,7 +193,7 @@ def folder_names(output: str, folders: Sequence[str], option: str) -> list[str]:
     if all(_holds_a_file(os.path.join(output, f)) for f in folders):
         return list(folders)
     try:
-        samples = _samples(list(_table_rows(output, option)))
+        samples = samples_of(list(_table_rows(output, option)))
     except SetupError as err:
         log.warning("%s; folders renamed there since are not followed", err)
         return list(folders)

@@ -189,6 +189,9 @@ def test_folders_renamed_or_joined_since_are_followed_by_people_from(two_person,
     plain = sorted_into(first, tmp_path / "plain")
     assert plain["person_A"] == {"Tony_Blair"} and plain["person_B"] == {"Donald_Rumsfeld"}, plain
     (first / "person_A").rename(first / "blair")
+    with pytest.raises(SetupError, match=r"person_A/ is blair/ now; this run would place those images again"):
+        cluster_faces(earlier, str(first), ClusterConfig(clusters=2, previews=False), progress=False)  # the same run
+    assert not (first / "person_A").exists()
     named = sorted_into(first, tmp_path / "2018")
     assert set(named) == {"blair", "person_B", "outliers"} and named["blair"] == {"Tony_Blair"}, named
     assert (tmp_path / "2018" / "blair").is_dir() and not (tmp_path / "2018" / "person_A").exists()
