@@ -488,8 +488,7 @@ def _refuse_renamed_folders(output: str, paths: Sequence[str], destinations: Seq
     if renamed := renamed_folders(real, samples_of(rows)):
         raise SetupError(f"--output {output}: {', '.join(f'{old}/ is {new}/ now' for old, new in sorted(renamed.items()))}"
                          "; this run would place those images again under the old names. Rename them back to run it "
-                         "again, give this output to --people-from to sort next year's faces into the renamed folders, "
-                         "or choose a new --output")
+                         "again, or choose a new --output (cluster_faces --people-from follows the new names)")
 
 
 BLOCK = 4096  # files take whole filesystem blocks
