@@ -139,7 +139,7 @@ class _StrayFinder:
         return held[0] if len(held) == 1 else place
 
 
-STRAY_LOOKUPS = 10_000
+STRAY_LOOKUPS = 1_000  # images moved by hand are few; each lookup stats every folder
 RENAME_SAMPLES = 8  # files of a folder no longer there looked for in the others
 NOT_A_PERSON = frozenset({"previews", "outliers"})
 
