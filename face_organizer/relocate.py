@@ -11,7 +11,8 @@ found under the folder named now: an output moved or renamed since, or mounted e
 still found, and a table cannot name a file outside its own folder (a move would take it away).
 A folder of the output renamed since (``person_A/`` to ``alice/``), or whose images were moved
 into another of its folders (two folders of one person made one), is found by its files
-(``renamed_folders``): later runs follow the names the user gave.
+(``renamed_folders``): later runs follow the names the user gave. An image moved by hand into
+another folder (a wrong face corrected) is found there too.
 """
 
 from __future__ import annotations
@@ -266,4 +267,5 @@ def remove_moved_copies(placed: dict[str, str], moved_to: Sequence[str], output:
     return removed
 
 
-__all__ = ["current_locations", "folder_names", "locate", "moved_locations", "remove_moved_copies", "renamed_folders"]
+__all__ = ["Placed", "current_locations", "folder_names", "locate", "moved_locations", "remove_moved_copies",
+           "renamed_folders", "samples_of"]
