@@ -22,7 +22,7 @@ from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cl
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text, lock_holder
 from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
-                       holds_moved_images, images_run, missing_note, place_all, saved_state)
+                       holds_moved_images, images_run, missing_note, place_all, refuse_renamed, saved_state)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
@@ -330,6 +330,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     check_output_folder(output)  # before the clustering, which takes minutes on a large collection
     run = run_settings(ef, config)
     check_same_images(output, run, "cluster_faces")
+    refuse_renamed(output, relocate.renamed_in(output))  # the same run again, into folders renamed since
     where = relocate.current_locations(ef.rows.paths, config.moved_to, output)
     check_images_reachable(where, output)
     clustering = run_clustering(ef, config)

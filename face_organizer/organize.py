@@ -485,7 +485,12 @@ def _refuse_renamed_folders(output: str, paths: Sequence[str], destinations: Seq
     root = os.path.join(real, "")
     rows = [Placed(path, *dest[len(root):].split(os.sep, 1), None)
             for path, dest in zip(paths, destinations) if dest.startswith(root) and os.sep in dest[len(root):]]
-    if renamed := renamed_folders(real, samples_of(rows)):
+    refuse_renamed(output, renamed_folders(real, samples_of(rows)))
+
+
+def refuse_renamed(output: str, renamed: Mapping[str, str]) -> None:
+    """Refuse a run into ``output`` whose folders ``renamed`` (old name -> new) were renamed since."""
+    if renamed:
         raise SetupError(f"--output {output}: {', '.join(f'{old}/ is {new}/ now' for old, new in sorted(renamed.items()))}"
                          "; this run would place those images again under the old names. Rename them back to run it "
                          "again, or choose a new --output (cluster_faces --people-from follows the new names)")

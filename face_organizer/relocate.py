@@ -187,6 +187,17 @@ def _holds_a_file(folder: str) -> bool:
     return any(files for _, _, files in os.walk(folder))
 
 
+def renamed_in(output: str) -> dict[str, str]:
+    """The folders of the earlier run in ``output`` (its own ``clusters.csv``) renamed since; none
+    where it holds no readable table."""
+    if not os.path.isfile(os.path.join(output, TABLE)):
+        return {}
+    try:
+        return renamed_folders(os.path.realpath(output), samples_of(list(_table_rows(output, "--output"))))
+    except SetupError:
+        return {}  # not a table of ours: the output's other checks say so
+
+
 def folder_names(output: str, folders: Sequence[str], option: str) -> list[str]:
     """The names ``folders`` of the earlier output ``output`` have now (``renamed_folders``); a
     folder that still holds its images, or whose images are nowhere, keeps its name. Its table is
@@ -268,4 +279,4 @@ def remove_moved_copies(placed: dict[str, str], moved_to: Sequence[str], output:
 
 
 __all__ = ["Placed", "current_locations", "folder_names", "locate", "moved_locations", "remove_moved_copies",
-           "renamed_folders", "samples_of"]
+           "renamed_folders", "renamed_in", "samples_of"]

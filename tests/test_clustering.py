@@ -166,7 +166,7 @@ def test_next_years_faces_go_to_the_same_person_folders(two_person, interviewer,
     assert not any((tmp_path / d).exists() for d in ("w", "x", "y", "z"))
 
 
-def test_folders_renamed_or_joined_since_are_followed_by_people_from(two_person, tmp_path) -> None:
+def test_folders_renamed_or_joined_since_are_followed_by_people_from(two_person, tmp_path, monkeypatch) -> None:
     # The user names person_A "blair" after the first year: the next years' faces of that person
     # go to blair/, and on down the chain of runs. Two folders made one (one person's): their faces
     # go to that one. A folder deleted: its faces keep its name.
@@ -192,6 +192,10 @@ def test_folders_renamed_or_joined_since_are_followed_by_people_from(two_person,
     with pytest.raises(SetupError, match=r"person_A/ is blair/ now; this run would place those images again"):
         cluster_faces(earlier, str(first), ClusterConfig(clusters=2, previews=False), progress=False)  # the same run
     assert not (first / "person_A").exists()
+    with monkeypatch.context() as m:  # refused before the clustering, which takes minutes at scale
+        m.setattr("face_organizer.cluster_stage.run_clustering", lambda *a, **k: pytest.fail("clustered"))
+        with pytest.raises(SetupError, match=r"person_A/ is blair/ now"):
+            cluster_faces(earlier, str(first), ClusterConfig(clusters=2, previews=False), progress=False)
     named = sorted_into(first, tmp_path / "2018")
     assert set(named) == {"blair", "person_B", "outliers"} and named["blair"] == {"Tony_Blair"}, named
     assert (tmp_path / "2018" / "blair").is_dir() and not (tmp_path / "2018" / "person_A").exists()

@@ -188,6 +188,14 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models,
     index = (out / "index.html").read_text()
     assert "matches.jpg" in index and "loading='lazy'" in index
     assert "(first the reference, then the best matches; red: the weakest, where a wrong match would show first)" in index
+    # Its folder renamed since, the same search again would copy the matches a second time: refused.
+    (folder,) = [p for p in out.iterdir() if p.is_dir() and p.name != "previews"]
+    folder.rename(out / "hers")
+    capsys.readouterr()
+    assert run_cli(["--embeddings", str(emb), "--query", str(query), "--output", str(out),
+                    "--model", str(testpack_dir), "-q"]) == 2
+    assert f"{folder.name}/ is hers/ now; this run would place those images again" in capsys.readouterr().err
+    assert not folder.exists()
 
 
 def test_bad_query_and_model_mismatch_are_clear(lfw_subset, lfw, testpack_dir, models, tmp_path, capsys) -> None:
