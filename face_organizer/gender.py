@@ -10,6 +10,7 @@ longer side, 96x96, no rotation.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +123,11 @@ class DeepFaceGender:
             from deepface import DeepFace
         except ImportError as err:
             raise SetupError("--backend deepface needs DeepFace and TensorFlow: pip install 'face-organizer[deepface]'") from err
+        except OSError as err:  # DeepFace makes its folders under $DEEPFACE_HOME as it is imported
+            home = os.environ.get("DEEPFACE_HOME", os.path.expanduser("~"))
+            raise SetupError(f"--backend deepface: DeepFace cannot make its folder in {home} ({err.strerror or err}); "
+                             f"set DEEPFACE_HOME to a folder this user (uid {os.getuid()}) can write, or run as the owner "
+                             "of that one (docker exec runs as root unless -u is given)") from None
         _keep_tensorflow_off_gpu()
         try:
             DeepFace.build_model("Gender", task="facial_attribute")

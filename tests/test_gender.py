@@ -167,3 +167,21 @@ def test_an_output_of_other_input_folders_is_refused_before_predicting(utkface, 
     assert watched.asked == []
     again = run("2017")  # the same run: nothing new, nothing refused
     assert again.matches == first.matches and sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def test_deepface_that_cannot_make_its_folder_is_one_clear_line(tmp_path, monkeypatch) -> None:
+    # DeepFace makes its folders under $DEEPFACE_HOME as it is imported: a root-owned volume, read by a
+    # non-root user (docker exec -u), stopped it with a bare "Permission denied".
+    import sys
+
+    from face_organizer.gender import DeepFaceGender
+
+    fake = tmp_path / "deepface"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise PermissionError(13, 'Permission denied', '/models/deepface')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "deepface", raising=False)
+    monkeypatch.setenv("DEEPFACE_HOME", "/models/deepface")
+    with pytest.raises(SetupError, match=r"^--backend deepface: DeepFace cannot make its folder in /models/deepface "
+                                         r"\(Permission denied\); set DEEPFACE_HOME to a folder this user"):
+        DeepFaceGender()
