@@ -32,6 +32,7 @@ class EmbeddingsInfo:
     parts: int = 0
     unreadable_parts: list[str] = field(default_factory=list)
     writer: int | None = None  # pid of the process holding the output's lock, if it is alive
+    held: frozenset[str] = frozenset()  # its images (for a total over several files)
 
     def status(self) -> str:
         if self.writer is not None:
@@ -90,4 +91,16 @@ def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
         parts=state.parts_read,
         unreadable_parts=state.unreadable_parts,
         writer=lock_holder(output),
+        held=frozenset(state.held),
     )
+
+
+def total_lines(infos: list[EmbeddingsInfo]) -> list[str]:
+    """One line over several files (one per GPU): their images, each counted once, and faces."""
+    images = len(frozenset().union(*(i.held for i in infos)))
+    listed = sum(i.images for i in infos)
+    both = listed - images
+    return [f"total over {len(infos)} files: {images:,} images"
+            + (f" ({both:,} of them in more than one file, counted once)" if both
+               else f"; faces: {sum(i.faces for i in infos):,}")
+            + f"; skipped: {sum(sum(i.skipped.values()) for i in infos):,}"]

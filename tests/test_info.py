@@ -151,3 +151,16 @@ def test_files_it_cannot_describe_do_not_hide_the_others(folder, models, tmp_pat
     assert f"Error: {tmp_path / 'missing.pkl'}: no embeddings file and no checkpoint of one there" in captured.err
     assert "notes.pkl: not a readable embeddings file" in captured.err
     assert "name only the .pkl files" not in captured.err  # a .pkl: no hint about patterns
+
+
+def test_several_files_get_a_total_that_counts_each_image_once(folder, models, tmp_path, capsys) -> None:
+    # One file per GPU: the total says whether they hold the whole collection, each image once.
+    _, paths = folder
+    runs = {"gpu0": paths[:5], "gpu1": paths[5:], "again": paths[3:7]}  # "again" repeats four of them
+    for name, part in runs.items():
+        run_embeddings(part, tmp_path / f"{name}.pkl", models, progress=False)
+    assert run_cli([str(tmp_path / "gpu0.pkl"), str(tmp_path / "gpu1.pkl")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "total over 2 files: 9 images; faces: 9; skipped: 2"
+    assert run_cli([str(tmp_path / f"{name}.pkl") for name in runs]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == ("total over 3 files: 9 images (4 of them in more than one "
+                                                       "file, counted once); skipped: 2")

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from ..embinfo import describe
+from ..embinfo import describe, total_lines
 from ..errors import FaceOrganizerError
 from . import common
 
@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
     elif infos:
         print("\n".join(line for i in infos for line in i.lines()))
+        if len(infos) > 1:
+            print("\n".join(total_lines(infos)))
     return code
 
 
