@@ -158,11 +158,12 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
         refs = [r for r in refs if r not in doubtful]
         result = run(refs)
     if unsure := undecided(refs, result.threshold):
+        named = ", ".join(r.path for r in unsure[:3]) + (", …" if len(unsure) > 3 else "")
         log.warning("%s show the same people together (%s): in each, a second face is like the other references too "
                     "(%s, against %s for the faces searched for), so nothing says which person is meant. To search for "
                     "another of them, add a photo of that person alone or a crop of the face",
-                    _which_of(len(unsure), len(refs)), ", ".join(r.path for r in unsure[:3]) + (", …" if len(unsure) > 3 else ""),
-                    _span([r.runner_up_agreement for r in unsure]), _span([r.agreement for r in unsure]))
+                    _which_of(len(unsure), len(refs)), named, _span([r.runner_up_agreement for r in unsure]),
+                    _span([r.agreement for r in unsure]))
     paths = [ef.rows.paths[i] for i in result.index]
     placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode,
                           sources=[where[i] for i in result.index] if moved_to else None, progress=progress,
