@@ -21,6 +21,7 @@ from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cl
                          graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text, lock_holder
+from .images import file_signature
 from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
                        holds_moved_images, images_run, missing_note, place_all, refuse_renamed, saved_state)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
@@ -277,18 +278,12 @@ def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.nda
                      "bytes"])
     r = ef.rows
     aside = np.zeros(len(r.paths), bool) if set_aside is None else set_aside
-    size = {dest: _size(dest) for dest in set(dests)}  # later runs know each image by its name and size
+    # Later runs know each image by its name and size; a destination not placed (missing) has none.
+    size = {dest: sig[0] if (sig := file_signature(dest)) else "" for dest in set(dests)}
     for i, source in enumerate(r.paths):
         writer.writerow([source, int(r.face_index[i]), names[i], f"{float(sims[i]):.4f}", dests[i],
                          int(bool(r.detected[i])), status.get(dests[i], ""), int(aside[i]), size[dests[i]]])
     atomic_write_text(csv_path, buffer.getvalue())
-
-
-def _size(path: str) -> int | str:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return ""  # not placed: missing
 
 
 MAX_SHEETS = 100  # contact sheets for the largest clusters; with thousands, the rest are listed by count
