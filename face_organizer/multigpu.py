@@ -219,6 +219,8 @@ class Dropped:
         if self.writer is not None:
             return
         if self.kept and (self.interrupted or self.changed):
+            log.info("finishing %s with the %s it holds (GPU %d is not given)", self.output,
+                     count(len(self.kept), "image"), self.gpu)
             with exclusive(self.output, "wait for it to finish, or give this GPU again"):
                 close_run(self.output, self.changed)
         if self.kept:
