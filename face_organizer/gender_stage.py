@@ -17,6 +17,7 @@ from typing import IO, Protocol
 from .embed_run import iter_loaded
 from .fsutil import atomic_write_text
 from .gender import GenderPrediction
+from .images import Signature, file_signature
 from .organize import LinkMode, check_output_folder, check_same_run, place_all
 from .progress import bar as progress_bar
 from .progress import count
@@ -43,6 +44,7 @@ class GenderSummary:
     no_face: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     resumed: int = 0  # predicted by an interrupted run, not again
+    kept: int = 0  # predicted by the finished run into the same output, unchanged since: not again
 
     def lines(self) -> list[str]:
         errors = sum(self.errors.values())
@@ -51,7 +53,9 @@ class GenderSummary:
             f"other gender: {self.non_matches:,}; below --min-confidence: {self.low_confidence:,}; "
             f"no face: {self.no_face:,}; errors: {errors:,}"
             + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.errors.most_common()) + ")" if errors else ""),
-        ] + ([f"continued an interrupted run: {count(self.resumed, 'image')} already predicted"] if self.resumed else [])
+        ] + ([f"continued an interrupted run: {count(self.resumed, 'image')} already predicted"] if self.resumed else []) \
+          + ([f"{count(self.kept, 'image')} predicted by the earlier run into this output and unchanged since: "
+              "not predicted again"] if self.kept else [])
 
 
 def progress_path(output: str) -> str:
@@ -60,13 +64,24 @@ def progress_path(output: str) -> str:
     return os.path.join(parent, f".{name}{PROGRESS_SUFFIX}")
 
 
+Signed = tuple[GenderPrediction, "Signature | None"]  # a prediction, and its image's file as it was read
+
+
+def _unchanged(done: dict[str, Signed], paths: Sequence[str]) -> dict[str, GenderPrediction]:
+    """The predictions of ``done`` whose image is the file it was (size and modification time;
+    predictions recorded without them are trusted)."""
+    return {p: prediction for p in paths if p in done
+            for prediction, signature in [done[p]] if signature is None or file_signature(p) == signature}
+
+
 class _Progress:
-    """Predictions so far, appended as JSON lines, so that an interrupted run continues where it
-    stopped. The first line names the predictor; another predictor's lines are not reused."""
+    """Predictions so far, appended as JSON lines with their image's size and modification time,
+    so that an interrupted run continues where it stopped. The first line names the predictor;
+    another predictor's lines are not reused."""
 
     def __init__(self, path: str, predictor: str, sync_seconds: float = 60.0):
         self.path, self.sync_seconds = path, sync_seconds
-        self.done: dict[str, GenderPrediction] = {}
+        self.done: dict[str, Signed] = {}
         kept = self._read(predictor)
         try:
             self.handle: IO[str] | None = open(path, "a" if kept else "w", encoding="utf-8")
@@ -103,9 +118,10 @@ class _Progress:
             try:
                 row = json.loads(line)
                 prediction = GenderPrediction(**{k: v for k, v in row.items() if k in names})
+                signature = tuple(row["signature"]) if row.get("signature") else None
             except (ValueError, TypeError, AttributeError):
                 continue  # a line cut short by a kill
-            self.done[prediction.path] = prediction
+            self.done[prediction.path] = (prediction, signature)
         return True
 
     def _ends_with_newline(self) -> bool:
@@ -113,10 +129,11 @@ class _Progress:
             handle.seek(-1, os.SEEK_END)
             return handle.read(1) == b"\n"
 
-    def add(self, predictions: Sequence[GenderPrediction]) -> None:
+    def add(self, predictions: Sequence[GenderPrediction], signatures: dict[str, Signature | None]) -> None:
         if self.handle is None:
             return
-        self.handle.write("".join(json.dumps(asdict(p)) + "\n" for p in predictions))
+        self.handle.write("".join(json.dumps({**asdict(p), "signature": signatures.get(p.path)}) + "\n"
+                                  for p in predictions))
         self.handle.flush()  # a killed process loses nothing flushed; a power cut what was not synced
         if time.monotonic() - self.last_sync >= self.sync_seconds:
             os.fsync(self.handle.fileno())
@@ -129,6 +146,27 @@ class _Progress:
     def remove(self) -> None:
         if self.handle is not None:
             os.unlink(self.path)
+
+
+def _finished_predictions(output: str) -> dict[str, Signed]:
+    """The predictions in ``output``'s ``predictions.csv`` (a finished run of the same command:
+    ``check_same_run`` has passed) that record their image's size and modification time."""
+    done: dict[str, Signed] = {}
+    try:
+        with open(os.path.join(output, "predictions.csv"), encoding="utf-8", errors="surrogateescape",
+                  newline="") as handle:
+            for row in csv.DictReader(handle):
+                if not (row.get("bytes") or "").isdigit() or not (row.get("mtime_ns") or "").isdigit():
+                    continue  # written before they were kept, or an image that could not be read
+                done[row["path"]] = (GenderPrediction(row["path"], row["gender"] or None, float(row["confidence"]),
+                                                      float(row["age"]) if row["age"] else None, row["reason"] or None),
+                                     (int(row["bytes"]), int(row["mtime_ns"])))
+    except FileNotFoundError:
+        pass
+    except (OSError, KeyError, ValueError, csv.Error) as err:
+        log.warning("%s: predictions.csv cannot be read (%s); predicting every image again", output, err)
+        return {}
+    return done
 
 
 def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, gender: str, predictor: Predictor, *,
@@ -147,17 +185,22 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
                    of=lambda earlier: ", ".join(earlier.get("inputs") or ["other folders"]),
                    advice="give each input folder its own --output (in a loop over year folders: one per year)")
     summary = GenderSummary(output, gender)
+    # The same command again: the finished run's predictions of images unchanged since stand.
+    made = _unchanged(_finished_predictions(output), paths)
+    summary.kept = len(made)
     saved = _Progress(progress_path(output), predictor.name)
-    made: dict[str, GenderPrediction] = {p: saved.done[p] for p in paths if p in saved.done}
-    summary.resumed = len(made)
+    resumed = _unchanged({p: d for p, d in saved.done.items() if p not in made}, paths)
+    made.update(resumed)
+    summary.resumed = len(resumed)
     if made:
         log.info("continuing: %d of %d images already predicted", len(made), len(paths))
     todo = [p for p in paths if p not in made]
     batch: list[tuple[str, object]] = []
+    signatures: dict[str, Signature | None] = {}
     bar = progress_bar(total=len(todo), unit="img", enabled=progress)
 
     def record(predictions: list[GenderPrediction]) -> None:
-        saved.add(predictions)
+        saved.add(predictions, signatures)
         made.update((p.path, p) for p in predictions)
         bar.update(len(predictions))
 
@@ -167,6 +210,7 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
 
     try:
         for loaded in iter_loaded(todo, workers):
+            signatures[loaded.path] = loaded.signature
             if loaded.image is None:
                 record([GenderPrediction(loaded.path, None, 0.0, None, loaded.reason)])
                 continue
@@ -197,10 +241,12 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     destination = dict(zip(matched, placement.destinations))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "gender", "confidence", "age", "matched", "reason", "destination"])
+    writer.writerow(["path", "gender", "confidence", "age", "matched", "reason", "destination", "bytes", "mtime_ns"])
     for p in predictions:
+        signature = signatures[p.path] if p.path in signatures else file_signature(p.path)
         writer.writerow([p.path, p.gender or "", f"{p.confidence:.4f}", "" if p.age is None else f"{p.age:.1f}",
-                         int(p.path in destination), p.reason or "", destination.get(p.path, "")])
+                         int(p.path in destination), p.reason or "", destination.get(p.path, ""),
+                         *(signature or ("", ""))])
     atomic_write_text(os.path.join(output, "predictions.csv"), buffer.getvalue())
     saved.remove()
     return summary

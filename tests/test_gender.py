@@ -119,6 +119,52 @@ def test_interrupted_filter_continues_where_it_stopped(utkface, predictor, tmp_p
     assert by_other_model.asked == decodable
 
 
+def test_the_same_command_again_predicts_only_images_new_or_changed_since(utkface, predictor, tmp_path) -> None:
+    # A loop over year folders run again: DeepFace takes hours on a large folder, and the finished
+    # run's predictions.csv already holds every answer whose image is the file it was.
+    import os
+    import time
+
+    rows = read_labels(utkface)
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for r in rows[:10]:
+        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
+    run = dict(workers=0, batch_size=4, progress=False)
+    out = tmp_path / "women"
+
+    def paths() -> list[str]:
+        return sorted(str(p) for p in folder.iterdir())
+
+    filter_by_gender(paths(), [str(folder)], str(out), "Woman", _Watched(predictor), **run)
+    first = _predictions(out)
+    again = _Watched(predictor)
+    summary = filter_by_gender(paths(), [str(folder)], str(out), "Woman", again, **run)
+    assert again.asked == [] and summary.kept == 10 and _predictions(out) == first
+    assert ("10 images predicted by the earlier run into this output and unchanged since: not predicted again"
+            in summary.lines())
+    changed = Path(paths()[3])
+    changed.write_bytes((utkface / rows[20]["path"]).read_bytes())  # another face under the same name
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    added = folder / Path(rows[21]["path"]).name
+    added.write_bytes((utkface / rows[21]["path"]).read_bytes())
+    third = _Watched(predictor)
+    summary = filter_by_gender(paths(), [str(folder)], str(out), "Woman", third, **run)
+    assert sorted(third.asked) == sorted([str(changed), str(added)]) and summary.kept == 9
+    by_path, before = {r["path"]: r for r in _predictions(out)}, {r["path"]: r for r in first}
+    assert len(by_path) == 11 and by_path[str(changed)] != before[str(changed)]  # the new face's prediction
+    assert all(by_path[p] == before[p] for p in before if p != str(changed))
+    # An interrupted run's kept predictions are checked the same way.
+    men = tmp_path / "men"
+    with pytest.raises(KeyboardInterrupt):
+        filter_by_gender(paths(), [str(folder)], str(men), "Man", _Watched(predictor, stop_after=4), **run)
+    first_four = paths()[:4]
+    os.utime(first_four[1], ns=(time.time_ns(), time.time_ns() + 4 * 10**9))  # rewritten since
+    resumed = _Watched(predictor)
+    summary = filter_by_gender(paths(), [str(folder)], str(men), "Man", resumed, **run)
+    assert resumed.asked == [first_four[1], *paths()[4:]] and summary.resumed == 3
+
+
 def test_unusable_output_is_refused_before_predicting(utkface, predictor, tmp_path) -> None:
     # DeepFace takes hours on a large folder: an output that could never be written is refused first.
     image = tmp_path / "input" / "face.jpg"
