@@ -25,6 +25,7 @@ from .progress import count
 log = logging.getLogger(__name__)
 
 PROGRESS_SUFFIX = ".gender-progress.jsonl"
+CONFIDENCE_DIGITS = 4  # in predictions.csv; a re-run reads the confidence back from there
 
 
 class Predictor(Protocol):
@@ -232,7 +233,7 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
                 summary.errors[p.reason or "unknown"] += 1
         elif p.gender != gender:
             summary.non_matches += 1
-        elif p.confidence < min_confidence:
+        elif round(p.confidence, CONFIDENCE_DIGITS) < min_confidence:  # as predictions.csv keeps it, for re-runs
             summary.low_confidence += 1
         else:
             matched.append(p.path)
@@ -244,7 +245,8 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     writer.writerow(["path", "gender", "confidence", "age", "matched", "reason", "destination", "bytes", "mtime_ns"])
     for p in predictions:
         signature = signatures[p.path] if p.path in signatures else file_signature(p.path)
-        writer.writerow([p.path, p.gender or "", f"{p.confidence:.4f}", "" if p.age is None else f"{p.age:.1f}",
+        writer.writerow([p.path, p.gender or "", f"{p.confidence:.{CONFIDENCE_DIGITS}f}",
+                         "" if p.age is None else f"{p.age:.1f}",
                          int(p.path in destination), p.reason or "", destination.get(p.path, ""),
                          *(signature or ("", ""))])
     atomic_write_text(os.path.join(output, "predictions.csv"), buffer.getvalue())

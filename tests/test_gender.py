@@ -165,6 +165,27 @@ def test_the_same_command_again_predicts_only_images_new_or_changed_since(utkfac
     assert resumed.asked == [first_four[1], *paths()[4:]] and summary.resumed == 3
 
 
+def test_a_confidence_at_the_threshold_is_decided_alike_when_read_back(utkface, tmp_path) -> None:
+    # predictions.csv keeps 4 digits: 0.49996 reads back as 0.5000. Decided on the unrounded value,
+    # the first run left it out and the re-run, reading 0.5000, took it in: another plan, refused.
+    from face_organizer.gender import GenderPrediction
+
+    class AtThreshold:
+        device, name = "cpu", "fixed"
+
+        def predict(self, items):
+            return [GenderPrediction(path, "Woman", 0.49996, 30.0) for path, _ in items]
+
+    image = tmp_path / "input" / "face.jpg"
+    image.parent.mkdir()
+    image.write_bytes((utkface / read_labels(utkface)[0]["path"]).read_bytes())
+    run = dict(min_confidence=0.5, workers=0, batch_size=4, progress=False)
+    out = tmp_path / "women"
+    first = filter_by_gender([str(image)], [str(image.parent)], str(out), "Woman", AtThreshold(), **run)
+    again = filter_by_gender([str(image)], [str(image.parent)], str(out), "Woman", AtThreshold(), **run)
+    assert first.matches == again.matches == 1 and again.kept == 1
+
+
 def test_unusable_output_is_refused_before_predicting(utkface, predictor, tmp_path) -> None:
     # DeepFace takes hours on a large folder: an output that could never be written is refused first.
     image = tmp_path / "input" / "face.jpg"
