@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from .deepface_import import import_deepface
 from .detection import SCRFD
 from .faces import EmbedOptions, find_crop_face
 
@@ -71,7 +72,13 @@ def find_yunet(model_root: Path) -> Path | None:
 
 def yunet_finder(model: str, pad_ratio: float = 0.3, threshold: float = 0.6) -> BoxFinder:
     """YuNet through OpenCV; tight crops get the same padding as SCRFD."""
-    net = cv2.FaceDetectorYN.create(model, "", (320, 320), threshold)
+    level = cv2.utils.logging.getLogLevel()
+    # OpenCV 5's DNN engine warns that it takes no target, which create() always sets: not the user's concern.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        net = cv2.FaceDetectorYN.create(model, "", (320, 320), threshold)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
     def find(image: NDArray[np.uint8]) -> NDArray[np.float32] | None:
         border = int(round(max(image.shape[:2]) * pad_ratio))
@@ -89,7 +96,7 @@ def yunet_finder(model: str, pad_ratio: float = 0.3, threshold: float = 0.6) -> 
 
 
 def deepface_finder(name: str) -> BoxFinder:
-    from deepface import DeepFace
+    DeepFace = import_deepface()
 
     def find(image: NDArray[np.uint8]) -> NDArray[np.float32] | None:
         faces = DeepFace.extract_faces(image, detector_backend=name, enforce_detection=False)

@@ -21,6 +21,7 @@ import onnx
 from numpy.typing import NDArray
 
 from .buckets import run_batched
+from .deepface_import import import_deepface
 from .detection import SCRFD, load_detector_model
 from .errors import ModelPackError, SetupError
 from .faces import EmbedOptions, find_crop_face
@@ -120,7 +121,7 @@ class DeepFaceGender:
 
     def __init__(self, detector_backend: str = "opencv"):
         try:
-            from deepface import DeepFace
+            DeepFace = import_deepface()
         except ImportError as err:
             raise SetupError("--backend deepface needs DeepFace and TensorFlow: pip install 'face-organizer[deepface]'") from err
         except OSError as err:  # DeepFace makes its folders under $DEEPFACE_HOME as it is imported

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,17 @@ def test_deepface_gender_without_weights_is_a_clear_error(utkface, tmp_path, off
                                     "--backend", "deepface", "--workers", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "gender model weights are missing" in err and "Traceback" not in err
+
+
+def test_deepface_starts_without_tensorflows_startup_lines(utkface, tmp_path, offline_deepface_home) -> None:
+    # TensorFlow's C++ side prints oneDNN and CUDA notes before its log level applies, and DeepFace logs each
+    # download it tries: between the command's own lines they read as errors. Only the command's lines remain.
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gender_filter.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "DEEPFACE_LOG_LEVEL")}
+    done = subprocess.run([sys.executable, str(script), "--input", str(utkface / "female"), "--output", str(tmp_path / "o"),
+                           "--gender", "Woman", "--backend", "deepface", "--workers", "0"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: DeepFace's gender model weights are missing"), done.stderr
+    assert all(line.startswith(("INFO: ", "WARNING: ", "Error: ")) for line in lines), done.stderr

@@ -28,18 +28,20 @@ EXAMPLES = """\
 def build_parser():
     p = common.parser("benchmark_backends.py", "Compare face-detector backends (InsightFace SCRFD, OpenCV YuNet, "
                       "DeepFace's detectors) on a sample of your images.", EXAMPLES)
-    p.add_argument("--input", metavar="DIR")
-    p.add_argument("--samples", type=common.positive, default=100)
+    p.add_argument("--input", metavar="DIR", help="folder of images to sample (sub-folders included)")
+    p.add_argument("--samples", type=common.positive, default=100,
+                   help="images drawn at random from --input, the same for every backend (default: 100)")
     p.add_argument("--backends", default="scrfd,yunet," + ",".join(b.DEEPFACE_BACKENDS),
                    help="comma-separated: scrfd, yunet and DeepFace's names (default: all)")
     p.add_argument("--gender", choices=("Woman", "Man"), default=None,
-                   help="also classify gender (insightface genderage on each backend's face) and count Matched/Failed")
+                   help="also classify gender (insightface genderage on each backend's face): Matched counts the faces "
+                        "of that gender, Failed the images with no face found")
     p.add_argument("--yunet-model", default=os.environ.get("FACE_ORGANIZER_YUNET"),
                    help="YuNet ONNX file for the yunet backend (default: $FACE_ORGANIZER_YUNET, else the newest "
                         "*yunet*.onnx in the yunet/ folder of the model root)")
     p.add_argument("--prepare-deepface-weights", nargs="*", metavar="SOURCE", default=None,
                    help="copy weight files (or folders of them) into $DEEPFACE_HOME/.deepface/weights and exit")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sample (default: 0)")
     common.add_model_args(p)
     common.add_logging_args(p)
     return p
