@@ -14,27 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import ModuleType
-from typing import IO
+
+from . import native_stderr
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _stderr_into(file: IO[bytes]) -> Iterator[None]:
-    """Send file descriptor 2 (what C++ libraries write to) into ``file`` while inside."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    os.dup2(file.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def import_deepface() -> ModuleType:
@@ -52,12 +36,11 @@ def import_deepface() -> ModuleType:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in ("DEEPFACE_LOG_LEVEL", "RETINAFACE_LOG_LEVEL"):  # retinaface: a detector DeepFace imports
         os.environ.setdefault(name, str(logging.ERROR))
-    with tempfile.TemporaryFile() as held:
-        try:
-            with _stderr_into(held):
-                from deepface import DeepFace
-        except BaseException:
-            held.seek(0)
-            sys.stderr.write(held.read().decode("utf-8", "replace"))
-            raise
+    startup = native_stderr.Held()
+    try:
+        with native_stderr.held() as startup:
+            from deepface import DeepFace
+    except BaseException:
+        sys.stderr.write(startup.text)
+        raise
     return DeepFace

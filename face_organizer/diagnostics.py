@@ -7,6 +7,7 @@ import ctypes.util
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import native_stderr
 from .cpus import CPUS_ENV, default_workers, usable_cpus
 from .cudabuild import CudaBuild, onnxruntime_cuda_library, read_cuda_build
 from .embed_run import plan_streams
@@ -271,18 +273,45 @@ def faiss_gpus() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def tensorflow_gpus() -> list[str] | None:
+# A line of TensorFlow's C++ log: severity, date, time, thread, file:line] message.
+_NATIVE_LOG_LINE = re.compile(r"^([IWEF])\d{4} \S+\s+\d+ \S+:\d+\] (.*)$")
+_GPU_WORDS = re.compile(r"cuda|gpu|cudnn|cuinit|libcu|tensorrt|nvidia", re.IGNORECASE)
+
+
+@dataclass
+class TensorFlowGpus:
+    """The GPUs TensorFlow sees (``None``: not installed) and what its C++ side said about
+    CUDA and GPUs as it started, once each."""
+
+    gpus: list[str] | None
+    notes: list[str]
+
+
+def gpu_notes(startup: str) -> list[str]:
+    """The lines of TensorFlow's start-up output about CUDA and GPUs, and any warning or error,
+    without their log prefix and once each (two of its libraries print them)."""
+    notes: list[str] = []
+    for line in startup.splitlines():
+        found = _NATIVE_LOG_LINE.match(line)
+        if found and (found.group(1) != "I" or _GPU_WORDS.search(found.group(2))) and found.group(2) not in notes:
+            notes.append(found.group(2))
+    return notes
+
+
+def tensorflow_gpus() -> TensorFlowGpus:
     if "tensorflow" not in sys.modules:
         try:
             metadata.version("tensorflow")
         except metadata.PackageNotFoundError:
-            return None
-    try:
-        import tensorflow as tf
+            return TensorFlowGpus(None, [])
+    with native_stderr.held() as startup:  # printed straight to stderr, above the report
+        try:
+            import tensorflow as tf
 
-        return [d.name for d in tf.config.list_physical_devices("GPU")]
-    except Exception as err:  # noqa: BLE001
-        return [f"error: {err}"]
+            gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+        except Exception as err:  # noqa: BLE001
+            gpus = [f"error: {err}"]
+    return TensorFlowGpus(gpus, gpu_notes(startup.text))
 
 
 def recogniser_as_stage_1_runs_it(path: Path, provider: str) -> bytes:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
@@ -81,3 +84,36 @@ def test_known_bad_combinations_are_named() -> None:
     assert "opencv-python (a GUI build, needing libGL) beside a headless one" in gui
     (mixed,) = d.known_problems({**headless, "opencv-python-headless": "4.10.0.84"}, [])
     assert "of different versions" in mixed
+
+
+# TensorFlow 2.21's start-up output on a machine with its CUDA wheel but no NVIDIA driver, as printed.
+TENSORFLOW_STARTUP = """\
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796490791.176044    4647 port.cc:153] oneDNN custom operations are on. You may see slightly different numerical results due to floating-point round-off errors from different computation orders. To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.
+I0000 00:00:1796490791.177715    4647 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+I0000 00:00:1796490791.228501    4647 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use available CPU instructions in performance-critical operations.
+To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow with the appropriate compiler flags.
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796490793.209460    4647 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+E0000 00:00:1796490793.583539    4647 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)
+"""
+
+
+def test_tensorflows_gpu_lines_are_kept_once_and_the_rest_dropped() -> None:
+    assert d.gpu_notes(TENSORFLOW_STARTUP) == [
+        "Could not find cuda drivers on your machine, GPU will not be used.",
+        "failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+    ]
+
+
+def test_tensorflows_startup_lines_land_in_its_section_not_above_the_report(testpack_dir) -> None:
+    # TensorFlow's C++ side writes to the process's stderr as it starts: it is held back and what it says
+    # about CUDA is shown under "TensorFlow GPUs" (with no GPU, its CUDA wheel says why: at least one line).
+    script = Path(__file__).resolve().parents[1] / "scripts" / "diagnostic_test.py"
+    done = subprocess.run([sys.executable, str(script), "--model", str(testpack_dir)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not re.search(r"^[IWEF]\d{4} ", done.stderr, re.MULTILINE) and "absl::InitializeLog" not in done.stderr
+    section = done.stdout.split("== GPUs\n", 1)[1].split("== CPUs", 1)[0]
+    assert "  TensorFlow GPUs: " in section
+    assert "  TensorFlow GPUs: none\n" not in section or re.search(r"^    TensorFlow says: .*(cuda|CUDA|GPU)", section, re.MULTILINE), section

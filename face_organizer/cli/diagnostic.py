@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.append(f"  FAISS GPUs: {d.faiss_gpus()}")
     if not args.skip_tensorflow:
         tf = d.tensorflow_gpus()
-        out.append("  TensorFlow: not installed" if tf is None else f"  TensorFlow GPUs: {tf or 'none'}")
+        out.append("  TensorFlow: not installed" if tf.gpus is None else f"  TensorFlow GPUs: {tf.gpus or 'none'}")
+        out += [f"    TensorFlow says: {note}" for note in tf.notes]
     out.append("== CPUs")
     out += [f"  {line}" for line in d.cpu_plan()]
     out.append("== model pack")
