@@ -94,6 +94,22 @@ def test_every_command_tells_its_version(capsys) -> None:
         assert done.value.code == 0 and capsys.readouterr().out == f"face-organizer {__version__}\n", stage
 
 
+def test_every_option_of_every_command_says_what_it_does(monkeypatch, capsys) -> None:
+    from face_organizer.cli import common
+    from face_organizer.cli.main import COMMANDS, main
+
+    made = []
+    real = common.parser
+    monkeypatch.setattr(common, "parser", lambda *args, **kwargs: made.append(real(*args, **kwargs)) or made[-1])
+    for stage in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([stage, "--help"])
+    capsys.readouterr()
+    assert len(made) >= len(COMMANDS)
+    bare = [f"{p.prog} {a.option_strings[0] if a.option_strings else a.dest}" for p in made for a in p._actions if not a.help]
+    assert bare == []
+
+
 @pytest.mark.parametrize(("stage", "option", "value", "message"), [
     ("cluster", "--min-similarity", "2", "a cosine similarity lies between -1 and 1, not 2"),
     ("cluster", "--min-similarity", "high", "not a number: 'high'"),

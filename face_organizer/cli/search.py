@@ -37,7 +37,8 @@ def build_parser():
     p.add_argument("--threshold", type=common.similarity, default=None,
                    help="minimum similarity (default: calibrated for the model, else derived from the data)")
     p.add_argument("--top-k", type=common.positive, default=None, help="keep at most this many matches")
-    p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy")
+    p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy",
+                   help="how matched images reach --output (default: copy)")
     common.add_moved_to_arg(p)
     p.add_argument("--no-expand", dest="expand", action="store_false", help="no second search from confident matches")
     p.add_argument("--no-previews", dest="previews", action="store_false",
