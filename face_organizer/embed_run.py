@@ -57,6 +57,9 @@ class RunSummary:
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_examples: list[tuple[str, str]] = field(default_factory=list)  # the first few, to show
     rows_in_file: int = 0
+    # Images the file holds that were not found this time: moved or deleted since, or embedded from other
+    # inputs. Kept (a move into person folders must not lose them); one run's count, not added up.
+    not_found: int = 0
     file_unchanged: bool = False  # nothing new was found: the file was left as it was
     elapsed: float = 0.0
 
@@ -83,6 +86,8 @@ class RunSummary:
         out = [
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}"
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
+            *([f"held in the file but not found under the inputs now: {count(self.not_found, 'image')} (moved or "
+               "deleted since, or from other inputs); kept"] if self.not_found else []),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
             + (f"photos without a face: {self.no_face:,}" if self.mode == "photos"
                else f"fallback (no face found, centre crop used): {self.fallback:,}"),
@@ -101,7 +106,8 @@ class RunSummary:
         out += [f"  {path}: {reason}" for path, reason in self.skipped_examples]
         if skipped > len(self.skipped_examples):
             out.append(f"  … all {skipped:,} are listed under 'failed' in the embeddings file")
-        out.append(f"elapsed: {self.elapsed:.1f} s, {self.rate:.1f} images/s, device: {self.device}"
+        out.append(f"elapsed: {self.elapsed:.1f} s, " + (f"{self.rate:.1f} images/s, " if self.processed else "")
+                   + f"device: {self.device}"
                    + (f" ({self.streams} streams)" if self.streams > 1 else ""))
         return out
 
@@ -482,10 +488,11 @@ def run_embeddings(
     done = state.done()
     todo = [p for p in paths if p not in done]
     summary = RunSummary(output=str(out), device=models.device, streams=max(1, streams), mode=options.mode,
-                         total_images=len(paths), already_done=len(paths) - len(todo), changed=len(changed))
+                         total_images=len(paths), already_done=len(paths) - len(todo), changed=len(changed),
+                         not_found=len(state.held.difference(paths)))
     if summary.already_done or changed:
-        log.info("resuming: %d of %d images already embedded; %d changed since they were read, embedding them again",
-                 summary.already_done, len(paths), len(changed))
+        log.info("resuming: %d of %d images already embedded%s", summary.already_done, len(paths),
+                 f"; {len(changed)} changed since they were read, embedding them again" if changed else "")
     meta = embfile.make_meta(pack_name=models.pack.name, model_files=models.pack.file_names(), dim=models.dim,
                              device=models.device, inputs=[os.path.abspath(i) for i in inputs], mode=options.mode,
                              complete=False, sessions=[r.describe() for r in models.reports],
@@ -494,7 +501,7 @@ def run_embeddings(
     recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds, held_now)
     status = _StatusWriter(status_file, models.device)
     status.start(summary.already_done, len(paths))
-    bar = progress_bar(total=len(todo), unit="img", enabled=progress, smoothing=0.1)
+    bar = progress_bar(total=len(todo), unit="img", enabled=progress and bool(todo), smoothing=0.1)
 
     def record(job: _JobResult) -> None:
         for path, reason in job.skipped:

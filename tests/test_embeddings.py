@@ -282,7 +282,9 @@ def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, vide
     assert not parts_dir(out).exists()
     assert run_cli(command[:2] + command[3:]) == 0  # one of the two folders: nothing new either
     assert out.stat().st_mtime_ns == stat.st_mtime_ns
-    capsys.readouterr()
+    elsewhere = sum(1 for p in good if folder / "2008" in p.parents)
+    assert 0 < elsewhere < len(good) and (f"held in the file but not found under the inputs now: {elsewhere} images "
+                                          "(moved or deleted since, or from other inputs); kept") in capsys.readouterr().out
     # A year folder emptied since (its images moved into person folders): the loop over years goes on.
     emptied = tmp_path / "emptied"
     emptied.mkdir()
