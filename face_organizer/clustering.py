@@ -301,7 +301,7 @@ def kmeans(
         return Clustering(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, d), np.float32), 0.0, "empty", "kmeans")
     asked, k = k, max(1, min(k, n))
     sims, nearest = _spherical_kmeans(x, k, restarts=restarts, seed=seed, use_gpu=use_gpu)
-    method = f"kmeans k={k}" + (f" (only {n:,} faces for the {asked:,} people asked for)" if k < asked else "")
+    method = f"kmeans k={k}" + (f" (only {count(n, 'face')} for the {asked:,} people asked for)" if k < asked else "")
     labels = nearest[:, 0].astype(np.int64)
     random_pairs = impostor_model(x, seed=seed)  # the impostor peak of random pairs of faces, read once
     own_cut = min_similarity is None and calibrated is None

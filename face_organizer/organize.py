@@ -459,7 +459,7 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     folders: set[str] = set()
     if mode != "copy":  # links take no data; moves make each copy durable before deleting its source
         for source, dest, how in progress_bar(_ordered(operations, mode, links), total=len(operations), unit="file",
-                                              enabled=progress, desc=mode):
+                                              enabled=progress and bool(operations), desc=mode):
             status[dest] = place(source, dest, how, folders=folders)
         return Placement(destinations, status, previous is not None)
     # Copies are flushed SYNC_EVERY at a time, not one fsync each (1.2-1.7x faster for 20 KB crops
@@ -467,7 +467,7 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     # re-run checks the bytes of the copies after that point, which a power cut may have left empty.
     durable = len(operations) if previous is None else int(previous.get("durable", len(operations)))
     unflushed = 0
-    for i, (source, dest) in enumerate(progress_bar(operations, unit="file", enabled=progress, desc=mode)):
+    for i, (source, dest) in enumerate(progress_bar(operations, unit="file", enabled=progress and bool(operations), desc=mode)):
         status[dest] = place(source, dest, mode, durable=False, verify=previous is not None and i >= durable,
                              folders=folders)
         unflushed += status[dest] == "placed"

@@ -53,6 +53,8 @@ class SearchReport:
     status: Counter[str] = field(default_factory=Counter)  # files by what their placement did
 
     def lines(self) -> list[str]:
+        if not self.rows:
+            return ["no faces in the embeddings files: nothing to search (matches.csv lists none)"]
         unique = len(set(self.destinations))
         via = int(self.result.via_expansion.sum())
         lines = [

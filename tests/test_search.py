@@ -237,6 +237,16 @@ def test_bad_query_and_model_mismatch_are_clear(lfw_subset, lfw, testpack_dir, m
         check_same_model(ef, models)
 
 
+def test_a_file_without_faces_searches_nothing_and_says_so(lfw_subset, lfw, testpack_dir, tmp_path, capsys) -> None:
+    ef = embfile.load(lfw_subset[0])
+    embfile.save(tmp_path / "none.pkl", embfile.EmbeddingsFile(ef.rows.select(np.arange(0)), [], [], ef.meta))
+    query = lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"
+    assert run_cli(["--embeddings", str(tmp_path / "none.pkl"), "--query", str(query), "--output", str(tmp_path / "o"),
+                    "--model", str(testpack_dir), "-q"]) == 0
+    assert capsys.readouterr().out == "no faces in the embeddings files: nothing to search (matches.csv lists none)\n"
+    assert list(csv.DictReader(open(tmp_path / "o" / "matches.csv", newline="", encoding="utf-8"))) == []
+
+
 def test_a_folder_of_references_is_each_photo_in_it(lfw_subset, lfw, testpack_dir, tmp_path, capsys) -> None:
     emb, identity = lfw_subset
     refs = tmp_path / "ref" / "chretien"
