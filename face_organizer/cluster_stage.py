@@ -322,7 +322,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
                   sources: Sequence[str] = ()) -> ClusterReport:
     started = time.monotonic()
     output = os.path.abspath(output)
-    check_output_folder(output)  # before the clustering, which takes minutes on a large collection
+    check_output_folder(output, config.dry_run)  # before the clustering, which takes minutes on a large collection
     run = run_settings(ef, config)
     check_same_images(output, run, "cluster_faces")
     refuse_renamed(output, relocate.renamed_in(output))  # the same run again, into folders renamed since

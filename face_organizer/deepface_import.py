@@ -27,8 +27,6 @@ def import_deepface() -> ModuleType:
     Raises what the import raises (``ImportError`` when it is not installed, ``OSError`` when it
     cannot make its folders), after writing the held lines to stderr, where they may say why.
     """
-    if "deepface.DeepFace" in sys.modules:
-        return sys.modules["deepface.DeepFace"]
     if log.isEnabledFor(logging.DEBUG):
         from deepface import DeepFace
 

@@ -91,9 +91,11 @@ def _syncfs() -> Callable[[int], int] | None:
         return None
 
 
-def check_writable_dir(path: str | os.PathLike[str]) -> None:
-    """Raise ``PermissionError``/``OSError`` early if files cannot be created in ``path``."""
-    Path(path).mkdir(parents=True, exist_ok=True)
+def check_writable_dir(path: str | os.PathLike[str], make: bool = True) -> None:
+    """Raise ``PermissionError``/``OSError`` early if files cannot be created in ``path``
+    (made first, with its parents, when ``make``)."""
+    if make:
+        Path(path).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=path):
         pass
 
@@ -135,7 +137,8 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     read-only parent folder), the block runs unguarded, with a warning."""
     target = Path(path)
     lock = lock_path(target)
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # a parent that cannot be made: _acquire fails to open the lock
+        lock.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(lock, target, hint)
     if fd is None:
         yield
@@ -178,6 +181,10 @@ def _acquire(lock: Path, target: Path, hint: str) -> int | None:
 
 
 def _unguarded(lock: Path, target: Path, err: OSError) -> None:
+    try:
+        check_writable_dir(target if os.path.lexists(target) else target.parent, make=False)
+    except OSError:
+        return None  # the run cannot write there either, and its own check says so in one line
     log.warning("cannot lock %s (%s): a second process writing %s at the same time would not be stopped",
                 lock, err.strerror or err, target)
     return None

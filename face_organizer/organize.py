@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import FaceOrganizerError, SetupError
-from .fsutil import OUTPUT_MARKER, atomic_write_text, sync_filesystem
+from .fsutil import OUTPUT_MARKER, atomic_write_text, check_writable_dir, sync_filesystem
 from .progress import bar as progress_bar
 from .progress import count
 from .relocate import Placed, renamed_folders, samples_of
@@ -133,14 +133,31 @@ def inside(root: str, relative: str) -> str:
     return target
 
 
-def check_output_folder(output: str) -> None:
+def check_output_folder(output: str, dry_run: bool = False) -> None:
     """Refuse an ``--output`` that no run could write into, before any long work starts:
-    a file, or a folder holding files that no face-organizer placement put there."""
+    a file, a folder holding files that no face-organizer placement put there, or (unless
+    ``dry_run``) a folder that cannot be written, or cannot be made (a read-only mount)."""
     if os.path.lexists(output) and not os.path.isdir(output):
         raise SetupError(f"--output {output} is a file, not a folder; choose a new or empty folder")
     if _has_entries(output) and not os.path.lexists(os.path.join(output, STATE_FILE)):
         raise SetupError(f"--output {output} is not empty and was not written by face-organizer; "
                          "choose a new or empty folder")
+    if not dry_run:
+        _check_writable(output)
+
+
+def _check_writable(output: str) -> None:
+    """The folder, or where it does not exist yet the nearest folder above it: a file can be
+    made there. Nothing is left behind."""
+    folder = os.path.abspath(output)
+    while not os.path.lexists(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise SetupError(f"cannot write to {output}: {folder} is a file")
+    try:
+        check_writable_dir(folder, make=False)
+    except OSError as err:
+        raise SetupError(f"cannot write to {folder}: {err.strerror or err}") from None
 
 
 def check_images_reachable(paths: Sequence[str], output: str) -> None:
@@ -165,7 +182,7 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
     for a new one. Raises ``SetupError`` for a folder holding anything else. ``run``: the
     settings of the stage's run, kept in the state file for ``check_same_run``.
     """
-    check_output_folder(output)
+    check_output_folder(output, dry_run)
     state = os.path.join(output, STATE_FILE)
     if not _has_entries(output):
         if not dry_run:

@@ -1181,6 +1181,11 @@ def test_output_no_run_could_write_is_refused_before_clustering(two_person, tmp_
     assert (tmp_path / "other" / "mine.txt").read_text() == "user file"
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["mine.txt"]
     assert (tmp_path / "a_file").read_text() == "user file"
+    # A folder that cannot be written (a read-only mount; /sys is one for every user, root too).
+    assert run_cli(["--embeddings", str(two_person[0]), "--output", "/sys/face-organizer-output", "-q"]) == 2
+    assert capsys.readouterr().err.startswith("Error: cannot write to /sys: ")
+    assert run_cli(["--embeddings", str(two_person[0]), "--output", str(tmp_path / "a_file" / "o"), "-q"]) == 2
+    assert capsys.readouterr().err.strip() == f"Error: cannot write to {tmp_path / 'a_file' / 'o'}: {tmp_path / 'a_file'} is a file"
 
 
 def test_files_from_different_models_refused(two_person, tmp_path, capsys) -> None:
