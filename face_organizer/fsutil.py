@@ -182,7 +182,7 @@ def _acquire(lock: Path, target: Path, hint: str) -> int | None:
 
 def _unguarded(lock: Path, target: Path, err: OSError) -> None:
     try:
-        check_writable_dir(target if os.path.lexists(target) else target.parent, make=False)
+        check_writable_dir(target if target.is_dir() else target.parent, make=False)  # an output folder, or a file's
     except OSError:
         return None  # the run cannot write there either, and its own check says so in one line
     log.warning("cannot lock %s (%s): a second process writing %s at the same time would not be stopped",

@@ -35,6 +35,11 @@ def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monk
         ran.append(True)
     assert ran and "cannot lock" in caplog.text and "would not be stopped" in caplog.text
     assert not (tmp_path / ".out.lock").exists()
+    caplog.clear()
+    (tmp_path / "emb.pkl").write_bytes(b"an embeddings file")  # a file, as generate_embeddings' --output
+    with caplog.at_level(logging.WARNING), fsutil.exclusive(tmp_path / "emb.pkl", "hint"):
+        pass
+    assert "cannot lock" in caplog.text and "emb.pkl at the same time would not be stopped" in caplog.text
 
 
 def test_no_room_for_a_lock_file_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
