@@ -186,6 +186,7 @@ class _State:
     parts_read: int = 0
     unreadable_parts: list[str] = field(default_factory=list)
     held: set[str] = field(default_factory=set)  # every path with rows or in no_face
+    metas: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (file or part, its meta), as read
 
     def done(self) -> set[str]:
         return set(self.held)
@@ -238,6 +239,7 @@ def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None
         if check:
             check(ef.meta, str(output))
         state.add(ef)
+        state.metas.append((str(output), ef.meta))
     for part in embfile.checkpoint_parts(output):
         try:
             ef = embfile.load(part)
@@ -248,6 +250,7 @@ def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None
         if check:
             check(ef.meta, str(part))
         state.add(ef)
+        state.metas.append((str(part), ef.meta))
         state.parts = max(state.parts, int(part.stem.split("-")[1]))
         state.parts_read += 1
     return state
@@ -263,8 +266,50 @@ def close_run(output: Path, forget: set[str] = frozenset()) -> None:
         _Recorder(output, state, dict(state.meta), int(state.meta["embedding_size"]), float("inf"), {}).write(set())
 
 
-def _load_state(output: Path, models: FaceModels, mode: str) -> _State:
-    return read_state(output, lambda meta, where: _check_compatible(meta, models, mode, where))
+NO_DEVICE = "none (nothing to embed)"
+
+
+def rerun_without_models(paths: Sequence[str], output: str | os.PathLike[str], recogniser: str,
+                         options: EmbedOptions = EmbedOptions(), *, inputs: Sequence[str] = (),
+                         status_file: str | None = None, loader: Loader = images.load_many,
+                         ) -> tuple[_State | None, RunSummary | None]:
+    """Tell a re-run that finds nothing to embed before the models are loaded (on a GPU, seconds
+    per process in every pass of a shell loop over year folders): no new image, none changed,
+    those that failed before failing again for the same reason, and the file saying all that a
+    rewrite would add (see ``_Recorder.up_to_date``). Returns the state it read, for
+    ``run_embeddings`` to go on from without reading the file again, and for such a re-run its
+    summary (the file left as it was); otherwise no summary. A file of another model or mode
+    is left for ``run_embeddings`` to refuse, which needs the models to say why.
+    """
+    started = time.monotonic()
+    out = Path(output).absolute()
+    if not out.is_file() or parts_dir(out).exists():
+        return None, None  # nothing to go on from, or an interrupted run's parts to merge
+    state = read_state(out)
+    old = state.meta or {}
+    if (old.get("complete") is not True or old.get("format_version") != embfile.FORMAT_VERSION
+            or old.get("model_files", {}).get("recognition") != recogniser or old.get("mode", "crops") != options.mode
+            or quality.META_KEY not in old or not {os.path.abspath(i) for i in inputs} <= set(old.get("inputs", []))):
+        return state, None
+    todo = [p for p in paths if p not in state.held]
+    if any(p not in state.failed for p in todo) or any(p not in state.signatures for p in state.held):
+        return state, None
+    if state.changed({p: images.file_signature(p) for p in paths if p in state.held}):
+        return state, None
+    summary = RunSummary(output=str(out), device=NO_DEVICE, mode=options.mode, total_images=len(paths),
+                         already_done=len(paths) - len(todo), not_found=len(state.held.difference(paths)),
+                         rows_in_file=sum(len(r) for r in state.rows), file_unchanged=True)
+    for item in (loader(todo) if todo else []):
+        reason = item.reason or "unreadable"
+        if item.image is not None or reason != state.failed[item.path]:
+            return state, None  # mended since, or failing another way: the models are needed
+        summary.skipped[reason] += 1
+        if len(summary.skipped_examples) < SKIPPED_SHOWN:
+            summary.skipped_examples.append((item.path, reason))
+    summary.elapsed = time.monotonic() - started
+    status = _StatusWriter(status_file, NO_DEVICE)
+    status.finish(summary)
+    return state, summary
 
 
 def _sorted_rows(rows: FaceRows) -> FaceRows:
@@ -465,18 +510,22 @@ def run_embeddings(
     progress: bool = True,
     status_file: str | None = None,
     loader: Loader = images.load_many,
+    state: _State | None = None,
 ) -> RunSummary:
     """Embed ``paths`` into ``output``, continuing from an earlier run when ``resume``.
 
     ``workers`` processes decode ahead (0: each stream decodes its own batch);
     ``streams`` threads run ``embed_batch`` concurrently on the shared sessions.
+    ``state``: what ``rerun_without_models`` read of ``output``, so it is not read twice.
     """
     started = time.monotonic()
     out = Path(output).absolute()
     held_now: dict[str, images.Signature | None] = {}
     changed: set[str] = set()
     if resume:
-        state = _load_state(out, models, options.mode)
+        state = state if state is not None else read_state(out)
+        for where, meta in state.metas:
+            _check_compatible(meta, models, options.mode, where)
         # Files embedded before are stat'ed to find those rewritten since; new files are
         # signed as they are read.
         held_now = {p: images.file_signature(p) for p in paths if p in state.held}

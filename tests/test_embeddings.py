@@ -263,7 +263,8 @@ def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, ca
     assert plain["embeddings"].dtype == np.float32 and len(plain["paths"]) == len(good)
 
 
-def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, video_crops, testpack_dir, capsys) -> None:
+def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, video_crops, testpack_dir, monkeypatch,
+                                                                  capsys) -> None:
     folder, good = _good_and_bad(tmp_path, video_crops)
     out = tmp_path / "emb.pkl"
     command = ["--input", str(folder / "2017"), str(folder / "2008"), "--output", str(out), "--model", str(testpack_dir),
@@ -272,11 +273,17 @@ def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, vide
     written, stat, first = out.read_bytes(), out.stat(), embfile.load(out)
     capsys.readouterr()
 
-    # The bad files are tried again and fail for the same reasons: nothing to write.
+    # The bad files are tried again and fail for the same reasons: nothing to write, and no model is loaded
+    # for it (on a GPU, seconds in every pass of a loop over year folders).
+    def no_models(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the models were loaded for a re-run with nothing to embed")
+
+    monkeypatch.setattr("face_organizer.cli.embed.load_face_models", no_models)
     assert run_cli(command) == 0
     printed = capsys.readouterr().out
     assert f"already embedded: {len(good)}" in printed and "skipped: 5" in printed
     assert f"({len(good)} faces); nothing new, so it was left as it was" in printed
+    assert "device: none (nothing to embed)" in printed
     again = out.stat()
     assert (again.st_ino, again.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns) and out.read_bytes() == written
     assert not parts_dir(out).exists()
@@ -285,6 +292,7 @@ def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, vide
     elsewhere = sum(1 for p in good if folder / "2008" in p.parents)
     assert 0 < elsewhere < len(good) and (f"held in the file but not found under the inputs now: {elsewhere} images "
                                           "(moved or deleted since, or from other inputs); kept") in capsys.readouterr().out
+    monkeypatch.undo()
     # A year folder emptied since (its images moved into person folders): the loop over years goes on.
     emptied = tmp_path / "emptied"
     emptied.mkdir()

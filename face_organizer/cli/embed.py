@@ -105,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One writer per output: two processes on the same file would interleave their checkpoints.
     with exclusive(output, "give each process its own --output, e.g. embeddings_gpu0.pkl and embeddings_gpu1.pkl"):
         pack = resolve_pack(args.model, common.model_root(args.model_root))
+        state, unchanged = embed_run.rerun_without_models(
+            paths, output, pack.recognizer.name, options, inputs=args.input, status_file=args.status_file,
+        ) if args.resume else (None, None)
+        if unchanged is not None:  # nothing to embed: the models are not loaded
+            print("\n".join(unchanged.lines()))
+            return 0
         on_cpu = args.device == "cpu" or CUDA not in available_providers()
         streams, threads = embed_run.plan_streams(on_cpu, args.streams, args.threads)
         models = load_face_models(pack, args.device, gpu_id, batch_size=args.batch_size, threads=threads,
@@ -119,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = embed_run.run_embeddings(
             paths, output, models, options, inputs=args.input, batch_size=args.batch_size,
             workers=workers, streams=streams, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet,
-            status_file=args.status_file,
+            status_file=args.status_file, state=state,
         )
     print("\n".join(summary.lines()))
     return 0

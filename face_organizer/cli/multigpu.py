@@ -66,7 +66,7 @@ def added_up(summaries: Sequence[dict], workers: int, elapsed: float, mode: str 
     which = (f"the {len(summaries)} of {workers} workers that finished" if len(summaries) < workers
              else f"the {count(workers, 'worker')}")
     return [f"total over {which}:", *(f"  {line}" for line in total.count_lines()),
-            f"  elapsed: {elapsed:.1f} s, {total.rate:.1f} images/s"]
+            f"  elapsed: {elapsed:.1f} s" + (f", {total.rate:.1f} images/s" if total.processed else "")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
