@@ -61,9 +61,15 @@ def _softmax(x: NDArray[np.floating]) -> NDArray[np.float64]:
 class InsightFaceGender:
     """Batched genderage inference with the pack's detector and attribute model."""
 
-    def __init__(self, pack: ModelPack, device: Device = "auto", gpu_id: int = 0, *, threads: int = 0, batch_size: int = 64):
+    @staticmethod
+    def name_for(pack: ModelPack) -> str:
+        """The predictor's name (see ``gender_stage.Predictor``), without loading it."""
         if pack.genderage is None:
             raise ModelPackError(f"model pack {pack.name} at {pack.folder} has no gender/age model (genderage.onnx)")
+        return f"insightface {pack.name} {pack.detector.name} {pack.genderage.name}"
+
+    def __init__(self, pack: ModelPack, device: Device = "auto", gpu_id: int = 0, *, threads: int = 0, batch_size: int = 64):
+        self.name = self.name_for(pack)  # what made the predictions
         # Both sessions take the uint8 images and normalise them themselves (see tensors.py).
         det_session, det_report = open_session(load_detector_model(pack.detector).SerializeToString(), pack.detector.name, device, gpu_id, threads=threads)
         model = onnx.load(str(pack.genderage))
@@ -73,7 +79,6 @@ class InsightFaceGender:
         model = with_uint8_bgr_input(model, self.mean, self.std)
         self.session, report = open_session(model.SerializeToString(), pack.genderage.name, device, gpu_id, threads=threads)
         self.reports: list[SessionReport] = [det_report, report]
-        self.name = f"insightface {pack.name} {pack.detector.name} {pack.genderage.name}"  # what made the predictions
         self.detector = SCRFD(det_session)
         arg = self.session.get_inputs()[0]
         self.takes_uint8 = takes_uint8_images(self.session)
@@ -119,6 +124,10 @@ class InsightFaceGender:
 class DeepFaceGender:
     """DeepFace ``analyze(actions=['gender'])`` with a chosen detector backend (optional extra)."""
 
+    @staticmethod
+    def name_for(detector_backend: str) -> str:
+        return f"deepface {detector_backend}"
+
     def __init__(self, detector_backend: str = "opencv"):
         try:
             DeepFace = import_deepface()
@@ -139,7 +148,7 @@ class DeepFaceGender:
                 "(scripts/benchmark_backends.py --prepare-deepface-weights FOLDER copies it there) or use --backend insightface"
             ) from None
         self.deepface, self.detector_backend = DeepFace, detector_backend
-        self.name = f"deepface {detector_backend}"
+        self.name = self.name_for(detector_backend)
         self.device = "cpu"
 
     def predict(self, items: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[GenderPrediction]:

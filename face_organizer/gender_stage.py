@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import IO, Protocol
 
@@ -18,7 +18,7 @@ from .embed_run import iter_loaded
 from .fsutil import atomic_write_text
 from .gender import GenderPrediction
 from .images import Signature, file_signature
-from .organize import LinkMode, check_output_folder, check_same_run, place_all
+from .organize import LinkMode, check_output_folder, check_same_run, files_line, place_all
 from .progress import bar as progress_bar
 from .progress import count
 
@@ -35,6 +35,28 @@ class Predictor(Protocol):
     def predict(self, items: Sequence[tuple[str, object]]) -> list[GenderPrediction]: ...
 
 
+class Deferred:
+    """A predictor made only when there are images to predict: a re-run that finds every image
+    predicted before does not load its models (DeepFace imports TensorFlow: seconds in every pass
+    of a loop over year folders)."""
+
+    def __init__(self, name: str, make: Callable[[], Predictor]):
+        self.name, self._make = name, make
+        self._made: Predictor | None = None
+
+    @property
+    def device(self) -> str:
+        return self._made.device if self._made is not None else "none"
+
+    def load(self) -> Predictor:
+        if self._made is None:
+            self._made = self._make()
+        return self._made
+
+    def predict(self, items: Sequence[tuple[str, object]]) -> list[GenderPrediction]:
+        return self.load().predict(items)
+
+
 @dataclass
 class GenderSummary:
     output: str
@@ -46,6 +68,8 @@ class GenderSummary:
     errors: Counter[str] = field(default_factory=Counter)
     resumed: int = 0  # predicted by an interrupted run, not again
     kept: int = 0  # predicted by the finished run into the same output, unchanged since: not again
+    placed_before: int = 0  # placed by that run, no longer a match: the copy stays
+    status: Counter[str] = field(default_factory=Counter)  # files by what their placement did
 
     def lines(self) -> list[str]:
         errors = sum(self.errors.values())
@@ -54,9 +78,14 @@ class GenderSummary:
             f"other gender: {self.non_matches:,}; below --min-confidence: {self.low_confidence:,}; "
             f"no face: {self.no_face:,}; errors: {errors:,}"
             + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.errors.most_common()) + ")" if errors else ""),
+            *([files_line(self.status)] if self.status else []),
         ] + ([f"continued an interrupted run: {count(self.resumed, 'image')} already predicted"] if self.resumed else []) \
           + ([f"{count(self.kept, 'image')} predicted by the earlier run into this output and unchanged since: "
-              "not predicted again"] if self.kept else [])
+              "not predicted again"] if self.kept else []) \
+          + ([f"{count(self.placed_before, 'image')} the earlier run placed here no longer "
+              f"match{'es' if self.placed_before == 1 else ''} (rewritten since): "
+              f"{'its copy is' if self.placed_before == 1 else 'their copies are'} left in place"]
+             if self.placed_before else [])
 
 
 def progress_path(output: str) -> str:
@@ -149,25 +178,29 @@ class _Progress:
             os.unlink(self.path)
 
 
-def _finished_predictions(output: str) -> dict[str, Signed]:
+def _finished_predictions(output: str) -> tuple[dict[str, Signed], dict[str, str] | None]:
     """The predictions in ``output``'s ``predictions.csv`` (a finished run of the same command:
-    ``check_same_run`` has passed) that record their image's size and modification time."""
+    ``check_same_run`` has passed) that record their image's size and modification time, and where
+    that run placed its matches (None: no finished run there)."""
     done: dict[str, Signed] = {}
+    placed: dict[str, str] = {}
     try:
         with open(os.path.join(output, "predictions.csv"), encoding="utf-8", errors="surrogateescape",
                   newline="") as handle:
             for row in csv.DictReader(handle):
+                if row["destination"]:
+                    placed[row["path"]] = row["destination"]
                 if not (row.get("bytes") or "").isdigit() or not (row.get("mtime_ns") or "").isdigit():
                     continue  # written before they were kept, or an image that could not be read
                 done[row["path"]] = (GenderPrediction(row["path"], row["gender"] or None, float(row["confidence"]),
                                                       float(row["age"]) if row["age"] else None, row["reason"] or None),
                                      (int(row["bytes"]), int(row["mtime_ns"])))
     except FileNotFoundError:
-        pass
+        return {}, None
     except (OSError, KeyError, ValueError, csv.Error) as err:
         log.warning("%s: predictions.csv cannot be read (%s); predicting every image again", output, err)
-        return {}
-    return done
+        return {}, None
+    return done, placed
 
 
 def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, gender: str, predictor: Predictor, *,
@@ -186,9 +219,12 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
                    of=lambda earlier: ", ".join(earlier.get("inputs") or ["other folders"]),
                    advice="give each input folder its own --output (in a loop over year folders: one per year)")
     summary = GenderSummary(output, gender)
-    # The same command again: the finished run's predictions of images unchanged since stand.
-    made = _unchanged(_finished_predictions(output), paths)
+    # The same command again: the finished run's predictions of images unchanged since stand; images
+    # added since are placed beside that run's, and the copies of images rewritten since made anew.
+    finished, placed_before = _finished_predictions(output)
+    made = _unchanged(finished, paths)
     summary.kept = len(made)
+    rewritten = {p for p in paths if p in finished and p not in made}
     saved = _Progress(progress_path(output), predictor.name)
     resumed = _unchanged({p: d for p, d in saved.done.items() if p not in made}, paths)
     made.update(resumed)
@@ -198,7 +234,9 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     todo = [p for p in paths if p not in made]
     batch: list[tuple[str, object]] = []
     signatures: dict[str, Signature | None] = {}
-    bar = progress_bar(total=len(todo), unit="img", enabled=progress)
+    if todo and isinstance(predictor, Deferred):
+        predictor.load()  # before the bar: its log lines, or why it cannot be loaded
+    bar = progress_bar(total=len(todo), unit="img", enabled=progress and bool(todo))
 
     def record(predictions: list[GenderPrediction]) -> None:
         saved.add(predictions, signatures)
@@ -238,8 +276,11 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
         else:
             matched.append(p.path)
     summary.matches = len(matched)
-    placement = place_all(output, matched, ["."] * len(matched), roots, link_mode, progress=progress, run=run)
+    placement = place_all(output, matched, ["."] * len(matched), roots, link_mode, progress=progress, run=run,
+                          grows_from=placed_before, renew=rewritten)
     destination = dict(zip(matched, placement.destinations))
+    summary.status = Counter(placement.status.values())
+    summary.placed_before = sum(1 for p in paths if p in (placed_before or {}) and p not in destination)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "gender", "confidence", "age", "matched", "reason", "destination", "bytes", "mtime_ns"])

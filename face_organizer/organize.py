@@ -175,12 +175,15 @@ def check_images_reachable(paths: Sequence[str], output: str) -> None:
 
 
 def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
-                   run: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                   run: dict[str, Any] | None = None, may_grow: bool = False) -> dict[str, Any] | None:
     """Check the output folder: empty/new, or the same plan interrupted or finished.
 
     Returns the saved state of an earlier run of this very plan being continued, None
     for a new one. Raises ``SetupError`` for a folder holding anything else. ``run``: the
     settings of the stage's run, kept in the state file for ``check_same_run``.
+    ``may_grow``: the stage vouches that a finished run of the same command made the output
+    and that this plan keeps its files where they are; another plan with the same ``run`` is
+    then taken on from it (state ``grown``; its copies need no check, being flushed).
     """
     check_output_folder(output, dry_run)
     state = os.path.join(output, STATE_FILE)
@@ -196,6 +199,10 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
         raise SetupError(f"--output {output}: its {STATE_FILE} cannot be read; choose a new folder, or remove it "
                          "to start over") from None
     if not isinstance(previous, dict) or previous.get("plan") != digest:
+        if may_grow and isinstance(previous, dict) and run and previous.get("run") == run and not holds_moved_images(previous):
+            if not dry_run:
+                _write_state(output, digest, mode, 0, run)
+            return {**previous, "plan": digest, "durable": 0, "grown": True}
         if isinstance(previous, dict) and holds_moved_images(previous):
             raise SetupError(f"--output {output} holds images an earlier run moved there (--link-mode move), sorted "
                              f"differently; removing it would delete them. Choose a new folder, and add --moved-to "
@@ -321,13 +328,19 @@ def _same_size(a: str, b: str) -> bool:
         return False
 
 
+def _partial_name(dest: str) -> str:
+    """The temporary name beside ``dest`` that a copy or link is made under (short whatever the
+    length of ``dest``'s)."""
+    key = hashlib.sha1(os.path.basename(dest).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(os.path.dirname(dest), f"{PARTIAL_PREFIX}{os.getpid()}-{key}")
+
+
 def _copy_atomic(source: str, dest: str, durable: bool = True) -> None:
     """Copy through a temporary name, so ``dest`` is whole or absent; ``durable``: on disk
     before the rename (else the caller flushes many copies at once). The temporary name is
     short whatever the length of ``dest``'s; a re-run removes one a crash left
     (``remove_partial_copies``)."""
-    key = hashlib.sha1(os.path.basename(dest).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    tmp = os.path.join(os.path.dirname(dest), f"{PARTIAL_PREFIX}{os.getpid()}-{key}")
+    tmp = _partial_name(dest)
     try:
         shutil.copy2(source, tmp)
         if durable:
@@ -340,8 +353,19 @@ def _copy_atomic(source: str, dest: str, durable: bool = True) -> None:
         raise
 
 
+def _link_atomic(source: str, dest: str) -> None:
+    """Hard-link ``source`` in place of ``dest`` through a temporary name: ``dest`` is never absent."""
+    tmp = _partial_name(dest)
+    os.link(source, tmp)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verify: bool = False,
-          folders: set[str] | None = None) -> str:
+          replace: bool = False, folders: set[str] | None = None) -> str:
     """Put ``source`` at ``dest``: 'placed', 'exists' (done by an earlier run) or 'missing'.
 
     A move renames within a filesystem (atomic); across filesystems it copies,
@@ -351,10 +375,17 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
     ``durable=False`` is left to the caller to flush; ``verify`` (for copies an earlier
     run made after its last flush, which a power cut may have emptied) compares an
     existing destination's bytes with the source and copies again when they differ.
+    ``replace``: ``dest`` is this stage's own copy or link of an image rewritten since, made
+    anew (a copy only where the bytes differ).
     ``folders``: destination folders known to exist, shared by the calls of one placement (each
     folder is then made once, not checked once per file); the folders this call makes are added.
     """
     if os.path.lexists(dest):
+        if replace and mode == "copy":
+            verify = True
+        elif replace and mode == "hardlink" and os.path.exists(source) and not os.path.samefile(source, dest):
+            _link_atomic(source, dest)
+            return "placed"
         if mode == "hardlink" and os.path.exists(source) and os.path.samefile(source, dest):
             return "exists"
         if mode == "symlink" and os.path.islink(dest) and os.readlink(dest) == source:
@@ -443,7 +474,8 @@ class Placement:
 
 def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: Sequence[str], mode: LinkMode, *,
               sources: Sequence[str] | None = None, dry_run: bool = False, progress: bool = True,
-              run: dict[str, Any] | None = None) -> Placement:
+              run: dict[str, Any] | None = None, grows_from: Mapping[str, str] | None = None,
+              renew: Set[str] = frozenset()) -> Placement:
     """Put each path under ``output/<group>/…`` (``"."``: directly under ``output``).
 
     ``sources``: where each image is now, where that is not its path (an earlier move took it
@@ -452,8 +484,13 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     settings, recorded for ``check_same_run``.
     The plan is checked against the output folder first (new, empty, or the same plan
     interrupted or finished); a dry run stops there and writes nothing.
+    ``grows_from``: where a finished run of the same command put each of its images; this plan may
+    add to that output (new images, of a folder that grew) as long as it keeps those where they
+    are. ``renew``: paths whose file was rewritten since that run, whose copies are made anew.
     """
     destinations = [inside(output, d) for d in plan_destinations(paths, groups, roots)]
+    if grows_from is not None:
+        _refuse_moved_destinations(output, paths, destinations, grows_from)
     named = sorted(set(zip(paths, destinations)))
     operations = named if sources is None else sorted(set(zip(sources, destinations)))
     # Only what is not placed yet can fail; on a new output that is everything (no lookups).
@@ -464,10 +501,11 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     check_sources(todo, output, mode, links)
     check_space(todo, output, mode, dry_run, links)
     digest = plan_digest(named, mode)
-    previous = prepare_output(output, digest, dry_run, mode, run)
+    previous = prepare_output(output, digest, dry_run, mode, run, may_grow=grows_from is not None)
     if previous is not None:
         _refuse_renamed_folders(output, paths, destinations)
-        log.info("continuing an earlier run into %s", output)
+        log.info("adding to an earlier run's output %s" if previous.get("grown") else "continuing an earlier run into %s",
+                 output)
         if not dry_run and (removed := remove_partial_copies(destinations)):
             log.info("removed %d unfinished cop%s an interrupted run left", removed, "y" if removed == 1 else "ies")
     status: dict[str, str] = {}
@@ -477,22 +515,33 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     if mode != "copy":  # links take no data; moves make each copy durable before deleting its source
         for source, dest, how in progress_bar(_ordered(operations, mode, links), total=len(operations), unit="file",
                                               enabled=progress and bool(operations), desc=mode):
-            status[dest] = place(source, dest, how, folders=folders)
+            status[dest] = place(source, dest, how, replace=source in renew, folders=folders)
         return Placement(destinations, status, previous is not None)
     # Copies are flushed SYNC_EVERY at a time, not one fsync each (1.2-1.7x faster for 20 KB crops
     # on an SSD: benchmarks/bench_placement.py); the state file records how many are on disk, and a
     # re-run checks the bytes of the copies after that point, which a power cut may have left empty.
-    durable = len(operations) if previous is None else int(previous.get("durable", len(operations)))
+    # A grown output's earlier copies were flushed when their run finished: none is checked.
+    durable = len(operations) if previous is None or previous.get("grown") else int(previous.get("durable", len(operations)))
     unflushed = 0
     for i, (source, dest) in enumerate(progress_bar(operations, unit="file", enabled=progress and bool(operations), desc=mode)):
         status[dest] = place(source, dest, mode, durable=False, verify=previous is not None and i >= durable,
-                             folders=folders)
+                             replace=source in renew, folders=folders)
         unflushed += status[dest] == "placed"
         if unflushed >= SYNC_EVERY:
             _mark_durable(output, digest, mode, i + 1, run)
             unflushed = 0
     _mark_durable(output, digest, mode, len(operations), run)
     return Placement(destinations, status, previous is not None)
+
+
+def _refuse_moved_destinations(output: str, paths: Sequence[str], destinations: Sequence[str],
+                               earlier: Mapping[str, str]) -> None:
+    """Refuse a plan that grows an earlier run's output but would put one of that run's images
+    under another name (two names that differ only in case, the second new): it would be there twice."""
+    moved = [(earlier[p], d) for p, d in zip(paths, destinations) if p in earlier and earlier[p] != d]
+    if moved:
+        raise SetupError(f"--output {output}: the images added since would give {count(len(moved), 'image')} the earlier "
+                         f"run placed another name (such as {moved[0][0]} → {moved[0][1]}); choose a new --output")
 
 
 def _refuse_renamed_folders(output: str, paths: Sequence[str], destinations: Sequence[str]) -> None:

@@ -165,6 +165,85 @@ def test_the_same_command_again_predicts_only_images_new_or_changed_since(utkfac
     assert resumed.asked == [first_four[1], *paths()[4:]] and summary.resumed == 3
 
 
+def test_the_same_command_again_places_the_matches_of_a_folder_that_grew(utkface, predictor, tmp_path) -> None:
+    # New frames in a year folder, the loop run again: their matches join the earlier run's output. Before,
+    # any new match changed the plan and the output was refused as another run's.
+    import os
+    import time
+
+    def decided(rows):  # images the model calls a woman or a man with some confidence, as the tool would
+        found = predictor.predict([(r["path"], read_image(utkface / r["path"])) for r in rows])
+        return ([r for r, p in zip(rows, found) if p.gender == "Woman" and p.confidence > 0.8],
+                [r for r, p in zip(rows, found) if p.gender == "Man" and p.confidence > 0.8])
+
+    women, men = decided(read_labels(utkface)[:60])
+    assert len(women) >= 6 and len(men) >= 2
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for r in women[:3] + men[:1]:
+        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
+    run = dict(workers=0, batch_size=4, progress=False)
+    out = tmp_path / "women"
+
+    def paths() -> list[str]:
+        return sorted(str(p) for p in folder.iterdir())
+
+    def rewrite(path: Path, row: dict[str, str]) -> None:  # another face under the same name, a later time
+        path.write_bytes((utkface / row["path"]).read_bytes())
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+
+    first = filter_by_gender(paths(), [str(folder)], str(out), "Woman", predictor, **run)
+    assert first.matches == 3 and first.status == {"placed": 3}
+    placed = {r["path"]: r["destination"] for r in csv.DictReader(open(out / "predictions.csv", encoding="utf-8"))}
+    renewed, turned = (folder / Path(women[0]["path"]).name), (folder / Path(women[1]["path"]).name)
+    rewrite(renewed, women[4])  # another woman: her copy is made anew
+    rewrite(turned, men[1])  # a man now: the earlier copy stays, and the summary says so
+    added = folder / Path(women[5]["path"]).name
+    added.write_bytes((utkface / women[5]["path"]).read_bytes())
+    watched = _Watched(predictor)
+    summary = filter_by_gender(paths(), [str(folder)], str(out), "Woman", watched, **run)
+    assert sorted(watched.asked) == sorted(map(str, (renewed, turned, added)))
+    assert summary.matches == 3 and summary.status == {"placed": 2, "exists": 1}
+    assert Path(placed[str(renewed)]).read_bytes() == renewed.read_bytes()
+    assert Path(placed[str(turned)]).read_bytes() == (utkface / women[1]["path"]).read_bytes()
+    assert ("1 image the earlier run placed here no longer matches (rewritten since): its copy is left in place"
+            in summary.lines())
+    after = {r["path"]: r for r in csv.DictReader(open(out / "predictions.csv", encoding="utf-8"))}
+    assert after[str(added)]["matched"] == "1" and Path(after[str(added)]["destination"]).read_bytes() == added.read_bytes()
+    assert all(after[p]["destination"] == d for p, d in placed.items() if p != str(turned))
+    # Once more, nothing new: nothing is predicted or placed again.
+    again = _Watched(predictor)
+    summary = filter_by_gender(paths(), [str(folder)], str(out), "Woman", again, **run)
+    assert again.asked == [] and summary.status == {"exists": 3}
+    # Another gender into the same output is still another run's output.
+    with pytest.raises(SetupError, match="gender"):
+        filter_by_gender(paths(), [str(folder)], str(out), "Man", predictor, **run)
+
+
+def test_the_same_command_again_with_nothing_new_loads_no_model(utkface, testpack_dir, tmp_path, monkeypatch,
+                                                                capsys) -> None:
+    # DeepFace imports TensorFlow and builds its model: seconds in every pass of a loop over year folders.
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for r in read_labels(utkface)[:4]:
+        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
+    (folder / "broken.jpg").write_text("not an image")  # its error stands too, as its file is unchanged
+    command = ["--input", str(folder), "--output", str(tmp_path / "o"), "--gender", "Man", "--model", str(testpack_dir),
+               "--workers", "0", "-q"]
+    assert run_cli(command) == 0
+    first = capsys.readouterr().out
+
+    class NotLoaded(InsightFaceGender):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("the model was loaded for a re-run with nothing to predict")
+
+    monkeypatch.setattr("face_organizer.cli.gender.InsightFaceGender", NotLoaded)
+    assert run_cli(command) == 0
+    again = capsys.readouterr().out
+    assert again.splitlines()[:2] == first.splitlines()[:2]  # the same matches, the same counts
+    assert "5 images predicted by the earlier run into this output and unchanged since" in again
+
+
 def test_a_confidence_at_the_threshold_is_decided_alike_when_read_back(utkface, tmp_path) -> None:
     # predictions.csv keeps 4 digits: 0.49996 reads back as 0.5000. Decided on the unrounded value,
     # the first run left it out and the re-run, reading 0.5000, took it in: another plan, refused.

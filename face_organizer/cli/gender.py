@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ..cpus import default_workers
 from ..fsutil import exclusive
 from ..gender import DeepFaceGender, InsightFaceGender
-from ..gender_stage import filter_by_gender
+from ..gender_stage import Deferred, filter_by_gender
 from ..modelpack import resolve_pack
 from . import common
 
@@ -50,11 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
     paths = common.find_images(args.input)
+    # Made only when there are images to predict: the same command again, with nothing new, loads no model.
     if args.backend == "insightface":
         pack = resolve_pack(args.model, common.model_root(args.model_root))
-        predictor = InsightFaceGender(pack, args.device, common.gpu_id_from_env(), batch_size=args.batch_size)
+        predictor = Deferred(InsightFaceGender.name_for(pack), lambda: InsightFaceGender(
+            pack, args.device, common.gpu_id_from_env(), batch_size=args.batch_size))
     else:
-        predictor = DeepFaceGender(args.detector_backend)
+        predictor = Deferred(DeepFaceGender.name_for(args.detector_backend), lambda: DeepFaceGender(args.detector_backend))
     with exclusive(args.output, common.OTHER_RUN):
         summary = filter_by_gender(paths, [os.path.abspath(i) for i in args.input], args.output, args.gender, predictor,
                                    min_confidence=args.min_confidence, link_mode=args.link_mode, workers=args.workers,
