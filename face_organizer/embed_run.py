@@ -269,6 +269,19 @@ def close_run(output: Path, forget: set[str] = frozenset()) -> None:
 NO_DEVICE = "none (nothing to embed)"
 
 
+def _says_all(state: _State, output: Path, inputs: Sequence[str], unrecognisable: bool) -> bool:
+    """Whether the finished file ``output`` (read into ``state``) holds all that writing it again
+    would add: no checkpoint parts to merge, the current format, the input folders ``inputs``,
+    the unrecognisable-face centre (when ``unrecognisable``) and every image's size and
+    modification time."""
+    old = state.meta or {}
+    return (state.parts_read == 0 and not state.unreadable_parts and not parts_dir(output).exists() and output.is_file()
+            and old.get("complete") is True and old.get("format_version") == embfile.FORMAT_VERSION
+            and set(inputs) <= set(old.get("inputs", []))
+            and (not unrecognisable or quality.META_KEY in old)
+            and all(p in state.signatures for p in state.held))
+
+
 def rerun_without_models(paths: Sequence[str], output: str | os.PathLike[str], recogniser: str,
                          options: EmbedOptions = EmbedOptions(), *, inputs: Sequence[str] = (),
                          status_file: str | None = None, loader: Loader = images.load_many,
@@ -276,7 +289,7 @@ def rerun_without_models(paths: Sequence[str], output: str | os.PathLike[str], r
     """Tell a re-run that finds nothing to embed before the models are loaded (on a GPU, seconds
     per process in every pass of a shell loop over year folders): no new image, none changed,
     those that failed before failing again for the same reason, and the file saying all that a
-    rewrite would add (see ``_Recorder.up_to_date``). Returns the state it read, for
+    rewrite would add (``_says_all``, as ``_Recorder.up_to_date`` asks). Returns the state it read, for
     ``run_embeddings`` to go on from without reading the file again, and for such a re-run its
     summary (the file left as it was); otherwise no summary. A file of another model or mode
     is left for ``run_embeddings`` to refuse, which needs the models to say why.
@@ -287,12 +300,12 @@ def rerun_without_models(paths: Sequence[str], output: str | os.PathLike[str], r
         return None, None  # nothing to go on from, or an interrupted run's parts to merge
     state = read_state(out)
     old = state.meta or {}
-    if (old.get("complete") is not True or old.get("format_version") != embfile.FORMAT_VERSION
-            or old.get("model_files", {}).get("recognition") != recogniser or old.get("mode", "crops") != options.mode
-            or quality.META_KEY not in old or not {os.path.abspath(i) for i in inputs} <= set(old.get("inputs", []))):
+    # The models would add the unrecognisable-face centre to a file without one: only a file with it is taken.
+    if (old.get("model_files", {}).get("recognition") != recogniser or old.get("mode", "crops") != options.mode
+            or not _says_all(state, out, [os.path.abspath(i) for i in inputs], unrecognisable=True)):
         return state, None
     todo = [p for p in paths if p not in state.held]
-    if any(p not in state.failed for p in todo) or any(p not in state.signatures for p in state.held):
+    if any(p not in state.failed for p in todo):
         return state, None
     if state.changed({p: images.file_signature(p) for p in paths if p in state.held}):
         return state, None
@@ -380,15 +393,9 @@ class _Recorder:
         not rewritten on every pass of a shell loop. It is rewritten when it lacks what a rewrite
         adds: signatures of its files, the unrecognisable-face centre, a newly named input folder.
         """
-        old = self.state.meta or {}
         return (set(self.new_failed) == attempted  # every image tried failed, so none gave a row
                 and all(self.state.failed.get(p) == reason for p, reason in self.new_failed.items())
-                and self.state.parts_read == 0 and not self.state.unreadable_parts
-                and not parts_dir(self.output).exists() and self.output.is_file()
-                and old.get("complete") is True and old.get("format_version") == embfile.FORMAT_VERSION
-                and set(self.meta["inputs"]) <= set(old.get("inputs", []))
-                and (quality.META_KEY not in self.meta or quality.META_KEY in old)
-                and all(p in self.state.signatures for p in self.state.held))
+                and _says_all(self.state, self.output, self.meta["inputs"], quality.META_KEY in self.meta))
 
     def finish(self, attempted: set[str]) -> tuple[int, bool]:
         """Write the final file and remove the parts; (rows in the file, whether it was left as it was)."""
