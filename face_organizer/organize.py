@@ -199,7 +199,8 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
         raise SetupError(f"--output {output}: its {STATE_FILE} cannot be read; choose a new folder, or remove it "
                          "to start over") from None
     if not isinstance(previous, dict) or previous.get("plan") != digest:
-        if may_grow and isinstance(previous, dict) and run and previous.get("run") == run and not holds_moved_images(previous):
+        if (may_grow and isinstance(previous, dict) and run and previous.get("run") == run
+                and not holds_moved_images(previous)):
             if not dry_run:
                 _write_state(output, digest, mode, 0, run)
             return {**previous, "plan": digest, "durable": 0, "grown": True}
@@ -504,7 +505,7 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     previous = prepare_output(output, digest, dry_run, mode, run, may_grow=grows_from is not None)
     if previous is not None:
         _refuse_renamed_folders(output, paths, destinations)
-        log.info("adding to an earlier run's output %s" if previous.get("grown") else "continuing an earlier run into %s",
+        log.info("%s %s", "adding to the earlier run's output" if previous.get("grown") else "continuing an earlier run into",
                  output)
         if not dry_run and (removed := remove_partial_copies(destinations)):
             log.info("removed %d unfinished cop%s an interrupted run left", removed, "y" if removed == 1 else "ies")
@@ -521,11 +522,13 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     # on an SSD: benchmarks/bench_placement.py); the state file records how many are on disk, and a
     # re-run checks the bytes of the copies after that point, which a power cut may have left empty.
     # A grown output's earlier copies were flushed when their run finished: none is checked.
-    durable = len(operations) if previous is None or previous.get("grown") else int(previous.get("durable", len(operations)))
+    earlier = previous if previous is not None and not previous.get("grown") else {}
+    durable = int(earlier.get("durable", len(operations)))
     unflushed = 0
-    for i, (source, dest) in enumerate(progress_bar(operations, unit="file", enabled=progress and bool(operations), desc=mode)):
-        status[dest] = place(source, dest, mode, durable=False, verify=previous is not None and i >= durable,
-                             replace=source in renew, folders=folders)
+    bar = progress_bar(operations, unit="file", enabled=progress and bool(operations), desc=mode)
+    for i, (source, dest) in enumerate(bar):
+        status[dest] = place(source, dest, mode, durable=False, verify=i >= durable, replace=source in renew,
+                             folders=folders)
         unflushed += status[dest] == "placed"
         if unflushed >= SYNC_EVERY:
             _mark_durable(output, digest, mode, i + 1, run)
