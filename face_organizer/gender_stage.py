@@ -82,9 +82,10 @@ class GenderSummary:
         ] + ([f"continued an interrupted run: {count(self.resumed, 'image')} already predicted"] if self.resumed else []) \
           + ([f"{count(self.kept, 'image')} predicted by the earlier run into this output and unchanged since: "
               "not predicted again"] if self.kept else []) \
-          + ([f"{count(self.placed_before, 'image')} the earlier run placed here no longer "
+          + ([f"{count(self.placed_before, 'image')} placed here by an earlier run no longer "
               f"match{'es' if self.placed_before == 1 else ''} (rewritten since): "
-              f"{'its copy is' if self.placed_before == 1 else 'their copies are'} left in place"]
+              f"{'its copy is' if self.placed_before == 1 else 'their copies are'} left in place, with "
+              f"{'its' if self.placed_before == 1 else 'their'} destination in predictions.csv (matched 0)"]
              if self.placed_before else [])
 
 
@@ -280,7 +281,9 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
                           grows_from=placed_before, renew=rewritten)
     destination = dict(zip(matched, placement.destinations))
     summary.status = Counter(placement.status.values())
-    summary.placed_before = sum(1 for p in paths if p in (placed_before or {}) and p not in destination)
+    # An earlier match that no longer matches keeps its copy, and its row says where that copy is.
+    left = {p: d for p, d in (placed_before or {}).items() if p not in destination and os.path.lexists(d)}
+    summary.placed_before = sum(1 for p in paths if p in left)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "gender", "confidence", "age", "matched", "reason", "destination", "bytes", "mtime_ns"])
@@ -288,7 +291,7 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
         signature = signatures[p.path] if p.path in signatures else file_signature(p.path)
         writer.writerow([p.path, p.gender or "", f"{p.confidence:.{CONFIDENCE_DIGITS}f}",
                          "" if p.age is None else f"{p.age:.1f}",
-                         int(p.path in destination), p.reason or "", destination.get(p.path, ""),
+                         int(p.path in destination), p.reason or "", destination.get(p.path) or left.get(p.path, ""),
                          *(signature or ("", ""))])
     atomic_write_text(os.path.join(output, "predictions.csv"), buffer.getvalue())
     saved.remove()

@@ -210,15 +210,17 @@ def test_the_same_command_again_places_the_matches_of_a_folder_that_grew(utkface
     assert Path(placed[str(renewed)]).read_bytes() == renewed.read_bytes()
     if link_mode != "symlink":  # a link shows the file as it is now
         assert Path(placed[str(turned)]).read_bytes() == (utkface / women[1]["path"]).read_bytes()
-    assert ("1 image the earlier run placed here no longer matches (rewritten since): its copy is left in place"
-            in summary.lines())
+    left = ("1 image placed here by an earlier run no longer matches (rewritten since): its copy is left in place, "
+            "with its destination in predictions.csv (matched 0)")
+    assert left in summary.lines()
     after = {r["path"]: r for r in csv.DictReader(open(out / "predictions.csv", encoding="utf-8"))}
     assert after[str(added)]["matched"] == "1" and Path(after[str(added)]["destination"]).read_bytes() == added.read_bytes()
-    assert all(after[p]["destination"] == d for p, d in placed.items() if p != str(turned))
-    # Once more, nothing new: nothing is predicted or placed again.
+    assert all(after[p]["destination"] == d for p, d in placed.items())  # the copy left in place too
+    assert (after[str(turned)]["gender"], after[str(turned)]["matched"]) == ("Man", "0")
+    # Once more, nothing new: nothing is predicted or placed again, and the copy left is still told of.
     again = _Watched(predictor)
     summary = filter_by_gender(paths(), [str(folder)], str(out), "Woman", again, **run)
-    assert again.asked == [] and summary.status == {"exists": 3}
+    assert again.asked == [] and summary.status == {"exists": 3} and left in summary.lines()
     # Another gender into the same output is still another run's output.
     with pytest.raises(SetupError, match="gender"):
         filter_by_gender(paths(), [str(folder)], str(out), "Man", predictor, **run)
