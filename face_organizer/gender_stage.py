@@ -277,8 +277,11 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
         else:
             matched.append(p.path)
     summary.matches = len(matched)
+    # Growing an output, a match its table does not list may meet a copy of an earlier file of its name there
+    # (taken out of the folder, then put back changed): that copy is made anew too.
+    renew = rewritten if placed_before is None else rewritten | {p for p in matched if p not in placed_before}
     placement = place_all(output, matched, ["."] * len(matched), roots, link_mode, progress=progress, run=run,
-                          grows_from=placed_before, renew=rewritten)
+                          grows_from=placed_before, renew=renew)
     destination = dict(zip(matched, placement.destinations))
     summary.status = Counter(placement.status.values())
     # An earlier match that no longer matches keeps its copy, and its row says where that copy is.

@@ -221,6 +221,13 @@ def test_the_same_command_again_places_the_matches_of_a_folder_that_grew(utkface
     again = _Watched(predictor)
     summary = filter_by_gender(paths(), [str(folder)], str(out), "Woman", again, **run)
     assert again.asked == [] and summary.status == {"exists": 3} and left in summary.lines()
+    # An image taken out of the folder, then put back as another woman's face: its copy is made anew.
+    back = folder / Path(women[2]["path"]).name
+    back.unlink()
+    filter_by_gender(paths(), [str(folder)], str(out), "Woman", predictor, **run)
+    rewrite(back, women[3])
+    filter_by_gender(paths(), [str(folder)], str(out), "Woman", predictor, **run)
+    assert Path(placed[str(back)]).read_bytes() == back.read_bytes()
     # Another gender into the same output is still another run's output.
     with pytest.raises(SetupError, match="gender"):
         filter_by_gender(paths(), [str(folder)], str(out), "Man", predictor, **run)
