@@ -179,10 +179,10 @@ class _Progress:
             os.unlink(self.path)
 
 
-def _finished_predictions(output: str) -> tuple[dict[str, Signed], dict[str, str] | None]:
+def _finished_predictions(output: str) -> tuple[dict[str, Signed], dict[str, str]]:
     """The predictions in ``output``'s ``predictions.csv`` (a finished run of the same command:
     ``check_same_run`` has passed) that record their image's size and modification time, and where
-    that run placed its matches (None: no finished run there)."""
+    that run placed its images (none where no run finished there)."""
     done: dict[str, Signed] = {}
     placed: dict[str, str] = {}
     try:
@@ -197,10 +197,10 @@ def _finished_predictions(output: str) -> tuple[dict[str, Signed], dict[str, str
                                                       float(row["age"]) if row["age"] else None, row["reason"] or None),
                                      (int(row["bytes"]), int(row["mtime_ns"])))
     except FileNotFoundError:
-        return {}, None
+        return {}, {}
     except (OSError, KeyError, ValueError, csv.Error) as err:
         log.warning("%s: predictions.csv cannot be read (%s); predicting every image again", output, err)
-        return {}, None
+        return {}, {}
     return done, placed
 
 
@@ -221,14 +221,17 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
                    advice="give each input folder its own --output (in a loop over year folders: one per year)")
     summary = GenderSummary(output, gender)
     # The same command again: the finished run's predictions of images unchanged since stand; images
-    # added since are placed beside that run's, and the copies of images rewritten since made anew.
+    # added since are placed beside what earlier runs placed (also an interrupted one's: check_same_run
+    # has passed), and the copies of images rewritten since made anew.
     finished, placed_before = _finished_predictions(output)
     made = _unchanged(finished, paths)
     summary.kept = len(made)
+    # Predicted by a finished or an interrupted run, rewritten since: a copy that run made is of the old file.
     rewritten = {p for p in paths if p in finished and p not in made}
     saved = _Progress(progress_path(output), predictor.name)
     resumed = _unchanged({p: d for p, d in saved.done.items() if p not in made}, paths)
     made.update(resumed)
+    rewritten |= {p for p in paths if p in saved.done and p not in made}
     summary.resumed = len(resumed)
     if made:
         log.info("continuing: %d of %d images already predicted", len(made), len(paths))
@@ -277,15 +280,12 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
         else:
             matched.append(p.path)
     summary.matches = len(matched)
-    # Growing an output, a match its table does not list may meet a copy of an earlier file of its name there
-    # (taken out of the folder, then put back changed): that copy is made anew too.
-    renew = rewritten if placed_before is None else rewritten | {p for p in matched if p not in placed_before}
     placement = place_all(output, matched, ["."] * len(matched), roots, link_mode, progress=progress, run=run,
-                          grows_from=placed_before, renew=renew)
+                          grows_from=placed_before, renew=rewritten)
     destination = dict(zip(matched, placement.destinations))
     summary.status = Counter(placement.status.values())
     # An earlier match that no longer matches keeps its copy, and its row says where that copy is.
-    left = {p: d for p, d in (placed_before or {}).items() if p not in destination and os.path.lexists(d)}
+    left = {p: d for p, d in placed_before.items() if p not in destination and os.path.lexists(d)}
     summary.placed_before = sum(1 for p in paths if p in left)
     buffer = io.StringIO()
     writer = csv.writer(buffer)

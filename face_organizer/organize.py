@@ -181,9 +181,10 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
     Returns the saved state of an earlier run of this very plan being continued, None
     for a new one. Raises ``SetupError`` for a folder holding anything else. ``run``: the
     settings of the stage's run, kept in the state file for ``check_same_run``.
-    ``may_grow``: the stage vouches that a finished run of the same command made the output
-    and that this plan keeps its files where they are; another plan with the same ``run`` is
-    then taken on from it (state ``grown``; its copies need no check, being flushed).
+    ``may_grow``: the stage vouches that a run of the same command made the output (finished, or
+    interrupted) and that this plan keeps its files where they are; another plan with the same
+    ``run`` is then taken on from it, in state ``grown`` until it finishes (``place_all`` checks
+    the files there that the earlier run's table does not name).
     """
     check_output_folder(output, dry_run)
     state = os.path.join(output, STATE_FILE)
@@ -201,8 +202,8 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
     if not isinstance(previous, dict) or previous.get("plan") != digest:
         if (may_grow and isinstance(previous, dict) and run and previous.get("run") == run
                 and not holds_moved_images(previous)):
-            if not dry_run:
-                _write_state(output, digest, mode, 0, run)
+            if not dry_run:  # "grown" stays until the run finishes: a re-run after an interruption goes on alike
+                _write_state(output, digest, mode, 0, run, grown=True)
             return {**previous, "plan": digest, "durable": 0, "grown": True}
         if isinstance(previous, dict) and holds_moved_images(previous):
             raise SetupError(f"--output {output} holds images an earlier run moved there (--link-mode move), sorted "
@@ -213,7 +214,7 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
             "choose a new folder, or remove it to start over"
         )
     if previous.get("undone") and not dry_run:  # the images an undo took back are placed again
-        _write_state(output, digest, mode, int(previous.get("durable", 0)), run)
+        _write_state(output, digest, mode, int(previous.get("durable", 0)), run, grown=bool(previous.get("grown")))
     return previous
 
 
@@ -234,14 +235,18 @@ def missing_note(missing: int, table: str) -> str:
             "run's output folder")
 
 
-def _mark_durable(output: str, digest: str, mode: LinkMode, done: int, run: dict[str, Any] | None) -> None:
+def _mark_durable(output: str, digest: str, mode: LinkMode, done: int, run: dict[str, Any] | None,
+                  grown: bool = False) -> None:
     """Flush the output's filesystem, then record that the first ``done`` operations are on disk."""
     sync_filesystem(output)
-    _write_state(output, digest, mode, done, run)
+    _write_state(output, digest, mode, done, run, grown)
 
 
-def _write_state(output: str, digest: str, mode: LinkMode, durable: int, run: dict[str, Any] | None) -> None:
-    state = {"plan": digest, "durable": durable, "mode": mode, **({"run": run} if run else {})}
+def _write_state(output: str, digest: str, mode: LinkMode, durable: int, run: dict[str, Any] | None,
+                 grown: bool = False) -> None:
+    """``grown``: a plan that adds to an earlier run's output, not finished yet (see ``prepare_output``)."""
+    state = {"plan": digest, "durable": durable, "mode": mode, **({"run": run} if run else {}),
+             **({"grown": True} if grown else {})}
     atomic_write_text(os.path.join(output, STATE_FILE), json.dumps(state))
 
 
@@ -485,9 +490,13 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     settings, recorded for ``check_same_run``.
     The plan is checked against the output folder first (new, empty, or the same plan
     interrupted or finished); a dry run stops there and writes nothing.
-    ``grows_from``: where a finished run of the same command put each of its images; this plan may
-    add to that output (new images, of a folder that grew) as long as it keeps those where they
-    are. ``renew``: paths whose file was rewritten since that run, whose copies are made anew.
+    ``grows_from``: where a finished run of the same command put each of its images (empty when
+    none finished: an interrupted one's plan); this plan may then add to the output (new images, of
+    a folder that grew) as long as it keeps those where they are. In an output that grows, a file
+    already at a destination that ``grows_from`` does not name is checked against its source and
+    made anew where it differs: an interrupted run's copy not yet flushed, or a copy of an earlier
+    file of that name. ``renew``: paths whose file was rewritten since that run, whose copies are
+    made anew.
     """
     destinations = [inside(output, d) for d in plan_destinations(paths, groups, roots)]
     if grows_from is not None:
@@ -512,26 +521,31 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     status: dict[str, str] = {}
     if dry_run:
         return Placement(destinations, status, previous is not None)
+    # Growing, the files at destinations that the earlier table does not name are checked, not trusted.
+    grown = previous is not None and bool(previous.get("grown"))
+    unnamed = {dest for path, dest in named if path not in (grows_from or {})} if grown else set()
     folders: set[str] = set()
     if mode != "copy":  # links take no data; moves make each copy durable before deleting its source
         for source, dest, how in progress_bar(_ordered(operations, mode, links), total=len(operations), unit="file",
                                               enabled=progress and bool(operations), desc=mode):
-            status[dest] = place(source, dest, how, replace=source in renew, folders=folders)
+            status[dest] = place(source, dest, how, replace=source in renew or dest in unnamed, folders=folders)
+        if grown:
+            _write_state(output, digest, mode, len(operations), run)  # finished: no longer growing
         return Placement(destinations, status, previous is not None)
     # Copies are flushed SYNC_EVERY at a time, not one fsync each (1.2-1.7x faster for 20 KB crops
     # on an SSD: benchmarks/bench_placement.py); the state file records how many are on disk, and a
     # re-run checks the bytes of the copies after that point, which a power cut may have left empty.
-    # A grown output's earlier copies were flushed when their run finished: none is checked.
-    earlier = previous if previous is not None and not previous.get("grown") else {}
+    # Growing, the copies the earlier table names were flushed when their run finished (the others: unnamed).
+    earlier = previous if previous is not None and not grown else {}
     durable = int(earlier.get("durable", len(operations)))
     unflushed = 0
     bar = progress_bar(operations, unit="file", enabled=progress and bool(operations), desc=mode)
     for i, (source, dest) in enumerate(bar):
-        status[dest] = place(source, dest, mode, durable=False, verify=i >= durable, replace=source in renew,
-                             folders=folders)
+        status[dest] = place(source, dest, mode, durable=False, verify=i >= durable,
+                             replace=source in renew or dest in unnamed, folders=folders)
         unflushed += status[dest] == "placed"
         if unflushed >= SYNC_EVERY:
-            _mark_durable(output, digest, mode, i + 1, run)
+            _mark_durable(output, digest, mode, i + 1, run, grown)
             unflushed = 0
     _mark_durable(output, digest, mode, len(operations), run)
     return Placement(destinations, status, previous is not None)

@@ -233,6 +233,53 @@ def test_the_same_command_again_places_the_matches_of_a_folder_that_grew(utkface
         filter_by_gender(paths(), [str(folder)], str(out), "Man", predictor, **run)
 
 
+@pytest.mark.parametrize("link_mode", ["copy", "hardlink"])
+def test_an_interrupted_placement_goes_on_over_a_folder_changed_since(utkface, predictor, tmp_path, monkeypatch,
+                                                                       link_mode) -> None:
+    # Stopped while placing (Ctrl-C, a full disk), then new frames and a rewritten one before the re-run:
+    # the re-run adds to what was placed and makes the rewritten image's copy anew.
+    import os
+    import time
+
+    from face_organizer import organize
+
+    found = predictor.predict([(r["path"], read_image(utkface / r["path"])) for r in read_labels(utkface)[:60]])
+    women = [r for r, p in zip(read_labels(utkface)[:60], found) if p.gender == "Woman" and p.confidence > 0.8]
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for r in women[:4]:
+        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
+    run = dict(workers=0, batch_size=4, progress=False, link_mode=link_mode)
+    out = tmp_path / "women"
+
+    def paths() -> list[str]:
+        return sorted(str(p) for p in folder.iterdir())
+
+    real, calls = organize.place, []
+
+    def cut(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(organize, "place", cut)
+    with pytest.raises(KeyboardInterrupt):
+        filter_by_gender(paths(), [str(folder)], str(out), "Woman", predictor, **run)
+    monkeypatch.undo()
+    first = Path(calls[0][0])  # placed before the stop
+    (tmp_path / "new.jpg").write_bytes((utkface / women[4]["path"]).read_bytes())
+    os.replace(tmp_path / "new.jpg", first)  # another woman's face under its name
+    os.utime(first, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    added = folder / Path(women[5]["path"]).name
+    added.write_bytes((utkface / women[5]["path"]).read_bytes())
+    summary = filter_by_gender(paths(), [str(folder)], str(out), "Woman", predictor, **run)
+    assert summary.matches == 5
+    table = {r["path"]: r for r in csv.DictReader(open(out / "predictions.csv", encoding="utf-8"))}
+    for p in paths():
+        assert table[p]["matched"] == "1" and Path(table[p]["destination"]).read_bytes() == Path(p).read_bytes()
+
+
 def test_the_same_command_again_with_nothing_new_loads_no_model(utkface, testpack_dir, tmp_path, monkeypatch,
                                                                 capsys) -> None:
     # DeepFace imports TensorFlow and builds its model: seconds in every pass of a loop over year folders.
