@@ -280,6 +280,78 @@ def test_an_interrupted_placement_goes_on_over_a_folder_changed_since(utkface, p
         assert table[p]["matched"] == "1" and Path(table[p]["destination"]).read_bytes() == Path(p).read_bytes()
 
 
+@pytest.mark.parametrize("link_mode", ["copy", "hardlink", "symlink"])
+def test_a_folder_changing_between_runs_keeps_every_match_placed(utkface, predictor, tmp_path, monkeypatch,
+                                                                 link_mode) -> None:
+    # A year folder as a loop over years meets it run after run: images added, rewritten as new files and
+    # taken out between runs, some runs stopped while predicting or while placing, then run again. After
+    # every run that finishes, each match's destination holds the image as it is now.
+    import os
+    import random
+    import time
+
+    from face_organizer import organize
+
+    rng = random.Random(link_mode)
+    rows = [r["path"] for r in read_labels(utkface)]
+    folder, out = tmp_path / "input", tmp_path / "women"
+    folder.mkdir()
+    names = [f"frame_{i:02d}.jpg" for i in range(30)]
+
+    def put(name: str, stamp: int) -> None:
+        (tmp_path / "new.jpg").write_bytes((utkface / rng.choice(rows)).read_bytes())
+        os.replace(tmp_path / "new.jpg", folder / name)
+        os.utime(folder / name, ns=(time.time_ns(), time.time_ns() + stamp * 10**9))
+
+    class Stopping:  # Ctrl-C after the first batch of predictions
+        name, device = predictor.name, predictor.device
+
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def predict(self, items):
+            if self.asked:
+                raise KeyboardInterrupt
+            self.asked += len(items)
+            return predictor.predict(items)
+
+    real_place, placed = organize.place, []
+
+    def stop_placing_after_one(*args, **kwargs):  # Ctrl-C after one file is placed
+        placed.append(args)
+        if len(placed) % 2 == 0:
+            raise KeyboardInterrupt
+        return real_place(*args, **kwargs)
+
+    for name in names[:8]:
+        put(name, 0)
+    for turn in range(1, 13):
+        paths = sorted(str(p) for p in folder.iterdir())
+        stopped = rng.choice(["no", "predicting", "placing"])
+        with monkeypatch.context() as patch:
+            if stopped == "placing":
+                patch.setattr(organize, "place", stop_placing_after_one)
+            if stopped != "no":
+                with pytest.raises(KeyboardInterrupt):
+                    filter_by_gender(paths, [str(folder)], str(out), "Woman", Stopping() if stopped == "predicting"
+                                     else predictor, workers=0, batch_size=2, progress=False, link_mode=link_mode)
+        if stopped == "placing" and rng.random() < 0.5:  # changed again before the re-run
+            put(rng.choice([p.name for p in folder.iterdir()]), turn)
+            paths = sorted(str(p) for p in folder.iterdir())
+        filter_by_gender(paths, [str(folder)], str(out), "Woman", predictor, workers=0, batch_size=4, progress=False,
+                         link_mode=link_mode)
+        table = {r["path"]: r for r in csv.DictReader(open(out / "predictions.csv", encoding="utf-8"))}
+        for p in paths:
+            if table[p]["matched"] == "1":
+                assert Path(table[p]["destination"]).read_bytes() == Path(p).read_bytes(), (turn, p)
+        present = [p.name for p in folder.iterdir()]
+        for name in rng.sample([n for n in names if n not in present], 2):
+            put(name, turn)
+        for name in rng.sample(present, 2):
+            put(name, turn)
+        (folder / rng.choice(present)).unlink()
+
+
 def test_the_same_command_again_with_nothing_new_loads_no_model(utkface, testpack_dir, tmp_path, monkeypatch,
                                                                 capsys) -> None:
     # DeepFace imports TensorFlow and builds its model: seconds in every pass of a loop over year folders.
