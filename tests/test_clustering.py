@@ -1620,3 +1620,24 @@ def test_names_at_the_filesystem_limit_collide_and_copy(video_crops, models, tmp
     assert run_cli(args[:-2] + ["--no-previews"]) == 0  # not quiet: the removal is logged
     assert not left.exists() and "removed 1 unfinished copy" in capsys.readouterr().err
     assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, second.name])
+
+
+def test_a_growing_output_never_gives_an_earlier_image_another_name(tmp_path) -> None:
+    # Names that differ only in case collide on some filesystems, so the second gets _2, in sorted order: a
+    # new 'A.png' would push the earlier 'a.png' to 'a_2.png' and leave it in the output twice. Refused.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"first image")
+    out = tmp_path / "out"
+    run = {"stage": "test"}
+    first = organize.place_all(str(out), [str(folder / "a.png")], ["."], [str(folder)], "copy", progress=False, run=run)
+    earlier = {str(folder / "a.png"): first.destinations[0]}
+    (folder / "A.png").write_bytes(b"second image")
+    paths = [str(folder / "A.png"), str(folder / "a.png")]
+    with pytest.raises(SetupError, match=r"would give 1 image the earlier run placed another name \(such as .*a\.png → .*a_2\.png\)"):
+        organize.place_all(str(out), paths, [".", "."], [str(folder)], "copy", progress=False, run=run, grows_from=earlier)
+    assert sorted(p.name for p in (out / "in").iterdir()) == ["a.png"]
+    (folder / "b.png").write_bytes(b"third image")  # a name of its own: the output grows
+    grown = organize.place_all(str(out), [str(folder / "a.png"), str(folder / "b.png")], [".", "."], [str(folder)], "copy",
+                               progress=False, run=run, grows_from=earlier)
+    assert sorted(grown.status.values()) == ["exists", "placed"] and (out / "in" / "b.png").read_bytes() == b"third image"
