@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import numpy as np
 
 from . import embfile, images, quality
 from .cpus import usable_cpus
+from .decoding import Loader, iter_loaded
 from .embfile import EmbeddingsFile, parts_dir
 from .errors import EmbeddingsFileError, SetupError
 from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, embed_batch
@@ -110,66 +109,6 @@ class RunSummary:
                    + f"device: {self.device}"
                    + (f" ({self.streams} streams)" if self.streams > 1 else ""))
         return out
-
-
-def _worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # the pool already uses every core; nested threads only contend
-
-
-Loader = Callable[[list[str]], list[images.Loaded]]
-
-
-def _decode_isolated(context: Any, paths: list[str], loader: Loader) -> list[images.Loaded]:
-    """Decode files one per fresh process after a worker died, to find the file that kills it."""
-    results = []
-    for path in paths:
-        with ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init) as single:
-            try:
-                results.extend(single.submit(loader, [path]).result())
-            except BrokenProcessPool:
-                results.append(images.Loaded(path, None, "decoder process crashed on this file"))
-    return results
-
-
-def iter_loaded(paths: Sequence[str], workers: int, chunk: int = 16,
-                loader: Loader = images.load_many) -> Iterator[images.Loaded]:
-    """Decoded images in input order; ``workers`` processes decode ahead, bounded in memory.
-
-    A worker that dies (a decoder crash, the OOM killer) does not hang the run: its
-    chunk is decoded again file by file, and a file that crashes its decoder again
-    is reported as failed. ``loader`` (a picklable module-level function) decodes a chunk.
-    """
-    if workers <= 0:
-        for start in range(0, len(paths), chunk):
-            yield from loader(list(paths[start : start + chunk]))
-        return
-    context = multiprocessing.get_context("spawn")
-    chunks = [list(paths[i : i + chunk]) for i in range(0, len(paths), chunk)]
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
-    try:
-        pending: deque[tuple[list[str], Future[list[images.Loaded]]]] = deque()
-        next_chunk = 0
-        while pending or next_chunk < len(chunks):
-            while next_chunk < len(chunks) and len(pending) < workers * 4:
-                pending.append((chunks[next_chunk], pool.submit(loader, chunks[next_chunk])))
-                next_chunk += 1
-            part, future = pending.popleft()
-            try:
-                yield from future.result()
-            except BrokenProcessPool:
-                log.warning("an image-decoding process died; retrying %s one by one", count(len(part), "file"))
-                pool.shutdown(cancel_futures=True)
-                yield from _decode_isolated(context, part, loader)
-                retry = [p for waiting, _ in pending for p in waiting]
-                pending.clear()
-                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
-                for i in range(0, len(retry), chunk):
-                    piece = retry[i : i + chunk]
-                    pending.append((piece, pool.submit(loader, piece)))
-    finally:
-        pool.shutdown(cancel_futures=True)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import IO, Protocol
 
-from .embed_run import iter_loaded
+from .decoding import iter_loaded
 from .fsutil import atomic_write_text
 from .gender import GenderPrediction
 from .images import Signature, file_signature

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -687,7 +688,7 @@ def test_undetectable_image_falls_back_to_centre_crop(tmp_path, models) -> None:
 def test_dead_decoder_process_costs_only_its_file(video_crops, tmp_path) -> None:
     import crashing_loader
 
-    from face_organizer.embed_run import iter_loaded
+    from face_organizer.decoding import iter_loaded
 
     good = [str(p) for c in video_crops.values() for p in c][:20]
     poison = tmp_path / "poison.png"
@@ -698,6 +699,102 @@ def test_dead_decoder_process_costs_only_its_file(video_crops, tmp_path) -> None
     assert all(item.image is not None for item in loaded if item.path != str(poison))
     dead = next(item for item in loaded if item.path == str(poison))
     assert dead.image is None and dead.reason == "decoder process crashed on this file"
+
+
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name: state, parent, …"""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return _stat(pid)[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int(_stat(entry.name)[1]) == pid:
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def _decoding(paths: list[str], then: str, **popen: Any) -> tuple[subprocess.Popen, list[int]]:
+    """A process decoding ``paths`` in two workers, and its child processes, once the first image
+    is decoded; it then runs ``then``, which prints 'decoding' first."""
+    script = (
+        "import sys, time\n"
+        "from face_organizer.decoding import iter_loaded\n"
+        f"loaded = iter_loaded({paths!r}, workers=2, chunk=1)\n"
+        "next(loaded)\n"
+        + then
+    )
+    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           **popen)
+    try:
+        assert run.stdout is not None and run.stdout.readline().strip() == "decoding"
+        children = _children(run.pid)
+        assert len(children) >= 2 and all(_running(pid) for pid in children)  # the workers (and a resource tracker)
+    except BaseException:
+        run.kill()
+        run.wait()
+        raise
+    return run, children
+
+
+def _wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
+    """The processes of ``pids`` still running after ``seconds`` (killed then)."""
+    deadline = time.monotonic() + seconds
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+
+
+@needs_proc
+def test_decoder_processes_end_with_a_run_killed_outright(video_crops) -> None:
+    """kill -9 (or the OOM killer) gives the run no chance to stop its decoding processes;
+    they must not wait on their queue for ever, holding memory and the run's output open."""
+    run, children = _decoding([str(p) for c in video_crops.values() for p in c][:40],
+                              "print('decoding', flush=True)\ntime.sleep(600)\n")
+    run.kill()
+    run.wait()
+    for pipe in (run.stdout, run.stderr):  # reading them to the end would wait on any survivor
+        assert pipe is not None
+        pipe.close()
+    assert not _wait_gone(children), "processes outlived their run"
+
+
+@needs_proc
+@pytest.mark.parametrize("name", ["SIGINT", "SIGHUP", "SIGTERM"])
+def test_stop_signals_to_the_process_group_are_left_to_the_run(video_crops, name) -> None:
+    """Ctrl-C in a terminal, a hang-up, and ``timeout``'s SIGTERM reach every process of the
+    group, also a worker still starting. The decoding processes leave them to the run (here it
+    notes the signal and decodes on): none dies or prints a traceback of its own."""
+    number = getattr(signal, name, None)
+    if number is None:
+        pytest.skip(f"no {name} here")
+    paths = [str(p) for c in video_crops.values() for p in c]
+    then = (f"import signal\ngot = []\nsignal.signal({int(number)}, lambda *args: got.append(args[0]))\n"
+            "print('decoding', flush=True)\n"
+            "print(1 + sum(item.image is not None for item in loaded), got)\n")
+    run, children = _decoding(paths, then, start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    os.killpg(run.pid, number)
+    out, err = run.communicate(timeout=120)
+    assert (run.returncode, out.strip()) == (0, f"{len(paths)} [{int(number)}]"), err
+    assert "Traceback" not in err and "process died" not in err, err
+    assert not _wait_gone(children, 5)
 
 
 def test_streams_write_the_same_file_as_one_stream(tmp_path, video_crops, models) -> None:
