@@ -302,7 +302,8 @@ def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: 
         with open(w.log, "a", encoding="utf-8") as output:  # a re-run adds to the log of the runs before
             output.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: GPU {w.gpu}, {count(w.files, 'file')}\n")
             output.flush()
-            w.process = subprocess.Popen([*w.command, "--quiet", "--status-file", str(w.status_file)],
+            w.process = subprocess.Popen([*w.command, "--quiet", "--status-file", str(w.status_file),
+                                          "--launcher-pid", str(os.getpid())],
                                          stdout=output, stderr=subprocess.STDOUT, env=env)
     bar = progress_bar(total=total, unit="img", enabled=progress)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
+import time
 from pathlib import Path
 
 import cv2
@@ -77,6 +79,43 @@ def lfw(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def lfw_labels(lfw: Path) -> list[dict[str, str]]:
     return read_labels(lfw)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+
+
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name: state, parent, …"""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def running(pid: int) -> bool:
+    try:
+        return _stat(pid)[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def child_processes(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int(_stat(entry.name)[1]) == pid:
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
+    """The processes of ``pids`` still running after ``seconds`` (killed then)."""
+    deadline = time.monotonic() + seconds
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def write_image(path: Path, image: np.ndarray) -> Path:

@@ -28,7 +28,7 @@ from face_organizer.faces import EmbedOptions, FaceRows, embed_batch
 from face_organizer.images import discover_images, read_image
 from face_organizer.samples import insightface_sample
 
-from conftest import ROOT, png_claiming, write_image
+from conftest import ROOT, child_processes, needs_proc, png_claiming, running, wait_gone, write_image
 
 
 def run_cli(args: list[str]) -> int:
@@ -701,29 +701,6 @@ def test_dead_decoder_process_costs_only_its_file(video_crops, tmp_path) -> None
     assert dead.image is None and dead.reason == "decoder process crashed on this file"
 
 
-def _stat(pid: int | str) -> list[str]:
-    """The fields of /proc/PID/stat after the command's name: state, parent, …"""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _running(pid: int) -> bool:
-    try:
-        return _stat(pid)[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int(_stat(entry.name)[1]) == pid:
-                found.append(int(entry.name))
-        except OSError:
-            pass
-    return found
-
-
 def _decoding(paths: list[str], then: str, **popen: Any) -> tuple[subprocess.Popen, list[int]]:
     """A process decoding ``paths`` in two workers, and its child processes, once the first image
     is decoded; it then runs ``then``, which prints 'decoding' first."""
@@ -738,27 +715,13 @@ def _decoding(paths: list[str], then: str, **popen: Any) -> tuple[subprocess.Pop
                            **popen)
     try:
         assert run.stdout is not None and run.stdout.readline().strip() == "decoding"
-        children = _children(run.pid)
-        assert len(children) >= 2 and all(_running(pid) for pid in children)  # the workers (and a resource tracker)
+        children = child_processes(run.pid)
+        assert len(children) >= 2 and all(running(pid) for pid in children)  # the workers (and a resource tracker)
     except BaseException:
         run.kill()
         run.wait()
         raise
     return run, children
-
-
-def _wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
-    """The processes of ``pids`` still running after ``seconds`` (killed then)."""
-    deadline = time.monotonic() + seconds
-    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [pid for pid in pids if _running(pid)]
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    return left
-
-
-needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
 
 
 @needs_proc
@@ -772,7 +735,7 @@ def test_decoder_processes_end_with_a_run_killed_outright(video_crops) -> None:
     for pipe in (run.stdout, run.stderr):  # reading them to the end would wait on any survivor
         assert pipe is not None
         pipe.close()
-    assert not _wait_gone(children), "processes outlived their run"
+    assert not wait_gone(children), "processes outlived their run"
 
 
 @needs_proc
@@ -794,7 +757,7 @@ def test_stop_signals_to_the_process_group_are_left_to_the_run(video_crops, name
     out, err = run.communicate(timeout=120)
     assert (run.returncode, out.strip()) == (0, f"{len(paths)} [{int(number)}]"), err
     assert "Traceback" not in err and "process died" not in err, err
-    assert not _wait_gone(children, 5)
+    assert not wait_gone(children, 5)
 
 
 def test_streams_write_the_same_file_as_one_stream(tmp_path, video_crops, models) -> None:

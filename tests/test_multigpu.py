@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,8 @@ from face_organizer.cli.multigpu import main as multi_main
 from face_organizer.cluster_stage import load_embeddings
 from face_organizer.errors import EmbeddingsFileError, SetupError
 from face_organizer.multigpu import parse_gpus, shard
+
+from conftest import ROOT, child_processes, needs_proc, wait_gone
 
 
 def test_sharding_is_balanced_complete_and_stable() -> None:
@@ -115,6 +119,47 @@ def test_two_cpu_workers_equal_one_run(video_crops, testpack_dir, tmp_path, caps
     n = len(single.rows)
     total = printed[printed.index("total over the 2 workers:"):]
     assert f"images found: {n}; already embedded: 0" in total and f"embedded now: {n} images, {n} faces" in total
+
+
+@needs_proc
+def test_workers_save_and_stop_when_the_launcher_is_killed(lfw, testpack_dir, tmp_path, capsys) -> None:
+    """kill -9 (or the OOM killer) gives the launcher no chance to stop its workers. They stop
+    themselves, their progress saved, so that the re-run finds its outputs free and goes on."""
+    folder = tmp_path / "input"
+    folder.mkdir()
+    photos = sorted(lfw.rglob("*.jpg"))[:600]
+    for photo in photos:
+        (folder / photo.name).symlink_to(photo)
+    out = tmp_path / "multi"
+    args = ["--input", str(folder), "--output-dir", str(out), "--gpus", "0,1", "-q", "--model", str(testpack_dir),
+            "--device", "cpu", "--workers", "0", "--checkpoint-seconds", "0.5"]
+    launcher = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "embed_all_gpus.py"), *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        done = [0, 0]
+        while min(done) == 0 and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for gpu in (0, 1):
+                try:
+                    done[gpu] = json.loads((out / f"embeddings_gpu{gpu}.status.json").read_text())["done"]
+                except (OSError, ValueError, KeyError):
+                    pass
+        workers = child_processes(launcher.pid)
+        assert min(done) > 0 and len(workers) == 2, "both workers embedding"
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert not wait_gone(workers, 60)
+    for gpu in (0, 1):
+        log = (out / f"embeddings_gpu{gpu}.log").read_text()
+        assert f"the launcher (pid {launcher.pid}) has gone: stopping" in log and "Stopped by SIGTERM" in log, log
+    assert common.run(multi_main, args) == 0
+    total = capsys.readouterr().out
+    total = total[total.index("total over the 2 workers:"):]
+    assert f"images found: {len(photos)}; already embedded: " in total and "; already embedded: 0\n" not in total
+    files = [embfile.load(out / f"embeddings_gpu{g}.pkl") for g in (0, 1)]
+    assert sorted(files[0].rows.paths + files[1].rows.paths) == sorted(str(folder / p.name) for p in photos)
 
 
 def _crops_folder(tmp_path: Path, crops: list[Path], testpack_dir: Path) -> tuple[Path, Path, list[str]]:

@@ -120,6 +120,20 @@ def stop_signals_raise() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+def stop_when_launcher_ends(launcher: int, interval: float = 1.0) -> None:
+    """Stop this command as SIGTERM does (its progress saved) once ``launcher``, its parent, is
+    gone. A launcher killed outright (``kill -9``, the OOM killer) cannot stop its workers: they
+    would run on, holding their GPU and their output, and the launcher's re-run would find them
+    still writing it."""
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(interval)
+        logging.getLogger(__name__).warning("the launcher (pid %d) has gone: stopping", launcher)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="follow-launcher", daemon=True).start()
+
+
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a command, turning domain errors into ``Error: …`` and an exit code, and stop
     signals into the same orderly stop as Ctrl-C (exit 128 + the signal's number). Its last

@@ -69,6 +69,7 @@ def build_parser():
                    help="embed only the images listed in FILE (one path per line, or NUL-separated as find -print0 "
                         "writes); --input still names the folders")
     p.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--launcher-pid", type=int, default=None, help=argparse.SUPPRESS)  # embed_all_gpus
     p.add_argument("--streams", type=common.non_negative, default=0,
                    help="batches embedded concurrently (default: one per core on the CPU, 2 on a GPU)")
     p.add_argument("--threads", type=common.non_negative, default=0,
@@ -80,6 +81,8 @@ def build_parser():
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
+    if args.launcher_pid is not None:
+        common.stop_when_launcher_ends(args.launcher_pid)
     gpu_id = common.gpu_id_from_env()
     if args.reuse_similar_frames and args.mode != "crops":
         raise SetupError("--reuse-similar-frames is for --mode crops (video frames), not for photo libraries")

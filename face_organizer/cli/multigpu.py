@@ -51,7 +51,8 @@ def check_passthrough(parser: argparse.ArgumentParser, passthrough: Sequence[str
     chosen, unknown = stage.parse_known_args([*own, *passthrough])
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if chosen.input != own[1:2] or chosen.output != own[3] or chosen.file_list or chosen.status_file:
+    if (chosen.input != own[1:2] or chosen.output != own[3] or chosen.file_list or chosen.status_file
+            or chosen.launcher_pid is not None):
         parser.error("--input, --output and --file-list are set for each worker by embed_all_gpus: give the "
                      "folders to its --input, and the embeddings files' folder and name to --output-dir and --prefix")
     return chosen
