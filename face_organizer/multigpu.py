@@ -176,18 +176,28 @@ def assign(paths: Sequence[str], gpus: Sequence[int], previous: dict[int, set[st
     return [sorted(kept[gpu] + part) for gpu, part in zip(gpus, shard(new, len(gpus), block))]
 
 
+def embed_command() -> list[str]:
+    """How a worker runs generate_embeddings: the script beside this package (a checkout, the
+    image's ``/app``), else the installed package's own entry (a pip-installed package has no
+    ``scripts/`` folder)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "generate_embeddings.py"
+    if script.is_file():
+        return [sys.executable, str(script)]
+    return [sys.executable, "-m", "face_organizer", "embed"]
+
+
 def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int], out_dir: Path, prefix: str,
                  extra: Sequence[str], block: int = 0, resume: bool = True,
                  elsewhere: set[str] = frozenset()) -> list[Worker]:
     """One worker per GPU with its files; nothing is written (``Worker.write_list`` does). With
     ``resume``, the lists an earlier run left in ``out_dir`` say which files each GPU's embeddings
     file already holds (see ``assign``); ``elsewhere`` are files that GPUs no longer given hold."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "generate_embeddings.py"
+    stage = embed_command()
     workers = [Worker(gpu, 0, out_dir / f"{prefix}{gpu}.pkl", out_dir / f"{prefix}{gpu}.log", []) for gpu in gpus]
     previous = {w.gpu: set(read_file_list(str(w.file_list))) for w in workers if resume and w.file_list.is_file()}
     for worker, files in zip(workers, assign(paths, gpus, previous, block, elsewhere)):
         worker.files, worker.paths = len(files), files
-        worker.command = [sys.executable, str(script), "--input", *inputs, "--file-list", str(worker.file_list),
+        worker.command = [*stage, "--input", *inputs, "--file-list", str(worker.file_list),
                           "--output", str(worker.output), *extra]
     return workers
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -160,6 +161,26 @@ def test_workers_save_and_stop_when_the_launcher_is_killed(lfw, testpack_dir, tm
     assert f"images found: {len(photos)}; already embedded: " in total and "; already embedded: 0\n" not in total
     files = [embfile.load(out / f"embeddings_gpu{g}.pkl") for g in (0, 1)]
     assert sorted(files[0].rows.paths + files[1].rows.paths) == sorted(str(folder / p.name) for p in photos)
+
+
+def test_an_installed_package_runs_its_workers_without_the_scripts_folder(video_crops, testpack_dir, tmp_path) -> None:
+    """pip installs the package without scripts/ (the image's face-organizer command runs that
+    copy): its workers start through the package's own entry instead of the missing script."""
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "face_organizer", site / "face_organizer", ignore=shutil.ignore_patterns("__pycache__"))
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for i, crop in enumerate(p for c in video_crops.values() for p in c):
+        (folder / f"f{i:02d}.png").write_bytes(crop.read_bytes())
+    out = tmp_path / "multi"
+    run = subprocess.run([sys.executable, "-m", "face_organizer", "embed-all-gpus", "--input", str(folder),
+                          "--output-dir", str(out), "--gpus", "0,1", "-q", "--model", str(testpack_dir),
+                          "--device", "cpu", "--workers", "0"],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "worker 0 (CPU): ok: " in run.stdout and "worker 1 (CPU): ok: " in run.stdout
+    files = [embfile.load(out / f"embeddings_gpu{g}.pkl") for g in (0, 1)]
+    assert len(files[0].rows) + len(files[1].rows) == len(list(folder.iterdir()))
 
 
 def _crops_folder(tmp_path: Path, crops: list[Path], testpack_dir: Path) -> tuple[Path, Path, list[str]]:
