@@ -754,7 +754,12 @@ def test_stop_signals_to_the_process_group_are_left_to_the_run(video_crops, name
     run, children = _decoding(paths, then, start_new_session=True,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.killpg(run.pid, number)
-    out, err = run.communicate(timeout=120)
+    try:
+        out, err = run.communicate(timeout=120)  # a pool waiting for a lost result never ends
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
     assert (run.returncode, out.strip()) == (0, f"{len(paths)} [{int(number)}]"), err
     assert "Traceback" not in err and "process died" not in err, err
     assert not wait_gone(children, 5)
