@@ -120,7 +120,7 @@ def stop_signals_raise() -> Iterator[None]:
             signal.signal(number, handler)
 
 
-def stop_when_launcher_ends(launcher: int, interval: float = 1.0) -> None:
+def stop_when_launcher_ends(launcher: int, interval: float = 0.5) -> None:
     """Stop this command as SIGTERM does (its progress saved) once ``launcher``, its parent, is
     gone. A launcher killed outright (``kill -9``, the OOM killer) cannot stop its workers: they
     would run on, holding their GPU and their output, and the launcher's re-run would find them
