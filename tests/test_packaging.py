@@ -61,6 +61,8 @@ def test_what_the_container_downloads_or_measures_lives_in_the_models_volume(mon
 
 
 def test_umbrella_command_dispatches(capsys) -> None:
+    from face_organizer.cli import common
+    from face_organizer.cli.cluster import main as cluster_main
     from face_organizer.cli.main import main
 
     assert main([]) == 0 and "cluster" in capsys.readouterr().out
@@ -69,6 +71,16 @@ def test_umbrella_command_dispatches(capsys) -> None:
     assert "cannot read embeddings file" in capsys.readouterr().err
     run = subprocess.run([sys.executable, "-m", "face_organizer", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert (run.returncode, run.stdout.split()[0]) == (0, "face-organizer")
+    # A stage's usage and errors name the command as typed, not its script.
+    with pytest.raises(SystemExit):
+        main(["gender", "--help"])
+    assert capsys.readouterr().out.startswith("usage: face-organizer gender [-h]")
+    with pytest.raises(SystemExit):
+        main(["embed-all-gpus", "--input", "x", "--output-dir", "y", "--bogus"])
+    assert "face-organizer embed-all-gpus: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        common.run(cluster_main, ["--bogus"])
+    assert "cluster_faces.py: error:" in capsys.readouterr().err
 
 
 def test_stages_that_only_read_embeddings_files_do_not_load_onnx() -> None:

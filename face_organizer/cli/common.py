@@ -178,9 +178,22 @@ def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
         return 1
 
 
+_INVOKED_AS: list[str] = []  # "face-organizer gender" while the umbrella command runs a stage
+
+
+@contextmanager
+def invoked_as(name: str) -> Iterator[None]:
+    """Within, a stage's usage lines and errors name it ``name`` instead of its script."""
+    _INVOKED_AS.append(name)
+    try:
+        yield
+    finally:
+        _INVOKED_AS.pop()
+
+
 def parser(prog: str, description: str, examples: str, *, allow_abbrev: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog,
+        prog=_INVOKED_AS[-1] if _INVOKED_AS else prog,
         description=description,
         epilog="examples:\n" + examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = import_module(f"face_organizer.cli.{COMMANDS[args[0]][0]}")
     stage: Callable[[Sequence[str] | None], int] = module.main
-    return common.run(stage, args[1:])
+    with common.invoked_as(f"face-organizer {args[0]}"):
+        return common.run(stage, args[1:])
 
 
 def cli() -> None:
