@@ -57,6 +57,28 @@ def test_ctrl_c_still_exits_130_and_a_second_ctrl_c_interrupts_the_cleanup(capsy
     assert "Interrupted: progress so far is saved" in capsys.readouterr().err
 
 
+def test_a_sigterm_right_after_ctrl_c_is_ignored_quietly() -> None:
+    """Ctrl-C reaches the launcher and its workers at once, and the launcher's SIGTERM follows:
+    a worker whose Python had not yet run its Ctrl-C handler printed a traceback ("Signal 15
+    ignored due to race condition") into its log."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from face_organizer.cli import common\n"
+        "def main(argv):\n"
+        "    both = {signal.SIGINT, signal.SIGTERM}\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, both)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both arrive before Python runs a handler\n"
+        "    time.sleep(5)\n"
+        "    return 0\n"
+        "sys.exit(common.run(main))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == common.EXIT_INTERRUPTED, run.stderr
+    assert run.stderr == "Interrupted: progress so far is saved; re-run the same command to continue.\n"
+
+
 def test_sighup_ignored_by_nohup_stays_ignored(capsys) -> None:
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:

@@ -84,6 +84,10 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+def _already_stopping(signum: int, frame: Any) -> None:
+    """A stop signal during the cleanup of an earlier one: ignored."""
+
+
 @contextmanager
 def stop_signals_raise() -> Iterator[None]:
     """While inside, SIGTERM and SIGHUP raise ``Stopped`` in the main thread, as Ctrl-C raises
@@ -103,7 +107,10 @@ def stop_signals_raise() -> Iterator[None]:
     def stop(signum: int, frame: Any) -> None:
         for number in previous:
             if number != signal.SIGINT:
-                signal.signal(number, signal.SIG_IGN)
+                # A handler that does nothing, not SIG_IGN: a signal that came just before the
+                # switch (the launcher's SIGTERM right after Ctrl-C) would find SIG_IGN and be
+                # reported with a traceback ("Signal 15 ignored due to race condition").
+                signal.signal(number, _already_stopping)
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
