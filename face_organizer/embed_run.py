@@ -36,7 +36,8 @@ from .progress import count
 log = logging.getLogger(__name__)
 
 
-COUNTED = ("total_images", "already_done", "changed", "embedded", "faces", "fallback", "no_face", "reused")
+COUNTED = ("total_images", "already_done", "changed", "embedded", "faces", "fallback", "no_face", "reused",
+           "failures_gone")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class RunSummary:
     # Images the file holds that were not found this time: moved or deleted since, or embedded from other
     # inputs. Kept (a move into person folders must not lose them); one run's count, not added up.
     not_found: int = 0
+    failures_gone: int = 0  # images that had failed and have since been deleted: no longer listed as failed
     file_unchanged: bool = False  # nothing new was found: the file was left as it was
     elapsed: float = 0.0
 
@@ -87,6 +89,8 @@ class RunSummary:
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
             *([f"held in the file but not found under the inputs now: {count(self.not_found, 'image')} (moved or "
                "deleted since, or from other inputs); kept"] if self.not_found else []),
+            *([f"failed before and deleted since: {count(self.failures_gone, 'image')}; no longer listed as failed"]
+              if self.failures_gone else []),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
             + (f"photos without a face: {self.no_face:,}" if self.mode == "photos"
                else f"fallback (no face found, centre crop used): {self.fallback:,}"),
@@ -126,6 +130,7 @@ class _State:
     unreadable_parts: list[str] = field(default_factory=list)
     held: set[str] = field(default_factory=set)  # every path with rows or in no_face
     metas: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (file or part, its meta), as read
+    failures_gone: set[str] = field(default_factory=set)  # dropped from ``failed``: their files are gone
 
     def done(self) -> set[str]:
         return set(self.held)
@@ -146,6 +151,16 @@ class _State:
         """Held paths whose file differs from when it was read (files without signatures are trusted)."""
         return {p for p, sig in current.items()
                 if sig is not None and p in self.held and self.signatures.get(p, sig) != sig}
+
+    def drop_gone_failures(self, found: set[str]) -> int:
+        """Drop the failures of files deleted since (not among ``found``, the images found now, and
+        gone from the disk): a failure is a report, and a deleted file is no longer worth one. Every
+        failure dropped so far; so a file that lists them is not up to date (``_says_all``)."""
+        gone = {p for p in self.failed if p not in found and not os.path.lexists(p)}
+        for p in gone:
+            del self.failed[p]
+        self.failures_gone |= gone
+        return len(self.failures_gone)
 
     def forget(self, paths: set[str]) -> None:
         if not paths:
@@ -214,7 +229,7 @@ def _says_all(state: _State, output: Path, inputs: Sequence[str], unrecognisable
     the unrecognisable-face centre (when ``unrecognisable``) and every image's size and
     modification time."""
     old = state.meta or {}
-    return (state.parts_read == 0 and not state.unreadable_parts and not parts_dir(output).exists() and output.is_file()
+    return (state.parts_read == 0 and not state.failures_gone and not state.unreadable_parts and not parts_dir(output).exists() and output.is_file()
             and old.get("complete") is True and old.get("format_version") == embfile.FORMAT_VERSION
             and set(inputs) <= set(old.get("inputs", []))
             and (not unrecognisable or quality.META_KEY in old)
@@ -230,7 +245,8 @@ def rerun_without_models(paths: Sequence[str], output: str | os.PathLike[str], r
     those that failed before failing again for the same reason, and the file saying all that a
     rewrite would add (``_says_all``, as ``_Recorder.up_to_date`` asks). Returns the state it read, for
     ``run_embeddings`` to go on from without reading the file again, and for such a re-run its
-    summary (the file left as it was); otherwise no summary. A file of another model or mode
+    summary (the file left as it was, or, where images that had failed were deleted since, written
+    again without their failures); otherwise no summary. A file of another model or mode
     is left for ``run_embeddings`` to refuse, which needs the models to say why.
     """
     started = time.monotonic()
@@ -250,7 +266,7 @@ def rerun_without_models(paths: Sequence[str], output: str | os.PathLike[str], r
         return state, None
     summary = RunSummary(output=str(out), device=NO_DEVICE, mode=options.mode, total_images=len(paths),
                          already_done=len(paths) - len(todo), not_found=len(state.held.difference(paths)),
-                         rows_in_file=sum(len(r) for r in state.rows), file_unchanged=True)
+                         rows_in_file=sum(len(r) for r in state.rows))
     for item in (loader(todo) if todo else []):
         reason = item.reason or "unreadable"
         if item.image is not None or reason != state.failed[item.path]:
@@ -258,6 +274,10 @@ def rerun_without_models(paths: Sequence[str], output: str | os.PathLike[str], r
         summary.skipped[reason] += 1
         if len(summary.skipped_examples) < SKIPPED_SHOWN:
             summary.skipped_examples.append((item.path, reason))
+    summary.failures_gone = state.drop_gone_failures(set(paths))
+    if summary.failures_gone:  # only the list of failures changes: written without the models too
+        _Recorder(out, state, dict(old), int(old["embedding_size"]), float("inf"), {}).write(set())
+    summary.file_unchanged = not summary.failures_gone
     summary.elapsed = time.monotonic() - started
     status = _StatusWriter(status_file, NO_DEVICE)
     status.finish(summary)
@@ -477,6 +497,7 @@ def run_embeddings(
         held_now = {p: images.file_signature(p) for p in paths if p in state.held}
         changed = state.changed(held_now)
         state.forget(changed)
+        state.drop_gone_failures(set(paths))
     else:
         shutil.rmtree(parts_dir(out), ignore_errors=True)
         state = _State()
@@ -484,7 +505,7 @@ def run_embeddings(
     todo = [p for p in paths if p not in done]
     summary = RunSummary(output=str(out), device=models.device, streams=max(1, streams), mode=options.mode,
                          total_images=len(paths), already_done=len(paths) - len(todo), changed=len(changed),
-                         not_found=len(state.held.difference(paths)))
+                         not_found=len(state.held.difference(paths)), failures_gone=len(state.failures_gone))
     if summary.already_done or changed:
         log.info("resuming: %d of %d images already embedded%s", summary.already_done, len(paths),
                  f"; {len(changed)} changed since they were read, embedding them again" if changed else "")

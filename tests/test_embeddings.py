@@ -293,7 +293,22 @@ def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, vide
     elsewhere = sum(1 for p in good if folder / "2008" in p.parents)
     assert 0 < elsewhere < len(good) and (f"held in the file but not found under the inputs now: {elsewhere} images "
                                           "(moved or deleted since, or from other inputs); kept") in capsys.readouterr().out
+    # A bad file deleted since is no longer listed as failed; still no model is needed to say so.
+    (folder / "2017" / "empty.png").unlink()
+    assert run_cli(command) == 0
+    printed = capsys.readouterr().out
+    assert "failed before and deleted since: 1 image; no longer listed as failed" in printed
+    assert "skipped: 4" in printed and "left as it was" not in printed
+    cleaned = embfile.load(out)
+    assert dict(cleaned.failed) == {p: r for p, r in first.failed if not p.endswith("empty.png")}
+    assert cleaned.rows.paths == first.rows.paths and cleaned.signatures == first.signatures
+    np.testing.assert_array_equal(cleaned.rows.embeddings, first.rows.embeddings)
+    assert (cleaned.meta["inputs"], cleaned.meta["complete"]) == (first.meta["inputs"], True)
+    assert run_cli(command) == 0 and "left as it was" in capsys.readouterr().out  # said once
     monkeypatch.undo()
+    (folder / "2017" / "empty.png").write_bytes(b"")  # back again: tried, and it fails as before
+    assert run_cli(command) == 0 and dict(embfile.load(out).failed) == dict(first.failed)
+    capsys.readouterr()
     # A year folder emptied since (its images moved into person folders): the loop over years goes on.
     emptied = tmp_path / "emptied"
     emptied.mkdir()
@@ -320,9 +335,13 @@ def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, vide
     new_folder = folder / "2019"
     new_folder.mkdir()
     (new_folder / "frame.png").write_bytes(good[0].read_bytes())
+    (folder / "2017" / "truncated.jpg").unlink()  # and, in a folder this run does not name, a bad file deleted
+    capsys.readouterr()
     assert run_cli(command[:1] + [str(new_folder)] + command[3:]) == 0
+    assert "failed before and deleted since: 1 image" in capsys.readouterr().out
     grown = embfile.load(out)
     assert len(grown.rows) == len(good) + 2 and str(new_folder) in grown.meta["inputs"]
+    assert sorted(dict(grown.failed)) == sorted(p for p in dict(after.failed) if not p.endswith("truncated.jpg"))
     assert str(folder / "2017") in grown.meta["inputs"]
 
 
