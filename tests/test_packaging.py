@@ -75,6 +75,18 @@ def test_umbrella_command_dispatches(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["gender", "--help"])
     assert capsys.readouterr().out.startswith("usage: face-organizer gender [-h]")
+    # Its examples run the commands too, the scripts of other stages as well.
+    with pytest.raises(SystemExit):
+        main(["embed-all-gpus", "--help"])
+    examples = capsys.readouterr().out.split("examples:")[1]
+    assert "face-organizer embed-all-gpus --input" in examples and "face-organizer cluster --embeddings" in examples
+    assert "scripts/" not in examples
+    with pytest.raises(SystemExit):
+        main(["diagnose", "--help"])
+    assert "docker exec face-organizer face-organizer diagnose --expect-gpu" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        common.run(cluster_main, ["--help"])
+    assert "  python scripts/cluster_faces.py --embeddings" in capsys.readouterr().out  # the script, as before
     with pytest.raises(SystemExit):
         main(["embed-all-gpus", "--input", "x", "--output-dir", "y", "--bogus"])
     assert "face-organizer embed-all-gpus: error: unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -185,13 +186,16 @@ def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
         return 1
 
 
-_INVOKED_AS: list[str] = []  # "face-organizer gender" while the umbrella command runs a stage
+# ("face-organizer gender", {script: its command}) while the umbrella command runs a stage
+_INVOKED_AS: list[tuple[str, dict[str, str]]] = []
+_SCRIPT_RUN = re.compile(r"python (?:/app/)?scripts/([\w.]+\.py)")
 
 
 @contextmanager
-def invoked_as(name: str) -> Iterator[None]:
-    """Within, a stage's usage lines and errors name it ``name`` instead of its script."""
-    _INVOKED_AS.append(name)
+def invoked_as(name: str, commands: dict[str, str] | None = None) -> Iterator[None]:
+    """Within, a stage's usage lines and errors name it ``name`` instead of its script, and the
+    examples of its ``--help`` run each script of ``commands`` (file name: command) as that command."""
+    _INVOKED_AS.append((name, dict(commands or {})))
     try:
         yield
     finally:
@@ -199,8 +203,11 @@ def invoked_as(name: str) -> Iterator[None]:
 
 
 def parser(prog: str, description: str, examples: str, *, allow_abbrev: bool = True) -> argparse.ArgumentParser:
+    if _INVOKED_AS:
+        prog, commands = _INVOKED_AS[-1]
+        examples = _SCRIPT_RUN.sub(lambda m: commands.get(m.group(1), m.group(0)), examples)
     p = argparse.ArgumentParser(
-        prog=_INVOKED_AS[-1] if _INVOKED_AS else prog,
+        prog=prog,
         description=description,
         epilog="examples:\n" + examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,

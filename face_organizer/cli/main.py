@@ -9,23 +9,23 @@ from importlib import import_module
 from .. import __version__
 from . import common
 
-COMMANDS = {
-    "embed": ("embed", "compute embeddings (scripts/generate_embeddings.py)"),
-    "embed-all-gpus": ("multigpu", "one embedding worker per GPU (scripts/embed_all_gpus.py)"),
-    "info": ("info", "what embeddings files hold, how far their runs got (scripts/embeddings_info.py)"),
-    "cluster": ("cluster", "person folders (scripts/cluster_faces.py)"),
-    "search": ("search", "every image of one person (scripts/search_faces.py)"),
-    "undo-move": ("undo", "put the images of a cluster --link-mode move back (scripts/undo_move.py)"),
-    "gender": ("gender", "keep one gender (scripts/gender_filter.py)"),
-    "backends": ("backends", "compare face detectors (scripts/benchmark_backends.py)"),
-    "diagnose": ("diagnostic", "check the GPU stack (scripts/diagnostic_test.py)"),
+COMMANDS = {  # command: (module under cli/, its script, what it does)
+    "embed": ("embed", "generate_embeddings.py", "compute embeddings"),
+    "embed-all-gpus": ("multigpu", "embed_all_gpus.py", "one embedding worker per GPU"),
+    "info": ("info", "embeddings_info.py", "what embeddings files hold, how far their runs got"),
+    "cluster": ("cluster", "cluster_faces.py", "person folders"),
+    "search": ("search", "search_faces.py", "every image of one person"),
+    "undo-move": ("undo", "undo_move.py", "put the images of a cluster --link-mode move back"),
+    "gender": ("gender", "gender_filter.py", "keep one gender"),
+    "backends": ("backends", "benchmark_backends.py", "compare face detectors"),
+    "diagnose": ("diagnostic", "diagnostic_test.py", "check the GPU stack"),
 }
 
 
 def usage() -> str:
     lines = ["usage: face-organizer COMMAND [options]   (face-organizer COMMAND --help for each)",
              "       face-organizer --version", "", "commands:"]
-    lines += [f"  {name:<16}{text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<16}{text} (scripts/{script})" for name, (_, script, text) in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = import_module(f"face_organizer.cli.{COMMANDS[args[0]][0]}")
     stage: Callable[[Sequence[str] | None], int] = module.main
-    with common.invoked_as(f"face-organizer {args[0]}"):
+    with common.invoked_as(f"face-organizer {args[0]}",
+                           {script: f"face-organizer {name}" for name, (_, script, _) in COMMANDS.items()}):
         return common.run(stage, args[1:])
 
 
