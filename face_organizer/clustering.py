@@ -18,7 +18,7 @@ from scipy.special import ndtr, ndtri
 from .cohesion import Cohesion, folder_cohesion, join_groups
 from .knn import SEARCH_BLOCK, knn_graph
 from .progress import count
-from .thresholds import (ALIKE_Z, CENTRE_Z, IMPOSTOR_CENTRE_MAX, MIN_VALUES, OTHER_CENTRE_Z, ImpostorModel,
+from .thresholds import (ALIKE_Z, CENTRE_Z, IMPOSTOR_CENTRE_MAX, MIN_VALUES, OTHER_CENTRE_Z, PAIR_Z, ImpostorModel,
                          impostor_from_cross_cluster_pairs, impostor_from_other_centre_pairs, impostor_from_impostors,
                          impostor_model)
 
@@ -28,7 +28,7 @@ OUTLIER = -1
 # Graph edges need GRAPH_Z impostor spreads (chosen on LFW dev) up to GRAPH_Z_FACES faces. Each
 # face's nearest neighbours are the best of n candidates, so beyond that the cut-off rises to keep
 # the expected number of impostors above it per face as at GRAPH_Z_FACES (see graph_z).
-GRAPH_Z = 5.0
+GRAPH_Z = PAIR_Z
 GRAPH_Z_FACES = 10_000
 # Second pass of the graph clustering: an outlier joins its nearest cluster when its similarity
 # to that centre is ATTACH_Z spreads above faces' similarities to other clusters' centres (chosen

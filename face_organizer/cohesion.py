@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.sparse import csr_matrix
 
-from .thresholds import ALIKE_Z, IMPOSTOR_CENTRE_MAX, ImpostorModel, impostor_from_cross_cluster_pairs, impostor_model
+from .thresholds import ALIKE_Z, IMPOSTOR_CENTRE_MAX, PAIR_Z, ImpostorModel, impostor_from_cross_cluster_pairs, impostor_model
 
 BLOCK = 16_384
 SCALE_PAIRS = 50_000  # random pairs to read the impostor scale from: its centre to about 0.001
@@ -177,28 +177,35 @@ def folder_cohesion(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, *
         # folders no longer look like one person. Folders that look like one person by the lower
         # of that scale and random pairs' impostor peak are taken as one, and the scale is read
         # again from the pairs across the others.
-        provisional = min(model.cut(ALIKE_Z), random.cut(ALIKE_Z))
-        groups = one_person_groups(sums, n.astype(np.int64), mean < provisional, cross, provisional)
+        lower = min((model, random), key=lambda m: m.cut(ALIKE_Z))
+        groups = one_person_groups(sums, n.astype(np.int64), mean < lower.cut(ALIKE_Z), cross, lower)
         if groups:
             person = person_of(groups, k)
             model, what = scale(np.where(labels >= 0, person[np.maximum(labels, 0)], -1),
                                 "similarity of faces in different folders, those that look like one person taken as one")
     cutoff = model.cut(ALIKE_Z)
-    groups = one_person_groups(sums, n.astype(np.int64), mean < cutoff, cross, cutoff)
+    groups = one_person_groups(sums, n.astype(np.int64), mean < cutoff, cross, model)
     return Cohesion(mean.astype(np.float32), cross.astype(np.float32), n.astype(np.int64), groups, cutoff,
                     model.describe(what, ALIKE_Z))
 
 
 def one_person_groups(sums: NDArray[np.floating], sizes: NDArray[np.int64], not_alike: NDArray[np.bool_],
-                      cross: NDArray[np.floating], cutoff: float) -> tuple[tuple[int, ...], ...]:
+                      cross: NDArray[np.floating], scale: ImpostorModel) -> tuple[tuple[int, ...], ...]:
     """Clusters joined into people as the graph's groups are (``join_groups``): pairs of
-    clusters whose faces are on average alike across (``cross`` at least ``cutoff``), most alike
-    first, join unless both groups hold ``MERGE_MIN_GROUP`` faces or more and are not alike on
-    average over all their pairs. Pair by pair, with many small clusters (a face each), one alike
-    pair of faces across two people would chain them into one. A cluster that is not one person
-    (``not_alike``) joins none. Returns the groups of two or more clusters."""
+    clusters whose faces are on average alike across (``cross`` at least ``ALIKE_Z`` spreads up
+    ``scale``), most alike first, join unless both groups hold ``MERGE_MIN_GROUP`` faces or more
+    and are not alike on average over all their pairs. Pair by pair, with many small clusters (a
+    face each), one alike pair of faces across two people would chain them into one. Across
+    clusters so small that fewer than four pairs of faces cross them, the mean needs
+    ``PAIR_Z / sqrt(pairs)`` spreads: across two single faces it is one pair, and 2.5 spreads let
+    0.6% of impostor pairs through, which chained 35 folders of UTKFace's different people (500
+    crops in 500 folders) into one "person". A cluster that is not one person (``not_alike``)
+    joins none. Returns the groups of two or more clusters."""
     eligible = (sizes > 0) & ~not_alike
-    alike = np.triu(np.nan_to_num(cross, nan=-np.inf) >= cutoff, 1) & np.outer(eligible, eligible)
+    cutoff = scale.cut(ALIKE_Z)
+    pairs = np.maximum(np.outer(sizes, sizes), 1).astype(np.float64)  # of faces across two clusters
+    needed = scale.centre + np.maximum(ALIKE_Z, PAIR_Z / np.sqrt(pairs)) * scale.spread
+    alike = np.triu(np.nan_to_num(cross, nan=-np.inf) >= needed, 1) & np.outer(eligible, eligible)
     src, dst = np.nonzero(alike)
     if not src.size:
         return ()

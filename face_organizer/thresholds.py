@@ -32,6 +32,12 @@ OTHER_CENTRE_Z = 2.5
 # many spreads above the impostor centre: the graph's rule for joining two groups (chosen on LFW dev
 # as shots of five occluded crops) and the test of whether a k-means folder holds one person.
 ALIKE_Z = 2.5
+# A single pair of faces is one person's when it is this many spreads up: the edges of the graph of
+# --clusters auto (up to clustering.GRAPH_Z_FACES faces, chosen on LFW dev). A mean over m pairs of
+# impostors spreads about sqrt(m) times less, so it needs PAIR_Z / sqrt(m) spreads, never fewer than
+# ALIKE_Z: the mean across two folders of one face each is judged as one pair is (see
+# cohesion.one_person_groups).
+PAIR_Z = 5.0
 SAMPLE_PAIRS = 200_000
 IMPOSTOR_CENTRE_MAX = 0.2  # impostor peaks lie below this; genuine ones well above (0.5-0.7)
 FIT_MIN_VALUES = 20_000  # enough similarities around the peak to fit its shape (see _fit_peak)

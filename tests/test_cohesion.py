@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from face_organizer import embfile
-from face_organizer.cluster_stage import ClusterConfig, cluster_faces
+from face_organizer.cluster_stage import ClusterConfig, cluster_faces, run_clustering
 from face_organizer.cohesion import folder_cohesion
 from face_organizer.embed_run import run_embeddings
 from face_organizer.images import discover_images
@@ -48,6 +48,7 @@ def test_mean_pair_similarities_match_the_pairs() -> None:
 
 def test_folders_join_into_one_person_only_when_alike_on_average() -> None:
     from face_organizer.cohesion import Cohesion, one_person_groups
+    from face_organizer.thresholds import ImpostorModel
 
     rng = np.random.default_rng(1)
     axes = np.eye(16)
@@ -70,7 +71,8 @@ def test_folders_join_into_one_person_only_when_alike_on_average() -> None:
         cross = sums @ sums.T / np.outer(sizes, sizes)
     not_alike = mean < 0.4
     assert not_alike.tolist() == [False, False, False, True, False, False, False]
-    groups = one_person_groups(sums, sizes, not_alike, cross, 0.4)
+    scale = ImpostorModel(0.0, 0.16)  # cut-off 0.4 for means, 0.8 for one pair
+    groups = one_person_groups(sums, sizes, not_alike, cross, scale)
     # 0 and 1 join first; 2 is alike to 1 but on average to half of 0 and 1 only, and stays
     # apart, joined by the one face of 6 (a face joins by its pair alone). 3 is not one person
     # and joins nobody, however alike to 4.
@@ -80,7 +82,14 @@ def test_folders_join_into_one_person_only_when_alike_on_average() -> None:
     assert c.across((0, 1)) == pytest.approx(0.75, abs=0.01)
     # Pair by pair, 1 and 2 would chain all three into one person.
     assert cross[1, 2] >= 0.4 and cross[0, 2] < 0.4
-    assert one_person_groups(sums, sizes, np.ones(7, bool), cross, 0.4) == ()
+    assert one_person_groups(sums, sizes, np.ones(7, bool), cross, scale) == ()
+    # Two folders of one face each: their mean is one pair, and needs what one pair needs.
+    pair = np.vstack([near(axes[9], 1), near(axes[9] + 1.2 * axes[10], 1), near(axes[9] + 0.2 * axes[10], 1)])
+    sims = pair @ pair.T
+    assert 0.4 < sims[0, 1] < 0.8 < sims[0, 2]
+    assert one_person_groups(pair[:2], np.ones(2, np.int64), np.zeros(2, bool), sims[:2, :2], scale) == ()
+    assert one_person_groups(pair[[0, 2]], np.ones(2, np.int64), np.zeros(2, bool), sims[np.ix_([0, 2], [0, 2])],
+                             scale) == ((0, 1),)
 
 
 def test_many_small_folders_join_into_people_without_chaining(lfw_subset, tmp_path) -> None:
@@ -180,6 +189,12 @@ def test_a_collection_of_different_people_in_two_folders_says_so(utkface, models
                           "a folder")
     index = Path(tmp_path / "out" / "index.html").read_text()
     assert "do not look like one person each" in index
+    # In as many folders as faces, each folder is one face; a pair of faces alike by the cut-off for
+    # means (2.5 spreads) joined two folders, and such pairs chained different people into "people"
+    # of 6-26 folders (54 people found among 159 folders).
+    many = run_clustering(ef, ClusterConfig(clusters=len(images), extra_groups=False))
+    c = many.cohesion
+    assert many.n_clusters >= 150 and max(map(len, c.groups), default=0) <= 2 and c.people >= 0.95 * many.n_clusters
 
 
 def test_one_person_in_more_folders_than_asked_keeps_their_faces(two_person, tmp_path) -> None:
