@@ -1122,8 +1122,8 @@ def test_rerun_into_other_clustering_is_refused_before_clustering(two_person, in
             assert f"--output {out} holds the output of another cluster_faces run, {message}" in capsys.readouterr().err
     assert run_cli(["--embeddings", str(interviewer[0]), "--output", str(out), "-q"]) == 2
     assert (f"another cluster_faces run, of other images ({images} images, now {len(interviewer[1])} images): give "
-            "each embeddings file its own --output (in a loop over year folders: one per year), or remove it to "
-            "start over") in capsys.readouterr().err
+            "each embeddings file its own --output (in a loop over year folders: one per year; new images into its "
+            f"people: --people-from {out} and a new --output), or remove it to start over") in capsys.readouterr().err
     assert clustered == []
     # An output from before runs were recorded is still refused, once the plan shows it differs.
     state = out / organize.STATE_FILE
@@ -1160,7 +1160,8 @@ def test_other_run_into_an_output_that_holds_moved_images_says_removing_it_delet
     assert run_cli(["--embeddings", str(tmp_path / "2019.pkl"), "--output", str(out), "--link-mode", "move", "-q"]) == 2
     assert capsys.readouterr().err.endswith(
         f"of other images ({len(moved)} images, now 10 images): give each embeddings file its own --output (in a "
-        f"loop over year folders: one per year){moved_there}")
+        f"loop over year folders: one per year; new images into its people: --people-from {out} and a new --output)"
+        f"{moved_there}")
     assert sorted(p for p in out.rglob("*.png")) == moved
 
 
