@@ -26,7 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.sparse import csr_matrix
 
-from .thresholds import ALIKE_Z, IMPOSTOR_CENTRE_MAX, PAIR_Z, ImpostorModel, impostor_from_cross_cluster_pairs, impostor_model
+from .thresholds import (ALIKE_Z, IMPOSTOR_CENTRE_MAX, PAIR_Z, ImpostorModel, impostor_from_cross_cluster_pairs,
+                         impostor_model)
 
 BLOCK = 16_384
 SCALE_PAIRS = 50_000  # random pairs to read the impostor scale from: its centre to about 0.001

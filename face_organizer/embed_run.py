@@ -154,8 +154,9 @@ class _State:
 
     def drop_gone_failures(self, found: set[str]) -> int:
         """Drop the failures of files deleted since (not among ``found``, the images found now, and
-        gone from the disk): a failure is a report, and a deleted file is no longer worth one. Every
-        failure dropped so far; so a file that lists them is not up to date (``_says_all``)."""
+        gone from the disk), whichever input folder they were in: a failure is a report, and a
+        deleted file needs none. Returns how many were dropped so far; a file that still lists them
+        is not up to date (``_says_all``)."""
         gone = {p for p in self.failed if p not in found and not os.path.lexists(p)}
         for p in gone:
             del self.failed[p]
@@ -229,7 +230,8 @@ def _says_all(state: _State, output: Path, inputs: Sequence[str], unrecognisable
     the unrecognisable-face centre (when ``unrecognisable``) and every image's size and
     modification time."""
     old = state.meta or {}
-    return (state.parts_read == 0 and not state.failures_gone and not state.unreadable_parts and not parts_dir(output).exists() and output.is_file()
+    return (state.parts_read == 0 and not state.unreadable_parts and not parts_dir(output).exists() and output.is_file()
+            and not state.failures_gone
             and old.get("complete") is True and old.get("format_version") == embfile.FORMAT_VERSION
             and set(inputs) <= set(old.get("inputs", []))
             and (not unrecognisable or quality.META_KEY in old)

@@ -323,7 +323,8 @@ def check_same_images(output: str, run: Mapping[str, Any], stage: str) -> None:
         before, now = earlier.get("image_count"), run["image_count"]
         return f"other images ({count(before, 'image')}, now {count(now, 'image')})" if before != now else "other images"
 
-    people = f"; new images into its people: --people-from {output} and a new --output" if stage == "cluster_faces" else ""
+    people = (f"; new images into its people: --people-from {output} and a new --output"
+              if stage == "cluster_faces" else "")
     advice = f"give each embeddings file its own --output (in a loop over year folders: one per year{people})"
     check_same_run(output, run, stage, subject="images", of=other, moved_to=True, advice=advice)
 
