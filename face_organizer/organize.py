@@ -170,8 +170,9 @@ def check_images_reachable(paths: Sequence[str], output: str) -> None:
         return
     raise SetupError(f"none of the {len(set(paths)):,} images named in the embeddings is where it was embedded "
                      f"(for example {paths[0]}): were they embedded in another container or with their folders "
-                     "mounted elsewhere, or moved since? Mount them at the same paths, add --moved-to with the "
-                     "output folder of an earlier --link-mode move, or embed them where they are now")
+                     "mounted elsewhere, or moved since? Mount them at the same paths, rewrite the file's paths "
+                     "(rebase_embeddings.py FILE --from OLD --to NEW), or add --moved-to with the output folder of "
+                     "an earlier --link-mode move")
 
 
 def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,

@@ -13,6 +13,7 @@ COMMANDS = {  # command: (module under cli/, its script, what it does)
     "embed": ("embed", "generate_embeddings.py", "compute embeddings"),
     "embed-all-gpus": ("multigpu", "embed_all_gpus.py", "one embedding worker per GPU"),
     "info": ("info", "embeddings_info.py", "what embeddings files hold, how far their runs got"),
+    "rebase": ("rebase", "rebase_embeddings.py", "an embeddings file's image paths under a new folder"),
     "cluster": ("cluster", "cluster_faces.py", "person folders"),
     "search": ("search", "search_faces.py", "every image of one person"),
     "undo-move": ("undo", "undo_move.py", "put the images of a cluster --link-mode move back"),

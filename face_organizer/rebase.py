@@ -1,0 +1,98 @@
+"""An embeddings file's image paths under a new folder: the images moved, or are mounted elsewhere.
+
+Embeddings made inside the container name ``/workspace/input/2017/…``; on the host the same
+images may be ``/srv/faces/input/2017/…``, and a collection copied to another disk has a new
+root too. Every stage finds images by the paths their embeddings file holds, so such a file
+would have them all missing. Re-embedding half a million images takes hours on a GPU; the
+paths can instead be rewritten, one folder prefix for another: rows, failures, photos without
+a face, reused frames, file signatures and the run's input folders alike. The embeddings are
+untouched, and the rewrite is undone by the reverse one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .embfile import EmbeddingsFile
+from .errors import SetupError
+from .progress import count
+
+CHECKED = 1_000  # images looked for at their new paths, spread over the file (a NAS answers slowly)
+
+
+def folder_prefix(path: str) -> str:
+    """``path`` as an absolute folder prefix without a trailing separator ("/" stays "/")."""
+    return os.path.normpath(os.path.abspath(path))
+
+
+def under(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or lies below it (whole path components only)."""
+    return path == prefix or path.startswith(prefix if prefix.endswith(os.sep) else prefix + os.sep)
+
+
+def moved(path: str, old: str, new: str) -> str:
+    """``path`` under ``new`` instead of ``old`` when it lies under ``old``; otherwise as it is."""
+    if not under(path, old):
+        return path
+    rest = path[len(old):].lstrip(os.sep)
+    return os.path.join(new, rest) if rest else new
+
+
+@dataclass(frozen=True)
+class Rebased:
+    """The file with its paths rewritten, and what changed: ``images`` distinct image paths
+    rewritten of ``total``; ``checked`` of them looked for at their new paths, ``found`` there."""
+
+    file: EmbeddingsFile
+    images: int
+    total: int
+    checked: int
+    found: int
+
+    def lines(self, old: str, new: str, output: str) -> list[str]:
+        out = [f"{count(self.images, 'image')} of {self.total:,} moved from {old} to {new} → {output}"]
+        if self.images < self.total:
+            out.append(f"{count(self.total - self.images, 'image')} not under {old}: left as they were")
+        if self.checked:
+            out.append(f"found at the new paths: {self.found:,} of {self.checked:,} looked for"
+                       + ("" if self.found else f"; none is there yet (is {new} mounted?)"))
+        return out
+
+
+def rebase(ef: EmbeddingsFile, old: str, new: str, *, check: int = CHECKED) -> Rebased:
+    """``ef`` with every path under folder ``old`` moved under ``new`` (see ``moved``); ``check``
+    of the rewritten image paths, spread evenly, are looked for on disk. Raises ``SetupError``
+    when no path lies under ``old``: the prefix is mistyped, or the file was rebased already."""
+    old, new = folder_prefix(old), folder_prefix(new)
+    distinct = sorted(set(ef.rows.paths) | set(ef.no_face))
+    renamed = {p: moved(p, old, new) for p in distinct}
+    changed = [q for p, q in renamed.items() if q != p]
+    if not changed and not any(under(p, old) for p, _ in ef.failed):
+        example = f" (they look like {distinct[0]})" if distinct else ""
+        raise SetupError(f"no image in the embeddings file lies under {old}{example}: nothing to rebase")
+    if len(set(renamed.values())) < len(renamed):
+        first: dict[str, str] = {}
+        for p, q in renamed.items():
+            if q in first:
+                raise SetupError(f"{first[q]} and {p} would both become {q}: choose --from and --to so that "
+                                 "every image keeps a path of its own")
+            first[q] = p
+
+    def path(p: str) -> str:
+        return renamed[p] if p in renamed else moved(p, old, new)
+
+    rows = replace(ef.rows, paths=[renamed[p] for p in ef.rows.paths])
+    meta = dict(ef.meta, inputs=[path(i) for i in ef.meta.get("inputs", [])])
+    meta["rebased"] = [*ef.meta.get("rebased", []),
+                       {"from": old, "to": new, "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+    file = EmbeddingsFile(rows, [(path(p), reason) for p, reason in ef.failed], [path(p) for p in ef.no_face], meta,
+                          [(path(p), path(source)) for p, source in ef.reused],
+                          {path(p): signature for p, signature in ef.signatures.items()})
+    picks = np.unique(np.linspace(0, len(changed) - 1, min(check, len(changed))).astype(np.intp)) if changed else []
+    sample = [changed[i] for i in picks]
+    found = sum(1 for p in sample if os.path.lexists(p))
+    return Rebased(file, len(changed), len(distinct), len(sample), found)
