@@ -24,6 +24,7 @@ from .errors import FaceOrganizerError, SetupError
 from .fsutil import OUTPUT_MARKER, atomic_write_text, check_writable_dir, sync_filesystem
 from .progress import bar as progress_bar
 from .progress import count
+from .rebase import guess_move
 from .relocate import Placed, renamed_folders, samples_of
 
 log = logging.getLogger(__name__)
@@ -168,11 +169,13 @@ def check_images_reachable(paths: Sequence[str], output: str) -> None:
         return
     if any(os.path.lexists(p) for p in paths):  # stops at the first one found
         return
+    guess = guess_move(paths, [os.path.dirname(output), os.getcwd()])
+    where = f" (here: --from {guess[0]} --to {guess[1]} finds them)" if guess else ""
     raise SetupError(f"none of the {len(set(paths)):,} images named in the embeddings is where it was embedded "
                      f"(for example {paths[0]}): were they embedded in another container or with their folders "
                      "mounted elsewhere, or moved since? Mount them at the same paths, rewrite the file's paths "
-                     "(rebase_embeddings.py FILE --from OLD --to NEW), or add --moved-to with the output folder of "
-                     "an earlier --link-mode move")
+                     f"(rebase_embeddings.py FILE --from OLD --to NEW{where}), or add --moved-to with the output "
+                     "folder of an earlier --link-mode move")
 
 
 def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,

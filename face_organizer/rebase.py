@@ -12,6 +12,7 @@ untouched, and the rewrite is undone by the reverse one.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
@@ -40,6 +41,27 @@ def moved(path: str, old: str, new: str) -> str:
         return path
     rest = path[len(old):].lstrip(os.sep)
     return os.path.join(new, rest) if rest else new
+
+
+def guess_move(paths: Sequence[str], near: Sequence[str], *, tries: int = 20) -> tuple[str, str] | None:
+    """(old folder, new folder) that would find ``paths`` again, where their end lies under one of
+    the folders ``near`` (such as the output's parent and the working folder: where the images
+    usually sit beside it); None when no such folder holds most of ``tries`` paths spread over them."""
+    if not paths:
+        return None
+    sample = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, min(tries, len(paths))).astype(np.intp))]
+    parts = sample[0].split(os.sep)
+    for root in dict.fromkeys(folder_prefix(n) for n in near):
+        for keep in range(len(parts) - 1, 0, -1):  # the longest end of the path first
+            tail = os.sep.join(parts[-keep:])
+            if not os.path.lexists(os.path.join(root, tail)):
+                continue
+            old = os.sep.join(parts[:-keep]) or os.sep
+            found = sum(1 for p in sample if under(p, old) and os.path.lexists(moved(p, old, root)))
+            if old != root and 2 * found > len(sample):
+                return old, root
+            break
+    return None
 
 
 @dataclass(frozen=True)

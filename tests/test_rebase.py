@@ -109,9 +109,14 @@ def test_moved_images_are_found_by_every_stage_without_embedding_them_again(vide
     assert common.run(cluster_main, ["--embeddings", str(moved_file), "--output", str(out), "--clusters", "3",
                                      "--no-previews", "-q"]) == 0
     assert f"files: {len(first.rows)} placed" in capsys.readouterr().out
-    # The file as it was finds none of its images any more, and says how to rewrite it.
+    # The file as it was finds none of its images any more, and says how to rewrite it: with the images
+    # beside the output, which --from and --to find them.
     assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(tmp_path / "nothing"), "-q"]) == 2
-    assert "rewrite the file's paths (rebase_embeddings.py FILE --from OLD --to NEW)" in capsys.readouterr().err
+    assert ("rewrite the file's paths (rebase_embeddings.py FILE --from OLD --to NEW), or add --moved-to"
+            in capsys.readouterr().err)
+    assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(new_root / "sorted"), "-q"]) == 2
+    assert (f"(rebase_embeddings.py FILE --from OLD --to NEW (here: --from {tmp_path / 'workspace'} --to {new_root} "
+            "finds them))") in capsys.readouterr().err
     # In place, through the script as users run it; a second file is never overwritten.
     script = [sys.executable, str(ROOT / "scripts" / "rebase_embeddings.py"), str(emb), "--from",
               str(tmp_path / "workspace"), "--to", str(new_root)]
