@@ -97,6 +97,11 @@ def test_moved_images_are_found_by_every_stage_without_embedding_them_again(vide
     host = embfile.load(moved_file)
     assert host.rows.paths == [p.replace(str(tmp_path / "workspace"), str(new_root)) for p in first.rows.paths]
     assert all(os.path.isfile(p) for p in host.rows.paths)
+    from face_organizer.embinfo import describe
+
+    when = host.meta["rebased"][0]["when"]
+    assert f"  paths rebased: {tmp_path / 'workspace'} → {new_root} ({when})" in describe(moved_file).lines()
+    assert f"  inputs: {new_root / 'input' / '2017'}" in describe(moved_file).lines()
 
     # The same folder embedded at its new place: nothing new, no model loaded (a rename keeps sizes and times).
     new_input = new_root / "input" / "2017"
