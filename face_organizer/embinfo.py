@@ -52,7 +52,8 @@ class EmbeddingsInfo:
             + (f", face-organizer {m['tool_version']}" if m.get("tool_version") else ""),
             "  inputs: " + (", ".join(m.get("inputs") or []) or "?"),
             *(["  paths rebased: " + "; ".join(f"{r.get('from')} → {r.get('to')} ({r.get('when')})"
-                                               for r in m["rebased"])] if m.get("rebased") else []),
+                                               for r in m["rebased"] if isinstance(r, dict))]
+              if isinstance(m.get("rebased"), list) and m["rebased"] else []),
             f"  images: {self.images:,}; faces: {self.faces:,}"
             + (f"; fallback (no face found, centre crop used): {self.fallback:,}" if self.fallback else "")
             + (f"; photos without a face: {self.no_face:,}" if self.no_face else "")

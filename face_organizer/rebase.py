@@ -109,7 +109,8 @@ def rebase(ef: EmbeddingsFile, old: str, new: str, *, check: int = CHECKED) -> R
 
     rows = replace(ef.rows, paths=[renamed[p] for p in ef.rows.paths])
     meta = dict(ef.meta, inputs=[path(i) for i in ef.meta.get("inputs", [])])
-    meta["rebased"] = [*ef.meta.get("rebased", []),
+    earlier = ef.meta.get("rebased")
+    meta["rebased"] = [*(earlier if isinstance(earlier, list) else []),
                        {"from": old, "to": new, "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
     file = EmbeddingsFile(rows, [(path(p), reason) for p, reason in ef.failed], [path(p) for p in ef.no_face], meta,
                           [(path(p), path(source)) for p, source in ef.reused],
