@@ -90,6 +90,8 @@ def rebase(ef: EmbeddingsFile, old: str, new: str, *, check: int = CHECKED) -> R
     of the rewritten image paths, spread evenly, are looked for on disk. Raises ``SetupError``
     when no path lies under ``old``: the prefix is mistyped, or the file was rebased already."""
     old, new = folder_prefix(old), folder_prefix(new)
+    if old == new:
+        raise SetupError(f"--from and --to are the same folder ({old}): nothing to rebase")
     distinct = sorted(set(ef.rows.paths) | set(ef.no_face))
     renamed = {p: moved(p, old, new) for p in distinct}
     changed = [q for p, q in renamed.items() if q != p]

@@ -66,6 +66,8 @@ def test_a_prefix_nothing_lies_under_or_one_that_makes_two_images_one_is_refused
         rebase(ef, "/workspace/inp", "/data")
     with pytest.raises(SetupError, match="/data/a.png and /workspace/input/a.png would both become /data/a.png"):
         rebase(ef, "/workspace/input", "/data")
+    with pytest.raises(SetupError, match=r"--from and --to are the same folder \(/data\)"):
+        rebase(ef, "/data/", "/data")
 
 
 def test_moved_images_are_found_by_every_stage_without_embedding_them_again(video_crops, testpack_dir, tmp_path,
