@@ -7,6 +7,9 @@ delete across filesystems), so an interruption leaves it in one of the two place
 again finishes. The extra copies a photo with faces in several folders got are removed once the
 photo is back, and only when their bytes are the photo's. Nothing is overwritten: a different
 file at an image's path keeps its place, and the image stays in the output, named in the report.
+Nor is a folder made where the image's own folder is gone: a move leaves the folders it empties,
+so a missing one was moved or deleted since (the whole tree taken to another disk), and the
+image would land in a tree the user left.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ class UndoReport:
     copies_removed: int = 0  # a group photo's copies in the folders of its other faces
     gone: int = 0  # neither at its path nor in the output: moved on by a later run, or deleted
     conflicts: list[tuple[str, str]] = field(default_factory=list)  # (its path, the file left in the output)
+    # (its path, the file left in the output): the folder it was embedded in is gone (the tree moved since)
+    no_folder: list[tuple[str, str]] = field(default_factory=list)
     dry_run: bool = False
+
+    @property
+    def left(self) -> int:
+        """Images that stay in the output: a different file at their path, or their folder gone."""
+        return len(self.conflicts) + len(self.no_folder)
 
     def lines(self) -> list[str]:
         verb = "would put back" if self.dry_run else "put back"
@@ -49,6 +59,11 @@ class UndoReport:
             out += [f"  {kept} (its path: {path})" for path, kept in self.conflicts[:SHOWN_CONFLICTS]]
             if len(self.conflicts) > SHOWN_CONFLICTS:
                 out.append(f"  … and {len(self.conflicts) - SHOWN_CONFLICTS:,} more")
+        if self.no_folder:
+            folders = sorted({os.path.dirname(path) for path, _ in self.no_folder})
+            out.append(f"left in {self.output}: {count(len(self.no_folder), 'image')} whose folder is gone "
+                       f"({count(len(folders), 'folder')}, such as {folders[0]}): moved or deleted since, so "
+                       "nothing is put there; create a folder again to put its images back into it")
         if self.dry_run:
             out.append("dry run: nothing was moved")
         return out
@@ -83,6 +98,9 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True) -> U
             if not here:
                 report.gone += 1
                 continue
+            if not os.path.isdir(os.path.dirname(path)):  # a move leaves its emptied folders where they were
+                report.no_folder.append((path, here[0]))
+                continue
             report.restored += 1
             if dry_run:
                 report.copies_removed += len(here) - 1
@@ -100,7 +118,7 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True) -> U
                 report.conflicts.append((path, copy))
     if not dry_run:
         _remove_empty_folders(output)
-        if not report.conflicts:
+        if not report.left:
             mark_undone(output)
     return report
 

@@ -99,6 +99,35 @@ def test_undo_overwrites_nothing_and_an_interrupted_undo_finishes(two_person, tm
     assert all(Path(p).read_bytes() == content[p] for p in content if p != taken)
 
 
+def test_images_whose_folder_is_gone_stay_in_the_output(two_person, tmp_path, capsys) -> None:
+    # The input tree moved to another disk after the move into person folders: undo makes no folder at
+    # its old place. A year folder deleted since is gone the same way; the folders still there get
+    # their images back.
+    ef, content, out = _moved(two_person, tmp_path)
+    folders = sorted({Path(p).parent for p in content})
+    assert len(folders) >= 2 and all(f.is_dir() and not any(f.iterdir()) for f in folders)  # left, emptied
+    (tmp_path / "input").rename(tmp_path / "on_another_disk")
+    for dry in (["--dry-run"], []):
+        assert run_cli([str(out), "-q"] + dry) == 1
+        printed = capsys.readouterr().out
+        assert (f"left in {out}: {len(content)} images whose folder is gone ({len(folders)} folders, such as "
+                f"{folders[0]}): moved or deleted since") in printed
+        assert printed.startswith(f"{'would put back' if dry else 'put back'}: 0 images")
+    assert not (tmp_path / "input").exists() and len(list(out.rglob("*.png"))) == len(content)
+    (tmp_path / "on_another_disk").rename(tmp_path / "input")
+    folders[0].rmdir()
+    gone = [p for p in content if Path(p).parent == folders[0]]
+    assert run_cli([str(out), "-q"]) == 1
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"put back: {len(content) - len(gone)} images") and f"such as {folders[0]})" in printed
+    assert not folders[0].exists() and all(Path(p).read_bytes() == content[p] for p in content if p not in gone)
+    with pytest.raises(SetupError, match="which removing it would delete"):  # it still holds images
+        cluster_faces(ef, str(out), ClusterConfig(clusters=3, link_mode="move", previews=False), progress=False)
+    folders[0].mkdir()  # made again: its images go back into it
+    assert run_cli([str(out), "-q"]) == 0
+    assert all(Path(p).read_bytes() == data for p, data in content.items()) and not list(out.rglob("*.png"))
+
+
 def test_undo_removes_a_group_photos_copies_once_it_is_back(shared, models, tmp_path) -> None:
     # A photo of Obama and Biden goes to both their folders: a copy in one, the photo itself in the other.
     from face_organizer.embed_run import run_embeddings

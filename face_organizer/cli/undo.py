@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
         report = undo_move(args.output, dry_run=args.dry_run, progress=not args.quiet)
     print("\n".join(report.lines()))
-    return 1 if report.conflicts else 0
+    return 1 if report.left else 0
 
 
 def cli() -> None:
