@@ -43,13 +43,20 @@ def moved(path: str, old: str, new: str) -> str:
     return os.path.join(new, rest) if rest else new
 
 
+def spread(items: Sequence[str], most: int) -> list[str]:
+    """Up to ``most`` of ``items``, evenly spread over them (first and last included)."""
+    if not items or most <= 0:
+        return []
+    return [items[int(i)] for i in np.unique(np.linspace(0, len(items) - 1, min(most, len(items))).astype(np.intp))]
+
+
 def guess_move(paths: Sequence[str], near: Sequence[str], *, tries: int = 20) -> tuple[str, str] | None:
     """(old folder, new folder) that would find ``paths`` again, where their end lies under one of
     the folders ``near`` (such as the output's parent and the working folder: where the images
     usually sit beside it); None when no such folder holds most of ``tries`` paths spread over them."""
-    if not paths:
+    sample = spread(paths, tries)
+    if not sample:
         return None
-    sample = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, min(tries, len(paths))).astype(np.intp))]
     parts = sample[0].split(os.sep)
     for root in dict.fromkeys(folder_prefix(n) for n in near):
         for keep in range(len(parts) - 1, 0, -1):  # the longest end of the path first
@@ -117,7 +124,6 @@ def rebase(ef: EmbeddingsFile, old: str, new: str, *, check: int = CHECKED) -> R
     file = EmbeddingsFile(rows, [(path(p), reason) for p, reason in ef.failed], [path(p) for p in ef.no_face], meta,
                           [(path(p), path(source)) for p, source in ef.reused],
                           {path(p): signature for p, signature in ef.signatures.items()})
-    picks = np.unique(np.linspace(0, len(changed) - 1, min(check, len(changed))).astype(np.intp)) if changed else []
-    sample = [changed[i] for i in picks]
+    sample = spread(changed, check)
     found = sum(1 for p in sample if os.path.lexists(p))
     return Rebased(file, len(changed), len(distinct), len(sample), found)
