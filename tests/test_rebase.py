@@ -22,13 +22,15 @@ from face_organizer.rows import FaceRows
 from conftest import ROOT
 
 
-def file_of(paths: list[str], **extra) -> embfile.EmbeddingsFile:
+def file_of(paths: list[str], failed: list[tuple[str, str]] | None = None, no_face: list[str] | None = None,
+            **extra) -> embfile.EmbeddingsFile:
+    """A small file naming ``paths`` (its embeddings do not matter here); ``extra``: reused, signatures."""
     n = len(paths)
     rows = FaceRows(list(paths), np.eye(n, 4, dtype=np.float32), np.ones(n, bool), np.ones(n, np.float32),
                     np.zeros((n, 4), np.float32), np.zeros(n, np.int32))
     meta = embfile.make_meta(pack_name="testpack", model_files={"recognition": "MobileFaceNet.onnx"}, dim=4,
                              device="cpu", inputs=["/workspace/input/2017", "/elsewhere"], mode="photos")
-    return embfile.EmbeddingsFile(rows, meta=meta, **{"failed": [], "no_face": [], **extra})
+    return embfile.EmbeddingsFile(rows, failed or [], no_face or [], meta, **extra)
 
 
 def test_paths_under_the_folder_move_and_nothing_else_changes(tmp_path) -> None:
