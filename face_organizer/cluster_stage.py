@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, embfile, people, quality, relocate
+from . import __version__, embfile, people, quality, rebase, relocate
 from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cluster_name, gpu_count, graph_clusters,
                          graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
@@ -326,7 +326,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     run = run_settings(ef, config)
     check_same_images(output, run, "cluster_faces")
     refuse_renamed(output, relocate.renamed_in(output))  # the same run again, into folders renamed since
-    where = relocate.current_locations(ef.rows.paths, config.moved_to, output)
+    where = relocate.current_locations(ef.rows.paths, config.moved_to, output, rebase.steps(ef.meta))
     check_images_reachable(where, output)
     clustering = run_clustering(ef, config)
     names = [clustering.name(int(label)) for label in clustering.labels]
@@ -349,7 +349,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     # Only from outputs a move filled: an output of copies named in --moved-to keeps them.
     if config.link_mode == "move" and (moved_from := [d for d in config.moved_to
                                                       if holds_moved_images(saved_state(d) or {})]):
-        relocate.remove_moved_copies(dict(zip(paths, placement.destinations)), moved_from, output)
+        relocate.remove_moved_copies(dict(zip(paths, placement.destinations)), moved_from, output,
+                                     rebase.steps(ef.meta))
     _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status,
                clustering.set_aside)
     if config.previews:

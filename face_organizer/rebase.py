@@ -12,9 +12,10 @@ untouched, and the rewrite is undone by the reverse one.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,50 @@ def guess_move(paths: Sequence[str], near: Sequence[str], *, tries: int = 20) ->
                 return old, root
             break
     return None
+
+
+def steps(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (from, to) folders of each rewrite an embeddings file's ``meta["rebased"]`` records, oldest
+    first; entries that are not such a record (a file edited by hand) are left out."""
+    records = meta.get("rebased")
+    return [(r["from"], r["to"]) for r in (records if isinstance(records, list) else [])
+            if isinstance(r, dict) and isinstance(r.get("from"), str) and isinstance(r.get("to"), str)]
+
+
+def done_before(ef: EmbeddingsFile, old: str, new: str) -> str | None:
+    """When ``ef`` was rebased from ``old`` to ``new`` last, where that is its latest rewrite and no
+    path lies under ``old`` any more (the same command run again); else None."""
+    old, new = folder_prefix(old), folder_prefix(new)
+    records = ef.meta.get("rebased")
+    last = records[-1] if isinstance(records, list) and records else None
+    if not isinstance(last, dict) or steps({"rebased": [last]}) != [(old, new)]:
+        return None
+    if any(under(p, old) for p in [*ef.rows.paths, *ef.no_face, *(p for p, _ in ef.failed)]):
+        return None
+    return str(last.get("when", "earlier"))
+
+
+def former_paths(paths: Sequence[str], rewrites: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Each path an image of ``paths`` may have had before the ``rewrites`` (oldest first) -> its path
+    now, such as the path an output clustered before a rebase names it by. Files merged from several
+    embeddings files (one per GPU) list each one's rewrites, which need not all have touched an
+    image: every order-keeping choice of them is undone (a few names an image never had are
+    looked up in vain). A former path that is the path of another image now stays that image's."""
+    rewrites = list(rewrites)[-MAX_REWRITES:]
+    if not rewrites:
+        return {}
+    now = set(paths)
+    former: dict[str, str] = {}
+    for path in now:
+        names = {path}
+        for old, new in reversed(rewrites):
+            names |= {moved(name, new, old) for name in names if under(name, new)}
+        for name in names - now:
+            former.setdefault(name, path)
+    return former
+
+
+MAX_REWRITES = 6  # up to 2**6 former names an image; a file is rebased once or twice
 
 
 @dataclass(frozen=True)

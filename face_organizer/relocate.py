@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import SetupError
+from .rebase import former_paths
 
 TABLE = "clusters.csv"
 SUMMARY = "summary.json"
@@ -34,11 +35,13 @@ SUMMARY = "summary.json"
 log = logging.getLogger(__name__)
 
 
-def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
+def moved_locations(outputs: Sequence[str], former: Mapping[str, str] | None = None) -> dict[str, list[str]]:
     """Path as embedded -> the files an earlier placement made of it (a group photo goes to the
     folder of each of its faces), read from the ``clusters.csv`` of each earlier output, in the
     folders as they are named now (``renamed_folders``); an image moved by hand to another
-    folder of the output is found there (``_StrayFinder``)."""
+    folder of the output is found there (``_StrayFinder``). ``former``: a path a table may name
+    an image by -> its path now (the embeddings file was rebased since that output was made)."""
+    former = former or {}
     found: dict[str, list[str]] = {}
     for output in outputs:
         here = os.path.realpath(output)
@@ -48,9 +51,10 @@ def moved_locations(outputs: Sequence[str]) -> dict[str, list[str]]:
         gone = {f for f, files in samples.items() if f not in renamed and not _present(here, f, files)}
         strays = _StrayFinder(here)
         for row in rows:
-            places = found.setdefault(row.path, [])
+            path = former.get(row.path, row.path)
+            places = found.setdefault(path, [])
             place = os.path.join(here, renamed.get(row.folder, row.folder), row.rest)
-            if row.folder not in gone and not os.path.lexists(place) and not os.path.lexists(row.path):
+            if row.folder not in gone and not os.path.lexists(place) and not os.path.lexists(path):
                 place = strays.find(row, place)
             if place not in places:
                 places.append(place)
@@ -243,27 +247,32 @@ def locate(paths: Sequence[str], moved: dict[str, list[str]], output: str) -> li
     return [where[p] for p in paths]
 
 
-def current_locations(paths: Sequence[str], moved_to: Sequence[str], output: str) -> list[str]:
+def current_locations(paths: Sequence[str], moved_to: Sequence[str], output: str,
+                      rewrites: Sequence[tuple[str, str]] = ()) -> list[str]:
     """Where each of ``paths`` is now, given the earlier outputs a move put images in (none: the
-    paths), for a placement into ``output``."""
+    paths), for a placement into ``output``. ``rewrites``: the (from, to) folders the embeddings
+    file's paths were rebased by (``rebase.steps``), oldest first; an earlier output may name
+    its images by their paths before them."""
     if not moved_to:
         return list(paths)
-    where = locate(paths, moved_locations(moved_to), output)
+    where = locate(paths, moved_locations(moved_to, former_paths(paths, rewrites)), output)
     found = len({p for p, w in zip(paths, where) if p != w})
     log.info("%d image%s read from where an earlier move put %s (%s)", found, "" if found == 1 else "s",
              "it" if found == 1 else "them", ", ".join(moved_to))
     return where
 
 
-def remove_moved_copies(placed: dict[str, str], moved_to: Sequence[str], output: str) -> int:
+def remove_moved_copies(placed: dict[str, str], moved_to: Sequence[str], output: str,
+                        rewrites: Sequence[tuple[str, str]] = ()) -> int:
     """After a move onward from the earlier outputs ``moved_to`` (outputs a move filled; one of
     copies keeps its files, which the caller sees to): the copies a group photo got
     there in the folders of its other faces stay behind when the photo itself moves on (one file
     is the source). Each is removed once ``placed[path]``, the photo's file in ``output``, holds
-    the same bytes, so the earlier output empties as a move leaves it. Returns how many went."""
+    the same bytes, so the earlier output empties as a move leaves it. ``rewrites``: as for
+    ``current_locations``. Returns how many went."""
     own = os.path.join(os.path.realpath(output), "")
     removed = 0
-    for path, files in moved_locations(moved_to).items():
+    for path, files in moved_locations(moved_to, former_paths(list(placed), rewrites)).items():
         dest = placed.get(path)
         if dest is None or not os.path.isfile(dest):
             continue

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import relocate
+from . import rebase, relocate
 from .embfile import EmbeddingsFile
 from .errors import SetupError
 from .faces import EmbedOptions, FaceModels, embed_batch
@@ -138,7 +138,7 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     settings = {**images_run(ef.rows.paths), "queries": sorted(os.path.abspath(q) for q in queries), "threshold": threshold,
                 "top_k": top_k, "expand": expand, "link_mode": link_mode}
     check_same_images(output, settings, "search_faces")  # before the references are embedded and searched for
-    where = relocate.current_locations(ef.rows.paths, moved_to, output)
+    where = relocate.current_locations(ef.rows.paths, moved_to, output, rebase.steps(ef.meta))
     check_images_reachable(where, output)
     refs, left_out = usable_references(queries, models)
     calibration = load_calibration(models.pack.recognizer.name)

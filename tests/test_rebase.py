@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import subprocess
@@ -158,3 +159,97 @@ def test_a_file_being_written_is_refused(tmp_path, capsys) -> None:
     assert common.run(rebase_main, [str(hostile), "--from", "/", "--to", "/x", "--in-place"]) == 2
     assert "refusing to load os.system" in capsys.readouterr().err
     assert Path(hostile).read_bytes() == b"cos\nsystem\n(S'echo pwned'\ntR."
+
+
+def test_an_output_a_move_filled_before_the_rebase_still_serves_moved_to(two_person, testpack_dir, tmp_path,
+                                                                          capsys) -> None:
+    # Sorted with --link-mode move in the container (its clusters.csv names /workspace paths), then used
+    # on the host, where the file was rebased: --moved-to finds the images by the paths the table knows.
+    from clusterrun import private_copy
+    from face_organizer.cli.cluster import main as cluster_main
+    from face_organizer.cli.search import main as search_main
+
+    ef = private_copy(two_person, tmp_path / "workspace")
+    emb = tmp_path / "emb.pkl"
+    embfile.save(emb, ef)
+    content = {p: Path(p).read_bytes() for p in ef.rows.paths}
+    assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(tmp_path / "workspace" / "sorted"),
+                                     "--link-mode", "move", "--no-previews", "-q"]) == 0
+    host = tmp_path / "srv" / "faces"
+    host.parent.mkdir()
+    (tmp_path / "workspace").rename(host)
+    assert common.run(rebase_main, [str(emb), "--from", str(tmp_path / "workspace"), "--to", str(host),
+                                    "--in-place", "-q"]) == 0
+    rebased = embfile.load(emb).rows.paths
+    capsys.readouterr()
+    again = host / "again"
+    assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(again), "--clusters", "3",
+                                     "--link-mode", "move", "--moved-to", str(host / "sorted"), "--no-previews"]) == 0
+    printed = capsys.readouterr()
+    assert f"files: {len(set(rebased))} placed" in printed.out
+    assert f"{len(set(rebased))} images read from where an earlier move put them" in printed.err
+    assert not [f for f in (host / "sorted").rglob("*.png")]  # moved on: nothing left behind
+    table = list(csv.DictReader((again / "clusters.csv").open(encoding="utf-8")))
+    assert sorted(r["path"] for r in table) == sorted(rebased)  # named by the paths of the file as it is now
+    for row in table:
+        assert Path(row["destination"]).read_bytes() == content[moved(row["path"], str(host), str(tmp_path / "workspace"))]
+    # A search through the latest output finds them as well.
+    query = tmp_path / "query.png"
+    query.write_bytes(Path(table[0]["destination"]).read_bytes())
+    assert common.run(search_main, ["--embeddings", str(emb), "--query", str(query), "--output", str(tmp_path / "found"),
+                                    "--model", str(testpack_dir), "--moved-to", str(again), "-q"]) == 0
+    matches = list(csv.DictReader((tmp_path / "found" / "matches.csv").open(encoding="utf-8")))
+    assert len(matches) > 10 and {m["status"] for m in matches} == {"placed"}
+
+
+def test_every_gpus_file_is_checked_before_any_is_written_and_the_same_command_again_leaves_them(tmp_path,
+                                                                                                 capsys) -> None:
+    gpu0, gpu1, other = (tmp_path / f"embeddings_{n}.pkl" for n in ("gpu0", "gpu1", "other"))
+    embfile.save(gpu0, file_of(["/workspace/input/2017/a.png"]))
+    embfile.save(gpu1, file_of(["/workspace/input/2018/b.png"], failed=[("/workspace/input/2018/c.jpg", "empty file")]))
+    embfile.save(other, file_of(["/data/d.png"]))
+    args = [str(gpu0), str(gpu1), "--from", "/workspace", "--to", str(tmp_path)]
+    embfile.parts_dir(gpu1).mkdir()
+    assert common.run(rebase_main, args + ["--in-place"]) == 2
+    assert f"the run writing {gpu1} was interrupted" in capsys.readouterr().err
+    embfile.parts_dir(gpu1).rmdir()
+    assert common.run(rebase_main, [str(other)] + args + ["--in-place"]) == 2
+    assert f"{other}: no image in the embeddings file lies under /workspace" in capsys.readouterr().err
+    assert embfile.load(gpu0).rows.paths == ["/workspace/input/2017/a.png"]  # neither was written
+    assert common.run(rebase_main, args + ["--output", str(tmp_path / "new.pkl")]) == 2
+    assert "--output names one new file, for one FILE (2 given)" in capsys.readouterr().err
+
+    assert common.run(rebase_main, args + ["--in-place"]) == 0
+    printed = capsys.readouterr().out
+    assert f"1 image of 1 moved from /workspace to {tmp_path} → {gpu0}" in printed and f"→ {gpu1}" in printed
+    assert embfile.load(gpu0).rows.paths == [f"{tmp_path}/input/2017/a.png"]
+    assert embfile.load(gpu1).failed == [(f"{tmp_path}/input/2018/c.jpg", "empty file")]
+    # The same command again (a loop run twice): each file is left as it was, and said to be done.
+    written = {f: f.stat().st_mtime_ns for f in (gpu0, gpu1)}
+    assert common.run(rebase_main, args + ["--in-place"]) == 0
+    printed = capsys.readouterr().out
+    for f in (gpu0, gpu1):
+        assert f"{f}: rebased from /workspace to {tmp_path} already (" in printed and "left as it was" in printed
+    assert {f: f.stat().st_mtime_ns for f in (gpu0, gpu1)} == written
+    # Back, one file: rewritten again (the latest rewrite is another one).
+    assert common.run(rebase_main, [str(gpu0), "--from", str(tmp_path), "--to", "/workspace", "--in-place", "-q"]) == 0
+    assert embfile.load(gpu0).rows.paths == ["/workspace/input/2017/a.png"]
+
+
+def test_files_merged_keep_each_ones_rewrites_and_a_table_from_before_them_is_read_under_the_new_paths() -> None:
+    from face_organizer.rebase import former_paths, steps
+
+    gpu0 = rebase(file_of(["/workspace/input/a.png"]), "/workspace", "/srv/faces").file
+    gpu1 = rebase(file_of(["/mnt/old/b.png"]), "/mnt/old", "/srv/faces/b_disk").file
+    gpu1 = rebase(gpu1, "/srv/faces/b_disk", "/srv/faces/input").file
+    merged = embfile.merge([gpu0, gpu1, gpu0], ["gpu0.pkl", "gpu1.pkl", "gpu0 again"])
+    assert steps(merged.meta) == [("/workspace", "/srv/faces"), ("/mnt/old", "/srv/faces/b_disk"),
+                                  ("/srv/faces/b_disk", "/srv/faces/input")]
+    former = former_paths(merged.rows.paths, steps(merged.meta))
+    # Each image's names before its own file's rewrites, though the files' rewrites are listed together:
+    assert former["/workspace/input/a.png"] == "/srv/faces/input/a.png"
+    assert former["/mnt/old/b.png"] == former["/srv/faces/b_disk/b.png"] == "/srv/faces/input/b.png"
+    assert not set(former) & set(merged.rows.paths)
+    # A former name that is another image's path now stays that image's.
+    assert former_paths(["/b/x.png", "/a/x.png"], [("/a", "/b")]) == {}
+    assert steps({"rebased": [{"from": "/a"}, "edited by hand", {"from": "/a", "to": "/b"}]}) == [("/a", "/b")]
