@@ -9,7 +9,8 @@ photo is back, and only when their bytes are the photo's. Nothing is overwritten
 file at an image's path keeps its place, and the image stays in the output, named in the report.
 Nor is a folder made where the image's own folder is gone: a move leaves the folders it empties,
 so a missing one was moved or deleted since (the whole tree taken to another disk), and the
-image would land in a tree the user left.
+image would land in a tree the user left. Given the tree's old and new folders (``rewrite``, as
+``rebase_embeddings`` takes them), the images go back into the tree where it is now.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .errors import SetupError
 from .organize import STATE_FILE, mark_undone, place, saved_state
 from .progress import bar as progress_bar
 from .progress import count
+from .rebase import folder_prefix, guess_move, under
+from .rebase import moved as rebase_moved
 
 SHOWN_CONFLICTS = 20
 
@@ -38,6 +41,7 @@ class UndoReport:
     # (its path, the file left in the output): the folder it was embedded in is gone (the tree moved since)
     no_folder: list[tuple[str, str]] = field(default_factory=list)
     dry_run: bool = False
+    rewrite: tuple[str, str] | None = None  # (old folder, new folder): the tree moved since
 
     @property
     def left(self) -> int:
@@ -46,7 +50,9 @@ class UndoReport:
 
     def lines(self) -> list[str]:
         verb = "would put back" if self.dry_run else "put back"
-        out = [f"{verb}: {count(self.restored, 'image')} where they were embedded, from {self.output}"]
+        where = "where they were embedded" if self.rewrite is None else \
+            f"where they were embedded, under {self.rewrite[1]} instead of {self.rewrite[0]}"
+        out = [f"{verb}: {count(self.restored, 'image')} {where}, from {self.output}"]
         if self.already_back or self.copies_removed:
             out.append(f"already back: {count(self.already_back, 'image')}; copies of photos in several folders "
                        f"{'to remove' if self.dry_run else 'removed'}: {self.copies_removed:,}")
@@ -61,9 +67,12 @@ class UndoReport:
                 out.append(f"  … and {len(self.conflicts) - SHOWN_CONFLICTS:,} more")
         if self.no_folder:
             folders = sorted({os.path.dirname(path) for path, _ in self.no_folder})
+            moves = guess_move(folders, [os.path.dirname(self.output), os.getcwd()])
+            found = f" (here: --from {moves[0]} --to {moves[1]} finds them)" if moves else ""
             out.append(f"left in {self.output}: {count(len(self.no_folder), 'image')} whose folder is gone "
                        f"({count(len(folders), 'folder')}, such as {folders[0]}): moved or deleted since, so "
-                       "nothing is put there; create a folder again to put its images back into it")
+                       "nothing is put there; create a folder again to put its images back into it, or name "
+                       f"where the folders are now with --from OLD --to NEW{found}")
         if self.dry_run:
             out.append("dry run: nothing was moved")
         return out
@@ -80,17 +89,35 @@ def _moved_there(output: str) -> None:
                          f"{'copies' if mode == 'copy' else 'links'})")
 
 
+def _check_rewrite(moved: dict[str, list[str]], old: str, new: str) -> None:
+    """Refuse a rewrite that is the same folder, that no image lies under, or that gives two images one path."""
+    if old == new:
+        raise SetupError(f"--from and --to are the same folder ({old})")
+    paths = list(moved)
+    if paths and not any(under(p, old) for p in paths):
+        raise SetupError(f"no image of the output was embedded under {old} (they look like {min(paths)})")
+    if len({rebase_moved(p, old, new) for p in paths}) < len(paths):
+        raise SetupError(f"--from {old} --to {new} would put two images at one path")
+
+
 def _same_bytes(a: str, b: str) -> bool:
     return os.path.getsize(a) == os.path.getsize(b) and filecmp.cmp(a, b, shallow=False)
 
 
-def undo_move(output: str, *, dry_run: bool = False, progress: bool = True) -> UndoReport:
+def undo_move(output: str, *, dry_run: bool = False, progress: bool = True,
+              rewrite: tuple[str, str] | None = None) -> UndoReport:
     """Move every image of ``output`` (a ``cluster_faces --link-mode move`` output) back to the
-    path it was embedded at; see the module's description."""
+    path it was embedded at, under ``rewrite``'s new folder instead of its old one where given;
+    see the module's description."""
     output = os.path.abspath(output)
     _moved_there(output)
-    report = UndoReport(output, dry_run=dry_run)
+    if rewrite is not None:
+        rewrite = folder_prefix(rewrite[0]), folder_prefix(rewrite[1])
+    report = UndoReport(output, dry_run=dry_run, rewrite=rewrite)
     moved = relocate.moved_locations([output])
+    if rewrite is not None:
+        _check_rewrite(moved, *rewrite)
+        moved = {rebase_moved(p, *rewrite): files for p, files in moved.items()}
     folders: set[str] = set()
     for path, files in progress_bar(sorted(moved.items()), unit="img", enabled=progress, desc="undo"):
         here = [f for f in files if os.path.lexists(f)]

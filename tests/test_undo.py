@@ -128,6 +128,29 @@ def test_images_whose_folder_is_gone_stay_in_the_output(two_person, tmp_path, ca
     assert all(Path(p).read_bytes() == data for p, data in content.items()) and not list(out.rglob("*.png"))
 
 
+def test_a_tree_moved_since_gets_its_images_back_where_it_is_now(two_person, tmp_path, capsys) -> None:
+    # Moved into person folders in the container (/workspace), undone on the host, where that folder is
+    # /srv/faces: the report names the --from and --to that find the folders, and with them the images go back.
+    ef, content, out = _moved(two_person, tmp_path / "workspace")
+    host = tmp_path / "srv" / "faces"
+    host.parent.mkdir()
+    (tmp_path / "workspace").rename(host)
+    out = host / "sorted"
+    assert run_cli([str(out), "-q"]) == 1
+    assert f"(here: --from {tmp_path / 'workspace'} --to {host} finds them)" in capsys.readouterr().out
+    assert run_cli([str(out), "--from", str(tmp_path / "workspace"), "-q"]) == 2
+    assert "--from and --to go together" in capsys.readouterr().err
+    assert run_cli([str(out), "--from", str(tmp_path / "elsewhere"), "--to", str(host), "-q"]) == 2
+    assert f"no image of the output was embedded under {tmp_path / 'elsewhere'}" in capsys.readouterr().err
+    assert run_cli([str(out), "--from", str(tmp_path / "workspace"), "--to", f"{host}/", "--dry-run", "-q"]) == 0
+    assert capsys.readouterr().out.startswith(f"would put back: {len(content)} images where they were embedded, "
+                                              f"under {host} instead of {tmp_path / 'workspace'}, from {out}")
+    assert run_cli([str(out), "--from", str(tmp_path / "workspace"), "--to", str(host), "-q"]) == 0
+    for path, data in content.items():
+        assert (host / Path(path).relative_to(tmp_path / "workspace")).read_bytes() == data
+    assert not list(out.rglob("*.png")) and not (tmp_path / "workspace").exists()
+
+
 def test_undo_removes_a_group_photos_copies_once_it_is_back(shared, models, tmp_path) -> None:
     # A photo of Obama and Biden goes to both their folders: a copy in one, the photo itself in the other.
     from face_organizer.embed_run import run_embeddings
