@@ -133,7 +133,8 @@ class Rebased:
             out.append(f"{count(self.total - self.images, 'image')} not under {old}: left as they were")
         if self.checked:
             out.append(f"found at the new paths: {self.found:,} of {self.checked:,} looked for"
-                       + ("" if self.found else f"; none is there yet (is {new} mounted?)"))
+                       + ("" if self.found else f"; none is there now (is {new} mounted? images that a "
+                                                        "--link-mode move took are found with --moved-to)"))
         return out
 
 

@@ -181,7 +181,8 @@ def test_an_output_a_move_filled_before_the_rebase_still_serves_moved_to(two_per
     assert common.run(rebase_main, [str(emb), "--from", str(tmp_path / "workspace"), "--to", str(host),
                                     "--in-place", "-q"]) == 0
     rebased = embfile.load(emb).rows.paths
-    capsys.readouterr()
+    assert (f"none is there now (is {host} mounted? images that a --link-mode move took are found with --moved-to)"
+            in capsys.readouterr().out)
     again = host / "again"
     assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(again), "--clusters", "3",
                                      "--link-mode", "move", "--moved-to", str(host / "sorted"), "--no-previews"]) == 0
