@@ -221,6 +221,17 @@ def close_run(output: Path, forget: set[str] = frozenset()) -> None:
         _Recorder(output, state, dict(state.meta), int(state.meta["embedding_size"]), float("inf"), {}).write(set())
 
 
+def gathered(output: Path) -> EmbeddingsFile | None:
+    """What the run writing ``output`` holds so far, its finished file and its checkpoint parts, as
+    one file marked unfinished (a re-run goes on from it), written nowhere; None when neither holds
+    anything readable."""
+    state = read_state(output)
+    if state.meta is None:
+        return None
+    recorder = _Recorder(output, state, dict(state.meta), int(state.meta["embedding_size"]), float("inf"), {})
+    return recorder.file(set(), complete=False)
+
+
 NO_DEVICE = "none (nothing to embed)"
 
 
@@ -366,6 +377,13 @@ class _Recorder:
 
     def write(self, attempted: set[str]) -> int:
         """Write the final file (what was there, what this run found) and remove the parts; its rows."""
+        ef = self.file(attempted)
+        embfile.save(self.output, ef)
+        shutil.rmtree(parts_dir(self.output), ignore_errors=True)
+        return len(ef.rows)
+
+    def file(self, attempted: set[str], complete: bool = True) -> EmbeddingsFile:
+        """The final file: what was there, and what this run found."""
         rows = _sorted_rows(FaceRows.concat(self.state.rows + self.new_rows, self.dim))
         embedded = set(rows.paths)
         failed = {p: r for p, r in self.state.failed.items() if p not in attempted}
@@ -379,11 +397,8 @@ class _Recorder:
         known = {**self.held_now, **self.state.signatures, **self.new_signatures}
         signatures = {p: sig for p in sorted(embedded | set(no_face)) if (sig := known.get(p)) is not None}
         old_inputs = (self.state.meta or {}).get("inputs", [])
-        meta = dict(self.meta, complete=True, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
-        embfile.save(self.output, EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()),
-                                                 signatures))
-        shutil.rmtree(parts_dir(self.output), ignore_errors=True)
-        return len(rows)
+        meta = dict(self.meta, complete=complete, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
+        return EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()), signatures)
 
 
 MAX_DEFAULT_STREAMS = 16

@@ -28,7 +28,7 @@ class EmbeddingsInfo:
     no_face: int  # photos mode: images without a face
     reused: int
     skipped: Counter[str] = field(default_factory=Counter)
-    finished: bool = False  # the file exists and no checkpoint part waits beside it
+    finished: bool = False  # the file exists, says its run finished, and no checkpoint part waits beside it
     parts: int = 0
     unreadable_parts: list[str] = field(default_factory=list)
     writer: int | None = None  # pid of the process holding the output's lock, if it is alive
@@ -39,6 +39,9 @@ class EmbeddingsInfo:
             return f"being written now (pid {self.writer})"
         if self.finished:
             return "finished"
+        if not self.parts and not self.unreadable_parts:  # its checkpoints taken into it (rebase_embeddings.py)
+            return ("interrupted: the file holds what its run had embedded; run generate_embeddings over its inputs "
+                    "again to continue")
         return (f"interrupted: {self.parts} checkpoint part(s) beside it; run the same generate_embeddings "
                 "command again to continue")
 
@@ -90,7 +93,8 @@ def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
         no_face=len(state.no_face),
         reused=len(state.reused),
         skipped=Counter(reason for p, reason in state.failed.items() if p not in state.held),
-        finished=output.exists() and state.parts_read == 0 and not state.unreadable_parts,
+        finished=(output.exists() and state.parts_read == 0 and not state.unreadable_parts
+                  and meta.get("complete") is not False),
         parts=state.parts_read,
         unreadable_parts=state.unreadable_parts,
         writer=lock_holder(output),

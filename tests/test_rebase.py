@@ -139,11 +139,11 @@ def test_moved_images_are_found_by_every_stage_without_embedding_them_again(vide
 def test_a_file_being_written_is_refused(tmp_path, capsys) -> None:
     emb = tmp_path / "emb.pkl"
     embfile.save(emb, file_of(["/workspace/a.png"]))
-    embfile.parts_dir(emb).mkdir()
     args = [str(emb), "--from", "/workspace", "--to", str(tmp_path), "--in-place"]
-    assert common.run(rebase_main, args) == 2
-    assert "was interrupted" in capsys.readouterr().err
-    embfile.parts_dir(emb).rmdir()
+    lone = tmp_path / "lone.pkl"
+    embfile.parts_dir(lone).mkdir()  # a run stopped before its first checkpoint
+    assert common.run(rebase_main, [str(lone)] + args[1:]) == 2
+    assert f"the run writing {lone} was interrupted before it saved anything readable" in capsys.readouterr().err
     from face_organizer.fsutil import exclusive
 
     with exclusive(emb, "busy"):
@@ -210,10 +210,11 @@ def test_every_gpus_file_is_checked_before_any_is_written_and_the_same_command_a
     embfile.save(gpu1, file_of(["/workspace/input/2018/b.png"], failed=[("/workspace/input/2018/c.jpg", "empty file")]))
     embfile.save(other, file_of(["/data/d.png"]))
     args = [str(gpu0), str(gpu1), "--from", "/workspace", "--to", str(tmp_path)]
-    embfile.parts_dir(gpu1).mkdir()
-    assert common.run(rebase_main, args + ["--in-place"]) == 2
-    assert f"the run writing {gpu1} was interrupted" in capsys.readouterr().err
-    embfile.parts_dir(gpu1).rmdir()
+    from face_organizer.fsutil import exclusive
+
+    with exclusive(gpu1, "busy"):
+        assert common.run(rebase_main, args + ["--in-place"]) == 2
+    assert f"is writing {gpu1}" in capsys.readouterr().err
     assert common.run(rebase_main, [str(other)] + args + ["--in-place"]) == 2
     assert f"{other}: no image in the embeddings file lies under /workspace" in capsys.readouterr().err
     assert embfile.load(gpu0).rows.paths == ["/workspace/input/2017/a.png"]  # neither was written
@@ -254,3 +255,59 @@ def test_files_merged_keep_each_ones_rewrites_and_a_table_from_before_them_is_re
     # A former name that is another image's path now stays that image's.
     assert former_paths(["/b/x.png", "/a/x.png"], [("/a", "/b")]) == {}
     assert steps({"rebased": [{"from": "/a"}, "edited by hand", {"from": "/a", "to": "/b"}]}) == [("/a", "/b")]
+
+
+def test_an_interrupted_run_is_rebased_with_its_checkpoints_and_goes_on_at_the_new_place(video_crops, models,
+                                                                                         testpack_dir, tmp_path,
+                                                                                         capsys) -> None:
+    # Stopped half-way, then the folders moved: the run cannot go on where the images were, so its
+    # checkpoints are rewritten with the file, and the run goes on at the new place from them.
+    from face_organizer import images
+    from face_organizer.embed_run import run_embeddings
+
+    old = tmp_path / "workspace" / "input"
+    for person, crops in video_crops.items():
+        for crop in crops[:4]:
+            (old / person).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(crop, old / person / crop.name)
+    frames = sorted(str(p) for p in old.rglob("*.png"))
+    emb = tmp_path / "emb.pkl"
+
+    def interrupted(paths):
+        if frames[7] in paths:
+            raise KeyboardInterrupt
+        return images.load_many(paths)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_embeddings(frames, emb, models, batch_size=1, streams=1, checkpoint_seconds=0, progress=False,
+                       loader=interrupted, inputs=[str(old)])
+    parts = embfile.checkpoint_parts(emb)
+    assert not emb.exists() and len(parts) >= 2
+    saved = {p: e for part in parts for p, e in zip(embfile.load(part).rows.paths, embfile.load(part).rows.embeddings)}
+    host = tmp_path / "srv" / "faces"
+    host.parent.mkdir()
+    (tmp_path / "workspace").rename(host)
+    args = [str(emb), "--from", str(tmp_path / "workspace"), "--to", str(host), "--in-place"]
+    assert common.run(rebase_main, args + ["--dry-run"]) == 0
+    assert embfile.checkpoint_parts(emb) == parts and not emb.exists()  # the dry run wrote nothing
+    capsys.readouterr()
+    assert common.run(rebase_main, args) == 0
+    assert (f"its run was interrupted: what its {len(parts)} checkpoint parts held is in the rewritten file too"
+            in capsys.readouterr().out)
+    assert not embfile.parts_dir(emb).exists()
+    rebased = embfile.load(emb)
+    assert rebased.meta["complete"] is False and rebased.meta["inputs"] == [str(host / "input")]
+    assert sorted(rebased.rows.paths) == sorted(moved(p, str(tmp_path / "workspace"), str(host)) for p in saved)
+    from face_organizer.embinfo import describe
+
+    assert describe(emb).status().startswith("interrupted: the file holds what its run had embedded")
+    # The run goes on at the new place: only the images it had left are embedded.
+    assert common.run(embed_main, ["--input", str(host / "input"), "--output", str(emb), "--model", str(testpack_dir),
+                                   "--workers", "0", "-q"]) == 0
+    assert f"images found: {len(frames)}; already embedded: {len(saved)}" in capsys.readouterr().out
+    final = embfile.load(emb)
+    assert final.rows.paths == [moved(p, str(tmp_path / "workspace"), str(host)) for p in frames]
+    assert describe(emb).status() == "finished"
+    for path, vector in saved.items():
+        np.testing.assert_array_equal(final.rows.embeddings[final.rows.paths.index(
+            moved(path, str(tmp_path / "workspace"), str(host)))], vector)  # kept, not embedded again

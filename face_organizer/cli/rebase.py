@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .. import embfile
+from ..embed_run import gathered
 from ..errors import SetupError
 from ..fsutil import exclusive, lock_holder
+from ..progress import count
 from ..rebase import Rebased, done_before, folder_prefix, rebase
 from . import common
 
@@ -49,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SetupError(f"--output {outputs[0]} exists; name a new file, or use --in-place to replace {sources[0]}")
     # Every file is read and rewritten before any is written: one refused leaves them all as they were.
     done = [_rebased(source, args.old, args.new, named=len(sources) > 1) for source in sources]
-    for source, output, rebased in zip(sources, outputs, done):
+    for source, output, (rebased, parts) in zip(sources, outputs, done):
         if isinstance(rebased, str):
             print(f"{source}: rebased from {folder_prefix(args.old)} to {folder_prefix(args.new)} already ({rebased}); "
                   "left as it was")
@@ -58,31 +62,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.dry_run:
             with exclusive(output, common.OTHER_RUN):
                 embfile.save(output, rebased.file)
+                if parts is not None and output == source:
+                    shutil.rmtree(embfile.parts_dir(source), ignore_errors=True)  # now in the file itself
         last = rebased.file.meta["rebased"][-1]
         print("\n".join(rebased.lines(last["from"], last["to"], shown)))
+        if parts is not None:
+            print(f"its run was interrupted: what its {count(parts, 'checkpoint part')} held is in the rewritten file "
+                  "too (generate_embeddings.py over the folders at their new place embeds the images it had left)")
     return 0
 
 
-def _rebased(source: str, old: str, new: str, *, named: bool) -> Rebased | str:
-    """``source`` rebased from ``old`` to ``new``; when that was done before (the same command again),
-    when it was. ``named``: errors begin with the file's path (one of several)."""
+def _rebased(source: str, old: str, new: str, *, named: bool) -> tuple[Rebased | str, int | None]:
+    """(``source`` rebased from ``old`` to ``new``, or when that was done before: the same command
+    again; the checkpoint parts of an interrupted run taken in, None where it was not interrupted).
+    ``named``: errors begin with the file's path (one of several)."""
     try:
-        ef = _readable(source)
-        return done_before(ef, old, new) or rebase(ef, old, new)
+        ef, parts = _readable(source)
+        return done_before(ef, old, new) or rebase(ef, old, new), parts
     except SetupError as err:
         raise SetupError(f"{source}: {err}" if named and source not in str(err) else str(err)) from None
 
 
-def _readable(source: str) -> embfile.EmbeddingsFile:
-    """The embeddings file ``source``, refused while a run is still adding to it."""
+def _readable(source: str) -> tuple[embfile.EmbeddingsFile, int | None]:
+    """The embeddings file ``source`` with, where its run was interrupted, what its checkpoint parts
+    hold (the run cannot go on where its images are no more), and how many parts that was (None:
+    not interrupted); refused while a run is adding to it."""
     writer = lock_holder(source)
     if writer is not None:
         raise SetupError(f"a generate_embeddings run (pid {writer}) is writing {source}: let it finish first, or "
                          "its new images would keep the old paths")
-    if embfile.parts_dir(source).exists():
-        raise SetupError(f"the run writing {source} was interrupted (checkpoints in {embfile.parts_dir(source)}): "
-                         "run it again to finish first, or its new images would keep the old paths")
-    return embfile.load(source)
+    if not embfile.parts_dir(source).exists():
+        return embfile.load(source), None
+    ef = gathered(Path(source))
+    if ef is None:
+        raise SetupError(f"the run writing {source} was interrupted before it saved anything readable (checkpoints "
+                         f"in {embfile.parts_dir(source)}): nothing to rebase")
+    return ef, len(embfile.checkpoint_parts(source))
 
 
 def cli() -> None:
