@@ -181,7 +181,9 @@ class ClusterReport:
 def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:
     """Read and merge embeddings files (one per GPU); different models are refused. A file that
     a later run is adding to (running now, or interrupted: checkpoint parts beside it) is read as
-    it is, with a warning."""
+    it is, with a warning; so is a file whose run was interrupted and its checkpoints taken into it
+    (``rebase_embeddings`` after the images moved), which lacks the images that run had left."""
+    adding = set()
     for path in paths:
         if not os.path.isfile(path):
             continue  # ``embfile.load`` says why
@@ -193,7 +195,16 @@ def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:
             log.warning("%s: a later generate_embeddings run into it was interrupted (%s in %s), so the images that "
                         "run embedded are not in it yet: run the same generate_embeddings command again to finish it",
                         path, count(waiting, "checkpoint part"), embfile.parts_dir(path))
-    return embfile.merge([embfile.load(p) for p in paths], [str(p) for p in paths])
+        else:
+            continue
+        adding.add(path)
+    files = [embfile.load(p) for p in paths]
+    for path, ef in zip(paths, files):
+        if path not in adding and ef.meta.get("complete") is False:
+            log.warning("%s: its generate_embeddings run was interrupted before it had embedded every image (it was "
+                        "rebased since), so those it had left are not in it: run generate_embeddings over its input "
+                        "folders again to finish it", path)
+    return embfile.merge(files, [str(p) for p in paths])
 
 
 def _with_gpu_fallback(fn: Any, use_gpu: bool | None, **kwargs: Any) -> Clustering:

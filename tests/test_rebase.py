@@ -301,6 +301,11 @@ def test_an_interrupted_run_is_rebased_with_its_checkpoints_and_goes_on_at_the_n
     from face_organizer.embinfo import describe
 
     assert describe(emb).status().startswith("interrupted: the file holds what its run had embedded")
+    from face_organizer.cluster_stage import load_embeddings
+
+    capsys.readouterr()
+    assert len(load_embeddings([str(emb)]).rows) == len(saved)
+    assert "its generate_embeddings run was interrupted before it had embedded every image" in capsys.readouterr().err
     # The run goes on at the new place: only the images it had left are embedded.
     assert common.run(embed_main, ["--input", str(host / "input"), "--output", str(emb), "--model", str(testpack_dir),
                                    "--workers", "0", "-q"]) == 0
@@ -308,6 +313,8 @@ def test_an_interrupted_run_is_rebased_with_its_checkpoints_and_goes_on_at_the_n
     final = embfile.load(emb)
     assert final.rows.paths == [moved(p, str(tmp_path / "workspace"), str(host)) for p in frames]
     assert describe(emb).status() == "finished"
+    load_embeddings([str(emb)])
+    assert "interrupted" not in capsys.readouterr().err
     for path, vector in saved.items():
         np.testing.assert_array_equal(final.rows.embeddings[final.rows.paths.index(
             moved(path, str(tmp_path / "workspace"), str(host)))], vector)  # kept, not embedded again
