@@ -136,14 +136,15 @@ def test_moved_images_are_found_by_every_stage_without_embedding_them_again(vide
     assert embfile.load(emb).rows.paths == host.rows.paths
 
 
-def test_a_file_being_written_is_refused(tmp_path, capsys) -> None:
+def test_a_file_being_written_is_refused_and_a_run_that_saved_nothing_is_left_alone(tmp_path, capsys) -> None:
     emb = tmp_path / "emb.pkl"
     embfile.save(emb, file_of(["/workspace/a.png"]))
     args = [str(emb), "--from", "/workspace", "--to", str(tmp_path), "--in-place"]
     lone = tmp_path / "lone.pkl"
     embfile.parts_dir(lone).mkdir()  # a run stopped before its first checkpoint
-    assert common.run(rebase_main, [str(lone)] + args[1:]) == 2
-    assert f"the run writing {lone} was interrupted before it saved anything readable" in capsys.readouterr().err
+    assert common.run(rebase_main, [str(lone)] + args[1:]) == 0
+    assert f"{lone}: its run was interrupted before it saved anything: nothing to rebase" in capsys.readouterr().out
+    assert embfile.parts_dir(lone).is_dir() and not lone.exists()  # the re-run at the new place starts again
     from face_organizer.fsutil import exclusive
 
     with exclusive(emb, "busy"):

@@ -55,8 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = [_rebased(source, args.old, args.new, named=len(sources) > 1) for source in sources]
     for source, output, (rebased, parts) in zip(sources, outputs, done):
         if isinstance(rebased, str):
-            print(f"{source}: rebased from {folder_prefix(args.old)} to {folder_prefix(args.new)} already ({rebased}); "
-                  "left as it was")
+            print(f"{source}: {rebased}")
             continue
         shown = "(dry run: nothing written)" if args.dry_run else output
         if not args.dry_run:
@@ -73,31 +72,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _rebased(source: str, old: str, new: str, *, named: bool) -> tuple[Rebased | str, int | None]:
-    """(``source`` rebased from ``old`` to ``new``, or when that was done before: the same command
-    again; the checkpoint parts of an interrupted run taken in, None where it was not interrupted).
-    ``named``: errors begin with the file's path (one of several)."""
+    """(``source`` rebased from ``old`` to ``new``, or why it is left as it is: done before by the same
+    command, or an interrupted run that saved nothing; the checkpoint parts of an interrupted run
+    taken in, None where it was not interrupted). ``named``: errors begin with the file's path (one
+    of several)."""
     try:
         ef, parts = _readable(source)
-        return done_before(ef, old, new) or rebase(ef, old, new), parts
+        if ef is None:
+            return ("its run was interrupted before it saved anything: nothing to rebase (generate_embeddings.py "
+                    "over the folders at their new place starts it again)"), None
+        if (when := done_before(ef, old, new)) is not None:
+            return f"rebased from {folder_prefix(old)} to {folder_prefix(new)} already ({when}); left as it was", parts
+        return rebase(ef, old, new), parts
     except SetupError as err:
         raise SetupError(f"{source}: {err}" if named and source not in str(err) else str(err)) from None
 
 
-def _readable(source: str) -> tuple[embfile.EmbeddingsFile, int | None]:
+def _readable(source: str) -> tuple[embfile.EmbeddingsFile | None, int | None]:
     """The embeddings file ``source`` with, where its run was interrupted, what its checkpoint parts
-    hold (the run cannot go on where its images are no more), and how many parts that was (None:
-    not interrupted); refused while a run is adding to it."""
+    hold (the run cannot go on where its images are no more; None where they hold nothing
+    readable), and how many parts that was (None: not interrupted); refused while a run is adding
+    to it."""
     writer = lock_holder(source)
     if writer is not None:
         raise SetupError(f"a generate_embeddings run (pid {writer}) is writing {source}: let it finish first, or "
                          "its new images would keep the old paths")
     if not embfile.parts_dir(source).exists():
         return embfile.load(source), None
-    ef = gathered(Path(source))
-    if ef is None:
-        raise SetupError(f"the run writing {source} was interrupted before it saved anything readable (checkpoints "
-                         f"in {embfile.parts_dir(source)}): nothing to rebase")
-    return ef, len(embfile.checkpoint_parts(source))
+    return gathered(Path(source)), len(embfile.checkpoint_parts(source))
 
 
 def cli() -> None:
