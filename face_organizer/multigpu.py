@@ -111,7 +111,7 @@ class Worker:
 
     @property
     def file_list(self) -> Path:
-        return self.output.with_suffix(".files.txt")
+        return file_list_of(self.output)
 
     def write_list(self) -> None:
         """Its ``--file-list``; a GPU with no files (not started) keeps none, which would say that its
@@ -128,6 +128,11 @@ class Worker:
 
     def rerun_line(self) -> str:
         return f"GPU_ID={self.gpu} " + " ".join(shlex.quote(c) for c in self.command)
+
+
+def file_list_of(output: Path) -> Path:
+    """The list of the files a GPU's worker was given, beside its embeddings file ``output``."""
+    return output.with_suffix(".files.txt")
 
 
 def read_file_list(path: str) -> list[str]:
@@ -220,7 +225,7 @@ class Dropped:
 
     @property
     def file_list(self) -> Path:
-        return self.output.with_suffix(".files.txt")
+        return file_list_of(self.output)
 
     def settle(self) -> None:
         """Its file finished with what it holds (an interrupted run's parts merged in, the rows of

@@ -396,3 +396,34 @@ def test_the_launchers_progress_in_a_log_is_a_few_lines_not_one_per_poll(tmp_pat
     run_workers(workers, 40, poll=0.02)  # stderr is captured: not a terminal
     lines = capsys.readouterr().err.splitlines()
     assert [w.code for w in workers] == [0, 0] and 1 <= len(lines) <= 3 and "40/40" in lines[-1], lines
+
+
+def test_files_rebased_after_the_folders_moved_resume_on_the_same_gpus(video_crops, testpack_dir, tmp_path,
+                                                                       capsys) -> None:
+    # The launcher's file lists say which GPU's file holds each image; rebase_embeddings rewrites them
+    # with the files, so that a re-run at the new place embeds nothing again (without them, each image
+    # would be spread anew by its new path, mostly to another GPU than the one whose file holds it).
+    from face_organizer.cli.rebase import main as rebase_main
+
+    crops = [p for c in video_crops.values() for p in c][:12]
+    old = tmp_path / "workspace"
+    old.mkdir()
+    folder, out, args = _crops_folder(old, crops, testpack_dir)
+    assert common.run(multi_main, [*args, "--gpus", "0,1,2"]) == 0
+    held = {g: embfile.load(out / f"embeddings_gpu{g}.pkl").rows.paths for g in (0, 1, 2)}
+    new = tmp_path / "srv" / "faces"
+    new.parent.mkdir()
+    old.rename(new)
+    files = [str(new / "multi" / f"embeddings_gpu{g}.pkl") for g in (0, 1, 2)]
+    lists = {f: Path(f).with_suffix(".files.txt").read_bytes() for f in files}
+    assert common.run(rebase_main, [*files, "--from", str(old), "--to", str(new), "--in-place", "--dry-run"]) == 0
+    assert {f: Path(f).with_suffix(".files.txt").read_bytes() for f in files} == lists
+    capsys.readouterr()
+    assert common.run(rebase_main, [*files, "--from", str(old), "--to", str(new), "--in-place"]) == 0
+    assert capsys.readouterr().out.count("its file list (embed_all_gpus.py) rewritten too") == 3
+    moved_args = [a.replace(str(old), str(new)) for a in args]
+    assert common.run(multi_main, [*moved_args, "--gpus", "0,1,2"]) == 0
+    assert "images found: 12; already embedded: 12\n  embedded now: 0 images" in capsys.readouterr().out
+    for g in (0, 1, 2):
+        assert embfile.load(new / "multi" / f"embeddings_gpu{g}.pkl").rows.paths == [
+            p.replace(str(old), str(new)) for p in held[g]]

@@ -13,7 +13,8 @@ from ..embed_run import gathered
 from ..errors import SetupError
 from ..fsutil import exclusive, lock_holder
 from ..progress import count
-from ..rebase import Rebased, done_before, folder_prefix, rebase
+from ..multigpu import file_list_of, read_file_list, write_file_list
+from ..rebase import Rebased, done_before, folder_prefix, moved, rebase, under
 from . import common
 
 EXAMPLES = """\
@@ -53,7 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SetupError(f"--output {outputs[0]} exists; name a new file, or use --in-place to replace {sources[0]}")
     # Every file is read and rewritten before any is written: one refused leaves them all as they were.
     done = [_rebased(source, args.old, args.new, named=len(sources) > 1) for source in sources]
-    for source, output, (rebased, parts) in zip(sources, outputs, done):
+    lists = [_file_list(source, output, args.old, args.new) for source, output in zip(sources, outputs)]
+    for source, output, (rebased, parts), listed in zip(sources, outputs, done, lists):
+        if listed is not None:  # first: a file rebased before the list (a run stopped between) gets it now
+            if not args.dry_run:
+                write_file_list(*listed)
+            print(f"{source}: its file list (embed_all_gpus.py) rewritten too: {listed[0]}"
+                  + (" (dry run: nothing written)" if args.dry_run else ""))
         if isinstance(rebased, str):
             print(f"{source}: {rebased}")
             continue
@@ -86,6 +93,24 @@ def _rebased(source: str, old: str, new: str, *, named: bool) -> tuple[Rebased |
         return rebase(ef, old, new), parts
     except SetupError as err:
         raise SetupError(f"{source}: {err}" if named and source not in str(err) else str(err)) from None
+
+
+def _file_list(source: str, output: str, old: str, new: str) -> tuple[Path, list[str]] | None:
+    """Where the rewritten file list of ``source``'s GPU worker goes, and what it names; None where
+    there is no such list, or it names nothing under ``old``. The launcher reads from it which
+    GPU's file holds each image: left with the old paths, a re-run at the new place would spread
+    the images anew, most to a GPU whose file does not hold them, to be embedded again."""
+    listed = file_list_of(Path(source))
+    if not listed.is_file():
+        return None
+    paths = read_file_list(str(listed))
+    old, new = folder_prefix(old), folder_prefix(new)
+    if not any(under(p, old) for p in paths):
+        return None
+    target = file_list_of(Path(output))
+    if target != listed and target.exists():
+        raise SetupError(f"{target} exists: the rewritten file's list of files would replace it; name another --output")
+    return target, [moved(p, old, new) for p in paths]
 
 
 def _readable(source: str) -> tuple[embfile.EmbeddingsFile | None, int | None]:
