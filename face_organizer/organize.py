@@ -23,7 +23,7 @@ from typing import Any, Literal
 from .errors import FaceOrganizerError, SetupError
 from .fsutil import OUTPUT_MARKER, atomic_write_text, check_writable_dir, sync_filesystem
 from .progress import bar as progress_bar
-from .progress import count
+from .progress import count, size
 from .rebase import guess_move
 from .relocate import Placed, renamed_folders, samples_of
 
@@ -676,8 +676,8 @@ def check_space(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, dr
     free = shutil.disk_usage(_existing_ancestor(output)).free
     if needed <= free:
         return
-    message = (f"--link-mode {mode} needs {needed / 1e9:,.2f} GB in {output} but its filesystem has "
-               f"{free / 1e9:,.2f} GB free; free some space, or use --link-mode hardlink or symlink")
+    message = (f"--link-mode {mode} needs {size(needed)} in {output} but its filesystem has "
+               f"{size(free)} free; free some space, or use --link-mode hardlink or symlink")
     if dry_run:
         log.warning("%s", message)
         return

@@ -21,6 +21,14 @@ def count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
+def size(n: float) -> str:
+    """``812 kB``, ``1.30 MB``, ``2.41 GB``: bytes for messages, in the unit that suits them."""
+    if n < 1000:
+        return f"{n:.0f} B"
+    text = tqdm.format_sizeof(n, "B")
+    return f"{text[:-2]} {text[-2:]}"
+
+
 def listed(names: Sequence[str], noun: str, shown: int = 6) -> str:
     """``A``, ``A and B``, ``A, B and C``; past ``shown`` names, ``A, B, … and 12 more folders``
     (``noun``: ``folder``)."""

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -1042,6 +1043,22 @@ def test_disk_full_half_way_is_one_line_and_the_rerun_finishes(two_person, tmp_p
     assert sorted(r["status"] for r in rows).count("exists") == 20
     assert f"files: {len(rows) - 20:,} placed, 20 already in place; " in capsys.readouterr().out
     assert all(Path(r["destination"]).read_bytes() == Path(r["path"]).read_bytes() for r in rows)
+
+
+def test_copies_that_cannot_fit_are_refused_before_any_is_made(two_person, tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
+    need = sum(os.path.getsize(p) for p in set(embfile.load(two_person[0]).rows.paths))
+    real = organize.shutil.disk_usage
+    monkeypatch.setattr(organize.shutil, "disk_usage", lambda path: real(path)._replace(free=815_000))
+    assert run_cli(base + ["--dry-run"]) == 0  # said, not refused: nothing would be written anyway
+    assert "filesystem has 815 kB free" in capsys.readouterr().err
+    assert run_cli(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"Error: --link-mode copy needs \d\.\d\d MB in {re.escape(str(out))} but its filesystem has "
+                        r"815 kB free; free some space, or use --link-mode hardlink or symlink", err)  # not "0.00 GB"
+    assert not out.exists() and 1e6 < need < 1e7
+    assert run_cli(base + ["--link-mode", "symlink"]) == 0  # links take no room
 
 
 def test_copies_a_power_cut_emptied_after_the_last_flush_are_copied_again(two_person, tmp_path, monkeypatch) -> None:

@@ -31,3 +31,8 @@ def test_counts_and_lists_read_as_english() -> None:
     names = [f"person_{i}" for i in range(8)]
     assert progress.listed(names, "folder", shown=6) == "person_0, person_1, person_2, person_3, person_4, person_5 and 2 more folders"
     assert progress.listed(names[:7], "folder", shown=6).endswith("person_5 and 1 more folder")
+
+
+def test_sizes_read_in_the_unit_that_suits_them() -> None:
+    assert [progress.size(n) for n in (0, 512, 815_000, 1_320_000, 2_410_000_000)] == [
+        "0 B", "512 B", "815 kB", "1.32 MB", "2.41 GB"]
