@@ -24,7 +24,7 @@ from .errors import FaceOrganizerError, SetupError
 from .fsutil import OUTPUT_MARKER, atomic_write_text, check_writable_dir, sync_filesystem
 from .progress import bar as progress_bar
 from .progress import count, size
-from .rebase import guess_move
+from .rebase import guess_move, near
 from .relocate import Placed, renamed_folders, samples_of
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def check_images_reachable(paths: Sequence[str], output: str) -> None:
         return
     if any(os.path.lexists(p) for p in paths):  # stops at the first one found
         return
-    guess = guess_move(paths, [os.path.dirname(output), os.getcwd()])
+    guess = guess_move(paths, near(output))
     where = f" (here: --from {guess[0]} --to {guess[1]} finds them)" if guess else ""
     raise SetupError(f"none of the {len(set(paths)):,} images named in the embeddings is where it was embedded "
                      f"(for example {paths[0]}): were they embedded in another container or with their folders "

@@ -116,6 +116,15 @@ def former_paths(paths: Sequence[str], rewrites: Sequence[tuple[str, str]]) -> d
 MAX_REWRITES = 6  # up to 2**6 former names an image; a file is rebased once or twice
 
 
+def near(output: str) -> list[str]:
+    """Where moved images usually sit: beside ``output``, and in the working folder (where it still
+    exists: a shell may stand in a folder deleted since)."""
+    try:
+        return [os.path.dirname(output), os.getcwd()]
+    except OSError:
+        return [os.path.dirname(output)]
+
+
 @dataclass(frozen=True)
 class Rebased:
     """The file with its paths rewritten, and what changed: ``images`` distinct image paths

@@ -24,7 +24,7 @@ from .errors import SetupError
 from .organize import STATE_FILE, mark_undone, place, saved_state
 from .progress import bar as progress_bar
 from .progress import count
-from .rebase import folder_prefix, guess_move, under
+from .rebase import folder_prefix, guess_move, near, under
 from .rebase import moved as rebase_moved
 
 SHOWN_CONFLICTS = 20
@@ -67,7 +67,7 @@ class UndoReport:
                 out.append(f"  … and {len(self.conflicts) - SHOWN_CONFLICTS:,} more")
         if self.no_folder:
             folders = sorted({os.path.dirname(path) for path, _ in self.no_folder})
-            moves = guess_move(folders, [os.path.dirname(self.output), os.getcwd()])
+            moves = guess_move(folders, near(self.output))
             found = f" (here: --from {moves[0]} --to {moves[1]} finds them)" if moves else ""
             out.append(f"left in {self.output}: {count(len(self.no_folder), 'image')} whose folder is gone "
                        f"({count(len(folders), 'folder')}, such as {folders[0]}): moved or deleted since, so "

@@ -128,7 +128,7 @@ def test_images_whose_folder_is_gone_stay_in_the_output(two_person, tmp_path, ca
     assert all(Path(p).read_bytes() == data for p, data in content.items()) and not list(out.rglob("*.png"))
 
 
-def test_a_tree_moved_since_gets_its_images_back_where_it_is_now(two_person, tmp_path, capsys) -> None:
+def test_a_tree_moved_since_gets_its_images_back_where_it_is_now(two_person, tmp_path, monkeypatch, capsys) -> None:
     # Moved into person folders in the container (/workspace), undone on the host, where that folder is
     # /srv/faces: the report names the --from and --to that find the folders, and with them the images go back.
     ef, content, out = _moved(two_person, tmp_path / "workspace")
@@ -136,6 +136,9 @@ def test_a_tree_moved_since_gets_its_images_back_where_it_is_now(two_person, tmp
     host.parent.mkdir()
     (tmp_path / "workspace").rename(host)
     out = host / "sorted"
+    (tmp_path / "gone").mkdir()
+    monkeypatch.chdir(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()  # a shell standing in a folder deleted since: the report still comes
     assert run_cli([str(out), "-q"]) == 1
     assert f"(here: --from {tmp_path / 'workspace'} --to {host} finds them)" in capsys.readouterr().out
     assert run_cli([str(out), "--from", str(tmp_path / "workspace"), "-q"]) == 2
