@@ -147,19 +147,17 @@ class Rebased:
         return out
 
 
-def rebase(ef: EmbeddingsFile, old: str, new: str, *, check: int = CHECKED) -> Rebased:
-    """``ef`` with every path under folder ``old`` moved under ``new`` (see ``moved``); ``check``
-    of the rewritten image paths, spread evenly, are looked for on disk. Raises ``SetupError``
-    when no path lies under ``old``: the prefix is mistyped, or the file was rebased already."""
-    old, new = folder_prefix(old), folder_prefix(new)
+def renaming(paths: Sequence[str], old: str, new: str, what: str, *, also: Sequence[str] = ()) -> dict[str, str]:
+    """Each of ``paths`` (distinct, sorted) -> itself under folder ``new`` instead of ``old`` (both
+    ``folder_prefix``es). Raises ``SetupError`` when ``old`` is ``new``, when nothing of ``paths``
+    or ``also`` lies under ``old`` (the prefix is mistyped, or the rewrite was done already), and
+    when two paths would become one. ``what``: where the paths come from, for the messages."""
     if old == new:
-        raise SetupError(f"--from and --to are the same folder ({old}): nothing to rebase")
-    distinct = sorted(set(ef.rows.paths) | set(ef.no_face))
-    renamed = {p: moved(p, old, new) for p in distinct}
-    changed = [q for p, q in renamed.items() if q != p]
-    if not changed and not any(under(p, old) for p, _ in ef.failed):
-        example = f" (they look like {distinct[0]})" if distinct else ""
-        raise SetupError(f"no image in the embeddings file lies under {old}{example}: nothing to rebase")
+        raise SetupError(f"--from and --to are the same folder ({old}): nothing to rewrite")
+    renamed = {p: moved(p, old, new) for p in paths}
+    if all(q == p for p, q in renamed.items()) and not any(under(p, old) for p in also):
+        example = f" (they look like {paths[0]})" if paths else ""
+        raise SetupError(f"no image {what} lies under {old}{example}: nothing to rewrite")
     if len(set(renamed.values())) < len(renamed):
         first: dict[str, str] = {}
         for p, q in renamed.items():
@@ -167,6 +165,17 @@ def rebase(ef: EmbeddingsFile, old: str, new: str, *, check: int = CHECKED) -> R
                 raise SetupError(f"{first[q]} and {p} would both become {q}: choose --from and --to so that "
                                  "every image keeps a path of its own")
             first[q] = p
+    return renamed
+
+
+def rebase(ef: EmbeddingsFile, old: str, new: str, *, check: int = CHECKED) -> Rebased:
+    """``ef`` with every path under folder ``old`` moved under ``new`` (see ``moved``); ``check``
+    of the rewritten image paths, spread evenly, are looked for on disk. Raises ``SetupError``
+    when no path lies under ``old``: the prefix is mistyped, or the file was rebased already."""
+    old, new = folder_prefix(old), folder_prefix(new)
+    distinct = sorted(set(ef.rows.paths) | set(ef.no_face))
+    renamed = renaming(distinct, old, new, "in the embeddings file", also=[p for p, _ in ef.failed])
+    changed = [q for p, q in renamed.items() if q != p]
 
     def path(p: str) -> str:
         return renamed[p] if p in renamed else moved(p, old, new)

@@ -24,8 +24,7 @@ from .errors import SetupError
 from .organize import STATE_FILE, mark_undone, place, saved_state
 from .progress import bar as progress_bar
 from .progress import count
-from .rebase import folder_prefix, guess_move, near, under
-from .rebase import moved as rebase_moved
+from .rebase import folder_prefix, guess_move, near, renaming
 
 SHOWN_CONFLICTS = 20
 
@@ -89,17 +88,6 @@ def _moved_there(output: str) -> None:
                          f"{'copies' if mode == 'copy' else 'links'})")
 
 
-def _check_rewrite(moved: dict[str, list[str]], old: str, new: str) -> None:
-    """Refuse a rewrite that is the same folder, that no image lies under, or that gives two images one path."""
-    if old == new:
-        raise SetupError(f"--from and --to are the same folder ({old})")
-    paths = list(moved)
-    if paths and not any(under(p, old) for p in paths):
-        raise SetupError(f"no image of the output was embedded under {old} (they look like {min(paths)})")
-    if len({rebase_moved(p, old, new) for p in paths}) < len(paths):
-        raise SetupError(f"--from {old} --to {new} would put two images at one path")
-
-
 def _same_bytes(a: str, b: str) -> bool:
     return os.path.getsize(a) == os.path.getsize(b) and filecmp.cmp(a, b, shallow=False)
 
@@ -116,8 +104,8 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True,
     report = UndoReport(output, dry_run=dry_run, rewrite=rewrite)
     moved = relocate.moved_locations([output])
     if rewrite is not None:
-        _check_rewrite(moved, *rewrite)
-        moved = {rebase_moved(p, *rewrite): files for p, files in moved.items()}
+        renamed = renaming(sorted(moved), *rewrite, "of the output")
+        moved = {renamed[p]: files for p, files in moved.items()}
     folders: set[str] = set()
     for path, files in progress_bar(sorted(moved.items()), unit="img", enabled=progress, desc="undo"):
         here = [f for f in files if os.path.lexists(f)]
