@@ -16,6 +16,10 @@ from .embed_run import read_state
 from .embfile import parts_dir
 from .errors import SetupError
 from .fsutil import lock_holder
+from .progress import count
+from .rebase import guess_move, near, spread
+
+LOOKED_FOR = 20  # images looked for at their paths, spread over the file (a NAS answers slowly)
 
 
 @dataclass
@@ -33,6 +37,9 @@ class EmbeddingsInfo:
     unreadable_parts: list[str] = field(default_factory=list)
     writer: int | None = None  # pid of the process holding the output's lock, if it is alive
     held: frozenset[str] = frozenset()  # its images (for a total over several files)
+    looked: int = 0  # images looked for at their paths, spread over the file
+    absent: int = 0  # of those, the ones not there now
+    guess: tuple[str, str] | None = None  # --from and --to that find them, where all were absent
 
     def status(self) -> str:
         if self.writer is not None:
@@ -65,6 +72,11 @@ class EmbeddingsInfo:
         skipped = sum(self.skipped.values())
         out.append(f"  skipped: {skipped:,}"
                    + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + ")" if skipped else ""))
+        if self.absent:
+            here = f" --from {self.guess[0]} --to {self.guess[1]}" if self.guess else ""
+            out.append(f"  not at their paths now: {self.absent:,} of {count(self.looked, 'image')} looked for (deleted; "
+                       "put in person folders by --link-mode move, which --moved-to follows; or their folders moved: "
+                       f"rebase_embeddings.py{here})")
         out += [f"  unreadable checkpoint part (ignored): {p}" for p in self.unreadable_parts]
         return out
 
@@ -72,7 +84,8 @@ class EmbeddingsInfo:
         return {"path": self.path, "status": self.status(), "finished": self.finished, "writer_pid": self.writer,
                 "checkpoint_parts": self.parts, "images": self.images, "faces": self.faces,
                 "fallback": self.fallback, "no_face": self.no_face, "reused": self.reused,
-                "skipped": dict(self.skipped), "unreadable_parts": self.unreadable_parts, "meta": self.meta}
+                "skipped": dict(self.skipped), "unreadable_parts": self.unreadable_parts,
+                "looked_for": self.looked, "not_at_their_paths": self.absent, "meta": self.meta}
 
 
 def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
@@ -83,6 +96,9 @@ def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
         raise SetupError(f"{path}: no embeddings file and no checkpoint of one there")
     state = read_state(output)
     meta = dict(state.meta or {})
+    held = sorted(state.held)
+    sample = spread(held, LOOKED_FOR)
+    absent = sum(not os.path.lexists(p) for p in sample)
     crops = meta.get("mode", "crops") == "crops"
     return EmbeddingsInfo(
         path=str(output),
@@ -99,6 +115,9 @@ def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
         unreadable_parts=state.unreadable_parts,
         writer=lock_holder(output),
         held=frozenset(state.held),
+        looked=len(sample),
+        absent=absent,
+        guess=guess_move(held, near(str(output))) if sample and absent == len(sample) else None,
     )
 
 

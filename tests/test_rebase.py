@@ -106,6 +106,14 @@ def test_moved_images_are_found_by_every_stage_without_embedding_them_again(vide
 
     when = host.meta["rebased"][0]["when"]
     assert f"  paths rebased: {tmp_path / 'workspace'} → {new_root} ({when})" in describe(moved_file).lines()
+    assert not any("not at their paths" in line for line in describe(moved_file).lines())
+    # The file as it was says its images are gone, and beside them, which --from and --to find them.
+    n = min(len(first.rows), 20)
+    assert (f"  not at their paths now: {n} of {n} images looked for (deleted; put in person folders by --link-mode "
+            "move, which --moved-to follows; or their folders moved: rebase_embeddings.py)") in describe(emb).lines()
+    shutil.copy(emb, new_root / "emb.pkl")
+    assert describe(new_root / "emb.pkl").lines()[-1].endswith(
+        f"rebase_embeddings.py --from {tmp_path / 'workspace'} --to {new_root})")
     assert f"  inputs: {new_root / 'input' / '2017'}" in describe(moved_file).lines()
 
     # The same folder embedded at its new place: nothing new, no model loaded (a rename keeps sizes and times).
