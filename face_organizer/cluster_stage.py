@@ -338,7 +338,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     check_same_images(output, run, "cluster_faces")
     refuse_renamed(output, relocate.renamed_in(output))  # the same run again, into folders renamed since
     where = relocate.current_locations(ef.rows.paths, config.moved_to, output, rebase.steps(ef.meta))
-    check_images_reachable(where, output)
+    check_images_reachable(where, output, rebase.steps(ef.meta))
     clustering = run_clustering(ef, config)
     names = [clustering.name(int(label)) for label in clustering.labels]
     paths = ef.rows.paths

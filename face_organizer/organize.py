@@ -24,8 +24,8 @@ from .errors import FaceOrganizerError, SetupError
 from .fsutil import OUTPUT_MARKER, atomic_write_text, check_writable_dir, sync_filesystem
 from .progress import bar as progress_bar
 from .progress import count, size
-from .rebase import guess_move, near
-from .relocate import Placed, renamed_folders, samples_of
+from .rebase import former_paths, guess_move, near, spread
+from .relocate import Placed, moved_locations, renamed_folders, samples_of
 
 log = logging.getLogger(__name__)
 
@@ -161,21 +161,49 @@ def _check_writable(output: str) -> None:
         raise SetupError(f"cannot write to {folder}: {err.strerror or err}") from None
 
 
-def check_images_reachable(paths: Sequence[str], output: str) -> None:
+def check_images_reachable(paths: Sequence[str], output: str, rewrites: Sequence[tuple[str, str]] = ()) -> None:
     """Refuse a new ``output`` when not one of ``paths`` exists: the images were embedded where they
     sit at other paths (another container, another mount point), and every file would be 'missing'.
-    An output already started is left to its run: after a move its sources are gone by design."""
+    An output already started is left to its run: after a move its sources are gone by design.
+    ``rewrites``: the rebases of the embeddings file (``rebase.steps``), as an earlier output that a
+    move filled may name the images by their paths before them."""
     if not paths or os.path.lexists(os.path.join(output, STATE_FILE)):
         return
     if any(os.path.lexists(p) for p in paths):  # stops at the first one found
         return
     guess = guess_move(paths, near(output))
     where = f" (here: --from {guess[0]} --to {guess[1]} finds them)" if guess else ""
+    earlier = _moved_into(paths, near(output), rewrites) if guess is None else None
+    into = f" (here: --moved-to {earlier} finds them)" if earlier else ""
     raise SetupError(f"none of the {len(set(paths)):,} images named in the embeddings is where it was embedded "
                      f"(for example {paths[0]}): were they embedded in another container or with their folders "
                      "mounted elsewhere, or moved since? Mount them at the same paths, rewrite the file's paths "
                      f"(rebase_embeddings.py FILE --from OLD --to NEW{where}), or add --moved-to with the output "
-                     "folder of an earlier --link-mode move")
+                     f"folder of an earlier --link-mode move{into}")
+
+
+def _moved_into(paths: Sequence[str], roots: Sequence[str], rewrites: Sequence[tuple[str, str]],
+                *, tries: int = 20) -> str | None:
+    """An output of an earlier ``--link-mode move`` in one of the folders ``roots`` whose
+    ``clusters.csv`` places most of ``tries`` of ``paths``, spread over them, in files that exist
+    there now: the folder a forgotten ``--moved-to`` would name. None where there is none."""
+    sample = spread(paths, tries)
+    former = former_paths(sample, rewrites)
+    for root in dict.fromkeys(roots):
+        try:
+            folders = sorted(e.path for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        except OSError:
+            continue
+        for folder in folders:
+            if not holds_moved_images(saved_state(folder) or {}):
+                continue
+            try:
+                found = moved_locations([folder], former)
+            except SetupError:
+                continue  # its table is unreadable
+            if 2 * sum(any(os.path.lexists(f) for f in found.get(p, ())) for p in sample) > len(sample):
+                return folder
+    return None
 
 
 def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,

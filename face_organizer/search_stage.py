@@ -139,7 +139,7 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
                 "top_k": top_k, "expand": expand, "link_mode": link_mode}
     check_same_images(output, settings, "search_faces")  # before the references are embedded and searched for
     where = relocate.current_locations(ef.rows.paths, moved_to, output, rebase.steps(ef.meta))
-    check_images_reachable(where, output)
+    check_images_reachable(where, output, rebase.steps(ef.meta))
     refs, left_out = usable_references(queries, models)
     calibration = load_calibration(models.pack.recognizer.name)
     calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None

@@ -829,7 +829,8 @@ def test_images_an_earlier_move_took_are_sorted_again_and_searched_with_moved_to
     err = capsys.readouterr().err
     assert "which removing it would delete" in err and f"--moved-to {first}" in err and "remove it to start" not in err
     assert run_cli(["--embeddings", str(pkl), "--output", str(tmp_path / "again"), "--clusters", "3", "-q"]) == 2
-    assert "--moved-to" in capsys.readouterr().err
+    assert f"or add --moved-to with the output folder of an earlier --link-mode move (here: --moved-to {first} finds " \
+        "them)" in capsys.readouterr().err  # found beside the new output
     # The sorted folder itself moved since (to another disk, or mounted elsewhere): found where it is now.
     first = first.rename(tmp_path / "sorted_2017")
     # Moved on again, for three people, and interrupted: the re-run of the same command finishes it.

@@ -193,6 +193,8 @@ def test_an_output_a_move_filled_before_the_rebase_still_serves_moved_to(two_per
     assert (f"none is there now (is {host} mounted? images that a --link-mode move took are found with --moved-to)"
             in capsys.readouterr().out)
     again = host / "again"
+    assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(again), "-q"]) == 2
+    assert f"(here: --moved-to {host / 'sorted'} finds them)" in capsys.readouterr().err  # by the table's old paths
     assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(again), "--clusters", "3",
                                      "--link-mode", "move", "--moved-to", str(host / "sorted"), "--no-previews"]) == 0
     printed = capsys.readouterr()
