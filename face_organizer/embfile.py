@@ -15,8 +15,10 @@ constructors: a pickle that would import anything else is refused unexecuted.
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -162,9 +164,26 @@ def _signatures(value: Any, where: str) -> dict[str, Signature]:
     return dict(zip(paths, zip(size.astype(np.int64).tolist(), mtime.astype(np.int64).tolist())))
 
 
+PARTS_SUFFIX = ".parts"
+
+
 def parts_dir(output: str | os.PathLike[str]) -> Path:
     """The folder of checkpoint parts beside an embeddings file while its run is unfinished."""
-    return Path(os.fspath(output) + ".parts")
+    return Path(os.fspath(output) + PARTS_SUFFIX)
+
+
+def expand_unfinished(names: Sequence[str]) -> list[str]:
+    """``names`` as given, except a pattern that the shell left as it was because no file matched it,
+    as ``embeddings_gpu*.pkl`` where the runs have written only checkpoints so far
+    (``embeddings_gpu0.pkl.parts``): it stands for the files and the unfinished files it matches."""
+    out: list[str] = []
+    for name in names:
+        if os.path.lexists(name) or not glob.has_magic(name):
+            out.append(name)
+            continue
+        found = set(glob.glob(name)) | {p[:-len(PARTS_SUFFIX)] for p in glob.glob(name + PARTS_SUFFIX)}
+        out += sorted(found) or [name]
+    return out
 
 
 def part_path(output: str | os.PathLike[str], number: int) -> Path:

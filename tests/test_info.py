@@ -86,6 +86,10 @@ def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, c
     with pytest.raises(EmbeddingsFileError, match=r"is not finished: its run was interrupted or is still going "
                                                   r"\(checkpoints in .*emb\.pkl\.parts\); run the same generate_embeddings"):
         embfile.load(out)
+    # The pattern users give for one file per GPU, which the shell leaves as it is while only checkpoints exist:
+    assert run_cli([str(tmp_path / "em*.pkl")]) == 0
+    assert capsys.readouterr().out.startswith(f"{out}: interrupted: {parts} checkpoint part(s) beside it")
+    assert embfile.expand_unfinished([str(tmp_path / "x*.pkl"), str(out)]) == [str(tmp_path / "x*.pkl"), str(out)]
 
     lock = lock_path(out)
     lock.write_text(str(os.getpid()))  # as a live run holds it

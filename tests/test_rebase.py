@@ -298,7 +298,8 @@ def test_an_interrupted_run_is_rebased_with_its_checkpoints_and_goes_on_at_the_n
     host = tmp_path / "srv" / "faces"
     host.parent.mkdir()
     (tmp_path / "workspace").rename(host)
-    args = [str(emb), "--from", str(tmp_path / "workspace"), "--to", str(host), "--in-place"]
+    # Named by the pattern of one file per GPU, which the shell leaves as it is while only checkpoints exist.
+    args = [str(tmp_path / "em*.pkl"), "--from", str(tmp_path / "workspace"), "--to", str(host), "--in-place"]
     assert common.run(rebase_main, args + ["--dry-run"]) == 0
     assert embfile.checkpoint_parts(emb) == parts and not emb.exists()  # the dry run wrote nothing
     capsys.readouterr()

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.add_logging_args(p)
     args = p.parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
-    sources = list(dict.fromkeys(os.path.abspath(f) for f in args.embeddings))
+    sources = list(dict.fromkeys(os.path.abspath(f) for f in embfile.expand_unfinished(args.embeddings)))
     if args.output is not None and len(sources) > 1:
         raise SetupError(f"--output names one new file, for one FILE ({len(sources)} given): use --in-place to "
                          "rewrite each of them")
