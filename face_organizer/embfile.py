@@ -267,7 +267,8 @@ def merge(files: list[EmbeddingsFile], names: list[str]) -> EmbeddingsFile:
     meta = dict(files[0].meta)
     meta["inputs"] = sorted({i for f in files for i in f.meta.get("inputs", [])})
     meta["merged_from"] = list(names)
-    rebased = [r for f in files if isinstance(f.meta.get("rebased"), list) for r in f.meta["rebased"] if isinstance(r, dict)]
+    rebased = [r for f in files if isinstance(f.meta.get("rebased"), list)
+               for r in f.meta["rebased"] if isinstance(r, dict)]
     if rebased:  # each file's rewrites, once: files of one collection are usually rebased alike
         meta["rebased"] = list({repr(sorted(r.items())): r for r in rebased}.values())
     embedded = set(rows.paths)

@@ -74,9 +74,9 @@ class EmbeddingsInfo:
                    + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + ")" if skipped else ""))
         if self.absent:
             here = f" --from {self.guess[0]} --to {self.guess[1]}" if self.guess else ""
-            out.append(f"  not at their paths now: {self.absent:,} of {count(self.looked, 'image')} looked for (deleted; "
-                       "put in person folders by --link-mode move, which --moved-to follows; or their folders moved: "
-                       f"rebase_embeddings.py{here})")
+            out.append(f"  not at their paths now: {self.absent:,} of {count(self.looked, 'image')} looked for "
+                       "(deleted; put in person folders by --link-mode move, which --moved-to follows; or their "
+                       f"folders moved: rebase_embeddings.py{here})")
         out += [f"  unreadable checkpoint part (ignored): {p}" for p in self.unreadable_parts]
         return out
 

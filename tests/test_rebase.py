@@ -204,12 +204,14 @@ def test_an_output_a_move_filled_before_the_rebase_still_serves_moved_to(two_per
     table = list(csv.DictReader((again / "clusters.csv").open(encoding="utf-8")))
     assert sorted(r["path"] for r in table) == sorted(rebased)  # named by the paths of the file as it is now
     for row in table:
-        assert Path(row["destination"]).read_bytes() == content[moved(row["path"], str(host), str(tmp_path / "workspace"))]
+        embedded_at = moved(row["path"], str(host), str(tmp_path / "workspace"))
+        assert Path(row["destination"]).read_bytes() == content[embedded_at]
     # A search through the latest output finds them as well.
     query = tmp_path / "query.png"
     query.write_bytes(Path(table[0]["destination"]).read_bytes())
-    assert common.run(search_main, ["--embeddings", str(emb), "--query", str(query), "--output", str(tmp_path / "found"),
-                                    "--model", str(testpack_dir), "--moved-to", str(again), "-q"]) == 0
+    assert common.run(search_main, ["--embeddings", str(emb), "--query", str(query), "--output",
+                                    str(tmp_path / "found"), "--model", str(testpack_dir), "--moved-to", str(again),
+                                    "-q"]) == 0
     matches = list(csv.DictReader((tmp_path / "found" / "matches.csv").open(encoding="utf-8")))
     assert len(matches) > 10 and {m["status"] for m in matches} == {"placed"}
 

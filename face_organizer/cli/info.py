@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
     infos, code = [], 0
-    for name in expand_unfinished(args.files):  # as ls does: a file that cannot be described does not hide the others
+    for name in expand_unfinished(args.files):  # as ls does: one that cannot be described does not hide the others
         try:
             infos.append(describe(name))
         except FaceOrganizerError as err:
