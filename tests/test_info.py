@@ -90,6 +90,13 @@ def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, c
     assert run_cli([str(tmp_path / "em*.pkl")]) == 0
     assert capsys.readouterr().out.startswith(f"{out}: interrupted: {parts} checkpoint part(s) beside it")
     assert embfile.expand_unfinished([str(tmp_path / "x*.pkl"), str(out)]) == [str(tmp_path / "x*.pkl"), str(out)]
+    # A folder (the launcher's --output-dir) stands for its files; the checkpoint folder for its file.
+    for named in (tmp_path, parts_dir(out)):
+        assert run_cli([str(named)]) == 0
+        assert capsys.readouterr().out.startswith(f"{out}: interrupted: {parts} checkpoint part(s) beside it")
+    (tmp_path / "empty").mkdir()
+    assert run_cli([str(tmp_path / "empty")]) == 2
+    assert f"{tmp_path / 'empty'}: a folder without embeddings files (*.pkl) in it" in capsys.readouterr().err
 
     lock = lock_path(out)
     lock.write_text(str(os.getpid()))  # as a live run holds it
