@@ -46,7 +46,8 @@ class EmbeddingsInfo:
             return f"being written now (pid {self.writer})"
         if self.finished:
             return "finished"
-        if not self.parts and not self.unreadable_parts:  # its checkpoints taken into it (rebase_embeddings.py)
+        if self.meta.get("complete") is False and not self.parts and not self.unreadable_parts:
+            # a file that its checkpoints were taken into (rebase_embeddings.py)
             return ("interrupted: the file holds what its run had embedded; run generate_embeddings over its inputs "
                     "again to continue")
         return (f"interrupted: {self.parts} checkpoint part(s) beside it; run the same generate_embeddings "

@@ -94,6 +94,10 @@ def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, c
     for named in (tmp_path, parts_dir(out)):
         assert run_cli([str(named)]) == 0
         assert capsys.readouterr().out.startswith(f"{out}: interrupted: {parts} checkpoint part(s) beside it")
+    stopped = tmp_path / "stopped.pkl"
+    parts_dir(stopped).mkdir()  # a run stopped before its first checkpoint: no file, no part
+    assert describe(stopped).status().startswith("interrupted: 0 checkpoint part(s) beside it")
+    parts_dir(stopped).rmdir()
     (tmp_path / "empty").mkdir()
     assert run_cli([str(tmp_path / "empty")]) == 2
     assert f"{tmp_path / 'empty'}: a folder without embeddings files (*.pkl) in it" in capsys.readouterr().err
