@@ -176,6 +176,8 @@ def test_several_files_get_a_total_that_counts_each_image_once(folder, models, t
         run_embeddings(part, tmp_path / f"{name}.pkl", models, progress=False)
     assert run_cli([str(tmp_path / "gpu0.pkl"), str(tmp_path / "gpu1.pkl")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "total over 2 files: 9 images; faces: 9; skipped: 2"
+    assert run_cli([str(tmp_path / "gpu0.pkl"), "--json", str(tmp_path / "gpu1.pkl")]) == 0  # files among options
+    assert [d["path"] for d in json.loads(capsys.readouterr().out)] == [str(tmp_path / f"gpu{n}.pkl") for n in (0, 1)]
     assert run_cli([str(tmp_path / f"{name}.pkl") for name in runs]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == ("total over 3 files: 9 images (4 of them in more than one "
                                                        "file, counted once); skipped: 2")

@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "those in it")
     p.add_argument("--json", action="store_true", help="one JSON list on stdout instead of text")
     common.add_logging_args(p)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # files before, among or after the options
     common.setup_logging(args.verbose, args.quiet, args.log)
     infos, code = [], 0
     for name in _files(args.files):  # as ls does: one that cannot be described does not hide the others

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--in-place", action="store_true", help="replace each FILE itself (atomically)")
     p.add_argument("--dry-run", action="store_true", help="write nothing; print what would change")
     common.add_logging_args(p)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # files before, among or after the options
     common.setup_logging(args.verbose, args.quiet, args.log)
     sources = list(dict.fromkeys(os.path.abspath(f) for f in embfile.expand_unfinished(args.embeddings)))
     if args.output is not None and len(sources) > 1:
