@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -108,15 +109,35 @@ def lock_path(path: str | os.PathLike[str]) -> Path:
 
 
 def lock_holder(path: str | os.PathLike[str]) -> int | None:
-    """The live process named in the lock file of ``path`` (see ``exclusive``), if any: the run
-    writing it now.
+    """The process holding the lock of ``path`` (see ``exclusive``), if one does: the run writing
+    it now; the pid its lock file names.
 
-    The file is only read: taking the lock, even for a moment, could make a run starting
-    at that instant refuse to start."""
+    Whether the lock is held is asked of the kernel, by a shared lock tried for an instant: a lock
+    file left by a killed run may name a pid that another process has since been given (after a
+    container restart pids start again from 1), and a run in a container has a pid of its own
+    there. Where the filesystem has no locks, a live process of that pid is taken for the holder."""
     try:
-        pid = int(lock_path(path).read_text().strip())
-    except (OSError, ValueError):
+        fd = os.open(lock_path(path), os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: no run took it (``exclusive`` makes it before locking)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held: bool | None = True
+        except OSError:
+            held = None  # cannot tell here: as the pid says
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            held = False
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError:
         return None
+    finally:
+        os.close(fd)
+    pid = int(text) if text.isdigit() else 0
+    if held is not None:
+        return (pid or None) if held else None
     if pid <= 0:
         return None
     try:
@@ -144,8 +165,9 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
         yield
         return
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        pid = str(os.getpid()).encode()
+        os.pwrite(fd, pid, 0)  # then cut: never empty while held, for ``lock_holder``
+        os.ftruncate(fd, len(pid))
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -161,7 +183,7 @@ def _acquire(lock: Path, target: Path, hint: str) -> int | None:
         except OSError as err:
             return _unguarded(lock, target, err)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_soon(fd)
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
@@ -178,6 +200,23 @@ def _acquire(lock: Path, target: Path, hint: str) -> int | None:
         if same:
             return fd
         os.close(fd)  # its holder removed the file after we opened it: lock the new one
+
+
+LOCK_PATIENCE = 0.5  # seconds: ``lock_holder`` holds a shared lock for an instant, never this long
+
+
+def _lock_soon(fd: int) -> None:
+    """Take the exclusive lock on ``fd``, waiting a moment for one that ``lock_holder`` is trying;
+    ``BlockingIOError`` where a run holds it."""
+    deadline = time.monotonic() + LOCK_PATIENCE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _unguarded(lock: Path, target: Path, err: OSError) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
+import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -65,3 +69,46 @@ def test_a_file_name_at_the_filesystem_limit_is_written_atomically(tmp_path) -> 
         assert fsutil.lock_path(target).exists()  # locked, not left unguarded
         fsutil.atomic_write_text(target, "whole")
     assert target.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_the_holder_is_the_process_holding_the_lock_not_whichever_has_its_pid_now(tmp_path) -> None:
+    # A run killed with kill -9 leaves its lock file; its pid may belong to another process since.
+    output = tmp_path / "emb.pkl"
+    assert fsutil.lock_holder(output) is None
+    fsutil.lock_path(output).write_text(str(os.getpid()))  # alive, but holding nothing
+    assert fsutil.lock_holder(output) is None
+    with fsutil.exclusive(output, "wait"):
+        assert fsutil.lock_holder(output) == os.getpid()
+    child = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(output)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        assert fsutil.lock_holder(output) == child.pid
+        with pytest.raises(SetupError, match=rf"another process \(pid {child.pid}\) is writing"):
+            with fsutil.exclusive(output, "wait"):
+                pass
+    finally:
+        child.kill()
+        child.wait()
+    assert fsutil.lock_holder(output) is None  # killed: the kernel dropped its lock, the file stays
+    assert fsutil.lock_path(output).read_text() == str(child.pid)
+
+
+def test_a_run_starting_while_the_lock_is_looked_at_is_not_refused(tmp_path) -> None:
+    # lock_holder takes a shared lock for an instant; a run taking the lock then waits for it.
+    output = tmp_path / "emb.pkl"
+    lock = fsutil.lock_path(output)
+    lock.write_text("")
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    threading.Timer(0.1, os.close, (fd,)).start()
+    with fsutil.exclusive(output, "wait"):
+        assert lock.read_text() == str(os.getpid())
+
+
+HOLD_LOCK = """
+import sys, time
+from face_organizer.fsutil import exclusive
+with exclusive(sys.argv[1], "wait"):
+    print("held", flush=True)
+    time.sleep(120)
+"""

@@ -19,7 +19,7 @@ from face_organizer.embed_run import run_embeddings
 from face_organizer.embfile import parts_dir
 from face_organizer.embinfo import describe
 from face_organizer.errors import EmbeddingsFileError
-from face_organizer.fsutil import lock_path
+from face_organizer.fsutil import exclusive, lock_path
 
 
 def run_cli(args: list[str]) -> int:
@@ -103,17 +103,28 @@ def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, c
     assert f"{tmp_path / 'empty'}: a folder without embeddings files (*.pkl) in it" in capsys.readouterr().err
 
     lock = lock_path(out)
-    lock.write_text(str(os.getpid()))  # as a live run holds it
-    assert describe(out).status() == f"being written now (pid {os.getpid()})"
+    with exclusive(out, "busy"):  # as a live run holds it
+        assert describe(out).status() == f"being written now (pid {os.getpid()})"
     fresh = tmp_path / "fresh.pkl"  # a run that has not checkpointed yet: no file, no part
-    lock_path(fresh).write_text(str(os.getpid()))
-    with pytest.raises(EmbeddingsFileError, match=rf"embeddings file {fresh} is not written yet: a generate_embeddings "
-                                                  rf"run \(pid {os.getpid()}\) is making it"):
-        embfile.load(fresh)
+    with exclusive(fresh, "busy"):
+        with pytest.raises(EmbeddingsFileError, match=rf"embeddings file {fresh} is not written yet: a "
+                                                      rf"generate_embeddings run \(pid {os.getpid()}\) is making it"):
+            embfile.load(fresh)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock.write_text(str(dead.pid))  # left behind by a run killed with kill -9
     assert describe(out).writer is None
+    # ... whose pid another process has been given since (pids start again from 1 in a restarted container)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(str(alive.pid))
+        assert describe(out).writer is None and describe(out).status().startswith("interrupted: ")
+        lock_path(fresh).write_text(str(alive.pid))
+        with pytest.raises(EmbeddingsFileError, match=rf"cannot read embeddings file {fresh}: No such file"):
+            embfile.load(fresh)
+    finally:
+        alive.kill()
+        alive.wait()
     lock.unlink()
 
     resumed = run_embeddings(paths, out, models, progress=False)
@@ -141,12 +152,10 @@ def test_clustering_a_file_whose_next_run_was_interrupted_warns_that_images_are_
             f"part{'s' if waiting > 1 else ''} in {parts_dir(out)}), so the images that run embedded are not in it "
             "yet: run the same generate_embeddings command again") in caplog.text
     caplog.clear()
-    lock_path(out).write_text(str(os.getpid()))  # as the run holds it while it goes on
-    with caplog.at_level("WARNING"):
+    with exclusive(out, "busy"), caplog.at_level("WARNING"):  # as the run holds it while it goes on
         load_embeddings([str(out)])
     assert (f"{out}: a generate_embeddings run (pid {os.getpid()}) is adding to it now, so the images it embeds are "
             "not in it yet: cluster or search once it has finished") in caplog.text
-    lock_path(out).unlink()
     caplog.clear()
     run_embeddings(paths, out, models, progress=False)
     with caplog.at_level("WARNING"):
