@@ -40,7 +40,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: object
     """Open a temporary file beside ``path``; on success fsync it and ``os.replace`` it into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{short_name(target.name)}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(target), suffix=PARTIAL_SUFFIX, dir=target.parent)
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary user files
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:  # type: ignore[call-overload]
@@ -52,6 +52,42 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: object
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+PARTIAL_SUFFIX = ".tmp"
+
+
+def _partial_prefix(target: Path) -> str:
+    """How the temporary files that ``atomic_open`` writes beside ``target`` begin; tempfile adds 8
+    characters and ``PARTIAL_SUFFIX``."""
+    return f".{short_name(target.name)}."
+
+
+def remove_partial_writes(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that ``atomic_open`` left beside ``target`` when its writer was
+    killed while writing it (``kill -9``, a power cut, ``docker stop``): a gigabyte each for an
+    embeddings file of 500,000 faces, hidden, and never used. Only for a holder of the lock
+    (``exclusive``), as no other process writes ``target`` then. Returns those removed."""
+    target = Path(target)
+    prefix, removed = _partial_prefix(target), []
+    try:
+        with os.scandir(target.parent) as entries:
+            names = [e.name for e in entries if e.name.startswith(prefix) and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for name in names:
+        random = name[len(prefix):-len(PARTIAL_SUFFIX)]
+        if name.endswith(PARTIAL_SUFFIX) and len(random) == 8 and set(random) <= _TEMP_CHARACTERS:
+            with contextlib.suppress(OSError):
+                os.unlink(target.parent / name)
+                removed.append(target.parent / name)
+    if removed:
+        log.info("removed %d partial file(s) left beside %s by a run killed while writing it (%s)", len(removed),
+                 target, ", ".join(p.name for p in removed))
+    return removed
+
+
+_TEMP_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's names for its files
 
 
 def _umask() -> int:
@@ -154,7 +190,8 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     """Hold ``.<name>.lock`` beside ``path`` for as long as the block runs; raise ``SetupError``
     (ending with ``hint``) at once if another process holds it. The kernel drops the lock when its
     holder dies (even by ``kill -9``), so a file left by a crashed run does not block the next one;
-    the file is removed on exit. Where no lock can be had (a network share without locks, a
+    the file is removed on exit. Taking it, a run removes what its predecessors' ``atomic_open``
+    left beside ``path`` when they were killed while writing it. Where no lock can be had (a network share without locks, a
     read-only parent folder), the block runs unguarded, with a warning."""
     target = Path(path)
     lock = lock_path(target)
@@ -168,6 +205,7 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
         pid = str(os.getpid()).encode()
         os.pwrite(fd, pid, 0)  # then cut: never empty while held, for ``lock_holder``
         os.ftruncate(fd, len(pid))
+        remove_partial_writes(target)
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):

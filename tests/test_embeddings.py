@@ -488,8 +488,10 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops,
 
     lock = tmp_path / ".resumed.pkl.lock"
     assert lock.exists()  # left by the killed run, but no longer held: it does not block the re-run
+    partial = tmp_path / ".resumed.pkl.k9x_2abc.tmp"  # what a run killed while writing its file leaves
+    partial.write_bytes(b"\x80\x05" + bytes(4096))
     assert run_cli(args + ["--output", str(resumed)]) == 0
-    assert not lock.exists()
+    assert not lock.exists() and not partial.exists()
     ref, res = embfile.load(reference), embfile.load(resumed)
     assert res.rows.paths == ref.rows.paths
     np.testing.assert_allclose(res.rows.embeddings, ref.rows.embeddings, atol=1e-5)

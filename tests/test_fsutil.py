@@ -105,6 +105,22 @@ def test_a_run_starting_while_the_lock_is_looked_at_is_not_refused(tmp_path) -> 
         assert lock.read_text() == str(os.getpid())
 
 
+def test_partial_files_a_killed_writer_left_are_removed_by_the_next_holder_of_the_lock(tmp_path, caplog) -> None:
+    output = tmp_path / "embeddings_gpu0.pkl"
+    fsutil.atomic_write_bytes(output, b"whole")
+    left = [tmp_path / ".embeddings_gpu0.pkl.q8_3kz0a.tmp", tmp_path / ".embeddings_gpu0.pkl.00000000.tmp"]
+    kept = [tmp_path / ".embeddings_gpu0.pkl.notes.tmp", tmp_path / ".embeddings_gpu1.pkl.q8_3kz0a.tmp",
+            tmp_path / ".embeddings_gpu0.pkl.q8_3kz0a.tmp.bak"]  # not its atomic writes' temporary files
+    for path in left + kept:
+        path.write_bytes(b"partial")
+    (tmp_path / ".embeddings_gpu0.pkl.abcdefgh.tmp").mkdir()
+    with caplog.at_level(logging.INFO), fsutil.exclusive(output, "wait"):
+        assert not any(p.exists() for p in left)
+        assert "removed 2 partial file(s) left beside" in caplog.text
+    assert all(p.exists() for p in kept) and output.read_bytes() == b"whole"
+    assert (tmp_path / ".embeddings_gpu0.pkl.abcdefgh.tmp").is_dir()
+
+
 HOLD_LOCK = """
 import sys, time
 from face_organizer.fsutil import exclusive
