@@ -191,8 +191,8 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     (ending with ``hint``) at once if another process holds it. The kernel drops the lock when its
     holder dies (even by ``kill -9``), so a file left by a crashed run does not block the next one;
     the file is removed on exit. Taking it, a run removes what its predecessors' ``atomic_open``
-    left beside ``path`` when they were killed while writing it. Where no lock can be had (a network share without locks, a
-    read-only parent folder), the block runs unguarded, with a warning."""
+    left beside ``path`` when they were killed while writing it. Where no lock can be had (a network
+    share without locks, a read-only parent folder), the block runs unguarded, with a warning."""
     target = Path(path)
     lock = lock_path(target)
     with contextlib.suppress(OSError):  # a parent that cannot be made: _acquire fails to open the lock
