@@ -619,9 +619,14 @@ def test_setup_errors_are_one_clear_line(tmp_path, testpack_dir, capsys) -> None
     assert lines[2].startswith("Error: model pack 'buffalo_l' not found") and "det_10g.onnx" in lines[2]
     assert len(lines) == 3
     assert run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path), "--model", str(testpack_dir)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[0] == f"INFO: 1 image found under {tmp_path / 'in'} (0.0 s)"
-    assert err[-1] == f"Error: --output {tmp_path} is a folder; give a file name such as embeddings_gpu0.pkl"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"Error: --output {tmp_path} is a folder; give a file name such as {tmp_path / 'embeddings_gpu0.pkl'}"]
+    # A name ending in a slash means a folder, also one not made yet: no file of that name is written.
+    meant = f"{tmp_path / 'embeddings'}/"
+    assert run_cli(["--input", str(tmp_path / "in"), "--output", meant, "--model", str(testpack_dir)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"Error: --output {meant} is a folder; give a file name such as {tmp_path / 'embeddings' / 'embeddings_gpu0.pkl'}"]
+    assert not (tmp_path / "embeddings").exists()
     # Not a .pkl name: embedded all the same, with a warning that *.pkl patterns would leave the file out.
     assert run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "emb.txt"), "--model",
                     str(testpack_dir), "-q"]) == 0

@@ -233,6 +233,9 @@ def test_every_gpus_file_is_checked_before_any_is_written_and_the_same_command_a
     assert embfile.load(gpu0).rows.paths == ["/workspace/input/2017/a.png"]  # neither was written
     assert common.run(rebase_main, args + ["--output", str(tmp_path / "new.pkl")]) == 2
     assert "--output names one new file, for one FILE (2 given)" in capsys.readouterr().err
+    assert common.run(rebase_main, args[:1] + args[2:] + ["--output", f"{tmp_path / 'host'}/"]) == 2
+    assert (f"--output {tmp_path / 'host'}/ is a folder; give a file name such as "
+            f"{tmp_path / 'host' / 'embeddings_gpu0.pkl'}") in capsys.readouterr().err
 
     assert common.run(rebase_main, args + ["--in-place"]) == 0
     printed = capsys.readouterr().out

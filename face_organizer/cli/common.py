@@ -280,6 +280,16 @@ def find_images(inputs: Sequence[str], *, none_ok: bool = False) -> list[str]:
     return paths
 
 
+def file_output(name: str, example: str) -> str:
+    """``--output`` that names a file, as an absolute path; a folder, or a name ending in a slash
+    (``--output /workspace/embeddings/``, a folder meant even where it does not exist yet), is
+    refused with a file name inside it as the example."""
+    output = os.path.abspath(name)
+    if os.path.isdir(output) or name.endswith(("/", os.sep)):
+        raise SetupError(f"--output {name} is a folder; give a file name such as {os.path.join(output, example)}")
+    return output
+
+
 def positive(value: str) -> int:
     number = int(value)
     if number < 1:

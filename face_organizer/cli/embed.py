@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reuse_similar_frames and args.mode != "crops":
         raise SetupError("--reuse-similar-frames is for --mode crops (video frames), not for photo libraries")
     options = EmbedOptions(mode=args.mode, reuse_similar_frames=args.reuse_similar_frames)
-    output = os.path.abspath(args.output)
+    output = common.file_output(args.output, f"embeddings_gpu{gpu_id}.pkl")
     if args.file_list:
         paths = read_file_list(args.file_list)
         if not paths:
@@ -96,8 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Folders emptied since an earlier run into this file (its images moved into person folders,
         # or deleted) leave that file as it is; a shell loop over year folders goes on.
         paths = common.find_images(args.input, none_ok=args.resume and os.path.isfile(output))
-    if os.path.isdir(output):
-        raise SetupError(f"--output {output} is a folder; give a file name such as embeddings_gpu{gpu_id}.pkl")
     if not output.endswith(".pkl"):
         log.warning("--output %s does not end in .pkl: embeddings files are pickles, and a pattern such as "
                     "embeddings_gpu*.pkl given to cluster_faces would leave this one out", output)

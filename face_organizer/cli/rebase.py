@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output is not None and len(sources) > 1:
         raise SetupError(f"--output names one new file, for one FILE ({len(sources)} given): use --in-place to "
                          "rewrite each of them")
-    outputs = sources if args.in_place else [os.path.abspath(args.output)]
+    outputs = sources if args.in_place else [common.file_output(args.output,
+                                                                os.path.basename(sources[0]))]
     if not args.in_place and os.path.lexists(outputs[0]):
         raise SetupError(f"--output {outputs[0]} exists; name a new file, or use --in-place to replace {sources[0]}")
     # Every file is read and rewritten before any is written: one refused leaves them all as they were.
