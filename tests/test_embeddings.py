@@ -624,8 +624,9 @@ def test_setup_errors_are_one_clear_line(tmp_path, testpack_dir, capsys) -> None
     # A name ending in a slash means a folder, also one not made yet: no file of that name is written.
     meant = f"{tmp_path / 'embeddings'}/"
     assert run_cli(["--input", str(tmp_path / "in"), "--output", meant, "--model", str(testpack_dir)]) == 2
+    inside = tmp_path / "embeddings" / "embeddings_gpu0.pkl"
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"Error: --output {meant} is a folder; give a file name such as {tmp_path / 'embeddings' / 'embeddings_gpu0.pkl'}"]
+        f"Error: --output {meant} is a folder; give a file name such as {inside}"]
     assert not (tmp_path / "embeddings").exists()
     # Not a .pkl name: embedded all the same, with a warning that *.pkl patterns would leave the file out.
     assert run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "emb.txt"), "--model",
