@@ -457,6 +457,13 @@ def test_log_file_keeps_what_a_detached_run_prints(tmp_path, video_crops, testpa
                                    str(testpack_dir), "--log", str(log), "-q"]) == 0
     os.write(1, b"after the run\n")
     assert capfd.readouterr().out.endswith("after the run\n") and "after the run" not in log.read_text()
+    # A folder, or a name ending in a slash (a folder meant), is refused on the terminal: no file "logs" is made.
+    for named in (f"{tmp_path / 'logs'}", f"{tmp_path / 'more_logs'}/"):
+        assert common.run(embed_main, ["--input", str(folder), "--output", str(tmp_path / "emb.pkl"), "--model",
+                                       str(testpack_dir), "--log", named]) == 2
+        assert capfd.readouterr().err == (f"Error: --log {named} is a folder; give a file name such as "
+                                          f"{os.path.join(os.path.abspath(named), 'run.log')}\n")
+    assert not (tmp_path / "more_logs").exists()
 
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops, testpack_dir, capsys) -> None:

@@ -35,7 +35,9 @@ def log_to_file(path: str) -> None:
     what native libraries and child processes write) to the end of ``path``, as ``> FILE 2>&1``
     would: for runs started with ``docker exec -d``, whose output is otherwise lost. Progress
     then comes as one line a minute. ``restore_output`` undoes it."""
-    path = os.path.abspath(path)
+    named, path = path, os.path.abspath(path)
+    if os.path.isdir(path) or named.endswith(("/", os.sep)):  # a folder meant, made or not
+        raise SetupError(f"--log {named} is a folder; give a file name such as {os.path.join(path, 'run.log')}")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
