@@ -184,6 +184,7 @@ def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:
     it is, with a warning; so is a file whose run was interrupted and its checkpoints taken into it
     (``rebase_embeddings`` after the images moved), which lacks the images that run had left."""
     adding = set()
+    paths = embfile.expand_unfinished(paths)  # a pattern that matched only runs' checkpoints: they are named
     for path in paths:
         if not os.path.isfile(path):
             continue  # ``embfile.load`` says why

@@ -214,6 +214,9 @@ def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
         if (writer := lock_holder(path)) is not None:
             raise EmbeddingsFileError(f"embeddings file {where} is not written yet: a generate_embeddings run (pid "
                                       f"{writer}) is making it; it appears when that run finishes") from err
+        if glob.has_magic(where):  # left as it was by the shell, as nothing matched it
+            raise EmbeddingsFileError(f"no embeddings file matches {where} (nor a run's checkpoints: "
+                                      f"{os.path.basename(where)}{PARTS_SUFFIX})") from err
         raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}") from err
     except IsADirectoryError as err:
         raise EmbeddingsFileError(f"{where} is a folder, not an embeddings file; name the files in it "

@@ -90,6 +90,12 @@ def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, c
     assert run_cli([str(tmp_path / "em*.pkl")]) == 0
     assert capsys.readouterr().out.startswith(f"{out}: interrupted: {parts} checkpoint part(s) beside it")
     assert embfile.expand_unfinished([str(tmp_path / "x*.pkl"), str(out)]) == [str(tmp_path / "x*.pkl"), str(out)]
+    # cluster_faces and search_faces given such a pattern say the same; and one that matches nothing, so.
+    with pytest.raises(EmbeddingsFileError, match=rf"embeddings file {out} is not finished: its run was interrupted"):
+        load_embeddings([str(tmp_path / "em*.pkl")])
+    with pytest.raises(EmbeddingsFileError, match=r"no embeddings file matches .*/x\*\.pkl \(nor a run's checkpoints: "
+                                                  r"x\*\.pkl\.parts\)"):
+        load_embeddings([str(tmp_path / "x*.pkl")])
     # A folder (the launcher's --output-dir) stands for its files; the checkpoint folder for its file.
     for named in (tmp_path, parts_dir(out)):
         assert run_cli([str(named)]) == 0
