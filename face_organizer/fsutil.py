@@ -240,7 +240,7 @@ def _acquire(lock: Path, target: Path, hint: str) -> int | None:
         os.close(fd)  # its holder removed the file after we opened it: lock the new one
 
 
-LOCK_PATIENCE = 0.5  # seconds: ``lock_holder`` holds a shared lock for an instant, never this long
+LOCK_PATIENCE = 0.05  # seconds: ``lock_holder`` holds a shared lock for microseconds, a busy machine aside
 
 
 def _lock_soon(fd: int) -> None:
@@ -254,7 +254,7 @@ def _lock_soon(fd: int) -> None:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 raise
-            time.sleep(0.02)
+            time.sleep(0.005)
 
 
 def _unguarded(lock: Path, target: Path, err: OSError) -> None:
