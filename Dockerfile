@@ -63,4 +63,6 @@ RUN if [ "${BAKE_MODELS}" = "1" ]; then \
 
 VOLUME ["/models"]
 # The service stays up for `docker exec face-organizer python /app/scripts/<stage>.py …`.
-CMD ["sleep", "infinity"]
+# pid 1 keeps the container up for docker exec, reaps orphaned processes, and on docker stop gives every
+# run SIGTERM and time to save its progress (sleep infinity ignored SIGTERM: runs were killed outright).
+CMD ["python3", "-m", "face_organizer.keeper"]

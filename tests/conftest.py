@@ -145,6 +145,17 @@ def video_crops(lfw: Path, lfw_labels, models, tmp_path_factory) -> dict[str, li
     return crops
 
 
+def copies_of(video_crops: dict[str, list[Path]], folder: Path, copies: int) -> Path:
+    """``folder`` holding ``copies`` copies of the video crops (``copy0/Tony_Blair/frame_0000.png``, …):
+    enough images for a run still going a few seconds after it started."""
+    for i in range(copies):
+        for crop in (p for c in video_crops.values() for p in c):
+            target = folder / f"copy{i}" / crop.parent.name / crop.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(crop.read_bytes())
+    return folder
+
+
 @pytest.fixture(scope="session")
 def two_person(lfw, models, tmp_path_factory):
     """(embeddings file, {path: label}, input folder): 2 LFW people as occluded video crops

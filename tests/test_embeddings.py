@@ -28,7 +28,7 @@ from face_organizer.faces import EmbedOptions, FaceRows, embed_batch
 from face_organizer.images import discover_images, read_image
 from face_organizer.samples import insightface_sample
 
-from conftest import ROOT, child_processes, needs_proc, png_claiming, running, wait_gone, write_image
+from conftest import ROOT, child_processes, copies_of, needs_proc, png_claiming, running, wait_gone, write_image
 
 
 def run_cli(args: list[str]) -> int:
@@ -467,13 +467,7 @@ def test_log_file_keeps_what_a_detached_run_prints(tmp_path, video_crops, testpa
 
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops, testpack_dir, capsys) -> None:
-    crops = [p for c in video_crops.values() for p in c]
-    folder = tmp_path / "in"
-    for i in range(3):  # enough images that the run is still going when it is killed
-        for p in crops:
-            target = folder / f"copy{i}" / p.parent.name / p.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(p.read_bytes())
+    folder = copies_of(video_crops, tmp_path / "in", 3)  # enough images that the run is still going when killed
     args = ["--input", str(folder), "--model", str(testpack_dir), "--workers", "0", "--batch-size", "4",
             "--checkpoint-seconds", "0", "-q"]
     reference, resumed = tmp_path / "ref.pkl", tmp_path / "resumed.pkl"

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from face_organizer import keeper
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,7 +22,11 @@ def test_compose_service_reserves_all_gpus() -> None:
     assert {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]} in devices
     assert service["environment"]["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert "compute" in service["environment"]["NVIDIA_DRIVER_CAPABILITIES"]
-    assert service["command"] == ["sleep", "infinity"] and service["container_name"] == "face-organizer"
+    assert service["container_name"] == "face-organizer"
+    # Its first process passes docker stop on to the docker exec runs, and waits for them within docker's time.
+    assert service["command"] == ["python3", "-m", "face_organizer.keeper"]
+    assert service["stop_grace_period"] == "2m" and keeper.DEFAULT_STOP_SECONDS < 120
+    assert 'CMD ["python3", "-m", "face_organizer.keeper"]' in (ROOT / "Dockerfile").read_text()
     volumes = service["volumes"]
     assert any(v.endswith(":/workspace") for v in volumes)
     assert any(v.endswith(":ro") for v in volumes)
