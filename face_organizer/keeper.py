@@ -9,8 +9,9 @@ SIGTERM (or SIGINT) is passed on to every other process of the container, and pi
 they have ended, up to ``$FACE_ORGANIZER_STOP_SECONDS`` (default 100; the compose file gives
 docker 120 before its SIGKILL). Each face-organizer run saves its progress on SIGTERM and exits.
 
-Run it only as pid 1 of a container (``python3 -m face_organizer.keeper``): elsewhere SIGTERM to
-every other process would reach the whole machine, so it refuses to start.
+Run it only as pid 1 of a container (``python3 -m face_organizer.keeper``), or as the one child of
+``docker run --init``'s init: elsewhere SIGTERM to every other process would reach the whole
+machine, so it refuses to start.
 """
 
 from __future__ import annotations
@@ -27,18 +28,36 @@ DEFAULT_STOP_SECONDS = 100.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+INITS = ("docker-init", "tini", "tini-static", "dumb-init")  # ``docker run --init``, compose's ``init: true``
+
+
 def others(proc: str = "/proc") -> list[int]:
     """The processes of this pid namespace (a container: those ``/proc`` shows) other than this
-    one, zombies left out: they have ended, and only their parent's wait is missing."""
-    me, pids = os.getpid(), []
+    one and its parent, zombies left out: they have ended, and only their parent's wait is missing.
+    (The parent is pid 1's own kernel parent outside, or a tiny init that started this one.)"""
+    skip, pids = {os.getpid(), os.getppid()}, []
     try:
         names = os.listdir(proc)
     except OSError:
         return pids
     for name in names:
-        if name.isdigit() and int(name) != me and _running(int(name), proc):
+        if name.isdigit() and int(name) not in skip and _running(int(name), proc):
             pids.append(int(name))
     return sorted(pids)
+
+
+def first_process(proc: str = "/proc") -> bool:
+    """Whether this is a container's first process: pid 1, or started by a tiny init that is
+    (``docker run --init``), which passes docker's SIGTERM on to it alone."""
+    if os.getpid() == 1:
+        return True
+    if os.getppid() != 1:
+        return False
+    try:
+        with open(f"{proc}/1/comm") as handle:
+            return handle.read().strip() in INITS
+    except OSError:
+        return False
 
 
 def _running(pid: int, proc: str = "/proc") -> bool:
@@ -131,8 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"face-organizer keeper: {message}", file=sys.stderr, flush=True)
 
-    if os.getpid() != 1:
-        log(f"this is the first process of the container (pid 1), not pid {os.getpid()}: it would signal every "
+    if not first_process():
+        log(f"this is the first process of a container (pid 1), not pid {os.getpid()}: it would signal every "
             "process of this machine on a stop, so it does not run here")
         return 2
     watched = {*STOP_SIGNALS, signal.SIGCHLD}

@@ -78,10 +78,17 @@ def test_a_process_that_outlives_the_stop_is_named_and_left_to_dockers_kill(tmp_
     assert keeper.stop_all(lambda: [], 10, log=lines.append) == []  # nothing to stop: at once, nothing said
 
 
-def test_it_runs_only_as_the_first_process_of_a_container(capsys, monkeypatch) -> None:
+def test_it_runs_only_as_the_first_process_of_a_container(tmp_path, capsys, monkeypatch) -> None:
     # Anywhere else, a stop would signal every process of the machine.
     assert keeper.main([]) == 2
     assert f"not pid {os.getpid()}: it would signal every process of this machine" in capsys.readouterr().err
+    # Started by docker run --init's init (pid 1), which passes docker's SIGTERM on to it alone: it runs.
+    (tmp_path / "1").mkdir()
+    monkeypatch.setattr(keeper.os, "getppid", lambda: 1)
+    for init, first in ((None, False), ("docker-init\n", True), ("tini\n", True), ("bash\n", False)):
+        if init is not None:
+            (tmp_path / "1" / "comm").write_text(init)
+        assert keeper.first_process(str(tmp_path)) is first, init
     for value, seconds in (("", 100.0), ("30", 30.0), ("-5", 0.0), ("soon", 100.0)):
         monkeypatch.setenv(keeper.STOP_SECONDS_ENV, value)
         assert keeper.stop_seconds() == seconds
