@@ -10,6 +10,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -126,6 +127,32 @@ def _syncfs() -> Callable[[int], int] | None:
         return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).syncfs
     except (OSError, AttributeError):
         return None
+
+
+MOUNTS = "/proc/self/mounts"
+
+
+def filesystem_type(path: str | os.PathLike[str], mounts: str = MOUNTS) -> str | None:
+    """The type of the filesystem that holds ``path`` (or where it does not exist yet, its nearest
+    folder that does): ``ext4``, ``exfat``, ``fuseblk``, ``cifs``, …, from the mount table; None
+    where there is none to read (not Linux)."""
+    target = os.path.realpath(path)
+    while not os.path.exists(target) and target != os.path.dirname(target):
+        target = os.path.dirname(target)
+    try:
+        with open(mounts, encoding="utf-8", errors="surrogateescape") as handle:
+            table = [line.split() for line in handle]
+    except OSError:
+        return None
+    best, kind = -1, None
+    for fields in table:
+        if len(fields) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1])  # "\040" is a space
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:  # the deepest mount holding it; of one point mounted twice, the last
+            best, kind = len(point), fields[2]
+    return kind
 
 
 def check_writable_dir(path: str | os.PathLike[str], make: bool = True) -> None:

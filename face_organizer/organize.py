@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import FaceOrganizerError, SetupError
-from .fsutil import OUTPUT_MARKER, atomic_write_text, check_writable_dir, sync_filesystem
+from .fsutil import OUTPUT_MARKER, atomic_write_text, check_writable_dir, filesystem_type, sync_filesystem
 from .progress import bar as progress_bar
 from .progress import count, size
 from .rebase import former_paths, guess_move, near, spread
@@ -41,13 +41,43 @@ def _undecodable_byte(ch: str) -> bool:
     return "\udc80" <= ch <= "\udcff"
 
 
-def _clean(component: str) -> str:
-    # Undecodable bytes are kept: the copy's name then has the same bytes as the original's.
+WINDOWS_RESERVED = '<>:"|?*'  # not in a file name on FAT, exFAT, NTFS or a Windows share
+WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                             *(f"LPT{i}" for i in range(1, 10))})
+# Filesystems whose names cannot hold WINDOWS_RESERVED (fuseblk: exFAT and NTFS through FUSE; 9p and drvfs:
+# Windows drives under WSL and Docker Desktop): copies there get portable names.
+WINDOWS_NAMED = frozenset({"vfat", "msdos", "exfat", "ntfs", "ntfs3", "fuseblk", "cifs", "smb3", "smbfs", "9p",
+                           "drvfs"})
+_PORTABLE = str.maketrans({ch: "_" for ch in WINDOWS_RESERVED})
+
+
+def _clean(component: str, portable: bool = False) -> str:
+    """``component`` as a name of its own: no separators or unprintable characters. Undecodable
+    bytes are kept, so that the copy's name has the same bytes as the original's, except where
+    ``portable`` (an output on a filesystem with Windows' naming rules, which also takes no
+    trailing dot or space, nor a device name such as ``CON``)."""
     if component.isprintable() and "/" not in component and "\\" not in component:
         cleaned = component  # nearly every name: one C-level check instead of one per character
     else:
         cleaned = "".join(ch for ch in component if (ch.isprintable() or _undecodable_byte(ch)) and ch not in "/\\\0")
+    if portable:
+        cleaned = "".join("_" if _undecodable_byte(ch) else ch for ch in cleaned.translate(_PORTABLE)).rstrip(". ")
+        if cleaned.split(".")[0].upper() in WINDOWS_DEVICES:
+            cleaned = f"_{cleaned}"
     return cleaned if cleaned not in ("", ".", "..") else "_"
+
+
+def portable_names(output: str) -> bool:
+    """Whether the copies in ``output`` need names that Windows' rules allow: its filesystem is
+    FAT, exFAT, NTFS or a Windows share (an external drive, a NAS), where a name such as
+    ``clip 00:01:02.png`` cannot be made."""
+    kind = filesystem_type(output)
+    if kind in WINDOWS_NAMED:
+        log.info("%s is on a filesystem of type %s, whose file names cannot hold %s: these characters in the names "
+                 "of images are replaced with _ in the names of their copies (clusters.csv names each image's copy)",
+                 output, kind, WINDOWS_RESERVED)
+        return True
+    return False
 
 
 def _normalise_roots(roots: Sequence[str]) -> list[str]:
@@ -55,15 +85,17 @@ def _normalise_roots(roots: Sequence[str]) -> list[str]:
     return sorted({os.path.normpath(os.path.abspath(r)) for r in roots}, key=len, reverse=True)
 
 
-def relative_name(path: str, roots: Sequence[str], *, normalised: bool = False) -> str:
+def relative_name(path: str, roots: Sequence[str], *, normalised: bool = False, portable: bool = False) -> str:
     """``<input folder name>/<path below it>`` for the deepest root holding ``path``,
-    else ``<parent folder name>/<file name>``; every component is made safe."""
+    else ``<parent folder name>/<file name>``; every component is made safe (``portable``: for
+    Windows' naming rules too)."""
     folder, name = os.path.split(os.path.abspath(path))  # abspath also normalises
-    return f"{_folder_name(folder, tuple(roots if normalised else _normalise_roots(roots)))}/{_clean(name)}"
+    roots = tuple(roots if normalised else _normalise_roots(roots))
+    return f"{_folder_name(folder, roots, portable)}/{_clean(name, portable)}"
 
 
 @functools.lru_cache(maxsize=65536)
-def _folder_name(folder: str, roots: tuple[str, ...]) -> str:
+def _folder_name(folder: str, roots: tuple[str, ...], portable: bool = False) -> str:
     """The destination's folders for the files of ``folder`` (``relative_name`` without the file
     name): worked out once per folder, not once per file."""
     for root in roots:
@@ -74,20 +106,22 @@ def _folder_name(folder: str, roots: tuple[str, ...]) -> str:
             break
     else:
         parts = [os.path.basename(folder) or "input"]
-    return "/".join(_clean(p) for p in parts)
+    return "/".join(_clean(p, portable) for p in parts)
 
 
-def plan_destinations(paths: Sequence[str], clusters: Sequence[str], roots: Sequence[str]) -> list[str]:
+def plan_destinations(paths: Sequence[str], clusters: Sequence[str], roots: Sequence[str], *,
+                      portable: bool = False) -> list[str]:
     """A relative destination per row; rows with the same (cluster, path) share one.
 
     Two different sources that would land on the same name get ``_2``, ``_3``, …
-    before the extension, assigned in sorted order so the plan is reproducible.
+    before the extension, assigned in sorted order so the plan is reproducible. ``portable``:
+    names that Windows' rules allow (``portable_names``).
     """
     chosen: dict[tuple[str, str], str] = {}
     taken: set[str] = set()
     normalised = tuple(_normalise_roots(roots))
     for cluster, path in sorted(set(zip(clusters, paths))):
-        base = f"{cluster}/{relative_name(path, normalised, normalised=True)}"
+        base = f"{cluster}/{relative_name(path, normalised, normalised=True, portable=portable)}"
         dest, n = base, 1
         while dest.casefold() in taken:  # case-insensitive filesystems collide too
             n += 1
@@ -532,7 +566,7 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     file of that name. ``renew``: paths whose file was rewritten since that run, whose copies are
     made anew.
     """
-    destinations = [inside(output, d) for d in plan_destinations(paths, groups, roots)]
+    destinations = [inside(output, d) for d in plan_destinations(paths, groups, roots, portable=portable_names(output))]
     if grows_from is not None:
         _refuse_moved_destinations(output, paths, destinations, grows_from)
     named = sorted(set(zip(paths, destinations)))

@@ -1641,6 +1641,37 @@ def test_names_at_the_filesystem_limit_collide_and_copy(video_crops, models, tmp
     assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, second.name])
 
 
+def test_copies_on_an_exfat_or_windows_drive_get_names_it_can_hold(video_crops, models, tmp_path, monkeypatch,
+                                                                   capsys) -> None:
+    # Names from Linux such as "clip 00:00:01.png" cannot be made on FAT, exFAT, NTFS or a Windows share (exFAT
+    # through FUSE answered "No such file or directory" and the run stopped): there they get "_" instead.
+    names = ["clip 00:00:01.png", "clip 00:00:02.png", 'who? "me".png', "CON.png", "plain.png", "trailing. "]
+    folder = tmp_path / "input" / "2017"
+    folder.mkdir(parents=True)
+    for name, crop in zip(names, video_crops["Tony_Blair"]):
+        (folder / name).write_bytes(crop.read_bytes())
+    emb = tmp_path / "emb.pkl"
+    run_embeddings([str(folder / n) for n in names], emb, models, inputs=[str(folder)], progress=False)
+    seen = []
+    monkeypatch.setattr(organize, "filesystem_type", lambda path: seen.append(path) or "exfat")
+    out = tmp_path / "usb"
+    args = ["--embeddings", str(emb), "--output", str(out), "--clusters", "1", "--no-previews"]
+    assert run_cli(args) == 0
+    assert seen and f"{out} is on a filesystem of type exfat, whose file names cannot hold" in capsys.readouterr().err
+    with (out / "clusters.csv").open(encoding="utf-8") as table:
+        rows = {r["path"]: Path(r["destination"]).name for r in csv.DictReader(table)}
+    assert rows == {str(folder / n): p for n, p in zip(names, ["clip 00_00_01.png", "clip 00_00_02.png",
+                                                               "who_ _me_.png", "_CON.png", "plain.png", "trailing"])}
+    for name in names:
+        assert (out / "person_A" / "2017" / rows[str(folder / name)]).read_bytes() == (folder / name).read_bytes()
+    assert run_cli(args + ["-q"]) == 0  # the same plan again: nothing placed twice
+    assert len(list((out / "person_A" / "2017").iterdir())) == len(names)
+    # Elsewhere the names stay as they are.
+    monkeypatch.setattr(organize, "filesystem_type", lambda path: "ext4")
+    assert run_cli(["--embeddings", str(emb), "--output", str(tmp_path / "disk"), "--clusters", "1", "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "disk" / "person_A" / "2017").iterdir()) == sorted(names)
+
+
 def test_a_growing_output_never_gives_an_earlier_image_another_name(tmp_path) -> None:
     # Names that differ only in case collide on some filesystems, so the second gets _2, in sorted order: a
     # new 'A.png' would push the earlier 'a.png' to 'a_2.png' and leave it in the output twice. Refused.

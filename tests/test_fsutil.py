@@ -123,6 +123,20 @@ def test_partial_files_a_killed_writer_left_are_removed_by_the_next_holder_of_th
     assert (tmp_path / ".embeddings_gpu0.pkl.abcdefgh.tmp").is_dir()
 
 
+def test_the_filesystem_holding_a_path_is_read_from_the_mount_table(tmp_path) -> None:
+    for folder in ("usb drive/sorted", "usb", "usbx"):
+        (tmp_path / "media" / folder).mkdir(parents=True)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\n/dev/sdb1 {tmp_path}/media/usb\\040drive fuseblk rw 0 0\n"
+                      f"//nas/share {tmp_path}/media/usb\\040drive/sorted cifs rw 0 0\n"
+                      f"tmpfs {tmp_path}/media/usb tmpfs rw 0 0\n")
+    kind = lambda path: fsutil.filesystem_type(path, str(mounts))  # noqa: E731
+    assert kind(tmp_path / "media" / "usb drive") == "fuseblk"  # "\040" is a space in the table
+    assert kind(tmp_path / "media" / "usb drive" / "sorted" / "not yet" / "made") == "cifs"  # the deepest mount
+    assert kind(tmp_path / "media" / "usb") == "tmpfs" and kind(tmp_path / "media" / "usbx") == "ext4"
+    assert fsutil.filesystem_type(tmp_path, str(tmp_path / "missing")) is None  # no table: not Linux
+
+
 HOLD_LOCK = """
 import sys, time
 from face_organizer.fsutil import exclusive
