@@ -8,6 +8,7 @@ embeddings file holds, nothing is written outside the output folder.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import filecmp
 import functools
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -577,6 +579,8 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     # Symbolic links are placed as the images they show (see ``_ordered``): found once, from folder listings.
     links = symbolic_links({source for source, _ in operations}) if mode in ("hardlink", "move") else frozenset()
     check_sources(todo, output, mode, links)
+    if todo and not dry_run:
+        check_links(output, mode)
     check_space(todo, output, mode, dry_run, links)
     digest = plan_digest(named, mode)
     previous = prepare_output(output, digest, dry_run, mode, run, may_grow=grows_from is not None)
@@ -714,6 +718,33 @@ def check_sources(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, 
             if other_device:
                 raise SetupError(f"--link-mode hardlink: {link} is a symbolic link to an image on another filesystem "
                                  f"than {output}, and hard links cannot cross filesystems; use --link-mode copy or symlink")
+
+
+def check_links(output: str, mode: LinkMode) -> None:
+    """Refuse ``--link-mode hardlink`` or ``symlink`` where the output's filesystem cannot make such
+    links (FAT and exFAT drives, some shares), before the first file: one is made beside a temporary
+    file in the output's nearest existing folder, and both removed. Otherwise the first image failed
+    with "Operation not permitted", and the output then belonged to that link mode."""
+    if mode not in ("hardlink", "symlink"):
+        return
+    folder = _existing_ancestor(os.path.abspath(output))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}probe-", dir=folder)
+    except OSError:
+        return  # nothing can be written there: the run's own checks say so
+    os.close(fd)
+    made = f"{probe}.link"
+    try:
+        (os.link if mode == "hardlink" else os.symlink)(probe, made)
+    except OSError as err:
+        kind = "hard" if mode == "hardlink" else "symbolic"
+        raise SetupError(f"--link-mode {mode}: {output} is on a filesystem that cannot make {kind} links "
+                         f"({filesystem_type(folder) or 'type unknown'}: {err.strerror or err}); use --link-mode copy "
+                         "(or move)") from None
+    finally:
+        for name in (made, probe):
+            with contextlib.suppress(OSError):
+                os.unlink(name)
 
 
 def symbolic_links(paths: Set[str]) -> frozenset[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from face_organizer import __version__, embfile, organize
+from face_organizer import __version__, embfile, fsutil, organize
 from face_organizer.cli import common
 from face_organizer.cli.cluster import main as cluster_main
 from face_organizer.cluster_stage import SHOWN_FOLDERS, ClusterConfig, cluster_faces, load_embeddings, run_clustering
@@ -1670,6 +1670,33 @@ def test_copies_on_an_exfat_or_windows_drive_get_names_it_can_hold(video_crops, 
     monkeypatch.setattr(organize, "filesystem_type", lambda path: "ext4")
     assert run_cli(["--embeddings", str(emb), "--output", str(tmp_path / "disk"), "--clusters", "1", "-q"]) == 0
     assert sorted(p.name for p in (tmp_path / "disk" / "person_A" / "2017").iterdir()) == sorted(names)
+
+
+def test_links_a_filesystem_cannot_make_are_refused_before_the_output_is_begun(two_person, tmp_path, monkeypatch,
+                                                                              capsys) -> None:
+    # FAT and exFAT drives make neither kind of link: the first image failed ("Operation not permitted"), and the
+    # output then belonged to that link mode, so that copying into it was refused as another run's.
+    emb, _, _ = two_person
+    out = tmp_path / "usb" / "sorted"
+    out.parent.mkdir()
+    args = ["--embeddings", str(emb), "--output", str(out), "--clusters", "2", "-q", "--no-previews"]
+
+    def cannot(errno_: int):
+        def make(source, dest, *a, **k):
+            raise OSError(errno_, os.strerror(errno_), source, None, dest)
+        return make
+
+    for mode, call, code in (("hardlink", "link", errno.EPERM), ("symlink", "symlink", errno.ENOSYS)):
+        with monkeypatch.context() as patched:
+            patched.setattr(organize.os, call, cannot(code))
+            assert run_cli(args + ["--link-mode", mode]) == 2
+        kind = "hard" if mode == "hardlink" else "symbolic"
+        assert (f"--link-mode {mode}: {out} is on a filesystem that cannot make {kind} links ("
+                f"{fsutil.filesystem_type(out.parent)}: {os.strerror(code)}); use --link-mode copy (or move)"
+                in capsys.readouterr().err)
+        assert list(out.parent.iterdir()) == []  # no output begun, no test file left
+    assert run_cli(args + ["--link-mode", "hardlink"]) == 0  # where they can be made, the same output takes them
+    assert (out / "clusters.csv").is_file() and not list(out.parent.glob(".fo-partial-*"))
 
 
 def test_a_growing_output_never_gives_an_earlier_image_another_name(tmp_path) -> None:
