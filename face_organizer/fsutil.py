@@ -136,23 +136,34 @@ def filesystem_type(path: str | os.PathLike[str], mounts: str = MOUNTS) -> str |
     """The type of the filesystem that holds ``path`` (or where it does not exist yet, its nearest
     folder that does): ``ext4``, ``exfat``, ``fuseblk``, ``cifs``, …, from the mount table; None
     where there is none to read (not Linux)."""
+    mount = mount_of(path, mounts)
+    return mount[1] if mount else None
+
+
+def mount_of(path: str | os.PathLike[str], mounts: str = MOUNTS) -> tuple[str, str] | None:
+    """(mount point, filesystem type) of the deepest mount holding ``path``, or where it does not
+    exist yet its nearest folder that does (symbolic links resolved); None without a mount table."""
     target = os.path.realpath(path)
     while not os.path.exists(target) and target != os.path.dirname(target):
         target = os.path.dirname(target)
+    best: tuple[str, str] | None = None
+    for point, kind in _mount_table(mounts):
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):  # of one point mounted twice, the last
+            best = (point, kind)
+    return best
+
+
+@functools.lru_cache(maxsize=4)
+def _mount_table(mounts: str) -> tuple[tuple[str, str], ...]:
+    """(mount point, type) of each line of the mount table (read once per process)."""
     try:
         with open(mounts, encoding="utf-8", errors="surrogateescape") as handle:
             table = [line.split() for line in handle]
     except OSError:
-        return None
-    best, kind = -1, None
-    for fields in table:
-        if len(fields) < 3:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1])  # "\040" is a space
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= best:  # the deepest mount holding it; of one point mounted twice, the last
-            best, kind = len(point), fields[2]
-    return kind
+        return ()
+    return tuple((re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), f[1]), f[2])  # "\040" is a space
+                 for f in table if len(f) >= 3)
 
 
 def check_writable_dir(path: str | os.PathLike[str], make: bool = True) -> None:

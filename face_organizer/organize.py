@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import FaceOrganizerError, SetupError
-from .fsutil import OUTPUT_MARKER, atomic_write_text, check_writable_dir, filesystem_type, sync_filesystem
+from .fsutil import (OUTPUT_MARKER, atomic_write_text, check_writable_dir, filesystem_type, mount_of,
+                     sync_filesystem)
 from .progress import bar as progress_bar
 from .progress import count, size
 from .rebase import former_paths, guess_move, near, spread
@@ -464,7 +465,7 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
             return "placed"
         if mode == "hardlink" and os.path.exists(source) and os.path.samefile(source, dest):
             return "exists"
-        if mode == "symlink" and os.path.islink(dest) and os.readlink(dest) == source:
+        if mode == "symlink" and os.path.islink(dest) and _points_to(dest) == os.path.abspath(source):
             return "exists"
         if mode == "move":
             if source == dest or not os.path.exists(source):  # never delete what is to be placed
@@ -492,7 +493,7 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
     if mode == "copy":
         _copy_atomic(source, dest, durable)
     elif mode == "symlink":
-        os.symlink(os.path.abspath(source), dest)
+        os.symlink(link_text(source, dest), dest)
     elif mode == "hardlink":
         try:
             os.link(source, dest)
@@ -509,6 +510,30 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
     else:
         raise ValueError(f"unknown link mode {mode!r}")
     return "placed"
+
+
+def link_text(source: str, dest: str) -> str:
+    """What the symbolic link ``dest`` to ``source`` holds: the way from its folder to ``source``
+    where both lie on one mount, else ``source``'s absolute path. A container's ``/workspace`` is
+    the host's ``./workspace``: an absolute ``/workspace/input/…`` was a broken link on the host,
+    where the person folders are looked at, while ``../../../input/…`` holds on both sides."""
+    source = os.path.abspath(source)
+    folder = os.path.dirname(dest)
+    if _mount_point(os.path.dirname(source)) == _mount_point(folder) is not None:
+        return os.path.relpath(source, folder)
+    return source
+
+
+@functools.lru_cache(maxsize=65536)
+def _mount_point(folder: str) -> str | None:
+    """The mount point holding ``folder`` (once per folder, not once per file)."""
+    mount = mount_of(folder)
+    return mount[0] if mount else None
+
+
+def _points_to(link: str) -> str:
+    """The path the symbolic link ``link`` names, absolute (a relative one read from its folder)."""
+    return os.path.normpath(os.path.join(os.path.dirname(link), os.readlink(link)))
 
 
 def _renamed(source: str, dest: str) -> bool:

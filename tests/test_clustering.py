@@ -625,12 +625,42 @@ def test_link_modes(two_person, tmp_path, mode) -> None:
             assert Path(dest).read_bytes() == Path(source).read_bytes() and Path(source).exists()
         elif mode == "hardlink":
             assert os.path.samefile(source, dest)
-        elif mode == "symlink":
-            assert os.path.islink(dest) and os.readlink(dest) == source
+        elif mode == "symlink":  # one mount: the way from the link's folder (see the test below)
+            assert os.readlink(dest) == os.path.relpath(source, os.path.dirname(dest))
+            assert Path(dest).read_bytes() == Path(source).read_bytes()
         else:
             assert not Path(source).exists() and Path(dest).is_file()
     again = cluster_faces(ef, str(out), ClusterConfig(clusters=2, link_mode=mode, previews=False), progress=False)
     assert again.status == {"exists": len(labels)}
+
+
+def test_symbolic_links_hold_where_the_workspace_is_seen_elsewhere(two_person, tmp_path, monkeypatch) -> None:
+    # Sorted in the container under /workspace and looked at on the host under ./workspace: an absolute
+    # link to /workspace/input/… was broken there. On one mount the links hold the way from their folder.
+    workspace = tmp_path / "workspace"
+    ef = private_copy(two_person, workspace)
+    out = workspace / "sorted"
+    config = ClusterConfig(clusters=2, link_mode="symlink", previews=False)
+    report = cluster_faces(ef, str(out), config, progress=False)
+    assert all(not os.path.isabs(os.readlink(d)) for d in report.destinations)
+    contents = {d: Path(d).read_bytes() for d in report.destinations}
+    host = tmp_path / "host" / "workspace"
+    host.parent.mkdir()
+    workspace.rename(host)
+    for dest, data in contents.items():
+        assert Path(str(dest).replace(str(workspace), str(host))).read_bytes() == data
+    host.rename(workspace)
+    # An output made with absolute links (before) is the same plan, already in place.
+    earlier = tmp_path / "earlier"
+    first = cluster_faces(ef, str(earlier), config, progress=False)
+    for source, dest in zip(ef.rows.paths, first.destinations):
+        os.unlink(dest)
+        os.symlink(source, dest)
+    assert cluster_faces(ef, str(earlier), config, progress=False).status == {"exists": len(set(ef.rows.paths))}
+    # Images on another mount than the output (the compose file's /media) keep absolute links.
+    monkeypatch.setattr(organize, "_mount_point", lambda folder: "/media" if "workspace" in folder else "/workspace")
+    other = cluster_faces(ef, str(tmp_path / "other"), config, progress=False)
+    assert {os.readlink(d) for d in other.destinations} == set(ef.rows.paths)
 
 
 def test_move_places_the_images_that_symbolic_links_show(two_person, tmp_path) -> None:
