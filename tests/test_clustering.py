@@ -1700,6 +1700,16 @@ def test_copies_on_an_exfat_or_windows_drive_get_names_it_can_hold(video_crops, 
     monkeypatch.setattr(organize, "filesystem_type", lambda path: "ext4")
     assert run_cli(["--embeddings", str(emb), "--output", str(tmp_path / "disk"), "--clusters", "1", "-q"]) == 0
     assert sorted(p.name for p in (tmp_path / "disk" / "person_A" / "2017").iterdir()) == sorted(names)
+    # Moved there, each image comes back under its own name.
+    from face_organizer.cli.undo import main as undo_main
+
+    monkeypatch.setattr(organize, "filesystem_type", lambda path: "exfat")
+    before = {n: (folder / n).read_bytes() for n in names}
+    assert run_cli(["--embeddings", str(emb), "--output", str(tmp_path / "moved"), "--clusters", "1", "-q",
+                    "--link-mode", "move"]) == 0
+    assert not list(folder.iterdir()) and (tmp_path / "moved" / "person_A" / "2017" / "_CON.png").is_file()
+    assert common.run(undo_main, [str(tmp_path / "moved"), "-q"]) == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_links_a_filesystem_cannot_make_are_refused_before_the_output_is_begun(two_person, tmp_path, monkeypatch,
