@@ -6,7 +6,11 @@ SHARED ?= ../shared
 
 .PHONY: setup setup-test demo test bench
 
+# The supported Pythons are checked first: pip's own refusal comes after the venv is made, and names no way out.
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else \
+		f"face-organizer needs Python 3.10 to 3.12, and $(PYTHON) is {v[0]}.{v[1]}: name another, as in " \
+		"make $(MAKECMDGOALS) PYTHON=python3.12")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
