@@ -148,7 +148,8 @@ def stop_seconds() -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
-        print(f"face-organizer keeper: {message}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # a closed or broken log must not end pid 1, and the container with it
+            print(f"face-organizer keeper: {message}", file=sys.stderr, flush=True)
 
     if not first_process():
         log(f"this is the first process of a container (pid 1), not pid {os.getpid()}: it would signal every "
