@@ -204,9 +204,13 @@ def test_bad_query_and_model_mismatch_are_clear(lfw_subset, lfw, testpack_dir, m
     assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "broken.jpg"), "--output", str(tmp_path / "o"),
                     "--model", str(testpack_dir)]) == 2
     assert "cannot use query" in capsys.readouterr().err
-    assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "gone.jpg"), "--output", str(tmp_path / "o"),
-                    "--model", str(testpack_dir)]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"Error: query not found: {tmp_path / 'gone.jpg'}"
+    # A query that is not there (a typo) is said at once, before the embeddings are read or a model loaded.
+    for queries, said in (([tmp_path / "gone.jpg"], f"query not found: {tmp_path / 'gone.jpg'}"),
+                          ([tmp_path / "a.jpg", tmp_path / "b"], f"none of the queries is there: {tmp_path / 'a.jpg'}, "
+                                                                 f"{tmp_path / 'b'}")):
+        assert run_cli(["--embeddings", str(tmp_path / "no.pkl"), "--query", *map(str, queries), "--output",
+                        str(tmp_path / "o"), "--model", str(testpack_dir)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"Error: {said}"]
     # Among several references, one that cannot be used is left out and said so; with none left, it stops.
     cv2.imwrite(str(tmp_path / "wall.png"), np.full((300, 300, 3), 128, np.uint8))  # no face at all
     query = lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"
