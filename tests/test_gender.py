@@ -60,6 +60,14 @@ def test_filter_copies_one_gender_and_reports_bad_files(utkface, testpack_dir, t
     assert "not a decodable image" in reasons["broken.jpg"] and reasons["wall.png"] == "empty file"
     printed = capsys.readouterr().out
     assert f"Woman: {len(copied)} images" in printed and "errors: 2" in printed
+    # The same run typed otherwise (women, female, any case) is the same run: it finds its output done.
+    for typed in ("women", "FEMALE"):
+        assert run_cli(["--input", str(folder), "--output", str(out), "--gender", typed, "--model", str(testpack_dir),
+                        "--workers", "0", "-q"]) == 0
+        assert f"Woman: {len(copied)} images" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run_cli(["--input", str(folder), "--output", str(out), "--gender", "both"])
+    assert "argument --gender: 'both' is not a gender: Woman or Man" in capsys.readouterr().err
 
 
 class _Watched:

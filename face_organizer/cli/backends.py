@@ -33,7 +33,7 @@ def build_parser():
                    help="images drawn at random from --input, the same for every backend (default: 100)")
     p.add_argument("--backends", default="scrfd,yunet," + ",".join(b.DEEPFACE_BACKENDS),
                    help="comma-separated: scrfd, yunet and DeepFace's names (default: all)")
-    p.add_argument("--gender", choices=("Woman", "Man"), default=None,
+    p.add_argument("--gender", type=common.gender, metavar="{Woman,Man}", default=None,
                    help="also classify gender (insightface genderage on each backend's face): Matched counts the faces "
                         "of that gender, Failed the images with no face found")
     p.add_argument("--yunet-model", default=os.environ.get("FACE_ORGANIZER_YUNET"),

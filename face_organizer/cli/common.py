@@ -292,6 +292,19 @@ def file_output(name: str, example: str) -> str:
     return output
 
 
+GENDER_NAMES = {"woman": "Woman", "women": "Woman", "female": "Woman", "f": "Woman",
+                "man": "Man", "men": "Man", "male": "Man", "m": "Man"}
+
+
+def gender(value: str) -> str:
+    """``Woman`` or ``Man``, as DeepFace names them, from any case of those or of women/female/f,
+    men/male/m."""
+    try:
+        return GENDER_NAMES[value.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a gender: Woman or Man") from None
+
+
 def positive(value: str) -> int:
     number = int(value)
     if number < 1:

@@ -28,7 +28,8 @@ def build_parser():
     p.add_argument("--input", nargs="+", required=True, metavar="DIR", help="folders (searched recursively) or image files")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="folder for the matching images and predictions.csv (new, or this command's own: it goes on)")
-    p.add_argument("--gender", required=True, choices=("Woman", "Man"), help="the gender whose images are kept")
+    p.add_argument("--gender", required=True, type=common.gender, metavar="{Woman,Man}",
+                   help="the gender whose images are kept (any case; women/female, men/male too)")
     p.add_argument("--backend", choices=("insightface", "deepface"), default="insightface",
                    help="insightface: the pack's genderage model, batched, GPU when present (default); "
                         "deepface: DeepFace.analyze, as the original tool")
