@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from face_organizer import embfile, keeper
 from face_organizer.embfile import parts_dir
 
-from conftest import ROOT, copies_of
+from conftest import ROOT, child_processes, copies_of
 
 
 def test_the_processes_of_the_container_are_those_proc_shows_but_itself_and_zombies(tmp_path) -> None:
@@ -111,3 +113,32 @@ def test_ended_children_are_reaped_not_left_as_zombies() -> None:
     # Processes whose parent died are handed to pid 1; sleep infinity never waited for them.
     done = subprocess.run([sys.executable, "-c", REAP], capture_output=True, text=True, timeout=60)
     assert done.stdout == "3 0 done\n", done.stderr  # three zombies before, none after
+
+
+def _new_pid_namespace() -> bool:
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _new_pid_namespace(), reason="needs a new pid namespace (unshare, as root): the loop as pid "
+                                                    "1; stop_all, which it calls, is tested above everywhere")
+def test_as_pid_1_it_stops_the_others_on_sigterm_and_ends() -> None:
+    # As in a container: a shell makes a child, then becomes the keeper (pid 1), which the child outlives.
+    keeper_cmd = f"sleep 60 & exec {sys.executable} -m face_organizer.keeper"
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", keeper_cmd],
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert outer.stderr.readline().startswith("face-organizer keeper: up; docker exec runs are given SIGTERM")
+        (first,) = child_processes(outer.pid)  # pid 1 inside
+        assert len(child_processes(first)) == 1  # the sleep
+        os.kill(first, signal.SIGTERM)
+        assert outer.wait(timeout=30) == 0
+        said = outer.stderr.read()
+        assert "stopping 1 process(es) so that runs save their progress: 2 (sleep 60)" in said
+        assert "all stopped in " in said
+    finally:
+        outer.kill()
+        outer.wait()
