@@ -42,7 +42,10 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: object
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(target), suffix=PARTIAL_SUFFIX, dir=target.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary user files
+    # mkstemp makes 0600; results are ordinary user files. FAT and exFAT drives (the kernel's drivers) refuse
+    # a mode their mount options do not give, with EPERM: there the file keeps the mode the mount gives it.
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:  # type: ignore[call-overload]
             yield handle

@@ -419,7 +419,11 @@ def _copy_atomic(source: str, dest: str, durable: bool = True) -> None:
     (``remove_partial_copies``)."""
     tmp = _partial_name(dest)
     try:
-        shutil.copy2(source, tmp)
+        shutil.copyfile(source, tmp)
+        # The source's times and mode, where the filesystem takes them: FAT and exFAT drives refuse a mode
+        # their mount options do not give (EPERM), which made every copy onto such a drive fail.
+        with contextlib.suppress(OSError):
+            shutil.copystat(source, tmp)
         if durable:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())

@@ -1712,6 +1712,27 @@ def test_copies_on_an_exfat_or_windows_drive_get_names_it_can_hold(video_crops, 
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_a_drive_that_refuses_file_modes_takes_the_output_all_the_same(two_person, tmp_path, monkeypatch) -> None:
+    # FAT and exFAT drives (the kernel's drivers) refuse, with EPERM, a mode their mount options do not give: the
+    # mode set on each atomically written file and the mode copied onto each copy failed every run there.
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "chmod", refused)
+    monkeypatch.setattr(os, "fchmod", refused)
+    emb, labels, _ = two_person
+    out = tmp_path / "usb"
+    assert run_cli(["--embeddings", str(emb), "--output", str(out), "--clusters", "2", "-q"]) == 0
+    with (out / "clusters.csv").open(encoding="utf-8") as table:
+        rows = list(csv.DictReader(table))
+    assert len({r["path"] for r in rows}) == len(labels)
+    for row in rows:  # each copy whole, with its image's modification time
+        source, copy = Path(row["path"]), Path(row["destination"])
+        assert copy.read_bytes() == source.read_bytes() and copy.stat().st_mtime_ns == source.stat().st_mtime_ns
+    embfile.save(out / "emb.pkl", embfile.load(emb))  # an embeddings file written there too
+    assert embfile.load(out / "emb.pkl").rows.paths == embfile.load(emb).rows.paths
+
+
 def test_links_a_filesystem_cannot_make_are_refused_before_the_output_is_begun(two_person, tmp_path, monkeypatch,
                                                                               capsys) -> None:
     # FAT and exFAT drives make neither kind of link: the first image failed ("Operation not permitted"), and the
