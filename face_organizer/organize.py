@@ -522,10 +522,18 @@ def link_text(source: str, dest: str) -> str:
     the host's ``./workspace``: an absolute ``/workspace/input/…`` was a broken link on the host,
     where the person folders are looked at, while ``../../../input/…`` holds on both sides."""
     source = os.path.abspath(source)
-    folder = os.path.dirname(dest)
-    if _mount_point(os.path.dirname(source)) == _mount_point(folder) is not None:
-        return os.path.relpath(source, folder)
-    return source
+    folder, name = os.path.split(source)
+    way = _way(folder, os.path.dirname(dest))
+    return source if way is None else name if way == os.curdir else os.path.join(way, name)
+
+
+@functools.lru_cache(maxsize=65536)
+def _way(folder: str, link_folder: str) -> str | None:
+    """From ``link_folder`` to ``folder`` where both lie on one mount, else None (once per pair of
+    folders: 12 µs a link before, at 500,000 links six seconds)."""
+    if _mount_point(folder) == _mount_point(link_folder) is not None:
+        return os.path.relpath(folder, link_folder)
+    return None
 
 
 @functools.lru_cache(maxsize=65536)
