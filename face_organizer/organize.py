@@ -64,7 +64,9 @@ def _clean(component: str, portable: bool = False) -> str:
     else:
         cleaned = "".join(ch for ch in component if (ch.isprintable() or _undecodable_byte(ch)) and ch not in "/\\\0")
     if portable:
-        cleaned = "".join("_" if _undecodable_byte(ch) else ch for ch in cleaned.translate(_PORTABLE)).rstrip(". ")
+        cleaned = cleaned.translate(_PORTABLE).rstrip(". ")
+        if not cleaned.isascii():  # bytes that are not UTF-8 (read as lone surrogates): one check for most names
+            cleaned = "".join("_" if _undecodable_byte(ch) else ch for ch in cleaned)
         if cleaned.split(".")[0].upper() in WINDOWS_DEVICES:
             cleaned = f"_{cleaned}"
     return cleaned if cleaned not in ("", ".", "..") else "_"
