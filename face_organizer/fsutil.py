@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import SetupError
+from .progress import size
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,32 @@ def _mount_table(mounts: str) -> tuple[tuple[str, str], ...]:
         return ()
     return tuple((re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), f[1]), f[2])  # "\040" is a space
                  for f in table if len(f) >= 3)
+
+
+def full_disk_advice(path: str | None, quota: bool = False) -> str:
+    """What to do about "No space left on device" (or ``quota`` exceeded) at ``path``. The filesystem
+    may have space left and be out of inodes (many small files: `df -i`), or the folder out of entries
+    (about 65,000 on FAT32), where "free some space" would send the user to the wrong thing. Free space
+    counts as "left" only where it is plenty (1 GB and a tenth of the disk): a write that failed has just
+    freed what it had written (a partial embeddings file is a gigabyte)."""
+    again = "then re-run the same command: it continues where it stopped"
+    if quota:
+        return f"your disk quota is used up: free some space or have it raised, {again}"
+    folder = os.path.dirname(os.path.abspath(path)) if path else None
+    while folder and not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    try:
+        fs = os.statvfs(folder) if folder else None
+    except OSError:
+        fs = None
+    if fs is not None and fs.f_files > 0 and fs.f_favail <= max(16, fs.f_files // 1000):  # what the failed write freed
+        return (f"{folder} has room for no more files (every inode is used, see `df -i`, though "
+                f"{size(fs.f_bavail * fs.f_frsize)} is free): remove files there or sort onto another disk, {again}")
+    free = fs.f_bavail * fs.f_frsize if fs is not None else 0
+    if fs is not None and free >= max(1 << 30, fs.f_blocks * fs.f_frsize // 10):
+        return (f"{size(free)} is free there, so a limit other than space was reached, such as a folder full "
+                f"of entries (about 65,000 on FAT32): sort onto another disk, {again}")
+    return f"free some space, {again}"
 
 
 def check_writable_dir(path: str | os.PathLike[str], make: bool = True) -> None:

@@ -137,6 +137,28 @@ def test_the_filesystem_holding_a_path_is_read_from_the_mount_table(tmp_path) ->
     assert fsutil.filesystem_type(tmp_path, str(tmp_path / "missing")) is None  # no table: not Linux
 
 
+def test_no_space_left_is_told_from_no_inodes_left_and_from_a_folder_full_of_entries(tmp_path, monkeypatch) -> None:
+    # "free some space" sent the user to the wrong thing where the disk had room but no inodes (many small
+    # files) or the folder no room for entries (FAT32), as df -h shows space free.
+    def disk(blocks: int, free: int, files: int, files_free: int):
+        return lambda path: os.statvfs_result((4096, 4096, blocks, free, free, files, files_free, files_free, 0, 255))
+
+    target = tmp_path / "person_A" / "f.png"  # its folder not made yet: the nearest one that is counts
+    cases = [(disk(10**7, 10**6, 10**6, 3), "has room for no more files (every inode is used, see `df -i`, though "
+                                            "4.10 GB is free): remove files there or sort onto another disk"),
+             (disk(10**7, 5 * 10**6, 0, 0), "20.5 GB is free there, so a limit other than space was reached, such as "
+                                            "a folder full of entries (about 65,000 on FAT32)"),
+             (disk(10**7, 2 * 10**5, 10**6, 9 * 10**5), "free some space"),  # 2%: what the failed write had freed
+             (disk(10**5, 10**4, 0, 0), "free some space")]  # a tenth of a small disk is not plenty
+    for statvfs, said in cases:
+        monkeypatch.setattr(fsutil.os, "statvfs", statvfs)
+        advice = fsutil.full_disk_advice(str(target))
+        assert advice.startswith(said if said == "free some space" else "") and said in advice
+        assert advice.endswith("then re-run the same command: it continues where it stopped")
+    assert fsutil.full_disk_advice(str(target), quota=True).startswith("your disk quota is used up")
+    assert fsutil.full_disk_advice(None).startswith("free some space")
+
+
 HOLD_LOCK = """
 import sys, time
 from face_organizer.fsutil import exclusive

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import FaceOrganizerError, SetupError
+from ..fsutil import full_disk_advice
 from ..modelpack import DEFAULT_PACK, MODEL_ROOT_ENV, default_model_root
 from ..progress import count
 
@@ -182,10 +183,11 @@ def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
     except OSError as err:  # a full disk, a folder that went away: one line, not a traceback
         logging.getLogger(__name__).debug("the error in full", exc_info=True)
         where = f": {err.filename}" if err.filename else ""
-        hint = ("; free some space, then re-run the same command: it continues where it stopped"
-                if err.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = f"; {full_disk_advice(err.filename, quota=err.errno == errno.EDQUOT)}" if full else ""
         print(f"Error: {err.strerror or err}{where}{hint}", file=sys.stderr)
         return 1
+
 
 
 # ("face-organizer gender", {script: its command}) while the umbrella command runs a stage
