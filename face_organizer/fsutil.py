@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import functools
 import hashlib
@@ -194,6 +195,14 @@ def full_disk_advice(path: str | None, quota: bool = False) -> str:
         return (f"{size(free)} is free there, so a limit other than space was reached, such as a folder full "
                 f"of entries (about 65,000 on FAT32): sort onto another disk, {again}")
     return f"free some space, {again}"
+
+
+def full_disk_hint(err: OSError, path: str | None) -> str:
+    """``"; <what to do>"`` after ``err`` at ``path`` where it says the disk or quota is full
+    (``full_disk_advice``), "" after any other error: for the end of an error line."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    return f"; {full_disk_advice(path, quota=err.errno == errno.EDQUOT)}"
 
 
 def check_writable_dir(path: str | os.PathLike[str], make: bool = True) -> None:

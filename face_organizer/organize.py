@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import FaceOrganizerError, SetupError
-from .fsutil import (OUTPUT_MARKER, atomic_write_text, check_writable_dir, filesystem_type, full_disk_advice,
+from .fsutil import (OUTPUT_MARKER, atomic_write_text, check_writable_dir, filesystem_type, full_disk_hint,
                      mount_of, sync_filesystem)
 from .progress import bar as progress_bar
 from .progress import count, size
@@ -197,9 +197,8 @@ def _check_writable(output: str) -> None:
     try:
         check_writable_dir(folder, make=False)
     except OSError as err:
-        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
-        advice = f"; {full_disk_advice(os.path.join(folder, '_'), quota=err.errno == errno.EDQUOT)}" if full else ""
-        raise SetupError(f"cannot write to {folder}: {err.strerror or err}{advice}") from None
+        hint = full_disk_hint(err, os.path.join(folder, "_"))
+        raise SetupError(f"cannot write to {folder}: {err.strerror or err}{hint}") from None
 
 
 def check_images_reachable(paths: Sequence[str], output: str, rewrites: Sequence[tuple[str, str]] = ()) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import re
@@ -19,7 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import FaceOrganizerError, SetupError
-from ..fsutil import full_disk_advice
+from ..fsutil import full_disk_hint
 from ..modelpack import DEFAULT_PACK, MODEL_ROOT_ENV, default_model_root
 from ..progress import count
 
@@ -183,9 +182,7 @@ def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
     except OSError as err:  # a full disk, a folder that went away: one line, not a traceback
         logging.getLogger(__name__).debug("the error in full", exc_info=True)
         where = f": {err.filename}" if err.filename else ""
-        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
-        hint = f"; {full_disk_advice(err.filename, quota=err.errno == errno.EDQUOT)}" if full else ""
-        print(f"Error: {err.strerror or err}{where}{hint}", file=sys.stderr)
+        print(f"Error: {err.strerror or err}{where}{full_disk_hint(err, err.filename)}", file=sys.stderr)
         return 1
 
 
