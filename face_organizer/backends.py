@@ -9,7 +9,6 @@ folder can be prepared offline from files already on disk.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -197,7 +196,3 @@ def table(results: Sequence[BackendResult], gender: str | None) -> list[str]:
             row += f"  {r.matched:>8}  {r.failed:>7}"
         lines.append(row)
     return lines
-
-
-def deepface_home_default() -> Path:
-    return Path(os.environ.get("DEEPFACE_HOME", os.path.expanduser("~")))

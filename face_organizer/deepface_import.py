@@ -14,11 +14,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from . import native_stderr
 
 log = logging.getLogger(__name__)
+
+
+def deepface_home_default() -> Path:
+    """The folder DeepFace keeps ``.deepface/weights`` in: ``$DEEPFACE_HOME``, else the home folder."""
+    return Path(os.environ.get("DEEPFACE_HOME", os.path.expanduser("~")))
 
 
 def import_deepface() -> ModuleType:

@@ -21,7 +21,7 @@ import onnx
 from numpy.typing import NDArray
 
 from .buckets import run_batched
-from .deepface_import import import_deepface
+from .deepface_import import deepface_home_default, import_deepface
 from .detection import SCRFD, load_detector_model
 from .errors import ModelPackError, SetupError
 from .faces import EmbedOptions, find_crop_face
@@ -134,7 +134,7 @@ class DeepFaceGender:
         except ImportError as err:
             raise SetupError("--backend deepface needs DeepFace and TensorFlow: pip install 'face-organizer[deepface]'") from err
         except OSError as err:  # DeepFace makes its folders under $DEEPFACE_HOME as it is imported
-            home = os.environ.get("DEEPFACE_HOME", os.path.expanduser("~"))
+            home = deepface_home_default()
             raise SetupError(f"--backend deepface: DeepFace cannot make its folder in {home} ({err.strerror or err}); "
                              f"set DEEPFACE_HOME to a folder this user (uid {os.getuid()}) can write, or run as the owner "
                              "of that one (docker exec runs as root unless -u is given)") from None
@@ -142,10 +142,12 @@ class DeepFaceGender:
         try:
             DeepFace.build_model("Gender", task="facial_attribute")
         except Exception as err:  # noqa: BLE001 - offline weight downloads fail in many ways
+            logging.getLogger(__name__).debug("DeepFace said: %s", err)
+            weights = deepface_home_default() / ".deepface" / "weights"
             raise SetupError(
-                "DeepFace's gender model weights are missing and could not be downloaded "
-                f"({str(err).splitlines()[0][:120]}); put gender_model_weights.h5 into $DEEPFACE_HOME/.deepface/weights "
-                "(scripts/benchmark_backends.py --prepare-deepface-weights FOLDER copies it there) or use --backend insightface"
+                "DeepFace's gender model weights are missing and could not be downloaded (-vv shows why): put "
+                f"gender_model_weights.h5 into {weights} (scripts/benchmark_backends.py --prepare-deepface-weights "
+                "FOLDER copies it there; DEEPFACE_HOME chooses the folder) or use --backend insightface"
             ) from None
         self.deepface, self.detector_backend = DeepFace, detector_backend
         self.name = self.name_for(detector_backend)

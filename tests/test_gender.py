@@ -471,3 +471,26 @@ def test_deepface_that_cannot_make_its_folder_is_one_clear_line(tmp_path, monkey
     with pytest.raises(SetupError, match=r"^--backend deepface: DeepFace cannot make its folder in /models/deepface "
                                          r"\(Permission denied\); set DEEPFACE_HOME to a folder this user"):
         DeepFaceGender()
+
+
+def test_deepface_without_its_weights_names_the_folder_they_go_in(tmp_path, monkeypatch) -> None:
+    # Offline, DeepFace's download error was cut at 120 characters, mid-address, and the line said
+    # "$DEEPFACE_HOME/.deepface/weights" where DEEPFACE_HOME was not set.
+    import face_organizer.gender as gender
+
+    class Offline:
+        @staticmethod
+        def build_model(name: str, task: str) -> None:
+            raise ValueError("An exception occurred while downloading gender_model_weights.h5 from https://"
+                             + "x" * 200)
+
+    monkeypatch.setattr(gender, "import_deepface", lambda: Offline)
+    monkeypatch.delenv("DEEPFACE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(SetupError) as caught:
+        gender.DeepFaceGender()
+    assert f"put gender_model_weights.h5 into {tmp_path}/.deepface/weights (" in str(caught.value)
+    assert "x" * 10 not in str(caught.value)
+    monkeypatch.setenv("DEEPFACE_HOME", "/models/deepface")
+    with pytest.raises(SetupError, match="into /models/deepface/.deepface/weights "):
+        gender.DeepFaceGender()

@@ -54,7 +54,7 @@ def test_dockerfile_installs_traps_without_deps() -> None:
 def test_what_the_container_downloads_or_measures_lives_in_the_models_volume(monkeypatch) -> None:
     # The container is recreated on every upgrade: model packs, DeepFace's weights and the model's
     # calibration kept in its home folder would be lost, and downloaded or measured again.
-    from face_organizer.backends import deepface_home_default
+    from face_organizer.deepface_import import deepface_home_default
     from face_organizer.thresholds import calibration_path
 
     text = (ROOT / "Dockerfile").read_text()

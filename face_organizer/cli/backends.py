@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import backends as b
 from .. import images
+from ..deepface_import import deepface_home_default
 from ..errors import FaceOrganizerError, SetupError
 from ..gender import InsightFaceGender, attribute_crop
 from ..modelpack import default_model_root, resolve_pack
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
     if args.prepare_deepface_weights is not None:
-        home = b.deepface_home_default()
+        home = deepface_home_default()
         placed = b.prepare_deepface_weights(home, [Path(s) for s in args.prepare_deepface_weights])
         print(f"{home / '.deepface' / 'weights'}: placed {', '.join(placed) or 'nothing new'}")
         return 0
