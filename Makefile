@@ -16,23 +16,26 @@ $(BIN)/python:
 
 # insightface requires the GUI build opencv-python, whose cv2 needs the desktop's libGL and X11
 # libraries (on a server: "ImportError: libGL.so.1"). All OpenCV builds share one cv2 folder and
-# the last installed wins, so the GUI build is removed and the headless one ($(1)) put back over it.
+# the last installed wins, so the GUI build is removed and a headless one put back over it: the
+# contrib build where it is installed (DeepFace's; it holds every module of the other, and OpenCV 5's
+# CascadeClassifier, which DeepFace's opencv detector needs, only it has), else the plain one.
 define headless_opencv
 	$(BIN)/python -m pip uninstall --quiet -y opencv-python
-	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps \
-		"$(1)==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("$(1)"))')"
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$($(BIN)/python -c \
+		'import importlib.metadata as m; d = {x.metadata["Name"].lower(): x.version for x in m.distributions()}; \
+		n = next(k for k in ("opencv-contrib-python-headless", "opencv-python-headless") if k in d); print(f"{n}=={d[n]}")')"
 endef
 
 # CPU install: the project, the CPU ONNX Runtime and insightface (sample faces, pack downloads).
 setup: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[cpu,insightface]"
-	$(call headless_opencv,opencv-python-headless)
+	$(call headless_opencv)
 
 # Tests also cover the DeepFace backends of the legacy tools, so they install DeepFace + TensorFlow
 # (and deepface's opencv-contrib-python-headless, the build then put back last).
 setup-test: setup
 	$(BIN)/python -m pip install --quiet -e ".[cpu,insightface,deepface,test]"
-	$(call headless_opencv,opencv-contrib-python-headless)
+	$(call headless_opencv)
 
 # Quick start: sort the faces that ship inside pip packages (insightface's t1.jpg, scikit-image's astronaut).
 demo: setup
