@@ -705,6 +705,13 @@ def _device(path: str) -> int:
     return os.stat(path).st_dev
 
 
+def _filesystem(path: str) -> tuple[int, str | None]:
+    """What a hard link or a rename needs its two ends to share: the device, and the mount. One
+    filesystem mounted at two places refuses them too (EXDEV): a container's bind mounts of one
+    host disk, such as compose's ``./media`` and ``./workspace``."""
+    return _device(path), _mount_point(path)
+
+
 def _existing_ancestor(path: str) -> str:
     while not os.path.exists(path):
         path = os.path.dirname(path)
@@ -717,7 +724,7 @@ def bytes_needed(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, l
     ``links``: the symbolic links among the sources, found here when not given."""
     if mode in ("hardlink", "symlink"):
         return 0
-    device = _device(_existing_ancestor(output))
+    device, mount = _filesystem(_existing_ancestor(output))
     total = 0
     if links is None:
         links = symbolic_links({source for source, _ in todo})
@@ -726,7 +733,8 @@ def bytes_needed(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, l
             stat = os.stat(source)
         except OSError:
             continue  # reported as missing when placed
-        if how == "copy" or stat.st_dev != device or source in links:  # a moved link is copied (``place``)
+        renamed = stat.st_dev == device and _mount_point(os.path.dirname(source)) == mount and source not in links
+        if how == "copy" or not renamed:  # a moved link is copied (``place``), and so is an image another mount holds
             total += -(-stat.st_size // BLOCK) * BLOCK
     return total
 
@@ -737,27 +745,35 @@ def check_sources(todo: Sequence[tuple[str, str]], output: str, mode: LinkMode, 
     out of folders that cannot be written (a read-only mount). ``links``: the symbolic links among the sources."""
     if mode not in ("hardlink", "move"):
         return
-    device = _device(_existing_ancestor(output))
+    home = _filesystem(_existing_ancestor(output))
     for folder in sorted({os.path.dirname(source) for source, _ in todo}):
         try:
-            other_device = _device(folder) != device
+            there = _filesystem(folder)
         except OSError:
             continue  # its files are reported as missing when placed
-        if mode == "hardlink" and other_device:
-            raise SetupError(f"--link-mode hardlink: {folder} is on another filesystem than {output}, and hard links "
-                             "cannot cross filesystems; use --link-mode copy or symlink")
+        if mode == "hardlink" and there != home:
+            raise SetupError(f"--link-mode hardlink: {folder} is {_apart(there, home, output)}; "
+                             "use --link-mode copy or symlink")
         if mode == "move" and not os.access(folder, os.W_OK):
             raise SetupError(f"--link-mode move: files cannot be removed from {folder} (read-only or not yours); "
                              "use --link-mode copy, hardlink or symlink")
     if mode == "hardlink":  # a hard link to a symbolic link is made to the image it shows
         for link in sorted(links & {source for source, _ in todo}):
             try:
-                other_device = _device(link) != device
+                there = _filesystem(link)  # the image it shows: stat and the mount table follow links
             except OSError:
                 continue  # a broken link: reported as missing when placed
-            if other_device:
-                raise SetupError(f"--link-mode hardlink: {link} is a symbolic link to an image on another filesystem "
-                                 f"than {output}, and hard links cannot cross filesystems; use --link-mode copy or symlink")
+            if there != home:
+                raise SetupError(f"--link-mode hardlink: {link} is a symbolic link to an image that is "
+                                 f"{_apart(there, home, output)}; use --link-mode copy or symlink")
+
+
+def _apart(there: tuple[int, str | None], home: tuple[int, str | None], output: str) -> str:
+    """Why no hard link joins ``there`` (``_filesystem``) to the output's ``home``, for an error line."""
+    if there[0] == home[0]:  # one filesystem, mounted at two places
+        return (f"under another mount point ({there[1]}) than {output} ({home[1]}), and hard links cannot cross "
+                "mount points, even of one filesystem")
+    return f"on another filesystem than {output}, and hard links cannot cross filesystems"
 
 
 def check_links(output: str, mode: LinkMode) -> None:

@@ -711,7 +711,8 @@ def test_hardlink_links_the_image_a_symbolic_link_shows(two_person, tmp_path, mo
     config = ClusterConfig(clusters=2, link_mode="hardlink", previews=False)
     real_device = organize._device
     monkeypatch.setattr(organize, "_device", lambda p: real_device(p) + (1 if p == str(link) else 0))
-    with pytest.raises(FaceOrganizerError, match="relative.png is a symbolic link to an image on another filesystem"):
+    with pytest.raises(FaceOrganizerError,
+                       match="relative.png is a symbolic link to an image that is on another filesystem"):
         cluster_faces(ef, str(tmp_path / "refused"), config, progress=False)
     assert not (tmp_path / "refused").exists()
     monkeypatch.setattr(organize, "_device", real_device)
@@ -1050,6 +1051,29 @@ def test_links_and_moves_that_would_fail_half_way_are_refused_before_the_first_f
     assert run_cli(base + ["--link-mode", "move"]) == 2
     assert f"files cannot be removed from {one_folder}" in capsys.readouterr().err and not out.exists()
     assert all(Path(p).read_bytes() == data for p, data in sources.items())  # nothing moved
+
+
+def test_hard_links_across_two_mounts_of_one_filesystem_are_refused_before_the_first_file(two_person, tmp_path,
+                                                                                         monkeypatch, capsys) -> None:
+    # The compose file mounts ./media and ./workspace of one host disk: one device, two mounts, and link()
+    # and rename() between them fail with EXDEV. The first image failed, and the output then belonged to
+    # hard links ("made with other settings" to the same command with --link-mode copy).
+    emb, _, input_root = two_person
+    out = tmp_path / "out"
+    base = ["--embeddings", str(emb), "--output", str(out), "-q", "--no-previews"]
+    images = sorted(map(str, Path(input_root).rglob("*.png")))
+    media = str(Path(images[0]).parent)
+    real_mount = organize._mount_point
+    monkeypatch.setattr(organize, "_mount_point", lambda p: "/media" if p.startswith(media) else real_mount(p))
+    assert run_cli(base + ["--link-mode", "hardlink"]) == 2
+    err = capsys.readouterr().err
+    assert f"{media} is under another mount point (/media) than {out} (" in err and "copy or symlink" in err
+    assert not out.exists()
+    # A move between them is a copy then a removal: it needs the space, where a rename takes none.
+    pairs = [(p, str(out / "person_A" / Path(p).name)) for p in images]
+    blocks = sum(-(-Path(p).stat().st_size // organize.BLOCK) * organize.BLOCK for p in images if p.startswith(media))
+    assert blocks > 0 and organize.bytes_needed(pairs, str(out), "move") == blocks
+    assert run_cli(base + ["--link-mode", "copy"]) == 0
 
 
 def test_disk_full_half_way_is_one_line_and_the_rerun_finishes(two_person, tmp_path, monkeypatch, capsys) -> None:
