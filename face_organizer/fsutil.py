@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import SetupError
+from .processes import describe, has_open
 from .progress import size
 
 log = logging.getLogger(__name__)
@@ -302,7 +303,7 @@ def _acquire(lock: Path, target: Path, hint: str) -> int | None:
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise SetupError(f"another process{f' (pid {owner})' if owner else ''} is writing {target}; {hint}") from None
+            raise SetupError(_taken(lock, target, int(owner) if owner.isdigit() else 0, hint)) from None
         except OSError as err:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -315,6 +316,18 @@ def _acquire(lock: Path, target: Path, hint: str) -> int | None:
         if same:
             return fd
         os.close(fd)  # its holder removed the file after we opened it: lock the new one
+
+
+def _taken(lock: Path, target: Path, pid: int, hint: str) -> str:
+    """The error line for ``target`` held by process ``pid`` (0: unknown), naming what it runs and how to stop
+    it. ``docker exec`` without ``-it`` leaves its run going when Ctrl-C ends the client, and the same command
+    again then finds that run here."""
+    if pid <= 0:
+        return f"another process is writing {target}; {hint}"
+    if has_open(pid, lock) is False:  # its pid is of another pid namespace: a container's, or the host's
+        return f"another process (in another container, or outside this one) is writing {target}; {hint}"
+    return f"another process, pid {describe(pid)}, is writing {target}; {hint}, or stop it with kill {pid} (its " \
+           "progress is saved)"
 
 
 LOCK_PATIENCE = 0.05  # seconds: ``lock_holder`` holds a shared lock for microseconds, a busy machine aside

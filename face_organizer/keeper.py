@@ -23,6 +23,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from .processes import describe
+
 STOP_SECONDS_ENV = "FACE_ORGANIZER_STOP_SECONDS"
 DEFAULT_STOP_SECONDS = 100.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -81,18 +83,6 @@ def reap() -> None:
             return
         if pid == 0:
             return
-
-
-def describe(pid: int, proc: str = "/proc") -> str:
-    """``pid`` and its command line, shortened, for the log."""
-    try:
-        with open(f"{proc}/{pid}/cmdline", "rb") as handle:
-            words = handle.read().split(b"\0")
-    except OSError:
-        return str(pid)
-    command = " ".join(os.path.basename(w.decode(errors="replace")) if i == 0 else w.decode(errors="replace")
-                       for i, w in enumerate(words[:4]) if w)
-    return f"{pid} ({command[:80]})" if command else str(pid)
 
 
 HANGUP_AFTER = 1.0  # seconds between SIGTERM and SIGHUP

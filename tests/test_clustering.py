@@ -1155,7 +1155,8 @@ def test_second_run_into_the_same_output_while_one_runs_is_refused(two_person, t
     try:
         assert child.stdout.readline().strip() == "held"
         assert run_cli(base) == 2
-        assert f"another process (pid {child.pid}) is writing {out}" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"another process, pid {child.pid} (" in err and f"is writing {out}; " in err
         assert not out.exists()
         assert run_cli(base + ["--dry-run"]) == 0  # a dry run writes nothing, so it needs no lock
     finally:

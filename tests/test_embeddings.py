@@ -482,7 +482,9 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops,
         time.sleep(0.02)
     capsys.readouterr()
     assert run_cli(args + ["--output", str(resumed)]) == 2  # a second writer of the same file is refused
-    assert f"another process (pid {proc.pid}) is writing {resumed}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"another process, pid {proc.pid} (" in err and f"is writing {resumed}; " in err
+    assert f"or stop it with kill {proc.pid} (its progress is saved)" in err
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not resumed.exists() and parts_dir(resumed).is_dir()

@@ -21,7 +21,9 @@ def test_second_holder_is_refused_and_the_lock_file_goes_away(tmp_path) -> None:
     with fsutil.exclusive(output, "choose another --output"):
         lock = tmp_path / ".embeddings_gpu0.pkl.lock"
         assert lock.read_text() == str(os.getpid())
-        with pytest.raises(SetupError, match=rf"another process \(pid {os.getpid()}\) is writing .*; choose another --output"):
+        refused = (rf"another process, pid {os.getpid()} \(.*\), is writing .*; choose another --output, or stop it "
+                   rf"with kill {os.getpid()} \(its progress is saved\)$")
+        with pytest.raises(SetupError, match=refused):
             with fsutil.exclusive(output, "choose another --output"):
                 pass
     assert not lock.exists()
@@ -83,9 +85,16 @@ def test_the_holder_is_the_process_holding_the_lock_not_whichever_has_its_pid_no
     try:
         assert child.stdout.readline().strip() == "held"
         assert fsutil.lock_holder(output) == child.pid
-        with pytest.raises(SetupError, match=rf"another process \(pid {child.pid}\) is writing"):
+        with pytest.raises(SetupError, match=rf"another process, pid {child.pid} \(\S*python\S* -c .*\), is writing"):
             with fsutil.exclusive(output, "wait"):
                 pass
+        # The pid a run in another pid namespace wrote (a container's, read on the host) names another process.
+        fsutil.lock_path(output).write_text(str(os.getpid()))
+        elsewhere = r"another process \(in another container, or outside this one\) is writing"
+        with pytest.raises(SetupError, match=elsewhere):
+            with fsutil.exclusive(output, "wait"):
+                pass
+        fsutil.lock_path(output).write_text(str(child.pid))
     finally:
         child.kill()
         child.wait()
