@@ -9,12 +9,17 @@ that took the embedding of the near-identical frame they repeat, when asked for)
 each embedded or face-less file as it was when read, so a resumed run embeds changed
 files again) and ``meta`` (dict).
 
+Its arrays are written as ``numpy.ndarray(shape, dtype, buffer)``, which every numpy release reads:
+numpy 2's own way names ``numpy._core``, which numpy 1.x cannot import, so a user's script on
+numpy 1.26 failed on ``pickle.load`` (numpy/numpy#28340).
+
 Our own stages read it with ``load``, whose unpickler resolves only numpy's array
 constructors: a pickle that would import anything else is refused unexecuted.
 """
 
 from __future__ import annotations
 
+import copyreg
 import glob
 import os
 import pickle
@@ -45,6 +50,19 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.numeric", "_frombuffer"),
     ("numpy._core.numeric", "_frombuffer"),
 }
+
+
+def _portable_array(array: np.ndarray) -> tuple[Any, ...]:
+    """An array as ``numpy.ndarray(shape, dtype, buffer)``: the same bytes, written from the array's own
+    memory (protocol 5), read back writable (a bytearray), and named only by ``numpy.ndarray``."""
+    if array.dtype.kind not in "biuf":
+        return array.__reduce_ex__(PICKLE_PROTOCOL)  # none is written so: numpy's own way
+    array = np.ascontiguousarray(array)
+    return np.ndarray, (array.shape, array.dtype.str, pickle.PickleBuffer(array))
+
+
+class _PortablePickler(pickle.Pickler):
+    dispatch_table = {**copyreg.dispatch_table, np.ndarray: _portable_array}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -114,7 +132,7 @@ def to_dict(ef: EmbeddingsFile) -> dict[str, Any]:
 def save(path: str | os.PathLike[str], ef: EmbeddingsFile) -> None:
     """Write atomically: the previous file stays intact until the new one is complete."""
     with atomic_open(path, "wb") as handle:  # pickled into the file: no second copy of the rows as bytes
-        pickle.dump(to_dict(ef), handle, protocol=PICKLE_PROTOCOL)
+        _PortablePickler(handle, protocol=PICKLE_PROTOCOL).dump(to_dict(ef))
 
 
 def _array(d: dict[str, Any], key: str, dtype: Any, shape: tuple[int, ...], where: str) -> np.ndarray:

@@ -609,6 +609,39 @@ def test_files_of_either_pickle_protocol_load_alike(tmp_path: Path) -> None:
             np.testing.assert_array_equal(pickle.load(handle)["embeddings"], rows.embeddings)
 
 
+class _NumpyOneUnpickler(pickle.Unpickler):
+    """``pickle.load`` as numpy 1.x does it, which has no ``numpy._core`` (and as a numpy without the
+    deprecated ``numpy.core`` will)."""
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[:2] in (["numpy", "_core"], ["numpy", "core"]):
+            raise ModuleNotFoundError(f"No module named '{module}'")
+        return super().find_class(module, name)
+
+
+def test_a_users_script_on_numpy_1_reads_the_file(tmp_path: Path) -> None:
+    # numpy 2 pickles an array through numpy._core.numeric._frombuffer: a user's pickle.load on numpy 1.26
+    # stopped with "No module named 'numpy._core.numeric'" (numpy/numpy#28340).
+    rng = np.random.default_rng(1)
+    rows = FaceRows(["/in/a.png", "/in/b.png", "/in/c.png"], rng.standard_normal((3, 128)).astype(np.float32),
+                    np.array([True, False, True]), rng.random(3).astype(np.float32),
+                    rng.random((3, 4)).astype(np.float32), np.array([0, 1, 0], np.int32))
+    ef = embfile.EmbeddingsFile(rows, [], [], {"embedding_size": 128}, signatures={"/in/a.png": (12, 34)})
+    embfile.save(tmp_path / "e.pkl", ef)
+    with open(tmp_path / "e.pkl", "rb") as handle:
+        plain = _NumpyOneUnpickler(handle).load()
+    np.testing.assert_array_equal(plain["embeddings"], rows.embeddings)
+    assert plain["embeddings"].dtype == np.float32 and plain["embeddings"].flags.writeable
+    np.testing.assert_array_equal(plain["detected"], rows.detected)
+    assert plain["detected"].dtype == bool and plain["face_index"].dtype == np.int32
+    assert list(plain["file_signatures"]["size"]) == [12] and plain["file_signatures"]["mtime_ns"].dtype == np.int64
+    empty = embfile.EmbeddingsFile(FaceRows.empty(128), [], ["/in/none.png"], {"embedding_size": 128})
+    embfile.save(tmp_path / "empty.pkl", empty)
+    with open(tmp_path / "empty.pkl", "rb") as handle:
+        assert _NumpyOneUnpickler(handle).load()["embeddings"].shape == (0, 128)
+    assert embfile.load(tmp_path / "empty.pkl").no_face == ["/in/none.png"]
+
+
 def test_setup_errors_are_one_clear_line(tmp_path, testpack_dir, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert run_cli(["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o.pkl")]) == 2
