@@ -72,7 +72,11 @@ def test_umbrella_command_dispatches(capsys) -> None:
     from face_organizer.cli.main import main
 
     assert main([]) == 0 and "cluster" in capsys.readouterr().out
-    assert main(["nope"]) == 2
+    assert main(["nope"]) == 2 and "Error: unknown command 'nope'\nusage:" in capsys.readouterr().err
+    meant = {"clustr": "cluster", "generate_embeddings.py": "embed", "/app/scripts/undo_move.py": "undo-move",
+             "Search": "search"}
+    for typed, command in meant.items():
+        assert main([typed]) == 2 and f"(did you mean {command!r}?)" in capsys.readouterr().err
     assert main(["cluster", "--embeddings", "/nonexistent.pkl", "--output", "/tmp/x"]) == 2
     assert "cannot read embeddings file" in capsys.readouterr().err
     run = subprocess.run([sys.executable, "-m", "face_organizer", "--version"], capture_output=True, text=True, cwd=ROOT)

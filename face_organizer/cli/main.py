@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -30,6 +32,17 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _meant(word: str) -> str | None:
+    """The command ``word`` was likely meant as: the one a script name stands for (``cluster_faces.py``,
+    ``generate_embeddings``), else the nearest in spelling (``clustr``)."""
+    by_script = {script.removesuffix(".py"): name for name, (_, script, _) in COMMANDS.items()}
+    stem = os.path.basename(word).removesuffix(".py")
+    if stem in by_script:
+        return by_script[stem]
+    close = difflib.get_close_matches(word.lower(), COMMANDS, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -39,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"face-organizer {__version__}")
         return 0
     if args[0] not in COMMANDS:
-        print(f"Error: unknown command {args[0]!r}\n{usage()}", file=sys.stderr)
+        meant = _meant(args[0])
+        print(f"Error: unknown command {args[0]!r}{f' (did you mean {meant!r}?)' if meant else ''}\n{usage()}",
+              file=sys.stderr)
         return 2
     module = import_module(f"face_organizer.cli.{COMMANDS[args[0]][0]}")
     stage: Callable[[Sequence[str] | None], int] = module.main
