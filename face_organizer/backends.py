@@ -8,10 +8,11 @@ folder can be prepared offline from files already on disk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,15 +70,25 @@ def find_yunet(model_root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+@contextlib.contextmanager
+def _opencv_errors_only() -> Iterator[None]:
+    """Within, OpenCV logs only errors (OpenCV 5's ``cv2.utils.logging``; OpenCV 4 has none, nor the warnings)."""
+    logs = getattr(cv2.utils, "logging", None)
+    if logs is None:
+        yield
+        return
+    level = logs.getLogLevel()
+    logs.setLogLevel(logs.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        logs.setLogLevel(level)
+
+
 def yunet_finder(model: str, pad_ratio: float = 0.3, threshold: float = 0.6) -> BoxFinder:
     """YuNet through OpenCV; tight crops get the same padding as SCRFD."""
-    level = cv2.utils.logging.getLogLevel()
-    # OpenCV 5's DNN engine warns that it takes no target, which create() always sets: not the user's concern.
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    try:
+    with _opencv_errors_only():  # OpenCV 5's DNN engine warns that it takes no target, which create() always sets
         net = cv2.FaceDetectorYN.create(model, "", (320, 320), threshold)
-    finally:
-        cv2.utils.logging.setLogLevel(level)
 
     def find(image: NDArray[np.uint8]) -> NDArray[np.float32] | None:
         border = int(round(max(image.shape[:2]) * pad_ratio))
