@@ -50,6 +50,11 @@ RECUT_SPREAD_SHARE = 0.9
 GROUP_SAMPLE = 10_000
 MIN_GROUP = 10
 MAX_EXTRA_GROUPS = 8
+# Where fewer groups of MIN_GROUP faces than k turn up and the k-means clusters are k different
+# people, smaller groups down to this size make up the k (a person with seven photos in a library):
+# k-means alone then had two outcomes of about equal cost, and a change of 0.00006 in the
+# embeddings' cosine (a GPU's against the CPU's numbers) chose between them.
+MIN_SMALL_GROUP = 5
 # k-means trains on a random sample of at most this many faces per centre (all faces' clusters
 # are then assigned from the trained centres, and each folder's centre is the mean of all its
 # faces). A centre read from 10,000 faces is off by about 1% of one face's spread from the same
@@ -262,16 +267,28 @@ def _group_seeds(x: NDArray[np.float32], k: int, people: NDArray[np.int64], rand
         pair_cut = model.cut(graph_z(len(sample)))
     groups = graph_clusters(x[sample], min_similarity=pair_cut, seed=seed, use_gpu=use_gpu, impostors=model)
     sizes = np.bincount(groups.labels[groups.labels >= 0], minlength=groups.n_clusters)
-    kept: list[int] = []
-    for g in np.nonzero(sizes >= MIN_GROUP)[0]:  # largest first
-        if not kept or float(np.max(groups.centres[kept] @ groups.centres[g])) < pair_cut:
-            kept.append(int(g))
-        if len(kept) == k + MAX_EXTRA_GROUPS:
-            break
+    kept = _distinct_groups(groups.centres, sizes, MIN_GROUP, pair_cut, k + MAX_EXTRA_GROUPS)
     log.info("%d group(s) of alike faces (%d+ faces) in a sample of %d; pair cut-off %.3f",
              len(kept), MIN_GROUP, len(sample), pair_cut)
     split = np.unique(people).size < k  # clusters that look like one person
+    if len(kept) < k and not split:  # k people, some seen only a few times: smaller groups make up the k
+        kept = _distinct_groups(groups.centres, sizes, MIN_SMALL_GROUP, pair_cut, k)
+        log.info("with groups of %d+ faces: %d", MIN_SMALL_GROUP, len(kept))
+        return groups.centres[kept] if len(kept) == k else None
     return groups.centres[kept] if len(kept) > k or (split and len(kept) == k) else None
+
+
+def _distinct_groups(centres: NDArray[np.float32], sizes: NDArray[np.int64], smallest: int, pair_cut: float,
+                     most: int) -> list[int]:
+    """Up to ``most`` groups of at least ``smallest`` faces, largest first, leaving out each group
+    whose centre is as similar to a larger kept one's as a genuine pair (one person split in two)."""
+    kept: list[int] = []
+    for g in np.nonzero(sizes >= smallest)[0]:  # largest first
+        if not kept or float(np.max(centres[kept] @ centres[g])) < pair_cut:
+            kept.append(int(g))
+        if len(kept) == most:
+            break
+    return kept
 
 
 def kmeans(
