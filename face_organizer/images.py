@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from . import exif
 from .fsutil import OUTPUT_MARKER
 
 log = logging.getLogger(__name__)
@@ -225,11 +226,8 @@ def _png_has_exif(data: bytes) -> bool:
     return False
 
 
-def _may_be_turned(data: bytes) -> bool:
-    """A PNG or WebP with EXIF data, which may say that the stored pixels are rotated or mirrored."""
-    if data.startswith(b"\x89PNG"):
-        return _png_has_exif(data)
-    return data[:4] == b"RIFF" and data[8:12] == b"WEBP" and b"EXIF" in data
+def _is_webp(data: bytes) -> bool:
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
 
 
 def _turns(a: np.ndarray) -> Iterator[np.ndarray]:
@@ -256,7 +254,11 @@ def _decode_upright(data: bytes) -> np.ndarray | None:
     if data.startswith(b"\xff\xd8"):  # JPEG: 8-bit without alpha, so the colour decode loses nothing
         return cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-    if image is not None and _may_be_turned(data):
+    if image is None:
+        return None
+    if _is_webp(data):  # read here: OpenCV 4 does not apply a WebP's orientation
+        return exif.upright(image, exif.webp_orientation(data)) if b"EXIF" in data else image
+    if data.startswith(b"\x89PNG") and _png_has_exif(data):
         upright = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # oriented, alpha dropped
         if upright is not None:
             image = _turned_like(image, upright)

@@ -177,6 +177,34 @@ def test_photos_stored_sideways_are_read_upright(tmp_path: Path, suffix: str, or
         np.testing.assert_array_equal(got, upright)
 
 
+def test_a_webps_orientation_is_read_from_its_exif_chunk() -> None:
+    # OpenCV 4 does not apply a WebP's orientation (OpenCV 5 does): sideways photos stayed on their side.
+    from face_organizer import exif
+
+    def tiff(order: bytes, orientation: int) -> bytes:
+        e = "<" if order == b"II" else ">"
+        entry = struct.pack(e + "HHI", 0x0112, 3, 1) + struct.pack(e + "H", orientation) + b"\0\0"
+        make = struct.pack(e + "HHII", 0x010F, 2, 1, 0)  # another tag before it
+        return order + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", 2) + make + entry + b"\0\0\0\0"
+
+    def webp(*chunks: tuple[bytes, bytes]) -> bytes:
+        body = b"".join(name + struct.pack("<I", len(data)) + data + b"\0" * (len(data) & 1) for name, data in chunks)
+        return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+    for order in (b"II", b"MM"):
+        assert exif.webp_orientation(webp((b"VP8X", b"\x08" + b"\0" * 9), (b"VP8L", b"x" * 5),
+                                          (b"EXIF", tiff(order, 6)))) == 6
+        assert exif.tiff_orientation(b"Exif\0\0" + tiff(order, 8)) == 8  # with the JPEG-style prefix
+    assert exif.webp_orientation(webp((b"VP8L", b"xx"))) == 1  # none
+    assert exif.webp_orientation(webp((b"EXIF", tiff(b"II", 6)[:20]))) == 1  # cut short
+    assert exif.webp_orientation(webp((b"EXIF", tiff(b"II", 9)))) == 1  # no such orientation
+    assert exif.webp_orientation(webp((b"EXIF", b"garbage"))) == 1
+    stored = np.arange(6).reshape(2, 3)
+    turns = {**STORED, 4: np.flipud, 7: lambda a: np.rot90(np.fliplr(a), -1), 1: lambda a: a}
+    for orientation, turn in turns.items():  # each orientation undoes the turn it names
+        assert np.array_equal(exif.upright(turn(stored), orientation), stored), orientation
+
+
 def test_a_sideways_png_with_alpha_is_turned_upright_alpha_and_all(tmp_path: Path) -> None:
     upright = np.dstack([_face_like(40, 50), np.tile(np.linspace(0, 255, 50).astype(np.uint8), (40, 1))])
     path = _save_with_orientation(tmp_path / "alpha.png", STORED[6](upright), 6)
@@ -241,7 +269,7 @@ def test_an_opencv_exception_on_one_file_is_its_reason(tmp_path: Path, monkeypat
 
 
 def test_exif_in_a_png_is_found_by_its_chunk_wherever_it_is(tmp_path: Path) -> None:
-    from face_organizer.images import _may_be_turned
+    from face_organizer.images import _png_has_exif as _may_be_turned
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))

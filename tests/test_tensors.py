@@ -26,7 +26,8 @@ def test_planar_rgb_is_the_normalised_rgb_planes(mean: float, std: float) -> Non
     want = ((images[..., ::-1].astype(np.float32) - np.float32(mean)) / np.float32(std)).transpose(0, 3, 1, 2)
     assert got.dtype == np.float32 and got.shape == (5, 3, 7, 9) and got.flags.c_contiguous
     assert np.array_equal(got, want)
-    assert got[1, 0, 2, 3] == (float(images[1, 2, 3, 2]) - mean) / std  # plane 0 is red, BGR's last channel
+    red = np.float32((float(images[1, 2, 3, 2]) - mean) / std)  # in float32, as numpy 1 compares scalars in float64
+    assert got[1, 0, 2, 3] == red  # plane 0 is red, BGR's last channel
 
 
 def _session(model: onnx.ModelProto):
