@@ -30,9 +30,9 @@ def tiff_orientation(exif: bytes) -> int:
     if exif.startswith(b"Exif\0\0"):
         exif = exif[6:]
     order = {b"II": "<", b"MM": ">"}.get(exif[:2])
+    if order is None:
+        return 1
     try:
-        if order is None:
-            return 1
         directory = struct.unpack_from(order + "I", exif, 4)[0]
         entries = struct.unpack_from(order + "H", exif, directory)[0]
         for i in range(entries):

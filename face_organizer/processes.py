@@ -20,11 +20,15 @@ def describe(pid: int, proc: str = "/proc") -> str:
 
 
 def has_open(pid: int, path: str | os.PathLike[str], proc: str = "/proc") -> bool | None:
-    """Whether process ``pid`` has ``path`` open; None where its open files cannot be read (another
-    user's, or no ``/proc``). A pid written into a file by a process of another pid namespace (a
+    """Whether process ``pid`` has ``path`` open (False where there is no such process); None where its
+    open files cannot be read (another user's, or no ``/proc``). A pid written into a file by a process of another pid namespace (a
     container's, read on the host) may name an unrelated process here: this tells them apart."""
+    if not os.path.isdir(proc):
+        return None
     try:
         fds = os.listdir(f"{proc}/{pid}/fd")
+    except FileNotFoundError:
+        return False  # no such process here
     except OSError:
         return None
     target = os.path.realpath(path)

@@ -89,11 +89,12 @@ def test_the_holder_is_the_process_holding_the_lock_not_whichever_has_its_pid_no
             with fsutil.exclusive(output, "wait"):
                 pass
         # The pid a run in another pid namespace wrote (a container's, read on the host) names another process.
-        fsutil.lock_path(output).write_text(str(os.getpid()))
         elsewhere = r"another process \(in another container, or outside this one\) is writing"
-        with pytest.raises(SetupError, match=elsewhere):
-            with fsutil.exclusive(output, "wait"):
-                pass
+        for pid in (os.getpid(), 99_999_999):  # a process here that does not hold it, and none at all
+            fsutil.lock_path(output).write_text(str(pid))
+            with pytest.raises(SetupError, match=elsewhere):
+                with fsutil.exclusive(output, "wait"):
+                    pass
         fsutil.lock_path(output).write_text(str(child.pid))
     finally:
         child.kill()
