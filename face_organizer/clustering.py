@@ -244,7 +244,8 @@ def _spherical_kmeans(x: NDArray[np.float32], k: int, *, restarts: int, seed: in
 def _group_seeds(x: NDArray[np.float32], k: int, people: NDArray[np.int64], random_pairs: ImpostorModel, *,
                  pair_cut: float | None, seed: int, use_gpu: bool) -> NDArray[np.float32] | None:
     """Centres of the groups of alike faces in a random sample, when there are more than ``k``,
-    or ``k`` while the k-means clusters hold fewer people than ``k``.
+    or ``k`` while the k-means clusters hold fewer people than ``k``, or ``k`` made up with groups
+    of ``MIN_SMALL_GROUP`` faces where fewer than ``k`` are larger but the clusters are ``k`` people.
 
     k-means must put every face in one of its k clusters, so a third person who recurs
     (an interviewer, a partner) is shared out among the k people's folders. It may also
