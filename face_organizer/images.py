@@ -6,6 +6,7 @@ among half a million is reported, not fatal.
 
 from __future__ import annotations
 
+import glob
 import heapq
 import logging
 import os
@@ -68,6 +69,11 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
                 found.setdefault(_real_key(os.path.realpath(os.path.dirname(root)), os.path.basename(root)), root)
             continue
         if not os.path.isdir(root):
+            if os.path.exists(root):  # a FIFO, a socket, a device: nothing to read as an image
+                log.warning("%s is neither a file nor a folder: left out", root)
+                continue
+            if glob.has_magic(os.fspath(raw)):  # a pattern neither the shell nor the stage matched to anything
+                raise FileNotFoundError(f"no input folder matches {os.fspath(raw)}")
             raise FileNotFoundError(f"input folder not found: {root}")
         own, in_outputs = _walk(root, missed)
         if own:

@@ -642,6 +642,34 @@ def test_a_users_script_on_numpy_1_reads_the_file(tmp_path: Path) -> None:
     assert embfile.load(tmp_path / "empty.pkl").no_face == ["/in/none.png"]
 
 
+def test_a_pattern_the_shell_left_as_it_was_is_expanded_by_the_stage(tmp_path, video_crops, testpack_dir,
+                                                                      capsys) -> None:
+    # docker exec face-organizer … --input /workspace/input/20*: the host's shell, which has no /workspace,
+    # passes the pattern as typed, and the run stopped with "input folder not found: /workspace/input/20*".
+    crops = sorted(p for c in video_crops.values() for p in c)[:6]
+    for i, crop in enumerate(crops):
+        write_image(tmp_path / "input" / f"20{17 + i % 2}" / f"frame_{i:04d}.png", read_image(crop))
+    (tmp_path / "input" / "notes.txt").write_text("not an image folder")
+    out, typed = tmp_path / "emb.pkl", str(tmp_path / "input" / "20*")
+    assert run_cli(["--input", typed, "--output", str(out), "--model", str(testpack_dir)]) == 0
+    years = [str(tmp_path / "input" / y) for y in ("2017", "2018")]
+    err = capsys.readouterr().err
+    assert f"INFO: --input {typed}: {years[0]}, {years[1]}\n" in err
+    ef = embfile.load(out)
+    assert ef.meta["inputs"] == years and len(ef.rows) == len(crops)
+    assert run_cli(["--input", str(tmp_path / "nowhere" / "20*"), "--output", str(tmp_path / "e2.pkl"),
+                    "--model", str(testpack_dir)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"Error: no input folder matches {tmp_path}/nowhere/20*"
+
+
+def test_a_name_that_exists_is_never_taken_for_a_pattern(tmp_path) -> None:
+    (tmp_path / "a*b").mkdir()
+    (tmp_path / "a1b").mkdir()
+    assert common.shell_patterns([str(tmp_path / "a*b")], "--input") == [str(tmp_path / "a*b")]
+    assert common.shell_patterns([str(tmp_path / "a?b"), "plain"], "--input") == [
+        str(tmp_path / "a*b"), str(tmp_path / "a1b"), "plain"]
+
+
 def test_setup_errors_are_one_clear_line(tmp_path, testpack_dir, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert run_cli(["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o.pkl")]) == 2

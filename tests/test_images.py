@@ -102,9 +102,17 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     assert not caplog.text  # nothing left out, nothing said
 
 
-def test_missing_input_folder(tmp_path: Path) -> None:
+def test_missing_input_folder(tmp_path: Path, caplog) -> None:
     with pytest.raises(FileNotFoundError, match="input folder not found"):
         discover_images([tmp_path / "nope"])
+    with pytest.raises(FileNotFoundError, match=r"^no input folder matches .*/nope/20\*$"):
+        discover_images([tmp_path / "nope" / "20*"])  # a pattern nothing matched, left as it was
+    # A named pipe given as an input (a pattern matched it) holds no image: left out, not "not found".
+    os.mkfifo(tmp_path / "pipe.png")
+    write_image(tmp_path / "in" / "a.png", _face_like())
+    with caplog.at_level("WARNING"):
+        assert discover_images([tmp_path / "pipe.png", tmp_path / "in"]) == [str(tmp_path / "in" / "a.png")]
+    assert f"{tmp_path / 'pipe.png'} is neither a file nor a folder: left out" in caplog.text
 
 
 def test_decoding_variants(tmp_path: Path) -> None:

@@ -222,6 +222,12 @@ def test_bad_query_and_model_mismatch_are_clear(lfw_subset, lfw, testpack_dir, m
     assert f"cannot use query {tmp_path / 'broken.jpg'}" in printed.out and printed.err.count("WARNING") >= 2
     rows = list(csv.DictReader(open(out / "matches.csv", newline="", encoding="utf-8")))
     assert len(rows) >= 10 and np.mean([identity[r["path"]] == "Jean_Chretien" for r in rows]) >= 0.95
+    # A pattern the host's shell left as it was (docker exec: no /workspace there) is expanded here.
+    pattern = str(lfw / "Jean_Chretien" / "Jean_Chretien_000[12].jpg")
+    assert run_cli(["--embeddings", str(emb), "--query", pattern, "--output", str(tmp_path / "pattern"),
+                    "--model", str(testpack_dir)]) == 0
+    assert f"INFO: --query {pattern}: {query}, {str(query).replace('0001', '0002')}\n" in capsys.readouterr().err
+    assert (tmp_path / "pattern" / "matches.csv").is_file()
     assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "wall.png"), str(tmp_path / "broken.jpg"),
                     "--output", str(tmp_path / "none"), "--model", str(testpack_dir)]) == 2
     assert "Error: none of the 2 queries can be used" in capsys.readouterr().err

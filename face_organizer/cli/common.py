@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import re
@@ -260,6 +261,28 @@ def gpu_id_from_env() -> int:
     return value
 
 
+def shell_patterns(names: Sequence[str], option: str) -> list[str]:
+    """``names``, with each pattern that the shell left as it was expanded here, sorted. Typed to
+    ``docker exec face-organizer … --input /workspace/input/20*``, the pattern is expanded by the
+    host's shell, where no ``/workspace`` is, and so reaches the container as typed. A pattern that
+    matches nothing here either stays, for the stage's own error; a name that exists is never one."""
+    out: list[str] = []
+    for name in names:
+        if os.path.lexists(name) or not glob.has_magic(name):
+            out.append(name)
+            continue
+        found = sorted(glob.glob(name))
+        if found:
+            logging.getLogger(__name__).info("%s %s: %s", option, name, _some(found, 10))
+        out += found or [name]
+    return out
+
+
+def _some(names: Sequence[str], most: int = 3) -> str:
+    """``names`` for a log line: the first ``most`` of them, and how many more."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most:,} more" if len(names) > most else "")
+
+
 def find_images(inputs: Sequence[str], *, none_ok: bool = False) -> list[str]:
     """Images under the input folders, or a ``SetupError`` naming what is wrong; folders that
     hold none are only warned about with ``none_ok``."""
@@ -271,12 +294,12 @@ def find_images(inputs: Sequence[str], *, none_ok: bool = False) -> list[str]:
     except FileNotFoundError as err:
         raise SetupError(str(err)) from None
     if not paths:
-        message = f"no images (jpg, jpeg, png, webp, bmp, tif) found under {', '.join(inputs)}"
+        message = f"no images (jpg, jpeg, png, webp, bmp, tif) found under {_some(inputs)}"
         if not none_ok:
             raise SetupError(message)
         logging.getLogger(__name__).warning("%s", message)
         return []
-    logging.getLogger(__name__).info("%s found under %s (%.1f s)", count(len(paths), "image"), ", ".join(inputs),
+    logging.getLogger(__name__).info("%s found under %s (%.1f s)", count(len(paths), "image"), _some(inputs),
                                      time.monotonic() - started)
     return paths
 

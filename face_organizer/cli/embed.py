@@ -81,6 +81,7 @@ def build_parser():
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
+    args.input = common.shell_patterns(args.input, "--input")
     if args.launcher_pid is not None:
         common.stop_when_launcher_ends(args.launcher_pid)
     gpu_id = common.gpu_id_from_env()

@@ -50,6 +50,7 @@ def build_parser():
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
+    args.input = common.shell_patterns(args.input, "--input")
     paths = common.find_images(args.input)
     # Made only when there are images to predict: the same command again, with nothing new, loads no model.
     if args.backend == "insightface":

@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, passthrough = parser.parse_known_args(argv)
     chosen = check_passthrough(parser, passthrough)
     common.setup_logging(args.verbose, args.quiet, args.log)
+    args.input = common.shell_patterns(args.input, "--input")
     gpus = parse_gpus(args.gpus)
     # The pack is checked (and a known pack not here yet downloaded) once, before any worker starts:
     # not one error per worker, nor one download per worker into the same folder.

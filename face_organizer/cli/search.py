@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [f"--{n}" for n in ("embeddings", "query", "output") if not getattr(args, n)]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
+    args.query = common.shell_patterns(args.query, "--query")
     if not any(os.path.lexists(q) for q in args.query):  # before minutes of loading (a TensorRT engine on a GPU)
         raise SetupError(f"query not found: {', '.join(args.query)}" if len(args.query) == 1 else
                          f"none of the queries is there: {', '.join(args.query)}")
