@@ -172,6 +172,29 @@ def _mount_table(mounts: str) -> tuple[tuple[str, str], ...]:
                  for f in table if len(f) >= 3)
 
 
+CONTAINER_ENV = "FACE_ORGANIZER_CONTAINER"  # set in the image (Dockerfile)
+
+
+def in_container_only(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` lies in the container's own filesystem (its root), not in a folder mounted
+    from the host: what is written there is gone once the container is removed. Asked only in the
+    image, whose layout is known; elsewhere a root filesystem is as lasting as any."""
+    if not os.environ.get(CONTAINER_ENV):
+        return False
+    mount = mount_of(path)
+    return mount is not None and mount[0] == "/"
+
+
+def warn_if_in_container_only(path: str | os.PathLike[str]) -> None:
+    """Warn, before a run writes ``path``, where it would be lost with the container (``docker exec … --output
+    ~/emb.pkl``: the host's shell makes ``~`` the host's home, a folder only the container has)."""
+    if in_container_only(path):
+        workspace = (mount_of("/workspace") or ("",))[0] == "/workspace"  # the compose file's mount
+        where = "under /workspace (./workspace on the host)" if workspace else "in a folder mounted from the host"
+        log.warning("%s is inside the container, not in a folder mounted from the host: it is lost when the container "
+                    "is removed (docker compose down, an upgrade of the image); write it %s", path, where)
+
+
 def full_disk_advice(path: str | None, quota: bool = False) -> str:
     """What to do about "No space left on device" (or ``quota`` exceeded) at ``path``. The filesystem
     may have space left and be out of inodes (many small files: `df -i`), or the folder out of entries
@@ -272,6 +295,7 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     left beside ``path`` when they were killed while writing it. Where no lock can be had (a network
     share without locks, a read-only parent folder), the block runs unguarded, with a warning."""
     target = Path(path)
+    warn_if_in_container_only(target)
     lock = lock_path(target)
     with contextlib.suppress(OSError):  # a parent that cannot be made: _acquire fails to open the lock
         lock.parent.mkdir(parents=True, exist_ok=True)

@@ -176,3 +176,24 @@ with exclusive(sys.argv[1], "wait"):
     print("held", flush=True)
     time.sleep(120)
 """
+
+
+def test_an_output_the_container_alone_holds_is_warned_about(tmp_path, monkeypatch, caplog) -> None:
+    # docker exec face-organizer … --output ~/emb.pkl: the host's shell makes ~ the host's home, which in the
+    # container is a folder of its own filesystem; hours of embeddings went with the next docker compose down.
+    output = tmp_path / "emb.pkl"
+    mounts = {"/workspace": ("/workspace", "ext4")}
+    monkeypatch.setattr(fsutil, "mount_of", lambda path, *a: mounts.get(str(path), ("/", "overlay")))
+    with caplog.at_level("WARNING"), fsutil.exclusive(output, "wait"):
+        pass
+    assert "inside the container" not in caplog.text  # not in the image: its layout is not known
+    monkeypatch.setenv(fsutil.CONTAINER_ENV, "1")
+    with caplog.at_level("WARNING"), fsutil.exclusive(output, "wait"):
+        pass
+    assert (f"{output} is inside the container, not in a folder mounted from the host: it is lost when the container "
+            "is removed (docker compose down, an upgrade of the image); write it under /workspace") in caplog.text
+    caplog.clear()
+    mounts[str(output)] = ("/workspace", "ext4")  # in the mounted folder: nothing to say
+    with caplog.at_level("WARNING"), fsutil.exclusive(output, "wait"):
+        pass
+    assert not caplog.text

@@ -60,6 +60,7 @@ def test_what_the_container_downloads_or_measures_lives_in_the_models_volume(mon
     text = (ROOT / "Dockerfile").read_text()
     env = dict(re.findall(r"^\s*(?:ENV\s+)?([A-Z_]+)=(\S+?)\s*\\?$", text, re.M))
     assert 'VOLUME ["/models"]' in text
+    assert env["FACE_ORGANIZER_CONTAINER"] == "1"  # outputs in the container's own filesystem are warned about
     for name in ("FACE_ORGANIZER_MODEL_ROOT", "FACE_ORGANIZER_CALIBRATION", "DEEPFACE_HOME"):
         assert env[name].startswith("/models"), name
         monkeypatch.setenv(name, env[name])
