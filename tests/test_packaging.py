@@ -29,6 +29,7 @@ def test_compose_service_reserves_all_gpus() -> None:
     assert 'CMD ["python3", "-m", "face_organizer.keeper"]' in (ROOT / "Dockerfile").read_text()
     volumes = service["volumes"]
     assert any(v.endswith(":/workspace") for v in volumes)
+    assert service["working_dir"] == "/workspace"  # relative names in docker exec runs: the mounted folder
     assert any(v.endswith(":ro") for v in volumes)
     assert "face-organizer-models" in compose["volumes"]
 
