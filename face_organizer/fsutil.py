@@ -293,7 +293,8 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     holder dies (even by ``kill -9``), so a file left by a crashed run does not block the next one;
     the file is removed on exit. Taking it, a run removes what its predecessors' ``atomic_open``
     left beside ``path`` when they were killed while writing it. Where no lock can be had (a network
-    share without locks, a read-only parent folder), the block runs unguarded, with a warning."""
+    share without locks, a read-only parent folder), the block runs unguarded, with a warning. Every
+    output passes here first, so here a run is warned whose output would go with the container."""
     target = Path(path)
     warn_if_in_container_only(target)
     lock = lock_path(target)
