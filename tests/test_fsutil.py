@@ -181,6 +181,7 @@ with exclusive(sys.argv[1], "wait"):
 def test_an_output_the_container_alone_holds_is_warned_about(tmp_path, monkeypatch, caplog) -> None:
     # docker exec face-organizer … --output ~/emb.pkl: the host's shell makes ~ the host's home, which in the
     # container is a folder of its own filesystem; hours of embeddings went with the next docker compose down.
+    monkeypatch.delenv(fsutil.CONTAINER_ENV, raising=False)
     output = tmp_path / "emb.pkl"
     mounts = {"/workspace": ("/workspace", "ext4")}
     monkeypatch.setattr(fsutil, "mount_of", lambda path, *a: mounts.get(str(path), ("/", "overlay")))

@@ -277,18 +277,18 @@ def test_an_opencv_exception_on_one_file_is_its_reason(tmp_path: Path, monkeypat
 
 
 def test_exif_in_a_png_is_found_by_its_chunk_wherever_it_is(tmp_path: Path) -> None:
-    from face_organizer.images import _png_has_exif as _may_be_turned
+    from face_organizer.images import _png_has_exif
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     plain = cv2.imencode(".png", _face_like())[1].tobytes()
-    assert not _may_be_turned(plain)
+    assert not _png_has_exif(plain)
     end = plain.rindex(b"IEND") - 4
     exif = chunk(b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x00")
-    assert _may_be_turned(plain[:33] + exif + plain[33:])  # before the pixels, where writers put it
-    assert _may_be_turned(plain[:end] + exif + plain[end:])  # after them: allowed, and still found
+    assert _png_has_exif(plain[:33] + exif + plain[33:])  # before the pixels, where writers put it
+    assert _png_has_exif(plain[:end] + exif + plain[end:])  # after them: allowed, and still found
     # Bytes spelling the name inside another chunk are not a chunk: no second decode for them.
-    assert not _may_be_turned(plain[:33] + chunk(b"tEXt", b"Comment\x00eXIf") + plain[33:])
+    assert not _png_has_exif(plain[:33] + chunk(b"tEXt", b"Comment\x00eXIf") + plain[33:])
     sideways = _save_with_orientation(tmp_path / "photo.png", STORED[6](_face_like()), 6)
-    assert _may_be_turned(sideways.read_bytes())  # as Pillow writes it
+    assert _png_has_exif(sideways.read_bytes())  # as Pillow writes it
