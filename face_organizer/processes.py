@@ -39,3 +39,61 @@ def has_open(pid: int, path: str | os.PathLike[str], proc: str = "/proc") -> boo
         except OSError:
             continue  # closed meanwhile
     return False
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _parent(pid: str, proc: str) -> str:
+    """The parent's pid from ``/proc/PID/stat`` (after the command name, which may hold spaces)."""
+    return _read(f"{proc}/{pid}/stat").rsplit(b")", 1)[1].split()[1].decode()
+
+
+def _embeds(argv: list[bytes]) -> bool:
+    """Whether a command line is a stage 1 run: the script, or the umbrella command's ``embed``."""
+    if any(os.path.basename(word) == b"generate_embeddings.py" for word in argv):
+        return True
+    return b"embed" in argv and any(os.path.basename(word) in (b"face-organizer", b"face_organizer") for word in argv)
+
+
+def _number(value: bytes) -> bytes:
+    """A ``GPU_ID`` as the stages read it (`` 01`` is 1; unset or empty is 0)."""
+    try:
+        return str(int(value.strip() or b"0")).encode()
+    except ValueError:
+        return value
+
+
+def _on_cpu(argv: list[bytes]) -> bool:
+    return b"--device=cpu" in argv or any(a == b"--device" and b == b"cpu" for a, b in zip(argv, argv[1:]))
+
+
+def embedding_runs_on_gpu(gpu_id: int, proc: str = "/proc") -> list[int]:
+    """Other stage 1 runs here given the same GPU: ``GPU_ID`` (unset: 0) and ``CUDA_VISIBLE_DEVICES``
+    alike, and not ``--device cpu``. ``GPU_ID=1 docker exec …`` sets it on the host only, so the run in
+    the container takes GPU 0 beside the one meant for it, at half speed each. A run's own decoding
+    processes (children with its command line) count as that run; runs whose environment cannot be
+    read (another user's) are not counted."""
+    me = str(os.getpid())
+    mine = (_number(str(gpu_id).encode()), os.environ.get("CUDA_VISIBLE_DEVICES", "").encode())
+    try:
+        entries = [e for e in os.listdir(proc) if e.isdigit() and e != me]
+    except OSError:
+        return []
+    commands = {me: _read(f"{proc}/{me}/cmdline") if os.path.exists(f"{proc}/{me}") else b""}
+    same: dict[str, str] = {}  # pid: parent, of the runs on this GPU
+    for pid in entries:
+        try:
+            commands[pid] = command = _read(f"{proc}/{pid}/cmdline")
+            argv = command.split(b"\0")
+            if not _embeds(argv) or _on_cpu(argv):
+                continue
+            env = dict(item.partition(b"=")[::2] for item in _read(f"{proc}/{pid}/environ").split(b"\0") if item)
+            if (_number(env.get(b"GPU_ID", b"0")), env.get(b"CUDA_VISIBLE_DEVICES", b"")) == mine:
+                same[pid] = _parent(pid, proc)
+        except (OSError, IndexError):
+            continue  # ended meanwhile, or another user's
+    # A run's decoding processes are its forks: children with its command line.
+    return sorted(int(pid) for pid, parent in same.items() if commands.get(parent) != commands[pid])

@@ -4,6 +4,8 @@ a session factory that behaves like ONNX Runtime does when CUDA is dropped or fa
 from __future__ import annotations
 
 import logging
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from face_organizer.cli.common import gpu_id_from_env
 from face_organizer.errors import DeviceError, SetupError
 from face_organizer.providers import CPU, CUDA, TENSORRT, device_of, open_session, plan_providers
+
+from conftest import needs_proc
 
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 CPU_BUILD = ["CPUExecutionProvider"]
@@ -133,3 +137,40 @@ def test_gpu_id_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPU_ID", "first")
     with pytest.raises(SetupError, match="GPU_ID"):
         gpu_id_from_env()
+
+
+_SLEEPER = ("import sys, time, multiprocessing as m\n"
+            "if __name__ == '__main__':\n"
+            "    m.get_context('fork').Process(target=time.sleep, args=(10,), daemon=True).start()\n"
+            "    print('ready', flush=True); sys.stdin.read()")
+
+
+@needs_proc
+def test_another_run_given_the_same_gpu_is_found(monkeypatch) -> None:
+    # GPU_ID=1 docker exec … sets GPU_ID on the host only: the run in the container took GPU 0 beside the
+    # run meant for it, both at half speed, and nothing said so.
+    import subprocess
+    import sys
+
+    from face_organizer.processes import embedding_runs_on_gpu
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    base = {k: v for k, v in os.environ.items() if k not in ("GPU_ID", "CUDA_VISIBLE_DEVICES")}
+    runs = {name: subprocess.Popen([sys.executable, "-c", _SLEEPER, "/app/scripts/generate_embeddings.py", *args],
+                                   env={**base, **env}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   start_new_session=True)
+            for name, args, env in (("unset", ["--input", "x"], {}), ("cpu", ["--device", "cpu"], {}),
+                                    ("one", [], {"GPU_ID": " 01"}), ("other", [], {"GPU_ID": "0",
+                                                                                   "CUDA_VISIBLE_DEVICES": "1"}))}
+    try:
+        assert all(run.stdout.readline() == b"ready\n" for run in runs.values())
+        # GPU_ID unset is GPU 0; its decoding process (a fork) is the same run; --device cpu takes no GPU.
+        assert embedding_runs_on_gpu(0) == [runs["unset"].pid]
+        assert embedding_runs_on_gpu(1) == [runs["one"].pid]
+        assert embedding_runs_on_gpu(2) == []
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # GPU 0 of another set of visible GPUs
+        assert embedding_runs_on_gpu(0) == [runs["other"].pid]
+    finally:
+        for run in runs.values():
+            os.killpg(run.pid, signal.SIGKILL)  # its fork too
+            run.wait()

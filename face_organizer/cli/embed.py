@@ -15,6 +15,7 @@ from ..faces import EmbedOptions, load_face_models
 from ..fsutil import check_writable_dir, exclusive
 from ..modelpack import resolve_pack
 from ..multigpu import read_file_list
+from ..processes import describe, embedding_runs_on_gpu
 from ..providers import CUDA, available_providers
 from . import common
 
@@ -123,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_cpu = True
             streams, threads = embed_run.plan_streams(True, args.streams, args.threads)
             models = load_face_models(pack, "cpu", gpu_id, batch_size=args.batch_size, threads=threads)
+        if not on_cpu and (others := embedding_runs_on_gpu(gpu_id)):
+            log.warning("GPU %d is given to another generate_embeddings run too (pid %s): each runs at about "
+                        "half speed. Give each process its own GPU_ID: docker exec -e GPU_ID=1 … (GPU_ID=1 docker "
+                        "exec … sets it on the host only, not in the container)", gpu_id, describe(others[0]))
         workers = args.workers if args.workers is not None else (0 if on_cpu else default_workers())
         summary = embed_run.run_embeddings(
             paths, output, models, options, inputs=args.input, batch_size=args.batch_size,
