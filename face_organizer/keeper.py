@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from .processes import describe
+from .processes import describe, stat_fields
 
 STOP_SECONDS_ENV = "FACE_ORGANIZER_STOP_SECONDS"
 DEFAULT_STOP_SECONDS = 100.0
@@ -65,12 +65,10 @@ def first_process(proc: str = "/proc") -> bool:
 def _running(pid: int, proc: str = "/proc") -> bool:
     """Whether ``pid`` exists and is not a zombie (``/proc/PID/stat``'s state after the name)."""
     try:
-        with open(f"{proc}/{pid}/stat", "rb") as handle:
-            stat = handle.read()
+        state = stat_fields(pid, proc)[:1]
     except OSError:
         return False
-    state = stat[stat.rfind(b")") + 2:][:1]  # the name may hold spaces and parentheses
-    return state not in (b"Z", b"X", b"")
+    return state not in ([b"Z"], [b"X"], [])
 
 
 def reap() -> None:

@@ -46,9 +46,14 @@ def _read(path: str) -> bytes:
         return handle.read()
 
 
+def stat_fields(pid: int | str, proc: str = "/proc") -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` after the command name (which may hold spaces and parentheses):
+    the state first, then the parent's pid. Raises ``OSError`` where the process is gone."""
+    return _read(f"{proc}/{pid}/stat").rsplit(b")", 1)[1].split()
+
+
 def _parent(pid: str, proc: str) -> str:
-    """The parent's pid from ``/proc/PID/stat`` (after the command name, which may hold spaces)."""
-    return _read(f"{proc}/{pid}/stat").rsplit(b")", 1)[1].split()[1].decode()
+    return stat_fields(pid, proc)[1].decode()
 
 
 def _embeds(argv: list[bytes]) -> bool:
