@@ -137,6 +137,14 @@ def test_gpu_id_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPU_ID", "first")
     with pytest.raises(SetupError, match="GPU_ID"):
         gpu_id_from_env()
+    # Taken for a list of GPUs, or for insightface's ctx_id=-1 (the CPU): the line says what to do instead.
+    for listed in ("0,1", "0, 1", "2 3"):
+        monkeypatch.setenv("GPU_ID", listed)
+        with pytest.raises(SetupError, match="one GPU per process.*embed_all_gpus.py --gpus"):
+            gpu_id_from_env()
+    monkeypatch.setenv("GPU_ID", "-1")
+    with pytest.raises(SetupError, match="--device cpu"):
+        gpu_id_from_env()
 
 
 _SLEEPER = ("import sys, time, multiprocessing as m\n"

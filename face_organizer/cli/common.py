@@ -251,13 +251,19 @@ def model_root(arg: str | None) -> Path | None:
 
 
 def gpu_id_from_env() -> int:
+    """``GPU_ID``: the one GPU this process runs on (0 when unset). A list of GPUs, which a user may
+    take it for, and insightface's ``ctx_id=-1`` for the CPU each get a line saying what to do instead."""
     raw = os.environ.get("GPU_ID", "0").strip() or "0"
+    if re.fullmatch(r"\d+([,\s]+\d+)+", raw):
+        raise SetupError(f"GPU_ID names one GPU per process, got {raw!r}: start one run per GPU, each with its own "
+                         "GPU_ID (embed_all_gpus.py --gpus does this for embeddings)")
     try:
         value = int(raw)
     except ValueError:
-        raise SetupError(f"GPU_ID must be a GPU number such as 0 or 1, got {raw!r}") from None
+        raise SetupError(f"GPU_ID must be a GPU number such as 0 or 1 (nvidia-smi's index), got {raw!r}") from None
     if value < 0:
-        raise SetupError(f"GPU_ID must be 0 or more, got {value}")
+        raise SetupError(f"GPU_ID must be 0 or more, got {value} (insightface's -1 for the CPU): unset it, and "
+                         "give --device cpu to run on the CPU")
     return value
 
 
