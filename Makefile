@@ -1,4 +1,4 @@
-# Set-up and the commands README.md documents. Works on a fresh machine with Python 3.10-3.12.
+# Set-up and the commands README.md documents. Works on a fresh machine with Python 3.10-3.13.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,8 +8,8 @@ SHARED ?= ../shared
 
 # The supported Pythons are checked first: pip's own refusal comes after the venv is made, and names no way out.
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else \
-		f"face-organizer needs Python 3.10 to 3.12, and $(PYTHON) is {v[0]}.{v[1]}: name another, as in " \
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 13) else \
+		f"face-organizer needs Python 3.10 to 3.13, and $(PYTHON) is {v[0]}.{v[1]}: name another, as in " \
 		"make $(MAKECMDGOALS) PYTHON=python3.12")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

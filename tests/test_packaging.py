@@ -167,13 +167,13 @@ def test_out_of_range_options_are_one_usage_line(stage, option, value, message, 
 
 def test_make_refuses_an_unsupported_python_before_making_anything(tmp_path) -> None:
     # pip's own refusal ("requires a different Python") came after the venv was made, and named no way out.
-    fake = tmp_path / "python3.13"
+    fake = tmp_path / "python3.14"
     fake.write_text(f'#!/bin/sh\n[ "$1" = -c ] || exit 9\nexec "{sys.executable}" -c '
-                    '"import sys; sys.version_info = (3, 13, 0, \'final\', 0); exec(sys.argv[1])" "$2"\n')
+                    '"import sys; sys.version_info = (3, 14, 0, \'final\', 0); exec(sys.argv[1])" "$2"\n')
     fake.chmod(0o755)
     venv = tmp_path / "venv"
     done = subprocess.run(["make", "-C", str(ROOT), f"VENV={venv}", f"PYTHON={fake}", "demo"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode != 0 and not venv.exists()
-    assert (f"face-organizer needs Python 3.10 to 3.12, and {fake} is 3.13: name another, as in make demo "
+    assert (f"face-organizer needs Python 3.10 to 3.13, and {fake} is 3.14: name another, as in make demo "
             "PYTHON=python3.12") in done.stderr
