@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import embfile, images, quality
 from .cpus import usable_cpus
 from .decoding import Loader, iter_loaded
 from .embfile import EmbeddingsFile, parts_dir
-from .errors import EmbeddingsFileError, SetupError
+from .errors import EmbeddingsFileError, SetupError, device_failed, one_line
 from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, embed_batch
 from .fsutil import atomic_write_text
 from .progress import bar as progress_bar
@@ -423,6 +424,13 @@ def plan_streams(on_cpu: bool, streams: int = 0, threads: int = 0, cpus: int | N
     return streams, threads or max(1, cpus // streams)
 
 
+EMBEDDING_FAILED = "embedding failed"
+# Decoded images that failed to embed one by one, in batches of which none embedded: then the fault
+# is the device or the model (a GPU out of memory or gone), not the images, and the run stops with
+# its progress saved instead of listing every image left as failed.
+FAILING_IN_A_ROW = 32
+
+
 @dataclass
 class _JobResult:
     """What one stream made of one batch: rows, no-face photos and skipped files."""
@@ -430,6 +438,24 @@ class _JobResult:
     results: list[tuple[int, BatchResult]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     signatures: dict[str, images.Signature] = field(default_factory=dict)  # the files as they were read
+    errors: dict[str, str] = field(default_factory=dict)  # what embedding raised, for each image it failed for
+
+
+def _embed_halves(batch: list[tuple[str, NDArray[np.uint8]]], models: FaceModels, options: EmbedOptions,
+                  out: _JobResult) -> None:
+    """Embed ``batch``; where it fails, each half on its own, down to single images. A bad image
+    costs about two calls per halving instead of one per image of its batch, and a batch too large
+    for the GPU's memory is embedded in halves that fit."""
+    try:
+        out.results.append((len(batch), embed_batch(batch, models, options)))
+    except Exception as err:  # noqa: BLE001 - isolate the image that broke the batch
+        if len(batch) == 1:
+            out.skipped.append((batch[0][0], f"{EMBEDDING_FAILED}: {type(err).__name__}"))
+            out.errors[batch[0][0]] = one_line(err)
+            return
+        middle = len(batch) // 2
+        _embed_halves(batch[:middle], models, options, out)
+        _embed_halves(batch[middle:], models, options, out)
 
 
 def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceModels, options: EmbedOptions) -> _JobResult:
@@ -442,17 +468,30 @@ def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceM
             out.skipped.append((item.path, item.reason or "unreadable"))
         else:
             batch.append((item.path, item.image))
-    if not batch:
-        return out
-    try:
-        out.results.append((len(batch), embed_batch(batch, models, options)))
-    except Exception:  # noqa: BLE001 - isolate the image that broke the batch
-        for one in batch:
-            try:
-                out.results.append((1, embed_batch([one], models, options)))
-            except Exception as err:  # noqa: BLE001
-                out.skipped.append((one[0], f"embedding failed: {type(err).__name__}"))
+    if batch:
+        _embed_halves(batch, models, options, out)
     return out
+
+
+class _FailureWatch:
+    """Tells images the model cannot embed from a device or model that has stopped working: the
+    first failure is logged with what ONNX Runtime said, and ``FAILING_IN_A_ROW`` failures in
+    batches of which no image embedded stop the run (``errors.RunStopped``)."""
+
+    def __init__(self, device: str):
+        self.device, self.in_a_row, self.logged, self.stopped = device, 0, False, False
+
+    def see(self, job: _JobResult) -> None:
+        if self.stopped:  # the batches done when the run stopped are recorded without a second stop
+            return
+        if job.errors and not self.logged:
+            log.warning("could not embed %s: %s", *next(iter(job.errors.items())))
+            self.logged = True
+        self.in_a_row = 0 if job.results else self.in_a_row + len(job.errors)
+        if self.in_a_row >= FAILING_IN_A_ROW:
+            self.stopped = True
+            raise device_failed(f"embedding failed for {self.in_a_row} images in a row",
+                                next(reversed(job.errors.values())), self.device)
 
 
 def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos: bool = False) -> Iterator[list[str] | list[images.Loaded]]:
@@ -535,6 +574,7 @@ def run_embeddings(
     status = _StatusWriter(status_file, models.device)
     status.start(summary.already_done, len(paths))
     bar = progress_bar(total=len(todo), unit="img", enabled=progress and bool(todo), smoothing=0.1)
+    failures = _FailureWatch(models.device)
 
     def record(job: _JobResult) -> None:
         for path, reason in job.skipped:
@@ -554,6 +594,7 @@ def run_embeddings(
         bar.set_postfix(fallback=summary.fallback, skipped=sum(summary.skipped.values()), refresh=False)
         recorder.maybe_checkpoint()
         status.write(summary.already_done + summary.processed, len(paths))  # bar.n stays 0 when it is off
+        failures.see(job)
 
     pool = ThreadPoolExecutor(max(1, streams), thread_name_prefix="embed")
     pending: deque[Future[_JobResult]] = deque()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import IO, Protocol
 
 from .decoding import iter_loaded
+from .errors import FaceOrganizerError, device_failed, one_line
 from .fsutil import atomic_write_text
 from .gender import GenderPrediction
 from .images import Signature, file_signature
@@ -248,7 +249,14 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
         bar.update(len(predictions))
 
     def flush() -> None:
-        record(predictor.predict(batch))
+        try:
+            predictions = predictor.predict(batch)
+        except FaceOrganizerError:
+            raise
+        except Exception as err:  # noqa: BLE001 - ONNX Runtime's or TensorFlow's own: the device or the model failed
+            raise device_failed(f"predicting gender failed for a batch of {count(len(batch), 'image')}", one_line(err),
+                                predictor.device) from err
+        record(predictions)
         batch.clear()
 
     try:

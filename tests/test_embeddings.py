@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import pickle
@@ -17,12 +19,12 @@ import cv2
 import numpy as np
 import pytest
 
-from face_organizer import __version__, embfile, images
+from face_organizer import __version__, embed_run, embfile, images
 from face_organizer.cli import common
 from face_organizer.cli.embed import main as embed_main
 from face_organizer.embed_run import RunSummary, plan_streams, run_embeddings
 from face_organizer.embfile import parts_dir
-from face_organizer.errors import EmbeddingsFileError, UnsafePickleError
+from face_organizer.errors import EmbeddingsFileError, RunStopped, UnsafePickleError
 from face_organizer.evaluation import roc_auc
 from face_organizer.faces import EmbedOptions, FaceRows, embed_batch
 from face_organizer.images import discover_images, read_image
@@ -881,6 +883,75 @@ def test_an_image_that_breaks_its_batch_costs_only_itself(tmp_path, video_crops,
     assert ef.rows.paths == sorted(p for p in paths if p != broken)
     assert [p for p, _ in ef.failed] == [broken] and ef.failed[0][1].startswith("embedding failed: ")
     assert summary.embedded == 8 and sum(summary.skipped.values()) == 1
+
+
+_GPU_OUT_OF_MEMORY = ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv "
+                      "node.\n Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:376 "
+                      "Failed to allocate memory for requested buffer of size 8388608")
+
+
+def _recogniser_that_fails(models, fails, device: str = "cpu"):
+    """``models`` whose recogniser raises ONNX Runtime's out-of-memory error where ``fails(faces, call)``
+    (the faces of one call, its number from 1), on ``device`` as far as the run can tell."""
+    recognizer, calls = copy.copy(models.recognizer), []
+
+    def embed(faces):
+        calls.append(len(faces))
+        if fails(len(faces), len(calls)):
+            raise RuntimeError(_GPU_OUT_OF_MEMORY)
+        return type(recognizer).embed(recognizer, faces)
+
+    recognizer.embed = embed
+    failing = dataclasses.replace(models, recognizer=recognizer,
+                                  reports=[dataclasses.replace(r, device=device) for r in models.reports])
+    failing.__dict__["unrecognisable_centre"] = models.unrecognisable_centre  # worked out before the failures
+    return failing, calls
+
+
+def test_a_batch_too_large_for_the_gpu_is_embedded_in_halves(tmp_path, video_crops, models) -> None:
+    # A GPU with little memory left (another run, TensorFlow beside it) failed every batch of 8 faces;
+    # each image was then embedded alone, one call each. Halves that fit embed all, in fewer calls.
+    paths = sorted(str(p) for c in video_crops.values() for p in c)[:16]
+    small, calls = _recogniser_that_fails(models, lambda faces, call: faces > 2, device="cuda")
+    summary = run_embeddings(paths, tmp_path / "halves.pkl", small, batch_size=8, streams=1, progress=False)
+    run_embeddings(paths, tmp_path / "whole.pkl", models, batch_size=8, streams=1, progress=False)
+    halves, whole = embfile.load(tmp_path / "halves.pkl"), embfile.load(tmp_path / "whole.pkl")
+    assert summary.embedded == 16 and not halves.failed and halves.rows.paths == whole.rows.paths
+    np.testing.assert_allclose(halves.rows.embeddings, whole.rows.embeddings, atol=1e-5)
+    assert calls == [8, 4, 2, 2, 4, 2, 2] * 2  # against 8 + 1 per batch one image at a time
+
+
+@pytest.mark.parametrize(("device", "advice"), [
+    ("cuda", "the GPU ran out of memory: stop other work on it (nvidia-smi lists what runs there) or give a smaller "
+             "--batch-size"),
+    ("cpu", "the machine ran out of memory"),
+])
+def test_a_device_that_stops_working_stops_the_run_with_its_progress_saved(tmp_path, video_crops, models, caplog,
+                                                                          monkeypatch, device, advice) -> None:
+    # Every image after the GPU failed was embedded alone, failed, and was listed as failed: a
+    # half-million-image run "finished" with exit 0 and nearly every image skipped, and never said why.
+    monkeypatch.setattr(embed_run, "FAILING_IN_A_ROW", 8)
+    paths = sorted(str(p) for c in video_crops.values() for p in c)[:24]
+    gone, calls = _recogniser_that_fails(models, lambda faces, call: call > 2, device=device)
+    with pytest.raises(RunStopped) as stopped:
+        run_embeddings(paths, tmp_path / "emb.pkl", gone, batch_size=4, streams=1, progress=False)
+    assert stopped.value.exit_code == 1 and len(calls) < 2 + 2 * len(paths)
+    assert str(stopped.value) == (
+        "embedding failed for 8 images in a row (RuntimeError: [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero "
+        "status code returned while running Conv node. Status Message: /onnxruntime_src/onnxruntime/core/framework/"
+        f"bfc_arena.cc:376 Failed to allocate memory for requested buffer of size 8388608); {advice}. Progress is "
+        "saved: run the same command again to go on from there")
+    assert f"could not embed {paths[8]}: RuntimeError: [ONNXRuntimeError]" in caplog.text  # said once, with why
+    assert caplog.text.count("could not embed") == 1
+    saved = embed_run.read_state(tmp_path / "emb.pkl")
+    assert set(saved.held) == set(paths[:8])  # the two batches embedded before the failure are kept
+    # Once the device works again, the same command embeds the rest, as a run that never failed would.
+    summary = run_embeddings(paths, tmp_path / "emb.pkl", models, batch_size=4, streams=1, progress=False)
+    run_embeddings(paths, tmp_path / "whole.pkl", models, batch_size=4, streams=1, progress=False)
+    again, whole = embfile.load(tmp_path / "emb.pkl"), embfile.load(tmp_path / "whole.pkl")
+    assert summary.already_done == 8 and summary.embedded == 16 and not again.failed
+    assert again.rows.paths == whole.rows.paths
+    np.testing.assert_allclose(again.rows.embeddings, whole.rows.embeddings, atol=1e-5)
 
 
 @pytest.mark.parametrize(

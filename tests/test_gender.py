@@ -10,7 +10,7 @@ import pytest
 
 from face_organizer.cli import common
 from face_organizer.cli.gender import main as gender_main
-from face_organizer.errors import SetupError
+from face_organizer.errors import RunStopped, SetupError
 from face_organizer.gender import InsightFaceGender
 from face_organizer.gender_stage import filter_by_gender, progress_path
 from face_organizer.images import read_image
@@ -71,15 +71,20 @@ def test_filter_copies_one_gender_and_reports_bad_files(utkface, testpack_dir, t
 
 
 class _Watched:
-    """The real predictor, recording what it is asked, and stopping (as Ctrl-C would) after ``stop_after`` images."""
+    """The real predictor, recording what it is asked, and stopping (as Ctrl-C would) after ``stop_after`` images,
+    or failing as ONNX Runtime does on a GPU out of memory after ``fail_after``."""
 
-    def __init__(self, inner, stop_after: int | None = None, name: str | None = None):
-        self.inner, self.stop_after, self.asked = inner, stop_after, []
-        self.device, self.name = inner.device, name or inner.name
+    def __init__(self, inner, stop_after: int | None = None, name: str | None = None, fail_after: int | None = None,
+                 device: str | None = None):
+        self.inner, self.stop_after, self.fail_after, self.asked = inner, stop_after, fail_after, []
+        self.device, self.name = device or inner.device, name or inner.name
 
     def predict(self, items):
         if self.stop_after is not None and len(self.asked) >= self.stop_after:
             raise KeyboardInterrupt
+        if self.fail_after is not None and len(self.asked) >= self.fail_after:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+                               "running Conv node.\n Status Message: CUDA failure 2: out of memory")
         self.asked += [path for path, _ in items]
         return self.inner.predict(items)
 
@@ -125,6 +130,32 @@ def test_interrupted_filter_continues_where_it_stopped(utkface, predictor, tmp_p
     by_other_model = _Watched(predictor, name="another model")
     assert filter_by_gender(paths, [str(folder)], str(other), "Man", by_other_model, **run).resumed == 0
     assert by_other_model.asked == decodable
+
+
+def test_a_gpu_that_fails_part_way_stops_the_filter_in_one_line_with_its_progress_saved(utkface, predictor,
+                                                                                         tmp_path) -> None:
+    # ONNX Runtime's error ended the run in a traceback, which said nothing of what to do.
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for r in read_labels(utkface)[:12]:
+        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
+    paths = sorted(str(p) for p in folder.iterdir())
+    run = dict(workers=0, batch_size=4, progress=False)
+    out = tmp_path / "women"
+    with pytest.raises(RunStopped) as stopped:
+        failing = _Watched(predictor, fail_after=8, device="cuda")
+        filter_by_gender(paths, [str(folder)], str(out), "Woman", failing, **run)
+    assert str(stopped.value) == (
+        "predicting gender failed for a batch of 4 images (RuntimeError: [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
+        "Non-zero status code returned while running Conv node. Status Message: CUDA failure 2: out of memory); the "
+        "GPU ran out of memory: stop other work on it (nvidia-smi lists what runs there) or give a smaller "
+        "--batch-size. Progress is saved: run the same command again to go on from there")
+    assert stopped.value.exit_code == 1
+    again = _Watched(predictor)
+    assert filter_by_gender(paths, [str(folder)], str(out), "Woman", again, **run).resumed == 8
+    assert again.asked == paths[8:]
+    filter_by_gender(paths, [str(folder)], str(tmp_path / "whole"), "Woman", predictor, **run)
+    assert _predictions(out) == _predictions(tmp_path / "whole")
 
 
 def test_the_same_command_again_predicts_only_images_new_or_changed_since(utkface, predictor, tmp_path) -> None:
