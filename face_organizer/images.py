@@ -298,6 +298,17 @@ def decode_bytes(data: bytes) -> BGRImage:
     return to_bgr8(image)
 
 
+GONE = "file no longer exists"
+BROKEN_LINK = "broken symbolic link (its target is missing)"
+UNREADABLE = "unreadable: "
+
+
+def not_reached(reason: str) -> bool:
+    """A reason of ``Loaded`` that says the file could not be reached (gone, or an I/O error), not
+    that its bytes are no image: what a whole folder gives when its drive or share goes away."""
+    return reason in (GONE, BROKEN_LINK) or reason.startswith(UNREADABLE)
+
+
 def _read(path: str | os.PathLike[str]) -> tuple[bytes, Signature]:
     """The file's bytes and, from the same open file, its signature; raises ``DecodeError``."""
     try:
@@ -305,10 +316,9 @@ def _read(path: str | os.PathLike[str]) -> tuple[bytes, Signature]:
             stat = os.fstat(handle.fileno())
             return handle.read(), (stat.st_size, stat.st_mtime_ns)
     except FileNotFoundError as err:
-        reason = "broken symbolic link (its target is missing)" if os.path.islink(path) else "file no longer exists"
-        raise DecodeError(reason) from err
+        raise DecodeError(BROKEN_LINK if os.path.islink(path) else GONE) from err
     except OSError as err:
-        raise DecodeError(f"unreadable: {err.strerror or err}") from err
+        raise DecodeError(f"{UNREADABLE}{err.strerror or err}") from err
 
 
 def read_image(path: str | os.PathLike[str]) -> BGRImage:

@@ -954,6 +954,49 @@ def test_a_device_that_stops_working_stops_the_run_with_its_progress_saved(tmp_p
     np.testing.assert_allclose(again.rows.embeddings, whole.rows.embeddings, atol=1e-5)
 
 
+def test_an_input_that_goes_away_part_way_stops_the_run_with_its_progress_saved(tmp_path, video_crops, models) -> None:
+    # A drive unplugged (or a share or bind mount gone) mid-run: every image after it was listed as
+    # 'file no longer exists', and the run exited 0 as if it had finished.
+    folder = copies_of(video_crops, tmp_path / "in", 3)
+    paths = discover_images([folder])
+    calls = []
+
+    def unplugged_after_two_batches(chunk: list[str]) -> list[images.Loaded]:
+        calls.append(chunk)
+        if len(calls) == 3:
+            folder.rename(tmp_path / "unplugged")
+        return images.load_many(chunk)
+
+    with pytest.raises(RunStopped) as stopped:
+        run_embeddings(paths, tmp_path / "emb.pkl", models, inputs=[str(folder)], batch_size=8, streams=1,
+                       loader=unplugged_after_two_batches, progress=False)
+    assert str(stopped.value) == (
+        f"{folder} went away during the run: 32 images in a row could not be read (file no longer exists); it was "
+        "unmounted, or its drive or network share disconnected. Progress is saved: when it is back, run the same "
+        "command again to go on from there")
+    assert stopped.value.exit_code == 1 and len(calls) <= 6 + 2 < len(paths) / 8  # and the batches read ahead
+    assert set(embed_run.read_state(tmp_path / "emb.pkl").held) == set(paths[:16])
+    (tmp_path / "unplugged").rename(folder)
+    summary = run_embeddings(paths, tmp_path / "emb.pkl", models, inputs=[str(folder)], batch_size=8, streams=1,
+                             progress=False)
+    run_embeddings(paths, tmp_path / "whole.pkl", models, batch_size=8, streams=1, progress=False)
+    again, whole = embfile.load(tmp_path / "emb.pkl"), embfile.load(tmp_path / "whole.pkl")
+    assert summary.already_done == 16 and not again.failed and again.rows.paths == whole.rows.paths
+    np.testing.assert_allclose(again.rows.embeddings, whole.rows.embeddings, atol=1e-5)
+
+
+def test_files_deleted_during_a_run_from_an_input_still_there_are_listed_and_the_run_goes_on(tmp_path, video_crops,
+                                                                                              models) -> None:
+    folder = copies_of(video_crops, tmp_path / "in", 1)
+    paths = discover_images([folder])
+    deleted = [str(folder / "gone" / f"frame_{i:04d}.png") for i in range(40)]  # listed, then deleted
+    summary = run_embeddings(paths + deleted, tmp_path / "emb.pkl", models, inputs=[str(folder)], batch_size=8,
+                             streams=1, progress=False)
+    ef = embfile.load(tmp_path / "emb.pkl")
+    assert summary.embedded == len(paths) and summary.skipped == {"file no longer exists": 40}
+    assert sorted(p for p, _ in ef.failed) == sorted(deleted)
+
+
 @pytest.mark.parametrize(
     ("on_cpu", "streams", "threads", "cpus", "expected"),
     [
