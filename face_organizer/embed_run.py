@@ -33,6 +33,7 @@ from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, embed_batch
 from .fsutil import atomic_write_text
 from .progress import bar as progress_bar
 from .progress import count
+from .vanished import Vanishing
 
 log = logging.getLogger(__name__)
 
@@ -425,10 +426,9 @@ def plan_streams(on_cpu: bool, streams: int = 0, threads: int = 0, cpus: int | N
 
 
 EMBEDDING_FAILED = "embedding failed"
-# Decoded images that failed to embed one by one, in batches of which none embedded, or files that
-# could not be reached, one after the other: then the fault is the device or the model (a GPU out of
-# memory or gone), or an input that went away, not the images, and the run stops with its progress
-# saved instead of listing every image left as failed (see ``_Stops``).
+# Decoded images that failed to embed one by one, in batches of which none embedded: then the fault
+# is the device or the model (a GPU out of memory or gone), not the images, and the run stops with
+# its progress saved instead of listing every image left as failed.
 FAILING_IN_A_ROW = 32
 
 
@@ -474,30 +474,17 @@ def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceM
     return out
 
 
-def _identity(folder: str) -> tuple[int, int] | None:
-    """Which folder ``folder`` is now (device and inode): another once what was mounted there is not."""
-    try:
-        stat = os.stat(folder)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
 class _Stops:
     """Tells when a run should stop rather than go on, with its progress saved (``errors.RunStopped``):
 
     - images the model cannot embed, from a device or model that has stopped working: the first
       failure is logged with what ONNX Runtime said, and ``FAILING_IN_A_ROW`` failures in batches
       of which no image embedded stop the run;
-    - files deleted one by one, from an input that went away (a drive unplugged, a network share
-      or a bind mount gone): ``FAILING_IN_A_ROW`` files in a row that cannot be reached, with an
-      input folder gone or another folder now (``_identity``), stop the run. Otherwise (files deleted or
-      moved while the run went on) it goes on, and lists them as before."""
+    - files that cannot be reached, from an input folder that went away (``vanished``)."""
 
     def __init__(self, device: str, inputs: Sequence[str]):
-        self.device, self.logged, self.stopped = device, False, False
-        self.failing = self.unreached = 0  # in a row
-        self.inputs = {folder: _identity(folder) for folder in inputs}
+        self.device, self.logged, self.stopped, self.failing = device, False, False, 0
+        self.inputs = Vanishing(inputs)
 
     def see(self, job: _JobResult) -> None:
         if self.stopped:  # the batches done when the run stopped are recorded without a second stop
@@ -506,23 +493,19 @@ class _Stops:
             log.warning("could not embed %s: %s", *next(iter(job.errors.items())))
             self.logged = True
         self.failing = 0 if job.results else self.failing + len(job.errors)
-        if job.results or job.errors:  # images were read
-            self.unreached = 0
-        unreached = [reason for _, reason in job.skipped if images.not_reached(reason)]
-        self.unreached += len(unreached)
         if self.failing >= FAILING_IN_A_ROW:
             self.stopped = True
             raise device_failed(f"embedding failed for {self.failing} images in a row",
                                 next(reversed(job.errors.values())), self.device)
-        if self.unreached >= FAILING_IN_A_ROW:
-            gone = [folder for folder, was in self.inputs.items() if was is not None and _identity(folder) != was]
-            if gone:
+        if job.results or job.errors:  # images were read
+            self.inputs.reached()
+        unreached = [reason for _, reason in job.skipped if images.not_reached(reason)]
+        if unreached:
+            try:
+                self.inputs.not_reached(len(unreached), unreached[-1])
+            except RunStopped:
                 self.stopped = True
-                raise RunStopped(f"{gone[0]}{f' (and {len(gone) - 1} more input folders)' if len(gone) > 1 else ''} "
-                                 f"went away during the run: {self.unreached} images in a row could not be read "
-                                 f"({unreached[-1]}); it was unmounted, or its drive or network share disconnected. "
-                                 "Progress is saved: when it is back, run the same command again to go on from there")
-            self.unreached = 0  # the inputs are where they were: files deleted or moved during the run
+                raise
 
 
 def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos: bool = False) -> Iterator[list[str] | list[images.Loaded]]:
