@@ -18,10 +18,11 @@ from .decoding import iter_loaded
 from .errors import FaceOrganizerError, device_failed, one_line
 from .fsutil import atomic_write_text
 from .gender import GenderPrediction
-from .images import Signature, file_signature
+from .images import Signature, file_signature, not_reached
 from .organize import LinkMode, check_output_folder, check_same_run, files_line, place_all
 from .progress import bar as progress_bar
 from .progress import count
+from .vanished import Vanishing
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ class _Progress:
                 signature = tuple(row["signature"]) if row.get("signature") else None
             except (ValueError, TypeError, AttributeError):
                 continue  # a line cut short by a kill
+            if "signature" in row and signature is None:
+                continue  # an image that could not be read (gone, its drive away): tried again, as a finished run's
             self.done[prediction.path] = (prediction, signature)
         return True
 
@@ -259,12 +262,16 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
         record(predictions)
         batch.clear()
 
+    inputs = Vanishing(os.path.abspath(r) for r in roots)
     try:
         for loaded in iter_loaded(todo, workers):
             signatures[loaded.path] = loaded.signature
             if loaded.image is None:
                 record([GenderPrediction(loaded.path, None, 0.0, None, loaded.reason)])
+                if loaded.reason and not_reached(loaded.reason):
+                    inputs.not_reached(1, loaded.reason)
                 continue
+            inputs.reached()
             batch.append((loaded.path, loaded.image))
             if len(batch) >= batch_size:
                 flush()

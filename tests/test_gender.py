@@ -158,6 +158,36 @@ def test_a_gpu_that_fails_part_way_stops_the_filter_in_one_line_with_its_progres
     assert _predictions(out) == _predictions(tmp_path / "whole")
 
 
+def test_an_input_that_goes_away_part_way_stops_the_filter_and_its_images_are_predicted_once_back(
+        utkface, predictor, tmp_path) -> None:
+    # A drive unplugged mid-run: every image left was listed under 'errors' and the run exited 0; and
+    # an interrupted run's unreadable images were trusted as such by the next run, never read again.
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for r in read_labels(utkface)[:80]:
+        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
+    paths = sorted(str(p) for p in folder.iterdir())
+    run = dict(workers=0, batch_size=4, progress=False)
+
+    class Unplugging(_Watched):
+        def predict(self, items):
+            if not self.asked:
+                folder.rename(tmp_path / "unplugged")  # the images decoded ahead (16) are still predicted
+            return super().predict(items)
+
+    out = tmp_path / "women"
+    with pytest.raises(RunStopped) as stopped:
+        filter_by_gender(paths, [str(folder)], str(out), "Woman", Unplugging(predictor), **run)
+    assert str(stopped.value).startswith(f"{folder} went away during the run: 32 images in a row could not be read "
+                                         "(file no longer exists); it was unmounted")
+    (tmp_path / "unplugged").rename(folder)
+    again = _Watched(predictor)
+    summary = filter_by_gender(paths, [str(folder)], str(out), "Woman", again, **run)
+    assert summary.resumed == 16 and again.asked == paths[16:] and not summary.errors
+    filter_by_gender(paths, [str(folder)], str(tmp_path / "whole"), "Woman", predictor, **run)
+    assert _predictions(out) == _predictions(tmp_path / "whole")
+
+
 def test_the_same_command_again_predicts_only_images_new_or_changed_since(utkface, predictor, tmp_path) -> None:
     # A loop over year folders run again: DeepFace takes hours on a large folder, and the finished
     # run's predictions.csv already holds every answer whose image is the file it was.
