@@ -25,10 +25,12 @@ from typing import Any, Literal
 from .errors import FaceOrganizerError, SetupError
 from .fsutil import (OUTPUT_MARKER, atomic_write_text, check_writable_dir, filesystem_type, full_disk_hint,
                      mount_of, sync_filesystem)
+from .images import GONE
 from .progress import bar as progress_bar
 from .progress import count, size
 from .rebase import former_paths, guess_move, near, spread
 from .relocate import Placed, moved_locations, renamed_folders, samples_of
+from .vanished import Vanishing
 
 log = logging.getLogger(__name__)
 
@@ -637,10 +639,12 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     grown = previous is not None and bool(previous.get("grown"))
     unnamed = {dest for path, dest in named if path not in (grows_from or {})} if grown else set()
     folders: set[str] = set()
+    inputs = Vanishing(os.path.abspath(r) for r in roots)  # a drive unplugged mid-run: stop, not 'missing' for all
     if mode != "copy":  # links take no data; moves make each copy durable before deleting its source
         for source, dest, how in progress_bar(_ordered(operations, mode, links), total=len(operations), unit="file",
                                               enabled=progress and bool(operations), desc=mode):
             status[dest] = place(source, dest, how, replace=source in renew or dest in unnamed, folders=folders)
+            _watch(inputs, status[dest])
         if grown:
             _write_state(output, digest, mode, len(operations), run)  # finished: no longer growing
         return Placement(destinations, status, previous is not None)
@@ -655,12 +659,20 @@ def place_all(output: str, paths: Sequence[str], groups: Sequence[str], roots: S
     for i, (source, dest) in enumerate(bar):
         status[dest] = place(source, dest, mode, durable=False, verify=i >= durable,
                              replace=source in renew or dest in unnamed, folders=folders)
+        _watch(inputs, status[dest])
         unflushed += status[dest] == "placed"
         if unflushed >= SYNC_EVERY:
             _mark_durable(output, digest, mode, i + 1, run, grown)
             unflushed = 0
     _mark_durable(output, digest, mode, len(operations), run)
     return Placement(destinations, status, previous is not None)
+
+
+def _watch(inputs: Vanishing, status: str) -> None:
+    if status == "missing":
+        inputs.not_reached(1, GONE)
+    else:
+        inputs.reached()
 
 
 def _refuse_moved_destinations(output: str, paths: Sequence[str], destinations: Sequence[str],

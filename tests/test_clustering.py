@@ -22,7 +22,7 @@ from face_organizer.cli import common
 from face_organizer.cli.cluster import main as cluster_main
 from face_organizer.cluster_stage import SHOWN_FOLDERS, ClusterConfig, cluster_faces, load_embeddings, run_clustering
 from face_organizer.clustering import MERGE_Z, cluster_name, graph_clusters, kmeans
-from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError, SetupError
+from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError, RunStopped, SetupError
 from face_organizer.evaluation import bcubed, folder_report, largest_face_rows
 from face_organizer.fsutil import _umask
 from clusterrun import GROUP_PHOTO, cluster_with, obama_biden_library, private_copy
@@ -766,6 +766,33 @@ def test_interrupted_move_loses_nothing(two_person, tmp_path, monkeypatch) -> No
     report = cluster_faces(ef, str(out), config, progress=False)
     assert report.status["exists"] == 10 and not any(Path(p).exists() for p in ef.rows.paths)
     _exactly_one_place(ef, report)
+
+
+@pytest.mark.parametrize("mode", ["copy", "move"])
+def test_an_input_that_goes_away_part_way_stops_the_placement(two_person, tmp_path, monkeypatch, mode) -> None:
+    # A drive unplugged while the folders filled: every image left was 'missing', and the run ended as if done.
+    ef = private_copy(two_person, tmp_path)
+    out, private = tmp_path / "out", tmp_path / "input"
+    config = ClusterConfig(clusters=2, link_mode=mode, previews=False)
+    real_place, calls = organize.place, []
+
+    def unplugged_after_ten(source, dest, how, **options):
+        calls.append(source)
+        if len(calls) == 11:
+            private.rename(tmp_path / "unplugged")
+        return real_place(source, dest, how, **options)
+
+    monkeypatch.setattr("face_organizer.organize.place", unplugged_after_ten)
+    with pytest.raises(RunStopped, match=f"^{re.escape(str(private))} went away during the run: 32 images in a row "
+                                         r"could not be read \(file no longer exists\)"):
+        cluster_faces(ef, str(out), config, progress=False)
+    assert len(calls) == 10 + 32 and not (out / "clusters.csv").exists()
+    monkeypatch.setattr("face_organizer.organize.place", real_place)
+    (tmp_path / "unplugged").rename(private)
+    report = cluster_faces(ef, str(out), config, progress=False)
+    assert report.status == Counter({"exists": 10, "placed": len(ef.rows.paths) - 10})
+    assert all(Path(d).is_file() for d in report.destinations)
+    assert any(Path(p).exists() for p in ef.rows.paths) == (mode == "copy")
 
 
 def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tmp_path, monkeypatch) -> None:
