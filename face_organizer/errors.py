@@ -27,8 +27,8 @@ class DeviceError(SetupError):
 
 
 class RunStopped(FaceOrganizerError):
-    """A run stopped part-way because something other than its input failed (the device, the
-    model); what it had done is saved, and the same command goes on from there."""
+    """A run stopped part-way because something other than its images failed (the device, the
+    model, an input folder gone); what it had done is saved, and the same command goes on from there."""
 
     exit_code = 1
 
