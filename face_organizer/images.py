@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import struct
+from stat import S_ISREG
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -309,11 +310,18 @@ def not_reached(reason: str) -> bool:
     return reason in (GONE, BROKEN_LINK) or reason.startswith(UNREADABLE)
 
 
+NOT_A_FILE = "not a regular file (a device, a pipe or a socket, named like an image)"
+
+
 def _read(path: str | os.PathLike[str]) -> tuple[bytes, Signature]:
-    """The file's bytes and, from the same open file, its signature; raises ``DecodeError``."""
+    """The file's bytes and, from the same open file, its signature; raises ``DecodeError``. Opened
+    without blocking and read only when it is a regular file: a link named like an image to a pipe
+    would wait for a writer for ever, and one to ``/dev/zero`` would read until memory ran out."""
     try:
-        with open(path, "rb") as handle:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
             stat = os.fstat(handle.fileno())
+            if not S_ISREG(stat.st_mode):
+                raise DecodeError(NOT_A_FILE)
             return handle.read(), (stat.st_size, stat.st_mtime_ns)
     except FileNotFoundError as err:
         raise DecodeError(BROKEN_LINK if os.path.islink(path) else GONE) from err

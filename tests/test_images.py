@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from face_organizer.images import DecodeError, decode_bytes, discover_images, load, read_image
+from face_organizer.images import NOT_A_FILE, DecodeError, decode_bytes, discover_images, load, read_image
 
 from conftest import png_claiming, write_image
 
@@ -145,6 +146,24 @@ def test_bad_files_give_reasons(tmp_path: Path) -> None:
     assert reasons["empty.png"] == "empty file"
     assert "not a decodable image" in reasons["text.jpg"]
     assert "not a decodable image" in reasons["cut.png"]
+
+
+def test_a_link_named_like_an_image_to_a_pipe_or_a_device_is_skipped_without_reading_it(tmp_path: Path) -> None:
+    # A link to a pipe waited at open() for a writer that never came, and the run never ended; one to
+    # /dev/zero would have read until memory ran out (checked with /dev/null: an "empty file" before).
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink(tmp_path / "pipe", tmp_path / "frame_0001.png")
+    os.symlink(os.devnull, tmp_path / "frame_0002.png")
+    assert discover_images([tmp_path]) == [str(tmp_path / "frame_0001.png"), str(tmp_path / "frame_0002.png")]
+    found: list = []
+    reader = threading.Thread(target=lambda: found.extend(load(str(p)) for p in discover_images([tmp_path])),
+                              daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # let the blocked open() return, so that no thread is left behind
+        os.close(os.open(tmp_path / "pipe", os.O_WRONLY | os.O_NONBLOCK))
+    assert [(x.image, x.reason) for x in found] == [(None, NOT_A_FILE)] * 2
+    assert NOT_A_FILE == "not a regular file (a device, a pipe or a socket, named like an image)"
 
 
 def test_tiny_image_rejected() -> None:
