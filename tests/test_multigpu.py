@@ -301,6 +301,15 @@ def test_failing_worker_is_reported_with_rerun_command(video_crops, testpack_dir
     assert "images found: 6; already embedded: 3\n  embedded now: 3 images" in printed
     assert f"worker 1 (CPU): not given: {out / 'embeddings_gpu1.pkl'} cannot be read (" in printed, printed
     assert not (out / "embeddings_gpu1.files.txt").exists()
+    # Every worker failing (here neither can write its file) is no GPU's fault: leaving one out is not offered.
+    both = tmp_path / "both"
+    for gpu in (0, 1):
+        (both / f"embeddings_gpu{gpu}.pkl").mkdir(parents=True)
+    assert common.run(multi_main, ["--input", str(root / "2017"), "--output-dir", str(both), "--gpus", "0,1", "-q",
+                                   "--model", str(testpack_dir), "--device", "cpu", "--workers", "0"]) == 1
+    failing = capsys.readouterr().out
+    assert "out of --gpus" not in failing and failing.count("re-run it alone") == 2
+    assert failing.endswith("every worker failed: mend what they said, then run this command again (each resumes)\n")
 
 
 def test_file_lists_one_per_line_or_nul_separated(tmp_path) -> None:

@@ -136,9 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         last = [line for line in w.log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()][-1:]
         print(f"{name(w.gpu)} said: {last[0] if last else '(nothing)'}")
         print(f"  re-run it alone (it resumes): {w.rerun_line()}")
-        if chosen.resume and len(busy) > 1:
+        if chosen.resume and len(failed) < len(busy):
             print(f"  or leave {w.gpu} out of --gpus and run this command again: the images its file holds stay "
                   "there, the others take the rest")
+    if len(busy) > 1 and len(failed) == len(busy):  # a cause they share (the input, the model), not one GPU
+        print("every worker failed: mend what they said, then run this command again (each resumes)")
     return 1 if failed else 0
 
 
