@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-# How ONNX Runtime, CUDA, cuBLAS and cuDNN say that memory ran out.
-_OUT_OF_MEMORY = re.compile(r"out of memory|failed to allocate memory|memoryallocation|alloc_failed", re.IGNORECASE)
+# How ONNX Runtime, CUDA, cuBLAS, cuDNN and Python (``one_line`` of a MemoryError) say that memory ran out.
+_OUT_OF_MEMORY = re.compile(r"out of memory|failed to allocate memory|memoryallocation|alloc_failed|^MemoryError:",
+                            re.IGNORECASE)
 
 
 class FaceOrganizerError(Exception):

@@ -921,6 +921,18 @@ def test_a_batch_too_large_for_the_gpu_is_embedded_in_halves(tmp_path, video_cro
     assert calls == [8, 4, 2, 2, 4, 2, 2] * 2  # against 8 + 1 per batch one image at a time
 
 
+def test_memory_running_out_is_told_from_other_failures() -> None:
+    from face_organizer.errors import device_failed, one_line
+
+    def advice(err: BaseException, device: str) -> str:
+        return str(device_failed("embedding failed", one_line(err), device)).split("; ", 1)[1].split(".")[0]
+
+    assert advice(MemoryError(), "cpu") == "the machine ran out of memory"
+    assert advice(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED"), "cuda").startswith("the GPU ran out of memory")
+    assert advice(RuntimeError("CUDA failure 999: unknown error"), "cuda") == "the GPU is failing, not the images"
+    assert advice(RuntimeError("Got invalid dimensions for input"), "cpu") == "the model is failing, not the images"
+
+
 @pytest.mark.parametrize(("device", "advice"), [
     ("cuda", "the GPU ran out of memory: stop other work on it (nvidia-smi lists what runs there) or give a smaller "
              "--batch-size"),
