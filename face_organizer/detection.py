@@ -264,6 +264,19 @@ class SCRFD:
         return Detections(all_boxes[keep], all_scores[keep], all_kps[keep])
 
 
+# Another face at least this share of the chosen face's area: an image with several people (a group
+# photo in crops mode), not a crop with a cut-off face at its edge. On 933 video-style LFW crops none
+# had one at 0.3, against 66 of 935 LFW photos, 4 of 82 library photos and every group photo at 0.5.
+RIVAL_AREA = 0.5
+
+
+def has_rival(dets: Detections, chosen: int) -> bool:
+    """Whether ``dets`` holds another face at least ``RIVAL_AREA`` of the area of face ``chosen``."""
+    boxes = dets.boxes
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    return bool((np.delete(area, chosen) >= RIVAL_AREA * area[chosen]).any())
+
+
 def pick_central(dets: Detections, image_shape: tuple[int, ...]) -> int:
     """Index of the face a face crop is about: large and near the centre.
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 COUNTED = ("total_images", "already_done", "changed", "embedded", "faces", "fallback", "no_face", "reused",
-           "failures_gone")
+           "failures_gone", "several_faces")
 
 
 @dataclass
@@ -63,6 +63,7 @@ class RunSummary:
     # inputs. Kept (a move into person folders must not lose them); one run's count, not added up.
     not_found: int = 0
     failures_gone: int = 0  # images that had failed and have since been deleted: no longer listed as failed
+    several_faces: int = 0  # crops mode: images that show another face of like size (photos with several people)
     file_unchanged: bool = False  # nothing new was found: the file was left as it was
     elapsed: float = 0.0
 
@@ -99,6 +100,9 @@ class RunSummary:
         ]
         if self.reused:
             out.append(f"near-identical frames that took the embedding of the frame they repeat: {self.reused:,}")
+        if self.several_faces:
+            out.append(f"images showing another face about as large as the one embedded: {self.several_faces:,} (crops "
+                       "mode embeds one face per image, the most central; --mode photos embeds every face)")
         skipped = sum(self.skipped.values())
         out.append(f"skipped: {skipped:,}" + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + ")" if skipped else ""))
         return out
@@ -600,6 +604,7 @@ def run_embeddings(
         for n_images, result in job.results:
             recorder.rows(result.rows, result.no_face, result.reused, job.signatures)
             summary.reused += len(result.reused)
+            summary.several_faces += len(result.several)
             summary.embedded += n_images - len(result.no_face)
             summary.faces += len(result.rows)
             summary.no_face += len(result.no_face)

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
-from .detection import SCRFD, Detections, batchable_detector, load_detector_model, pick_central
+from .detection import SCRFD, Detections, batchable_detector, has_rival, load_detector_model, pick_central
 from .frames import repeated_frames
 from .modelpack import ModelPack
 from .providers import Device, SessionReport, open_session
@@ -120,16 +120,19 @@ class BatchResult:
     rows: FaceRows
     no_face: list[str]
     reused: list[tuple[str, str]] = field(default_factory=list)  # (frame, the frame whose embedding it took)
+    several: list[str] = field(default_factory=list)  # crops mode: images that show another face of like size
 
 
 CropFace = tuple[NDArray[np.float32], NDArray[np.float32], float]
 
 
-def find_crop_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, options: EmbedOptions) -> list[CropFace | None]:
+def find_crop_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, options: EmbedOptions, *,
+                    several: set[int] | None = None) -> list[CropFace | None]:
     """For each crop, (kps (5, 2), box (4,), score) of the face it shows, in its pixels, or None.
 
     Every crop is detected at the first size in one batched pass; only those without a
-    face are tried again at the next size.
+    face are tried again at the next size. ``several`` collects the indices of the images that
+    show another face about as large as the one chosen (``detection.has_rival``).
     """
     found: list[CropFace | None] = [None] * len(images)
     todo = list(range(len(images)))
@@ -143,6 +146,8 @@ def find_crop_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, option
             if len(dets):
                 j = pick_central(dets, images[i].shape)
                 found[i] = (dets.kps[j], dets.boxes[j], float(dets.scores[j]))
+                if several is not None and has_rival(dets, j):
+                    several.add(i)
             else:
                 missed.append(i)
         todo = missed
@@ -178,7 +183,8 @@ def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceMod
             position = {i: k for k, i in enumerate(kept)}
             rows = result.rows.select(np.array([position[i if s < 0 else s] for i, s in enumerate(source)], np.intp))
             rows.paths = [path for path, _ in images]
-            return BatchResult(rows, [], [(images[i][0], images[s][0]) for i, s in enumerate(source) if s >= 0])
+            return BatchResult(rows, [], [(images[i][0], images[s][0]) for i, s in enumerate(source) if s >= 0],
+                               result.several)
     size = models.recognizer.input_size
     aligned: list[NDArray[np.uint8]] = []
     paths: list[str] = []
@@ -187,8 +193,9 @@ def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceMod
     boxes: list[NDArray[np.float32]] = []
     indices: list[int] = []
     no_face: list[str] = []
+    several: set[int] = set()
     if options.mode == "crops":
-        crop_faces = find_crop_faces([image for _, image in images], models.detector, options)
+        crop_faces = find_crop_faces([image for _, image in images], models.detector, options, several=several)
     else:
         photo_faces = find_photo_faces([image for _, image in images], models.detector, options)
     for n, (path, image) in enumerate(images):
@@ -226,4 +233,4 @@ def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceMod
     embeddings = models.recognizer.embed(np.stack(aligned))
     rows = FaceRows(paths, embeddings, np.array(detected, bool), np.array(scores, np.float32),
                     np.stack(boxes).astype(np.float32), np.array(indices, np.int32))
-    return BatchResult(rows, no_face)
+    return BatchResult(rows, no_face, several=[images[i][0] for i in sorted(several)])

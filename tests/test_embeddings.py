@@ -921,6 +921,25 @@ def test_a_batch_too_large_for_the_gpu_is_embedded_in_halves(tmp_path, video_cro
     assert calls == [8, 4, 2, 2, 4, 2, 2] * 2  # against 8 + 1 per batch one image at a time
 
 
+def test_crops_mode_says_how_many_images_showed_several_people(tmp_path, shared, video_crops, models) -> None:
+    # A photo library run in the default crops mode embedded one face of each group photo, and said nothing.
+    folder = tmp_path / "library"
+    groups = [insightface_sample("t1.jpg"), *sorted((shared / "datasets" / "face_recognition_examples" /
+                                                     "_multi_face").glob("*.jpg"))]
+    for i, photo in enumerate(groups):
+        write_image(folder / f"group_{i}.jpg", read_image(photo))
+    crops = [p for c in video_crops.values() for p in c]
+    for crop in crops:
+        write_image(folder / "crops" / f"{crop.parent.name}_{crop.name}", read_image(crop))
+    summary = run_embeddings(discover_images([folder]), tmp_path / "emb.pkl", models, batch_size=8, progress=False)
+    assert summary.embedded == len(groups) + len(crops) and summary.several_faces == len(groups) == 4
+    assert ("images showing another face about as large as the one embedded: 4 (crops mode embeds one face per "
+            "image, the most central; --mode photos embeds every face)") in summary.lines()
+    photos = run_embeddings(discover_images([folder]), tmp_path / "photos.pkl", models, EmbedOptions(mode="photos"),
+                            progress=False)
+    assert photos.several_faces == 0 and not any("another face" in line for line in photos.lines())
+
+
 def test_memory_running_out_is_told_from_other_failures() -> None:
     from face_organizer.errors import device_failed, one_line
 
