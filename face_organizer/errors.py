@@ -40,16 +40,17 @@ def one_line(err: BaseException, limit: int = 400) -> str:
     return f"{type(err).__name__}: {text[:limit]}{'…' if len(text) > limit else ''}"
 
 
-def device_failed(what: str, error: str, device: str) -> RunStopped:
+def device_failed(what: str, error: str, device: str,
+                  then: str = "Progress is saved: run the same command again to go on from there") -> RunStopped:
     """``what`` failed with ``error`` (``one_line``) on ``device`` ('cpu', 'cuda', …), a fault of the
-    device or the model, not of the images: the stop, with what to do."""
+    device or the model, not of the images: the stop, with what to do, and ``then``."""
     gpu = device != "cpu"
     if _OUT_OF_MEMORY.search(error):
         advice = ("the GPU ran out of memory: stop other work on it (nvidia-smi lists what runs there) or give a "
                   "smaller --batch-size" if gpu else "the machine ran out of memory")
     else:
         advice = f"the {'GPU' if gpu else 'model'} is failing, not the images"
-    return RunStopped(f"{what} ({error}); {advice}. Progress is saved: run the same command again to go on from there")
+    return RunStopped(f"{what} ({error}); {advice}. {then}")
 
 
 class EmbeddingsFileError(FaceOrganizerError):

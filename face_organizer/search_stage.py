@@ -15,7 +15,7 @@ import numpy as np
 
 from . import rebase, relocate
 from .embfile import EmbeddingsFile
-from .errors import SetupError
+from .errors import SetupError, device_failed, one_line
 from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
@@ -109,6 +109,9 @@ def usable_references(queries: Sequence[str], models: FaceModels) -> tuple[list[
                 raise
             log.warning("%s; this query is left out", err)
             left_out.append(str(err))
+        except Exception as err:  # noqa: BLE001 - ONNX Runtime's own: the device or the model failed
+            raise device_failed(f"embedding the query {query} failed", one_line(err), models.device,
+                                "Nothing was placed yet: run the same command again") from err
     if not refs:
         raise SetupError(f"none of the {len(queries)} queries can be used: {'; '.join(left_out)}")
     return choose_faces(refs), left_out

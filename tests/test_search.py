@@ -198,6 +198,24 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models,
     assert not folder.exists()
 
 
+def test_a_model_failing_on_the_query_is_one_line(lfw_subset, lfw, testpack_dir, tmp_path, capsys,
+                                                  monkeypatch) -> None:
+    # ONNX Runtime's error on the query (a GPU out of memory) ended the search in a traceback.
+    emb, _ = lfw_subset
+
+    def failing(path, models):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 999: unknown error ;\n GPU=0")
+
+    monkeypatch.setattr("face_organizer.search_stage.embed_reference", failing)
+    query = lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"
+    assert run_cli(["--embeddings", str(emb), "--query", str(query), "--output", str(tmp_path / "o"),
+                    "--model", str(testpack_dir)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"Error: embedding the query {query} failed (RuntimeError: [ONNXRuntimeError] : 1 : FAIL : CUDA failure 999: "
+        "unknown error ; GPU=0); the model is failing, not the images. Nothing was placed yet: run the same command "
+        "again")
+
+
 def test_bad_query_and_model_mismatch_are_clear(lfw_subset, lfw, testpack_dir, models, tmp_path, capsys) -> None:
     emb, identity = lfw_subset
     (tmp_path / "broken.jpg").write_text("not a photo")
