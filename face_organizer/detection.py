@@ -270,10 +270,13 @@ class SCRFD:
 RIVAL_AREA = 0.5
 
 
+def _areas(boxes: NDArray[np.floating]) -> NDArray[np.floating]:
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
 def has_rival(dets: Detections, chosen: int) -> bool:
     """Whether ``dets`` holds another face at least ``RIVAL_AREA`` of the area of face ``chosen``."""
-    boxes = dets.boxes
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    area = _areas(dets.boxes)
     return bool((np.delete(area, chosen) >= RIVAL_AREA * area[chosen]).any())
 
 
@@ -285,7 +288,7 @@ def pick_central(dets: Detections, image_shape: tuple[int, ...]) -> int:
     """
     h, w = image_shape[:2]
     boxes = dets.boxes
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    area = _areas(boxes)
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     offset = np.hypot(centre[:, 0] - w / 2, centre[:, 1] - h / 2) / (0.5 * np.hypot(w, h))
     return int(np.argmax(area * np.clip(1.0 - offset, 0.05, 1.0) ** 2))
