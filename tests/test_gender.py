@@ -132,14 +132,18 @@ def test_interrupted_filter_continues_where_it_stopped(utkface, predictor, tmp_p
     assert by_other_model.asked == decodable
 
 
+def _some_faces(utkface: Path, folder: Path, n: int) -> tuple[Path, list[str]]:
+    """The first ``n`` UTKFace crops copied into ``folder``, and their paths there, sorted."""
+    folder.mkdir()
+    for r in read_labels(utkface)[:n]:
+        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
+    return folder, sorted(str(p) for p in folder.iterdir())
+
+
 def test_a_gpu_that_fails_part_way_stops_the_filter_in_one_line_with_its_progress_saved(utkface, predictor,
                                                                                          tmp_path) -> None:
     # ONNX Runtime's error ended the run in a traceback, which said nothing of what to do.
-    folder = tmp_path / "input"
-    folder.mkdir()
-    for r in read_labels(utkface)[:12]:
-        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
-    paths = sorted(str(p) for p in folder.iterdir())
+    folder, paths = _some_faces(utkface, tmp_path / "input", 12)
     run = dict(workers=0, batch_size=4, progress=False)
     out = tmp_path / "women"
     with pytest.raises(RunStopped) as stopped:
@@ -162,11 +166,7 @@ def test_an_input_that_goes_away_part_way_stops_the_filter_and_its_images_are_pr
         utkface, predictor, tmp_path) -> None:
     # A drive unplugged mid-run: every image left was listed under 'errors' and the run exited 0; and
     # an interrupted run's unreadable images were trusted as such by the next run, never read again.
-    folder = tmp_path / "input"
-    folder.mkdir()
-    for r in read_labels(utkface)[:80]:
-        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
-    paths = sorted(str(p) for p in folder.iterdir())
+    folder, paths = _some_faces(utkface, tmp_path / "input", 80)
     run = dict(workers=0, batch_size=4, progress=False)
 
     class Unplugging(_Watched):
