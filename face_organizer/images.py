@@ -322,6 +322,7 @@ def _read(path: str | os.PathLike[str]) -> tuple[bytes, Signature]:
             stat = os.fstat(handle.fileno())
             if not S_ISREG(stat.st_mode):
                 raise DecodeError(NOT_A_FILE)
+            os.set_blocking(handle.fileno(), True)  # read as any open file would (FUSE passes the flag on)
             return handle.read(), (stat.st_size, stat.st_mtime_ns)
     except FileNotFoundError as err:
         raise DecodeError(BROKEN_LINK if os.path.islink(path) else GONE) from err
