@@ -16,7 +16,8 @@ ORIENTATION_TAG = 0x0112
 
 def webp_orientation(data: bytes) -> int:
     """The orientation (1-8) of a WebP's EXIF chunk; 1 (as stored) where there is none, or it cannot be read."""
-    pos = 12  # after "RIFF", the size and "WEBP"; each chunk: name (4), size (4, little-endian), data, a pad byte if odd
+    # After "RIFF", the size and "WEBP"; each chunk: name (4), size (4, little-endian), data, a pad byte if odd.
+    pos = 12
     while pos + 8 <= len(data):
         name, size = struct.unpack_from("<4sI", data, pos)
         if name == b"EXIF":

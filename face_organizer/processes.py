@@ -21,8 +21,9 @@ def describe(pid: int, proc: str = "/proc") -> str:
 
 def has_open(pid: int, path: str | os.PathLike[str], proc: str = "/proc") -> bool | None:
     """Whether process ``pid`` has ``path`` open (False where there is no such process); None where its
-    open files cannot be read (another user's, or no ``/proc``). A pid written into a file by a process of another pid namespace (a
-    container's, read on the host) may name an unrelated process here: this tells them apart."""
+    open files cannot be read (another user's, or no ``/proc``). A pid written into a file by a process
+    of another pid namespace (a container's, read on the host) may name an unrelated process here: this
+    tells them apart."""
     if not os.path.isdir(proc):
         return None
     try:
