@@ -150,6 +150,8 @@ def test_every_option_of_every_command_says_what_it_does(monkeypatch, capsys) ->
     ("cluster", "--min-similarity", "2", "a cosine similarity lies between -1 and 1, not 2"),
     ("cluster", "--min-similarity", "high", "not a number: 'high'"),
     ("cluster", "--neighbours", "2", "must be 3 or more"),
+    ("cluster", "--seed", "-1", "a seed lies between 0 and 2,147,483,647, not -1"),
+    ("cluster", "--seed", "2147483648", "a seed lies between 0 and 2,147,483,647, not 2147483648"),
     ("search", "--threshold", "-1.5", "a cosine similarity lies between -1 and 1, not -1.5"),
     ("search", "--target-fmr", "0", "must be above 0 and below 1, not 0"),
     ("gender", "--min-confidence", "1.2", "must be between 0 and 1, not 1.2"),

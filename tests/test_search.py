@@ -371,3 +371,20 @@ def test_calibrating_a_missing_folder_is_one_line(testpack_dir, tmp_path, capsys
     assert run_cli(["--calibrate", str(tmp_path / "nope"), "--model", str(testpack_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("Error: cannot calibrate: input folder not found") and "Traceback" not in "".join(err)
+
+
+def test_a_calibration_store_that_cannot_be_written_is_refused_before_any_work(shared, testpack_dir, tmp_path,
+                                                                                 monkeypatch, capsys) -> None:
+    # The store was written after every image was embedded: the minutes of work were lost, and the error named
+    # a temporary file.
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    store = blocker / "calibration.json"
+    monkeypatch.setenv("FACE_ORGANIZER_CALIBRATION", str(store))
+    embedded = []
+    monkeypatch.setattr("face_organizer.cli.search.calibrate_folder", lambda *a, **k: embedded.append(a) or {})
+    assert run_cli(["--calibrate", str(shared / "datasets" / "deepface_tests"), "--model", str(testpack_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"Error: cannot store the calibration in {store}: File exists; set $FACE_ORGANIZER_CALIBRATION "
+                       "to a file in a folder you can write")
+    assert embedded == [] and not any(".tmp" in line for line in err)

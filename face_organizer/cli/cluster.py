@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: smaller groups go to outliers/ (default: 2, so two faces that are each other's "
                         "most similar make a folder: a person with two photos; 3 leaves them in outliers/)")
     p.add_argument("--neighbours", type=common.graph_neighbours, default=10, help="auto: neighbours per face in the graph (default: 10)")
-    p.add_argument("--seed", type=int, default=1234, help="random seed: the same input gives the same folders")
+    p.add_argument("--seed", type=common.seed, default=1234, help="random seed: the same input gives the same folders")
     p.add_argument("--no-extra-groups", dest="extra_groups", action="store_false",
                    help="with a number of people: do not look for further recurring people first (their faces "
                         "are then shared out among the K folders instead of going to outliers/)")

@@ -347,6 +347,17 @@ def non_negative(value: str) -> int:
     return number
 
 
+SEED_MAX = 2**31 - 1  # FAISS keeps its k-means seed in a C int
+
+
+def seed(value: str) -> int:
+    """A random seed FAISS and numpy both take: 0 to 2**31 - 1."""
+    number = int(value)
+    if not 0 <= number <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed lies between 0 and {SEED_MAX:,}, not {value}")
+    return number
+
+
 def _number(value: str) -> float:
     try:
         return float(value)

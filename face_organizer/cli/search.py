@@ -11,10 +11,10 @@ from ..cluster_stage import load_embeddings
 from ..cpus import fit_openmp_threads
 from ..errors import SetupError
 from ..faces import load_face_models
-from ..fsutil import exclusive
+from ..fsutil import check_writable_dir, exclusive
 from ..modelpack import resolve_pack
 from ..search_stage import calibrate_folder, find_person
-from ..thresholds import save_calibration
+from ..thresholds import CALIBRATION_ENV, calibration_path, save_calibration
 from . import common
 
 EXAMPLES = """\
@@ -61,10 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     fit_openmp_threads()
     gpu_id = common.gpu_id_from_env()
     if args.calibrate:
+        store = calibration_path()
+        try:  # before minutes of embedding, which a store that cannot be written would throw away
+            check_writable_dir(store.parent)
+        except OSError as err:
+            raise SetupError(f"cannot store the calibration in {store}: {err.strerror or err}; set ${CALIBRATION_ENV} "
+                             "to a file in a folder you can write") from None
         pack = resolve_pack(args.model or "buffalo_l", common.model_root(args.model_root))
         models = load_face_models(pack, args.device, gpu_id, tensorrt=args.tensorrt)
         entry = calibrate_folder(args.calibrate, models, args.target_fmr, progress=not args.quiet)
-        path = save_calibration(pack.recognizer.name, entry)
+        path = save_calibration(pack.recognizer.name, entry, store)
         print(json.dumps(entry, indent=2))
         print(f"stored for {pack.recognizer.name} in {path} (override the location with $FACE_ORGANIZER_CALIBRATION)")
         return 0
