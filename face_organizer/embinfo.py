@@ -72,7 +72,8 @@ class EmbeddingsInfo:
         ]
         skipped = sum(self.skipped.values())
         out.append(f"  skipped: {skipped:,}"
-                   + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + ")" if skipped else ""))
+                   + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + "); each is tried "
+                      "again by the next generate_embeddings run over its input" if skipped else ""))
         if self.absent:
             here = f" --from {self.guess[0]} --to {self.guess[1]}" if self.guess else ""
             out.append(f"  not at their paths now: {self.absent:,} of {count(self.looked, 'image')} looked for "

@@ -69,6 +69,7 @@ def test_finished_file_is_described(folder, models, tmp_path, capsys) -> None:
     assert text[2] == f"  inputs: {root}"
     assert "  images: 9; faces: 9" in text[3]
     assert "empty file: 1" in text[4] and text[4].startswith("  skipped: 2")
+    assert text[4].endswith("); each is tried again by the next generate_embeddings run over its input")
 
 
 def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, capsys) -> None:
