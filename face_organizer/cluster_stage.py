@@ -245,9 +245,9 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
     if known is not None:
         cut, source = ((config.min_similarity, "--min-similarity") if config.min_similarity is not None
                        else (known.cutoff, f"the cut-off of {known.folder}: {known.cutoff_source}"))
-        return assign_to_people(x, known.centres, cut, source,
-                                f"assigned to the {len(known.centres)} people of {known.folder} ({known.method})",
-                                names=known.names, seed=config.seed, use_gpu=bool(config.use_gpu))
+        method = f"assigned to the {len(known.centres)} people of {known.folder} ({known.method})"
+        return _with_gpu_fallback(assign_to_people, config.use_gpu, x=x, centres=known.centres, threshold=cut,
+                                  source=source, method=method, names=known.names, seed=config.seed)
     calibration = load_calibration(ef.meta.get("model_files", {}).get("recognition", ""))
     if config.clusters is None:
         return _with_gpu_fallback(graph_clusters, config.use_gpu, x=x, min_similarity=config.min_similarity,
