@@ -426,7 +426,12 @@ def plan_streams(on_cpu: bool, streams: int = 0, threads: int = 0, cpus: int | N
     if not on_cpu:
         return streams or 2, threads
     streams = streams or min(cpus, MAX_DEFAULT_STREAMS)
-    return streams, threads or max(1, cpus // streams)
+    fits = max(1, cpus // streams)
+    if threads > 1 and streams * threads > cpus:
+        log.warning("%d streams x %d threads (--streams, --threads) are more ONNX Runtime threads than the %s this "
+                    "process may use: they stall each other (on 2 CPUs, 2 x 4 embedded at half the speed of 2 x 1, "
+                    "2 x 8 at a fifth); --threads %d fits", streams, threads, count(cpus, "CPU"), fits)
+    return streams, threads or fits
 
 
 EMBEDDING_FAILED = "embedding failed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import pickle
 import signal
@@ -1043,6 +1044,21 @@ def test_files_deleted_during_a_run_from_an_input_still_there_are_listed_and_the
 )
 def test_plan_streams(on_cpu, streams, threads, cpus, expected) -> None:
     assert plan_streams(on_cpu, streams, threads, cpus=cpus) == expected
+
+
+def test_more_onnx_runtime_threads_than_cpus_are_warned_about(caplog) -> None:
+    # On 2 CPUs, --threads 8 (say, the host's cores) embedded at a fifth of the speed, and nothing said why.
+    with caplog.at_level(logging.WARNING):
+        assert plan_streams(True, 0, 8, cpus=2) == (2, 8)
+    assert ("2 streams x 8 threads (--streams, --threads) are more ONNX Runtime threads than the 2 CPUs this process "
+            "may use: they stall each other") in caplog.text and caplog.text.rstrip().endswith("--threads 1 fits")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        plan_streams(True, 0, 0, cpus=2)  # the default
+        plan_streams(True, 16, 0, cpus=2)  # single-threaded streams: the system shares the CPUs out between them
+        plan_streams(True, 2, 4, cpus=8)
+        plan_streams(False, 2, 8, cpus=2)  # a GPU run: its sessions run on the GPU
+    assert caplog.text == ""
 
 
 def test_photos_run_with_streams_and_decoders(tmp_path, models) -> None:
