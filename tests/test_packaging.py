@@ -130,7 +130,8 @@ def test_every_command_tells_its_version(capsys) -> None:
         assert done.value.code == 0 and capsys.readouterr().out == f"face-organizer {__version__}\n", stage
 
 
-def test_every_option_of_every_command_says_what_it_does(monkeypatch, capsys) -> None:
+def every_parser(monkeypatch, capsys) -> list:
+    """The argument parser of every command, as each builds it for --help."""
     from face_organizer.cli import common
     from face_organizer.cli.main import COMMANDS, main
 
@@ -142,8 +143,34 @@ def test_every_option_of_every_command_says_what_it_does(monkeypatch, capsys) ->
             main([stage, "--help"])
     capsys.readouterr()
     assert len(made) >= len(COMMANDS)
+    return made
+
+
+def test_every_option_of_every_command_says_what_it_does(monkeypatch, capsys) -> None:
+    made = every_parser(monkeypatch, capsys)
     bare = [f"{p.prog} {a.option_strings[0] if a.option_strings else a.dest}" for p in made for a in p._actions if not a.help]
     assert bare == []
+
+
+def test_every_file_or_folder_argument_refuses_an_empty_one(monkeypatch, capsys, tmp_path) -> None:
+    # `--input "$DIR"` with DIR unset embedded the current folder; `--output ""` wrote there.
+    from face_organizer.cli import common
+    from face_organizer.cli.main import main
+
+    made = every_parser(monkeypatch, capsys)
+    paths = {"DIR", "FILE", "FILE.pkl", "IMG", "OUTPUT", "SOURCE", "MODEL", "MODEL_ROOT", "YUNET_MODEL"}
+    untyped = [f"{p.prog} {a.option_strings[0] if a.option_strings else a.dest}" for p in made for a in p._actions
+               if (a.metavar or a.dest.upper()) in paths and a.type is not common.path]
+    assert untyped == []
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "face.png").write_bytes(b"")
+    for args in (["embed", "--input", "", "--output", "e.pkl"], ["cluster", "--embeddings", "e.pkl", "--output="],
+                 ["search", "--embeddings", "e.pkl", "--query", "", "--output", "o"], ["info", ""]):
+        with pytest.raises(SystemExit) as usage:
+            main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert usage.value.code == 2 and err[-1].endswith(": an empty path (an unset shell variable?)"), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.png"]
 
 
 @pytest.mark.parametrize(("stage", "option", "value", "message"), [

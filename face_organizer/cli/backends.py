@@ -29,7 +29,7 @@ EXAMPLES = """\
 def build_parser():
     p = common.parser("benchmark_backends.py", "Compare face-detector backends (InsightFace SCRFD, OpenCV YuNet, "
                       "DeepFace's detectors) on a sample of your images.", EXAMPLES)
-    p.add_argument("--input", metavar="DIR", help="folder of images to sample (sub-folders included)")
+    p.add_argument("--input", metavar="DIR", type=common.path, help="folder of images to sample (sub-folders included)")
     p.add_argument("--samples", type=common.positive, default=100,
                    help="images drawn at random from --input, the same for every backend (default: 100)")
     p.add_argument("--backends", default="scrfd,yunet," + ",".join(b.DEEPFACE_BACKENDS),
@@ -37,10 +37,10 @@ def build_parser():
     p.add_argument("--gender", type=common.gender, metavar="{Woman,Man}", default=None,
                    help="also classify gender (insightface genderage on each backend's face): Matched counts the faces "
                         "of that gender, Failed the images with no face found")
-    p.add_argument("--yunet-model", default=os.environ.get("FACE_ORGANIZER_YUNET"),
+    p.add_argument("--yunet-model", default=os.environ.get("FACE_ORGANIZER_YUNET") or None, type=common.path,
                    help="YuNet ONNX file for the yunet backend (default: $FACE_ORGANIZER_YUNET, else the newest "
                         "*yunet*.onnx in the yunet/ folder of the model root)")
-    p.add_argument("--prepare-deepface-weights", nargs="*", metavar="SOURCE", default=None,
+    p.add_argument("--prepare-deepface-weights", nargs="*", metavar="SOURCE", type=common.path, default=None,
                    help="copy weight files (or folders of them) into $DEEPFACE_HOME/.deepface/weights and exit")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sample (default: 0)")
     common.add_model_args(p)

@@ -41,12 +41,14 @@ def clusters_arg(value: str) -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser("cluster_faces.py", "Group faces by person into person_A/, person_B/, … (largest first) and "
                       "outliers/, with clusters.csv, summary.json and an index.html preview.", EXAMPLES)
-    p.add_argument("--embeddings", nargs="+", required=True, metavar="FILE", help="embeddings files (one per GPU is fine)")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the person folders (new or empty)")
+    p.add_argument("--embeddings", nargs="+", required=True, metavar="FILE", type=common.path,
+                   help="embeddings files (one per GPU is fine)")
+    p.add_argument("--output", required=True, metavar="DIR", type=common.path,
+                   help="folder for the person folders (new or empty)")
     p.add_argument("--clusters", type=clusters_arg, default=NOT_GIVEN, metavar="K|auto",
                    help="number of people, or 'auto' to find it (default: 2); the summary names a folder that "
                         "does not look like one person, and folders that look like one person split")
-    p.add_argument("--people-from", metavar="DIR", default=None,
+    p.add_argument("--people-from", metavar="DIR", type=common.path, default=None,
                    help="instead of clustering, sort each face into the most similar person of an earlier "
                         "cluster_faces output DIR (same folder names; below its cut-off: outliers/)")
     p.add_argument("--min-similarity", type=common.similarity, default=None,
@@ -59,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-cluster-size", type=common.positive, default=2,
                    help="auto: smaller groups go to outliers/ (default: 2, so two faces that are each other's "
                         "most similar make a folder: a person with two photos; 3 leaves them in outliers/)")
-    p.add_argument("--neighbours", type=common.graph_neighbours, default=10, help="auto: neighbours per face in the graph (default: 10)")
+    p.add_argument("--neighbours", type=common.graph_neighbours, default=10,
+                   help="auto: neighbours per face in the graph (default: 10)")
     p.add_argument("--seed", type=common.seed, default=1234, help="random seed: the same input gives the same folders")
     p.add_argument("--no-extra-groups", dest="extra_groups", action="store_false",
                    help="with a number of people: do not look for further recurring people first (their faces "

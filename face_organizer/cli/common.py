@@ -222,14 +222,15 @@ def parser(prog: str, description: str, examples: str, *, allow_abbrev: bool = T
 def add_logging_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr, no progress bar")
-    p.add_argument("--log", metavar="FILE", default=None,
+    p.add_argument("--log", metavar="FILE", type=path, default=None,
                    help="append everything the command prints to FILE instead (for runs started with docker exec -d, "
                         "whose output is otherwise lost); progress then comes once a minute")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_PACK, help=f"model pack name or folder (default: {DEFAULT_PACK})")
-    p.add_argument("--model-root", default=None,
+    p.add_argument("--model", default=DEFAULT_PACK, type=path,
+                   help=f"model pack name or folder (default: {DEFAULT_PACK})")
+    p.add_argument("--model-root", default=None, type=path,
                    help=f"folder holding model packs (default: ${MODEL_ROOT_ENV}, else {default_model_root()})")
 
 
@@ -240,7 +241,7 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_moved_to_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--moved-to", nargs="+", default=[], metavar="DIR",
+    p.add_argument("--moved-to", nargs="+", default=[], metavar="DIR", type=path,
                    help="output folders of an earlier cluster_faces --link-mode move: images no longer where they "
                         "were embedded are read from where that run put them (its clusters.csv)")
 
@@ -331,6 +332,14 @@ def gender(value: str) -> str:
         return GENDER_NAMES[value.strip().lower()]
     except KeyError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a gender: Woman or Man") from None
+
+
+def path(value: str) -> str:
+    """A file or folder argument: an empty one (``--input "$DIR"`` with ``DIR`` unset) is refused, not
+    taken for the current folder."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    return value
 
 
 def positive(value: str) -> int:

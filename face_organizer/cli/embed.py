@@ -45,8 +45,10 @@ def frame_distance(value: str) -> float:
 def build_parser():
     p = common.parser("generate_embeddings.py", "Compute ArcFace embeddings for face images (InsightFace model packs, "
                       "ONNX Runtime on the GPU selected by $GPU_ID, or the CPU).", EXAMPLES)
-    p.add_argument("--input", nargs="+", required=True, metavar="DIR", help="folders (searched recursively) or image files")
-    p.add_argument("--output", required=True, metavar="FILE.pkl", help="embeddings file to write (resumed if it exists)")
+    p.add_argument("--input", nargs="+", required=True, metavar="DIR", type=common.path,
+                   help="folders (searched recursively) or image files")
+    p.add_argument("--output", required=True, metavar="FILE.pkl", type=common.path,
+                   help="embeddings file to write (resumed if it exists)")
     p.add_argument("--workers", type=common.non_negative, default=None,
                    help="image-decoding processes; 0: each stream decodes its own images "
                         f"(default: 0 on the CPU; on a GPU, CPUs minus 2, at most 8: here {default_workers()}; "
@@ -65,8 +67,9 @@ def build_parser():
     p.add_argument("--resume", dest="resume", action="store_true", default=True,
                    help="continue an interrupted or earlier run into the same --output (the default)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing --output and start over")
-    p.add_argument("--checkpoint-seconds", type=common.non_negative_float, default=60.0, help="seconds between checkpoints (default: 60)")
-    p.add_argument("--file-list", default=None, metavar="FILE",
+    p.add_argument("--checkpoint-seconds", type=common.non_negative_float, default=60.0,
+                   help="seconds between checkpoints (default: 60)")
+    p.add_argument("--file-list", default=None, metavar="FILE", type=common.path,
                    help="embed only the images listed in FILE (one path per line, or NUL-separated as find -print0 "
                         "writes); --input still names the folders")
     p.add_argument("--status-file", default=None, help=argparse.SUPPRESS)

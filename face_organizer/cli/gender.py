@@ -25,8 +25,9 @@ EXAMPLES = """\
 def build_parser():
     p = common.parser("gender_filter.py", "Copy (or link) the images whose face is of the given gender; writes "
                       "predictions.csv with gender, confidence and age for every image.", EXAMPLES)
-    p.add_argument("--input", nargs="+", required=True, metavar="DIR", help="folders (searched recursively) or image files")
-    p.add_argument("--output", required=True, metavar="DIR",
+    p.add_argument("--input", nargs="+", required=True, metavar="DIR", type=common.path,
+                   help="folders (searched recursively) or image files")
+    p.add_argument("--output", required=True, metavar="DIR", type=common.path,
                    help="folder for the matching images and predictions.csv (new, or this command's own: it goes on)")
     p.add_argument("--gender", required=True, type=common.gender, metavar="{Woman,Man}",
                    help="the gender whose images are kept (any case; women/female, men/male too)")
@@ -35,7 +36,8 @@ def build_parser():
                         "deepface: DeepFace.analyze, as the original tool")
     p.add_argument("--detector-backend", default="opencv",
                    help="DeepFace detector (opencv, ssd, mtcnn, retinaface, yunet, …); --backend deepface only")
-    p.add_argument("--min-confidence", type=common.probability, default=0.5, help="minimum probability of the gender (default: 0.5)")
+    p.add_argument("--min-confidence", type=common.probability, default=0.5,
+                   help="minimum probability of the gender (default: 0.5)")
     p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy",
                    help="how matching images reach --output (default: copy)")
     p.add_argument("--workers", type=common.non_negative, default=default_workers(), help="image-decoding processes")

@@ -25,8 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = common.parser("embeddings_info.py", "Describe embeddings files: model, inputs, images and faces, skipped "
                       "files by reason, and whether the run that writes each one finished, was interrupted "
                       "(checkpoint parts beside it) or is running now. Reads only; safe during a run.", EXAMPLES)
-    p.add_argument("files", nargs="+", metavar="FILE.pkl", help="embeddings files (as given to --output); a folder: "
-                   "those in it")
+    p.add_argument("files", nargs="+", metavar="FILE.pkl", type=common.path,
+                   help="embeddings files (as given to --output); a folder: those in it")
     p.add_argument("--json", action="store_true", help="one JSON list on stdout instead of text")
     common.add_logging_args(p)
     args = p.parse_intermixed_args(argv)  # files before, among or after the options

@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "generate_embeddings.py (--workers, --batch-size, --model, --device, --mode, …) are passed "
                       "to every worker.", EXAMPLES,
                       allow_abbrev=False)  # generate_embeddings' --output is not short for --output-dir
-    p.add_argument("--input", nargs="+", required=True, metavar="DIR",
+    p.add_argument("--input", nargs="+", required=True, metavar="DIR", type=common.path,
                    help="folders (searched recursively) or image files, shared out over the GPUs")
-    p.add_argument("--output-dir", required=True, metavar="DIR",
+    p.add_argument("--output-dir", required=True, metavar="DIR", type=common.path,
                    help="folder for the embeddings files, one per GPU (PREFIX<ID>.pkl)")
     p.add_argument("--gpus", default="all", help="'all' (nvidia-smi) or ids such as 0,1,3 (default: all)")
     p.add_argument("--prefix", default="embeddings_gpu", help="file name prefix (default: embeddings_gpu)")

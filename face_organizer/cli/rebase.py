@@ -33,13 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "another, when the images moved or are mounted elsewhere (embedded in the container, sorted on "
                       "the host): every stage then finds them without embedding them again. Paths outside --from "
                       "stay as they are; the embeddings are untouched.", EXAMPLES)
-    p.add_argument("embeddings", metavar="FILE", nargs="+",
+    p.add_argument("embeddings", metavar="FILE", nargs="+", type=common.path,
                    help="embeddings file written by generate_embeddings.py (several: one per GPU, with --in-place)")
-    p.add_argument("--from", dest="old", metavar="DIR", required=True,
+    p.add_argument("--from", dest="old", metavar="DIR", required=True, type=common.path,
                    help="the folder the paths start with now (as embedded)")
-    p.add_argument("--to", dest="new", metavar="DIR", required=True, help="the folder they start with from now on")
+    p.add_argument("--to", dest="new", metavar="DIR", required=True, type=common.path,
+                   help="the folder they start with from now on")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--output", metavar="FILE", help="write the rewritten file here (a new file; one FILE only)")
+    where.add_argument("--output", metavar="FILE", type=common.path,
+                       help="write the rewritten file here (a new file; one FILE only)")
     where.add_argument("--in-place", action="store_true", help="replace each FILE itself (atomically)")
     p.add_argument("--dry-run", action="store_true", help="write nothing; print what would change")
     common.add_logging_args(p)

@@ -31,10 +31,10 @@ def build_parser():
     p = common.parser("search_faces.py", "Find every face of one person among embedded faces, from one or a few "
                       "reference photos (face crops or full photos; in a group photo, the face the references have in "
                       "common, else the largest).", EXAMPLES)
-    p.add_argument("--embeddings", nargs="+", metavar="FILE", help="embeddings files to search")
-    p.add_argument("--query", nargs="+", metavar="IMG", help="reference photos of the person (several help; a folder: "
-                   "every image in it)")
-    p.add_argument("--output", metavar="DIR", help="folder for matches.csv and the matched images")
+    p.add_argument("--embeddings", nargs="+", metavar="FILE", type=common.path, help="embeddings files to search")
+    p.add_argument("--query", nargs="+", metavar="IMG", type=common.path,
+                   help="reference photos of the person (several help; a folder: every image in it)")
+    p.add_argument("--output", metavar="DIR", type=common.path, help="folder for matches.csv and the matched images")
     p.add_argument("--threshold", type=common.similarity, default=None,
                    help="minimum similarity (default: calibrated for the model, else derived from the data)")
     p.add_argument("--top-k", type=common.positive, default=None, help="keep at most this many matches")
@@ -44,11 +44,13 @@ def build_parser():
     p.add_argument("--no-expand", dest="expand", action="store_false", help="no second search from confident matches")
     p.add_argument("--no-previews", dest="previews", action="store_false",
                    help="skip the contact sheet of matches and index.html")
-    p.add_argument("--calibrate", metavar="DIR", default=None,
+    p.add_argument("--calibrate", metavar="DIR", type=common.path, default=None,
                    help="instead of searching: compute the model's thresholds on a labelled folder and store them")
-    p.add_argument("--target-fmr", type=common.rate, default=1e-3, help="false-match rate for --calibrate (default: 0.001)")
-    p.add_argument("--model", default=None, help="model pack (default: the one that made the embeddings)")
-    p.add_argument("--model-root", default=None, help="folder holding model packs")
+    p.add_argument("--target-fmr", type=common.rate, default=1e-3,
+                   help="false-match rate for --calibrate (default: 0.001)")
+    p.add_argument("--model", default=None, type=common.path,
+                   help="model pack (default: the one that made the embeddings)")
+    p.add_argument("--model-root", default=None, type=common.path, help="folder holding model packs")
     common.add_device_args(p)
     common.add_logging_args(p)
     return p

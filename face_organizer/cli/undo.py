@@ -26,12 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "whose path holds a different file now, or whose folder is gone (moved or deleted since), stays "
                       "in OUTPUT and is named; --from and --to put them back into a tree moved since. Interrupted, "
                       "run it again. clusters.csv, summary.json and the previews stay in OUTPUT.", EXAMPLES)
-    p.add_argument("output", metavar="OUTPUT", help="the --output folder of a cluster_faces --link-mode move")
+    p.add_argument("output", metavar="OUTPUT", type=common.path,
+                   help="the --output folder of a cluster_faces --link-mode move")
     p.add_argument("--dry-run", action="store_true", help="move nothing; print what would happen")
-    p.add_argument("--from", dest="old", metavar="DIR",
+    p.add_argument("--from", dest="old", metavar="DIR", type=common.path,
                    help="with --to: the folders the images were embedded in lie under DIR no longer (moved to "
                    "another disk, or mounted elsewhere) ...")
-    p.add_argument("--to", dest="new", metavar="DIR", help="... but under this one: put them back there")
+    p.add_argument("--to", dest="new", metavar="DIR", type=common.path,
+                   help="... but under this one: put them back there")
     common.add_logging_args(p)
     args = p.parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
