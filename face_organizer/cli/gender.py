@@ -40,7 +40,9 @@ def build_parser():
                    help="minimum probability of the gender (default: 0.5)")
     p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy",
                    help="how matching images reach --output (default: copy)")
-    p.add_argument("--workers", type=common.non_negative, default=default_workers(), help="image-decoding processes")
+    p.add_argument("--workers", type=common.non_negative, default=default_workers(),
+                   help="image-decoding processes; 0: the images are decoded between predictions (default: CPUs "
+                        f"minus 2, at most 8: here {default_workers()})")
     p.add_argument("--batch-size", type=common.positive, default=64,
                    help="images decoded and predicted together (default: 64)")
     common.add_model_args(p)
