@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import sys
@@ -26,13 +27,22 @@ EXAMPLES = """\
 """
 
 
+def backend_names(value: str) -> list[str]:
+    """The names of a comma-separated list, each once, in order."""
+    names = list(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"no backend named in {value!r}: scrfd, yunet, or DeepFace's detectors "
+                                         f"({', '.join(b.DEEPFACE_BACKENDS)}, …), separated by commas")
+    return names
+
+
 def build_parser():
     p = common.parser("benchmark_backends.py", "Compare face-detector backends (InsightFace SCRFD, OpenCV YuNet, "
                       "DeepFace's detectors) on a sample of your images.", EXAMPLES)
     p.add_argument("--input", metavar="DIR", type=common.path, help="folder of images to sample (sub-folders included)")
     p.add_argument("--samples", type=common.positive, default=100,
                    help="images drawn at random from --input, the same for every backend (default: 100)")
-    p.add_argument("--backends", default="scrfd,yunet," + ",".join(b.DEEPFACE_BACKENDS),
+    p.add_argument("--backends", type=backend_names, default="scrfd,yunet," + ",".join(b.DEEPFACE_BACKENDS),
                    help="comma-separated: scrfd, yunet and DeepFace's names (default: all)")
     p.add_argument("--gender", type=common.gender, metavar="{Woman,Man}", default=None,
                    help="also classify gender (insightface genderage on each backend's face): Matched counts the faces "
@@ -72,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     yunet = args.yunet_model or b.find_yunet(common.model_root(args.model_root) or default_model_root())
     gpu_id = common.gpu_id_from_env()
     factories = {}
-    for name in [n.strip() for n in args.backends.split(",") if n.strip()]:
+    for name in args.backends:
         if name == "scrfd":
             factories[name] = (lambda: b.scrfd_finder(SCRFD(open_session(str(pack.detector), pack.detector.name, "auto", gpu_id, quiet=True)[0]))) \
                 if pack else None
