@@ -491,7 +491,9 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
             return "placed"
         if mode == "copy" and _same_size(source, dest):
             return "exists"
-        raise FaceOrganizerError(f"{dest} already exists and is not {source}; refusing to overwrite it")
+        raise FaceOrganizerError(f"{dest} already exists and is not {source} (changed or put there since); refusing "
+                                 "to overwrite it: move it out of the output folder and run again, or choose a new "
+                                 "--output")
     if not os.path.exists(source):
         return "missing"
     folder = os.path.dirname(dest)

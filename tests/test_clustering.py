@@ -1184,6 +1184,24 @@ def test_copies_a_power_cut_emptied_after_the_last_flush_are_copied_again(two_pe
     assert json.loads((out / organize.STATE_FILE).read_text())["durable"] == len(ef.rows)
 
 
+def test_a_file_changed_in_the_output_is_not_overwritten_by_the_same_run_again(two_person, tmp_path, capsys) -> None:
+    # The user edited one sorted copy, then ran the same command again (a shell loop over every stage): the
+    # edit is kept, and the line says what to do.
+    out = tmp_path / "out"
+    base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
+    assert run_cli(base) == 0
+    edited = folder_files(out)["person_A"][0]
+    edited.write_bytes(edited.read_bytes() + b"edited")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"}
+    capsys.readouterr()
+    assert run_cli(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"Error: {edited} already exists and is not ") and err[-1].endswith(
+        " (changed or put there since); refusing to overwrite it: move it out of the output folder and run again, "
+        "or choose a new --output")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"} == before
+
+
 def test_second_run_into_the_same_output_while_one_runs_is_refused(two_person, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
