@@ -135,9 +135,13 @@ def file_list_of(output: Path) -> Path:
     return output.with_suffix(".files.txt")
 
 
-def read_file_list(path: str) -> list[str]:
+def read_file_list(path: str, under: Sequence[str] = ()) -> list[str]:
     """The images a ``--file-list`` names: one path per line or, where names hold line breaks,
-    separated by NUL bytes (as ``find -print0`` and the GPU launcher write them)."""
+    separated by NUL bytes (as ``find -print0`` and the GPU launcher write them). A relative name
+    is looked for under each folder of ``under`` (the ``--input`` folders) in turn, as rsync's
+    ``--files-from`` reads names relative to its source: a list made by ``find .`` in an input
+    folder means that folder's images, not the current folder's (``docker exec`` starts in /app).
+    A relative name found under none of them is taken relative to the current folder."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -147,7 +151,16 @@ def read_file_list(path: str) -> list[str]:
         names = data.split(b"\0")
     else:
         names = [line.rstrip(b"\r") for line in data.split(b"\n") if line.strip()]
-    return sorted({os.path.abspath(os.fsdecode(name)) for name in names if name})  # names need not be UTF-8
+    folders = [os.path.abspath(f) for f in under if os.path.isdir(f)]
+    return sorted({_listed(os.fsdecode(name), folders) for name in names if name})  # names need not be UTF-8
+
+
+def _listed(name: str, folders: Sequence[str]) -> str:
+    if not os.path.isabs(name):
+        for folder in folders:
+            if os.path.lexists(found := os.path.join(folder, name)):
+                return os.path.normpath(found)
+    return os.path.abspath(name)
 
 
 def write_file_list(path: Path, files: Sequence[str]) -> None:

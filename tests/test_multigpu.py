@@ -322,6 +322,36 @@ def test_file_lists_one_per_line_or_nul_separated(tmp_path) -> None:
     assert (tmp_path / "plain.txt").read_text() == names[0] + "\n"  # readable where it can be
     (tmp_path / "crlf.txt").write_bytes(b"x.png\r\n\r\n./y.png\r\n")  # written on Windows, blank line
     assert read_file_list(str(tmp_path / "crlf.txt")) == [os.path.abspath("x.png"), os.path.abspath("y.png")]
+    (tmp_path / "in" / "y.png").parent.mkdir()
+    (tmp_path / "in" / "y.png").write_bytes(b"")
+    # Under the first input that holds it; a name none holds stays relative to the current folder.
+    assert read_file_list(str(tmp_path / "crlf.txt"), [str(tmp_path / "no"), str(tmp_path / "in")]) == sorted(
+        [os.path.abspath("x.png"), str(tmp_path / "in" / "y.png")])
+
+
+def test_relative_names_in_a_file_list_are_found_under_the_inputs(video_crops, testpack_dir, tmp_path, monkeypatch,
+                                                                   capsys) -> None:
+    # `cd /workspace/input/2017 && find . -name '*.png' > list.txt`, then a docker exec (which starts in /app):
+    # every name was read relative to /app, and every image listed as "file no longer exists".
+    crops = [p for c in video_crops.values() for p in c[:2]][:6]
+    inputs = [tmp_path / "input" / "2017", tmp_path / "input" / "2018"]
+    for i, crop in enumerate(crops):
+        target = inputs[i % 2] / "shot" / f"frame_{i:04d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(crop, target)
+    listing = tmp_path / "list.txt"
+    listing.write_text("./shot/frame_0000.png\nshot/frame_0001.png\nshot/frame_0002.png\n"
+                       f"{inputs[1] / 'shot' / 'frame_0003.png'}\n")
+    elsewhere = tmp_path / "app"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "emb.pkl"
+    assert common.run(embed_main, ["--input", *map(str, inputs), "--output", str(out), "--file-list", str(listing),
+                                   "--model", str(testpack_dir), "--device", "cpu", "-q"]) == 0
+    ef = embfile.load(out)
+    assert sorted(ef.rows.paths) == sorted(str(inputs[i % 2] / "shot" / f"frame_{i:04d}.png") for i in range(4))
+    assert ef.failed == []
+    capsys.readouterr()
 
 
 def test_options_every_worker_would_refuse_are_refused_before_any_starts(tmp_path, capsys) -> None:

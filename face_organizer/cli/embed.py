@@ -71,7 +71,8 @@ def build_parser():
                    help="seconds between checkpoints (default: 60)")
     p.add_argument("--file-list", default=None, metavar="FILE", type=common.path,
                    help="embed only the images listed in FILE (one path per line, or NUL-separated as find -print0 "
-                        "writes); --input still names the folders")
+                        "writes); --input still names the folders, and a relative name is found under them, as "
+                        "in a list made by find . in an input folder")
     p.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--launcher-pid", type=int, default=None, help=argparse.SUPPRESS)  # embed_all_gpus
     p.add_argument("--streams", type=common.non_negative, default=0,
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = EmbedOptions(mode=args.mode, reuse_similar_frames=args.reuse_similar_frames)
     output = common.file_output(args.output, f"embeddings_gpu{gpu_id}.pkl")
     if args.file_list:
-        paths = read_file_list(args.file_list)
+        paths = read_file_list(args.file_list, args.input)
         if not paths:
             raise SetupError(f"--file-list {args.file_list} names no images")
     else:
