@@ -68,7 +68,7 @@ def build_parser():
                    help="continue an interrupted or earlier run into the same --output (the default)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing --output and start over")
     p.add_argument("--checkpoint-seconds", type=common.non_negative_float, default=60.0,
-                   help="seconds between checkpoints (default: 60)")
+                   help="seconds between checkpoints (default: 60; 0: after every batch)")
     p.add_argument("--file-list", default=None, metavar="FILE", type=common.path,
                    help="embed only the images listed in FILE (one path per line, or NUL-separated as find -print0 "
                         "writes); --input still names the folders, and a relative name is found under them, as "
