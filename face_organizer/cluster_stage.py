@@ -22,8 +22,8 @@ from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cl
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text, lock_holder
 from .images import file_signature
-from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
-                       holds_moved_images, images_run, missing_note, place_all, refuse_renamed, saved_state)
+from .organize import (OCCUPIED, LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
+                       holds_moved_images, images_run, place_all, placement_notes, refuse_renamed, saved_state)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
@@ -91,8 +91,7 @@ class ClusterReport:
             out.append(f"{files_line(self.status)}; {self.elapsed:.1f} s")
             if self.link_mode == "move" and self.status.get("placed"):
                 out.append(f"moved: undo_move.py {self.output} puts them back where they were embedded")
-            if self.status.get("missing"):
-                out.append(missing_note(self.status["missing"], "clusters.csv"))
+            out += placement_notes(self.status, "clusters.csv")
         return out
 
     def notes(self) -> list[str]:
@@ -291,7 +290,9 @@ def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.nda
     r = ef.rows
     aside = np.zeros(len(r.paths), bool) if set_aside is None else set_aside
     # Later runs know each image by its name and size; a destination not placed (missing) has none.
-    size = {dest: sig[0] if (sig := file_signature(dest)) else "" for dest in set(dests)}
+    # Nor does one left to another file (changed or put there since).
+    size = {dest: sig[0] if status.get(dest) != OCCUPIED and (sig := file_signature(dest)) else ""
+            for dest in set(dests)}
     for i, source in enumerate(r.paths):
         writer.writerow([source, int(r.face_index[i]), names[i], f"{float(sims[i]):.4f}", dests[i],
                          int(bool(r.detected[i])), status.get(dests[i], ""), int(aside[i]), size[dests[i]]])

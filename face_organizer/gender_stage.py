@@ -19,7 +19,8 @@ from .errors import FaceOrganizerError, device_failed, one_line
 from .fsutil import atomic_write_text
 from .gender import GenderPrediction
 from .images import Signature, file_signature, not_reached
-from .organize import LinkMode, check_output_folder, check_same_run, files_line, place_all
+from .organize import (LinkMode, check_output_folder, check_same_run, files_line, place_all,
+                       placement_notes)
 from .progress import bar as progress_bar
 from .progress import count
 from .vanished import Vanishing
@@ -81,6 +82,7 @@ class GenderSummary:
             f"no face: {self.no_face:,}; errors: {errors:,}"
             + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.errors.most_common()) + ")" if errors else ""),
             *([files_line(self.status)] if self.status else []),
+            *placement_notes(self.status, None),
         ] + ([f"continued an interrupted run: {count(self.resumed, 'image')} already predicted"] if self.resumed else []) \
           + ([f"{count(self.kept, 'image')} predicted by the earlier run into this output and unchanged since: "
               "not predicted again"] if self.kept else []) \

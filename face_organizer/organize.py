@@ -292,7 +292,9 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
     return previous
 
 
-FILE_STATES = {"placed": "placed", "exists": "already in place", "missing": "missing"}  # status → summary words
+OCCUPIED = "kept"  # the destination holds another file, left as it is
+FILE_STATES = {"placed": "placed", "exists": "already in place", "missing": "missing",
+               OCCUPIED: "not placed: another file is there"}  # status → summary words
 
 
 def files_line(status: Mapping[str, int]) -> str:
@@ -307,6 +309,19 @@ def missing_note(missing: int, table: str) -> str:
             f"says (moved or deleted since embedded): {table} lists {'it' if missing == 1 else 'them'} with status "
             "'missing'; images that an earlier --link-mode move took are found with --moved-to and that "
             "run's output folder")
+
+
+def placement_notes(status: Mapping[str, int], table: str | None) -> list[str]:
+    """The summary's lines on the images a placement could not put where it meant to; ``table``: the
+    CSV file whose ``status`` column names them, if the stage writes one."""
+    notes = [missing_note(status["missing"], table)] if table and status.get("missing") else []
+    if kept := status.get(OCCUPIED, 0):
+        one = kept == 1
+        listed = f"{table} lists {'its image' if one else 'their images'} with status '{OCCUPIED}'; " if table else ""
+        notes.append(f"{count(kept, 'place')} in the output already held another file (changed or put there "
+                     f"since): left as {'it is' if one else 'they are'}; {listed}move {'it' if one else 'them'} out "
+                     "of the output and run the same command again to place the images there")
+    return notes
 
 
 def _mark_durable(output: str, digest: str, mode: LinkMode, done: int, run: dict[str, Any] | None,
@@ -452,7 +467,9 @@ def _link_atomic(source: str, dest: str) -> None:
 
 def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verify: bool = False,
           replace: bool = False, folders: set[str] | None = None) -> str:
-    """Put ``source`` at ``dest``: 'placed', 'exists' (done by an earlier run) or 'missing'.
+    """Put ``source`` at ``dest``: 'placed', 'exists' (done by an earlier run), 'missing', or
+    ``OCCUPIED`` where ``dest`` holds another file (one the user changed or put there since): it is
+    left as it is, and ``source`` too.
 
     A move renames within a filesystem (atomic); across filesystems it copies,
     makes the copy durable, and only then removes the source, so an interruption
@@ -491,9 +508,8 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
             return "placed"
         if mode == "copy" and _same_size(source, dest):
             return "exists"
-        raise FaceOrganizerError(f"{dest} already exists and is not {source} (changed or put there since); refusing "
-                                 "to overwrite it: move it out of the output folder and run again, or choose a new "
-                                 "--output")
+        log.debug("%s holds another file than %s: left as it is", dest, source)
+        return OCCUPIED  # changed or put there since: never overwritten
     if not os.path.exists(source):
         return "missing"
     folder = os.path.dirname(dest)

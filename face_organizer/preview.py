@@ -27,9 +27,10 @@ class SheetFace:
 
 
 def placed_or_source(destination: str, source: str) -> str:
-    """Where a face's image can be read now: its placed file (the only one left after a
-    move), else the path in the embeddings file."""
-    return destination if os.path.exists(destination) else source
+    """Where a face's image can be read now: the path in the embeddings file, else its placed
+    file (the only one left after a move). Not the placed file first: where the output already
+    held another file, that file stays, and it is not the face's image."""
+    return source if os.path.exists(source) else destination
 
 
 def _tile(face: SheetFace) -> NDArray[np.uint8]:

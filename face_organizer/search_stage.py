@@ -20,7 +20,7 @@ from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
 from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
-                       images_run, missing_note, place_all)
+                       images_run, place_all, placement_notes)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .progress import count
@@ -69,8 +69,7 @@ class SearchReport:
             lines.append(f"searched with {len(self.references)} queries")
         if self.status:
             lines.append(files_line(self.status))
-        if self.status.get("missing"):
-            lines.append(missing_note(self.status["missing"], "matches.csv"))
+        lines += placement_notes(self.status, "matches.csv")
         return lines
 
 

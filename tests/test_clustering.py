@@ -1184,22 +1184,39 @@ def test_copies_a_power_cut_emptied_after_the_last_flush_are_copied_again(two_pe
     assert json.loads((out / organize.STATE_FILE).read_text())["durable"] == len(ef.rows)
 
 
-def test_a_file_changed_in_the_output_is_not_overwritten_by_the_same_run_again(two_person, tmp_path, capsys) -> None:
-    # The user edited one sorted copy, then ran the same command again (a shell loop over every stage): the
-    # edit is kept, and the line says what to do.
+@pytest.mark.parametrize("mode", ["copy", "move"])
+def test_a_file_changed_in_the_output_is_kept_and_the_same_run_again_finishes(two_person, tmp_path, capsys,
+                                                                            mode) -> None:
+    # The user edited one sorted image, then ran the same command again (a shell loop over every stage): the
+    # run stopped there with an error. Now the edit is kept, the rest is placed, and the summary says so.
+    emb = two_person[0]
+    if mode == "move":  # on copies of the images
+        emb = tmp_path / "emb.pkl"
+        embfile.save(emb, private_copy(two_person, tmp_path))
     out = tmp_path / "out"
-    base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
+    base = ["--embeddings", str(emb), "--output", str(out), "-q", "--link-mode", mode]
     assert run_cli(base) == 0
     edited = folder_files(out)["person_A"][0]
-    edited.write_bytes(edited.read_bytes() + b"edited")
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"}
+    edited.write_bytes(b"not the image any more")
+    removed = folder_files(out)["person_B"][0]
+    removed.unlink()  # to be placed again
+    rows = {r["destination"]: r for r in csv.DictReader((out / "clusters.csv").open())}
+    image = rows[str(edited)]["path"]
+    if mode == "move":  # the image went back to where it was embedded, and something else took its place
+        Path(image).write_bytes(b"the image")
+        Path(rows[str(removed)]["path"]).write_bytes(b"the other image")
     capsys.readouterr()
-    assert run_cli(base) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"Error: {edited} already exists and is not ") and err[-1].endswith(
-        " (changed or put there since); refusing to overwrite it: move it out of the output folder and run again, "
-        "or choose a new --output")
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"} == before
+    assert run_cli(base) == 0
+    printed = capsys.readouterr().out
+    assert edited.read_bytes() == b"not the image any more" and removed.is_file()
+    assert Path(image).is_file()  # not moved over the edited file either
+    assert "1 placed" in printed and "1 not placed: another file is there" in printed
+    assert ("1 place in the output already held another file (changed or put there since): left as it is; clusters.csv "
+            "lists its image with status 'kept'; move it out of the output and run the same command again to place "
+            "the images there") in printed
+    after = {r["destination"]: r for r in csv.DictReader((out / "clusters.csv").open())}
+    assert after[str(edited)]["status"] == "kept" and after[str(edited)]["bytes"] == ""
+    assert after[str(removed)]["status"] == "placed"
 
 
 def test_second_run_into_the_same_output_while_one_runs_is_refused(two_person, tmp_path, capsys) -> None:

@@ -234,6 +234,24 @@ def test_the_same_command_again_predicts_only_images_new_or_changed_since(utkfac
     assert resumed.asked == [first_four[1], *paths()[4:]] and summary.resumed == 3
 
 
+def test_a_copy_edited_in_the_output_is_kept_when_the_same_command_runs_again(utkface, predictor, tmp_path) -> None:
+    folder, paths = _some_faces(utkface, tmp_path / "input", 12)
+    out = tmp_path / "women"
+    run = dict(workers=0, batch_size=4, progress=False)
+    first = filter_by_gender(paths, [str(folder)], str(out), "Woman", predictor, **run)
+    copies = sorted(p for p in out.rglob("*") if p.is_file() and p.suffix in (".jpg", ".png"))
+    assert first.matches >= 2 and len(copies) == first.matches
+    copies[0].write_bytes(b"cropped by hand")
+    copies[1].unlink()
+    again = filter_by_gender(paths, [str(folder)], str(out), "Woman", predictor, **run)
+    assert copies[0].read_bytes() == b"cropped by hand" and copies[1].is_file()
+    assert again.status["kept"] == 1 and again.status["placed"] == 1
+    lines = again.lines()
+    assert "1 not placed: another file is there" in lines[2] and any(
+        line.startswith("1 place in the output already held another file (changed or put there since): left as it "
+                        "is; move it out of the output and run the same command again") for line in lines)
+
+
 @pytest.mark.parametrize("link_mode", ["copy", "hardlink", "symlink"])
 def test_the_same_command_again_places_the_matches_of_a_folder_that_grew(utkface, predictor, tmp_path, link_mode) -> None:
     # New frames in a year folder, the loop run again: their matches join the earlier run's output. Before,
