@@ -29,7 +29,7 @@ from .images import GONE
 from .progress import bar as progress_bar
 from .progress import count, size
 from .rebase import former_paths, guess_move, near, spread
-from .relocate import Placed, moved_locations, renamed_folders, samples_of
+from .relocate import OCCUPIED, Placed, moved_locations, renamed_folders, samples_of
 from .vanished import Vanishing
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,6 @@ def prepare_output(output: str, digest: str, dry_run: bool, mode: LinkMode,
     return previous
 
 
-OCCUPIED = "kept"  # the destination holds another file, left as it is
 FILE_STATES = {"placed": "placed", "exists": "already in place", "missing": "missing",
                OCCUPIED: "not placed: another file is there"}  # status → summary words
 

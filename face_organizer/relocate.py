@@ -82,9 +82,13 @@ def _is(file: str, placed: Placed) -> bool:
         return False
 
 
+OCCUPIED = "kept"  # a table's status for an image not placed: its destination held another file, left as it is
+
+
 def _table_rows(output: str, option: str = "--moved-to") -> Iterator[Placed]:
-    """Each row of ``output``'s ``clusters.csv`` whose destination is in ``output``; errors name
-    ``option``, which named the folder."""
+    """Each row of ``output``'s ``clusters.csv`` whose destination is in ``output`` and holds its
+    image (not one whose destination held another file: ``OCCUPIED``); errors name ``option``,
+    which named the folder."""
     table = os.path.join(output, TABLE)
     roots = _written_to(output)
     try:
@@ -92,8 +96,8 @@ def _table_rows(output: str, option: str = "--moved-to") -> Iterator[Placed]:
             for row in csv.DictReader(handle):
                 dest = os.path.normpath(row["destination"])  # no '..' leads out of the folder
                 root = next((r for r in roots if dest.startswith(r)), None)
-                if root is None or not os.path.isabs(row["path"]):
-                    continue  # not in the folder that run wrote, or not a path an image was embedded at
+                if root is None or not os.path.isabs(row["path"]) or row.get("status") == OCCUPIED:
+                    continue  # not in the folder that run wrote, not a path an image was embedded at, or not placed
                 folder, _, rest = dest[len(root):].partition(os.sep)
                 size = row.get("bytes") or ""
                 if rest:

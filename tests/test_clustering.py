@@ -1217,6 +1217,12 @@ def test_a_file_changed_in_the_output_is_kept_and_the_same_run_again_finishes(tw
     after = {r["destination"]: r for r in csv.DictReader((out / "clusters.csv").open())}
     assert after[str(edited)]["status"] == "kept" and after[str(edited)]["bytes"] == ""
     assert after[str(removed)]["status"] == "placed"
+    if mode == "move":  # undone, every image goes back but the one that never left; the edited file stays
+        from face_organizer.undo import undo_move
+
+        undone = undo_move(str(out), progress=False)
+        assert undone.conflicts == [] and undone.restored == len(after) - 1 and undone.already_back == 0
+        assert Path(image).read_bytes() == b"the image" and edited.read_bytes() == b"not the image any more"
 
 
 def test_second_run_into_the_same_output_while_one_runs_is_refused(two_person, tmp_path, capsys) -> None:
