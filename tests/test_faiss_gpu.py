@@ -82,8 +82,8 @@ def test_a_gpu_faiss_cannot_use_is_left_for_the_cpu_with_a_warning(two_person, g
 
 def test_search_on_the_gpu_finds_what_the_cpu_finds_past_the_gpu_limit_on_neighbours(lfw_subset, gpus,
                                                                                    monkeypatch) -> None:
-    # A FAISS GPU index returns at most 2,048 neighbours per query; a person with more faces than that is
-    # searched on the CPU instead. The limit is lowered here so that one person of LFW passes it.
+    # A FAISS GPU index returns at most 2,048 neighbours per query; a query with more matches than that is
+    # answered on the CPU instead. The limit is lowered here so that the matches of one person of LFW pass it.
     ef = embfile.load(lfw_subset[0])
     x = ef.rows.embeddings
     truth = [lfw_subset[1][p] for p in ef.rows.paths]
