@@ -138,10 +138,11 @@ def file_list_of(output: Path) -> Path:
 def read_file_list(path: str, under: Sequence[str] = ()) -> list[str]:
     """The images a ``--file-list`` names: one path per line or, where names hold line breaks,
     separated by NUL bytes (as ``find -print0`` and the GPU launcher write them). A relative name
-    is looked for under each folder of ``under`` (the ``--input`` folders) in turn, as rsync's
+    is looked for under the folders of ``under`` (the ``--input`` folders), as rsync's
     ``--files-from`` reads names relative to its source: a list made by ``find .`` in an input
     folder means that folder's images, not the current folder's (``docker exec`` starts in /app).
-    A relative name found under none of them is taken relative to the current folder."""
+    A relative name found under none of them is taken relative to the current folder; one found
+    under several is refused (``SetupError``)."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -151,16 +152,16 @@ def read_file_list(path: str, under: Sequence[str] = ()) -> list[str]:
         names = data.split(b"\0")
     else:
         names = [line.rstrip(b"\r") for line in data.split(b"\n") if line.strip()]
-    folders = [os.path.abspath(f) for f in under if os.path.isdir(f)]
-    return sorted({_listed(os.fsdecode(name), folders) for name in names if name})  # names need not be UTF-8
-
-
-def _listed(name: str, folders: Sequence[str]) -> str:
-    if not os.path.isabs(name):
-        for folder in folders:
-            if os.path.lexists(found := os.path.join(folder, name)):
-                return os.path.normpath(found)
-    return os.path.abspath(name)
+    folders = list(dict.fromkeys(os.path.abspath(f) for f in under if os.path.isdir(f)))
+    paths: set[str] = set()
+    for name in (os.fsdecode(n) for n in names if n):  # names need not be UTF-8
+        found = [] if os.path.isabs(name) else [os.path.normpath(p) for f in folders
+                                                 if os.path.lexists(p := os.path.join(f, name))]
+        if len(found) > 1:  # frame_0001.png is in every year folder: which one the list meant cannot be told
+            raise SetupError(f"--file-list {path}: {name} is in more than one --input folder ({found[0]}, "
+                             f"{found[1]}); list full paths, or give only the folder the list was made in")
+        paths.add(found[0] if found else os.path.abspath(name))
+    return sorted(paths)
 
 
 def write_file_list(path: Path, files: Sequence[str]) -> None:
