@@ -324,7 +324,7 @@ def test_file_lists_one_per_line_or_nul_separated(tmp_path) -> None:
     assert read_file_list(str(tmp_path / "crlf.txt")) == [os.path.abspath("x.png"), os.path.abspath("y.png")]
     (tmp_path / "in" / "y.png").parent.mkdir()
     (tmp_path / "in" / "y.png").write_bytes(b"")
-    # Under the first input that holds it; a name none holds stays relative to the current folder.
+    # Under the input that holds it; a name none holds stays relative to the current folder.
     assert read_file_list(str(tmp_path / "crlf.txt"), [str(tmp_path / "no"), str(tmp_path / "in")]) == sorted(
         [os.path.abspath("x.png"), str(tmp_path / "in" / "y.png")])
     (tmp_path / "also" / "y.png").parent.mkdir()
