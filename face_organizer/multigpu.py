@@ -157,7 +157,7 @@ def read_file_list(path: str, under: Sequence[str] = ()) -> list[str]:
     for name in (os.fsdecode(n) for n in names if n):  # names need not be UTF-8
         found = [] if os.path.isabs(name) else [os.path.normpath(p) for f in folders
                                                  if os.path.lexists(p := os.path.join(f, name))]
-        if len(found) > 1:  # frame_0001.png is in every year folder: which one the list meant cannot be told
+        if len({os.path.realpath(p) for p in found}) > 1:  # frame_0001.png is in every year folder: which one?
             raise SetupError(f"--file-list {path}: {name} is in more than one --input folder ({found[0]}, "
                              f"{found[1]}); list full paths, or give only the folder the list was made in")
         paths.add(found[0] if found else os.path.abspath(name))

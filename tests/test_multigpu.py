@@ -327,6 +327,9 @@ def test_file_lists_one_per_line_or_nul_separated(tmp_path) -> None:
     # Under the input that holds it; a name none holds stays relative to the current folder.
     assert read_file_list(str(tmp_path / "crlf.txt"), [str(tmp_path / "no"), str(tmp_path / "in")]) == sorted(
         [os.path.abspath("x.png"), str(tmp_path / "in" / "y.png")])
+    (tmp_path / "same").symlink_to(tmp_path / "in")  # one folder named twice: one image
+    assert read_file_list(str(tmp_path / "crlf.txt"), [str(tmp_path / "in"), str(tmp_path / "same")]) == sorted(
+        [os.path.abspath("x.png"), str(tmp_path / "in" / "y.png")])
     (tmp_path / "also" / "y.png").parent.mkdir()
     (tmp_path / "also" / "y.png").write_bytes(b"")  # frame_0001.png is in every year folder
     with pytest.raises(SetupError, match=r"crlf.txt: \./y.png is in more than one --input folder \(.*/in/y.png, "
