@@ -39,6 +39,23 @@ def default_workers(cpus: int | None = None) -> int:
     return max(0, min(MAX_DEFAULT_WORKERS, (usable_cpus() if cpus is None else cpus) - 2))
 
 
+WORKER_MB = 70  # resident memory of one image-decoding process (OpenCV and numpy loaded), measured on Linux
+
+
+def warn_of_extra_workers(workers: int, cpus: int | None = None) -> None:
+    """Warn when ``--workers`` asks for more image-decoding processes than the CPUs this process
+    may use: each holds about ``WORKER_MB`` MB, and the extra ones only take turns on the CPUs."""
+    cpus = usable_cpus() if cpus is None else cpus
+    if workers > cpus:
+        log.warning("--workers %d: more image-decoding processes than the %d CPU%s this process may use; each holds "
+                    "about %d MB (%s in all), and the extra ones only take turns on the CPUs: %d at most is useful",
+                    workers, cpus, "" if cpus == 1 else "s", WORKER_MB, _mb(workers * WORKER_MB), cpus)
+
+
+def _mb(mb: int) -> str:
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb} MB"
+
+
 def fit_openmp_threads() -> None:
     """Give FAISS's OpenMP pool one thread per CPU this process may use. OpenMP counts the CPUs
     of the affinity mask only, so under a container's CPU quota its threads outnumber the CPUs

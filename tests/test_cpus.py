@@ -84,3 +84,16 @@ def test_faiss_threads_follow_the_usable_cpus(machine) -> None:
         assert faiss.omp_get_max_threads() == 1
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def test_more_decoding_processes_than_cpus_are_warned_about(caplog) -> None:
+    # --workers 500 on 2 CPUs started 500 processes of about 70 MB each, with nothing said.
+    with caplog.at_level(logging.WARNING):
+        cpus.warn_of_extra_workers(2, cpus=2)
+        cpus.warn_of_extra_workers(0, cpus=1)
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING):
+        cpus.warn_of_extra_workers(500, cpus=2)
+    assert ("--workers 500: more image-decoding processes than the 2 CPUs this process may use; each holds about "
+            "70 MB (34.2 GB in all), and the extra ones only take turns on the CPUs: 2 at most is useful"
+            ) in caplog.text

@@ -234,9 +234,10 @@ def _good_and_bad(tmp_path: Path, video_crops) -> tuple[Path, list[Path]]:
     return folder, good
 
 
-def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, capsys) -> None:
+def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, capsys, monkeypatch) -> None:
     folder, good = _good_and_bad(tmp_path, video_crops)
     out = tmp_path / "emb.pkl"
+    monkeypatch.setenv("FACE_ORGANIZER_CPUS", "1")  # two decoding processes for one CPU: warned about
     code = run_cli(["--input", str(folder / "2017"), str(folder / "2008"), "--output", str(out),
                     "--model", str(testpack_dir), "--workers", "2", "--batch-size", "8", "-q"])
     assert code == 0
@@ -254,7 +255,8 @@ def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, ca
     # Where the model puts faces blurred past recognition, for cluster_faces to set them aside.
     centre = np.asarray(meta["unrecognisable_centre"])
     assert centre.shape == (128,) and abs(np.linalg.norm(centre) - 1) < 1e-5
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
+    assert "--workers 2: more image-decoding processes than the 1 CPU this process may use" in err
     assert "skipped: 5" in printed and "truncated JPEG: 1" in printed
     assert f"  {folder / '2017' / 'empty.png'}: empty file" in printed.splitlines()  # named, not only counted
     many = RunSummary(output=str(out), device="cpu", skipped=Counter({"empty file": 9}),

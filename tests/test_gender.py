@@ -89,6 +89,15 @@ class _Watched:
         return self.inner.predict(items)
 
 
+def test_more_decoding_processes_than_cpus_are_warned_about_first(testpack_dir, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FACE_ORGANIZER_CPUS", "1")
+    (tmp_path / "empty").mkdir()
+    assert run_cli(["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "women"), "--gender", "Woman",
+                    "--model", str(testpack_dir), "--workers", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers 3: more image-decoding processes than the 1 CPU this process may use" in err
+
+
 def _predictions(out: Path) -> list[dict[str, str]]:
     rows = list(csv.DictReader(open(out / "predictions.csv", newline="", encoding="utf-8")))
     return [{k: v for k, v in r.items() if k != "destination"} for r in rows]

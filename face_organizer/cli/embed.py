@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import embed_run, frames
-from ..cpus import default_workers
+from ..cpus import default_workers, warn_of_extra_workers
 from ..errors import SetupError
 from ..faces import EmbedOptions, load_face_models
 from ..fsutil import check_writable_dir, exclusive
@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "half speed. Give each process its own GPU_ID: docker exec -e GPU_ID=1 … (GPU_ID=1 docker "
                         "exec … sets it on the host only, not in the container)", gpu_id, describe(others[0]))
         workers = args.workers if args.workers is not None else (0 if on_cpu else default_workers())
+        warn_of_extra_workers(workers)
         summary = embed_run.run_embeddings(
             paths, output, models, options, inputs=args.input, batch_size=args.batch_size,
             workers=workers, streams=streams, resume=args.resume, checkpoint_seconds=args.checkpoint_seconds, progress=not args.quiet,

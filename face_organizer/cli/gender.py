@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..cpus import default_workers
+from ..cpus import default_workers, warn_of_extra_workers
 from ..fsutil import exclusive
 from ..gender import DeepFaceGender, InsightFaceGender
 from ..gender_stage import Deferred, filter_by_gender
@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
     args.input = common.shell_patterns(args.input, "--input")
+    warn_of_extra_workers(args.workers)
     paths = common.find_images(args.input)
     # Made only when there are images to predict: the same command again, with nothing new, loads no model.
     if args.backend == "insightface":
