@@ -183,6 +183,8 @@ def test_every_file_or_folder_argument_refuses_an_empty_one(monkeypatch, capsys,
     ("search", "--target-fmr", "0", "must be above 0 and below 1, not 0"),
     ("gender", "--min-confidence", "1.2", "must be between 0 and 1, not 1.2"),
     ("embed", "--checkpoint-seconds", "-5", "must be 0 or more"),
+    ("embed", "--batch-size", "100000", "at most 4,096: each stream holds a batch of decoded images"),
+    ("gender", "--batch-size", "0", "must be 1 or more"),
     ("backends", "--backends", ",", "no backend named in ',': scrfd, yunet, or DeepFace's detectors (opencv, "),
 ])
 def test_out_of_range_options_are_one_usage_line(stage, option, value, message, capsys) -> None:

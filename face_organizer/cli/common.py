@@ -349,6 +349,19 @@ def positive(value: str) -> int:
     return number
 
 
+MAX_BATCH = 4096  # a stream holds a batch of decoded images: 4,096 crops of 512 px are 3.2 GB
+
+
+def batch_size(value: str) -> int:
+    """Images per batch: 1 to ``MAX_BATCH``. A GPU gains nothing from larger batches, and the decoded
+    images of one (``--batch-size 100000``: tens of GB per stream) would run the machine out of memory."""
+    number = positive(value)
+    if number > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_BATCH:,}: each stream holds a batch of decoded images "
+                                         f"({MAX_BATCH:,} crops of 512 px are 3.2 GB)")
+    return number
+
+
 def non_negative(value: str) -> int:
     number = int(value)
     if number < 0:

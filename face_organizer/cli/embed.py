@@ -54,7 +54,8 @@ def build_parser():
                         f"(default: 0 on the CPU; on a GPU, CPUs minus 2, at most 8: here {default_workers()}; "
                         "CPUs are those this process may use: its affinity and container CPU quota, at most "
                         "$FACE_ORGANIZER_CPUS)")
-    p.add_argument("--batch-size", type=common.positive, default=64, help="faces per recogniser batch (default: 64)")
+    p.add_argument("--batch-size", type=common.batch_size, default=64,
+                   help="faces per recogniser batch (default: 64; at most 4,096)")
     p.add_argument("--mode", choices=("crops", "photos"), default="crops",
                    help="crops: one face per image (default); photos: every face in each image")
     common.add_model_args(p)

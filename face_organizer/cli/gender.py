@@ -43,8 +43,8 @@ def build_parser():
     p.add_argument("--workers", type=common.non_negative, default=default_workers(),
                    help="image-decoding processes; 0: the images are decoded between predictions (default: CPUs "
                         f"minus 2, at most 8: here {default_workers()})")
-    p.add_argument("--batch-size", type=common.positive, default=64,
-                   help="images decoded and predicted together (default: 64)")
+    p.add_argument("--batch-size", type=common.batch_size, default=64,
+                   help="images decoded and predicted together (default: 64; at most 4,096)")
     common.add_model_args(p)
     common.add_device_args(p)
     common.add_logging_args(p)
