@@ -8,6 +8,8 @@ import warnings
 
 import joblib
 
+from .progress import size
+
 log = logging.getLogger(__name__)
 
 CPUS_ENV = "FACE_ORGANIZER_CPUS"  # at most this many CPUs: a process's share of a machine it shares
@@ -49,11 +51,7 @@ def warn_of_extra_workers(workers: int, cpus: int | None = None) -> None:
     if workers > cpus:
         log.warning("--workers %d: more image-decoding processes than the %d CPU%s this process may use; each holds "
                     "about %d MB (%s in all), and the extra ones only take turns on the CPUs: %d at most is useful",
-                    workers, cpus, "" if cpus == 1 else "s", WORKER_MB, _mb(workers * WORKER_MB), cpus)
-
-
-def _mb(mb: int) -> str:
-    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb} MB"
+                    workers, cpus, "" if cpus == 1 else "s", WORKER_MB, size(workers * WORKER_MB * 1e6), cpus)
 
 
 def fit_openmp_threads() -> None:

@@ -95,5 +95,5 @@ def test_more_decoding_processes_than_cpus_are_warned_about(caplog) -> None:
     with caplog.at_level(logging.WARNING):
         cpus.warn_of_extra_workers(500, cpus=2)
     assert ("--workers 500: more image-decoding processes than the 2 CPUs this process may use; each holds about "
-            "70 MB (34.2 GB in all), and the extra ones only take turns on the CPUs: 2 at most is useful"
+            "70 MB (35.0 GB in all), and the extra ones only take turns on the CPUs: 2 at most is useful"
             ) in caplog.text
