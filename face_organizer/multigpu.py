@@ -153,15 +153,34 @@ def read_file_list(path: str, under: Sequence[str] = ()) -> list[str]:
     else:
         names = [line.rstrip(b"\r") for line in data.split(b"\n") if line.strip()]
     folders = list(dict.fromkeys(os.path.abspath(f) for f in under if os.path.isdir(f)))
+    listings = _Listings()
     paths: set[str] = set()
     for name in (os.fsdecode(n) for n in names if n):  # names need not be UTF-8
         found = [] if os.path.isabs(name) else [os.path.normpath(p) for f in folders
-                                                 if os.path.lexists(p := os.path.join(f, name))]
-        if len({os.path.realpath(p) for p in found}) > 1:  # frame_0001.png is in every year folder: which one?
+                                                 if listings.holds(p := os.path.join(f, name))]
+        if len(found) > 1 and len({os.path.realpath(p) for p in found}) > 1:  # frame_0001.png is in every year folder
             raise SetupError(f"--file-list {path}: {name} is in more than one --input folder ({found[0]}, "
                              f"{found[1]}); list full paths, or give only the folder the list was made in")
         paths.add(found[0] if found else os.path.abspath(name))
     return sorted(paths)
+
+
+class _Listings:
+    """Whether a path exists (a dangling link too), from one listing of each folder: half a million
+    relative names over several input folders cost a listing per folder, not a stat per name and input."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, frozenset[str]] = {}
+
+    def holds(self, path: str) -> bool:
+        folder, name = os.path.split(path)
+        if folder not in self.names:
+            try:
+                with os.scandir(folder) as entries:
+                    self.names[folder] = frozenset(entry.name for entry in entries)
+            except OSError:
+                self.names[folder] = frozenset()
+        return name in self.names[folder]
 
 
 def write_file_list(path: Path, files: Sequence[str]) -> None:
