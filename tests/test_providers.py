@@ -170,14 +170,25 @@ def test_another_run_given_the_same_gpu_is_found(monkeypatch) -> None:
             for name, args, env in (("unset", ["--input", "x"], {}), ("cpu", ["--device", "cpu"], {}),
                                     ("one", [], {"GPU_ID": " 01"}), ("other", [], {"GPU_ID": "0",
                                                                                    "CUDA_VISIBLE_DEVICES": "1"}))}
+    sessions = {run.pid for run in runs.values()}
+
+    def session(pid: int) -> int | None:
+        try:
+            return os.getsid(pid)
+        except OSError:
+            return None  # ended since
+
+    def found(gpu_id: int) -> list[int]:  # of these runs and their forks: a real run here at the time is not one
+        return [pid for pid in embedding_runs_on_gpu(gpu_id) if session(pid) in sessions]
+
     try:
         assert all(run.stdout.readline() == b"ready\n" for run in runs.values())
         # GPU_ID unset is GPU 0; its decoding process (a fork) is the same run; --device cpu takes no GPU.
-        assert embedding_runs_on_gpu(0) == [runs["unset"].pid]
-        assert embedding_runs_on_gpu(1) == [runs["one"].pid]
-        assert embedding_runs_on_gpu(2) == []
+        assert found(0) == [runs["unset"].pid]
+        assert found(1) == [runs["one"].pid]
+        assert found(2) == []
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # GPU 0 of another set of visible GPUs
-        assert embedding_runs_on_gpu(0) == [runs["other"].pid]
+        assert found(0) == [runs["other"].pid]
     finally:
         for run in runs.values():
             os.killpg(run.pid, signal.SIGKILL)  # its fork too
