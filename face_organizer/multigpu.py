@@ -13,6 +13,7 @@ that a shot's frames stay together.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import json
@@ -148,6 +149,7 @@ def read_file_list(path: str, under: Sequence[str] = ()) -> list[str]:
             data = handle.read()
     except OSError as err:
         raise SetupError(f"cannot read --file-list {path}: {err.strerror or err}") from None
+    data = _without_bom(data, path)
     if b"\0" in data:
         names = data.split(b"\0")
     else:
@@ -163,6 +165,20 @@ def read_file_list(path: str, under: Sequence[str] = ()) -> list[str]:
                              f"{found[1]}); list full paths, or give only the folder the list was made in")
         paths.add(found[0] if found else os.path.abspath(name))
     return sorted(paths)
+
+
+def _without_bom(data: bytes, path: str) -> bytes:
+    """A list as Windows tools write it: UTF-8 after a byte-order mark (Notepad, PowerShell's
+    ``Out-File -Encoding utf8``), or UTF-16 (Windows PowerShell's ``>``), as the bytes of its names.
+    The mark would start the first name, and UTF-16's zero bytes would split every name."""
+    if data.startswith(codecs.BOM_UTF8):
+        return data[len(codecs.BOM_UTF8):]
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return os.fsencode(data.decode("utf-16"))
+        except UnicodeDecodeError:
+            raise SetupError(f"--file-list {path} starts as UTF-16 text but is not; save it as UTF-8") from None
+    return data
 
 
 class _Listings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import shutil
@@ -336,6 +337,30 @@ def test_file_lists_one_per_line_or_nul_separated(tmp_path) -> None:
                                          r".*/also/y.png\); list full paths, or give only the folder the list "
                                          "was made in"):
         read_file_list(str(tmp_path / "crlf.txt"), [str(tmp_path / "in"), str(tmp_path / "also")])
+
+
+def test_file_lists_saved_by_windows_tools(tmp_path) -> None:
+    # Notepad and PowerShell's Out-File -Encoding utf8 start UTF-8 with a byte-order mark, which began the
+    # first name (listed as "file no longer exists"); Windows PowerShell's > writes UTF-16, whose zero bytes
+    # were taken for NUL separators between names.
+    from face_organizer.multigpu import read_file_list
+
+    folder = tmp_path / "2017"
+    names = ["frame_0001.png", "Zoë é.png", "frame_0002.png"]
+    for name in names:
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes(b"")
+    expected = sorted(str(folder / name) for name in names)
+    text = "\r\n".join(names) + "\r\n"
+    for encoding in ("utf-8-sig", "utf-16", "utf-16-le", "utf-16-be"):
+        data = text.encode(encoding)
+        if encoding.endswith(("-le", "-be")):  # a mark of the other byte order, as the text starts with it
+            data = "\ufeff".encode(encoding) + data
+        (tmp_path / f"{encoding}.txt").write_bytes(data)
+        assert read_file_list(str(tmp_path / f"{encoding}.txt"), [str(folder)]) == expected, encoding
+    (tmp_path / "odd.txt").write_bytes(codecs.BOM_UTF16_LE + b"a\0b")  # an odd number of bytes: not UTF-16
+    with pytest.raises(SetupError, match="odd.txt starts as UTF-16 text but is not; save it as UTF-8"):
+        read_file_list(str(tmp_path / "odd.txt"), [str(folder)])
 
 
 def test_relative_names_in_a_file_list_are_found_under_the_inputs(video_crops, testpack_dir, tmp_path, monkeypatch,
