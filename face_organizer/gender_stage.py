@@ -192,7 +192,7 @@ def _finished_predictions(output: str) -> tuple[dict[str, Signed], dict[str, str
     done: dict[str, Signed] = {}
     placed: dict[str, str] = {}
     try:
-        with open(os.path.join(output, "predictions.csv"), encoding="utf-8", errors="surrogateescape",
+        with open(os.path.join(output, "predictions.csv"), encoding="utf-8-sig", errors="surrogateescape",
                   newline="") as handle:
             for row in csv.DictReader(handle):
                 if row["destination"]:

@@ -35,17 +35,19 @@ SUMMARY = "summary.json"
 log = logging.getLogger(__name__)
 
 
-def moved_locations(outputs: Sequence[str], former: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+def moved_locations(outputs: Sequence[str], former: Mapping[str, str] | None = None,
+                    option: str = "--moved-to") -> dict[str, list[str]]:
     """Path as embedded -> the files an earlier placement made of it (a group photo goes to the
     folder of each of its faces), read from the ``clusters.csv`` of each earlier output, in the
     folders as they are named now (``renamed_folders``); an image moved by hand to another
     folder of the output is found there (``_StrayFinder``). ``former``: a path a table may name
-    an image by -> its path now (the embeddings file was rebased since that output was made)."""
+    an image by -> its path now (the embeddings file was rebased since that output was made).
+    Errors name ``option``, the option that named the outputs ("" for none)."""
     former = former or {}
     found: dict[str, list[str]] = {}
     for output in outputs:
         here = os.path.realpath(output)
-        rows = list(_table_rows(output))
+        rows = list(_table_rows(output, option))
         samples = samples_of(rows)
         renamed = renamed_folders(here, samples)
         gone = {f for f, files in samples.items() if f not in renamed and not _present(here, f, files)}
@@ -88,11 +90,12 @@ OCCUPIED = "kept"  # a table's status for an image not placed: its destination h
 def _table_rows(output: str, option: str = "--moved-to") -> Iterator[Placed]:
     """Each row of ``output``'s ``clusters.csv`` whose destination is in ``output`` and holds its
     image (not one whose destination held another file: ``OCCUPIED``); errors name ``option``,
-    which named the folder."""
+    which named the folder ("" for none)."""
     table = os.path.join(output, TABLE)
+    named = f"{option} {output}" if option else output
     roots = _written_to(output)
     try:
-        with open(table, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        with open(table, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:  # Excel saves a BOM
             for row in csv.DictReader(handle):
                 dest = os.path.normpath(row["destination"])  # no '..' leads out of the folder
                 root = next((r for r in roots if dest.startswith(r)), None)
@@ -103,10 +106,10 @@ def _table_rows(output: str, option: str = "--moved-to") -> Iterator[Placed]:
                 if rest:
                     yield Placed(row["path"], folder, rest, int(size) if size.isdigit() else None)
     except OSError as err:
-        raise SetupError(f"{option} {output}: cannot read {table} ({err.strerror or err}); name the folder "
+        raise SetupError(f"{named}: cannot read {table} ({err.strerror or err}); name the folder "
                          "an earlier cluster_faces run wrote") from None
     except (KeyError, TypeError, csv.Error):
-        raise SetupError(f"{option} {output}: {table} is not a cluster_faces table (no path and "
+        raise SetupError(f"{named}: {table} is not a cluster_faces table (no path and "
                          "destination columns)") from None
 
 

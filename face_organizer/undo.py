@@ -102,7 +102,7 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True,
     if rewrite is not None:
         rewrite = folder_prefix(rewrite[0]), folder_prefix(rewrite[1])
     report = UndoReport(output, dry_run=dry_run, rewrite=rewrite)
-    moved = relocate.moved_locations([output])
+    moved = relocate.moved_locations([output], option="")  # the command's own argument: no option
     if rewrite is not None:
         renamed = renaming(sorted(moved), *rewrite, "of the output")
         moved = {renamed[p]: files for p, files in moved.items()}

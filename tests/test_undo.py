@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import pytest
@@ -67,9 +68,15 @@ def test_undo_finds_the_images_in_folders_renamed_since(two_person, tmp_path, ca
     corrected = out / "outliers" / wrong.relative_to(out / "blair")
     corrected.parent.mkdir(parents=True, exist_ok=True)
     wrong.rename(corrected)
+    table = out / "clusters.csv"  # and the table opened in Excel and saved as "CSV UTF-8", which starts with a BOM
+    table.write_bytes(codecs.BOM_UTF8 + table.read_bytes())
     assert run_cli([str(out), "-q"]) == 0
     assert capsys.readouterr().out.startswith(f"put back: {len(content)} images where they were embedded")
     assert all(Path(p).read_bytes() == data for p, data in content.items())
+    table.write_text("name,folder\nx.png,blair\n")  # not the table now: named as the argument, not --moved-to
+    assert run_cli([str(out), "-q"]) == 2
+    assert capsys.readouterr().err == f"Error: {out}: {table} is not a cluster_faces table (no path and destination " \
+                                      "columns)\n"
 
 
 def test_undo_overwrites_nothing_and_an_interrupted_undo_finishes(two_person, tmp_path, monkeypatch, capsys) -> None:
