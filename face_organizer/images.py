@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from . import exif
 from .fsutil import OUTPUT_MARKER
+from .progress import count
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
         if os.path.isfile(root):
             if is_image_name(os.path.basename(root)):
                 found.setdefault(_real_key(os.path.realpath(os.path.dirname(root)), os.path.basename(root)), root)
+            else:
+                _not_an_image(root, missed)
             continue
         if not os.path.isdir(root):
             if os.path.exists(root):  # a FIFO, a socket, a device: nothing to read as an image
@@ -89,6 +92,22 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
                 found.setdefault(key, path)
     missed.warn()
     return sorted(found.values())
+
+
+ARCHIVE_EXTENSIONS = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar")
+
+
+def _not_an_image(path: str, missed: _Missed) -> None:
+    """A file named as an input that is not read as an image: a photo in another format is counted
+    with those found in folders; anything else (an archive of the images, a list of them meant for
+    ``--file-list``) is named, not left out without a word."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension in OTHER_PHOTO_EXTENSIONS and not os.path.basename(path).startswith("."):
+        missed.formats[extension] += 1
+    elif path.lower().endswith(ARCHIVE_EXTENSIONS):
+        log.warning("%s is an archive: left out (unpack it and name the folder)", path)
+    else:
+        log.warning("%s is not an image (%s): left out", path, ", ".join(e[1:] for e in sorted(IMAGE_EXTENSIONS)))
 
 
 def _real_key(real_folder: str, name: str) -> str:
@@ -113,8 +132,8 @@ class _Missed:
             log.warning("… and %d more folders that cannot be read", len(self.folders) - 20)
         if self.formats:
             counts = "; ".join(f"{ext}: {n:,}" for ext, n in sorted(self.formats.items(), key=lambda item: (-item[1], item[0])))
-            log.warning("%s photos in formats not read here were left out (%s); convert them to JPEG or PNG to "
-                        "include them", f"{sum(self.formats.values()):,}", counts)
+            log.warning("left out %s in formats not read here (%s); convert them to JPEG or PNG to include them",
+                        count(sum(self.formats.values()), "photo"), counts)
 
 
 def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dict[str, dict[str, str]]]:

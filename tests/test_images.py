@@ -95,7 +95,7 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     caplog.set_level("WARNING")
     assert discover_images([tmp_path]) == [str(kept)]
     assert f"cannot read folder {locked} (Permission denied): its images are left out" in caplog.text
-    assert "4 photos in formats not read here were left out (.heic: 2; .gif: 1; .nef: 1)" in caplog.text
+    assert "left out 4 photos in formats not read here (.heic: 2; .gif: 1; .nef: 1)" in caplog.text
     assert ".mov" not in caplog.text and ".txt" not in caplog.text
     caplog.clear()
     monkeypatch.setattr(os, "scandir", real_scandir)
@@ -114,6 +114,19 @@ def test_missing_input_folder(tmp_path: Path, caplog) -> None:
     with caplog.at_level("WARNING"):
         assert discover_images([tmp_path / "pipe.png", tmp_path / "in"]) == [str(tmp_path / "in" / "a.png")]
     assert f"{tmp_path / 'pipe.png'} is neither a file nor a folder: left out" in caplog.text
+    # Files named as inputs that are not images: said, where they were left out without a word (an archive
+    # of the year's frames, a list meant for --file-list, a photo in another format).
+    caplog.clear()
+    for name in ("2017.tar.gz", "list.txt", "IMG_1.HEIC"):
+        (tmp_path / name).write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        assert discover_images([tmp_path / "in", *(tmp_path / n for n in ("2017.tar.gz", "list.txt", "IMG_1.HEIC"))]
+                               ) == [str(tmp_path / "in" / "a.png")]
+    assert caplog.messages == [f"{tmp_path / '2017.tar.gz'} is an archive: left out (unpack it and name the folder)",
+                               f"{tmp_path / 'list.txt'} is not an image (bmp, jpeg, jpg, png, tif, tiff, webp): "
+                               "left out",
+                               "left out 1 photo in formats not read here (.heic: 1); convert them to JPEG or PNG to "
+                               "include them"]
 
 
 def test_decoding_variants(tmp_path: Path) -> None:
