@@ -7,6 +7,7 @@ import html
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -81,6 +82,12 @@ class IndexEntry:
     caption: str = "top rows: nearest the cluster centre; red: borderline"  # how to read the sheet
 
 
+def _url(relative: str) -> str:
+    """A relative path as a link: a folder the user named ``Mom & Dad #1`` (followed by ``--people-from``)
+    is no fragment, and a name that is not UTF-8 is its own bytes."""
+    return quote(os.fsencode(relative), safe="/")
+
+
 def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Sequence[str]) -> None:
     """A self-contained HTML page: every cluster with its count, folder and contact sheet."""
     parts = [
@@ -93,7 +100,7 @@ def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Seq
     ]
     for e in entries:
         rel_folder = os.path.relpath(e.folder, os.path.dirname(path))
-        link = f"{count(e.images, 'image')} in <a href='{html.escape(rel_folder)}/'>{html.escape(rel_folder)}/</a>"
+        link = f"{count(e.images, 'image')} in <a href='{_url(rel_folder)}/'>{html.escape(rel_folder)}/</a>"
         if e.sheet is None:
             parts.append(f"<p>{html.escape(e.name)}: {link}</p>")
             continue
@@ -101,7 +108,7 @@ def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Seq
         parts.append(
             f"<section><h2>{html.escape(e.name)}</h2><p class='n'>{link} "
             f"({html.escape(e.caption)})</p>"
-            f"<img src='{html.escape(rel_sheet)}' alt='{html.escape(e.name)}' loading='lazy'></section>"
+            f"<img src='{_url(rel_sheet)}' alt='{html.escape(e.name)}' loading='lazy'></section>"
         )
     parts.append("</body></html>")
     atomic_write_text(path, "\n".join(parts))

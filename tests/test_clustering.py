@@ -212,6 +212,36 @@ def test_folders_renamed_or_joined_since_are_followed_by_people_from(two_person,
     assert set(sorted_into(first, tmp_path / "deleted")) == {"person_A", "person_B", "outliers"}
 
 
+def test_index_links_reach_folders_the_user_named(two_person, tmp_path) -> None:
+    # --people-from follows a folder the user renamed "Mom & Dad #1 (50%)?": in index.html its link and
+    # contact sheet were written as the name, so "#" began a fragment and the browser found neither.
+    from html.parser import HTMLParser
+    from urllib.parse import unquote_to_bytes, urlsplit
+
+    ef = embfile.load(two_person[0])
+    first = tmp_path / "2017"
+    cluster_faces(ef, str(first), ClusterConfig(clusters=2, link_mode="symlink"), progress=False)
+    names = {"person_A": "Mom & Dad #1 (50%)?", "person_B": os.fsdecode(b"caf\xe9 'x'")}  # and one not UTF-8
+    for old, new in names.items():
+        (first / old).rename(first / new)
+    out = tmp_path / "2018"
+    cluster_faces(ef, str(out), ClusterConfig(people_from=str(first), link_mode="symlink"), progress=False)
+
+    class Links(HTMLParser):
+        found: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.found += [value for name, value in attrs if name in ("href", "src") and value]
+
+    page = Links()
+    page.feed((out / "index.html").read_bytes().decode("utf-8", "surrogateescape"))
+    targets = [os.fsdecode(unquote_to_bytes(urlsplit(link).path)).rstrip("/") for link in page.found]  # as browsers
+    assert {t for t in targets if not t.startswith("previews/")} == {*names.values(), "outliers"}
+    assert {t for t in targets if t.startswith("previews/")} == {f"previews/{n}.jpg" for n in (*names.values(),
+                                                                                                "outliers")}
+    assert all((out / t).exists() for t in targets)
+
+
 def test_same_input_gives_same_folders(two_person) -> None:
     ef = load_embeddings([str(two_person[0])])
     a = run_clustering(ef, ClusterConfig(clusters=2))
