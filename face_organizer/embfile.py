@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copyreg
 import glob
+import logging
 import os
 import pickle
 from collections.abc import Sequence
@@ -36,6 +37,9 @@ from .errors import EmbeddingsFileError, UnsafePickleError
 from .rows import FaceRows
 from .fsutil import atomic_open, lock_holder
 from .images import Signature
+from .progress import count
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PICKLE_PROTOCOL = 5  # arrays are written from their own memory (protocol 4 first copies each into bytes)
@@ -168,7 +172,30 @@ def from_dict(d: Any, where: str = "embeddings file") -> EmbeddingsFile:
     no_face = [str(p) for p in d.get("no_face", [])]
     reused = [(str(p), str(source)) for p, source in d.get("reused", [])]
     rows = FaceRows(list(paths), emb.astype(np.float32, copy=False), detected, det_score, bbox, face_index)
-    return EmbeddingsFile(rows, failed, no_face, meta, reused, _signatures(d.get("file_signatures", {}), where))
+    rows, unusable = _usable_rows(rows, where)
+    return EmbeddingsFile(rows, failed + unusable, no_face, meta, reused,
+                          _signatures(d.get("file_signatures", {}), where))
+
+
+UNUSABLE = "embedding failed: NonFiniteEmbedding"  # as a run lists such a face now (``recognition.NonFiniteEmbedding``)
+
+
+def _usable_rows(rows: FaceRows, where: str) -> tuple[FaceRows, list[tuple[str, str]]]:
+    """``rows`` but the images with an embedding that is no direction (NaN, infinity, zeros: TensorRT's
+    fp16 overflowing, in a file written before runs checked), which would break FAISS; those images are
+    listed as failed instead, so the next run over the inputs embeds them again."""
+    x = rows.embeddings
+    norms = np.einsum("ij,ij->i", x, x) if len(x) else np.zeros(0, np.float32)  # NaN or inf where any value is
+    bad = ~(np.isfinite(norms) & (norms > 0))
+    if not bad.any():
+        return rows, []
+    images = sorted({rows.paths[i] for i in np.flatnonzero(bad)})
+    gone = set(images)  # a photo's other faces too: the run embeds the photo again, not one face of it
+    log.warning("%s: no usable embedding (NaN, infinity or zeros) for %s of %s: left out, and listed as failed, "
+                "so that generate_embeddings embeds them again", where, count(int(bad.sum()), "face"),
+                count(len(images), "image"))
+    return rows.select(np.array([i for i, p in enumerate(rows.paths) if p not in gone], np.intp)), \
+        [(p, UNUSABLE) for p in images]
 
 
 def _signatures(value: Any, where: str) -> dict[str, Signature]:

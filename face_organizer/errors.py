@@ -48,6 +48,8 @@ def device_failed(what: str, error: str, device: str,
     if _OUT_OF_MEMORY.search(error):
         advice = ("the GPU ran out of memory: stop other work on it (nvidia-smi lists what runs there) or give a "
                   "smaller --batch-size" if gpu else "the machine ran out of memory")
+    elif error.startswith("NonFiniteEmbedding") and device == "tensorrt":
+        advice = "the model overflows in TensorRT's fp16: run without --tensorrt"
     else:
         advice = f"the {'GPU' if gpu else 'model'} is failing, not the images"
     return RunStopped(f"{what} ({error}); {advice}. {then}")

@@ -97,7 +97,17 @@ class Recognizer:
         """(n, s, s, 3) uint8 aligned faces -> (n, d) float32 unit vectors."""
         if len(faces) == 0:
             return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        return l2_normalise(self.raw(faces))
+        raw = self.raw(faces)
+        norms = np.linalg.norm(raw, axis=1)
+        if not (np.isfinite(norms) & (norms > 0)).all():
+            raise NonFiniteEmbedding(f"the recogniser gave {int((~np.isfinite(norms) | (norms == 0)).sum())} of "
+                                     f"{len(raw)} embeddings as NaN, infinity or zeros")
+        return l2_normalise(raw)
+
+
+class NonFiniteEmbedding(RuntimeError):
+    """The recogniser gave an embedding that is no direction (NaN, infinity or all zeros): as
+    TensorRT's fp16 can give, where a value passes 65,504. Stored, it would break the clustering."""
 
 
 def l2_normalise(x: NDArray[np.floating]) -> NDArray[np.float32]:

@@ -943,6 +943,66 @@ def test_crops_mode_says_how_many_images_showed_several_people(tmp_path, shared,
     assert photos.several_faces == 0 and not any("another face" in line for line in photos.lines())
 
 
+def _recogniser_giving_nan(models, device: str = "cpu", every: bool = False):
+    """``models`` whose recogniser gives NaN for white faces (all of them with ``every``), as TensorRT's fp16
+    does where a value overflows, on ``device`` as far as the run can tell."""
+    recognizer = copy.copy(models.recognizer)
+
+    def raw(faces):
+        out = type(recognizer).raw(recognizer, faces)
+        out[np.array([every or bool(f.min() == 255) for f in faces])] = np.nan
+        return out
+
+    recognizer.raw = raw
+    nan = dataclasses.replace(models, recognizer=recognizer,
+                              reports=[dataclasses.replace(r, device=device) for r in models.reports])
+    nan.__dict__["unrecognisable_centre"] = models.unrecognisable_centre
+    return nan
+
+
+def test_an_embedding_that_is_not_a_number_is_a_failed_image(tmp_path, video_crops, models, caplog) -> None:
+    # TensorRT's fp16 gives NaN where a value overflows: the row was stored, and FAISS then stopped
+    # cluster_faces with a traceback ("input contains NaN's or Inf's").
+    from face_organizer.cluster_stage import ClusterConfig, cluster_faces
+
+    folder = copies_of(video_crops, tmp_path / "in", 1)
+    write_image(folder / "white.png", np.full((256, 256, 3), 255, np.uint8))
+    paths = discover_images([folder])
+    summary = run_embeddings(paths, tmp_path / "emb.pkl", _recogniser_giving_nan(models), batch_size=8, streams=1,
+                             progress=False)
+    ef = embfile.load(tmp_path / "emb.pkl")
+    assert ef.failed == [(str(folder / "white.png"), "embedding failed: NonFiniteEmbedding")]
+    assert summary.embedded == len(paths) - 1 and np.isfinite(ef.rows.embeddings).all()
+    assert cluster_faces(ef, str(tmp_path / "out"), ClusterConfig(clusters=2, previews=False), progress=False)
+    # With a working recogniser, the same command embeds it.
+    again = run_embeddings(paths, tmp_path / "emb.pkl", models, batch_size=8, streams=1, progress=False)
+    assert again.embedded == 1 and not embfile.load(tmp_path / "emb.pkl").failed
+    # A file written before runs checked: such a row is left out on reading, and embedded by the next run.
+    data = pickle.loads((tmp_path / "emb.pkl").read_bytes())
+    row = data["paths"].index(str(folder / "white.png"))
+    data["embeddings"][row] = np.nan
+    (tmp_path / "old.pkl").write_bytes(pickle.dumps(data))
+    old = embfile.load(tmp_path / "old.pkl")
+    assert old.failed == [(str(folder / "white.png"), "embedding failed: NonFiniteEmbedding")]
+    assert len(old.rows) == len(paths) - 1 and np.isfinite(old.rows.embeddings).all()
+    assert ("old.pkl: no usable embedding (NaN, infinity or zeros) for 1 face of 1 image: left out, and listed as "
+            "failed, so that generate_embeddings embeds them again") in caplog.text
+    assert run_embeddings(paths, tmp_path / "old.pkl", models, batch_size=8, streams=1, progress=False).embedded == 1
+    assert np.isfinite(embfile.load(tmp_path / "old.pkl").rows.embeddings).all()
+
+
+def test_a_recogniser_giving_only_nan_stops_the_run(tmp_path, video_crops, models, monkeypatch) -> None:
+    monkeypatch.setattr(embed_run, "FAILING_IN_A_ROW", 8)
+    paths = sorted(str(p) for c in video_crops.values() for p in c)[:16]
+    with pytest.raises(RunStopped) as stopped:
+        run_embeddings(paths, tmp_path / "emb.pkl", _recogniser_giving_nan(models, "tensorrt", every=True),
+                       batch_size=4, streams=1, progress=False)
+    assert str(stopped.value) == (
+        "embedding failed for 8 images in a row (NonFiniteEmbedding: the recogniser gave 1 of 1 embeddings as NaN, "
+        "infinity or zeros); the model overflows in TensorRT's fp16: run without --tensorrt. Progress is saved: run "
+        "the same command again to go on from there")
+
+
 def test_memory_running_out_is_told_from_other_failures() -> None:
     from face_organizer.errors import device_failed, one_line
 
