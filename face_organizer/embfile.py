@@ -183,10 +183,14 @@ UNUSABLE = "embedding failed: NonFiniteEmbedding"  # as a run lists such a face 
 def _usable_rows(rows: FaceRows, where: str) -> tuple[FaceRows, list[tuple[str, str]]]:
     """``rows`` but the images with an embedding that is no direction (NaN, infinity, zeros: TensorRT's
     fp16 overflowing, in a file written before runs checked), which would break FAISS; those images are
-    listed as failed instead, so the next run over the inputs embeds them again."""
+    listed as failed instead, so the next run over the inputs embeds them again. Rows not of unit length
+    (a file a user's own script wrote) are normalised, as the cut-offs assume."""
     x = rows.embeddings
     norms = np.einsum("ij,ij->i", x, x) if len(x) else np.zeros(0, np.float32)  # NaN or inf where any value is
     bad = ~(np.isfinite(norms) & (norms > 0))
+    if not bad.all() and np.abs(norms[~bad] - 1).max() > 1e-3:  # a user's file of insightface's raw `embedding`
+        log.warning("%s: its embeddings are not of unit length, as this format has them: normalised", where)
+        rows.embeddings = (x / np.sqrt(np.where(bad, 1, norms))[:, None]).astype(np.float32, copy=False)
     if not bad.any():
         return rows, []
     images = sorted({rows.paths[i] for i in np.flatnonzero(bad)})

@@ -989,6 +989,13 @@ def test_an_embedding_that_is_not_a_number_is_a_failed_image(tmp_path, video_cro
             "failed, so that generate_embeddings embeds them again") in caplog.text
     assert run_embeddings(paths, tmp_path / "old.pkl", models, batch_size=8, streams=1, progress=False).embedded == 1
     assert np.isfinite(embfile.load(tmp_path / "old.pkl").rows.embeddings).all()
+    # A user's own file of insightface's raw `embedding` (length about 20) is read normalised, as the format has it.
+    data = pickle.loads((tmp_path / "emb.pkl").read_bytes())
+    data["embeddings"] = data["embeddings"] * np.linspace(5, 30, len(paths), dtype=np.float32)[:, None]
+    (tmp_path / "raw.pkl").write_bytes(pickle.dumps(data))
+    np.testing.assert_allclose(embfile.load(tmp_path / "raw.pkl").rows.embeddings,
+                               embfile.load(tmp_path / "emb.pkl").rows.embeddings, atol=1e-6)
+    assert "raw.pkl: its embeddings are not of unit length, as this format has them: normalised" in caplog.text
 
 
 def test_a_recogniser_giving_only_nan_stops_the_run(tmp_path, video_crops, models, monkeypatch) -> None:
