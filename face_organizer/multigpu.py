@@ -88,7 +88,10 @@ def parse_gpus(spec: str) -> list[int]:
         gpus = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
         raise SetupError(f"--gpus must be 'all' or ids such as 0,1,2: got {spec!r}") from None
-    if not gpus or len(set(gpus)) != len(gpus) or min(gpus) < 0:
+    if not gpus or min(gpus) < 0:  # -1 is insightface's ctx_id for the CPU
+        raise SetupError(f"--gpus must be 'all' or ids such as 0,1,2 (for the CPU: --gpus 0 --device cpu): "
+                         f"got {spec!r}")
+    if len(set(gpus)) != len(gpus):
         raise SetupError(f"--gpus must list distinct GPU ids: got {spec!r}")
     return gpus
 

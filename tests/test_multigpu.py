@@ -77,8 +77,10 @@ def test_reuse_of_frames_finds_as_many_repeats_over_two_workers_as_in_one_run(vi
 
 def test_gpu_list_parsing(monkeypatch) -> None:
     assert parse_gpus("0,2") == [0, 2]
-    with pytest.raises(SetupError):
+    with pytest.raises(SetupError, match="must list distinct GPU ids: got '0,0'"):
         parse_gpus("0,0")
+    with pytest.raises(SetupError, match=r"ids such as 0,1,2 \(for the CPU: --gpus 0 --device cpu\): got '-1'"):
+        parse_gpus("-1")  # insightface's ctx_id for the CPU
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(SetupError, match="no GPU found"):
