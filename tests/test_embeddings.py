@@ -597,7 +597,9 @@ def test_files_of_either_pickle_protocol_load_alike(tmp_path: Path) -> None:
     """Files are written with protocol 5 (arrays straight from their memory); files written with
     protocol 4, as earlier releases did, load the same, and plain ``pickle.load`` reads both."""
     rng = np.random.default_rng(0)
-    rows = FaceRows([f"/in/2017/f{i}.png" for i in range(50)], rng.standard_normal((50, 128)).astype(np.float32),
+    unit = rng.standard_normal((50, 128)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)  # as the format has them
+    rows = FaceRows([f"/in/2017/f{i}.png" for i in range(50)], unit,
                     np.arange(50) % 2 == 0, rng.random(50).astype(np.float32), rng.random((50, 4)).astype(np.float32),
                     np.zeros(50, np.int32))
     ef = embfile.EmbeddingsFile(rows, [("/in/bad.png", "truncated JPEG")], [], {"embedding_size": 128})
