@@ -188,7 +188,7 @@ def _usable_rows(rows: FaceRows, where: str) -> tuple[FaceRows, list[tuple[str, 
     x = rows.embeddings
     norms = np.einsum("ij,ij->i", x, x) if len(x) else np.zeros(0, np.float32)  # NaN or inf where any value is
     bad = ~(np.isfinite(norms) & (norms > 0))
-    if not bad.all() and np.abs(norms[~bad] - 1).max() > 1e-3:  # a user's file of insightface's raw `embedding`
+    if not bad.all() and np.abs(norms[~bad] - 1).max() > 1e-2:  # a user's file of insightface's raw `embedding`
         log.warning("%s: its embeddings are not of unit length, as this format has them: normalised", where)
         rows.embeddings = (x / np.sqrt(np.where(bad, 1, norms))[:, None]).astype(np.float32, copy=False)
     if not bad.any():
