@@ -268,6 +268,11 @@ def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
                                       f"{os.path.basename(where)}{PARTS_SUFFIX})") from err
         raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}") from err
     except IsADirectoryError as err:
+        if where.rstrip("/").endswith(PARTS_SUFFIX):  # named by a pattern, or picked by tab completion
+            run = where.rstrip("/")[: -len(PARTS_SUFFIX)]
+            raise EmbeddingsFileError(f"{where} holds the checkpoints of the unfinished run that writes {run}: run "
+                                      "the same generate_embeddings command again to finish it, then name "
+                                      f"{os.path.basename(run)}") from err
         raise EmbeddingsFileError(f"{where} is a folder, not an embeddings file; name the files in it "
                                   f"(e.g. {os.path.join(where, 'embeddings_gpu*.pkl')})") from err
     except OSError as err:

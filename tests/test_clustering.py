@@ -1398,6 +1398,12 @@ def test_a_folder_given_as_embeddings_is_one_clear_line(tmp_path, capsys) -> Non
     assert run_cli(["--embeddings", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"Error: {tmp_path} is a folder, not an embeddings file; name the files in it (e.g. {tmp_path}/embeddings_gpu*.pkl)"
+    parts = tmp_path / "embeddings_gpu1.pkl.parts"  # an unfinished run's checkpoints, picked by tab completion
+    parts.mkdir()
+    assert run_cli(["--embeddings", f"{parts}/", "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"Error: {parts}/ holds the checkpoints of the unfinished run that writes "
+                                       f"{tmp_path}/embeddings_gpu1.pkl: run the same generate_embeddings command "
+                                       "again to finish it, then name embeddings_gpu1.pkl\n")
 
 
 def test_file_without_faces_sorts_nothing_and_says_so(two_person, tmp_path, capsys) -> None:
