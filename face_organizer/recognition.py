@@ -98,11 +98,12 @@ class Recognizer:
         if len(faces) == 0:
             return np.zeros((0, getattr(self, "dim", 0)), np.float32)
         raw = self.raw(faces)
-        norms = np.linalg.norm(raw, axis=1)
-        if not (np.isfinite(norms) & (norms > 0)).all():
-            raise NonFiniteEmbedding(f"the recogniser gave {int((~np.isfinite(norms) | (norms == 0)).sum())} of "
-                                     f"{len(raw)} embeddings as NaN, infinity or zeros")
-        return l2_normalise(raw)
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        unusable = ~(np.isfinite(norms) & (norms > 0))
+        if unusable.any():
+            raise NonFiniteEmbedding(f"the recogniser gave {int(unusable.sum())} of {len(raw)} embeddings as NaN, "
+                                     "infinity or zeros")
+        return (raw / norms).astype(np.float32, copy=False)
 
 
 class NonFiniteEmbedding(RuntimeError):
