@@ -171,6 +171,14 @@ def test_every_file_or_folder_argument_refuses_an_empty_one(monkeypatch, capsys,
         err = capsys.readouterr().err.strip().splitlines()
         assert usage.value.code == 2 and err[-1].endswith(": an empty path (an unset shell variable?)"), args
     assert sorted(p.name for p in tmp_path.iterdir()) == ["face.png"]
+    # A name copied with a space: "input folder not found: /workspace/input/2017 " showed none.
+    (tmp_path / "2017").mkdir()
+    with pytest.raises(SystemExit) as usage:
+        main(["embed", "--input", f"{tmp_path}/2017 ", "--output", "e.pkl"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"argument --input: '{tmp_path}/2017 ' does not exist, but '{tmp_path}/2017' does: a space copied with the "
+        "name?")
+    assert common.path(" new output") == " new output"  # spaces where nothing exists without them: taken as given
 
 
 @pytest.mark.parametrize(("stage", "option", "value", "message"), [

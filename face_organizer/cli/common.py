@@ -336,9 +336,13 @@ def gender(value: str) -> str:
 
 def path(value: str) -> str:
     """A file or folder argument: an empty one (``--input "$DIR"`` with ``DIR`` unset) is refused, not
-    taken for the current folder."""
+    taken for the current folder; so is one that exists only without the spaces around it (a name
+    copied with a space: "input folder not found: /workspace/input/2017 " shows none)."""
     if not value:
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    if value != value.strip() and value.strip() and not os.path.lexists(value) and os.path.lexists(value.strip()):
+        raise argparse.ArgumentTypeError(f"{value!r} does not exist, but {value.strip()!r} does: a space copied "
+                                         "with the name?")
     return value
 
 
