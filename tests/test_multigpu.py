@@ -388,6 +388,22 @@ def test_relative_names_in_a_file_list_are_found_under_the_inputs(video_crops, t
     assert sorted(ef.rows.paths) == sorted(str(inputs[i % 2] / "shot" / f"frame_{i:04d}.png") for i in range(4))
     assert ef.failed == []
     capsys.readouterr()
+    # A list made on the host names the host's paths: none exists in the container. The run "finished" with
+    # every image listed as "file no longer exists" and an empty embeddings file.
+    host = tmp_path / "host.txt"
+    host.write_text("".join(f"/home/me/workspace/input/2017/shot/frame_{i:04d}.png\n" for i in range(3)))
+    new = tmp_path / "new.pkl"
+    assert common.run(embed_main, ["--input", *map(str, inputs), "--output", str(new), "--file-list", str(host),
+                                   "--model", str(testpack_dir), "--device", "cpu", "-q"]) == 2
+    assert capsys.readouterr().err == (
+        f"Error: --file-list {host}: none of the 3 files it names exists (first: /home/me/workspace/input/2017/shot/"
+        "frame_0000.png); a list made on the host names the host's paths, not the container's: make it in the "
+        "container, or with names relative to the input folder (find . in it)\n")
+    assert not new.exists()
+    # Into an existing file (the same command after its images were moved into person folders): as before.
+    assert common.run(embed_main, ["--input", *map(str, inputs), "--output", str(out), "--file-list", str(host),
+                                   "--model", str(testpack_dir), "--device", "cpu", "-q"]) == 0
+    capsys.readouterr()
 
 
 def test_options_every_worker_would_refuse_are_refused_before_any_starts(tmp_path, capsys) -> None:

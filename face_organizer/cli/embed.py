@@ -15,6 +15,7 @@ from ..faces import EmbedOptions, load_face_models
 from ..fsutil import check_writable_dir, exclusive
 from ..modelpack import resolve_pack
 from ..multigpu import read_file_list
+from ..progress import count
 from ..processes import describe, embedding_runs_on_gpu
 from ..providers import CUDA, available_providers
 from . import common
@@ -99,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = read_file_list(args.file_list, args.input)
         if not paths:
             raise SetupError(f"--file-list {args.file_list} names no images")
+        if not any(os.path.lexists(p) for p in paths) and not (args.resume and os.path.isfile(output)):
+            raise SetupError(f"--file-list {args.file_list}: none of the {count(len(paths), 'file')} it names "
+                             f"exists (first: {paths[0]}); a list made on the host names the host's paths, not the "
+                             "container's: make it in the container, or with names relative to the input folder "
+                             "(find . in it)")
     else:
         # Folders emptied since an earlier run into this file (its images moved into person folders,
         # or deleted) leave that file as it is; a shell loop over year folders goes on.
