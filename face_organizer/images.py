@@ -31,6 +31,12 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", 
 # Photo formats a library may hold that are not read here: named in a warning, not left out silently.
 OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef",
                                     ".arw", ".orf", ".rw2", ".raf"})
+# Folders of images that are no one's photos, kept beside them by a NAS or an operating system: Synology's
+# thumbnails (@eaDir/<photo>/SYNOPHOTO_THUMB_*.jpg, five per photo) and recycle bins, QNAP's, and Windows'
+# recycle bin on a USB drive (deleted photos as $R*.jpg). Hidden ones (.@__thumb, .Trashes) are left out anyway.
+SYSTEM_FOLDERS = frozenset(name.casefold() for name in ("@eaDir", "#recycle", "#snapshot", "@Recycle",
+                                                        "@Recently-Snapshot", "$RECYCLE.BIN", "RECYCLER",
+                                                        "System Volume Information", "lost+found"))
 MIN_SIDE = 8
 # The contact sheets that cluster_faces and search_faces write in an output's previews/ folder: not
 # images of the collection, left out when an output is an input (gender_filter over sorted folders).
@@ -121,11 +127,16 @@ class _Missed:
     folders: list[tuple[str, str]] = field(default_factory=list)
     formats: Counter[str] = field(default_factory=Counter)
     sheets: int = 0
+    system: Counter[str] = field(default_factory=Counter)  # SYSTEM_FOLDERS found, by name
 
     def warn(self) -> None:
         if self.sheets:
             log.info("left out %d contact sheet%s that face-organizer made in the previews/ folders of its outputs",
                      self.sheets, "" if self.sheets == 1 else "s")
+        if self.system:
+            log.info("left out %s that a NAS or an operating system keeps (thumbnails, recycle bins: %s)",
+                     count(sum(self.system.values()), "folder"),
+                     ", ".join(f"{name}: {n:,}" for name, n in sorted(self.system.items())))
         for folder, reason in self.folders[:20]:
             log.warning("cannot read folder %s (%s): its images are left out", folder, reason)
         if len(self.folders) > 20:
@@ -172,7 +183,9 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
                 continue
             try:
                 if entry.is_dir():
-                    if entry.is_symlink():
+                    if entry.name.casefold() in SYSTEM_FOLDERS:
+                        missed.system[entry.name] += 1
+                    elif entry.is_symlink():
                         heapq.heappush(linked, (entry.path, output))
                     else:
                         pending.append((entry.path, output))

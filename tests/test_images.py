@@ -73,6 +73,23 @@ def test_a_folder_reached_twice_gives_its_images_once_under_one_path(tmp_path: P
             str(tmp_path / "y2017" / "sub" / p.name) for p in images]
 
 
+def test_thumbnails_and_recycle_bins_of_a_nas_or_a_drive_are_left_out(tmp_path: Path, caplog) -> None:
+    # A photo library on a Synology NAS holds five thumbnails of every photo in @eaDir folders, and a USB
+    # drive used on Windows its deleted photos in $RECYCLE.BIN: each was embedded as a face of its own.
+    img = _face_like()
+    kept = [write_image(tmp_path / "2019" / "IMG_0001.jpg", img), write_image(tmp_path / "eaDir" / "a.jpg", img)]
+    for junk in ("2019/@eaDir/IMG_0001.jpg/SYNOPHOTO_THUMB_XL.jpg", "2019/@eaDir/IMG_0001.jpg/SYNOPHOTO_THUMB_M.jpg",
+                 "#recycle/IMG_0002.jpg", "$RECYCLE.BIN/S-1-5-21/$RABC123.jpg", "$Recycle.Bin/$R1.png",
+                 "System Volume Information/x.jpg"):
+        write_image(tmp_path / junk, img)
+    with caplog.at_level("INFO"):
+        assert discover_images([tmp_path]) == sorted(str(p) for p in kept)
+    assert ("left out 5 folders that a NAS or an operating system keeps (thumbnails, recycle bins: #recycle: 1, "
+            "$RECYCLE.BIN: 1, $Recycle.Bin: 1, @eaDir: 1, System Volume Information: 1)") in caplog.messages
+    # Named as an input itself, such a folder is read: the user asked for it.
+    assert discover_images([tmp_path / "#recycle"]) == [str(tmp_path / "#recycle" / "IMG_0002.jpg")]
+
+
 def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog) -> None:
     # A photo library holds formats not read here (iPhone HEIC, camera raw files), and a folder
     # may not be readable: both are said, not left out silently; other files are no concern.
