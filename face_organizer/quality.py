@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from .alignment import align
 from .detection import pick_central
 from .images import DecodeError
+from .recognition import NonFiniteEmbedding
 from .samples import sample_photos
 from .thresholds import impostor_from_similarities
 
@@ -65,7 +66,11 @@ def unrecognisable_centre(models: FaceModels) -> NDArray[np.float32] | None:
     scale = models.recognizer.input_size / 112
     blurred = [cv2.GaussianBlur(face, (0, 0), sigma * scale) for face in faces for sigma in BLUR_SIGMAS]
     blurred += [np.ascontiguousarray(face[:, ::-1]) for face in blurred]
-    centre = models.recognizer.embed(np.stack(blurred)).mean(axis=0)
+    try:
+        centre = models.recognizer.embed(np.stack(blurred)).mean(axis=0)
+    except NonFiniteEmbedding as err:  # the run's own faces then stop it, with what to do, if they fail too
+        log.warning("blurred faces will not be set aside when clustering: %s", err)
+        return None
     return (centre / np.linalg.norm(centre)).astype(np.float32)
 
 
