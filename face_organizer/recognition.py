@@ -86,7 +86,8 @@ class Recognizer:
         self.mean, self.std = input_normalisation(model)
         batch_dim = arg.shape[0]
         self.max_batch = max_batch if not (isinstance(batch_dim, int) and batch_dim > 0) else batch_dim
-        self.dim = int(self.embed(np.zeros((1, self.input_size, self.input_size, 3), np.uint8)).shape[1])
+        # The size only: a black face may well give no direction (NaN in TensorRT's fp16, or zeros).
+        self.dim = int(self.raw(np.zeros((1, self.input_size, self.input_size, 3), np.uint8)).shape[1])
 
     def raw(self, faces: NDArray[np.uint8]) -> NDArray[np.float32]:
         blob = model_input(faces, self.takes_uint8, self.mean, self.std)  # (n, s, s, 3) uint8 or float planes
