@@ -87,3 +87,53 @@ def test_deepface_starts_without_tensorflows_startup_lines(utkface, tmp_path, of
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("Error: DeepFace's gender model weights are missing"), done.stderr
     assert all(line.startswith(("INFO: ", "WARNING: ", "Error: ")) for line in lines), done.stderr
+
+
+def test_deepface_gender_through_deepface_itself(utkface, shared, tmp_path, offline_deepface_home, monkeypatch,
+                                                 capsys) -> None:
+    # The original tool's path: DeepFace.analyze finds the face (its yunet backend, weights from the shared
+    # folder) and runs its gender model, whose weights cannot be had offline: a stand-in takes the model's
+    # place inside DeepFace, answering Woman 90% and Man 80% by turns. Each row must carry DeepFace's answer
+    # (its scores are percentages, its labels Woman and Man) and only the women go to the output.
+    import csv
+
+    import cv2
+    import numpy as np
+
+    from face_organizer.deepface_import import import_deepface
+
+    assert common.run(backends_main, ["--prepare-deepface-weights", str(shared / "models" / "yunet")]) == 0
+    import_deepface()
+    from deepface.modules import modeling
+
+    real, seen = modeling.build_model, []
+
+    class StandIn:
+        def predict(self, face: np.ndarray) -> np.ndarray:
+            seen.append(face.shape)
+            return np.array([0.9, 0.1]) if len(seen) % 2 else np.array([0.2, 0.8])
+
+    monkeypatch.setattr(modeling, "build_model", lambda task, model_name: StandIn() if model_name == "Gender"
+                        else real(task=task, model_name=model_name))
+    folder = tmp_path / "input"
+    for sex in ("female", "male"):
+        for image in sorted((utkface / sex).iterdir())[:4]:
+            (folder / f"{sex}_{image.name}").parent.mkdir(exist_ok=True)
+            (folder / f"{sex}_{image.name}").write_bytes(image.read_bytes())
+    cv2.imwrite(str(folder / "wall.png"), np.full((200, 200, 3), 128, np.uint8))  # no face in it
+    out = tmp_path / "women"
+    assert common.run(gender_main, ["--input", str(folder), "--output", str(out), "--gender", "Woman", "--backend",
+                                    "deepface", "--detector-backend", "yunet", "--workers", "0", "-q"]) == 0
+    capsys.readouterr()
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(open(out / "predictions.csv", newline=""))}
+    assert len(rows) == 9 and len(seen) == 8 and all(shape == (1, 224, 224, 3) for shape in seen)
+    assert rows.pop("wall.png")["reason"] == "no face"
+    assert {r["gender"] for r in rows.values()} == {"Woman", "Man"}
+    for name, row in rows.items():
+        woman = row["gender"] == "Woman"
+        assert float(row["confidence"]) == pytest.approx(0.9 if woman else 0.8), row
+        assert bool(row["destination"]) == woman, row
+        if woman:
+            placed = Path(row["destination"])
+            assert out in placed.parents and placed.read_bytes() == (folder / name).read_bytes()
+    assert len([p for p in out.rglob("*.jpg")]) == sum(r["gender"] == "Woman" for r in rows.values())
