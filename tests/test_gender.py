@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -47,11 +48,14 @@ def test_filter_copies_one_gender_and_reports_bad_files(utkface, testpack_dir, t
         (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
     (folder / "broken.jpg").write_text("not an image")
     (folder / "wall.png").write_bytes(b"")
+    cv2.imwrite(str(folder / "grey.png"), np.full((200, 200, 3), 128, np.uint8))  # decodes, but shows no face
     out = tmp_path / "women"
     assert run_cli(["--input", str(folder), "--output", str(out), "--gender", "Woman", "--model", str(testpack_dir),
                     "--workers", "0", "-q"]) == 0
     predictions = list(csv.DictReader(open(out / "predictions.csv", newline="", encoding="utf-8")))
-    assert len(predictions) == len(chosen) + 2
+    assert len(predictions) == len(chosen) + 3
+    grey = next(p for p in predictions if p["path"].endswith("grey.png"))
+    assert (grey["gender"], grey["reason"], grey["destination"]) == ("", "no face", "")
     assert {"path", "gender", "confidence", "age"} <= set(predictions[0])
     female = {Path(r["path"]).name for r in chosen if r["gender"] == "female"}
     copied = {p.name for p in (out / "2017").iterdir()}
