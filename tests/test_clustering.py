@@ -212,6 +212,22 @@ def test_folders_renamed_or_joined_since_are_followed_by_people_from(two_person,
     assert set(sorted_into(first, tmp_path / "deleted")) == {"person_A", "person_B", "outliers"}
 
 
+def test_evaluation_metrics_on_a_worked_example() -> None:
+    # Truth a a a b b, folders 1 1 2 2 2. Pairs: true {a0a1, a0a2, a1a2, b3b4}, predicted {a0a1, a2b3, a2b4,
+    # b3b4}, shared {a0a1, b3b4}. BCubed precision per item 1, 1, 1/3, 2/3, 2/3; recall 2/3, 2/3, 1/3, 1, 1.
+    from face_organizer.evaluation import pairwise
+
+    truth, pred = ["a", "a", "a", "b", "b"], [1, 1, 2, 2, 2]
+    assert (pairwise(truth, pred).precision, pairwise(truth, pred).recall) == (0.5, 0.5)
+    score = bcubed(truth, pred)
+    assert score.precision == pytest.approx(11 / 15) and score.recall == pytest.approx(11 / 15)
+    assert pairwise(truth, truth).f == bcubed(truth, truth).f == 1.0
+    alone = pairwise(truth, list(range(5)))  # every face a folder of its own: no pair joined, none wrongly
+    assert (alone.precision, alone.recall, alone.f) == (1.0, 0.0, 0.0)
+    one = bcubed(truth, [0] * 5)  # one folder for all: each item's folder is 3/5 or 2/5 its own person
+    assert one.precision == pytest.approx((3 * 3 / 5 + 2 * 2 / 5) / 5) and one.recall == 1.0
+
+
 def test_index_links_reach_folders_the_user_named(two_person, tmp_path) -> None:
     # --people-from follows a folder the user renamed "Mom & Dad #1 (50%)?": in index.html its link and
     # contact sheet were written as the name, so "#" began a fragment and the browser found neither.
