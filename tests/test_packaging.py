@@ -186,6 +186,8 @@ def test_every_file_or_folder_argument_refuses_an_empty_one(monkeypatch, capsys,
     ("cluster", "--min-similarity", "high", "not a number: 'high'"),
     ("cluster", "--neighbours", "2", "must be 3 or more"),
     ("cluster", "--seed", "-1", "a seed lies between 0 and 2,147,483,647, not -1"),
+    ("cluster", "--clusters", "0", "use a number of people (1 or more) or 'auto'"),
+    ("cluster", "--clusters", "two", "use a number of people (1 or more) or 'auto'"),
     ("cluster", "--seed", "2147483648", "a seed lies between 0 and 2,147,483,647, not 2147483648"),
     ("search", "--threshold", "-1.5", "a cosine similarity lies between -1 and 1, not -1.5"),
     ("search", "--target-fmr", "0", "must be above 0 and below 1, not 0"),
@@ -203,6 +205,12 @@ def test_out_of_range_options_are_one_usage_line(stage, option, value, message, 
         main([stage, f"{option}={value}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert usage.value.code == 2 and f"error: argument {option}: {message}" in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_clusters_auto_is_taken_in_any_case() -> None:
+    from face_organizer.cli.cluster import clusters_arg
+
+    assert [clusters_arg(v) for v in ("auto", "AUTO", "Auto ", "3")] == [None, None, None, 3]
 
 
 def test_make_refuses_an_unsupported_python_before_making_anything(tmp_path) -> None:

@@ -27,7 +27,7 @@ NOT_GIVEN = -1  # --clusters left out: 2, unless --people-from names the people
 
 
 def clusters_arg(value: str) -> int | None:
-    if value == "auto":
+    if value.strip().lower() == "auto":  # as --gender takes any case
         return None
     try:
         number = int(value)
