@@ -314,6 +314,20 @@ def _opencv_reason(err: cv2.error) -> str:
     return f"not a decodable image (OpenCV: {detail[:200]})"
 
 
+# ISO media files (HEIF, AVIF) start with an 'ftyp' box: its brand says which. iPhones save HEIC, and some
+# transfer tools keep its bytes under a .jpg name.
+_HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"hevc": "HEIC",
+                b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
+def _undecoded_reason(data: bytes) -> str:
+    """Why OpenCV decoded nothing: a photo in a format not read here, said as such, or a broken file."""
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        kind = _HEIF_BRANDS[data[8:12]]
+        return f"{'an' if kind == 'AVIF' else 'a'} {kind} photo, not read here (convert it to JPEG or PNG)"
+    return "not a decodable image (corrupt, truncated or not an image)"
+
+
 def decode_bytes(data: bytes) -> BGRImage:
     """Decode encoded image bytes to BGR uint8, raising ``DecodeError`` with a reason."""
     if not data:
@@ -325,7 +339,7 @@ def decode_bytes(data: bytes) -> BGRImage:
     except cv2.error as err:  # OpenCV raises, rather than returning None, for some files
         raise DecodeError(_opencv_reason(err)) from None
     if image is None:
-        raise DecodeError("not a decodable image (corrupt, truncated or not an image)")
+        raise DecodeError(_undecoded_reason(data))
     if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
         raise DecodeError(f"image too small ({image.shape[1]}x{image.shape[0]})")
     return to_bgr8(image)

@@ -176,6 +176,10 @@ def test_bad_files_give_reasons(tmp_path: Path) -> None:
     assert reasons["empty.png"] == "empty file"
     assert "not a decodable image" in reasons["text.jpg"]
     assert "not a decodable image" in reasons["cut.png"]
+    # An iPhone photo kept as HEIC under a .jpg name (some transfer tools do): said as such, not as corrupt.
+    heic = bytes.fromhex("00000018 66747970 68656963 00000000 6d696631 68656963".replace(" ", ""))
+    (tmp_path / "IMG_0001.jpg").write_bytes(heic + bytes(4000))
+    assert load(str(tmp_path / "IMG_0001.jpg")).reason == "a HEIC photo, not read here (convert it to JPEG or PNG)"
 
 
 def test_a_link_named_like_an_image_to_a_pipe_or_a_device_is_skipped_without_reading_it(tmp_path: Path) -> None:
