@@ -27,6 +27,18 @@ from .progress import count
 
 log = logging.getLogger(__name__)
 
+
+def _quiet_opencv() -> None:
+    """OpenCV logs each file it cannot decode on stderr (``[ERROR:0@1.4] global loadsave.cpp:1377 imdecode_
+    … can't read header``), between the progress lines: the run lists those files with their reason instead.
+    ``OPENCV_LOG_LEVEL``, where the user set it, is left to rule (OpenCV 4 builds may have no such logging)."""
+    logs = getattr(cv2.utils, "logging", None)
+    if logs is not None and "OPENCV_LOG_LEVEL" not in os.environ:
+        logs.setLogLevel(logs.LOG_LEVEL_SILENT)
+
+
+_quiet_opencv()
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 # Photo formats a library may hold that are not read here: named in a warning, not left out silently.
 OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef",

@@ -12,7 +12,7 @@ import pytest
 
 from face_organizer.images import NOT_A_FILE, DecodeError, decode_bytes, discover_images, load, read_image
 
-from conftest import png_claiming, write_image
+from conftest import ROOT, png_claiming, write_image
 
 
 def _face_like(h: int = 64, w: int = 64) -> np.ndarray:
@@ -180,6 +180,25 @@ def test_bad_files_give_reasons(tmp_path: Path) -> None:
     heic = bytes.fromhex("00000018 66747970 68656963 00000000 6d696631 68656963".replace(" ", ""))
     (tmp_path / "IMG_0001.jpg").write_bytes(heic + bytes(4000))
     assert load(str(tmp_path / "IMG_0001.jpg")).reason == "a HEIC photo, not read here (convert it to JPEG or PNG)"
+
+
+def test_opencv_does_not_log_the_files_it_cannot_decode(tmp_path: Path) -> None:
+    # OpenCV 5 wrote "[ERROR:0@1.4] global loadsave.cpp:1377 imdecode_ … can't read header" on stderr for
+    # each broken file, between the progress lines, though the run lists each with its reason. A user's own
+    # OPENCV_LOG_LEVEL still rules.
+    import subprocess
+    import sys
+
+    if getattr(cv2.utils, "logging", None) is None:
+        pytest.skip("this OpenCV build has no logging to quieten")  # OpenCV 4 wheels: nothing is logged either
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\0")
+    code = f"from face_organizer.images import load; print(load({str(tmp_path / 'cut.png')!r}).reason)"
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert quiet.stdout.startswith("not a decodable image") and quiet.stderr == ""
+    told = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**env, "OPENCV_LOG_LEVEL": "ERROR"})
+    assert told.stdout == quiet.stdout and "[ERROR:" in told.stderr
 
 
 def test_a_link_named_like_an_image_to_a_pipe_or_a_device_is_skipped_without_reading_it(tmp_path: Path) -> None:
