@@ -212,6 +212,19 @@ def test_folders_renamed_or_joined_since_are_followed_by_people_from(two_person,
     assert set(sorted_into(first, tmp_path / "deleted")) == {"person_A", "person_B", "outliers"}
 
 
+def test_kmeans_says_what_it_starts_and_points_many_folders_to_auto(two_person, caplog) -> None:
+    # --clusters 1000 over half a million faces runs for many minutes; nothing was said until it ended.
+    ef = embfile.load(two_person[0])
+    with caplog.at_level("INFO", logger="face_organizer.cluster_stage"):
+        run_clustering(ef, ClusterConfig(clusters=2, set_aside_unrecognisable=False))
+        run_clustering(ef, ClusterConfig(clusters=60, set_aside_unrecognisable=False))
+    started = [m for m in caplog.messages if m.startswith("clustering ")]
+    assert started == [f"clustering {len(ef.rows):,} faces into 2 folders with k-means (FAISS)",
+                       f"clustering {len(ef.rows):,} faces into 60 folders with k-means (FAISS); its time grows with "
+                       "faces times folders (100,000 faces into 200: about 30 s on 2 CPU cores), and --clusters auto "
+                       "finds the people itself"]
+
+
 def test_evaluation_metrics_on_a_worked_example() -> None:
     # Truth a a a b b, folders 1 1 2 2 2. Pairs: true {a0a1, a0a2, a1a2, b3b4}, predicted {a0a1, a2b3, a2b4,
     # b3b4}, shared {a0a1, b3b4}. BCubed precision per item 1, 1, 1/3, 2/3, 2/3; recall 2/3, 2/3, 1/3, 1, 1.
