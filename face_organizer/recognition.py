@@ -68,6 +68,11 @@ def with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return dynamic
 
 
+class NonFiniteEmbedding(RuntimeError):
+    """The recogniser gave an embedding that is no direction (NaN, infinity or all zeros): as
+    TensorRT's fp16 can give, where a value passes 65,504. Stored, it would break the clustering."""
+
+
 class Recognizer:
     """Embeds aligned BGR face crops with an ONNX Runtime session.
 
@@ -105,11 +110,6 @@ class Recognizer:
             raise NonFiniteEmbedding(f"the recogniser gave {int(unusable.sum())} of {len(raw)} embeddings as NaN, "
                                      "infinity or zeros")
         return (raw / norms).astype(np.float32, copy=False)
-
-
-class NonFiniteEmbedding(RuntimeError):
-    """The recogniser gave an embedding that is no direction (NaN, infinity or all zeros): as
-    TensorRT's fp16 can give, where a value passes 65,504. Stored, it would break the clustering."""
 
 
 def l2_normalise(x: NDArray[np.floating]) -> NDArray[np.float32]:
