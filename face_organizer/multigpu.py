@@ -146,10 +146,14 @@ def read_file_list(path: str, under: Sequence[str] = ()) -> list[str]:
     ``--files-from`` reads names relative to its source: a list made by ``find .`` in an input
     folder means that folder's images, not the current folder's (``docker exec`` starts in /app).
     A relative name found under none of them is taken relative to the current folder; one found
-    under several is refused (``SetupError``)."""
+    under several is refused (``SetupError``). ``-`` reads the list from standard input
+    (``find … -print0 | docker exec -i face-organizer … --file-list -``)."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
     except OSError as err:
         raise SetupError(f"cannot read --file-list {path}: {err.strerror or err}") from None
     data = _without_bom(data, path)

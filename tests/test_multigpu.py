@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import os
 import shutil
@@ -400,6 +401,14 @@ def test_relative_names_in_a_file_list_are_found_under_the_inputs(video_crops, t
         "frame_0000.png); a list made on the host names the host's paths, not the container's: make it in the "
         "container, or with names relative to the input folder (find . in it)\n")
     assert not new.exists()
+    # A list on standard input (find … -print0 | docker exec -i … --file-list -) reads as a file does.
+    names = b"\0".join(os.fsencode(p) for p in sorted(ef.rows.paths)[:2]) + b"\0"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(names)))
+    piped = tmp_path / "piped.pkl"
+    assert common.run(embed_main, ["--input", *map(str, inputs), "--output", str(piped), "--file-list", "-",
+                                   "--model", str(testpack_dir), "--device", "cpu", "-q"]) == 0
+    assert embfile.load(piped).rows.paths == sorted(ef.rows.paths)[:2]
+    capsys.readouterr()
     # Into an existing file (the same command after its images were moved into person folders): as before.
     assert common.run(embed_main, ["--input", *map(str, inputs), "--output", str(out), "--file-list", str(host),
                                    "--model", str(testpack_dir), "--device", "cpu", "-q"]) == 0

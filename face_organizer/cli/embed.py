@@ -73,8 +73,8 @@ def build_parser():
                    help="seconds between checkpoints (default: 60; 0: after every batch)")
     p.add_argument("--file-list", default=None, metavar="FILE", type=common.path,
                    help="embed only the images listed in FILE (one path per line, or NUL-separated as find -print0 "
-                        "writes); --input still names the folders, and a relative name is found under them, as "
-                        "in a list made by find . in an input folder")
+                        "writes; - reads it from standard input); --input still names the folders, and a relative "
+                        "name is found under them, as in a list made by find . in an input folder")
     p.add_argument("--status-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--launcher-pid", type=int, default=None, help=argparse.SUPPRESS)  # embed_all_gpus
     p.add_argument("--streams", type=common.non_negative, default=0,
