@@ -85,6 +85,12 @@ def build_parser():
     return p
 
 
+def _any_exists(paths: Sequence[str]) -> bool:
+    """Whether any of ``paths`` exists: a stat per folder first, so that half a million host paths, whose
+    folders are not there, cost no stat each (on a network share, minutes)."""
+    return any(os.path.isdir(f) for f in {os.path.dirname(p) for p in paths}) and any(map(os.path.lexists, paths))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
@@ -100,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = read_file_list(args.file_list, args.input)
         if not paths:
             raise SetupError(f"--file-list {args.file_list} names no images")
-        if not any(os.path.lexists(p) for p in paths) and not (args.resume and os.path.isfile(output)):
+        if not (args.resume and os.path.isfile(output)) and not _any_exists(paths):
             raise SetupError(f"--file-list {args.file_list}: none of the {count(len(paths), 'file')} it names "
                              f"exists (first: {paths[0]}); a list made on the host names the host's paths, not the "
                              "container's: make it in the container, or with names relative to the input folder "
