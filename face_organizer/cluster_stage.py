@@ -256,8 +256,8 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
                                   impostors=calibrated_impostors(calibration), attach=config.attach_outliers,
                                   join_rule=config.join_rule, centre_impostors=calibrated_centre_impostors(calibration))
     log.info("clustering %s into %s with k-means (FAISS)%s", count(len(x), "face"), count(config.clusters, "folder"),
-             "; its time grows with faces times folders (100,000 faces into 200: about 30 s on 2 CPU cores), "
-             "and --clusters auto finds the people itself" if config.clusters > MANY_FOLDERS else "")
+             "; its time grows with faces times folders, and --clusters auto finds the people itself"
+             if config.clusters > MANY_FOLDERS else "")
     calibrated = (float(calibration["centre_threshold"]), "calibration") if calibration and "centre_threshold" in calibration else None
     pair = _graph_cut(calibration, min(len(x), GROUP_SAMPLE)) if config.extra_groups else None
     return _with_gpu_fallback(kmeans, config.use_gpu, x=x, k=config.clusters,
