@@ -23,7 +23,8 @@ from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text, lock_holder
 from .images import file_signature
 from .organize import (OCCUPIED, LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
-                       holds_moved_images, images_run, place_all, placement_notes, refuse_renamed, saved_state)
+                       holds_moved_images, images_run, place_all, placement_notes, portable_folders, refuse_renamed,
+                       saved_state)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
@@ -346,6 +347,8 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     where = relocate.current_locations(ef.rows.paths, config.moved_to, output, rebase.steps(ef.meta))
     check_images_reachable(where, output, rebase.steps(ef.meta))
     clustering = run_clustering(ef, config)
+    if clustering.names:  # --people-from: folders the user named, on another system perhaps
+        clustering.names = portable_folders(clustering.names, output)
     names = [clustering.name(int(label)) for label in clustering.labels]
     paths = ef.rows.paths
     counts = Counter()

@@ -27,7 +27,7 @@ from .fsutil import (OUTPUT_MARKER, atomic_write_text, check_writable_dir, files
                      mount_of, sync_filesystem)
 from .images import GONE
 from .progress import bar as progress_bar
-from .progress import count, size
+from .progress import count, listed, size
 from .rebase import former_paths, guess_move, near, spread
 from .relocate import OCCUPIED, Placed, moved_locations, renamed_folders, samples_of
 from .vanished import Vanishing
@@ -85,6 +85,29 @@ def portable_names(output: str) -> bool:
                  output, kind, WINDOWS_RESERVED)
         return True
     return False
+
+
+def portable_folders(names: Sequence[str], output: str) -> tuple[str, ...]:
+    """The folders of known people (``--people-from``: as the user named them, on any system) as
+    ``output``'s filesystem can hold them: on FAT, exFAT, NTFS or a Windows share the characters its
+    names cannot hold become ``_`` (``Mom: 2019`` → ``Mom_ 2019``), and two names that would then
+    be one get ``_2``, ``_3``, …; elsewhere, and where no name needs it, ``names`` as they are."""
+    cleaned = [_clean(name, portable=True) for name in names]
+    if cleaned == list(names) or (kind := filesystem_type(output)) not in WINDOWS_NAMED:
+        return tuple(names)
+    taken: set[str] = set()
+    chosen = []
+    for name in cleaned:
+        unique, n = name, 1
+        while unique.casefold() in taken:
+            n += 1
+            unique = f"{name}_{n}"
+        taken.add(unique.casefold())
+        chosen.append(unique)
+    changed = [f"{old}/ → {new}/" for old, new in zip(names, chosen) if old != new]
+    log.warning("%s is on a filesystem of type %s, whose names cannot hold %s or end in a dot or a space: the "
+                "people's folders are made as %s", output, kind, WINDOWS_RESERVED, listed(changed, "more"))
+    return tuple(chosen)
 
 
 def _normalise_roots(roots: Sequence[str]) -> list[str]:

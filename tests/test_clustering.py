@@ -212,6 +212,42 @@ def test_folders_renamed_or_joined_since_are_followed_by_people_from(two_person,
     assert set(sorted_into(first, tmp_path / "deleted")) == {"person_A", "person_B", "outliers"}
 
 
+def test_people_folders_named_on_linux_are_made_as_an_exfat_output_can_hold_them(two_person, tmp_path, monkeypatch,
+                                                                                   caplog) -> None:
+    # Folders renamed on the Linux host ("Blair: 2017", "Rumsfeld?"), followed by --people-from into an output on
+    # an exFAT drive: the names the run made there had characters the drive cannot hold.
+    emb, labels, _ = two_person
+    ef = embfile.load(emb)
+    first = tmp_path / "2017"
+    earlier = embfile.EmbeddingsFile(ef.rows.select(np.arange(0, len(ef.rows), 2)), [], [], ef.meta)
+    cluster_faces(earlier, str(first), ClusterConfig(clusters=2, previews=False), progress=False)
+    (first / "person_A").rename(first / "Blair: 2017")
+    (first / "person_B").rename(first / "Blair? 2017.")  # the same name there, once cleaned
+    later = embfile.EmbeddingsFile(ef.rows.select(np.arange(1, len(ef.rows), 2)), [], [], ef.meta)
+    monkeypatch.setattr(organize, "filesystem_type", lambda path: "exfat")
+    usb = tmp_path / "usb"
+    with caplog.at_level("WARNING", logger="face_organizer.organize"):
+        report = cluster_faces(later, str(usb), ClusterConfig(people_from=str(first)), progress=False)
+    made = ["Blair_ 2017", "Blair_ 2017_2"]
+    assert sorted(p.name for p in usb.iterdir() if p.is_dir()) == sorted([*made, "outliers", "previews"])
+    assert ("the people's folders are made as Blair: 2017/ → Blair_ 2017/ and Blair? 2017./ → Blair_ 2017_2/"
+            in caplog.text)
+    folders: dict[str, set[str]] = {}
+    for row in csv.DictReader(open(usb / "clusters.csv", newline="", encoding="utf-8")):
+        folders.setdefault(row["cluster"], set()).add(labels[row["path"]])
+        assert Path(row["destination"]).is_file() and Path(row["destination"]).parts[len(usb.parts)] == row["cluster"]
+    assert folders["Blair_ 2017"] == {"Tony_Blair"} and folders["Blair_ 2017_2"] == {"Donald_Rumsfeld"}, folders
+    assert json.loads((usb / "summary.json").read_text())["people_names"] == made
+    assert set(report.images_per_cluster) == {*made, "outliers"}
+    assert "href='Blair_%202017/'" in (usb / "index.html").read_text()
+    again = cluster_faces(later, str(usb), ClusterConfig(people_from=str(first)), progress=False)  # the same run
+    assert again.status["exists"] == len(later.rows.paths) and not again.status["placed"]
+    # A drive that takes any name keeps them as the user wrote them.
+    monkeypatch.setattr(organize, "filesystem_type", lambda path: "ext4")
+    cluster_faces(later, str(tmp_path / "disk"), ClusterConfig(people_from=str(first), previews=False), progress=False)
+    assert {"Blair: 2017", "Blair? 2017."} < {p.name for p in (tmp_path / "disk").iterdir()}
+
+
 def test_kmeans_says_what_it_starts_and_points_many_folders_to_auto(two_person, caplog) -> None:
     # --clusters 1000 over half a million faces runs for many minutes; nothing was said until it ended.
     ef = embfile.load(two_person[0])
