@@ -17,8 +17,10 @@ another folder (a wrong face corrected) is found there too.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import filecmp
+import itertools
 import json
 import logging
 import os
@@ -90,27 +92,69 @@ OCCUPIED = "kept"  # a table's status for an image not placed: its destination h
 def _table_rows(output: str, option: str = "--moved-to") -> Iterator[Placed]:
     """Each row of ``output``'s ``clusters.csv`` whose destination is in ``output`` and holds its
     image (not one whose destination held another file: ``OCCUPIED``); errors name ``option``,
-    which named the folder ("" for none)."""
+    which named the folder ("" for none). A table saved by Excel is read too (``_table_format``)."""
     table = os.path.join(output, TABLE)
     named = f"{option} {output}" if option else output
     roots = _written_to(output)
     try:
-        with open(table, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:  # Excel saves a BOM
-            for row in csv.DictReader(handle):
-                dest = os.path.normpath(row["destination"])  # no '..' leads out of the folder
-                root = next((r for r in roots if dest.startswith(r)), None)
-                if root is None or not os.path.isabs(row["path"]) or row.get("status") == OCCUPIED:
-                    continue  # not in the folder that run wrote, not a path an image was embedded at, or not placed
-                folder, _, rest = dest[len(root):].partition(os.sep)
-                size = row.get("bytes") or ""
-                if rest:
-                    yield Placed(row["path"], folder, rest, int(size) if size.isdigit() else None)
+        encoding, delimiter = _table_format(table, output, roots)
+        with open(table, encoding=encoding, errors="surrogateescape", newline="") as handle:
+            yield from _rows(csv.DictReader(handle, delimiter=delimiter), roots)
     except OSError as err:
         raise SetupError(f"{named}: cannot read {table} ({err.strerror or err}); name the folder "
                          "an earlier cluster_faces run wrote") from None
     except (KeyError, TypeError, csv.Error):
         raise SetupError(f"{named}: {table} is not a cluster_faces table (no path and "
                          "destination columns)") from None
+
+
+def _rows(reader: csv.DictReader, roots: Sequence[str]) -> Iterator[Placed]:
+    """The rows of a table that ``_table_rows`` yields, read by ``reader``."""
+    for row in reader:
+        dest = os.path.normpath(row["destination"])  # no '..' leads out of the folder
+        root = next((r for r in roots if dest.startswith(r)), None)
+        if root is None or not os.path.isabs(row["path"]) or row.get("status") == OCCUPIED:
+            continue  # not in the folder that run wrote, not a path an image was embedded at, or not placed
+        folder, _, rest = dest[len(root):].partition(os.sep)
+        size = row.get("bytes") or ""
+        if rest:
+            yield Placed(row["path"], folder, rest, int(size) if size.isdigit() else None)
+
+
+EXCEL_CODE_PAGE = "cp1252"  # Excel's "CSV (Comma delimited)" on a Windows set up for a Western language
+CODE_PAGE_SAMPLE = 20
+
+
+def _table_format(table: str, output: str, roots: Sequence[str]) -> tuple[str, str]:
+    """How ``clusters.csv`` reads: (encoding, delimiter). As written: UTF-8 (names of images that are
+    not UTF-8 keep their bytes) and commas; Excel saves a byte-order mark before it ("CSV UTF-8").
+    Excel's "CSV (Comma delimited)" is in the Windows code page, which writes ``ü`` as one byte, and
+    has semicolons where the system's list separator is one (much of Europe). The code page is
+    taken where the table is not UTF-8 and its names find more of its files in ``output`` than
+    UTF-8's do: a table of images named in Latin-1 on disk is not UTF-8 either."""
+    with open(table, "rb") as handle:
+        header = handle.readline()
+        delimiter = ";" if b";" in header and b"," not in header else ","
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            decoder.decode(header)
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+            return "utf-8-sig", delimiter
+        except UnicodeDecodeError:
+            pass
+    found = {}
+    for encoding in ("utf-8-sig", EXCEL_CODE_PAGE):
+        with open(table, encoding=encoding, errors="surrogateescape", newline="") as handle:
+            rows = (r for r in _rows(csv.DictReader(handle, delimiter=delimiter), roots)
+                    if not (r.folder + r.rest).isascii())
+            found[encoding] = sum(os.path.lexists(os.path.join(output, r.folder, r.rest))
+                                  for r in itertools.islice(rows, CODE_PAGE_SAMPLE))
+    if found[EXCEL_CODE_PAGE] > found["utf-8-sig"]:
+        log.info("%s is in the Windows code page (saved by Excel as CSV): read as such", table)
+        return EXCEL_CODE_PAGE, delimiter
+    return "utf-8-sig", delimiter
 
 
 def samples_of(rows: Sequence[Placed]) -> dict[str, list[Placed]]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import codecs
+import csv
+import io
+import os
 from pathlib import Path
 
 import pytest
@@ -77,6 +80,41 @@ def test_undo_finds_the_images_in_folders_renamed_since(two_person, tmp_path, ca
     assert run_cli([str(out), "-q"]) == 2
     assert capsys.readouterr().err == f"Error: {out}: {table} is not a cluster_faces table (no path and destination " \
                                       "columns)\n"
+
+
+def test_a_table_saved_by_excel_in_the_windows_code_page_is_read(video_crops, models, tmp_path, capsys) -> None:
+    # clusters.csv opened in Excel and saved as "CSV (Comma delimited)": in the Windows code page (ü is one byte),
+    # with semicolons where the list separator is one. Undo found none of the images whose names hold such a
+    # letter, and said they were no longer in the output. A table of images named in Latin-1 on disk (not UTF-8
+    # either, as written) is still read as written.
+    from face_organizer import embfile
+    from face_organizer.embed_run import run_embeddings
+
+    for case, letter in (("excel", "ü".encode()), ("latin1", b"\xfc")):
+        root = tmp_path / case
+        folder = root / "input" / os.fsdecode(b"M" + letter + b"ller 2017")
+        folder.mkdir(parents=True)
+        content = {}
+        for i, crop in enumerate(video_crops["Tony_Blair"][:4]):
+            path = folder / os.fsdecode(b"fr" + letter + b"h_%d.png" % i)
+            path.write_bytes(crop.read_bytes())
+            content[str(path)] = crop.read_bytes()
+        run_embeddings(sorted(content), root / "emb.pkl", models, inputs=[str(root / "input")], progress=False)
+        out = root / "sorted"
+        cluster_faces(embfile.load(root / "emb.pkl"), str(out), ClusterConfig(clusters=1, link_mode="move",
+                                                                              previews=False), progress=False)
+        assert not any(Path(p).exists() for p in content)
+        table = out / "clusters.csv"
+        if case == "excel":
+            rows = list(csv.reader(io.StringIO(table.read_text(encoding="utf-8"), newline="")))
+            saved = io.StringIO(newline="")
+            csv.writer(saved, delimiter=";", lineterminator="\r\n").writerows(rows)
+            table.write_bytes(saved.getvalue().encode("cp1252"))
+        with pytest.raises(UnicodeDecodeError):
+            table.read_bytes().decode("utf-8")
+        assert run_cli([str(out), "-q"]) == 0
+        assert capsys.readouterr().out.startswith(f"put back: {len(content)} images where they were embedded"), case
+        assert all(Path(p).read_bytes() == data for p, data in content.items())
 
 
 def test_undo_overwrites_nothing_and_an_interrupted_undo_finishes(two_person, tmp_path, monkeypatch, capsys) -> None:
