@@ -49,6 +49,11 @@ OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".gif", ".jxl", "
 SYSTEM_FOLDERS = frozenset(name.casefold() for name in ("@eaDir", "#recycle", "#snapshot", "@Recycle",
                                                         "@Recently-Snapshot", "$RECYCLE.BIN", "RECYCLER",
                                                         "System Volume Information", "lost+found"))
+# An Apple Photos library (a folder wherever it is copied from a Mac): its photos as imported are in originals/
+# (Masters/ before Photos 5); resources/ holds resized copies of each one, edited versions and shared albums,
+# which would give every photo again (and again) as faces of their own. Only the first two are read.
+PHOTOS_LIBRARY_SUFFIX = ".photoslibrary"
+PHOTOS_ORIGINALS = frozenset({"originals", "masters"})
 MIN_SIDE = 8
 # The contact sheets that cluster_faces and search_faces write in an output's previews/ folder: not
 # images of the collection, left out when an output is an input (gender_filter over sorted folders).
@@ -140,6 +145,7 @@ class _Missed:
     formats: Counter[str] = field(default_factory=Counter)
     sheets: int = 0
     system: Counter[str] = field(default_factory=Counter)  # SYSTEM_FOLDERS found, by name
+    libraries: list[str] = field(default_factory=list)  # Apple Photos libraries, of which only originals/ is read
 
     def warn(self) -> None:
         if self.sheets:
@@ -149,6 +155,10 @@ class _Missed:
             log.info("left out %s that a NAS or an operating system keeps (thumbnails, recycle bins: %s)",
                      count(sum(self.system.values()), "folder"),
                      ", ".join(f"{name}: {n:,}" for name, n in sorted(self.system.items())))
+        if self.libraries:
+            log.info("%s: %s, of which only the photos as imported (originals/, Masters/) are read; resources/ holds "
+                     "resized copies and edited versions of the same photos", ", ".join(self.libraries[:3]),
+                     "an Apple Photos library" if len(self.libraries) == 1 else "Apple Photos libraries")
         for folder, reason in self.folders[:20]:
             log.warning("cannot read folder %s (%s): its images are left out", folder, reason)
         if len(self.folders) > 20:
@@ -189,6 +199,9 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
                 output = folder
         bucket = own if output is None else in_outputs.setdefault(output, {})
         sheets = folder in sheet_folders
+        library = folder.casefold().endswith(PHOTOS_LIBRARY_SUFFIX)
+        if library:
+            missed.libraries.append(folder)
         direct = real == folder  # no symbolic link on the way: the path is its own key (no second string)
         for entry in entries:
             if entry.name.startswith("."):
@@ -197,6 +210,8 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
                 if entry.is_dir():
                     if entry.name.casefold() in SYSTEM_FOLDERS:
                         missed.system[entry.name] += 1
+                    elif library and entry.name.casefold() not in PHOTOS_ORIGINALS:
+                        continue  # resources/, database/, private/, …: said once for the library
                     elif entry.is_symlink():
                         heapq.heappush(linked, (entry.path, output))
                     else:

@@ -90,6 +90,31 @@ def test_thumbnails_and_recycle_bins_of_a_nas_or_a_drive_are_left_out(tmp_path: 
     assert discover_images([tmp_path / "#recycle"]) == [str(tmp_path / "#recycle" / "IMG_0002.jpg")]
 
 
+def test_an_apple_photos_library_gives_each_photo_once(tmp_path: Path, caplog) -> None:
+    # A Photos library copied from a Mac is a folder: besides each photo as imported (originals/), resources/ holds
+    # resized copies of it and its edited version, each of which was embedded as another face of the same person.
+    img = _face_like()
+    library = tmp_path / "Pictures" / "Photos Library.photoslibrary"
+    kept = [write_image(library / "originals" / "4" / "4A1B-UUID.jpeg", img),
+            write_image(library / "originals" / "F" / "F0C2-UUID.png", img),
+            write_image(tmp_path / "Pictures" / "scan.jpg", img)]
+    for copy in ("resources/derivatives/4/4A1B-UUID_1_105_c.jpeg", "resources/renders/4/4A1B-UUID_1_201_a.jpeg",
+                 "resources/derivatives/masters/4/4A1B-UUID_4_5005_c.jpeg", "private/com.apple.photoanalysisd/x.jpg",
+                 "scopes/cloudsharing/data/a.jpg"):
+        write_image(library / copy, img)
+    older = tmp_path / "Old.PhotosLibrary"  # a library from before Photos 5 keeps them in Masters/
+    kept += [write_image(older / "Masters" / "2014" / "IMG_0001.JPG", img)]
+    write_image(older / "Thumbnails" / "2014" / "IMG_0001.jpg", img)
+    with caplog.at_level("INFO"):
+        assert discover_images([tmp_path / "Pictures", older]) == sorted(str(p) for p in kept)
+    assert (f"{library}, {older}: Apple Photos libraries, of which only the photos as imported (originals/, Masters/) "
+            "are read; resources/ holds resized copies and edited versions of the same photos") in caplog.messages
+    assert discover_images([library]) == sorted(str(p) for p in kept[:2])  # the library named itself
+    # A folder of it named as an input is read as it is: the user asked for it.
+    renders = library / "resources" / "renders"
+    assert discover_images([renders]) == [str(renders / "4" / "4A1B-UUID_1_201_a.jpeg")]
+
+
 def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog) -> None:
     # A photo library holds formats not read here (iPhone HEIC, camera raw files), and a folder
     # may not be readable: both are said, not left out silently; other files are no concern.
