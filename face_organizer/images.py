@@ -54,6 +54,10 @@ SYSTEM_FOLDERS = frozenset(name.casefold() for name in ("@eaDir", "#recycle", "#
 # which would give every photo again (and again) as faces of their own. Only the first two are read.
 PHOTOS_LIBRARY_SUFFIX = ".photoslibrary"
 PHOTOS_ORIGINALS = frozenset({"originals", "masters"})
+# Immich's media folder (its UPLOAD_LOCATION: library/, upload/, thumbs/, encoded-video/, profile/): thumbs/ holds
+# a preview, a thumbnail and the face crops of every photo, profile/ the users' pictures. Found by encoded-video/
+# beside thumbs/.
+IMMICH_MADE = frozenset({"thumbs", "profile"})
 MIN_SIDE = 8
 # The contact sheets that cluster_faces and search_faces write in an output's previews/ folder: not
 # images of the collection, left out when an output is an input (gender_filter over sorted folders).
@@ -146,6 +150,7 @@ class _Missed:
     sheets: int = 0
     system: Counter[str] = field(default_factory=Counter)  # SYSTEM_FOLDERS found, by name
     libraries: list[str] = field(default_factory=list)  # Apple Photos libraries, of which only originals/ is read
+    immich: list[str] = field(default_factory=list)  # Immich media folders, of which thumbs/ and profile/ are not read
 
     def warn(self) -> None:
         if self.sheets:
@@ -159,6 +164,10 @@ class _Missed:
             log.info("%s: %s, of which only the photos as imported (originals/, Masters/) are read; resources/ holds "
                      "resized copies and edited versions of the same photos", ", ".join(self.libraries[:3]),
                      "an Apple Photos library" if len(self.libraries) == 1 else "Apple Photos libraries")
+        if self.immich:
+            log.info("%s: %s, whose thumbs/ and profile/ are left out (the previews, thumbnails and face crops that "
+                     "Immich made of the photos, and its users' pictures)", ", ".join(self.immich[:3]),
+                     "the media folder of Immich" if len(self.immich) == 1 else "media folders of Immich")
         for folder, reason in self.folders[:20]:
             log.warning("cannot read folder %s (%s): its images are left out", folder, reason)
         if len(self.folders) > 20:
@@ -202,6 +211,10 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
         library = folder.casefold().endswith(PHOTOS_LIBRARY_SUFFIX)
         if library:
             missed.libraries.append(folder)
+        names = {entry.name for entry in entries}
+        immich = "thumbs" in names and "encoded-video" in names
+        if immich:
+            missed.immich.append(folder)
         direct = real == folder  # no symbolic link on the way: the path is its own key (no second string)
         for entry in entries:
             if entry.name.startswith("."):
@@ -212,6 +225,8 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
                         missed.system[entry.name] += 1
                     elif library and entry.name.casefold() not in PHOTOS_ORIGINALS:
                         continue  # resources/, database/, private/, …: said once for the library
+                    elif immich and entry.name in IMMICH_MADE:
+                        continue
                     elif entry.is_symlink():
                         heapq.heappush(linked, (entry.path, output))
                     else:

@@ -115,6 +115,25 @@ def test_an_apple_photos_library_gives_each_photo_once(tmp_path: Path, caplog) -
     assert discover_images([renders]) == [str(renders / "4" / "4A1B-UUID_1_201_a.jpeg")]
 
 
+def test_the_previews_and_face_crops_of_an_immich_library_are_left_out(tmp_path: Path, caplog) -> None:
+    # Immich's media folder keeps a preview, a thumbnail and the face crops of every photo in thumbs/: each
+    # was embedded as one more face of the person.
+    img = _face_like()
+    media = tmp_path / "immich"
+    kept = [write_image(media / "library" / "admin" / "2023" / "IMG_0001.jpg", img),
+            write_image(media / "upload" / "5f3e-uuid" / "ab" / "cd" / "abcd-uuid.jpg", img)]
+    for made in ("thumbs/5f3e-uuid/ab/cd/abcd-uuid-preview.jpeg", "thumbs/5f3e-uuid/ab/cd/abcd-uuid-thumbnail.webp",
+                 "thumbs/5f3e-uuid/9f/01/9f01-person.jpeg", "profile/5f3e-uuid/me.jpg"):
+        write_image(media / made, img)
+    (media / "encoded-video" / "5f3e-uuid").mkdir(parents=True)
+    kept.append(write_image(tmp_path / "mine" / "thumbs" / "small.jpg", img))  # a folder of the user's named so
+    with caplog.at_level("INFO"):
+        assert discover_images([tmp_path]) == sorted(str(p) for p in kept)
+    assert (f"{media}: the media folder of Immich, whose thumbs/ and profile/ are left out (the previews, thumbnails "
+            "and face crops that Immich made of the photos, and its users' pictures)") in caplog.messages
+    assert len(discover_images([media / "thumbs"])) == 3  # named as an input, read
+
+
 def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog) -> None:
     # A photo library holds formats not read here (iPhone HEIC, camera raw files), and a folder
     # may not be readable: both are said, not left out silently; other files are no concern.
