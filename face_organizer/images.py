@@ -43,6 +43,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", 
 # Photo formats a library may hold that are not read here: named in a warning, not left out silently.
 OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef",
                                     ".arw", ".orf", ".rw2", ".raf"})
+# Videos: the crops this tool sorts are extracted from them first (by another tool); counted, so that a folder of
+# videos alone is not simply "no images".
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".wmv", ".mts", ".m2ts", ".3gp",
+                              ".mpg", ".mpeg", ".flv", ".ts"})
 # Folders of images that are no one's photos, kept beside them by a NAS or an operating system: Synology's
 # thumbnails (@eaDir/<photo>/SYNOPHOTO_THUMB_*.jpg, five per photo) and recycle bins, QNAP's, and Windows'
 # recycle bin on a USB drive (deleted photos as $R*.jpg). Hidden ones (.@__thumb, .Trashes) are left out anyway.
@@ -147,6 +151,7 @@ class _Missed:
 
     folders: list[tuple[str, str]] = field(default_factory=list)
     formats: Counter[str] = field(default_factory=Counter)
+    videos: Counter[str] = field(default_factory=Counter)
     sheets: int = 0
     system: Counter[str] = field(default_factory=Counter)  # SYSTEM_FOLDERS found, by name
     libraries: list[str] = field(default_factory=list)  # Apple Photos libraries, of which only originals/ is read
@@ -172,10 +177,17 @@ class _Missed:
             log.warning("cannot read folder %s (%s): its images are left out", folder, reason)
         if len(self.folders) > 20:
             log.warning("… and %d more folders that cannot be read", len(self.folders) - 20)
+        if self.videos:
+            log.info("left out %s (%s): face-organizer reads images; extract the frames or face crops from them first",
+                     count(sum(self.videos.values()), "video"), _by_count(self.videos))
         if self.formats:
-            counts = "; ".join(f"{ext}: {n:,}" for ext, n in sorted(self.formats.items(), key=lambda item: (-item[1], item[0])))
             log.warning("left out %s in formats not read here (%s); convert them to JPEG or PNG to include them",
-                        count(sum(self.formats.values()), "photo"), counts)
+                        count(sum(self.formats.values()), "photo"), _by_count(self.formats))
+
+
+def _by_count(counts: Counter[str]) -> str:
+    """``.heic: 12; .dng: 3``: the extensions counted, most first."""
+    return "; ".join(f"{ext}: {n:,}" for ext, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
@@ -237,8 +249,10 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
                     # a link whose target is gone too: it is reported, not lost silently
                     path = entry.path
                     bucket[path if direct else _real_key(real, entry.name)] = path
-                elif os.path.splitext(entry.name)[1].lower() in OTHER_PHOTO_EXTENSIONS:
-                    missed.formats[os.path.splitext(entry.name)[1].lower()] += 1
+                elif (ext := os.path.splitext(entry.name)[1].lower()) in OTHER_PHOTO_EXTENSIONS:
+                    missed.formats[ext] += 1
+                elif ext in VIDEO_EXTENSIONS:
+                    missed.videos[ext] += 1
             except OSError:
                 continue  # a dangling or unreadable entry
     return own, in_outputs

@@ -164,6 +164,18 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     assert not caplog.text  # nothing left out, nothing said
 
 
+def test_videos_among_the_inputs_are_counted(tmp_path: Path, caplog) -> None:
+    # The crops this tool sorts are extracted from videos; pointed at the videos themselves, the run said only
+    # "no images found".
+    for name in ("interview.mp4", "b-roll.MKV", "2017/clip.mov"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"\0" * 16)
+    with caplog.at_level("INFO"):
+        assert discover_images([tmp_path]) == []
+    assert ("left out 3 videos (.mkv: 1; .mov: 1; .mp4: 1): face-organizer reads images; extract the frames or face "
+            "crops from them first") in caplog.messages
+
+
 def test_missing_input_folder(tmp_path: Path, caplog) -> None:
     with pytest.raises(FileNotFoundError, match="input folder not found"):
         discover_images([tmp_path / "nope"])
