@@ -35,7 +35,7 @@ import numpy as np
 from . import __version__
 from .errors import EmbeddingsFileError, UnsafePickleError
 from .rows import FaceRows
-from .fsutil import atomic_open, lock_holder
+from .fsutil import atomic_open, lock_holder, missing_path_hint
 from .images import Signature
 from .progress import count
 
@@ -266,7 +266,8 @@ def load(path: str | os.PathLike[str]) -> EmbeddingsFile:
         if glob.has_magic(where):  # left as it was by the shell, as nothing matched it
             raise EmbeddingsFileError(f"no embeddings file matches {where} (nor a run's checkpoints: "
                                       f"{os.path.basename(where)}{PARTS_SUFFIX})") from err
-        raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}") from err
+        raise EmbeddingsFileError(f"cannot read embeddings file {where}: {err.strerror or err}"
+                                  f"{missing_path_hint(where)}") from err
     except IsADirectoryError as err:
         if where.rstrip("/").endswith(PARTS_SUFFIX):  # named by a pattern, or picked by tab completion
             run = where.rstrip("/")[: -len(PARTS_SUFFIX)]

@@ -185,6 +185,33 @@ def in_container_only(path: str | os.PathLike[str]) -> bool:
     return mount is not None and mount[0] == "/"
 
 
+WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # C:\Users\…, C:/Users/…, \\nas\photos
+
+
+def host_mounts(mounts: str = MOUNTS) -> list[str]:
+    """The folders of the container mounted from the host, as the container sees them (``/workspace``,
+    ``/media``, ``/models`` in the compose file): the mount points outside the system's own folders."""
+    system = ("/proc", "/sys", "/dev", "/etc", "/run", "/tmp", "/usr", "/var", "/opt", "/app", "/lib", "/lib64", "/bin",
+              "/sbin", "/boot")
+    return sorted({point for point, _ in _mount_table(mounts) if point != "/"
+                   and not any(point == s or point.startswith(s + "/") for s in system)})
+
+
+def missing_path_hint(path: str | os.PathLike[str], mounts: str = MOUNTS) -> str:
+    """Why a path named by the user may not exist, where the path itself shows it ("" otherwise), as
+    "; …" to end an error with: a Windows path, or, in the image, a path outside every folder mounted
+    from the host (the host's own path, ``/home/me/faces``, typed into ``docker exec``)."""
+    name = os.fspath(path)
+    if WINDOWS_PATH.match(name):
+        return "; that is a Windows path: name the folder as it is mounted where this runs (such as /workspace/…)"
+    if not os.environ.get(CONTAINER_ENV) or not os.path.isabs(name):
+        return ""
+    mounted = host_mounts(mounts)
+    if not mounted or any(name == m or name.startswith(m.rstrip("/") + "/") for m in mounted):
+        return ""
+    return f"; in the container the host's folders are where they are mounted: {', '.join(mounted)}"
+
+
 def warn_if_in_container_only(path: str | os.PathLike[str]) -> None:
     """Warn, before a run writes ``path``, where it would be lost with the container (``docker exec … --output
     ~/emb.pkl``: the host's shell makes ``~`` the host's home, a folder only the container has)."""

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import exif
-from .fsutil import OUTPUT_MARKER
+from .fsutil import OUTPUT_MARKER, missing_path_hint
 from .progress import count
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
                 continue
             if glob.has_magic(os.fspath(raw)):  # a pattern neither the shell nor the stage matched to anything
                 raise FileNotFoundError(f"no input folder matches {os.fspath(raw)}")
-            raise FileNotFoundError(f"input folder not found: {root}")
+            raise FileNotFoundError(f"input folder not found: {root}{missing_path_hint(os.fspath(raw))}")
         own, in_outputs = _walk(root, missed)
         if own:
             for folder in sorted(in_outputs):

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import SetupError
+from .fsutil import missing_path_hint
 from .faces import EmbedOptions, FaceModels, find_crop_face
 from .alignment import align
 from .images import DecodeError, read_image
@@ -63,7 +64,7 @@ def embed_reference(path: str, models: FaceModels) -> Reference:
     Raises ``SetupError`` for an unreadable file or an image with no face.
     """
     if not os.path.lexists(path):
-        raise SetupError(f"query not found: {path}")
+        raise SetupError(f"query not found: {path}{missing_path_hint(path)}")
     try:
         image = read_image(path)
     except DecodeError as err:

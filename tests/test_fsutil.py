@@ -198,3 +198,35 @@ def test_an_output_the_container_alone_holds_is_warned_about(tmp_path, monkeypat
     with caplog.at_level("WARNING"), fsutil.exclusive(output, "wait"):
         pass
     assert not caplog.text
+
+
+def test_a_path_of_the_host_or_of_windows_is_named_as_such_when_not_found(tmp_path, monkeypatch, capsys) -> None:
+    # docker exec face-organizer … --input /home/me/faces (the host's path) or C:\Users\me\faces (Docker Desktop):
+    # "input folder not found" said nothing of why.
+    from face_organizer.cli import common
+    from face_organizer.cli.cluster import main as cluster_main
+    from face_organizer.cli.embed import main as embed_main
+    from face_organizer.cli.search import main as search_main
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("overlay / overlay rw 0 0\nproc /proc proc rw 0 0\n/dev/sda1 /workspace ext4 rw 0 0\n"
+                      "/dev/sda1 /media ext4 ro 0 0\n/dev/sda1 /etc/hosts ext4 rw 0 0\nshm /dev/shm tmpfs rw 0 0\n"
+                      "/dev/sda1 /usr/bin/nvidia-smi ext4 ro 0 0\n/dev/sdb1 /models ext4 rw 0 0\n")
+    assert fsutil.host_mounts(str(mounts)) == ["/media", "/models", "/workspace"]
+    hint = lambda path: fsutil.missing_path_hint(path, str(mounts))  # noqa: E731
+    windows = "; that is a Windows path: name the folder as it is mounted where this runs (such as /workspace/…)"
+    monkeypatch.delenv(fsutil.CONTAINER_ENV, raising=False)
+    assert hint("/home/me/faces") == ""  # outside the image, its layout is not known
+    assert hint("C:\\Users\\me\\faces") == hint("D:/faces") == hint("\\\\nas\\photos") == windows
+    monkeypatch.setenv(fsutil.CONTAINER_ENV, "1")
+    host = "; in the container the host's folders are where they are mounted: /media, /models, /workspace"
+    assert hint("/home/me/faces") == hint("/mnt/c/faces") == host
+    assert hint("/workspace/inptu/2017") == hint("/media") == hint("faces/2017") == ""  # a typo, or relative
+    monkeypatch.setattr(fsutil, "host_mounts", lambda *a: ["/media", "/models", "/workspace"])
+    assert common.run(embed_main, ["--input", "/home/me/faces/2017", "--output", str(tmp_path / "e.pkl")]) == 2
+    assert capsys.readouterr().err == f"Error: input folder not found: /home/me/faces/2017{host}\n"
+    assert common.run(cluster_main, ["--embeddings", "D:/faces/e.pkl", "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == ("Error: cannot read embeddings file D:/faces/e.pkl: No such file or directory"
+                                       f"{windows}\n")
+    assert common.run(search_main, ["--embeddings", "e.pkl", "--query", "/home/me/me.jpg", "--output", "o"]) == 2
+    assert capsys.readouterr().err == f"Error: query not found: /home/me/me.jpg{host}\n"

@@ -11,7 +11,7 @@ from ..cluster_stage import load_embeddings
 from ..cpus import fit_openmp_threads
 from ..errors import SetupError
 from ..faces import load_face_models
-from ..fsutil import check_writable_dir, exclusive
+from ..fsutil import check_writable_dir, exclusive, missing_path_hint
 from ..modelpack import resolve_pack
 from ..search_stage import calibrate_folder, find_person
 from ..thresholds import CALIBRATION_ENV, calibration_path, save_calibration
@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     args.query = common.shell_patterns(args.query, "--query")
     if not any(os.path.lexists(q) for q in args.query):  # before minutes of loading (a TensorRT engine on a GPU)
-        raise SetupError(f"query not found: {', '.join(args.query)}" if len(args.query) == 1 else
-                         f"none of the queries is there: {', '.join(args.query)}")
+        raise SetupError((f"query not found: {', '.join(args.query)}" if len(args.query) == 1 else
+                          f"none of the queries is there: {', '.join(args.query)}") + missing_path_hint(args.query[0]))
     ef = load_embeddings(args.embeddings)
     name = args.model or ef.meta.get("model_pack")
     if not name:
