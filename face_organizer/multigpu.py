@@ -32,7 +32,7 @@ from . import images
 from .cpus import CPUS_ENV, usable_cpus
 from .embed_run import close_run, read_state
 from .errors import EmbeddingsFileError, SetupError
-from .fsutil import atomic_write_bytes, exclusive, lock_holder
+from .fsutil import atomic_write_bytes, exclusive, lock_holder, missing_path_hint
 from .progress import bar as progress_bar
 from .progress import count
 from .providers import visible_gpus
@@ -155,7 +155,8 @@ def read_file_list(path: str, under: Sequence[str] = ()) -> list[str]:
             with open(path, "rb") as handle:
                 data = handle.read()
     except OSError as err:
-        raise SetupError(f"cannot read --file-list {path}: {err.strerror or err}") from None
+        hint = missing_path_hint(path) if isinstance(err, FileNotFoundError) else ""
+        raise SetupError(f"cannot read --file-list {path}: {err.strerror or err}{hint}") from None
     data = _without_bom(data, path)
     if b"\0" in data:
         names = data.split(b"\0")

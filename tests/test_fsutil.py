@@ -225,6 +225,10 @@ def test_a_path_of_the_host_or_of_windows_is_named_as_such_when_not_found(tmp_pa
     monkeypatch.setattr(fsutil, "host_mounts", lambda *a: ["/media", "/models", "/workspace"])
     assert common.run(embed_main, ["--input", "/home/me/faces/2017", "--output", str(tmp_path / "e.pkl")]) == 2
     assert capsys.readouterr().err == f"Error: input folder not found: /home/me/faces/2017{host}\n"
+    assert common.run(embed_main, ["--input", str(tmp_path), "--file-list", "C:\\lists\\2017.txt", "--output",
+                                   str(tmp_path / "e.pkl")]) == 2
+    assert capsys.readouterr().err == ("Error: cannot read --file-list C:\\lists\\2017.txt: No such file or directory"
+                                       f"{windows}\n")
     assert common.run(cluster_main, ["--embeddings", "D:/faces/e.pkl", "--output", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == ("Error: cannot read embeddings file D:/faces/e.pkl: No such file or directory"
                                        f"{windows}\n")
