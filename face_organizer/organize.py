@@ -106,7 +106,7 @@ def portable_folders(names: Sequence[str], output: str) -> tuple[str, ...]:
         chosen.append(unique)
     changed = [f"{old}/ → {new}/" for old, new in zip(names, chosen) if old != new]
     log.warning("%s is on a filesystem of type %s, whose names cannot hold %s or end in a dot or a space: the "
-                "people's folders are made as %s", output, kind, WINDOWS_RESERVED, listed(changed, "more"))
+                "people's folders are made as %s", output, kind, WINDOWS_RESERVED, listed(changed, "folder"))
     return tuple(chosen)
 
 

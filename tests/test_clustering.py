@@ -248,6 +248,19 @@ def test_people_folders_named_on_linux_are_made_as_an_exfat_output_can_hold_them
     assert {"Blair: 2017", "Blair? 2017."} < {p.name for p in (tmp_path / "disk").iterdir()}
 
 
+def test_many_people_folders_renamed_for_an_exfat_output_are_counted(monkeypatch, caplog) -> None:
+    names = [f"Guest {i}?" for i in range(8)] + ["host"]
+    monkeypatch.setattr(organize, "filesystem_type", lambda path: "exfat")
+    with caplog.at_level("WARNING", logger="face_organizer.organize"):
+        made = organize.portable_folders(names, "/media/usb/sorted")
+    assert made == tuple(f"Guest {i}_" for i in range(8)) + ("host",)
+    assert caplog.messages[0].endswith("the people's folders are made as Guest 0?/ → Guest 0_/, Guest 1?/ → "
+                                       "Guest 1_/, Guest 2?/ → Guest 2_/, Guest 3?/ → Guest 3_/, Guest 4?/ → "
+                                       "Guest 4_/, Guest 5?/ → Guest 5_/ and 2 more folders")
+    monkeypatch.setattr(organize, "filesystem_type", lambda path: "ext4")
+    assert organize.portable_folders(names, "/workspace/sorted") == tuple(names)
+
+
 def test_kmeans_says_what_it_starts_and_points_many_folders_to_auto(two_person, caplog) -> None:
     # --clusters 1000 over half a million faces runs for many minutes; nothing was said until it ended.
     ef = embfile.load(two_person[0])
