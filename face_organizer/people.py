@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from .clustering import cluster_name
 from .errors import SetupError
-from .fsutil import atomic_open
+from .fsutil import atomic_open, missing_path_hint
 from .relocate import NOT_A_PERSON, folder_names
 
 PEOPLE_FILE = "people.npy"
@@ -51,6 +51,8 @@ def load(folder: str) -> People:
         with open(os.path.join(folder, "summary.json"), encoding="utf-8") as handle:
             summary = json.load(handle)
     except (OSError, ValueError):
+        if not os.path.lexists(folder):
+            raise SetupError(f"--people-from {folder}: no such folder{missing_path_hint(folder)}") from None
         raise SetupError(f"--people-from {folder}: no summary.json from a finished cluster_faces run there") from None
     name = summary.get("people_file")
     if not name:

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import SetupError
+from .fsutil import missing_path_hint
 from .rebase import former_paths
 
 TABLE = "clusters.csv"
@@ -101,6 +102,8 @@ def _table_rows(output: str, option: str = "--moved-to") -> Iterator[Placed]:
         with open(table, encoding=encoding, errors="surrogateescape", newline="") as handle:
             yield from _rows(csv.DictReader(handle, delimiter=delimiter), roots)
     except OSError as err:
+        if not os.path.lexists(output):
+            raise SetupError(f"{named}: no such folder{missing_path_hint(output)}") from None
         raise SetupError(f"{named}: cannot read {table} ({err.strerror or err}); name the folder "
                          "an earlier cluster_faces run wrote") from None
     except (KeyError, TypeError, csv.Error):

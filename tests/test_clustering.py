@@ -1048,9 +1048,11 @@ def test_moved_to_reads_only_files_inside_the_folder_named(tmp_path) -> None:
     from face_organizer.relocate import current_locations
 
     sorted_ = tmp_path / "sorted"
-    with pytest.raises(SetupError, match="cannot read .*clusters.csv"):
+    with pytest.raises(SetupError, match="sorted: no such folder$"):
         current_locations(["/in/a.png"], [str(sorted_)], str(tmp_path / "out"))
     sorted_.mkdir()
+    with pytest.raises(SetupError, match="cannot read .*clusters.csv"):
+        current_locations(["/in/a.png"], [str(sorted_)], str(tmp_path / "out"))
     (sorted_ / "clusters.csv").write_text("path,similarity\n/in/a.png,0.5\n")  # another table
     with pytest.raises(SetupError, match="is not a cluster_faces table"):
         current_locations(["/in/a.png"], [str(sorted_)], str(tmp_path / "out"))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 from face_organizer import fsutil
@@ -234,3 +235,21 @@ def test_a_path_of_the_host_or_of_windows_is_named_as_such_when_not_found(tmp_pa
                                        f"{windows}\n")
     assert common.run(search_main, ["--embeddings", "e.pkl", "--query", "/home/me/me.jpg", "--output", "o"]) == 2
     assert capsys.readouterr().err == f"Error: query not found: /home/me/me.jpg{host}\n"
+    # The earlier outputs that --people-from, --moved-to and undo_move.py name.
+    from face_organizer import embfile
+    from face_organizer.cli.undo import main as undo_main
+    from face_organizer.faces import FaceRows
+
+    emb = tmp_path / "emb.pkl"
+    (tmp_path / "a.png").write_bytes(b"an image")
+    rows = FaceRows([str(tmp_path / "a.png")], np.eye(1, 8, dtype=np.float32), np.ones(1, bool), np.ones(1, np.float32),
+                    np.zeros((1, 4), np.float32), np.zeros(1, np.int32))
+    embfile.save(emb, embfile.EmbeddingsFile(rows, [], [], {"format_version": 1, "embedding_size": 8}))
+    for option in ("--people-from", "--moved-to"):
+        assert common.run(cluster_main, ["--embeddings", str(emb), "--output", str(tmp_path / "o"), option,
+                                         "/home/me/sorted_2017"]) == 2
+        last = capsys.readouterr().err.splitlines()[-1]  # after the warning on an output inside the container
+        assert last == f"Error: {option} /home/me/sorted_2017: no such folder{host}"
+    assert common.run(undo_main, ["E:\\sorted"]) == 2
+    assert capsys.readouterr().err == ("Error: E:\\sorted is not a folder: name the --output folder of a cluster_faces "
+                                       f"--link-mode move{windows}\n")

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import SetupError
-from ..fsutil import exclusive
+from ..fsutil import exclusive, missing_path_hint
 from ..undo import undo_move
 from . import common
 
@@ -40,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.old is None) != (args.new is None):
         raise SetupError("--from and --to go together: the folder the images were embedded under, and where it is now")
     if not os.path.isdir(args.output):
-        raise SetupError(f"{args.output} is not a folder: name the --output folder of a cluster_faces --link-mode move")
+        raise SetupError(f"{args.output} is not a folder: name the --output folder of a cluster_faces --link-mode move"
+                         f"{missing_path_hint(args.output) if not os.path.lexists(args.output) else ''}")
     with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
         report = undo_move(args.output, dry_run=args.dry_run, progress=not args.quiet,
                            rewrite=None if args.old is None else (args.old, args.new))
