@@ -8,6 +8,7 @@ Each mode runs in its own process so its peak memory is measured alone:
   2+blurred, auto+blurred: as 2 and auto through cluster_faces' own path, with 3% of the faces
                    turned into unrecognisable ones (near the model's blurred-face centre) to set aside
   --clusters auto: 20,000 people with long-tailed sizes (Zipf-like), plus 5% noise
+  a number K:      --clusters K over K such people (memory and time grow with faces times folders)
 Embeddings are unit vectors of --dim dimensions whose same-person similarity is like
 ArcFace's (about 0.4 between two faces, about 0 between people).
 
@@ -74,7 +75,8 @@ def child(mode: str, n: int, dim: int) -> None:
     from face_organizer.quality import META_KEY
 
     base = mode.split("+")[0]
-    x, labels = synthetic(n, dim, {"2": 2, "2-plain": 2, "2+third": 3, "2+blurred": 2}.get(mode, 20_000))
+    many = int(mode) if mode.isdigit() and mode != "2" else 0  # --clusters K over K people
+    x, labels = synthetic(n, dim, many or {"2": 2, "2-plain": 2, "2+third": 3, "2+blurred": 2}.get(mode, 20_000))
     if mode == "2+third":
         labels = np.where(labels == 2, -1, labels)  # the third person belongs in outliers/
     ef = None
@@ -87,7 +89,7 @@ def child(mode: str, n: int, dim: int) -> None:
     if ef is not None:
         result = run_clustering(ef, ClusterConfig(clusters=None if base == "auto" else 2, use_gpu=False))
     else:
-        result = graph_clusters(x) if mode == "auto" else kmeans(x, 2, extra_groups=mode != "2-plain")
+        result = graph_clusters(x) if mode == "auto" else kmeans(x, many or 2, extra_groups=mode != "2-plain")
     elapsed = time.perf_counter() - start
     pred = np.where(result.labels >= 0, result.labels, -np.arange(1, n + 1))
     truth = np.where(labels >= 0, labels, -np.arange(1, n + 1))

@@ -17,6 +17,7 @@ from scipy.special import ndtr, ndtri
 
 from .cohesion import Cohesion, folder_cohesion, join_groups
 from .knn import SEARCH_BLOCK, knn_graph
+from . import progress
 from .progress import count
 from .thresholds import (ALIKE_Z, CENTRE_Z, IMPOSTOR_CENTRE_MAX, MIN_VALUES, OTHER_CENTRE_Z, PAIR_Z, ImpostorModel,
                          impostor_from_cross_cluster_pairs, impostor_from_other_centre_pairs, impostor_from_impostors,
@@ -61,6 +62,8 @@ MIN_SMALL_GROUP = 5
 # people's centre read from all of them, far less than what separates two people; a larger sample
 # only costs time (at 500,000 faces, k = 2: 2.8-3.3 s of training on 100,000 faces against 0.5 s).
 KMEANS_FACES_PER_CENTRE = 10_000
+# Faces x centres of similarities kept from k-means (240 MB with the centres' numbers): past it, a sample's.
+KMEANS_TABLE_LIMIT = 20_000_000
 
 
 @dataclass
@@ -225,20 +228,42 @@ def _attach_outliers(x: NDArray[np.float32], labels: NDArray[np.int64], centres:
     return labels, int(take.sum()), cut, source
 
 
+@dataclass(frozen=True)
+class _KMeansResult:
+    """What ``_spherical_kmeans`` found: each face's similarity to its most similar centre and that
+    centre's number (n,), and for the faces ``rows`` their similarities to every centre and those
+    centres' numbers, most similar first (len(rows), k)."""
+
+    own: NDArray[np.float32]
+    label: NDArray[np.int64]
+    rows: NDArray[np.intp]
+    sims: NDArray[np.float32]
+    nearest: NDArray[np.int64]
+
+
 def _spherical_kmeans(x: NDArray[np.float32], k: int, *, restarts: int, seed: int, use_gpu: bool,
-                      init: NDArray[np.float32] | None = None) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """FAISS spherical k-means: each face's similarities to the k centres and those centres'
-    numbers, most similar first, each (n, k). ``init`` seeds the centres (one run) instead of
-    random faces."""
+                      init: NDArray[np.float32] | None = None) -> _KMeansResult:
+    """FAISS spherical k-means (``init`` seeds the centres, one run, instead of random faces). Every
+    face's similarities to all k centres are kept up to ``KMEANS_TABLE_LIMIT`` of them; past it, those
+    of a seeded sample of faces, which the other centres' impostor scale is read from as well: the
+    whole table grew with faces times folders (``--clusters 1000`` over 500,000 faces: 6 GB)."""
     n, d = x.shape
     per_centre = max(256, min(KMEANS_FACES_PER_CENTRE, 100_000 // k))
     km = faiss.Kmeans(d, k, niter=30, nredo=1 if init is not None else restarts, spherical=True, seed=seed,
                       gpu=use_gpu, max_points_per_centroid=per_centre, min_points_per_centroid=1, verbose=False)
-    km.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, np.float32))
-    if k == 1:
-        return x @ _normalise(km.centroids).T, np.zeros((n, 1), np.int64)
-    sims, nearest = km.index.search(x, k)
-    return sims, nearest.astype(np.int64)
+    with progress.ticker(f"k-means (FAISS, {count(k, 'centre')})", enabled=log.isEnabledFor(logging.INFO)):
+        km.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, np.float32))
+        if k == 1:
+            sims = x @ _normalise(km.centroids).T
+            return _KMeansResult(sims[:, 0], np.zeros(n, np.int64), np.arange(n), sims, np.zeros((n, 1), np.int64))
+        if n * k <= KMEANS_TABLE_LIMIT:
+            sims, found = km.index.search(x, k)
+            nearest = found.astype(np.int64)
+            return _KMeansResult(sims[:, 0], nearest[:, 0], np.arange(n), sims, nearest)
+        own, label = _nearest_centre(x, km.centroids)
+        rows = np.sort(np.random.default_rng(seed).choice(n, KMEANS_TABLE_LIMIT // k, replace=False))
+        sims, nearest = km.index.search(np.ascontiguousarray(x[rows]), k)
+        return _KMeansResult(own, label, rows, sims, nearest.astype(np.int64))
 
 
 def _group_seeds(x: NDArray[np.float32], k: int, people: NDArray[np.int64], random_pairs: ImpostorModel, *,
@@ -318,9 +343,9 @@ def kmeans(
     if n == 0:
         return Clustering(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, d), np.float32), 0.0, "empty", "kmeans")
     asked, k = k, max(1, min(k, n))
-    sims, nearest = _spherical_kmeans(x, k, restarts=restarts, seed=seed, use_gpu=use_gpu)
+    found = _spherical_kmeans(x, k, restarts=restarts, seed=seed, use_gpu=use_gpu)
     method = f"kmeans k={k}" + (f" (only {count(n, 'face')} for the {asked:,} people asked for)" if k < asked else "")
-    labels = nearest[:, 0].astype(np.int64)
+    labels = found.label
     random_pairs = impostor_model(x, seed=seed)  # the impostor peak of random pairs of faces, read once
     own_cut = min_similarity is None and calibrated is None
     # Which person each cluster is: with more clusters asked for than there are people, one
@@ -330,12 +355,13 @@ def kmeans(
     seeds = (_group_seeds(x, k, person[labels], random_pairs, pair_cut=pair_calibrated, seed=seed, use_gpu=use_gpu)
              if extra_groups else None)
     if seeds is not None:
-        sims, nearest = _spherical_kmeans(x, len(seeds), restarts=1, seed=seed, use_gpu=use_gpu, init=seeds)
+        found = _spherical_kmeans(x, len(seeds), restarts=1, seed=seed, use_gpu=use_gpu, init=seeds)
         method = f"kmeans k={k}, seeded with {count(len(seeds), 'group')} of alike faces"
-        labels = nearest[:, 0].astype(np.int64)
+        labels = found.label
         if own_cut:
             person = folder_cohesion(x, labels, len(seeds), seed=seed, random_pairs=random_pairs).person
-    own = sims[:, 0].astype(np.float32)
+    own = found.own.astype(np.float32)
+    sims, nearest = found.sims, found.nearest
     if min_similarity is not None:
         threshold, source = float(min_similarity), "--min-similarity"
     elif calibrated is not None:
@@ -345,10 +371,10 @@ def kmeans(
         if k > 1:
             use = np.ones(sims[:, 1:].shape, bool)
             if sims.shape[1] > k:  # only the k folders' faces and centres: the cut is the same with or without extra groups
-                kept = np.argsort(-np.bincount(nearest[:, 0], minlength=sims.shape[1]), kind="stable")[:k]
+                kept = np.argsort(-np.bincount(labels, minlength=sims.shape[1]), kind="stable")[:k]
                 use &= np.isin(nearest[:, 1:], kept) & np.isin(nearest[:, 0], kept)[:, None]
             # A face's similarity to another centre of its own person is no impostor value either.
-            use &= person[nearest[:, 1:]] != person[labels][:, None]
+            use &= person[nearest[:, 1:]] != person[labels[found.rows]][:, None]
             centre_model = impostor_from_impostors(sims[:, 1:][use], d) if use.sum() >= MIN_VALUES else None
             # Faces as alike to the other centres as to one person's: k clusters of one person (a
             # collection of one person's frames). That is no impostor scale; random pairs' peak is.

@@ -7,8 +7,10 @@ hours would write megabytes of them: there it prints one line a minute.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from tqdm import tqdm
@@ -70,3 +72,24 @@ class _Lines:
 
     def flush(self) -> None:
         self.out.flush()
+
+
+@contextlib.contextmanager
+def ticker(desc: str, *, enabled: bool = True, delay: float = 3.0) -> Iterator[None]:
+    """Work that reports no progress of its own (FAISS's k-means, which lets go of the GIL while it
+    runs): from ``delay`` seconds on, a line on stderr that shows how long it has run, redrawn each
+    second in a terminal and once a minute in a log file, so that minutes of it are seen to be work."""
+    with bar(total=None, desc=desc, bar_format="{desc}: {elapsed}", delay=delay, enabled=enabled) as shown:
+        stop = threading.Event()
+
+        def redraw() -> None:
+            while not stop.wait(1.0):
+                shown.update(0)  # drawn once ``delay`` and the bar's interval (a minute in a log file) have passed
+
+        thread = threading.Thread(target=redraw, name="ticker", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()

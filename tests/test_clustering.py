@@ -326,6 +326,39 @@ def test_same_input_gives_same_folders(two_person) -> None:
     np.testing.assert_array_equal(a.labels, b.labels)
 
 
+def test_kmeans_with_many_folders_keeps_the_similarities_of_a_sample_of_faces(monkeypatch) -> None:
+    """Every face's similarity to every centre grew with faces times folders (--clusters 1000 over
+    500,000 faces: 6 GB). Past KMEANS_TABLE_LIMIT, a seeded sample's are kept: the folders are the
+    same, and the cut-off read from them nearly so."""
+    import face_organizer.clustering as clustering
+
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((12, 64)).astype(np.float32)
+    truth = np.repeat(np.arange(12), 400)
+    x = centres[truth] / np.linalg.norm(centres, axis=1, keepdims=True)[truth]
+    x = np.vstack([x + rng.standard_normal(x.shape).astype(np.float32) * np.float32(1.0 / np.sqrt(64)),
+                   rng.standard_normal((240, 64)).astype(np.float32)])  # 5% strangers
+    tables = []
+    real = clustering._spherical_kmeans
+
+    def spy(*args, **kwargs):
+        found = real(*args, **kwargs)
+        tables.append(found.sims.shape)
+        return found
+
+    monkeypatch.setattr(clustering, "_spherical_kmeans", spy)
+    full = kmeans(x, 12, extra_groups=False)
+    monkeypatch.setattr(clustering, "KMEANS_TABLE_LIMIT", 12 * 1_000)
+    sampled = kmeans(x, 12, extra_groups=False)
+    assert tables == [(len(x), 12), (1_000, 12)]  # no table of all faces
+    assert abs(sampled.threshold - full.threshold) < 0.005
+    # The same folders (numbered by size, so equal sizes may swap numbers), but for faces right at the cut-off.
+    same = {int(f): int(np.bincount(sampled.labels[full.labels == f] + 1).argmax()) - 1 for f in np.unique(full.labels)}
+    differ = np.nonzero(np.array([same[int(f)] for f in full.labels]) != sampled.labels)[0]
+    assert len(set(same.values())) == len(same) == 13  # 12 folders and the outliers
+    assert len(differ) <= 5 and np.all(np.abs(full.similarity[differ] - full.threshold) < 0.01), differ
+
+
 def test_kmeans_trained_on_a_sample_gives_the_folders_of_training_on_every_face(monkeypatch) -> None:
     """Above KMEANS_FACES_PER_CENTRE faces per centre, k-means trains on a sample; the folders
     must be those of training on all the faces, but for a face or two right at the cut-off (the

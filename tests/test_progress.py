@@ -36,3 +36,20 @@ def test_counts_and_lists_read_as_english() -> None:
 def test_sizes_read_in_the_unit_that_suits_them() -> None:
     assert [progress.size(n) for n in (0, 512, 815_000, 1_320_000, 2_410_000_000)] == [
         "0 B", "512 B", "815 kB", "1.32 MB", "2.41 GB"]
+
+
+def test_work_without_progress_of_its_own_shows_how_long_it_has_run(monkeypatch, capsys) -> None:
+    # FAISS's k-means says nothing while it runs (--clusters 1000 over 500,000 faces: minutes): a line
+    # shows it is still at work, from a few seconds on; in a log file once a minute (here a second).
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 1.0)
+    with progress.ticker("k-means (FAISS, 1,000 centres)", delay=0.5):
+        time.sleep(2.8)
+    lines = capsys.readouterr().err.splitlines()
+    assert 2 <= len(lines) <= 4 and lines[-1] in ("k-means (FAISS, 1,000 centres): 00:02",
+                                                  "k-means (FAISS, 1,000 centres): 00:03"), lines  # a busy machine
+    assert all(line.startswith("k-means (FAISS, 1,000 centres): 00:0") for line in lines)
+    with progress.ticker("quick", delay=0.5):  # most of them end before: nothing said
+        time.sleep(0.1)
+    with progress.ticker("quiet", delay=0.0, enabled=False):  # -q
+        time.sleep(1.2)
+    assert capsys.readouterr().err == ""
