@@ -593,6 +593,24 @@ def test_hostile_pickle_is_refused_not_executed(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_a_file_of_the_users_own_embeddings_says_what_it_lacks(tmp_path: Path) -> None:
+    # Embeddings from a script of one's own (insightface's normed_embedding of each face) with paths: "'meta' is
+    # missing" said nothing of what would do.
+    rng = np.random.default_rng(2)
+    unit = rng.standard_normal((6, 512)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    own = {"paths": [f"/in/{i}.jpg" for i in range(6)], "embeddings": unit}
+    (tmp_path / "own.pkl").write_bytes(pickle.dumps(own))
+    with pytest.raises(EmbeddingsFileError, match=r"own.pkl: 'meta' is missing, so generate_embeddings did not write "
+                                                  r"it; a file of your own is read with a 'meta' dict beside 'paths' "
+                                                  r"and 'embeddings' \(an empty one will do"):
+        embfile.load(tmp_path / "own.pkl")
+    (tmp_path / "own.pkl").write_bytes(pickle.dumps({**own, "meta": {}}))  # as the message says
+    loaded = embfile.load(tmp_path / "own.pkl")
+    assert loaded.rows.paths == own["paths"] and np.array_equal(loaded.rows.embeddings, unit)
+    assert loaded.rows.detected.all()
+
+
 def test_files_of_either_pickle_protocol_load_alike(tmp_path: Path) -> None:
     """Files are written with protocol 5 (arrays straight from their memory); files written with
     protocol 4, as earlier releases did, load the same, and plain ``pickle.load`` reads both."""
