@@ -163,7 +163,7 @@ def from_dict(d: Any, where: str = "embeddings file") -> EmbeddingsFile:
     if not isinstance(meta, dict):
         raise EmbeddingsFileError(f"{where}: 'meta' is missing, so generate_embeddings did not write it; a file of "
                                   "your own is read with a 'meta' dict beside 'paths' and 'embeddings' (an empty one "
-                                  "will do; 'model_pack' and 'embedding_size' let files of other models be told apart)")
+                                  "will do; README.md, \"The embeddings file\", says what more it may hold)")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise EmbeddingsFileError(f"{where}: format version {meta.get('format_version')} is newer than this tool reads ({FORMAT_VERSION})")
     detected = _array(d, "detected", bool, (n,), where) if "detected" in d else np.ones(n, bool)
