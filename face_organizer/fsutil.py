@@ -59,6 +59,19 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: object
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: after a power cut the new file is in place, not only its
+    bytes somewhere (what a later step, such as removing a run's checkpoints, relies on). Where the
+    filesystem cannot sync a folder (some network shares), its own ordering is all there is."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 PARTIAL_SUFFIX = ".tmp"

@@ -253,3 +253,25 @@ def test_a_path_of_the_host_or_of_windows_is_named_as_such_when_not_found(tmp_pa
     assert common.run(undo_main, ["E:\\sorted"]) == 2
     assert capsys.readouterr().err == ("Error: E:\\sorted is not a folder: name the --output folder of a cluster_faces "
                                        f"--link-mode move{windows}\n")
+
+
+def test_an_atomic_write_syncs_its_folder_after_the_rename(tmp_path, monkeypatch) -> None:
+    # The file's bytes were synced but not the rename that puts it in place: after a power cut the folder could
+    # still show the old file, or none, where a later step (checkpoints removed) took the new one as written.
+    import stat
+
+    synced, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        synced.append("renamed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with fsutil.atomic_open(tmp_path / "emb.pkl") as handle:
+        handle.write(b"embeddings")
+    assert synced == ["file", "renamed", "folder"] and (tmp_path / "emb.pkl").read_bytes() == b"embeddings"
