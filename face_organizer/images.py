@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import heapq
+import io
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ from stat import S_ISREG
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,10 +41,36 @@ def _quiet_opencv() -> None:
 
 _quiet_opencv()
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# HEIC, as iPhones save photos, read through pi-heif (libheif's decoder) where it is installed, as it is with
+# face-organizer; without it such photos are counted with the formats not read here.
+HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+
+
+def _heif() -> Any:
+    """The ``pi_heif`` module, set up for one decoding thread per stream (as OpenCV's decoding is) and
+    the main image alone, or None where it is not installed."""
+    global _HEIF
+    if _HEIF is False:
+        try:
+            import pi_heif
+        except ImportError:
+            _HEIF = None
+        else:
+            pi_heif.options.DECODE_THREADS = 1
+            pi_heif.options.THUMBNAILS = pi_heif.options.DEPTH_IMAGES = pi_heif.options.AUX_IMAGES = False
+            _HEIF = pi_heif
+    return _HEIF
+
+
+_HEIF: Any = False  # not yet looked for
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}) | (
+    HEIF_EXTENSIONS if _heif() is not None else frozenset())
+# As messages name them.
+READ_FORMATS = "jpg, jpeg, png, webp, bmp, tif" + (", heic" if HEIF_EXTENSIONS <= IMAGE_EXTENSIONS else "")
 # Photo formats a library may hold that are not read here: named in a warning, not left out silently.
 OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef",
-                                    ".arw", ".orf", ".rw2", ".raf"})
+                                    ".arw", ".orf", ".rw2", ".raf"}) - IMAGE_EXTENSIONS
 # Videos: the crops this tool sorts are extracted from them first (by another tool); counted, so that a folder of
 # videos alone is not simply "no images".
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".wmv", ".mts", ".m2ts", ".3gp",
@@ -138,7 +166,7 @@ def _not_an_image(path: str, missed: _Missed) -> None:
     elif path.lower().endswith(ARCHIVE_EXTENSIONS):
         log.warning("%s is an archive: left out (unpack it and name the folder)", path)
     else:
-        log.warning("%s is not an image (%s): left out", path, ", ".join(e[1:] for e in sorted(IMAGE_EXTENSIONS)))
+        log.warning("%s is not an image (%s): left out", path, READ_FORMATS)
 
 
 def _real_key(real_folder: str, name: str) -> str:
@@ -384,6 +412,18 @@ def _undecoded_reason(data: bytes) -> str:
     return "not a decodable image (corrupt, truncated or not an image)"
 
 
+def _decode_heif(heif: Any, data: bytes) -> np.ndarray:
+    """A HEIC or HEIF photo, upright (libheif applies its rotation and mirroring), in 8 bits per channel."""
+    try:
+        photo = heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True, bgr_mode=True)
+        return np.array(photo, copy=True)  # a view of its pixels would outlive the buffer libheif frees with it
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - libheif's errors for broken files come as several types
+        detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise DecodeError(f"not a decodable HEIC photo (libheif: {detail})") from None
+
+
 def decode_bytes(data: bytes) -> BGRImage:
     """Decode encoded image bytes to BGR uint8, raising ``DecodeError`` with a reason."""
     if not data:
@@ -391,7 +431,8 @@ def decode_bytes(data: bytes) -> BGRImage:
     if _jpeg_truncated(data):
         raise DecodeError("truncated JPEG")
     try:
-        image = _decode_upright(data)
+        heif = _heif() if data[4:8] == b"ftyp" and _HEIF_BRANDS.get(data[8:12]) in ("HEIC", "HEIF") else None
+        image = _decode_heif(heif, data) if heif is not None else _decode_upright(data)
     except cv2.error as err:  # OpenCV raises, rather than returning None, for some files
         raise DecodeError(_opencv_reason(err)) from None
     if image is None:

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from face_organizer import images
 from face_organizer.images import NOT_A_FILE, DecodeError, decode_bytes, discover_images, load, read_image
 
 from conftest import ROOT, png_claiming, write_image
@@ -135,11 +136,11 @@ def test_the_previews_and_face_crops_of_an_immich_library_are_left_out(tmp_path:
 
 
 def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog) -> None:
-    # A photo library holds formats not read here (iPhone HEIC, camera raw files), and a folder
+    # A photo library holds formats not read here (AVIF, camera raw files), and a folder
     # may not be readable: both are said, not left out silently; other files are no concern.
     img = _face_like()
     kept = write_image(tmp_path / "2019" / "a.jpg", img)
-    for name in ("IMG_0001.HEIC", "IMG_0002.heic", "DSC_0003.NEF", "clip.gif"):
+    for name in ("IMG_0001.AVIF", "IMG_0002.avif", "DSC_0003.NEF", "clip.gif"):
         (tmp_path / "2019" / name).write_bytes(b"\0" * 16)
     (tmp_path / "2019" / "movie.mov").write_bytes(b"\0" * 16)
     (tmp_path / "2019" / "notes.txt").write_text("x")
@@ -156,7 +157,7 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     caplog.set_level("WARNING")
     assert discover_images([tmp_path]) == [str(kept)]
     assert f"cannot read folder {locked} (Permission denied): its images are left out" in caplog.text
-    assert "left out 4 photos in formats not read here (.heic: 2; .gif: 1; .nef: 1)" in caplog.text
+    assert "left out 4 photos in formats not read here (.avif: 2; .gif: 1; .nef: 1)" in caplog.text
     assert ".mov" not in caplog.text and ".txt" not in caplog.text
     caplog.clear()
     monkeypatch.setattr(os, "scandir", real_scandir)
@@ -190,15 +191,15 @@ def test_missing_input_folder(tmp_path: Path, caplog) -> None:
     # Files named as inputs that are not images: said, where they were left out without a word (an archive
     # of the year's frames, a list meant for --file-list, a photo in another format).
     caplog.clear()
-    for name in ("2017.tar.gz", "list.txt", "IMG_1.HEIC"):
+    for name in ("2017.tar.gz", "list.txt", "IMG_1.AVIF"):
         (tmp_path / name).write_bytes(b"x")
     with caplog.at_level("WARNING"):
-        assert discover_images([tmp_path / "in", *(tmp_path / n for n in ("2017.tar.gz", "list.txt", "IMG_1.HEIC"))]
+        assert discover_images([tmp_path / "in", *(tmp_path / n for n in ("2017.tar.gz", "list.txt", "IMG_1.AVIF"))]
                                ) == [str(tmp_path / "in" / "a.png")]
     assert caplog.messages == [f"{tmp_path / '2017.tar.gz'} is an archive: left out (unpack it and name the folder)",
-                               f"{tmp_path / 'list.txt'} is not an image (bmp, jpeg, jpg, png, tif, tiff, webp): "
+                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, png, webp, bmp, tif, heic): "
                                "left out",
-                               "left out 1 photo in formats not read here (.heic: 1); convert them to JPEG or PNG to "
+                               "left out 1 photo in formats not read here (.avif: 1); convert them to JPEG or PNG to "
                                "include them"]
 
 
@@ -214,7 +215,7 @@ def test_decoding_variants(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "alpha.png"), base)
 
 
-def test_bad_files_give_reasons(tmp_path: Path) -> None:
+def test_bad_files_give_reasons(tmp_path: Path, monkeypatch) -> None:
     good = write_image(tmp_path / "good.jpg", _face_like(120, 120))
     data = good.read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
@@ -232,10 +233,48 @@ def test_bad_files_give_reasons(tmp_path: Path) -> None:
     assert reasons["empty.png"] == "empty file"
     assert "not a decodable image" in reasons["text.jpg"]
     assert "not a decodable image" in reasons["cut.png"]
-    # An iPhone photo kept as HEIC under a .jpg name (some transfer tools do): said as such, not as corrupt.
+    # A broken HEIC photo (here under a .jpg name, as some transfer tools keep one): said as such, not as a JPEG.
     heic = bytes.fromhex("00000018 66747970 68656963 00000000 6d696631 68656963".replace(" ", ""))
     (tmp_path / "IMG_0001.jpg").write_bytes(heic + bytes(4000))
+    assert load(str(tmp_path / "IMG_0001.jpg")).reason.startswith("not a decodable HEIC photo (libheif: ")
+    monkeypatch.setattr(images, "_HEIF", None)  # an environment without pi-heif: what it cannot read, said so
     assert load(str(tmp_path / "IMG_0001.jpg")).reason == "a HEIC photo, not read here (convert it to JPEG or PNG)"
+
+
+def _heic(path: Path, bgr: np.ndarray, orientation: int = 1) -> Path:
+    """``bgr`` written as a HEIC photo (pillow-heif's encoder; face-organizer has only the decoder); with
+    ``orientation`` 6 stored turned a quarter left, with the rotation that shows it upright, as phones do."""
+    import pillow_heif
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()
+    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = np.ascontiguousarray(np.rot90(rgb, 1)) if orientation == 6 else rgb
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        Image.fromarray(stored).save(handle, format="HEIF", quality=95, exif=exif.tobytes())
+    return path
+
+
+def test_heic_photos_are_read_upright(tmp_path: Path) -> None:
+    # iPhones save HEIC; they were counted as "formats not read here" and left out.
+    rows, cols = np.mgrid[0:60, 0:90]
+    base = np.dstack([rows * 4, cols * 2, 255 - rows * 4]).astype(np.uint8)  # top and left tell apart
+    plain = _heic(tmp_path / "2019" / "IMG_0001.HEIC", base)
+    turned = _heic(tmp_path / "2019" / "IMG_0002.heic", base, orientation=6)
+    renamed = tmp_path / "2019" / "IMG_0003.jpg"  # a transfer tool's .jpg name on HEIC bytes
+    renamed.write_bytes(plain.read_bytes())
+    assert plain.read_bytes()[4:12] == b"ftypheic"
+    for path in (plain, turned, renamed):
+        image = read_image(path)
+        assert image.shape == base.shape and image.dtype == np.uint8, path
+        assert np.abs(image.astype(int) - base.astype(int)).mean() < 4, path  # lossy, but upright and in BGR order
+    assert discover_images([tmp_path]) == sorted(str(p) for p in (plain, turned, renamed))
+    cut = tmp_path / "cut.heic"
+    cut.write_bytes(plain.read_bytes()[: len(plain.read_bytes()) // 2])
+    assert load(str(cut)).reason.startswith("not a decodable HEIC photo (libheif: ")
 
 
 def test_opencv_does_not_log_the_files_it_cannot_decode(tmp_path: Path) -> None:

@@ -293,7 +293,7 @@ def _some(names: Sequence[str], most: int = 3) -> str:
 def find_images(inputs: Sequence[str], *, none_ok: bool = False) -> list[str]:
     """Images under the input folders, or a ``SetupError`` naming what is wrong; folders that
     hold none are only warned about with ``none_ok``."""
-    from ..images import discover_images
+    from ..images import READ_FORMATS, discover_images
 
     started = time.monotonic()
     try:
@@ -301,7 +301,7 @@ def find_images(inputs: Sequence[str], *, none_ok: bool = False) -> list[str]:
     except FileNotFoundError as err:
         raise SetupError(str(err)) from None
     if not paths:
-        message = f"no images (jpg, jpeg, png, webp, bmp, tif) found under {_some(inputs)}"
+        message = f"no images ({READ_FORMATS}) found under {_some(inputs)}"
         if not none_ok:
             raise SetupError(message)
         logging.getLogger(__name__).warning("%s", message)
