@@ -77,10 +77,11 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", "
                               ".mpg", ".mpeg", ".flv", ".ts"})
 # Folders of images that are no one's photos, kept beside them by a NAS or an operating system: Synology's
 # thumbnails (@eaDir/<photo>/SYNOPHOTO_THUMB_*.jpg, five per photo) and recycle bins, QNAP's, and Windows'
-# recycle bin on a USB drive (deleted photos as $R*.jpg). Hidden ones (.@__thumb, .Trashes) are left out anyway.
+# recycle bin on a USB drive (deleted photos as $R*.jpg), and Nextcloud's (ownCloud's) beside a user's files/
+# (a deleted folder keeps its photos' names there). Hidden ones (.@__thumb, .Trashes) are left out anyway.
 SYSTEM_FOLDERS = frozenset(name.casefold() for name in ("@eaDir", "#recycle", "#snapshot", "@Recycle",
                                                         "@Recently-Snapshot", "$RECYCLE.BIN", "RECYCLER",
-                                                        "System Volume Information", "lost+found"))
+                                                        "System Volume Information", "lost+found", "files_trashbin"))
 # An Apple Photos library (a folder wherever it is copied from a Mac): its photos as imported are in originals/
 # (Masters/ before Photos 5); resources/ holds resized copies of each one, edited versions and shared albums,
 # which would give every photo again (and again) as faces of their own. Only the first two are read.

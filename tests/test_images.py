@@ -81,12 +81,14 @@ def test_thumbnails_and_recycle_bins_of_a_nas_or_a_drive_are_left_out(tmp_path: 
     kept = [write_image(tmp_path / "2019" / "IMG_0001.jpg", img), write_image(tmp_path / "eaDir" / "a.jpg", img)]
     for junk in ("2019/@eaDir/IMG_0001.jpg/SYNOPHOTO_THUMB_XL.jpg", "2019/@eaDir/IMG_0001.jpg/SYNOPHOTO_THUMB_M.jpg",
                  "#recycle/IMG_0002.jpg", "$RECYCLE.BIN/S-1-5-21/$RABC123.jpg", "$Recycle.Bin/$R1.png",
-                 "System Volume Information/x.jpg"):
+                 "System Volume Information/x.jpg", "nextcloud/files_trashbin/files/Holiday.d1700000000/IMG_0003.jpg"):
         write_image(tmp_path / junk, img)
+    kept.append(write_image(tmp_path / "nextcloud" / "files" / "Photos" / "IMG_0004.jpg", img))
     with caplog.at_level("INFO"):
         assert discover_images([tmp_path]) == sorted(str(p) for p in kept)
-    assert ("left out 5 folders that a NAS or an operating system keeps (thumbnails, recycle bins: #recycle: 1, "
-            "$RECYCLE.BIN: 1, $Recycle.Bin: 1, @eaDir: 1, System Volume Information: 1)") in caplog.messages
+    assert ("left out 6 folders that a NAS or an operating system keeps (thumbnails, recycle bins: #recycle: 1, "
+            "$RECYCLE.BIN: 1, $Recycle.Bin: 1, @eaDir: 1, System Volume Information: 1, files_trashbin: 1)"
+            ) in caplog.messages
     # Named as an input itself, such a folder is read: the user asked for it.
     assert discover_images([tmp_path / "#recycle"]) == [str(tmp_path / "#recycle" / "IMG_0002.jpg")]
 
