@@ -243,7 +243,8 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
         except OSError as err:
             missed.folders.append((folder, err.strerror or str(err)))  # skipped, and said so
             continue
-        if any(entry.name == OUTPUT_MARKER for entry in entries):
+        names = {entry.name for entry in entries}
+        if OUTPUT_MARKER in names:
             sheet_folders.add(os.path.join(folder, SHEETS_FOLDER))
             if output is None and folder != root:
                 output = folder
@@ -252,7 +253,6 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
         library = folder.casefold().endswith(PHOTOS_LIBRARY_SUFFIX)
         if library:
             missed.libraries.append(folder)
-        names = {entry.name for entry in entries}
         immich = "thumbs" in names and "encoded-video" in names
         if immich:
             missed.immich.append(folder)
