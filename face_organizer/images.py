@@ -64,10 +64,36 @@ def _heif() -> Any:
 
 _HEIF: Any = False  # not yet looked for
 
+
+# AVIF (a format of photos from some Android phones and of pictures saved from the web) read through Pillow,
+# installed with pi-heif, where its build has an AVIF decoder (wheels since Pillow 11.3): OpenCV's, where a build
+# has one, shows the photo as stored, not turned as its rotation says.
+def _avif() -> Any:
+    """Pillow's AVIF plugin where it can decode AVIF, set up for one decoding thread per stream, or None."""
+    global _AVIF
+    if _AVIF is False:
+        try:
+            from PIL import features
+
+            if not features.check("avif"):
+                raise ImportError("Pillow without an AVIF decoder")
+            from PIL import AvifImagePlugin
+        except ImportError:
+            _AVIF = None
+        else:
+            AvifImagePlugin.DEFAULT_MAX_THREADS = 1
+            _AVIF = AvifImagePlugin
+    return _AVIF
+
+
+_AVIF: Any = False  # not yet looked for
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}) | (
-    HEIF_EXTENSIONS if _heif() is not None else frozenset())
+    HEIF_EXTENSIONS if _heif() is not None else frozenset()) | (
+    frozenset({".avif"}) if _avif() is not None else frozenset())
 # As messages name them.
-READ_FORMATS = "jpg, jpeg, png, webp, bmp, tif" + (", heic" if HEIF_EXTENSIONS <= IMAGE_EXTENSIONS else "")
+READ_FORMATS = "jpg, jpeg, png, webp, bmp, tif" + (", heic" if HEIF_EXTENSIONS <= IMAGE_EXTENSIONS else "") + (
+    ", avif" if ".avif" in IMAGE_EXTENSIONS else "")
 # Photo formats a library may hold that are not read here: named in a warning, not left out silently.
 OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef",
                                     ".arw", ".orf", ".rw2", ".raf"}) - IMAGE_EXTENSIONS
@@ -405,10 +431,24 @@ _HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEI
                 b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
 
 
+def _iso_photo_kind(data: bytes) -> str | None:
+    """The kind of an ISO media photo by its 'ftyp' box (HEIC, HEIF or AVIF), else None. A file whose major
+    brand is the general one (``mif1``) is AVIF where its compatible brands say so (some encoders write it so)."""
+    if data[4:8] != b"ftyp":
+        return None
+    kind = _HEIF_BRANDS.get(data[8:12])
+    if kind == "HEIF":
+        size = int.from_bytes(data[:4], "big")
+        compatible = data[16:min(size, 64)]
+        if any(compatible[i:i + 4] in (b"avif", b"avis") for i in range(0, len(compatible) - 3, 4)):
+            return "AVIF"
+    return kind
+
+
 def _undecoded_reason(data: bytes) -> str:
     """Why OpenCV decoded nothing: a photo in a format not read here, said as such, or a broken file."""
-    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
-        kind = _HEIF_BRANDS[data[8:12]]
+    kind = _iso_photo_kind(data)
+    if kind is not None:
         return f"{'an' if kind == 'AVIF' else 'a'} {kind} photo, not read here (convert it to JPEG or PNG)"
     return "not a decodable image (corrupt, truncated or not an image)"
 
@@ -425,6 +465,26 @@ def _decode_heif(heif: Any, data: bytes) -> np.ndarray:
         raise DecodeError(f"not a decodable HEIC photo (libheif: {detail})") from None
 
 
+def _decode_avif(plugin: Any, data: bytes) -> np.ndarray:
+    """An AVIF photo, upright (Pillow gives its rotation and mirroring as an EXIF orientation), in 8 bits per
+    channel, BGR or BGRA. Opened by the plugin itself, whose errors say what is wrong (``Image.open`` gives
+    "cannot identify image file" for all); libavif refuses photos over 16384 x 16384 pixels."""
+    from PIL import ImageOps
+
+    try:
+        with plugin.AvifImageFile(io.BytesIO(data)) as photo:
+            upright = ImageOps.exif_transpose(photo)
+            if upright.mode not in ("RGB", "RGBA"):
+                upright = upright.convert("RGBA" if "A" in upright.mode else "RGB")
+            pixels = np.asarray(upright)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - Pillow's errors for broken files come as several types
+        detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise DecodeError(f"not a decodable AVIF photo (Pillow: {detail})") from None
+    return cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+
+
 def decode_bytes(data: bytes) -> BGRImage:
     """Decode encoded image bytes to BGR uint8, raising ``DecodeError`` with a reason."""
     if not data:
@@ -432,8 +492,15 @@ def decode_bytes(data: bytes) -> BGRImage:
     if _jpeg_truncated(data):
         raise DecodeError("truncated JPEG")
     try:
-        heif = _heif() if data[4:8] == b"ftyp" and _HEIF_BRANDS.get(data[8:12]) in ("HEIC", "HEIF") else None
-        image = _decode_heif(heif, data) if heif is not None else _decode_upright(data)
+        kind = _iso_photo_kind(data)
+        heif = _heif() if kind in ("HEIC", "HEIF") else None
+        avif = _avif() if kind == "AVIF" else None
+        if heif is not None:
+            image = _decode_heif(heif, data)
+        elif avif is not None:
+            image = _decode_avif(avif, data)
+        else:
+            image = _decode_upright(data)
     except cv2.error as err:  # OpenCV raises, rather than returning None, for some files
         raise DecodeError(_opencv_reason(err)) from None
     if image is None:

@@ -138,11 +138,11 @@ def test_the_previews_and_face_crops_of_an_immich_library_are_left_out(tmp_path:
 
 
 def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog) -> None:
-    # A photo library holds formats not read here (AVIF, camera raw files), and a folder
+    # A photo library holds formats not read here (JPEG XL, camera raw files), and a folder
     # may not be readable: both are said, not left out silently; other files are no concern.
     img = _face_like()
     kept = write_image(tmp_path / "2019" / "a.jpg", img)
-    for name in ("IMG_0001.AVIF", "IMG_0002.avif", "DSC_0003.NEF", "clip.gif"):
+    for name in ("IMG_0001.JXL", "IMG_0002.jxl", "DSC_0003.NEF", "clip.gif"):
         (tmp_path / "2019" / name).write_bytes(b"\0" * 16)
     (tmp_path / "2019" / "movie.mov").write_bytes(b"\0" * 16)
     (tmp_path / "2019" / "notes.txt").write_text("x")
@@ -159,7 +159,7 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     caplog.set_level("WARNING")
     assert discover_images([tmp_path]) == [str(kept)]
     assert f"cannot read folder {locked} (Permission denied): its images are left out" in caplog.text
-    assert "left out 4 photos in formats not read here (.avif: 2; .gif: 1; .nef: 1)" in caplog.text
+    assert "left out 4 photos in formats not read here (.jxl: 2; .gif: 1; .nef: 1)" in caplog.text
     assert ".mov" not in caplog.text and ".txt" not in caplog.text
     caplog.clear()
     monkeypatch.setattr(os, "scandir", real_scandir)
@@ -193,15 +193,15 @@ def test_missing_input_folder(tmp_path: Path, caplog) -> None:
     # Files named as inputs that are not images: said, where they were left out without a word (an archive
     # of the year's frames, a list meant for --file-list, a photo in another format).
     caplog.clear()
-    for name in ("2017.tar.gz", "list.txt", "IMG_1.AVIF"):
+    for name in ("2017.tar.gz", "list.txt", "IMG_1.JXL"):
         (tmp_path / name).write_bytes(b"x")
     with caplog.at_level("WARNING"):
-        assert discover_images([tmp_path / "in", *(tmp_path / n for n in ("2017.tar.gz", "list.txt", "IMG_1.AVIF"))]
+        assert discover_images([tmp_path / "in", *(tmp_path / n for n in ("2017.tar.gz", "list.txt", "IMG_1.JXL"))]
                                ) == [str(tmp_path / "in" / "a.png")]
     assert caplog.messages == [f"{tmp_path / '2017.tar.gz'} is an archive: left out (unpack it and name the folder)",
-                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, png, webp, bmp, tif, heic): "
+                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, png, webp, bmp, tif, heic, avif): "
                                "left out",
-                               "left out 1 photo in formats not read here (.avif: 1); convert them to JPEG or PNG to "
+                               "left out 1 photo in formats not read here (.jxl: 1); convert them to JPEG or PNG to "
                                "include them"]
 
 
@@ -277,6 +277,62 @@ def test_heic_photos_are_read_upright(tmp_path: Path) -> None:
     cut = tmp_path / "cut.heic"
     cut.write_bytes(plain.read_bytes()[: len(plain.read_bytes()) // 2])
     assert load(str(cut)).reason.startswith("not a decodable HEIC photo (libheif: ")
+
+
+def _avif(path: Path, bgr: np.ndarray, orientation: int = 1) -> Path:
+    """``bgr`` written as an AVIF photo by Pillow's encoder; with ``orientation`` 6 stored turned a quarter left,
+    with the rotation (libavif's irot) that shows it upright."""
+    from PIL import Image
+
+    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = np.ascontiguousarray(np.rot90(rgb, 1)) if orientation == 6 else rgb
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        Image.fromarray(stored).save(handle, format="AVIF", quality=95, exif=exif.tobytes())
+    return path
+
+
+def test_avif_photos_are_read_upright(tmp_path: Path, monkeypatch) -> None:
+    # AVIF (some Android phones, pictures saved from the web) was counted as a format not read here and left
+    # out; OpenCV 5's own AVIF decoder would show a turned one as stored.
+    from PIL import Image
+
+    rows, cols = np.mgrid[0:60, 0:90]
+    base = np.dstack([rows * 4, cols * 2, 255 - rows * 4]).astype(np.uint8)  # top and left tell apart
+    plain = _avif(tmp_path / "2024" / "PXL_0001.AVIF", base)
+    turned = _avif(tmp_path / "2024" / "PXL_0002.avif", base, orientation=6)
+    assert b"irot" in turned.read_bytes() and b"irot" not in plain.read_bytes()
+    renamed = tmp_path / "2024" / "saved.jpg"  # AVIF bytes under a .jpg name, as browsers save some pictures
+    renamed.write_bytes(plain.read_bytes())
+    # AVIF whose major brand is the general 'mif1', AVIF among its compatible brands (as some encoders write)
+    data = plain.read_bytes()
+    size = int.from_bytes(data[:4], "big")
+    general = tmp_path / "2024" / "general.avif"
+    general.write_bytes(data[:8] + b"mif1" + data[12:16] + b"avif" + data[20:size] + data[size:])
+    assert data[4:12] == b"ftypavif" and general.read_bytes()[4:12] == b"ftypmif1"
+    for path in (plain, turned, renamed, general):
+        image = read_image(path)
+        assert image.shape == base.shape and image.dtype == np.uint8, path
+        assert np.abs(image.astype(int) - base.astype(int)).mean() < 4, path  # lossy, but upright and in BGR order
+    assert discover_images([tmp_path]) == sorted(str(p) for p in (plain, turned, renamed, general))
+    cut = tmp_path / "cut.avif"
+    cut.write_bytes(data[: len(data) - 40])
+    assert load(str(cut)).reason == "not a decodable AVIF photo (Pillow: Failed to decode frame 0: Truncated data)"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(data[:64] + bytes(2000))
+    assert load(str(broken)).reason.startswith("not a decodable AVIF photo (Pillow: ")
+    # With alpha: composited over black, as a PNG's is.
+    rgba = np.dstack([base, np.full(base.shape[:2], 128, np.uint8)])
+    see_through = tmp_path / "alpha.avif"
+    Image.fromarray(np.ascontiguousarray(rgba[:, :, [2, 1, 0, 3]])).save(see_through, format="AVIF", quality=95)
+    assert np.abs(read_image(see_through).astype(int) - base.astype(int) * 128 // 255).mean() < 4
+    # A Pillow without an AVIF decoder: such a photo is said to be one, not a broken file.
+    monkeypatch.setattr(images, "_AVIF", None)
+    monkeypatch.setattr(images.cv2, "imdecode", lambda *a: None)  # and an OpenCV without one (OpenCV 4 wheels)
+    assert load(str(renamed)).reason == "an AVIF photo, not read here (convert it to JPEG or PNG)"
+    assert load(str(general)).reason == "an AVIF photo, not read here (convert it to JPEG or PNG)"
 
 
 def test_opencv_does_not_log_the_files_it_cannot_decode(tmp_path: Path) -> None:
