@@ -124,7 +124,10 @@ def _rows(reader: csv.DictReader, roots: Sequence[str]) -> Iterator[Placed]:
             yield Placed(row["path"], folder, rest, int(size) if size.isdigit() else None)
 
 
-EXCEL_CODE_PAGE = "cp1252"  # Excel's "CSV (Comma delimited)" on a Windows set up for a Western language
+# The code pages of Excel's "CSV (Comma delimited)", by the language Windows is set up for (and Excel for Mac's
+# "Comma Separated Values"), the most common first: a tie goes to the earlier.
+EXCEL_CODE_PAGES = {"cp1252": "Western European", "cp1250": "Central European", "cp1251": "Cyrillic",
+                    "cp1253": "Greek", "cp1254": "Turkish", "mac_roman": "Mac Roman"}
 CODE_PAGE_SAMPLE = 20
 
 
@@ -132,9 +135,10 @@ def _table_format(table: str, output: str, roots: Sequence[str]) -> tuple[str, s
     """How ``clusters.csv`` reads: (encoding, delimiter). As written: UTF-8 (names of images that are
     not UTF-8 keep their bytes) and commas; Excel saves a byte-order mark before it ("CSV UTF-8").
     Excel's "CSV (Comma delimited)" is in the Windows code page, which writes ``ü`` as one byte, and
-    has semicolons where the system's list separator is one (much of Europe). The code page is
+    has semicolons where the system's list separator is one (much of Europe). A code page is
     taken where the table is not UTF-8 and its names find more of its files in ``output`` than
-    UTF-8's do: a table of images named in Latin-1 on disk is not UTF-8 either."""
+    UTF-8's do (the one that finds the most): a table of images named in Latin-1 on disk is not
+    UTF-8 either."""
     with open(table, "rb") as handle:
         header = handle.readline()
         delimiter = ";" if b";" in header and b"," not in header else ","
@@ -147,17 +151,21 @@ def _table_format(table: str, output: str, roots: Sequence[str]) -> tuple[str, s
             return "utf-8-sig", delimiter
         except UnicodeDecodeError:
             pass
-    found = {}
-    for encoding in ("utf-8-sig", EXCEL_CODE_PAGE):
+    best, most = "utf-8-sig", -1
+    for encoding in ("utf-8-sig", *EXCEL_CODE_PAGES):
         with open(table, encoding=encoding, errors="surrogateescape", newline="") as handle:
             rows = (r for r in _rows(csv.DictReader(handle, delimiter=delimiter), roots)
                     if not (r.folder + r.rest).isascii())
-            found[encoding] = sum(os.path.lexists(os.path.join(output, r.folder, r.rest))
-                                  for r in itertools.islice(rows, CODE_PAGE_SAMPLE))
-    if found[EXCEL_CODE_PAGE] > found["utf-8-sig"]:
-        log.info("%s is in the Windows code page (saved by Excel as CSV): read as such", table)
-        return EXCEL_CODE_PAGE, delimiter
-    return "utf-8-sig", delimiter
+            sample = list(itertools.islice(rows, CODE_PAGE_SAMPLE))
+            found = sum(os.path.lexists(os.path.join(output, r.folder, r.rest)) for r in sample)
+        if found > most:
+            best, most = encoding, found
+        if found == len(sample):
+            break  # every name found: no code page finds more
+    if best != "utf-8-sig":
+        log.info("%s is in the %s code page %s (saved by Excel as CSV): read as such", table,
+                 EXCEL_CODE_PAGES[best], best)
+    return best, delimiter
 
 
 def samples_of(rows: Sequence[Placed]) -> dict[str, list[Placed]]:
