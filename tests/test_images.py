@@ -243,21 +243,27 @@ def test_bad_files_give_reasons(tmp_path: Path, monkeypatch) -> None:
     assert load(str(tmp_path / "IMG_0001.jpg")).reason == "a HEIC photo, not read here (convert it to JPEG or PNG)"
 
 
-def _heic(path: Path, bgr: np.ndarray, orientation: int = 1) -> Path:
-    """``bgr`` written as a HEIC photo (pillow-heif's encoder; face-organizer has only the decoder); with
-    ``orientation`` 6 stored turned a quarter left, with the rotation that shows it upright, as phones do."""
-    import pillow_heif
+def _saved_turned(path: Path, bgr: np.ndarray, kind: str, orientation: int) -> Path:
+    """``bgr`` saved by Pillow as ``kind``; with ``orientation`` 6 stored turned a quarter left, with the rotation
+    (the file's irot) that shows it upright, as phones do."""
     from PIL import Image
 
-    pillow_heif.register_heif_opener()
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])
     exif = Image.Exif()
     exif[0x0112] = orientation
     stored = np.ascontiguousarray(np.rot90(rgb, 1)) if orientation == 6 else rgb
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
-        Image.fromarray(stored).save(handle, format="HEIF", quality=95, exif=exif.tobytes())
+        Image.fromarray(stored).save(handle, format=kind, quality=95, exif=exif.tobytes())
     return path
+
+
+def _heic(path: Path, bgr: np.ndarray, orientation: int = 1) -> Path:
+    """``bgr`` written as a HEIC photo (pillow-heif's encoder; face-organizer has only the decoder)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    return _saved_turned(path, bgr, "HEIF", orientation)
 
 
 def test_heic_photos_are_read_upright(tmp_path: Path) -> None:
@@ -280,18 +286,8 @@ def test_heic_photos_are_read_upright(tmp_path: Path) -> None:
 
 
 def _avif(path: Path, bgr: np.ndarray, orientation: int = 1) -> Path:
-    """``bgr`` written as an AVIF photo by Pillow's encoder; with ``orientation`` 6 stored turned a quarter left,
-    with the rotation (libavif's irot) that shows it upright."""
-    from PIL import Image
-
-    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    stored = np.ascontiguousarray(np.rot90(rgb, 1)) if orientation == 6 else rgb
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as handle:
-        Image.fromarray(stored).save(handle, format="AVIF", quality=95, exif=exif.tobytes())
-    return path
+    """``bgr`` written as an AVIF photo by Pillow's encoder."""
+    return _saved_turned(path, bgr, "AVIF", orientation)
 
 
 def test_avif_photos_are_read_upright(tmp_path: Path, monkeypatch) -> None:
