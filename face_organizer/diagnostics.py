@@ -29,7 +29,7 @@ from .tensors import random_input, with_uint8_bgr_input
 
 DISTRIBUTIONS = ("numpy", "onnxruntime", "onnxruntime-gpu", "insightface", "faiss-cpu", "faiss-gpu-cu12",
                  "opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless",
-                 "nvidia-cudnn-cu12", "tensorflow", "tensorflow-cpu", "tf-keras", "deepface")
+                 "nvidia-cudnn-cu12", "pi-heif", "pillow", "tensorflow", "tensorflow-cpu", "tf-keras", "deepface")
 NATIVE_LIBRARIES = ("cudart", "cublas", "cudnn", "nvinfer")
 PASCAL_OR_OLDER = 7.0  # compute capability below Volta: Pascal 6.x, Maxwell 5.x
 
@@ -51,6 +51,22 @@ def cpu_plan() -> list[str]:
     return [f"visible: {os.cpu_count()}; usable: {usable_cpus()} (CPU affinity, container CPU quota, ${CPUS_ENV})",
             f"stage 1 plans: on a GPU {plan_streams(on_cpu=False)[0]} streams and {default_workers()} decoding processes; "
             f"on the CPU {streams} stream(s) x {threads} thread(s)"]
+
+
+def image_formats() -> list[str]:
+    """The formats stage 1 reads, and why HEIC or AVIF photos would not be (they are counted and left out)."""
+    from . import images
+
+    lines = [f"image formats read: {images.READ_FORMATS}"]
+    if ".heic" not in images.IMAGE_EXTENSIONS:
+        lines.append("HEIC photos (iPhones) are not read: pi-heif is not installed (pip install pi-heif)")
+    if ".avif" not in images.IMAGE_EXTENSIONS:
+        try:
+            pillow = f"Pillow {metadata.version('pillow')} has no AVIF decoder (its wheels have one from 11.3 on)"
+        except metadata.PackageNotFoundError:
+            pillow = "Pillow is not installed"
+        lines.append(f"AVIF photos are not read: {pillow}")
+    return lines
 
 
 def native_libraries() -> dict[str, str | None]:

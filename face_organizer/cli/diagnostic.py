@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     vers = d.versions()
     out += [f"  {k}: {v}" for k, v in vers.items()]
     out += ["  native libraries: " + ", ".join(f"{k}={v or 'not found'}" for k, v in d.native_libraries().items())]
+    out += [f"  {line}" for line in d.image_formats()]
     ort_build = d.onnxruntime_cuda_build()
     if ort_build is not None:
         out.append(f"  ONNX Runtime CUDA provider built for: {ort_build.describe()}")
