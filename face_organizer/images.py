@@ -113,10 +113,40 @@ SYSTEM_FOLDERS = frozenset(name.casefold() for name in ("@eaDir", "#recycle", "#
 # which would give every photo again (and again) as faces of their own. Only the first two are read.
 PHOTOS_LIBRARY_SUFFIX = ".photoslibrary"
 PHOTOS_ORIGINALS = frozenset({"originals", "masters"})
-# Immich's media folder (its UPLOAD_LOCATION: library/, upload/, thumbs/, encoded-video/, profile/): thumbs/ holds
-# a preview, a thumbnail and the face crops of every photo, profile/ the users' pictures. Found by encoded-video/
-# beside thumbs/.
-IMMICH_MADE = frozenset({"thumbs", "profile"})
+
+
+@dataclass(frozen=True)
+class _ServerFolder:
+    """A folder where a photo server keeps its users' photos and, beside them, images it made of them:
+    found by ``markers`` among its entries; its subfolders ``made`` (names, or name prefixes ending in
+    ``*``) are left out and said once, with ``what``."""
+
+    name: str
+    plural: str
+    markers: frozenset[str]
+    made: tuple[str, ...]
+    what: str
+
+    def makes(self, name: str) -> bool:
+        return any(name.startswith(m[:-1]) if m.endswith("*") else name == m for m in self.made)
+
+
+# Immich's media folder (its UPLOAD_LOCATION: library/, upload/, thumbs/, encoded-video/, profile/); Nextcloud's
+# data folder (a .ocdata file beside each user's folder: appdata_<instance id>/preview/ holds previews in several
+# sizes of every photo); PhotoPrism's storage folder (cache/thumbnails/ holds thumbnails in several sizes of every
+# photo; sidecar/ is read: its JPEGs of camera raw photos are the only copy of those read here).
+SERVER_FOLDERS = (
+    _ServerFolder("the media folder of Immich", "media folders of Immich",
+                  frozenset({"thumbs", "encoded-video"}), ("thumbs", "profile"),
+                  "whose thumbs/ and profile/ are left out (the previews, thumbnails and face crops that Immich made "
+                  "of the photos, and its users' pictures)"),
+    _ServerFolder("the data folder of Nextcloud", "data folders of Nextcloud", frozenset({".ocdata"}), ("appdata_*",),
+                  "whose appdata_* folder is left out (the previews that Nextcloud made of the photos, in several "
+                  "sizes, and its users' pictures)"),
+    _ServerFolder("the storage folder of PhotoPrism", "storage folders of PhotoPrism",
+                  frozenset({"cache", "sidecar"}), ("cache",),
+                  "whose cache/ is left out (the thumbnails that PhotoPrism made of the photos, in several sizes)"),
+)
 MIN_SIDE = 8
 # The contact sheets that cluster_faces and search_faces write in an output's previews/ folder: not
 # images of the collection, left out when an output is an input (gender_filter over sorted folders).
@@ -210,7 +240,7 @@ class _Missed:
     sheets: int = 0
     system: Counter[str] = field(default_factory=Counter)  # SYSTEM_FOLDERS found, by name
     libraries: list[str] = field(default_factory=list)  # Apple Photos libraries, of which only originals/ is read
-    immich: list[str] = field(default_factory=list)  # Immich media folders, of which thumbs/ and profile/ are not read
+    servers: dict[_ServerFolder, list[str]] = field(default_factory=dict)  # a photo server's folders found
 
     def warn(self) -> None:
         if self.sheets:
@@ -224,10 +254,10 @@ class _Missed:
             log.info("%s: %s, of which only the photos as imported (originals/, Masters/) are read; resources/ holds "
                      "resized copies and edited versions of the same photos", ", ".join(self.libraries[:3]),
                      "an Apple Photos library" if len(self.libraries) == 1 else "Apple Photos libraries")
-        if self.immich:
-            log.info("%s: %s, whose thumbs/ and profile/ are left out (the previews, thumbnails and face crops that "
-                     "Immich made of the photos, and its users' pictures)", ", ".join(self.immich[:3]),
-                     "the media folder of Immich" if len(self.immich) == 1 else "media folders of Immich")
+        for server, folders in self.servers.items():
+            more = f" and {len(folders) - 3:,} more" if len(folders) > 3 else ""
+            log.info("%s%s: %s, %s", ", ".join(folders[:3]), more, server.name if len(folders) == 1 else server.plural,
+                     server.what)
         for folder, reason in self.folders[:20]:
             log.warning("cannot read folder %s (%s): its images are left out", folder, reason)
         if len(self.folders) > 20:
@@ -279,9 +309,9 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
         library = folder.casefold().endswith(PHOTOS_LIBRARY_SUFFIX)
         if library:
             missed.libraries.append(folder)
-        immich = "thumbs" in names and "encoded-video" in names
-        if immich:
-            missed.immich.append(folder)
+        server = next((server for server in SERVER_FOLDERS if server.markers <= names), None)
+        if server is not None:
+            missed.servers.setdefault(server, []).append(folder)
         direct = real == folder  # no symbolic link on the way: the path is its own key (no second string)
         for entry in entries:
             if entry.name.startswith("."):
@@ -292,7 +322,7 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
                         missed.system[entry.name] += 1
                     elif library and entry.name.casefold() not in PHOTOS_ORIGINALS:
                         continue  # resources/, database/, private/, …: said once for the library
-                    elif immich and entry.name in IMMICH_MADE:
+                    elif server is not None and server.makes(entry.name):
                         continue
                     elif entry.is_symlink():
                         heapq.heappush(linked, (entry.path, output))

@@ -118,23 +118,48 @@ def test_an_apple_photos_library_gives_each_photo_once(tmp_path: Path, caplog) -
     assert discover_images([renders]) == [str(renders / "4" / "4A1B-UUID_1_201_a.jpeg")]
 
 
-def test_the_previews_and_face_crops_of_an_immich_library_are_left_out(tmp_path: Path, caplog) -> None:
-    # Immich's media folder keeps a preview, a thumbnail and the face crops of every photo in thumbs/: each
-    # was embedded as one more face of the person.
+def test_the_images_photo_servers_make_of_the_photos_are_left_out(tmp_path: Path, caplog) -> None:
+    # Photo servers keep previews and thumbnails of every photo beside the photos (Immich also its face crops):
+    # each was embedded as one more face of the person. Laid out as each server's documentation describes.
     img = _face_like()
-    media = tmp_path / "immich"
+    media, data, storage = tmp_path / "immich", tmp_path / "nextcloud" / "data", tmp_path / "photoprism" / "storage"
     kept = [write_image(media / "library" / "admin" / "2023" / "IMG_0001.jpg", img),
-            write_image(media / "upload" / "5f3e-uuid" / "ab" / "cd" / "abcd-uuid.jpg", img)]
+            write_image(media / "upload" / "5f3e-uuid" / "ab" / "cd" / "abcd-uuid.jpg", img),
+            write_image(data / "alice" / "files" / "Photos" / "IMG_0002.jpg", img),
+            write_image(tmp_path / "photoprism" / "originals" / "2024" / "05" / "IMG_0003.jpg", img),
+            write_image(storage / "sidecar" / "2024" / "05" / "DSC_0004.NEF.jpg", img)]  # a raw photo's only JPEG
     for made in ("thumbs/5f3e-uuid/ab/cd/abcd-uuid-preview.jpeg", "thumbs/5f3e-uuid/ab/cd/abcd-uuid-thumbnail.webp",
                  "thumbs/5f3e-uuid/9f/01/9f01-person.jpeg", "profile/5f3e-uuid/me.jpg"):
         write_image(media / made, img)
     (media / "encoded-video" / "5f3e-uuid").mkdir(parents=True)
-    kept.append(write_image(tmp_path / "mine" / "thumbs" / "small.jpg", img))  # a folder of the user's named so
+    for made in ("preview/1/2/3/4/5/6/7/1234567/1024-768-max.jpg", "preview/1/2/3/4/5/6/7/1234567/256-192.jpg",
+                 "avatar/alice/avatar.512.png"):
+        write_image(data / "appdata_oc5x7yq2" / made, img)
+    (data / ".ocdata").write_text("# Nextcloud data directory\n")
+    for made in ("cache/thumbnails/a/b/c/abc123_720x720_fit.jpg", "cache/thumbnails/a/b/c/abc123_tile_224.jpg"):
+        write_image(storage / made, img)
+    kept.append(write_image(tmp_path / "mine" / "thumbs" / "small.jpg", img))  # folders of the user's named so
+    kept.append(write_image(tmp_path / "mine" / "cache" / "small.jpg", img))
     with caplog.at_level("INFO"):
         assert discover_images([tmp_path]) == sorted(str(p) for p in kept)
     assert (f"{media}: the media folder of Immich, whose thumbs/ and profile/ are left out (the previews, thumbnails "
             "and face crops that Immich made of the photos, and its users' pictures)") in caplog.messages
+    assert (f"{data}: the data folder of Nextcloud, whose appdata_* folder is left out (the previews that Nextcloud "
+            "made of the photos, in several sizes, and its users' pictures)") in caplog.messages
+    assert (f"{storage}: the storage folder of PhotoPrism, whose cache/ is left out (the thumbnails that PhotoPrism "
+            "made of the photos, in several sizes)") in caplog.messages
     assert len(discover_images([media / "thumbs"])) == 3  # named as an input, read
+    assert len(discover_images([data / "appdata_oc5x7yq2"])) == 3
+    # Two of one server: said in one line.
+    caplog.clear()
+    write_image(tmp_path / "immich2" / "library" / "a.jpg", img)
+    (tmp_path / "immich2" / "thumbs").mkdir()
+    (tmp_path / "immich2" / "encoded-video").mkdir()
+    with caplog.at_level("INFO"):
+        discover_images([media, tmp_path / "immich2"])
+    assert [m for m in caplog.messages if "Immich" in m] == [
+        f"{media}, {tmp_path / 'immich2'}: media folders of Immich, whose thumbs/ and profile/ are "
+        "left out (the previews, thumbnails and face crops that Immich made of the photos, and its users' pictures)"]
 
 
 def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog) -> None:
