@@ -160,8 +160,8 @@ def _table_format(table: str, output: str, roots: Sequence[str]) -> tuple[str, s
             found = sum(os.path.lexists(os.path.join(output, r.folder, r.rest)) for r in sample)
         if found > most:
             best, most = encoding, found
-        if found == len(sample):
-            break  # every name found: no code page finds more
+        if sample and found == len(sample):
+            break  # every name found: no code page finds more (none at all: the output's own path may not match)
     if best != "utf-8-sig":
         log.info("%s is in the %s code page %s (saved by Excel as CSV): read as such", table,
                  EXCEL_CODE_PAGES[best], best)
