@@ -26,7 +26,7 @@ from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError, RunSt
 from face_organizer.evaluation import bcubed, folder_report, largest_face_rows
 from face_organizer.fsutil import _umask
 from clusterrun import GROUP_PHOTO, cluster_with, obama_biden_library, private_copy
-from conftest import read_labels
+from conftest import ROOT, read_labels
 from face_organizer.embed_run import run_embeddings
 from face_organizer.faces import EmbedOptions
 from face_organizer.images import discover_images, read_image
@@ -1887,6 +1887,13 @@ def test_file_names_that_are_not_utf8_are_kept_byte_for_byte(video_crops, testpa
     assert common.run(search_main, ["--embeddings", str(emb), "--query", str(folder / names[0]), "--output", str(found),
                                     "--model", str(testpack_dir), "-q"]) == 0
     assert b"caf\xe9_0.png" in (found / "matches.csv").read_bytes()
+    # An output whose own name is not UTF-8, under a UTF-8 locale whose stdout is strict (en_US.UTF-8): the
+    # summary ended the finished run in a traceback.
+    out = os.fsdecode(os.fsencode(tmp_path) + b"/sortiert \xfc")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "cluster_faces.py"), *args[:2], "--output", out,
+                           "--clusters", "2", "-q"], capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"/sortiert \xfc/person_A/\n" in done.stdout
 
 
 def test_names_at_the_filesystem_limit_collide_and_copy(video_crops, models, tmp_path, capsys) -> None:

@@ -145,10 +145,21 @@ def stop_when_launcher_ends(launcher: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="follow-launcher", daemon=True).start()
 
 
+def _names_printable() -> None:
+    """File names that are not UTF-8 (Latin-1 names of old archives) reach Python as lone surrogates, which
+    stdout refuses under a UTF-8 locale such as ``en_US.UTF-8`` (not under ``C.UTF-8``, as in the image): a
+    finished run ended in a traceback at its summary. They are printed as their own bytes, as ``ls`` does."""
+    stream = sys.stdout
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        utf8 = (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
+        stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+
+
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a command, turning domain errors into ``Error: …`` and an exit code, and stop
     signals into the same orderly stop as Ctrl-C (exit 128 + the signal's number). Its last
     line goes where its output went (``--log``), then the output is restored."""
+    _names_printable()
     code = 1
     try:
         code = _run(main, argv)
