@@ -88,12 +88,25 @@ def _avif() -> Any:
 
 _AVIF: Any = False  # not yet looked for
 
+
+# GIF (animations a photo library keeps beside its photos, such as those Google Photos makes of a burst): its
+# first frame, read through Pillow (every build reads GIF; OpenCV's wheels only from 4.11 on).
+def _gif() -> Any:
+    """Pillow's GIF plugin, or None where Pillow is not installed."""
+    try:
+        from PIL import GifImagePlugin
+    except ImportError:
+        return None
+    return GifImagePlugin
+
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}) | (
     HEIF_EXTENSIONS if _heif() is not None else frozenset()) | (
-    frozenset({".avif"}) if _avif() is not None else frozenset())
+    frozenset({".avif"}) if _avif() is not None else frozenset()) | (
+    frozenset({".gif"}) if _gif() is not None else frozenset())
 # As messages name them.
-READ_FORMATS = "jpg, jpeg, png, webp, bmp, tif" + (", heic" if HEIF_EXTENSIONS <= IMAGE_EXTENSIONS else "") + (
-    ", avif" if ".avif" in IMAGE_EXTENSIONS else "")
+READ_FORMATS = "jpg, jpeg, png, webp, bmp, tif" + "".join(
+    f", {name}" for name, ext in (("heic", ".heic"), ("avif", ".avif"), ("gif", ".gif")) if ext in IMAGE_EXTENSIONS)
 # Photo formats a library may hold that are not read here: named in a warning, not left out silently.
 OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef",
                                     ".arw", ".orf", ".rw2", ".raf"}) - IMAGE_EXTENSIONS
@@ -495,23 +508,36 @@ def _decode_heif(heif: Any, data: bytes) -> np.ndarray:
         raise DecodeError(f"not a decodable HEIC photo (libheif: {detail})") from None
 
 
-def _decode_avif(plugin: Any, data: bytes) -> np.ndarray:
-    """An AVIF photo, upright (Pillow gives its rotation and mirroring as an EXIF orientation), in 8 bits per
-    channel, BGR or BGRA. Opened by the plugin itself, whose errors say what is wrong (``Image.open`` gives
-    "cannot identify image file" for all); libavif refuses photos over 16384 x 16384 pixels."""
+def _max_pixels() -> int:
+    """OpenCV's limit on the pixels of one image, which Pillow's decoders here keep too."""
+    try:
+        return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "")) or 1 << 30
+    except ValueError:
+        return 1 << 30
+
+
+def _decode_pillow(opener: Any, data: bytes, kind: str) -> np.ndarray:
+    """An AVIF photo or a GIF's first frame through Pillow: upright (Pillow gives an AVIF's rotation and
+    mirroring as an EXIF orientation), in 8 bits per channel, BGR or BGRA (a GIF's transparent colour
+    included). Opened by the plugin itself (``opener``, its image class), whose errors say what is wrong
+    (``Image.open`` gives "cannot identify image file" for all)."""
     from PIL import ImageOps
 
     try:
-        with plugin.AvifImageFile(io.BytesIO(data)) as photo:
+        with opener(io.BytesIO(data)) as photo:
+            if photo.size[0] * photo.size[1] > _max_pixels():
+                raise DecodeError(f"image too large to decode ({photo.size[0]}x{photo.size[1]}, over OpenCV's pixel "
+                                  "limit; OPENCV_IO_MAX_IMAGE_PIXELS raises it)")
             upright = ImageOps.exif_transpose(photo)
             if upright.mode not in ("RGB", "RGBA"):
-                upright = upright.convert("RGBA" if "A" in upright.mode else "RGB")
+                see_through = "A" in upright.mode or "transparency" in upright.info
+                upright = upright.convert("RGBA" if see_through else "RGB")
             pixels = np.asarray(upright)
-    except MemoryError:
+    except (MemoryError, DecodeError):
         raise
     except Exception as err:  # noqa: BLE001 - Pillow's errors for broken files come as several types
         detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise DecodeError(f"not a decodable AVIF photo (Pillow: {detail})") from None
+        raise DecodeError(f"not a decodable {kind} (Pillow: {detail})") from None
     return cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR)
 
 
@@ -525,10 +551,13 @@ def decode_bytes(data: bytes) -> BGRImage:
         kind = _iso_photo_kind(data)
         heif = _heif() if kind in ("HEIC", "HEIF") else None
         avif = _avif() if kind == "AVIF" else None
+        gif = _gif() if data[:6] in (b"GIF87a", b"GIF89a") else None
         if heif is not None:
             image = _decode_heif(heif, data)
         elif avif is not None:
-            image = _decode_avif(avif, data)
+            image = _decode_pillow(avif.AvifImageFile, data, "AVIF photo")
+        elif gif is not None:
+            image = _decode_pillow(gif.GifImageFile, data, "GIF")
         else:
             image = _decode_upright(data)
     except cv2.error as err:  # OpenCV raises, rather than returning None, for some files

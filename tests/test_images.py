@@ -167,7 +167,7 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     # may not be readable: both are said, not left out silently; other files are no concern.
     img = _face_like()
     kept = write_image(tmp_path / "2019" / "a.jpg", img)
-    for name in ("IMG_0001.JXL", "IMG_0002.jxl", "DSC_0003.NEF", "clip.gif"):
+    for name in ("IMG_0001.JXL", "IMG_0002.jxl", "DSC_0003.NEF", "scan.jp2"):
         (tmp_path / "2019" / name).write_bytes(b"\0" * 16)
     (tmp_path / "2019" / "movie.mov").write_bytes(b"\0" * 16)
     (tmp_path / "2019" / "notes.txt").write_text("x")
@@ -184,7 +184,7 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     caplog.set_level("WARNING")
     assert discover_images([tmp_path]) == [str(kept)]
     assert f"cannot read folder {locked} (Permission denied): its images are left out" in caplog.text
-    assert "left out 4 photos in formats not read here (.jxl: 2; .gif: 1; .nef: 1)" in caplog.text
+    assert "left out 4 photos in formats not read here (.jxl: 2; .jp2: 1; .nef: 1)" in caplog.text
     assert ".mov" not in caplog.text and ".txt" not in caplog.text
     caplog.clear()
     monkeypatch.setattr(os, "scandir", real_scandir)
@@ -224,8 +224,8 @@ def test_missing_input_folder(tmp_path: Path, caplog) -> None:
         assert discover_images([tmp_path / "in", *(tmp_path / n for n in ("2017.tar.gz", "list.txt", "IMG_1.JXL"))]
                                ) == [str(tmp_path / "in" / "a.png")]
     assert caplog.messages == [f"{tmp_path / '2017.tar.gz'} is an archive: left out (unpack it and name the folder)",
-                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, png, webp, bmp, tif, heic, avif): "
-                               "left out",
+                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, png, webp, bmp, tif, heic, avif, "
+                               "gif): left out",
                                "left out 1 photo in formats not read here (.jxl: 1); convert them to JPEG or PNG to "
                                "include them"]
 
@@ -354,6 +354,36 @@ def test_avif_photos_are_read_upright(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(images.cv2, "imdecode", lambda *a: None)  # and an OpenCV without one (OpenCV 4 wheels)
     assert load(str(renamed)).reason == "an AVIF photo, not read here (convert it to JPEG or PNG)"
     assert load(str(general)).reason == "an AVIF photo, not read here (convert it to JPEG or PNG)"
+
+
+def test_gif_animations_are_read_by_their_first_frame(tmp_path: Path) -> None:
+    # Photo libraries keep GIF animations beside the photos (Google Photos makes them of bursts): they were
+    # counted as a format not read here. The first frame is read; a transparent colour is black, as in a PNG.
+    from PIL import Image
+
+    rows, cols = np.mgrid[0:60, 0:90]
+    base = np.dstack([rows * 4, cols * 2, 255 - rows * 4]).astype(np.uint8)
+    first, second = Image.fromarray(base[:, :, ::-1].copy()), Image.fromarray(255 - base[:, :, ::-1])
+    animation = tmp_path / "Photos from 2019" / "20190704_burst.GIF"
+    animation.parent.mkdir()
+    first.save(animation, save_all=True, append_images=[second], duration=100, loop=0)
+    image = read_image(animation)
+    assert image.shape == base.shape and np.abs(image.astype(int) - base.astype(int)).mean() < 6  # 256 colours
+    see_through = tmp_path / "sticker.gif"
+    palette = first.quantize(64)
+    palette.save(see_through, transparency=int(np.asarray(palette)[0, 0]))
+    assert (read_image(see_through)[0, 0] == 0).all() and read_image(see_through)[59, 89].any()
+    assert discover_images([tmp_path]) == sorted(str(p) for p in (animation, see_through))
+    cut = tmp_path / "cut.gif"
+    cut.write_bytes(animation.read_bytes()[:300])
+    assert load(str(cut)).reason.startswith("not a decodable GIF (Pillow: ")
+    # A screen of 60,000 x 60,000 pixels in a few bytes: refused before any pixel is allocated, as OpenCV does.
+    header = bytearray(see_through.read_bytes())
+    header[6:10] = struct.pack("<HH", 60_000, 60_000)
+    bomb = tmp_path / "bomb.gif"
+    bomb.write_bytes(bytes(header))
+    assert load(str(bomb)).reason == ("image too large to decode (60000x60000, over OpenCV's pixel limit; "
+                                      "OPENCV_IO_MAX_IMAGE_PIXELS raises it)")
 
 
 def test_opencv_does_not_log_the_files_it_cannot_decode(tmp_path: Path) -> None:
