@@ -482,8 +482,8 @@ def _iso_photo_kind(data: bytes) -> str | None:
     kind = _HEIF_BRANDS.get(data[8:12])
     if kind == "HEIF":
         size = int.from_bytes(data[:4], "big")
-        compatible = data[16:min(size, 64)]
-        if any(compatible[i:i + 4] in (b"avif", b"avis") for i in range(0, len(compatible) - 3, 4)):
+        compatible = {_HEIF_BRANDS.get(data[i:i + 4]) for i in range(16, min(size, 64) - 3, 4)}
+        if "AVIF" in compatible and "HEIC" not in compatible:
             return "AVIF"
     return kind
 

@@ -333,6 +333,8 @@ def test_avif_photos_are_read_upright(tmp_path: Path, monkeypatch) -> None:
     general = tmp_path / "2024" / "general.avif"
     general.write_bytes(data[:8] + b"mif1" + data[12:16] + b"avif" + data[20:size] + data[size:])
     assert data[4:12] == b"ftypavif" and general.read_bytes()[4:12] == b"ftypmif1"
+    both = (28).to_bytes(4, "big") + b"ftypmif1" + bytes(4) + b"mif1avifheic"  # HEIC too: libheif's to read
+    assert images._iso_photo_kind(both) == "HEIF" and images._iso_photo_kind(general.read_bytes()) == "AVIF"
     for path in (plain, turned, renamed, general):
         image = read_image(path)
         assert image.shape == base.shape and image.dtype == np.uint8, path
