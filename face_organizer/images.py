@@ -43,7 +43,7 @@ _quiet_opencv()
 
 # HEIC, as iPhones save photos, read through pi-heif (libheif's decoder) where it is installed, as it is with
 # face-organizer; without it such photos are counted with the formats not read here.
-HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})  # .hif: Canon's and Fujifilm's cameras
 
 
 def _heif() -> Any:
@@ -100,16 +100,17 @@ def _gif() -> Any:
     return GifImagePlugin
 
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}) | (
+# .jfif: JPEG photos saved from the web on Windows (browsers named them so for years); .jpe: JPEG too.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff"}) | (
     HEIF_EXTENSIONS if _heif() is not None else frozenset()) | (
     frozenset({".avif"}) if _avif() is not None else frozenset()) | (
     frozenset({".gif"}) if _gif() is not None else frozenset())
 # As messages name them.
-READ_FORMATS = "jpg, jpeg, png, webp, bmp, tif" + "".join(
+READ_FORMATS = "jpg, jpeg, jfif, png, webp, bmp, tif" + "".join(
     f", {name}" for name, ext in (("heic", ".heic"), ("avif", ".avif"), ("gif", ".gif")) if ext in IMAGE_EXTENSIONS)
 # Photo formats a library may hold that are not read here: named in a warning, not left out silently.
-OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef",
-                                    ".arw", ".orf", ".rw2", ".raf"}) - IMAGE_EXTENSIONS
+OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3",
+                                    ".nef", ".arw", ".orf", ".rw2", ".raf"}) - IMAGE_EXTENSIONS
 # Videos: the crops this tool sorts are extracted from them first (by another tool); counted, so that a folder of
 # videos alone is not simply "no images".
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".wmv", ".mts", ".m2ts", ".3gp",

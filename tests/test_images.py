@@ -224,10 +224,21 @@ def test_missing_input_folder(tmp_path: Path, caplog) -> None:
         assert discover_images([tmp_path / "in", *(tmp_path / n for n in ("2017.tar.gz", "list.txt", "IMG_1.JXL"))]
                                ) == [str(tmp_path / "in" / "a.png")]
     assert caplog.messages == [f"{tmp_path / '2017.tar.gz'} is an archive: left out (unpack it and name the folder)",
-                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, png, webp, bmp, tif, heic, avif, "
-                               "gif): left out",
+                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, jfif, png, webp, bmp, tif, heic, "
+                               "avif, gif): left out",
                                "left out 1 photo in formats not read here (.jxl: 1); convert them to JPEG or PNG to "
                                "include them"]
+
+
+def test_jpeg_photos_under_the_names_windows_gave_them_are_read(tmp_path: Path) -> None:
+    # Browsers on Windows saved JPEG pictures as .jfif for years: such photos were passed over without a word.
+    img = _face_like()
+    names = ("saved.jfif", "SAVED2.JFIF", "old.jpe")
+    for name in names:
+        (tmp_path / name).write_bytes(write_image(tmp_path / "a.jpg", img).read_bytes())
+    (tmp_path / "a.jpg").unlink()
+    assert discover_images([tmp_path]) == sorted(str(tmp_path / n) for n in names)
+    assert all(load(str(tmp_path / n)).reason is None for n in names)
 
 
 def test_decoding_variants(tmp_path: Path) -> None:
@@ -299,12 +310,14 @@ def test_heic_photos_are_read_upright(tmp_path: Path) -> None:
     turned = _heic(tmp_path / "2019" / "IMG_0002.heic", base, orientation=6)
     renamed = tmp_path / "2019" / "IMG_0003.jpg"  # a transfer tool's .jpg name on HEIC bytes
     renamed.write_bytes(plain.read_bytes())
+    camera = tmp_path / "2019" / "IMG_0004.HIF"  # as Canon's and Fujifilm's cameras name HEIF
+    camera.write_bytes(plain.read_bytes())
     assert plain.read_bytes()[4:12] == b"ftypheic"
-    for path in (plain, turned, renamed):
+    for path in (plain, turned, renamed, camera):
         image = read_image(path)
         assert image.shape == base.shape and image.dtype == np.uint8, path
         assert np.abs(image.astype(int) - base.astype(int)).mean() < 4, path  # lossy, but upright and in BGR order
-    assert discover_images([tmp_path]) == sorted(str(p) for p in (plain, turned, renamed))
+    assert discover_images([tmp_path]) == sorted(str(p) for p in (plain, turned, renamed, camera))
     cut = tmp_path / "cut.heic"
     cut.write_bytes(plain.read_bytes()[: len(plain.read_bytes()) // 2])
     assert load(str(cut)).reason.startswith("not a decodable HEIC photo (libheif: ")
