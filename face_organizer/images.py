@@ -115,6 +115,8 @@ OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif", ".gif", "
 # videos alone is not simply "no images".
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".wmv", ".mts", ".m2ts", ".3gp",
                               ".mpg", ".mpeg", ".flv", ".ts"})
+# The photo of an iPhone's Live Photo, whose motion is a .MOV of the same name beside it.
+_LIVE_PHOTO_EXTENSIONS = (".HEIC", ".heic", ".JPG", ".jpg", ".JPEG", ".jpeg")
 # Folders of images that are no one's photos, kept beside them by a NAS or an operating system: Synology's
 # thumbnails (@eaDir/<photo>/SYNOPHOTO_THUMB_*.jpg, five per photo) and recycle bins, QNAP's, and Windows'
 # recycle bin on a USB drive (deleted photos as $R*.jpg), and Nextcloud's (ownCloud's) beside a user's files/
@@ -251,6 +253,7 @@ class _Missed:
     folders: list[tuple[str, str]] = field(default_factory=list)
     formats: Counter[str] = field(default_factory=Counter)
     videos: Counter[str] = field(default_factory=Counter)
+    live: int = 0  # of the videos, those beside a photo of the same name: the motion of an iPhone's Live Photo
     sheets: int = 0
     system: Counter[str] = field(default_factory=Counter)  # SYSTEM_FOLDERS found, by name
     libraries: list[str] = field(default_factory=list)  # Apple Photos libraries, of which only originals/ is read
@@ -277,8 +280,15 @@ class _Missed:
         if len(self.folders) > 20:
             log.warning("… and %d more folders that cannot be read", len(self.folders) - 20)
         if self.videos:
-            log.info("left out %s (%s): face-organizer reads images; extract the frames or face crops from them first",
-                     count(sum(self.videos.values()), "video"), _by_count(self.videos))
+            n = sum(self.videos.values())
+            if self.live == n:
+                log.info("left out %s (%s), each the motion of a Live Photo beside its photo, which is read",
+                         count(n, "video"), _by_count(self.videos))
+            else:
+                live = f"; {self.live:,} of them the motion of a Live Photo beside its photo, which is read" \
+                    if self.live else ""
+                log.info("left out %s (%s%s): face-organizer reads images; extract the frames or face crops from "
+                         "them first", count(n, "video"), _by_count(self.videos), live)
         if self.formats:
             log.warning("left out %s in formats not read here (%s); convert them to JPEG or PNG to include them",
                         count(sum(self.formats.values()), "photo"), _by_count(self.formats))
@@ -352,6 +362,8 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
                     missed.formats[ext] += 1
                 elif ext in VIDEO_EXTENSIONS:
                     missed.videos[ext] += 1
+                    stem = entry.name[: -len(ext)]
+                    missed.live += any(is_image_name(stem + e) and stem + e in names for e in _LIVE_PHOTO_EXTENSIONS)
             except OSError:
                 continue  # a dangling or unreadable entry
     return own, in_outputs

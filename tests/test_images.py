@@ -202,6 +202,22 @@ def test_videos_among_the_inputs_are_counted(tmp_path: Path, caplog) -> None:
         assert discover_images([tmp_path]) == []
     assert ("left out 3 videos (.mkv: 1; .mov: 1; .mp4: 1): face-organizer reads images; extract the frames or face "
             "crops from them first") in caplog.messages
+    # An iPhone's Live Photos: the photo (read) and its motion, a .MOV of the same name.
+    caplog.clear()
+    library = tmp_path / "iphone"
+    for stem in ("IMG_0001", "IMG_0002"):
+        write_image(library / f"{stem}.JPG", _face_like())
+        (library / f"{stem}.MOV").write_bytes(b"\0" * 16)
+    with caplog.at_level("INFO"):
+        assert len(discover_images([library])) == 2
+    assert ("left out 2 videos (.mov: 2), each the motion of a Live Photo beside its photo, which is read"
+            in caplog.messages)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        discover_images([tmp_path])
+    assert ("left out 5 videos (.mov: 3; .mkv: 1; .mp4: 1; 2 of them the motion of a Live Photo beside its photo, "
+            "which is read): face-organizer reads images; extract the frames or face crops from them first"
+            in caplog.messages)
 
 
 def test_missing_input_folder(tmp_path: Path, caplog) -> None:
