@@ -4,6 +4,7 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -310,6 +311,22 @@ def _saved_turned(path: Path, bgr: np.ndarray, kind: str, orientation: int) -> P
     return path
 
 
+def _gradient() -> np.ndarray:
+    """A 60 x 90 BGR image whose top and left tell apart: any turn or mirroring shows."""
+    rows, cols = np.mgrid[0:60, 0:90]
+    return np.dstack([rows * 4, cols * 2, 255 - rows * 4]).astype(np.uint8)
+
+
+def _all_read_upright(base: np.ndarray, paths: Sequence[Path], root: Path) -> None:
+    """Each of ``paths`` decodes as ``base`` (lossy, but upright and in BGR order), and they are the images
+    found under ``root``."""
+    for path in paths:
+        image = read_image(path)
+        assert image.shape == base.shape and image.dtype == np.uint8, path
+        assert np.abs(image.astype(int) - base.astype(int)).mean() < 4, path
+    assert discover_images([root]) == sorted(str(p) for p in paths)
+
+
 def _heic(path: Path, bgr: np.ndarray, orientation: int = 1) -> Path:
     """``bgr`` written as a HEIC photo (pillow-heif's encoder; face-organizer has only the decoder)."""
     import pillow_heif
@@ -320,8 +337,7 @@ def _heic(path: Path, bgr: np.ndarray, orientation: int = 1) -> Path:
 
 def test_heic_photos_are_read_upright(tmp_path: Path) -> None:
     # iPhones save HEIC; they were counted as "formats not read here" and left out.
-    rows, cols = np.mgrid[0:60, 0:90]
-    base = np.dstack([rows * 4, cols * 2, 255 - rows * 4]).astype(np.uint8)  # top and left tell apart
+    base = _gradient()
     plain = _heic(tmp_path / "2019" / "IMG_0001.HEIC", base)
     turned = _heic(tmp_path / "2019" / "IMG_0002.heic", base, orientation=6)
     renamed = tmp_path / "2019" / "IMG_0003.jpg"  # a transfer tool's .jpg name on HEIC bytes
@@ -329,11 +345,7 @@ def test_heic_photos_are_read_upright(tmp_path: Path) -> None:
     camera = tmp_path / "2019" / "IMG_0004.HIF"  # as Canon's and Fujifilm's cameras name HEIF
     camera.write_bytes(plain.read_bytes())
     assert plain.read_bytes()[4:12] == b"ftypheic"
-    for path in (plain, turned, renamed, camera):
-        image = read_image(path)
-        assert image.shape == base.shape and image.dtype == np.uint8, path
-        assert np.abs(image.astype(int) - base.astype(int)).mean() < 4, path  # lossy, but upright and in BGR order
-    assert discover_images([tmp_path]) == sorted(str(p) for p in (plain, turned, renamed, camera))
+    _all_read_upright(base, (plain, turned, renamed, camera), tmp_path)
     cut = tmp_path / "cut.heic"
     cut.write_bytes(plain.read_bytes()[: len(plain.read_bytes()) // 2])
     assert load(str(cut)).reason.startswith("not a decodable HEIC photo (libheif: ")
@@ -349,8 +361,7 @@ def test_avif_photos_are_read_upright(tmp_path: Path, monkeypatch) -> None:
     # out; OpenCV 5's own AVIF decoder would show a turned one as stored.
     from PIL import Image
 
-    rows, cols = np.mgrid[0:60, 0:90]
-    base = np.dstack([rows * 4, cols * 2, 255 - rows * 4]).astype(np.uint8)  # top and left tell apart
+    base = _gradient()
     plain = _avif(tmp_path / "2024" / "PXL_0001.AVIF", base)
     turned = _avif(tmp_path / "2024" / "PXL_0002.avif", base, orientation=6)
     assert b"irot" in turned.read_bytes() and b"irot" not in plain.read_bytes()
@@ -364,11 +375,7 @@ def test_avif_photos_are_read_upright(tmp_path: Path, monkeypatch) -> None:
     assert data[4:12] == b"ftypavif" and general.read_bytes()[4:12] == b"ftypmif1"
     both = (28).to_bytes(4, "big") + b"ftypmif1" + bytes(4) + b"mif1avifheic"  # HEIC too: libheif's to read
     assert images._iso_photo_kind(both) == "HEIF" and images._iso_photo_kind(general.read_bytes()) == "AVIF"
-    for path in (plain, turned, renamed, general):
-        image = read_image(path)
-        assert image.shape == base.shape and image.dtype == np.uint8, path
-        assert np.abs(image.astype(int) - base.astype(int)).mean() < 4, path  # lossy, but upright and in BGR order
-    assert discover_images([tmp_path]) == sorted(str(p) for p in (plain, turned, renamed, general))
+    _all_read_upright(base, (plain, turned, renamed, general), tmp_path)
     cut = tmp_path / "cut.avif"
     cut.write_bytes(data[: len(data) - 40])
     assert load(str(cut)).reason == "not a decodable AVIF photo (Pillow: Failed to decode frame 0: Truncated data)"
@@ -392,8 +399,7 @@ def test_gif_animations_are_read_by_their_first_frame(tmp_path: Path) -> None:
     # counted as a format not read here. The first frame is read; a transparent colour is black, as in a PNG.
     from PIL import Image
 
-    rows, cols = np.mgrid[0:60, 0:90]
-    base = np.dstack([rows * 4, cols * 2, 255 - rows * 4]).astype(np.uint8)
+    base = _gradient()
     first, second = Image.fromarray(base[:, :, ::-1].copy()), Image.fromarray(255 - base[:, :, ::-1])
     animation = tmp_path / "Photos from 2019" / "20190704_burst.GIF"
     animation.parent.mkdir()
