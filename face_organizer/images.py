@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from . import exif
 from .fsutil import OUTPUT_MARKER, missing_path_hint
-from .progress import count
+from .progress import count, some
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,9 @@ SYSTEM_FOLDERS = frozenset(name.casefold() for name in ("@eaDir", "#recycle", "#
                                                         "System Volume Information", "lost+found", "files_trashbin"))
 # An Apple Photos library (a folder wherever it is copied from a Mac): its photos as imported are in originals/
 # (Masters/ before Photos 5); resources/ holds resized copies of each one, edited versions and shared albums,
-# which would give every photo again (and again) as faces of their own. Only the first two are read.
-PHOTOS_LIBRARY_SUFFIX = ".photoslibrary"
+# which would give every photo again (and again) as faces of their own. Only the first two are read. So it is
+# with the libraries of iPhoto 9 and Aperture, which Photos replaced: Masters/ beside Previews/ and Thumbnails/.
+PHOTOS_LIBRARY_SUFFIXES = (".photoslibrary", ".photolibrary", ".aplibrary")
 PHOTOS_ORIGINALS = frozenset({"originals", "masters"})
 
 
@@ -268,13 +269,12 @@ class _Missed:
                      count(sum(self.system.values()), "folder"),
                      ", ".join(f"{name}: {n:,}" for name, n in sorted(self.system.items())))
         if self.libraries:
-            log.info("%s: %s, of which only the photos as imported (originals/, Masters/) are read; resources/ holds "
-                     "resized copies and edited versions of the same photos", ", ".join(self.libraries[:3]),
-                     "an Apple Photos library" if len(self.libraries) == 1 else "Apple Photos libraries")
+            log.info("%s: %s, of which only the photos as imported (originals/, Masters/) are read; the rest "
+                     "(resources/, Previews/, Thumbnails/) holds resized copies and edited versions of the same photos",
+                     some(self.libraries), "an Apple photo library (Photos, iPhoto or Aperture)"
+                     if len(self.libraries) == 1 else "Apple photo libraries (Photos, iPhoto or Aperture)")
         for server, folders in self.servers.items():
-            more = f" and {len(folders) - 3:,} more" if len(folders) > 3 else ""
-            log.info("%s%s: %s, %s", ", ".join(folders[:3]), more, server.name if len(folders) == 1 else server.plural,
-                     server.what)
+            log.info("%s: %s, %s", some(folders), server.name if len(folders) == 1 else server.plural, server.what)
         for folder, reason in self.folders[:20]:
             log.warning("cannot read folder %s (%s): its images are left out", folder, reason)
         if len(self.folders) > 20:
@@ -330,7 +330,7 @@ def _walk(root: str, missed: _Missed | None = None) -> tuple[dict[str, str], dic
                 output = folder
         bucket = own if output is None else in_outputs.setdefault(output, {})
         sheets = folder in sheet_folders
-        library = folder.casefold().endswith(PHOTOS_LIBRARY_SUFFIX)
+        library = folder.casefold().endswith(PHOTOS_LIBRARY_SUFFIXES)
         if library:
             missed.libraries.append(folder)
         server = next((server for server in SERVER_FOLDERS if server.markers <= names), None)

@@ -31,6 +31,11 @@ def size(n: float) -> str:
     return f"{text[:-2]} {text[-2:]}"
 
 
+def some(names: Sequence[str], most: int = 3) -> str:
+    """``names`` for a log line: the first ``most`` of them, and how many more."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most:,} more" if len(names) > most else "")
+
+
 def listed(names: Sequence[str], noun: str, shown: int = 6) -> str:
     """``A``, ``A and B``, ``A, B and C``; past ``shown`` names, ``A, B, … and 12 more folders``
     (``noun``: ``folder``)."""

@@ -109,10 +109,17 @@ def test_an_apple_photos_library_gives_each_photo_once(tmp_path: Path, caplog) -
     older = tmp_path / "Old.PhotosLibrary"  # a library from before Photos 5 keeps them in Masters/
     kept += [write_image(older / "Masters" / "2014" / "IMG_0001.JPG", img)]
     write_image(older / "Thumbnails" / "2014" / "IMG_0001.jpg", img)
+    # So do the libraries of iPhoto 9 and Aperture, with previews (edited versions) and thumbnails beside them.
+    iphoto, aperture = tmp_path / "iPhoto Library.photolibrary", tmp_path / "Aperture Library.aplibrary"
+    for old in (iphoto, aperture):
+        kept.append(write_image(old / "Masters" / "2011" / "07" / "04" / "20110704-121314" / "IMG_0002.JPG", img))
+        write_image(old / "Previews" / "2011" / "07" / "04" / "20110704-121314" / "IMG_0002.jpg", img)
+        write_image(old / "Thumbnails" / "2011" / "07" / "04" / "20110704-121314" / "IMG_0002.jpg", img)
     with caplog.at_level("INFO"):
-        assert discover_images([tmp_path / "Pictures", older]) == sorted(str(p) for p in kept)
-    assert (f"{library}, {older}: Apple Photos libraries, of which only the photos as imported (originals/, Masters/) "
-            "are read; resources/ holds resized copies and edited versions of the same photos") in caplog.messages
+        assert discover_images([tmp_path / "Pictures", older, iphoto, aperture]) == sorted(str(p) for p in kept)
+    assert (f"{library}, {older}, {iphoto} and 1 more: Apple photo libraries (Photos, iPhoto or Aperture), of which "
+            "only the photos as imported (originals/, Masters/) are read; the rest (resources/, Previews/, "
+            "Thumbnails/) holds resized copies and edited versions of the same photos") in caplog.messages
     assert discover_images([library]) == sorted(str(p) for p in kept[:2])  # the library named itself
     # A folder of it named as an input is read as it is: the user asked for it.
     renders = library / "resources" / "renders"

@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import FaceOrganizerError, SetupError
 from ..fsutil import full_disk_hint
 from ..modelpack import DEFAULT_PACK, MODEL_ROOT_ENV, default_model_root
-from ..progress import count
+from ..progress import count, some
 
 EXIT_INTERRUPTED = 130
 OTHER_RUN = "wait for it to finish or choose another --output"
@@ -291,14 +291,9 @@ def shell_patterns(names: Sequence[str], option: str) -> list[str]:
             continue
         found = sorted(glob.glob(name))
         if found:
-            logging.getLogger(__name__).info("%s %s: %s", option, name, _some(found, 10))
+            logging.getLogger(__name__).info("%s %s: %s", option, name, some(found, 10))
         out += found or [name]
     return out
-
-
-def _some(names: Sequence[str], most: int = 3) -> str:
-    """``names`` for a log line: the first ``most`` of them, and how many more."""
-    return ", ".join(names[:most]) + (f" and {len(names) - most:,} more" if len(names) > most else "")
 
 
 def find_images(inputs: Sequence[str], *, none_ok: bool = False) -> list[str]:
@@ -312,12 +307,12 @@ def find_images(inputs: Sequence[str], *, none_ok: bool = False) -> list[str]:
     except FileNotFoundError as err:
         raise SetupError(str(err)) from None
     if not paths:
-        message = f"no images ({READ_FORMATS}) found under {_some(inputs)}"
+        message = f"no images ({READ_FORMATS}) found under {some(inputs)}"
         if not none_ok:
             raise SetupError(message)
         logging.getLogger(__name__).warning("%s", message)
         return []
-    logging.getLogger(__name__).info("%s found under %s (%.1f s)", count(len(paths), "image"), _some(inputs),
+    logging.getLogger(__name__).info("%s found under %s (%.1f s)", count(len(paths), "image"), some(inputs),
                                      time.monotonic() - started)
     return paths
 
