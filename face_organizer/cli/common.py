@@ -147,8 +147,9 @@ def stop_when_launcher_ends(launcher: int, interval: float = 0.5) -> None:
 
 def _names_printable() -> None:
     """File names that are not UTF-8 (Latin-1 names of old archives) reach Python as lone surrogates, which
-    stdout refuses under a UTF-8 locale such as ``en_US.UTF-8`` (not under ``C.UTF-8``, as in the image): a
-    finished run ended in a traceback at its summary. They are printed as their own bytes, as ``ls`` does."""
+    stdout refuses under a UTF-8 locale such as ``en_US.UTF-8`` (under ``C`` or ``C.UTF-8`` Python escapes them
+    itself): a finished run ended in a traceback at its summary. They are printed as their own bytes, as ``ls``
+    does."""
     stream = sys.stdout
     if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
         utf8 = (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
