@@ -13,25 +13,39 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from face_organizer.cli import cluster, common, embed  # noqa: E402
+from face_organizer.errors import SetupError  # noqa: E402
 from face_organizer.faces import load_face_models  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import sample_collection  # noqa: E402
 
 TESTPACK = Path(__file__).resolve().parents[2] / "shared" / "models" / "testpack"
+MADE = ("input", "embeddings_gpu0.pkl", "clustered")  # what the demo writes in its folder (and their hidden partners)
 
 
-def main(argv: list[str] | None = None) -> int:
+def check_own_folder(out: Path) -> None:
+    """Refuse a folder that holds anything the demo did not make: it is emptied before each run."""
+    if out.exists() and not out.is_dir():
+        raise SetupError(f"--output {out} is a file: name a new folder for the demo")
+    others = sorted(n for n in (os.listdir(out) if out.is_dir() else []) if not n.lstrip(".").startswith(MADE))
+    if others:
+        raise SetupError(f"--output {out} holds files the demo did not make (such as {others[0]}), and the demo empties "
+                         "its folder before each run: name a new folder")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo_output")
     parser.add_argument("--model", default=str(TESTPACK) if TESTPACK.is_dir() else "buffalo_l")
     args = parser.parse_args(argv)
     common.setup_logging()
     out = Path(args.output).absolute()
+    check_own_folder(out)
     if out.exists():
         shutil.rmtree(out)  # the demo's own folder: always start clean
     pack = resolve_pack(args.model)
