@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: setup setup-test demo test bench
+.PHONY: setup setup-test demo test typecheck bench
 
 # The supported Pythons are checked first: pip's own refusal comes after the venv is made, and names no way out.
 $(BIN)/python:
@@ -46,6 +46,12 @@ test: setup-test
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python docker/lock.py --check
 	FACE_ORGANIZER_SHARED=$(SHARED) $(BIN)/python -m pytest -q
+
+# Static types of the package, scripts and benchmarks (pyproject.toml's [tool.mypy]); not part of `make test`, as
+# each release of mypy or numpy's stubs may find new complaints in code that runs the same.
+typecheck: setup-test
+	$(BIN)/python -m pip install --quiet "mypy>=1.10"
+	$(BIN)/python -m mypy
 
 bench: setup-test
 	$(BIN)/python benchmarks/bench_embeddings.py --count 600 --workers 0

@@ -131,7 +131,7 @@ class CachedSession:
     then copies of them; what is left of a run is the work on the CPU side."""
 
     def __init__(self, session) -> None:
-        self.session, self.outputs = session, {}
+        self.session, self.outputs = session, dict[tuple[object, ...], list[np.ndarray]]()
 
     def __getattr__(self, name: str):
         return getattr(self.session, name)

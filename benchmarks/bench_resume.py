@@ -30,7 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_setup import add_shared_argument  # noqa: E402
-from face_organizer import embfile, quality  # noqa: E402
+from face_organizer import embfile  # noqa: E402
+from face_organizer.embed_run import unrecognisable_meta  # noqa: E402
 from face_organizer.faces import FaceRows, load_face_models  # noqa: E402
 from face_organizer.images import Signature, file_signature  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
@@ -52,7 +53,9 @@ def make_links(source: Path, root: Path, n: int, first_year: int, years: int) ->
             folder.mkdir(parents=True)
             original = folder.parent / f".{folder.name}.png"  # hidden: not an input image
             shutil.copyfile(source, original)
-            signature = file_signature(str(original))
+            found = file_signature(str(original))
+            assert found is not None, original
+            signature = found
         path = folder / f"frame_{i % per_year:06d}.png"
         path.hardlink_to(original)
         made[str(path)] = signature
@@ -83,8 +86,8 @@ def main() -> int:
         n = len(old)
         rows = FaceRows(old, x, np.ones(n, bool), np.ones(n, np.float32), np.zeros((n, 4), np.float32), np.zeros(n, np.int32))
         meta = embfile.make_meta(pack_name=pack.name, model_files=pack.file_names(), dim=dim, device="cpu",
-                                 inputs=[str(root / "input")], mode="crops",
-                                 **{quality.META_KEY: [float(v) for v in models.unrecognisable_centre]})
+                                 inputs=[str(root / "input")], mode="crops", complete=True,
+                                 **unrecognisable_meta(models))
         output = root / "embeddings.pkl"
         embfile.save(output, embfile.EmbeddingsFile(rows, [], [], meta, signatures=signatures))
         new = list(make_links(source, root / "input", args.new, 2008 + YEARS, 1))

@@ -135,8 +135,8 @@ def main() -> int:
                     clustering = run_clustering(ef, ClusterConfig(clusters=None, attach_outliers=second_pass))
                     folders = [cluster_name(int(c)) for c in clustering.labels]
                     report = folder_report(truth, folders, people)
-                    theirs = set(report.folder_of.values()) | {"outliers"}
-                    others = {f for f in folders if f not in theirs}
+                    kept = set(report.folder_of.values()) | {"outliers"}
+                    others = {f for f in folders if f not in kept}
                     joined = (f"; second pass: {clustering.attached} joined at >= {clustering.attach_cutoff:.3f}"
                               if clustering.attach_cutoff is not None else "")
                     print(f"[two people, --clusters auto{'' if second_pass else ' --no-second-pass'}, seed {seed}] "
@@ -160,7 +160,8 @@ def main() -> int:
             if calibration is not None:
                 present = {label[p].split(":", 1)[-1] for p in ef.rows.paths}
                 store = root / "calibration.json"
-                images, people = calibrate_without(calibration, present, ef.meta["model_files"]["recognition"], store)
+                recogniser = ef.meta["model_files"]["recognition"]
+                crops, others_calibrated = calibrate_without(calibration, present, recogniser, store)
                 os.environ[CALIBRATION_ENV] = str(store)
                 try:
                     clustering = run_clustering(ef, ClusterConfig(clusters=None))
@@ -170,7 +171,8 @@ def main() -> int:
                                        ("Tony_Blair",))
                 joined = (f"second pass: {clustering.attached} joined at >= {clustering.attach_cutoff:.3f}"
                           if clustering.attach_cutoff is not None else "no second pass")
-                print(f"[one person, --clusters auto, calibrated on {images} crops of {people} other people, seed {seed}] "
+                print(f"[one person, --clusters auto, calibrated on {crops} crops of {others_calibrated} other people, "
+                      f"seed {seed}] "
                       f"edge cut-off {clustering.threshold:.3f}; {joined}; {clustering.n_clusters} folders")
                 print("\n".join("  " + line for line in report.lines()))
 
@@ -181,12 +183,12 @@ def main() -> int:
                 part = embfile.EmbeddingsFile(ef.rows.select(np.arange(first, len(ef.rows), 2)), [], [], ef.meta)
                 config = ClusterConfig(clusters=2, link_mode="symlink", previews=False,
                                        people_from=str(root / "first") if year == "second" else None)
-                report = cluster_faces(part, str(root / year), config, progress=False)
-                folders = folder_report([label[p] for p in part.rows.paths], report.names, people)
+                sorted_ = cluster_faces(part, str(root / year), config, progress=False)
+                by_year = folder_report([label[p] for p in part.rows.paths], sorted_.names, people)
                 print(f"[two people split into two years, seed {seed}: {year} year, "
                       f"{'--people-from the first' if year == 'second' else '--clusters 2'}] {len(part.rows)} faces; "
-                      f"cut-off {report.clustering.threshold:.3f}; folders {folders.folder_of}")
-                print("\n".join("  " + line for line in folders.lines()))
+                      f"cut-off {sorted_.clustering.threshold:.3f}; folders {by_year.folder_of}")
+                print("\n".join("  " + line for line in by_year.lines()))
 
         many_people("LFW dev photos", *embedded_photos(lfw, Path(tmp) / "lfw.pkl", models, streams))
         if args.crops:

@@ -12,11 +12,12 @@ padded ones are dropped. The CPU provider does no such search and gets no paddin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
+_Pixel = TypeVar("_Pixel", bound=np.generic)
 
 # A model whose batch size was rewritten is used batched only if a batch gives the per-image
 # outputs within this relative error. A model that mixes images across the batch, or a wrong
@@ -42,7 +43,7 @@ def bucket(n: int, cap: int) -> int:
     return max(n, min(size, cap))
 
 
-def pad_batch(blob: NDArray[np.float32], cap: int) -> NDArray[np.float32]:
+def pad_batch(blob: NDArray[_Pixel], cap: int) -> NDArray[_Pixel]:
     """``blob`` (n, ...) with zero rows appended up to ``bucket(n, cap)`` rows."""
     target = bucket(len(blob), cap)
     if target == len(blob):
@@ -50,7 +51,7 @@ def pad_batch(blob: NDArray[np.float32], cap: int) -> NDArray[np.float32]:
     return np.concatenate([blob, np.zeros((target - len(blob), *blob.shape[1:]), blob.dtype)])
 
 
-def run_batched(session: Any, output: str | None, input_name: str, blob: NDArray[np.float32], max_batch: int,
+def run_batched(session: Any, output: str | None, input_name: str, blob: NDArray[np.generic], max_batch: int,
                 pad: bool) -> NDArray[np.float32]:
     """The first output of ``session`` for ``blob`` (n, ...), run ``max_batch`` rows at a time,
     each batch padded to a bucket size when ``pad``; one row per input row."""

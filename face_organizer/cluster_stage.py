@@ -323,11 +323,12 @@ def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: li
             rows = np.asarray(members[name])
             order = rows[np.argsort(-sims[rows], kind="stable")]
             central, borderline = order[:24], order[::-1][:8] if len(order) > 24 else order[:0]
-            faces = [[SheetFace(placed_or_source(destinations[i], where[i]), ef.rows.bbox[i] if photos else None, name)
-                      for i in group]
-                     for group in (central, borderline)]
+            central_faces, borderline_faces = (
+                [SheetFace(placed_or_source(destinations[i], where[i]), ef.rows.bbox[i] if photos else None, name)
+                 for i in group]
+                for group in (central, borderline))
             sheet = os.path.join(folder, f"{name}.jpg")
-            write_sheet(sheet, contact_sheet(*faces))
+            write_sheet(sheet, contact_sheet(central_faces, borderline_faces))
         entries.append(IndexEntry(name, counts[name], os.path.join(output, name), sheet))
     notes = [f"{len(ef.rows):,} faces; similarity cut-off {clustering.threshold:.3f} ({clustering.threshold_source})",
              *extra_notes]
@@ -351,7 +352,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         clustering.names = portable_folders(clustering.names, output)
     names = [clustering.name(int(label)) for label in clustering.labels]
     paths = ef.rows.paths
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for name, path in set(zip(names, paths)):
         counts[name] += 1
     label = dict(zip(names, clustering.labels.tolist()))  # person_B before person_AA when as large

@@ -253,14 +253,15 @@ def _spherical_kmeans(x: NDArray[np.float32], k: int, *, restarts: int, seed: in
                       gpu=use_gpu, max_points_per_centroid=per_centre, min_points_per_centroid=1, verbose=False)
     with progress.ticker(f"k-means (FAISS, {count(k, 'centre')})", enabled=log.isEnabledFor(logging.INFO)):
         km.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, np.float32))
+        centres = np.asarray(km.centroids, np.float32)  # (k, d), set by ``train``
         if k == 1:
-            sims = x @ _normalise(km.centroids).T
+            sims = x @ _normalise(centres).T
             return _KMeansResult(sims[:, 0], np.zeros(n, np.int64), np.arange(n), sims, np.zeros((n, 1), np.int64))
         if n * k <= KMEANS_TABLE_LIMIT:
             sims, found = km.index.search(x, k)
             nearest = found.astype(np.int64)
             return _KMeansResult(sims[:, 0], nearest[:, 0], np.arange(n), sims, nearest)
-        own, label = _nearest_centre(x, km.centroids)
+        own, label = _nearest_centre(x, centres)
         rows = np.sort(np.random.default_rng(seed).choice(n, KMEANS_TABLE_LIMIT // k, replace=False))
         sims, nearest = km.index.search(np.ascontiguousarray(x[rows]), k)
         return _KMeansResult(own, label, rows, sims, nearest.astype(np.int64))

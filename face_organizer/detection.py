@@ -145,7 +145,7 @@ def batchable_detector(model: onnx.ModelProto, open_session: Callable[[bytes], A
         anchors = _anchors_per_position(len(names))
         single = [reference_session.run(names, {arg.name: p[None]}) for p in probe]
         batched = session.run(names, {arg.name: probe})
-        errors = {"anchor": float("inf"), "image": float("inf")}
+        errors: dict[Layout, float] = {"anchor": float("inf"), "image": float("inf")}
         if all(o.shape[0] % 3 == 0 for o in batched):
             for layout in errors:
                 errors[layout] = max(relative_error(part.reshape(single[i][k].shape), single[i][k]) for k, o in enumerate(batched)
@@ -220,10 +220,9 @@ class SCRFD:
         found: list[Detections] = []
         for start in range(0, len(images), self.max_batch):
             blob, places = self._input(images[start : start + self.max_batch], size, pad_ratio)
-            if self.pad_batches:
-                blob = pad_batch(blob, self.max_batch)
-            outs = self.session.run(self.output_names, {self.input_name: blob})
-            per_output = [split_batch(o, len(blob), self.layout or "image", self.num_anchors) for o in outs]
+            feed = pad_batch(blob, self.max_batch) if self.pad_batches else blob
+            outs = self.session.run(self.output_names, {self.input_name: feed})
+            per_output = [split_batch(o, len(feed), self.layout or "image", self.num_anchors) for o in outs]
             for i, (scale, offset) in enumerate(places):
                 found.append(self._decode([parts[i] for parts in per_output], size, threshold, scale, offset))
         return found

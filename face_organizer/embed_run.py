@@ -15,11 +15,11 @@ import os
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -217,7 +217,7 @@ def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None
     return state
 
 
-def close_run(output: Path, forget: set[str] = frozenset()) -> None:
+def close_run(output: Path, forget: AbstractSet[str] = frozenset()) -> None:
     """Finish the file of a run that will not be continued (its GPU is no longer given to the
     launcher) with what it holds: an interrupted run's checkpoint parts merged in and removed, the
     rows of ``forget`` (images changed since) dropped, nothing embedded."""
@@ -470,7 +470,8 @@ def _embed_halves(batch: list[tuple[str, NDArray[np.uint8]]], models: FaceModels
 
 def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceModels, options: EmbedOptions) -> _JobResult:
     """Decode (when given paths) and embed one batch; one bad image costs only itself."""
-    loaded = loader(job) if job and isinstance(job[0], str) else job
+    # Paths, or images decoded by a worker process already (never a mixture)
+    loaded = loader(cast("list[str]", job)) if job and isinstance(job[0], str) else cast("list[images.Loaded]", job)
     out = _JobResult(signatures={item.path: item.signature for item in loaded if item.signature is not None})
     batch = []
     for item in loaded:
@@ -535,7 +536,8 @@ def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos
         yield batch
 
 
-def _unrecognisable_meta(models: FaceModels) -> dict[str, list[float]]:
+def unrecognisable_meta(models: FaceModels) -> dict[str, list[float]]:
+    """What an embeddings file's ``meta`` records of the pack's unrecognisable faces (see ``quality``)."""
     centre = models.unrecognisable_centre
     return {} if centre is None else {quality.META_KEY: [float(v) for v in centre]}
 
@@ -592,7 +594,7 @@ def run_embeddings(
                              device=models.device, inputs=[os.path.abspath(i) for i in inputs], mode=options.mode,
                              complete=False, sessions=[r.describe() for r in models.reports],
                              reuse_similar_frames=options.reuse_similar_frames,
-                             **_unrecognisable_meta(models))
+                             **unrecognisable_meta(models))
     recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds, held_now)
     status = _StatusWriter(status_file, models.device)
     status.start(summary.already_done, len(paths))

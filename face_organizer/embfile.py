@@ -56,13 +56,14 @@ _ALLOWED_GLOBALS = {
 }
 
 
-def _portable_array(array: np.ndarray) -> tuple[Any, ...]:
+def _portable_array(array: np.ndarray) -> str | tuple[Any, ...]:
     """An array as ``numpy.ndarray(shape, dtype, buffer)``: the same bytes, written from the array's own
     memory (protocol 5), read back writable (a bytearray), and named only by ``numpy.ndarray``."""
     if array.dtype.kind not in "biuf":
         return array.__reduce_ex__(PICKLE_PROTOCOL)  # none is written so: numpy's own way
     array = np.ascontiguousarray(array)
-    return np.ndarray, (array.shape, array.dtype.str, pickle.PickleBuffer(array))
+    # (numpy's stubs give arrays the buffer protocol only from Python 3.12 on)
+    return np.ndarray, (array.shape, array.dtype.str, pickle.PickleBuffer(array))  # type: ignore[arg-type]
 
 
 class _PortablePickler(pickle.Pickler):
@@ -210,7 +211,8 @@ def _signatures(value: Any, where: str) -> dict[str, Signature]:
         return {}
     paths, size, mtime = (value.get(k) if isinstance(value, dict) else None for k in ("paths", "size", "mtime_ns"))
     if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
-            and all(isinstance(a, np.ndarray) and a.shape == (len(paths),) for a in (size, mtime))):
+            and isinstance(size, np.ndarray) and isinstance(mtime, np.ndarray)
+            and size.shape == mtime.shape == (len(paths),)):
         raise EmbeddingsFileError(f"{where}: 'file_signatures' must hold 'paths' and one 'size' and 'mtime_ns' per path")
     return dict(zip(paths, zip(size.astype(np.int64).tolist(), mtime.astype(np.int64).tolist())))
 

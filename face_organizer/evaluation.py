@@ -31,14 +31,17 @@ class PRF:
         return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def _codes(labels: Sequence[object] | NDArray) -> NDArray[np.int64]:
+Labels = Sequence[object] | NDArray[np.generic]  # one per item: a name, a number, a folder
+
+
+def _codes(labels: Labels) -> NDArray[np.int64]:
     array = np.asarray(labels)
     if array.dtype.kind not in "iu":
         array = array.astype(object).astype(str)
     return np.unique(array, return_inverse=True)[1].astype(np.int64).ravel()
 
 
-def bcubed(truth: Sequence[object], pred: Sequence[object]) -> PRF:
+def bcubed(truth: Labels, pred: Labels) -> PRF:
     """BCubed precision/recall: per item, the share of its predicted cluster that shares its
     true label, and the share of its true class that shares its predicted cluster."""
     t, p = _codes(truth), _codes(pred)
@@ -51,7 +54,7 @@ def bcubed(truth: Sequence[object], pred: Sequence[object]) -> PRF:
     return PRF(float(np.mean(both / pred_size)), float(np.mean(both / true_size)))
 
 
-def pairwise(truth: Sequence[object], pred: Sequence[object]) -> PRF:
+def pairwise(truth: Labels, pred: Labels) -> PRF:
     """Pairwise precision/recall over all pairs of items, computed from cluster sizes."""
     t, p = _codes(truth), _codes(pred)
     joint = np.unique(t * (p.max() + 1 if len(p) else 1) + p, return_counts=True)[1]

@@ -97,7 +97,7 @@ def load_face_models(
     def reopener(name: str, report: SessionReport) -> Callable[[bytes], object]:
         def reopen(serialized: bytes) -> object:
             # Same device as the verified session: a dropped GPU was already reported above.
-            return open_session(serialized, name, report.device if report.device != "tensorrt" else "cuda",
+            return open_session(serialized, name, "cpu" if report.device == "cpu" else "cuda",  # or TensorRT's
                                 gpu_id, threads=threads, quiet=True)[0]
         return reopen
 

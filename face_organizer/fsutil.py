@@ -89,7 +89,7 @@ def remove_partial_writes(target: str | os.PathLike[str]) -> list[Path]:
     embeddings file of 500,000 faces, hidden, and never used. Only for a holder of the lock
     (``exclusive``), as no other process writes ``target`` then. Returns those removed."""
     target = Path(target)
-    prefix, removed = _partial_prefix(target), []
+    prefix, removed = _partial_prefix(target), list[Path]()
     try:
         with os.scandir(target.parent) as entries:
             names = [e.name for e in entries if e.name.startswith(prefix) and e.is_file(follow_symlinks=False)]
@@ -362,7 +362,8 @@ def _acquire(lock: Path, target: Path, hint: str) -> int | None:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
-            return _unguarded(lock, target, err)
+            _unguarded(lock, target, err)
+            return None
         try:
             _lock_soon(fd)
         except BlockingIOError:
@@ -373,7 +374,8 @@ def _acquire(lock: Path, target: Path, hint: str) -> int | None:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(lock)
-            return _unguarded(lock, target, err)
+            _unguarded(lock, target, err)
+            return None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(lock))
         except FileNotFoundError:
@@ -416,7 +418,6 @@ def _unguarded(lock: Path, target: Path, err: OSError) -> None:
     try:
         check_writable_dir(target if target.is_dir() else target.parent, make=False)  # an output folder, or a file's
     except OSError:
-        return None  # the run cannot write there either, and its own check says so in one line
+        return  # the run cannot write there either, and its own check says so in one line
     log.warning("cannot lock %s (%s): a second process writing %s at the same time would not be stopped",
                 lock, err.strerror or err, target)
-    return None

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -58,26 +59,31 @@ def _softmax(x: NDArray[np.floating]) -> NDArray[np.float64]:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _genderage(pack: ModelPack) -> Path:
+    if pack.genderage is None:
+        raise ModelPackError(f"model pack {pack.name} at {pack.folder} has no gender/age model (genderage.onnx)")
+    return pack.genderage
+
+
 class InsightFaceGender:
     """Batched genderage inference with the pack's detector and attribute model."""
 
     @staticmethod
     def name_for(pack: ModelPack) -> str:
         """The predictor's name (see ``gender_stage.Predictor``), without loading it."""
-        if pack.genderage is None:
-            raise ModelPackError(f"model pack {pack.name} at {pack.folder} has no gender/age model (genderage.onnx)")
-        return f"insightface {pack.name} {pack.detector.name} {pack.genderage.name}"
+        return f"insightface {pack.name} {pack.detector.name} {_genderage(pack).name}"
 
     def __init__(self, pack: ModelPack, device: Device = "auto", gpu_id: int = 0, *, threads: int = 0, batch_size: int = 64):
         self.name = self.name_for(pack)  # what made the predictions
         # Both sessions take the uint8 images and normalise them themselves (see tensors.py).
         det_session, det_report = open_session(load_detector_model(pack.detector).SerializeToString(), pack.detector.name, device, gpu_id, threads=threads)
-        model = onnx.load(str(pack.genderage))
+        genderage = _genderage(pack)
+        model = onnx.load(str(genderage))
         self.mean, self.std = input_normalisation(model)
         if any(n.name == "bn_data" for n in model.graph.node[:3]):
             self.mean, self.std = 0.0, 1.0  # normalisation inside the graph, as insightface detects it
         model = with_uint8_bgr_input(model, self.mean, self.std)
-        self.session, report = open_session(model.SerializeToString(), pack.genderage.name, device, gpu_id, threads=threads)
+        self.session, report = open_session(model.SerializeToString(), genderage.name, device, gpu_id, threads=threads)
         self.reports: list[SessionReport] = [det_report, report]
         self.detector = SCRFD(det_session)
         arg = self.session.get_inputs()[0]

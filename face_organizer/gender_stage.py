@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import IO, Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
 from .decoding import iter_loaded
 from .errors import FaceOrganizerError, device_failed, one_line
 from .fsutil import atomic_write_text
@@ -32,10 +35,13 @@ CONFIDENCE_DIGITS = 4  # in predictions.csv; a re-run reads the confidence back 
 
 
 class Predictor(Protocol):
-    device: str
-    name: str  # the backend and model: predictions by another are not reused
+    @property
+    def device(self) -> str: ...
 
-    def predict(self, items: Sequence[tuple[str, object]]) -> list[GenderPrediction]: ...
+    @property
+    def name(self) -> str: ...  # the backend and model: predictions by another are not reused
+
+    def predict(self, items: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[GenderPrediction]: ...
 
 
 class Deferred:
@@ -56,7 +62,7 @@ class Deferred:
             self._made = self._make()
         return self._made
 
-    def predict(self, items: Sequence[tuple[str, object]]) -> list[GenderPrediction]:
+    def predict(self, items: Sequence[tuple[str, NDArray[np.uint8]]]) -> list[GenderPrediction]:
         return self.load().predict(items)
 
 
@@ -242,7 +248,7 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     if made:
         log.info("continuing: %d of %d images already predicted", len(made), len(paths))
     todo = [p for p in paths if p not in made]
-    batch: list[tuple[str, object]] = []
+    batch: list[tuple[str, NDArray[np.uint8]]] = []
     signatures: dict[str, Signature | None] = {}
     if todo and isinstance(predictor, Deferred):
         predictor.load()  # before the bar: its log lines, or why it cannot be loaded

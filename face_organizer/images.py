@@ -560,6 +560,7 @@ def decode_bytes(data: bytes) -> BGRImage:
         raise DecodeError("empty file")
     if _jpeg_truncated(data):
         raise DecodeError("truncated JPEG")
+    image: np.ndarray | None
     try:
         kind = _iso_photo_kind(data)
         heif = _heif() if kind in ("HEIC", "HEIF") else None

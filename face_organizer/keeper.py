@@ -37,7 +37,7 @@ def others(proc: str = "/proc") -> list[int]:
     """The processes of this pid namespace (a container: those ``/proc`` shows) other than this
     one and its parent, zombies left out: they have ended, and only their parent's wait is missing.
     (The parent is pid 1's own kernel parent outside, or a tiny init that started this one.)"""
-    skip, pids = {os.getpid(), os.getppid()}, []
+    skip, pids = {os.getpid(), os.getppid()}, list[int]()
     try:
         names = os.listdir(proc)
     except OSError:

@@ -24,7 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +217,7 @@ FRAME_BLOCK = 64  # consecutive files kept on one worker (``block``) with --reus
 
 
 def assign(paths: Sequence[str], gpus: Sequence[int], previous: dict[int, set[str]], block: int = 0,
-           elsewhere: set[str] = frozenset()) -> list[list[str]]:
+           elsewhere: AbstractSet[str] = frozenset()) -> list[list[str]]:
     """Each GPU's files: those an earlier run gave it (``previous``, its file list) stay with it, so
     that its embeddings file already holds them; the rest are ``shard``ed evenly over all the GPUs,
     except those in ``elsewhere`` (held by the file of a GPU no longer given).
@@ -250,7 +250,7 @@ def embed_command() -> list[str]:
 
 def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int], out_dir: Path, prefix: str,
                  extra: Sequence[str], block: int = 0, resume: bool = True,
-                 elsewhere: set[str] = frozenset()) -> list[Worker]:
+                 elsewhere: AbstractSet[str] = frozenset()) -> list[Worker]:
     """One worker per GPU with its files; nothing is written (``Worker.write_list`` does). With
     ``resume``, the lists an earlier run left in ``out_dir`` say which files each GPU's embeddings
     file already holds (see ``assign``); ``elsewhere`` are files that GPUs no longer given hold."""

@@ -432,7 +432,8 @@ def check_same_images(output: str, run: Mapping[str, Any], stage: str) -> None:
     ``images_run``'s keys): a loop over year folders into one output is told to give each its own."""
     def other(earlier: Mapping[str, Any]) -> str:
         before, now = earlier.get("image_count"), run["image_count"]
-        return f"other images ({count(before, 'image')}, now {count(now, 'image')})" if before != now else "other images"
+        return f"other images ({count(before, 'image')}, now {count(now, 'image')})" \
+            if isinstance(before, int) and before != now else "other images"
 
     people = (f"; new images into its people: --people-from {output} and a new --output"
               if stage == "cluster_faces" else "")
@@ -730,8 +731,11 @@ def _refuse_renamed_folders(output: str, paths: Sequence[str], destinations: Seq
     ``alice``): it would place their images a second time under the old names. Refused, naming them."""
     real = os.path.realpath(output)
     root = os.path.join(real, "")
-    rows = [Placed(path, *dest[len(root):].split(os.sep, 1), None)
-            for path, dest in zip(paths, destinations) if dest.startswith(root) and os.sep in dest[len(root):]]
+    rows = []
+    for path, dest in zip(paths, destinations):
+        folder, sep, rest = dest[len(root):].partition(os.sep)
+        if dest.startswith(root) and sep:
+            rows.append(Placed(path, folder, rest, None))
     refuse_renamed(output, renamed_folders(real, samples_of(rows)))
 
 

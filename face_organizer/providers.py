@@ -225,7 +225,7 @@ def open_session(
         if device == "cuda":
             raise DeviceError(problem + "; run scripts/diagnostic_test.py")
         log.warning("%s; falling back to the CPU", problem)
-        cpu_plan = [(CPU, {})]
+        cpu_plan: list[ProviderSpec] = [(CPU, {})]
         session = factory(model, session_options(threads), cpu_plan)
         applied = tuple(session.get_providers())
         plan = cpu_plan

@@ -190,12 +190,11 @@ def two_person_collection(lfw: Path, out: Path, detector: SCRFD, people: tuple[s
         if label == "junk":
             crop = junk_crop(photo, rng)
         else:
-            crop = crop_from_photo(photo, detector, zoom=float(rng.uniform(1.1, 1.4)),
+            face = crop_from_photo(photo, detector, zoom=float(rng.uniform(1.1, 1.4)),
                                    occlude=(None, "bar", "blob")[i % 3], seed=i)
-            if crop is None:
+            if face is None:
                 continue
-            if sigma[i]:
-                crop = cv2.GaussianBlur(crop, (0, 0), sigma[i])
+            crop = cv2.GaussianBlur(face, (0, 0), sigma[i]) if sigma[i] else face
         year = 2000 + i % 4
         path = out / str(year) / f"frame_{i // 4:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

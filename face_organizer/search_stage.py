@@ -123,9 +123,10 @@ def _which_of(some: int, photos: int) -> str:
     return "both group photos" if photos == 2 else f"the {photos} group photos"
 
 
-def _span(values: Sequence[float]) -> str:
-    """``0.54–0.60``, or ``0.57`` for values that round alike."""
-    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+def _span(values: Sequence[float | None]) -> str:
+    """``0.54–0.60``, or ``0.57`` for values that round alike (those not measured left out)."""
+    known = [v for v in values if v is not None]
+    low, high = f"{min(known):.2f}", f"{max(known):.2f}"
     return low if low == high else f"{low}–{high}"
 
 
@@ -225,8 +226,9 @@ def calibrate_folder(folder: str, models: FaceModels, target_fmr: float, batch_s
         raise SetupError(f"no images under {root}")
     embeddings, identities = [], []
     for start in progress_bar(range(0, len(paths), batch_size), unit="batch", enabled=progress):
-        loaded = [item for item in (load(p) for p in paths[start : start + batch_size]) if item.image is not None]
-        result = embed_batch([(i.path, i.image) for i in loaded], models, EmbedOptions())
+        loaded = map(load, paths[start : start + batch_size])
+        batch = [(item.path, item.image) for item in loaded if item.image is not None]
+        result = embed_batch(batch, models, EmbedOptions())
         embeddings.append(result.rows.embeddings)
         identities += [os.path.relpath(p, root).split(os.sep)[0] for p in result.rows.paths]
     try:

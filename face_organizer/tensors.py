@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 UINT8 = "tensor(uint8)"
 _PREFIX = "face_organizer_bgr_"
+_Step = tuple[str, list[str], dict[str, Any]]  # an ONNX operator, its constant inputs and its attributes
 
 
 def planar_rgb(images: NDArray[np.uint8], mean: float, std: float) -> NDArray[np.float32]:
@@ -75,8 +76,9 @@ def with_uint8_bgr_input(model: onnx.ModelProto, mean: float, std: float, *, cas
     for index in (0, 2, 3, 1):  # n, h, w, c
         images.type.tensor_type.shape.dim.add().CopyFrom(original.type.tensor_type.shape.dim[index])
     p = _PREFIX
-    cast = ("Cast", [], {"to": onnx.TensorProto.FLOAT})
-    layout = [("Transpose", [], {"perm": [0, 3, 1, 2]}), ("Gather", [p + "rgb"], {"axis": 1})]  # NHWC -> NCHW, BGR -> RGB
+    cast: _Step = ("Cast", [], {"to": onnx.TensorProto.FLOAT})
+    # NHWC -> NCHW, BGR -> RGB
+    layout: list[_Step] = [("Transpose", [], {"perm": [0, 3, 1, 2]}), ("Gather", [p + "rgb"], {"axis": 1})]
     chain = ([cast, *layout] if cast_first else [*layout, cast]) + [("Sub", [p + "mean"], {}), ("Div", [p + "std"], {})]
     steps, value = [], images.name
     for position, (op, constants, attributes) in enumerate(chain):

@@ -91,7 +91,7 @@ def impostor_from_similarities(sims: NDArray[np.floating], dim: int | None = Non
     return _fit_peak(sims, _centred(sims, centre, dim), dim)
 
 
-def _fit_peak(sims: NDArray[np.float64], rough: ImpostorModel, dim: int | None) -> ImpostorModel:
+def _fit_peak(sims: NDArray[np.floating], rough: ImpostorModel, dim: int | None) -> ImpostorModel:
     """The impostor peak refined by a normal curve fitted to it, when the sample is large.
 
     A histogram mode jumps between neighbouring bins with the sample where the peak is
@@ -129,7 +129,7 @@ def impostor_from_impostors(sims: NDArray[np.floating], dim: int | None = None) 
     return _centred(sims, float(np.median(sims)), dim)
 
 
-def _centred(sims: NDArray[np.float64], centre: float, dim: int | None) -> ImpostorModel:
+def _centred(sims: NDArray[np.floating], centre: float, dim: int | None) -> ImpostorModel:
     """The model centred at ``centre``, with the spread of the narrower side of it.
 
     For a normal distribution the point below which 31.73% of the lower side lies is one

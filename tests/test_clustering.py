@@ -1430,6 +1430,17 @@ def test_rerun_into_other_clustering_is_refused_before_clustering(two_person, in
     assert "is not empty and was not written by face-organizer" in capsys.readouterr().err
 
 
+def test_an_output_whose_state_lacks_its_image_count_is_still_refused_in_one_line(tmp_path) -> None:
+    """A state file that records the images an output holds but not their number (edited by hand, or
+    written by another tool): the refusal says "other images" without the count, where it ended in a TypeError."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / organize.STATE_FILE).write_text(json.dumps({"plan": "x", "mode": "copy", "run": {"images": "0" * 64}}))
+    run = organize.images_run(["/photos/a.png", "/photos/b.png"])
+    with pytest.raises(SetupError, match=r"holds the output of another cluster_faces run, of other images: give each"):
+        organize.check_same_images(str(out), run, "cluster_faces")
+
+
 def test_other_run_into_an_output_that_holds_moved_images_says_removing_it_deletes_them(two_person, tmp_path,
                                                                                         capsys) -> None:
     ef = private_copy(two_person, tmp_path)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import backends as b
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pack_error = str(err)
     yunet = args.yunet_model or b.find_yunet(common.model_root(args.model_root) or default_model_root())
     gpu_id = common.gpu_id_from_env()
-    factories = {}
+    factories: dict[str, Callable[[], b.BoxFinder] | None] = {}
     for name in args.backends:
         if name == "scrfd":
             factories[name] = (lambda: b.scrfd_finder(SCRFD(open_session(str(pack.detector), pack.detector.name, "auto", gpu_id, quiet=True)[0]))) \
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif name == "yunet":
             factories[name] = (lambda: b.yunet_finder(str(yunet))) if yunet else None
         else:
-            factories[name] = (lambda n=name: b.deepface_finder(n))
+            factories[name] = functools.partial(b.deepface_finder, name)
     classify = None
     if args.gender:
         if pack is None or pack.genderage is None:

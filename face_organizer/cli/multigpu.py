@@ -117,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(d.line(name(d.gpu)))
     for w in workers:
         if not w.files:
-            kept = "its earlier file is left as it is" if w.output.exists() else "no file written"
-            print(f"{name(w.gpu)}: not started, no images for it: {kept} ({w.output})")
+            left = "its earlier file is left as it is" if w.output.exists() else "no file written"
+            print(f"{name(w.gpu)}: not started, no images for it: {left} ({w.output})")
         else:
             state = "ok" if w.code == 0 else f"FAILED (exit {w.code})"
             if w.device == "cpu" and chosen.device != "cpu":
