@@ -7,7 +7,7 @@ Each mode runs in its own process so its peak memory is measured alone:
   2+third:         --clusters 2 on two people (57%, 33%), a recurring third (5%) and 5% strangers
   2+blurred, auto+blurred: as 2 and auto through cluster_faces' own path, with 3% of the faces
                    turned into unrecognisable ones (near the model's blurred-face centre) to set aside
-  --clusters auto: 20,000 people with long-tailed sizes (Zipf-like), plus 5% noise
+  --clusters auto: 20,000 people with long-tailed sizes (Zipf-like), plus 5% noise (n / 25 people below 500,000)
   a number K:      --clusters K over K such people (memory and time grow with faces times folders)
 Embeddings are unit vectors of --dim dimensions whose same-person similarity is like
 ArcFace's (about 0.4 between two faces, about 0 between people).
@@ -56,7 +56,7 @@ def blur(x: np.ndarray, labels: np.ndarray, share: float = 0.03, seed: int = 1) 
     """Turn ``share`` of the faces into unrecognisable ones (at about 0.6 to one centre) in
     place; they belong in outliers/. Returns that centre."""
     rng = np.random.default_rng(seed)
-    centre = rng.standard_normal(x.shape[1]).astype(np.float32)
+    centre = rng.standard_normal(int(x.shape[1])).astype(np.float32)
     centre /= np.linalg.norm(centre)
     rows = np.sort(rng.choice(len(x), int(len(x) * share), replace=False))
     noise = rng.standard_normal((len(rows), x.shape[1]), dtype=np.float32) * np.float32(1.2 / np.sqrt(x.shape[1]))
@@ -76,7 +76,8 @@ def child(mode: str, n: int, dim: int) -> None:
 
     base = mode.split("+")[0]
     many = int(mode) if mode.isdigit() and mode != "2" else 0  # --clusters K over K people
-    x, labels = synthetic(n, dim, many or {"2": 2, "2-plain": 2, "2+third": 3, "2+blurred": 2}.get(mode, 20_000))
+    people = {"2": 2, "2-plain": 2, "2+third": 3, "2+blurred": 2}.get(mode, min(20_000, n // 25))
+    x, labels = synthetic(n, dim, many or people)
     if mode == "2+third":
         labels = np.where(labels == 2, -1, labels)  # the third person belongs in outliers/
     ef = None
