@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, embfile, people, quality, rebase, relocate
+from . import __version__, copies, embfile, people, quality, rebase, relocate
 from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cluster_name, gpu_count, graph_clusters,
                          graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
@@ -133,6 +133,10 @@ class ClusterReport:
         if aside is not None and aside.any():
             notes.append(f"outliers/ also holds {count(int(aside.sum()), 'face')} too blurred or degraded to recognise "
                          f"({self.clustering.set_aside_reason}); --keep-unrecognisable clusters them too")
+        if c.copies:
+            notes.append(f"{count(c.copies, 'face')} embedded the same as another face (copies of an image under other "
+                         "names, as album folders hold them): counted once by the clustering, each placed in the "
+                         "folder of the face it repeats")
         return notes
 
     def many_people(self) -> bool:
@@ -234,12 +238,23 @@ def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
             log.warning("the embeddings file does not say where its model puts unrecognisable faces, so blurred "
                         "faces are clustered like the others; re-running the generate_embeddings command that made "
                         "it records that without embedding anything again")
-        return _cluster(x, ef, config, known)
+        return _cluster_once(x, ef, config, known)
     keep = np.nonzero(~found.mask)[0]
     log.info("%s too degraded to recognise set aside (similarity to the unrecognisable-face centre >= %.3f)",
              count(found.count, "face"), found.cutoff)
     reason = f"similarity to the model's blurred-face centre >= {found.cutoff:.3f}: {found.source}"
-    return with_set_aside(_cluster(x[keep], ef, config, known), keep, x, reason)
+    return with_set_aside(_cluster_once(x[keep], ef, config, known), keep, x, reason)
+
+
+def _cluster_once(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: people.People | None) -> Clustering:
+    """``_cluster`` over the distinct faces of ``x``, each copy then placed with the face it repeats."""
+    distinct, of = copies.first_rows(x)
+    if distinct.size == len(x):
+        return _cluster(x, ef, config, known)
+    repeats = len(x) - distinct.size
+    log.info("%s embedded the same as another face (a copy of an image under another name): clustered once, "
+             "placed with it", count(repeats, "face"))
+    return copies.spread(_cluster(x[distinct], ef, config, known), of, repeats)
 
 
 def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: people.People | None = None) -> Clustering:
@@ -391,6 +406,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         "second_pass": ({"joined": clustering.attached, "cutoff": clustering.attach_cutoff,
                          "cutoff_source": clustering.attach_source} if clustering.attach_cutoff is not None else None),
         "unrecognisable_in_outliers": int(clustering.set_aside.sum()) if clustering.set_aside is not None else 0,
+        "copies_clustered_once": clustering.copies,
         "link_mode": config.link_mode,
         "moved_to": list(config.moved_to),
         "files": dict(report.status),

@@ -2047,3 +2047,60 @@ def test_a_growing_output_never_gives_an_earlier_image_another_name(tmp_path) ->
     grown = organize.place_all(str(out), [str(folder / "a.png"), str(folder / "b.png")], [".", "."], [str(folder)], "copy",
                                progress=False, run=run, grows_from=earlier)
     assert sorted(grown.status.values()) == ["exists", "placed"] and (out / "in" / "b.png").read_bytes() == b"third image"
+
+
+def test_copies_of_an_image_are_clustered_once_and_placed_with_it(lfw, lfw_labels, models, tmp_path, capsys) -> None:
+    """A photo library with an album folder of copies (as a Google Takeout export lays them out): two copies of a
+    stranger's only photo made a folder "of two faces, each the other's most similar"; now they go to outliers
+    together, and every copy goes where the face it repeats went."""
+    from face_organizer.embed_run import run_embeddings
+
+    singles = [r for r in lfw_labels if r["kind"] == "single"][:40]
+    people = ("John_Ashcroft", "Tiger_Woods", "Tom_Ridge")
+    known = [r for person in people for r in [r for r in lfw_labels if r["identity"] == person][:12]]
+    year, album = tmp_path / "library" / "Photos from 2017", tmp_path / "library" / "Trip"
+    originals, copies = {}, {}
+    for row in singles + known:
+        source = lfw / row["path"]
+        originals[str(year / source.name)] = row["identity"]
+        (year / source.name).parent.mkdir(parents=True, exist_ok=True)
+        (year / source.name).write_bytes(source.read_bytes())
+    for row in singles + known[::3]:
+        name = lfw / row["path"]
+        copies[str(album / f"copy of {name.name}")] = str(year / name.name)
+        album.mkdir(exist_ok=True)
+        (album / f"copy of {name.name}").write_bytes(name.read_bytes())
+    emb = tmp_path / "emb.pkl"
+    run_embeddings(sorted([*originals, *copies]), emb, models, inputs=[str(tmp_path / "library")], progress=False)
+    out = tmp_path / "out"
+    assert run_cli(["--embeddings", str(emb), "--output", str(out), "--clusters", "auto", "--no-previews"]) == 0
+    printed = capsys.readouterr().out
+    with open(out / "clusters.csv", encoding="utf-8", newline="") as handle:
+        folder = {row["path"]: row["cluster"] for row in csv.DictReader(handle)}
+    assert all(folder[copy] == folder[original] for copy, original in copies.items())
+    for name in {f for f in folder.values() if f != "outliers"}:
+        # A folder is never one photo seen twice: it holds at least two photos that are not copies of each other.
+        photos = {copies.get(p, p) for p, f in folder.items() if f == name}
+        assert len(photos) >= 2, (name, photos)
+    single_photos = {str(year / (lfw / r["path"]).name) for r in singles}
+    assert sum(folder[p] != "outliers" for p in single_photos) <= 2  # strangers seen once stay out of person folders
+    for person in people:  # the known people each have a folder, their copies in it
+        theirs = {folder[p] for p, who in originals.items() if who == person}
+        assert len(theirs) == 1 and theirs != {"outliers"}, (person, theirs)
+    assert json.loads((out / "summary.json").read_text())["copies_clustered_once"] == len(copies)
+    assert (f"{len(copies)} faces embedded the same as another face (copies of an image under other names, as album "
+            "folders hold them): counted once by the clustering, each placed in the folder of the face it repeats") in printed
+
+
+def test_copies_are_told_by_their_bytes_not_by_their_hash(monkeypatch) -> None:
+    """Rows are grouped by a hash of their bytes; rows that share a hash but differ stay faces of their own."""
+    from face_organizer import copies
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9, 16)).astype(np.float32)
+    x[5], x[8], x[6] = x[1], x[1], x[0]
+    distinct, of = copies.first_rows(x)
+    assert distinct.tolist() == [0, 1, 2, 3, 4, 7] and of.tolist() == [0, 1, 2, 3, 4, 1, 0, 5, 1]
+    monkeypatch.setattr(copies, "hash", lambda data: 7, raising=False)  # every row collides
+    assert [a.tolist() for a in copies.first_rows(x)] == [distinct.tolist(), of.tolist()]
+    assert [a.tolist() for a in copies.first_rows(x[:0])] == [[], []]
