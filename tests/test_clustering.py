@@ -2089,7 +2089,8 @@ def test_copies_of_an_image_are_clustered_once_and_placed_with_it(lfw, lfw_label
         assert len(theirs) == 1 and theirs != {"outliers"}, (person, theirs)
     assert json.loads((out / "summary.json").read_text())["copies_clustered_once"] == len(copies)
     assert (f"{len(copies)} faces embedded the same as another face (copies of an image under other names, as album "
-            "folders hold them): counted once by the clustering, each placed in the folder of the face it repeats") in printed
+            "folders hold them): counted once by the clustering, each placed in the folder of the face it "
+            "repeats") in printed
 
 
 def test_copies_are_told_by_their_bytes_not_by_their_hash(monkeypatch) -> None:
