@@ -254,7 +254,7 @@ def _cluster_once(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, know
     repeats = len(x) - distinct.size
     log.info("%s embedded the same as another face (a copy of an image under another name): clustered once, "
              "placed with it", count(repeats, "face"))
-    return copies.spread(_cluster(x[distinct], ef, config, known), of, repeats)
+    return copies.spread(_cluster(x[distinct], ef, config, known), distinct, of)
 
 
 def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: people.People | None = None) -> Clustering:
@@ -336,8 +336,10 @@ def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: li
         sheet = None
         if name in sheeted:
             rows = np.asarray(members[name])
+            if clustering.repeats is not None:  # each face once: a copy would show it twice
+                rows = rows[~clustering.repeats[rows]]
             order = rows[np.argsort(-sims[rows], kind="stable")]
-            central, borderline = order[:24], order[::-1][:8] if len(order) > 24 else order[:0]
+            central, borderline = order[:24], order[24:][::-1][:8]  # the least alike of those not central
             central_faces, borderline_faces = (
                 [SheetFace(placed_or_source(destinations[i], where[i]), ef.rows.bbox[i] if photos else None, name)
                  for i in group]

@@ -89,11 +89,16 @@ class Clustering:
     pairs: int = 0  # graph: clusters of two faces, each the other's most similar neighbour
     cohesion: Cohesion | None = None  # k-means: whether each folder's faces are alike on average, as one person's
     names: tuple[str, ...] = ()  # known people: each label's folder (as named now), else ``cluster_name``
-    copies: int = 0  # faces embedded the same as an earlier face (see copies.py): clustered once, placed with it
+    repeats: NDArray[np.bool_] | None = None  # faces embedded the same as an earlier face (copies.py), placed with it
 
     @property
     def n_clusters(self) -> int:
         return int(self.centres.shape[0])
+
+    @property
+    def copies(self) -> int:
+        """How many faces repeat an earlier one (``repeats``): clustered once, with it."""
+        return 0 if self.repeats is None else int(self.repeats.sum())
 
     def name(self, label: int) -> str:
         """The folder of the faces of ``label``: ``person_A``, …, ``outliers``, or a known person's."""
@@ -618,7 +623,12 @@ def with_set_aside(result: Clustering, keep: NDArray[np.intp], x: NDArray[np.flo
     aside[keep] = False
     if result.n_clusters and aside.any():
         similarity[aside] = _nearest_centre(_normalise(x[aside]), result.centres)[0]
-    return replace(result, labels=labels, similarity=similarity, set_aside=aside, set_aside_reason=reason)
+    repeats = None
+    if result.repeats is not None:
+        repeats = np.zeros(n, bool)
+        repeats[keep] = result.repeats
+    return replace(result, labels=labels, similarity=similarity, set_aside=aside, set_aside_reason=reason,
+                   repeats=repeats)
 
 
 def cluster_name(index: int) -> str:

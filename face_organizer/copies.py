@@ -48,9 +48,11 @@ def first_rows(x: NDArray[np.floating]) -> tuple[NDArray[np.intp], NDArray[np.in
     return distinct, position[first]
 
 
-def spread(result: Clustering, of: NDArray[np.intp], copies: int) -> Clustering:
-    """``result`` of clustering the distinct rows spread over every row: each copy in the cluster, and
-    with the similarity, of the face it repeats."""
+def spread(result: Clustering, distinct: NDArray[np.intp], of: NDArray[np.intp]) -> Clustering:
+    """``result`` of clustering the ``distinct`` rows spread over every row (``first_rows``): each copy in the
+    cluster, and with the similarity, of the face it repeats, and marked in ``repeats``."""
     set_aside = None if result.set_aside is None else result.set_aside[of]
+    repeats = np.ones(len(of), bool)
+    repeats[distinct] = False
     return replace(result, labels=result.labels[of], similarity=result.similarity[of], set_aside=set_aside,
-                   copies=copies)
+                   repeats=repeats)

@@ -2049,11 +2049,17 @@ def test_a_growing_output_never_gives_an_earlier_image_another_name(tmp_path) ->
     assert sorted(grown.status.values()) == ["exists", "placed"] and (out / "in" / "b.png").read_bytes() == b"third image"
 
 
-def test_copies_of_an_image_are_clustered_once_and_placed_with_it(lfw, lfw_labels, models, tmp_path, capsys) -> None:
+def test_copies_of_an_image_are_clustered_once_and_placed_with_it(lfw, lfw_labels, models, tmp_path, capsys,
+                                                                 monkeypatch) -> None:
     """A photo library with an album folder of copies (as a Google Takeout export lays them out): two copies of a
     stranger's only photo made a folder "of two faces, each the other's most similar"; now they go to outliers
-    together, and every copy goes where the face it repeats went."""
+    together, and every copy goes where the face it repeats went. Contact sheets show each face once."""
+    from face_organizer import cluster_stage
     from face_organizer.embed_run import run_embeddings
+
+    sheets = []
+    make_sheet = cluster_stage.contact_sheet
+    monkeypatch.setattr(cluster_stage, "contact_sheet", lambda *groups: sheets.append(groups) or make_sheet(*groups))
 
     singles = [r for r in lfw_labels if r["kind"] == "single"][:40]
     people = ("John_Ashcroft", "Tiger_Woods", "Tom_Ridge")
@@ -2073,8 +2079,12 @@ def test_copies_of_an_image_are_clustered_once_and_placed_with_it(lfw, lfw_label
     emb = tmp_path / "emb.pkl"
     run_embeddings(sorted([*originals, *copies]), emb, models, inputs=[str(tmp_path / "library")], progress=False)
     out = tmp_path / "out"
-    assert run_cli(["--embeddings", str(emb), "--output", str(out), "--clusters", "auto", "--no-previews"]) == 0
+    assert run_cli(["--embeddings", str(emb), "--output", str(out), "--clusters", "auto"]) == 0
     printed = capsys.readouterr().out
+    assert len(sheets) == len(json.loads((out / "summary.json").read_text())["clusters"])
+    for central, borderline in sheets:
+        shown = [copies.get(face.path, face.path) for face in [*central, *borderline]]
+        assert len(shown) == len(set(shown)), shown
     with open(out / "clusters.csv", encoding="utf-8", newline="") as handle:
         folder = {row["path"]: row["cluster"] for row in csv.DictReader(handle)}
     assert all(folder[copy] == folder[original] for copy, original in copies.items())
@@ -2105,3 +2115,20 @@ def test_copies_are_told_by_their_bytes_not_by_their_hash(monkeypatch) -> None:
     monkeypatch.setattr(copies, "hash", lambda data: 7, raising=False)  # every row collides
     assert [a.tolist() for a in copies.first_rows(x)] == [distinct.tolist(), of.tolist()]
     assert [a.tolist() for a in copies.first_rows(x[:0])] == [[], []]
+
+
+def test_contact_sheets_show_each_face_once(lfw_subset, tmp_path, monkeypatch) -> None:
+    """24 faces nearest the centre, then up to 8 borderline ones among the rest: a folder of 25 to 31 faces showed
+    some of its faces in both rows."""
+    from face_organizer import cluster_stage
+
+    sheets = []
+    make_sheet = cluster_stage.contact_sheet
+    monkeypatch.setattr(cluster_stage, "contact_sheet", lambda *groups: sheets.append(groups) or make_sheet(*groups))
+    out = tmp_path / "out"
+    assert run_cli(["--embeddings", str(lfw_subset[0]), "--output", str(out), "--clusters", "auto", "-q"]) == 0
+    sizes = json.loads((out / "summary.json").read_text())["clusters"]
+    assert len(sheets) == len(sizes) and any(24 < n < 32 for n in sizes.values()), sizes
+    for (central, borderline), n in zip(sheets, sizes.values()):
+        paths = [face.path for face in [*central, *borderline]]
+        assert len(paths) == len(set(paths)) == min(n, 32) and len(central) == min(n, 24), (n, paths)
