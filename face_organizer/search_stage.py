@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import rebase, relocate
+from . import copies, rebase, relocate
 from .embfile import EmbeddingsFile
 from .errors import SetupError, device_failed, one_line
 from .faces import EmbedOptions, FaceModels, embed_batch
@@ -199,14 +199,15 @@ def _preview(output: str, ef: EmbeddingsFile, report: SearchReport, where: Seque
 
     refs = report.references[:SHOWN_REFERENCES]
     queries = [SheetFace(r.path, r.box, "") for r in refs]  # cropped to the face used
-    n_best = min(len(rows), max(8, 24 - len(queries)))
-    best = [face(k) for k in range(n_best)]
-    weakest = [face(k) for k in range(len(rows) - 1, max(n_best, len(rows) - 8) - 1, -1)]
+    shown = copies.first_rows(ef.rows.embeddings[rows])[0]  # matches in order, each face once (not its copies)
+    n_best = min(len(shown), max(8, 24 - len(queries)))
+    best = [face(int(k)) for k in shown[:n_best]]
+    weakest = [face(int(k)) for k in shown[n_best:][::-1][:8]]
     sheet = os.path.join(output, "previews", "matches.jpg")
     write_sheet(sheet, contact_sheet(queries + best, weakest))
-    shown = (f"{len(refs)} of the {len(report.references)} references" if len(refs) < len(report.references)
+    named = (f"{len(refs)} of the {len(report.references)} references" if len(refs) < len(report.references)
              else "references")
-    notes = [f"the first {len(queries)} tiles are the {shown} ({', '.join(os.path.basename(r.path) for r in refs)}), "
+    notes = [f"the first {len(queries)} tiles are the {named} ({', '.join(os.path.basename(r.path) for r in refs)}), "
              "then the best matches", *report.lines()]
     write_index(os.path.join(output, "index.html"), "face-organizer search",
                 [IndexEntry("matches", len(set(report.destinations)), output, sheet,

@@ -198,6 +198,39 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models,
     assert not folder.exists()
 
 
+def test_the_contact_sheet_shows_a_copied_match_once(lfw_subset, lfw, testpack_dir, tmp_path, monkeypatch) -> None:
+    """Copies of her photos in an album folder, in a second embeddings file as stage 1 makes them (the same rows
+    under other paths): each is a match and is placed, but the contact sheet shows each face once."""
+    from dataclasses import replace
+
+    from face_organizer import search_stage
+
+    emb, identity = lfw_subset
+    ef = embfile.load(emb)
+    hers = [i for i, p in enumerate(ef.rows.paths) if identity[p] == "Jean_Chretien"]
+    album = tmp_path / "album"
+    album.mkdir()
+    copied = [str(album / f"copy of {Path(ef.rows.paths[i]).name}") for i in hers]
+    for i, path in zip(hers, copied):
+        Path(path).write_bytes(Path(ef.rows.paths[i]).read_bytes())
+    rows = replace(ef.rows.select(np.asarray(hers)), paths=copied)
+    embfile.save(tmp_path / "album.pkl", embfile.EmbeddingsFile(rows, [], [], {**ef.meta, "inputs": [str(album)]}))
+    sheets = []
+    make_sheet = search_stage.contact_sheet
+    monkeypatch.setattr(search_stage, "contact_sheet", lambda *groups: sheets.append(groups) or make_sheet(*groups))
+    out = tmp_path / "her"
+    assert run_cli(["--embeddings", str(emb), str(tmp_path / "album.pkl"), "--query",
+                    str(lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"), "--output", str(out),
+                    "--model", str(testpack_dir), "-q"]) == 0
+    with open(out / "matches.csv", newline="", encoding="utf-8") as handle:
+        matched = [r["path"] for r in csv.DictReader(handle)]
+    assert set(copied) <= set(matched)  # every copy found and placed
+    originals = dict(zip(copied, (ef.rows.paths[i] for i in hers)))
+    (first, weakest), = sheets
+    shown = [originals.get(face.path, face.path) for face in [*first[1:], *weakest]]  # after the reference
+    assert len(shown) == len(set(shown)) == min(len(set(matched) - set(copied)), 31), shown
+
+
 def test_a_model_failing_on_the_query_is_one_line(lfw_subset, lfw, testpack_dir, tmp_path, capsys,
                                                   monkeypatch) -> None:
     # ONNX Runtime's error on the query (a GPU out of memory) ended the search in a traceback.
