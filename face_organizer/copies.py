@@ -54,5 +54,26 @@ def spread(result: Clustering, distinct: NDArray[np.intp], of: NDArray[np.intp])
     set_aside = None if result.set_aside is None else result.set_aside[of]
     repeats = np.ones(len(of), bool)
     repeats[distinct] = False
-    return replace(result, labels=result.labels[of], similarity=result.similarity[of], set_aside=set_aside,
-                   repeats=repeats)
+    return _by_image_count(replace(result, labels=result.labels[of], similarity=result.similarity[of],
+                                   set_aside=set_aside, repeats=repeats))
+
+
+def _by_image_count(result: Clustering) -> Clustering:
+    """The clusters numbered by their images, copies included, as folders are named (``person_A`` the
+    largest): the clustering numbered them by distinct faces. An earlier run's people keep their numbers."""
+    k = result.n_clusters
+    if result.known_people or k < 2:
+        return result
+    counts = np.bincount(result.labels[result.labels >= 0], minlength=k)
+    order = np.argsort(-counts, kind="stable")  # as many images: the clustering's order
+    if (order == np.arange(k)).all():
+        return result
+    rank = np.empty(k, np.int64)
+    rank[order] = np.arange(k)
+    labels = np.where(result.labels >= 0, rank[np.maximum(result.labels, 0)], result.labels)
+    cohesion = result.cohesion
+    if cohesion is not None:
+        groups = tuple(sorted(tuple(sorted(int(rank[c]) for c in group)) for group in cohesion.groups))
+        cohesion = replace(cohesion, mean_pair=cohesion.mean_pair[order], sizes=cohesion.sizes[order],
+                           cross_mean=cohesion.cross_mean[np.ix_(order, order)], groups=groups)
+    return replace(result, labels=labels, centres=result.centres[order], cohesion=cohesion)

@@ -2071,7 +2071,7 @@ def test_copies_of_an_image_are_clustered_once_and_placed_with_it(lfw, lfw_label
         originals[str(year / source.name)] = row["identity"]
         (year / source.name).parent.mkdir(parents=True, exist_ok=True)
         (year / source.name).write_bytes(source.read_bytes())
-    for row in singles + known[::3]:
+    for row in singles + known[24:]:  # Tom Ridge's photos each twice: his folder has the most images
         name = lfw / row["path"]
         copies[str(album / f"copy of {name.name}")] = str(year / name.name)
         album.mkdir(exist_ok=True)
@@ -2098,6 +2098,14 @@ def test_copies_of_an_image_are_clustered_once_and_placed_with_it(lfw, lfw_label
         theirs = {folder[p] for p, who in originals.items() if who == person}
         assert len(theirs) == 1 and theirs != {"outliers"}, (person, theirs)
     assert json.loads((out / "summary.json").read_text())["copies_clustered_once"] == len(copies)
+    # Folders are named by their images, copies included: person_A the largest (by faces counted once, his was not).
+    assert {folder[p] for p, who in originals.items() if who == "Tom_Ridge"} == {"person_A"}
+    assert run_cli(["--embeddings", str(emb), "--output", str(tmp_path / "three"), "--clusters", "3", "-q"]) == 0
+    for output in (out, tmp_path / "three"):
+        with open(output / "clusters.csv", encoding="utf-8", newline="") as handle:
+            sizes = Counter(row["cluster"] for row in csv.DictReader(handle) if row["cluster"] != "outliers")
+        named = sorted(sizes, key=lambda name: (len(name), name))
+        assert [sizes[n] for n in named] == sorted(sizes.values(), reverse=True), sizes
     assert (f"{len(copies)} faces embedded the same as another face (copies of an image under other names, as album "
             "folders hold them): counted once by the clustering, each placed in the folder of the face it "
             "repeats") in printed
@@ -2132,3 +2140,35 @@ def test_contact_sheets_show_each_face_once(lfw_subset, tmp_path, monkeypatch) -
     for (central, borderline), n in zip(sheets, sizes.values()):
         paths = [face.path for face in [*central, *borderline]]
         assert len(paths) == len(set(paths)) == min(n, 32) and len(central) == min(n, 24), (n, paths)
+
+
+def test_clusters_renumbered_by_their_copies_keep_their_centres_and_checks() -> None:
+    """Three people of 30, 20 and 10 distinct faces, the third's faces copied four times each: k-means numbers
+    the clusters by distinct faces, and spreading the copies renumbers them by images (the third first). Each
+    cluster's centre and one-person check move with it."""
+    from face_organizer import copies
+    from face_organizer.cohesion import folder_cohesion
+
+    rng = np.random.default_rng(5)
+    axes = np.linalg.qr(rng.normal(size=(64, 3)))[0].T
+    people = np.repeat([0, 1, 2], [30, 20, 10])
+    x = axes[people] + rng.normal(0, 0.08, (60, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    everything = np.vstack([x, np.repeat(x[50:], 4, axis=0)])  # 40 copies of the third person's faces
+    distinct, of = copies.first_rows(everything)
+    assert distinct.tolist() == list(range(60))
+    once = kmeans(x, 3, seed=0)
+    assert [int((once.labels == c).sum()) for c in range(3)] == [30, 20, 10] and once.cohesion is not None
+    spread = copies.spread(once, distinct, of)
+    assert [int((spread.labels == c).sum()) for c in range(3)] == [50, 30, 20] and spread.copies == 40
+    order = [int(np.bincount(once.labels[of][spread.labels == c]).argmax()) for c in range(3)]
+    assert order == [2, 0, 1]
+    np.testing.assert_array_equal(spread.centres, once.centres[order])
+    assert spread.cohesion is not None
+    again = folder_cohesion(x, spread.labels[:60], 3)  # computed afresh on the renumbered distinct faces
+    np.testing.assert_allclose(spread.cohesion.mean_pair, again.mean_pair, atol=1e-5)
+    np.testing.assert_allclose(spread.cohesion.cross_mean, again.cross_mean, atol=1e-5)
+    assert spread.cohesion.sizes.tolist() == again.sizes.tolist() == [10, 30, 20]
+    # A group of folders that look like one person (old 0 and 2) keeps naming the same folders (now 1 and 0).
+    grouped = replace(once, cohesion=replace(once.cohesion, groups=((0, 2),)))
+    assert copies.spread(grouped, distinct, of).cohesion.groups == ((0, 1),)
