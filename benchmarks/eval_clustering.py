@@ -31,9 +31,11 @@
    people, 1-11 photos each) in photos mode, also with --min-cluster-size 3 (no folders of two).
    With --few, photo libraries that a few people fill, in photos mode, --clusters auto and
    --clusters 5: every LFW dev photo of the five people with the most (144, 121, 60, 55 and
-   20 photos), and of the two with the most beside three with 7-19.
+   20 photos), and of the two with the most beside three with 7-19. With --copies, the LFW dev
+   photos again beside an album folder holding a copy of each one-photo person's photo (as a Google
+   Takeout export holds them): copies are clustered once, so no folder is one photo twice.
 
-  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5] [--library] [--few]
+  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5] [--library] [--few] [--copies]
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import csv
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -92,6 +95,8 @@ def main() -> int:
                         help="also DeepFace's and face_recognition's labelled photos in photos mode, --clusters auto")
     parser.add_argument("--few", action="store_true",
                         help="also every LFW dev photo of five people in photos mode, --clusters auto and 5")
+    parser.add_argument("--copies", action="store_true",
+                        help="also the LFW dev photos beside an album folder of copies of the one-photo people's")
     parser.add_argument("--frames", type=int, default=0, metavar="N",
                         help="also every LFW dev photo as a shot of N varied occluded crops, --clusters auto")
     add_shared_argument(parser)
@@ -191,6 +196,9 @@ def main() -> int:
                 print("\n".join("  " + line for line in by_year.lines()))
 
         many_people("LFW dev photos", *embedded_photos(lfw, Path(tmp) / "lfw.pkl", models, streams))
+        if args.copies:
+            ef, truth, originals = with_album_copies(lfw, Path(tmp), models, streams)
+            many_people("LFW dev photos and an album folder of copies (the originals scored)", ef, truth, scored=originals)
         if args.crops:
             everyone = tuple(sorted({r["identity"] for r in read_labels(lfw)}))
             _, ef, label = embedded_collection(lfw, Path(tmp) / "crops", models, streams, everyone, strangers=0.0, junk=0.0)
@@ -242,6 +250,28 @@ def calibrate_without(crops: tuple[np.ndarray, list[str]], present: set[str], re
     chosen = [ids[i] for i in keep]
     save_calibration(recognizer, calibrate_from_embeddings(x[keep], chosen), store)
     return len(keep), len(set(chosen))
+
+
+def with_album_copies(lfw: Path, root: Path, models: FaceModels,
+                      streams: int) -> tuple[embfile.EmbeddingsFile, list[str], np.ndarray]:
+    """Every LFW dev photo, and in an album folder a copy of the photo of each person seen once: the
+    embeddings file, the identity of each of its rows of the photos themselves, and those rows (a copy
+    is where the photo it repeats is, so scoring it too would count an outlier photo twice)."""
+    rows = read_labels(lfw)
+    seen = Counter(r["identity"] for r in rows)
+    identity = {str(lfw / r["path"]): r["identity"] for r in rows}
+    album = root / "album"
+    album.mkdir()
+    for r in rows:
+        if seen[r["identity"]] == 1:
+            copy = album / f"copy of {Path(r['path']).name}"
+            copy.write_bytes((lfw / r["path"]).read_bytes())
+            identity[str(copy)] = r["identity"]
+    out = root / "copies.pkl"
+    run_embeddings(sorted(identity), out, models, inputs=[str(lfw), str(album)], streams=streams, progress=False)
+    ef = embfile.load(out)
+    originals = np.array([i for i, p in enumerate(ef.rows.paths) if not p.startswith(str(album) + os.sep)])
+    return ef, [identity[ef.rows.paths[i]] for i in originals], originals
 
 
 def many_people(title: str, ef: embfile.EmbeddingsFile, truth: list[str], without_join_rule: bool = False,
