@@ -9,8 +9,9 @@ The clustering therefore takes each distinct embedding once, and every copy goes
 repeats went (``spread``). Frames that took the embedding of the near-identical frame they repeat
 (``--reuse-similar-frames``) count once with it in the same way.
 
-Copies embedded on a GPU in batches of other shapes may differ in their last digits (cuDNN chooses its
-algorithms per shape); such copies are clustered as two faces, as before.
+Copies embedded on a GPU in batches of other shapes, or by two processes, may differ in their last digits
+(cuDNN chooses its algorithms per shape, timing them in each process); such copies are clustered as two
+faces, as before.
 """
 
 from __future__ import annotations
