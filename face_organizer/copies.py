@@ -26,8 +26,8 @@ from .clustering import Clustering
 
 def first_rows(x: NDArray[np.floating]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     """``(distinct, of)``: the rows of ``x`` (n, d) that repeat no earlier row, ascending, and for each
-    row the position in ``distinct`` of the first row equal to it. Rows are hashed (0.4 s for
-    500,000 x 512) and rows of one hash compared byte for byte, so a collision never joins two faces."""
+    row the position in ``distinct`` of the first row equal to it. Rows are hashed (about half a second
+    for 500,000 x 512) and rows of one hash compared byte for byte, so a collision never joins two faces."""
     n = len(x)
     keys = np.fromiter((hash(row.tobytes()) for row in x), np.int64, n)
     first = np.arange(n)
