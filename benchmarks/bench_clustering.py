@@ -7,12 +7,14 @@ Each mode runs in its own process so its peak memory is measured alone:
   2+third:         --clusters 2 on two people (57%, 33%), a recurring third (5%) and 5% strangers
   2+blurred, auto+blurred: as 2 and auto through cluster_faces' own path, with 3% of the faces
                    turned into unrecognisable ones (near the model's blurred-face centre) to set aside
+  2+copies, auto+copies: as 2 and auto through cluster_faces' own path, 20% of the faces being copies of
+                   others (the same embedding under another name), clustered once
   --clusters auto: 20,000 people with long-tailed sizes (Zipf-like), plus 5% noise (n / 25 people below 500,000)
   a number K:      --clusters K over K such people (memory and time grow with faces times folders)
 Embeddings are unit vectors of --dim dimensions whose same-person similarity is like
 ArcFace's (about 0.4 between two faces, about 0 between people).
 
-  python benchmarks/bench_clustering.py --n 500000 --dim 512 [--modes 2,2-plain,2+third,2+blurred,auto,auto+blurred]
+  python benchmarks/bench_clustering.py --n 500000 --dim 512 [--modes 2,2-plain,2+third,2+blurred,2+copies,auto,...]
 """
 
 from __future__ import annotations
@@ -76,19 +78,25 @@ def child(mode: str, n: int, dim: int) -> None:
 
     base = mode.split("+")[0]
     many = int(mode) if mode.isdigit() and mode != "2" else 0  # --clusters K over K people
-    people = {"2": 2, "2-plain": 2, "2+third": 3, "2+blurred": 2}.get(mode, min(20_000, n // 25))
+    people = {"2": 2, "2-plain": 2, "2+third": 3, "2+blurred": 2, "2+copies": 2}.get(mode, min(20_000, n // 25))
     x, labels = synthetic(n, dim, many or people)
     if mode == "2+third":
         labels = np.where(labels == 2, -1, labels)  # the third person belongs in outliers/
     ef = None
-    if mode.endswith("+blurred"):
-        centre = blur(x, labels)
+    if mode.endswith(("+blurred", "+copies")):
+        meta = {META_KEY: blur(x, labels).tolist()} if mode.endswith("+blurred") else {}
+        if mode.endswith("+copies"):
+            rng = np.random.default_rng(2)
+            copied, originals = rng.choice(n, n // 5, replace=False), rng.choice(n, n // 5)
+            x[copied], labels[copied] = x[originals], labels[originals]
         rows = FaceRows([f"/faces/{i:07d}.png" for i in range(n)], x, np.ones(n, bool), np.ones(n, np.float32),
                         np.zeros((n, 4), np.float32), np.zeros(n, np.int32))
-        ef = EmbeddingsFile(rows, [], [], {META_KEY: centre.tolist()})
+        ef = EmbeddingsFile(rows, [], [], meta)
     start = time.perf_counter()
     if ef is not None:
-        result = run_clustering(ef, ClusterConfig(clusters=None if base == "auto" else 2, use_gpu=False))
+        config = ClusterConfig(clusters=None if base == "auto" else 2, use_gpu=False,
+                               set_aside_unrecognisable=mode.endswith("+blurred"))
+        result = run_clustering(ef, config)
     else:
         result = graph_clusters(x) if mode == "auto" else kmeans(x, many or 2, extra_groups=mode != "2-plain")
     elapsed = time.perf_counter() - start
@@ -99,7 +107,8 @@ def child(mode: str, n: int, dim: int) -> None:
     print(json.dumps({"mode": mode, "n": n, "dim": dim, "seconds": round(elapsed, 1), "peak_gb": round(peak, 2),
                       "clusters": result.n_clusters, "outliers": int((result.labels < 0).sum()),
                       "bcubed_f": round(score.f, 4), "extra_groups": list(result.extra_groups),
-                      "set_aside": 0 if result.set_aside is None else int(result.set_aside.sum())}))
+                      "set_aside": 0 if result.set_aside is None else int(result.set_aside.sum()),
+                      "copies": result.copies}))
 
 
 def main() -> int:
@@ -118,7 +127,8 @@ def main() -> int:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"--clusters {mode:>12}: {r['n']:,} x {r['dim']}: {r['seconds']} s (clustering, data generation excluded), "
               f"peak memory {r['peak_gb']} GB (process total), {r['clusters']:,} clusters, {r['outliers']:,} outliers "
-              f"(groups beyond k among them: {r['extra_groups']}; set aside as unrecognisable: {r['set_aside']:,}), "
+              f"(groups beyond k among them: {r['extra_groups']}; set aside as unrecognisable: {r['set_aside']:,}"
+              + (f"; copies clustered once: {r['copies']:,}" if r["copies"] else "") + "), "
               f"BCubed F {r['bcubed_f']}")
     return 0
 
