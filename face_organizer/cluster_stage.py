@@ -68,6 +68,7 @@ class ClusterReport:
     elapsed: float = 0.0
     dry_run: bool = False
     link_mode: LinkMode = "copy"
+    reused_frames: bool = False  # the embeddings files hold frames given another's embedding (--reuse-similar-frames)
 
     def lines(self) -> list[str]:
         if not self.destinations:
@@ -134,9 +135,10 @@ class ClusterReport:
             notes.append(f"outliers/ also holds {count(int(aside.sum()), 'face')} too blurred or degraded to recognise "
                          f"({self.clustering.set_aside_reason}); --keep-unrecognisable clusters them too")
         if c.copies:
+            frames = ", or frames given an earlier frame's embedding by --reuse-similar-frames" if self.reused_frames else ""
             notes.append(f"{count(c.copies, 'face')} embedded the same as another face (copies of an image under other "
-                         "names, as album folders hold them): counted once by the clustering, each placed in the "
-                         "folder of the face it repeats")
+                         f"names, as album folders hold them{frames}): counted once by the clustering, each placed in "
+                         "the folder of the face it repeats")
         return notes
 
     def many_people(self) -> bool:
@@ -252,8 +254,8 @@ def _cluster_once(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, know
     if distinct.size == len(x):
         return _cluster(x, ef, config, known)
     repeats = len(x) - distinct.size
-    log.info("%s embedded the same as another face (a copy of an image under another name): clustered once, "
-             "placed with it", count(repeats, "face"))
+    log.info("%s embedded the same as another face (a copy of an image under another name%s): clustered once, "
+             "placed with it", count(repeats, "face"), ", or a frame given another's" if ef.reused else "")
     return copies.spread(_cluster(x[distinct], ef, config, known), distinct, of)
 
 
@@ -379,7 +381,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
                           sources=where if config.moved_to else None, dry_run=config.dry_run, progress=progress,
                           run=run)
     report = ClusterReport(output, clustering, names, images_per_cluster, placement.destinations, dry_run=config.dry_run,
-                           link_mode=config.link_mode)
+                           link_mode=config.link_mode, reused_frames=bool(ef.reused))
     if config.dry_run:
         report.elapsed = time.monotonic() - started
         return report

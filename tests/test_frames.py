@@ -3,6 +3,7 @@ on video-style crops of real LFW faces made into shots of jittered frames."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from face_organizer import embfile
 from face_organizer.cli import common
+from face_organizer.cli.cluster import main as cluster_main
 from face_organizer.cli.embed import main as embed_main
 from face_organizer.embed_run import run_embeddings
 from face_organizer.faces import EmbedOptions
@@ -108,6 +110,16 @@ def test_cli_reuse_flag(tmp_path, video_crops, testpack_dir, capsys) -> None:
                                    "--reuse-similar-frames", "--quiet"])
     assert code == 0 and len(embfile.load(out).reused) >= 9
     assert "near-identical frames that took the embedding of the frame they repeat" in capsys.readouterr().out
+    # Sorted, each such frame counts once with the frame it repeats, and goes where that frame goes.
+    reused = dict(embfile.load(out).reused)
+    assert common.run(cluster_main, ["--embeddings", str(out), "--output", str(tmp_path / "sorted"),
+                                     "--clusters", "auto", "-q", "--no-previews"]) == 0
+    with open(tmp_path / "sorted" / "clusters.csv", encoding="utf-8", newline="") as handle:
+        folder = {row["path"]: row["cluster"] for row in csv.DictReader(handle)}
+    assert all(folder[frame] == folder[source] for frame, source in reused.items())
+    assert (f"{len(reused)} faces embedded the same as another face (copies of an image under other names, as album "
+            "folders hold them, or frames given an earlier frame's embedding by --reuse-similar-frames): counted once "
+            "by the clustering") in capsys.readouterr().out
     code = common.run(embed_main, ["--input", str(folder), "--output", str(tmp_path / "p.pkl"), "--model", str(testpack_dir),
                                    "--mode", "photos", "--reuse-similar-frames"])
     err = capsys.readouterr().err.strip().splitlines()
