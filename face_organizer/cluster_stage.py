@@ -135,7 +135,8 @@ class ClusterReport:
             notes.append(f"outliers/ also holds {count(int(aside.sum()), 'face')} too blurred or degraded to recognise "
                          f"({self.clustering.set_aside_reason}); --keep-unrecognisable clusters them too")
         if c.copies:
-            frames = ", or frames given an earlier frame's embedding by --reuse-similar-frames" if self.reused_frames else ""
+            frames = (", or frames given an earlier frame's embedding by --reuse-similar-frames" if self.reused_frames
+                      else "")
             notes.append(f"{count(c.copies, 'face')} embedded the same as another face (copies of an image under other "
                          f"names, as album folders hold them{frames}): counted once by the clustering, each placed in "
                          "the folder of the face it repeats")
