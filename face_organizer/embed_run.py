@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence, Set as AbstractSet
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 COUNTED = ("total_images", "already_done", "changed", "embedded", "faces", "fallback", "no_face", "reused",
-           "failures_gone", "several_faces")
+           "copies", "failures_gone", "several_faces")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class RunSummary:
     fallback: int = 0
     no_face: int = 0
     reused: int = 0
+    copies: int = 0  # images whose bytes an image embedded earlier in the run has: its rows, not embedded again
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_examples: list[tuple[str, str]] = field(default_factory=list)  # the first few, to show
     rows_in_file: int = 0
@@ -100,6 +101,9 @@ class RunSummary:
         ]
         if self.reused:
             out.append(f"near-identical frames that took the embedding of the frame they repeat: {self.reused:,}")
+        if self.copies:
+            out.append(f"copies of an image embedded earlier in this run (the same bytes), which took its rows instead "
+                       f"of being embedded again: {self.copies:,}")
         if self.several_faces:
             out.append(f"images showing another face about as large as the one embedded: {self.several_faces:,} (crops "
                        "mode embeds one face per image, the most central; --mode photos embeds every face)")
@@ -449,6 +453,8 @@ class _JobResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     signatures: dict[str, images.Signature] = field(default_factory=dict)  # the files as they were read
     errors: dict[str, str] = field(default_factory=dict)  # what embedding raised, for each image it failed for
+    digests: dict[str, bytes] = field(default_factory=dict)  # of the images sent to embedding
+    copies: list[tuple[str, bytes]] = field(default_factory=list)  # images whose bytes an earlier batch embedded
 
 
 def _embed_halves(batch: list[tuple[str, NDArray[np.uint8]]], models: FaceModels, options: EmbedOptions,
@@ -468,8 +474,10 @@ def _embed_halves(batch: list[tuple[str, NDArray[np.uint8]]], models: FaceModels
         _embed_halves(batch[middle:], models, options, out)
 
 
-def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceModels, options: EmbedOptions) -> _JobResult:
-    """Decode (when given paths) and embed one batch; one bad image costs only itself."""
+def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceModels, options: EmbedOptions,
+             embedded: Mapping[bytes, _Embedded] | None = None) -> _JobResult:
+    """Decode (when given paths) and embed one batch; one bad image costs only itself. A copy of an image
+    that ``embedded`` holds (by its bytes' digest) is not embedded again: it takes that image's rows."""
     # Paths, or images decoded by a worker process already (never a mixture)
     loaded = loader(cast("list[str]", job)) if job and isinstance(job[0], str) else cast("list[images.Loaded]", job)
     out = _JobResult(signatures={item.path: item.signature for item in loaded if item.signature is not None})
@@ -477,11 +485,31 @@ def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceM
     for item in loaded:
         if item.image is None:
             out.skipped.append((item.path, item.reason or "unreadable"))
+        elif embedded is not None and item.digest is not None and item.digest in embedded:
+            out.copies.append((item.path, item.digest))
         else:
             batch.append((item.path, item.image))
+            if item.digest is not None:
+                out.digests[item.path] = item.digest
     if batch:
         _embed_halves(batch, models, options, out)
     return out
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    """An image embedded in this run, for its copies: its path, and the batch's rows that hold its faces
+    (None: a photo without a face)."""
+
+    path: str
+    rows: FaceRows | None
+
+    def copy_for(self, path: str) -> FaceRows | None:
+        """Its rows under ``path`` (None for a photo without a face)."""
+        if self.rows is None:
+            return None
+        own = self.rows.select(np.asarray([i for i, p in enumerate(self.rows.paths) if p == self.path], np.intp))
+        return FaceRows([path] * len(own), own.embeddings, own.detected, own.det_score, own.bbox, own.face_index)
 
 
 class _Stops:
@@ -600,6 +628,10 @@ def run_embeddings(
     status.start(summary.already_done, len(paths))
     bar = progress_bar(total=len(todo), unit="img", enabled=progress and bool(todo), smoothing=0.1)
     stops = _Stops(models.device, [os.path.abspath(i) for i in inputs])
+    # Images recorded so far, by their bytes' digest: a copy under another name (an album folder beside a year
+    # folder) takes their rows. Written here, read by the streams: a batch in flight is not in it yet, and its
+    # copies are embedded as they were before.
+    embedded: dict[bytes, _Embedded] = {}
 
     def record(job: _JobResult) -> None:
         for path, reason in job.skipped:
@@ -616,7 +648,22 @@ def run_embeddings(
             summary.faces += len(result.rows)
             summary.no_face += len(result.no_face)
             summary.fallback += int((~result.rows.detected).sum())
-        bar.update(len(job.skipped) + sum(n for n, _ in job.results))
+            with_rows = set(result.rows.paths)
+            for path in [*with_rows, *result.no_face]:
+                if (digest := job.digests.get(path)) is not None:
+                    embedded.setdefault(digest, _Embedded(path, result.rows if path in with_rows else None))
+        for path, digest in job.copies:  # their images were recorded by this batch's job or an earlier one
+            rows = embedded[digest].copy_for(path)
+            if rows is None:
+                recorder.rows(FaceRows.empty(models.dim), [path], [], job.signatures)
+                summary.no_face += 1
+            else:
+                recorder.rows(rows, [], [], job.signatures)
+                summary.embedded += 1
+                summary.faces += len(rows)
+                summary.fallback += int((~rows.detected).sum())
+            summary.copies += 1
+        bar.update(len(job.skipped) + sum(n for n, _ in job.results) + len(job.copies))
         bar.set_postfix(fallback=summary.fallback, skipped=sum(summary.skipped.values()), refresh=False)
         recorder.maybe_checkpoint()
         status.write(summary.already_done + summary.processed, len(paths))  # bar.n stays 0 when it is off
@@ -626,7 +673,7 @@ def run_embeddings(
     pending: deque[Future[_JobResult]] = deque()
     try:
         for job in _jobs(todo, workers, batch_size, loader, photos=options.mode == "photos"):
-            pending.append(pool.submit(_run_job, job, loader, models, options))
+            pending.append(pool.submit(_run_job, job, loader, models, options, embedded))
             while len(pending) > 2 * streams:  # bounded read-ahead; results recorded in order
                 record(pending.popleft().result())
         while pending:

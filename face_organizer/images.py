@@ -7,6 +7,7 @@ among half a million is reported, not fatal.
 from __future__ import annotations
 
 import glob
+import hashlib
 import heapq
 import io
 import logging
@@ -627,13 +628,20 @@ class Loaded:
     image: BGRImage | None
     reason: str | None = None
     signature: Signature | None = None  # the file as it was read (None if it could not be opened)
+    digest: bytes | None = None  # of its bytes (``content_digest``), where it was decoded: copies share it
+
+
+def content_digest(data: bytes) -> bytes:
+    """A digest of a file's bytes, the same in every process (Python's own ``hash`` is not): 128-bit
+    BLAKE2b, about a tenth of a millisecond for a 100 kB face crop."""
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def load(path: str) -> Loaded:
     signature = None
     try:
         data, signature = _read(path)
-        return Loaded(path, decode_bytes(data), signature=signature)
+        return Loaded(path, decode_bytes(data), signature=signature, digest=content_digest(data))
     except DecodeError as err:
         return Loaded(path, None, str(err), signature)
     except MemoryError:  # a huge image within OpenCV's limit, on a machine short of memory

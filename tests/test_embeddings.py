@@ -1193,3 +1193,68 @@ def test_photos_run_with_streams_and_decoders(tmp_path, models) -> None:
         assert ef.no_face == [str(folder / "album0" / "wall.png")]
         assert sorted(set(ef.rows.paths)) == sorted(p for p in paths if not p.endswith("wall.png"))
         assert all(ef.rows.face_index[np.array(ef.rows.paths) == p].tolist() == list(range(6)) for p in set(ef.rows.paths))
+
+
+def test_copies_of_an_image_take_its_rows_instead_of_being_embedded_again(video_crops, models, tmp_path,
+                                                                         monkeypatch) -> None:
+    """An album folder of copies (the same bytes under other names) beside the year folder: each copy takes the
+    rows of the image it repeats, to the last bit, without going through detection and recognition; a copy in
+    the same batch as its image is embedded as before. Decoding processes give the digest too."""
+    crops = [p for person in video_crops.values() for p in person[:6]]
+    year, album = tmp_path / "in" / "2017", tmp_path / "in" / "album"
+    for i, crop in enumerate(crops):
+        write_image(year / f"frame_{i:04d}.png", read_image(crop))
+    originals = sorted(discover_images([year]))
+    for path in originals[:4]:  # the first batch: recorded before the album's batches start, whatever the streams do
+        album.mkdir(exist_ok=True)
+        (album / f"copy of {Path(path).name}").write_bytes(Path(path).read_bytes())
+    copies = sorted(discover_images([album]))
+    sent: list[str] = []
+    real = embed_run.embed_batch
+    monkeypatch.setattr(embed_run, "embed_batch",
+                        lambda batch, *a, **k: sent.extend(p for p, _ in batch) or real(batch, *a, **k))
+    for workers in (0, 1):
+        sent.clear()
+        out = tmp_path / f"emb{workers}.pkl"
+        summary = run_embeddings(sorted([*originals, *copies]), out, models, inputs=[str(tmp_path / "in")],
+                                 workers=workers, batch_size=4, streams=2, progress=False)
+        assert summary.copies == len(copies) and summary.embedded == len(originals) + len(copies)
+        assert sorted(sent) == originals  # no copy was detected or recognised
+        ef = embfile.load(out)
+        row = {p: i for i, p in enumerate(ef.rows.paths)}
+        assert sorted(row) == sorted([*originals, *copies])
+        for copied in copies:
+            original = str(year / Path(copied).name.removeprefix("copy of "))
+            for column in (ef.rows.embeddings, ef.rows.detected, ef.rows.det_score, ef.rows.bbox):
+                np.testing.assert_array_equal(column[row[copied]], column[row[original]])
+        assert set(ef.signatures) == set(row)  # each copy's own file, for the next run
+    # Copies only in the same batch as their image: both embedded, as before.
+    sent.clear()
+    again = run_embeddings([originals[0], copies[0]], tmp_path / "one.pkl", models, batch_size=4, progress=False)
+    assert again.copies == 0 and sorted(sent) == sorted([originals[0], copies[0]])
+
+
+def test_a_copied_photo_takes_every_face_it_has_or_its_having_none(models, tmp_path) -> None:
+    """Photos mode: the copy of a group photo takes all its faces (boxes and face numbers), the copy of a photo
+    without a face is one too."""
+    import skimage.data
+
+    group = tmp_path / "in" / "2017" / "t1.jpg"
+    group.parent.mkdir(parents=True)
+    group.write_bytes(insightface_sample("t1.jpg").read_bytes())
+    empty = write_image(tmp_path / "in" / "2017" / "coffee.png", skimage.data.coffee()[:, :, ::-1])
+    album = tmp_path / "in" / "z album"
+    album.mkdir()
+    (album / "t1.jpg").write_bytes(group.read_bytes())
+    (album / "coffee.png").write_bytes(empty.read_bytes())
+    paths = [str(group), str(empty), str(album / "t1.jpg"), str(album / "coffee.png")]
+    summary = run_embeddings(sorted(paths), tmp_path / "e.pkl", models, EmbedOptions(mode="photos"), batch_size=1,
+                             streams=1, progress=False)
+    ef = embfile.load(tmp_path / "e.pkl")
+    assert summary.copies == 2 and summary.no_face == 2 and summary.faces == 12
+    assert sorted(ef.no_face) == sorted([str(empty), str(album / "coffee.png")])
+    ours, theirs = (np.asarray([p == str(f) for p in ef.rows.paths]) for f in (group, album / "t1.jpg"))
+    assert ours.sum() == theirs.sum() == 6
+    np.testing.assert_array_equal(ef.rows.face_index[ours], ef.rows.face_index[theirs])
+    np.testing.assert_array_equal(ef.rows.bbox[ours], ef.rows.bbox[theirs])
+    np.testing.assert_array_equal(ef.rows.embeddings[ours], ef.rows.embeddings[theirs])
