@@ -652,7 +652,7 @@ def run_embeddings(
             for path in [*with_rows, *result.no_face]:
                 if (digest := job.digests.get(path)) is not None:
                     embedded.setdefault(digest, _Embedded(path, result.rows if path in with_rows else None))
-        for path, digest in job.copies:  # their images were recorded by this batch's job or an earlier one
+        for path, digest in job.copies:  # their images were recorded with an earlier job
             rows = embedded[digest].copy_for(path)
             if rows is None:
                 recorder.rows(FaceRows.empty(models.dim), [path], [], job.signatures)
