@@ -25,16 +25,18 @@ from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import sample_collection  # noqa: E402
 
 TESTPACK = Path(__file__).resolve().parents[2] / "shared" / "models" / "testpack"
-MADE = ("input", "embeddings_gpu0.pkl", "clustered")  # what the demo writes in its folder (and their hidden partners)
+# Written first into the demo's folder. Its other names are those of a real workspace (input/, embeddings_gpu0.pkl),
+# so only this file tells a folder the demo made, which it may empty, from a user's.
+MARKER = ".face-organizer-demo"
 
 
 def check_own_folder(out: Path) -> None:
-    """Refuse a folder that holds anything the demo did not make: it is emptied before each run."""
+    """Refuse a folder the demo did not make (no ``MARKER``) unless it is empty: it is emptied before each run."""
     if out.exists() and not out.is_dir():
         raise SetupError(f"--output {out} is a file: name a new folder for the demo")
-    others = sorted(n for n in (os.listdir(out) if out.is_dir() else []) if not n.lstrip(".").startswith(MADE))
-    if others:
-        raise SetupError(f"--output {out} holds files the demo did not make (such as {others[0]}), and the demo empties "
+    held = sorted(os.listdir(out)) if out.is_dir() else []
+    if held and MARKER not in held:
+        raise SetupError(f"--output {out} holds files the demo did not make (such as {held[0]}), and the demo empties "
                          "its folder before each run: name a new folder")
 
 
@@ -48,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_own_folder(out)
     if out.exists():
         shutil.rmtree(out)  # the demo's own folder: always start clean
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by scripts/demo.py, which empties this folder on each run\n")
     pack = resolve_pack(args.model)
     print(f"1/3 making sample face crops with model pack {pack.name} …", file=sys.stderr)
     sample_collection(out / "input", load_face_models(pack, "cpu", 0).detector)

@@ -15,6 +15,8 @@ def test_demo_sorts_each_sample_person_into_one_folder(testpack_dir, tmp_path, m
 
     out = tmp_path / "demo_output"
     assert demo.main(["--output", str(out), "--model", str(testpack_dir)]) == 0
+    (out / "clustered" / "index.html").unlink()
+    assert demo.main(["--output", str(out), "--model", str(testpack_dir)]) == 0  # its own folder: made again
     summary = json.loads((out / "clustered" / "summary.json").read_text())
     folders = {k: v for k, v in summary["clusters"].items() if k != "outliers"}
     assert len(folders) == 8 and all(v == 6 for v in folders.values())  # t1.jpg's six, Tom Hanks, the astronaut
@@ -39,6 +41,11 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path) -> None:
     with pytest.raises(SetupError, match="is a file"):
         demo.main(["--output", str(photos / "2017" / "holiday.jpg")])
     demo.check_own_folder(tmp_path / "new")  # not there yet: made by the run
-    for made in ("input", "clustered", "embeddings_gpu0.pkl", ".embeddings_gpu0.pkl.lock"):
-        (tmp_path / "again" / made).mkdir(parents=True)
-    demo.check_own_folder(tmp_path / "again")  # an earlier demo's: emptied and made again
+    # A workspace laid out as the demo's folder is (input/, embeddings_gpu0.pkl, clustered…/) is not the demo's.
+    workspace = tmp_path / "workspace"
+    for made in ("input/2017", "clustered_faces/person_A"):
+        (workspace / made).mkdir(parents=True)
+    (workspace / "embeddings_gpu0.pkl").write_bytes(b"hours of embedding")
+    with pytest.raises(SetupError, match="holds files the demo did not make"):
+        demo.check_own_folder(workspace)
+    assert (workspace / "embeddings_gpu0.pkl").read_bytes() == b"hours of embedding"
