@@ -181,6 +181,23 @@ def test_every_file_or_folder_argument_refuses_an_empty_one(monkeypatch, capsys,
     assert common.path(" new output") == " new output"  # spaces where nothing exists without them: taken as given
 
 
+def test_a_home_folder_the_shell_left_as_typed_is_expanded(monkeypatch, capsys, tmp_path) -> None:
+    # Shells leave `--output=~/emb.pkl` as typed: the stage made a folder named `~` in the current one.
+    from face_organizer.cli import common
+    from face_organizer.cli.main import main
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert common.path("~/emb.pkl") == f"{tmp_path}/home/emb.pkl"
+    assert common.path("~") == f"{tmp_path}/home"
+    assert common.path("a/~/b") == "a/~/b"
+    assert main(["info", "~/embeddings_gpu0.pkl"]) != 0
+    assert f"Error: {tmp_path}/home/embeddings_gpu0.pkl: no embeddings file" in capsys.readouterr().err
+    (tmp_path / "~").mkdir()  # a folder that is named so is kept as named
+    assert common.path("~/emb.pkl") == "~/emb.pkl"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["~"]
+
+
 @pytest.mark.parametrize(("stage", "option", "value", "message"), [
     ("cluster", "--min-similarity", "2", "a cosine similarity lies between -1 and 1, not 2"),
     ("cluster", "--min-similarity", "high", "not a number: 'high'"),

@@ -344,9 +344,13 @@ def gender(value: str) -> str:
 def path(value: str) -> str:
     """A file or folder argument: an empty one (``--input "$DIR"`` with ``DIR`` unset) is refused, not
     taken for the current folder; so is one that exists only without the spaces around it (a name
-    copied with a space: "input folder not found: /workspace/input/2017 " shows none)."""
+    copied with a space: "input folder not found: /workspace/input/2017 " shows none). A leading ``~``
+    is the home folder, as the shell would have made it: shells leave ``--output=~/emb.pkl`` as typed,
+    which made a folder named ``~`` in the current one (kept where the current folder holds one)."""
     if not value:
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    if value.startswith("~") and not os.path.lexists(value.split(os.sep, 1)[0]):
+        value = os.path.expanduser(value)
     if value != value.strip() and value.strip() and not os.path.lexists(value) and os.path.lexists(value.strip()):
         raise argparse.ArgumentTypeError(f"{value!r} does not exist, but {value.strip()!r} does: a space copied "
                                          "with the name?")
