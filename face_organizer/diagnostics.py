@@ -54,7 +54,8 @@ def cpu_plan() -> list[str]:
 
 
 def image_formats() -> list[str]:
-    """The formats stage 1 reads, and why HEIC or AVIF photos would not be (they are counted and left out)."""
+    """The formats stage 1 reads, and why HEIC, AVIF or JPEG 2000 photos would not be (they are counted and
+    left out)."""
     from . import images
 
     lines = [f"image formats read: {images.READ_FORMATS}"]
@@ -66,6 +67,9 @@ def image_formats() -> list[str]:
         except metadata.PackageNotFoundError:
             pillow = "Pillow is not installed"
         lines.append(f"AVIF photos are not read: {pillow}")
+    if ".jp2" not in images.IMAGE_EXTENSIONS:
+        lines.append("JPEG 2000 photos are not read: this OpenCV build has no JPEG 2000 decoder (see its "
+                     "cv2.getBuildInformation())")
     return lines
 
 

@@ -101,17 +101,28 @@ def _gif() -> Any:
     return GifImagePlugin
 
 
+def _opencv_reads_jpeg2000() -> bool:
+    """Whether this OpenCV build decodes JPEG 2000 (through OpenJPEG, as its wheels are built)."""
+    info = cv2.getBuildInformation()
+    line = next((line for line in info.splitlines() if line.strip().startswith("JPEG 2000:")), "")
+    return bool(line) and line.split(":", 1)[1].strip().upper() != "NO"
+
+
+# JPEG 2000 (scanned photo archives; macOS can save it): read by OpenCV itself where its build has a decoder.
+JPEG2000_EXTENSIONS = frozenset({".jp2", ".j2k"})  # the file format, and the bare codestream
 # .jfif: JPEG photos saved from the web on Windows (browsers named them so for years); .jpe: JPEG too.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff"}) | (
     HEIF_EXTENSIONS if _heif() is not None else frozenset()) | (
     frozenset({".avif"}) if _avif() is not None else frozenset()) | (
-    frozenset({".gif"}) if _gif() is not None else frozenset())
+    frozenset({".gif"}) if _gif() is not None else frozenset()) | (
+    JPEG2000_EXTENSIONS if _opencv_reads_jpeg2000() else frozenset())
 # As messages name them.
 READ_FORMATS = "jpg, jpeg, jfif, png, webp, bmp, tif" + "".join(
-    f", {name}" for name, ext in (("heic", ".heic"), ("avif", ".avif"), ("gif", ".gif")) if ext in IMAGE_EXTENSIONS)
+    f", {name}" for name, ext in (("heic", ".heic"), ("avif", ".avif"), ("gif", ".gif"), ("jp2", ".jp2"))
+    if ext in IMAGE_EXTENSIONS)
 # Photo formats a library may hold that are not read here: named in a warning, not left out silently.
-OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3",
-                                    ".nef", ".arw", ".orf", ".rw2", ".raf"}) - IMAGE_EXTENSIONS
+OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif", ".gif", ".jxl", ".jp2", ".j2k", ".dng", ".cr2",
+                                    ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf"}) - IMAGE_EXTENSIONS
 # Videos: the crops this tool sorts are extracted from them first (by another tool); counted, so that a folder of
 # videos alone is not simply "no images".
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".wmv", ".mts", ".m2ts", ".3gp",

@@ -234,9 +234,11 @@ def _good_and_bad(tmp_path: Path, video_crops) -> tuple[Path, list[Path]]:
     return folder, good
 
 
-def test_heic_and_avif_photos_are_embedded_as_their_jpeg_twins(tmp_path, lfw, lfw_labels, testpack_dir) -> None:
-    # A photo library from an iPhone is HEIC, some Android phones save AVIF; such photos were left out as a
-    # format not read here.
+def test_heic_avif_and_jpeg2000_photos_are_embedded_as_their_jpeg_twins(tmp_path, lfw, lfw_labels,
+                                                                        testpack_dir) -> None:
+    # A photo library from an iPhone is HEIC, some Android phones save AVIF, scanned archives JPEG 2000; such
+    # photos were left out as a format not read here.
+    from PIL import Image
     from test_images import _avif, _heic
 
     photos = [lfw / r["path"] for r in lfw_labels if r["identity"] == "Tony_Blair"][:4]
@@ -247,14 +249,17 @@ def test_heic_and_avif_photos_are_embedded_as_their_jpeg_twins(tmp_path, lfw, lf
         cv2.imwrite(str(folder / "jpeg" / f"{i}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
         _heic(folder / "iphone" / f"IMG_{i}.HEIC", image, orientation=6 if i % 2 else 1)
         _avif(folder / "android" / f"PXL_{i}.avif", image, orientation=1 if i % 2 else 6)
+        (folder / "scans").mkdir(exist_ok=True)
+        Image.fromarray(image[:, :, ::-1]).save(folder / "scans" / f"{i}.{'J2K' if i % 2 else 'jp2'}", "JPEG2000")
     emb = tmp_path / "emb.pkl"
     assert run_cli(["--input", str(folder), "--output", str(emb), "--model", str(testpack_dir), "-q"]) == 0
     ef = embfile.load(emb)
-    assert not ef.failed and len(ef.rows.paths) == 12 and ef.rows.detected.all()
+    assert not ef.failed and len(ef.rows.paths) == 16 and ef.rows.detected.all()
     row = {Path(p).relative_to(folder).as_posix(): e for p, e in zip(ef.rows.paths, ef.rows.embeddings)}
     for i in range(len(photos)):  # the same face: the compression, turned or not, changes little
         assert float(row[f"iphone/IMG_{i}.HEIC"] @ row[f"jpeg/{i}.jpg"]) > 0.95, i
         assert float(row[f"android/PXL_{i}.avif"] @ row[f"jpeg/{i}.jpg"]) > 0.95, i
+        assert float(row[f"scans/{i}.{'J2K' if i % 2 else 'jp2'}"] @ row[f"jpeg/{i}.jpg"]) > 0.95, i
 
 
 def test_cli_skips_and_reports_bad_files(tmp_path, video_crops, testpack_dir, capsys, monkeypatch) -> None:

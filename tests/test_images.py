@@ -175,7 +175,7 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     # may not be readable: both are said, not left out silently; other files are no concern.
     img = _face_like()
     kept = write_image(tmp_path / "2019" / "a.jpg", img)
-    for name in ("IMG_0001.JXL", "IMG_0002.jxl", "DSC_0003.NEF", "scan.jp2"):
+    for name in ("IMG_0001.JXL", "IMG_0002.jxl", "DSC_0003.NEF", "DSC_0004.dng"):
         (tmp_path / "2019" / name).write_bytes(b"\0" * 16)
     (tmp_path / "2019" / "movie.mov").write_bytes(b"\0" * 16)
     (tmp_path / "2019" / "notes.txt").write_text("x")
@@ -192,7 +192,7 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     caplog.set_level("WARNING")
     assert discover_images([tmp_path]) == [str(kept)]
     assert f"cannot read folder {locked} (Permission denied): its images are left out" in caplog.text
-    assert "left out 4 photos in formats not read here (.jxl: 2; .jp2: 1; .nef: 1)" in caplog.text
+    assert "left out 4 photos in formats not read here (.jxl: 2; .dng: 1; .nef: 1)" in caplog.text
     assert ".mov" not in caplog.text and ".txt" not in caplog.text
     caplog.clear()
     monkeypatch.setattr(os, "scandir", real_scandir)
@@ -249,7 +249,7 @@ def test_missing_input_folder(tmp_path: Path, caplog) -> None:
                                ) == [str(tmp_path / "in" / "a.png")]
     assert caplog.messages == [f"{tmp_path / '2017.tar.gz'} is an archive: left out (unpack it and name the folder)",
                                f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, jfif, png, webp, bmp, tif, heic, "
-                               "avif, gif): left out",
+                               "avif, gif, jp2): left out",
                                "left out 1 photo in formats not read here (.jxl: 1); convert them to JPEG or PNG to "
                                "include them"]
 
@@ -263,6 +263,27 @@ def test_jpeg_photos_under_the_names_windows_gave_them_are_read(tmp_path: Path) 
     (tmp_path / "a.jpg").unlink()
     assert discover_images([tmp_path]) == sorted(str(tmp_path / n) for n in names)
     assert all(load(str(tmp_path / n)).reason is None for n in names)
+
+
+def test_jpeg2000_photos_are_read(tmp_path: Path) -> None:
+    # JPEG 2000 (scanned photo archives, macOS) was counted as a format not read here and left out.
+    from PIL import Image
+
+    base = _gradient()
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(np.ascontiguousarray(base[:, :, ::-1])).save(scans / "1994_001.JP2", "JPEG2000")  # lossless
+    Image.fromarray(np.ascontiguousarray(base[:, :, ::-1])).save(scans / "1994_002.j2k", "JPEG2000")
+    deep = (base[:, :, 1].astype(np.uint16) * 257)  # a 16-bit grey scan
+    Image.fromarray(deep).save(scans / "1994_003.jp2", "JPEG2000")
+    assert (scans / "1994_001.JP2").read_bytes()[4:8] == b"jP  " and (scans / "1994_002.j2k").read_bytes()[:2] == b"\xffO"
+    assert discover_images([tmp_path]) == [str(scans / n) for n in ("1994_001.JP2", "1994_002.j2k", "1994_003.jp2")]
+    np.testing.assert_array_equal(read_image(scans / "1994_001.JP2"), base)
+    np.testing.assert_array_equal(read_image(scans / "1994_002.j2k"), base)
+    np.testing.assert_array_equal(read_image(scans / "1994_003.jp2"), np.dstack([base[:, :, 1]] * 3))
+    data = (scans / "1994_001.JP2").read_bytes()
+    (tmp_path / "cut.jp2").write_bytes(data[: len(data) // 2])
+    assert load(str(tmp_path / "cut.jp2")).reason == "not a decodable image (corrupt, truncated or not an image)"
 
 
 def test_decoding_variants(tmp_path: Path) -> None:
