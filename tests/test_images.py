@@ -276,7 +276,8 @@ def test_jpeg2000_photos_are_read(tmp_path: Path) -> None:
     Image.fromarray(np.ascontiguousarray(base[:, :, ::-1])).save(scans / "1994_002.j2k", "JPEG2000")
     deep = (base[:, :, 1].astype(np.uint16) * 257)  # a 16-bit grey scan
     Image.fromarray(deep).save(scans / "1994_003.jp2", "JPEG2000")
-    assert (scans / "1994_001.JP2").read_bytes()[4:8] == b"jP  " and (scans / "1994_002.j2k").read_bytes()[:2] == b"\xffO"
+    assert (scans / "1994_001.JP2").read_bytes()[4:8] == b"jP  "  # the file format
+    assert (scans / "1994_002.j2k").read_bytes()[:2] == b"\xffO"  # the bare codestream
     assert discover_images([tmp_path]) == [str(scans / n) for n in ("1994_001.JP2", "1994_002.j2k", "1994_003.jp2")]
     np.testing.assert_array_equal(read_image(scans / "1994_001.JP2"), base)
     np.testing.assert_array_equal(read_image(scans / "1994_002.j2k"), base)
