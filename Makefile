@@ -47,7 +47,7 @@ test: setup-test
 	$(BIN)/python docker/lock.py --check
 	FACE_ORGANIZER_SHARED=$(SHARED) $(BIN)/python -m pytest -q
 
-# Static types of the package, scripts and benchmarks (pyproject.toml's [tool.mypy]); not part of `make test`, as
+# Static types of the package, scripts, benchmarks and tests (pyproject.toml's [tool.mypy]); not part of `make test`, as
 # each release of mypy or numpy's stubs may find new complaints in code that runs the same.
 typecheck: setup-test
 	$(BIN)/python -m pip install --quiet "mypy>=1.10"

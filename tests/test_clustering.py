@@ -147,8 +147,9 @@ def test_next_years_faces_go_to_the_same_person_folders(two_person, interviewer,
                     "--people-from", str(first), "-q"]) == 0
     printed = capsys.readouterr().out
     assert "outliers/ also holds 1 group of alike faces that are none of the earlier run's people" in printed
-    rows = {r["path"]: r["cluster"] for r in csv.DictReader(open(third / "clusters.csv", newline="", encoding="utf-8"))}
-    assert np.mean([rows[p] == "outliers" for p in interviewer[1]]) >= 0.9
+    with open(third / "clusters.csv", newline="", encoding="utf-8") as handle:
+        placed = {r["path"]: r["cluster"] for r in csv.DictReader(handle)}
+    assert np.mean([placed[p] == "outliers" for p in interviewer[1]]) >= 0.9
 
     with pytest.raises(SystemExit) as usage:
         run_cli(["--embeddings", str(years["2018"]), "--output", str(tmp_path / "x"), "--people-from", str(first),
@@ -507,7 +508,8 @@ def test_second_pass_gives_occluded_faces_their_person_and_leaves_strangers_out(
     pred = [[f"c{c}" if c >= 0 else f"o{i}" for i, c in enumerate(r.labels)] for r in (first, both)]
     before, after = bcubed(truth, pred[0]), bcubed(truth, pred[1])
     assert after.recall >= before.recall + 0.03 and after.precision >= 0.99, (before, after)
-    assert both.attach_cutoff < both.threshold and "other clusters' centres" in both.attach_source
+    assert both.attach_cutoff is not None and both.attach_cutoff < both.threshold
+    assert "other clusters' centres" in both.attach_source
     # A cut-off given by the user is the only rule.
     assert graph_clusters(ef.rows.embeddings, min_similarity=first.threshold).attach_cutoff is None
 
@@ -633,7 +635,7 @@ def test_people_from_an_auto_run_use_its_face_to_centre_cut_off(lfw_crops, tmp_p
     right = [t == person[c] for t, c in zip(truth[1], second.labels) if c >= 0]
     # Faces of people with a folder of three or more (a folder of two is a weaker centre).
     sizes = np.bincount(first.labels[first.labels >= 0])
-    theirs = sum(t in {person[c] for c in np.nonzero(sizes >= 3)[0]} for t in truth[1])
+    theirs = sum(t in {person[int(c)] for c in np.nonzero(sizes >= 3)[0]} for t in truth[1])
     assert sum(right) >= 0.98 * len(right) and sum(right) >= 0.93 * theirs
     assert len(right) > sum(strict.labels >= 0)
     seen_once = {t for t in truth[1] if t not in truth[0]}
@@ -881,7 +883,7 @@ def _exactly_one_place(ef, report) -> None:
 
 def _interrupted_after(placed: int, ef, output: str, config: ClusterConfig, monkeypatch) -> list[str]:
     """Run ``cluster_faces`` until a Ctrl-C after ``placed`` files; the sources it placed."""
-    real_place, calls = organize.place, []
+    real_place, calls = organize.place, list[str]()
 
     def dying_place(source, dest, mode, **options):
         if len(calls) == placed:
@@ -914,7 +916,7 @@ def test_an_input_that_goes_away_part_way_stops_the_placement(two_person, tmp_pa
     ef = private_copy(two_person, tmp_path)
     out, private = tmp_path / "out", tmp_path / "input"
     config = ClusterConfig(clusters=2, link_mode=mode, previews=False)
-    real_place, calls = organize.place, []
+    real_place, calls = organize.place, list[str]()
 
     def unplugged_after_ten(source, dest, how, **options):
         calls.append(source)
@@ -945,7 +947,7 @@ def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tm
     assert ef.rows.paths.count(group) >= 2
     out = tmp_path / "out"
     config = ClusterConfig(clusters=2, link_mode="move")
-    real_place, calls = organize.place, []
+    real_place, calls = organize.place, list[tuple[str, str]]()
 
     def dying_place(source, dest, mode, **options):  # power cut after the group photo's copy, before its move
         if calls and calls[-1] == (group, "copy"):
@@ -1165,7 +1167,7 @@ def test_cross_device_move_interrupted_between_copy_and_delete(two_person, tmp_p
     def no_rename(src, dst):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    real_unlink, unlinked = os.unlink, []
+    real_unlink, unlinked = os.unlink, list[str]()
 
     def dying_unlink(path, *a, **k):
         if str(path) in ef.rows.paths and len(unlinked) == 3:
@@ -1257,7 +1259,7 @@ def test_hard_links_across_two_mounts_of_one_filesystem_are_refused_before_the_f
 def test_disk_full_half_way_is_one_line_and_the_rerun_finishes(two_person, tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "out"
     base = ["--embeddings", str(two_person[0]), "--output", str(out), "-q", "--no-previews"]
-    real_copy, copies = organize._copy_atomic, []
+    real_copy, copies = organize._copy_atomic, list[str]()
 
     def filling_copy(source, dest, *args):
         if len(copies) == 20:
@@ -1299,7 +1301,7 @@ def test_copies_a_power_cut_emptied_after_the_last_flush_are_copied_again(two_pe
     out = tmp_path / "out"
     config = ClusterConfig(clusters=2, previews=False)
     monkeypatch.setattr(organize, "SYNC_EVERY", 10)
-    real_copy, copies = organize._copy_atomic, []
+    real_copy, copies = organize._copy_atomic, list[str]()
 
     def cut_copy(source, dest, *args):
         if len(copies) == 25:
@@ -1771,6 +1773,7 @@ def test_faces_set_aside_are_outliers_with_their_nearest_centre() -> None:
     x = np.concatenate([_faces_around(a, 40, rng), _faces_around(b, 30, rng), _faces_around(a, 3, rng, 0.3)])
     keep = np.arange(70)
     result = with_set_aside(kmeans(x[keep], 2), keep, x, "test")
+    assert result.set_aside is not None
     assert (result.labels[70:] == -1).all() and result.set_aside[70:].all() and not result.set_aside[:70].any()
     np.testing.assert_allclose(result.similarity[70:], (x[70:] @ result.centres.T).max(axis=1), atol=1e-5)
     nothing = with_set_aside(kmeans(x[:0], 2), np.arange(0), x, "test")

@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 import pytest
@@ -58,12 +59,13 @@ def test_cpus_and_what_stage_1_plans_from_them_are_reported(monkeypatch) -> None
 
 
 def test_kernels_left_to_the_cpu_are_named() -> None:
-    def kernel(provider: str, op: str) -> dict:
+    def kernel(provider: str, op: str) -> dict[str, Any]:
         return {"cat": "Node", "name": f"n_{op}_kernel_time", "args": {"provider": provider, "op_name": op}}
 
-    profile = [{"cat": "Session", "name": "model_run"}, {"cat": "Node", "name": "n_fence_before", "args": {}},
-               kernel("CPUExecutionProvider", "Transpose"), kernel("CPUExecutionProvider", "Gather"),
-               kernel("CPUExecutionProvider", "Transpose")] + [kernel("CUDAExecutionProvider", "Conv")] * 50
+    session: list[dict[str, Any]] = [{"cat": "Session", "name": "model_run"},
+                                     {"cat": "Node", "name": "n_fence_before", "args": {}}]
+    profile = session + [kernel("CPUExecutionProvider", "Transpose"), kernel("CPUExecutionProvider", "Gather"),
+                         kernel("CPUExecutionProvider", "Transpose")] + [kernel("CUDAExecutionProvider", "Conv")] * 50
     placement = d.kernel_placement(profile)
     assert placement == {"CPUExecutionProvider": ["Transpose", "Gather", "Transpose"], "CUDAExecutionProvider": ["Conv"] * 50}
     assert d.describe_placement(placement, "CUDAExecutionProvider") == (

@@ -14,7 +14,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -91,9 +91,11 @@ def test_photos_cropped_to_the_face_are_found_and_non_faces_are_not(utkface, mod
     assert len(unpadded.no_face) == len(portraits)  # what the retry is for
     as_crops = embed_batch([(p, read_image(p)) for p in portraits], models, EmbedOptions(mode="crops"))
     assert np.median(np.sum(result.rows.embeddings * as_crops.rows.embeddings, axis=1)) > 0.95
-    scenes = {name: getattr(skimage.data, name)() for name in ("coffee", "rocket", "chelsea", "horse", "coins", "brick")}
+    pictures = {name: getattr(skimage.data, name)() for name in ("coffee", "rocket", "chelsea", "horse", "coins",
+                                                                  "brick")}
     scenes = [(name, cv2.cvtColor(np.uint8(img) * (255 if img.dtype == bool else 1),
-                                  cv2.COLOR_GRAY2BGR if img.ndim == 2 else cv2.COLOR_RGB2BGR)) for name, img in scenes.items()]
+                                  cv2.COLOR_GRAY2BGR if img.ndim == 2 else cv2.COLOR_RGB2BGR))
+              for name, img in pictures.items()]
     assert embed_batch(scenes, models, EmbedOptions(mode="photos")).no_face == [name for name, _ in scenes]
 
 
@@ -138,7 +140,9 @@ def test_each_images_rows_are_read_from_the_batch_output_without_copying_it() ->
     per_image = np.arange(images * positions * anchors * channels, dtype=np.float32).reshape(images, positions * anchors, channels)
     interleaved = per_image.reshape(images, positions, anchors, channels).transpose(1, 0, 2, 3).reshape(-1, channels)
     keep = np.array([0, 3, 4, 9], np.intp)
-    for output, layout in ((interleaved, "anchor"), (per_image.reshape(-1, channels), "image"), (per_image, "image")):
+    layouts: tuple[tuple[np.ndarray, Literal["image", "anchor"]], ...] = (
+        (interleaved, "anchor"), (per_image.reshape(-1, channels), "image"), (per_image, "image"))
+    for output, layout in layouts:
         parts = split_batch(output, images, layout, anchors)
         assert len(parts) == images and all(np.shares_memory(part, output) for part in parts)
         for i, part in enumerate(parts):

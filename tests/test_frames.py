@@ -115,8 +115,8 @@ def test_cli_reuse_flag(tmp_path, video_crops, testpack_dir, capsys) -> None:
     assert common.run(cluster_main, ["--embeddings", str(out), "--output", str(tmp_path / "sorted"),
                                      "--clusters", "auto", "-q", "--no-previews"]) == 0
     with open(tmp_path / "sorted" / "clusters.csv", encoding="utf-8", newline="") as handle:
-        folder = {row["path"]: row["cluster"] for row in csv.DictReader(handle)}
-    assert all(folder[frame] == folder[source] for frame, source in reused.items())
+        placed = {row["path"]: row["cluster"] for row in csv.DictReader(handle)}
+    assert all(placed[frame] == placed[source] for frame, source in reused.items())
     assert (f"{len(reused)} faces embedded the same as another face (copies of an image under other names, as album "
             "folders hold them, or frames given an earlier frame's embedding by --reuse-similar-frames): counted once "
             "by the clustering") in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -80,7 +81,8 @@ class _Watched:
 
     def __init__(self, inner, stop_after: int | None = None, name: str | None = None, fail_after: int | None = None,
                  device: str | None = None):
-        self.inner, self.stop_after, self.fail_after, self.asked = inner, stop_after, fail_after, []
+        self.inner, self.stop_after, self.fail_after = inner, stop_after, fail_after
+        self.asked: list[str] = []
         self.device, self.name = device or inner.device, name or inner.name
 
     def predict(self, items):
@@ -116,7 +118,7 @@ def test_interrupted_filter_continues_where_it_stopped(utkface, predictor, tmp_p
     (folder / "000_broken.jpg").write_text("not an image")  # sorts first
     paths = sorted(str(p) for p in folder.iterdir())
     decodable = [p for p in paths if not p.endswith("000_broken.jpg")]
-    run = dict(workers=0, batch_size=4, progress=False)
+    run: dict[str, Any] = dict(workers=0, batch_size=4, progress=False)
 
     whole = _Watched(predictor)
     filter_by_gender(paths, [str(folder)], str(tmp_path / "whole"), "Woman", whole, **run)
@@ -157,7 +159,7 @@ def test_a_gpu_that_fails_part_way_stops_the_filter_in_one_line_with_its_progres
                                                                                          tmp_path) -> None:
     # ONNX Runtime's error ended the run in a traceback, which said nothing of what to do.
     folder, paths = _some_faces(utkface, tmp_path / "input", 12)
-    run = dict(workers=0, batch_size=4, progress=False)
+    run: dict[str, Any] = dict(workers=0, batch_size=4, progress=False)
     out = tmp_path / "women"
     with pytest.raises(RunStopped) as stopped:
         failing = _Watched(predictor, fail_after=8, device="cuda")
@@ -180,7 +182,7 @@ def test_an_input_that_goes_away_part_way_stops_the_filter_and_its_images_are_pr
     # A drive unplugged mid-run: every image left was listed under 'errors' and the run exited 0; and
     # an interrupted run's unreadable images were trusted as such by the next run, never read again.
     folder, paths = _some_faces(utkface, tmp_path / "input", 80)
-    run = dict(workers=0, batch_size=4, progress=False)
+    run: dict[str, Any] = dict(workers=0, batch_size=4, progress=False)
 
     class Unplugging(_Watched):
         def predict(self, items):
@@ -213,7 +215,7 @@ def test_the_same_command_again_predicts_only_images_new_or_changed_since(utkfac
     folder.mkdir()
     for r in rows[:10]:
         (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
-    run = dict(workers=0, batch_size=4, progress=False)
+    run: dict[str, Any] = dict(workers=0, batch_size=4, progress=False)
     out = tmp_path / "women"
 
     def paths() -> list[str]:
@@ -253,7 +255,7 @@ def test_the_same_command_again_predicts_only_images_new_or_changed_since(utkfac
 def test_a_copy_edited_in_the_output_is_kept_when_the_same_command_runs_again(utkface, predictor, tmp_path) -> None:
     folder, paths = _some_faces(utkface, tmp_path / "input", 12)
     out = tmp_path / "women"
-    run = dict(workers=0, batch_size=4, progress=False)
+    run: dict[str, Any] = dict(workers=0, batch_size=4, progress=False)
     first = filter_by_gender(paths, [str(folder)], str(out), "Woman", predictor, **run)
     copies = sorted(p for p in out.rglob("*") if p.is_file() and p.suffix in (".jpg", ".png"))
     assert first.matches >= 2 and len(copies) == first.matches
@@ -286,7 +288,7 @@ def test_the_same_command_again_places_the_matches_of_a_folder_that_grew(utkface
     folder.mkdir()
     for r in women[:3] + men[:1]:
         (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
-    run = dict(workers=0, batch_size=4, progress=False, link_mode=link_mode)
+    run: dict[str, Any] = dict(workers=0, batch_size=4, progress=False, link_mode=link_mode)
     out = tmp_path / "women"
 
     def paths() -> list[str]:
@@ -352,7 +354,7 @@ def test_an_interrupted_placement_goes_on_over_a_folder_changed_since(utkface, p
     folder.mkdir()
     for r in women[:4]:
         (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
-    run = dict(workers=0, batch_size=4, progress=False, link_mode=link_mode)
+    run: dict[str, Any] = dict(workers=0, batch_size=4, progress=False, link_mode=link_mode)
     out = tmp_path / "women"
 
     def paths() -> list[str]:
@@ -493,7 +495,7 @@ def test_a_confidence_at_the_threshold_is_decided_alike_when_read_back(utkface, 
     image = tmp_path / "input" / "face.jpg"
     image.parent.mkdir()
     image.write_bytes((utkface / read_labels(utkface)[0]["path"]).read_bytes())
-    run = dict(min_confidence=0.5, workers=0, batch_size=4, progress=False)
+    run: dict[str, Any] = dict(min_confidence=0.5, workers=0, batch_size=4, progress=False)
     out = tmp_path / "women"
     first = filter_by_gender([str(image)], [str(image.parent)], str(out), "Woman", AtThreshold(), **run)
     again = filter_by_gender([str(image)], [str(image.parent)], str(out), "Woman", AtThreshold(), **run)

@@ -24,7 +24,7 @@ def test_list_by_list_search_finds_what_faiss_finds() -> None:
     index.add(x)
     index.nprobe = nprobe
     want_s, want_i = index.search(x, k)
-    done = []
+    done: list[int] = []
     got_s, got_i = self_search(x, index.quantizer, nlist, nprobe, k, on_list=done.append)
     assert len(done) == nlist
     np.testing.assert_allclose(got_s, want_s, atol=1e-5)  # most similar first, as FAISS orders them

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -22,6 +21,7 @@ from face_organizer.cli.embed import main as embed_main
 from face_organizer.cli.multigpu import main as multi_main
 from face_organizer.cluster_stage import load_embeddings
 from face_organizer.errors import EmbeddingsFileError, SetupError
+from face_organizer.images import read_image
 from face_organizer.multigpu import parse_gpus, shard
 
 from conftest import ROOT, child_processes, needs_proc, wait_gone
@@ -64,7 +64,7 @@ def test_reuse_of_frames_finds_as_many_repeats_over_two_workers_as_in_one_run(vi
     rng = np.random.default_rng(0)
     folder = tmp_path / "input" / "2019"
     for i, crop in enumerate(p for c in video_crops.values() for p in c[:8]):
-        for f, frame in enumerate(shot_frames(cv2.imread(str(crop)), 4, rng)):
+        for f, frame in enumerate(shot_frames(read_image(crop), 4, rng)):
             write_image(folder / f"frame_{i:03d}_{f}.png", frame)
     args = ["--model", str(testpack_dir), "--device", "cpu", "--workers", "0", "--reuse-similar-frames", "-q"]
     assert common.run(embed_main, ["--input", str(folder), "--output", str(tmp_path / "one.pkl"), *args]) == 0

@@ -129,7 +129,7 @@ def test_undo_overwrites_nothing_and_an_interrupted_undo_finishes(two_person, tm
     ef, content, out = _moved(two_person, tmp_path)
     taken = sorted(content)[5]
     Path(taken).write_bytes(b"a new file at the same path")  # an extractor wrote a new frame there since
-    real_place, calls = organize.place, []
+    real_place, calls = organize.place, list[str]()
 
     def dying_place(source, dest, mode, **options):
         if len(calls) == 10:
