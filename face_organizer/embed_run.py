@@ -17,7 +17,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -477,22 +477,31 @@ def _embed_halves(batch: list[tuple[str, NDArray[np.uint8]]], models: FaceModels
 def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceModels, options: EmbedOptions,
              embedded: Mapping[bytes, _Embedded] | None = None) -> _JobResult:
     """Decode (when given paths) and embed one batch; one bad image costs only itself. A copy of an image
-    that ``embedded`` holds (by its bytes' digest) is not embedded again: it takes that image's rows."""
+    that ``embedded`` holds (by its bytes' digest), or of one earlier in this batch, is not embedded again: it
+    takes that image's rows (where that image failed to embed, the copy fails with it)."""
     # Paths, or images decoded by a worker process already (never a mixture)
     loaded = loader(cast("list[str]", job)) if job and isinstance(job[0], str) else cast("list[images.Loaded]", job)
     out = _JobResult(signatures={item.path: item.signature for item in loaded if item.signature is not None})
     batch = []
+    in_batch: dict[bytes, str] = {}  # each digest's first image in this batch
     for item in loaded:
         if item.image is None:
             out.skipped.append((item.path, item.reason or "unreadable"))
-        elif embedded is not None and item.digest is not None and item.digest in embedded:
+        elif embedded is not None and item.digest is not None and (item.digest in embedded or item.digest in in_batch):
             out.copies.append((item.path, item.digest))
         else:
             batch.append((item.path, item.image))
             if item.digest is not None:
                 out.digests[item.path] = item.digest
+                in_batch.setdefault(item.digest, item.path)
     if batch:
         _embed_halves(batch, models, options, out)
+    failed = dict(out.skipped)  # this batch's images that failed, by path
+    orphans = [(path, failed[source]) for path, digest in out.copies if (source := in_batch.get(digest)) in failed]
+    if orphans:
+        out.skipped += orphans
+        gone = {path for path, _ in orphans}
+        out.copies = [(path, digest) for path, digest in out.copies if path not in gone]
     return out
 
 
@@ -510,6 +519,22 @@ class _Embedded:
             return None
         own = self.rows.select(np.asarray([i for i, p in enumerate(self.rows.paths) if p == self.path], np.intp))
         return FaceRows([path] * len(own), own.embeddings, own.detected, own.det_score, own.bbox, own.face_index)
+
+
+def _late_copies(result: BatchResult, digests: Mapping[str, bytes],
+                 embedded: Mapping[bytes, _Embedded]) -> tuple[BatchResult, list[tuple[str, bytes]]]:
+    """``result`` without its images whose bytes an image recorded before has, and those images with their
+    digests. Its batch started while that image's batch was still in flight, so they were embedded; they
+    take that image's rows all the same, as the copies found before embedding do: which copies a run
+    finds before embedding depends on how its streams ran, the rows it writes do not."""
+    late = {path: digest for path in {*result.rows.paths, *result.no_face}
+            if (digest := digests.get(path)) is not None and digest in embedded}
+    if not late:
+        return result, []
+    keep = np.asarray([i for i, path in enumerate(result.rows.paths) if path not in late], np.intp)
+    return replace(result, rows=result.rows.select(keep), no_face=[p for p in result.no_face if p not in late],
+                   reused=[(frame, source) for frame, source in result.reused if frame not in late],
+                   several=[p for p in result.several if p not in late]), sorted(late.items())
 
 
 class _Stops:
@@ -629,8 +654,8 @@ def run_embeddings(
     bar = progress_bar(total=len(todo), unit="img", enabled=progress and bool(todo), smoothing=0.1)
     stops = _Stops(models.device, [os.path.abspath(i) for i in inputs])
     # Images recorded so far, by their bytes' digest: a copy under another name (an album folder beside a year
-    # folder) takes their rows. Written here, read by the streams: a batch in flight is not in it yet, and its
-    # copies are embedded as they were before.
+    # folder) takes their rows. Written here, read by the streams: a batch in flight is not in it yet, so its
+    # copies in other batches are embedded, and take its rows when recorded (``_late_copies``).
     embedded: dict[bytes, _Embedded] = {}
 
     def record(job: _JobResult) -> None:
@@ -640,7 +665,11 @@ def run_embeddings(
             if len(summary.skipped_examples) < SKIPPED_SHOWN:
                 summary.skipped_examples.append((path, reason))
             log.debug("skipped %s: %s", path, reason)
+        copies = list(job.copies)
         for n_images, result in job.results:
+            result, late = _late_copies(result, job.digests, embedded)
+            copies += late
+            n_images -= len(late)
             recorder.rows(result.rows, result.no_face, result.reused, job.signatures)
             summary.reused += len(result.reused)
             summary.several_faces += len(result.several)
@@ -652,7 +681,7 @@ def run_embeddings(
             for path in [*with_rows, *result.no_face]:
                 if (digest := job.digests.get(path)) is not None:
                     embedded.setdefault(digest, _Embedded(path, result.rows if path in with_rows else None))
-        for path, digest in job.copies:  # their images were recorded with an earlier job
+        for path, digest in copies:  # their images were recorded with an earlier job, or earlier in this one
             rows = embedded[digest].copy_for(path)
             if rows is None:
                 recorder.rows(FaceRows.empty(models.dim), [path], [], job.signatures)

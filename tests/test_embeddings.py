@@ -1207,8 +1207,9 @@ def test_photos_run_with_streams_and_decoders(tmp_path, models) -> None:
 def test_copies_of_an_image_take_its_rows_instead_of_being_embedded_again(video_crops, models, tmp_path,
                                                                          monkeypatch) -> None:
     """An album folder of copies (the same bytes under other names) beside the year folder: each copy takes the
-    rows of the image it repeats, to the last bit, without going through detection and recognition; a copy in
-    the same batch as its image is embedded as before. Decoding processes give the digest too."""
+    rows of the image it repeats, to the last bit, without going through detection and recognition, also a copy
+    in the same batch as its image (as `photo (1).jpg` beside `photo.jpg` is). Decoding processes give the
+    digest too."""
     crops = [p for person in video_crops.values() for p in person[:6]]
     year, album = tmp_path / "in" / "2017", tmp_path / "in" / "album"
     for i, crop in enumerate(crops):
@@ -1222,11 +1223,11 @@ def test_copies_of_an_image_take_its_rows_instead_of_being_embedded_again(video_
     real = embed_run.embed_batch
     monkeypatch.setattr(embed_run, "embed_batch",
                         lambda batch, *a, **k: sent.extend(p for p, _ in batch) or real(batch, *a, **k))
-    for workers in (0, 1):
+    for workers in (0, 1):  # one stream: the first batch is recorded before the album's batch is submitted
         sent.clear()
         out = tmp_path / f"emb{workers}.pkl"
         summary = run_embeddings(sorted([*originals, *copies]), out, models, inputs=[str(tmp_path / "in")],
-                                 workers=workers, batch_size=4, streams=2, progress=False)
+                                 workers=workers, batch_size=4, streams=1, progress=False)
         assert summary.copies == len(copies) and summary.embedded == len(originals) + len(copies)
         assert sorted(sent) == originals  # no copy was detected or recognised
         ef = embfile.load(out)
@@ -1237,10 +1238,45 @@ def test_copies_of_an_image_take_its_rows_instead_of_being_embedded_again(video_
             for column in (ef.rows.embeddings, ef.rows.detected, ef.rows.det_score, ef.rows.bbox):
                 np.testing.assert_array_equal(column[row[copied]], column[row[original]])
         assert set(ef.signatures) == set(row)  # each copy's own file, for the next run
-    # Copies only in the same batch as their image: both embedded, as before.
+    # A copy in the same batch as its image: embedded once too.
+    for workers in (0, 1):
+        sent.clear()
+        one = tmp_path / f"one{workers}.pkl"
+        again = run_embeddings([originals[0], copies[0]], one, models, workers=workers, batch_size=4, progress=False)
+        assert again.copies == 1 and again.embedded == 2 and sent == [originals[0]]
+        ef = embfile.load(one)
+        assert ef.rows.paths == [originals[0], copies[0]]
+        np.testing.assert_array_equal(ef.rows.embeddings[0], ef.rows.embeddings[1])
+    # A copy whose batch started while its image's batch was in flight (two streams, its image's embedding
+    # slow): embedded, but recorded with its image's rows, as a GPU may embed the two a little apart.
+    def slow_and_apart(batch, *a, **k):
+        if batch[0][0] == originals[0]:
+            time.sleep(0.5)
+        result = real(batch, *a, **k)
+        sent.extend(p for p, _ in batch)
+        result.rows.embeddings[[p in copies for p in result.rows.paths]] += 1e-3
+        return result
+
+    monkeypatch.setattr(embed_run, "embed_batch", slow_and_apart)
     sent.clear()
-    again = run_embeddings([originals[0], copies[0]], tmp_path / "one.pkl", models, batch_size=4, progress=False)
-    assert again.copies == 0 and sorted(sent) == sorted([originals[0], copies[0]])
+    apart = run_embeddings([originals[0], copies[0]], tmp_path / "apart.pkl", models, batch_size=1, streams=2,
+                           progress=False)
+    assert apart.copies == 1 and apart.embedded == 2 and sorted(sent) == sorted([originals[0], copies[0]])
+    ef = embfile.load(tmp_path / "apart.pkl")
+    assert ef.rows.paths == [originals[0], copies[0]]
+    np.testing.assert_array_equal(ef.rows.embeddings[0], ef.rows.embeddings[1])
+    # Its image failing to embed (here: the recogniser failing for it), the copy fails with it, for the next run.
+    def failing(batch, *a, **k):
+        if any(p == originals[0] for p, _ in batch):
+            raise RuntimeError("CUDA failure 700: an illegal memory access was encountered")
+        return real(batch, *a, **k)
+
+    monkeypatch.setattr(embed_run, "embed_batch", failing)
+    lost = run_embeddings([originals[0], originals[1], copies[0]], tmp_path / "lost.pkl", models, batch_size=4,
+                          progress=False)
+    assert lost.copies == 0 and lost.embedded == 1 and lost.skipped == {"embedding failed: RuntimeError": 2}
+    assert sorted(embfile.load(tmp_path / "lost.pkl").failed) == sorted(
+        [(originals[0], "embedding failed: RuntimeError"), (copies[0], "embedding failed: RuntimeError")])
 
 
 def test_a_copied_photo_takes_every_face_it_has_or_its_having_none(models, tmp_path) -> None:
