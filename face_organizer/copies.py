@@ -9,10 +9,10 @@ The clustering therefore takes each distinct embedding once, and every copy goes
 repeats went (``spread``). Frames that took the embedding of the near-identical frame they repeat
 (``--reuse-similar-frames``) count once with it in the same way.
 
-Stage 1 gives a copy the rows of the image it repeats when its run embedded that image (``embed_run``).
-Copies embedded apart on a GPU (by another run or on another GPU) may differ in their last digits (cuDNN
-chooses its algorithms per shape, timing them in each process); such copies are clustered as two faces, as
-before.
+Stage 1 gives a copy the rows of the image it repeats when its run, or an earlier run into the same file,
+embedded that image (``embed_run``). Copies embedded apart on a GPU (into the files of two GPUs) may differ
+in their last digits (cuDNN chooses its algorithms per shape, timing them in each process); such copies are
+clustered as two faces, as before.
 """
 
 from __future__ import annotations

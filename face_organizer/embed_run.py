@@ -56,7 +56,7 @@ class RunSummary:
     fallback: int = 0
     no_face: int = 0
     reused: int = 0
-    copies: int = 0  # images whose bytes an image embedded earlier in the run has: its rows, not embedded again
+    copies: int = 0  # images whose bytes an image embedded before has (in this run, or the file's): its rows
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_examples: list[tuple[str, str]] = field(default_factory=list)  # the first few, to show
     rows_in_file: int = 0
@@ -102,7 +102,7 @@ class RunSummary:
         if self.reused:
             out.append(f"near-identical frames that took the embedding of the frame they repeat: {self.reused:,}")
         if self.copies:
-            out.append(f"copies of an image embedded earlier in this run (the same bytes), which took its rows instead "
+            out.append(f"copies of an image embedded before (the same bytes), which took its rows instead "
                        f"of being embedded again: {self.copies:,}")
         if self.several_faces:
             out.append(f"images showing another face about as large as the one embedded: {self.several_faces:,} (crops "
@@ -134,6 +134,7 @@ class _State:
     no_face: set[str] = field(default_factory=set)
     reused: dict[str, str] = field(default_factory=dict)
     signatures: dict[str, images.Signature] = field(default_factory=dict)
+    digests: dict[str, bytes] = field(default_factory=dict)  # of the files' bytes, where a run recorded them
     meta: dict[str, Any] | None = None
     parts: int = 0  # the highest part number
     parts_read: int = 0
@@ -154,6 +155,7 @@ class _State:
         self.no_face.update(ef.no_face)
         self.reused.update(dict(ef.reused))
         self.signatures.update(ef.signatures)
+        self.digests.update(ef.digests)
         self.held |= newer
         self.meta = self.meta or ef.meta
 
@@ -183,6 +185,7 @@ class _State:
         for p in paths:
             self.reused.pop(p, None)
             self.signatures.pop(p, None)
+            self.digests.pop(p, None)
 
 
 def _check_compatible(meta: dict[str, Any], models: FaceModels, mode: str, where: str) -> None:
@@ -322,6 +325,8 @@ class _Recorder:
         self.held_now = held_now  # signatures of the files already embedded, as they are now
         self.new_signatures: dict[str, images.Signature] = {}
         self.pending_signatures: dict[str, images.Signature] = {}
+        self.new_digests: dict[str, bytes] = {}
+        self.pending_digests: dict[str, bytes] = {}
         self.checkpoint_seconds = checkpoint_seconds
         self.new_rows: list[FaceRows] = []
         self.new_failed: dict[str, str] = {}
@@ -334,8 +339,8 @@ class _Recorder:
         self.last_checkpoint = time.monotonic()
 
     def rows(self, rows: FaceRows, no_face: list[str], reused: list[tuple[str, str]],
-             signatures: dict[str, images.Signature]) -> None:
-        """Record a batch's results; ``signatures`` are its files' as they were read."""
+             signatures: Mapping[str, images.Signature], digests: Mapping[str, bytes]) -> None:
+        """Record a batch's results; ``signatures`` are its files' as they were read, ``digests`` of their bytes."""
         self.new_rows.append(rows)
         self.pending.append(rows)
         self.new_no_face.extend(no_face)
@@ -345,6 +350,8 @@ class _Recorder:
         for path in {*rows.paths, *no_face}:
             if path in signatures:
                 self.new_signatures[path] = self.pending_signatures[path] = signatures[path]
+            if path in digests:
+                self.new_digests[path] = self.pending_digests[path] = digests[path]
 
     def fail(self, path: str, reason: str) -> None:
         self.new_failed[path] = reason
@@ -361,10 +368,10 @@ class _Recorder:
         part = embfile.part_path(self.output, self.state.parts)
         meta = dict(self.meta, complete=False)
         ef = EmbeddingsFile(FaceRows.concat(self.pending, self.dim), self.pending_failed, self.pending_no_face, meta,
-                            self.pending_reused, self.pending_signatures)
+                            self.pending_reused, self.pending_signatures, self.pending_digests)
         embfile.save(part, ef)
         self.pending, self.pending_failed, self.pending_no_face, self.pending_reused = [], [], [], []
-        self.pending_signatures = {}
+        self.pending_signatures, self.pending_digests = {}, {}
         self.last_checkpoint = time.monotonic()
 
     def up_to_date(self, attempted: set[str]) -> bool:
@@ -406,9 +413,11 @@ class _Recorder:
         # Rows from a file older than signatures were trusted; from now on they are watched too.
         known = {**self.held_now, **self.state.signatures, **self.new_signatures}
         signatures = {p: sig for p in sorted(embedded | set(no_face)) if (sig := known.get(p)) is not None}
+        digests = {**self.state.digests, **self.new_digests}
+        digests = {p: digest for p in sorted(embedded | set(no_face)) if (digest := digests.get(p)) is not None}
         old_inputs = (self.state.meta or {}).get("inputs", [])
         meta = dict(self.meta, complete=complete, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
-        return EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()), signatures)
+        return EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()), signatures, digests)
 
 
 MAX_DEFAULT_STREAMS = 16
@@ -475,7 +484,7 @@ def _embed_halves(batch: list[tuple[str, NDArray[np.uint8]]], models: FaceModels
 
 
 def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceModels, options: EmbedOptions,
-             embedded: Mapping[bytes, _Embedded] | None = None) -> _JobResult:
+             embedded: _EmbeddedImages | None = None) -> _JobResult:
     """Decode (when given paths) and embed one batch; one bad image costs only itself. A copy of an image
     that ``embedded`` holds (by its bytes' digest), or of one earlier in this batch, is not embedded again: it
     takes that image's rows (where that image failed to embed, the copy fails with it)."""
@@ -507,22 +516,62 @@ def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceM
 
 @dataclass(frozen=True)
 class _Embedded:
-    """An image embedded in this run, for its copies: its path, and the batch's rows that hold its faces
-    (None: a photo without a face)."""
+    """An embedded image, for its copies: its path, and rows that hold its faces (None: a photo without a
+    face), at ``index`` where known, else found by its path."""
 
     path: str
     rows: FaceRows | None
+    index: NDArray[np.intp] | None = None
 
     def copy_for(self, path: str) -> FaceRows | None:
         """Its rows under ``path`` (None for a photo without a face)."""
         if self.rows is None:
             return None
-        own = self.rows.select(np.asarray([i for i, p in enumerate(self.rows.paths) if p == self.path], np.intp))
+        index = self.index
+        if index is None:
+            index = np.asarray([i for i, p in enumerate(self.rows.paths) if p == self.path], np.intp)
+        own = self.rows.select(index)
         return FaceRows([path] * len(own), own.embeddings, own.detected, own.det_score, own.bbox, own.face_index)
 
 
+class _EmbeddedImages:
+    """The images a copy can take its rows from, by the digest of their bytes: those this run recorded
+    (``add``), and those its file and checkpoints held when it started, where they keep digests. The streams
+    ask whether a digest is known; the main thread adds and looks up. The rows of an image of the file are
+    found on the first look-up, so that a run without copies spends nothing on them."""
+
+    def __init__(self, state: _State | None = None):
+        self.now: dict[bytes, _Embedded] = {}
+        self.state = state or _State()
+        held = self.state.held
+        self.before = {digest: path for path, digest in self.state.digests.items() if path in held}
+        self._where: dict[str, tuple[FaceRows, list[int]]] | None = None
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self.now or digest in self.before
+
+    def add(self, digest: bytes, image: _Embedded) -> None:
+        self.now.setdefault(digest, image)
+
+    def __getitem__(self, digest: bytes) -> _Embedded:
+        if digest in self.now:
+            return self.now[digest]
+        path = self.before[digest]
+        if path in self.state.no_face:
+            return _Embedded(path, None)
+        if self._where is None:
+            wanted = set(self.before.values())
+            self._where = {}
+            for rows in self.state.rows:
+                for i, p in enumerate(rows.paths):
+                    if p in wanted:
+                        self._where.setdefault(p, (rows, []))[1].append(i)
+        rows, index = self._where[path]
+        return _Embedded(path, rows, np.asarray(index, np.intp))
+
+
 def _late_copies(result: BatchResult, digests: Mapping[str, bytes],
-                 embedded: Mapping[bytes, _Embedded]) -> tuple[BatchResult, list[tuple[str, bytes]]]:
+                 embedded: _EmbeddedImages) -> tuple[BatchResult, list[tuple[str, bytes]]]:
     """``result`` without its images whose bytes an image recorded before has, and those images with their
     digests. Its batch started while that image's batch was still in flight, so they were embedded; they
     take that image's rows all the same, as the copies found before embedding do: which copies a run
@@ -653,10 +702,11 @@ def run_embeddings(
     status.start(summary.already_done, len(paths))
     bar = progress_bar(total=len(todo), unit="img", enabled=progress and bool(todo), smoothing=0.1)
     stops = _Stops(models.device, [os.path.abspath(i) for i in inputs])
-    # Images recorded so far, by their bytes' digest: a copy under another name (an album folder beside a year
-    # folder) takes their rows. Written here, read by the streams: a batch in flight is not in it yet, so its
-    # copies in other batches are embedded, and take its rows when recorded (``_late_copies``).
-    embedded: dict[bytes, _Embedded] = {}
+    # Images recorded so far (and those of the file, where it keeps their digests), by their bytes' digest: a
+    # copy under another name (an album folder beside a year folder) takes their rows. Written here, read by the
+    # streams: a batch in flight is not in it yet, so its copies in other batches are embedded, and take its rows
+    # when recorded (``_late_copies``).
+    embedded = _EmbeddedImages(state)
 
     def record(job: _JobResult) -> None:
         for path, reason in job.skipped:
@@ -670,7 +720,7 @@ def run_embeddings(
             result, late = _late_copies(result, job.digests, embedded)
             copies += late
             n_images -= len(late)
-            recorder.rows(result.rows, result.no_face, result.reused, job.signatures)
+            recorder.rows(result.rows, result.no_face, result.reused, job.signatures, job.digests)
             summary.reused += len(result.reused)
             summary.several_faces += len(result.several)
             summary.embedded += n_images - len(result.no_face)
@@ -680,14 +730,14 @@ def run_embeddings(
             with_rows = set(result.rows.paths)
             for path in [*with_rows, *result.no_face]:
                 if (digest := job.digests.get(path)) is not None:
-                    embedded.setdefault(digest, _Embedded(path, result.rows if path in with_rows else None))
+                    embedded.add(digest, _Embedded(path, result.rows if path in with_rows else None))
         for path, digest in copies:  # their images were recorded with an earlier job, or earlier in this one
             rows = embedded[digest].copy_for(path)
             if rows is None:
-                recorder.rows(FaceRows.empty(models.dim), [path], [], job.signatures)
+                recorder.rows(FaceRows.empty(models.dim), [path], [], job.signatures, {path: digest})
                 summary.no_face += 1
             else:
-                recorder.rows(rows, [], [], job.signatures)
+                recorder.rows(rows, [], [], job.signatures, {path: digest})
                 summary.embedded += 1
                 summary.faces += len(rows)
                 summary.fallback += int((~rows.detected).sum())

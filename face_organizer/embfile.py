@@ -7,7 +7,9 @@ L2-normalised), ``detected`` (bool [N]), ``det_score`` (float32 [N]), ``bbox``
 that took the embedding of the near-identical frame they repeat, when asked for),
 ``file_signatures`` (dict of ``paths``, ``size`` int64 [M] and ``mtime_ns`` int64 [M]:
 each embedded or face-less file as it was when read, so a resumed run embeds changed
-files again) and ``meta`` (dict).
+files again), ``content_digests`` (dict of ``paths`` and ``blake2b_128`` uint8 [K, 16]: a
+digest of each file's bytes as embedded, so that a later run gives a copy of it under
+another name its rows instead of embedding it again) and ``meta`` (dict).
 
 Its arrays are written as ``numpy.ndarray(shape, dtype, buffer)``, which every numpy release reads:
 numpy 2's own way names ``numpy._core``, which numpy 1.x cannot import, so a user's script on
@@ -92,6 +94,7 @@ class EmbeddingsFile:
     meta: dict[str, Any]
     reused: list[tuple[str, str]] = field(default_factory=list)
     signatures: dict[str, Signature] = field(default_factory=dict)
+    digests: dict[str, bytes] = field(default_factory=dict)  # of each file's bytes as read (``images.content_digest``)
 
     @property
     def dim(self) -> int:
@@ -130,6 +133,9 @@ def to_dict(ef: EmbeddingsFile) -> dict[str, Any]:
         "file_signatures": {"paths": list(ef.signatures),
                             "size": np.fromiter((s for s, _ in ef.signatures.values()), np.int64, len(ef.signatures)),
                             "mtime_ns": np.fromiter((m for _, m in ef.signatures.values()), np.int64, len(ef.signatures))},
+        "content_digests": {"paths": list(ef.digests),
+                            DIGEST_KEY: np.frombuffer(b"".join(ef.digests.values()), np.uint8).reshape(-1, DIGEST_SIZE)
+                            },
         "meta": dict(ef.meta),
     }
 
@@ -176,8 +182,9 @@ def from_dict(d: Any, where: str = "embeddings file") -> EmbeddingsFile:
     reused = [(str(p), str(source)) for p, source in d.get("reused", [])]
     rows = FaceRows(list(paths), emb.astype(np.float32, copy=False), detected, det_score, bbox, face_index)
     rows, unusable = _usable_rows(rows, where)
-    return EmbeddingsFile(rows, failed + unusable, no_face, meta, reused,
-                          _signatures(d.get("file_signatures", {}), where))
+    signatures = _signatures(d.get("file_signatures", {}), where)
+    return EmbeddingsFile(rows, failed + unusable, no_face, meta, reused, signatures,
+                          _digests(d.get("content_digests", {}), where))
 
 
 UNUSABLE = "embedding failed: NonFiniteEmbedding"  # as a run lists such a face now (``recognition.NonFiniteEmbedding``)
@@ -215,6 +222,21 @@ def _signatures(value: Any, where: str) -> dict[str, Signature]:
             and size.shape == mtime.shape == (len(paths),)):
         raise EmbeddingsFileError(f"{where}: 'file_signatures' must hold 'paths' and one 'size' and 'mtime_ns' per path")
     return dict(zip(paths, zip(size.astype(np.int64).tolist(), mtime.astype(np.int64).tolist())))
+
+
+DIGEST_KEY, DIGEST_SIZE = "blake2b_128", 16  # ``images.content_digest``
+
+
+def _digests(value: Any, where: str) -> dict[str, bytes]:
+    """``content_digests`` as path -> digest; absent in files older than the key."""
+    if not value:
+        return {}
+    paths, digests = (value.get(k) if isinstance(value, dict) else None for k in ("paths", DIGEST_KEY))
+    if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
+            and isinstance(digests, np.ndarray) and digests.shape == (len(paths), DIGEST_SIZE)):
+        raise EmbeddingsFileError(f"{where}: 'content_digests' must hold 'paths' and one {DIGEST_SIZE}-byte "
+                                  f"'{DIGEST_KEY}' per path")
+    return dict(zip(paths, (row.tobytes() for row in digests.astype(np.uint8, copy=False))))
 
 
 PARTS_SUFFIX = ".parts"
@@ -338,4 +360,5 @@ def merge(files: list[EmbeddingsFile], names: list[str]) -> EmbeddingsFile:
     no_face = sorted({p for f in files for p in f.no_face})
     reused = sorted({p: (p, source) for f in files for p, source in f.reused}.values())
     signatures = {p: sig for f in reversed(files) for p, sig in f.signatures.items()}  # the first file's win, as its rows do
-    return EmbeddingsFile(rows, failed, no_face, meta, reused, signatures)
+    digests = {p: digest for f in reversed(files) for p, digest in f.digests.items()}
+    return EmbeddingsFile(rows, failed, no_face, meta, reused, signatures, digests)

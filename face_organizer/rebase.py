@@ -187,7 +187,8 @@ def rebase(ef: EmbeddingsFile, old: str, new: str, *, check: int = CHECKED) -> R
                        {"from": old, "to": new, "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
     file = EmbeddingsFile(rows, [(path(p), reason) for p, reason in ef.failed], [path(p) for p in ef.no_face], meta,
                           [(path(p), path(source)) for p, source in ef.reused],
-                          {path(p): signature for p, signature in ef.signatures.items()})
+                          {path(p): signature for p, signature in ef.signatures.items()},
+                          {path(p): digest for p, digest in ef.digests.items()})
     sample = spread(changed, check)
     found = sum(1 for p in sample if os.path.lexists(p))
     return Rebased(file, len(changed), len(distinct), len(sample), found)

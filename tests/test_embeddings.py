@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -462,6 +463,14 @@ def test_files_without_signatures_are_trusted_and_bad_signatures_refused(tmp_pat
     bad = dict(d, file_signatures={"paths": crops, "size": np.zeros(2, np.int64), "mtime_ns": np.zeros(4, np.int64)})
     out.write_bytes(pickle.dumps(bad))
     with pytest.raises(EmbeddingsFileError, match="'file_signatures' must hold"):
+        embfile.load(out)
+    # Digests of the files' bytes likewise: absent in older files, a broken table refused.
+    del old["content_digests"]
+    out.write_bytes(pickle.dumps(old))
+    assert embfile.load(out).digests == {}
+    bad = dict(d, content_digests={"paths": crops, "blake2b_128": np.zeros((4, 8), np.uint8)})
+    out.write_bytes(pickle.dumps(bad))
+    with pytest.raises(EmbeddingsFileError, match="'content_digests' must hold 'paths' and one 16-byte"):
         embfile.load(out)
 
 
@@ -1277,6 +1286,73 @@ def test_copies_of_an_image_take_its_rows_instead_of_being_embedded_again(video_
     assert lost.copies == 0 and lost.embedded == 1 and lost.skipped == {"embedding failed: RuntimeError": 2}
     assert sorted(embfile.load(tmp_path / "lost.pkl").failed) == sorted(
         [(originals[0], "embedding failed: RuntimeError"), (copies[0], "embedding failed: RuntimeError")])
+
+
+def test_copies_of_images_an_earlier_run_embedded_take_their_rows(video_crops, models, tmp_path, monkeypatch) -> None:
+    """The file keeps a digest of each image's bytes: a later run (new album folders beside the year folders, or
+    the same run resumed after a stop) gives a copy of an image the file holds that image's rows, without
+    embedding it. An image rewritten since is not copied from: its rows were of other bytes."""
+    crops = [p for person in video_crops.values() for p in person[:3]]
+    year, album = tmp_path / "in" / "2017", tmp_path / "in" / "album"
+    for i, crop in enumerate(crops):
+        write_image(year / f"frame_{i:04d}.png", read_image(crop))
+    originals = sorted(discover_images([year]))
+    out = tmp_path / "emb.pkl"
+    first = run_embeddings(originals, out, models, batch_size=4, progress=False)
+    assert first.embedded == len(originals)
+    d = pickle.loads(out.read_bytes())  # the plain dict a user's script reads
+    assert d["content_digests"]["paths"] == originals
+    assert d["content_digests"]["blake2b_128"].shape == (len(originals), 16)
+    before = embfile.load(out)
+    assert before.digests == {p: images.content_digest(Path(p).read_bytes()) for p in originals}
+    # Later: an album of copies of three of them, one of which has been rewritten since, with the bytes of another.
+    album.mkdir()
+    for path in originals[:3]:
+        (album / f"copy of {Path(path).name}").write_bytes(Path(path).read_bytes())
+    rewritten = originals[2]
+    Path(rewritten).write_bytes(Path(originals[-1]).read_bytes())
+    os.utime(rewritten, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    copies = sorted(discover_images([album]))
+    sent: list[str] = []
+    real = embed_run.embed_batch
+    monkeypatch.setattr(embed_run, "embed_batch",
+                        lambda batch, *a, **k: sent.extend(p for p, _ in batch) or real(batch, *a, **k))
+    later = run_embeddings(sorted([*originals, *copies]), out, models, batch_size=4, streams=2, progress=False)
+    stale = str(album / f"copy of {Path(rewritten).name}")  # of bytes the file no longer holds: embedded
+    assert later.changed == 1 and later.copies == 3 and sent == [stale]  # the rewritten image is a copy too
+    ef = embfile.load(out)
+    row = {p: i for i, p in enumerate(ef.rows.paths)}
+    assert sorted(row) == sorted([*originals, *copies])
+    for copied, source in ((copies[0], originals[0]), (copies[1], originals[1]), (rewritten, originals[-1])):
+        np.testing.assert_array_equal(ef.rows.embeddings[row[copied]], ef.rows.embeddings[row[source]])
+    np.testing.assert_array_equal(ef.rows.embeddings[row[stale]], before.rows.embeddings[2])
+    assert ef.digests[rewritten] == ef.digests[originals[-1]] and set(ef.digests) == set(row)
+    # A run stopped after its first batch and resumed: the checkpoint keeps the digests too.
+    shutil.rmtree(album)
+    (album / "more").mkdir(parents=True)
+    for path in originals[:2]:  # of the first batch, which one stream records before the album's batch is read
+        (album / "more" / Path(path).name).write_bytes(Path(path).read_bytes())
+    more = sorted(discover_images([album]))
+    fresh = tmp_path / "fresh.pkl"
+
+    def interrupted(paths):
+        if more[0] in paths:
+            raise KeyboardInterrupt
+        return images.load_many(paths)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_embeddings(sorted([*originals, *more]), fresh, models, batch_size=4, streams=1, checkpoint_seconds=0,
+                       progress=False, loader=interrupted)
+    checkpoints = [embfile.load(part) for part in sorted(parts_dir(fresh).glob("part-*.pkl"))]
+    assert all(set(part.digests) == set(part.rows.paths) for part in checkpoints) and checkpoints
+    sent.clear()
+    resumed = run_embeddings(sorted([*originals, *more]), fresh, models, batch_size=4, progress=False)
+    assert resumed.copies >= len(more) and not set(sent) & set(more)
+    ef = embfile.load(fresh)
+    row = {p: i for i, p in enumerate(ef.rows.paths)}
+    for copied in more:
+        np.testing.assert_array_equal(ef.rows.embeddings[row[copied]],
+                                      ef.rows.embeddings[row[str(year / Path(copied).name)]])
 
 
 def test_a_copied_photo_takes_every_face_it_has_or_its_having_none(models, tmp_path) -> None:

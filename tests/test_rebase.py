@@ -25,7 +25,8 @@ from conftest import ROOT
 
 def file_of(paths: list[str], failed: list[tuple[str, str]] | None = None, no_face: list[str] | None = None,
             **extra) -> embfile.EmbeddingsFile:
-    """A small file naming ``paths`` (its embeddings do not matter here); ``extra``: reused, signatures."""
+    """A small file naming ``paths`` (its embeddings do not matter here); ``extra``: reused, signatures,
+    digests."""
     n = len(paths)
     rows = FaceRows(list(paths), np.eye(n, 4, dtype=np.float32), np.ones(n, bool), np.ones(n, np.float32),
                     np.zeros((n, 4), np.float32), np.zeros(n, np.int32))
@@ -39,7 +40,8 @@ def test_paths_under_the_folder_move_and_nothing_else_changes(tmp_path) -> None:
              "/workspace/input/2017/caf\udce9.png"]  # a name that is not UTF-8 keeps its bytes
     ef = file_of(names, failed=[("/workspace/input/2017/bad.jpg", "empty file"), ("/elsewhere/x.jpg", "empty file")],
                  no_face=["/workspace/input/2017/sky.jpg"], reused=[("/workspace/input/2017/b.png", "/workspace/input/2017/a.png")],
-                 signatures={"/workspace/input/2017/a.png": (10, 5), "/elsewhere/d.png": (11, 6)})
+                 signatures={"/workspace/input/2017/a.png": (10, 5), "/elsewhere/d.png": (11, 6)},
+                 digests={"/workspace/input/2017/a.png": b"a" * 16, "/elsewhere/d.png": b"d" * 16})
     (tmp_path / "2017").mkdir()
     (tmp_path / "2017" / "a.png").write_bytes(b"x")
     done = rebase(ef, "/workspace/input/", str(tmp_path))
@@ -51,6 +53,7 @@ def test_paths_under_the_folder_move_and_nothing_else_changes(tmp_path) -> None:
     assert new.no_face == [f"{tmp_path}/2017/sky.jpg"]
     assert new.reused == [(f"{tmp_path}/2017/b.png", f"{tmp_path}/2017/a.png")]
     assert new.signatures == {f"{tmp_path}/2017/a.png": (10, 5), "/elsewhere/d.png": (11, 6)}
+    assert new.digests == {f"{tmp_path}/2017/a.png": b"a" * 16, "/elsewhere/d.png": b"d" * 16}
     assert new.meta["inputs"] == [f"{tmp_path}/2017", "/elsewhere"]
     assert [(r["from"], r["to"]) for r in new.meta["rebased"]] == [("/workspace/input", str(tmp_path))]
     # Four of the six images moved; one of the four looked for is there already.
@@ -59,6 +62,7 @@ def test_paths_under_the_folder_move_and_nothing_else_changes(tmp_path) -> None:
     # Back again: the same paths, and the record of both rewrites.
     back = rebase(new, str(tmp_path), "/workspace/input").file
     assert back.rows.paths == names and back.failed == ef.failed and back.signatures == ef.signatures
+    assert back.digests == ef.digests
     assert len(back.meta["rebased"]) == 2
     assert moved("/a/b", "/", "/c") == "/c/a/b" and moved("/a", "/a", "/c") == "/c"
 
@@ -258,10 +262,13 @@ def test_every_gpus_file_is_checked_before_any_is_written_and_the_same_command_a
 def test_files_merged_keep_each_ones_rewrites_and_a_table_from_before_them_is_read_under_the_new_paths() -> None:
     from face_organizer.rebase import former_paths, steps
 
-    gpu0 = rebase(file_of(["/workspace/input/a.png"]), "/workspace", "/srv/faces").file
-    gpu1 = rebase(file_of(["/mnt/old/b.png"]), "/mnt/old", "/srv/faces/b_disk").file
+    gpu0 = rebase(file_of(["/workspace/input/a.png"], digests={"/workspace/input/a.png": b"a" * 16}), "/workspace",
+                  "/srv/faces").file
+    gpu1 = rebase(file_of(["/mnt/old/b.png"], digests={"/mnt/old/b.png": b"b" * 16}), "/mnt/old",
+                  "/srv/faces/b_disk").file
     gpu1 = rebase(gpu1, "/srv/faces/b_disk", "/srv/faces/input").file
     merged = embfile.merge([gpu0, gpu1, gpu0], ["gpu0.pkl", "gpu1.pkl", "gpu0 again"])
+    assert merged.digests == {"/srv/faces/input/a.png": b"a" * 16, "/srv/faces/input/b.png": b"b" * 16}
     assert steps(merged.meta) == [("/workspace", "/srv/faces"), ("/mnt/old", "/srv/faces/b_disk"),
                                   ("/srv/faces/b_disk", "/srv/faces/input")]
     former = former_paths(merged.rows.paths, steps(merged.meta))
