@@ -4,8 +4,10 @@ shell loops over year folders do every time they run again.
 
 Makes N image files in year folders (hard links to one real 256x256 face crop, so that N can be
 500,000 without 45 GB of disk), a finished embeddings file for them as a complete run would have
-written it (the testpack's embedding size, every file's size and modification time, the
-unrecognisable-face centre), and --new more files in a new year folder. Then runs
+written it (the testpack's embedding size, every file's size and modification time and a digest
+of its bytes, the unrecognisable-face centre), and --new more files in a new year folder. The old
+files' digests are drawn at random, so that the new files, whose bytes are the same crop, are
+embedded rather than taken for copies of old ones. Then runs
 scripts/generate_embeddings.py as users do, as its own process, reports its wall time and peak
 memory, and checks the result: every old row kept unchanged, every new image embedded once, no
 checkpoint parts left, and with nothing new the file not written again.
@@ -89,7 +91,8 @@ def main() -> int:
                                  inputs=[str(root / "input")], mode="crops", complete=True,
                                  **unrecognisable_meta(models))
         output = root / "embeddings.pkl"
-        embfile.save(output, embfile.EmbeddingsFile(rows, [], [], meta, signatures=signatures))
+        digests = dict(zip(old, (rng.bytes(16) for _ in old)))  # as if each old file held other bytes
+        embfile.save(output, embfile.EmbeddingsFile(rows, [], [], meta, signatures=signatures, digests=digests))
         new = list(make_links(source, root / "input", args.new, 2008 + YEARS, 1))
         print(f"{args.n:,} images embedded before and {args.new:,} new ones in {YEARS + (args.new > 0)} year folders, made in "
               f"{time.perf_counter() - started:.0f} s", file=sys.stderr)

@@ -412,9 +412,10 @@ class _Recorder:
         reused = {p: source for p, source in reused.items() if p in embedded}
         # Rows from a file older than signatures were trusted; from now on they are watched too.
         known = {**self.held_now, **self.state.signatures, **self.new_signatures}
-        signatures = {p: sig for p in sorted(embedded | set(no_face)) if (sig := known.get(p)) is not None}
-        digests = {**self.state.digests, **self.new_digests}
-        digests = {p: digest for p in sorted(embedded | set(no_face)) if (digest := digests.get(p)) is not None}
+        kept = sorted(embedded.union(no_face))
+        signatures = {p: sig for p in kept if (sig := known.get(p)) is not None}
+        old, new = self.state.digests, self.new_digests
+        digests = {p: digest for p in kept if (digest := new.get(p) or old.get(p)) is not None}
         old_inputs = (self.state.meta or {}).get("inputs", [])
         meta = dict(self.meta, complete=complete, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
         return EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()), signatures, digests)
@@ -543,7 +544,7 @@ class _EmbeddedImages:
     def __init__(self, state: _State | None = None):
         self.now: dict[bytes, _Embedded] = {}
         self.state = state or _State()
-        held = self.state.held
+        held = self.state.held  # not an image whose rows a file left out on reading (NaN), for one
         self.before = {digest: path for path, digest in self.state.digests.items() if path in held}
         self._where: dict[str, tuple[FaceRows, list[int]]] | None = None
 
@@ -716,11 +717,18 @@ def run_embeddings(
                 summary.skipped_examples.append((path, reason))
             log.debug("skipped %s: %s", path, reason)
         copies = list(job.copies)
+        # The job's rows, its copies' included, recorded in the order of its paths: the file's rows are sorted,
+        # and rows recorded in order spare a 500,000-row file a sorted copy of them all (``_sorted_rows``).
+        parts: list[FaceRows] = []
+        no_face: list[str] = []
+        reused: list[tuple[str, str]] = []
         for n_images, result in job.results:
             result, late = _late_copies(result, job.digests, embedded)
             copies += late
             n_images -= len(late)
-            recorder.rows(result.rows, result.no_face, result.reused, job.signatures, job.digests)
+            parts.append(result.rows)
+            no_face += result.no_face
+            reused += result.reused
             summary.reused += len(result.reused)
             summary.several_faces += len(result.several)
             summary.embedded += n_images - len(result.no_face)
@@ -734,14 +742,18 @@ def run_embeddings(
         for path, digest in copies:  # their images were recorded with an earlier job, or earlier in this one
             rows = embedded[digest].copy_for(path)
             if rows is None:
-                recorder.rows(FaceRows.empty(models.dim), [path], [], job.signatures, {path: digest})
+                no_face.append(path)
                 summary.no_face += 1
             else:
-                recorder.rows(rows, [], [], job.signatures, {path: digest})
+                parts.append(rows)
                 summary.embedded += 1
                 summary.faces += len(rows)
                 summary.fallback += int((~rows.detected).sum())
             summary.copies += 1
+        if parts or no_face:
+            rows = FaceRows.concat(parts, models.dim)
+            recorder.rows(_sorted_rows(rows) if copies else rows, sorted(no_face), reused, job.signatures,
+                          {**job.digests, **dict(copies)})
         bar.update(len(job.skipped) + sum(n for n, _ in job.results) + len(job.copies))
         bar.set_postfix(fallback=summary.fallback, skipped=sum(summary.skipped.values()), refresh=False)
         recorder.maybe_checkpoint()
