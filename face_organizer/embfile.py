@@ -8,7 +8,7 @@ that took the embedding of the near-identical frame they repeat, when asked for)
 ``file_signatures`` (dict of ``paths``, ``size`` int64 [M] and ``mtime_ns`` int64 [M]:
 each embedded or face-less file as it was when read, so a resumed run embeds changed
 files again), ``content_digests`` (dict of ``paths`` and ``blake2b_128`` uint8 [K, 16]: a
-digest of each file's bytes as embedded, so that a later run gives a copy of it under
+digest of each file's bytes as it was read, so that a later run gives a copy of it under
 another name its rows instead of embedding it again) and ``meta`` (dict).
 
 Its arrays are written as ``numpy.ndarray(shape, dtype, buffer)``, which every numpy release reads:
