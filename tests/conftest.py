@@ -118,6 +118,22 @@ def wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
     return left
 
 
+def interrupted_at(paths: list[str], stop: str, out: Path, models, batch_size: int = 2, **options) -> None:
+    """Embed ``paths`` into ``out`` ``batch_size`` at a time on one stream, checkpointing each batch, and stop
+    (Ctrl-C) when the batch holding ``stop`` is read; ``options`` go to ``run_embeddings``."""
+    from face_organizer import images
+    from face_organizer.embed_run import run_embeddings
+
+    def interrupted(chunk: list[str]) -> list[images.Loaded]:
+        if stop in chunk:
+            raise KeyboardInterrupt
+        return images.load_many(chunk)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_embeddings(paths, out, models, batch_size=batch_size, streams=1, checkpoint_seconds=0, progress=False,
+                       loader=interrupted, **options)
+
+
 def write_image(path: Path, image: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, data = cv2.imencode(path.suffix if path.suffix.lower() != ".jpeg" else ".jpg", image)

@@ -32,7 +32,8 @@ from face_organizer.faces import EmbedOptions, FaceRows, embed_batch
 from face_organizer.images import discover_images, read_image
 from face_organizer.samples import insightface_sample
 
-from conftest import ROOT, child_processes, copies_of, needs_proc, png_claiming, running, wait_gone, write_image
+from conftest import (ROOT, child_processes, copies_of, interrupted_at, needs_proc, png_claiming, running, wait_gone,
+                      write_image)
 
 
 def run_cli(args: list[str]) -> int:
@@ -1334,15 +1335,7 @@ def test_copies_of_images_an_earlier_run_embedded_take_their_rows(video_crops, m
         (album / "more" / Path(path).name).write_bytes(Path(path).read_bytes())
     more = sorted(discover_images([album]))
     fresh = tmp_path / "fresh.pkl"
-
-    def interrupted(paths):
-        if more[0] in paths:
-            raise KeyboardInterrupt
-        return images.load_many(paths)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_embeddings(sorted([*originals, *more]), fresh, models, batch_size=4, streams=1, checkpoint_seconds=0,
-                       progress=False, loader=interrupted)
+    interrupted_at(sorted([*originals, *more]), more[0], fresh, models, batch_size=4)
     checkpoints = [embfile.load(part) for part in sorted(parts_dir(fresh).glob("part-*.pkl"))]
     assert all(set(part.digests) == set(part.rows.paths) for part in checkpoints) and checkpoints
     sent.clear()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from face_organizer import __version__, embfile, images
+from face_organizer import __version__, embfile
 from face_organizer.cli import common
 from face_organizer.cli.info import main as info_main
 from face_organizer.cli.main import main as umbrella
@@ -20,6 +20,8 @@ from face_organizer.embfile import parts_dir
 from face_organizer.embinfo import describe
 from face_organizer.errors import EmbeddingsFileError
 from face_organizer.fsutil import exclusive, lock_path
+
+from conftest import interrupted_at
 
 
 def run_cli(args: list[str]) -> int:
@@ -38,18 +40,6 @@ def folder(tmp_path, video_crops) -> tuple[Path, list[str]]:
     (tmp_path / "in" / "cut.png").write_bytes(Path(paths[0]).read_bytes()[:300])
     (tmp_path / "in" / "empty.png").write_bytes(b"")
     return tmp_path / "in", sorted(paths + [str(tmp_path / "in" / n) for n in ("cut.png", "empty.png")])
-
-
-def interrupted_at(paths: list[str], stop: str, out: Path, models) -> None:
-    """Embed ``paths`` into ``out`` two at a time, checkpointing each batch, and stop (Ctrl-C) at ``stop``."""
-    def interrupted(chunk: list[str]) -> list[images.Loaded]:
-        if stop in chunk:
-            raise KeyboardInterrupt
-        return images.load_many(chunk)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_embeddings(paths, out, models, batch_size=2, streams=1, checkpoint_seconds=0, progress=False,
-                       loader=interrupted)
 
 
 def test_finished_file_is_described(folder, models, tmp_path, capsys) -> None:

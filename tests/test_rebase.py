@@ -20,7 +20,7 @@ from face_organizer.errors import SetupError
 from face_organizer.rebase import moved, rebase
 from face_organizer.rows import FaceRows
 
-from conftest import ROOT
+from conftest import ROOT, interrupted_at
 
 
 def file_of(paths: list[str], failed: list[tuple[str, str]] | None = None, no_face: list[str] | None = None,
@@ -286,9 +286,6 @@ def test_an_interrupted_run_is_rebased_with_its_checkpoints_and_goes_on_at_the_n
                                                                                          capsys) -> None:
     # Stopped half-way, then the folders moved: the run cannot go on where the images were, so its
     # checkpoints are rewritten with the file, and the run goes on at the new place from them.
-    from face_organizer import images
-    from face_organizer.embed_run import run_embeddings
-
     old = tmp_path / "workspace" / "input"
     for person, crops in video_crops.items():
         for crop in crops[:4]:
@@ -297,14 +294,7 @@ def test_an_interrupted_run_is_rebased_with_its_checkpoints_and_goes_on_at_the_n
     frames = sorted(str(p) for p in old.rglob("*.png"))
     emb = tmp_path / "emb.pkl"
 
-    def interrupted(paths):
-        if frames[7] in paths:
-            raise KeyboardInterrupt
-        return images.load_many(paths)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_embeddings(frames, emb, models, batch_size=1, streams=1, checkpoint_seconds=0, progress=False,
-                       loader=interrupted, inputs=[str(old)])
+    interrupted_at(frames, frames[7], emb, models, batch_size=1, inputs=[str(old)])
     parts = embfile.checkpoint_parts(emb)
     assert not emb.exists() and len(parts) >= 2
     saved = {p: e for part in parts for p, e in zip(embfile.load(part).rows.paths, embfile.load(part).rows.embeddings)}
