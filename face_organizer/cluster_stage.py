@@ -137,9 +137,9 @@ class ClusterReport:
         if c.copies:
             frames = (", or frames given an earlier frame's embedding by --reuse-similar-frames" if self.reused_frames
                       else "")
-            notes.append(f"{count(c.copies, 'face')} embedded the same as another face (copies of an image under other "
-                         f"names, as album folders hold them{frames}): counted once by the clustering, each placed in "
-                         "the folder of the face it repeats")
+            notes.append(f"{_repeat(c.copies)} another face (copies of an image under other names, as album "
+                         f"folders hold them{frames}): counted once by the clustering, each placed in the folder of "
+                         "the face it repeats")
         return notes
 
     def many_people(self) -> bool:
@@ -241,23 +241,31 @@ def run_clustering(ef: EmbeddingsFile, config: ClusterConfig) -> Clustering:
             log.warning("the embeddings file does not say where its model puts unrecognisable faces, so blurred "
                         "faces are clustered like the others; re-running the generate_embeddings command that made "
                         "it records that without embedding anything again")
-        return _cluster_once(x, ef, config, known)
+        return _cluster_once(x, ef, config, known, np.arange(len(x)))
     keep = np.nonzero(~found.mask)[0]
     log.info("%s too degraded to recognise set aside (similarity to the unrecognisable-face centre >= %.3f)",
              count(found.count, "face"), found.cutoff)
     reason = f"similarity to the model's blurred-face centre >= {found.cutoff:.3f}: {found.source}"
-    return with_set_aside(_cluster_once(x[keep], ef, config, known), keep, x, reason)
+    return with_set_aside(_cluster_once(x[keep], ef, config, known, keep), keep, x, reason)
 
 
-def _cluster_once(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: people.People | None) -> Clustering:
-    """``_cluster`` over the distinct faces of ``x``, each copy then placed with the face it repeats."""
-    distinct, of = copies.first_rows(x)
+def _cluster_once(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: people.People | None,
+                  rows: np.ndarray) -> Clustering:
+    """``_cluster`` over the distinct faces of ``x`` (``ef``'s ``rows``), each copy then placed with the face it
+    repeats."""
+    paths = ef.rows.paths
+    distinct, of = copies.first_faces(x, [paths[i] for i in rows] if len(rows) < len(paths) else paths,
+                                      ef.rows.face_index[rows], ef.digests)
     if distinct.size == len(x):
         return _cluster(x, ef, config, known)
     repeats = len(x) - distinct.size
-    log.info("%s embedded the same as another face (a copy of an image under another name%s): clustered once, "
-             "placed with it", count(repeats, "face"), ", or a frame given another's" if ef.reused else "")
+    log.info("%s another face (a copy of an image under another name%s): clustered once, placed with it",
+             _repeat(repeats), ", or a frame given another's embedding" if ef.reused else "")
     return copies.spread(_cluster(x[distinct], ef, config, known), distinct, of)
+
+
+def _repeat(n: int) -> str:
+    return f"{n:,} {'face repeats' if n == 1 else 'faces repeat'}"
 
 
 def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: people.People | None = None) -> Clustering:

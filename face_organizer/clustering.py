@@ -89,7 +89,7 @@ class Clustering:
     pairs: int = 0  # graph: clusters of two faces, each the other's most similar neighbour
     cohesion: Cohesion | None = None  # k-means: whether each folder's faces are alike on average, as one person's
     names: tuple[str, ...] = ()  # known people: each label's folder (as named now), else ``cluster_name``
-    repeats: NDArray[np.bool_] | None = None  # faces embedded the same as an earlier face (copies.py), placed with it
+    repeats: NDArray[np.bool_] | None = None  # faces repeating an earlier face (copies.py), placed with it
 
     @property
     def n_clusters(self) -> int:

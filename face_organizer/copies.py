@@ -11,12 +11,15 @@ repeats went (``spread``). Frames that took the embedding of the near-identical 
 
 Stage 1 gives a copy the rows of the image it repeats when its run, or an earlier run into the same file,
 embedded that image (``embed_run``). Copies embedded apart on a GPU (into the files of two GPUs) may differ
-in their last digits (cuDNN chooses its algorithms per shape, timing them in each process); such copies are
-clustered as two faces, as before.
+in their last digits (cuDNN chooses its algorithms per shape, timing them in each process). The files keep a
+digest of each image's bytes, so ``first_faces`` finds such copies by their bytes as well: the faces of two
+images with the same bytes are copies where both runs found the same faces. Files of releases before the
+digests are told by their rows alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -48,6 +51,62 @@ def first_rows(x: NDArray[np.floating]) -> tuple[NDArray[np.intp], NDArray[np.in
     position = np.full(n, -1, np.intp)
     position[distinct] = np.arange(distinct.size)
     return distinct, position[first]
+
+
+def first_faces(x: NDArray[np.floating], paths: Sequence[str], face_index: NDArray[np.integer],
+                digests: Mapping[str, bytes]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """``first_rows`` of ``x``, with the faces of images of the same bytes (``digests``, path -> digest) joined
+    too: face ``i`` of a copy repeats face ``i`` of the first image with its bytes, where the two images have
+    the same faces (a face at the detection threshold, found in one run only, leaves the two apart)."""
+    distinct, of = first_rows(x)
+    pairs = _same_bytes(paths, face_index, digests)
+    if not pairs:
+        return distinct, of
+    first = distinct[of]  # each row's first row equal to it
+    parent: dict[int, int] = {}
+
+    def root(row: int) -> int:
+        while (up := parent.get(row, row)) != row:
+            row = up
+        return row
+
+    for row, earlier in pairs:
+        a, b = root(int(first[row])), root(int(first[earlier]))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    joined = np.fromiter(parent, np.intp, len(parent))
+    to = np.arange(len(x))
+    to[joined] = [root(int(row)) for row in joined]
+    first = to[first]
+    distinct = np.flatnonzero(first == np.arange(len(x)))
+    position = np.full(len(x), -1, np.intp)
+    position[distinct] = np.arange(distinct.size)
+    return distinct, position[first]
+
+
+def _same_bytes(paths: Sequence[str], face_index: NDArray[np.integer],
+                digests: Mapping[str, bytes]) -> list[tuple[int, int]]:
+    """(row, the row of the same face in the first image of the same bytes) for the faces of each later such image
+    (first: by its first row; images without rows, failed or without a face, are left out)."""
+    seen: dict[bytes, str] = {}
+    repeated: set[bytes] = set()
+    for path, digest in digests.items():
+        if seen.setdefault(digest, path) != path:
+            repeated.add(digest)
+    if not repeated:
+        return []
+    wanted = {path: digest for path, digest in digests.items() if digest in repeated}
+    faces: dict[str, dict[int, int]] = {}  # path -> face index -> row, in the order of the rows
+    for row, path in enumerate(paths):
+        if path in wanted:
+            faces.setdefault(path, {})[int(face_index[row])] = row
+    first: dict[bytes, dict[int, int]] = {}
+    pairs: list[tuple[int, int]] = []
+    for path, mine in faces.items():
+        theirs = first.setdefault(wanted[path], mine)
+        if theirs is not mine and mine.keys() == theirs.keys():
+            pairs.extend((row, theirs[i]) for i, row in mine.items())
+    return pairs
 
 
 def spread(result: Clustering, distinct: NDArray[np.intp], of: NDArray[np.intp]) -> Clustering:

@@ -199,7 +199,8 @@ def _preview(output: str, ef: EmbeddingsFile, report: SearchReport, where: Seque
 
     refs = report.references[:SHOWN_REFERENCES]
     queries = [SheetFace(r.path, r.box, "") for r in refs]  # cropped to the face used
-    shown = copies.first_rows(ef.rows.embeddings[rows])[0]  # matches in order, each face once (not its copies)
+    shown = copies.first_faces(ef.rows.embeddings[rows], [ef.rows.paths[int(i)] for i in rows],
+                               ef.rows.face_index[rows], ef.digests)[0]  # matches in order, each face once
     n_best = min(len(shown), max(8, 24 - len(queries)))
     best = [face(int(k)) for k in shown[:n_best]]
     weakest = [face(int(k)) for k in shown[n_best:][::-1][:8]]

@@ -2052,6 +2052,28 @@ def test_a_growing_output_never_gives_an_earlier_image_another_name(tmp_path) ->
     assert sorted(grown.status.values()) == ["exists", "placed"] and (out / "in" / "b.png").read_bytes() == b"third image"
 
 
+def _library_with_an_album(lfw: Path, lfw_labels: list[dict[str, str]], library: Path, people: tuple[str, ...]
+                           ) -> tuple[dict[str, str], dict[str, str], list[dict[str, str]]]:
+    """``library/Photos from 2017`` with 40 strangers' single LFW photos and 12 of each of ``people``, and an album
+    folder ``library/Trip`` of copies of the strangers' photos and of the last person's:
+    (original -> identity, copy -> original, the strangers' label rows)."""
+    singles = [r for r in lfw_labels if r["kind"] == "single"][:40]
+    known = [r for person in people for r in [r for r in lfw_labels if r["identity"] == person][:12]]
+    year, album = library / "Photos from 2017", library / "Trip"
+    year.mkdir(parents=True)
+    album.mkdir()
+    originals, copies = {}, {}
+    for row in singles + known:
+        source = lfw / row["path"]
+        originals[str(year / source.name)] = row["identity"]
+        (year / source.name).write_bytes(source.read_bytes())
+    for row in singles + known[-12:]:  # the last person's photos each twice: their folder has the most images
+        source = lfw / row["path"]
+        copies[str(album / f"copy of {source.name}")] = str(year / source.name)
+        (album / f"copy of {source.name}").write_bytes(source.read_bytes())
+    return originals, copies, singles
+
+
 def test_copies_of_an_image_are_clustered_once_and_placed_with_it(lfw, lfw_labels, models, tmp_path, capsys,
                                                                  monkeypatch) -> None:
     """A photo library with an album folder of copies (as a Google Takeout export lays them out): two copies of a
@@ -2064,21 +2086,9 @@ def test_copies_of_an_image_are_clustered_once_and_placed_with_it(lfw, lfw_label
     make_sheet = cluster_stage.contact_sheet
     monkeypatch.setattr(cluster_stage, "contact_sheet", lambda *groups: sheets.append(groups) or make_sheet(*groups))
 
-    singles = [r for r in lfw_labels if r["kind"] == "single"][:40]
     people = ("John_Ashcroft", "Tiger_Woods", "Tom_Ridge")
-    known = [r for person in people for r in [r for r in lfw_labels if r["identity"] == person][:12]]
-    year, album = tmp_path / "library" / "Photos from 2017", tmp_path / "library" / "Trip"
-    originals, copies = {}, {}
-    for row in singles + known:
-        source = lfw / row["path"]
-        originals[str(year / source.name)] = row["identity"]
-        (year / source.name).parent.mkdir(parents=True, exist_ok=True)
-        (year / source.name).write_bytes(source.read_bytes())
-    for row in singles + known[24:]:  # Tom Ridge's photos each twice: his folder has the most images
-        name = lfw / row["path"]
-        copies[str(album / f"copy of {name.name}")] = str(year / name.name)
-        album.mkdir(exist_ok=True)
-        (album / f"copy of {name.name}").write_bytes(name.read_bytes())
+    originals, copies, singles = _library_with_an_album(lfw, lfw_labels, tmp_path / "library", people)
+    year = tmp_path / "library" / "Photos from 2017"
     emb = tmp_path / "emb.pkl"
     run_embeddings(sorted([*originals, *copies]), emb, models, inputs=[str(tmp_path / "library")], progress=False)
     out = tmp_path / "out"
@@ -2109,9 +2119,54 @@ def test_copies_of_an_image_are_clustered_once_and_placed_with_it(lfw, lfw_label
             sizes = Counter(row["cluster"] for row in csv.DictReader(handle) if row["cluster"] != "outliers")
         named = sorted(sizes, key=lambda name: (len(name), name))
         assert [sizes[n] for n in named] == sorted(sizes.values(), reverse=True), sizes
-    assert (f"{len(copies)} faces embedded the same as another face (copies of an image under other names, as album "
+    assert (f"{len(copies)} faces repeat another face (copies of an image under other names, as album "
             "folders hold them): counted once by the clustering, each placed in the folder of the face it "
             "repeats") in printed
+
+
+def test_copies_embedded_by_two_gpus_are_told_by_the_digests_of_their_bytes(lfw, lfw_labels, models, tmp_path,
+                                                                           capsys) -> None:
+    """``embed_all_gpus.py`` spreads a library's images over the GPUs, so an image and its copy in an album folder
+    may be embedded into the files of two GPUs, where their rows can differ in their last digits. The files'
+    digests of the images' bytes still tell the copies, which are clustered once and placed with the image."""
+    from face_organizer.embed_run import run_embeddings
+
+    originals, copies, _ = _library_with_an_album(lfw, lfw_labels, tmp_path / "library", ("John_Ashcroft", "Tom_Ridge"))
+    gpu0, gpu1 = tmp_path / "embeddings_gpu0.pkl", tmp_path / "embeddings_gpu1.pkl"
+    run_embeddings(sorted(originals), gpu0, models, inputs=[str(tmp_path / "library")], progress=False)
+    run_embeddings(sorted(copies), gpu1, models, inputs=[str(tmp_path / "library")], progress=False)
+    ef = embfile.load(gpu1)
+    x = ef.rows.embeddings + np.random.default_rng(0).normal(0, 1e-3, ef.rows.embeddings.shape).astype(np.float32)
+    embfile.save(gpu1, replace(ef, rows=replace(ef.rows, embeddings=x / np.linalg.norm(x, axis=1, keepdims=True))))
+    out = tmp_path / "out"
+    assert run_cli(["--embeddings", str(gpu0), str(gpu1), "--output", str(out), "--clusters", "auto",
+                    "--no-previews"]) == 0
+    assert json.loads((out / "summary.json").read_text())["copies_clustered_once"] == len(copies)
+    with open(out / "clusters.csv", encoding="utf-8", newline="") as handle:
+        folder = {row["path"]: row["cluster"] for row in csv.DictReader(handle)}
+    assert all(folder[copy] == folder[original] for copy, original in copies.items())
+    for name in {f for f in folder.values() if f != "outliers"}:  # no folder is one photo and its copy
+        assert len({copies.get(p, p) for p, f in folder.items() if f == name}) >= 2, name
+    assert f"{len(copies)} faces repeat another face (copies of an image" in capsys.readouterr().out
+
+
+def test_faces_of_images_with_the_same_bytes_are_copies_where_the_same_faces_were_found() -> None:
+    from face_organizer import copies
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 16)).astype(np.float32)
+    x[6] = x[0]  # the same row, whatever the bytes
+    paths = ["a.jpg", "a.jpg", "b.jpg", "c.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg"]
+    face_index = np.array([0, 1, 0, 0, 1, 0, 0, 0])
+    same = {"a.jpg": b"A", "c.jpg": b"A", "b.jpg": b"B", "d.jpg": b"B", "e.jpg": b"E", "f.jpg": b"B"}
+    distinct, of = copies.first_faces(x, paths, face_index, same)
+    # c repeats a face by face, d and f repeat b, e repeats a's first face by its row
+    assert distinct.tolist() == [0, 1, 2] and of.tolist() == [0, 1, 2, 0, 1, 2, 0, 2]
+    # a copy in which another number of faces was found stays apart, as do images of other bytes
+    distinct, of = copies.first_faces(x, paths, np.array([0, 1, 0, 0, 2, 0, 0, 0]), same)
+    assert distinct.tolist() == [0, 1, 2, 3, 4] and of.tolist() == [0, 1, 2, 3, 4, 2, 0, 2]
+    distinct, of = copies.first_faces(x, paths, face_index, {"a.jpg": b"A", "c.jpg": b"C", "gone.jpg": b"A"})
+    assert distinct.tolist() == [0, 1, 2, 3, 4, 5, 7] and of.tolist() == [0, 1, 2, 3, 4, 5, 0, 6]
 
 
 def test_copies_are_told_by_their_bytes_not_by_their_hash(monkeypatch) -> None:

@@ -117,7 +117,7 @@ def test_cli_reuse_flag(tmp_path, video_crops, testpack_dir, capsys) -> None:
     with open(tmp_path / "sorted" / "clusters.csv", encoding="utf-8", newline="") as handle:
         placed = {row["path"]: row["cluster"] for row in csv.DictReader(handle)}
     assert all(placed[frame] == placed[source] for frame, source in reused.items())
-    assert (f"{len(reused)} faces embedded the same as another face (copies of an image under other names, as album "
+    assert (f"{len(reused)} faces repeat another face (copies of an image under other names, as album "
             "folders hold them, or frames given an earlier frame's embedding by --reuse-similar-frames): counted once "
             "by the clustering") in capsys.readouterr().out
     code = common.run(embed_main, ["--input", str(folder), "--output", str(tmp_path / "p.pkl"), "--model", str(testpack_dir),
