@@ -9,6 +9,7 @@ the parts and embeds only what is not in them yet.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -484,6 +485,16 @@ def _embed_halves(batch: list[tuple[str, NDArray[np.uint8]]], models: FaceModels
         _embed_halves(batch[middle:], models, options, out)
 
 
+def _boxes_in_file_pixels(results: list[tuple[int, BatchResult]], reductions: Mapping[str, int]) -> None:
+    """The boxes of images decoded shrunk (``images.Loaded.reduction``) scaled back to their files' pixels."""
+    if not reductions:
+        return
+    for _, result in results:
+        rows = result.rows
+        factor = np.array([reductions.get(p, 1) for p in rows.paths], np.float32)
+        rows.bbox = rows.bbox * factor[:, None]
+
+
 def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceModels, options: EmbedOptions,
              embedded: _EmbeddedImages | None = None) -> _JobResult:
     """Decode (when given paths) and embed one batch; one bad image costs only itself. A copy of an image
@@ -506,6 +517,7 @@ def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceM
                 in_batch.setdefault(item.digest, item.path)
     if batch:
         _embed_halves(batch, models, options, out)
+        _boxes_in_file_pixels(out.results, {item.path: item.reduction for item in loaded if item.reduction > 1})
     failed = dict(out.skipped)  # this batch's images that failed, by path
     orphans = [(path, failed[source]) for path, digest in out.copies if (source := in_batch.get(digest)) in failed]
     if orphans:
@@ -669,6 +681,8 @@ def run_embeddings(
     ``state``: what ``rerun_without_models`` read of ``output``, so it is not read twice.
     """
     started = time.monotonic()
+    if loader is images.load_many and options.mode == "photos" and options.photo_min_side:
+        loader = functools.partial(images.load_many, min_side=options.photo_min_side)
     out = Path(output).absolute()
     held_now: dict[str, images.Signature | None] = {}
     changed: set[str] = set()
@@ -697,6 +711,7 @@ def run_embeddings(
                              device=models.device, inputs=[os.path.abspath(i) for i in inputs], mode=options.mode,
                              complete=False, sessions=[r.describe() for r in models.reports],
                              reuse_similar_frames=options.reuse_similar_frames,
+                             **({"photo_min_side": options.photo_min_side} if options.mode == "photos" else {}),
                              **unrecognisable_meta(models))
     recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds, held_now)
     status = _StatusWriter(status_file, models.device)

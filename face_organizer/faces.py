@@ -44,6 +44,11 @@ class EmbedOptions:
     # at this size (0: never): portraits cropped to the face (avatars, ID photos) defeat the detector
     # as video crops do.
     photo_retry_size: int = 320
+    # Photos mode: a JPEG photo is decoded shrunk by 2, 4 or 8 (in its DCT, several times faster) as far as
+    # its longer side stays at least this (0: always whole). The detector sees photos at photo_det_size and
+    # the recogniser faces at 112 pixels, so a 12-megapixel photo at 2016 pixels loses them little; boxes
+    # are recorded in the file's own pixels all the same.
+    photo_min_side: int = 2000
     # Crops mode: > 0 gives a near-identical consecutive frame the embedding of the frame it
     # repeats (see ``frames``); the value is the signature distance that counts as repeating.
     reuse_similar_frames: float = 0.0

@@ -464,13 +464,45 @@ def _turned_like(image: np.ndarray, upright: np.ndarray) -> np.ndarray:
     return image
 
 
-def _decode_upright(data: bytes) -> np.ndarray | None:
+_REDUCED_COLOUR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                   8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as a JPEG's frame header gives them (before any EXIF turn), None for other bytes."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 9 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # a fill byte
+            i += 1
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def jpeg_reduction(data: bytes, min_side: int) -> int:
+    """1, 2, 4 or 8: the largest factor a JPEG decoder can shrink ``data`` by (in its DCT, several times
+    faster than decoding it whole) that leaves its longer side at least ``min_side``; 1 for other formats."""
+    size = jpeg_size(data) if min_side > 0 else None
+    if size is None:
+        return 1
+    return next((r for r in (8, 4, 2) if max(size) // r >= min_side), 1)
+
+
+def _decode_upright(data: bytes, reduction: int = 1) -> np.ndarray | None:
     """Decode as stored (16-bit, grey and alpha kept), turned upright as the file's EXIF orientation
     says: phone and camera photos are often stored sideways with an orientation tag, and a face
-    lying on its side is not found. OpenCV applies the tag itself except for ``IMREAD_UNCHANGED``."""
+    lying on its side is not found. OpenCV applies the tag itself except for ``IMREAD_UNCHANGED``
+    (also when it shrinks a JPEG by ``reduction``)."""
     buffer = np.frombuffer(data, dtype=np.uint8)
     if data.startswith(b"\xff\xd8"):  # JPEG: 8-bit without alpha, so the colour decode loses nothing
-        return cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        return cv2.imdecode(buffer, _REDUCED_COLOUR[reduction])
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None:
         return None
@@ -566,8 +598,9 @@ def _decode_pillow(opener: Any, data: bytes, kind: str) -> np.ndarray:
     return cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR)
 
 
-def decode_bytes(data: bytes) -> BGRImage:
-    """Decode encoded image bytes to BGR uint8, raising ``DecodeError`` with a reason."""
+def decode_bytes(data: bytes, reduction: int = 1) -> BGRImage:
+    """Decode encoded image bytes to BGR uint8, raising ``DecodeError`` with a reason; a JPEG shrunk by
+    ``reduction`` (``jpeg_reduction``)."""
     if not data:
         raise DecodeError("empty file")
     if _jpeg_truncated(data):
@@ -585,7 +618,7 @@ def decode_bytes(data: bytes) -> BGRImage:
         elif gif is not None:
             image = _decode_pillow(gif.GifImageFile, data, "GIF")
         else:
-            image = _decode_upright(data)
+            image = _decode_upright(data, reduction)
     except cv2.error as err:  # OpenCV raises, rather than returning None, for some files
         raise DecodeError(_opencv_reason(err)) from None
     if image is None:
@@ -640,6 +673,7 @@ class Loaded:
     reason: str | None = None
     signature: Signature | None = None  # the file as it was read (None if it could not be opened)
     digest: bytes | None = None  # of its bytes (``content_digest``), where it was decoded: copies share it
+    reduction: int = 1  # ``image`` is the file's pixels shrunk by this factor (a large JPEG photo, ``load``)
 
 
 def content_digest(data: bytes) -> bytes:
@@ -648,16 +682,20 @@ def content_digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def load(path: str) -> Loaded:
+def load(path: str, min_side: int = 0) -> Loaded:
+    """``path`` read and decoded; with ``min_side``, a JPEG larger than twice that is shrunk while decoding
+    as far as its longer side stays at least ``min_side`` (``jpeg_reduction``)."""
     signature = None
     try:
         data, signature = _read(path)
-        return Loaded(path, decode_bytes(data), signature=signature, digest=content_digest(data))
+        reduction = jpeg_reduction(data, min_side)
+        return Loaded(path, decode_bytes(data, reduction), signature=signature, digest=content_digest(data),
+                      reduction=reduction)
     except DecodeError as err:
         return Loaded(path, None, str(err), signature)
     except MemoryError:  # a huge image within OpenCV's limit, on a machine short of memory
         return Loaded(path, None, "out of memory while decoding (image too large for this machine)", signature)
 
 
-def load_many(paths: Sequence[str]) -> list[Loaded]:
-    return [load(p) for p in paths]
+def load_many(paths: Sequence[str], min_side: int = 0) -> list[Loaded]:
+    return [load(p, min_side) for p in paths]

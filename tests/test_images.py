@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import io
 import os
 import struct
 import threading
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -594,7 +596,7 @@ def test_an_image_too_large_for_the_machine_is_skipped_not_fatal(tmp_path: Path,
 
     path = write_image(tmp_path / "big.png", np.zeros((20, 20, 3), np.uint8))
 
-    def exhausted(data: bytes) -> np.ndarray:
+    def exhausted(data: bytes, reduction: int = 1) -> np.ndarray:
         raise MemoryError
 
     monkeypatch.setattr(images, "decode_bytes", exhausted)
@@ -635,3 +637,30 @@ def test_exif_in_a_png_is_found_by_its_chunk_wherever_it_is(tmp_path: Path) -> N
     assert not _png_has_exif(plain[:33] + chunk(b"tEXt", b"Comment\x00eXIf") + plain[33:])
     sideways = _save_with_orientation(tmp_path / "photo.png", STORED[6](_face_like()), 6)
     assert _png_has_exif(sideways.read_bytes())  # as Pillow writes it
+
+
+def test_the_size_of_a_jpeg_is_read_from_its_header_to_shrink_large_ones_while_decoding(shared) -> None:
+    from PIL import Image
+
+    def jpeg(width: int, height: int, **options: Any) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (width, height), (90, 120, 150)).save(out, "JPEG", **options)
+        return out.getvalue()
+
+    assert images.jpeg_size(jpeg(640, 480)) == (640, 480)
+    assert images.jpeg_size(jpeg(640, 480, progressive=True)) == (640, 480)
+    out = io.BytesIO()
+    Image.new("CMYK", (33, 17)).save(out, "JPEG")
+    assert images.jpeg_size(out.getvalue()) == (33, 17)
+    for photo in sorted((shared / "datasets" / "face_recognition_examples").rglob("*.jpg")):
+        data = photo.read_bytes()
+        assert images.jpeg_size(data) == Image.open(photo).size, photo
+    assert images.jpeg_size(jpeg(640, 480)[:100]) is None  # cut off before its frame header
+    assert images.jpeg_size(b"\x89PNG\r\n\x1a\n") is None
+    # As far as the longer side stays 2,000 pixels, by 2, 4 or 8 only.
+    widths = {3999: 1, 4000: 2, 7999: 2, 8000: 4, 16000: 8, 40000: 8}
+    assert {w: images.jpeg_reduction(jpeg(w, 8), 2000) for w in widths} == widths
+    assert images.jpeg_reduction(jpeg(8, 8000), 2000) == 4  # a portrait's longer side
+    assert images.jpeg_reduction(jpeg(8000, 8), 0) == 1
+    png = cv2.imencode(".png", np.zeros((8, 8000, 3), np.uint8))[1].tobytes()
+    assert images.jpeg_reduction(png, 2000) == 1  # other formats are decoded whole

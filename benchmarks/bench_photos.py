@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Photos mode on phone-sized photos: large JPEGs decoded shrunk (the default) against decoded whole.
+
+Makes N JPEG photos of 4032 pixels a side (quality 92) from DeepFace's and face_recognition's labelled
+photos in ../shared, enlarged (Lanczos), then runs ``run_embeddings`` in photos mode over them in
+alternating rounds: as ``generate_embeddings.py --mode photos`` (a JPEG of more than 4,000 pixels a side
+decoded at half size) and as with ``--full-resolution``. Prints images/s for each round, and how alike the
+two runs' faces are (the same faces found, box offsets against the face's width, embedding cosines).
+
+  python benchmarks/bench_photos.py --count 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_setup import add_shared_argument, read_labels, testpack_streams  # noqa: E402
+import numpy as np  # noqa: E402
+
+from face_organizer import embfile  # noqa: E402
+from face_organizer.embed_run import run_embeddings  # noqa: E402
+from face_organizer.faces import EmbedOptions  # noqa: E402
+
+SIDE = 4032
+
+
+def make_photos(datasets: Path, count: int, folder: Path) -> list[str]:
+    from PIL import Image
+
+    sources = [datasets / name / row["path"] for name in ("deepface_tests", "face_recognition_examples")
+               for row in read_labels(datasets / name)]
+    paths = []
+    for i in range(count):
+        with Image.open(sources[i % len(sources)]) as opened:
+            photo = opened.convert("RGB")
+        scale = SIDE / max(photo.size)
+        big = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.Resampling.LANCZOS)
+        paths.append(str(folder / f"IMG_{i:04d}.jpg"))
+        big.save(paths[-1], quality=92)
+    return paths
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=60, help="photos to make (default: 60)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
+    add_shared_argument(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    shared = Path(args.shared)
+    models, streams = testpack_streams(shared)
+    ways = {"shrunk (default)": EmbedOptions(mode="photos"),
+            "whole (--full-resolution)": EmbedOptions(mode="photos", photo_min_side=0)}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        paths = make_photos(shared / "datasets", args.count, folder)
+        speeds: dict[str, list[float]] = {name: [] for name in ways}
+        for round_ in range(args.rounds):
+            for name, options in ways.items():
+                out = Path(tmp) / f"{round_}-{len(speeds[name])}-{name[:5]}.pkl"
+                started = time.perf_counter()
+                run_embeddings(paths, out, models, options, streams=streams, progress=False)
+                speeds[name].append(len(paths) / (time.perf_counter() - started))
+                print(f"round {round_ + 1}: {name}: {speeds[name][-1]:.1f} images/s", flush=True)
+        shrunk, whole = (embfile.load(Path(tmp) / f"{args.rounds - 1}-{args.rounds - 1}-{n[:5]}.pkl") for n in ways)
+    same = shrunk.rows.paths == whole.rows.paths and (shrunk.rows.face_index == whole.rows.face_index).all()
+    print(f"{len(paths)} photos of {SIDE} pixels a side, {streams} streams; images/s: "
+          + "; ".join(f"{name} {np.median(s):.1f} (rounds {', '.join(f'{v:.1f}' for v in s)})"
+                      for name, s in speeds.items())
+          + f"; ratio {np.median(speeds['shrunk (default)']) / np.median(speeds['whole (--full-resolution)']):.2f}")
+    if not same:
+        print(f"faces found: {len(shrunk.rows)} shrunk, {len(whole.rows)} whole (not the same faces)")
+        return 0
+    width = whole.rows.bbox[:, 2] - whole.rows.bbox[:, 0]
+    offset = np.abs(shrunk.rows.bbox - whole.rows.bbox).max(axis=1) / width
+    cosine = np.sum(shrunk.rows.embeddings * whole.rows.embeddings, axis=1)
+    print(f"the same {len(whole.rows)} faces; box offsets up to {offset.max():.3f} of the face's width; "
+          f"embedding cosine shrunk vs whole: min {cosine.min():.4f}, median {np.median(cosine):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
