@@ -59,7 +59,8 @@ class EmbeddingsInfo:
         out = [
             f"{self.path}: {self.status()}",
             f"  model: {m.get('model_pack', '?')} ({files.get('recognition', '?')}, {m.get('embedding_size', '?')}-d), "
-            f"{m.get('mode', 'crops')} mode, device {m.get('device', '?')}, run started {m.get('created', '?')}"
+            f"{m.get('mode', 'crops')} mode{_decoding(m)}, device {m.get('device', '?')}, run started "
+            f"{m.get('created', '?')}"
             + (f", face-organizer {m['tool_version']}" if m.get("tool_version") else ""),
             "  inputs: " + (", ".join(m.get("inputs") or []) or "?"),
             *(["  paths rebased: " + "; ".join(f"{r.get('from')} → {r.get('to')} ({r.get('when')})"
@@ -132,3 +133,11 @@ def total_lines(infos: list[EmbeddingsInfo]) -> list[str]:
             + (f" ({both:,} of them in more than one file, counted once)" if both
                else f"; faces: {sum(i.faces for i in infos):,}")
             + f"; skipped: {sum(sum(i.skipped.values()) for i in infos):,}"]
+
+
+def _decoding(meta: dict) -> str:
+    """How a photos-mode run decoded large JPEG photos, where its file says (``EmbedOptions.photo_min_side``)."""
+    side = meta.get("photo_min_side")
+    if not isinstance(side, int) or meta.get("mode") != "photos":
+        return ""
+    return f" (large JPEGs decoded shrunk to {side:,} pixels or more)" if side else " (JPEGs decoded whole)"

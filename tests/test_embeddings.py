@@ -143,6 +143,11 @@ def test_large_jpeg_photos_are_decoded_shrunk_and_give_the_faces_of_the_whole_ph
     shrunk, whole = embfile.load(tmp_path / "shrunk.pkl"), embfile.load(tmp_path / "whole.pkl")
     assert shrunk.rows.paths == whole.rows.paths == [paths[0]] * 6 + [paths[1]] * 6
     assert shrunk.meta["photo_min_side"] == 2000 and whole.meta["photo_min_side"] == 0
+    from face_organizer.embinfo import describe
+
+    described = describe(tmp_path / "shrunk.pkl").lines()[1]
+    assert "photos mode (large JPEGs decoded shrunk to 2,000 pixels or more), " in described
+    assert "photos mode (JPEGs decoded whole), " in describe(tmp_path / "whole.pkl").lines()[1]
     width = whole.rows.bbox[:, 2] - whole.rows.bbox[:, 0]
     assert width.min() > 300  # faces of the whole photo's size, ...
     assert np.all(np.abs(shrunk.rows.bbox - whole.rows.bbox).max(axis=1) < 0.05 * width)  # ... where they are in it
