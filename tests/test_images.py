@@ -664,3 +664,30 @@ def test_the_size_of_a_jpeg_is_read_from_its_header_to_shrink_large_ones_while_d
     assert images.jpeg_reduction(jpeg(8000, 8), 0) == 1
     png = cv2.imencode(".png", np.zeros((8, 8000, 3), np.uint8))[1].tobytes()
     assert images.jpeg_reduction(png, 2000) == 1  # other formats are decoded whole
+
+
+def test_a_jpeg_decoded_shrunk_is_turned_as_its_exif_orientation_says() -> None:
+    """Each of the eight orientations: the shrunk decode is the whole decode shrunk (OpenCV applies the tag to
+    ``IMREAD_REDUCED_COLOR_*`` too), for progressive, grey and CMYK JPEGs as well."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 255, 4000)[None, :, None] * np.ones((48, 1, 3))
+    picture = Image.fromarray(np.clip(gradient + rng.normal(0, 8, gradient.shape), 0, 255).astype(np.uint8))
+    picture.paste((255, 0, 0), (0, 0, 400, 24))  # a red block in one corner: a turn or a mirror moves it
+
+    def jpeg(image: Any, orientation: int = 1, **options: Any) -> bytes:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        out = io.BytesIO()
+        image.save(out, "JPEG", exif=exif.tobytes(), quality=95, **options)
+        return out.getvalue()
+
+    cases = [jpeg(picture, o) for o in range(1, 9)]
+    cases += [jpeg(picture, 6, progressive=True), jpeg(picture.convert("L"), 3), jpeg(picture.convert("CMYK"), 8)]
+    for data in cases:
+        assert images.jpeg_reduction(data, 2000) == 2
+        whole, shrunk = images.decode_bytes(data), images.decode_bytes(data, 2)
+        assert shrunk.shape == (-(-whole.shape[0] // 2), -(-whole.shape[1] // 2), 3)
+        expected = cv2.resize(whole, shrunk.shape[1::-1], interpolation=cv2.INTER_AREA)
+        assert np.abs(expected.astype(int) - shrunk.astype(int)).mean() < 3
