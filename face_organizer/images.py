@@ -664,6 +664,14 @@ def read_image(path: str | os.PathLike[str]) -> BGRImage:
     return decode_bytes(_read(path)[0])
 
 
+def read_image_shrunk(path: str | os.PathLike[str], reduction: int) -> tuple[BGRImage, int]:
+    """``read_image``, a JPEG shrunk by ``reduction`` (1, 2, 4 or 8) while decoding: the image, and the factor
+    it was shrunk by (1 for other formats)."""
+    data = _read(path)[0]
+    reduction = reduction if jpeg_size(data) is not None else 1
+    return decode_bytes(data, reduction), reduction
+
+
 @dataclass(frozen=True)
 class Loaded:
     """One file after decoding: either ``image`` or a failure ``reason``."""

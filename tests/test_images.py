@@ -691,3 +691,30 @@ def test_a_jpeg_decoded_shrunk_is_turned_as_its_exif_orientation_says() -> None:
         assert shrunk.shape == (-(-whole.shape[0] // 2), -(-whole.shape[1] // 2), 3)
         expected = cv2.resize(whole, shrunk.shape[1::-1], interpolation=cv2.INTER_AREA)
         assert np.abs(expected.astype(int) - shrunk.astype(int)).mean() < 3
+
+
+def test_contact_sheet_tiles_of_faces_in_large_jpeg_photos_are_read_shrunk(tmp_path: Path, monkeypatch) -> None:
+    """A tile shows a face of a 12-megapixel photo from the photo decoded shrunk, as far as the face keeps a tile's
+    pixels: the same tile as from the whole photo, for a quarter of the decoding or less."""
+    from PIL import Image
+
+    from face_organizer import preview
+    from face_organizer.samples import insightface_sample
+
+    group = Image.open(insightface_sample("t1.jpg"))
+    big = group.resize((4032, round(4032 * group.height / group.width)), Image.Resampling.LANCZOS)
+    big.save(tmp_path / "IMG_0001.jpg", quality=92)
+    big.save(tmp_path / "IMG_0001.png")
+    box = np.array([1460, 839, 1804, 1309], np.float32)  # a face of t1.jpg, as found at this size: 611 pixels a tile
+    shrunk_by = []
+    real = preview.read_image_shrunk
+    monkeypatch.setattr(preview, "read_image_shrunk",
+                        lambda path, r: shrunk_by.append(real(path, r)[1]) or real(path, r))
+    tile = preview._tile(preview.SheetFace(str(tmp_path / "IMG_0001.jpg"), box, ""))
+    from_png = preview._tile(preview.SheetFace(str(tmp_path / "IMG_0001.png"), box, ""))
+    assert shrunk_by == [4, 1]  # 611 / 4 pixels still fill a tile; a PNG is decoded whole
+    monkeypatch.setattr(preview, "read_image_shrunk", lambda path, r: real(path, 1))
+    whole = preview._tile(preview.SheetFace(str(tmp_path / "IMG_0001.jpg"), box, ""))
+    assert tile.shape == whole.shape == from_png.shape == (preview.TILE, preview.TILE, 3)
+    # The crop's edges may move by up to 4 of the photo's pixels, under a tile's pixel: as seen, not to the pixel.
+    assert np.abs(tile.astype(int) - whole.astype(int)).mean() < 8
