@@ -488,9 +488,10 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def jpeg_reduction(data: bytes, min_side: int) -> int:
     """1, 2, 4 or 8: the largest factor a JPEG decoder can shrink ``data`` by (in its DCT, several times
-    faster than decoding it whole) that leaves its longer side at least ``min_side``; 1 for other formats."""
+    faster than decoding it whole) that leaves its longer side at least ``min_side``; 1 for other formats, and for
+    a JPEG over OpenCV's pixel limit, which is refused as too large whichever way it is decoded."""
     size = jpeg_size(data) if min_side > 0 else None
-    if size is None:
+    if size is None or size[0] * size[1] > _max_pixels():
         return 1
     return next((r for r in (8, 4, 2) if max(size) // r >= min_side), 1)
 

@@ -639,7 +639,7 @@ def test_exif_in_a_png_is_found_by_its_chunk_wherever_it_is(tmp_path: Path) -> N
     assert _png_has_exif(sideways.read_bytes())  # as Pillow writes it
 
 
-def test_the_size_of_a_jpeg_is_read_from_its_header_to_shrink_large_ones_while_decoding(shared) -> None:
+def test_the_size_of_a_jpeg_is_read_from_its_header_to_shrink_large_ones_while_decoding(shared, tmp_path) -> None:
     from PIL import Image
 
     def jpeg(width: int, height: int, **options: Any) -> bytes:
@@ -664,6 +664,13 @@ def test_the_size_of_a_jpeg_is_read_from_its_header_to_shrink_large_ones_while_d
     assert images.jpeg_reduction(jpeg(8000, 8), 0) == 1
     png = cv2.imencode(".png", np.zeros((8, 8000, 3), np.uint8))[1].tobytes()
     assert images.jpeg_reduction(png, 2000) == 1  # other formats are decoded whole
+    # A header claiming more pixels than OpenCV's limit is refused as too large, not decoded shrunk.
+    claims = bytearray(jpeg(64, 64))
+    start = claims.index(b"\xff\xc0")
+    claims[start + 5 : start + 9] = (50000).to_bytes(2, "big") * 2
+    assert images.jpeg_size(bytes(claims)) == (50000, 50000) and images.jpeg_reduction(bytes(claims), 2000) == 1
+    (tmp_path / "huge.jpg").write_bytes(claims)
+    assert (images.load(str(tmp_path / "huge.jpg"), 2000).reason or "").startswith("image too large to decode")
 
 
 def test_a_jpeg_decoded_shrunk_is_turned_as_its_exif_orientation_says() -> None:
