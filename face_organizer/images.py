@@ -667,9 +667,9 @@ def read_image(path: str | os.PathLike[str]) -> BGRImage:
 
 def read_image_shrunk(path: str | os.PathLike[str], reduction: int) -> tuple[BGRImage, int]:
     """``read_image``, a JPEG shrunk by ``reduction`` (1, 2, 4 or 8) while decoding: the image, and the factor
-    it was shrunk by (1 for other formats)."""
+    it was shrunk by (1 for other formats, and where ``jpeg_reduction`` would not shrink it)."""
     data = _read(path)[0]
-    reduction = reduction if jpeg_size(data) is not None else 1
+    reduction = reduction if jpeg_reduction(data, 1) > 1 else 1
     return decode_bytes(data, reduction), reduction
 
 
