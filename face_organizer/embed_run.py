@@ -651,6 +651,11 @@ def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos
         yield batch
 
 
+def _photo_settings(options: EmbedOptions) -> dict[str, int]:
+    """How photos mode read large photos and refined small faces, for the file's ``meta``."""
+    return {"photo_min_side": options.photo_min_side, "photo_refine_below": options.photo_refine_below}
+
+
 def unrecognisable_meta(models: FaceModels) -> dict[str, list[float]]:
     """What an embeddings file's ``meta`` records of the pack's unrecognisable faces (see ``quality``)."""
     centre = models.unrecognisable_centre
@@ -711,7 +716,7 @@ def run_embeddings(
                              device=models.device, inputs=[os.path.abspath(i) for i in inputs], mode=options.mode,
                              complete=False, sessions=[r.describe() for r in models.reports],
                              reuse_similar_frames=options.reuse_similar_frames,
-                             **({"photo_min_side": options.photo_min_side} if options.mode == "photos" else {}),
+                             **(_photo_settings(options) if options.mode == "photos" else {}),
                              **unrecognisable_meta(models))
     recorder = _Recorder(out, state, meta, models.dim, checkpoint_seconds, held_now)
     status = _StatusWriter(status_file, models.device)

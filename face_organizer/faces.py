@@ -49,6 +49,10 @@ class EmbedOptions:
     # the recogniser faces at 112 pixels, so a 12-megapixel photo at 2016 pixels loses them little; boxes
     # are recorded in the file's own pixels all the same.
     photo_min_side: int = 2000
+    # Photos mode: a face whose box is smaller than this (its longer side, in pixels of the photo as the detector
+    # saw it at photo_det_size) is found again in a crop around it, as crops are (0: never). At 640 pixels a face
+    # of a group photo is a few dozen pixels, and its landmarks too coarse to align it well.
+    photo_refine_below: int = 64
     # Crops mode: > 0 gives a near-identical consecutive frame the embedding of the frame it
     # repeats (see ``frames``); the value is the signature distance that counts as repeating.
     reuse_similar_frames: float = 0.0
@@ -166,7 +170,8 @@ def find_crop_face(image: NDArray[np.uint8], detector: SCRFD, options: EmbedOpti
 
 def find_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, options: EmbedOptions) -> list[Detections]:
     """Every face above the threshold in each photo, in its pixels; photos without one are
-    tried again padded, at ``options.photo_retry_size``, in one batched pass."""
+    tried again padded, at ``options.photo_retry_size``, in one batched pass, and small faces have
+    their landmarks found again (``refine_small_faces``)."""
     size = (options.photo_det_size, options.photo_det_size)
     found = detector.detect_many(images, size, options.photo_threshold)
     missed = [i for i, dets in enumerate(found) if not len(dets)]
@@ -175,7 +180,46 @@ def find_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, optio
         again = detector.detect_many([images[i] for i in missed], retry, options.photo_threshold, pad_ratio=options.pad_ratio)
         for i, dets in zip(missed, again):
             found[i] = dets
-    return found
+    return refine_small_faces(images, found, detector, options) if options.photo_refine_below else found
+
+
+def refine_small_faces(images: Sequence[NDArray[np.uint8]], found: list[Detections], detector: SCRFD,
+                       options: EmbedOptions) -> list[Detections]:
+    """``found`` with the landmarks of each face smaller than ``options.photo_refine_below`` (as the detector saw
+    its photo) found again in a crop of the photo around it (half its box's side again on each side), as crops
+    are found (``find_crop_faces``, batched), where the face found there is this one. Boxes and scores stay the
+    photo's, so the faces and their order do not change."""
+    crops: list[NDArray[np.uint8]] = []
+    where: list[tuple[int, int, int, int]] = []  # (photo, face, left, top) of each crop
+    for n, (image, dets) in enumerate(zip(images, found)):
+        h, w = image.shape[:2]
+        seen = options.photo_det_size / max(h, w)  # the photo's scale at detection (its longer side fitted)
+        for i, (x1, y1, x2, y2) in enumerate(dets.boxes[:, :4]):
+            side = max(x2 - x1, y2 - y1)
+            if side * seen >= options.photo_refine_below:
+                continue
+            cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, side * 0.75
+            left, top = max(0, int(cx - half)), max(0, int(cy - half))
+            crop = image[top : min(h, int(cy + half) + 1), left : min(w, int(cx + half) + 1)]
+            if crop.size:
+                crops.append(crop)
+                where.append((n, i, left, top))
+    if not crops:
+        return found
+    refined = list(found)
+    as_crops = replace(options, mode="crops", crop_det_sizes=options.crop_det_sizes[:1])  # at their first size
+    for (n, i, left, top), hit in zip(where, find_crop_faces(crops, detector, as_crops)):
+        if hit is None:
+            continue
+        kps, box, _ = hit
+        x1, y1, x2, y2 = found[n].boxes[i, :4]
+        cx, cy = (box[0] + box[2]) / 2 + left, (box[1] + box[3]) / 2 + top
+        if not (x1 <= cx <= x2 and y1 <= cy <= y2):  # a neighbour's face, not this one
+            continue
+        if refined[n] is found[n]:
+            refined[n] = Detections(found[n].boxes, found[n].scores, found[n].kps.copy())
+        refined[n].kps[i] = kps + np.array([left, top], np.float32)
+    return refined
 
 
 def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceModels, options: EmbedOptions) -> BatchResult:

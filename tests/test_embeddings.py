@@ -143,6 +143,7 @@ def test_large_jpeg_photos_are_decoded_shrunk_and_give_the_faces_of_the_whole_ph
     shrunk, whole = embfile.load(tmp_path / "shrunk.pkl"), embfile.load(tmp_path / "whole.pkl")
     assert shrunk.rows.paths == whole.rows.paths == [paths[0]] * 6 + [paths[1]] * 6
     assert shrunk.meta["photo_min_side"] == 2000 and whole.meta["photo_min_side"] == 0
+    assert shrunk.meta["photo_refine_below"] == whole.meta["photo_refine_below"] == 64
     from face_organizer.embinfo import describe
 
     described = describe(tmp_path / "shrunk.pkl").lines()[1]
@@ -152,6 +153,45 @@ def test_large_jpeg_photos_are_decoded_shrunk_and_give_the_faces_of_the_whole_ph
     assert width.min() > 300  # faces of the whole photo's size, ...
     assert np.all(np.abs(shrunk.rows.bbox - whole.rows.bbox).max(axis=1) < 0.05 * width)  # ... where they are in it
     assert np.all(np.sum(shrunk.rows.embeddings * whole.rows.embeddings, axis=1) > 0.95)
+
+
+def test_small_faces_of_a_group_photo_are_aligned_on_landmarks_found_again_around_them(lfw, lfw_labels,
+                                                                                         models) -> None:
+    """At 640 pixels a face of a 12-megapixel group photo is about ten pixels wide, and its landmarks too coarse to
+    align it: the same person's faces were barely more alike than strangers'. Found again in a crop around each
+    face, as crops are, they are told apart as in crops mode. Boxes, scores and the faces found do not change,
+    and large faces are left as they were."""
+    people = sorted({r["identity"] for r in lfw_labels if r["kind"] != "single"})[:12]
+    rows = [r for person in people for r in [r for r in lfw_labels if r["identity"] == person][:4]]
+    canvas = np.full((3024, 4032, 3), 128, np.uint8)
+    slot = 166  # LFW photos at 150 pixels: faces about 65 pixels wide, 10 as the detector sees the photo
+    for j, row in enumerate(rows):
+        y, x = (j // 24) * slot + 8, (j % 24) * slot + 8
+        canvas[y : y + 150, x : x + 150] = cv2.resize(read_image(lfw / row["path"]), (150, 150),
+                                                      interpolation=cv2.INTER_AREA)
+    group = [("group.jpg", canvas)]
+    refined = embed_batch(group, models, EmbedOptions(mode="photos")).rows
+    coarse = embed_batch(group, models, EmbedOptions(mode="photos", photo_refine_below=0)).rows
+    np.testing.assert_array_equal(refined.bbox, coarse.bbox)
+    np.testing.assert_array_equal(refined.det_score, coarse.det_score)
+
+    def separation(found: FaceRows) -> float:
+        """Same-vs-different AUC over each slot's largest face (the LFW photo's own: some show others too)."""
+        centres = (found.bbox[:, :2] + found.bbox[:, 2:]) / 2
+        slots = (centres[:, 1] // slot).astype(int) * 24 + (centres[:, 0] // slot).astype(int)
+        widths = found.bbox[:, 2] - found.bbox[:, 0]
+        own = {k: i for i in np.argsort(widths) for k in [int(slots[i])] if k < len(rows)}  # the widest last
+        kept = sorted(own.values())
+        who = np.array([rows[int(slots[i])]["identity"] for i in kept])
+        x = found.embeddings[kept]
+        upper = np.triu_indices(len(kept), 1)
+        return roc_auc((x @ x.T)[upper], (who[:, None] == who[None])[upper])
+
+    assert separation(refined) > 0.97 and separation(coarse) < separation(refined) - 0.05
+    photo = [("photo.jpg", read_image(lfw / rows[0]["path"]))]  # a face of about 280 pixels as the detector sees it
+    as_found, unrefined = (embed_batch(photo, models, EmbedOptions(mode="photos", photo_refine_below=below)).rows
+                           for below in (64, 0))
+    np.testing.assert_array_equal(as_found.embeddings, unrefined.embeddings)
 
 
 def test_batched_detection_finds_what_one_image_at_a_time_finds(lfw, lfw_labels, video_crops, models) -> None:
