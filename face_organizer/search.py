@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from .errors import SetupError
 from .fsutil import missing_path_hint
-from .faces import EmbedOptions, FaceModels, find_crop_face
+from .faces import EmbedOptions, FaceModels, find_crop_face, refine_small_faces
 from .alignment import align
 from .images import DecodeError, read_image
 from .recognition import l2_normalise
@@ -70,8 +70,10 @@ def embed_reference(path: str, models: FaceModels) -> Reference:
     except DecodeError as err:
         raise SetupError(f"cannot use query {path}: {err}") from None
     size = models.recognizer.input_size
-    dets = models.detector.detect(image, (640, 640), 0.5)
+    photos = EmbedOptions(mode="photos")
+    dets = models.detector.detect(image, (photos.photo_det_size, photos.photo_det_size), photos.photo_threshold)
     if len(dets):
+        dets = refine_small_faces([image], [dets], models.detector, photos)[0]  # as photos mode embeds them
         area = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
         order = np.argsort(-area, kind="stable")
         faces = np.stack([align(image, dets.kps[i], size) for i in order])

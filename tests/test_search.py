@@ -422,3 +422,19 @@ def test_a_calibration_store_that_cannot_be_written_is_refused_before_any_work(s
     assert err[-1] == (f"Error: cannot store the calibration in {store}: File exists; set $FACE_ORGANIZER_CALIBRATION "
                        "to a file in a folder you can write")
     assert embedded == [] and not any(".tmp" in line for line in err)
+
+
+def test_a_small_face_of_a_group_photo_as_reference_is_embedded_as_photos_mode_embeds_it(lfw, lfw_labels, models,
+                                                                                         tmp_path) -> None:
+    """A reference group photo's small faces have their landmarks found again around each, as photos mode finds
+    them in the collection: the same embeddings, so a face searched for matches its own photo at 1."""
+    canvas = np.full((3024, 4032, 3), 128, np.uint8)
+    for j, row in enumerate(lfw_labels[:6]):  # faces about 100 pixels wide, 16 as the detector sees them
+        canvas[400 : 400 + 220, 200 + 600 * j : 420 + 600 * j] = cv2.resize(read_image(lfw / row["path"]), (220, 220),
+                                                                            interpolation=cv2.INTER_AREA)
+    group = tmp_path / "party.png"
+    cv2.imwrite(str(group), canvas)
+    reference = embed_reference(str(group), models)
+    rows = embed_batch([(str(group), canvas)], models, EmbedOptions(mode="photos")).rows
+    assert len(rows) == reference.faces_in_photo >= 6
+    assert np.all((reference.faces @ rows.embeddings.T).max(axis=1) > 0.9999)
