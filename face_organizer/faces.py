@@ -186,7 +186,7 @@ def find_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, optio
 def refine_small_faces(images: Sequence[NDArray[np.uint8]], found: list[Detections], detector: SCRFD,
                        options: EmbedOptions) -> list[Detections]:
     """``found`` with the landmarks of each face smaller than ``options.photo_refine_below`` (as the detector saw
-    its photo) found again in a crop of the photo around it (half its box's side again on each side), as crops
+    its photo) found again in a crop of the photo around it (a square 1.5 times its box, centred on it), as crops
     are found (``find_crop_faces``, batched), where the face found there is this one. Boxes and scores stay the
     photo's, so the faces and their order do not change."""
     crops: list[NDArray[np.uint8]] = []
