@@ -66,14 +66,13 @@ def main() -> int:
         paths = make_photos(shared / "datasets", args.count, folder)
         speeds: dict[str, list[float]] = {name: [] for name in ways}
         for round_ in range(args.rounds):
-            for name, options in ways.items():
-                out = Path(tmp) / f"{round_}-{len(speeds[name])}-{name[:5]}{len(name)}.pkl"
+            for way, (name, options) in enumerate(ways.items()):
+                out = Path(tmp) / f"way{way}.pkl"  # each round writes it anew: the last round's files are compared
                 started = time.perf_counter()
-                run_embeddings(paths, out, models, options, streams=streams, progress=False)
+                run_embeddings(paths, out, models, options, streams=streams, resume=False, progress=False)
                 speeds[name].append(len(paths) / (time.perf_counter() - started))
                 print(f"round {round_ + 1}: {name}: {speeds[name][-1]:.1f} images/s", flush=True)
-        shrunk, whole = (embfile.load(Path(tmp) / f"{args.rounds - 1}-{args.rounds - 1}-{n[:5]}{len(n)}.pkl")
-                         for n in list(ways)[:2])
+        shrunk, whole = (embfile.load(Path(tmp) / f"way{way}.pkl") for way in (0, 1))
     same = shrunk.rows.paths == whole.rows.paths and (shrunk.rows.face_index == whole.rows.face_index).all()
     print(f"{len(paths)} photos of {SIDE} pixels a side, {streams} streams; images/s: "
           + "; ".join(f"{name} {np.median(s):.1f} (rounds {', '.join(f'{v:.1f}' for v in s)})"

@@ -486,14 +486,24 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def reduction_keeping(length: float, at_least: float) -> int:
+    """1, 2, 4 or 8: the largest factor a JPEG decoder can shrink by (in its DCT, several times faster than
+    decoding whole) that leaves ``length`` pixels at least ``at_least``."""
+    return next((r for r in (8, 4, 2) if length / r >= at_least), 1)
+
+
+def _shrinkable(data: bytes) -> tuple[int, int] | None:
+    """The size of a JPEG a decoder may shrink; None for other formats, and for a JPEG over OpenCV's pixel
+    limit, which is refused as too large whichever way it is decoded."""
+    size = jpeg_size(data)
+    return size if size is not None and size[0] * size[1] <= _max_pixels() else None
+
+
 def jpeg_reduction(data: bytes, min_side: int) -> int:
-    """1, 2, 4 or 8: the largest factor a JPEG decoder can shrink ``data`` by (in its DCT, several times
-    faster than decoding it whole) that leaves its longer side at least ``min_side``; 1 for other formats, and for
-    a JPEG over OpenCV's pixel limit, which is refused as too large whichever way it is decoded."""
-    size = jpeg_size(data) if min_side > 0 else None
-    if size is None or size[0] * size[1] > _max_pixels():
-        return 1
-    return next((r for r in (8, 4, 2) if max(size) // r >= min_side), 1)
+    """The factor (``reduction_keeping``) that leaves a JPEG's longer side at least ``min_side``; 1 for other
+    formats and a JPEG over OpenCV's pixel limit (``_shrinkable``)."""
+    size = _shrinkable(data) if min_side > 0 else None
+    return 1 if size is None else reduction_keeping(max(size), min_side)
 
 
 def _decode_upright(data: bytes, reduction: int = 1) -> np.ndarray | None:
@@ -667,9 +677,9 @@ def read_image(path: str | os.PathLike[str]) -> BGRImage:
 
 def read_image_shrunk(path: str | os.PathLike[str], reduction: int) -> tuple[BGRImage, int]:
     """``read_image``, a JPEG shrunk by ``reduction`` (1, 2, 4 or 8) while decoding: the image, and the factor
-    it was shrunk by (1 for other formats, and where ``jpeg_reduction`` would not shrink it)."""
+    it was shrunk by (1 for other formats, and where ``_shrinkable`` says it may not be)."""
     data = _read(path)[0]
-    reduction = reduction if jpeg_reduction(data, 1) > 1 else 1
+    reduction = reduction if _shrinkable(data) is not None else 1
     return decode_bytes(data, reduction), reduction
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .fsutil import atomic_write_bytes, atomic_write_text
-from .images import DecodeError, read_image_shrunk
+from .images import DecodeError, read_image_shrunk, reduction_keeping
 from .progress import count
 
 TILE = 112
@@ -38,7 +38,7 @@ def _tile(face: SheetFace) -> NDArray[np.uint8]:
     box = face.bbox if face.bbox is not None and np.all(np.isfinite(face.bbox)) else None
     # A face in a large JPEG photo is read from the photo shrunk while decoding (several times faster) as far as
     # the face keeps a tile's pixels.
-    reduction = 1 if box is None else next((r for r in (8, 4, 2) if _side(box) / r >= TILE), 1)
+    reduction = 1 if box is None else reduction_keeping(_side(box), TILE)
     try:
         image, reduction = read_image_shrunk(face.path, reduction)
     except DecodeError:
