@@ -3,10 +3,11 @@
 
 Pastes LFW dev photos (people with four photos or more, 432 photos) side by side into 12-megapixel group photos
 (4,032 x 3,024, JPEG), each photo scaled by --scales (1.0: LFW's 250 pixels, a face about 110 pixels wide, 17
-as the detector sees the group photo at 640 pixels), embeds them in photos mode, with small faces' landmarks
-found again around each face (the default) and without (``EmbedOptions.photo_refine_below=0``), and prints for
-each the same-vs-different ROC AUC and d' over the face of each pasted photo (its largest face), and the time;
-first the same for the photos on their own in crops mode.
+as the detector sees the group photo at 640 pixels), and embeds them in photos mode four ways: as by default;
+without small faces' landmarks found again around each (``EmbedOptions.photo_refine_below=0``); with small faces
+aligned from the photo as decoded at half size rather than decoded again (``photo_face_pixels=0``); and with the
+photos decoded whole (``--full-resolution``). Prints for each the same-vs-different ROC AUC and d' over the face
+of each pasted photo (its largest face), and the time; first the same for the photos on their own in crops mode.
 
   python benchmarks/eval_group_photos.py --scales 0.6 1.0 2.0
 """
@@ -86,8 +87,10 @@ def main() -> int:
     photos_of = Counter(r["identity"] for r in labels)
     rows = [r for r in labels if photos_of[r["identity"]] >= 4][:432]
     models, streams = testpack_streams(shared)
-    ways = {"refined (default)": EmbedOptions(mode="photos"),
-            "not refined": EmbedOptions(mode="photos", photo_refine_below=0)}
+    ways = {"default": EmbedOptions(mode="photos"),
+            "small faces' landmarks not found again": EmbedOptions(mode="photos", photo_refine_below=0),
+            "small faces aligned from the photo shrunk": EmbedOptions(mode="photos", photo_face_pixels=0),
+            "whole (--full-resolution)": EmbedOptions(mode="photos", photo_min_side=0)}
     with tempfile.TemporaryDirectory() as tmp:  # the reference: the same photos on their own, as crops
         run_embeddings([str(lfw / r["path"]) for r in rows], Path(tmp) / "crops.pkl", models, streams=streams,
                        progress=False)
@@ -101,11 +104,12 @@ def main() -> int:
     for scale in args.scales:
         with tempfile.TemporaryDirectory() as tmp:
             paths, slot = group_photos(lfw, rows, scale, Path(tmp))
-            for name, options in ways.items():
+            for way, (name, options) in enumerate(ways.items()):
                 started = time.perf_counter()
-                run_embeddings(paths, Path(tmp) / f"{len(name)}.pkl", models, options, streams=streams, progress=False)
+                out = Path(tmp) / f"way{way}.pkl"
+                run_embeddings(paths, out, models, options, streams=streams, progress=False)
                 elapsed = time.perf_counter() - started
-                auc, d_prime, faces = separation(embfile.load(Path(tmp) / f"{len(name)}.pkl"), paths, rows, slot)
+                auc, d_prime, faces = separation(embfile.load(out), paths, rows, slot)
                 groups = f"{len(paths)} group photo{'s' * (len(paths) > 1)}"
                 print(f"scale {scale} (faces about {110 * scale:.0f} px wide), {name}: {faces} of {len(rows)} photos' "
                       f"faces found; AUC {auc:.4f}, d' {d_prime:.2f}; {groups} in {elapsed:.1f} s", flush=True)

@@ -30,7 +30,7 @@ from .cpus import usable_cpus
 from .decoding import Loader, iter_loaded
 from .embfile import EmbeddingsFile, parts_dir
 from .errors import EmbeddingsFileError, RunStopped, SetupError, device_failed, one_line
-from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, embed_batch
+from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, ShrunkPhotos, embed_batch
 from .fsutil import atomic_write_text
 from .progress import bar as progress_bar
 from .progress import count
@@ -469,20 +469,20 @@ class _JobResult:
 
 
 def _embed_halves(batch: list[tuple[str, NDArray[np.uint8]]], models: FaceModels, options: EmbedOptions,
-                  out: _JobResult) -> None:
+                  out: _JobResult, shrunk: ShrunkPhotos | None = None) -> None:
     """Embed ``batch``; where it fails, each half on its own, down to single images. A bad image
     costs about two calls per halving instead of one per image of its batch, and a batch too large
     for the GPU's memory is embedded in halves that fit."""
     try:
-        out.results.append((len(batch), embed_batch(batch, models, options)))
+        out.results.append((len(batch), embed_batch(batch, models, options, shrunk)))
     except Exception as err:  # noqa: BLE001 - isolate the image that broke the batch
         if len(batch) == 1:
             out.skipped.append((batch[0][0], f"{EMBEDDING_FAILED}: {type(err).__name__}"))
             out.errors[batch[0][0]] = one_line(err)
             return
         middle = len(batch) // 2
-        _embed_halves(batch[:middle], models, options, out)
-        _embed_halves(batch[middle:], models, options, out)
+        _embed_halves(batch[:middle], models, options, out, shrunk)
+        _embed_halves(batch[middle:], models, options, out, shrunk)
 
 
 def _boxes_in_file_pixels(results: list[tuple[int, BatchResult]], reductions: Mapping[str, int]) -> None:
@@ -493,6 +493,16 @@ def _boxes_in_file_pixels(results: list[tuple[int, BatchResult]], reductions: Ma
         rows = result.rows
         factor = np.array([reductions.get(p, 1) for p in rows.paths], np.float32)
         rows.bbox = rows.bbox * factor[:, None]
+
+
+def _shrunk_photos(loaded: Sequence[images.Loaded], digests: Mapping[str, bytes]) -> ShrunkPhotos | None:
+    """The images of a batch that were decoded shrunk, each decoded again from its file only where its bytes
+    are still those it was embedded from (``images.read_again``)."""
+    reductions = {item.path: item.reduction for item in loaded if item.reduction > 1}
+    if not reductions:
+        return None
+    return ShrunkPhotos(reductions, lambda path, factor: images.read_again(path, factor, digests[path])
+                        if path in digests else None)
 
 
 def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceModels, options: EmbedOptions,
@@ -516,8 +526,9 @@ def _run_job(job: list[str] | list[images.Loaded], loader: Loader, models: FaceM
                 out.digests[item.path] = item.digest
                 in_batch.setdefault(item.digest, item.path)
     if batch:
-        _embed_halves(batch, models, options, out)
-        _boxes_in_file_pixels(out.results, {item.path: item.reduction for item in loaded if item.reduction > 1})
+        shrunk = _shrunk_photos(loaded, out.digests)
+        _embed_halves(batch, models, options, out, shrunk)
+        _boxes_in_file_pixels(out.results, shrunk.reductions if shrunk is not None else {})
     failed = dict(out.skipped)  # this batch's images that failed, by path
     orphans = [(path, failed[source]) for path, digest in out.copies if (source := in_batch.get(digest)) in failed]
     if orphans:
@@ -653,7 +664,8 @@ def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos
 
 def _photo_settings(options: EmbedOptions) -> dict[str, int]:
     """How photos mode read large photos and refined small faces, for the file's ``meta``."""
-    return {"photo_min_side": options.photo_min_side, "photo_refine_below": options.photo_refine_below}
+    return {"photo_min_side": options.photo_min_side, "photo_refine_below": options.photo_refine_below,
+            "photo_face_pixels": options.photo_face_pixels}
 
 
 def unrecognisable_meta(models: FaceModels) -> dict[str, list[float]]:

@@ -140,4 +140,8 @@ def _decoding(meta: dict) -> str:
     side = meta.get("photo_min_side")
     if not isinstance(side, int) or meta.get("mode") != "photos":
         return ""
-    return f" (large JPEGs decoded shrunk to {side:,} pixels or more)" if side else " (JPEGs decoded whole)"
+    if not side:
+        return " (JPEGs decoded whole)"
+    again = meta.get("photo_face_pixels")
+    faces = f", again for faces under {again:,} pixels" if isinstance(again, int) and again > 0 else ""
+    return f" (large JPEGs decoded shrunk to {side:,} pixels or more{faces})"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from .alignment import align, centre_crop
 from .detection import SCRFD, Detections, batchable_detector, has_rival, load_detector_model, pick_central
 from .frames import repeated_frames
+from .images import reduction_keeping
 from .modelpack import ModelPack
 from .providers import Device, SessionReport, open_session
 from .recognition import Recognizer, batchable_model, input_normalisation
@@ -53,6 +54,10 @@ class EmbedOptions:
     # saw it at photo_det_size) is found again in a crop around it, as crops are (0: never). At 640 pixels a face
     # of a group photo is a few dozen pixels, and its landmarks too coarse to align it well.
     photo_refine_below: int = 64
+    # Photos mode: a face of a JPEG decoded shrunk whose box's longer side came out fewer pixels than this is
+    # aligned from the photo decoded again, shrunk only as far as the smallest such face keeps this many (0:
+    # never). The recogniser sees a face at 112 pixels: one shrunk below that loses detail that the file has.
+    photo_face_pixels: int = 112
     # Crops mode: > 0 gives a near-identical consecutive frame the embedding of the frame it
     # repeats (see ``frames``); the value is the signature distance that counts as repeating.
     reuse_similar_frames: float = 0.0
@@ -130,6 +135,15 @@ class BatchResult:
     no_face: list[str]
     reused: list[tuple[str, str]] = field(default_factory=list)  # (frame, the frame whose embedding it took)
     several: list[str] = field(default_factory=list)  # crops mode: images that show another face of like size
+
+
+@dataclass(frozen=True)
+class ShrunkPhotos:
+    """The photos of a batch that were decoded shrunk (a JPEG, in its DCT: ``images.load``): the factor of each,
+    by path, and how to decode one again shrunk by a smaller factor (None where it cannot be)."""
+
+    reductions: Mapping[str, int]
+    decode: Callable[[str, int], NDArray[np.uint8] | None]
 
 
 CropFace = tuple[NDArray[np.float32], NDArray[np.float32], float]
@@ -222,8 +236,39 @@ def refine_small_faces(images: Sequence[NDArray[np.uint8]], found: list[Detectio
     return refined
 
 
-def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceModels, options: EmbedOptions) -> BatchResult:
-    """Embed decoded BGR images: one row per crop (crops mode) or per face (photos mode)."""
+def _landmarks_for_alignment(path: str, image: NDArray[np.uint8], dets: Detections, options: EmbedOptions,
+                             shrunk: ShrunkPhotos | None) -> tuple[NDArray[np.float32], list[NDArray[np.uint8]]]:
+    """Where each face of a photo is aligned from: its landmarks, and the image they are in. A face of a photo
+    decoded shrunk whose box's longer side is under ``options.photo_face_pixels`` is aligned from the photo
+    decoded again (``shrunk.decode``), shrunk only as far as the smallest such face keeps that many pixels; the
+    other faces, and every face where it cannot be decoded again, from ``image``."""
+    kps, sources = dets.kps, [image] * len(dets)
+    reduction = shrunk.reductions.get(path, 1) if shrunk is not None and options.photo_face_pixels else 1
+    if reduction == 1 or not len(dets):
+        return kps, sources
+    sides = (dets.boxes[:, 2:4] - dets.boxes[:, 0:2]).max(axis=1)
+    small = np.flatnonzero(sides < options.photo_face_pixels)
+    if not len(small):
+        return kps, sources
+    factor = reduction_keeping(float(sides[small].min()) * reduction, options.photo_face_pixels)
+    again = cast(ShrunkPhotos, shrunk).decode(path, factor)
+    scale = reduction / factor
+    h, w = image.shape[:2]
+    if again is None or abs(again.shape[0] - h * scale) >= scale or abs(again.shape[1] - w * scale) >= scale:
+        log.debug("%s: not decoded again; its small faces are aligned from the photo as decoded first", path)
+        return kps, sources
+    kps = kps.copy()
+    kps[small] = (kps[small] + 0.5) * scale - 0.5  # pixel centres: the DCT's pixel i covers the file's [i*r, (i+1)*r)
+    for i in small:
+        sources[i] = again
+    return kps, sources
+
+
+def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceModels, options: EmbedOptions,
+                shrunk: ShrunkPhotos | None = None) -> BatchResult:
+    """Embed decoded BGR images: one row per crop (crops mode) or per face (photos mode). Photos mode: the
+    small faces of photos that ``shrunk`` names are aligned from their photos decoded again, shrunk less; rows
+    keep every photo's boxes in the pixels of its image as given."""
     if options.mode == "crops" and options.reuse_similar_frames > 0:
         source = repeated_frames([image for _, image in images], options.reuse_similar_frames)
         if any(s >= 0 for s in source):
@@ -270,8 +315,9 @@ def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceMod
             no_face.append(path)
             continue
         dets = dets.take(np.argsort(dets.boxes[:, 0], kind="stable"))  # left to right: stable face_index
+        kps, sources = _landmarks_for_alignment(path, image, dets, options, shrunk)
         for i in range(len(dets)):
-            aligned.append(align(image, dets.kps[i], size))
+            aligned.append(align(sources[i], kps[i], size))
             boxes.append(dets.boxes[i])
             detected.append(True)
             scores.append(float(dets.scores[i]))

@@ -683,6 +683,19 @@ def read_image_shrunk(path: str | os.PathLike[str], reduction: int) -> tuple[BGR
     return decode_bytes(data, reduction), reduction
 
 
+def read_again(path: str | os.PathLike[str], reduction: int, digest: bytes) -> BGRImage | None:
+    """The JPEG at ``path`` decoded again, shrunk by ``reduction`` (1, 2, 4 or 8), where its bytes are still
+    those of ``digest`` (``content_digest``); None where they are not (rewritten or gone since), or where it no
+    longer decodes."""
+    try:
+        data = _read(path)[0]
+        if content_digest(data) != digest or _shrinkable(data) is None:
+            return None
+        return decode_bytes(data, reduction)
+    except (DecodeError, MemoryError):
+        return None
+
+
 @dataclass(frozen=True)
 class Loaded:
     """One file after decoding: either ``image`` or a failure ``reason``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from face_organizer.embed_run import RunSummary, plan_streams, run_embeddings
 from face_organizer.embfile import parts_dir
 from face_organizer.errors import EmbeddingsFileError, RunStopped, UnsafePickleError
 from face_organizer.evaluation import roc_auc
-from face_organizer.faces import EmbedOptions, FaceRows, embed_batch
+from face_organizer.faces import EmbedOptions, FaceRows, ShrunkPhotos, embed_batch
 from face_organizer.images import discover_images, read_image
 from face_organizer.samples import insightface_sample
 
@@ -147,12 +148,49 @@ def test_large_jpeg_photos_are_decoded_shrunk_and_give_the_faces_of_the_whole_ph
     from face_organizer.embinfo import describe
 
     described = describe(tmp_path / "shrunk.pkl").lines()[1]
-    assert "photos mode (large JPEGs decoded shrunk to 2,000 pixels or more), " in described
+    assert "photos mode (large JPEGs decoded shrunk to 2,000 pixels or more, again for faces under 112 pixels), " \
+        in described
     assert "photos mode (JPEGs decoded whole), " in describe(tmp_path / "whole.pkl").lines()[1]
     width = whole.rows.bbox[:, 2] - whole.rows.bbox[:, 0]
     assert width.min() > 300  # faces of the whole photo's size, ...
     assert np.all(np.abs(shrunk.rows.bbox - whole.rows.bbox).max(axis=1) < 0.05 * width)  # ... where they are in it
     assert np.all(np.sum(shrunk.rows.embeddings * whole.rows.embeddings, axis=1) > 0.95)
+
+
+SLOT = 166  # of _group_of_small_faces: LFW photos at 150 pixels, faces about 65 pixels wide, 10 as the detector sees
+
+
+def _group_of_small_faces(lfw: Path, lfw_labels: list[dict[str, str]]) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """A 12-megapixel group photo of 48 LFW dev photos, four of each of 12 people, and their rows, in slot order."""
+    people = sorted({r["identity"] for r in lfw_labels if r["kind"] != "single"})[:12]
+    rows = [r for person in people for r in [r for r in lfw_labels if r["identity"] == person][:4]]
+    canvas = np.full((3024, 4032, 3), 128, np.uint8)
+    for j, row in enumerate(rows):
+        y, x = (j // 24) * SLOT + 8, (j % 24) * SLOT + 8
+        canvas[y : y + 150, x : x + 150] = cv2.resize(read_image(lfw / row["path"]), (150, 150),
+                                                      interpolation=cv2.INTER_AREA)
+    return canvas, rows
+
+
+def _own_faces(found: FaceRows, rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """The embeddings of each slot's largest face (the LFW photo's own: some show others too), and whose they are."""
+    centres = (found.bbox[:, :2] + found.bbox[:, 2:]) / 2
+    slots = (centres[:, 1] // SLOT).astype(int) * 24 + (centres[:, 0] // SLOT).astype(int)
+    widths = found.bbox[:, 2] - found.bbox[:, 0]
+    own = {k: i for i in np.argsort(widths) for k in [int(slots[i])] if k < len(rows)}  # the widest last
+    kept = sorted(own.values())
+    return found.embeddings[kept], np.array([rows[int(slots[i])]["identity"] for i in kept])
+
+
+def _same_and_different(found: FaceRows, rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Similarities of every pair of the slots' own faces, and whether the pair is one person."""
+    x, who = _own_faces(found, rows)
+    upper = np.triu_indices(len(who), 1)
+    return (x @ x.T)[upper], (who[:, None] == who[None])[upper]
+
+
+def _d_prime(scores: np.ndarray, same: np.ndarray) -> float:
+    return float((scores[same].mean() - scores[~same].mean()) / np.sqrt((scores[same].var() + scores[~same].var()) / 2))
 
 
 def test_small_faces_of_a_group_photo_are_aligned_on_landmarks_found_again_around_them(lfw, lfw_labels,
@@ -161,37 +199,67 @@ def test_small_faces_of_a_group_photo_are_aligned_on_landmarks_found_again_aroun
     align it: the same person's faces were barely more alike than strangers'. Found again in a crop around each
     face, as crops are, they are told apart as in crops mode. Boxes, scores and the faces found do not change,
     and large faces are left as they were."""
-    people = sorted({r["identity"] for r in lfw_labels if r["kind"] != "single"})[:12]
-    rows = [r for person in people for r in [r for r in lfw_labels if r["identity"] == person][:4]]
-    canvas = np.full((3024, 4032, 3), 128, np.uint8)
-    slot = 166  # LFW photos at 150 pixels: faces about 65 pixels wide, 10 as the detector sees the photo
-    for j, row in enumerate(rows):
-        y, x = (j // 24) * slot + 8, (j % 24) * slot + 8
-        canvas[y : y + 150, x : x + 150] = cv2.resize(read_image(lfw / row["path"]), (150, 150),
-                                                      interpolation=cv2.INTER_AREA)
+    canvas, rows = _group_of_small_faces(lfw, lfw_labels)
     group = [("group.jpg", canvas)]
     refined = embed_batch(group, models, EmbedOptions(mode="photos")).rows
     coarse = embed_batch(group, models, EmbedOptions(mode="photos", photo_refine_below=0)).rows
     np.testing.assert_array_equal(refined.bbox, coarse.bbox)
     np.testing.assert_array_equal(refined.det_score, coarse.det_score)
-
-    def separation(found: FaceRows) -> float:
-        """Same-vs-different AUC over each slot's largest face (the LFW photo's own: some show others too)."""
-        centres = (found.bbox[:, :2] + found.bbox[:, 2:]) / 2
-        slots = (centres[:, 1] // slot).astype(int) * 24 + (centres[:, 0] // slot).astype(int)
-        widths = found.bbox[:, 2] - found.bbox[:, 0]
-        own = {k: i for i in np.argsort(widths) for k in [int(slots[i])] if k < len(rows)}  # the widest last
-        kept = sorted(own.values())
-        who = np.array([rows[int(slots[i])]["identity"] for i in kept])
-        x = found.embeddings[kept]
-        upper = np.triu_indices(len(kept), 1)
-        return roc_auc((x @ x.T)[upper], (who[:, None] == who[None])[upper])
-
-    assert separation(refined) > 0.97 and separation(coarse) < separation(refined) - 0.05
+    separation = [roc_auc(*_same_and_different(found, rows)) for found in (refined, coarse)]
+    assert separation[0] > 0.97 and separation[1] < separation[0] - 0.05
     photo = [("photo.jpg", read_image(lfw / rows[0]["path"]))]  # a face of about 280 pixels as the detector sees it
     as_found, unrefined = (embed_batch(photo, models, EmbedOptions(mode="photos", photo_refine_below=below)).rows
                            for below in (64, 0))
     np.testing.assert_array_equal(as_found.embeddings, unrefined.embeddings)
+
+
+def test_small_faces_of_a_large_jpeg_are_aligned_from_the_photo_decoded_again(tmp_path, lfw, lfw_labels,
+                                                                              models) -> None:
+    """A 12-megapixel JPEG is decoded at half size, where its small faces (65 pixels wide in the file) are 32
+    pixels: aligned from there to the recogniser's 112, they lose what the file holds. Aligned from the photo
+    decoded again whole they embed as with --full-resolution, and the same person's faces are told apart as
+    there. The faces, boxes and scores are those of the half-size decoding."""
+    canvas, rows = _group_of_small_faces(lfw, lfw_labels)
+    path = tmp_path / "group.jpg"
+    cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    ways = {"default": EmbedOptions(mode="photos"), "shrunk": EmbedOptions(mode="photos", photo_face_pixels=0),
+            "whole": EmbedOptions(mode="photos", photo_min_side=0)}
+    found = {}
+    for name, options in ways.items():
+        run_embeddings([str(path)], tmp_path / f"{name}.pkl", models, options, progress=False)
+        found[name] = embfile.load(tmp_path / f"{name}.pkl")
+    default, shrunk, whole = (found[name].rows for name in ways)
+    assert found["default"].meta["photo_face_pixels"] == 112 and found["default"].meta["photo_min_side"] == 2000
+    assert len(default) == len(whole) >= 30
+    np.testing.assert_array_equal(default.bbox, shrunk.bbox)
+    np.testing.assert_array_equal(default.det_score, shrunk.det_score)
+    to_whole = [np.median(np.sum(rows_.embeddings * whole.embeddings, axis=1)) for rows_ in (default, shrunk)]
+    assert to_whole[0] > 0.97 and to_whole[1] < 0.93
+    d_prime = {name: _d_prime(*_same_and_different(found[name].rows, rows)) for name in ways}
+    assert d_prime["default"] > d_prime["shrunk"] + 1 and d_prime["default"] > d_prime["whole"] - 0.5
+
+
+def test_a_photo_that_cannot_be_decoded_again_keeps_its_faces_aligned_from_the_first_decoding(tmp_path, lfw,
+                                                                                              lfw_labels,
+                                                                                              models) -> None:
+    """A photo rewritten or removed between the two decodings, or one that comes back another size, is embedded
+    from its first decoding, as without decoding again: never from other pixels."""
+    canvas, _ = _group_of_small_faces(lfw, lfw_labels)
+    path = tmp_path / "group.jpg"
+    cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    data = path.read_bytes()
+    digest, half = images.content_digest(data), images.decode_bytes(data, 2)
+    np.testing.assert_array_equal(images.read_again(path, 1, digest), images.decode_bytes(data))
+    assert images.read_again(path, 1, images.content_digest(data + b"\0")) is None  # its bytes changed since
+    assert images.read_again(tmp_path / "gone.jpg", 1, digest) is None
+    batch = [(str(path), half)]
+    options = EmbedOptions(mode="photos")
+    first = embed_batch(batch, models, dataclasses.replace(options, photo_face_pixels=0)).rows
+    for again in (None, cv2.resize(canvas, (4000, 3000))):  # not decoded again; decoded another size
+        shrunk = ShrunkPhotos({str(path): 2}, functools.partial(lambda again, _path, _factor: again, again))
+        np.testing.assert_array_equal(embed_batch(batch, models, options, shrunk).rows.embeddings, first.embeddings)
+    shrunk = ShrunkPhotos({str(path): 2}, lambda _path, factor: images.read_again(path, factor, digest))
+    assert not np.array_equal(embed_batch(batch, models, options, shrunk).rows.embeddings, first.embeddings)
 
 
 def test_batched_detection_finds_what_one_image_at_a_time_finds(lfw, lfw_labels, video_crops, models) -> None:

@@ -61,7 +61,8 @@ def build_parser():
                    help="crops: one face per image (default); photos: every face in each image")
     p.add_argument("--full-resolution", action="store_true",
                    help="photos mode: decode every JPEG whole (default: one of more than 4,000 pixels a side is "
-                        "shrunk while decoding, several times faster, as far as it keeps 2,000)")
+                        "shrunk while decoding, several times faster, as far as it keeps 2,000, and decoded again "
+                        "for faces it leaves smaller than 112 pixels)")
     common.add_model_args(p)
     common.add_device_args(p)
     p.add_argument("--reuse-similar-frames", nargs="?", type=frame_distance, const=frames.DEFAULT_THRESHOLD, default=0.0,
