@@ -5,8 +5,9 @@ Makes N JPEG photos of 4032 pixels a side (quality 92) from DeepFace's and face_
 photos in ../shared, enlarged (Lanczos), then runs ``run_embeddings`` in photos mode over them in
 alternating rounds: as ``generate_embeddings.py --mode photos`` (a JPEG of more than 4,000 pixels a side
 decoded at half size), as with ``--full-resolution``, and without finding small faces' landmarks again
-(``EmbedOptions.photo_refine_below=0``). Prints images/s for each round, and how alike the
-two runs' faces are (the same faces found, box offsets against the face's width, embedding cosines).
+(``EmbedOptions.photo_refine_below=0``), and with ``--det-size N`` as by default but detected at N pixels.
+Prints images/s for each round, and how alike the first two ways' faces are (the same faces found, box offsets
+against the face's width, embedding cosines).
 
   python benchmarks/bench_photos.py --count 60
 """
@@ -52,6 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=60, help="photos to make (default: 60)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
+    parser.add_argument("--det-size", type=int, default=0, help="also a round as by default but detected at this size")
     add_shared_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -60,6 +62,9 @@ def main() -> int:
     ways = {"shrunk (default)": EmbedOptions(mode="photos"),
             "whole (--full-resolution)": EmbedOptions(mode="photos", photo_min_side=0),
             "shrunk, small faces not refined": EmbedOptions(mode="photos", photo_refine_below=0)}
+    if args.det_size:
+        ways[f"shrunk, --det-size {args.det_size}"] = EmbedOptions(
+            mode="photos", photo_det_size=args.det_size, photo_min_side=max(EmbedOptions.photo_min_side, args.det_size))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"
         folder.mkdir()
@@ -73,11 +78,14 @@ def main() -> int:
                 speeds[name].append(len(paths) / (time.perf_counter() - started))
                 print(f"round {round_ + 1}: {name}: {speeds[name][-1]:.1f} images/s", flush=True)
         shrunk, whole = (embfile.load(Path(tmp) / f"way{way}.pkl") for way in (0, 1))
+        larger = embfile.load(Path(tmp) / "way3.pkl") if args.det_size else None
     same = shrunk.rows.paths == whole.rows.paths and (shrunk.rows.face_index == whole.rows.face_index).all()
     print(f"{len(paths)} photos of {SIDE} pixels a side, {streams} streams; images/s: "
           + "; ".join(f"{name} {np.median(s):.1f} (rounds {', '.join(f'{v:.1f}' for v in s)})"
                       for name, s in speeds.items())
           + f"; ratio {np.median(speeds['shrunk (default)']) / np.median(speeds['whole (--full-resolution)']):.2f}")
+    if larger is not None:
+        print(f"faces found: {len(shrunk.rows)} by default, {len(larger.rows)} with --det-size {args.det_size}")
     if not same:
         print(f"faces found: {len(shrunk.rows)} shrunk, {len(whole.rows)} whole (not the same faces)")
         return 0

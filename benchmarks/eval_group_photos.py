@@ -8,8 +8,10 @@ without small faces' landmarks found again around each (``EmbedOptions.photo_ref
 aligned from the photo as decoded at half size rather than decoded again (``photo_face_pixels=0``); and with the
 photos decoded whole (``--full-resolution``). Prints for each the same-vs-different ROC AUC and d' over the face
 of each pasted photo (its largest face), and the time; first the same for the photos on their own in crops mode.
+``--det-size 1280`` adds a fifth way: as by default, detected at 1,280 pixels.
 
   python benchmarks/eval_group_photos.py --scales 0.6 1.0 2.0
+  python benchmarks/eval_group_photos.py --scales 0.4 0.5 0.6 --det-size 1280
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def _d_prime(scores: np.ndarray, same: np.ndarray) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.6, 1.0, 2.0])
+    parser.add_argument("--det-size", type=int, nargs="+", default=[],
+                        help="also embed as by default but detected at these sizes (--det-size)")
     add_shared_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -90,7 +94,10 @@ def main() -> int:
     ways = {"default": EmbedOptions(mode="photos"),
             "small faces' landmarks not found again": EmbedOptions(mode="photos", photo_refine_below=0),
             "small faces aligned from the photo shrunk": EmbedOptions(mode="photos", photo_face_pixels=0),
-            "whole (--full-resolution)": EmbedOptions(mode="photos", photo_min_side=0)}
+            "whole (--full-resolution)": EmbedOptions(mode="photos", photo_min_side=0),
+            **{f"--det-size {size}": EmbedOptions(mode="photos", photo_det_size=size,
+                                                  photo_min_side=max(EmbedOptions.photo_min_side, size))
+               for size in args.det_size}}
     with tempfile.TemporaryDirectory() as tmp:  # the reference: the same photos on their own, as crops
         run_embeddings([str(lfw / r["path"]) for r in rows], Path(tmp) / "crops.pkl", models, streams=streams,
                        progress=False)

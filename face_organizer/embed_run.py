@@ -199,6 +199,26 @@ def _check_compatible(meta: dict[str, Any], models: FaceModels, mode: str, where
         )
 
 
+def _photo_way(size: int, min_side: int) -> str:
+    return f"detected at {size:,} pixels, " + ("large JPEGs decoded shrunk" if min_side else "JPEGs decoded whole")
+
+
+def warn_of_other_photo_settings(metas: Sequence[tuple[str, dict[str, Any]]], options: EmbedOptions) -> None:
+    """Warn where a photos-mode run goes on in a file whose images were detected at another size, or decoded
+    another way (``--det-size``, ``--full-resolution``): its settings reach only the images new or changed since,
+    where a user who re-runs with a larger size to find smaller faces expects them to reach every image."""
+    if options.mode != "photos":
+        return
+    for where, meta in metas:
+        size = meta.get("photo_det_size", EmbedOptions.photo_det_size)  # files before the key: always 640
+        min_side = meta.get("photo_min_side", options.photo_min_side)
+        if size != options.photo_det_size or bool(min_side) != bool(options.photo_min_side):
+            log.warning("%s: its images were %s; this run's settings (%s) reach only images new or changed since: "
+                        "--no-resume (or a new --output) embeds every image so", where, _photo_way(size, min_side),
+                        _photo_way(options.photo_det_size, options.photo_min_side))
+            return
+
+
 def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None = None) -> _State:
     """What a re-run of the command writing ``output`` would find done: the finished file
     plus its checkpoint parts. ``check(meta, where)`` may refuse a file or part."""
@@ -305,6 +325,7 @@ def rerun_without_models(paths: Sequence[str], output: str | os.PathLike[str], r
     if summary.failures_gone:  # only the list of failures changes: written without the models too
         _Recorder(out, state, dict(old), int(old["embedding_size"]), float("inf"), {}).write(set())
     summary.file_unchanged = not summary.failures_gone
+    warn_of_other_photo_settings(state.metas, options)
     summary.elapsed = time.monotonic() - started
     status = _StatusWriter(status_file, NO_DEVICE)
     status.finish(summary)
@@ -664,8 +685,8 @@ def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos
 
 def _photo_settings(options: EmbedOptions) -> dict[str, int]:
     """How photos mode read large photos and refined small faces, for the file's ``meta``."""
-    return {"photo_min_side": options.photo_min_side, "photo_refine_below": options.photo_refine_below,
-            "photo_face_pixels": options.photo_face_pixels}
+    return {"photo_det_size": options.photo_det_size, "photo_min_side": options.photo_min_side,
+            "photo_refine_below": options.photo_refine_below, "photo_face_pixels": options.photo_face_pixels}
 
 
 def unrecognisable_meta(models: FaceModels) -> dict[str, list[float]]:
@@ -707,6 +728,7 @@ def run_embeddings(
         state = state if state is not None else read_state(out)
         for where, meta in state.metas:
             _check_compatible(meta, models, options.mode, where)
+        warn_of_other_photo_settings(state.metas, options)
         # Files embedded before are stat'ed to find those rewritten since; new files are
         # signed as they are read.
         held_now = {p: images.file_signature(p) for p in paths if p in state.held}

@@ -15,6 +15,7 @@ from typing import Any
 from .embed_run import read_state
 from .embfile import parts_dir
 from .errors import SetupError
+from .faces import EmbedOptions
 from .fsutil import lock_holder
 from .progress import count
 from .rebase import guess_move, near, spread
@@ -136,12 +137,14 @@ def total_lines(infos: list[EmbeddingsInfo]) -> list[str]:
 
 
 def _decoding(meta: dict) -> str:
-    """How a photos-mode run decoded large JPEG photos, where its file says (``EmbedOptions.photo_min_side``)."""
-    side = meta.get("photo_min_side")
+    """How a photos-mode run detected and decoded photos, where its file says (``EmbedOptions.photo_det_size``,
+    ``photo_min_side``)."""
+    side, size = meta.get("photo_min_side"), meta.get("photo_det_size")
     if not isinstance(side, int) or meta.get("mode") != "photos":
         return ""
+    detected = f"detected at {size:,} pixels, " if isinstance(size, int) and size != EmbedOptions.photo_det_size else ""
     if not side:
-        return " (JPEGs decoded whole)"
+        return f" ({detected}JPEGs decoded whole)"
     again = meta.get("photo_face_pixels")
     faces = f", again for faces under {again:,} pixels" if isinstance(again, int) and again > 0 else ""
-    return f" (large JPEGs decoded shrunk to {side:,} pixels or more{faces})"
+    return f" ({detected}large JPEGs decoded shrunk to {side:,} pixels or more{faces})"

@@ -24,6 +24,7 @@ import pytest
 
 from face_organizer import __version__, embed_run, embfile, images
 from face_organizer.cli import common
+from face_organizer.cli import embed as embed_cli
 from face_organizer.cli.embed import main as embed_main
 from face_organizer.embed_run import RunSummary, plan_streams, run_embeddings
 from face_organizer.embfile import parts_dir
@@ -237,6 +238,56 @@ def test_small_faces_of_a_large_jpeg_are_aligned_from_the_photo_decoded_again(tm
     assert to_whole[0] > 0.97 and to_whole[1] < 0.93
     d_prime = {name: _d_prime(*_same_and_different(found[name].rows, rows)) for name in ways}
     assert d_prime["default"] > d_prime["shrunk"] + 1 and d_prime["default"] > d_prime["whole"] - 0.5
+
+
+def test_det_size_finds_the_small_faces_of_large_group_photos_and_a_rerun_says_it_reaches_only_new_images(
+        tmp_path, lfw, lfw_labels, testpack_dir, capsys) -> None:
+    """At 640 pixels a face 60 pixels wide in a 12-megapixel photo is 10 as the detector sees it, and it is
+    not found; --det-size 1280 finds them. A re-run with another size says that it reaches only new images."""
+    folder = tmp_path / "DCIM"
+    folder.mkdir()
+    photos = [r for r in lfw_labels if r["kind"] != "single"][:20]
+    for n in range(2):  # two photos of a row of ten people, each photo 140 pixels: faces about 60 pixels wide
+        canvas = np.full((3024, 4032, 3), 90, np.uint8)
+        for j, row in enumerate(photos[n * 10 : n * 10 + 10]):
+            canvas[1400 : 1540, 200 + j * 360 : 340 + j * 360] = cv2.resize(read_image(lfw / row["path"]), (140, 140),
+                                                                           interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"IMG_{n:04d}.jpg"), canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    found = {}
+    for size in (640, 1280):
+        out = tmp_path / f"at{size}.pkl"
+        assert common.run(embed_main, ["--input", str(folder), "--output", str(out), "--model", str(testpack_dir),
+                                       "--mode", "photos", "--det-size", str(size), "-q"]) == 0
+        found[size] = embfile.load(out)
+    assert len(found[640].rows) <= 4 and len(found[1280].rows) >= 18
+    assert found[1280].meta["photo_det_size"] == 1280 and found[640].meta["photo_det_size"] == 640
+    assert found[1280].meta["photo_min_side"] == 2000
+    from face_organizer.embinfo import describe
+
+    assert "photos mode (detected at 1,280 pixels, large JPEGs decoded shrunk to 2,000 pixels" in \
+        describe(tmp_path / "at1280.pkl").lines()[1]
+    assert "photos mode (large JPEGs decoded shrunk" in describe(tmp_path / "at640.pkl").lines()[1]
+    capsys.readouterr()
+    again = ["--input", str(folder), "--output", str(tmp_path / "at640.pkl"), "--model", str(testpack_dir),
+             "--mode", "photos", "--det-size", "1280"]
+    assert common.run(embed_main, again) == 0  # nothing new: the file is left as it was, with a warning
+    captured = capsys.readouterr()
+    assert f"WARNING: {tmp_path / 'at640.pkl'}: its images were detected at 640 pixels, large JPEGs decoded shrunk; " \
+        "this run's settings (detected at 1,280 pixels, large JPEGs decoded shrunk) reach only images new or " \
+        "changed since" in captured.err
+    assert "nothing new" in captured.out and len(embfile.load(tmp_path / "at640.pkl").rows) == len(found[640].rows)
+    assert common.run(embed_main, [*again, "--no-resume", "-q"]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+    assert len(embfile.load(tmp_path / "at640.pkl").rows) == len(found[1280].rows)
+    # Larger than a photo decoded shrunk: it is shrunk only as far as it keeps the pixels it is detected at.
+    assert embed_cli.embed_options(embed_cli.build_parser().parse_args(
+        ["--input", "x", "--output", "y", "--mode", "photos", "--det-size", "2560"])).photo_min_side == 2560
+    for wrong in ("1000", "256", "8192", "x"):
+        with pytest.raises(SystemExit):
+            embed_cli.build_parser().parse_args(["--input", "x", "--output", "y", "--det-size", wrong])
+        assert "argument --det-size: a multiple of 32 from 320 to 4096 pixels" in capsys.readouterr().err
+    assert common.run(embed_main, ["--input", str(folder), "--output", str(tmp_path / "c.pkl"), "--det-size", "1280"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("Error: --det-size is for --mode photos")
 
 
 def test_a_photo_that_cannot_be_decoded_again_keeps_its_faces_aligned_from_the_first_decoding(tmp_path, lfw,

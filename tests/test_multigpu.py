@@ -431,6 +431,10 @@ def test_options_every_worker_would_refuse_are_refused_before_any_starts(tmp_pat
     # A model pack that is not there: one line before any worker starts, not one failure per worker.
     assert common.run(multi_main, base + ["--model", "nope", "--model-root", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"Error: model pack 'nope' not found: {tmp_path / 'nope'} does not exist")
+    # Options of the other mode, which every worker would refuse.
+    for extra in (["--det-size", "1280"], ["--full-resolution"], ["--mode", "photos", "--reuse-similar-frames"]):
+        assert common.run(multi_main, base + extra) == 2
+        assert capsys.readouterr().err.startswith(f"Error: {extra[-2 if extra[-1] == '1280' else -1]} is for --mode ")
     assert not out.exists()
 
 

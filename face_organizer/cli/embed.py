@@ -43,6 +43,18 @@ def frame_distance(value: str) -> float:
     return distance
 
 
+def det_size(value: str) -> int:
+    """``--det-size``: a multiple of 32 (the detector's coarsest stride) from 320 to 4,096 pixels."""
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if not 320 <= size <= 4096 or size % 32:
+        raise argparse.ArgumentTypeError(f"a multiple of 32 from 320 to 4096 pixels (default "
+                                         f"{EmbedOptions.photo_det_size}), not {value}")
+    return size
+
+
 def build_parser():
     p = common.parser("generate_embeddings.py", "Compute ArcFace embeddings for face images (InsightFace model packs, "
                       "ONNX Runtime on the GPU selected by $GPU_ID, or the CPU).", EXAMPLES)
@@ -63,6 +75,11 @@ def build_parser():
                    help="photos mode: decode every JPEG whole (default: one of more than 4,000 pixels a side is "
                         "shrunk while decoding, several times faster, as far as it keeps 2,000, and decoded again "
                         "for faces it leaves smaller than 112 pixels)")
+    p.add_argument("--det-size", type=det_size, default=None, metavar="PIXELS",
+                   help=f"photos mode: the size photos are detected at (default: {EmbedOptions.photo_det_size}, "
+                        "where a face of a 12-megapixel photo needs to be about 70 pixels wide to be found; 1280 "
+                        "finds faces half that size, for large group photos, at about four times the detection's "
+                        "cost)")
     common.add_model_args(p)
     common.add_device_args(p)
     p.add_argument("--reuse-similar-frames", nargs="?", type=frame_distance, const=frames.DEFAULT_THRESHOLD, default=0.0,
@@ -95,6 +112,21 @@ def _any_exists(paths: Sequence[str]) -> bool:
     return any(os.path.isdir(f) for f in {os.path.dirname(p) for p in paths}) and any(map(os.path.lexists, paths))
 
 
+def embed_options(args: argparse.Namespace) -> EmbedOptions:
+    """The ``EmbedOptions`` the options ask for; ``SetupError`` for options of the other mode."""
+    if args.reuse_similar_frames and args.mode != "crops":
+        raise SetupError("--reuse-similar-frames is for --mode crops (video frames), not for photo libraries")
+    if args.full_resolution and args.mode != "photos":
+        raise SetupError("--full-resolution is for --mode photos: crops are always decoded whole")
+    if args.det_size is not None and args.mode != "photos":
+        raise SetupError("--det-size is for --mode photos: crops are detected padded at 192 and 320 pixels, the "
+                         "sizes for a face that fills its image")
+    size = args.det_size or EmbedOptions.photo_det_size
+    # A photo decoded shrunk keeps at least the pixels it is detected at: shrunk below them, it would be enlarged.
+    return EmbedOptions(mode=args.mode, reuse_similar_frames=args.reuse_similar_frames, photo_det_size=size,
+                        photo_min_side=0 if args.full_resolution else max(EmbedOptions.photo_min_side, size))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
@@ -102,12 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.launcher_pid is not None:
         common.stop_when_launcher_ends(args.launcher_pid)
     gpu_id = common.gpu_id_from_env()
-    if args.reuse_similar_frames and args.mode != "crops":
-        raise SetupError("--reuse-similar-frames is for --mode crops (video frames), not for photo libraries")
-    if args.full_resolution and args.mode != "photos":
-        raise SetupError("--full-resolution is for --mode photos: crops are always decoded whole")
-    options = EmbedOptions(mode=args.mode, reuse_similar_frames=args.reuse_similar_frames,
-                           photo_min_side=0 if args.full_resolution else EmbedOptions.photo_min_side)
+    options = embed_options(args)
     output = common.file_output(args.output, f"embeddings_gpu{gpu_id}.pkl")
     if args.file_list:
         paths = read_file_list(args.file_list, args.input)

@@ -55,6 +55,7 @@ def check_passthrough(parser: argparse.ArgumentParser, passthrough: Sequence[str
             or chosen.launcher_pid is not None):
         parser.error("--input, --output and --file-list are set for each worker by embed_all_gpus: give the "
                      "folders to its --input, and the embeddings files' folder and name to --output-dir and --prefix")
+    embed_cli.embed_options(chosen)  # options of the other mode: SetupError
     return chosen
 
 
