@@ -286,7 +286,8 @@ def test_det_size_finds_the_small_faces_of_large_group_photos_and_a_rerun_says_i
         with pytest.raises(SystemExit):
             embed_cli.build_parser().parse_args(["--input", "x", "--output", "y", "--det-size", wrong])
         assert "argument --det-size: a multiple of 32 from 320 to 4096 pixels" in capsys.readouterr().err
-    assert common.run(embed_main, ["--input", str(folder), "--output", str(tmp_path / "c.pkl"), "--det-size", "1280"]) == 2
+    crops = ["--input", str(folder), "--output", str(tmp_path / "c.pkl"), "--det-size", "1280"]
+    assert common.run(embed_main, crops) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("Error: --det-size is for --mode photos")
 
 

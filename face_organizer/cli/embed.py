@@ -77,9 +77,8 @@ def build_parser():
                         "for faces it leaves smaller than 112 pixels)")
     p.add_argument("--det-size", type=det_size, default=None, metavar="PIXELS",
                    help=f"photos mode: the size photos are detected at (default: {EmbedOptions.photo_det_size}, "
-                        "where a face of a 12-megapixel photo needs to be about 70 pixels wide to be found; 1280 "
-                        "finds faces half that size, for large group photos, at about four times the detection's "
-                        "cost)")
+                        "where a face of a 12-megapixel photo needs to be 60-70 pixels wide to be found; at 1280, "
+                        "faces 44 pixels wide were found too: for large group photos, at about half the speed)")
     common.add_model_args(p)
     common.add_device_args(p)
     p.add_argument("--reuse-similar-frames", nargs="?", type=frame_distance, const=frames.DEFAULT_THRESHOLD, default=0.0,
