@@ -10,7 +10,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, cast
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -243,15 +243,15 @@ def _landmarks_for_alignment(path: str, image: NDArray[np.uint8], dets: Detectio
     decoded again (``shrunk.decode``), shrunk only as far as the smallest such face keeps that many pixels; the
     other faces, and every face where it cannot be decoded again, from ``image``."""
     kps, sources = dets.kps, [image] * len(dets)
-    reduction = shrunk.reductions.get(path, 1) if shrunk is not None and options.photo_face_pixels else 1
-    if reduction == 1 or not len(dets):
+    reduction = shrunk.reductions.get(path, 1) if shrunk is not None else 1
+    if shrunk is None or reduction == 1 or not options.photo_face_pixels or not len(dets):
         return kps, sources
     sides = (dets.boxes[:, 2:4] - dets.boxes[:, 0:2]).max(axis=1)
     small = np.flatnonzero(sides < options.photo_face_pixels)
     if not len(small):
         return kps, sources
     factor = reduction_keeping(float(sides[small].min()) * reduction, options.photo_face_pixels)
-    again = cast(ShrunkPhotos, shrunk).decode(path, factor)
+    again = shrunk.decode(path, factor)
     scale = reduction / factor
     h, w = image.shape[:2]
     if again is None or abs(again.shape[0] - h * scale) >= scale or abs(again.shape[1] - w * scale) >= scale:

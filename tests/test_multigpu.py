@@ -432,9 +432,10 @@ def test_options_every_worker_would_refuse_are_refused_before_any_starts(tmp_pat
     assert common.run(multi_main, base + ["--model", "nope", "--model-root", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"Error: model pack 'nope' not found: {tmp_path / 'nope'} does not exist")
     # Options of the other mode, which every worker would refuse.
-    for extra in (["--det-size", "1280"], ["--full-resolution"], ["--mode", "photos", "--reuse-similar-frames"]):
+    for extra, flag in ((["--det-size", "1280"], "--det-size"), (["--full-resolution"], "--full-resolution"),
+                        (["--mode", "photos", "--reuse-similar-frames"], "--reuse-similar-frames")):
         assert common.run(multi_main, base + extra) == 2
-        assert capsys.readouterr().err.startswith(f"Error: {extra[-2 if extra[-1] == '1280' else -1]} is for --mode ")
+        assert capsys.readouterr().err.startswith(f"Error: {flag} is for --mode ")
     assert not out.exists()
 
 
