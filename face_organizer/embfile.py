@@ -351,6 +351,9 @@ def merge(files: list[EmbeddingsFile], names: list[str]) -> EmbeddingsFile:
     meta = dict(files[0].meta)
     meta["inputs"] = sorted({i for f in files for i in f.meta.get("inputs", [])})
     meta["merged_from"] = list(names)
+    sizes = [f.meta["photo_det_size"] for f in files if isinstance(f.meta.get("photo_det_size"), int)]
+    if sizes:  # the largest the photos were detected at: references to search them are detected so too
+        meta["photo_det_size"] = max(sizes)
     rebased = [r for f in files if isinstance(f.meta.get("rebased"), list)
                for r in f.meta["rebased"] if isinstance(r, dict)]
     if rebased:  # each file's rewrites, once: files of one collection are usually rebased alike

@@ -57,9 +57,10 @@ class Reference:
         return None if self.boxes is None else self.boxes[self.chosen]
 
 
-def embed_reference(path: str, models: FaceModels) -> Reference:
+def embed_reference(path: str, models: FaceModels, det_size: int = EmbedOptions.photo_det_size) -> Reference:
     """The faces of a reference photo (or face crop), embedded; the largest is the one searched
     for until ``choose_faces`` picks, among several references, the one they have in common.
+    ``det_size``: the size photos are detected at, that of the collection's photos mode.
 
     Raises ``SetupError`` for an unreadable file or an image with no face.
     """
@@ -70,8 +71,8 @@ def embed_reference(path: str, models: FaceModels) -> Reference:
     except DecodeError as err:
         raise SetupError(f"cannot use query {path}: {err}") from None
     size = models.recognizer.input_size
-    photos = EmbedOptions(mode="photos")
-    dets = models.detector.detect(image, (photos.photo_det_size, photos.photo_det_size), photos.photo_threshold)
+    photos = EmbedOptions(mode="photos", photo_det_size=det_size)
+    dets = models.detector.detect(image, (det_size, det_size), photos.photo_threshold)
     if len(dets):
         dets = refine_small_faces([image], [dets], models.detector, photos)[0]  # as photos mode embeds them
         area = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])

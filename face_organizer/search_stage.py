@@ -93,16 +93,17 @@ def reference_paths(queries: Sequence[str]) -> list[str]:
     return paths
 
 
-def usable_references(queries: Sequence[str], models: FaceModels) -> tuple[list[Reference], list[str]]:
-    """The queries' reference faces (a folder: each of its images), and why any could not be
-    used. One unusable query among several is left out with a warning (a reference set often
+def usable_references(queries: Sequence[str], models: FaceModels,
+                      det_size: int = EmbedOptions.photo_det_size) -> tuple[list[Reference], list[str]]:
+    """The queries' reference faces (a folder: each of its images), detected in photos at ``det_size``, and why
+    any could not be used. One unusable query among several is left out with a warning (a reference set often
     holds a photo where the face is turned away); the search stops only when none can be used."""
     queries = reference_paths(queries)
     refs: list[Reference] = []
     left_out: list[str] = []
     for query in queries:
         try:
-            refs.append(embed_reference(query, models))
+            refs.append(embed_reference(query, models, det_size))
         except SetupError as err:
             if len(queries) == 1:
                 raise
@@ -143,7 +144,9 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     check_same_images(output, settings, "search_faces")  # before the references are embedded and searched for
     where = relocate.current_locations(ef.rows.paths, moved_to, output, rebase.steps(ef.meta))
     check_images_reachable(where, output, rebase.steps(ef.meta))
-    refs, left_out = usable_references(queries, models)
+    # References are detected as the collection's photos were: at a larger --det-size, small faces are found.
+    det_size = int(ef.meta.get("photo_det_size", EmbedOptions.photo_det_size))
+    refs, left_out = usable_references(queries, models, det_size)
     calibration = load_calibration(models.pack.recognizer.name)
     calibrated = (float(calibration["pair_threshold"]), "calibration") if calibration and "pair_threshold" in calibration else None
     index = FaceIndex(ef.rows.embeddings, use_gpu)

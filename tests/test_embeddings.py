@@ -34,8 +34,8 @@ from face_organizer.faces import EmbedOptions, FaceRows, ShrunkPhotos, embed_bat
 from face_organizer.images import discover_images, read_image
 from face_organizer.samples import insightface_sample
 
-from conftest import (ROOT, child_processes, copies_of, interrupted_at, needs_proc, png_claiming, running, wait_gone,
-                      write_image)
+from conftest import (ROOT, child_processes, copies_of, interrupted_at, needs_proc, png_claiming, row_of_small_faces,
+                      running, wait_gone, write_image)
 
 
 def run_cli(args: list[str]) -> int:
@@ -245,14 +245,9 @@ def test_det_size_finds_the_small_faces_of_large_group_photos_and_a_rerun_says_i
     """At 640 pixels a face 60 pixels wide in a 12-megapixel photo is 10 as the detector sees it, and it is
     not found; --det-size 1280 finds them. A re-run with another size says that it reaches only new images."""
     folder = tmp_path / "DCIM"
-    folder.mkdir()
     photos = [r for r in lfw_labels if r["kind"] != "single"][:20]
-    for n in range(2):  # two photos of a row of ten people, each photo 140 pixels: faces about 60 pixels wide
-        canvas = np.full((3024, 4032, 3), 90, np.uint8)
-        for j, row in enumerate(photos[n * 10 : n * 10 + 10]):
-            canvas[1400 : 1540, 200 + j * 360 : 340 + j * 360] = cv2.resize(read_image(lfw / row["path"]), (140, 140),
-                                                                           interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(folder / f"IMG_{n:04d}.jpg"), canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    for n in range(2):
+        row_of_small_faces(lfw, photos[n * 10 : n * 10 + 10], folder / f"IMG_{n:04d}.jpg")
     found = {}
     for size in (640, 1280):
         out = tmp_path / f"at{size}.pkl"

@@ -23,6 +23,8 @@ from face_organizer.images import read_image
 from face_organizer.search import choose_faces, embed_reference, search, undecided
 from face_organizer.search_stage import check_same_model, find_person
 
+from conftest import row_of_small_faces
+
 
 def run_cli(args: list[str]) -> int:
     return common.run(search_main, args)
@@ -76,6 +78,30 @@ def test_group_photo_query_uses_largest_face(shared, models, caplog) -> None:
     faces = embed_batch([(str(photo), image)], models, EmbedOptions(mode="photos")).rows
     area = (faces.bbox[:, 2] - faces.bbox[:, 0]) * (faces.bbox[:, 3] - faces.bbox[:, 1])
     np.testing.assert_allclose(ref.embedding, faces.embeddings[int(np.argmax(area))], atol=1e-5)
+
+
+def test_references_are_detected_at_the_size_the_collection_was(lfw, lfw_labels, testpack_dir, models, tmp_path,
+                                                                capsys) -> None:
+    """A collection embedded with --det-size 1280 holds the small faces of large group photos. A group photo as
+    the reference is detected at that size too: at 640 no face of it is found, and the search stopped."""
+    people = [r for r in lfw_labels if r["kind"] != "single"]
+    group = row_of_small_faces(lfw, people[:10], tmp_path / "photos" / "group.jpg")
+    with pytest.raises(SetupError, match="no face found in query"):
+        embed_reference(str(group), models)
+    assert embed_reference(str(group), models, 1280).faces_in_photo >= 8
+    emb = tmp_path / "photos.pkl"
+    assert common.run(embed_main, ["--input", str(group.parent), "--output", str(emb), "--mode", "photos",
+                                   "--det-size", "1280", "--model", str(testpack_dir), "-q"]) == 0
+    capsys.readouterr()
+    assert run_cli(["--embeddings", str(emb), "--query", str(group), "--output", str(tmp_path / "found"),
+                    "--no-expand", "--model", str(testpack_dir), "-q"]) == 0
+    assert f"query {group} shows" in capsys.readouterr().err
+    matches = list(csv.DictReader(open(tmp_path / "found" / "matches.csv", encoding="utf-8")))
+    assert matches and {m["path"] for m in matches} == {str(group)}  # in the collection's one photo
+    # Files of several runs: references are detected at the largest size any of them was.
+    crops = embfile.load(emb)
+    crops.meta = {**crops.meta, "photo_det_size": 640}
+    assert embfile.merge([crops, embfile.load(emb)], ["a", "b"]).meta["photo_det_size"] == 1280
 
 
 def test_group_photo_among_references_gives_the_face_they_share(shared, testpack_dir, models, tmp_path, capsys) -> None:
