@@ -263,7 +263,7 @@ def test_a_model_failing_on_the_query_is_one_line(lfw_subset, lfw, testpack_dir,
     # ONNX Runtime's error on the query (a GPU out of memory) ended the search in a traceback.
     emb, _ = lfw_subset
 
-    def failing(path, models):
+    def failing(path, models, det_size):
         raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 999: unknown error ;\n GPU=0")
 
     monkeypatch.setattr("face_organizer.search_stage.embed_reference", failing)
