@@ -63,8 +63,7 @@ def main() -> int:
             "whole (--full-resolution)": EmbedOptions(mode="photos", photo_min_side=0),
             "shrunk, small faces not refined": EmbedOptions(mode="photos", photo_refine_below=0)}
     if args.det_size:
-        ways[f"shrunk, --det-size {args.det_size}"] = EmbedOptions(
-            mode="photos", photo_det_size=args.det_size, photo_min_side=max(EmbedOptions.photo_min_side, args.det_size))
+        ways[f"shrunk, --det-size {args.det_size}"] = EmbedOptions(mode="photos", photo_det_size=args.det_size)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"
         folder.mkdir()

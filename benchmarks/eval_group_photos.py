@@ -95,9 +95,7 @@ def main() -> int:
             "small faces' landmarks not found again": EmbedOptions(mode="photos", photo_refine_below=0),
             "small faces aligned from the photo shrunk": EmbedOptions(mode="photos", photo_face_pixels=0),
             "whole (--full-resolution)": EmbedOptions(mode="photos", photo_min_side=0),
-            **{f"--det-size {size}": EmbedOptions(mode="photos", photo_det_size=size,
-                                                  photo_min_side=max(EmbedOptions.photo_min_side, size))
-               for size in args.det_size}}
+            **{f"--det-size {size}": EmbedOptions(mode="photos", photo_det_size=size) for size in args.det_size}}
     with tempfile.TemporaryDirectory() as tmp:  # the reference: the same photos on their own, as crops
         run_embeddings([str(lfw / r["path"]) for r in rows], Path(tmp) / "crops.pkl", models, streams=streams,
                        progress=False)

@@ -211,11 +211,11 @@ def warn_of_other_photo_settings(metas: Sequence[tuple[str, dict[str, Any]]], op
         return
     for where, meta in metas:
         size = meta.get("photo_det_size", EmbedOptions.photo_det_size)  # files before the key: always 640
-        min_side = meta.get("photo_min_side", options.photo_min_side)
-        if size != options.photo_det_size or bool(min_side) != bool(options.photo_min_side):
+        min_side = meta.get("photo_min_side", options.photo_decode_side)
+        if size != options.photo_det_size or bool(min_side) != bool(options.photo_decode_side):
             log.warning("%s: its images were %s; this run's settings (%s) reach only images new or changed since: "
                         "--no-resume (or a new --output) embeds every image so", where, _photo_way(size, min_side),
-                        _photo_way(options.photo_det_size, options.photo_min_side))
+                        _photo_way(options.photo_det_size, options.photo_decode_side))
             return
 
 
@@ -685,7 +685,7 @@ def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos
 
 def _photo_settings(options: EmbedOptions) -> dict[str, int]:
     """How photos mode read large photos and refined small faces, for the file's ``meta``."""
-    return {"photo_det_size": options.photo_det_size, "photo_min_side": options.photo_min_side,
+    return {"photo_det_size": options.photo_det_size, "photo_min_side": options.photo_decode_side,
             "photo_refine_below": options.photo_refine_below, "photo_face_pixels": options.photo_face_pixels}
 
 
@@ -719,8 +719,8 @@ def run_embeddings(
     ``state``: what ``rerun_without_models`` read of ``output``, so it is not read twice.
     """
     started = time.monotonic()
-    if loader is images.load_many and options.mode == "photos" and options.photo_min_side:
-        loader = functools.partial(images.load_many, min_side=options.photo_min_side)
+    if loader is images.load_many and options.mode == "photos" and options.photo_decode_side:
+        loader = functools.partial(images.load_many, min_side=options.photo_decode_side)
     out = Path(output).absolute()
     held_now: dict[str, images.Signature | None] = {}
     changed: set[str] = set()

@@ -62,6 +62,12 @@ class EmbedOptions:
     # repeats (see ``frames``); the value is the signature distance that counts as repeating.
     reuse_similar_frames: float = 0.0
 
+    @property
+    def photo_decode_side(self) -> int:
+        """The longer side a large JPEG photo keeps when decoded shrunk (0: decoded whole): ``photo_min_side``, and
+        at least the size it is detected at, as a photo shrunk below that would be enlarged for detection."""
+        return max(self.photo_min_side, self.photo_det_size) if self.photo_min_side else 0
+
 
 @dataclass
 class FaceModels:

@@ -275,8 +275,10 @@ def test_det_size_finds_the_small_faces_of_large_group_photos_and_a_rerun_says_i
     assert "WARNING" not in capsys.readouterr().err
     assert len(embfile.load(tmp_path / "at640.pkl").rows) == len(found[1280].rows)
     # Larger than a photo decoded shrunk: it is shrunk only as far as it keeps the pixels it is detected at.
-    assert embed_cli.embed_options(embed_cli.build_parser().parse_args(
-        ["--input", "x", "--output", "y", "--mode", "photos", "--det-size", "2560"])).photo_min_side == 2560
+    larger = embed_cli.embed_options(embed_cli.build_parser().parse_args(
+        ["--input", "x", "--output", "y", "--mode", "photos", "--det-size", "2560"]))
+    assert larger.photo_decode_side == embed_run._photo_settings(larger)["photo_min_side"] == 2560
+    assert dataclasses.replace(larger, photo_min_side=0).photo_decode_side == 0  # --full-resolution: whole
     for wrong in ("1000", "256", "8192", "x"):
         with pytest.raises(SystemExit):
             embed_cli.build_parser().parse_args(["--input", "x", "--output", "y", "--det-size", wrong])

@@ -120,10 +120,9 @@ def embed_options(args: argparse.Namespace) -> EmbedOptions:
     if args.det_size is not None and args.mode != "photos":
         raise SetupError("--det-size is for --mode photos: crops are detected padded at 192 and 320 pixels, the "
                          "sizes for a face that fills its image")
-    size = args.det_size or EmbedOptions.photo_det_size
-    # A photo decoded shrunk keeps at least the pixels it is detected at: shrunk below them, it would be enlarged.
-    return EmbedOptions(mode=args.mode, reuse_similar_frames=args.reuse_similar_frames, photo_det_size=size,
-                        photo_min_side=0 if args.full_resolution else max(EmbedOptions.photo_min_side, size))
+    return EmbedOptions(mode=args.mode, reuse_similar_frames=args.reuse_similar_frames,
+                        photo_det_size=args.det_size or EmbedOptions.photo_det_size,
+                        photo_min_side=0 if args.full_resolution else EmbedOptions.photo_min_side)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
