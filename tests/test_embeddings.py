@@ -318,7 +318,12 @@ def test_batched_detection_finds_what_one_image_at_a_time_finds(lfw, lfw_labels,
     assert detector.layout == "anchor" and detector.max_batch > 1
     photos = [read_image(lfw / r["path"]) for r in lfw_labels[:11]] + [read_image(insightface_sample("t1.jpg"))]
     crops = [read_image(p) for c in video_crops.values() for p in c][:11]
-    for images_, size, pad in ((photos, 640, 0.0), (crops, 192, 0.3)):
+    # At 1280 a call takes a quarter of the canvases (the same pixels as at 640), at 4096 one.
+    most = detector.max_batch
+    assert [detector.batch_at((s, s)) for s in (192, 640, 1280, 4096)] == [most, most, most // 4, 1] and most >= 8
+    group = photos[-1]  # t1.jpg, six people
+    large = [group, cv2.flip(group, 1), cv2.resize(group, None, fx=1.5, fy=1.5)]
+    for images_, size, pad in ((photos, 640, 0.0), (crops, 192, 0.3), (large, 1280, 0.0)):
         many = detector.detect_many(images_, (size, size), 0.35, pad_ratio=pad)
         single = [detector.detect(image, (size, size), 0.35, pad_ratio=pad) for image in images_]
         assert [len(d) for d in many] == [len(d) for d in single] and sum(len(d) for d in single) >= len(images_)
