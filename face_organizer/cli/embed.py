@@ -26,6 +26,8 @@ EXAMPLES = """\
   GPU_ID=0 python scripts/generate_embeddings.py --input /workspace/input/2017 /workspace/input/2008 \\
       --output /workspace/embeddings_gpu0.pkl --workers 8
   python scripts/generate_embeddings.py --input ~/Pictures --output photos.pkl --mode photos --device cpu
+  # group photos of many people (a class, a wedding): detect at 1280 to find faces too small for 640
+  python scripts/generate_embeddings.py --input /workspace/weddings --output weddings.pkl --mode photos --det-size 1280
   # interrupted or new images added? run the same command again: only what is missing is embedded
   # every video frame extracted? let near-identical consecutive frames share one embedding
   python scripts/generate_embeddings.py --input /workspace/input/2017 --output emb.pkl --reuse-similar-frames
