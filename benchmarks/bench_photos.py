@@ -10,6 +10,7 @@ Prints images/s for each round, and how alike the first two ways' faces are (the
 against the face's width, embedding cosines).
 
   python benchmarks/bench_photos.py --count 60
+  python benchmarks/bench_photos.py --count 60 --det-size 1280
 """
 
 from __future__ import annotations
