@@ -108,6 +108,18 @@ class Worker:
     device: str | None = None  # what its sessions run on, as it reported ("cuda", "tensorrt", "cpu")
     summary: dict | None = None  # its run's counts when it finished (``RunSummary.counts``)
     paths: list[str] = field(default_factory=list)  # its files, for ``write_list``
+    log_from: int = 0  # where this run's part of its log begins
+
+    def warnings(self) -> list[str]:
+        """The warnings its run wrote to its log (``WARNING: …``, without the prefix), once each: a worker runs
+        ``--quiet``, so these are all it said but its summary."""
+        try:
+            with open(self.log, "rb") as handle:
+                handle.seek(self.log_from)
+                said = handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            return []
+        return list(dict.fromkeys(line[len("WARNING: "):] for line in said.splitlines() if line.startswith("WARNING: ")))
 
     @property
     def status_file(self) -> Path:
@@ -374,6 +386,7 @@ def run_workers(workers: list[Worker], total: int, progress: bool = True, poll: 
         with open(w.log, "a", encoding="utf-8") as output:  # a re-run adds to the log of the runs before
             output.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: GPU {w.gpu}, {count(w.files, 'file')}\n")
             output.flush()
+            w.log_from = output.tell()
             w.process = subprocess.Popen([*w.command, "--quiet", "--status-file", str(w.status_file),
                                           "--launcher-pid", str(os.getpid())],
                                          stdout=output, stderr=subprocess.STDOUT, env=env)

@@ -472,7 +472,8 @@ def test_fewer_images_than_gpus_and_emptied_folders(video_crops, testpack_dir, t
 
 def test_a_worker_that_runs_on_the_cpu_instead_of_its_gpu_is_named(video_crops, testpack_dir, tmp_path, capsys) -> None:
     # GPUs 98 and 99 exist nowhere: with --device auto each worker falls back to the CPU (as on a
-    # machine whose GPU fails its self-test), and the launcher says so, during the run and at the end.
+    # machine whose GPU fails its self-test), and the launcher says so, during the run and at the end,
+    # with the warning that says why, which was in the worker's log only.
     folder = tmp_path / "input"
     folder.mkdir()
     for i, crop in enumerate(next(iter(video_crops.values()))[:2]):
@@ -484,6 +485,7 @@ def test_a_worker_that_runs_on_the_cpu_instead_of_its_gpu_is_named(video_crops, 
     for gpu in (98, 99):
         assert f"GPU {gpu}: ok, but ON THE CPU (its log says why): 1 file" in captured.out
         assert f"WARNING: GPU {gpu}: its worker runs on the CPU, not on the GPU" in captured.err
+        assert captured.err.count(f"WARNING: GPU {gpu}: no CUDA provider in this ONNX Runtime") == 1
 
 
 def test_the_launchers_progress_in_a_log_is_a_few_lines_not_one_per_poll(tmp_path, capsys) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -16,6 +17,8 @@ from ..multigpu import FRAME_BLOCK, find_dropped, parse_gpus, plan_workers, run_
 from ..progress import count
 from . import common
 from . import embed as embed_cli
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """\
   python scripts/embed_all_gpus.py --input /workspace/input/2006 /workspace/input/2007 \\
@@ -125,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if w.device == "cpu" and chosen.device != "cpu":
                 state += ", but ON THE CPU (its log says why)"
             print(f"{name(w.gpu)}: {state}: {count(w.files, 'file')} → {w.output} (log: {w.log})")
+            for warning in w.warnings():  # in its log only, where a user of the launcher does not look
+                log.warning("%s: %s", name(w.gpu), warning)
     failed = [w for w in busy if w.code != 0]
     for w in busy:
         if w.code == 0:
