@@ -119,7 +119,8 @@ class Worker:
                 said = handle.read().decode("utf-8", errors="replace")
         except OSError:
             return []
-        return list(dict.fromkeys(line[len("WARNING: "):] for line in said.splitlines() if line.startswith("WARNING: ")))
+        prefix = "WARNING: "
+        return list(dict.fromkeys(line[len(prefix):] for line in said.splitlines() if line.startswith(prefix)))
 
     @property
     def status_file(self) -> Path:
