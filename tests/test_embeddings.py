@@ -238,6 +238,9 @@ def test_small_faces_of_a_large_jpeg_are_aligned_from_the_photo_decoded_again(tm
     assert to_whole[0] > 0.97 and to_whole[1] < 0.93
     d_prime = {name: _d_prime(*_same_and_different(found[name].rows, rows)) for name in ways}
     assert d_prime["default"] > d_prime["shrunk"] + 1 and d_prime["default"] > d_prime["whole"] - 0.5
+    # Decoded in a worker process, which hands the stream the photo's digest for the second decoding: the same.
+    run_embeddings([str(path)], tmp_path / "worker.pkl", models, ways["default"], workers=1, progress=False)
+    np.testing.assert_array_equal(embfile.load(tmp_path / "worker.pkl").rows.embeddings, default.embeddings)
 
 
 def test_det_size_finds_the_small_faces_of_large_group_photos_and_a_rerun_says_it_reaches_only_new_images(
