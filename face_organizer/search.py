@@ -72,7 +72,8 @@ def embed_reference(path: str, models: FaceModels, det_size: int = EmbedOptions.
         raise SetupError(f"cannot use query {path}: {err}") from None
     size = models.recognizer.input_size
     photos = EmbedOptions(mode="photos", photo_det_size=det_size)
-    dets = models.detector.detect(image, (det_size, det_size), photos.photo_threshold)
+    side = photos.detection_size(image.shape)
+    dets = models.detector.detect(image, (side, side), photos.photo_threshold)
     if len(dets):
         dets = refine_small_faces([image], [dets], models.detector, photos)[0]  # as photos mode embeds them
         area = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])

@@ -244,7 +244,7 @@ def test_small_faces_of_a_large_jpeg_are_aligned_from_the_photo_decoded_again(tm
 
 
 def test_det_size_finds_the_small_faces_of_large_group_photos_and_a_rerun_says_it_reaches_only_new_images(
-        tmp_path, lfw, lfw_labels, testpack_dir, capsys) -> None:
+        tmp_path, lfw, lfw_labels, testpack_dir, models, capsys) -> None:
     """At 640 pixels a face 60 pixels wide in a 12-megapixel photo is 10 as the detector sees it, and it is
     not found; --det-size 1280 finds them. A re-run with another size says that it reaches only new images."""
     folder = tmp_path / "DCIM"
@@ -277,6 +277,15 @@ def test_det_size_finds_the_small_faces_of_large_group_photos_and_a_rerun_says_i
     assert common.run(embed_main, [*again, "--no-resume", "-q"]) == 0
     assert "WARNING" not in capsys.readouterr().err
     assert len(embfile.load(tmp_path / "at640.pkl").rows) == len(found[1280].rows)
+    # A photo smaller than the size is not enlarged past 640 (LFW's 250-pixel photos lost faces at 1280): the
+    # same rows as at 640; larger photos are detected at sizes a GPU sees few of.
+    small = [(str(lfw / r["path"]), read_image(lfw / r["path"])) for r in photos[:12]]
+    at = {size: embed_batch(small, models, EmbedOptions(mode="photos", photo_det_size=size)).rows
+          for size in (640, 1280)}
+    np.testing.assert_array_equal(at[1280].embeddings, at[640].embeddings)
+    sizes = {det: [EmbedOptions(photo_det_size=det).detection_size((h, w)) for h, w in
+                   ((250, 250), (500, 700), (750, 1000), (3024, 4032))] for det in (320, 640, 960, 1280)}
+    assert sizes == {320: [320] * 4, 640: [640] * 4, 960: [640, 960, 960, 960], 1280: [640, 960, 1280, 1280]}
     # Larger than a photo decoded shrunk: it is shrunk only as far as it keeps the pixels it is detected at.
     larger = embed_cli.embed_options(embed_cli.build_parser().parse_args(
         ["--input", "x", "--output", "y", "--mode", "photos", "--det-size", "2560"]))
