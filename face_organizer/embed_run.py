@@ -30,7 +30,7 @@ from .cpus import usable_cpus
 from .decoding import Loader, iter_loaded
 from .embfile import EmbeddingsFile, parts_dir
 from .errors import EmbeddingsFileError, RunStopped, SetupError, device_failed, one_line
-from .faces import BatchResult, EmbedOptions, FaceModels, FaceRows, ShrunkPhotos, embed_batch
+from .faces import AT_THE_LIMIT, BatchResult, EmbedOptions, FaceModels, FaceRows, ShrunkPhotos, embed_batch
 from .fsutil import atomic_write_text
 from .progress import bar as progress_bar
 from .progress import count
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 COUNTED = ("total_images", "already_done", "changed", "embedded", "faces", "fallback", "no_face", "reused",
-           "copies", "failures_gone", "several_faces")
+           "copies", "failures_gone", "several_faces", "at_the_limit")
 
 
 @dataclass
@@ -66,6 +66,8 @@ class RunSummary:
     not_found: int = 0
     failures_gone: int = 0  # images that had failed and have since been deleted: no longer listed as failed
     several_faces: int = 0  # crops mode: images that show another face of like size (photos with several people)
+    at_the_limit: int = 0  # photos mode: photos with a face at the detector's smallest (``faces.AT_THE_LIMIT``)
+    det_size: int = 0  # photos mode: the size photos were detected at (0: not known, as in a launcher's total)
     file_unchanged: bool = False  # nothing new was found: the file was left as it was
     elapsed: float = 0.0
 
@@ -108,6 +110,11 @@ class RunSummary:
         if self.several_faces:
             out.append(f"images showing another face about as large as the one embedded: {self.several_faces:,} (crops "
                        "mode embeds one face per image, the most central; --mode photos embeds every face)")
+        if self.at_the_limit:
+            larger = ("--det-size 1280 finds, at about half the speed" if 0 < self.det_size < 1280
+                      else "a larger --det-size finds, at a fraction of the speed")
+            out.append(f"photos with a face at the smallest size the detector finds (under {AT_THE_LIMIT} pixels as it "
+                       f"saw the photo): {self.at_the_limit:,}; they may hold smaller faces it missed, which {larger}")
         skipped = sum(self.skipped.values())
         out.append(f"skipped: {skipped:,}" + (" (" + "; ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common()) + ")" if skipped else ""))
         return out
@@ -628,7 +635,8 @@ def _late_copies(result: BatchResult, digests: Mapping[str, bytes],
     keep = np.asarray([i for i, path in enumerate(result.rows.paths) if path not in late], np.intp)
     return replace(result, rows=result.rows.select(keep), no_face=[p for p in result.no_face if p not in late],
                    reused=[(frame, source) for frame, source in result.reused if frame not in late],
-                   several=[p for p in result.several if p not in late]), sorted(late.items())
+                   several=[p for p in result.several if p not in late],
+                   at_the_limit=[p for p in result.at_the_limit if p not in late]), sorted(late.items())
 
 
 class _Stops:
@@ -741,6 +749,7 @@ def run_embeddings(
     done = state.done()
     todo = [p for p in paths if p not in done]
     summary = RunSummary(output=str(out), device=models.device, streams=max(1, streams), mode=options.mode,
+                         det_size=options.photo_det_size if options.mode == "photos" else 0,
                          total_images=len(paths), already_done=len(paths) - len(todo), changed=len(changed),
                          not_found=len(state.held.difference(paths)), failures_gone=len(state.failures_gone))
     if summary.already_done or changed:
@@ -785,6 +794,7 @@ def run_embeddings(
             reused += result.reused
             summary.reused += len(result.reused)
             summary.several_faces += len(result.several)
+            summary.at_the_limit += len(result.at_the_limit)
             summary.embedded += n_images - len(result.no_face)
             summary.faces += len(result.rows)
             summary.no_face += len(result.no_face)

@@ -136,7 +136,8 @@ def test_large_jpeg_photos_are_decoded_shrunk_and_give_the_faces_of_the_whole_ph
     paths = [str(folder / "IMG_0001.jpg"), str(folder / "IMG_0002.jpg")]
     assert [images.load(p, 2000).reduction for p in paths] == [2, 2]
     assert images.load(paths[1], 2000).image.shape[:2] == (-(-big.height // 2), 2016)  # upright, at half size
-    run_embeddings(paths, tmp_path / "shrunk.pkl", models, EmbedOptions(mode="photos"), progress=False)
+    assert run_embeddings(paths, tmp_path / "shrunk.pkl", models, EmbedOptions(mode="photos"),
+                          progress=False).at_the_limit == 0  # faces of 300 pixels and more: none at the limit
     whole_run = ["--input", str(folder), "--output", str(tmp_path / "whole.pkl"), "--model", str(testpack_dir)]
     assert common.run(embed_main, [*whole_run, "--full-resolution"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == ("Error: --full-resolution is for --mode photos: crops "
@@ -225,10 +226,14 @@ def test_small_faces_of_a_large_jpeg_are_aligned_from_the_photo_decoded_again(tm
     cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])
     ways = {"default": EmbedOptions(mode="photos"), "shrunk": EmbedOptions(mode="photos", photo_face_pixels=0),
             "whole": EmbedOptions(mode="photos", photo_min_side=0)}
-    found = {}
+    found, summaries = {}, {}
     for name, options in ways.items():
-        run_embeddings([str(path)], tmp_path / f"{name}.pkl", models, options, progress=False)
+        summaries[name] = run_embeddings([str(path)], tmp_path / f"{name}.pkl", models, options, progress=False)
         found[name] = embfile.load(tmp_path / f"{name}.pkl")
+    # Faces 10 pixels wide as the detector saw the photo: the summary says it may hold smaller ones it missed.
+    assert summaries["default"].at_the_limit == 1
+    assert "photos with a face at the smallest size the detector finds (under 16 pixels as it saw the photo): 1; " \
+        "they may hold smaller faces it missed, which --det-size 1280 finds" in "\n".join(summaries["default"].lines())
     default, shrunk, whole = (found[name].rows for name in ways)
     assert found["default"].meta["photo_face_pixels"] == 112 and found["default"].meta["photo_min_side"] == 2000
     assert len(default) == len(whole) >= 30
