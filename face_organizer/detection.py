@@ -54,6 +54,27 @@ class Detections:
     def take(self, order: NDArray[np.intp]) -> Detections:
         return Detections(self.boxes[order], self.scores[order], self.kps[order])
 
+    def turned_back(self, turn: int, shape: tuple[int, ...]) -> Detections:
+        """These detections, found in ``cv2.rotate(image, turn)``, in the pixels of ``image`` (of ``shape``). The
+        landmarks keep their order (the same eye is the same point), so aligning on them turns the face upright."""
+        h, w = shape[:2]
+
+        def back(x: NDArray[np.float32], y: NDArray[np.float32], edge: int) -> tuple[NDArray[np.float32], ...]:
+            # edge 1: box corners, on pixel edges (0 to w); 0: landmarks, on pixel centres (0 to w - 1)
+            if turn == cv2.ROTATE_90_CLOCKWISE:
+                return y, (h - 1 + edge) - x
+            if turn == cv2.ROTATE_180:
+                return (w - 1 + edge) - x, (h - 1 + edge) - y
+            if turn == cv2.ROTATE_90_COUNTERCLOCKWISE:
+                return (w - 1 + edge) - y, x
+            raise ValueError(f"not a cv2.rotate code: {turn}")
+
+        ax, ay = back(self.boxes[:, 0], self.boxes[:, 1], 1)
+        bx, by = back(self.boxes[:, 2], self.boxes[:, 3], 1)
+        boxes = np.stack([np.minimum(ax, bx), np.minimum(ay, by), np.maximum(ax, bx), np.maximum(ay, by)], axis=1)
+        kx, ky = back(self.kps[..., 0], self.kps[..., 1], 0)
+        return Detections(boxes.astype(np.float32), self.scores, np.stack([kx, ky], axis=-1).astype(np.float32))
+
 
 def letterbox(image: NDArray[np.uint8], canvas: NDArray[np.uint8], border: int = 0) -> tuple[float, int]:
     """Fit ``image`` plus a black ``border`` on every side into a black (h, w, 3) ``canvas``.

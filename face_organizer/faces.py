@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -63,6 +64,12 @@ class EmbedOptions:
     # aligned from the photo decoded again, shrunk only as far as the smallest such face keeps this many (0:
     # never). The recogniser sees a face at 112 pixels: one shrunk below that loses detail that the file has.
     photo_face_pixels: int = 112
+    # Photos mode: a photo whose best face scores under this is tried turned by 90, 180 and 270 degrees, and kept
+    # turned where its faces score higher so (``turned_where_better``; 0: never). A face lying on its side or upside
+    # down (a portrait shot of a camera without an orientation sensor, a print scanned sideways) is often found
+    # with landmarks that do not fit it, and embedded as noise; LFW photos turned scored 0.55 at the median,
+    # upright no lower than 0.70.
+    photo_upright_score: float = 0.7
     # Crops mode: > 0 gives a near-identical consecutive frame the embedding of the frame it
     # repeats (see ``frames``); the value is the signature distance that counts as repeating.
     reuse_similar_frames: float = 0.0
@@ -203,10 +210,62 @@ def find_crop_face(image: NDArray[np.uint8], detector: SCRFD, options: EmbedOpti
     return find_crop_faces([image], detector, options)[0]
 
 
+TURNS = (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)
+TURN_PROBE = 320  # the size at which a photo's way up is told: a quarter of the pixels of 640
+
+
 def find_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, options: EmbedOptions) -> list[Detections]:
     """Every face above the threshold in each photo, in its pixels; photos without one are
-    tried again padded, at ``options.photo_retry_size``, in one batched pass, and small faces have
-    their landmarks found again (``refine_small_faces``)."""
+    tried again padded, at ``options.photo_retry_size``, in one batched pass, small faces have
+    their landmarks found again (``refine_small_faces``), and photos whose faces score low are
+    tried turned (``options.photo_upright_score``)."""
+    def detect(photos: Sequence[NDArray[np.uint8]]) -> list[Detections]:
+        return _detect_photos(photos, detector, options)
+
+    return turned_where_better(images, detect(images), detect, detector, options)
+
+
+def _best_scores(found: Sequence[Detections]) -> NDArray[np.float32]:
+    return np.array([float(dets.scores.max()) if len(dets) else 0.0 for dets in found], np.float32)
+
+
+def turned_where_better(images: Sequence[NDArray[np.uint8]], found: list[Detections],
+                        detect: Callable[[Sequence[NDArray[np.uint8]]], list[Detections]], detector: SCRFD,
+                        options: EmbedOptions, *, faceless: bool = False) -> list[Detections]:
+    """``found`` (faces of ``images``, by ``detect``), where a photo's best face scores under
+    ``options.photo_upright_score``, replaced by what ``detect`` finds in the photo turned by 90, 180 or 270
+    degrees, in the photo's own pixels, where the photo looks turned. Which way up it is, is told cheaply first:
+    the way up its best face scores highest at ``TURN_PROBE`` pixels (of 200 LFW photos, each scored higher
+    upright than turned a quarter); then ``detect`` runs on that turn only, kept where it finds a face scoring
+    higher than ``found``. With ``faceless``, photos without a face are tried too (a few reference photos; a
+    library's landscapes would pay for it)."""
+    found = list(found)
+    upright_score = options.photo_upright_score
+    weak = [i for i, dets in enumerate(found) if (len(dets) or faceless and upright_score)
+            and (not len(dets) or float(dets.scores.max()) < upright_score)]
+    if not weak:
+        return found
+    probe = (TURN_PROBE, TURN_PROBE)
+    ways = [_best_scores(detector.detect_many([images[i] for i in weak], probe, options.photo_threshold / 2))]
+    for turn in TURNS:
+        turned = [cv2.rotate(images[i], turn) for i in weak]
+        ways.append(_best_scores(detector.detect_many(turned, probe, options.photo_threshold / 2)))
+    scores = np.stack(ways)  # (upright and each turn, photo)
+    way = np.argmax(scores, axis=0)
+    for n, turn in enumerate(TURNS, start=1):
+        chosen = [k for k in range(len(weak)) if way[k] == n and scores[n, k] > scores[0, k]]
+        if not chosen:
+            continue
+        again = detect([cv2.rotate(images[weak[k]], turn) for k in chosen])
+        for k, dets in zip(chosen, again):
+            i = weak[k]
+            if len(dets) and (not len(found[i]) or float(dets.scores.max()) > float(found[i].scores.max())):
+                found[i] = dets.turned_back(turn, images[i].shape)
+    return found
+
+
+def _detect_photos(images: Sequence[NDArray[np.uint8]], detector: SCRFD, options: EmbedOptions) -> list[Detections]:
+    """``find_photo_faces`` but for trying photos turned."""
     sizes = [options.detection_size(image.shape) for image in images]
     by_image: dict[int, Detections] = {}
     for size in sorted(set(sizes)):  # one batched call for each size (only above 640 do photos differ)

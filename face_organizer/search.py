@@ -20,8 +20,9 @@ from numpy.typing import NDArray
 
 from .errors import SetupError
 from .fsutil import missing_path_hint
-from .faces import EmbedOptions, FaceModels, find_crop_face, refine_small_faces
+from .faces import EmbedOptions, FaceModels, find_crop_face, refine_small_faces, turned_where_better
 from .alignment import align
+from .detection import Detections
 from .images import DecodeError, read_image
 from .recognition import l2_normalise
 from .thresholds import ImpostorModel, impostor_model
@@ -72,10 +73,14 @@ def embed_reference(path: str, models: FaceModels, det_size: int = EmbedOptions.
         raise SetupError(f"cannot use query {path}: {err}") from None
     size = models.recognizer.input_size
     photos = EmbedOptions(mode="photos", photo_det_size=det_size)
-    side = photos.detection_size(image.shape)
-    dets = models.detector.detect(image, (side, side), photos.photo_threshold)
+
+    def detect(images: Sequence[NDArray[np.uint8]]) -> list[Detections]:  # as photos mode finds them
+        found = [models.detector.detect(one, (side, side), photos.photo_threshold)
+                 for one in images for side in [photos.detection_size(one.shape)]]
+        return refine_small_faces(images, found, models.detector, photos)
+
+    dets = turned_where_better([image], detect([image]), detect, models.detector, photos, faceless=True)[0]
     if len(dets):
-        dets = refine_small_faces([image], [dets], models.detector, photos)[0]  # as photos mode embeds them
         area = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
         order = np.argsort(-area, kind="stable")
         faces = np.stack([align(image, dets.kps[i], size) for i in order])

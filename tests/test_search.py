@@ -80,6 +80,17 @@ def test_group_photo_query_uses_largest_face(shared, models, caplog) -> None:
     np.testing.assert_allclose(ref.embedding, faces.embeddings[int(np.argmax(area))], atol=1e-5)
 
 
+def test_a_reference_photo_lying_on_its_side_is_turned(lfw, lfw_labels, models, tmp_path) -> None:
+    """A reference stored sideways without an orientation tag (an old camera's portrait shot) is embedded as the
+    same photo upright, where its face was embedded as noise."""
+    path = lfw / lfw_labels[0]["path"]
+    upright = embed_reference(str(path), models).embedding
+    for turn in (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE):
+        turned = tmp_path / f"turned{turn}.png"
+        cv2.imwrite(str(turned), cv2.rotate(read_image(path), turn))
+        assert float(embed_reference(str(turned), models).embedding @ upright) > 0.9, turn
+
+
 def test_references_are_detected_at_the_size_the_collection_was(lfw, lfw_labels, testpack_dir, models, tmp_path,
                                                                 capsys) -> None:
     """A collection embedded with --det-size 1280 holds the small faces of large group photos. A group photo as
