@@ -19,16 +19,15 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_setup import add_shared_argument, read_labels, testpack_streams  # noqa: E402
+from bench_setup import (add_shared_argument, alternating_speeds, read_labels, speeds_line,  # noqa: E402
+                         testpack_streams)
 import numpy as np  # noqa: E402
 
 from face_organizer import embfile  # noqa: E402
-from face_organizer.embed_run import run_embeddings  # noqa: E402
 from face_organizer.faces import EmbedOptions  # noqa: E402
 
 SIDE = 4032
@@ -69,20 +68,11 @@ def main() -> int:
         folder = Path(tmp) / "photos"
         folder.mkdir()
         paths = make_photos(shared / "datasets", args.count, folder)
-        speeds: dict[str, list[float]] = {name: [] for name in ways}
-        for round_ in range(args.rounds):
-            for way, (name, options) in enumerate(ways.items()):
-                out = Path(tmp) / f"way{way}.pkl"  # each round writes it anew: the last round's files are compared
-                started = time.perf_counter()
-                run_embeddings(paths, out, models, options, streams=streams, resume=False, progress=False)
-                speeds[name].append(len(paths) / (time.perf_counter() - started))
-                print(f"round {round_ + 1}: {name}: {speeds[name][-1]:.1f} images/s", flush=True)
+        speeds = alternating_speeds(paths, ways, models, streams, args.rounds, Path(tmp))  # the last round's files:
         shrunk, whole = (embfile.load(Path(tmp) / f"way{way}.pkl") for way in (0, 1))
         larger = embfile.load(Path(tmp) / "way3.pkl") if args.det_size else None
     same = shrunk.rows.paths == whole.rows.paths and (shrunk.rows.face_index == whole.rows.face_index).all()
-    print(f"{len(paths)} photos of {SIDE} pixels a side, {streams} streams; images/s: "
-          + "; ".join(f"{name} {np.median(s):.1f} (rounds {', '.join(f'{v:.1f}' for v in s)})"
-                      for name, s in speeds.items())
+    print(f"{len(paths)} photos of {SIDE} pixels a side, {streams} streams; images/s: {speeds_line(speeds)}"
           + f"; ratio {np.median(speeds['shrunk (default)']) / np.median(speeds['whole (--full-resolution)']):.2f}")
     if larger is not None:
         print(f"faces found: {len(shrunk.rows)} by default, {len(larger.rows)} with --det-size {args.det_size}")

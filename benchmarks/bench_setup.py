@@ -7,7 +7,9 @@ import argparse
 import csv
 import logging
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,25 @@ def embedded_photos(folder: Path, out: Path, models: FaceModels, streams: int) -
     ef = embfile.load(out)
     identity = {str((folder / r["path"]).absolute()): r["identity"] for r in read_labels(folder)}
     return ef, [identity[p] for p in ef.rows.paths]
+
+
+def alternating_speeds(paths: list[str], ways: dict[str, Any], models: FaceModels, streams: int, rounds: int,
+                       folder: Path) -> dict[str, list[float]]:
+    """Images/s of ``run_embeddings`` over ``paths`` with each of ``ways`` (name: ``EmbedOptions``), the ways
+    alternating in each of ``rounds`` so that a machine's drifting speed slows them alike; way n writes
+    ``folder/way<n>.pkl`` anew each round (the last round's files stay)."""
+    speeds: dict[str, list[float]] = {name: [] for name in ways}
+    for round_ in range(rounds):
+        for way, (name, options) in enumerate(ways.items()):
+            started = time.perf_counter()
+            run_embeddings(paths, folder / f"way{way}.pkl", models, options, streams=streams, resume=False,
+                           progress=False)
+            speeds[name].append(len(paths) / (time.perf_counter() - started))
+            print(f"round {round_ + 1}: {name}: {speeds[name][-1]:.1f} images/s", flush=True)
+    return speeds
+
+
+def speeds_line(speeds: dict[str, list[float]]) -> str:
+    """``name median (rounds a, b, c); …``"""
+    return "; ".join(f"{name} {statistics.median(s):.1f} (rounds {', '.join(f'{v:.1f}' for v in s)})"
+                     for name, s in speeds.items())

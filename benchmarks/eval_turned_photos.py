@@ -17,16 +17,15 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_setup import add_shared_argument, read_labels, testpack_streams  # noqa: E402
+from bench_setup import (add_shared_argument, alternating_speeds, read_labels, speeds_line,  # noqa: E402
+                         testpack_streams)
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from face_organizer.embed_run import run_embeddings  # noqa: E402
 from face_organizer.faces import EmbedOptions, FaceRows, embed_batch  # noqa: E402
 from face_organizer.images import discover_images, read_image  # noqa: E402
 
@@ -62,17 +61,9 @@ def main() -> int:
             print(f"{len(photos)} LFW photos turned {turn_name}, {name}: {right} embedded as upright "
                   f"(cosine > 0.9 to the photo upright); a face found in {len(faces)}", flush=True)
     portraits = discover_images([str(shared / "datasets" / "utkface_gender_dev")])[: args.count]
-    speeds: dict[str, list[float]] = {name: [] for name in ways}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.rounds):
-            for name, options in ways.items():
-                started = time.perf_counter()
-                run_embeddings(portraits, Path(tmp) / "e.pkl", models, options, streams=streams, resume=False,
-                               progress=False)
-                speeds[name].append(len(portraits) / (time.perf_counter() - started))
-    print(f"{len(portraits)} UTKFace portraits, photos mode, {streams} streams; images/s: "
-          + "; ".join(f"{name} {np.median(s):.1f} (rounds {', '.join(f'{v:.1f}' for v in s)})"
-                      for name, s in speeds.items()))
+        speeds = alternating_speeds(portraits, ways, models, streams, args.rounds, Path(tmp))
+    print(f"{len(portraits)} UTKFace portraits, photos mode, {streams} streams; images/s: {speeds_line(speeds)}")
     return 0
 
 
