@@ -691,10 +691,12 @@ def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos
         yield batch
 
 
-def _photo_settings(options: EmbedOptions) -> dict[str, int]:
-    """How photos mode read large photos and refined small faces, for the file's ``meta``."""
+def _photo_settings(options: EmbedOptions) -> dict[str, float]:
+    """How photos mode detected and read photos, refined small faces and tried photos turned, for the file's
+    ``meta``."""
     return {"photo_det_size": options.photo_det_size, "photo_min_side": options.photo_decode_side,
-            "photo_refine_below": options.photo_refine_below, "photo_face_pixels": options.photo_face_pixels}
+            "photo_refine_below": options.photo_refine_below, "photo_face_pixels": options.photo_face_pixels,
+            "photo_upright_score": options.photo_upright_score}
 
 
 def unrecognisable_meta(models: FaceModels) -> dict[str, list[float]]:

@@ -279,6 +279,7 @@ def test_small_faces_of_a_large_jpeg_are_aligned_from_the_photo_decoded_again(tm
         "they may hold smaller faces it missed, which --det-size 1280 finds" in "\n".join(summaries["default"].lines())
     default, shrunk, whole = (found[name].rows for name in ways)
     assert found["default"].meta["photo_face_pixels"] == 112 and found["default"].meta["photo_min_side"] == 2000
+    assert found["default"].meta["photo_upright_score"] == 0.7
     assert len(default) == len(whole) >= 30
     np.testing.assert_array_equal(default.bbox, shrunk.bbox)
     np.testing.assert_array_equal(default.det_score, shrunk.det_score)
