@@ -220,7 +220,7 @@ def find_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, optio
     their landmarks found again (``refine_small_faces``), and photos whose faces score low are
     tried turned (``options.photo_upright_score``)."""
     def detect(photos: Sequence[NDArray[np.uint8]]) -> list[Detections]:
-        return _detect_photos(photos, detector, options)
+        return detect_photo_faces(photos, detector, options)
 
     return turned_where_better(images, detect(images), detect, detector, options)
 
@@ -264,8 +264,10 @@ def turned_where_better(images: Sequence[NDArray[np.uint8]], found: list[Detecti
     return found
 
 
-def _detect_photos(images: Sequence[NDArray[np.uint8]], detector: SCRFD, options: EmbedOptions) -> list[Detections]:
-    """``find_photo_faces`` but for trying photos turned."""
+def detect_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD,
+                       options: EmbedOptions) -> list[Detections]:
+    """``find_photo_faces`` without trying photos turned: each photo detected at its size
+    (``EmbedOptions.detection_size``), tried again padded where none is found, and its small faces refined."""
     sizes = [options.detection_size(image.shape) for image in images]
     by_image: dict[int, Detections] = {}
     for size in sorted(set(sizes)):  # one batched call for each size (only above 640 do photos differ)

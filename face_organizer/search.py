@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from .errors import SetupError
 from .fsutil import missing_path_hint
-from .faces import EmbedOptions, FaceModels, find_crop_face, refine_small_faces, turned_where_better
+from .faces import EmbedOptions, FaceModels, detect_photo_faces, find_crop_face, turned_where_better
 from .alignment import align
 from .detection import Detections
 from .images import DecodeError, read_image
@@ -72,12 +72,11 @@ def embed_reference(path: str, models: FaceModels, det_size: int = EmbedOptions.
     except DecodeError as err:
         raise SetupError(f"cannot use query {path}: {err}") from None
     size = models.recognizer.input_size
-    photos = EmbedOptions(mode="photos", photo_det_size=det_size)
+    # As photos mode finds faces, but for its padded second try: a tight crop is found as crops are, below.
+    photos = EmbedOptions(mode="photos", photo_det_size=det_size, photo_retry_size=0)
 
-    def detect(images: Sequence[NDArray[np.uint8]]) -> list[Detections]:  # as photos mode finds them
-        found = [models.detector.detect(one, (side, side), photos.photo_threshold)
-                 for one in images for side in [photos.detection_size(one.shape)]]
-        return refine_small_faces(images, found, models.detector, photos)
+    def detect(images: Sequence[NDArray[np.uint8]]) -> list[Detections]:
+        return detect_photo_faces(images, models.detector, photos)
 
     dets = turned_where_better([image], detect([image]), detect, models.detector, photos, faceless=True)[0]
     if len(dets):
