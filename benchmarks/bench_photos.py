@@ -16,15 +16,14 @@ against the face's width, embedding cosines).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_setup import (add_shared_argument, alternating_speeds, read_labels, speeds_line,  # noqa: E402
-                         testpack_streams)
+from bench_setup import (add_shared_argument, alternating_speeds, lfw_testpack, read_labels,  # noqa: E402
+                         speeds_line)
 import numpy as np  # noqa: E402
 
 from face_organizer import embfile  # noqa: E402
@@ -56,9 +55,7 @@ def main() -> int:
     parser.add_argument("--det-size", type=int, default=0, help="also a round as by default but detected at this size")
     add_shared_argument(parser)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    shared = Path(args.shared)
-    models, streams = testpack_streams(shared)
+    shared, _, models, streams = lfw_testpack(args.shared)
     ways = {"shrunk (default)": EmbedOptions(mode="photos"),
             "whole (--full-resolution)": EmbedOptions(mode="photos", photo_min_side=0),
             "shrunk, small faces not refined": EmbedOptions(mode="photos", photo_refine_below=0)}

@@ -17,7 +17,6 @@ of each pasted photo (its largest face), and the time; first the same for the ph
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_setup import add_shared_argument, read_labels, testpack_streams  # noqa: E402
+from bench_setup import add_shared_argument, lfw_testpack, read_labels  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -84,13 +83,10 @@ def main() -> int:
                         help="also embed as by default but detected at these sizes (--det-size)")
     add_shared_argument(parser)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    shared = Path(args.shared)
-    lfw = shared / "datasets" / "lfw_dev"
+    _, lfw, models, streams = lfw_testpack(args.shared)
     labels = read_labels(lfw)
     photos_of = Counter(r["identity"] for r in labels)
     rows = [r for r in labels if photos_of[r["identity"]] >= 4][:432]
-    models, streams = testpack_streams(shared)
     ways = {"default": EmbedOptions(mode="photos"),
             "small faces' landmarks not found again": EmbedOptions(mode="photos", photo_refine_below=0),
             "small faces aligned from the photo shrunk": EmbedOptions(mode="photos", photo_face_pixels=0),

@@ -14,15 +14,14 @@ often blurred or turned away, so that more score low and are tried turned) both 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_setup import (add_shared_argument, alternating_speeds, read_labels, speeds_line,  # noqa: E402
-                         testpack_streams)
+from bench_setup import (add_shared_argument, alternating_speeds, lfw_testpack, read_labels,  # noqa: E402
+                         speeds_line)
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -45,12 +44,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the timing (default: 2)")
     add_shared_argument(parser)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    shared = Path(args.shared)
-    models, streams = testpack_streams(shared)
+    shared, lfw, models, streams = lfw_testpack(args.shared)
     ways = {"tried turned (default)": EmbedOptions(mode="photos"),
             "never turned": EmbedOptions(mode="photos", photo_upright_score=0)}
-    lfw = shared / "datasets" / "lfw_dev"
     photos = [(row["path"], read_image(lfw / row["path"])) for row in read_labels(lfw)[: args.count]]
     upright = largest_faces(embed_batch(photos, models, ways["never turned"]).rows)
     for turn_name, turn in TURNS.items():
