@@ -43,6 +43,17 @@ COUNTED = ("total_images", "already_done", "changed", "embedded", "faces", "fall
            "copies", "failures_gone", "several_faces", "at_the_limit")
 
 
+def gone_lines(not_found: int, failures_gone: int) -> list[str]:
+    """A run's lines for the images its file holds that it did not find under the inputs, and for the failures
+    of files deleted since (each line only where there are such images)."""
+    return [
+        *([f"held in the file but not found under the inputs now: {count(not_found, 'image')} (moved or deleted "
+           "since, or from other inputs); kept"] if not_found else []),
+        *([f"failed before and deleted since: {count(failures_gone, 'image')}; no longer listed as failed"]
+          if failures_gone else []),
+    ]
+
+
 @dataclass
 class RunSummary:
     output: str
@@ -94,10 +105,7 @@ class RunSummary:
         out = [
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}"
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
-            *([f"held in the file but not found under the inputs now: {count(self.not_found, 'image')} (moved or "
-               "deleted since, or from other inputs); kept"] if self.not_found else []),
-            *([f"failed before and deleted since: {count(self.failures_gone, 'image')}; no longer listed as failed"]
-              if self.failures_gone else []),
+            *gone_lines(self.not_found, self.failures_gone),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
             + (f"photos without a face: {self.no_face:,}" if self.mode == "photos"
                else f"fallback (no face found, centre crop used): {self.fallback:,}"),
@@ -196,13 +204,15 @@ class _State:
             self.digests.pop(p, None)
 
 
-def _check_compatible(meta: dict[str, Any], models: FaceModels, mode: str, where: str) -> None:
+def check_compatible(meta: dict[str, Any], recogniser: str, mode: str, where: str, dim: int | None = None) -> None:
+    """Refuse (``SetupError``) to go on in a file or part made with another recogniser, mode or embedding size
+    (``dim``; None: not known, as before the models are loaded)."""
     theirs = (meta.get("model_files", {}).get("recognition"), meta.get("embedding_size"), meta.get("mode", "crops"))
-    ours = (models.pack.recognizer.name, models.dim, mode)
-    if theirs != ours:
+    if theirs[0] != recogniser or theirs[2] != mode or dim not in (None, theirs[1]):
+        size = "" if dim is None else f"{dim}-d, "
         raise SetupError(
-            f"{where} was made with {theirs[0]} ({theirs[1]}-d, {theirs[2]} mode), this run uses {ours[0]} "
-            f"({ours[1]}-d, {ours[2]} mode): choose another --output, or pass --no-resume to replace it"
+            f"{where} was made with {theirs[0]} ({theirs[1]}-d, {theirs[2]} mode), this run uses {recogniser} "
+            f"({size}{mode} mode): choose another --output, or pass --no-resume to replace it"
         )
 
 
@@ -224,6 +234,20 @@ def warn_of_other_photo_settings(metas: Sequence[tuple[str, dict[str, Any]]], op
                         "--no-resume (or a new --output) embeds every image so", where, _photo_way(size, min_side),
                         _photo_way(options.photo_det_size, options.photo_decode_side))
             return
+
+
+def go_on_from(state: _State, paths: Sequence[str], options: EmbedOptions,
+               ) -> tuple[dict[str, images.Signature | None], set[str]]:
+    """What a run going on from ``state`` does first over the images ``paths``: warn of other photo settings,
+    stat the images embedded before, to find those rewritten since (new files are signed as they are read),
+    forget the rows of those, and drop the failures of files deleted since. Returns the stats, and the paths
+    rewritten since."""
+    warn_of_other_photo_settings(state.metas, options)
+    held_now = {p: images.file_signature(p) for p in paths if p in state.held}
+    changed = state.changed(held_now)
+    state.forget(changed)
+    state.drop_gone_failures(set(paths))
+    return held_now, changed
 
 
 def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None = None) -> _State:
@@ -737,14 +761,8 @@ def run_embeddings(
     if resume:
         state = state if state is not None else read_state(out)
         for where, meta in state.metas:
-            _check_compatible(meta, models, options.mode, where)
-        warn_of_other_photo_settings(state.metas, options)
-        # Files embedded before are stat'ed to find those rewritten since; new files are
-        # signed as they are read.
-        held_now = {p: images.file_signature(p) for p in paths if p in state.held}
-        changed = state.changed(held_now)
-        state.forget(changed)
-        state.drop_gone_failures(set(paths))
+            check_compatible(meta, models.pack.recognizer.name, options.mode, where, models.dim)
+        held_now, changed = go_on_from(state, paths, options)
     else:
         shutil.rmtree(parts_dir(out), ignore_errors=True)
         state = _State()

@@ -644,6 +644,72 @@ def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, vide
     assert str(folder / "2017") in grown.meta["inputs"]
 
 
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under ``folder``, with its size and modification time."""
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_a_dry_run_says_what_the_run_would_embed_and_writes_nothing(tmp_path, video_crops, testpack_dir, models,
+                                                                    monkeypatch, capsys) -> None:
+    folder, good = _good_and_bad(tmp_path, video_crops)
+    out = tmp_path / "out" / "emb.pkl"
+    command = ["--input", str(folder), "--output", str(out), "--model", str(testpack_dir), "--batch-size", "8", "-q"]
+
+    def dry_run() -> list[str]:
+        def no_models(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a dry run loaded the models")
+
+        before = _tree(tmp_path)
+        with monkeypatch.context() as m:
+            m.setattr("face_organizer.cli.embed.load_face_models", no_models)
+            assert run_cli([*command, "--dry-run"]) == 0
+        assert _tree(tmp_path) == before  # no file, part, lock or folder made, nothing touched
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == "dry run: nothing was embedded or written"
+        return lines[1:]
+
+    bad = 5  # truncated, empty, not an image, too large, a broken link: each a failure the run lists
+    assert dry_run() == [f"embeddings file: {out}: new", f"images found: {len(good) + bad}; already embedded: 0",
+                         f"to embed: {len(good) + bad} images"]
+    # Interrupted before its last batch: the parts are counted, and what the re-run then embeds is what the
+    # dry run said, also with an image rewritten since, one added, one of the failures mended and one deleted.
+    paths = discover_images([folder])
+    interrupted_at(paths, paths[-1], out, models, batch_size=4)
+    state = embed_run.read_state(out)
+    held = len(state.held)
+    failed = {Path(p).name: p for p in state.failed}
+    assert {"notes.jpg", "empty.png"} <= set(failed) and state.parts_read > 1 and not out.exists()
+    Path(min(state.held)).write_bytes(good[-2].read_bytes())
+    (folder / "2008" / "new.png").write_bytes(good[1].read_bytes())
+    Path(failed["notes.jpg"]).write_bytes((folder / "2017" / "whole.jpg").read_bytes())
+    Path(failed["empty.png"]).unlink()
+    found = len(good) + bad  # one added, one deleted
+    said = dry_run()
+    assert said[0].startswith(f"embeddings file: {out}: {held} faces so far, and ")
+    assert said[0].endswith(" checkpoint parts beside it that the run would merge into it")
+    assert said[1:] == [f"images found: {found}; already embedded: {held - 1}",
+                        f"to embed: {found - held + 1} images (new: {found - held - 1}; changed since embedded: 1; "
+                        "failed before, tried again: 1)",
+                        "failed before and deleted since: 1 image; no longer listed as failed"]
+    assert run_cli(command) == 0
+    done = capsys.readouterr().out
+    assert f"images found: {found}; already embedded: {held - 1}; changed since embedded, so embedded again: 1" in done
+    skipped = bad - 2  # the mended one and the deleted one no longer fail
+    assert f"embedded now: {found - held + 1 - skipped} images" in done and f"skipped: {skipped} (" in done
+    # Finished: nothing to embed but the failures, which are tried again; a file of another mode is refused as
+    # the run would refuse it, and --no-resume would replace it.
+    assert dry_run() == [f"embeddings file: {out}: {found - skipped} faces",
+                         f"images found: {found}; already embedded: {found - skipped}",
+                         f"to embed: {skipped} images (new: 0; changed since embedded: 0; failed before, tried "
+                         f"again: {skipped})"]
+    assert run_cli([*command, "--dry-run", "--mode", "photos"]) == 2
+    assert "was made with MobileFaceNet.onnx (128-d, crops mode), this run uses MobileFaceNet.onnx (photos mode)" in \
+        capsys.readouterr().err
+    command.append("--no-resume")
+    assert dry_run() == [f"embeddings file: {out}: replaced (--no-resume), with any checkpoint parts beside it",
+                         f"images found: {found}; already embedded: 0", f"to embed: {found} images"]
+
+
 def test_new_images_are_the_only_ones_embedded(tmp_path, video_crops, models) -> None:
     crops = [p for c in video_crops.values() for p in c][:10]
     out = tmp_path / "emb.pkl"

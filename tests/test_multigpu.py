@@ -210,6 +210,20 @@ def test_gpus_added_later_embed_only_the_new_images(video_crops, testpack_dir, t
     for i, crop in enumerate(crops[8:], start=8):
         (folder / f"f{i:02d}.png").write_bytes(crop.read_bytes())
     capsys.readouterr()
+    # A dry run first: what each worker would embed, and nothing written (no file list, no file, no log).
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert common.run(multi_main, [*args, "--gpus", "0,1,2,3", "--dry-run"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    planned = capsys.readouterr().out.splitlines()
+    assert planned[0] == "dry run: nothing was embedded or written"
+    assert planned[-1] == "to embed over the 4 workers: 4 images"
+    for gpu in (0, 1):
+        at = planned.index(f"worker {gpu} (CPU): 5 files")
+        assert planned[at + 1:at + 4] == [f"  embeddings file: {out / f'embeddings_gpu{gpu}.pkl'}: 4 faces",
+                                          "  images found: 5; already embedded: 4", "  to embed: 1 image"]
+    at = planned.index("worker 3 (CPU): 1 file")
+    assert planned[at + 1:at + 4] == [f"  embeddings file: {out / 'embeddings_gpu3.pkl'}: new",
+                                      "  images found: 1; already embedded: 0", "  to embed: 1 image"]
     assert common.run(multi_main, [*args, "--gpus", "0,1,2,3"]) == 0
     printed = capsys.readouterr().out
     assert "images found: 12; already embedded: 8\n  embedded now: 4 images" in printed
@@ -256,10 +270,14 @@ def test_a_gpu_no_longer_given_keeps_what_its_file_holds(video_crops, testpack_d
     for i, crop in enumerate(crops[13:15], start=13):  # and new images
         (folder / f"f{i:02d}.png").write_bytes(crop.read_bytes())
     capsys.readouterr()
+    kept = f"worker 2 (CPU): not given: its {gpu2} keeps 1 image, not embedded again; 3 files spread over the others"
+    assert common.run(multi_main, [*args, "--gpus", "0,1", "--dry-run"]) == 0  # says so; GPU 2's parts stay
+    planned = capsys.readouterr().out.splitlines()
+    assert kept in planned and planned[-1] == "to embed over the 2 workers: 5 images"
+    assert len(list(parts_dir(gpu2).glob("part-*.pkl"))) == 2 and not gpu2.exists()
     assert common.run(multi_main, [*args, "--gpus", "0,1"]) == 0
     printed = capsys.readouterr().out
-    assert f"worker 2 (CPU): not given: its {gpu2} keeps 1 image, not embedded again; 3 files spread over the others" \
-        in printed
+    assert kept in printed
     # 8 held by GPUs 0 and 1; 2 new, 2 GPU 2 never embedded and the rewritten one: 5 embedded now.
     assert "images found: 13; already embedded: 8\n  embedded now: 5 images" in printed
     assert "  beside these, 1 image in the files of GPUs not given (see above)" in printed

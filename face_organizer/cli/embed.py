@@ -7,8 +7,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .. import embed_run, frames
+from ..embed_plan import HEADER, plan_run
 from ..cpus import default_workers, warn_of_extra_workers
 from ..errors import SetupError
 from ..faces import EmbedOptions, load_face_models
@@ -28,7 +30,10 @@ EXAMPLES = """\
   python scripts/generate_embeddings.py --input ~/Pictures --output photos.pkl --mode photos --device cpu
   # group photos of many people (a class, a wedding): detect at 1280 to find faces too small for 640
   python scripts/generate_embeddings.py --input /workspace/weddings --output weddings.pkl --mode photos --det-size 1280
-  # interrupted or new images added? run the same command again: only what is missing is embedded
+  # interrupted or new images added? run the same command again: only what is missing is embedded;
+  # with --dry-run first, it says how many images that is, and nothing runs
+  GPU_ID=0 python scripts/generate_embeddings.py --input /workspace/input/2017 /workspace/input/2018 \\
+      --output /workspace/embeddings_gpu0.pkl --dry-run
   # every video frame extracted? let near-identical consecutive frames share one embedding
   python scripts/generate_embeddings.py --input /workspace/input/2017 --output emb.pkl --reuse-similar-frames
 """
@@ -93,6 +98,9 @@ def build_parser():
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing --output and start over")
     p.add_argument("--checkpoint-seconds", type=common.non_negative_float, default=60.0,
                    help="seconds between checkpoints (default: 60; 0: after every batch)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what a run would embed (images new, changed or failed before) and exit: no model is "
+                        "loaded, nothing is written")
     p.add_argument("--file-list", default=None, metavar="FILE", type=common.path,
                    help="embed only the images listed in FILE (one path per line, or NUL-separated as find -print0 "
                         "writes; - reads it from standard input); --input still names the folders, and a relative "
@@ -127,6 +135,17 @@ def embed_options(args: argparse.Namespace) -> EmbedOptions:
                         photo_min_side=0 if args.full_resolution else EmbedOptions.photo_min_side)
 
 
+def _dry_run(args: argparse.Namespace, paths: Sequence[str], output: str, options: EmbedOptions) -> int:
+    """``--dry-run``: the run's plan on stdout; the model pack is looked for, not loaded."""
+    pack = resolve_pack(args.model, common.model_root(args.model_root))
+    plan = plan_run(paths, output, pack.recognizer.name, options, resume=args.resume)
+    folder = next(f for f in Path(output).parents if f.is_dir())  # the run makes the others
+    if not os.access(folder, os.W_OK | os.X_OK):
+        log.warning("cannot write to %s: the run would stop there", folder)
+    print("\n".join([HEADER, *plan.lines()]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.setup_logging(args.verbose, args.quiet, args.log)
@@ -152,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not output.endswith(".pkl"):
         log.warning("--output %s does not end in .pkl: embeddings files are pickles, and a pattern such as "
                     "embeddings_gpu*.pkl given to cluster_faces would leave this one out", output)
+    if args.dry_run:
+        return _dry_run(args, paths, output, options)
     try:
         check_writable_dir(os.path.dirname(output))
     except OSError as err:

@@ -7,13 +7,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..embed_plan import HEADER, plan_run
 from ..embed_run import RunSummary
 from ..errors import SetupError
 from ..modelpack import resolve_pack
-from ..multigpu import FRAME_BLOCK, find_dropped, parse_gpus, plan_workers, run_workers
+from ..multigpu import FRAME_BLOCK, Dropped, Worker, find_dropped, parse_gpus, plan_workers, run_workers
 from ..progress import count
 from . import common
 from . import embed as embed_cli
@@ -74,6 +75,25 @@ def added_up(summaries: Sequence[dict], workers: int, elapsed: float, mode: str 
             f"  elapsed: {elapsed:.1f} s" + (f", {total.rate:.1f} images/s" if total.processed else "")]
 
 
+def dry_run_lines(workers: Sequence[Worker], dropped: Sequence[Dropped], recogniser: str, chosen: argparse.Namespace,
+                  name: Callable[[int], str]) -> list[str]:
+    """``--dry-run``: what each worker would embed (``embed_plan.plan_run`` over its files), what the GPUs not given
+    keep, and the total; nothing is written, no worker starts."""
+    options = embed_cli.embed_options(chosen)
+    out = [HEADER]
+    total = 0
+    for w in workers:
+        if not w.files:
+            out.append(f"{name(w.gpu)}: no images for it: it would not be started")
+            continue
+        plan = plan_run(w.paths, w.output, recogniser, options, resume=chosen.resume)
+        total += plan.to_embed
+        out += [f"{name(w.gpu)}: {count(w.files, 'file')}", *(f"  {line}" for line in plan.lines())]
+    out += [d.line(name(d.gpu)) for d in dropped]
+    out.append(f"to embed over the {count(sum(1 for w in workers if w.files), 'worker')}: {count(total, 'image')}")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
@@ -99,15 +119,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not chosen.resume and (kept := [w.output for w in idle if w.output.exists()]):
         raise SetupError(f"--no-resume: {', '.join(map(str, kept))} would be left from an earlier run, with no images "
                          "left for its GPU: remove it, or name fewer --gpus")
+
+    def name(gpu: int) -> str:  # --device cpu: workers on the CPU, numbered as the GPUs would be
+        return f"worker {gpu} (CPU)" if chosen.device == "cpu" else f"GPU {gpu}"
+
+    if chosen.dry_run:
+        print("\n".join(dry_run_lines(workers, dropped, pack.recognizer.name, chosen, name)))
+        return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     for d in dropped:
         d.settle()
     for w in workers:
         w.write_list()
     busy = [w for w in workers if w.files]
-
-    def name(gpu: int) -> str:  # --device cpu: workers on the CPU, numbered as the GPUs would be
-        return f"worker {gpu} (CPU)" if chosen.device == "cpu" else f"GPU {gpu}"
 
     if not args.quiet:
         for w in busy:

@@ -1,0 +1,94 @@
+"""What a ``generate_embeddings`` run would do, told without loading a model or writing a file (``--dry-run``):
+over half a million images on GPUs, a user checks what a re-run after a new year folder, or one after an
+interruption, will embed before starting it.
+
+The images are counted the way the run counts them (``embed_run.read_state``, ``embed_run.go_on_from``); only
+copies of images embedded before (the same bytes under another name) are not told apart, as that takes
+reading every new image: a run gives those the rows of the image they copy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .embed_run import check_compatible, go_on_from, gone_lines, read_state
+from .embfile import parts_dir
+from .faces import EmbedOptions
+from .fsutil import lock_holder
+from .progress import count
+
+
+HEADER = "dry run: nothing was embedded or written"
+
+
+@dataclass
+class RunPlan:
+    output: str
+    resume: bool
+    total_images: int
+    already_done: int = 0  # embedded before, unchanged since: left as they are
+    changed: int = 0  # embedded before, rewritten since: embedded again
+    retried: int = 0  # failed before: tried again
+    not_found: int = 0  # held in the file, not under the inputs now: kept
+    failures_gone: int = 0  # failed before, deleted since: no longer listed as failed
+    faces_in_file: int = 0  # the finished file's rows and its checkpoint parts', as the run would read them
+    parts: int = 0  # checkpoint parts of an interrupted run, merged into the file by the run
+    exists: bool = False  # a file or checkpoint parts are there
+    writer: int | None = None  # pid of a run writing the file now
+
+    @property
+    def to_embed(self) -> int:
+        return self.total_images - self.already_done
+
+    def file_line(self) -> str:
+        if not self.exists:
+            held = "new"
+        elif not self.resume:
+            held = "replaced (--no-resume), with any checkpoint parts beside it"
+        elif self.parts:
+            held = (f"{count(self.faces_in_file, 'face')} so far, and {count(self.parts, 'checkpoint part')} beside "
+                    "it that the run would merge into it")
+        else:
+            held = count(self.faces_in_file, "face")
+        return (f"embeddings file: {self.output}: {held}"
+                + (f"; another run is writing it now (pid {self.writer}), so this command would stop at once: run "
+                   "it once that one has ended (counted here: what that run had checkpointed)" if self.writer else ""))
+
+    def lines(self) -> list[str]:
+        """What the run would do, after ``HEADER``."""
+        new = self.to_embed - self.changed - self.retried
+        return [
+            self.file_line(),
+            f"images found: {self.total_images:,}; already embedded: {self.already_done:,}",
+            f"to embed: {count(self.to_embed, 'image')}"
+            + (f" (new: {new:,}; changed since embedded: {self.changed:,}; failed before, tried again: "
+               f"{self.retried:,})" if self.changed or self.retried else ""),
+            *gone_lines(self.not_found, self.failures_gone),
+        ]
+
+
+def plan_run(paths: Sequence[str], output: str | os.PathLike[str], recogniser: str,
+             options: EmbedOptions = EmbedOptions(), *, resume: bool = True) -> RunPlan:
+    """What ``run_embeddings`` over ``paths`` into ``output`` with the recogniser file ``recogniser`` would
+    embed; reads the file and its checkpoint parts, and stats the images embedded before. Refuses
+    (``SetupError``) a file the run would refuse: of another recogniser or mode."""
+    out = Path(output).absolute()
+    plan = RunPlan(str(out), resume, len(paths), exists=out.exists() or parts_dir(out).is_dir(),
+                   writer=lock_holder(out))
+    if not resume or not plan.exists:
+        return plan
+    state = read_state(out, check=lambda meta, where: check_compatible(meta, recogniser, options.mode, where))
+    plan.faces_in_file = sum(len(r) for r in state.rows)
+    plan.parts = state.parts_read
+    _, changed = go_on_from(state, paths, options)
+    done = state.done()
+    todo = [p for p in paths if p not in done]
+    plan.already_done = len(paths) - len(todo)
+    plan.changed = len(changed)
+    plan.retried = sum(p in state.failed and p not in changed for p in todo)
+    plan.not_found = len(state.held.difference(paths))
+    plan.failures_gone = len(state.failures_gone)
+    return plan
