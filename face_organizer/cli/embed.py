@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import embed_run, frames
-from ..embed_plan import HEADER, plan_run
 from ..cpus import default_workers, warn_of_extra_workers
+from ..embed_plan import HEADER, plan_run
 from ..errors import SetupError
 from ..faces import EmbedOptions, load_face_models
 from ..fsutil import check_writable_dir, exclusive
