@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FOLDER_REFERENCES = 100  # at most this many references from one query folder
 SHOWN_REFERENCES = 8  # reference tiles on the contact sheet, before the matches
+DRY_RUN_SHOWN = 10  # the weakest matches a dry run names
 
 
 def check_same_model(ef: EmbeddingsFile, models: FaceModels) -> None:
@@ -51,17 +52,23 @@ class SearchReport:
     output: str
     left_out: list[str] = field(default_factory=list)  # why each query that could not be used was left out
     status: Counter[str] = field(default_factory=Counter)  # files by what their placement did
+    weakest: list[tuple[float, str]] = field(default_factory=list)  # dry run: the lowest matches, lowest first
 
     def lines(self) -> list[str]:
         if not self.rows:
             return ["no faces in the embeddings files: nothing to search (matches.csv lists none)"]
         unique = len(set(self.destinations))
         via = int(self.result.via_expansion.sum())
+        where = f"; dry run: nothing written to {self.output}" if self.weakest else f" → {self.output}{os.sep}"
         lines = [
             f"{count(len(self.result.index), 'matching face')} in {count(unique, 'image')} "
-            f"({via:,} found by query expansion) out of {count(self.rows, 'face')} → {self.output}{os.sep}",
+            f"({via:,} found by query expansion) out of {count(self.rows, 'face')}{where}",
             f"similarity threshold {self.result.threshold:.3f} ({self.result.threshold_source})",
         ]
+        if self.weakest:
+            lines.append("the weakest matches, where a wrong one would show first (a --threshold above its "
+                         "similarity leaves it out):")
+            lines += [f"  {similarity:.3f}  {path}" for similarity, path in self.weakest]
         if self.left_out:
             lines.append(f"searched with {len(self.references)} of {len(self.references) + len(self.left_out)} "
                          f"queries; left out: {'; '.join(self.left_out)}")
@@ -134,11 +141,12 @@ def _span(values: Sequence[float | None]) -> str:
 def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], output: str, *,
                 threshold: float | None = None, top_k: int | None = None, expand: bool = True,
                 link_mode: LinkMode = "copy", use_gpu: bool = False, progress: bool = True,
-                previews: bool = True, moved_to: Sequence[str] = ()) -> SearchReport:
-    """``moved_to``: earlier cluster_faces outputs that ``--link-mode move`` put the images in."""
+                previews: bool = True, moved_to: Sequence[str] = (), dry_run: bool = False) -> SearchReport:
+    """``moved_to``: earlier cluster_faces outputs that ``--link-mode move`` put the images in. ``dry_run``:
+    search, and write nothing; the report names the weakest matches instead."""
     check_same_model(ef, models)
     output = os.path.abspath(output)
-    check_output_folder(output)
+    check_output_folder(output, dry_run)
     settings = {**images_run(ef.rows.paths), "queries": sorted(os.path.abspath(q) for q in queries), "threshold": threshold,
                 "top_k": top_k, "expand": expand, "link_mode": link_mode}
     check_same_images(output, settings, "search_faces")  # before the references are embedded and searched for
@@ -173,6 +181,9 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
                     _which_of(len(unsure), len(refs)), named, _span([r.runner_up_agreement for r in unsure]),
                     _span([r.agreement for r in unsure]))
     paths = [ef.rows.paths[i] for i in result.index]
+    if dry_run:
+        weakest = [(float(result.similarity[k]), paths[k]) for k in np.argsort(result.similarity, kind="stable")]
+        return SearchReport(result, refs, paths, len(ef.rows), output, left_out, weakest=weakest[:DRY_RUN_SHOWN])
     placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode,
                           sources=[where[i] for i in result.index] if moved_to else None, progress=progress,
                           run=settings)

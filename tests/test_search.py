@@ -208,11 +208,21 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models,
     emb, identity = lfw_subset
     query = lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"
     out = tmp_path / "her"
+    # A dry run first: the same search, nothing written, and the weakest matches named.
+    assert run_cli(["--embeddings", str(emb), "--query", str(query), "--output", str(out),
+                    "--model", str(testpack_dir), "-q", "--dry-run"]) == 0
+    dry = capsys.readouterr().out.splitlines()
+    assert not out.exists() and not (tmp_path / ".her.lock").exists()
     assert run_cli(["--embeddings", str(emb), "--query", str(query), "--output", str(out),
                     "--model", str(testpack_dir), "-q"]) == 0
     rows = list(csv.DictReader(open(out / "matches.csv", newline="", encoding="utf-8")))
     sims = [float(r["similarity"]) for r in rows]
     assert sims == sorted(sims, reverse=True) and len(rows) >= 10
+    assert dry[0].startswith(f"{len(rows)} matching faces in {len(rows)} images (") and \
+        dry[0].endswith(f"; dry run: nothing written to {out}")
+    weakest = [line.split(maxsplit=1) for line in dry[3:]]
+    assert [path for _, path in weakest] == [r["path"] for r in rows[::-1][:10]]
+    assert all(abs(float(sim) - float(r["similarity"])) < 6e-4 for (sim, _), r in zip(weakest, rows[::-1]))
     assert np.mean([identity[r["path"]] == "Jean_Chretien" for r in rows]) >= 0.95
     assert all(Path(r["destination"]).is_file() for r in rows)
     printed = capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -22,6 +23,8 @@ EXAMPLES = """\
       --query /workspace/ref/her.jpg --output /workspace/faces_target
   python scripts/search_faces.py --embeddings emb.pkl --query ref1.jpg ref2.jpg ref3.png --output her --link-mode symlink
   python scripts/search_faces.py --embeddings emb.pkl --query /workspace/ref/her/ --output her   # every photo in the folder
+  # how many match, and the weakest matches, before anything is copied:
+  python scripts/search_faces.py --embeddings emb.pkl --query her.jpg --output her --dry-run
   # measure the model's cut-offs on a labelled folder (one sub-folder per person) and store them:
   python scripts/search_faces.py --calibrate ../shared/datasets/lfw_dev --model buffalo_l
 """
@@ -44,6 +47,8 @@ def build_parser():
     p.add_argument("--no-expand", dest="expand", action="store_false", help="no second search from confident matches")
     p.add_argument("--no-previews", dest="previews", action="store_false",
                    help="skip the contact sheet of matches and index.html")
+    p.add_argument("--dry-run", action="store_true",
+                   help="search, print how many images match and the weakest matches, and write nothing")
     p.add_argument("--calibrate", metavar="DIR", type=common.path, default=None,
                    help="instead of searching: compute the model's thresholds on a labelled folder and store them")
     p.add_argument("--target-fmr", type=common.rate, default=1e-3,
@@ -91,10 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = load_face_models(pack, args.device, gpu_id, tensorrt=args.tensorrt)
     from ..clustering import gpu_count
 
-    with exclusive(args.output, common.OTHER_RUN):
+    with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
         report = find_person(ef, models, args.query, args.output, threshold=args.threshold, top_k=args.top_k,
                              expand=args.expand, link_mode=args.link_mode, use_gpu=gpu_count() > 0, progress=not args.quiet,
-                             previews=args.previews, moved_to=args.moved_to)
+                             previews=args.previews, moved_to=args.moved_to, dry_run=args.dry_run)
     print("\n".join(report.lines()))
     return 0
 
