@@ -26,6 +26,9 @@ EXAMPLES = """\
       --output-dir /workspace --gpus all --workers 4
   # then, as before:
   python scripts/cluster_faces.py --embeddings /workspace/embeddings_gpu*.pkl --output /workspace/clustered_faces
+  # a new year folder since? what each GPU would embed, before anything starts:
+  python scripts/embed_all_gpus.py --input /workspace/input/2006 /workspace/input/2007 /workspace/input/2008 \\
+      --output-dir /workspace --gpus all --dry-run
 """
 
 
