@@ -52,23 +52,20 @@ class SearchReport:
     output: str
     left_out: list[str] = field(default_factory=list)  # why each query that could not be used was left out
     status: Counter[str] = field(default_factory=Counter)  # files by what their placement did
-    weakest: list[tuple[float, str]] = field(default_factory=list)  # dry run: the lowest matches, lowest first
+    dry_run: bool = False  # nothing was written; ``weakest`` names the lowest matches
+    weakest: list[tuple[float, str]] = field(default_factory=list)  # (similarity, path), the lowest first
 
     def lines(self) -> list[str]:
         if not self.rows:
             return ["no faces in the embeddings files: nothing to search (matches.csv lists none)"]
         unique = len(set(self.destinations))
         via = int(self.result.via_expansion.sum())
-        where = f"; dry run: nothing written to {self.output}" if self.weakest else f" → {self.output}{os.sep}"
+        where = f"; dry run: nothing written to {self.output}" if self.dry_run else f" → {self.output}{os.sep}"
         lines = [
             f"{count(len(self.result.index), 'matching face')} in {count(unique, 'image')} "
             f"({via:,} found by query expansion) out of {count(self.rows, 'face')}{where}",
             f"similarity threshold {self.result.threshold:.3f} ({self.result.threshold_source})",
         ]
-        if self.weakest:
-            lines.append("the weakest matches, where a wrong one would show first (a --threshold above its "
-                         "similarity leaves it out):")
-            lines += [f"  {similarity:.3f}  {path}" for similarity, path in self.weakest]
         if self.left_out:
             lines.append(f"searched with {len(self.references)} of {len(self.references) + len(self.left_out)} "
                          f"queries; left out: {'; '.join(self.left_out)}")
@@ -77,6 +74,10 @@ class SearchReport:
         if self.status:
             lines.append(files_line(self.status))
         lines += placement_notes(self.status, "matches.csv")
+        if self.weakest:
+            lines.append("the weakest matches, where a wrong one would show first (a --threshold above its "
+                         "similarity leaves it out):")
+            lines += [f"  {similarity:.3f}  {path}" for similarity, path in self.weakest]
         return lines
 
 
@@ -183,7 +184,8 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     paths = [ef.rows.paths[i] for i in result.index]
     if dry_run:
         weakest = [(float(result.similarity[k]), paths[k]) for k in np.argsort(result.similarity, kind="stable")]
-        return SearchReport(result, refs, paths, len(ef.rows), output, left_out, weakest=weakest[:DRY_RUN_SHOWN])
+        return SearchReport(result, refs, paths, len(ef.rows), output, left_out, dry_run=True,
+                            weakest=weakest[:DRY_RUN_SHOWN])
     placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode,
                           sources=[where[i] for i in result.index] if moved_to else None, progress=progress,
                           run=settings)

@@ -220,6 +220,7 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models,
     assert sims == sorted(sims, reverse=True) and len(rows) >= 10
     assert dry[0].startswith(f"{len(rows)} matching faces in {len(rows)} images (") and \
         dry[0].endswith(f"; dry run: nothing written to {out}")
+    assert dry[2].startswith("the weakest matches, where a wrong one would show first")
     weakest = [line.split(maxsplit=1) for line in dry[3:]]
     assert [path for _, path in weakest] == [r["path"] for r in rows[::-1][:10]]
     assert all(abs(float(sim) - float(r["similarity"])) < 6e-4 for (sim, _), r in zip(weakest, rows[::-1]))
@@ -244,6 +245,12 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models,
                     "--model", str(testpack_dir), "-q"]) == 2
     assert f"{folder.name}/ is hers/ now; this run would place those images again" in capsys.readouterr().err
     assert not folder.exists()
+    assert run_cli(["--embeddings", str(emb), "--query", str(query), "--output", str(tmp_path / "none"),
+                    "--model", str(testpack_dir), "-q", "--dry-run", "--threshold", "1"]) == 0  # no match: a dry run
+    assert capsys.readouterr().out.splitlines() == [
+        f"0 matching faces in 0 images (0 found by query expansion) out of {len(embfile.load(emb).rows)} faces; dry "
+        f"run: nothing written to {tmp_path / 'none'}", "similarity threshold 1.000 (--threshold)"]
+    assert not (tmp_path / "none").exists()
 
 
 def test_the_contact_sheet_shows_a_copied_match_once(lfw_subset, lfw, testpack_dir, tmp_path, monkeypatch) -> None:
