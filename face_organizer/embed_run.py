@@ -216,7 +216,29 @@ def check_compatible(meta: dict[str, Any], recogniser: str, mode: str, where: st
         )
 
 
-def _photo_way(size: int, min_side: int) -> str:
+PHOTO_WAY = ("photo_det_size", "photo_min_side")  # a photos-mode run's ways that reach only the images it embeds
+
+
+def ways_before(metas: Sequence[tuple[str, Mapping[str, Any]]], meta: Mapping[str, Any]) -> list[dict[str, int]]:
+    """The ways (``PHOTO_WAY``) other than ``meta``'s of the photos-mode runs that embedded the images of a file and
+    its checkpoint parts (``metas``, as ``read_state`` gives them): for ``meta["photo_ways_before"]``, so that a
+    file extended at another ``--det-size`` or with ``--full-resolution`` switched says so, not only its last way."""
+    if meta.get("mode") != "photos":
+        return []
+    mine = {key: meta[key] for key in PHOTO_WAY}
+    ways: list[dict[str, int]] = []
+    for _, old in metas:
+        if old.get("mode") != "photos":
+            continue
+        way = {"photo_det_size": old.get("photo_det_size", EmbedOptions.photo_det_size),  # as before the key: 640
+               "photo_min_side": old.get("photo_min_side", mine["photo_min_side"])}
+        for seen in [*old.get("photo_ways_before", []), way]:
+            if seen != mine and seen not in ways:
+                ways.append(seen)
+    return ways
+
+
+def photo_way(size: int, min_side: int) -> str:
     return f"detected at {size:,} pixels, " + ("large JPEGs decoded shrunk" if min_side else "JPEGs decoded whole")
 
 
@@ -231,8 +253,8 @@ def warn_of_other_photo_settings(metas: Sequence[tuple[str, dict[str, Any]]], op
         min_side = meta.get("photo_min_side", options.photo_decode_side)
         if size != options.photo_det_size or bool(min_side) != bool(options.photo_decode_side):
             log.warning("%s: its images were %s; this run's settings (%s) reach only images new or changed since: "
-                        "--no-resume (or a new --output) embeds every image so", where, _photo_way(size, min_side),
-                        _photo_way(options.photo_det_size, options.photo_decode_side))
+                        "--no-resume (or a new --output) embeds every image so", where, photo_way(size, min_side),
+                        photo_way(options.photo_det_size, options.photo_decode_side))
             return
 
 
@@ -471,6 +493,8 @@ class _Recorder:
         digests = {p: digest for p in kept if (digest := new.get(p) or old.get(p)) is not None}
         old_inputs = (self.state.meta or {}).get("inputs", [])
         meta = dict(self.meta, complete=complete, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
+        if before := ways_before(self.state.metas, self.meta):
+            meta["photo_ways_before"] = before
         return EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()), signatures, digests)
 
 

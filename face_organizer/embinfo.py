@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .embed_run import read_state
+from .embed_run import photo_way, read_state
 from .embfile import parts_dir
 from .errors import SetupError
 from .faces import EmbedOptions
@@ -143,8 +143,12 @@ def _decoding(meta: dict) -> str:
     if not isinstance(side, int) or meta.get("mode") != "photos":
         return ""
     detected = f"detected at {size:,} pixels, " if isinstance(size, int) and size != EmbedOptions.photo_det_size else ""
+    before = [way for way in meta.get("photo_ways_before", []) if isinstance(way, dict)]
+    earlier = ("; images embedded before by other settings: "
+               + "; ".join(photo_way(int(w.get("photo_det_size", 0)), int(w.get("photo_min_side", 0))) for w in before)
+               if before else "")
     if not side:
-        return f" ({detected}JPEGs decoded whole)"
+        return f" ({detected}JPEGs decoded whole{earlier})"
     again = meta.get("photo_face_pixels")
     faces = f", again for faces under {again:,} pixels" if isinstance(again, int) and again > 0 else ""
-    return f" ({detected}large JPEGs decoded shrunk to {side:,} pixels or more{faces})"
+    return f" ({detected}large JPEGs decoded shrunk to {side:,} pixels or more{faces}{earlier})"

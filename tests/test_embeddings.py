@@ -323,9 +323,22 @@ def test_det_size_finds_the_small_faces_of_large_group_photos_and_a_rerun_says_i
         "this run's settings (detected at 1,280 pixels, large JPEGs decoded shrunk) reach only images new or " \
         "changed since" in captured.err
     assert "nothing new" in captured.out and len(embfile.load(tmp_path / "at640.pkl").rows) == len(found[640].rows)
+    # Extended at 1280 by new photos, the file records its last way and the one its earlier images were embedded
+    # in, and keeps that record through further runs; --no-resume starts a file of one way again.
+    earlier = [{"photo_det_size": 640, "photo_min_side": 2000}]
+    others = [r for r in lfw_labels if r["kind"] != "single"][20:40]  # not copies of the photos embedded at 640
+    for n in (2, 3):
+        row_of_small_faces(lfw, others[(n - 2) * 10 : (n - 2) * 10 + 10], folder / f"IMG_{n:04d}.jpg")
+        assert common.run(embed_main, [*again, "-q"]) == 0
+        mixed = embfile.load(tmp_path / "at640.pkl")
+        assert (mixed.meta["photo_det_size"], mixed.meta["photo_ways_before"]) == (1280, earlier)
+        assert "; images embedded before by other settings: detected at 640 pixels, large JPEGs decoded shrunk)" in \
+            describe(tmp_path / "at640.pkl").lines()[1]
+    capsys.readouterr()
     assert common.run(embed_main, [*again, "--no-resume", "-q"]) == 0
     assert "WARNING" not in capsys.readouterr().err
-    assert len(embfile.load(tmp_path / "at640.pkl").rows) == len(found[1280].rows)
+    assert len(embfile.load(tmp_path / "at640.pkl").rows) >= 2 * 18
+    assert "photo_ways_before" not in embfile.load(tmp_path / "at640.pkl").meta
     # A photo smaller than the size is not enlarged past 640 (LFW's 250-pixel photos lost faces at 1280): the
     # same rows as at 640; larger photos are detected at sizes a GPU sees few of.
     small = [(str(lfw / r["path"]), read_image(lfw / r["path"])) for r in photos[:12]]
