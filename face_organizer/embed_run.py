@@ -219,6 +219,15 @@ def check_compatible(meta: dict[str, Any], recogniser: str, mode: str, where: st
 PHOTO_WAY = ("photo_det_size", "photo_min_side")  # a photos-mode run's ways that reach only the images it embeds
 
 
+def photo_ways_before(meta: Mapping[str, Any]) -> list[dict[str, int]]:
+    """``meta["photo_ways_before"]`` (see ``ways_before``): the ways whose values are whole numbers, as a user's own
+    file may hold anything there."""
+    ways = meta.get("photo_ways_before")
+    return [{key: way[key] for key in PHOTO_WAY} for way in ways
+            if isinstance(way, dict) and all(isinstance(way.get(key), int) for key in PHOTO_WAY)
+            ] if isinstance(ways, list) else []
+
+
 def ways_before(metas: Sequence[tuple[str, Mapping[str, Any]]], meta: Mapping[str, Any]) -> list[dict[str, int]]:
     """The ways (``PHOTO_WAY``) other than ``meta``'s of the photos-mode runs that embedded the images of a file and
     its checkpoint parts (``metas``, as ``read_state`` gives them): for ``meta["photo_ways_before"]``, so that a
@@ -232,13 +241,14 @@ def ways_before(metas: Sequence[tuple[str, Mapping[str, Any]]], meta: Mapping[st
             continue
         way = {"photo_det_size": old.get("photo_det_size", EmbedOptions.photo_det_size),  # as before the key: 640
                "photo_min_side": old.get("photo_min_side", mine["photo_min_side"])}
-        for seen in [*old.get("photo_ways_before", []), way]:
+        for seen in [*photo_ways_before(old), way]:
             if seen != mine and seen not in ways:
                 ways.append(seen)
     return ways
 
 
 def photo_way(size: int, min_side: int) -> str:
+    """How photos mode embedded images: ``detected at 1,280 pixels, large JPEGs decoded shrunk``."""
     return f"detected at {size:,} pixels, " + ("large JPEGs decoded shrunk" if min_side else "JPEGs decoded whole")
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .embed_run import photo_way, read_state
+from .embed_run import photo_way, photo_ways_before, read_state
 from .embfile import parts_dir
 from .errors import SetupError
 from .faces import EmbedOptions
@@ -143,10 +143,9 @@ def _decoding(meta: dict) -> str:
     if not isinstance(side, int) or meta.get("mode") != "photos":
         return ""
     detected = f"detected at {size:,} pixels, " if isinstance(size, int) and size != EmbedOptions.photo_det_size else ""
-    before = [way for way in meta.get("photo_ways_before", []) if isinstance(way, dict)]
+    before = photo_ways_before(meta)
     earlier = ("; images embedded before by other settings: "
-               + "; ".join(photo_way(int(w.get("photo_det_size", 0)), int(w.get("photo_min_side", 0))) for w in before)
-               if before else "")
+               + "; ".join(photo_way(w["photo_det_size"], w["photo_min_side"]) for w in before) if before else "")
     if not side:
         return f" ({detected}JPEGs decoded whole{earlier})"
     again = meta.get("photo_face_pixels")

@@ -183,9 +183,9 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
                     _span([r.agreement for r in unsure]))
     paths = [ef.rows.paths[i] for i in result.index]
     if dry_run:
-        weakest = [(float(result.similarity[k]), paths[k]) for k in np.argsort(result.similarity, kind="stable")]
+        lowest = np.argsort(result.similarity, kind="stable")[:DRY_RUN_SHOWN]
         return SearchReport(result, refs, paths, len(ef.rows), output, left_out, dry_run=True,
-                            weakest=weakest[:DRY_RUN_SHOWN])
+                            weakest=[(float(result.similarity[k]), paths[k]) for k in lowest])
     placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode,
                           sources=[where[i] for i in result.index] if moved_to else None, progress=progress,
                           run=settings)
