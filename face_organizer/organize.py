@@ -519,7 +519,7 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
         if mode == "move":
             if source == dest or not os.path.exists(source):  # never delete what is to be placed
                 return "exists"
-            if _same_size(source, dest):
+            if _same_size(source, dest) and filecmp.cmp(source, dest, shallow=False):
                 os.unlink(source)  # the copy completed before an interruption
                 return "exists"
         if mode == "copy" and not os.path.exists(source):

@@ -1079,6 +1079,22 @@ def test_a_move_onto_itself_deletes_nothing(tmp_path) -> None:
     assert organize.place(str(image), str(image), "move") == "exists" and image.read_bytes() == b"the only copy"
 
 
+def test_a_move_deletes_its_source_only_where_the_destination_holds_the_same_bytes(tmp_path) -> None:
+    # What an interrupted move across filesystems leaves (the copy made, the source not yet removed) is finished;
+    # a destination that holds another file of the same size (an uncompressed BMP of the same frame size, put
+    # there since) is left as it is, and so is the source.
+    source, dest = tmp_path / "in" / "frame.bmp", tmp_path / "out" / "person_A" / "frame.bmp"
+    source.parent.mkdir()
+    dest.parent.mkdir(parents=True)
+    source.write_bytes(b"BM" + bytes(range(200)))
+    dest.write_bytes(b"BM" + bytes(range(199, -1, -1)))
+    assert organize.place(str(source), str(dest), "move") == organize.OCCUPIED
+    assert source.read_bytes() == b"BM" + bytes(range(200)) and dest.read_bytes() == b"BM" + bytes(range(199, -1, -1))
+    dest.write_bytes(source.read_bytes())
+    assert organize.place(str(source), str(dest), "move") == "exists"
+    assert not source.exists() and dest.read_bytes() == b"BM" + bytes(range(200))
+
+
 def test_moved_to_reads_only_files_inside_the_folder_named(tmp_path) -> None:
     from face_organizer.relocate import current_locations
 
