@@ -448,6 +448,11 @@ def _same_size(a: str, b: str) -> bool:
         return False
 
 
+def same_bytes(a: str, b: str) -> bool:
+    """Whether the files ``a`` and ``b`` hold the same bytes (sizes first, then contents)."""
+    return _same_size(a, b) and filecmp.cmp(a, b, shallow=False)
+
+
 def _partial_name(dest: str) -> str:
     """The temporary name beside ``dest`` that a copy or link is made under (short whatever the
     length of ``dest``'s)."""
@@ -519,13 +524,13 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
         if mode == "move":
             if source == dest or not os.path.exists(source):  # never delete what is to be placed
                 return "exists"
-            if _same_size(source, dest) and filecmp.cmp(source, dest, shallow=False):
+            if same_bytes(source, dest):
                 os.unlink(source)  # the copy completed before an interruption
                 return "exists"
         if mode == "copy" and not os.path.exists(source):
             return "exists"
         if mode == "copy" and verify and not os.path.islink(dest):
-            if _same_size(source, dest) and filecmp.cmp(source, dest, shallow=False):
+            if same_bytes(source, dest):
                 return "exists"
             _copy_atomic(source, dest, durable)  # our own copy, cut short by a power cut
             return "placed"

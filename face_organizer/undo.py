@@ -15,13 +15,12 @@ image would land in a tree the user left. Given the tree's old and new folders (
 
 from __future__ import annotations
 
-import filecmp
 import os
 from dataclasses import dataclass, field
 
 from . import relocate
 from .errors import SetupError
-from .organize import STATE_FILE, mark_undone, place, saved_state
+from .organize import STATE_FILE, mark_undone, place, same_bytes, saved_state
 from .progress import bar as progress_bar
 from .progress import count
 from .rebase import folder_prefix, guess_move, near, renaming
@@ -88,10 +87,6 @@ def _moved_there(output: str) -> None:
                          f"{'copies' if mode == 'copy' else 'links'})")
 
 
-def _same_bytes(a: str, b: str) -> bool:
-    return os.path.getsize(a) == os.path.getsize(b) and filecmp.cmp(a, b, shallow=False)
-
-
 def undo_move(output: str, *, dry_run: bool = False, progress: bool = True,
               rewrite: tuple[str, str] | None = None) -> UndoReport:
     """Move every image of ``output`` (a ``cluster_faces --link-mode move`` output) back to the
@@ -125,7 +120,7 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True,
         else:
             report.already_back += 1
         for copy in here:
-            if os.path.isfile(path) and _same_bytes(path, copy):
+            if os.path.isfile(path) and same_bytes(path, copy):
                 report.copies_removed += 1
                 if not dry_run:
                     os.unlink(copy)
