@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import filecmp
 import functools
 import hashlib
 import logging
@@ -126,6 +127,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     Latin-1 names) reaches Python as lone surrogates; it is written back as its own bytes."""
     with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         handle.write(text)
+
+
+def same_size(a: str, b: str) -> bool:
+    """Whether the files ``a`` and ``b`` both exist and have the same size."""
+    try:
+        return os.path.getsize(a) == os.path.getsize(b)
+    except OSError:
+        return False
+
+
+def same_bytes(a: str, b: str) -> bool:
+    """Whether the files ``a`` and ``b`` hold the same bytes (sizes first, then contents)."""
+    return same_size(a, b) and filecmp.cmp(a, b, shallow=False)
 
 
 def sync_filesystem(path: str | os.PathLike[str]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import filecmp
 import functools
 import hashlib
 import json
@@ -24,7 +23,7 @@ from typing import Any, Literal
 
 from .errors import FaceOrganizerError, SetupError
 from .fsutil import (OUTPUT_MARKER, atomic_write_text, check_writable_dir, filesystem_type, full_disk_hint,
-                     mount_of, sync_filesystem)
+                     mount_of, same_bytes, same_size, sync_filesystem)
 from .images import GONE
 from .progress import bar as progress_bar
 from .progress import count, listed, size
@@ -441,18 +440,6 @@ def check_same_images(output: str, run: Mapping[str, Any], stage: str) -> None:
     check_same_run(output, run, stage, subject="images", of=other, moved_to=True, advice=advice)
 
 
-def _same_size(a: str, b: str) -> bool:
-    try:
-        return os.path.getsize(a) == os.path.getsize(b)
-    except OSError:
-        return False
-
-
-def same_bytes(a: str, b: str) -> bool:
-    """Whether the files ``a`` and ``b`` hold the same bytes (sizes first, then contents)."""
-    return _same_size(a, b) and filecmp.cmp(a, b, shallow=False)
-
-
 def _partial_name(dest: str) -> str:
     """The temporary name beside ``dest`` that a copy or link is made under (short whatever the
     length of ``dest``'s)."""
@@ -534,7 +521,7 @@ def place(source: str, dest: str, mode: LinkMode, *, durable: bool = True, verif
                 return "exists"
             _copy_atomic(source, dest, durable)  # our own copy, cut short by a power cut
             return "placed"
-        if mode == "copy" and _same_size(source, dest):
+        if mode == "copy" and same_size(source, dest):
             return "exists"
         log.debug("%s holds another file than %s: left as it is", dest, source)
         return OCCUPIED  # changed or put there since: never overwritten

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import filecmp
 import itertools
 import json
 import logging
@@ -29,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import SetupError
-from .fsutil import missing_path_hint
+from .fsutil import missing_path_hint, same_bytes
 from .rebase import former_paths
 
 TABLE = "clusters.csv"
@@ -340,7 +339,7 @@ def remove_moved_copies(placed: dict[str, str], moved_to: Sequence[str], output:
             continue
         for copy in files:
             if (not copy.startswith(own) and os.path.isfile(copy) and not os.path.islink(copy)
-                    and os.path.getsize(copy) == os.path.getsize(dest) and filecmp.cmp(copy, dest, shallow=False)):
+                    and same_bytes(copy, dest)):
                 os.unlink(copy)
                 removed += 1
     if removed:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from . import relocate
 from .errors import SetupError
-from .organize import STATE_FILE, mark_undone, place, same_bytes, saved_state
+from .fsutil import same_bytes
+from .organize import STATE_FILE, mark_undone, place, saved_state
 from .progress import bar as progress_bar
 from .progress import count
 from .rebase import folder_prefix, guess_move, near, renaming

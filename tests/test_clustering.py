@@ -1334,8 +1334,8 @@ def test_copies_a_power_cut_emptied_after_the_last_flush_are_copied_again(two_pe
         Path(dest).write_bytes(b"")
     monkeypatch.setattr(organize, "_copy_atomic", real_copy)
     compared = []
-    real_cmp = organize.filecmp.cmp
-    monkeypatch.setattr(organize.filecmp, "cmp", lambda a, b, shallow=True: compared.append(b) or real_cmp(a, b, shallow))
+    real_cmp = fsutil.filecmp.cmp
+    monkeypatch.setattr(fsutil.filecmp, "cmp", lambda a, b, shallow=True: compared.append(b) or real_cmp(a, b, shallow))
     report = cluster_faces(ef, str(out), config, progress=False)
     assert all(Path(d).read_bytes() == Path(p).read_bytes() for p, d in zip(ef.rows.paths, report.destinations))
     assert report.status["exists"] == 21 and report.status["placed"] == len(ef.rows) - 21
