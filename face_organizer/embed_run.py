@@ -100,6 +100,26 @@ class RunSummary:
             setattr(self, key, getattr(self, key) + int(counts.get(key, 0)))
         self.skipped.update({str(reason): int(n) for reason, n in counts.get("skipped", {}).items()})
 
+    def count_batch(self, n_images: int, result: BatchResult) -> None:
+        """Count what ``embed_batch`` made of ``n_images`` images."""
+        self.reused += len(result.reused)
+        self.several_faces += len(result.several)
+        self.at_the_limit += len(result.at_the_limit)
+        self.embedded += n_images - len(result.no_face)
+        self.faces += len(result.rows)
+        self.no_face += len(result.no_face)
+        self.fallback += int((~result.rows.detected).sum())
+
+    def count_copy(self, rows: FaceRows | None) -> None:
+        """Count an image that took the rows of an image with its bytes (None: that image has no face)."""
+        self.copies += 1
+        if rows is None:
+            self.no_face += 1
+            return
+        self.embedded += 1
+        self.faces += len(rows)
+        self.fallback += int((~rows.detected).sum())
+
     def count_lines(self) -> list[str]:
         """The images found, embedded, reused and skipped."""
         out = [
@@ -846,28 +866,18 @@ def run_embeddings(
             parts.append(result.rows)
             no_face += result.no_face
             reused += result.reused
-            summary.reused += len(result.reused)
-            summary.several_faces += len(result.several)
-            summary.at_the_limit += len(result.at_the_limit)
-            summary.embedded += n_images - len(result.no_face)
-            summary.faces += len(result.rows)
-            summary.no_face += len(result.no_face)
-            summary.fallback += int((~result.rows.detected).sum())
+            summary.count_batch(n_images, result)
             with_rows = set(result.rows.paths)
             for path in [*with_rows, *result.no_face]:
                 if (digest := job.digests.get(path)) is not None:
                     embedded.add(digest, _Embedded(path, result.rows if path in with_rows else None))
         for path, digest in copies:  # their images were recorded with an earlier job, or earlier in this one
             rows = embedded[digest].copy_for(path)
+            summary.count_copy(rows)
             if rows is None:
                 no_face.append(path)
-                summary.no_face += 1
             else:
                 parts.append(rows)
-                summary.embedded += 1
-                summary.faces += len(rows)
-                summary.fallback += int((~rows.detected).sum())
-            summary.copies += 1
         if parts or no_face:
             rows = FaceRows.concat(parts, models.dim)
             recorder.rows(_sorted_rows(rows) if copies else rows, sorted(no_face), reused, job.signatures,
