@@ -80,6 +80,24 @@ class GenderSummary:
     placed_before: int = 0  # placed by that run, no longer a match: the copy stays
     status: Counter[str] = field(default_factory=Counter)  # files by what their placement did
 
+    def count(self, predictions: Sequence[GenderPrediction], min_confidence: float) -> list[str]:
+        """Count ``predictions`` by outcome; the paths of those that match (``gender``, confident enough)."""
+        matched = []
+        for p in predictions:
+            if p.gender is None:
+                if p.reason == "no face":
+                    self.no_face += 1
+                else:
+                    self.errors[p.reason or "unknown"] += 1
+            elif p.gender != self.gender:
+                self.non_matches += 1
+            elif round(p.confidence, CONFIDENCE_DIGITS) < min_confidence:  # as predictions.csv keeps it, for re-runs
+                self.low_confidence += 1
+            else:
+                matched.append(p.path)
+        self.matches = len(matched)
+        return matched
+
     def lines(self) -> list[str]:
         errors = sum(self.errors.values())
         return [
@@ -289,20 +307,7 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
         saved.close()
         bar.close()
     predictions = [made[p] for p in paths]
-    matched = []
-    for p in predictions:
-        if p.gender is None:
-            if p.reason == "no face":
-                summary.no_face += 1
-            else:
-                summary.errors[p.reason or "unknown"] += 1
-        elif p.gender != gender:
-            summary.non_matches += 1
-        elif round(p.confidence, CONFIDENCE_DIGITS) < min_confidence:  # as predictions.csv keeps it, for re-runs
-            summary.low_confidence += 1
-        else:
-            matched.append(p.path)
-    summary.matches = len(matched)
+    matched = summary.count(predictions, min_confidence)
     placement = place_all(output, matched, ["."] * len(matched), roots, link_mode, progress=progress, run=run,
                           grows_from=placed_before, renew=rewritten)
     destination = dict(zip(matched, placement.destinations))
@@ -310,6 +315,16 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     # An earlier match that no longer matches keeps its copy, and its row says where that copy is.
     left = {p: d for p, d in placed_before.items() if p not in destination and os.path.lexists(d)}
     summary.placed_before = sum(1 for p in paths if p in left)
+    _write_predictions(output, predictions, destination, left, signatures)
+    saved.remove()
+    return summary
+
+
+def _write_predictions(output: str, predictions: Sequence[GenderPrediction], destination: dict[str, str],
+                       left: dict[str, str], signatures: dict[str, Signature | None]) -> None:
+    """``output``'s predictions.csv: each image's prediction, where it was placed (``destination``; an
+    earlier match's copy left in place: ``left``), and the size and modification time it was predicted at
+    (``signatures``; read now for images predicted by an earlier run)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "gender", "confidence", "age", "matched", "reason", "destination", "bytes", "mtime_ns"])
@@ -320,5 +335,3 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
                          int(p.path in destination), p.reason or "", destination.get(p.path) or left.get(p.path, ""),
                          *(signature or ("", ""))])
     atomic_write_text(os.path.join(output, "predictions.csv"), buffer.getvalue())
-    saved.remove()
-    return summary
