@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .embed_run import check_compatible, go_on_from, gone_lines, read_state
-from .embfile import parts_dir
+from .embfile import check_replaceable, parts_dir
 from .faces import EmbedOptions
 from .fsutil import lock_holder
 from .progress import count
@@ -78,6 +78,8 @@ def plan_run(paths: Sequence[str], output: str | os.PathLike[str], recogniser: s
     out = Path(output).absolute()
     plan = RunPlan(str(out), resume, len(paths), exists=out.exists() or parts_dir(out).is_dir(),
                    writer=lock_holder(out))
+    if not resume:
+        check_replaceable(out)
     if not resume or not plan.exists:
         return plan
     state = read_state(out, check=lambda meta, where: check_compatible(meta, recogniser, options.mode, where))

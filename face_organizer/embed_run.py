@@ -818,6 +818,7 @@ def run_embeddings(
             check_compatible(meta, models.pack.recognizer.name, options.mode, where, models.dim)
         held_now, changed = go_on_from(state, paths, options)
     else:
+        embfile.check_replaceable(out)
         shutil.rmtree(parts_dir(out), ignore_errors=True)
         state = _State()
     done = state.done()

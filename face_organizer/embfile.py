@@ -35,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 
 from . import __version__
-from .errors import EmbeddingsFileError, UnsafePickleError
+from .errors import EmbeddingsFileError, SetupError, UnsafePickleError
 from .rows import FaceRows
 from .fsutil import atomic_open, lock_holder, missing_path_hint
 from .images import Signature
@@ -273,6 +273,24 @@ def checkpoint_parts(output: str | os.PathLike[str]) -> list[Path]:
         return sorted(parts_dir(output).glob("part-*.pkl"))
     except OSError:
         return []
+
+
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """Refuse (``SetupError``) a run that starts over (``--no-resume``) into ``path`` where ``path`` holds a file
+    that is not an embeddings file: a photo or a note named as ``--output`` by mistake would be replaced. Told by
+    its first bytes, as pickles of protocol 2 and later begin (``pickle.dump``'s since Python 3), without reading
+    the rest; an empty file holds nothing to lose."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    except OSError as err:
+        raise SetupError(f"cannot read {os.fspath(path)}, which --no-resume would replace: "
+                         f"{err.strerror or err}") from None
+    if head and not (head[:1] == pickle.PROTO and len(head) == 2 and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL):
+        raise SetupError(f"--output {os.fspath(path)} is a file that is not an embeddings file (not a pickle), which "
+                         "--no-resume would replace: name a new file for the embeddings (ending in .pkl)")
 
 
 def load(path: str | os.PathLike[str]) -> EmbeddingsFile:

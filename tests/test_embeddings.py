@@ -28,7 +28,7 @@ from face_organizer.cli import embed as embed_cli
 from face_organizer.cli.embed import main as embed_main
 from face_organizer.embed_run import RunSummary, plan_streams, run_embeddings
 from face_organizer.embfile import parts_dir
-from face_organizer.errors import EmbeddingsFileError, RunStopped, UnsafePickleError
+from face_organizer.errors import EmbeddingsFileError, RunStopped, SetupError, UnsafePickleError
 from face_organizer.evaluation import roc_auc
 from face_organizer.detection import Detections
 from face_organizer.faces import TURNS, EmbedOptions, FaceRows, ShrunkPhotos, embed_batch
@@ -721,6 +721,42 @@ def test_a_dry_run_says_what_the_run_would_embed_and_writes_nothing(tmp_path, vi
     command.append("--no-resume")
     assert dry_run() == [f"embeddings file: {out}: replaced (--no-resume), with any checkpoint parts beside it",
                          f"images found: {found}; already embedded: 0", f"to embed: {found} images"]
+
+
+def test_no_resume_replaces_an_embeddings_file_but_never_a_photo_or_a_note_named_as_output(
+        tmp_path, video_crops, testpack_dir, models, monkeypatch, capsys) -> None:
+    crops = [p for c in video_crops.values() for p in c][:4]
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for crop in crops:
+        shutil.copy(crop, folder)
+    photo, note = tmp_path / "holiday.jpg", tmp_path / "notes.txt"
+    cv2.imwrite(str(photo), read_image(crops[0]))
+    note.write_text("who is who\n")
+    kept = {f: f.read_bytes() for f in (photo, note)}
+
+    def no_models(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the models were loaded before the output was checked")
+
+    for target in (photo, note):
+        command = ["--input", str(folder), "--output", str(target), "--model", str(testpack_dir), "--no-resume", "-q"]
+        with monkeypatch.context() as m:
+            m.setattr("face_organizer.cli.embed.load_face_models", no_models)
+            for dry in ([], ["--dry-run"]):
+                assert run_cli([*command, *dry]) == 2
+                assert f"--output {target} is a file that is not an embeddings file (not a pickle), which --no-resume " \
+                       "would replace" in capsys.readouterr().err
+        with pytest.raises(SetupError, match="not an embeddings file"):  # the library refuses it too
+            run_embeddings(discover_images([folder]), target, models, resume=False)
+    assert {f: f.read_bytes() for f in kept} == kept and not list(tmp_path.glob("*.parts"))
+    # An embeddings file, or an empty file, is replaced as asked.
+    out, empty = tmp_path / "emb.pkl", tmp_path / "empty.pkl"
+    empty.touch()
+    for target in (out, out, empty):
+        assert run_cli(["--input", str(folder), "--output", str(target), "--model", str(testpack_dir), "--no-resume",
+                        "-q"]) == 0
+        assert embfile.load(target).rows.paths == discover_images([folder])
+    assert "embedded now: 4 images" in capsys.readouterr().out
 
 
 def test_new_images_are_the_only_ones_embedded(tmp_path, video_crops, models) -> None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import embed_run, frames
+from .. import embed_run, embfile, frames
 from ..cpus import default_workers, warn_of_extra_workers
 from ..embed_plan import HEADER, plan_run
 from ..errors import SetupError
@@ -173,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "embeddings_gpu*.pkl given to cluster_faces would leave this one out", output)
     if args.dry_run:
         return _dry_run(args, paths, output, options)
+    if not args.resume:
+        embfile.check_replaceable(output)  # before the models load (with TensorRT, minutes)
     try:
         check_writable_dir(os.path.dirname(output))
     except OSError as err:
