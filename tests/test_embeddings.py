@@ -886,6 +886,16 @@ def test_log_file_keeps_what_a_detached_run_prints(tmp_path, video_crops, testpa
         assert capfd.readouterr().err == (f"Error: --log {named} is a folder; give a file name such as "
                                           f"{os.path.join(os.path.abspath(named), 'run.log')}\n")
     assert not (tmp_path / "more_logs").exists()
+    # An image or an embeddings file named as --log (the two names swapped) is refused, and left as it was.
+    photo = tmp_path / "in" / crops[0].name
+    for named in (photo, tmp_path / "emb.pkl"):
+        kept = named.read_bytes()
+        assert common.run(embed_main, ["--input", str(folder), "--output", str(tmp_path / "other.pkl"), "--model",
+                                       str(testpack_dir), "--log", str(named)]) == 2
+        assert capfd.readouterr().err.startswith(f"Error: --log {named} is a file that is not a log (an image, an "
+                                                 "embeddings file: it holds binary data)")
+        assert named.read_bytes() == kept
+    assert not (tmp_path / "other.pkl").exists()
 
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops, testpack_dir, capsys) -> None:

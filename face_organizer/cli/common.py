@@ -31,6 +31,16 @@ _REDIRECTED: list[tuple[int, int]] = []  # (stdout or stderr's descriptor, a cop
 _LOG_FILE: list[str] = []  # the file they go to meanwhile
 
 
+def _text_or_new(path: str) -> bool:
+    """Whether ``path`` does not exist, or begins as a text file does: no NUL byte in its first 4 KiB (the headers
+    of JPEG, PNG and the other image formats, and of a pickle, hold some)."""
+    try:
+        with open(path, "rb") as handle:
+            return b"\0" not in handle.read(4096)
+    except OSError:
+        return True  # not there, or not readable: opening it for the log says so
+
+
 def log_to_file(path: str) -> None:
     """Send everything the command writes from here on (log, progress, summary, errors, and
     what native libraries and child processes write) to the end of ``path``, as ``> FILE 2>&1``
@@ -39,6 +49,10 @@ def log_to_file(path: str) -> None:
     named, path = path, os.path.abspath(path)
     if os.path.isdir(path) or named.endswith(("/", os.sep)):  # a folder meant, made or not
         raise SetupError(f"--log {named} is a folder; give a file name such as {os.path.join(path, 'run.log')}")
+    if not _text_or_new(path):
+        raise SetupError(f"--log {named} is a file that is not a log (an image, an embeddings file: it holds binary "
+                         "data), which the run's output would be appended to; give a log file's name such as "
+                         f"{os.path.join(os.path.dirname(path), 'run.log')}")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
