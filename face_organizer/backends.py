@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from .deepface_import import import_deepface
 from .detection import SCRFD
 from .faces import EmbedOptions, find_crop_face
+from .fsutil import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +132,22 @@ def prepare_deepface_weights(home: Path, sources: Sequence[Path]) -> list[str]:
             if not f.is_file():
                 continue
             name = DEEPFACE_YUNET_FILE if "yunet" in f.name.lower() and f.suffix == ".onnx" else f.name
-            dest = target / name
-            if not dest.exists():
-                shutil.copyfile(f, dest)
+            if not (target / name).exists():
+                _copy_whole(f, target / name)
                 placed.append(name)
     haar = Path(cv2.__file__).parent / "data" / "haarcascade_frontalface_default.xml"
     if haar.is_file() and not (target / haar.name).exists():
-        shutil.copyfile(haar, target / haar.name)
+        _copy_whole(haar, target / haar.name)
         placed.append(haar.name)
     return placed
+
+
+def _copy_whole(source: Path, dest: Path) -> None:
+    """Copy ``source`` to ``dest`` through a temporary name: a copy cut short (a full disk, Ctrl-C in the
+    middle of a 500 MB weight file) leaves no ``dest``, which the next run would take as placed and
+    DeepFace fail to load."""
+    with open(source, "rb") as handle, atomic_open(dest) as out:
+        shutil.copyfileobj(handle, out, 1 << 20)
 
 
 def try_backend(name: str, finder_factory: Callable[[], BoxFinder], probe: NDArray[np.uint8]) -> tuple[BoxFinder | None, str]:

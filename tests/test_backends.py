@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -63,9 +64,21 @@ def test_yunet_is_found_beside_the_model_packs(utkface, shared, offline_deepface
     assert re.search(r"would take about \d+(\.\d)? (s|min|h) on this machine", out)
 
 
-def test_prepare_deepface_weights_offline(shared, offline_deepface_home, capsys) -> None:
-    assert common.run(backends_main, ["--prepare-deepface-weights", str(shared / "models" / "yunet")]) == 0
-    assert (offline_deepface_home / ".deepface" / "weights" / "face_detection_yunet_2023mar.onnx").is_file()
+def test_prepare_deepface_weights_offline(shared, offline_deepface_home, monkeypatch, capsys) -> None:
+    weights = offline_deepface_home / ".deepface" / "weights"
+    source = next((shared / "models" / "yunet").glob("*.onnx"))
+    real_copy = shutil.copyfileobj
+
+    def cut_short(src, dst, length=0):  # Ctrl-C (or a full disk) halfway through the copy
+        dst.write(src.read(1000))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfileobj", cut_short)
+    assert common.run(backends_main, ["--prepare-deepface-weights", str(source.parent)]) == common.EXIT_INTERRUPTED
+    assert not [p for p in weights.iterdir() if p.suffix == ".onnx" or "partial" in p.name]  # nothing half-copied
+    monkeypatch.setattr(shutil, "copyfileobj", real_copy)
+    assert common.run(backends_main, ["--prepare-deepface-weights", str(source.parent)]) == 0
+    assert (weights / "face_detection_yunet_2023mar.onnx").read_bytes() == source.read_bytes()
 
 
 def test_deepface_gender_without_weights_is_a_clear_error(utkface, tmp_path, offline_deepface_home, capsys) -> None:
