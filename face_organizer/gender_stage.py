@@ -12,14 +12,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .decoding import iter_loaded
 from .errors import FaceOrganizerError, device_failed, one_line
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, lock_holder
 from .gender import GenderPrediction
 from .images import Signature, file_signature, not_reached
 from .organize import (LinkMode, check_output_folder, check_same_run, files_line, place_all,
@@ -133,6 +133,39 @@ def _unchanged(done: dict[str, Signed], paths: Sequence[str]) -> dict[str, Gende
             for prediction, signature in [done[p]] if signature is None or file_signature(p) == signature}
 
 
+def read_progress(path: str, predictor: str) -> dict[str, Signed] | None:
+    """The predictions an interrupted run of ``predictor`` kept in ``path`` (``_Progress``); None where there
+    is no such file, or it is another predictor's (a run starts it anew)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:  # none yet, or unreadable
+        return None
+    if not lines:
+        return None
+    try:
+        header = json.loads(lines[0])
+    except ValueError:
+        header = {}
+    if not isinstance(header, dict) or header.get("predictor") != predictor:
+        log.warning("%s: predictions of another backend or model (%s); predicting again", path,
+                    header.get("predictor") if isinstance(header, dict) else "unreadable")
+        return None
+    names = {f.name for f in fields(GenderPrediction)}
+    done: dict[str, Signed] = {}
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+            prediction = GenderPrediction(**{k: v for k, v in row.items() if k in names})
+            signature = tuple(row["signature"]) if row.get("signature") else None
+        except (ValueError, TypeError, AttributeError):
+            continue  # a line cut short by a kill
+        if "signature" in row and signature is None:
+            continue  # an image that could not be read (gone, its drive away): tried again, as a finished run's
+        done[prediction.path] = (prediction, signature)
+    return done
+
+
 class _Progress:
     """Predictions so far, appended as JSON lines with their image's size and modification time,
     so that an interrupted run continues where it stopped. The first line names the predictor;
@@ -140,8 +173,9 @@ class _Progress:
 
     def __init__(self, path: str, predictor: str, sync_seconds: float = 60.0):
         self.path, self.sync_seconds = path, sync_seconds
-        self.done: dict[str, Signed] = {}
-        kept = self._read(predictor)
+        done = read_progress(path, predictor)
+        kept = done is not None
+        self.done: dict[str, Signed] = done or {}
         try:
             self.handle: IO[str] | None = open(path, "a" if kept else "w", encoding="utf-8")
         except OSError as err:  # a read-only parent folder: the run goes on without
@@ -155,35 +189,6 @@ class _Progress:
             self.handle.write("\n")  # after a line cut short by a kill
         self.handle.flush()
         self.last_sync = time.monotonic()
-
-    def _read(self, predictor: str) -> bool:
-        try:
-            with open(self.path, encoding="utf-8") as handle:
-                lines = handle.read().splitlines()
-        except OSError:  # none yet, or unreadable
-            return False
-        if not lines:
-            return False
-        try:
-            header = json.loads(lines[0])
-        except ValueError:
-            header = {}
-        if not isinstance(header, dict) or header.get("predictor") != predictor:
-            log.warning("%s: predictions of another backend or model (%s); predicting again", self.path,
-                        header.get("predictor") if isinstance(header, dict) else "unreadable")
-            return False
-        names = {f.name for f in fields(GenderPrediction)}
-        for line in lines[1:]:
-            try:
-                row = json.loads(line)
-                prediction = GenderPrediction(**{k: v for k, v in row.items() if k in names})
-                signature = tuple(row["signature"]) if row.get("signature") else None
-            except (ValueError, TypeError, AttributeError):
-                continue  # a line cut short by a kill
-            if "signature" in row and signature is None:
-                continue  # an image that could not be read (gone, its drive away): tried again, as a finished run's
-            self.done[prediction.path] = (prediction, signature)
-        return True
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as handle:
@@ -234,6 +239,92 @@ def _finished_predictions(output: str) -> tuple[dict[str, Signed], dict[str, str
     return done, placed
 
 
+def _checked_run(output: str, roots: Sequence[str], gender: str, predictor: str, min_confidence: float,
+                 link_mode: LinkMode, dry_run: bool = False) -> dict[str, Any]:
+    """The run's settings as its output records them, once the output is one it can go on in: new, or this
+    command's own (``SetupError`` otherwise)."""
+    check_output_folder(output, dry_run)
+    run = {"inputs": sorted(os.path.abspath(r) for r in roots), "gender": gender, "backend": predictor,
+           "min_confidence": min_confidence, "link_mode": link_mode}
+    check_same_run(output, run, "gender_filter", subject="inputs",
+                   of=lambda earlier: ", ".join(earlier.get("inputs") or ["other folders"]),
+                   advice="give each input folder its own --output (in a loop over year folders: one per year)")
+    return run
+
+
+@dataclass
+class _Earlier:
+    """What earlier runs of the same command into an output leave to the next: the predictions of images
+    unchanged since, which stand (``kept`` of them the finished run's, ``resumed`` an interrupted one's), the
+    images predicted before and rewritten since, and where the finished run placed its images."""
+
+    made: dict[str, GenderPrediction]
+    kept: int
+    resumed: int
+    rewritten: set[str]
+    placed_before: dict[str, str]
+
+    @classmethod
+    def of(cls, output: str, paths: Sequence[str], saved: dict[str, Signed]) -> _Earlier:
+        """``saved``: what an interrupted run kept (``read_progress``). Images added since are placed beside
+        what earlier runs placed (also an interrupted one's: ``check_same_run`` has passed), and the copies of
+        images rewritten since made anew: a copy that run made is of the old file."""
+        finished, placed_before = _finished_predictions(output)
+        made = _unchanged(finished, paths)
+        kept = len(made)
+        rewritten = {p for p in paths if p in finished and p not in made}
+        resumed = _unchanged({p: d for p, d in saved.items() if p not in made}, paths)
+        made.update(resumed)
+        rewritten |= {p for p in paths if p in saved and p not in made}
+        return cls(made, kept, len(resumed), rewritten, placed_before)
+
+
+DRY_RUN_HEADER = "dry run: nothing was predicted or written"
+
+
+@dataclass
+class GenderPlan:
+    """What a gender_filter run would do (``plan_gender_run``)."""
+
+    output: str
+    gender: str
+    min_confidence: float
+    found: int
+    earlier: _Earlier
+    writer: int | None = None  # pid of a run writing the output now
+
+    def lines(self) -> list[str]:
+        """What the run would do, after ``DRY_RUN_HEADER``."""
+        earlier, before = self.earlier, len(self.earlier.made)
+        new = self.found - before - len(earlier.rewritten)
+        matches = sum(1 for p in earlier.made.values() if p.gender == self.gender
+                      and round(p.confidence, CONFIDENCE_DIGITS) >= self.min_confidence)
+        lines = [f"output: {self.output}: " + ("new" if not (earlier.placed_before or before or earlier.rewritten)
+                                               else f"{count(len(earlier.placed_before), 'image')} placed by earlier "
+                                                    "runs")
+                 + (f"; another run is writing it now (pid {self.writer}), so this command would stop at once"
+                    if self.writer else ""),
+                 f"images found: {self.found:,}; predicted before and unchanged since: {before:,}"
+                 + (f" ({earlier.resumed:,} by an interrupted run)" if earlier.resumed else ""),
+                 f"to predict: {count(self.found - before, 'image')} (new: {new:,}; rewritten since predicted: "
+                 f"{len(earlier.rewritten):,})"]
+        if before:
+            lines.append(f"{self.gender} (at --min-confidence {self.min_confidence:g}) among those predicted before: "
+                         f"{matches:,}")
+        return lines
+
+
+def plan_gender_run(paths: Sequence[str], roots: Sequence[str], output: str, gender: str, predictor: str, *,
+                    min_confidence: float = 0.5, link_mode: LinkMode = "copy") -> GenderPlan:
+    """What ``filter_by_gender`` would predict, with the predictor named ``predictor`` (not loaded); reads the
+    output's predictions and an interrupted run's, writes nothing. Refuses (``SetupError``) an output the run
+    would refuse."""
+    output = os.path.abspath(output)
+    _checked_run(output, roots, gender, predictor, min_confidence, link_mode, dry_run=True)
+    earlier = _Earlier.of(output, paths, read_progress(progress_path(output), predictor) or {})
+    return GenderPlan(output, gender, min_confidence, len(paths), earlier, lock_holder(output))
+
+
 def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, gender: str, predictor: Predictor, *,
                      min_confidence: float = 0.5, link_mode: LinkMode = "copy", workers: int = 0, batch_size: int = 64,
                      progress: bool = True) -> GenderSummary:
@@ -243,26 +334,12 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     re-run predicts only the images it had not reached. The file goes when the run finishes.
     """
     output = os.path.abspath(output)
-    check_output_folder(output)  # before hours of predictions
-    run = {"inputs": sorted(os.path.abspath(r) for r in roots), "gender": gender, "backend": predictor.name,
-           "min_confidence": min_confidence, "link_mode": link_mode}
-    check_same_run(output, run, "gender_filter", subject="inputs",
-                   of=lambda earlier: ", ".join(earlier.get("inputs") or ["other folders"]),
-                   advice="give each input folder its own --output (in a loop over year folders: one per year)")
+    run = _checked_run(output, roots, gender, predictor.name, min_confidence, link_mode)  # before hours of predictions
     summary = GenderSummary(output, gender)
-    # The same command again: the finished run's predictions of images unchanged since stand; images
-    # added since are placed beside what earlier runs placed (also an interrupted one's: check_same_run
-    # has passed), and the copies of images rewritten since made anew.
-    finished, placed_before = _finished_predictions(output)
-    made = _unchanged(finished, paths)
-    summary.kept = len(made)
-    # Predicted by a finished or an interrupted run, rewritten since: a copy that run made is of the old file.
-    rewritten = {p for p in paths if p in finished and p not in made}
     saved = _Progress(progress_path(output), predictor.name)
-    resumed = _unchanged({p: d for p, d in saved.done.items() if p not in made}, paths)
-    made.update(resumed)
-    rewritten |= {p for p in paths if p in saved.done and p not in made}
-    summary.resumed = len(resumed)
+    earlier = _Earlier.of(output, paths, saved.done)
+    made, rewritten, placed_before = earlier.made, earlier.rewritten, earlier.placed_before
+    summary.kept, summary.resumed = earlier.kept, earlier.resumed
     if made:
         log.info("continuing: %d of %d images already predicted", len(made), len(paths))
     todo = [p for p in paths if p not in made]

@@ -280,3 +280,8 @@ def lfw_crops(lfw, lfw_labels, models, tmp_path_factory):
 @pytest.fixture(scope="session")
 def utkface(shared: Path) -> Path:
     return _need(shared / "datasets" / "utkface_gender_dev")
+
+
+def tree_of(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under ``folder``, with its size and modification time (to tell that nothing was written)."""
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}

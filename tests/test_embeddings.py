@@ -36,7 +36,7 @@ from face_organizer.images import discover_images, read_image
 from face_organizer.samples import insightface_sample
 
 from conftest import (ROOT, child_processes, copies_of, interrupted_at, needs_proc, png_claiming, row_of_small_faces,
-                      running, wait_gone, write_image)
+                      running, tree_of, wait_gone, write_image)
 
 
 def run_cli(args: list[str]) -> int:
@@ -657,11 +657,6 @@ def test_a_rerun_that_finds_nothing_new_leaves_the_file_as_it_was(tmp_path, vide
     assert str(folder / "2017") in grown.meta["inputs"]
 
 
-def _tree(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every entry under ``folder``, with its size and modification time."""
-    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
-
-
 def test_a_dry_run_says_what_the_run_would_embed_and_writes_nothing(tmp_path, video_crops, testpack_dir, models,
                                                                     monkeypatch, capsys) -> None:
     folder, good = _good_and_bad(tmp_path, video_crops)
@@ -672,11 +667,11 @@ def test_a_dry_run_says_what_the_run_would_embed_and_writes_nothing(tmp_path, vi
         def no_models(*args: object, **kwargs: object) -> None:
             raise AssertionError("a dry run loaded the models")
 
-        before = _tree(tmp_path)
+        before = tree_of(tmp_path)
         with monkeypatch.context() as m:
             m.setattr("face_organizer.cli.embed.load_face_models", no_models)
             assert run_cli([*command, "--dry-run"]) == 0
-        assert _tree(tmp_path) == before  # no file, part, lock or folder made, nothing touched
+        assert tree_of(tmp_path) == before  # no file, part, lock or folder made, nothing touched
         lines = capsys.readouterr().out.splitlines()
         assert lines[0] == "dry run: nothing was embedded or written"
         return lines[1:]

@@ -16,8 +16,9 @@ from face_organizer.errors import RunStopped, SetupError
 from face_organizer.gender import InsightFaceGender
 from face_organizer.gender_stage import filter_by_gender, progress_path
 from face_organizer.images import read_image
+from face_organizer.progress import count
 
-from conftest import read_labels
+from conftest import read_labels, tree_of
 
 
 def run_cli(args: list[str]) -> int:
@@ -250,6 +251,63 @@ def test_the_same_command_again_predicts_only_images_new_or_changed_since(utkfac
     resumed = _Watched(predictor)
     summary = filter_by_gender(paths(), [str(folder)], str(men), "Man", resumed, **run)
     assert resumed.asked == [first_four[1], *paths()[4:]] and summary.resumed == 3
+
+
+def test_a_dry_run_says_what_the_same_command_would_predict_and_writes_nothing(utkface, predictor, testpack_dir,
+                                                                               tmp_path, monkeypatch, capsys) -> None:
+    import os
+    import time
+
+    rows = read_labels(utkface)
+    folder, _ = _some_faces(utkface, tmp_path / "input", 10)
+    out = tmp_path / "women"
+    command = ["--input", str(folder), "--output", str(out), "--gender", "Woman", "--model", str(testpack_dir),
+               "--workers", "0", "--batch-size", "4", "-q", "--dry-run"]
+
+    class NotLoaded(InsightFaceGender):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("a dry run loaded the model")
+
+    def dry_run() -> list[str]:
+        before = tree_of(tmp_path)
+        with monkeypatch.context() as m:
+            m.setattr("face_organizer.cli.gender.InsightFaceGender", NotLoaded)
+            assert run_cli(command) == 0
+        assert tree_of(tmp_path) == before  # no folder, lock, progress file or copy made
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == "dry run: nothing was predicted or written"
+        return lines[1:]
+
+    assert dry_run() == [f"output: {out}: new", "images found: 10; predicted before and unchanged since: 0",
+                         "to predict: 10 images (new: 10; rewritten since predicted: 0)"]
+    # Interrupted after 4 predictions; then one of those 4 rewritten and an image added: the same command
+    # predicts exactly what the dry run counts.
+    def paths() -> list[str]:
+        return sorted(str(p) for p in folder.iterdir())
+
+    run: dict[str, Any] = dict(workers=0, batch_size=4, progress=False)
+    with pytest.raises(KeyboardInterrupt):  # the predictor the command names: its predictions stand
+        filter_by_gender(paths(), [str(folder)], str(out), "Woman", _Watched(predictor, stop_after=4), **run)
+    os.utime(paths()[1], ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    (folder / Path(rows[30]["path"]).name).write_bytes((utkface / rows[30]["path"]).read_bytes())
+    said = dry_run()
+    assert said == [f"output: {out}: 0 images placed by earlier runs",
+                    "images found: 11; predicted before and unchanged since: 3 (3 by an interrupted run)",
+                    "to predict: 8 images (new: 7; rewritten since predicted: 1)",
+                    f"Woman (at --min-confidence 0.5) among those predicted before: {said[-1].rsplit(' ', 1)[-1]}"]
+    resumed = _Watched(predictor)
+    summary = filter_by_gender(paths(), [str(folder)], str(out), "Woman", resumed, **run)
+    assert len(resumed.asked) == 8 and summary.resumed == 3
+    # Finished: nothing to predict, and the matches of the predictions that stand are counted.
+    assert dry_run() == [f"output: {out}: {count(summary.matches, 'image')} placed by earlier runs",
+                         "images found: 11; predicted before and unchanged since: 11",
+                         "to predict: 0 images (new: 0; rewritten since predicted: 0)",
+                         f"Woman (at --min-confidence 0.5) among those predicted before: {summary.matches}"]
+    # An output the run would refuse is refused by the dry run too.
+    command[command.index("--gender") + 1] = "Man"
+    assert run_cli(command) == 2
+    assert f"--output {out} holds the output of another gender_filter run, made with other settings (gender Woman, " \
+           "now Man)" in capsys.readouterr().err
 
 
 def test_a_copy_edited_in_the_output_is_kept_when_the_same_command_runs_again(utkface, predictor, tmp_path) -> None:

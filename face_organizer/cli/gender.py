@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ..cpus import default_workers, warn_of_extra_workers
 from ..fsutil import exclusive
 from ..gender import DeepFaceGender, InsightFaceGender
-from ..gender_stage import Deferred, filter_by_gender
+from ..gender_stage import DRY_RUN_HEADER, Deferred, filter_by_gender, plan_gender_run
 from ..modelpack import resolve_pack
 from . import common
 
@@ -19,6 +19,9 @@ EXAMPLES = """\
         --output /workspace/faces_female/$YEAR --gender Woman
   done
   python scripts/gender_filter.py --input faces --output men --gender Man --backend deepface --detector-backend retinaface
+  # a year folder grown since: how many images the same command would predict, before it starts
+  python scripts/gender_filter.py --input /workspace/input/2008 --output /workspace/faces_female/2008 --gender Woman \
+      --dry-run
 """
 
 
@@ -43,6 +46,9 @@ def build_parser():
     p.add_argument("--workers", type=common.non_negative, default=default_workers(),
                    help="image-decoding processes; 0: the images are decoded between predictions (default: CPUs "
                         f"minus 2, at most 8: here {default_workers()})")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write nothing, load no model: print how many images would be predicted (new, rewritten "
+                        "since) and how many predictions of earlier runs stand")
     p.add_argument("--batch-size", type=common.batch_size, default=64,
                    help="images decoded and predicted together (default: 64; at most 4,096)")
     common.add_model_args(p)
@@ -64,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             pack, args.device, common.gpu_id_from_env(), batch_size=args.batch_size))
     else:
         predictor = Deferred(DeepFaceGender.name_for(args.detector_backend), lambda: DeepFaceGender(args.detector_backend))
+    if args.dry_run:
+        plan = plan_gender_run(paths, [os.path.abspath(i) for i in args.input], args.output, args.gender,
+                               predictor.name, min_confidence=args.min_confidence, link_mode=args.link_mode)
+        print("\n".join([DRY_RUN_HEADER, *plan.lines()]))
+        return 0
     with exclusive(args.output, common.OTHER_RUN):
         summary = filter_by_gender(paths, [os.path.abspath(i) for i in args.input], args.output, args.gender, predictor,
                                    min_confidence=args.min_confidence, link_mode=args.link_mode, workers=args.workers,
