@@ -14,6 +14,7 @@ deviations above it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from .errors import SetupError
+
+log = logging.getLogger(__name__)
 
 # Standard deviations above the impostor centre for a face-to-cluster-centre match (k-means
 # outliers): from random pairs of faces (k = 1), chosen on LFW dev; from the similarities to
@@ -225,14 +230,32 @@ def calibration_path() -> Path:
     return Path("~/.config/face-organizer/calibration.json").expanduser()
 
 
-def load_calibration(recognizer: str, path: Path | None = None) -> dict[str, Any] | None:
-    """The stored calibration for a recogniser file name (written by ``search_faces.py --calibrate``)."""
-    path = path or calibration_path()
+def read_calibrations(path: Path) -> dict[str, Any]:
+    """The calibration file's entries by recogniser file name; none where there is no such file. ``SetupError``
+    where the file is there but cannot be read, or is not one (a hand edit gone wrong)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise SetupError(f"cannot read the calibration file {path}: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise SetupError(f"the calibration file {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise SetupError(f"the calibration file {path} is not one: it holds no entries by recogniser (a JSON object)")
+    return data
+
+
+def load_calibration(recognizer: str, path: Path | None = None) -> dict[str, Any] | None:
+    """The stored calibration for a recogniser file name (written by ``search_faces.py --calibrate``); None, with
+    a warning where the file cannot be read, where there is none."""
+    try:
+        entry = read_calibrations(path or calibration_path()).get(recognizer)
+    except SetupError as err:
+        log.warning("%s; cut-offs are derived from the data instead", err)
         return None
-    entry = data.get(recognizer) if isinstance(data, dict) else None
     return entry if isinstance(entry, dict) else None
 
 
@@ -320,17 +343,22 @@ def calibrated_pair_cut(entry: dict[str, Any] | None, z: float) -> tuple[float, 
     return model.cut(z), f"calibration: impostor pairs at {model.centre:.3f} + {z:.2f} x {model.spread:.3f}"
 
 
+def calibrations_to_keep(path: Path) -> dict[str, Any]:
+    """``read_calibrations`` for a file about to be written: one that cannot be read is refused, as replacing it
+    would lose the other models' entries (``SetupError``)."""
+    try:
+        return read_calibrations(path)
+    except SetupError as err:
+        raise SetupError(f"{err}; it is left as it is: mend it or move it away (or set ${CALIBRATION_ENV} to "
+                         "another file)") from None
+
+
 def save_calibration(recognizer: str, entry: dict[str, Any], path: Path | None = None) -> Path:
     """Store ``entry`` for a recogniser file name, keeping other models' entries."""
     from .fsutil import atomic_write_text
 
     path = path or calibration_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            data = {}
-    except (OSError, ValueError):
-        data = {}
+    data = calibrations_to_keep(path)
     data[recognizer] = entry
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
     return path

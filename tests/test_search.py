@@ -478,6 +478,31 @@ def test_a_calibration_store_that_cannot_be_written_is_refused_before_any_work(s
     assert embedded == [] and not any(".tmp" in line for line in err)
 
 
+def test_a_calibration_file_that_cannot_be_read_is_neither_replaced_nor_passed_over_in_silence(
+        shared, testpack_dir, lfw_subset, lfw, tmp_path, monkeypatch, capsys) -> None:
+    # A hand edit gone wrong: the next --calibrate replaced the file (and every other model's entry in it), and
+    # searches derived their cut-off from the data without a word.
+    store = tmp_path / "calibration.json"
+    monkeypatch.setenv("FACE_ORGANIZER_CALIBRATION", str(store))
+    embedded = []
+    monkeypatch.setattr("face_organizer.cli.search.calibrate_folder", lambda *a, **k: embedded.append(a) or {})
+    emb, _ = lfw_subset
+    search = ["--embeddings", str(emb), "--query", str(lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"), "--model",
+              str(testpack_dir), "-q"]
+    for broken in ('{"w600k_r50.onnx": {"pair_threshold": 0.3},}', "[]"):
+        store.write_text(broken)
+        assert run_cli(["--calibrate", str(shared / "datasets" / "deepface_tests"), "--model", str(testpack_dir)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"Error: the calibration file {store} is not ")
+        assert err[-1].endswith("; it is left as it is: mend it or move it away (or set $FACE_ORGANIZER_CALIBRATION "
+                                "to another file)")
+        assert store.read_text() == broken and embedded == []  # refused before any embedding
+        assert run_cli([*search, "--output", str(tmp_path / f"o{len(broken)}")]) == 0
+        run = capsys.readouterr()
+        assert f"the calibration file {store} is not " in run.err and "cut-offs are derived from the data" in run.err
+        assert "(data: impostor peak of random pairs" in run.out
+
+
 def test_a_small_face_of_a_group_photo_as_reference_is_embedded_as_photos_mode_embeds_it(lfw, lfw_labels, models,
                                                                                          tmp_path) -> None:
     """A reference group photo's small faces have their landmarks found again around each, as photos mode finds

@@ -15,7 +15,7 @@ from ..faces import load_face_models
 from ..fsutil import check_writable_dir, exclusive, missing_path_hint
 from ..modelpack import resolve_pack
 from ..search_stage import calibrate_folder, find_person
-from ..thresholds import CALIBRATION_ENV, calibration_path, save_calibration
+from ..thresholds import CALIBRATION_ENV, calibration_path, calibrations_to_keep, save_calibration
 from . import common
 
 EXAMPLES = """\
@@ -74,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as err:
             raise SetupError(f"cannot store the calibration in {store}: {err.strerror or err}; set ${CALIBRATION_ENV} "
                              "to a file in a folder you can write") from None
+        calibrations_to_keep(store)
         pack = resolve_pack(args.model or "buffalo_l", common.model_root(args.model_root))
         models = load_face_models(pack, args.device, gpu_id, tensorrt=args.tensorrt)
         entry = calibrate_folder(args.calibrate, models, args.target_fmr, progress=not args.quiet)
