@@ -266,9 +266,9 @@ class _Earlier:
 
     @classmethod
     def of(cls, output: str, paths: Sequence[str], saved: dict[str, Signed]) -> _Earlier:
-        """``saved``: what an interrupted run kept (``read_progress``). Images added since are placed beside
-        what earlier runs placed (also an interrupted one's: ``check_same_run`` has passed), and the copies of
-        images rewritten since made anew: a copy that run made is of the old file."""
+        """What the runs before left in ``output`` for ``paths``; ``saved``: what an interrupted one kept
+        (``read_progress``). An image predicted before and rewritten since (its size or modification time) is
+        predicted again, and its copy made anew: the one placed before is of the old file."""
         finished, placed_before = _finished_predictions(output)
         made = _unchanged(finished, paths)
         kept = len(made)
