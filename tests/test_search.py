@@ -237,6 +237,7 @@ def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models,
     index = (out / "index.html").read_text()
     assert "matches.jpg" in index and "loading='lazy'" in index
     assert "(first the reference, then the best matches; red: the weakest, where a wrong match would show first)" in index
+    assert f"the first tile is the reference ({query.name}), then the best matches" in index
     # Its folder renamed since, the same search again would copy the matches a second time: refused.
     (folder,) = [p for p in out.iterdir() if p.is_dir() and p.name != "previews"]
     folder.rename(out / "hers")
