@@ -224,7 +224,8 @@ def _preview(output: str, ef: EmbeddingsFile, report: SearchReport, where: Seque
     write_sheet(sheet, contact_sheet(queries + best, weakest))
     named = (f"{len(refs)} of the {len(report.references)} references" if len(refs) < len(report.references)
              else "references")
-    first = "the first tile is the reference" if len(queries) == 1 else f"the first {len(queries)} tiles are the {named}"
+    first = ("the first tile is the reference" if len(queries) == 1
+             else f"the first {len(queries)} tiles are the {named}")
     notes = [f"{first} ({', '.join(os.path.basename(r.path) for r in refs)}), then the best matches", *report.lines()]
     write_index(os.path.join(output, "index.html"), "face-organizer search",
                 [IndexEntry("matches", len(set(report.destinations)), output, sheet,
