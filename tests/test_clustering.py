@@ -754,6 +754,28 @@ def test_thousands_of_folders_print_the_largest_and_count_the_rest(lfw_subset, t
     assert f"outliers: {folders['outliers'] + second['joined']:,} images" in strict
 
 
+@pytest.mark.parametrize(("given", "message"), [
+    (["--min-cluster-size", "3"], "--min-cluster-size is for --clusters auto (its graph of alike faces), and "
+     "--clusters 2 makes that many folders with k-means: leave it out, or use --clusters auto"),
+    (["--clusters", "3", "--neighbours", "20", "--no-second-pass"], "--neighbours and --no-second-pass are for "
+     "--clusters auto (its graph of alike faces), and --clusters 3 makes that many folders with k-means: leave them out"),
+    (["--people-from", "last_year", "--min-cluster-size", "3"], "--min-cluster-size is for --clusters auto (its graph "
+     "of alike faces), and --people-from sorts into an earlier run's people"),
+    (["--clusters", "auto", "--no-extra-groups"], "--no-extra-groups is for a number of people (--clusters K): "
+     "--clusters auto gives every group of alike faces a folder of its own; leave it out"),
+    (["--people-from", "last_year", "--no-extra-groups"], "--no-extra-groups is for a number of people (--clusters K): "
+     "--people-from sorts into an earlier run's people; leave it out"),
+])
+def test_options_that_would_change_nothing_are_refused_before_any_work(given, message, tmp_path, capsys) -> None:
+    # Taken and passed over without a word: --min-cluster-size 3 with the default --clusters 2 still made folders of
+    # two nowhere and of hundreds everywhere, and the user believed it had acted.
+    with pytest.raises(SystemExit) as usage:
+        cluster_main(["--embeddings", str(tmp_path / "not_read.pkl"), "--output", str(tmp_path / "out"), *given])
+    assert usage.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"cluster_faces.py: error: {message}")
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink", "move"])
 def test_link_modes(two_person, tmp_path, mode) -> None:
     emb, labels, input_root = two_person

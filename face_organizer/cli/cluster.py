@@ -58,10 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how files reach the folders (default: copy; undo_move.py puts moved images back)")
     common.add_moved_to_arg(p)
     p.add_argument("--dry-run", action="store_true", help="write nothing; print what would happen")
-    p.add_argument("--min-cluster-size", type=common.positive, default=2,
+    p.add_argument("--min-cluster-size", type=common.positive, default=None,
                    help="auto: smaller groups go to outliers/ (default: 2, so two faces that are each other's "
                         "most similar make a folder: a person with two photos; 3 leaves them in outliers/)")
-    p.add_argument("--neighbours", type=common.graph_neighbours, default=10,
+    p.add_argument("--neighbours", type=common.graph_neighbours, default=None,
                    help="auto: neighbours per face in the graph (default: 10)")
     p.add_argument("--seed", type=common.seed, default=1234, help="random seed: the same input gives the same folders")
     p.add_argument("--no-extra-groups", dest="extra_groups", action="store_false",
@@ -78,13 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def options_without_effect(args: argparse.Namespace) -> str | None:
+    """Why options given would change nothing with the method the others choose (None: they all act): those of
+    the graph with a number of people or ``--people-from``, and ``--no-extra-groups`` without a number."""
+    graph = [name for name, given in (("--neighbours", args.neighbours is not None),
+                                      ("--min-cluster-size", args.min_cluster_size is not None),
+                                      ("--no-second-pass", not args.attach_outliers)) if given]
+    if graph and (args.people_from or args.clusters is not None):
+        named = " and ".join(graph)
+        method = "--people-from sorts into an earlier run's people" if args.people_from else \
+            f"--clusters {args.clusters} makes that many folders with k-means"
+        return (f"{named} {'is' if len(graph) == 1 else 'are'} for --clusters auto (its graph of alike faces), and "
+                f"{method}: leave {'it' if len(graph) == 1 else 'them'} out, or use --clusters auto")
+    if not args.extra_groups and (args.people_from or args.clusters is None):
+        return ("--no-extra-groups is for a number of people (--clusters K): "
+                + ("--people-from sorts into an earlier run's people" if args.people_from else
+                   "--clusters auto gives every group of alike faces a folder of its own") + "; leave it out")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.people_from and args.clusters != NOT_GIVEN:
         parser.error("--people-from sorts faces into the people of an earlier run: leave out --clusters")
     if args.clusters == NOT_GIVEN:
-        args.clusters = 2
+        args.clusters = 2  # also with --people-from, whose runs record it so
+    if unused := options_without_effect(args):
+        parser.error(unused)
+    args.neighbours = ClusterConfig.neighbours if args.neighbours is None else args.neighbours
+    args.min_cluster_size = ClusterConfig.min_cluster_size if args.min_cluster_size is None else args.min_cluster_size
     common.setup_logging(args.verbose, args.quiet, args.log)
     fit_openmp_threads()
     ef = load_embeddings(args.embeddings)
