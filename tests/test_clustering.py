@@ -758,7 +758,8 @@ def test_thousands_of_folders_print_the_largest_and_count_the_rest(lfw_subset, t
     (["--min-cluster-size", "3"], "--min-cluster-size is for --clusters auto (its graph of alike faces), and "
      "--clusters 2 makes that many folders with k-means: leave it out, or use --clusters auto"),
     (["--clusters", "3", "--neighbours", "20", "--no-second-pass"], "--neighbours and --no-second-pass are for "
-     "--clusters auto (its graph of alike faces), and --clusters 3 makes that many folders with k-means: leave them out"),
+     "--clusters auto (its graph of alike faces), and --clusters 3 makes that many folders with k-means: leave "
+     "them out"),
     (["--people-from", "last_year", "--min-cluster-size", "3"], "--min-cluster-size is for --clusters auto (its graph "
      "of alike faces), and --people-from sorts into an earlier run's people"),
     (["--clusters", "auto", "--no-extra-groups"], "--no-extra-groups is for a number of people (--clusters K): "
