@@ -19,6 +19,27 @@ SHARED = Path(os.environ.get("FACE_ORGANIZER_SHARED", ROOT.parent / "shared")).r
 REQUIRE_SHARED = os.environ.get("FACE_ORGANIZER_REQUIRE_SHARED") == "1"
 
 
+# Settings of the user's own environment that would steer the stages under test: a calibration stored by
+# `search_faces.py --calibrate` (in ~/.config, as the README shows), a CPU share, the container's marker (the
+# suite run in the image), a GPU chosen. Tests that need one set it themselves.
+ISOLATED = ("FACE_ORGANIZER_CPUS", "FACE_ORGANIZER_CONTAINER", "FACE_ORGANIZER_STOP_SECONDS", "FACE_ORGANIZER_YUNET",
+            "GPU_ID")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_settings(tmp_path_factory):
+    saved = {name: os.environ.get(name) for name in (*ISOLATED, "FACE_ORGANIZER_CALIBRATION")}
+    for name in ISOLATED:
+        os.environ.pop(name, None)
+    os.environ["FACE_ORGANIZER_CALIBRATION"] = str(tmp_path_factory.mktemp("settings") / "no_calibration.json")
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def _need(path: Path) -> Path:
     if path.exists():
         return path
