@@ -9,6 +9,7 @@ import logging
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from face_organizer.faces import FaceModels, load_face_models  # noqa: E402
 from face_organizer.images import discover_images  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import LabelledImage, two_person_collection  # noqa: E402
+from face_organizer.thresholds import CALIBRATION_ENV  # noqa: E402
 
 DEFAULT_SHARED = str(Path(__file__).resolve().parents[2] / "shared")
 
@@ -38,8 +40,11 @@ def testpack_streams(shared: Path) -> tuple[FaceModels, int]:
 
 def lfw_testpack(shared_arg: str) -> tuple[Path, Path, FaceModels, int]:
     """For the evaluations on LFW dev: warnings only on stderr, then the shared folder, LFW dev in
-    it, and the testpack's models with their number of streams."""
+    it, and the testpack's models with their number of streams. A calibration the user stored
+    (``search_faces.py --calibrate``) is set aside: the evaluations measure the cut-offs the data gives,
+    as README reports them (one that measures a calibration names its own file)."""
     logging.basicConfig(level=logging.WARNING)
+    os.environ[CALIBRATION_ENV] = os.path.join(tempfile.gettempdir(), f"face-organizer-eval-{os.getpid()}-none.json")
     shared = Path(shared_arg)
     return (shared, shared / "datasets" / "lfw_dev", *testpack_streams(shared))
 

@@ -167,11 +167,11 @@ def main() -> int:
                 store = root / "calibration.json"
                 recogniser = ef.meta["model_files"]["recognition"]
                 crops, others_calibrated = calibrate_without(calibration, present, recogniser, store)
-                os.environ[CALIBRATION_ENV] = str(store)
+                none, os.environ[CALIBRATION_ENV] = os.environ[CALIBRATION_ENV], str(store)
                 try:
                     clustering = run_clustering(ef, ClusterConfig(clusters=None))
                 finally:
-                    del os.environ[CALIBRATION_ENV]
+                    os.environ[CALIBRATION_ENV] = none
                 report = folder_report([label[p] for p in ef.rows.paths], [cluster_name(int(c)) for c in clustering.labels],
                                        ("Tony_Blair",))
                 joined = (f"second pass: {clustering.attached} joined at >= {clustering.attach_cutoff:.3f}"
