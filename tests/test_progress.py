@@ -53,3 +53,26 @@ def test_work_without_progress_of_its_own_shows_how_long_it_has_run(monkeypatch,
     with progress.ticker("quiet", delay=0.0, enabled=False):  # -q
         time.sleep(1.2)
     assert capsys.readouterr().err == ""
+
+
+def test_log_lines_reach_the_stderr_of_the_moment_not_the_one_logging_was_set_up_with(capsys) -> None:
+    # A stage run in-process sets up logging on the stderr of the moment; once that stream was swapped and closed
+    # (a test's capture, a program that ran a stage and moved on), later lines ended in "Logging error".
+    import io
+    import logging
+    import sys
+
+    from face_organizer.cli import common
+
+    first = io.StringIO()
+    real, sys.stderr = sys.stderr, first
+    try:
+        common.setup_logging()
+        logging.getLogger("face_organizer.test").warning("to the first")
+        first.close()
+        second = sys.stderr = io.StringIO()
+        logging.getLogger("face_organizer.test").warning("to the second")
+    finally:
+        sys.stderr = real
+    assert second.getvalue() == "WARNING: to the second\n"
+    assert "Logging error" not in capsys.readouterr().err

@@ -80,13 +80,27 @@ def restore_output() -> None:
     _LOG_FILE.clear()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes, not to the one there when the logging was set
+    up: a caller that swaps it (a test's capture, a program running a stage in-process) gets the lines that follow,
+    where they went to a stream since closed ("Logging error ... I/O operation on closed file")."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # set by StreamHandler's constructor: sys.stderr is read at each record instead
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False, log: str | None = None) -> None:
     """Log on stderr: warnings and errors only with ``quiet``, debug with ``verbose`` > 1;
     with ``log``, stderr and stdout go to that file (``log_to_file``)."""
     if log:
         log_to_file(log)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", handlers=[_StderrHandler()], force=True)
     if verbose < 2:
         logging.getLogger("PIL").setLevel(logging.WARNING)
 
