@@ -456,6 +456,37 @@ def test_calibration_is_stored_and_used(shared, testpack_dir, lfw_subset, lfw, t
     assert f"similarity threshold {entry['pair_threshold']:.3f} (calibration)" in capsys.readouterr().out
 
 
+def test_a_calibration_dry_run_prints_it_and_stores_nothing(shared, testpack_dir, tmp_path, monkeypatch,
+                                                             capsys) -> None:
+    # --dry-run was passed over with --calibrate: the calibration was stored all the same.
+    store = tmp_path / "calibration.json"
+    monkeypatch.setenv("FACE_ORGANIZER_CALIBRATION", str(store))
+    folder = shared / "datasets" / "deepface_tests"
+    assert run_cli(["--calibrate", str(folder), "--model", str(testpack_dir), "--dry-run", "-q"]) == 0
+    out = capsys.readouterr().out
+    printed = json.loads(out[: out.rindex("}") + 1])
+    assert printed["identities"] == 13 and 0.0 < printed["pair_threshold"] < 1.0
+    assert out.endswith(f"dry run: not stored (the command without --dry-run stores it for MobileFaceNet.onnx in "
+                        f"{store})\n")
+    assert not store.exists()
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    (["--calibrate", "labelled", "--embeddings", "e.pkl", "--output", "o", "--no-expand"], "--embeddings, --output and "
+     "--no-expand are for a search, and --calibrate only stores the model's cut-offs: calibrate first, then search in "
+     "a command of its own"),
+    (["--calibrate", "labelled", "--link-mode", "hardlink"], "--link-mode is for a search, and --calibrate only"),
+    (["--embeddings", "e.pkl", "--query", "q.jpg", "--output", "o", "--target-fmr", "1e-5"], "--target-fmr is for "
+     "--calibrate: a search's threshold is --threshold"),
+])
+def test_options_of_the_other_task_are_refused_before_any_work(given, message, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as usage:
+        search_main(given)
+    assert usage.value.code == 2 and f"search_faces.py: error: {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_calibrating_a_missing_folder_is_one_line(testpack_dir, tmp_path, capsys) -> None:
     assert run_cli(["--calibrate", str(tmp_path / "nope"), "--model", str(testpack_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
