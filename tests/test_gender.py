@@ -610,6 +610,22 @@ def test_an_output_of_other_input_folders_is_refused_before_predicting(utkface, 
     assert again.matches == first.matches and sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
+@pytest.mark.parametrize(("given", "message"), [
+    (["--detector-backend", "retinaface"], "--detector-backend is for --backend deepface: the insightface backend "
+     "finds faces with the pack's own detector"),
+    (["--backend", "deepface", "--device", "cuda"], "--device cuda is for --backend insightface: DeepFace runs on the "
+     "CPU here"),
+    (["--backend", "deepface", "--tensorrt"], "--tensorrt is for --backend insightface"),
+])
+def test_options_the_backend_would_not_follow_are_refused_before_any_work(given, message, tmp_path, capsys) -> None:
+    # Passed over without a word: --device cuda ran DeepFace on the CPU, and --detector-backend changed nothing.
+    with pytest.raises(SystemExit) as usage:
+        gender_main(["--input", str(tmp_path / "faces"), "--output", str(tmp_path / "out"), "--gender", "Woman",
+                     *given])
+    assert usage.value.code == 2 and f"gender_filter.py: error: {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_deepface_that_cannot_make_its_folder_is_one_clear_line(tmp_path, monkeypatch) -> None:
     # DeepFace makes its folders under $DEEPFACE_HOME as it is imported: a root-owned volume, read by a
     # non-root user (docker exec -u), stopped it with a bare "Permission denied".

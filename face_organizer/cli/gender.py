@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -37,8 +38,9 @@ def build_parser():
     p.add_argument("--backend", choices=("insightface", "deepface"), default="insightface",
                    help="insightface: the pack's genderage model, batched, GPU when present (default); "
                         "deepface: DeepFace.analyze, as the original tool")
-    p.add_argument("--detector-backend", default="opencv",
-                   help="DeepFace detector (opencv, ssd, mtcnn, retinaface, yunet, …); --backend deepface only")
+    p.add_argument("--detector-backend", default=None,
+                   help="DeepFace detector (opencv, ssd, mtcnn, retinaface, yunet, …; default: opencv); --backend "
+                        "deepface only")
     p.add_argument("--min-confidence", type=common.probability, default=0.5,
                    help="minimum probability of the gender (default: 0.5)")
     p.add_argument("--link-mode", choices=("copy", "hardlink", "symlink"), default="copy",
@@ -57,8 +59,23 @@ def build_parser():
     return p
 
 
+def options_without_effect(args: argparse.Namespace) -> str | None:
+    """Why options given would change nothing, or not what they say, with the backend chosen (None: they act)."""
+    if args.backend == "insightface" and args.detector_backend is not None:
+        return ("--detector-backend is for --backend deepface: the insightface backend finds faces with the pack's "
+                "own detector; leave it out, or add --backend deepface")
+    if args.backend == "deepface" and (args.device == "cuda" or args.tensorrt):
+        return (f"{'--device cuda' if args.device == 'cuda' else '--tensorrt'} is for --backend insightface: "
+                "DeepFace runs on the CPU here (TensorFlow is kept off the GPU, beside ONNX Runtime's CUDA libraries)")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if unused := options_without_effect(args):
+        parser.error(unused)
+    args.detector_backend = args.detector_backend or "opencv"
     common.setup_logging(args.verbose, args.quiet, args.log)
     args.input = common.shell_patterns(args.input, "--input")
     warn_of_extra_workers(args.workers)
