@@ -360,6 +360,9 @@ def test_det_size_finds_the_small_faces_of_large_group_photos_and_a_rerun_says_i
     crops = ["--input", str(folder), "--output", str(tmp_path / "c.pkl"), "--det-size", "1280"]
     assert common.run(embed_main, crops) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("Error: --det-size is for --mode photos")
+    on_the_cpu = ["--input", str(folder), "--output", str(tmp_path / "t.pkl"), "--device", "cpu", "--tensorrt"]
+    assert common.run(embed_main, on_the_cpu) == 2 and not (tmp_path / "t.pkl").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("Error: --tensorrt is ONNX Runtime's provider")
 
 
 def test_a_photo_that_cannot_be_decoded_again_keeps_its_faces_aligned_from_the_first_decoding(tmp_path, lfw,

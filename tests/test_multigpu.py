@@ -454,6 +454,10 @@ def test_options_every_worker_would_refuse_are_refused_before_any_starts(tmp_pat
                         (["--mode", "photos", "--reuse-similar-frames"], "--reuse-similar-frames")):
         assert common.run(multi_main, base + extra) == 2
         assert capsys.readouterr().err.startswith(f"Error: {flag} is for --mode ")
+    # TensorRT asked for on the CPU: passed over before, with every worker on the CPU.
+    assert common.run(multi_main, base + ["--tensorrt"]) == 2
+    assert capsys.readouterr().err.startswith("Error: --tensorrt is ONNX Runtime's provider for NVIDIA GPUs, and "
+                                              "--device cpu runs on the CPU: leave one of them out")
     assert not out.exists()
 
 
