@@ -626,6 +626,13 @@ def test_options_the_backend_would_not_follow_are_refused_before_any_work(given,
     assert not list(tmp_path.iterdir())
 
 
+def test_tensorrt_on_the_cpu_is_refused_before_any_work(tmp_path, capsys) -> None:
+    assert run_cli(["--input", str(tmp_path / "faces"), "--output", str(tmp_path / "out"), "--gender", "Woman",
+                    "--device", "cpu", "--tensorrt"]) == 2
+    assert capsys.readouterr().err.startswith("Error: --tensorrt is ONNX Runtime's provider for NVIDIA GPUs")
+    assert not list(tmp_path.iterdir())
+
+
 def test_deepface_that_cannot_make_its_folder_is_one_clear_line(tmp_path, monkeypatch) -> None:
     # DeepFace makes its folders under $DEEPFACE_HOME as it is imported: a root-owned volume, read by a
     # non-root user (docker exec -u), stopped it with a bare "Permission denied".

@@ -487,6 +487,13 @@ def test_options_of_the_other_task_are_refused_before_any_work(given, message, t
     assert not list(tmp_path.iterdir())
 
 
+def test_tensorrt_on_the_cpu_is_refused_before_any_work(tmp_path, capsys) -> None:
+    for task in (["--embeddings", "e.pkl", "--query", "q.jpg", "--output", "o"], ["--calibrate", "labelled"]):
+        assert run_cli([*task, "--device", "cpu", "--tensorrt"]) == 2
+        assert capsys.readouterr().err.startswith("Error: --tensorrt is ONNX Runtime's provider for NVIDIA GPUs, and "
+                                                  "--device cpu runs on the CPU: leave one of them out")
+
+
 def test_calibrating_a_missing_folder_is_one_line(testpack_dir, tmp_path, capsys) -> None:
     assert run_cli(["--calibrate", str(tmp_path / "nope"), "--model", str(testpack_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -280,6 +280,13 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorrt", action="store_true", help="try ONNX Runtime's TensorRT provider before CUDA")
 
 
+def check_device_args(args: argparse.Namespace) -> None:
+    """``SetupError`` for device options that contradict each other (``add_device_args``)."""
+    if args.tensorrt and args.device == "cpu":
+        raise SetupError("--tensorrt is ONNX Runtime's provider for NVIDIA GPUs, and --device cpu runs on the CPU: "
+                         "leave one of them out")
+
+
 def add_moved_to_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--moved-to", nargs="+", default=[], metavar="DIR", type=path,
                    help="output folders of an earlier cluster_faces --link-mode move: images no longer where they "

@@ -124,9 +124,7 @@ def _any_exists(paths: Sequence[str]) -> bool:
 def embed_options(args: argparse.Namespace) -> EmbedOptions:
     """The ``EmbedOptions`` the options ask for; ``SetupError`` for options of the other mode, or of a GPU on the
     CPU."""
-    if args.tensorrt and args.device == "cpu":
-        raise SetupError("--tensorrt is ONNX Runtime's provider for NVIDIA GPUs, and --device cpu runs on the CPU: "
-                         "leave one of them out")
+    common.check_device_args(args)
     if args.reuse_similar_frames and args.mode != "crops":
         raise SetupError("--reuse-similar-frames is for --mode crops (video frames), not for photo libraries")
     if args.full_resolution and args.mode != "photos":

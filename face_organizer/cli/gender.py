@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unused := options_without_effect(args):
         parser.error(unused)
     args.detector_backend = args.detector_backend or "opencv"
+    common.check_device_args(args)
     common.setup_logging(args.verbose, args.quiet, args.log)
     args.input = common.shell_patterns(args.input, "--input")
     warn_of_extra_workers(args.workers)

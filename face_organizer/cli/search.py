@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unused := options_without_effect(args):
         parser.error(unused)
     args.link_mode = args.link_mode or "copy"
+    common.check_device_args(args)
     common.setup_logging(args.verbose, args.quiet, args.log)
     fit_openmp_threads()
     gpu_id = common.gpu_id_from_env()
