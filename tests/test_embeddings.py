@@ -894,6 +894,10 @@ def test_log_file_keeps_what_a_detached_run_prints(tmp_path, video_crops, testpa
                                                  "embeddings file: it holds binary data)")
         assert named.read_bytes() == kept
     assert not (tmp_path / "other.pkl").exists()
+    # A pipe is not read to tell (that waits for input): --log /dev/stdout into a pipe runs as before.
+    shown = subprocess.run([sys.executable, str(ROOT / "scripts" / "embeddings_info.py"), str(tmp_path / "emb.pkl"),
+                            "--log", "/dev/stdout"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and f"{tmp_path / 'emb.pkl'}" in shown.stdout
 
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops, testpack_dir, capsys) -> None:

@@ -32,8 +32,11 @@ _LOG_FILE: list[str] = []  # the file they go to meanwhile
 
 
 def _text_or_new(path: str) -> bool:
-    """Whether ``path`` does not exist, or begins as a text file does: no NUL byte in its first 4 KiB (the headers
-    of JPEG, PNG and the other image formats, and of a pickle, hold some)."""
+    """Whether ``path`` is not a file (not there, or ``/dev/stdout``, a pipe: never read, which would wait for input),
+    or one that begins as a text file does: no NUL byte in its first 4 KiB (the headers of JPEG, PNG and the other
+    image formats, and of a pickle, hold some)."""
+    if not os.path.isfile(path):
+        return True
     try:
         with open(path, "rb") as handle:
             return b"\0" not in handle.read(4096)
