@@ -279,12 +279,12 @@ def check_replaceable(path: str | os.PathLike[str]) -> None:
     """Refuse (``SetupError``) a run that starts over (``--no-resume``) into ``path`` where ``path`` holds a file
     that is not an embeddings file: a photo or a note named as ``--output`` by mistake would be replaced. Told by
     its first bytes, as pickles of protocol 2 and later begin (``pickle.dump``'s since Python 3), without reading
-    the rest; an empty file holds nothing to lose."""
+    the rest; an empty file holds nothing to lose. Only a regular file is read (a pipe would wait for input)."""
+    if not os.path.isfile(path):
+        return
     try:
         with open(path, "rb") as handle:
             head = handle.read(2)
-    except (FileNotFoundError, IsADirectoryError):
-        return
     except OSError as err:
         raise SetupError(f"cannot read {os.fspath(path)}, which --no-resume would replace: "
                          f"{err.strerror or err}") from None
