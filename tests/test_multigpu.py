@@ -440,7 +440,8 @@ def test_options_every_worker_would_refuse_are_refused_before_any_starts(tmp_pat
                         (["--workers", "x"], "argument --workers: invalid"),
                         (["--output", "x.pkl"], "set for each worker by embed_all_gpus"),  # not --output-dir
                         (["--out", "x.pkl"], "set for each worker"),  # generate_embeddings reads it as --output
-                        (["--file-list=files.txt"], "set for each worker")):
+                        (["--file-list=files.txt"], "set for each worker"),
+                        (["--prefix", "../gpu"], "argument --prefix: the start of a file name, without '/'")):
         with pytest.raises(SystemExit) as stopped:
             multi_main(base + extra)
         assert stopped.value.code == 2

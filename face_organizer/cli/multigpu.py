@@ -32,6 +32,15 @@ EXAMPLES = """\
 """
 
 
+def file_prefix(value: str) -> str:
+    """``--prefix``: the start of the files' names, which ``--output-dir`` holds (a folder in it would put them
+    elsewhere: ``../x`` outside it)."""
+    if not value or "/" in value or os.sep in value:
+        raise argparse.ArgumentTypeError(f"the start of a file name, without '/' (the folder is --output-dir): "
+                                         f"got {value!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser("embed_all_gpus.py", "Embed images on several GPUs at once: files are balanced over the GPUs, "
                       "one worker process per GPU writes OUTPUT_DIR/embeddings_gpu<ID>.pkl. Options of "
@@ -43,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, metavar="DIR", type=common.path,
                    help="folder for the embeddings files, one per GPU (PREFIX<ID>.pkl)")
     p.add_argument("--gpus", default="all", help="'all' (nvidia-smi) or ids such as 0,1,3 (default: all)")
-    p.add_argument("--prefix", default="embeddings_gpu", help="file name prefix (default: embeddings_gpu)")
+    p.add_argument("--prefix", default="embeddings_gpu", type=file_prefix,
+                   help="file name prefix (default: embeddings_gpu)")
     common.add_logging_args(p)
     return p
 
