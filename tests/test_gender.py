@@ -663,6 +663,9 @@ def test_deepface_without_its_weights_names_the_folder_they_go_in(tmp_path, monk
                              + "x" * 200)
 
     monkeypatch.setattr(gender, "import_deepface", lambda: Offline)
+    # TensorFlow imported here, before DeepFace (which sets TF_USE_LEGACY_KERAS as it is imported), gave the
+    # DeepFace detectors of test_backends.py, run after this file, a Keras of the other kind.
+    monkeypatch.setattr(gender, "_keep_tensorflow_off_gpu", lambda: None)
     monkeypatch.delenv("DEEPFACE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(SetupError) as caught:
