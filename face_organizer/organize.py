@@ -199,15 +199,20 @@ def inside(root: str, relative: str) -> str:
 
 def check_output_folder(output: str, dry_run: bool = False) -> None:
     """Refuse an ``--output`` that no run could write into, before any long work starts:
-    a file, a folder holding files that no face-organizer placement put there, or (unless
-    ``dry_run``) a folder that cannot be written, or cannot be made (a read-only mount)."""
+    a file, a folder holding files that no face-organizer placement put there, or a folder
+    that cannot be written, or cannot be made (a read-only mount); the last only warned about
+    in a ``dry_run``, which writes nothing."""
     if os.path.lexists(output) and not os.path.isdir(output):
         raise SetupError(f"--output {output} is a file, not a folder; choose a new or empty folder")
     if _has_entries(output) and not os.path.lexists(os.path.join(output, STATE_FILE)):
         raise SetupError(f"--output {output} is not empty and was not written by face-organizer; "
                          "choose a new or empty folder")
-    if not dry_run:
+    try:
         _check_writable(output)
+    except SetupError as err:
+        if not dry_run:
+            raise
+        log.warning("%s: the run would stop there", err)
 
 
 def _check_writable(output: str) -> None:

@@ -1233,6 +1233,12 @@ def test_dry_run_writes_nothing(two_person, tmp_path, capsys) -> None:
     files = len(set(embfile.load(two_person[0]).rows.paths))
     assert "dry run: nothing was written" in printed and f"would write {files} files; first 20:" in printed
     assert len([line for line in printed.splitlines() if line.startswith(f"  {out}")]) == 20
+    # A folder the run could not write (/sys: read-only, root too): the dry run goes on, and says the run would stop.
+    assert run_cli(["--embeddings", str(two_person[0]), "--output", "/sys/face-organizer-output", "--dry-run",
+                    "-q"]) == 0
+    assert "WARNING: cannot write to /sys: " in (said := capsys.readouterr()).err
+    assert ": the run would stop there" in said.err and "dry run: nothing was written" in said.out
+    assert run_cli(["--embeddings", str(two_person[0]), "--output", "/sys/face-organizer-output", "-q"]) == 2
 
 
 def test_copy_that_cannot_fit_is_refused_before_anything_is_written(two_person, tmp_path, monkeypatch, capsys) -> None:
