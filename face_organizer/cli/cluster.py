@@ -80,17 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_without_effect(args: argparse.Namespace) -> str | None:
     """Why options given would change nothing with the method the others choose (None: they all act): those of
-    the graph with a number of people or ``--people-from``, and ``--no-extra-groups`` without a number."""
+    the graph with a number of people or ``--people-from``, and ``--no-extra-groups`` without a number; or
+    ``--clusters`` with ``--people-from``, which names the people."""
+    if args.people_from and args.clusters != NOT_GIVEN:
+        return "--people-from sorts faces into the people of an earlier run: leave out --clusters"
+    clusters = 2 if args.clusters == NOT_GIVEN else args.clusters
     graph = [name for name, given in (("--neighbours", args.neighbours is not None),
                                       ("--min-cluster-size", args.min_cluster_size is not None),
                                       ("--no-second-pass", not args.attach_outliers)) if given]
-    if graph and (args.people_from or args.clusters is not None):
+    if graph and (args.people_from or clusters is not None):
         named = " and ".join(graph)
         method = "--people-from sorts into an earlier run's people" if args.people_from else \
-            f"--clusters {args.clusters} makes that many folders with k-means"
+            f"--clusters {clusters} makes that many folders with k-means"
         return (f"{named} {'is' if len(graph) == 1 else 'are'} for --clusters auto (its graph of alike faces), and "
                 f"{method}: leave {'it' if len(graph) == 1 else 'them'} out, or use --clusters auto")
-    if not args.extra_groups and (args.people_from or args.clusters is None):
+    if not args.extra_groups and (args.people_from or clusters is None):
         return ("--no-extra-groups is for a number of people (--clusters K): "
                 + ("--people-from sorts into an earlier run's people" if args.people_from else
                    "--clusters auto gives every group of alike faces a folder of its own") + "; leave it out")
@@ -98,14 +102,9 @@ def options_without_effect(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.people_from and args.clusters != NOT_GIVEN:
-        parser.error("--people-from sorts faces into the people of an earlier run: leave out --clusters")
+    args = common.parse_args(build_parser(), argv, options_without_effect)
     if args.clusters == NOT_GIVEN:
         args.clusters = 2  # also with --people-from, whose runs record it so
-    if unused := options_without_effect(args):
-        parser.error(unused)
     args.neighbours = ClusterConfig.neighbours if args.neighbours is None else args.neighbours
     args.min_cluster_size = ClusterConfig.min_cluster_size if args.min_cluster_size is None else args.min_cluster_size
     common.setup_logging(args.verbose, args.quiet, args.log)

@@ -283,6 +283,16 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorrt", action="store_true", help="try ONNX Runtime's TensorRT provider before CUDA")
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+               without_effect: Callable[[argparse.Namespace], str | None]) -> argparse.Namespace:
+    """``parser``'s arguments, after a usage line for options given where they would change nothing
+    (``without_effect`` says why, or None), rather than being passed over."""
+    args = parser.parse_args(argv)
+    if unused := without_effect(args):
+        parser.error(unused)
+    return args
+
+
 def check_device_args(args: argparse.Namespace) -> None:
     """``SetupError`` for device options that contradict each other (``add_device_args``)."""
     if args.tensorrt and args.device == "cpu":

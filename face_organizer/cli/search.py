@@ -87,9 +87,7 @@ def options_without_effect(args: argparse.Namespace) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if unused := options_without_effect(args):
-        parser.error(unused)
+    args = common.parse_args(parser, argv, options_without_effect)
     args.link_mode = args.link_mode or "copy"
     common.check_device_args(args)
     common.setup_logging(args.verbose, args.quiet, args.log)
