@@ -249,8 +249,8 @@ def read_calibrations(path: Path) -> dict[str, Any]:
 
 
 def load_calibration(recognizer: str, path: Path | None = None) -> dict[str, Any] | None:
-    """The stored calibration for a recogniser file name (written by ``search_faces.py --calibrate``); None, with
-    a warning where the file cannot be read, where there is none."""
+    """The stored calibration for a recogniser file name (written by ``search_faces.py --calibrate``); None where
+    there is none, and, with a warning, where the file cannot be read."""
     try:
         entry = read_calibrations(path or calibration_path()).get(recognizer)
     except SetupError as err:
