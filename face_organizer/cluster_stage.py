@@ -23,8 +23,8 @@ from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text, lock_holder
 from .images import file_signature
 from .organize import (OCCUPIED, LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
-                       holds_moved_images, images_run, place_all, placement_notes, portable_folders, refuse_renamed,
-                       saved_state)
+                       holds_moved_images, images_run, missing_found_in, place_all, placement_notes, portable_folders,
+                       refuse_renamed, saved_state)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import count, listed
 from .thresholds import calibrated_centre_impostors, calibrated_impostors, calibrated_pair_cut, load_calibration
@@ -69,6 +69,15 @@ class ClusterReport:
     dry_run: bool = False
     link_mode: LinkMode = "copy"
     reused_frames: bool = False  # the embeddings files hold frames given another's embedding (--reuse-similar-frames)
+    missing: Counter[str] = field(default_factory=Counter)  # per folder, its images not where the file says
+    missing_found_in: str | None = None  # the earlier move's output that holds them: the --moved-to to give
+
+    def folder_line(self, name: str, images: int) -> str:
+        """``person_A: 143 images → /out/person_A/``, with how many of them could not be placed."""
+        line = f"{name}: {count(images, 'image')} → {os.path.join(self.output, name)}{os.sep}"
+        if missing := self.missing.get(name):
+            line += f" ({'all' if missing == images else f'{missing:,}'} missing, not placed)"
+        return line
 
     def lines(self) -> list[str]:
         if not self.destinations:
@@ -76,15 +85,14 @@ class ClusterReport:
                     + ("" if self.dry_run else " (clusters.csv and summary.json list none)")]
         people = [(n, c) for n, c in self.images_per_cluster.items() if n != "outliers"]
         shown = people if len(people) <= SHOWN_FOLDERS + 1 else people[:SHOWN_FOLDERS]
-        out = [f"{name}: {count(n, 'image')} → {os.path.join(self.output, name)}{os.sep}" for name, n in shown]
+        out = [self.folder_line(name, n) for name, n in shown]
         if len(shown) < len(people):
             rest = [c for _, c in people[len(shown):]]
             sizes = f"{min(rest):,}–{max(rest):,} images each" if min(rest) != max(rest) else f"{count(rest[0], 'image')} each"
             out.append(f"… and {len(rest):,} more person folders ({sizes}, {sum(rest):,} in all): summary.json "
                        "lists every folder")
         if "outliers" in self.images_per_cluster:
-            out.append(f"outliers: {count(self.images_per_cluster['outliers'], 'image')} → "
-                       f"{os.path.join(self.output, 'outliers')}{os.sep}")
+            out.append(self.folder_line("outliers", self.images_per_cluster["outliers"]))
         out.append(f"similarity cut-off {self.clustering.threshold:.3f} ({self.clustering.threshold_source}); "
                    f"method: {self.clustering.method}")
         out += self.notes()
@@ -94,7 +102,7 @@ class ClusterReport:
             out.append(f"{files_line(self.status)}; {self.elapsed:.1f} s")
             if self.link_mode == "move" and self.status.get("placed"):
                 out.append(f"moved: undo_move.py {self.output} puts them back where they were embedded")
-            out += placement_notes(self.status, "clusters.csv")
+            out += placement_notes(self.status, "clusters.csv", self.missing_found_in)
         return out
 
     def notes(self) -> list[str]:
@@ -333,8 +341,9 @@ def _write_csv(csv_path: str, ef: EmbeddingsFile, names: list[str], sims: np.nda
 MAX_SHEETS = 100  # contact sheets for the largest clusters; with thousands, the rest are listed by count
 
 
-def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: list[str], counts: dict[str, int],
-              destinations: Sequence[str], where: Sequence[str], extra_notes: Sequence[str] = ()) -> None:
+def _previews(report: ClusterReport, ef: EmbeddingsFile, where: Sequence[str]) -> None:
+    output, clustering, names = report.output, report.clustering, report.names
+    counts, destinations = report.images_per_cluster, report.destinations
     folder = os.path.join(output, "previews")
     photos = ef.meta.get("mode") == "photos"
     members: dict[str, list[int]] = {}
@@ -357,9 +366,9 @@ def _previews(output: str, ef: EmbeddingsFile, clustering: Clustering, names: li
                 for group in (central, borderline))
             sheet = os.path.join(folder, f"{name}.jpg")
             write_sheet(sheet, contact_sheet(central_faces, borderline_faces))
-        entries.append(IndexEntry(name, counts[name], os.path.join(output, name), sheet))
+        entries.append(IndexEntry(name, counts[name], os.path.join(output, name), sheet, missing=report.missing[name]))
     notes = [f"{len(ef.rows):,} faces; similarity cut-off {clustering.threshold:.3f} ({clustering.threshold_source})",
-             *extra_notes]
+             *report.notes(), *placement_notes(report.status, "clusters.csv", report.missing_found_in)]
     if len(counts) > len(sheeted):
         notes.append(f"contact sheets for the {MAX_SHEETS} largest clusters and outliers; the rest are listed by size")
     write_index(os.path.join(output, "index.html"), "face-organizer clusters", entries, notes)
@@ -395,6 +404,12 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         report.elapsed = time.monotonic() - started
         return report
     report.status = Counter(placement.status.values())
+    report.missing = Counter(name for name, dest in set(zip(names, placement.destinations))
+                             if placement.status.get(dest) == "missing")
+    if report.missing:  # the --moved-to the run lacked, where an earlier move beside it (or --people-from) holds them
+        roots = [*rebase.near(output), *([os.path.dirname(os.path.abspath(config.people_from))] if config.people_from
+                                         else [])]
+        report.missing_found_in = missing_found_in(paths, placement, roots, rebase.steps(ef.meta))
     # Only from outputs a move filled: an output of copies named in --moved-to keeps them.
     if config.link_mode == "move" and (moved_from := [d for d in config.moved_to
                                                       if holds_moved_images(saved_state(d) or {})]):
@@ -403,7 +418,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
     _write_csv(os.path.join(output, "clusters.csv"), ef, names, clustering.similarity, placement.destinations, placement.status,
                clustering.set_aside)
     if config.previews:
-        _previews(output, ef, clustering, names, images_per_cluster, placement.destinations, where, report.notes())
+        _previews(report, ef, where)
     people_file = people.save(output, clustering.centres)  # for a later --people-from
     report.elapsed = time.monotonic() - started
     summary = {

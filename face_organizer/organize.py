@@ -242,7 +242,7 @@ def check_images_reachable(paths: Sequence[str], output: str, rewrites: Sequence
         return
     guess = guess_move(paths, near(output))
     where = f" (here: --from {guess[0]} --to {guess[1]} finds them)" if guess else ""
-    earlier = _moved_into(paths, near(output), rewrites) if guess is None else None
+    earlier = moved_into(paths, near(output), rewrites) if guess is None else None
     into = f" (here: --moved-to {earlier} finds them)" if earlier else ""
     raise SetupError(f"none of the {len(set(paths)):,} images named in the embeddings is where it was embedded "
                      f"(for example {paths[0]}): were they embedded in another container or with their folders "
@@ -251,7 +251,7 @@ def check_images_reachable(paths: Sequence[str], output: str, rewrites: Sequence
                      f"folder of an earlier --link-mode move{into}")
 
 
-def _moved_into(paths: Sequence[str], roots: Sequence[str], rewrites: Sequence[tuple[str, str]],
+def moved_into(paths: Sequence[str], roots: Sequence[str], rewrites: Sequence[tuple[str, str]],
                 *, tries: int = 20) -> str | None:
     """An output of an earlier ``--link-mode move`` in one of the folders ``roots`` whose
     ``clusters.csv`` places most of ``tries`` of ``paths``, spread over them, in files that exist
@@ -329,18 +329,31 @@ def files_line(status: Mapping[str, int]) -> str:
     return "files: " + (", ".join(f"{status[k]:,} {FILE_STATES.get(k, k)}" for k in order if status.get(k)) or "none")
 
 
-def missing_note(missing: int, table: str) -> str:
-    """The summary's line on images not placed because they were not where the embeddings file says."""
+def missing_note(missing: int, table: str, found_in: str | None = None) -> str:
+    """The summary's line on images not placed because they were not where the embeddings file says;
+    ``found_in``: the output of an earlier ``--link-mode move`` that holds them (``missing_found_in``)."""
+    them = "it" if missing == 1 else "them"
+    where = (f" (here: --moved-to {found_in} finds {them}; the same command with it places {them} too)"
+             if found_in else "")
     return (f"{count(missing, 'image')} {'was' if missing == 1 else 'were'} no longer where the embeddings file "
-            f"says (moved or deleted since embedded): {table} lists {'it' if missing == 1 else 'them'} with status "
-            "'missing'; images that an earlier --link-mode move took are found with --moved-to and that "
-            "run's output folder")
+            f"says (moved or deleted since embedded): {table} lists {them} with status 'missing'; images that an "
+            f"earlier --link-mode move took are found with --moved-to and that run's output folder{where}")
 
 
-def placement_notes(status: Mapping[str, int], table: str | None) -> list[str]:
+def missing_found_in(paths: Sequence[str], placement: Placement, roots: Sequence[str],
+                     rewrites: Sequence[tuple[str, str]]) -> str | None:
+    """The output of an earlier ``--link-mode move``, in one of the folders ``roots``, that holds most of
+    the images ``placement`` (of ``paths``) found missing: the ``--moved-to`` the run lacked. None where
+    none is missing, or no such output is found."""
+    missing = [p for p, d in zip(paths, placement.destinations) if placement.status.get(d) == "missing"]
+    return moved_into(missing, roots, rewrites) if missing else None
+
+
+def placement_notes(status: Mapping[str, int], table: str | None, found_in: str | None = None) -> list[str]:
     """The summary's lines on the images a placement could not put where it meant to; ``table``: the
-    CSV file whose ``status`` column names them, if the stage writes one."""
-    notes = [missing_note(status["missing"], table)] if table and status.get("missing") else []
+    CSV file whose ``status`` column names them, if the stage writes one; ``found_in``: the earlier
+    output that holds the missing ones (``missing_found_in``)."""
+    notes = [missing_note(status["missing"], table, found_in)] if table and status.get("missing") else []
     if kept := status.get(OCCUPIED, 0):
         one = kept == 1
         listed = f"{table} lists {'its image' if one else 'their images'} with status '{OCCUPIED}'; " if table else ""

@@ -89,6 +89,7 @@ class IndexEntry:
     folder: str
     sheet: str | None  # None: listed without a contact sheet
     caption: str = "top rows: nearest the cluster centre; red: borderline"  # how to read the sheet
+    missing: int = 0  # of ``images``, those not placed: not where the embeddings file says
 
 
 def _url(relative: str) -> str:
@@ -110,6 +111,9 @@ def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Seq
     for e in entries:
         rel_folder = os.path.relpath(e.folder, os.path.dirname(path))
         link = f"{count(e.images, 'image')} in <a href='{_url(rel_folder)}/'>{html.escape(rel_folder)}/</a>"
+        if e.missing:
+            link += (f" ({'all' if e.missing == e.images else f'{e.missing:,}'} missing, not placed: not where the "
+                     "embeddings file says; blank tiles are such images)")
         if e.sheet is None:
             parts.append(f"<p>{html.escape(e.name)}: {link}</p>")
             continue

@@ -20,7 +20,7 @@ from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
 from .images import discover_images, load
 from .organize import (LinkMode, check_images_reachable, check_output_folder, check_same_images, files_line,
-                       images_run, place_all, placement_notes)
+                       images_run, missing_found_in, place_all, placement_notes)
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .progress import count
@@ -54,6 +54,7 @@ class SearchReport:
     status: Counter[str] = field(default_factory=Counter)  # files by what their placement did
     dry_run: bool = False  # nothing was written; ``weakest`` names the lowest matches
     weakest: list[tuple[float, str]] = field(default_factory=list)  # (similarity, path), the lowest first
+    missing_found_in: str | None = None  # the earlier move's output that holds the missing images: the --moved-to
 
     def lines(self) -> list[str]:
         if not self.rows:
@@ -73,7 +74,7 @@ class SearchReport:
             lines.append(f"searched with {len(self.references)} queries")
         if self.status:
             lines.append(files_line(self.status))
-        lines += placement_notes(self.status, "matches.csv")
+        lines += placement_notes(self.status, "matches.csv", self.missing_found_in)
         if self.weakest:
             lines.append("the weakest matches, where a wrong one would show first (a --threshold above its "
                          "similarity leaves it out):")
@@ -197,7 +198,9 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
         writer.writerow([ef.rows.paths[row], int(ef.rows.face_index[row]), f"{float(sim):.4f}",
                          "expansion" if via else "reference", dest, status[dest]])
     atomic_write_text(os.path.join(output, "matches.csv"), buffer.getvalue())
-    report = SearchReport(result, refs, dests, len(ef.rows), output, left_out, Counter(status.values()))
+    found_in = missing_found_in(paths, placement, rebase.near(output), rebase.steps(ef.meta))
+    report = SearchReport(result, refs, dests, len(ef.rows), output, left_out, Counter(status.values()),
+                          missing_found_in=found_in)
     if previews:
         _preview(output, ef, report, where)
     return report
@@ -230,7 +233,8 @@ def _preview(output: str, ef: EmbeddingsFile, report: SearchReport, where: Seque
     write_index(os.path.join(output, "index.html"), "face-organizer search",
                 [IndexEntry("matches", len(set(report.destinations)), output, sheet,
                             f"first {'the reference' if len(queries) == 1 else f'{len(queries)} references'}, then "
-                            "the best matches; red: the weakest, where a wrong match would show first")], notes)
+                            "the best matches; red: the weakest, where a wrong match would show first",
+                            missing=report.status["missing"])], notes)
 
 
 def calibrate_folder(folder: str, models: FaceModels, target_fmr: float, batch_size: int = 64,

@@ -1095,6 +1095,59 @@ def test_images_an_earlier_move_took_are_sorted_again_and_searched_with_moved_to
     assert "1 image was no longer where the embeddings file says" in printed and "matches.csv lists it" in printed
 
 
+def test_images_a_move_took_since_are_counted_per_folder_and_the_moved_to_that_finds_them_named(
+        two_person, testpack_dir, tmp_path, capsys) -> None:
+    # Last year's images were sorted with --link-mode move; this year's file holds them too. Sorted into the same
+    # people without --moved-to, they cannot be placed: each folder says how many of its images are missing, and
+    # the note names the --moved-to that finds them.
+    from face_organizer.cli.search import main as search_main
+
+    ef = private_copy(two_person, tmp_path)
+    content = {p: Path(p).read_bytes() for p in ef.rows.paths}
+    last_year = replace(ef, rows=ef.rows.select(np.arange(0, len(ef.rows), 3)))
+    moved = set(last_year.rows.paths)
+    old, pkl = tmp_path / "2017.pkl", tmp_path / "emb.pkl"
+    embfile.save(old, last_year)
+    embfile.save(pkl, ef)
+    sorted_ = tmp_path / "sorted"
+    assert run_cli(["--embeddings", str(old), "--output", str(sorted_), "--link-mode", "move", "--no-previews",
+                    "-q"]) == 0
+    assert not any(os.path.lexists(p) for p in moved)
+    out = tmp_path / "next"
+    command = ["--embeddings", str(pkl), "--output", str(out), "--people-from", str(sorted_), "-q"]
+    capsys.readouterr()
+    assert run_cli(command) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader((out / "clusters.csv").open(encoding="utf-8")))
+    assert {r["path"] for r in rows if r["status"] == "missing"} == moved
+    missing, images = (Counter(r["cluster"] for r in rows if r["status"] == "missing"),
+                       Counter(r["cluster"] for r in rows))
+    assert len(missing) >= 2
+    page = (out / "index.html").read_text(encoding="utf-8")
+    for name, n in images.items():
+        line = next(line for line in printed.splitlines() if line.startswith(f"{name}: "))
+        word = "all" if missing[name] == n else f"{missing[name]:,}"
+        assert line.endswith(f" ({word} missing, not placed)" if missing[name] else f"{os.sep}{name}{os.sep}"), line
+        caption = page.split(f"<h2>{name}</h2>")[1].split("</p>")[0]
+        assert (f"{word} missing, not placed" in caption) == bool(missing[name])
+    note = f"(here: --moved-to {sorted_} finds them; the same command with it places them too)"
+    assert note in printed and note in page
+    # As the note says: the same command with --moved-to places them.
+    assert run_cli(command + ["--moved-to", str(sorted_)]) == 0
+    printed = capsys.readouterr().out
+    assert "missing" not in printed
+    assert f"files: {len(moved)} placed, {len(ef.rows) - len(moved)} already in place" in printed
+    rows = list(csv.DictReader((out / "clusters.csv").open(encoding="utf-8")))
+    assert all(Path(r["destination"]).read_bytes() == content[r["path"]] for r in rows)
+    # A search names it too.
+    query = tmp_path / "query.png"
+    query.write_bytes(content[sorted(moved)[0]])
+    assert common.run(search_main, ["--embeddings", str(pkl), "--query", str(query), "--output",
+                                    str(tmp_path / "found"), "--model", str(testpack_dir), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "missing" in printed and note in printed
+
+
 def test_a_move_onto_itself_deletes_nothing(tmp_path) -> None:
     image = tmp_path / "person_A" / "frame.png"
     image.parent.mkdir()
