@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from . import exif
 from .fsutil import OUTPUT_MARKER, missing_path_hint
-from .progress import count, some
+from .progress import count, listed, some
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,8 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
     """
     found: dict[str, str] = {}  # the image's real folder and name: the path it is found under first
     missed = _Missed()
+    empty: list[str] = []  # input folders that hold no image
+    inputs = list(inputs)
     for raw in inputs:
         root = os.path.abspath(os.fspath(raw))
         if os.path.isfile(root):
@@ -225,6 +227,8 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
                 raise FileNotFoundError(f"no input folder matches {os.fspath(raw)}")
             raise FileNotFoundError(f"input folder not found: {root}{missing_path_hint(os.fspath(raw))}")
         own, in_outputs = _walk(root, missed)
+        if not own and not in_outputs:
+            empty.append(os.fspath(raw))
         if own:
             for folder in sorted(in_outputs):
                 log.warning("skipping %s: it holds copies sorted by face-organizer, and %s holds other images "
@@ -236,6 +240,9 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
             for key, path in images.items():
                 found.setdefault(key, path)
     missed.warn()
+    if found and empty:  # where no input holds one, the stage says so itself
+        log.warning("no images (%s) found under %s: nothing is read from %s", READ_FORMATS, listed(empty, "folder"),
+                    "it" if len(empty) == 1 else "them")
     return sorted(found.values())
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from face_organizer import images
-from face_organizer.images import NOT_A_FILE, DecodeError, decode_bytes, discover_images, load, read_image
+from face_organizer.images import NOT_A_FILE, READ_FORMATS, DecodeError, decode_bytes, discover_images, load, read_image
 
 from conftest import ROOT, png_claiming, write_image
 
@@ -254,6 +254,24 @@ def test_missing_input_folder(tmp_path: Path, caplog) -> None:
                                "avif, gif, jp2): left out",
                                "left out 1 photo in formats not read here (.jxl: 1); convert them to JPEG or PNG to "
                                "include them"]
+
+
+def test_an_input_folder_that_holds_no_image_beside_others_that_do_is_named(tmp_path: Path, caplog) -> None:
+    # A year folder a move emptied, or one mounted empty, among others: before, only its absence from the count told.
+    write_image(tmp_path / "2019" / "a.png", _face_like())
+    for name in ("2017", "2018/sub"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "2018" / "sub" / "clip.mp4").write_bytes(b"x")
+    inputs = [tmp_path / "2017", tmp_path / "2019", tmp_path / "2018"]
+    with caplog.at_level("WARNING"):
+        assert discover_images(inputs) == [str(tmp_path / "2019" / "a.png")]
+    assert caplog.messages == [f"no images ({READ_FORMATS}) found under {tmp_path / '2017'} and {tmp_path / '2018'}: "
+                               "nothing is read from them"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # where none holds one, the stage says so itself
+        assert discover_images([tmp_path / "2017"]) == discover_images([tmp_path / "2017", tmp_path / "2018"]) == []
+        assert discover_images([tmp_path / "2019", tmp_path / "2019" / "a.png"]) == [str(tmp_path / "2019" / "a.png")]
+    assert not caplog.messages
 
 
 def test_jpeg_photos_under_the_names_windows_gave_them_are_read(tmp_path: Path) -> None:
