@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,42 @@ def test_umbrella_command_dispatches(capsys) -> None:
     with pytest.raises(SystemExit):
         common.run(cluster_main, ["--bogus"])
     assert "cluster_faces.py: error:" in capsys.readouterr().err
+
+
+class _Parsed(Exception):
+    """Raised where a stage, its options read and checked, would start its work."""
+
+
+def test_every_example_in_the_help_is_a_command_its_stage_takes(monkeypatch, capsys) -> None:
+    # Each stage's --help ends with examples; a misspelt or retired option in one, or a line continued without
+    # its backslash (the example ran on with a gap of spaces), is what a user copies first.
+    import shlex
+    from importlib import import_module
+
+    from face_organizer.cli import common
+    from face_organizer.cli.main import COMMANDS
+
+    def parsed(*_args, **_kwargs):
+        raise _Parsed
+
+    monkeypatch.setattr(common, "setup_logging", parsed)
+    stages = {script: import_module(f"face_organizer.cli.{module}") for module, script, _ in COMMANDS.values()}
+    tried = Counter()
+    for owner in stages.values():
+        examples = owner.EXAMPLES
+        lines = [line for line in examples.splitlines() if not line.lstrip().startswith("#")]
+        assert not [line for line in lines if re.search(r"\S {2,}(?!#|\s)", line)], owner.__name__  # a gap, no comment
+        for command in examples.replace("\\\n", " ").splitlines():
+            words = shlex.split(command, comments=True)
+            at = next((i for i, w in enumerate(words) if os.path.basename(w) in stages), None)
+            if at is None:
+                continue
+            script = os.path.basename(words[at])
+            with pytest.raises(_Parsed):  # not SystemExit: a usage error
+                common.run(stages[script].main, words[at + 1:])
+            tried[script] += 1
+    assert not set(stages) - set(tried), "stages whose help shows no example of their own"
+    assert capsys.readouterr().err == ""
 
 
 def test_stages_that_only_read_embeddings_files_do_not_load_onnx() -> None:

@@ -21,7 +21,7 @@ EXAMPLES = """\
   done
   python scripts/gender_filter.py --input faces --output men --gender Man --backend deepface --detector-backend retinaface
   # a year folder grown since: how many images the same command would predict, before it starts
-  python scripts/gender_filter.py --input /workspace/input/2008 --output /workspace/faces_female/2008 --gender Woman \
+  python scripts/gender_filter.py --input /workspace/input/2008 --output /workspace/faces_female/2008 --gender Woman \\
       --dry-run
 """
 
