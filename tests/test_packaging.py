@@ -127,7 +127,7 @@ def test_every_example_in_the_help_is_a_command_its_stage_takes(monkeypatch, cap
 
     monkeypatch.setattr(common, "setup_logging", parsed)
     stages = {script: import_module(f"face_organizer.cli.{module}") for module, script, _ in COMMANDS.values()}
-    tried = Counter()
+    tried: Counter[str] = Counter()
     for owner in stages.values():
         examples = owner.EXAMPLES
         lines = [line for line in examples.splitlines() if not line.lstrip().startswith("#")]
