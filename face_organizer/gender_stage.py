@@ -79,6 +79,9 @@ class GenderSummary:
     kept: int = 0  # predicted by the finished run into the same output, unchanged since: not again
     placed_before: int = 0  # placed by that run, no longer a match: the copy stays
     status: Counter[str] = field(default_factory=Counter)  # files by what their placement did
+    predicted: int = 0  # images predicted by this run
+    elapsed: float = 0.0
+    device: str = "none"  # where the model ran; "none": it was not loaded, nothing being new
 
     def count(self, predictions: Sequence[GenderPrediction], min_confidence: float) -> list[str]:
         """Count ``predictions`` by outcome; the paths of those that match (``gender``, confident enough)."""
@@ -114,7 +117,10 @@ class GenderSummary:
               f"match{'es' if self.placed_before == 1 else ''} (rewritten since): "
               f"{'its copy is' if self.placed_before == 1 else 'their copies are'} left in place, with "
               f"{'its' if self.placed_before == 1 else 'their'} destination in predictions.csv (matched 0)"]
-             if self.placed_before else [])
+             if self.placed_before else []) \
+          + [f"elapsed: {self.elapsed:.1f} s, "
+             + (f"{self.predicted / self.elapsed:.1f} images/s predicted, " if self.predicted and self.elapsed > 0 else "")
+             + f"device: {self.device}" + (" (nothing new to predict)" if self.device == "none" else "")]
 
 
 def progress_path(output: str) -> str:
@@ -333,6 +339,7 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     Predictions are kept in ``progress_path(output)`` as they are made: an interrupted run
     re-run predicts only the images it had not reached. The file goes when the run finishes.
     """
+    started = time.monotonic()
     output = os.path.abspath(output)
     run = _checked_run(output, roots, gender, predictor.name, min_confidence, link_mode)  # before hours of predictions
     summary = GenderSummary(output, gender)
@@ -394,6 +401,8 @@ def filter_by_gender(paths: Sequence[str], roots: Sequence[str], output: str, ge
     summary.placed_before = sum(1 for p in paths if p in left)
     _write_predictions(output, predictions, destination, left, signatures)
     saved.remove()
+    summary.predicted, summary.device = len(todo), predictor.device if todo else "none"
+    summary.elapsed = time.monotonic() - started
     return summary
 
 

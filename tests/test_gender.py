@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Any
 
@@ -527,6 +528,7 @@ def test_the_same_command_again_with_nothing_new_loads_no_model(utkface, testpac
                "--workers", "0", "-q"]
     assert run_cli(command) == 0
     first = capsys.readouterr().out
+    assert re.search(r"^elapsed: \d+\.\d s, \d+\.\d images/s predicted, device: cpu$", first, re.M), first
 
     class NotLoaded(InsightFaceGender):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -537,6 +539,7 @@ def test_the_same_command_again_with_nothing_new_loads_no_model(utkface, testpac
     again = capsys.readouterr().out
     assert again.splitlines()[:2] == first.splitlines()[:2]  # the same matches, the same counts
     assert "5 images predicted by the earlier run into this output and unchanged since" in again
+    assert re.search(r"^elapsed: \d+\.\d s, device: none \(nothing new to predict\)$", again, re.M), again
 
 
 def test_a_confidence_at_the_threshold_is_decided_alike_when_read_back(utkface, tmp_path) -> None:
