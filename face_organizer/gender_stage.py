@@ -118,9 +118,13 @@ class GenderSummary:
               f"{'its copy is' if self.placed_before == 1 else 'their copies are'} left in place, with "
               f"{'its' if self.placed_before == 1 else 'their'} destination in predictions.csv (matched 0)"]
              if self.placed_before else []) \
-          + [f"elapsed: {self.elapsed:.1f} s, "
-             + (f"{self.predicted / self.elapsed:.1f} images/s predicted, " if self.predicted and self.elapsed > 0 else "")
-             + f"device: {self.device}" + (" (nothing new to predict)" if self.device == "none" else "")]
+          + [self.timing()]
+
+    def timing(self) -> str:
+        """``elapsed: 3.1 s, 161.3 images/s predicted, device: cpu``."""
+        rate = f"{self.predicted / self.elapsed:.1f} images/s predicted, " if self.predicted and self.elapsed > 0 else ""
+        return (f"elapsed: {self.elapsed:.1f} s, {rate}device: {self.device}"
+                + (" (nothing new to predict)" if self.device == "none" else ""))
 
 
 def progress_path(output: str) -> str:
