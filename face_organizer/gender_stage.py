@@ -122,7 +122,8 @@ class GenderSummary:
 
     def timing(self) -> str:
         """``elapsed: 3.1 s, 161.3 images/s predicted, device: cpu``."""
-        rate = f"{self.predicted / self.elapsed:.1f} images/s predicted, " if self.predicted and self.elapsed > 0 else ""
+        rate = (f"{self.predicted / self.elapsed:.1f} images/s predicted, " if self.predicted and self.elapsed > 0
+                else "")
         return (f"elapsed: {self.elapsed:.1f} s, {rate}device: {self.device}"
                 + (" (nothing new to predict)" if self.device == "none" else ""))
 
