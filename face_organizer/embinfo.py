@@ -127,11 +127,14 @@ def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
 
 def total_lines(infos: list[EmbeddingsInfo]) -> list[str]:
     """One line over several files (one per GPU): their images, each counted once, and faces."""
-    images = len(frozenset().union(*(i.held for i in infos)))
-    listed = sum(i.images for i in infos)
-    both = listed - images
+    seen: set[str] = set()
+    both: set[str] = set()  # images held by more than one file
+    for i in infos:
+        both |= seen & i.held
+        seen |= i.held
+    images, both_count = len(seen), len(both)
     return [f"total over {len(infos)} files: {images:,} images"
-            + (f" ({both:,} of them in more than one file, counted once)" if both
+            + (f" ({both_count:,} of them in more than one file, counted once)" if both_count
                else f"; faces: {sum(i.faces for i in infos):,}")
             + f"; skipped: {sum(sum(i.skipped.values()) for i in infos):,}"]
 

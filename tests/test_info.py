@@ -174,7 +174,7 @@ def test_files_it_cannot_describe_do_not_hide_the_others(folder, models, tmp_pat
     assert "name only the .pkl files" not in captured.err  # a .pkl: no hint about patterns
 
 
-def test_several_files_get_a_total_that_counts_each_image_once(folder, models, tmp_path, capsys) -> None:
+def test_several_files_get_a_total_that_counts_each_image_once(folder, models, tmp_path, monkeypatch, capsys) -> None:
     # One file per GPU: the total says whether they hold the whole collection, each image once.
     _, paths = folder
     runs = {"gpu0": paths[:5], "gpu1": paths[5:], "again": paths[3:7]}  # "again" repeats four of them
@@ -187,3 +187,14 @@ def test_several_files_get_a_total_that_counts_each_image_once(folder, models, t
     assert run_cli([str(tmp_path / f"{name}.pkl") for name in runs]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == ("total over 3 files: 9 images (4 of them in more than one "
                                                        "file, counted once); skipped: 2")
+    # Two images held by all three files count once among those in more than one (not once per extra file: 4 of 5).
+    run_embeddings(paths[3:5], tmp_path / "more.pkl", models, progress=False)  # in gpu0 and again too
+    assert run_cli([str(tmp_path / f"{name}.pkl") for name in ("gpu0", "again", "more")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == ("total over 3 files: 5 images (2 of them in more than one "
+                                                       "file, counted once); skipped: 2")
+    # A file named twice, or named and in a folder named too, is described once, where it is named first.
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["more.pkl", str(tmp_path / "more.pkl"), "./more.pkl", str(tmp_path)]) == 0
+    described = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert described == [*(str(tmp_path / f"{name}.pkl") for name in ("more", "again", "gpu0", "gpu1")),
+                         "total over 4 files"]

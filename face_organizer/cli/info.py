@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _files(names: Sequence[str]) -> list[str]:
     """The files ``names`` give: a folder (the launcher's ``--output-dir``) stands for the embeddings
     files in it, also those whose runs have written only checkpoints so far; patterns the shell left
-    as they were are matched against checkpoints too (``expand_unfinished``)."""
+    as they were are matched against checkpoints too (``expand_unfinished``). A file given twice
+    (named, and in a folder named too) is given once, where it is named first."""
     out: list[str] = []
     for name in names:
         if name.rstrip(os.sep).endswith(PARTS_SUFFIX) and os.path.isdir(name):  # an unfinished file's checkpoints
@@ -64,7 +65,10 @@ def _files(names: Sequence[str]) -> list[str]:
             out += [f for f in expand_unfinished([pattern]) if f != pattern] or [name]
         else:
             out += expand_unfinished([name])
-    return out
+    once: dict[str, str] = {}
+    for f in out:
+        once.setdefault(os.path.realpath(f), f)
+    return list(once.values())
 
 
 def cli() -> None:
