@@ -210,7 +210,6 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
     found: dict[str, str] = {}  # the image's real folder and name: the path it is found under first
     missed = _Missed()
     empty: list[str] = []  # input folders that hold no image
-    inputs = list(inputs)
     for raw in inputs:
         root = os.path.abspath(os.fspath(raw))
         if os.path.isfile(root):

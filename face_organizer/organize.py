@@ -252,7 +252,7 @@ def check_images_reachable(paths: Sequence[str], output: str, rewrites: Sequence
 
 
 def moved_into(paths: Sequence[str], roots: Sequence[str], rewrites: Sequence[tuple[str, str]],
-                *, tries: int = 20) -> str | None:
+               *, tries: int = 20) -> str | None:
     """An output of an earlier ``--link-mode move`` in one of the folders ``roots`` whose
     ``clusters.csv`` places most of ``tries`` of ``paths``, spread over them, in files that exist
     there now: the folder a forgotten ``--moved-to`` would name. None where there is none."""
