@@ -8,8 +8,9 @@ import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -140,18 +141,34 @@ def _span(values: Sequence[float | None]) -> str:
     return low if low == high else f"{low}–{high}"
 
 
+def search_settings(ef: EmbeddingsFile, queries: Sequence[str], *, threshold: float | None = None,
+                    top_k: int | None = None, expand: bool = True, link_mode: LinkMode = "copy") -> dict[str, Any]:
+    """What a search's output records of it, so that only the same search goes on into it."""
+    return {**images_run(ef.rows.paths), "queries": sorted(os.path.abspath(q) for q in queries), "threshold": threshold,
+            "top_k": top_k, "expand": expand, "link_mode": link_mode}
+
+
+def check_search_output(output: str, settings: Mapping[str, Any], dry_run: bool = False) -> None:
+    """Refuse an ``output`` that this search (``search_settings``) could not write into: one that is
+    not a face-organizer output, cannot be written, or holds another search's matches. Cheap: the
+    command asks it before the models load (minutes, where TensorRT builds its engines)."""
+    check_output_folder(output, dry_run)
+    check_same_images(output, settings, "search_faces")
+
+
 def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], output: str, *,
                 threshold: float | None = None, top_k: int | None = None, expand: bool = True,
                 link_mode: LinkMode = "copy", use_gpu: bool = False, progress: bool = True,
-                previews: bool = True, moved_to: Sequence[str] = (), dry_run: bool = False) -> SearchReport:
+                previews: bool = True, moved_to: Sequence[str] = (), dry_run: bool = False,
+                settings: Mapping[str, Any] | None = None) -> SearchReport:
     """``moved_to``: earlier cluster_faces outputs that ``--link-mode move`` put the images in. ``dry_run``:
-    search, and write nothing; the report names the weakest matches instead."""
+    search, and write nothing; the report names the weakest matches instead. ``settings``: this search's
+    ``search_settings``, where the caller has them already (it checked the output with them)."""
     check_same_model(ef, models)
     output = os.path.abspath(output)
-    check_output_folder(output, dry_run)
-    settings = {**images_run(ef.rows.paths), "queries": sorted(os.path.abspath(q) for q in queries), "threshold": threshold,
-                "top_k": top_k, "expand": expand, "link_mode": link_mode}
-    check_same_images(output, settings, "search_faces")  # before the references are embedded and searched for
+    if settings is None:
+        settings = search_settings(ef, queries, threshold=threshold, top_k=top_k, expand=expand, link_mode=link_mode)
+    check_search_output(output, settings, dry_run)  # before the references are embedded and searched for
     where = relocate.current_locations(ef.rows.paths, moved_to, output, rebase.steps(ef.meta))
     check_images_reachable(where, output, rebase.steps(ef.meta))
     # References are detected as the collection's photos were: at a larger --det-size, small faces are found.
@@ -189,7 +206,7 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
                             weakest=[(float(result.similarity[k]), paths[k]) for k in lowest])
     placement = place_all(output, paths, ["."] * len(paths), ef.meta.get("inputs", []), link_mode,
                           sources=[where[i] for i in result.index] if moved_to else None, progress=progress,
-                          run=settings)
+                          run=dict(settings))
     dests, status = placement.destinations, placement.status
     buffer = io.StringIO()
     writer = csv.writer(buffer)

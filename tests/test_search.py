@@ -413,17 +413,17 @@ def test_a_large_folder_of_references_is_sampled_and_its_sheet_stays_small(lfw_s
     assert np.abs(sheet[:preview.TILE, 2 * preview.TILE:3 * preview.TILE].astype(int) - best).mean() < 4
 
 
-def test_another_search_into_the_same_output_is_refused_before_its_references_are_read(lfw_subset, lfw, testpack_dir,
-                                                                                         tmp_path, monkeypatch,
-                                                                                         capsys) -> None:
+def test_another_search_into_the_same_output_is_refused_before_the_models_load(lfw_subset, lfw, testpack_dir,
+                                                                                tmp_path, monkeypatch, capsys) -> None:
     emb, _ = lfw_subset
     out = tmp_path / "found"
     her, again = (lfw / "Jean_Chretien" / f"Jean_Chretien_000{i}.jpg" for i in (1, 3))
     base = ["--embeddings", str(emb), "--output", str(out), "--model", str(testpack_dir), "-q", "--no-previews"]
     assert run_cli([*base, "--query", str(her), str(again)]) == 0
     assert run_cli([*base, "--query", str(again), str(her)]) == 0  # the same search again: nothing placed twice
-    read = []
+    read: list[str] = []
     monkeypatch.setattr("face_organizer.search_stage.embed_reference", lambda path, models: read.append(path))
+    monkeypatch.setattr("face_organizer.cli.search.load_face_models", lambda *a, **k: read.append("models"))
     other = lfw / "Jean_Chretien" / "Jean_Chretien_0002.jpg"
     assert run_cli([*base, "--query", str(other)]) == 2
     assert (f"--output {out} holds the output of another search_faces run, made with other settings (queries {her}, "

@@ -15,7 +15,7 @@ from ..errors import SetupError
 from ..faces import load_face_models
 from ..fsutil import check_writable_dir, exclusive, missing_path_hint
 from ..modelpack import resolve_pack
-from ..search_stage import calibrate_folder, find_person
+from ..search_stage import calibrate_folder, check_search_output, find_person, search_settings
 from ..thresholds import CALIBRATION_ENV, calibration_path, calibrations_to_keep, save_calibration
 from . import common
 
@@ -103,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SetupError((f"query not found: {', '.join(args.query)}" if len(args.query) == 1 else
                           f"none of the queries is there: {', '.join(args.query)}") + missing_path_hint(args.query[0]))
     ef = load_embeddings(args.embeddings)
+    settings = search_settings(ef, args.query, threshold=args.threshold, top_k=args.top_k, expand=args.expand,
+                               link_mode=args.link_mode)
+    if not args.dry_run:  # before the models load (minutes where TensorRT builds engines); a dry run's checks only warn
+        check_search_output(os.path.abspath(args.output), settings)
     name = args.model or ef.meta.get("model_pack")
     if not name:
         raise SetupError("the embeddings file does not say which model pack made it; pass --model")
@@ -113,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
         report = find_person(ef, models, args.query, args.output, threshold=args.threshold, top_k=args.top_k,
                              expand=args.expand, link_mode=args.link_mode, use_gpu=gpu_count() > 0, progress=not args.quiet,
-                             previews=args.previews, moved_to=args.moved_to, dry_run=args.dry_run)
+                             previews=args.previews, moved_to=args.moved_to, dry_run=args.dry_run, settings=settings)
     print("\n".join(report.lines()))
     return 0
 
