@@ -19,7 +19,9 @@
    LFW dev people with five photos or more who are not in the draw).
    With --years, each draw split into two "years" (alternate faces): the first sorted with
    --clusters 2, the second with --people-from the first; reports both, so the second
-   year's folders can be compared with the first's.
+   year's folders can be compared with the first's. With --years --recurring also the draws
+   with every crop of a person new in the second year (Koizumi), sorted --people-from the
+   first --new-people: that person's folder is scored as a third.
 2. Many people, --clusters auto: all 2,805 LFW dev photos (610 identities, 400 of them
    with one photo); outliers count as singletons. Reports BCubed and pairwise P/R/F, with
    and without the second pass for outliers (--no-second-pass). With --crops, the same
@@ -195,6 +197,9 @@ def main() -> int:
                       f"cut-off {sorted_.clustering.threshold:.3f}; folders {by_year.folder_of}")
                 print("\n".join("  " + line for line in by_year.lines()))
 
+        for seed in args.seeds if args.years and args.recurring else []:
+            new_person_in_second_year(lfw, Path(tmp) / f"new{seed}", models, streams, people, seed)
+
         many_people("LFW dev photos", *embedded_photos(lfw, Path(tmp) / "lfw.pkl", models, streams))
         if args.copies:
             ef, truth, originals = with_album_copies(lfw, Path(tmp), models, streams)
@@ -225,6 +230,30 @@ def main() -> int:
             many_people(f"LFW dev as shots of {args.frames} occluded frames", ef, [label[p] for p in ef.rows.paths],
                         without_join_rule=True)
     return 0
+
+
+def new_person_in_second_year(lfw: Path, root: Path, models: FaceModels, streams: int, people: tuple[str, ...],
+                              seed: int) -> None:
+    """A draw split into two years as with --years, with every crop of a third person (Koizumi) in the
+    second year only: a person new since. The second year is sorted --people-from the first
+    --new-people, and scored with the new person's folder as a third."""
+    newcomer = "Junichiro_Koizumi"
+    _, ef, label = embedded_collection(lfw, root, models, streams, people, seed=seed, recurring=(newcomer,))
+    truth = [newcomer if label[p] == f"stranger:{newcomer}" else label[p] for p in ef.rows.paths]
+    rows = np.arange(len(ef.rows))
+    new = np.array([t == newcomer for t in truth])
+    first = embfile.EmbeddingsFile(ef.rows.select(rows[(rows % 2 == 0) & ~new]), [], [], ef.meta)
+    second_rows = rows[(rows % 2 == 1) | new]
+    second = embfile.EmbeddingsFile(ef.rows.select(second_rows), [], [], ef.meta)
+    cluster_faces(first, str(root / "first"), ClusterConfig(clusters=2, link_mode="symlink", previews=False),
+                  progress=False)
+    config = ClusterConfig(link_mode="symlink", previews=False, people_from=str(root / "first"), new_people=True)
+    sorted_ = cluster_faces(second, str(root / "second"), config, progress=False)
+    report = folder_report([truth[i] for i in second_rows], sorted_.names, (*people, newcomer))
+    print(f"[two people split into two years, {newcomer} new in the second, seed {seed}: --people-from the first "
+          f"--new-people] {len(second_rows)} faces, {int(new.sum())} of them {newcomer}'s; new folders "
+          f"{sorted_.clustering.added_people}; folders {report.folder_of}")
+    print("\n".join("  " + line for line in report.lines()))
 
 
 def calibration_crops(lfw: Path, models: FaceModels, tmp: Path, streams: int) -> tuple[np.ndarray, list[str]]:

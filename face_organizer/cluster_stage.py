@@ -46,6 +46,7 @@ class ClusterConfig:
     extra_groups: bool = True  # fixed k: groups of alike faces beyond k get centres, their faces go to outliers
     set_aside_unrecognisable: bool = True  # faces blurred past recognition go to outliers before clustering
     people_from: str | None = None  # an earlier output: assign faces to its people instead of clustering
+    new_people: bool = False  # with people_from: groups of alike faces among the rest become people of their own
     attach_outliers: bool = True  # auto: a second pass gives outliers near a cluster's centre to that cluster
     join_rule: bool = True  # auto: groups join only when their faces are alike on average (off only for comparison)
     moved_to: tuple[str, ...] = ()  # earlier outputs that --link-mode move put the images in
@@ -114,7 +115,7 @@ class ClusterReport:
             groups = "1 group" if len(extra) == 1 else f"{len(extra)} groups"
             notes.append(f"outliers/ also holds {groups} of alike faces that are none of the earlier run's people "
                          f"(about {', '.join(f'{v:,}' for v in extra)} faces): people new since, or a repeated "
-                         "non-face; cluster_faces --clusters auto on these embeddings gives them folders")
+                         "non-face; --new-people gives them folders of their own after the earlier run's people")
         elif extra:
             groups = "1 more group" if len(extra) == 1 else f"{len(extra)} more groups"
             # In a collection of many people (no folder is one person), k + groups folders would not be either.
@@ -123,6 +124,10 @@ class ClusterReport:
             notes.append(f"outliers/ also holds {groups} of alike faces beyond --clusters {k} "
                          f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; {advice}")
         c = self.clustering
+        if added := c.added_people:
+            notes.append(f"{listed(added, 'folder')} {'is a person' if len(added) == 1 else 'are people'} new "
+                         "since the earlier run (alike faces that matched none of its people); a later --people-from "
+                         "this output sorts into them too")
         if c.attach_cutoff is not None:
             notes.append(f"second pass: {count(c.attached, 'face')} the graph left out joined their nearest cluster "
                          f"(similarity to its centre >= {c.attach_cutoff:.3f}: {c.attach_source}); "
@@ -282,7 +287,8 @@ def _cluster(x: np.ndarray, ef: EmbeddingsFile, config: ClusterConfig, known: pe
                        else (known.cutoff, f"the cut-off of {known.folder}: {known.cutoff_source}"))
         method = f"assigned to the {len(known.centres)} people of {known.folder} ({known.method})"
         return _with_gpu_fallback(assign_to_people, config.use_gpu, x=x, centres=known.centres, threshold=cut,
-                                  source=source, method=method, names=known.names, seed=config.seed)
+                                  source=source, method=method, names=known.names, seed=config.seed,
+                                  new_people=config.new_people)
     calibration = load_calibration(ef.meta.get("model_files", {}).get("recognition", ""))
     if config.clusters is None:
         return _with_gpu_fallback(graph_clusters, config.use_gpu, x=x, min_similarity=config.min_similarity,
@@ -307,6 +313,7 @@ def run_settings(ef: EmbeddingsFile, config: ClusterConfig) -> dict[str, Any]:
     people_from = os.path.abspath(config.people_from) if config.people_from else None
     return {**images_run(ef.rows.paths), "model_pack": ef.meta.get("model_pack"),
             "clusters": None if people_from else (config.clusters or "auto"), "people_from": people_from,
+            **({"new_people": config.new_people} if people_from else {}),
             "min_similarity": config.min_similarity, "link_mode": config.link_mode}
 
 
@@ -443,6 +450,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         "embedding_size": ef.dim,
         "people_file": people_file,
         "people_names": [clustering.name(i) for i in range(clustering.n_clusters)],
+        "new_people": clustering.added_people,
         "elapsed_seconds": round(report.elapsed, 2),
         "tool_version": __version__,
     }

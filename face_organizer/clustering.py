@@ -90,6 +90,7 @@ class Clustering:
     cohesion: Cohesion | None = None  # k-means: whether each folder's faces are alike on average, as one person's
     names: tuple[str, ...] = ()  # known people: each label's folder (as named now), else ``cluster_name``
     repeats: NDArray[np.bool_] | None = None  # faces repeating an earlier face (copies.py), placed with it
+    new_people: int = 0  # known people: how many of the centres, the last ones, are people new since
 
     @property
     def n_clusters(self) -> int:
@@ -99,6 +100,11 @@ class Clustering:
     def copies(self) -> int:
         """How many faces repeat an earlier one (``repeats``): clustered once, with it."""
         return 0 if self.repeats is None else int(self.repeats.sum())
+
+    @property
+    def added_people(self) -> list[str]:
+        """The folders of the people new since the known ones (``new_people``), as named."""
+        return list(self.names[len(self.names) - self.new_people:]) if self.new_people else []
 
     def name(self, label: int) -> str:
         """The folder of the faces of ``label``: ``person_A``, …, ``outliers``, or a known person's."""
@@ -576,39 +582,86 @@ def graph_clusters(
 
 
 def assign_to_people(x: NDArray[np.floating], centres: NDArray[np.float32], threshold: float, source: str,
-                     method: str, *, names: Sequence[str] = (), seed: int = 1234, use_gpu: bool = False) -> Clustering:
+                     method: str, *, names: Sequence[str] = (), seed: int = 1234, use_gpu: bool = False,
+                     new_people: bool = False) -> Clustering:
     """Each face to the most similar of known people's ``centres`` (label = row of ``centres``),
     or to outliers below ``threshold``: the people of an earlier run keep their numbers, so
     their folder names (``names``, one per centre), whatever the new faces' numbers per person.
-    Groups of alike faces among the outliers (people new since) are reported in ``extra_groups``."""
+    Groups of alike faces among the outliers (people new since) are reported in ``extra_groups``,
+    or with ``new_people`` become people of their own after the known ones (``new_person_names``),
+    each outlier going to the most similar of them at ``threshold`` or above."""
     x = _normalise(x)
     n, k = len(x), len(centres)
     labels = np.full(n, OUTLIER, np.int64)
     similarity = np.zeros(n, np.float32)
     if n and k:
-        index = faiss.IndexFlatIP(centres.shape[1])
-        index.add(np.ascontiguousarray(centres, np.float32))
-        for start in range(0, n, SEARCH_BLOCK):
-            stop = min(n, start + SEARCH_BLOCK)
-            sims, nearest = index.search(x[start:stop], 1)
-            similarity[start:stop] = sims[:, 0]
-            labels[start:stop] = np.where(sims[:, 0] >= threshold, nearest[:, 0], OUTLIER)
+        similarity, nearest = _nearest_centre(x, np.asarray(centres, np.float32))
+        labels = np.where(similarity >= threshold, nearest, OUTLIER)
     outliers = np.nonzero(labels == OUTLIER)[0]
-    return Clustering(labels, similarity, np.asarray(centres, np.float32), float(threshold), source, method,
-                      new_groups(x[outliers], seed=seed, use_gpu=use_gpu), known_people=True, names=tuple(names))
+    found, sizes = new_groups(x[outliers], seed=seed, use_gpu=use_gpu)
+    known = Clustering(labels, similarity, np.asarray(centres, np.float32), float(threshold), source, method,
+                       tuple(sizes[:MAX_EXTRA_GROUPS]), known_people=True, names=tuple(names))
+    return _with_new_people(x, known, outliers, found) if new_people else known
 
 
-def new_groups(x: NDArray[np.float32], *, seed: int = 1234, use_gpu: bool = False) -> tuple[int, ...]:
-    """Sizes (estimated from a sample of at most ``GROUP_SAMPLE``) of the groups of alike faces
-    among ``x``, largest first, counting groups of ``MIN_GROUP`` faces of the sample or more:
-    among faces that matched none of the known people, a person who is new since."""
+def _with_new_people(x: NDArray[np.float32], known: Clustering, outliers: NDArray[np.intp],
+                     found: NDArray[np.float32]) -> Clustering:
+    """``known`` (``assign_to_people``'s) with the groups ``found`` among its ``outliers`` as people of
+    their own, largest first after the known ones: each outlier joins the most similar group at the
+    known people's cut-off or above, and each group's centre is read again from all its faces (not the
+    sample's alone). A group left with fewer than ``MIN_GROUP`` faces stays in outliers."""
+    k = known.n_clusters
+    group = np.full(len(x), OUTLIER, np.int64)
+    if len(found) and outliers.size:
+        sims, nearest = _nearest_centre(x, found, outliers)
+        take = sims >= known.threshold
+        group[outliers[take]] = nearest[take]
+    sizes = np.bincount(group[group >= 0], minlength=len(found))
+    kept = [int(g) for g in np.argsort(-sizes, kind="stable") if sizes[g] >= MIN_GROUP]  # largest first
+    if not kept:
+        return replace(known, extra_groups=())
+    rank = np.full(len(found), OUTLIER, np.int64)
+    rank[kept] = np.arange(len(kept))
+    members = np.where(group >= 0, rank[np.maximum(group, 0)], OUTLIER)
+    added = _centres(x, members, len(kept))
+    joined = np.nonzero(members >= 0)[0]
+    labels, similarity = known.labels.copy(), known.similarity.copy()
+    labels[joined] = k + members[joined]
+    similarity[joined] = np.einsum("ij,ij->i", x[joined], added[members[joined]])
+    people = "1 new person" if len(kept) == 1 else f"{len(kept)} new people"
+    current = known.names or tuple(cluster_name(i) for i in range(k))
+    log.info("%s among the %d faces that matched none of the %d known: %s faces", people, outliers.size, k,
+             ", ".join(str(int(sizes[g])) for g in kept))
+    return replace(known, labels=labels, similarity=similarity, centres=np.vstack([known.centres, added]),
+                   extra_groups=(), names=current + new_person_names(current, len(kept)),
+                   new_people=len(kept), method=f"{known.method}; {people} found among the faces that matched none "
+                                                 "of them")
+
+
+def new_person_names(known: Sequence[str], count: int) -> tuple[str, ...]:
+    """Folder names for ``count`` people new since an earlier run whose people are ``known`` (as their
+    folders are named now): ``person_C``, … after ``person_A`` and ``person_B``, skipping names in use."""
+    names: list[str] = []
+    index = len(known)
+    while len(names) < count:
+        if (name := cluster_name(index)) not in known:
+            names.append(name)
+        index += 1
+    return tuple(names)
+
+
+def new_groups(x: NDArray[np.float32], *, seed: int = 1234,
+               use_gpu: bool = False) -> tuple[NDArray[np.float32], list[int]]:
+    """The groups of alike faces among ``x``, largest first: their centres, and their sizes (estimated
+    from a sample of at most ``GROUP_SAMPLE``), counting groups of ``MIN_GROUP`` faces of the sample or
+    more: among faces that matched none of the known people, people who are new since."""
     n = len(x)
     if n < 2 * MIN_GROUP:
-        return ()
+        return np.zeros((0, x.shape[1]), np.float32), []
     sample = np.sort(np.random.default_rng(seed).choice(n, min(n, GROUP_SAMPLE), replace=False))
     groups = graph_clusters(x[sample], min_cluster_size=MIN_GROUP, seed=seed, use_gpu=use_gpu, attach=False)
     sizes = np.bincount(groups.labels[groups.labels >= 0], minlength=groups.n_clusters)
-    return tuple(int(round(size * n / len(sample))) for size in sizes[:MAX_EXTRA_GROUPS])
+    return groups.centres, [int(round(size * n / len(sample))) for size in sizes]
 
 
 def with_set_aside(result: Clustering, keep: NDArray[np.intp], x: NDArray[np.floating], reason: str) -> Clustering:

@@ -169,6 +169,71 @@ def test_next_years_faces_go_to_the_same_person_folders(two_person, interviewer,
     assert not any((tmp_path / d).exists() for d in ("w", "x", "y", "z"))
 
 
+def test_people_new_since_get_folders_of_their_own_that_later_years_follow(two_person, interviewer, tmp_path,
+                                                                           capsys) -> None:
+    emb, labels, _ = two_person
+    ef = embfile.load(emb)
+    years = {}
+    for year, rows in (("2017", np.arange(0, len(ef.rows), 2)), ("2018", np.arange(1, len(ef.rows), 2))):
+        years[year] = tmp_path / f"emb_{year}.pkl"
+        embfile.save(years[year], embfile.EmbeddingsFile(ef.rows.select(rows), [], [], ef.meta))
+    first = tmp_path / "sorted_2017"
+    assert run_cli(["--embeddings", str(years["2017"]), "--output", str(first), "--clusters", "2", "-q"]) == 0
+    (first / "person_A").rename(first / "Tony")  # named by the user; the next new person is still person_C
+    capsys.readouterr()
+    # Strangers seen once are no new people: the folders are those of 2017.
+    alone = tmp_path / "sorted_2018_alone"
+    assert run_cli(["--embeddings", str(years["2018"]), "--output", str(alone), "--people-from", str(first),
+                    "--new-people", "-q", "--no-previews"]) == 0
+    assert "new since" not in capsys.readouterr().out
+    assert json.loads((alone / "summary.json").read_text())["people_names"] == ["Tony", "person_B"]
+    np.testing.assert_array_equal(np.load(alone / "people.npy"), np.load(first / "people.npy"))
+
+    # An interviewer new in 2018's footage gets a folder of their own, pure, after the known people's.
+    second = tmp_path / "sorted_2018"
+    command = ["--embeddings", str(years["2018"]), str(interviewer[0]), "--output", str(second), "--people-from",
+               str(first), "--new-people", "-q", "--no-previews"]
+    assert run_cli(command) == 0
+    printed = capsys.readouterr().out
+    assert "person_C is a person new since the earlier run" in printed
+    assert "none of the earlier run's people" not in printed
+    with open(second / "clusters.csv", newline="", encoding="utf-8") as handle:
+        placed = {r["path"]: r["cluster"] for r in csv.DictReader(handle)}
+    assert np.mean([placed[p] == "person_C" for p in interviewer[1]]) >= 0.9
+    assert {p for p, c in placed.items() if c == "person_C"} <= set(interviewer[1])
+    assert sum(placed[p] == "person_C" for p in interviewer[1]) == len(list((second / "person_C").rglob("*.png")))
+    for name, person in (("Tony", "Tony_Blair"), ("person_B", "Donald_Rumsfeld")):
+        theirs = [labels[p] for p, c in placed.items() if c == name]
+        own = sum(labels.get(p) == person for p in placed)
+        assert len(theirs) >= max(10, 0.9 * own) and set(theirs) == {person}, (name, Counter(theirs))
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["people_names"] == ["Tony", "person_B", "person_C"] and summary["new_people"] == ["person_C"]
+    assert np.load(second / "people.npy").shape == (3, ef.dim)
+    assert run_cli(command) == 0  # the same command again: nothing placed twice
+    assert re.search(r"^files: [\d,]+ already in place;", capsys.readouterr().out, re.M)
+    assert run_cli([c for c in command if c != "--new-people"]) == 2  # without it, the people would be others
+    assert "made with other settings (new_people True, now False)" in capsys.readouterr().err
+
+    # The next year's --people-from follows the new person, with no --new-people.
+    third = tmp_path / "sorted_2019"
+    assert run_cli(["--embeddings", str(interviewer[0]), "--output", str(third), "--people-from", str(second), "-q",
+                    "--no-previews"]) == 0
+    with open(third / "clusters.csv", newline="", encoding="utf-8") as handle:
+        later = [r["cluster"] for r in csv.DictReader(handle)]
+    assert later.count("person_C") >= 0.9 * len(interviewer[1]) and set(later) <= {"person_C", "outliers"}
+
+    with pytest.raises(SystemExit) as usage:
+        run_cli(["--embeddings", str(years["2018"]), "--output", str(tmp_path / "x"), "--new-people"])
+    assert usage.value.code == 2 and "--new-people is for --people-from" in capsys.readouterr().err
+
+
+def test_new_people_are_named_after_the_known_ones_skipping_names_in_use() -> None:
+    from face_organizer.clustering import new_person_names
+    assert new_person_names(["person_A", "person_B"], 2) == ("person_C", "person_D")
+    assert new_person_names(["person_C", "Tony"], 2) == ("person_D", "person_E")  # person_A renamed person_C
+    assert new_person_names([], 1) == ("person_A",)
+
+
 def test_folders_renamed_or_joined_since_are_followed_by_people_from(two_person, tmp_path, monkeypatch) -> None:
     # The user names person_A "blair" after the first year: the next years' faces of that person
     # go to blair/, and on down the chain of runs. Two folders made one (one person's): their faces

@@ -22,6 +22,9 @@ EXAMPLES = """\
   # next year's faces into the same person_A/, person_B/, … as last year's run:
   python scripts/cluster_faces.py --embeddings /workspace/embeddings_2018.pkl --output /workspace/clustered_2018 \\
       --people-from /workspace/clustered_faces
+  # the same, with people new since in folders of their own (person_C/, …), which later years follow too:
+  python scripts/cluster_faces.py --embeddings /workspace/embeddings_2019.pkl --output /workspace/clustered_2019 \\
+      --people-from /workspace/clustered_2018 --new-people
 """
 NOT_GIVEN = -1  # --clusters left out: 2, unless --people-from names the people
 
@@ -51,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--people-from", metavar="DIR", type=common.path, default=None,
                    help="instead of clustering, sort each face into the most similar person of an earlier "
                         "cluster_faces output DIR (same folder names; below its cut-off: outliers/)")
+    p.add_argument("--new-people", action="store_true",
+                   help="with --people-from: groups of alike faces that match none of its people (someone new "
+                        "since) get folders of their own after its people's (person_C/, …) instead of outliers/")
     p.add_argument("--min-similarity", type=common.similarity, default=None,
                    help="faces less similar than this to their cluster go to outliers/ (auto: to join a cluster); "
                         "default: derived from the data for the model in use")
@@ -82,6 +88,9 @@ def options_without_effect(args: argparse.Namespace) -> str | None:
     """Why options given would change nothing with the method the others choose (None: they all act): those of
     the graph with a number of people or ``--people-from``, and ``--no-extra-groups`` without a number; or
     ``--clusters`` with ``--people-from``, which names the people."""
+    if args.new_people and not args.people_from:
+        return ("--new-people is for --people-from (people new since an earlier run's); without it, --clusters auto "
+                "gives every group of alike faces a folder of its own")
     if args.people_from and args.clusters != NOT_GIVEN:
         return "--people-from sorts faces into the people of an earlier run: leave out --clusters"
     clusters = 2 if args.clusters == NOT_GIVEN else args.clusters
@@ -114,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            dry_run=args.dry_run, neighbours=args.neighbours, min_cluster_size=args.min_cluster_size,
                            seed=args.seed, previews=args.previews, extra_groups=args.extra_groups,
                            set_aside_unrecognisable=args.set_aside_unrecognisable, people_from=args.people_from,
+                           new_people=args.new_people,
                            attach_outliers=args.attach_outliers, moved_to=tuple(args.moved_to))
     with contextlib.nullcontext() if args.dry_run else exclusive(args.output, common.OTHER_RUN):
         report = cluster_faces(ef, args.output, config, progress=not args.quiet, sources=args.embeddings)
