@@ -251,7 +251,8 @@ def new_person_in_second_year(lfw: Path, root: Path, models: FaceModels, streams
     sorted_ = cluster_faces(second, str(root / "second"), config, progress=False)
     report = folder_report([truth[i] for i in second_rows], sorted_.names, (*people, newcomer))
     print(f"[two people split into two years, {newcomer} new in the second, seed {seed}: --people-from the first "
-          f"--new-people] {len(second_rows)} faces, {int(new.sum())} of them {newcomer}'s; new folders "
+          f"--new-people] {len(second_rows)} faces, {int(new.sum())} of them {newcomer}'s; cut-off "
+          f"{sorted_.clustering.threshold:.3f}; new folders "
           f"{sorted_.clustering.added_people}; folders {report.folder_of}")
     print("\n".join("  " + line for line in report.lines()))
 
