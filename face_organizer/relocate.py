@@ -12,7 +12,8 @@ still found, and a table cannot name a file outside its own folder (a move would
 A folder of the output renamed since (``person_A/`` to ``alice/``), or whose images were moved
 into another of its folders (two folders of one person made one), is found by its files
 (``renamed_folders``): later runs follow the names the user gave. An image moved by hand into
-another folder (a wrong face corrected) is found there too.
+another folder (a wrong face corrected) is found there too, in the same subfolder or at the top
+of the folder it was dropped on.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def moved_locations(outputs: Sequence[str], former: Mapping[str, str] | None = N
         samples = samples_of(rows)
         renamed = renamed_folders(here, samples)
         gone = {f for f, files in samples.items() if f not in renamed and not _present(here, f, files)}
-        strays = _StrayFinder(here)
+        strays = _StrayFinder(here, rows)
         for row in rows:
             path = former.get(row.path, row.path)
             places = found.setdefault(path, [])
@@ -186,13 +187,18 @@ def samples_of(rows: Sequence[Placed]) -> dict[str, list[Placed]]:
 
 class _StrayFinder:
     """An image the user moved by hand from its folder to another of the output (a wrong face
-    corrected): looked for under the same name, and of the same size, in each folder; taken only
-    where exactly one folder holds it. At most ``STRAY_LOOKUPS`` images an output are looked for
-    (a folder gone whole is not looked for image by image)."""
+    corrected): looked for under the same name, and of the same size, in each folder (``2017/x.png``
+    of ``person_A/`` in ``outliers/2017/``); failing that, dropped at the top of a folder
+    (``outliers/x.png``, as a file manager drops a file onto a folder), where no other image of
+    the output (``rows``) has that name and size. Taken only where exactly one folder holds it.
+    At most ``STRAY_LOOKUPS`` images an output are looked for (a folder gone whole is not looked
+    for image by image)."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, rows: Sequence[Placed]):
         self.output, self.left = output, STRAY_LOOKUPS
         self.folders: list[str] | None = None
+        self.rows = rows
+        self.names: Counter[tuple[str, int | None]] | None = None
 
     def find(self, placed: Placed, place: str) -> str:
         """Where ``placed`` is now in another folder; ``place`` if in none, or in several."""
@@ -202,7 +208,18 @@ class _StrayFinder:
         if self.folders is None:
             self.folders = _folders(self.output, exclude={"previews"})
         held = [p for f in self.folders if _is(p := os.path.join(self.output, f, placed.rest), placed)]
+        name = os.path.basename(placed.rest)
+        if not held and name != placed.rest and self._unique(name, placed.size):
+            held = [p for f in self.folders if _is(p := os.path.join(self.output, f, name), placed)]
         return held[0] if len(held) == 1 else place
+
+    def _unique(self, name: str, size: int | None) -> bool:
+        """Whether one image alone of the output is named ``name`` with ``size`` bytes (the copies
+        of a group photo in the folders of its faces are one image)."""
+        if self.names is None:
+            images = {(row.path, os.path.basename(row.rest), row.size) for row in self.rows}
+            self.names = Counter((base, bytes_) for _, base, bytes_ in images)
+        return self.names[name, size] == 1
 
 
 STRAY_LOOKUPS = 1_000  # images moved by hand are few; each lookup stats every folder

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from . import relocate
 from .errors import SetupError
 from .fsutil import same_bytes
+from .images import is_image_name
 from .organize import STATE_FILE, mark_undone, place, saved_state
 from .progress import bar as progress_bar
 from .progress import count
@@ -39,13 +40,15 @@ class UndoReport:
     conflicts: list[tuple[str, str]] = field(default_factory=list)  # (its path, the file left in the output)
     # (its path, the file left in the output): the folder it was embedded in is gone (the tree moved since)
     no_folder: list[tuple[str, str]] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)  # images in the output where the move put none: by hand
     dry_run: bool = False
     rewrite: tuple[str, str] | None = None  # (old folder, new folder): the tree moved since
 
     @property
     def left(self) -> int:
-        """Images that stay in the output: a different file at their path, or their folder gone."""
-        return len(self.conflicts) + len(self.no_folder)
+        """Images that stay in the output: a different file at their path, their folder gone, or
+        not where the move put any image (``others``)."""
+        return len(self.conflicts) + len(self.no_folder) + len(self.others)
 
     def lines(self) -> list[str]:
         verb = "would put back" if self.dry_run else "put back"
@@ -72,6 +75,12 @@ class UndoReport:
                        f"({count(len(folders), 'folder')}, such as {folders[0]}): moved or deleted since, so "
                        "nothing is put there; create a folder again to put its images back into it, or name "
                        f"where the folders are now with --from OLD --to NEW{found}")
+        if self.others:
+            out.append(f"left in {self.output}: {count(len(self.others), 'other image')}, not where the move put any "
+                       "(moved there by hand, or added since); put these back by hand:")
+            out += [f"  {path}" for path in self.others[:SHOWN_CONFLICTS]]
+            if len(self.others) > SHOWN_CONFLICTS:
+                out.append(f"  … and {len(self.others) - SHOWN_CONFLICTS:,} more")
         if self.dry_run:
             out.append("dry run: nothing was moved")
         return out
@@ -105,7 +114,8 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True,
     folders: set[str] = set()
     for path, files in progress_bar(sorted(moved.items()), unit="img", enabled=progress, desc="undo"):
         here = [f for f in files if os.path.lexists(f)]
-        if not os.path.lexists(path):
+        back = os.path.lexists(path)
+        if not back:
             if not here:
                 report.gone += 1
                 continue
@@ -118,8 +128,7 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True,
                 continue
             place(here[0], path, "move", folders=folders)
             here = here[1:]
-        else:
-            report.already_back += 1
+        conflicts = len(report.conflicts)
         for copy in here:
             if os.path.isfile(path) and same_bytes(path, copy):
                 report.copies_removed += 1
@@ -127,11 +136,28 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True,
                     os.unlink(copy)
             else:
                 report.conflicts.append((path, copy))
+        if back and len(report.conflicts) == conflicts:  # not when a different file is at its path
+            report.already_back += 1
+    report.others = _other_images(os.path.realpath(output), {file for files in moved.values() for file in files})
     if not dry_run:
         _remove_empty_folders(output)
         if not report.left:
             mark_undone(output)
     return report
+
+
+def _other_images(output: str, known: set[str]) -> list[str]:
+    """The images in the person folders of ``output`` (and ``outliers/``, not ``previews/``) that are
+    none of the ``known`` files the move made: an image dropped where no lookup finds it (a folder
+    made by hand inside another), or one added since. They keep the output from counting as
+    emptied, whose removal would lose them."""
+    found = []
+    for folder, subfolders, files in os.walk(output):
+        if folder == output:
+            subfolders[:] = [f for f in subfolders if f != "previews"]
+            continue
+        found += [path for name in files if is_image_name(name) and (path := os.path.join(folder, name)) not in known]
+    return sorted(found)
 
 
 def _remove_empty_folders(output: str) -> None:

@@ -6,6 +6,7 @@ import codecs
 import csv
 import io
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,57 @@ def test_undo_finds_the_images_in_folders_renamed_since(two_person, tmp_path, ca
     assert run_cli([str(out), "-q"]) == 2
     assert capsys.readouterr().err == f"Error: {out}: {table} is not a cluster_faces table (no path and destination " \
                                       "columns)\n"
+
+
+def test_images_dropped_at_the_top_of_another_folder_are_found_there(two_person, tmp_path, capsys) -> None:
+    # Faces corrected by hand in a file manager, which drops a file onto a folder at its top: person_A/2001/x.png
+    # to outliers/x.png, person_B/2002/y.png to person_A/y.png. Undo put neither back, said they were no longer
+    # in the output, and left them there; it also counted an image whose path holds another file as already back.
+    ef, content, out = _moved(two_person, tmp_path)
+    with open(out / "clusters.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    names = Counter((Path(r["path"]).name, r["bytes"]) for r in rows)
+    dropped = {}
+    for folder, onto in (("person_A", "outliers"), ("person_B", "person_A")):
+        row = next(r for r in rows if r["cluster"] == folder and names[Path(r["path"]).name, r["bytes"]] == 1)
+        source = Path(row["destination"])
+        assert source.parent != out / folder and source.is_relative_to(out / folder)  # in a subfolder of its own
+        dropped[row["path"]] = source.rename(out / onto / source.name)
+    taken = next(p for p in content if p not in dropped)
+    Path(taken).write_bytes(b"a new file at the same path")
+    assert run_cli([str(out), "-q"]) == 1
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"put back: {len(content) - 1} images where they were embedded")
+    assert "already back" not in printed and "not in" not in printed
+    assert all(Path(p).read_bytes() == content[p] for p in dropped) and not any(f.exists() for f in dropped.values())
+    assert [p.name for p in out.rglob("*.png")] == [Path(taken).name]
+    # In a table without the images' sizes (written before they were kept), a name is taken only where no
+    # other image of the output has it: frame_0001.png of each year folder is left where it was dropped.
+    ef, content, out = _moved(two_person, tmp_path / "again")
+    table = out / "clusters.csv"
+    with open(table, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(table, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, [c for c in rows[0] if c != "bytes"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    shared = Path(next(r["destination"] for r in rows if r["cluster"] == "person_A"))
+    assert sum(Path(r["path"]).name == shared.name for r in rows) > 1
+    shared.rename(out / "outliers" / shared.name)
+    (out / "person_B" / "checked").mkdir()  # and one dropped into a folder made by hand in another: found nowhere
+    nested = Path(next(r["destination"] for r in rows if r["cluster"] == "person_B"))
+    nested = nested.rename(out / "person_B" / "checked" / nested.name)
+    for dry in (["--dry-run"], []):
+        assert run_cli([str(out), "-q"] + dry) == 1  # said, and non-zero: the output is not emptied
+        printed = capsys.readouterr().out
+        assert f"not in {out} any more: 2 images" in printed
+        assert (f"left in {out}: 2 other images, not where the move put any (moved there by hand, or added since); "
+                f"put these back by hand:\n  {out / 'outliers' / shared.name}\n  {nested}\n") in printed
+    assert sorted(p.relative_to(out) for p in out.rglob("*.png")) == [Path("outliers", shared.name),
+                                                                       nested.relative_to(out)]
+    # Not marked emptied: another clustering into it is refused as one that would delete the images it holds.
+    with pytest.raises(SetupError, match="which removing it would delete"):
+        cluster_faces(ef, str(out), ClusterConfig(clusters=3, link_mode="move", previews=False), progress=False)
 
 
 def test_a_table_saved_by_excel_in_the_windows_code_page_is_read(video_crops, models, tmp_path, capsys) -> None:
@@ -242,7 +294,7 @@ def test_an_output_no_move_filled_is_refused(two_person, tmp_path, mode, capsys)
     assert "nowhere/sorted is not a folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
 
 
-def test_a_table_naming_a_relative_path_moves_nothing_there(two_person, tmp_path, monkeypatch) -> None:
+def test_a_table_naming_a_relative_path_moves_nothing_there(two_person, tmp_path, monkeypatch, capsys) -> None:
     # clusters.csv is read from the output: a row whose path is not one an image was embedded at
     # (absolute) is not followed, wherever the command runs.
     import csv
@@ -256,6 +308,7 @@ def test_a_table_naming_a_relative_path_moves_nothing_there(two_person, tmp_path
         csv.DictWriter(handle, fieldnames=list(rows[0])).writerow({**rows[0], "path": "escape/here.png",
                                                                    "destination": str(extra)})
     monkeypatch.chdir(tmp_path)
-    assert run_cli([str(out), "-q"]) == 0
+    assert run_cli([str(out), "-q"]) == 1  # the file stays in the output, named as one the move did not put there
+    assert f"left in {out}: 1 other image, not where the move put any" in capsys.readouterr().out
     assert not (tmp_path / "escape").exists() and extra.read_bytes() == b"not an image the move made"
     assert all(Path(p).read_bytes() == data for p, data in content.items())
