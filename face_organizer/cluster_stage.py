@@ -373,12 +373,19 @@ def _previews(report: ClusterReport, ef: EmbeddingsFile, where: Sequence[str]) -
                 for group in (central, borderline))
             sheet = os.path.join(folder, f"{name}.jpg")
             write_sheet(sheet, contact_sheet(central_faces, borderline_faces))
-        entries.append(IndexEntry(name, counts[name], os.path.join(output, name), sheet, missing=report.missing[name]))
+        caption = OUTLIERS_CAPTION if name == "outliers" else IndexEntry.caption
+        entries.append(IndexEntry(name, counts[name], os.path.join(output, name), sheet, caption,
+                                  missing=report.missing[name]))
     notes = [f"{len(ef.rows):,} faces; similarity cut-off {clustering.threshold:.3f} ({clustering.threshold_source})",
              *report.notes(), *placement_notes(report.status, "clusters.csv", report.missing_found_in)]
     if len(counts) > len(sheeted):
         notes.append(f"contact sheets for the {MAX_SHEETS} largest clusters and outliers; the rest are listed by size")
     write_index(os.path.join(output, "index.html"), "face-organizer clusters", entries, notes)
+
+
+# How to read outliers/' sheet: its faces in order of similarity to the nearest person's centre.
+OUTLIERS_CAPTION = ("top rows: the faces most like one of the people, where a face their folder missed would be; "
+                    "red: the least like any")
 
 
 def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, progress: bool = True,

@@ -20,7 +20,7 @@ import pytest
 from face_organizer import __version__, embfile, fsutil, organize
 from face_organizer.cli import common
 from face_organizer.cli.cluster import main as cluster_main
-from face_organizer.cluster_stage import SHOWN_FOLDERS, ClusterConfig, cluster_faces, load_embeddings, run_clustering
+from face_organizer.cluster_stage import OUTLIERS_CAPTION, SHOWN_FOLDERS, ClusterConfig, cluster_faces, load_embeddings, run_clustering
 from face_organizer.clustering import MERGE_Z, cluster_name, graph_clusters, kmeans
 from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError, RunStopped, SetupError
 from face_organizer.evaluation import bcubed, folder_report, largest_face_rows
@@ -1952,7 +1952,9 @@ def test_previews_cap_contact_sheets_for_many_clusters(lfw_subset, tmp_path, mon
     page = (tmp_path / "out" / "index.html").read_text()
     listed = [n for n in report.images_per_cluster if n not in ("outliers", "person_A", "person_B", "person_C")]
     assert listed and all(f"<p>{n}: " in page for n in listed)
-    assert page.count("(top rows: nearest the cluster centre; red: borderline)</p><img src=") == 4
+    assert page.count("(top rows: nearest the cluster centre; red: borderline)</p><img src=") == 3
+    # outliers/ has no centre: its sheet begins with the faces most like a person's, where a missed face would be
+    assert page.count(f"({OUTLIERS_CAPTION})</p><img src='previews/outliers.jpg'") == 1
     assert page.count("loading='lazy'") == 4  # a page of 100 sheets opens before they are all read
 
 
