@@ -20,8 +20,8 @@ import pytest
 from face_organizer import __version__, embfile, fsutil, organize
 from face_organizer.cli import common
 from face_organizer.cli.cluster import main as cluster_main
-from face_organizer.cluster_stage import (OUTLIERS_CAPTION, SHOWN_FOLDERS, ClusterConfig, cluster_faces, load_embeddings,
-                                          run_clustering)
+from face_organizer.cluster_stage import (OUTLIERS_CAPTION, SHOWN_FOLDERS, ClusterConfig, cluster_faces,
+                                          load_embeddings, run_clustering)
 from face_organizer.clustering import MERGE_Z, cluster_name, graph_clusters, kmeans
 from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError, RunStopped, SetupError
 from face_organizer.evaluation import bcubed, folder_report, largest_face_rows
