@@ -188,9 +188,9 @@ def samples_of(rows: Sequence[Placed]) -> dict[str, list[Placed]]:
 class _StrayFinder:
     """An image the user moved by hand from its folder to another of the output (a wrong face
     corrected): looked for under the same name, and of the same size, in each folder (``2017/x.png``
-    of ``person_A/`` in ``outliers/2017/``); failing that, dropped at the top of a folder
-    (``outliers/x.png``, as a file manager drops a file onto a folder), where no other image of
-    the output (``rows``) has that name and size. Taken only where exactly one folder holds it.
+    of ``person_A/`` in ``outliers/2017/``); failing that, dropped at the top of a folder or of the
+    output (``outliers/x.png``, as a file manager drops a file onto a folder), where no other image
+    of the output (``rows``) has that name and size. Taken only where exactly one folder holds it.
     At most ``STRAY_LOOKUPS`` images an output are looked for (a folder gone whole is not looked
     for image by image)."""
 
@@ -210,7 +210,7 @@ class _StrayFinder:
         held = [p for f in self.folders if _is(p := os.path.join(self.output, f, placed.rest), placed)]
         name = os.path.basename(placed.rest)
         if not held and name != placed.rest and self._unique(name, placed.size):
-            held = [p for f in self.folders if _is(p := os.path.join(self.output, f, name), placed)]
+            held = [p for f in ["", *self.folders] if _is(p := os.path.join(self.output, f, name), placed)]
         return held[0] if len(held) == 1 else place
 
     def _unique(self, name: str, size: int | None) -> bool:

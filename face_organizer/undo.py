@@ -147,15 +147,13 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True,
 
 
 def _other_images(output: str, known: set[str]) -> list[str]:
-    """The images in the person folders of ``output`` (and ``outliers/``, not ``previews/``) that are
-    none of the ``known`` files the move made: an image dropped where no lookup finds it (a folder
-    made by hand inside another), or one added since. They keep the output from counting as
-    emptied, whose removal would lose them."""
+    """The images in ``output`` (but in ``previews/``) that are none of the ``known`` files the move
+    made: an image dropped where no lookup finds it (a folder made by hand inside another), or one
+    added since. They keep the output from counting as emptied, whose removal would lose them."""
     found = []
     for folder, subfolders, files in os.walk(output):
         if folder == output:
             subfolders[:] = [f for f in subfolders if f != "previews"]
-            continue
         found += [path for name in files if is_image_name(name) and (path := os.path.join(folder, name)) not in known]
     return sorted(found)
 

@@ -85,15 +85,17 @@ def test_undo_finds_the_images_in_folders_renamed_since(two_person, tmp_path, ca
 
 def test_images_dropped_at_the_top_of_another_folder_are_found_there(two_person, tmp_path, capsys) -> None:
     # Faces corrected by hand in a file manager, which drops a file onto a folder at its top: person_A/2001/x.png
-    # to outliers/x.png, person_B/2002/y.png to person_A/y.png. Undo put neither back, said they were no longer
-    # in the output, and left them there; it also counted an image whose path holds another file as already back.
+    # to outliers/x.png, person_B/2002/y.png to person_A/y.png, and one onto the output itself. Undo put none
+    # back, said they were no longer in the output, and left them there; it also counted an image whose path
+    # holds another file as already back.
     ef, content, out = _moved(two_person, tmp_path)
     with open(out / "clusters.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     names = Counter((Path(r["path"]).name, r["bytes"]) for r in rows)
     dropped = {}
-    for folder, onto in (("person_A", "outliers"), ("person_B", "person_A")):
-        row = next(r for r in rows if r["cluster"] == folder and names[Path(r["path"]).name, r["bytes"]] == 1)
+    for folder, onto in (("person_A", "outliers"), ("person_B", "person_A"), ("person_B", ".")):  # . the output's top
+        row = next(r for r in rows if r["cluster"] == folder and names[Path(r["path"]).name, r["bytes"]] == 1
+                   and r["path"] not in dropped)
         source = Path(row["destination"])
         assert source.parent != out / folder and source.is_relative_to(out / folder)  # in a subfolder of its own
         dropped[row["path"]] = source.rename(out / onto / source.name)
@@ -115,12 +117,14 @@ def test_images_dropped_at_the_top_of_another_folder_are_found_there(two_person,
         writer = csv.DictWriter(handle, [c for c in rows[0] if c != "bytes"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    shared = Path(next(r["destination"] for r in rows if r["cluster"] == "person_A"))
+    shared_row = next(r for r in rows if r["cluster"] == "person_A")
+    shared = Path(shared_row["destination"])
     assert sum(Path(r["path"]).name == shared.name for r in rows) > 1
     shared.rename(out / "outliers" / shared.name)
+    (out / "notes.txt").write_text("who is who")  # not an image: not named, nor kept from counting as emptied
     (out / "person_B" / "checked").mkdir()  # and one dropped into a folder made by hand in another: found nowhere
-    nested = Path(next(r["destination"] for r in rows if r["cluster"] == "person_B"))
-    nested = nested.rename(out / "person_B" / "checked" / nested.name)
+    nested_row = next(r for r in rows if r["cluster"] == "person_B")
+    nested = Path(nested_row["destination"]).rename(out / "person_B" / "checked" / Path(nested_row["path"]).name)
     for dry in (["--dry-run"], []):
         assert run_cli([str(out), "-q"] + dry) == 1  # said, and non-zero: the output is not emptied
         printed = capsys.readouterr().out
@@ -132,6 +136,10 @@ def test_images_dropped_at_the_top_of_another_folder_are_found_there(two_person,
     # Not marked emptied: another clustering into it is refused as one that would delete the images it holds.
     with pytest.raises(SetupError, match="which removing it would delete"):
         cluster_faces(ef, str(out), ClusterConfig(clusters=3, link_mode="move", previews=False), progress=False)
+    for row, left in ((shared_row, out / "outliers" / shared.name), (nested_row, nested)):
+        left.rename(row["path"])  # put back by hand, as the report asks
+    assert run_cli([str(out), "-q"]) == 0  # emptied now: the note left beside the table does not count
+    assert (out / "notes.txt").exists() and organize.saved_state(str(out))["undone"]
 
 
 def test_a_table_saved_by_excel_in_the_windows_code_page_is_read(video_crops, models, tmp_path, capsys) -> None:
