@@ -13,7 +13,7 @@ A folder of the output renamed since (``person_A/`` to ``alice/``), or whose ima
 into another of its folders (two folders of one person made one), is found by its files
 (``renamed_folders``): later runs follow the names the user gave. An image moved by hand into
 another folder (a wrong face corrected) is found there too, in the same subfolder or at the top
-of the folder it was dropped on.
+of the folder it was dropped on (or of the output).
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def undo_move(output: str, *, dry_run: bool = False, progress: bool = True,
 
 
 def _other_images(output: str, known: set[str]) -> list[str]:
-    """The images in ``output`` (but in ``previews/``) that are none of the ``known`` files the move
+    """The images in ``output``, outside ``previews/``, that are none of the ``known`` files the move
     made: an image dropped where no lookup finds it (a folder made by hand inside another), or one
     added since. They keep the output from counting as emptied, whose removal would lose them."""
     found = []

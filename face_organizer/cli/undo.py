@@ -25,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "where they were embedded (its clusters.csv says where). Nothing is overwritten: an image "
                       "whose path holds a different file now, or whose folder is gone (moved or deleted since), stays "
                       "in OUTPUT and is named, as is an image where the move put none (dropped there by hand); --from "
-                      "and --to put them back into a tree moved since. Interrupted, run it again. clusters.csv, summary.json and the previews stay in OUTPUT.", EXAMPLES)
+                      "and --to put them back into a tree moved since. Interrupted, run it again. clusters.csv, "
+                      "summary.json and the previews stay in OUTPUT.", EXAMPLES)
     p.add_argument("output", metavar="OUTPUT", type=common.path,
                    help="the --output folder of a cluster_faces --link-mode move")
     p.add_argument("--dry-run", action="store_true", help="move nothing; print what would happen")
