@@ -31,6 +31,7 @@ class RunPlan:
     total_images: int
     already_done: int = 0  # embedded before, unchanged since: left as they are
     changed: int = 0  # embedded before, rewritten since: embedded again
+    turned_again: int = 0  # photos without a face before, not tried turned then: embedded again (--turn-faceless)
     retried: int = 0  # failed before: tried again
     not_found: int = 0  # held in the file, not under the inputs now: kept
     failures_gone: int = 0  # failed before, deleted since: no longer listed as failed
@@ -59,13 +60,15 @@ class RunPlan:
 
     def lines(self) -> list[str]:
         """What the run would do, after ``HEADER``."""
-        new = self.to_embed - self.changed - self.retried
+        new = self.to_embed - self.changed - self.retried - self.turned_again
         return [
             self.file_line(),
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}",
             f"to embed: {count(self.to_embed, 'image')}"
             + (f" (new: {new:,}; changed since embedded: {self.changed:,}; failed before, tried again: "
-               f"{self.retried:,})" if self.changed or self.retried else ""),
+               f"{self.retried:,}" + (f"; without a face before, tried turned: {self.turned_again:,}"
+                                      if self.turned_again else "") + ")"
+               if self.changed or self.retried or self.turned_again else ""),
             *gone_lines(self.not_found, self.failures_gone),
         ]
 
@@ -85,11 +88,12 @@ def plan_run(paths: Sequence[str], output: str | os.PathLike[str], recogniser: s
     state = read_state(out, check=lambda meta, where: check_compatible(meta, recogniser, options.mode, where))
     plan.faces_in_file = sum(len(r) for r in state.rows)
     plan.parts = state.parts_read
-    _, changed = go_on_from(state, paths, options)
+    _, changed, again = go_on_from(state, paths, options)
     done = state.done()
     todo = [p for p in paths if p not in done]
     plan.already_done = len(paths) - len(todo)
     plan.changed = len(changed)
+    plan.turned_again = len(again)
     plan.retried = sum(p in state.failed and p not in changed for p in todo)
     plan.not_found = len(state.held.difference(paths))
     plan.failures_gone = len(state.failures_gone)

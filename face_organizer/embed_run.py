@@ -39,8 +39,8 @@ from .vanished import Vanishing
 log = logging.getLogger(__name__)
 
 
-COUNTED = ("total_images", "already_done", "changed", "embedded", "faces", "fallback", "no_face", "reused",
-           "copies", "failures_gone", "several_faces", "at_the_limit")
+COUNTED = ("total_images", "already_done", "changed", "turned_again", "embedded", "faces", "fallback", "no_face",
+           "reused", "copies", "failures_gone", "several_faces", "at_the_limit")
 
 
 def gone_lines(not_found: int, failures_gone: int) -> list[str]:
@@ -63,6 +63,8 @@ class RunSummary:
     total_images: int = 0
     already_done: int = 0
     changed: int = 0  # embedded before, but the file has changed since: embedded again
+    turned_again: int = 0  # photos without a face before, not tried turned then: embedded again (--turn-faceless)
+    turn_faceless: bool = False  # photos mode: photos without a face were tried turned (--turn-faceless)
     embedded: int = 0
     faces: int = 0
     fallback: int = 0
@@ -92,12 +94,14 @@ class RunSummary:
 
     def counts(self) -> dict[str, Any]:
         """What a launcher adds up over its workers (plain JSON types), with ``add``."""
-        return {**{key: getattr(self, key) for key in COUNTED}, "skipped": dict(self.skipped)}
+        return {**{key: getattr(self, key) for key in COUNTED}, "skipped": dict(self.skipped),
+                "turn_faceless": self.turn_faceless}
 
     def add(self, counts: dict[str, Any]) -> None:
         """Add another run's ``counts()``."""
         for key in COUNTED:
             setattr(self, key, getattr(self, key) + int(counts.get(key, 0)))
+        self.turn_faceless = self.turn_faceless or bool(counts.get("turn_faceless"))
         self.skipped.update({str(reason): int(n) for reason, n in counts.get("skipped", {}).items()})
 
     def count_batch(self, n_images: int, result: BatchResult) -> None:
@@ -124,12 +128,16 @@ class RunSummary:
         """The images found, embedded, reused and skipped."""
         out = [
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}"
-            + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else ""),
+            + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else "")
+            + (f"; without a face before, so tried turned now: {self.turned_again:,}" if self.turned_again else ""),
             *gone_lines(self.not_found, self.failures_gone),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
             + (f"photos without a face: {self.no_face:,}" if self.mode == "photos"
                else f"fallback (no face found, centre crop used): {self.fallback:,}"),
         ]
+        if self.mode == "photos" and self.no_face and not self.turn_faceless:
+            out.append("  a print scanned sideways may show no face upright: --turn-faceless tries such photos turned "
+                       "by 90, 180 and 270 degrees (a re-run with it tries only these)")
         if self.reused:
             out.append(f"near-identical frames that took the embedding of the frame they repeat: {self.reused:,}")
         if self.copies:
@@ -289,17 +297,31 @@ def warn_of_other_photo_settings(metas: Sequence[tuple[str, dict[str, Any]]], op
 
 
 def go_on_from(state: _State, paths: Sequence[str], options: EmbedOptions,
-               ) -> tuple[dict[str, images.Signature | None], set[str]]:
+               ) -> tuple[dict[str, images.Signature | None], set[str], set[str]]:
     """What a run going on from ``state`` does first over the images ``paths``: warn of other photo settings,
     stat the images embedded before, to find those rewritten since (new files are signed as they are read),
-    forget the rows of those, and drop the failures of files deleted since. Returns the stats, and the paths
-    rewritten since."""
+    forget the rows of those, and of the photos without a face to try turned (``to_turn_again``), and drop
+    the failures of files deleted since. Returns the stats, the paths rewritten since, and the photos to try
+    turned."""
     warn_of_other_photo_settings(state.metas, options)
     held_now = {p: images.file_signature(p) for p in paths if p in state.held}
     changed = state.changed(held_now)
     state.forget(changed)
+    again = to_turn_again(state, paths, options)
+    state.forget(again)
     state.drop_gone_failures(set(paths))
-    return held_now, changed
+    return held_now, changed, again
+
+
+def to_turn_again(state: _State, paths: Sequence[str], options: EmbedOptions) -> set[str]:
+    """With ``--turn-faceless``, the photos among ``paths`` that ``state`` holds without a face where they were
+    not tried turned: its file's run (or an interrupted run's part) did not try photos without a face turned.
+    A run with the option leaves every photo without a face in its file tried turned, so a second one has none."""
+    if options.mode != "photos" or not options.photo_turn_faceless or not state.no_face:
+        return set()
+    if all(meta.get("photo_turn_faceless") is True for _, meta in state.metas):
+        return set()
+    return state.no_face.intersection(paths)
 
 
 def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None = None) -> _State:
@@ -393,6 +415,8 @@ def rerun_without_models(paths: Sequence[str], output: str | os.PathLike[str], r
     if any(p not in state.failed for p in todo):
         return state, None
     if state.changed({p: images.file_signature(p) for p in paths if p in state.held}):
+        return state, None
+    if to_turn_again(state, paths, options):
         return state, None
     summary = RunSummary(output=str(out), device=NO_DEVICE, mode=options.mode, total_images=len(paths),
                          already_done=len(paths) - len(todo), not_found=len(state.held.difference(paths)),
@@ -769,12 +793,12 @@ def _jobs(todo: list[str], workers: int, batch_size: int, loader: Loader, photos
         yield batch
 
 
-def _photo_settings(options: EmbedOptions) -> dict[str, float]:
+def _photo_settings(options: EmbedOptions) -> dict[str, float | bool]:
     """How photos mode detected and read photos, refined small faces and tried photos turned, for the file's
     ``meta``."""
     return {"photo_det_size": options.photo_det_size, "photo_min_side": options.photo_decode_side,
             "photo_refine_below": options.photo_refine_below, "photo_face_pixels": options.photo_face_pixels,
-            "photo_upright_score": options.photo_upright_score}
+            "photo_upright_score": options.photo_upright_score, "photo_turn_faceless": options.photo_turn_faceless}
 
 
 def unrecognisable_meta(models: FaceModels) -> dict[str, list[float]]:
@@ -812,11 +836,12 @@ def run_embeddings(
     out = Path(output).absolute()
     held_now: dict[str, images.Signature | None] = {}
     changed: set[str] = set()
+    again: set[str] = set()
     if resume:
         state = state if state is not None else read_state(out)
         for where, meta in state.metas:
             check_compatible(meta, models.pack.recognizer.name, options.mode, where, models.dim)
-        held_now, changed = go_on_from(state, paths, options)
+        held_now, changed, again = go_on_from(state, paths, options)
     else:
         embfile.check_replaceable(out)
         shutil.rmtree(parts_dir(out), ignore_errors=True)
@@ -826,10 +851,13 @@ def run_embeddings(
     summary = RunSummary(output=str(out), device=models.device, streams=max(1, streams), mode=options.mode,
                          det_size=options.photo_det_size if options.mode == "photos" else 0,
                          total_images=len(paths), already_done=len(paths) - len(todo), changed=len(changed),
+                         turned_again=len(again),
+                         turn_faceless=options.mode == "photos" and options.photo_turn_faceless,
                          not_found=len(state.held.difference(paths)), failures_gone=len(state.failures_gone))
-    if summary.already_done or changed:
-        log.info("resuming: %d of %d images already embedded%s", summary.already_done, len(paths),
-                 f"; {len(changed)} changed since they were read, embedding them again" if changed else "")
+    if summary.already_done or changed or again:
+        log.info("resuming: %d of %d images already embedded%s%s", summary.already_done, len(paths),
+                 f"; {len(changed)} changed since they were read, embedding them again" if changed else "",
+                 f"; {count(len(again), 'photo')} without a face before, trying them turned" if again else "")
     meta = embfile.make_meta(pack_name=models.pack.name, model_files=models.pack.file_names(), dim=models.dim,
                              device=models.device, inputs=[os.path.abspath(i) for i in inputs], mode=options.mode,
                              complete=False, sessions=[r.describe() for r in models.reports],

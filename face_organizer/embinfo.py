@@ -149,8 +149,10 @@ def _decoding(meta: dict) -> str:
     before = photo_ways_before(meta)
     earlier = ("; images embedded before by other settings: "
                + "; ".join(photo_way(w["photo_det_size"], w["photo_min_side"]) for w in before) if before else "")
+    faceless = meta.get("photo_turn_faceless") is True
+    turned = ", photos without a face upright tried turned (--turn-faceless)" if faceless else ""
     if not side:
-        return f" ({detected}JPEGs decoded whole{earlier})"
+        return f" ({detected}JPEGs decoded whole{turned}{earlier})"
     again = meta.get("photo_face_pixels")
     faces = f", again for faces under {again:,} pixels" if isinstance(again, int) and again > 0 else ""
-    return f" ({detected}large JPEGs decoded shrunk to {side:,} pixels or more{faces}{earlier})"
+    return f" ({detected}large JPEGs decoded shrunk to {side:,} pixels or more{faces}{turned}{earlier})"

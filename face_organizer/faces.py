@@ -70,6 +70,10 @@ class EmbedOptions:
     # with landmarks that do not fit it, and embedded as noise; LFW photos turned scored 0.55 at the median,
     # upright no lower than 0.70.
     photo_upright_score: float = 0.7
+    # Photos mode: photos in which no face is found upright are tried turned too (``--turn-faceless``): a print
+    # scanned sideways often shows no face at all upright. Off by default, as every photo without a face (a
+    # landscape, a document) would pay about two more detections for it.
+    photo_turn_faceless: bool = False
     # Crops mode: > 0 gives a near-identical consecutive frame the embedding of the frame it
     # repeats (see ``frames``); the value is the signature distance that counts as repeating.
     reuse_similar_frames: float = 0.0
@@ -218,11 +222,13 @@ def find_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, optio
     """Every face above the threshold in each photo, in its pixels; photos without one are
     tried again padded, at ``options.photo_retry_size``, in one batched pass, small faces have
     their landmarks found again (``refine_small_faces``), and photos whose faces score low are
-    tried turned (``options.photo_upright_score``)."""
+    tried turned (``options.photo_upright_score``), and so are photos without a face where
+    ``options.photo_turn_faceless``."""
     def detect(photos: Sequence[NDArray[np.uint8]]) -> list[Detections]:
         return detect_photo_faces(photos, detector, options)
 
-    return turned_where_better(images, detect(images), detect, detector, options)
+    return turned_where_better(images, detect(images), detect, detector, options,
+                               faceless=options.photo_turn_faceless)
 
 
 def _best_scores(found: Sequence[Detections]) -> NDArray[np.float32]:

@@ -104,6 +104,54 @@ def test_photos_cropped_to_the_face_are_found_and_non_faces_are_not(utkface, mod
     assert embed_batch(scenes, models, EmbedOptions(mode="photos")).no_face == [name for name, _ in scenes]
 
 
+def test_photos_without_a_face_upright_are_tried_turned_with_turn_faceless(tmp_path, lfw, models, testpack_dir,
+                                                                          capsys) -> None:
+    """Prints scanned sideways: in some, no face at all is found upright, so they were not tried turned. With
+    --turn-faceless they are, and a re-run with it over a file made without it tries only the photos without
+    a face; photos that hold no face (a landscape, a document) stay without one."""
+    from skimage import data
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    upright = {}
+    for number in ("0008", "0018", "0060", "0001"):
+        photo = read_image(lfw / "Tony_Blair" / f"Tony_Blair_{number}.jpg")
+        upright[number] = embed_batch([(number, photo)], models, EmbedOptions(mode="photos")).rows
+        cv2.imwrite(str(folder / f"scan_{number}.png"), photo if number == "0001" else cv2.rotate(photo, TURNS[0]))
+    cv2.imwrite(str(folder / "coffee.png"), cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "page.png"), data.page())
+    sideways = [str(folder / f"scan_{n}.png") for n in ("0008", "0018", "0060")]
+    faceless = sideways + [str(folder / "coffee.png"), str(folder / "page.png")]
+    command = ["--input", str(folder), "--output", str(tmp_path / "emb.pkl"), "--model", str(testpack_dir),
+               "--mode", "photos", "-q"]
+    assert run_cli(command) == 0
+    assert sorted(embfile.load(tmp_path / "emb.pkl").no_face) == sorted(faceless)  # as before: not tried turned
+    assert ("photos without a face: 5\n  a print scanned sideways may show no face upright: --turn-faceless tries "
+            "such photos turned by 90, 180 and 270 degrees (a re-run with it tries only these)\n"
+            ) in capsys.readouterr().out
+    assert run_cli([*command, "--turn-faceless", "--dry-run"]) == 0
+    assert ("to embed: 5 images (new: 0; changed since embedded: 0; failed before, tried again: 0; without a face "
+            "before, tried turned: 5)") in capsys.readouterr().out
+    assert run_cli([*command, "--turn-faceless"]) == 0
+    printed = capsys.readouterr().out
+    assert "images found: 6; already embedded: 1; without a face before, so tried turned now: 5" in printed
+    assert "embedded now: 3 images, 3 faces; photos without a face: 2\nskipped: 0" in printed  # no hint: tried
+    ef = embfile.load(tmp_path / "emb.pkl")
+    assert sorted(ef.no_face) == [str(folder / "coffee.png"), str(folder / "page.png")]
+    assert ef.meta["photo_turn_faceless"] is True
+    from face_organizer.embinfo import describe
+
+    assert ", photos without a face upright tried turned (--turn-faceless)" in describe(tmp_path / "emb.pkl").lines()[1]
+    for path in sideways:  # each embedded as the same photo upright
+        rows = ef.rows.select(np.asarray([i for i, p in enumerate(ef.rows.paths) if p == path], np.intp))
+        assert len(rows) == 1 and float(rows.embeddings[0] @ upright[Path(path).stem[5:]].embeddings[0]) > 0.9
+    assert run_cli([*command, "--turn-faceless"]) == 0  # all tried turned already: nothing to do, no model loaded
+    assert "nothing new, so it was left as it was" in capsys.readouterr().out
+    assert run_cli([*command[:-3], "--turn-faceless", "-q"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("Error: --turn-faceless is for --mode photos: a crop "
+                                                                "without a face found is embedded centred")
+
+
 def test_a_phone_photo_stored_sideways_finds_the_same_faces(tmp_path, models) -> None:
     from PIL import Image
 
