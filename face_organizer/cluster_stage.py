@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__, copies, embfile, people, quality, rebase, relocate
-from .clustering import (GROUP_SAMPLE, OUTLIER, Clustering, assign_to_people, cluster_name, gpu_count, graph_clusters,
-                         graph_z, kmeans, with_set_aside)
+from .clustering import (GROUP_SAMPLE, MIN_GROUP, OUTLIER, Clustering, assign_to_people, cluster_name, gpu_count,
+                         graph_clusters, graph_z, kmeans, with_set_aside)
 from .embfile import EmbeddingsFile
 from .fsutil import atomic_write_text, lock_holder
 from .images import file_signature
@@ -124,6 +124,12 @@ class ClusterReport:
             notes.append(f"outliers/ also holds {groups} of alike faces beyond --clusters {k} "
                          f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; {advice}")
         c = self.clustering
+        if missed := c.groups_left_out:
+            groups, its = ("1 group", "its") if len(missed) == 1 else (f"{len(missed)} groups", "their")
+            notes.append(f"outliers/ also holds {groups} of alike faces that are none of the earlier run's people "
+                         f"(about {', '.join(f'{v:,}' for v in missed)} faces), and no folder of {its} own: fewer "
+                         f"than {MIN_GROUP} of {its} faces reach the cut-off {c.threshold:.3f} to {its} centre; a "
+                         "lower --min-similarity takes in more of them, and more strangers into every folder")
         if added := c.added_people:
             notes.append(f"{listed(added, 'folder')} {'is a person' if len(added) == 1 else 'are people'} new "
                          "since the earlier run (alike faces that matched none of its people); a later --people-from "
@@ -458,6 +464,7 @@ def cluster_faces(ef: EmbeddingsFile, output: str, config: ClusterConfig, *, pro
         "people_file": people_file,
         "people_names": [clustering.name(i) for i in range(clustering.n_clusters)],
         "new_people": clustering.added_people,
+        "new_people_groups_left_in_outliers": list(clustering.groups_left_out),  # --new-people: under MIN_GROUP
         "elapsed_seconds": round(report.elapsed, 2),
         "tool_version": __version__,
     }

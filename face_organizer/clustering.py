@@ -91,6 +91,9 @@ class Clustering:
     names: tuple[str, ...] = ()  # known people: each label's folder (as named now), else ``cluster_name``
     repeats: NDArray[np.bool_] | None = None  # faces repeating an earlier face (copies.py), placed with it
     new_people: int = 0  # known people: how many of the centres, the last ones, are people new since
+    # --new-people: the groups found among the outliers that fewer than MIN_GROUP faces reached at the known
+    # people's cut-off, so no folder (faces of each, as the sample estimated them)
+    groups_left_out: tuple[int, ...] = ()
 
     @property
     def n_clusters(self) -> int:
@@ -618,8 +621,13 @@ def _with_new_people(x: NDArray[np.float32], known: Clustering, outliers: NDArra
         group[outliers[take]] = nearest[take]
     sizes = np.bincount(group[group >= 0], minlength=len(found))
     kept = [int(g) for g in np.argsort(-sizes, kind="stable") if sizes[g] >= MIN_GROUP]  # largest first
+    left_out = tuple(known.extra_groups[g] for g in range(min(len(found), len(known.extra_groups))) if g not in kept)
+    if left_out:
+        log.info("%s of alike faces among those that matched none of the %d known people kept fewer than %d faces "
+                 "at their cut-off %.3f: left in outliers/", count(len(left_out), "group"), k, MIN_GROUP,
+                 known.threshold)
     if not kept:
-        return replace(known, extra_groups=())
+        return replace(known, extra_groups=(), groups_left_out=left_out)
     rank = np.full(len(found), OUTLIER, np.int64)
     rank[kept] = np.arange(len(kept))
     members = np.where(group >= 0, rank[np.maximum(group, 0)], OUTLIER)
@@ -633,7 +641,7 @@ def _with_new_people(x: NDArray[np.float32], known: Clustering, outliers: NDArra
     log.info("%s among the %d faces that matched none of the %d known: %s faces", people, outliers.size, k,
              ", ".join(str(int(sizes[g])) for g in kept))
     return replace(known, labels=labels, similarity=similarity, centres=np.vstack([known.centres, added]),
-                   extra_groups=(), names=current + new_person_names(current, len(kept)),
+                   extra_groups=(), groups_left_out=left_out, names=current + new_person_names(current, len(kept)),
                    new_people=len(kept), method=f"{known.method}; {people} found among the faces that matched none "
                                                  "of them")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import logging
 import os
 import pickle
 import re
@@ -22,7 +23,7 @@ from face_organizer.cli import common
 from face_organizer.cli.cluster import main as cluster_main
 from face_organizer.cluster_stage import (OUTLIERS_CAPTION, SHOWN_FOLDERS, ClusterConfig, cluster_faces,
                                           load_embeddings, run_clustering)
-from face_organizer.clustering import MERGE_Z, cluster_name, graph_clusters, kmeans
+from face_organizer.clustering import MERGE_Z, OUTLIER, assign_to_people, cluster_name, graph_clusters, kmeans
 from face_organizer.errors import EmbeddingsFileError, FaceOrganizerError, RunStopped, SetupError
 from face_organizer.evaluation import bcubed, folder_report, largest_face_rows
 from face_organizer.fsutil import _umask
@@ -226,6 +227,38 @@ def test_people_new_since_get_folders_of_their_own_that_later_years_follow(two_p
     with pytest.raises(SystemExit) as usage:
         run_cli(["--embeddings", str(years["2018"]), "--output", str(tmp_path / "x"), "--new-people"])
     assert usage.value.code == 2 and "--new-people is for --people-from" in capsys.readouterr().err
+
+
+def test_a_new_group_whose_faces_miss_the_cut_off_is_said_to_stay_in_outliers(caplog) -> None:
+    # --new-people: a group of alike faces among those that matched none of the known people, whose faces lie
+    # too far from its centre for the cut-off, stays in outliers/. The summary said nothing of it, where
+    # without the option it named the group.
+    from face_organizer.cluster_stage import ClusterReport
+
+    rng = np.random.default_rng(0)
+    a, b, c = _unit(rng.standard_normal((3, 128)))
+    x = np.concatenate([_faces_around(a, 30, rng, 0.85), _faces_around(b, 30, rng, 0.85),
+                        _faces_around(c, 14, rng, 0.75), _unit(rng.standard_normal((12, 128))).astype(np.float32)])
+    known = np.stack([a, b]).astype(np.float32)
+    for cut, folders in ((0.7, 3), (0.8, 2)):  # C's faces lie at about 0.77 to the centre of their group
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="face_organizer.clustering"):
+            result = assign_to_people(x, known, cut, "test", "test", new_people=True)
+        assert result.n_clusters == folders and (result.labels[:60] == np.repeat([0, 1], 30)).all()
+        assert (result.labels[60:74] == (2 if folders == 3 else OUTLIER)).all()
+        assert (result.labels[74:] == OUTLIER).all()
+        said = [r.getMessage() for r in caplog.records if "left in outliers/" in r.getMessage()]
+        notes = [n for n in ClusterReport("/out", result, [], {}, []).notes() if "no folder of its own" in n]
+        if folders == 3:
+            assert result.groups_left_out == () and not said and not notes
+            continue
+        assert result.groups_left_out == (14,) and assign_to_people(x, known, cut, "test", "test").extra_groups == (14,)
+        assert said == ["1 group of alike faces among those that matched none of the 2 known people kept fewer than "
+                        "10 faces at their cut-off 0.800: left in outliers/"]
+        assert notes == ["outliers/ also holds 1 group of alike faces that are none of the earlier run's people (about "
+                         "14 faces), and no folder of its own: fewer than 10 of its faces reach the cut-off 0.800 to "
+                         "its centre; a lower --min-similarity takes in more of them, and more strangers into every "
+                         "folder"]
 
 
 def test_new_people_are_named_after_the_known_ones_skipping_names_in_use() -> None:
