@@ -61,14 +61,14 @@ class RunPlan:
     def lines(self) -> list[str]:
         """What the run would do, after ``HEADER``."""
         new = self.to_embed - self.changed - self.retried - self.turned_again
+        kinds = [f"new: {new:,}", f"changed since embedded: {self.changed:,}",
+                 f"failed before, tried again: {self.retried:,}",
+                 *([f"without a face before, tried turned: {self.turned_again:,}"] if self.turned_again else [])]
         return [
             self.file_line(),
             f"images found: {self.total_images:,}; already embedded: {self.already_done:,}",
             f"to embed: {count(self.to_embed, 'image')}"
-            + (f" (new: {new:,}; changed since embedded: {self.changed:,}; failed before, tried again: "
-               f"{self.retried:,}" + (f"; without a face before, tried turned: {self.turned_again:,}"
-                                      if self.turned_again else "") + ")"
-               if self.changed or self.retried or self.turned_again else ""),
+            + (f" ({'; '.join(kinds)})" if self.changed or self.retried or self.turned_again else ""),
             *gone_lines(self.not_found, self.failures_gone),
         ]
 
