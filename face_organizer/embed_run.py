@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 COUNTED = ("total_images", "already_done", "changed", "turned_again", "embedded", "faces", "fallback", "no_face",
-           "reused", "copies", "failures_gone", "several_faces", "at_the_limit")
+           "reused", "copies", "failures_gone", "moved", "several_faces", "at_the_limit")
 
 
 def gone_lines(not_found: int, failures_gone: int) -> list[str]:
@@ -78,6 +78,7 @@ class RunSummary:
     # inputs. Kept (a move into person folders must not lose them); one run's count, not added up.
     not_found: int = 0
     failures_gone: int = 0  # images that had failed and have since been deleted: no longer listed as failed
+    moved: int = 0  # images the file held at paths gone since, found at new ones by their bytes: named there now
     several_faces: int = 0  # crops mode: images that show another face of like size (photos with several people)
     at_the_limit: int = 0  # photos mode: photos with a face at the detector's smallest (``faces.AT_THE_LIMIT``)
     det_size: int = 0  # photos mode: the size photos were detected at (0: not known, as in a launcher's total)
@@ -131,6 +132,8 @@ class RunSummary:
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else "")
             + (f"; without a face before, so tried turned now: {self.turned_again:,}" if self.turned_again else ""),
             *gone_lines(self.not_found, self.failures_gone),
+            *([f"moved since embedded (found by their bytes at a new path under the inputs, and gone from the old "
+               f"one): {count(self.moved, 'image')}; the file names them where they are now"] if self.moved else []),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
             + (f"photos without a face: {self.no_face:,}" if self.mode == "photos"
                else f"fallback (no face found, centre crop used): {self.fallback:,}"),
@@ -466,6 +469,7 @@ class _Recorder:
         self.pending_no_face: list[str] = []
         self.pending_reused: list[tuple[str, str]] = []
         self.last_checkpoint = time.monotonic()
+        self.moved: set[str] = set()  # held paths gone since, whose image this run found at a new path (``file``)
 
     def rows(self, rows: FaceRows, no_face: list[str], reused: list[tuple[str, str]],
              signatures: Mapping[str, images.Signature], digests: Mapping[str, bytes]) -> None:
@@ -528,8 +532,22 @@ class _Recorder:
         shutil.rmtree(parts_dir(self.output), ignore_errors=True)
         return len(ef.rows)
 
+    def moved_since(self, attempted: set[str]) -> set[str]:
+        """The paths the file holds that this run did not find, that are gone from the disk, and whose image (by
+        the digest of its bytes) this run found at another path: a folder renamed or moved since, and the same
+        command run over it at its new place. Their rows are the image's at its new path already (it took them
+        as a copy), so the file drops them instead of keeping each image twice, once where it is no more."""
+        found = attempted.union(self.held_now)
+        old, new = self.state.digests, self.new_digests
+        here = {digest for p in found if (digest := new.get(p) or old.get(p)) is not None}
+        if not here:
+            return set()
+        return {p for p in self.state.held if p not in found and old.get(p) in here and not os.path.lexists(p)}
+
     def file(self, attempted: set[str], complete: bool = True) -> EmbeddingsFile:
-        """The final file: what was there, and what this run found."""
+        """The final file: what was there, and what this run found (less the paths ``moved_since``)."""
+        self.moved = self.moved_since(attempted)
+        self.state.forget(self.moved)
         rows = _sorted_rows(FaceRows.concat(self.state.rows + self.new_rows, self.dim))
         embedded = set(rows.paths)
         failed = {p: r for p, r in self.state.failed.items() if p not in attempted}
@@ -937,6 +955,7 @@ def run_embeddings(
         pool.shutdown(wait=True)
         bar.close()
     summary.rows_in_file, summary.file_unchanged = recorder.finish(set(todo))
+    summary.moved, summary.not_found = len(recorder.moved), summary.not_found - len(recorder.moved)
     summary.elapsed = time.monotonic() - started
     status.finish(summary)
     return summary

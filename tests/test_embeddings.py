@@ -1649,6 +1649,37 @@ def test_photos_run_with_streams_and_decoders(tmp_path, models) -> None:
         assert all(ef.rows.face_index[np.array(ef.rows.paths) == p].tolist() == list(range(6)) for p in set(ef.rows.paths))
 
 
+def test_a_folder_renamed_since_and_embedded_again_is_held_once_at_its_new_place(video_crops, testpack_dir,
+                                                                                tmp_path, capsys) -> None:
+    """A year folder renamed (or moved) since, and the same loop run over it at its new place: each image took its
+    rows there as a copy, but the file kept it at its old path too, so clustering and search found every image
+    twice and called half of them missing. The old paths are dropped where the image is found at a new one and is
+    gone from the old; an image deleted since stays, and so does one whose old path holds it still (a copy)."""
+    old, new = tmp_path / "input" / "2017", tmp_path / "input" / "2017 interviews"
+    for i, crop in enumerate(p for person in video_crops.values() for p in person[:3]):
+        write_image(old / f"frame_{i:04d}.png", read_image(crop))
+    command = ["--input", str(old), "--output", str(tmp_path / "emb.pkl"), "--model", str(testpack_dir), "-q"]
+    assert run_cli(command) == 0
+    before = embfile.load(tmp_path / "emb.pkl")
+    old.rename(new)
+    (new / "frame_0000.png").unlink()  # deleted since: no new path holds it
+    old.mkdir()
+    shutil.copy2(new / "frame_0001.png", old / "frame_0001.png")  # its old path holds it still: a copy, kept
+    capsys.readouterr()
+    assert run_cli([*command[:1], str(new), *command[2:]]) == 0
+    printed = capsys.readouterr().out
+    assert ("moved since embedded (found by their bytes at a new path under the inputs, and gone from the old one): "
+            "7 images; the file names them where they are now") in printed
+    assert "held in the file but not found under the inputs now: 2 images" in printed
+    ef = embfile.load(tmp_path / "emb.pkl")
+    assert sorted(ef.rows.paths) == sorted([str(old / "frame_0000.png"), str(old / "frame_0001.png"),
+                                            *(str(new / f"frame_{i:04d}.png") for i in range(1, 9))])
+    kept = {p: i for i, p in enumerate(before.rows.paths)}
+    for i, path in enumerate(ef.rows.paths):  # the rows each image had, to the last bit, wherever it is now
+        np.testing.assert_array_equal(ef.rows.embeddings[i], before.rows.embeddings[kept[str(old / Path(path).name)]])
+    assert set(ef.signatures) == set(ef.digests) == set(ef.rows.paths)  # the old paths' own dropped with them
+
+
 def test_copies_of_an_image_take_its_rows_instead_of_being_embedded_again(video_crops, models, tmp_path,
                                                                          monkeypatch) -> None:
     """An album folder of copies (the same bytes under other names) beside the year folder: each copy takes the
