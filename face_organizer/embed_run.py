@@ -316,15 +316,18 @@ def go_on_from(state: _State, paths: Sequence[str], options: EmbedOptions,
     return held_now, changed, again
 
 
+def faceless_untried(state: _State, options: EmbedOptions) -> bool:
+    """Whether this run tries photos without a face turned (``--turn-faceless``) and ``state``'s photos without a
+    face were not all tried so: its file's run (or an interrupted run's part) ran without the option."""
+    return (options.mode == "photos" and options.photo_turn_faceless and bool(state.no_face)
+            and not all(meta.get("photo_turn_faceless") is True for _, meta in state.metas))
+
+
 def to_turn_again(state: _State, paths: Sequence[str], options: EmbedOptions) -> set[str]:
     """With ``--turn-faceless``, the photos among ``paths`` that ``state`` holds without a face where they were
-    not tried turned: its file's run (or an interrupted run's part) did not try photos without a face turned.
-    A run with the option leaves every photo without a face in its file tried turned, so a second one has none."""
-    if options.mode != "photos" or not options.photo_turn_faceless or not state.no_face:
-        return set()
-    if all(meta.get("photo_turn_faceless") is True for _, meta in state.metas):
-        return set()
-    return state.no_face.intersection(paths)
+    not tried turned (``faceless_untried``). A run with the option leaves every photo without a face in its file
+    tried turned, so a second one has none."""
+    return state.no_face.intersection(paths) if faceless_untried(state, options) else set()
 
 
 def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None = None) -> _State:
@@ -712,11 +715,13 @@ class _EmbeddedImages:
     ask whether a digest is known; the main thread adds and looks up. The rows of an image of the file are
     found on the first look-up, so that a run without copies spends nothing on them."""
 
-    def __init__(self, state: _State | None = None):
+    def __init__(self, state: _State | None = None, faceless: bool = True):
         self.now: dict[bytes, _Embedded] = {}
         self.state = state or _State()
         held = self.state.held  # not an image whose rows a file left out on reading (NaN), for one
-        self.before = {digest: path for path, digest in self.state.digests.items() if path in held}
+        # not ``faceless``: a photo the file holds without a face is no image to copy (not tried turned then)
+        self.before = {digest: path for path, digest in self.state.digests.items()
+                       if path in held and (faceless or path not in self.state.no_face)}
         self._where: dict[str, tuple[FaceRows, list[int]]] | None = None
 
     def __contains__(self, digest: object) -> bool:
@@ -891,7 +896,7 @@ def run_embeddings(
     # copy under another name (an album folder beside a year folder) takes their rows. Written here, read by the
     # streams: a batch in flight is not in it yet, so its copies in other batches are embedded, and take its rows
     # when recorded (``_late_copies``).
-    embedded = _EmbeddedImages(state)
+    embedded = _EmbeddedImages(state, faceless=not faceless_untried(state, options))
 
     def record(job: _JobResult) -> None:
         for path, reason in job.skipped:

@@ -150,6 +150,18 @@ def test_photos_without_a_face_upright_are_tried_turned_with_turn_faceless(tmp_p
     assert run_cli([*command[:-3], "--turn-faceless", "-q"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == ("Error: --turn-faceless is for --mode photos: a crop "
                                                                 "without a face found is embedded centred")
+    # The scans' folder renamed since it was embedded without the option, and embedded with it at its new place:
+    # a photo without a face is no image to copy "no face" from, as it was not tried turned.
+    other = ["--output", str(tmp_path / "renamed.pkl"), *command[4:]]
+    assert run_cli(["--input", str(folder), *other]) == 0
+    folder.rename(tmp_path / "renamed")
+    capsys.readouterr()
+    assert run_cli(["--input", str(tmp_path / "renamed"), *other, "--turn-faceless"]) == 0
+    printed = capsys.readouterr().out
+    assert "embedded now: 4 images, 5 faces; photos without a face: 2\n" in printed  # the 3 turned found
+    assert "instead of being embedded again: 1\n" in printed  # the upright photo alone copied
+    ef = embfile.load(tmp_path / "renamed.pkl")
+    assert {Path(p).parent.name for p in [*ef.rows.paths, *ef.no_face]} == {"renamed"}
 
 
 def test_a_phone_photo_stored_sideways_finds_the_same_faces(tmp_path, models) -> None:
