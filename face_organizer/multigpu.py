@@ -24,7 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence, Set as AbstractSet
+from collections.abc import Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,17 +230,18 @@ FRAME_BLOCK = 64  # consecutive files kept on one worker (``block``) with --reus
 
 
 def assign(paths: Sequence[str], gpus: Sequence[int], previous: dict[int, set[str]], block: int = 0,
-           elsewhere: AbstractSet[str] = frozenset()) -> list[list[str]]:
+           elsewhere: AbstractSet[str] = frozenset(), follows: Mapping[str, int] | None = None) -> list[list[str]]:
     """Each GPU's files: those an earlier run gave it (``previous``, its file list) stay with it, so
-    that its embeddings file already holds them; the rest are ``shard``ed evenly over all the GPUs,
-    except those in ``elsewhere`` (held by the file of a GPU no longer given).
+    that its embeddings file already holds them, and so do those ``follows`` gives it (images moved since,
+    ``moved_images``); the rest are ``shard``ed evenly over all the GPUs, except those in ``elsewhere``
+    (held by the file of a GPU no longer given).
 
     With the same GPUs as before this is the new images spread evenly; with GPUs added (2 to 4),
     nothing already embedded is embedded again (re-sharding everything would move three quarters
     of the files to another GPU's file, each embedded a second time), and the new GPUs take their
     share of the new images.
     """
-    held = {path: gpu for gpu in gpus for path in previous.get(gpu, ())}
+    held = {**(follows or {}), **{path: gpu for gpu in gpus for path in previous.get(gpu, ())}}
     kept: dict[int, list[str]] = {gpu: [] for gpu in gpus}
     new = []
     for path in paths:
@@ -270,11 +271,46 @@ def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int
     stage = embed_command()
     workers = [Worker(gpu, 0, out_dir / f"{prefix}{gpu}.pkl", out_dir / f"{prefix}{gpu}.log", []) for gpu in gpus]
     previous = {w.gpu: set(read_file_list(str(w.file_list))) for w in workers if resume and w.file_list.is_file()}
-    for worker, files in zip(workers, assign(paths, gpus, previous, block, elsewhere)):
+    follows = moved_images(paths, previous, {w.gpu: w.output for w in workers})
+    for worker, files in zip(workers, assign(paths, gpus, previous, block, elsewhere, follows)):
         worker.files, worker.paths = len(files), files
         worker.command = [*stage, "--input", *inputs, "--file-list", str(worker.file_list),
                           "--output", str(worker.output), *extra]
     return workers
+
+
+def moved_images(paths: Sequence[str], previous: Mapping[int, AbstractSet[str]],
+                 outputs: Mapping[int, Path]) -> dict[str, int]:
+    """Image found now at a path no GPU was given -> the GPU whose embeddings file holds it at a path it is
+    gone from since: the same name, size and modification time to the nanosecond (a folder renamed, or
+    moved with ``mv`` or ``cp -a``). Given to that GPU, it takes its rows there by its bytes and the file
+    drops the old path (``embed_run``), where another GPU would embed it again. Only where some listed
+    path is not found now; a name and signature that two such images share is followed by neither."""
+    found = set(paths)
+    gone = {p: gpu for gpu, files in previous.items() for p in files if p not in found}
+    listed = {p for files in previous.values() for p in files}
+    new = [p for p in paths if p not in listed]
+    if not gone or not new:
+        return {}
+    by_key: dict[tuple[str, images.Signature], int | None] = {}
+    for gpu in sorted(set(gone.values())):
+        try:
+            signatures = read_state(outputs[gpu]).signatures
+        except (EmbeddingsFileError, OSError):
+            continue  # its run is told why when it starts
+        for path, signature in signatures.items():
+            if gone.get(path) == gpu and not os.path.lexists(path):
+                key = (os.path.basename(path), signature)
+                by_key[key] = gpu if key not in by_key else None
+    follows = {}
+    for path in new if by_key else []:
+        now = images.file_signature(path)
+        if now is not None and (owner := by_key.get((os.path.basename(path), now))) is not None:
+            follows[path] = owner
+    if follows:
+        log.info("%s moved since an earlier run (found by name, size and time under a new path): each goes to the "
+                 "GPU whose file holds it", count(len(follows), "image"))
+    return follows
 
 
 @dataclass

@@ -557,3 +557,29 @@ def test_files_rebased_after_the_folders_moved_resume_on_the_same_gpus(video_cro
     for g in (0, 1, 2):
         assert embfile.load(new / "multi" / f"embeddings_gpu{g}.pkl").rows.paths == [
             p.replace(str(old), str(new)) for p in held[g]]
+
+
+def test_a_folder_renamed_since_is_embedded_on_the_gpus_whose_files_hold_its_images(video_crops, testpack_dir,
+                                                                                    tmp_path, capsys) -> None:
+    # The input folder renamed, and the launcher run over it at its new place without a rebase: each image goes
+    # to the GPU whose file holds it (found by name, size and time), takes its rows there by its bytes, and the
+    # file drops the old path. Spread anew by its new path, most images went to another GPU, which embedded them
+    # again, and the old paths stayed in the files, where the later stages called them missing.
+    crops = [p for c in video_crops.values() for p in c][:12]
+    folder, out, args = _crops_folder(tmp_path, crops, testpack_dir)
+    assert common.run(multi_main, [*args, "--gpus", "0,1,2"]) == 0
+    held = {g: embfile.load(out / f"embeddings_gpu{g}.pkl") for g in (0, 1, 2)}
+    renamed = tmp_path / "input 2017"
+    folder.rename(renamed)
+    (renamed / "f99.png").write_bytes((renamed / "f00.png").read_bytes())  # a new copy: its old path is there
+    capsys.readouterr()
+    assert common.run(multi_main, ["--input", str(renamed), *args[2:], "--gpus", "0,1,2"]) == 0
+    printed = capsys.readouterr().out
+    assert "moved since embedded (found by their bytes at a new path under the inputs, and gone from the old one): " \
+           "12 images" in printed
+    for g in (0, 1, 2):
+        ef = embfile.load(out / f"embeddings_gpu{g}.pkl")
+        moved = [p for p in ef.rows.paths if Path(p).name != "f99.png"]
+        assert moved == [str(renamed / Path(p).name) for p in held[g].rows.paths]  # the same images, each once
+        np.testing.assert_array_equal(ef.rows.embeddings[:len(moved)], held[g].rows.embeddings)
+    assert sum("f99.png" in p for g in (0, 1, 2) for p in embfile.load(out / f"embeddings_gpu{g}.pkl").rows.paths) == 1
