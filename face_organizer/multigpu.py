@@ -286,20 +286,19 @@ def moved_images(paths: Sequence[str], previous: Mapping[int, AbstractSet[str]],
     moved with ``mv`` or ``cp -a``). Given to that GPU, it takes its rows there by its bytes and the file
     drops the old path (``embed_run``), where another GPU would embed it again. Only where some listed
     path is not found now; a name and signature that two such images share is followed by neither."""
-    found = set(paths)
-    gone = {p: gpu for gpu, files in previous.items() for p in files if p not in found}
     listed = {p for files in previous.values() for p in files}
     new = [p for p in paths if p not in listed]
-    if not gone or not new:
-        return {}
+    found = set(paths)
+    gone = {p: gpu for gpu, files in previous.items() for p in files if p not in found} if new else {}
+    gone = {p: gpu for p, gpu in gone.items() if not os.path.lexists(p)}  # not those of other inputs
     by_key: dict[tuple[str, images.Signature], int | None] = {}
-    for gpu in sorted(set(gone.values())):
+    for gpu in sorted(set(gone.values())):  # read only where an image is gone: a rename, or a move into folders
         try:
             signatures = read_state(outputs[gpu]).signatures
         except (EmbeddingsFileError, OSError):
             continue  # its run is told why when it starts
         for path, signature in signatures.items():
-            if gone.get(path) == gpu and not os.path.lexists(path):
+            if gone.get(path) == gpu:
                 key = (os.path.basename(path), signature)
                 by_key[key] = gpu if key not in by_key else None
     follows = {}
