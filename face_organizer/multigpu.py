@@ -288,9 +288,9 @@ def moved_images(paths: Sequence[str], previous: Mapping[int, AbstractSet[str]],
     path is not found now; a name and signature that two such images share is followed by neither."""
     listed = {p for files in previous.values() for p in files}
     new = [p for p in paths if p not in listed]
-    found = set(paths)
-    gone = {p: gpu for gpu, files in previous.items() for p in files if p not in found} if new else {}
-    gone = {p: gpu for p, gpu in gone.items() if not os.path.lexists(p)}  # not those of other inputs
+    found = set(paths)  # a path not found may be of other inputs: gone only where it is not on the disk
+    gone = {p: gpu for gpu, files in previous.items() for p in files
+            if new and p not in found and not os.path.lexists(p)}
     by_key: dict[tuple[str, images.Signature], int | None] = {}
     for gpu in sorted(set(gone.values())):  # read only where an image is gone: a rename, or a move into folders
         try:
