@@ -2,9 +2,10 @@
 over half a million images on GPUs, a user checks what a re-run after a new year folder, or one after an
 interruption, will embed before starting it.
 
-The images are counted the way the run counts them (``embed_run.read_state``, ``embed_run.go_on_from``); only
-copies of images embedded before (the same bytes under another name) are not told apart, as that takes
-reading every new image: a run gives those the rows of the image they copy.
+The images are counted the way the run counts them (``embed_run.read_state``, ``embed_run.go_on_from``), with
+one difference: the run finds an image embedded before under another path by the digest of its bytes, and
+gives it that image's rows, which takes reading every new image; the plan counts only those moved since (a
+folder renamed: ``moves.follow_moves``), and counts other copies as images to embed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .embed_run import check_compatible, go_on_from, gone_lines, read_state
 from .embfile import check_replaceable, parts_dir
 from .faces import EmbedOptions
 from .fsutil import lock_holder
+from .moves import follow_moves
 from .progress import count
 
 
@@ -35,6 +37,7 @@ class RunPlan:
     retried: int = 0  # failed before: tried again
     not_found: int = 0  # held in the file, not under the inputs now: kept
     failures_gone: int = 0  # failed before, deleted since: no longer listed as failed
+    moved: int = 0  # at a new path, gone from the one the file holds (the same name, size and time): rows kept
     faces_in_file: int = 0  # the finished file's rows and its checkpoint parts', as the run would read them
     parts: int = 0  # checkpoint parts of an interrupted run, merged into the file by the run
     exists: bool = False  # a file or checkpoint parts are there
@@ -42,7 +45,7 @@ class RunPlan:
 
     @property
     def to_embed(self) -> int:
-        return self.total_images - self.already_done
+        return self.total_images - self.already_done - self.moved
 
     def file_line(self) -> str:
         if not self.exists:
@@ -70,6 +73,9 @@ class RunPlan:
             f"to embed: {count(self.to_embed, 'image')}"
             + (f" ({'; '.join(kinds)})" if self.changed or self.retried or self.turned_again else ""),
             *gone_lines(self.not_found, self.failures_gone),
+            *([f"moved since embedded (the same name, size and time at a new path under the inputs, and gone from "
+               f"the old one): {count(self.moved, 'image')}; they would keep their rows, read but not embedded "
+               "again, and the file would name them where they are now"] if self.moved else []),
         ]
 
 
@@ -95,6 +101,11 @@ def plan_run(paths: Sequence[str], output: str | os.PathLike[str], recogniser: s
     plan.changed = len(changed)
     plan.turned_again = len(again)
     plan.retried = sum(p in state.failed and p not in changed for p in todo)
-    plan.not_found = len(state.held.difference(paths))
+    # As the run drops the old path of an image it finds at a new one, where its file has the image's digest.
+    gone = {p: signature for p in state.held.difference(paths)
+            if p in state.digests and (signature := state.signatures.get(p)) is not None and not os.path.lexists(p)}
+    moved = follow_moves(gone, [p for p in todo if p not in state.held and p not in state.failed])
+    plan.moved = len(moved)
+    plan.not_found = len(state.held.difference(paths)) - len(set(moved.values()))
     plan.failures_gone = len(state.failures_gone)
     return plan

@@ -78,7 +78,7 @@ class RunSummary:
     # inputs. Kept (a move into person folders must not lose them); one run's count, not added up.
     not_found: int = 0
     failures_gone: int = 0  # images that had failed and have since been deleted: no longer listed as failed
-    moved: int = 0  # images the file held at paths gone since, found at new ones by their bytes: named there now
+    moved: int = 0  # held paths gone since whose bytes are at another path found: dropped (moved, copies deleted)
     several_faces: int = 0  # crops mode: images that show another face of like size (photos with several people)
     at_the_limit: int = 0  # photos mode: photos with a face at the detector's smallest (``faces.AT_THE_LIMIT``)
     det_size: int = 0  # photos mode: the size photos were detected at (0: not known, as in a launcher's total)
@@ -132,8 +132,9 @@ class RunSummary:
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else "")
             + (f"; without a face before, so tried turned now: {self.turned_again:,}" if self.turned_again else ""),
             *gone_lines(self.not_found, self.failures_gone),
-            *([f"moved since embedded (found by their bytes at a new path under the inputs, and gone from the old "
-               f"one): {count(self.moved, 'image')}; the file names them where they are now"] if self.moved else []),
+            *([f"moved since embedded, or a copy deleted (gone from a path the file held, with the same bytes at "
+               f"another under the inputs): {count(self.moved, 'image')}; the file names them only where they are "
+               "now"] if self.moved else []),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
             + (f"photos without a face: {self.no_face:,}" if self.mode == "photos"
                else f"fallback (no face found, centre crop used): {self.fallback:,}"),
@@ -539,7 +540,8 @@ class _Recorder:
         """The paths the file holds that this run did not find, that are gone from the disk, and whose image (by
         the digest of its bytes) this run found at another path: a folder renamed or moved since, and the same
         command run over it at its new place. Their rows are the image's at its new path already (it took them
-        as a copy), so the file drops them instead of keeping each image twice, once where it is no more."""
+        as a copy), so the file drops them instead of keeping each image twice, once where it is no more. So is a
+        copy deleted since (a collection rid of its duplicates), where the run has anything new to record."""
         found = attempted.union(self.held_now)
         old, new = self.state.digests, self.new_digests
         here = {digest for p in found if (digest := new.get(p) or old.get(p)) is not None}

@@ -33,6 +33,7 @@ from .cpus import CPUS_ENV, usable_cpus
 from .embed_run import close_run, read_state
 from .errors import EmbeddingsFileError, SetupError
 from .fsutil import atomic_write_bytes, exclusive, lock_holder, missing_path_hint
+from .moves import follow_moves
 from .progress import bar as progress_bar
 from .progress import count
 from .providers import visible_gpus
@@ -291,21 +292,14 @@ def moved_images(paths: Sequence[str], previous: Mapping[int, AbstractSet[str]],
     found = set(paths)  # a path not found may be of other inputs: gone only where it is not on the disk
     gone = {p: gpu for gpu, files in previous.items() for p in files
             if new and p not in found and not os.path.lexists(p)}
-    by_key: dict[tuple[str, images.Signature], int | None] = {}
+    signatures: dict[str, images.Signature] = {}
     for gpu in sorted(set(gone.values())):  # read only where an image is gone: a rename, or a move into folders
         try:
-            signatures = read_state(outputs[gpu]).signatures
+            held = read_state(outputs[gpu]).signatures
         except (EmbeddingsFileError, OSError):
             continue  # its run is told why when it starts
-        for path, signature in signatures.items():
-            if gone.get(path) == gpu:
-                key = (os.path.basename(path), signature)
-                by_key[key] = gpu if key not in by_key else None
-    follows = {}
-    for path in new if by_key else []:
-        now = images.file_signature(path)
-        if now is not None and (owner := by_key.get((os.path.basename(path), now))) is not None:
-            follows[path] = owner
+        signatures.update((path, signature) for path, signature in held.items() if gone.get(path) == gpu)
+    follows = {path: gone[old] for path, old in follow_moves(signatures, new).items()}
     if follows:
         log.info("%s moved since an earlier run (found by name, size and time under a new path): each goes to the "
                  "GPU whose file holds it", count(len(follows), "image"))

@@ -1678,10 +1678,17 @@ def test_a_folder_renamed_since_and_embedded_again_is_held_once_at_its_new_place
     old.mkdir()
     shutil.copy2(new / "frame_0001.png", old / "frame_0001.png")  # its old path holds it still: a copy, kept
     capsys.readouterr()
+    # A dry run tells the moved images by name, size and time: not counted to embed, nor as not found.
+    assert run_cli([*command[:1], str(new), *command[2:], "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert "images found: 8; already embedded: 0\nto embed: 1 image\n" in planned
+    assert "held in the file but not found under the inputs now: 2 images" in planned
+    assert ("moved since embedded (the same name, size and time at a new path under the inputs, and gone from the old "
+            "one): 7 images; they would keep their rows") in planned
     assert run_cli([*command[:1], str(new), *command[2:]]) == 0
     printed = capsys.readouterr().out
-    assert ("moved since embedded (found by their bytes at a new path under the inputs, and gone from the old one): "
-            "7 images; the file names them where they are now") in printed
+    assert ("moved since embedded, or a copy deleted (gone from a path the file held, with the same bytes at another "
+            "under the inputs): 7 images; the file names them only where they are now") in printed
     assert "held in the file but not found under the inputs now: 2 images" in printed
     ef = embfile.load(tmp_path / "emb.pkl")
     assert sorted(ef.rows.paths) == sorted([str(old / "frame_0000.png"), str(old / "frame_0001.png"),

@@ -21,7 +21,8 @@ from face_organizer.cli.embed import main as embed_main
 from face_organizer.cli.multigpu import main as multi_main
 from face_organizer.cluster_stage import load_embeddings
 from face_organizer.errors import EmbeddingsFileError, SetupError
-from face_organizer.images import read_image
+from face_organizer.images import file_signature, read_image
+from face_organizer.moves import follow_moves
 from face_organizer.multigpu import parse_gpus, shard
 
 from conftest import ROOT, child_processes, needs_proc, wait_gone
@@ -559,6 +560,22 @@ def test_files_rebased_after_the_folders_moved_resume_on_the_same_gpus(video_cro
             p.replace(str(old), str(new)) for p in held[g]]
 
 
+def test_moved_files_are_followed_by_name_size_and_time_where_no_other_gone_file_shares_them(tmp_path) -> None:
+    now = tmp_path / "now"
+    now.mkdir()
+    for name, data in [("a.png", b"a"), ("b.png", b"bb"), ("c.png", b"c"), ("d.png", b"d")]:
+        (now / name).write_bytes(data)
+    sig = {path.name: signature for path in now.iterdir() if (signature := file_signature(str(path))) is not None}
+    assert len(sig) == 4
+    os.utime(now / "d.png", ns=(sig["d.png"][1], sig["d.png"][1] + 1))  # one nanosecond later: another file
+    gone = {"/old/2017/a.png": sig["a.png"], "/old/2017/b.png": sig["a.png"],  # b's size is not b's now
+            "/old/2017/c.png": sig["c.png"], "/old/2018/c.png": sig["c.png"],  # two c's: which moved is not told
+            "/old/2017/d.png": sig["d.png"]}
+    found = [str(now / name) for name in ("a.png", "b.png", "c.png", "d.png", "e.png")]  # e.png: not there
+    assert follow_moves(gone, found) == {str(now / "a.png"): "/old/2017/a.png"}
+    assert follow_moves({}, found) == {} and follow_moves(gone, []) == {}
+
+
 def test_a_folder_renamed_since_is_embedded_on_the_gpus_whose_files_hold_its_images(video_crops, testpack_dir,
                                                                                     tmp_path, capsys) -> None:
     # The input folder renamed, and the launcher run over it at its new place without a rebase: each image goes
@@ -573,10 +590,15 @@ def test_a_folder_renamed_since_is_embedded_on_the_gpus_whose_files_hold_its_ima
     folder.rename(renamed)
     (renamed / "f99.png").write_bytes((renamed / "f00.png").read_bytes())  # a new copy: its old path is there
     capsys.readouterr()
+    # The dry run counts the moved images as moved, not to embed: only the new copy is (the run finds its bytes).
+    assert common.run(multi_main, ["--input", str(renamed), *args[2:], "--gpus", "0,1,2", "--dry-run"]) == 0
+    planned = capsys.readouterr().out.splitlines()
+    assert sum(int(line.split("): ")[1].split()[0]) for line in planned if "moved since embedded" in line) == 12
+    assert planned[-1] == "to embed over the 3 workers: 1 image"
     assert common.run(multi_main, ["--input", str(renamed), *args[2:], "--gpus", "0,1,2"]) == 0
     printed = capsys.readouterr().out
-    assert "moved since embedded (found by their bytes at a new path under the inputs, and gone from the old one): " \
-           "12 images" in printed
+    assert "moved since embedded, or a copy deleted (gone from a path the file held, with the same bytes at another " \
+           "under the inputs): 12 images" in printed
     for g in (0, 1, 2):
         ef = embfile.load(out / f"embeddings_gpu{g}.pkl")
         moved = [p for p in ef.rows.paths if Path(p).name != "f99.png"]
