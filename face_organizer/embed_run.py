@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from . import embfile, images, quality
 from .cpus import usable_cpus
 from .decoding import Loader, iter_loaded
-from .embfile import EmbeddingsFile, parts_dir
+from .embfile import UNTRIED_KEY, EmbeddingsFile, parts_dir
 from .errors import EmbeddingsFileError, RunStopped, SetupError, device_failed, one_line
 from .faces import AT_THE_LIMIT, BatchResult, EmbedOptions, FaceModels, FaceRows, ShrunkPhotos, embed_batch
 from .fsutil import atomic_write_text
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 COUNTED = ("total_images", "already_done", "changed", "turned_again", "embedded", "faces", "fallback", "no_face",
-           "reused", "copies", "failures_gone", "moved", "several_faces", "at_the_limit")
+           "reused", "copies", "failures_gone", "moved", "several_faces", "at_the_limit", "faceless_left")
 
 
 def gone_lines(not_found: int, failures_gone: int) -> list[str]:
@@ -65,6 +65,7 @@ class RunSummary:
     changed: int = 0  # embedded before, but the file has changed since: embedded again
     turned_again: int = 0  # photos without a face before, not tried turned then: embedded again (--turn-faceless)
     turn_faceless: bool = False  # photos mode: photos without a face were tried turned (--turn-faceless)
+    faceless_left: int = 0  # --turn-faceless: photos held without a face from a run without it, not under the inputs
     embedded: int = 0
     faces: int = 0
     fallback: int = 0
@@ -142,6 +143,9 @@ class RunSummary:
         if self.mode == "photos" and self.no_face and not self.turn_faceless:
             out.append("  a print scanned sideways may show no face upright: --turn-faceless tries such photos turned "
                        "by 90, 180 and 270 degrees (a re-run with it tries only these)")
+        if self.faceless_left:
+            out.append(f"photos without a face from a run without --turn-faceless, not under the inputs now: "
+                       f"{self.faceless_left:,}; not tried turned (a run with it over their folders tries them)")
         if self.reused:
             out.append(f"near-identical frames that took the embedding of the frame they repeat: {self.reused:,}")
         if self.copies:
@@ -317,18 +321,33 @@ def go_on_from(state: _State, paths: Sequence[str], options: EmbedOptions,
     return held_now, changed, again
 
 
-def faceless_untried(state: _State, options: EmbedOptions) -> bool:
-    """Whether this run tries photos without a face turned (``--turn-faceless``) and ``state``'s photos without a
-    face were not all tried so: its file's run (or an interrupted run's part) ran without the option."""
-    return (options.mode == "photos" and options.photo_turn_faceless and bool(state.no_face)
-            and not all(meta.get("photo_turn_faceless") is True for _, meta in state.metas))
+def faceless_untried(state: _State, options: EmbedOptions) -> set[str]:
+    """With ``--turn-faceless``, the photos ``state`` holds without a face that were not tried turned
+    (``not_turned``); none without it."""
+    if options.mode != "photos" or not options.photo_turn_faceless:
+        return set()
+    return not_turned(state)
+
+
+def not_turned(state: _State) -> set[str]:
+    """The photos ``state`` holds without a face that were not tried turned: all of them where its file's run (or
+    an interrupted run's part) ran without ``--turn-faceless``, as which of them it embedded is not told; else
+    those that runs with it left untried (``UNTRIED_KEY``)."""
+    untried: set[str] = set()
+    for _, meta in state.metas if state.no_face else ():
+        if meta.get("photo_turn_faceless") is not True:
+            return set(state.no_face)
+        listed = meta.get(UNTRIED_KEY)
+        if isinstance(listed, list):
+            untried.update(p for p in listed if isinstance(p, str))
+    return untried & state.no_face
 
 
 def to_turn_again(state: _State, paths: Sequence[str], options: EmbedOptions) -> set[str]:
     """With ``--turn-faceless``, the photos among ``paths`` that ``state`` holds without a face where they were
-    not tried turned (``faceless_untried``). A run with the option leaves every photo without a face in its file
-    tried turned, so a second one has none."""
-    return state.no_face.intersection(paths) if faceless_untried(state, options) else set()
+    not tried turned (``faceless_untried``). A run with the option records those of its file it did not try (not
+    under its inputs), so a second one over the same inputs has none."""
+    return faceless_untried(state, options).intersection(paths)
 
 
 def read_state(output: Path, check: Callable[[dict[str, Any], str], None] | None = None) -> _State:
@@ -439,6 +458,7 @@ def rerun_without_models(paths: Sequence[str], output: str | os.PathLike[str], r
     if summary.failures_gone:  # only the list of failures changes: written without the models too
         _Recorder(out, state, dict(old), int(old["embedding_size"]), float("inf"), {}).write(set())
     summary.file_unchanged = not summary.failures_gone
+    summary.faceless_left = len(faceless_untried(state, options))
     warn_of_other_photo_settings(state.metas, options)
     summary.elapsed = time.monotonic() - started
     status = _StatusWriter(status_file, NO_DEVICE)
@@ -572,6 +592,8 @@ class _Recorder:
         meta = dict(self.meta, complete=complete, inputs=sorted(set(old_inputs) | set(self.meta["inputs"])))
         if before := ways_before(self.state.metas, self.meta):
             meta["photo_ways_before"] = before
+        if meta.get("photo_turn_faceless") is True and (untried := not_turned(self.state)):
+            meta[UNTRIED_KEY] = sorted(untried)  # not under this run's inputs: a run over theirs tries them
         return EmbeddingsFile(rows, sorted(failed.items()), no_face, meta, sorted(reused.items()), signatures, digests)
 
 
@@ -717,13 +739,13 @@ class _EmbeddedImages:
     ask whether a digest is known; the main thread adds and looks up. The rows of an image of the file are
     found on the first look-up, so that a run without copies spends nothing on them."""
 
-    def __init__(self, state: _State | None = None, faceless: bool = True):
+    def __init__(self, state: _State | None = None, untried: AbstractSet[str] = frozenset()):
         self.now: dict[bytes, _Embedded] = {}
         self.state = state or _State()
         held = self.state.held  # not an image whose rows a file left out on reading (NaN), for one
-        # not ``faceless``: a photo the file holds without a face is no image to copy (not tried turned then)
+        # ``untried``: photos the file holds without a face, not tried turned, are no images to copy (--turn-faceless)
         self.before = {digest: path for path, digest in self.state.digests.items()
-                       if path in held and (faceless or path not in self.state.no_face)}
+                       if path in held and path not in untried}
         self._where: dict[str, tuple[FaceRows, list[int]]] | None = None
 
     def __contains__(self, digest: object) -> bool:
@@ -898,7 +920,7 @@ def run_embeddings(
     # copy under another name (an album folder beside a year folder) takes their rows. Written here, read by the
     # streams: a batch in flight is not in it yet, so its copies in other batches are embedded, and take its rows
     # when recorded (``_late_copies``).
-    embedded = _EmbeddedImages(state, faceless=not faceless_untried(state, options))
+    embedded = _EmbeddedImages(state, untried=faceless_untried(state, options))
 
     def record(job: _JobResult) -> None:
         for path, reason in job.skipped:
@@ -963,6 +985,7 @@ def run_embeddings(
         bar.close()
     summary.rows_in_file, summary.file_unchanged = recorder.finish(set(todo))
     summary.moved, summary.not_found = len(recorder.moved), summary.not_found - len(recorder.moved)
+    summary.faceless_left = len(faceless_untried(state, options))
     summary.elapsed = time.monotonic() - started
     status.finish(summary)
     return summary

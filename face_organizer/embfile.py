@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PICKLE_PROTOCOL = 5  # arrays are written from their own memory (protocol 4 first copies each into bytes)
+# meta: photos held without a face from a run without --turn-faceless that a run with it did not try turned (not
+# under its inputs): their paths, so that a run over theirs tries them (``embed_run.not_turned``)
+UNTRIED_KEY = "photo_faceless_untried"
 
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),

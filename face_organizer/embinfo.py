@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .embed_run import photo_way, photo_ways_before, read_state
-from .embfile import parts_dir
+from .embfile import UNTRIED_KEY, parts_dir
 from .errors import SetupError
 from .faces import EmbedOptions
 from .fsutil import lock_holder
@@ -150,7 +150,10 @@ def _decoding(meta: dict) -> str:
     earlier = ("; images embedded before by other settings: "
                + "; ".join(photo_way(w["photo_det_size"], w["photo_min_side"]) for w in before) if before else "")
     faceless = meta.get("photo_turn_faceless") is True
-    turned = ", photos without a face upright tried turned (--turn-faceless)" if faceless else ""
+    untried = meta.get(UNTRIED_KEY)
+    left = (f"; {count(len(untried), 'photo')} without a face from a run without it not tried turned, not under its "
+            "inputs" if isinstance(untried, list) and untried else "")
+    turned = f", photos without a face upright tried turned (--turn-faceless{left})" if faceless else ""
     if not side:
         return f" ({detected}JPEGs decoded whole{turned}{earlier})"
     again = meta.get("photo_face_pixels")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .embfile import EmbeddingsFile
+from .embfile import UNTRIED_KEY, EmbeddingsFile
 from .errors import SetupError
 from .progress import count
 
@@ -182,6 +182,8 @@ def rebase(ef: EmbeddingsFile, old: str, new: str, *, check: int = CHECKED) -> R
 
     rows = replace(ef.rows, paths=[renamed[p] for p in ef.rows.paths])
     meta = dict(ef.meta, inputs=[path(i) for i in ef.meta.get("inputs", [])])
+    if isinstance(untried := ef.meta.get(UNTRIED_KEY), list):
+        meta[UNTRIED_KEY] = [path(p) for p in untried if isinstance(p, str)]
     earlier = ef.meta.get("rebased")
     meta["rebased"] = [*(earlier if isinstance(earlier, list) else []),
                        {"from": old, "to": new, "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}]

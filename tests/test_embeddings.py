@@ -164,6 +164,52 @@ def test_photos_without_a_face_upright_are_tried_turned_with_turn_faceless(tmp_p
     assert {Path(p).parent.name for p in [*ef.rows.paths, *ef.no_face]} == {"renamed"}
 
 
+def test_turn_faceless_over_one_year_folder_leaves_the_others_to_a_run_over_theirs(tmp_path, lfw, testpack_dir,
+                                                                                   capsys) -> None:
+    """A file of two year folders made without --turn-faceless, and a loop with it over one folder at a time: each
+    run tries the photos without a face of its own folder turned. The first run recorded the option for the whole
+    file, so the second found none to try, and the other folder's sideways scans stayed without a face."""
+    from skimage import data
+
+    from face_organizer.embinfo import describe
+    from face_organizer.rebase import rebase
+
+    years = {year: tmp_path / "scans" / year for year in ("2017", "2018")}
+    for (year, folder), number, other in zip(years.items(), ("0008", "0018"), (data.coffee(), data.page())):
+        folder.mkdir(parents=True)
+        photo = read_image(lfw / "Tony_Blair" / f"Tony_Blair_{number}.jpg")
+        cv2.imwrite(str(folder / f"scan_{number}.png"), cv2.rotate(photo, TURNS[0]))
+        cv2.imwrite(str(folder / "other.png"), other[..., ::-1] if other.ndim == 3 else other)
+    emb = tmp_path / "emb.pkl"
+    command = ["--output", str(emb), "--model", str(testpack_dir), "--mode", "photos", "-q"]
+    assert run_cli(["--input", *map(str, years.values()), *command]) == 0
+    assert len(embfile.load(emb).no_face) == 4
+    capsys.readouterr()
+    assert run_cli(["--input", str(years["2018"]), *command, "--turn-faceless"]) == 0
+    printed = capsys.readouterr().out
+    assert "without a face before, so tried turned now: 2" in printed
+    assert ("photos without a face from a run without --turn-faceless, not under the inputs now: 2; not tried turned "
+            "(a run with it over their folders tries them)") in printed
+    ef = embfile.load(emb)
+    left = [str(years["2017"] / "other.png"), str(years["2017"] / "scan_0008.png")]
+    assert ef.meta[embfile.UNTRIED_KEY] == left
+    assert sorted(ef.no_face) == [*left, str(years["2018"] / "other.png")]
+    assert ("--turn-faceless; 2 photos without a face from a run without it not tried turned, not under its inputs)"
+            in describe(emb).lines()[1])
+    moved = rebase(ef, str(tmp_path / "scans"), "/media/scans").file  # the list follows the photos
+    assert moved.meta[embfile.UNTRIED_KEY] == ["/media/scans/2017/other.png", "/media/scans/2017/scan_0008.png"]
+    assert run_cli(["--input", str(years["2017"]), *command, "--turn-faceless", "--dry-run"]) == 0
+    assert "without a face before, tried turned: 2)" in capsys.readouterr().out
+    assert run_cli(["--input", str(years["2017"]), *command, "--turn-faceless"]) == 0
+    printed = capsys.readouterr().out
+    assert "without a face before, so tried turned now: 2" in printed and "not under the inputs now" not in printed
+    ef = embfile.load(emb)
+    assert sorted(ef.no_face) == [str(years[year] / "other.png") for year in ("2017", "2018")]  # the scans found
+    assert embfile.UNTRIED_KEY not in ef.meta
+    assert run_cli(["--input", *map(str, years.values()), *command, "--turn-faceless"]) == 0
+    assert "nothing new, so it was left as it was" in capsys.readouterr().out
+
+
 def test_a_phone_photo_stored_sideways_finds_the_same_faces(tmp_path, models) -> None:
     from PIL import Image
 
