@@ -37,7 +37,7 @@ class RunPlan:
     retried: int = 0  # failed before: tried again
     not_found: int = 0  # held in the file, not under the inputs now: kept
     failures_gone: int = 0  # failed before, deleted since: no longer listed as failed
-    moved: int = 0  # at a new path, gone from the one the file holds (the same name, size and time): rows kept
+    moved: int = 0  # at a new path, gone from the one the file holds (``follow_moves``): its rows kept
     faces_in_file: int = 0  # the finished file's rows and its checkpoint parts', as the run would read them
     parts: int = 0  # checkpoint parts of an interrupted run, merged into the file by the run
     exists: bool = False  # a file or checkpoint parts are there
@@ -73,7 +73,7 @@ class RunPlan:
             f"to embed: {count(self.to_embed, 'image')}"
             + (f" ({'; '.join(kinds)})" if self.changed or self.retried or self.turned_again else ""),
             *gone_lines(self.not_found, self.failures_gone),
-            *([f"moved since embedded (the same name, size and time at a new path under the inputs, and gone from "
+            *([f"moved since embedded (the same name and size at a new path under the inputs, and gone from "
                f"the old one): {count(self.moved, 'image')}; they would keep their rows, read but not embedded "
                "again, and the file would name them where they are now"] if self.moved else []),
         ]

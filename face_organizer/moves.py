@@ -1,9 +1,10 @@
 """Images moved since they were embedded, told without reading them: a folder renamed, or moved with ``mv`` or
-``cp -a``, keeps each file's name, size and modification time to the nanosecond.
+``cp -a``, keeps each file's name, size and modification time to the nanosecond; copied with a plain ``cp -r``
+(then deleted where it was), its name and size.
 
 An embeddings run finds a moved image by the digest of its bytes, which takes reading it (``embed_run``); this is
 what can be told before that: which GPU a launcher gives such an image (``multigpu``), and what a dry run counts
-(``embed_plan``).
+(``embed_plan``). A file taken for another costs nothing but that: the run embeds it as a new image.
 """
 
 from __future__ import annotations
@@ -16,15 +17,24 @@ from . import images
 
 def follow_moves(gone: Mapping[str, images.Signature], found: Iterable[str]) -> dict[str, str]:
     """Path found now -> the path in ``gone`` (held in an embeddings file, with the signature it was read with,
-    and gone from the disk since) whose file it is: the same name, size and modification time. A name and
-    signature that two gone paths share is followed by neither."""
-    by_key: dict[tuple[str, images.Signature], str | None] = {}
+    and gone from the disk since) whose file it is: the same name, size and modification time, else the same
+    name and size where no other gone path has them and no other path found takes that one so."""
+    exact: dict[tuple[str, images.Signature], str | None] = {}
+    loose: dict[tuple[str, int], str | None] = {}
     for path, signature in gone.items():
-        key = (os.path.basename(path), signature)
-        by_key[key] = path if key not in by_key else None
-    follows = {}
-    for path in found if by_key else ():
-        now = images.file_signature(path)
-        if now is not None and (old := by_key.get((os.path.basename(path), now))) is not None:
+        name = os.path.basename(path)
+        exact[name, signature] = path if (name, signature) not in exact else None
+        loose[name, signature[0]] = path if (name, signature[0]) not in loose else None
+    follows: dict[str, str] = {}
+    loosely: dict[str, list[str]] = {}
+    for path in found if gone else ():
+        now, name = images.file_signature(path), os.path.basename(path)
+        if now is None:
+            continue
+        if (old := exact.get((name, now))) is not None:
             follows[path] = old
+        elif (old := loose.get((name, now[0]))) is not None:
+            loosely.setdefault(old, []).append(path)
+    taken = set(follows.values())
+    follows.update({paths[0]: old for old, paths in loosely.items() if len(paths) == 1 and old not in taken})
     return follows

@@ -283,10 +283,10 @@ def plan_workers(inputs: Sequence[str], paths: Sequence[str], gpus: Sequence[int
 def moved_images(paths: Sequence[str], previous: Mapping[int, AbstractSet[str]],
                  outputs: Mapping[int, Path]) -> dict[str, int]:
     """Image found now at a path no GPU was given -> the GPU whose embeddings file holds it at a path it is
-    gone from since: the same name, size and modification time to the nanosecond (a folder renamed, or
-    moved with ``mv`` or ``cp -a``). Given to that GPU, it takes its rows there by its bytes and the file
-    drops the old path (``embed_run``), where another GPU would embed it again. Only where some listed
-    path is not found now; a name and signature that two such images share is followed by neither."""
+    gone from since, found by name, size and modification time, or name and size (``moves.follow_moves``: a
+    folder renamed, or moved with ``mv``, ``cp -a`` or ``cp -r``). Given to that GPU, it takes its rows there by
+    its bytes and the file drops the old path (``embed_run``), where another GPU would embed it again. Only
+    where some listed path is not found now."""
     listed = {p for files in previous.values() for p in files}
     new = [p for p in paths if p not in listed]
     found = set(paths)  # a path not found may be of other inputs: gone only where it is not on the disk
@@ -301,7 +301,7 @@ def moved_images(paths: Sequence[str], previous: Mapping[int, AbstractSet[str]],
         signatures.update((path, signature) for path, signature in held.items() if gone.get(path) == gpu)
     follows = {path: gone[old] for path, old in follow_moves(signatures, new).items()}
     if follows:
-        log.info("%s moved since an earlier run (found by name, size and time under a new path): each goes to the "
+        log.info("%s moved since an earlier run (found by name and size under a new path): each goes to the "
                  "GPU whose file holds it", count(len(follows), "image"))
     return follows
 

@@ -560,34 +560,50 @@ def test_files_rebased_after_the_folders_moved_resume_on_the_same_gpus(video_cro
             p.replace(str(old), str(new)) for p in held[g]]
 
 
-def test_moved_files_are_followed_by_name_size_and_time_where_no_other_gone_file_shares_them(tmp_path) -> None:
-    now = tmp_path / "now"
-    now.mkdir()
-    for name, data in [("a.png", b"a"), ("b.png", b"bb"), ("c.png", b"c"), ("d.png", b"d")]:
-        (now / name).write_bytes(data)
-    sig = {path.name: signature for path in now.iterdir() if (signature := file_signature(str(path))) is not None}
-    assert len(sig) == 4
-    os.utime(now / "d.png", ns=(sig["d.png"][1], sig["d.png"][1] + 1))  # one nanosecond later: another file
-    gone = {"/old/2017/a.png": sig["a.png"], "/old/2017/b.png": sig["a.png"],  # b's size is not b's now
-            "/old/2017/c.png": sig["c.png"], "/old/2018/c.png": sig["c.png"],  # two c's: which moved is not told
-            "/old/2017/d.png": sig["d.png"]}
-    found = [str(now / name) for name in ("a.png", "b.png", "c.png", "d.png", "e.png")]  # e.png: not there
-    assert follow_moves(gone, found) == {str(now / "a.png"): "/old/2017/a.png"}
+def test_moved_files_are_followed_by_name_size_and_time_or_by_name_and_size_where_no_other_file_shares_them(
+        tmp_path) -> None:
+    now, other = tmp_path / "now", tmp_path / "other"
+    for folder, names in [(now, ("a", "b", "c", "d", "f", "g")), (other, ("f",))]:
+        folder.mkdir()
+        for name in names:
+            (folder / f"{name}.png").write_bytes(b"bb" if name == "b" else name.encode())
+    sig = {str(path.relative_to(tmp_path)): signature for path in tmp_path.glob("*/*.png")
+           if (signature := file_signature(str(path))) is not None}
+    assert len(sig) == 7
+    size, time = sig["now/a.png"]
+    gone = {"/old/2017/a.png": sig["now/a.png"],  # moved as it was
+            "/old/2017/b.png": sig["now/a.png"],  # b's size was not b's now: another file
+            "/old/2017/c.png": sig["now/c.png"], "/old/2018/c.png": sig["now/c.png"],  # which c moved is not told
+            "/old/2017/d.png": (size, time - 10**9),  # copied without its time (cp -r): its name and size alone
+            "/old/2017/f.png": (size, time - 10**9),  # copied twice since: which copy is it not told
+            "/old/2017/g.png": (size, time - 10**9), "/old/2018/g.png": sig["now/g.png"]}  # its time tells
+    found = [str(now / f"{name}.png") for name in "abcdefg"] + [str(other / "f.png")]  # e.png: not there
+    assert follow_moves(gone, found) == {str(now / "a.png"): "/old/2017/a.png", str(now / "d.png"): "/old/2017/d.png",
+                                         str(now / "g.png"): "/old/2018/g.png"}
     assert follow_moves({}, found) == {} and follow_moves(gone, []) == {}
 
 
-def test_a_folder_renamed_since_is_embedded_on_the_gpus_whose_files_hold_its_images(video_crops, testpack_dir,
+@pytest.mark.parametrize("move", ["rename", "plain copy"])
+def test_a_folder_renamed_since_is_embedded_on_the_gpus_whose_files_hold_its_images(move, video_crops, testpack_dir,
                                                                                     tmp_path, capsys) -> None:
-    # The input folder renamed, and the launcher run over it at its new place without a rebase: each image goes
-    # to the GPU whose file holds it (found by name, size and time), takes its rows there by its bytes, and the
-    # file drops the old path. Spread anew by its new path, most images went to another GPU, which embedded them
-    # again, and the old paths stayed in the files, where the later stages called them missing.
+    # The input folder renamed (or copied elsewhere without the files' times, as a plain cp -r does, and deleted),
+    # and the launcher run over it at its new place without a rebase: each image goes to the GPU whose file holds
+    # it (found by name, size and time, or name and size), takes its rows there by its bytes, and the file drops
+    # the old path. Spread anew by its new path, most images went to another GPU, which embedded them again, and
+    # the old paths stayed in the files, where the later stages called them missing.
     crops = [p for c in video_crops.values() for p in c][:12]
     folder, out, args = _crops_folder(tmp_path, crops, testpack_dir)
     assert common.run(multi_main, [*args, "--gpus", "0,1,2"]) == 0
     held = {g: embfile.load(out / f"embeddings_gpu{g}.pkl") for g in (0, 1, 2)}
     renamed = tmp_path / "input 2017"
-    folder.rename(renamed)
+    if move == "rename":
+        folder.rename(renamed)
+    else:
+        time.sleep(0.01)
+        shutil.copytree(folder, renamed, copy_function=shutil.copyfile)
+        shutil.rmtree(folder)
+        assert all(file_signature(str(renamed / Path(p).name)) != signature  # the times are not kept
+                   for p, signature in held[0].signatures.items())
     (renamed / "f99.png").write_bytes((renamed / "f00.png").read_bytes())  # a new copy: its old path is there
     capsys.readouterr()
     # The dry run counts the moved images as moved, not to embed: only the new copy is (the run finds its bytes).
