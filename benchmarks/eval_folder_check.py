@@ -9,6 +9,8 @@ of a range of --clusters values is checked against the truth, on:
   one:      Tony Blair alone with strangers and junk;
   only:     Tony Blair's crops alone (the same draws, nothing else);
   utkface:  UTKFace's 500 crops, nearly every one a different person;
+  often:    LFW dev's photos of the 78 people with 10 or more, in 2, 3, 5 and 10 folders: a few people,
+            each seen many times, in each folder;
   many:     LFW dev's 2,805 photos of 610 people in 300 and 1,000 folders, most people in several:
             the folders that look like one person are joined, and the people they make are
             scored against the truth (pairwise precision and recall over the faces in folders).
@@ -28,6 +30,7 @@ import argparse
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +46,11 @@ from face_organizer.evaluation import pairwise  # noqa: E402
 from face_organizer.images import discover_images  # noqa: E402
 
 ONE_PERSON_SHARE = 0.9
+OFTEN = 10  # LFW dev's people with this many photos or more: 78 people, a few of whom k-means puts in each folder
+FEW_CLUSTERS = (2, 3, 5, 10)
 
 
-def judge(title: str, ef: embfile.EmbeddingsFile, truth: list[str], clusters: range, tally: Counter,
+def judge(title: str, ef: embfile.EmbeddingsFile, truth: list[str], clusters: Sequence[int], tally: Counter,
           people: tuple[str, ...] = (), kept: dict[str, np.ndarray] | None = None) -> None:
     truth_array = np.array(truth)
     for k in clusters:
@@ -53,7 +58,7 @@ def judge(title: str, ef: embfile.EmbeddingsFile, truth: list[str], clusters: ra
         check = c.cohesion
         assert check is not None
         if kept is not None:  # the people's faces, and everyone else's, in folders that pass as one person
-            passed = np.isin(c.labels, [j for j in range(c.n_clusters) if j not in check.not_alike])
+            passed = np.isin(c.labels, [j for j in range(c.n_clusters) if j not in check.not_one_person])
             theirs = np.isin(truth_array, people)
             counts = kept.setdefault(f"{title.split(',')[0]}, --clusters {k}", np.zeros(3, np.int64))
             counts += [(passed & theirs).sum(), theirs.sum(), (passed & ~theirs).sum()]
@@ -63,7 +68,7 @@ def judge(title: str, ef: embfile.EmbeddingsFile, truth: list[str], clusters: ra
             labels, counts = np.unique(truth_array[c.labels == j], return_counts=True)
             share = counts.max() / counts.sum()
             top.append(str(labels[counts.argmax()]) if share >= ONE_PERSON_SHARE else None)
-            verdict = "not one person" if j in check.not_alike else "one person"
+            verdict = "not one person" if j in check.not_one_person else "one person"
             tally[f"folders: judged {verdict}, truly {'one person' if top[j] else 'several'}"] += 1
             parts.append(f"{cluster_name(j)} {counts.sum()} faces, mean pair {check.mean_pair[j]:.3f}: {verdict} "
                          f"(truly {top[j] or f'several, largest {share:.0%}'})")
@@ -93,7 +98,7 @@ def many_folders(ef: embfile.EmbeddingsFile, truth: list[str], clusters: tuple[i
             folders = pairwise(truth_array[placed], c.labels[placed])
             people = pairwise(truth_array[placed], person[c.labels[placed]])
             print(f"[LFW dev photos, --clusters {k}, seed {seed}] {int(placed.sum())} of {len(truth)} faces in "
-                  f"{c.n_clusters} folders, {len(check.not_alike)} not one person; {len(check.groups)} groups of "
+                  f"{c.n_clusters} folders, {len(check.not_one_person)} not one person; {len(check.groups)} groups of "
                   f"folders look like one person, {check.people} people (truly {len(set(truth))}); pairwise "
                   f"precision / recall: folders {folders.precision:.3f} / {folders.recall:.3f}, people "
                   f"{people.precision:.3f} / {people.recall:.3f}")
@@ -123,7 +128,12 @@ def main() -> int:
         run_embeddings(paths, Path(tmp) / "utk.pkl", models, inputs=[str(utk)], streams=streams, progress=False)
         ef = embfile.load(Path(tmp) / "utk.pkl")
         judge("UTKFace, every crop its own person", ef, list(ef.rows.paths), range(1, 4), tally)
-        many_folders(*embedded_photos(lfw, Path(tmp) / "lfw.pkl", models, streams), (300, 1000), args.seeds[:3])
+        photos, identity = embedded_photos(lfw, Path(tmp) / "lfw.pkl", models, streams)
+        often = Counter(identity)
+        keep = np.array([i for i, t in enumerate(identity) if often[t] >= OFTEN])
+        few = embfile.EmbeddingsFile(photos.rows.select(keep), [], [], photos.meta)
+        judge(f"LFW dev people with {OFTEN}+ photos", few, [identity[i] for i in keep], FEW_CLUSTERS, tally)
+        many_folders(photos, identity, (300, 1000), args.seeds[:3])
     print("\n".join(f"{key}: {value}" for key, value in sorted(tally.items())))
     for key, (theirs, of, others) in sorted(kept.items()):
         print(f"{key}: the people's faces in folders that pass as one person {theirs:,} of {of:,}, other faces there {others:,}")

@@ -164,7 +164,7 @@ class ClusterReport:
     def many_people(self) -> bool:
         """No k-means folder looks like one person: the collection is likely many people."""
         cohesion = self.clustering.cohesion
-        return cohesion is not None and len(cohesion.not_alike) == self.clustering.n_clusters > 0
+        return cohesion is not None and len(cohesion.not_one_person) == self.clustering.n_clusters > 0
 
     def not_one_person(self) -> list[str]:
         """k-means folders whose faces are on average no more alike than different people's, and
@@ -188,18 +188,30 @@ class ClusterReport:
                 notes.append(f"each of these groups of folders looks like one person: {named} (in brackets: "
                              f"{ACROSS}; {scale}); {advice}")
         mixed = cohesion.not_alike
-        if not mixed:
+        several = [(c, groups) for c, groups in cohesion.mixed if c not in mixed]
+        if not mixed and not several:
             return notes
         sizes = np.bincount(self.clustering.labels[self.clustering.labels >= 0], minlength=self.clustering.n_clusters)
-        named = ", ".join(f"{cluster_name(c)} ({count(int(sizes[c]), 'face')}, mean pair similarity "
-                          f"{cohesion.mean_pair[c]:.3f})" for c in mixed[:SHOWN_MIXED])
-        named += f" and {len(mixed) - SHOWN_MIXED:,} more" if len(mixed) > SHOWN_MIXED else ""
-        one = len(mixed) == 1
         if self.many_people():
             advice = "the collection may be many different people: --clusters auto gives each person a folder"
         else:
             advice = ("other people or non-faces that the fixed number of folders had to take in; fewer --clusters, "
                       "or --clusters auto, may suit the collection better")
+        if several:
+            named = "; ".join(f"{cluster_name(c)} ({count(int(sizes[c]), 'face')}: {len(groups)} groups of "
+                              f"{', '.join(f'{g:,}' for g in groups)})" for c, groups in several[:SHOWN_MIXED])
+            named += f"; and {len(several) - SHOWN_MIXED:,} more" if len(several) > SHOWN_MIXED else ""
+            one = len(several) == 1
+            notes.append(f"{'this folder holds' if one else 'these folders hold'} several groups of faces alike to "
+                         f"each other and not to the other groups, likely one person each: {named}; "
+                         + ("--clusters auto gives each person a folder" if self.many_people() else
+                            "more --clusters, or --clusters auto, would give each a folder of their own"))
+        if not mixed:
+            return notes
+        named = ", ".join(f"{cluster_name(c)} ({count(int(sizes[c]), 'face')}, mean pair similarity "
+                          f"{cohesion.mean_pair[c]:.3f})" for c in mixed[:SHOWN_MIXED])
+        named += f" and {len(mixed) - SHOWN_MIXED:,} more" if len(mixed) > SHOWN_MIXED else ""
+        one = len(mixed) == 1
         return notes + [f"{named} {'does' if one else 'do'} not look like one person{'' if one else ' each'}: "
                         f"{'its' if one else 'their'} faces are on average no more alike than different people's (one "
                         f"person's reach {cohesion.cutoff:.3f}, {cohesion.source}): {advice}"]
@@ -482,7 +494,8 @@ def _cohesion_summary(clustering: Clustering) -> dict[str, Any] | None:
     return {"mean_pair_similarity": {cluster_name(i): (None if np.isnan(v) else round(float(v), 4))
                                      for i, v in enumerate(c.mean_pair)},
             "one_person_cutoff": c.cutoff, "cutoff_source": c.source,
-            "not_one_person": [cluster_name(i) for i in c.not_alike],
+            "not_one_person": [cluster_name(i) for i in c.not_one_person],
+            "groups_of_alike_faces": {cluster_name(i): list(groups) for i, groups in c.mixed},
             "look_like_one_person": [[cluster_name(i) for i in group] for group in c.groups],
             "people": c.people}
 

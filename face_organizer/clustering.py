@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from scipy.sparse import csr_matrix
 from scipy.special import ndtr, ndtri
 
-from .cohesion import Cohesion, folder_cohesion, join_groups
+from .cohesion import Cohesion, folder_cohesion, join_groups, mixed_folders
 from .knn import SEARCH_BLOCK, knn_graph
 from . import progress
 from .progress import count
@@ -282,24 +282,27 @@ def _spherical_kmeans(x: NDArray[np.float32], k: int, *, restarts: int, seed: in
         return _KMeansResult(own, label, rows, sims, nearest.astype(np.int64))
 
 
-def _group_seeds(x: NDArray[np.float32], k: int, people: NDArray[np.int64], random_pairs: ImpostorModel, *,
-                 pair_cut: float | None, seed: int, use_gpu: bool) -> NDArray[np.float32] | None:
-    """Centres of the groups of alike faces in a random sample, when there are more than ``k``,
-    or ``k`` while the k-means clusters hold fewer people than ``k``, or ``k`` made up with groups
-    of ``MIN_SMALL_GROUP`` faces where fewer than ``k`` are larger but the clusters are ``k`` people.
+@dataclass(frozen=True)
+class SampleGroups:
+    """The graph's groups of alike faces in a random sample of the faces (``sample_groups``): ``sample`` the
+    rows sampled (sorted), ``labels`` each one's group (``OUTLIER``: none), numbered by size, ``pair_cut`` the
+    face-to-face cut-off the graph was built with."""
 
-    k-means must put every face in one of its k clusters, so a third person who recurs
-    (an interviewer, a partner) is shared out among the k people's folders. It may also
-    split one person who is seen in two looks and put two others together. The density
-    graph of a sample sees each person as a group of their own. Groups need
-    ``MIN_GROUP`` faces of the sample; a group whose centre is as similar to a larger
-    group's centre as a genuine pair is one person split in two and is dropped. The
-    face-to-face cut-off comes from pairs of faces of different people (``people``: each
-    face's person, the k-means clusters that look like one person taken as one; with two
-    people dominating, most random pairs are of one person), or a calibration; the graph's
-    join rule always from those pairs. ``random_pairs`` (the impostor peak of random pairs)
-    stands in when all the faces look like one person.
-    """
+    sample: NDArray[np.int64]
+    labels: NDArray[np.int64]
+    centres: NDArray[np.float32]
+    sizes: NDArray[np.int64]
+    pair_cut: float
+
+
+def sample_groups(x: NDArray[np.float32], people: NDArray[np.int64], random_pairs: ImpostorModel, *,
+                  pair_cut: float | None, seed: int, use_gpu: bool) -> SampleGroups | None:
+    """The groups of alike faces in a random sample of ``GROUP_SAMPLE`` faces (None under ``2 * MIN_GROUP``
+    faces). The density graph of a sample sees each person as a group of their own. The face-to-face
+    cut-off comes from pairs of faces of different people (``people``: each face's person, the k-means
+    clusters that look like one person taken as one; with two people dominating, most random pairs are of
+    one person), or a calibration; the graph's join rule always from those pairs. ``random_pairs`` (the
+    impostor peak of random pairs) stands in when all the faces look like one person."""
     n = len(x)
     if n < 2 * MIN_GROUP:
         return None
@@ -309,15 +312,38 @@ def _group_seeds(x: NDArray[np.float32], k: int, people: NDArray[np.int64], rand
         pair_cut = model.cut(graph_z(len(sample)))
     groups = graph_clusters(x[sample], min_similarity=pair_cut, seed=seed, use_gpu=use_gpu, impostors=model)
     sizes = np.bincount(groups.labels[groups.labels >= 0], minlength=groups.n_clusters)
-    kept = _distinct_groups(groups.centres, sizes, MIN_GROUP, pair_cut, k + MAX_EXTRA_GROUPS)
+    return SampleGroups(sample, groups.labels, groups.centres, sizes, float(pair_cut))
+
+
+def _group_seeds(groups: SampleGroups, k: int, people: NDArray[np.int64]) -> NDArray[np.float32] | None:
+    """Centres of the groups of alike faces in a random sample (``sample_groups``), when there are more
+    than ``k``, or ``k`` while the k-means clusters hold fewer people than ``k`` (``people``: each face's),
+    or ``k`` made up with groups of ``MIN_SMALL_GROUP`` faces where fewer than ``k`` are larger but the
+    clusters are ``k`` people.
+
+    k-means must put every face in one of its k clusters, so a third person who recurs
+    (an interviewer, a partner) is shared out among the k people's folders. It may also
+    split one person who is seen in two looks and put two others together. Groups need
+    ``MIN_GROUP`` faces of the sample; a group whose centre is as similar to a larger
+    group's centre as a genuine pair is one person split in two and is dropped.
+    """
+    kept = _distinct_groups(groups.centres, groups.sizes, MIN_GROUP, groups.pair_cut, k + MAX_EXTRA_GROUPS)
     log.info("%d group(s) of alike faces (%d+ faces) in a sample of %d; pair cut-off %.3f",
-             len(kept), MIN_GROUP, len(sample), pair_cut)
+             len(kept), MIN_GROUP, len(groups.sample), groups.pair_cut)
     split = np.unique(people).size < k  # clusters that look like one person
     if len(kept) < k and not split:  # k people, some seen only a few times: smaller groups make up the k
-        kept = _distinct_groups(groups.centres, sizes, MIN_SMALL_GROUP, pair_cut, k)
+        kept = _distinct_groups(groups.centres, groups.sizes, MIN_SMALL_GROUP, groups.pair_cut, k)
         log.info("with groups of %d+ faces: %d", MIN_SMALL_GROUP, len(kept))
         return groups.centres[kept] if len(kept) == k else None
     return groups.centres[kept] if len(kept) > k or (split and len(kept) == k) else None
+
+
+def _mixed(labels: NDArray[np.int64], k: int, groups: SampleGroups) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """The folders that hold several of the sample's distinct groups of ``MIN_SMALL_GROUP`` faces or more
+    (``cohesion.mixed_folders``)."""
+    distinct = _distinct_groups(groups.centres, groups.sizes, MIN_SMALL_GROUP, groups.pair_cut, len(groups.sizes))
+    member = np.where(np.isin(groups.labels, distinct), groups.labels, OUTLIER)
+    return mixed_folders(labels[groups.sample], member, k, MIN_SMALL_GROUP)
 
 
 def _distinct_groups(centres: NDArray[np.float32], sizes: NDArray[np.int64], smallest: int, pair_cut: float,
@@ -368,8 +394,9 @@ def kmeans(
     # person fills several, and pairs of their faces across them are no impostor pairs.
     person = (folder_cohesion(x, labels, k, seed=seed, random_pairs=random_pairs).person
               if k > 1 and (extra_groups or own_cut) else np.zeros(k, np.int64))
-    seeds = (_group_seeds(x, k, person[labels], random_pairs, pair_cut=pair_calibrated, seed=seed, use_gpu=use_gpu)
-             if extra_groups else None)
+    groups = (sample_groups(x, person[labels], random_pairs, pair_cut=pair_calibrated, seed=seed, use_gpu=use_gpu)
+              if extra_groups else None)
+    seeds = _group_seeds(groups, k, person[labels]) if groups is not None else None
     if seeds is not None:
         found = _spherical_kmeans(x, len(seeds), restarts=1, seed=seed, use_gpu=use_gpu, init=seeds)
         method = f"kmeans k={k}, seeded with {count(len(seeds), 'group')} of alike faces"
@@ -415,6 +442,8 @@ def kmeans(
         out = np.nonzero(labels == OUTLIER)[0]
         similarity[out] = _nearest_centre(x, centres, out)[0]
     cohesion = folder_cohesion(x, labels, k_kept, seed=seed, random_pairs=random_pairs)
+    if groups is not None:  # folders that hold several groups of alike faces, however alike they are on average
+        cohesion = replace(cohesion, mixed=_mixed(labels, k_kept, groups))
     return Clustering(labels, similarity, centres, float(threshold), source, method,
                       tuple(int(v) for v in extra if v), cohesion=cohesion)
 

@@ -32,6 +32,9 @@ from .thresholds import (ALIKE_Z, IMPOSTOR_CENTRE_MAX, PAIR_Z, ImpostorModel, im
 BLOCK = 16_384
 SCALE_PAIRS = 50_000  # random pairs to read the impostor scale from: its centre to about 0.001
 MERGE_MIN_GROUP = 3  # groups of fewer faces join by their edge alone (see join_groups)
+# A folder holds a group of alike faces when the group has this share of its faces (of a sample): a folder is
+# one person when one person has 90% of its faces (``benchmarks/eval_folder_check.py``).
+MIXED_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,18 @@ class Cohesion:
     groups: tuple[tuple[int, ...], ...]
     cutoff: float
     source: str
+    # Folders that hold several groups of alike faces (``mixed_folders``): (folder, each group's faces of the sample)
+    mixed: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     @property
     def not_alike(self) -> tuple[int, ...]:
         """Clusters whose faces are on average no more alike than different people's."""
         return tuple(int(c) for c in np.nonzero(self.mean_pair < self.cutoff)[0])
+
+    @property
+    def not_one_person(self) -> tuple[int, ...]:
+        """Clusters that are not one person: not alike on average, or holding several groups of alike faces."""
+        return tuple(sorted({*self.not_alike, *(c for c, _ in self.mixed)}))
 
     @property
     def same_person(self) -> tuple[tuple[int, int], ...]:
@@ -67,13 +77,36 @@ class Cohesion:
     @property
     def people(self) -> int:
         """How many people the clusters that are one person hold, each group counted once."""
-        one = int((self.sizes > 0).sum()) - len(self.not_alike)
+        one = int((self.sizes > 0).sum()) - len(self.not_one_person)
         return one - sum(len(g) - 1 for g in self.groups)
 
     @property
     def person(self) -> NDArray[np.int64]:
         """For each cluster, the first cluster of its group (itself when in none)."""
         return person_of(self.groups, len(self.mean_pair))
+
+
+def mixed_folders(folder: NDArray[np.int64], group: NDArray[np.int64], k: int,
+                  smallest: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """The folders among ``k`` that hold two or more groups of alike faces, each of at least ``smallest`` faces
+    and ``MIXED_SHARE`` of the folder's: ``folder`` and ``group`` give each face's (of a sample; -1: none).
+    Returns (folder, the faces of each such group there, largest first).
+
+    The mean similarity of a folder's pairs tells a folder of many different people, but not one of a few
+    people each seen many times, which k-means puts together when asked for fewer folders than there are
+    people: LFW dev's first 80 people in two folders gave one of Arnold Schwarzenegger's 20 faces, 10 of Bill
+    McBride's, 8 of Ali Naimi's and 4 others', whose mean pair similarity (0.278) passed as one person's
+    (0.252), as k-means gathers faces alike to one centre. The graph of a sample sees each as a group."""
+    both = (folder >= 0) & (group >= 0)
+    n_groups = int(group.max()) + 1 if both.any() else 0
+    counts = np.bincount(folder[both] * n_groups + group[both], minlength=k * n_groups).reshape(k, n_groups)
+    faces = np.bincount(folder[folder >= 0], minlength=k)
+    out = []
+    for c in range(k):
+        held = sorted((int(m) for m in counts[c] if m >= max(smallest, MIXED_SHARE * faces[c])), reverse=True)
+        if len(held) >= 2:
+            out.append((c, tuple(held)))
+    return tuple(out)
 
 
 def person_of(groups: tuple[tuple[int, ...], ...], k: int) -> NDArray[np.int64]:
