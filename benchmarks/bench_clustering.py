@@ -5,6 +5,8 @@ Each mode runs in its own process so its peak memory is measured alone:
   --clusters 2:    two people (60/40) plus 5% scattered strangers
   2-plain:         the same with --no-extra-groups
   2+third:         --clusters 2 on two people (57%, 33%), a recurring third (5%) and 5% strangers
+  2+many:          --clusters 2 on 200 people with long-tailed sizes (Zipf-like) and 5% strangers: the two
+                   largest belong in the folders, the 198 others in outliers/ (most of them groups beyond k)
   2+blurred, auto+blurred: as 2 and auto through cluster_faces' own path, with 3% of the faces
                    turned into unrecognisable ones (near the model's blurred-face centre) to set aside
   2+copies, auto+copies: as 2 and auto through cluster_faces' own path, 20% of the faces being copies of
@@ -78,10 +80,11 @@ def child(mode: str, n: int, dim: int) -> None:
 
     base = mode.split("+")[0]
     many = int(mode) if mode.isdigit() and mode != "2" else 0  # --clusters K over K people
-    people = {"2": 2, "2-plain": 2, "2+third": 3, "2+blurred": 2, "2+copies": 2}.get(mode, min(20_000, n // 25))
+    people = {"2": 2, "2-plain": 2, "2+third": 3, "2+blurred": 2, "2+copies": 2, "2+many": 200}.get(
+        mode, min(20_000, n // 25))
     x, labels = synthetic(n, dim, many or people)
-    if mode == "2+third":
-        labels = np.where(labels == 2, -1, labels)  # the third person belongs in outliers/
+    if mode in ("2+third", "2+many"):
+        labels = np.where(labels >= 2, -1, labels)  # the people beyond the two belong in outliers/
     ef = None
     if mode.endswith(("+blurred", "+copies")):
         meta = {META_KEY: blur(x, labels).tolist()} if mode.endswith("+blurred") else {}

@@ -114,20 +114,20 @@ class ClusterReport:
         if extra and self.clustering.known_people:
             groups = "1 group" if len(extra) == 1 else f"{len(extra)} groups"
             notes.append(f"outliers/ also holds {groups} of alike faces that are none of the earlier run's people "
-                         f"(about {', '.join(f'{v:,}' for v in extra)} faces): people new since, or a repeated "
+                         f"(about {_sizes(extra)}): people new since, or a repeated "
                          "non-face; --new-people gives them folders of their own after the earlier run's people")
         elif extra:
             groups = "1 more group" if len(extra) == 1 else f"{len(extra)} more groups"
             # In a collection of many people (no folder is one person), k + groups folders would not be either.
-            advice = ("--clusters auto gives each person a folder" if self.many_people()
+            advice = ("--clusters auto gives each person a folder" if self.many_people() or len(extra) > SHOWN_MIXED
                       else f"--clusters {k + len(extra)} gives them folders of their own")
             notes.append(f"outliers/ also holds {groups} of alike faces beyond --clusters {k} "
-                         f"({', '.join(f'{v:,}' for v in extra)} faces): other people, or a repeated non-face; {advice}")
+                         f"({_sizes(extra)}): other people, or a repeated non-face; {advice}")
         c = self.clustering
         if missed := c.groups_left_out:
             groups, its = ("1 group", "its") if len(missed) == 1 else (f"{len(missed)} groups", "their")
             notes.append(f"outliers/ also holds {groups} of alike faces that are none of the earlier run's people "
-                         f"(about {', '.join(f'{v:,}' for v in missed)} faces), and no folder of {its} own: fewer "
+                         f"(about {_sizes(missed)}), and no folder of {its} own: fewer "
                          f"than {MIN_GROUP} of {its} faces reach the cut-off {c.threshold:.3f} to {its} centre; a "
                          "lower --min-similarity takes in more of them, and more strangers into every folder")
         if added := c.added_people:
@@ -215,6 +215,12 @@ class ClusterReport:
         return notes + [f"{named} {'does' if one else 'do'} not look like one person{'' if one else ' each'}: "
                         f"{'its' if one else 'their'} faces are on average no more alike than different people's (one "
                         f"person's reach {cohesion.cutoff:.3f}, {cohesion.source}): {advice}"]
+
+
+def _sizes(groups: Sequence[int]) -> str:
+    """The sizes of groups of faces, of the first ``SHOWN_MIXED``: ``60, 12, 7 faces, and 3 more groups``."""
+    shown = ", ".join(f"{v:,}" for v in groups[:SHOWN_MIXED]) + " faces"
+    return shown + (f", and {len(groups) - SHOWN_MIXED:,} more groups" if len(groups) > SHOWN_MIXED else "")
 
 
 def load_embeddings(paths: Sequence[str]) -> EmbeddingsFile:

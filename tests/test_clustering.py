@@ -115,6 +115,23 @@ def test_recurring_third_person_does_not_fill_a_person_folder(two_person, interv
     assert np.mean(plain.labels[third_rows] >= 0) >= 0.5
 
 
+def test_people_seen_five_to_twenty_times_do_not_fill_the_two_folders_of_the_two_seen_most(lfw_subset) -> None:
+    # LFW dev's people with ten photos or more, every other photo (Tony Blair 72, Donald Rumsfeld 61, two with 28
+    # and 30, 74 with 5-10), and 120 people with one, in two folders. With centres only for groups of ten faces or more,
+    # and at most eight of them, Michael Bloomberg's 9 photos filled Blair's folder (72 of 81), and the second
+    # folder took four people of 8-14 photos; each group of five alike faces has a centre of its own now.
+    emb, identity = lfw_subset
+    ef = embfile.load(emb)
+    truth = np.array([identity[p] for p in ef.rows.paths])
+    c = run_clustering(ef, ClusterConfig(clusters=2))
+    assert c.n_clusters == 2
+    for folder, person in enumerate(("Tony_Blair", "Donald_Rumsfeld")):
+        assert set(truth[c.labels == folder]) == {person}
+        assert (c.labels[truth == person] == folder).mean() >= 0.99
+    assert len(c.extra_groups) > 8 and min(c.extra_groups) >= 5
+    assert c.cohesion is not None and c.cohesion.not_one_person == ()
+
+
 def test_next_years_faces_go_to_the_same_person_folders(two_person, interviewer, tmp_path, capsys) -> None:
     emb, labels, _ = two_person
     ef = embfile.load(emb)

@@ -13,6 +13,7 @@ import pytest
 
 from face_organizer import embfile
 from face_organizer.cluster_stage import ClusterConfig, cluster_faces, run_clustering
+from face_organizer.clustering import cluster_name
 from face_organizer.cohesion import folder_cohesion
 from face_organizer.embed_run import run_embeddings
 from face_organizer.images import discover_images
@@ -181,33 +182,36 @@ def test_one_persons_frames_in_two_folders_are_placed_and_named_one_person(two_p
     assert len(note) == 1 and note[0].startswith("person_A and person_B look like one person (") and "--clusters 1 " in note[0]
 
 
-def test_a_folder_of_a_few_people_each_seen_often_is_named_by_its_groups_of_alike_faces(lfw_subset, tmp_path) -> None:
-    # LFW dev's people with five photos or more (and 120 with one) in two folders: k-means put Michael Bloomberg's
-    # 9 photos with Tony Blair's 72, and a few people of 9-14 photos each in the other. The mean similarity of a
-    # folder's pairs passed Blair's folder, and the summary called nothing but the other folder amiss; each
-    # person of the folders is a group of alike faces in the graph of the sample the seeds come from.
+def test_folders_of_a_few_people_each_seen_often_are_named_by_their_groups_of_alike_faces(lfw_subset, tmp_path) -> None:
+    # LFW dev's people with five photos or more (and 120 with one) in ten folders: beyond the four people with the
+    # most photos, k-means puts two or three people of 5-10 photos in each folder. The mean similarity of their
+    # pairs passed several such folders as one person (k-means gathers faces alike to one centre); the graph of
+    # the sample the extra groups come from sees each person as a group of alike faces.
     emb, identity = lfw_subset
     ef = embfile.load(emb)
     truth = np.array([identity[p] for p in ef.rows.paths])
-    report = cluster_faces(ef, str(tmp_path / "out"), ClusterConfig(link_mode="symlink", previews=False),
+    report = cluster_faces(ef, str(tmp_path / "out"), ClusterConfig(clusters=10, link_mode="symlink", previews=False),
                            progress=False)
     c = report.clustering
     check = c.cohesion
-    assert c.n_clusters == 2 and check is not None
-    held = [Counter(truth[c.labels == j].tolist()).most_common() for j in range(2)]
-    assert held[0][0][0] == "Tony_Blair" and 0.85 <= held[0][0][1] / (c.labels == 0).sum() < 0.9
-    assert check.not_alike == (1,) and check.mean_pair[0] > check.cutoff + 0.2  # Blair's passes on average
+    assert c.n_clusters == 10 and check is not None
+    held = [Counter(truth[c.labels == j].tolist()).most_common() for j in range(10)]
+    share = [people[0][1] / sum(n for _, n in people) for people in held]
     mixed = dict(check.mixed)
-    assert mixed[0] == (held[0][0][1], held[0][1][1]) and held[0][1][1] >= 5  # Blair's faces, and the other's
-    assert len(mixed[1]) >= 4 and all(n <= 14 for n in mixed[1])
-    assert check.not_one_person == (0, 1) and report.many_people()
+    passed_on_average = [j for j in mixed if j not in check.not_alike]
+    assert len(passed_on_average) >= 3
+    for j in passed_on_average:  # a few people, the largest group the person with the most faces there
+        assert share[j] < 0.5 and len(mixed[j]) >= 2 and mixed[j][0] == held[j][0][1]
+    assert all(j in check.not_one_person for j in range(10) if share[j] < 0.5)
+    assert all(j not in check.not_one_person for j in range(10) if share[j] >= 0.95)
     (note,) = notes_about(report, "several groups of faces alike to each other")
-    assert note.startswith("this folder holds several groups of faces alike to each other and not to the other "
-                           f"groups, likely one person each: person_A ({(c.labels == 0).sum()} faces: 2 groups of "
-                           f"{held[0][0][1]}, {held[0][1][1]}); --clusters auto gives each person a folder")
+    j = passed_on_average[0]
+    assert note.startswith("these folders hold several groups of faces alike to each other and not to the other "
+                           f"groups, likely one person each: {cluster_name(j)} ({(c.labels == j).sum()} faces: "
+                           f"{len(mixed[j])} groups of {', '.join(map(str, mixed[j]))}); ")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["one_person_check"]
-    assert summary["not_one_person"] == ["person_A", "person_B"]
-    assert summary["groups_of_alike_faces"]["person_A"] == list(mixed[0])
+    assert summary["not_one_person"] == [cluster_name(j) for j in check.not_one_person]
+    assert summary["groups_of_alike_faces"] == {cluster_name(j): list(groups) for j, groups in check.mixed}
 
 
 def test_a_collection_of_different_people_in_two_folders_says_so(utkface, models, tmp_path) -> None:
