@@ -166,6 +166,23 @@ class ClusterReport:
         cohesion = self.clustering.cohesion
         return cohesion is not None and len(cohesion.not_one_person) == self.clustering.n_clusters > 0
 
+    def folder_warnings(self) -> dict[str, str]:
+        """Per k-means folder (by name), why it may not be one person, for ``index.html`` beside its sheet."""
+        cohesion = self.clustering.cohesion
+        if cohesion is None:
+            return {}
+        said: dict[int, list[str]] = {}
+        for c, groups in cohesion.mixed:
+            said.setdefault(c, []).append(f"{len(groups)} groups of faces alike to each other "
+                                          f"({', '.join(f'{g:,}' for g in groups)}): likely several people")
+        for c in cohesion.not_alike:
+            said.setdefault(c, []).append("its faces are on average no more alike than different people's")
+        for group in cohesion.groups:
+            for c in group:
+                others = listed([cluster_name(o) for o in group if o != c], "folder")
+                said.setdefault(c, []).append(f"looks like the same person as {others}")
+        return {cluster_name(c): "; ".join(lines) for c, lines in said.items()}
+
     def not_one_person(self) -> list[str]:
         """k-means folders whose faces are on average no more alike than different people's, and
         folders that look like one person."""
@@ -383,6 +400,7 @@ def _previews(report: ClusterReport, ef: EmbeddingsFile, where: Sequence[str]) -
     sims = clustering.similarity
     entries = []
     sheeted = [n for n in counts if n != "outliers"][:MAX_SHEETS] + (["outliers"] if "outliers" in counts else [])
+    warnings = report.folder_warnings()
     for name in counts:
         sheet = None
         if name in sheeted:
@@ -399,7 +417,7 @@ def _previews(report: ClusterReport, ef: EmbeddingsFile, where: Sequence[str]) -
             write_sheet(sheet, contact_sheet(central_faces, borderline_faces))
         caption = OUTLIERS_CAPTION if name == "outliers" else IndexEntry.caption
         entries.append(IndexEntry(name, counts[name], os.path.join(output, name), sheet, caption,
-                                  missing=report.missing[name]))
+                                  missing=report.missing[name], warning=warnings.get(name, "")))
     notes = [f"{len(ef.rows):,} faces; similarity cut-off {clustering.threshold:.3f} ({clustering.threshold_source})",
              *report.notes(), *placement_notes(report.status, "clusters.csv", report.missing_found_in)]
     if len(counts) > len(sheeted):

@@ -90,6 +90,7 @@ class IndexEntry:
     sheet: str | None  # None: listed without a contact sheet
     caption: str = "top rows: nearest the cluster centre; red: borderline"  # how to read the sheet
     missing: int = 0  # of ``images``, those not placed: not where the embeddings file says
+    warning: str = ""  # why the folder may not be one person, shown beside its count
 
 
 def _url(relative: str) -> str:
@@ -104,7 +105,7 @@ def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Seq
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:2em;background:#fafafa}section{margin-bottom:2em}"
-        "img{max-width:100%;border:1px solid #ccc}h2{margin-bottom:.2em}.n{color:#555}</style></head><body>",
+        "img{max-width:100%;border:1px solid #ccc}h2{margin-bottom:.2em}.n{color:#555}.w{color:#a40}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "".join(f"<p class='n'>{html.escape(n)}</p>" for n in notes),
     ]
@@ -114,6 +115,8 @@ def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Seq
         if e.missing:
             link += (f" ({'all' if e.missing == e.images else f'{e.missing:,}'} missing, not placed: not where the "
                      "embeddings file says; blank tiles are such images)")
+        if e.warning:
+            link += f" <strong class='w'>{html.escape(e.warning)}</strong>"
         if e.sheet is None:
             parts.append(f"<p>{html.escape(e.name)}: {link}</p>")
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -180,6 +181,8 @@ def test_one_persons_frames_in_two_folders_are_placed_and_named_one_person(two_p
     assert c.cohesion.same_person == ((0, 1),) and c.cohesion.people == 1 and c.cohesion.not_alike == ()
     note = notes_about(report, "mean similarity of their faces across the folders")
     assert len(note) == 1 and note[0].startswith("person_A and person_B look like one person (") and "--clusters 1 " in note[0]
+    assert report.folder_warnings() == {"person_A": "looks like the same person as person_B",  # beside each in index.html
+                                        "person_B": "looks like the same person as person_A"}
 
 
 def test_folders_of_a_few_people_each_seen_often_are_named_by_their_groups_of_alike_faces(lfw_subset, tmp_path) -> None:
@@ -190,8 +193,7 @@ def test_folders_of_a_few_people_each_seen_often_are_named_by_their_groups_of_al
     emb, identity = lfw_subset
     ef = embfile.load(emb)
     truth = np.array([identity[p] for p in ef.rows.paths])
-    report = cluster_faces(ef, str(tmp_path / "out"), ClusterConfig(clusters=10, link_mode="symlink", previews=False),
-                           progress=False)
+    report = cluster_faces(ef, str(tmp_path / "out"), ClusterConfig(clusters=10, link_mode="symlink"), progress=False)
     c = report.clustering
     check = c.cohesion
     assert c.n_clusters == 10 and check is not None
@@ -212,6 +214,12 @@ def test_folders_of_a_few_people_each_seen_often_are_named_by_their_groups_of_al
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["one_person_check"]
     assert summary["not_one_person"] == [cluster_name(j) for j in check.not_one_person]
     assert summary["groups_of_alike_faces"] == {cluster_name(j): list(groups) for j, groups in check.mixed}
+    index = (tmp_path / "out" / "index.html").read_text()  # each such folder says so beside its count and sheet
+    for j, groups in check.mixed:
+        warning = f"{len(groups)} groups of faces alike to each other ({', '.join(map(str, groups))}): likely several"
+        assert re.search(f"<h2>{cluster_name(j)}</h2><p class='n'>[^<]*<a [^>]*>[^<]*</a> <strong class='w'>"
+                         f"{re.escape(warning)}", index)
+    assert index.count("<strong class='w'>") == len(check.not_one_person)
 
 
 def test_a_collection_of_different_people_in_two_folders_says_so(utkface, models, tmp_path) -> None:
