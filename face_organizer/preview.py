@@ -105,7 +105,8 @@ def write_index(path: str, title: str, entries: Sequence[IndexEntry], notes: Seq
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:2em;background:#fafafa}section{margin-bottom:2em}"
-        "img{max-width:100%;border:1px solid #ccc}h2{margin-bottom:.2em}.n{color:#555}.w{color:#a40}</style></head><body>",
+        "img{max-width:100%;border:1px solid #ccc}h2{margin-bottom:.2em}.n{color:#555}.w{color:#a40}"
+        "</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "".join(f"<p class='n'>{html.escape(n)}</p>" for n in notes),
     ]

@@ -181,7 +181,7 @@ def test_one_persons_frames_in_two_folders_are_placed_and_named_one_person(two_p
     assert c.cohesion.same_person == ((0, 1),) and c.cohesion.people == 1 and c.cohesion.not_alike == ()
     note = notes_about(report, "mean similarity of their faces across the folders")
     assert len(note) == 1 and note[0].startswith("person_A and person_B look like one person (") and "--clusters 1 " in note[0]
-    assert report.folder_warnings() == {"person_A": "looks like the same person as person_B",  # beside each in index.html
+    assert report.folder_warnings() == {"person_A": "looks like the same person as person_B",  # in index.html
                                         "person_B": "looks like the same person as person_A"}
 
 
