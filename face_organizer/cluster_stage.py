@@ -184,8 +184,8 @@ class ClusterReport:
         return {cluster_name(c): "; ".join(lines) for c, lines in said.items()}
 
     def not_one_person(self) -> list[str]:
-        """k-means folders whose faces are on average no more alike than different people's, and
-        folders that look like one person."""
+        """k-means folders whose faces are on average no more alike than different people's, or that hold
+        several groups of alike faces, and folders that look like one person."""
         cohesion = self.clustering.cohesion
         if cohesion is None:
             return []
@@ -204,9 +204,9 @@ class ClusterReport:
                 named += f"; and {count(extra, 'more group')}" if extra > 0 else ""
                 notes.append(f"each of these groups of folders looks like one person: {named} (in brackets: "
                              f"{ACROSS}; {scale}); {advice}")
-        mixed = cohesion.not_alike
-        several = [(c, groups) for c, groups in cohesion.mixed if c not in mixed]
-        if not mixed and not several:
+        unlike = cohesion.not_alike
+        several = [(c, groups) for c, groups in cohesion.mixed if c not in unlike]
+        if not unlike and not several:
             return notes
         sizes = np.bincount(self.clustering.labels[self.clustering.labels >= 0], minlength=self.clustering.n_clusters)
         if self.many_people():
@@ -223,12 +223,12 @@ class ClusterReport:
                          f"each other and not to the other groups, likely one person each: {named}; "
                          + ("--clusters auto gives each person a folder" if self.many_people() else
                             "more --clusters, or --clusters auto, would give each a folder of their own"))
-        if not mixed:
+        if not unlike:
             return notes
         named = ", ".join(f"{cluster_name(c)} ({count(int(sizes[c]), 'face')}, mean pair similarity "
-                          f"{cohesion.mean_pair[c]:.3f})" for c in mixed[:SHOWN_MIXED])
-        named += f" and {len(mixed) - SHOWN_MIXED:,} more" if len(mixed) > SHOWN_MIXED else ""
-        one = len(mixed) == 1
+                          f"{cohesion.mean_pair[c]:.3f})" for c in unlike[:SHOWN_MIXED])
+        named += f" and {len(unlike) - SHOWN_MIXED:,} more" if len(unlike) > SHOWN_MIXED else ""
+        one = len(unlike) == 1
         return notes + [f"{named} {'does' if one else 'do'} not look like one person{'' if one else ' each'}: "
                         f"{'its' if one else 'their'} faces are on average no more alike than different people's (one "
                         f"person's reach {cohesion.cutoff:.3f}, {cohesion.source}): {advice}"]

@@ -94,9 +94,9 @@ def mixed_folders(folder: NDArray[np.int64], group: NDArray[np.int64], k: int,
 
     The mean similarity of a folder's pairs tells a folder of many different people, but not one of a few
     people each seen many times, which k-means puts together when asked for fewer folders than there are
-    people: LFW dev's first 80 people in two folders gave one of Arnold Schwarzenegger's 20 faces, 10 of Bill
-    McBride's, 8 of Ali Naimi's and 4 others', whose mean pair similarity (0.278) passed as one person's
-    (0.252), as k-means gathers faces alike to one centre. The graph of a sample sees each as a group."""
+    people, as it gathers faces alike to one centre: LFW dev's people with five photos or more in ten folders
+    gave folders of two or three people of 5-10 photos each whose mean pair similarities (0.287-0.344) passed
+    as one person's (0.272). The graph of a sample sees each person as a group."""
     both = (folder >= 0) & (group >= 0)
     n_groups = int(group.max()) + 1 if both.any() else 0
     counts = np.bincount(folder[both] * n_groups + group[both], minlength=k * n_groups).reshape(k, n_groups)
