@@ -214,6 +214,12 @@ def test_folders_of_a_few_people_each_seen_often_are_named_by_their_groups_of_al
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["one_person_check"]
     assert summary["not_one_person"] == [cluster_name(j) for j in check.not_one_person]
     assert summary["groups_of_alike_faces"] == {cluster_name(j): list(groups) for j, groups in check.mixed}
+    extra = c.extra_groups  # the groups beyond the ten: the first ten sizes shown, then how many more
+    assert len(extra) > 10
+    (beyond,) = notes_about(report, "beyond --clusters 10")
+    assert beyond == (f"outliers/ also holds {len(extra)} more groups of alike faces beyond --clusters 10 "
+                      f"({', '.join(map(str, extra[:10]))} faces, and {len(extra) - 10} more groups): other people, "
+                      "or a repeated non-face; --clusters auto gives each person a folder")
     index = (tmp_path / "out" / "index.html").read_text()  # each such folder says so beside its count and sheet
     for j, groups in check.mixed:
         warning = f"{len(groups)} groups of faces alike to each other ({', '.join(map(str, groups))}): likely several"
