@@ -9,8 +9,9 @@ of a range of --clusters values is checked against the truth, on:
   one:      Tony Blair alone with strangers and junk;
   only:     Tony Blair's crops alone (the same draws, nothing else);
   utkface:  UTKFace's 500 crops, nearly every one a different person;
-  often:    LFW dev's photos of the 78 people with 10 or more, in 2, 3, 5 and 10 folders: a few people,
-            each seen many times, in each folder;
+  often:    LFW dev's photos of the 78 people with 10 or more, in 2, 3, 5 and 10 folders: the people
+            with the most photos fill folders of their own, and each other folder holds a few people,
+            each seen many times;
   many:     LFW dev's 2,805 photos of 610 people in 300 and 1,000 folders, most people in several:
             the folders that look like one person are joined, and the people they make are
             scored against the truth (pairwise precision and recall over the faces in folders).
@@ -46,7 +47,7 @@ from face_organizer.evaluation import pairwise  # noqa: E402
 from face_organizer.images import discover_images  # noqa: E402
 
 ONE_PERSON_SHARE = 0.9
-OFTEN = 10  # LFW dev's people with this many photos or more: 78 people, a few of whom k-means puts in each folder
+OFTEN = 10  # LFW dev's people with this many photos or more: 78 people, for 2-10 folders
 FEW_CLUSTERS = (2, 3, 5, 10)
 
 
