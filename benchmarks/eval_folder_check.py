@@ -9,6 +9,9 @@ of a range of --clusters values is checked against the truth, on:
   one:      Tony Blair alone with strangers and junk;
   only:     Tony Blair's crops alone (the same draws, nothing else);
   utkface:  UTKFace's 500 crops, nearly every one a different person;
+  library:  DeepFace's 61 labelled test photos of 13 people (2-8 each) in photos mode, in 2 to 5 folders: a
+            library of a few photos per person (each photo's largest face is its person, any other face
+            a person of its own);
   often:    LFW dev's photos of the 78 people with 10 or more, in 2, 3, 5 and 10 folders: the people
             with the most photos fill folders of their own, and each other folder holds a few people,
             each seen many times;
@@ -38,12 +41,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_setup import add_shared_argument, embedded_collection, embedded_photos, lfw_testpack  # noqa: E402
+from bench_setup import (add_shared_argument, embedded_collection, embedded_photos, lfw_testpack,  # noqa: E402
+                         read_labels)
 from face_organizer import embfile  # noqa: E402
 from face_organizer.cluster_stage import ClusterConfig, run_clustering  # noqa: E402
 from face_organizer.clustering import cluster_name  # noqa: E402
 from face_organizer.embed_run import run_embeddings  # noqa: E402
-from face_organizer.evaluation import pairwise  # noqa: E402
+from face_organizer.evaluation import largest_face_rows, pairwise  # noqa: E402
+from face_organizer.faces import EmbedOptions  # noqa: E402
 from face_organizer.images import discover_images  # noqa: E402
 
 ONE_PERSON_SHARE = 0.9
@@ -129,6 +134,15 @@ def main() -> int:
         run_embeddings(paths, Path(tmp) / "utk.pkl", models, inputs=[str(utk)], streams=streams, progress=False)
         ef = embfile.load(Path(tmp) / "utk.pkl")
         judge("UTKFace, every crop its own person", ef, list(ef.rows.paths), range(1, 4), tally)
+        library = shared / "datasets" / "deepface_tests"
+        identity_of = {str((library / r["path"]).absolute()): r["identity"] for r in read_labels(library)}
+        run_embeddings(sorted(identity_of), Path(tmp) / "library.pkl", models, EmbedOptions(mode="photos"),
+                       inputs=[str(library)], streams=streams, progress=False)
+        ef = embfile.load(Path(tmp) / "library.pkl")
+        largest = set(largest_face_rows(ef.rows.paths, ef.rows.bbox).tolist())  # a photo's largest: its person
+        judge("DeepFace's test photos, 2-8 of each person", ef,
+              [identity_of[p] if i in largest else f"another face {i}" for i, p in enumerate(ef.rows.paths)],
+              range(2, 6), tally)
         photos, identity = embedded_photos(lfw, Path(tmp) / "lfw.pkl", models, streams)
         often = Counter(identity)
         keep = np.array([i for i, t in enumerate(identity) if often[t] >= OFTEN])

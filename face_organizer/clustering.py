@@ -62,6 +62,12 @@ MIN_GROUP = 10
 # and Rumsfeld's 61 photos alone (the two-person draws of eval_clustering.py are unchanged).
 MIN_SMALL_GROUP = 5
 MAX_EXTRA_GROUPS = 32
+# A k-means folder is named as not one person when it holds two or more of the sample's groups of this many
+# faces (and a tenth of the folder's, ``cohesion.mixed_folders``): in a library of a few photos per person,
+# DeepFace's test photos in two folders gave folders of people with 5, 4 and 3 photos and of 6 and 4, whose
+# mean pair similarity passed as one person's; with groups of MIN_SMALL_GROUP, neither was named. No folder
+# of one person was named in ``benchmarks/eval_folder_check.py`` either way.
+MIXED_GROUP = 3
 # k-means trains on a random sample of at most this many faces per centre (all faces' clusters
 # are then assigned from the trained centres, and each folder's centre is the mean of all its
 # faces). A centre read from 10,000 faces is off by about 1% of one face's spread from the same
@@ -343,11 +349,11 @@ def _group_seeds(groups: SampleGroups, k: int, people: NDArray[np.int64]) -> NDA
 
 
 def _mixed(labels: NDArray[np.int64], k: int, groups: SampleGroups) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    """The folders that hold several of the sample's distinct groups of ``MIN_SMALL_GROUP`` faces or more
+    """The folders that hold several of the sample's distinct groups of ``MIXED_GROUP`` faces or more
     (``cohesion.mixed_folders``)."""
-    distinct = _distinct_groups(groups.centres, groups.sizes, MIN_SMALL_GROUP, groups.pair_cut, len(groups.sizes))
+    distinct = _distinct_groups(groups.centres, groups.sizes, MIXED_GROUP, groups.pair_cut, len(groups.sizes))
     member = np.where(np.isin(groups.labels, distinct), groups.labels, OUTLIER)
-    return mixed_folders(labels[groups.sample], member, k, MIN_SMALL_GROUP)
+    return mixed_folders(labels[groups.sample], member, k, MIXED_GROUP)
 
 
 def _distinct_groups(centres: NDArray[np.float32], sizes: NDArray[np.int64], smallest: int, pair_cut: float,

@@ -728,6 +728,14 @@ def test_a_person_with_two_photos_in_a_library_gets_a_folder(shared, models, tmp
     three = run_clustering(ef, ClusterConfig(clusters=None, min_cluster_size=3))
     assert three.pairs == 0 and all(three.labels[faces][[t in twice for t in truth]] < 0)
     assert result.n_clusters == three.n_clusters + result.pairs
+    # Asked for two folders, k-means fills each with a few of these people: the mean similarity of their faces'
+    # pairs passed both as one person's; the groups of three alike faces or more in each name them.
+    two = run_clustering(ef, ClusterConfig(clusters=2))
+    assert two.cohesion is not None and two.cohesion.not_alike == ()
+    for folder, groups in ((0, two.cohesion.mixed[0]), (1, two.cohesion.mixed[1])):
+        people = Counter(t for t, lab in zip(truth, two.labels[faces]) if lab == folder).most_common()
+        assert groups[0] == folder and len(groups[1]) == len(people) >= 2
+        assert list(groups[1]) == [n for _, n in people]  # each group one person, all their photos there
 
 
 def test_people_from_an_auto_run_use_its_face_to_centre_cut_off(lfw_crops, tmp_path) -> None:
