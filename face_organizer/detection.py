@@ -76,6 +76,18 @@ class Detections:
         return Detections(boxes.astype(np.float32), self.scores, np.stack([kx, ky], axis=-1).astype(np.float32))
 
 
+def _border(shape: tuple[int, ...], pad_ratio: float) -> int:
+    return int(round(max(shape[:2]) * pad_ratio))
+
+
+def canvas_scale(shape: tuple[int, ...], size: tuple[int, int], pad_ratio: float) -> float:
+    """The scale at which ``SCRFD`` letterboxes an image of ``shape`` into a canvas of ``size`` (w, h),
+    with a border of ``pad_ratio`` of its longer side (``letterbox``)."""
+    h, w = shape[:2]
+    border = _border(shape, pad_ratio)
+    return min(size[0] / (w + 2 * border), size[1] / (h + 2 * border))
+
+
 def letterbox(image: NDArray[np.uint8], canvas: NDArray[np.uint8], border: int = 0) -> tuple[float, int]:
     """Fit ``image`` plus a black ``border`` on every side into a black (h, w, 3) ``canvas``.
 
@@ -124,6 +136,29 @@ def load_detector_model(path: str | os.PathLike[str], *, cast_first: bool = Fals
     import onnx  # here: the stages that only read embeddings files need no ONNX (0.8 s to import)
 
     return with_uint8_bgr_input(onnx.load(os.fspath(path)), *DETECTOR_NORMALISATION, cast_first=cast_first)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+
+
+def coarse_levels(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy of the SCRFD ``model`` that computes only its coarser levels (strides 16 and 32 of 8, 16 and 32):
+    the finest level finds the small faces, and its head and upsampling cost about a quarter of the network at
+    a crop's canvas (192 pixels, one-off timings on the CPU: 1.34 against 1.81 ms). Its outputs are the
+    model's own, bit for bit, less the finest level's. None where the outputs are not SCRFD's."""
+    from onnx.utils import Extractor
+
+    names = [value.name for value in model.graph.output]
+    if len(names) not in (6, 9, 10, 15) or not model.graph.input:
+        return None
+    levels = 3 if len(names) in (6, 9) else 5
+    try:
+        return Extractor(model).extract_model([model.graph.input[0].name],
+                                              [name for i, name in enumerate(names) if i % levels])
+    except Exception as err:  # noqa: BLE001 - a graph the extractor cannot read keeps the whole network
+        log.info("detector: no coarse copy for face crops: %s", _first_line(err))
+        return None
 
 
 def with_dynamic_input_batch(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -176,9 +211,17 @@ def batchable_detector(model: onnx.ModelProto, open_session: Callable[[bytes], A
         log.info("detector batch stays at 1: batched outputs differ from single ones (relative error %.2g)",
                  min(errors.values()))
     except Exception as err:  # noqa: BLE001 - any failure means: keep the original model
-        log.info("detector batch stays at 1: %s", str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+        log.info("detector batch stays at 1: %s", _first_line(err))
     return reference_session, None
 
+
+# ``SCRFD.detect_crops``: a crop whose chosen face weighs less than this side's square on the canvas (its area,
+# discounted off the centre: ``central_weights``) is detected again with the finest level. In 3,290 LFW crops at
+# zooms 0.2-2.4 on a 192-pixel canvas, the whole network chose another face than its coarse levels in 819, all
+# zoomed out to 0.8 or less, where the coarse levels' choice weighed at most 44.8 pixels squared, and found one in
+# 8 where they found none; at zooms 0.9-2.4 (faces filling the frame, as video extractors crop them) their choice
+# weighed 69.6 or more, and 72.9 or more in the crops of ``bench_embeddings.py`` (one-off analyses, testpack).
+COARSE_MIN_SIDE = 64
 
 BATCH_PIXELS = 640 * 640  # a canvas's pixels up to which the detector's batches are whole (``SCRFD.batch_at``)
 
@@ -191,7 +234,8 @@ class SCRFD:
     None means it takes one image per call.
     """
 
-    def __init__(self, session: Any, layout: Layout | None = None, max_batch: int = 1, pad_batches: bool = False):
+    def __init__(self, session: Any, layout: Layout | None = None, max_batch: int = 1, pad_batches: bool = False,
+                 *, coarse_of: SCRFD | None = None):
         self.session = session
         self.pad_batches = pad_batches  # round batches up to a few shapes (see buckets.py); for accelerators
         self.layout = layout
@@ -202,12 +246,23 @@ class SCRFD:
         self.output_names = [o.name for o in outputs]
         self.batched = len(outputs[0].shape) == 3
         count = len(outputs)
-        if count not in (6, 9, 10, 15):
-            raise ValueError(f"not an SCRFD detector: {count} outputs")
-        self.fmc = 3 if count in (6, 9) else 5
-        self.strides = [8, 16, 32] if self.fmc == 3 else [8, 16, 32, 64, 128]
-        self.num_anchors = _anchors_per_position(count)
-        self.use_kps = count in (9, 15)
+        self.strides: list[int]
+        self.num_anchors: int
+        self.use_kps: bool
+        if coarse_of is not None:  # ``coarse_levels`` of that detector's model
+            self.strides = coarse_of.strides[1:]
+            self.num_anchors, self.use_kps = coarse_of.num_anchors, coarse_of.use_kps
+            if count != len(self.strides) * (3 if self.use_kps else 2):
+                raise ValueError(f"not the coarse levels of an SCRFD detector: {count} outputs")
+        else:
+            if count not in (6, 9, 10, 15):
+                raise ValueError(f"not an SCRFD detector: {count} outputs")
+            self.strides = [8, 16, 32] if count in (6, 9) else [8, 16, 32, 64, 128]
+            self.num_anchors = _anchors_per_position(count)
+            self.use_kps = count in (9, 15)
+        self.fmc = len(self.strides)  # levels: each has scores, boxes and (use_kps) landmarks
+        # The same network without its finest level, for face crops (``detect_crops``); None: the whole one.
+        self.coarse: SCRFD | None = None
         self._centers: dict[tuple[int, int, int], NDArray[np.float32]] = {}
 
     def _anchor_centers(self, height: int, width: int, stride: int) -> NDArray[np.float32]:
@@ -258,12 +313,31 @@ class SCRFD:
                 found.append(self._decode([parts[i] for parts in per_output], size, threshold, scale, offset))
         return found
 
+    def detect_crops(self, images: Sequence[NDArray[np.uint8]], size: tuple[int, int], threshold: float = 0.5,
+                     pad_ratio: float = 0.0) -> list[Detections]:
+        """``detect_many`` for face crops, whose face ``pick_central`` then chooses, and ``has_rival`` weighs
+        against the others: what they make of it is the same, at less cost. The coarse network (``coarse``)
+        detects every crop; a crop whose chosen face is not large on the canvas (``COARSE_MIN_SIDE``), or that
+        shows none, is detected again by the whole network, as a small face of its finest level could be the
+        one chosen. Detections of the finest level alone are left out of the others' results: such faces are
+        too small to be chosen over the one chosen, or to be its rival."""
+        coarse = self.coarse
+        if coarse is None:
+            return self.detect_many(images, size, threshold, pad_ratio)
+        found = coarse.detect_many(images, size, threshold, pad_ratio)
+        again = [i for i, (image, dets) in enumerate(zip(images, found))
+                 if not len(dets) or float(central_weights(dets, image.shape).max())
+                 * canvas_scale(image.shape, size, pad_ratio) ** 2 < COARSE_MIN_SIDE ** 2]
+        for i, dets in zip(again, self.detect_many([images[i] for i in again], size, threshold, pad_ratio)):
+            found[i] = dets
+        return found
+
     def _input(self, images: Sequence[NDArray[np.uint8]], size: tuple[int, int],
                pad_ratio: float) -> tuple[NDArray[np.uint8] | NDArray[np.float32], list[tuple[float, int]]]:
         """The images letterboxed into ``size`` canvases, as the session takes them, and each one's (scale, offset)."""
         width, height = size
         canvases = np.zeros((len(images), height, width, 3), np.uint8)
-        places = [letterbox(image, canvas, int(round(max(image.shape[:2]) * pad_ratio))) for image, canvas in zip(images, canvases)]
+        places = [letterbox(image, canvas, _border(image.shape, pad_ratio)) for image, canvas in zip(images, canvases)]
         return model_input(canvases, self.takes_uint8, *DETECTOR_NORMALISATION), places
 
     def _decode(self, outs: Sequence[NDArray[np.float32]], size: tuple[int, int], threshold: float,
@@ -294,6 +368,31 @@ class SCRFD:
         return Detections(all_boxes[keep], all_scores[keep], all_kps[keep])
 
 
+def coarse_detector(model: onnx.ModelProto, detector: SCRFD, open_session: Callable[[bytes], Any]) -> SCRFD | None:
+    """``detector``'s coarse copy for ``SCRFD.detect_crops``: ``coarse_levels`` of ``model`` (the model of
+    ``detector.session``), opened by ``open_session(serialized_model)``, and kept where it gives ``detector``'s
+    outputs of those levels for a random canvas; else None."""
+    coarse = coarse_levels(model)
+    if coarse is None:
+        return None
+    try:
+        copy = SCRFD(open_session(coarse.SerializeToString()), detector.layout, detector.max_batch,
+                     detector.pad_batches, coarse_of=detector)
+        arg = detector.session.get_inputs()[0]
+        probe = random_input(arg, np.random.default_rng(2), batch=None if detector.layout is None else 2, side=96)
+        whole = detector.session.run(detector.output_names, {arg.name: probe})
+        part = copy.session.run(copy.output_names, {copy.input_name: probe})
+        expected = [out for level, out in enumerate(whole) if level % detector.fmc]
+        if len(part) != len(expected) or not all(a.shape == b.shape and np.allclose(a, b, rtol=1e-5, atol=1e-5)
+                                                  for a, b in zip(part, expected)):
+            log.info("detector: no coarse copy for face crops: its outputs differ from the whole network's")
+            return None
+    except Exception as err:  # noqa: BLE001 - any failure means: the whole network for crops too
+        log.info("detector: no coarse copy for face crops: %s", _first_line(err))
+        return None
+    return copy
+
+
 # Another face at least this share of the chosen face's area: an image with several people (a group
 # photo in crops mode), not a crop with a cut-off face at its edge. On 933 video-style LFW crops none
 # had one at 0.3, against 66 of 935 LFW photos, 4 of 82 library photos and every group photo at 0.5.
@@ -310,15 +409,20 @@ def has_rival(dets: Detections, chosen: int) -> bool:
     return bool((np.delete(area, chosen) >= RIVAL_AREA * area[chosen]).any())
 
 
+def central_weights(dets: Detections, image_shape: tuple[int, ...]) -> NDArray[np.floating]:
+    """Each face's area in pixels of the image, discounted by the distance of its box's centre from the image's
+    centre (``pick_central``): at most its area."""
+    h, w = image_shape[:2]
+    boxes = dets.boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    offset = np.hypot(centre[:, 0] - w / 2, centre[:, 1] - h / 2) / (0.5 * np.hypot(w, h))
+    return _areas(boxes) * np.clip(1.0 - offset, 0.05, 1.0) ** 2
+
+
 def pick_central(dets: Detections, image_shape: tuple[int, ...]) -> int:
     """Index of the face a face crop is about: large and near the centre.
 
     Area is discounted by the distance of the box centre from the image centre,
     so a big interviewer's shoulder-face at the edge loses to the centred subject.
     """
-    h, w = image_shape[:2]
-    boxes = dets.boxes
-    area = _areas(boxes)
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    offset = np.hypot(centre[:, 0] - w / 2, centre[:, 1] - h / 2) / (0.5 * np.hypot(w, h))
-    return int(np.argmax(area * np.clip(1.0 - offset, 0.05, 1.0) ** 2))
+    return int(np.argmax(central_weights(dets, image_shape)))

@@ -17,7 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
-from .detection import SCRFD, Detections, batchable_detector, has_rival, load_detector_model, pick_central
+from .detection import (SCRFD, Detections, batchable_detector, coarse_detector, has_rival, load_detector_model,
+                        pick_central, with_dynamic_input_batch)
 from .frames import repeated_frames
 from .images import reduction_keeping
 from .modelpack import ModelPack
@@ -154,6 +155,9 @@ def load_face_models(
     recognizer = Recognizer(session, rec_exported, max_batch=cap if batchable else 1, pad_batches=rec_report.device != "cpu")
     det_batch_session, layout = batchable_detector(det_model, reopener(pack.detector.name, det_report), det_session)
     detector = SCRFD(det_batch_session, layout, max_batch=cap, pad_batches=det_report.device != "cpu")
+    if det_report.device == "cpu":  # on accelerators the CPU's work bounds a run, not the detector's
+        batched_model = det_model if layout is None else with_dynamic_input_batch(det_model)
+        detector.coarse = coarse_detector(batched_model, detector, reopener(pack.detector.name, det_report))
     log.info("recogniser %s: %d-d embeddings, batch %s; detector %s: batch %s", pack.recognizer.name, recognizer.dim,
              recognizer.max_batch if batchable else "fixed at 1", pack.detector.name,
              detector.max_batch if layout else "fixed at 1")
@@ -194,8 +198,8 @@ def find_crop_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, option
     for size in options.crop_det_sizes:
         if not todo:
             break
-        dets_list = detector.detect_many([images[i] for i in todo], (size, size), options.crop_threshold,
-                                         pad_ratio=options.pad_ratio)
+        dets_list = detector.detect_crops([images[i] for i in todo], (size, size), options.crop_threshold,
+                                          pad_ratio=options.pad_ratio)
         missed = []
         for i, dets in zip(todo, dets_list):
             if len(dets):

@@ -98,6 +98,7 @@ def test_gpu_sessions_get_whole_padded_batches(testpack, models, video_crops, mo
     gpu = load_face_models(testpack, "cuda", 0, batch_size=16)
     assert gpu.device == "cuda" and gpu.recognizer.max_batch == 16 and gpu.detector.max_batch == 16
     assert gpu.recognizer.pad_batches and gpu.detector.pad_batches
+    assert gpu.detector.coarse is None and models.detector.coarse is not None  # the CPU's saving only
     for s in sessions:
         s.batches.clear()
     batch = [(str(p), read_image(p)) for c in video_crops.values() for p in c][:21]

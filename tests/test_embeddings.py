@@ -31,7 +31,7 @@ from face_organizer.embfile import parts_dir
 from face_organizer.errors import EmbeddingsFileError, RunStopped, SetupError, UnsafePickleError
 from face_organizer.evaluation import roc_auc
 from face_organizer.detection import Detections
-from face_organizer.faces import TURNS, EmbedOptions, FaceRows, ShrunkPhotos, embed_batch
+from face_organizer.faces import TURNS, EmbedOptions, FaceRows, ShrunkPhotos, embed_batch, find_crop_faces
 from face_organizer.images import discover_images, read_image
 from face_organizer.samples import insightface_sample
 
@@ -514,6 +514,84 @@ def test_batched_detection_finds_what_one_image_at_a_time_finds(lfw, lfw_labels,
             np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
             np.testing.assert_allclose(a.kps, b.kps, atol=1e-3)
             np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_crops_detected_by_the_coarse_levels_give_the_whole_networks_faces(lfw, lfw_labels, models,
+                                                                          monkeypatch) -> None:
+    """On the CPU the detector's coarse copy (strides 16 and 32) finds the face of a crop; only crops whose face
+    could be one of the finest level's (small on the canvas, or none found) go to the whole network, and every
+    crop's chosen face, box, score and rivals come out as the whole network alone gives them."""
+    from face_organizer.samples import central_landmarks, junk_crop, video_crop
+
+    detector = models.detector
+    assert detector.coarse is not None and detector.coarse.strides == [16, 32] and detector.strides == [8, 16, 32]
+    rng = np.random.default_rng(5)
+    crops, zooms = [], []
+    for i, row in enumerate(lfw_labels[:120:3]):
+        photo = read_image(lfw / row["path"])
+        kps = central_landmarks(photo, detector)
+        if kps is None:
+            continue
+        # From a face a sixth of the crop (the coarse levels find none) and a fifth (they find it, but the finest
+        # level's face is chosen) to one beyond its edges.
+        zoom = (0.3, 0.4, 0.6, 0.9, 1.3, 1.8, 2.4)[i % 7]
+        crops.append(video_crop(photo, kps, zoom=zoom, occlude=(None, "bar", "blob")[i % 3], seed=i))
+        zooms.append(zoom)
+    group = read_image(insightface_sample("t1.jpg"))
+    others = [group, group[:, : group.shape[1] // 2], read_image(lfw / lfw_labels[0]["path"]), junk_crop(group, rng)]
+    images_ = crops + others
+    whole: set[int] = set()  # the images the whole network saw
+    detect_many = detector.detect_many
+
+    def recorded(images, *args, **kwargs):
+        whole.update(id(image) for image in images)
+        return detect_many(images, *args, **kwargs)
+
+    monkeypatch.setattr(detector, "detect_many", recorded)
+    several: set[int] = set()
+    found = find_crop_faces(images_, detector, EmbedOptions(), several=several)
+    again = [id(crop) in whole for crop in crops]
+    monkeypatch.setattr(detector, "coarse", None)
+    several_whole: set[int] = set()
+    want = find_crop_faces(images_, detector, EmbedOptions(), several=several_whole)
+    assert sum(f is None for f in want) <= 2
+    assert several == several_whole and several & set(range(len(crops), len(images_)))  # the group photo
+    for got, expected in zip(found, want):
+        assert (got is None) == (expected is None)
+        if got is not None and expected is not None:
+            np.testing.assert_array_equal(got[0], expected[0])
+            np.testing.assert_array_equal(got[1], expected[1])
+            assert got[2] == expected[2]
+    # Crops a face fills are detected by the coarse levels alone; crops zoomed out far by the whole network too.
+    assert not any(a for a, z, f in zip(again, zooms, want) if z >= 0.9 and f is not None)
+    assert all(a for a, z in zip(again, zooms) if z < 0.5) and sum(again) < len(crops) / 2
+
+
+def test_no_coarse_copy_where_it_would_not_give_the_whole_networks_outputs(testpack, models) -> None:
+    import onnx
+
+    from face_organizer.detection import coarse_detector, coarse_levels, load_detector_model, with_dynamic_input_batch
+    from face_organizer.providers import open_session
+
+    model = with_dynamic_input_batch(load_detector_model(testpack.detector))
+
+    def opened(serialized: bytes):
+        return open_session(serialized, "det", "cpu", 0, quiet=True)[0]
+
+    class Scrambled:
+        def __init__(self, serialized: bytes):
+            self.inner = opened(serialized)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def run(self, names, feeds):
+            return [o[::-1].copy() for o in self.inner.run(names, feeds)]
+
+    assert coarse_detector(model, models.detector, opened) is not None
+    assert coarse_detector(model, models.detector, Scrambled) is None
+    recogniser = onnx.load(str(testpack.recognizer))
+    assert coarse_levels(recogniser) is None  # one output: not SCRFD's
 
 
 def test_each_images_rows_are_read_from_the_batch_output_without_copying_it() -> None:
