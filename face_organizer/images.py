@@ -111,13 +111,15 @@ def _opencv_reads_jpeg2000() -> bool:
 # JPEG 2000 (scanned photo archives; macOS can save it): read by OpenCV itself where its build has a decoder.
 JPEG2000_EXTENSIONS = frozenset({".jp2", ".j2k"})  # the file format, and the bare codestream
 # .jfif: JPEG photos saved from the web on Windows (browsers named them so for years); .jpe: JPEG too.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff"}) | (
+# .ppm, .pgm, .pnm: Netpbm, as ffmpeg writes frames asked for by those names; OpenCV reads them itself.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm",
+                              ".pgm", ".pnm"}) | (
     HEIF_EXTENSIONS if _heif() is not None else frozenset()) | (
     frozenset({".avif"}) if _avif() is not None else frozenset()) | (
     frozenset({".gif"}) if _gif() is not None else frozenset()) | (
     JPEG2000_EXTENSIONS if _opencv_reads_jpeg2000() else frozenset())
 # As messages name them.
-READ_FORMATS = "jpg, jpeg, jfif, png, webp, bmp, tif" + "".join(
+READ_FORMATS = "jpg, jpeg, jfif, png, webp, bmp, tif, ppm, pgm" + "".join(
     f", {name}" for name, ext in (("heic", ".heic"), ("avif", ".avif"), ("gif", ".gif"), ("jp2", ".jp2"))
     if ext in IMAGE_EXTENSIONS)
 # Photo formats a library may hold that are not read here: named in a warning, not left out silently.

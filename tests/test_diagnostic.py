@@ -25,7 +25,7 @@ def test_cpu_self_test_passes_and_report_is_complete(testpack_dir, capsys) -> No
                     "== verdict"):
         assert section in out
     assert "CPUExecutionProvider: PASS" in out
-    assert "  image formats read: jpg, jpeg, jfif, png, webp, bmp, tif, heic, avif, gif, jp2\n" in out
+    assert "  image formats read: jpg, jpeg, jfif, png, webp, bmp, tif, ppm, pgm, heic, avif, gif, jp2\n" in out
     assert "sha256 b7120c095d60094f28a4a54ba6a8bf51b297a6273fb40ef6350dfec1f63d9507" in out  # MobileFaceNet.onnx
     # the recogniser as stage 1 runs it (uint8 images in), every kernel of a profiled run accounted for
     assert "(MobileFaceNet.onnx, uint8 images in as in stage 1, GPU_ID=0)" in out
@@ -36,7 +36,8 @@ def test_image_formats_and_why_heic_or_avif_would_not_be_read(monkeypatch) -> No
     # A user whose HEIC or AVIF photos are counted as "formats not read here" learns why from the diagnostic.
     from face_organizer import images
 
-    assert d.image_formats() == ["image formats read: jpg, jpeg, jfif, png, webp, bmp, tif, heic, avif, gif, jp2"]
+    assert d.image_formats() == ["image formats read: jpg, jpeg, jfif, png, webp, bmp, tif, ppm, pgm, heic, avif, gif, "
+                                 "jp2"]
     monkeypatch.setattr(images, "IMAGE_EXTENSIONS", images.IMAGE_EXTENSIONS - {".heic", ".heif", ".avif", ".jp2"})
     monkeypatch.setattr(images, "READ_FORMATS", "jpg, jpeg, png, webp, bmp, tif")
     monkeypatch.setattr(d.metadata, "version", lambda name: {"pillow": "11.1.0"}[name])

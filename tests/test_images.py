@@ -250,8 +250,8 @@ def test_missing_input_folder(tmp_path: Path, caplog) -> None:
         assert discover_images([tmp_path / "in", *(tmp_path / n for n in ("2017.tar.gz", "list.txt", "IMG_1.JXL"))]
                                ) == [str(tmp_path / "in" / "a.png")]
     assert caplog.messages == [f"{tmp_path / '2017.tar.gz'} is an archive: left out (unpack it and name the folder)",
-                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, jfif, png, webp, bmp, tif, heic, "
-                               "avif, gif, jp2): left out",
+                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, jfif, png, webp, bmp, tif, ppm, pgm, "
+                               "heic, avif, gif, jp2): left out",
                                "left out 1 photo in formats not read here (.jxl: 1); convert them to JPEG or PNG to "
                                "include them"]
 
@@ -283,6 +283,24 @@ def test_jpeg_photos_under_the_names_windows_gave_them_are_read(tmp_path: Path) 
     (tmp_path / "a.jpg").unlink()
     assert discover_images([tmp_path]) == sorted(str(tmp_path / n) for n in names)
     assert all(load(str(tmp_path / n)).reason is None for n in names)
+
+
+def test_netpbm_frames_as_ffmpeg_writes_them_are_read(tmp_path: Path) -> None:
+    # `ffmpeg -i clip.mp4 frame_%04d.ppm` writes Netpbm frames: they were passed over without a word.
+    base = _gradient()
+    grey = cv2.cvtColor(base, cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(tmp_path / "frame_0001.ppm"), base)
+    cv2.imwrite(str(tmp_path / "frame_0002.PGM"), grey)
+    cv2.imwrite(str(tmp_path / "frame_0003.pgm"), grey.astype(np.uint16) * 257)  # 16-bit
+    (tmp_path / "frame_0004.pnm").write_bytes((tmp_path / "frame_0001.ppm").read_bytes())
+    assert (tmp_path / "frame_0001.ppm").read_bytes()[:2] == b"P6"
+    assert (tmp_path / "frame_0002.PGM").read_bytes()[:2] == b"P5"
+    names = ["frame_0001.ppm", "frame_0002.PGM", "frame_0003.pgm", "frame_0004.pnm"]
+    assert discover_images([tmp_path]) == [str(tmp_path / n) for n in names]
+    np.testing.assert_array_equal(read_image(tmp_path / "frame_0001.ppm"), base)
+    np.testing.assert_array_equal(read_image(tmp_path / "frame_0004.pnm"), base)
+    for name in names[1:3]:
+        np.testing.assert_array_equal(read_image(tmp_path / name), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
 
 
 def test_jpeg2000_photos_are_read(tmp_path: Path) -> None:
