@@ -250,8 +250,8 @@ def test_missing_input_folder(tmp_path: Path, caplog) -> None:
         assert discover_images([tmp_path / "in", *(tmp_path / n for n in ("2017.tar.gz", "list.txt", "IMG_1.JXL"))]
                                ) == [str(tmp_path / "in" / "a.png")]
     assert caplog.messages == [f"{tmp_path / '2017.tar.gz'} is an archive: left out (unpack it and name the folder)",
-                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, jfif, png, webp, bmp, tif, ppm, pgm, "
-                               "heic, avif, gif, jp2): left out",
+                               f"{tmp_path / 'list.txt'} is not an image (jpg, jpeg, jfif, png, webp, bmp, tif, "
+                               "ppm, pgm, heic, avif, gif, jp2): left out",
                                "left out 1 photo in formats not read here (.jxl: 1); convert them to JPEG or PNG to "
                                "include them"]
 
