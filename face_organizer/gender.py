@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from .buckets import run_batched
 from .deepface_import import deepface_home_default, import_deepface
-from .detection import SCRFD, load_detector_model
+from .detection import SCRFD, coarse_detector, load_detector_model
 from .errors import ModelPackError, SetupError
 from .faces import EmbedOptions, find_crop_face
 from .modelpack import ModelPack
@@ -76,7 +76,8 @@ class InsightFaceGender:
     def __init__(self, pack: ModelPack, device: Device = "auto", gpu_id: int = 0, *, threads: int = 0, batch_size: int = 64):
         self.name = self.name_for(pack)  # what made the predictions
         # Both sessions take the uint8 images and normalise them themselves (see tensors.py).
-        det_session, det_report = open_session(load_detector_model(pack.detector).SerializeToString(), pack.detector.name, device, gpu_id, threads=threads)
+        det_model = load_detector_model(pack.detector)
+        det_session, det_report = open_session(det_model.SerializeToString(), pack.detector.name, device, gpu_id, threads=threads)
         genderage = _genderage(pack)
         model = onnx.load(str(genderage))
         self.mean, self.std = input_normalisation(model)
@@ -86,6 +87,9 @@ class InsightFaceGender:
         self.session, report = open_session(model.SerializeToString(), genderage.name, device, gpu_id, threads=threads)
         self.reports: list[SessionReport] = [det_report, report]
         self.detector = SCRFD(det_session)
+        if det_report.device == "cpu":  # crops detected by its coarse levels first (``SCRFD.detect_crops``)
+            self.detector.coarse = coarse_detector(det_model, self.detector, lambda serialized: open_session(
+                serialized, pack.detector.name, "cpu", gpu_id, threads=threads, quiet=True)[0])
         arg = self.session.get_inputs()[0]
         self.takes_uint8 = takes_uint8_images(self.session)
         self.input_name, self.size = arg.name, int(arg.shape[1] if self.takes_uint8 else arg.shape[2])

@@ -40,6 +40,15 @@ def test_accuracy_on_utkface(utkface, predictor) -> None:
     assert all(p.gender is not None for p in preds)  # tight crops are found thanks to padding
     ages = np.array([p.age for p in preds])
     assert 15 < np.median(ages) < 60
+    # On the CPU the crops are detected by the detector's coarse levels first: the same predictions as the whole
+    # network alone gives.
+    assert predictor.detector.coarse is not None
+    coarse, predictor.detector.coarse = predictor.detector.coarse, None
+    try:
+        whole = predictor.predict([(r["path"], read_image(utkface / r["path"])) for r in rows[:60]])
+    finally:
+        predictor.detector.coarse = coarse
+    assert [(p.gender, p.confidence, p.age) for p in whole] == [(p.gender, p.confidence, p.age) for p in preds[:60]]
 
 
 def test_filter_copies_one_gender_and_reports_bad_files(utkface, testpack_dir, tmp_path, capsys) -> None:
