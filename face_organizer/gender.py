@@ -77,7 +77,8 @@ class InsightFaceGender:
         self.name = self.name_for(pack)  # what made the predictions
         # Both sessions take the uint8 images and normalise them themselves (see tensors.py).
         det_model = load_detector_model(pack.detector)
-        det_session, det_report = open_session(det_model.SerializeToString(), pack.detector.name, device, gpu_id, threads=threads)
+        det_session, det_report = open_session(det_model.SerializeToString(), pack.detector.name, device, gpu_id,
+                                               threads=threads)
         genderage = _genderage(pack)
         model = onnx.load(str(genderage))
         self.mean, self.std = input_normalisation(model)
