@@ -319,8 +319,8 @@ class SCRFD:
         against the others: what they make of it is the same, at less cost. The coarse network (``coarse``)
         detects every crop; a crop whose chosen face is not large on the canvas (``COARSE_MIN_SIDE``), or that
         shows none, is detected again by the whole network, as a small face of its finest level could be the
-        one chosen. Detections of the finest level alone are left out of the others' results: such faces are
-        too small to be chosen over the one chosen, or to be its rival."""
+        one chosen. Faces that only the finest level finds are left out of the other crops' results; in the
+        crops and photos tried (see ``COARSE_MIN_SIDE``) none would have been the face chosen or its rival."""
         coarse = self.coarse
         if coarse is None:
             return self.detect_many(images, size, threshold, pad_ratio)
