@@ -189,17 +189,19 @@ def find_crop_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD, option
                     several: set[int] | None = None) -> list[CropFace | None]:
     """For each crop, (kps (5, 2), box (4,), score) of the face it shows, in its pixels, or None.
 
-    Every crop is detected at the first size in one batched pass; only those without a
+    Every crop is detected at the first size in one batched pass (``SCRFD.detect_crops``); only those without a
     face are tried again at the next size. ``several`` collects the indices of the images that
     show another face about as large as the one chosen (``detection.has_rival``).
     """
     found: list[CropFace | None] = [None] * len(images)
     todo = list(range(len(images)))
-    for size in options.crop_det_sizes:
+    for attempt, size in enumerate(options.crop_det_sizes):
         if not todo:
             break
-        dets_list = detector.detect_crops([images[i] for i in todo], (size, size), options.crop_threshold,
-                                          pad_ratio=options.pad_ratio)
+        # The crops tried again hold no face the whole network found at the first size: mostly not faces at all
+        # (the extractor's mistakes), for which the coarse network would be work spent for nothing.
+        detect = detector.detect_crops if attempt == 0 else detector.detect_many
+        dets_list = detect([images[i] for i in todo], (size, size), options.crop_threshold, pad_ratio=options.pad_ratio)
         missed = []
         for i, dets in zip(todo, dets_list):
             if len(dets):
