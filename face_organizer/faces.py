@@ -158,9 +158,10 @@ def load_face_models(
     if det_report.device == "cpu":  # on accelerators the CPU's work bounds a run, not the detector's
         batched_model = det_model if layout is None else with_dynamic_input_batch(det_model)
         detector.coarse = coarse_detector(batched_model, detector, reopener(pack.detector.name, det_report))
-    log.info("recogniser %s: %d-d embeddings, batch %s; detector %s: batch %s", pack.recognizer.name, recognizer.dim,
+    log.info("recogniser %s: %d-d embeddings, batch %s; detector %s: batch %s%s", pack.recognizer.name, recognizer.dim,
              recognizer.max_batch if batchable else "fixed at 1", pack.detector.name,
-             detector.max_batch if layout else "fixed at 1")
+             detector.max_batch if layout else "fixed at 1",
+             ", crops by its coarse levels first" if detector.coarse else "")
     return FaceModels(pack, detector, recognizer, [det_report, rec_report], batchable)
 
 
