@@ -516,6 +516,21 @@ def test_batched_detection_finds_what_one_image_at_a_time_finds(lfw, lfw_labels,
             np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
 
 
+class Scrambled:
+    """A CPU session whose output rows come back in another order."""
+
+    def __init__(self, serialized: bytes):
+        from face_organizer.providers import open_session
+
+        self.inner = open_session(serialized, "det", "cpu", 0, quiet=True)[0]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, names, feeds):
+        return [o[::-1].copy() for o in self.inner.run(names, feeds)]
+
+
 def test_crops_detected_by_the_coarse_levels_give_the_whole_networks_faces(lfw, lfw_labels, models,
                                                                           monkeypatch) -> None:
     """On the CPU the detector's coarse copy (strides 16 and 32) finds the face of a crop; only crops whose face
@@ -578,16 +593,6 @@ def test_no_coarse_copy_where_it_would_not_give_the_whole_networks_outputs(testp
     def opened(serialized: bytes):
         return open_session(serialized, "det", "cpu", 0, quiet=True)[0]
 
-    class Scrambled:
-        def __init__(self, serialized: bytes):
-            self.inner = opened(serialized)
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def run(self, names, feeds):
-            return [o[::-1].copy() for o in self.inner.run(names, feeds)]
-
     assert coarse_detector(model, models.detector, opened) is not None
     assert coarse_detector(model, models.detector, Scrambled) is None
     recogniser = onnx.load(str(testpack.recognizer))
@@ -620,13 +625,6 @@ def test_detector_rewrite_kept_only_when_it_reproduces_single_outputs(testpack) 
 
     model = onnx.load(str(testpack.detector))
     reference, _ = open_session(model.SerializeToString(), "det", "cpu", 0, quiet=True)
-
-    class Scrambled:  # a batched session whose rows come back in another order
-        def __init__(self, serialized: bytes):
-            self.inner = open_session(serialized, "det", "cpu", 0, quiet=True)[0]
-
-        def run(self, names, feeds):
-            return [o[::-1].copy() for o in self.inner.run(names, feeds)]
 
     session, layout = batchable_detector(model, Scrambled, reference)
     assert session is reference and layout is None
