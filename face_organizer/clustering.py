@@ -327,14 +327,17 @@ def sample_groups(x: NDArray[np.float32], people: NDArray[np.int64], random_pair
     return SampleGroups(sample, groups.labels, groups.centres, sizes, float(pair_cut))
 
 
-def _group_seeds(groups: SampleGroups, k: int, people: NDArray[np.int64]) -> NDArray[np.float32] | None:
+def _group_seeds(groups: SampleGroups, k: int, labels: NDArray[np.int64],
+                 people: NDArray[np.int64]) -> NDArray[np.float32] | None:
     """Centres of the groups of alike faces in a random sample (``sample_groups``), when there are more
-    than ``k``, or ``k`` while the k-means clusters hold fewer people than ``k`` (``people``: each face's),
-    or ``k`` some of which are under ``MIN_GROUP`` faces where the clusters are ``k`` people.
+    than ``k``, or ``k`` while the k-means clusters (``labels``: each face's) hold fewer people than ``k``
+    (``people``: each face's), or put two of the groups in one cluster, or ``k`` some of which are under
+    ``MIN_GROUP`` faces where the clusters are ``k`` people.
 
     k-means must put every face in one of its k clusters, so a third person who recurs
     (an interviewer, a partner, a stranger seen a few times) is shared out among the k people's
-    folders. It may also split one person who is seen in two looks and put two others together.
+    folders. It may also split one person who is seen in two looks and put two others together,
+    or, where strangers are many, put two people together and give the strangers a cluster.
     Groups need ``MIN_SMALL_GROUP`` faces of the sample; a group whose centre is as similar to a
     larger group's centre as a genuine pair is one person split in two and is dropped.
     """
@@ -342,10 +345,14 @@ def _group_seeds(groups: SampleGroups, k: int, people: NDArray[np.int64]) -> NDA
     large = int((groups.sizes[kept] >= MIN_GROUP).sum())
     log.info("%d group(s) of alike faces (%d+ faces; %d of them %d+) in a sample of %d; pair cut-off %.3f",
              len(kept), MIN_SMALL_GROUP, large, MIN_GROUP, len(groups.sample), groups.pair_cut)
-    split = np.unique(people).size < k  # clusters that look like one person
-    if len(kept) > k or (len(kept) == k and (split or large < k)):  # k people, some seen only a few times
+    if len(kept) > k:
         return groups.centres[kept]
-    return None
+    if len(kept) < k:
+        return None
+    split = np.unique(people).size < k  # clusters that look like one person
+    member = np.where(np.isin(groups.labels, kept), groups.labels, OUTLIER)
+    joined = bool(mixed_folders(labels[groups.sample], member, k, MIN_SMALL_GROUP))  # two people in one cluster
+    return groups.centres[kept] if split or joined or large < k else None  # k people, some seen only a few times
 
 
 def _mixed(labels: NDArray[np.int64], k: int, groups: SampleGroups) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -406,7 +413,7 @@ def kmeans(
               if k > 1 and (extra_groups or own_cut) else np.zeros(k, np.int64))
     groups = (sample_groups(x, person[labels], random_pairs, pair_cut=pair_calibrated, seed=seed, use_gpu=use_gpu)
               if extra_groups else None)
-    seeds = _group_seeds(groups, k, person[labels]) if groups is not None else None
+    seeds = _group_seeds(groups, k, labels, person[labels]) if groups is not None else None
     if seeds is not None:
         found = _spherical_kmeans(x, len(seeds), restarts=1, seed=seed, use_gpu=use_gpu, init=seeds)
         method = f"kmeans k={k}, seeded with {count(len(seeds), 'group')} of alike faces"

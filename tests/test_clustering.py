@@ -132,6 +132,25 @@ def test_people_seen_five_to_twenty_times_do_not_fill_the_two_folders_of_the_two
     assert c.cohesion is not None and c.cohesion.not_one_person == ()
 
 
+def test_k_people_among_many_strangers_each_get_a_folder(lfw_subset) -> None:
+    # Three people with 20 photos each among 120 people with one: k-means put Blair and Rumsfeld in one
+    # folder and gave strangers the third, though the sample's groups of alike faces were the three people.
+    emb, identity = lfw_subset
+    ef = embfile.load(emb)
+    truth = np.array([identity[p] for p in ef.rows.paths])
+    people = ("Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi")
+    seen = Counter(truth)
+    strangers = np.nonzero([seen[t] == 1 for t in truth])[0]
+    rows = np.concatenate([np.nonzero(truth == p)[0][:20] for p in people] + [strangers])
+    assert len(strangers) == 120
+    result = kmeans(ef.rows.embeddings[rows], 3)
+    assert "seeded with 3 groups" in result.method
+    for person in people:
+        folders = np.unique(result.labels[truth[rows] == person])
+        assert len(folders) == 1 and folders[0] >= 0, (person, folders)
+        assert set(truth[rows][result.labels == folders[0]]) & set(people) == {person}
+
+
 def test_next_years_faces_go_to_the_same_person_folders(two_person, interviewer, tmp_path, capsys) -> None:
     emb, labels, _ = two_person
     ef = embfile.load(emb)
