@@ -36,11 +36,20 @@ DRY_RUN_SHOWN = 10  # the weakest matches a dry run names
 
 
 def check_same_model(ef: EmbeddingsFile, models: FaceModels) -> None:
-    theirs = ef.meta.get("model_files", {}).get("recognition")
+    """Refuses a query model other than the one the file names; a file of the user's own that names
+    none is searched with the model given, if its size matches, with a warning."""
+    files = ef.meta.get("model_files")
+    theirs = files.get("recognition") if isinstance(files, dict) else None
+    if theirs is None and ef.dim == models.dim:
+        log.warning("the embeddings file does not name the model that made it: the queries are embedded with %s "
+                    "(%d-d), and the matches mean something only where that model made the file's embeddings too",
+                    models.pack.recognizer.name, models.dim)
+        return
     if theirs != models.pack.recognizer.name or ef.dim != models.dim:
         raise SetupError(
-            f"the embeddings were made with {theirs} ({ef.dim}-d) but the query would be embedded with "
-            f"{models.pack.recognizer.name} ({models.dim}-d): pass the pack that made them with --model/--model-root"
+            f"the embeddings were made with {theirs or 'a model the file does not name'} ({ef.dim}-d) but the "
+            f"query would be embedded with {models.pack.recognizer.name} ({models.dim}-d): pass the pack that made "
+            "them with --model/--model-root"
         )
 
 

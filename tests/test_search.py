@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -351,6 +352,22 @@ def test_bad_query_and_model_mismatch_are_clear(lfw_subset, lfw, testpack_dir, m
     assert not (tmp_path / "found").exists()
     ef.meta["model_files"] = {"recognition": "w600k_r50.onnx"}
     with pytest.raises(SetupError, match="w600k_r50.onnx"):
+        check_same_model(ef, models)
+    # A file of the user's own names no model: the one given is used where the sizes match, with a warning.
+    own = tmp_path / "own.pkl"
+    with open(own, "wb") as handle:
+        pickle.dump({"paths": [str(p) for p in embfile.load(emb).rows.paths], "meta": {},
+                     "embeddings": embfile.load(emb).rows.embeddings.astype(np.float64)}, handle)
+    assert run_cli(["--embeddings", str(own), "--query", query, "--output", str(tmp_path / "own"), "-q"]) == 2
+    assert "Error: the embeddings file does not say which model pack made it; pass --model" in capsys.readouterr().err
+    assert run_cli(["--embeddings", str(own), "--query", query, "--output", str(tmp_path / "own"), "-q",
+                    "--model", str(testpack_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: the embeddings file does not name the model that made it" in err and "Error" not in err
+    assert query in {r["path"] for r in csv.DictReader(open(tmp_path / "own" / "matches.csv", encoding="utf-8"))}
+    ef.meta = {}
+    ef.rows.embeddings = ef.rows.embeddings[:, :64]
+    with pytest.raises(SetupError, match=r"made with a model the file does not name \(64-d\)"):
         check_same_model(ef, models)
 
 
