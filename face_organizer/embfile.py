@@ -357,7 +357,8 @@ def merge(files: list[EmbeddingsFile], names: list[str]) -> EmbeddingsFile:
         sig = model_signature(ef.meta) + (ef.dim,)
         if sig != first:
             raise EmbeddingsFileError(
-                f"{name} was made with {sig[0]} ({sig[2]}-d) but {names[0]} with {first[0]} ({first[2]}-d): "
+                f"{name} was made with {sig[0] or 'a model it does not name'} ({sig[2]}-d) but {names[0]} with "
+                f"{first[0] or 'a model it does not name'} ({first[2]}-d): "
                 "embeddings of different models cannot be mixed; re-embed with one model pack"
             )
     rows = files[0].rows if len(files) == 1 else FaceRows.concat([f.rows for f in files], files[0].dim)

@@ -1746,6 +1746,10 @@ def test_files_from_different_models_refused(two_person, tmp_path, capsys) -> No
         load_embeddings([str(two_person[0]), str(tmp_path / "gpu1.pkl")])
     assert run_cli(["--embeddings", str(two_person[0]), str(tmp_path / "gpu1.pkl"), "--output", str(tmp_path / "o")]) == 2
     assert "cannot be mixed" in capsys.readouterr().err
+    embfile.save(tmp_path / "own.pkl", embfile.EmbeddingsFile(ef.rows, [], [], {}))  # a file of one's own: no model
+    with pytest.raises(EmbeddingsFileError, match=r"own.pkl was made with a model it does not name \(128-d\) but "
+                                                  r".*with MobileFaceNet.onnx \(128-d\)"):
+        load_embeddings([str(two_person[0]), str(tmp_path / "own.pkl")])
 
 
 def test_hostile_embeddings_refused(tmp_path, capsys) -> None:
