@@ -41,6 +41,7 @@ class EmbeddingsInfo:
     looked: int = 0  # images looked for at their paths, spread over the file
     absent: int = 0  # of those, the ones not there now
     guess: tuple[str, str] | None = None  # --from and --to that find them, where all were absent
+    dim: int | None = None  # the embeddings' length, where the file holds any
 
     def status(self) -> str:
         if self.writer is not None:
@@ -59,7 +60,8 @@ class EmbeddingsInfo:
         files = m.get("model_files") or {}
         out = [
             f"{self.path}: {self.status()}",
-            f"  model: {m.get('model_pack', '?')} ({files.get('recognition', '?')}, {m.get('embedding_size', '?')}-d), "
+            f"  model: {m.get('model_pack', '?')} ({files.get('recognition', '?')}, "
+            f"{m.get('embedding_size') or self.dim or '?'}-d), "
             f"{m.get('mode', 'crops')} mode{_decoding(m)}, device {m.get('device', '?')}, run started "
             f"{m.get('created', '?')}"
             + (f", face-organizer {m['tool_version']}" if m.get("tool_version") else ""),
@@ -122,6 +124,7 @@ def describe(path: str | os.PathLike[str]) -> EmbeddingsInfo:
         looked=len(sample),
         absent=absent,
         guess=guess_move(held, near(str(output))) if sample and absent == len(sample) else None,
+        dim=next((int(r.embeddings.shape[1]) for r in state.rows if len(r)), None),
     )
 
 

@@ -60,6 +60,10 @@ def test_finished_file_is_described(folder, models, tmp_path, capsys) -> None:
     assert "  images: 9; faces: 9" in text[3]
     assert "empty file: 1" in text[4] and text[4].startswith("  skipped: 2")
     assert text[4].endswith("); each is tried again by the next generate_embeddings run over its input")
+    ef = embfile.load(out)
+    embfile.save(tmp_path / "own.pkl", embfile.EmbeddingsFile(ef.rows, [], [], {}))  # a file of one's own
+    assert run_cli([str(tmp_path / "own.pkl")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("  model: ? (?, 128-d), crops mode, device ?")
 
 
 def test_interrupted_and_running_runs_are_told_apart(folder, models, tmp_path, capsys) -> None:
