@@ -33,6 +33,11 @@ SEARCH_Z = 4.5
 EXPAND_Z = 5.0
 EXPAND_COUNT = 10
 IMPOSTOR_PAIRS = 50_000  # a histogram mode needs far fewer pairs than clustering's 200,000
+# References are alike where their faces reach this many impostor spreads above the peak of random pairs:
+# a lower bar than a match's, as the references are meant to be of one person and only a photo of someone
+# else is to be told apart (LFW dev, benchmarks/eval_search.py: at the match threshold, 4.5 spreads, 5.5-6.9%
+# of draws of 3-5 photos of one person left one of them out, against 0.8-1.4% at 3 spreads).
+REFERENCE_Z = 3.0
 
 
 @dataclass(frozen=True, eq=False)  # arrays inside: equal only to itself
@@ -126,6 +131,37 @@ def undecided(refs: Sequence[Reference], threshold: float) -> list[Reference]:
     if any(r.faces_in_photo == 1 for r in refs):
         return []
     return [r for r in refs if r.runner_up_agreement is not None and r.runner_up_agreement >= threshold]
+
+
+def alike_sets(refs: Sequence[Reference], threshold: float) -> list[list[int]]:
+    """The references in sets of alike faces, largest first: two references are in one set where their
+    faces searched for reach ``threshold`` (``REFERENCE_Z`` impostor spreads), directly or through others
+    (one set: they agree)."""
+    if not refs:
+        return []
+    faces = np.stack([r.embedding for r in refs])
+    linked = faces @ faces.T >= threshold
+    owner = list(range(len(refs)))
+
+    def root(i: int) -> int:
+        while owner[i] != i:
+            i = owner[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(linked, 1))):
+        owner[root(int(j))] = root(int(i))
+    sets: dict[int, list[int]] = {}
+    for i in range(len(refs)):
+        sets.setdefault(root(i), []).append(i)
+    return sorted(sets.values(), key=lambda members: (-len(members), members[0]))
+
+
+def someone_else(sets: Sequence[Sequence[int]], n: int) -> list[int] | None:
+    """Of ``n`` references in ``sets`` of alike faces (``alike_sets``), those outside a set of two or more
+    that holds most of them: likely photos of someone else. None where no set holds most of them."""
+    if not sets or len(sets[0]) < 2 or 2 * len(sets[0]) <= n:
+        return None
+    return sorted(set(range(n)) - set(sets[0]))
 
 
 def _size_rank(index: int) -> str:

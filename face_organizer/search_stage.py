@@ -25,7 +25,8 @@ from .organize import (LinkMode, check_images_reachable, check_output_folder, ch
 from .preview import IndexEntry, SheetFace, contact_sheet, placed_or_source, write_index, write_sheet
 from .progress import bar as progress_bar
 from .progress import count
-from .search import FaceIndex, Reference, SearchResult, choose_faces, embed_reference, search, strangers, undecided
+from .search import (REFERENCE_Z, FaceIndex, Reference, SearchResult, alike_sets, choose_faces, embed_reference,
+                     search, someone_else, strangers, undecided)
 from .thresholds import calibrate_from_embeddings, load_calibration
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,13 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
             log.warning("%s; this query is left out", left_out[-1])
         refs = [r for r in refs if r not in doubtful]
         result = run(refs)
+    if len(refs) > 1:  # are the references alike? Against the collection's random pairs, not the match threshold
+        cut = index.impostor.cut(REFERENCE_Z)
+        if len(sets := alike_sets(refs, cut)) > 1:
+            kept = _unlike_references(refs, sets, cut, index.impostor.describe("impostor peak of random pairs",
+                                                                               REFERENCE_Z), left_out)
+            if len(kept) < len(refs):
+                refs, result = kept, run(kept)
     if unsure := undecided(refs, result.threshold):
         named = ", ".join(r.path for r in unsure[:3]) + (", …" if len(unsure) > 3 else "")
         log.warning("%s show the same people together (%s): in each, a second face is like the other references too "
@@ -230,6 +238,27 @@ def find_person(ef: EmbeddingsFile, models: FaceModels, queries: Sequence[str], 
     if previews:
         _preview(output, ef, report, where)
     return report
+
+
+def _unlike_references(refs: list[Reference], sets: list[list[int]], cut: float, source: str,
+                       left_out: list[str]) -> list[Reference]:
+    """References whose faces are not all alike (``search.alike_sets`` at ``cut``: several sets). Where most
+    of them are alike, the others likely show someone else (a photo filed with the wrong person) and are
+    left out, said so in ``left_out``; else each is searched for, with a warning."""
+    faces = np.stack([r.embedding for r in refs])
+    if (others := someone_else(sets, len(refs))) is None:
+        log.warning("the %d references are not all alike: they fall into %d sets whose faces are below %.2f to each "
+                    "other's (%s; largest set %d), so they may show different people; the matches of each are "
+                    "included (give photos of one person only, or more of them)", len(refs), len(sets), cut, source,
+                    len(sets[0]))
+        return refs
+    for i in others:
+        best = float(np.max(faces[sets[0]] @ faces[i]))
+        where = "the face" if refs[i].faces_in_photo == 1 else "the face chosen"
+        left_out.append(f"{where} in {refs[i].path} is like none of the {len(sets[0])} alike references (best "
+                        f"{best:.2f}, below {cut:.2f}: {source}): likely someone else")
+        log.warning("%s; this query is left out (search with it alone to find that person)", left_out[-1])
+    return [refs[i] for i in sets[0]]
 
 
 def _preview(output: str, ef: EmbeddingsFile, report: SearchReport, where: Sequence[str]) -> None:

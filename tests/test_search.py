@@ -205,6 +205,44 @@ def test_a_photo_of_the_person_alone_decides_among_group_photos_of_the_same_two(
     assert len(said) == 1 and f"the 3 group photos show the same people together ({pairs[0]}, " in said[0], said
 
 
+def test_a_reference_of_someone_else_among_alike_ones_is_left_out(lfw_subset, lfw, testpack_dir, tmp_path,
+                                                                    capsys) -> None:
+    # Three photos of Blair and one of Rumsfeld filed with them by mistake: searched for too, Rumsfeld's
+    # photo filled the output with his matches beside Blair's.
+    emb, identity = lfw_subset
+    blair = [lfw / "Tony_Blair" / f"Tony_Blair_{i:04d}.jpg" for i in (2, 4, 6)]
+    rumsfeld = lfw / "Donald_Rumsfeld" / "Donald_Rumsfeld_0002.jpg"
+    out = tmp_path / "blair"
+    assert run_cli(["--embeddings", str(emb), "--query", *map(str, blair), str(rumsfeld), "--output", str(out),
+                    "--no-previews", "--model", str(testpack_dir), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert f"searched with 3 of 4 queries; left out: the face in {rumsfeld} is like none of the 3 alike references" \
+        in captured.out
+    assert "likely someone else; this query is left out" in captured.err
+    found = Counter(identity[r["path"]] for r in csv.DictReader(open(out / "matches.csv", encoding="utf-8")))
+    assert found["Tony_Blair"] >= 40 and "Donald_Rumsfeld" not in found, found
+    # One of each: nothing says which is meant, so both are searched for, and the search says so.
+    out = tmp_path / "both"
+    assert run_cli(["--embeddings", str(emb), "--query", str(blair[0]), str(rumsfeld), "--output", str(out),
+                    "--no-previews", "--model", str(testpack_dir), "-q"]) == 0
+    assert "WARNING: the 2 references are not all alike: they fall into 2 sets" in capsys.readouterr().err
+    found = Counter(identity[r["path"]] for r in csv.DictReader(open(out / "matches.csv", encoding="utf-8")))
+    assert found["Tony_Blair"] >= 40 and found["Donald_Rumsfeld"] >= 40, found
+
+
+def test_references_are_alike_through_each_other() -> None:
+    # a ~ b and b ~ c make one set though a and c are apart (a person at two ages); d is alone.
+    from face_organizer.search import Reference, alike_sets
+
+    a, e, d = np.eye(3, 8, dtype=np.float32)
+    c = (a + 2 * e) / np.linalg.norm(a + 2 * e)  # 0.45 to a
+    b = (a + c) / np.linalg.norm(a + c)  # 0.85 to each
+    refs = [Reference(str(i), v[None], None) for i, v in enumerate((d, a, b, c))]
+    assert float(a @ c) < 0.5 <= min(float(a @ b), float(b @ c))
+    assert alike_sets(refs, 0.5) == [[1, 2, 3], [0]]
+    assert alike_sets(refs, -1.0) == [[0, 1, 2, 3]] and alike_sets([], 0.5) == []
+
+
 def test_cli_search_writes_sorted_matches(lfw_subset, lfw, testpack_dir, models, tmp_path, capsys) -> None:
     emb, identity = lfw_subset
     query = lfw / "Jean_Chretien" / "Jean_Chretien_0001.jpg"
