@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 import faiss
 import numpy as np
 from numpy.typing import NDArray
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .errors import SetupError
 from .fsutil import missing_path_hint
@@ -140,20 +142,9 @@ def alike_sets(refs: Sequence[Reference], threshold: float) -> list[list[int]]:
     if not refs:
         return []
     faces = np.stack([r.embedding for r in refs])
-    linked = faces @ faces.T >= threshold
-    owner = list(range(len(refs)))
-
-    def root(i: int) -> int:
-        while owner[i] != i:
-            i = owner[i]
-        return i
-
-    for i, j in zip(*np.nonzero(np.triu(linked, 1))):
-        owner[root(int(j))] = root(int(i))
-    sets: dict[int, list[int]] = {}
-    for i in range(len(refs)):
-        sets.setdefault(root(i), []).append(i)
-    return sorted(sets.values(), key=lambda members: (-len(members), members[0]))
+    _, label = connected_components(csr_matrix(faces @ faces.T >= threshold), directed=False)
+    sets = [np.nonzero(label == s)[0].tolist() for s in range(int(label.max()) + 1)]
+    return sorted(sets, key=lambda members: (-len(members), members[0]))
 
 
 def someone_else(sets: Sequence[Sequence[int]], n: int) -> list[int] | None:
