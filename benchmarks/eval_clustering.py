@@ -36,8 +36,13 @@
    20 photos), and of the two with the most beside three with 7-19. With --copies, the LFW dev
    photos again beside an album folder holding a copy of each one-photo person's photo (as a Google
    Takeout export holds them): copies are clustered once, so no folder is one photo twice.
+3. A few people among many strangers, --k-people N: N seeded draws of 2-9 of the LFW dev people
+   with 15 photos or more, 15-30 photos each, among 5-200 of the people with one photo (the photos
+   embedded for 2.), --clusters K with K the people drawn. A draw passes when each folder holds
+   one of them and 90% of their photos; also how many strangers entered a folder and how many of
+   the people's photos went to outliers/.
 
-  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5] [--library] [--few] [--copies]
+  python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5] [--library] [--few] [--copies] [--k-people 200]
 """
 
 from __future__ import annotations
@@ -101,6 +106,8 @@ def main() -> int:
                         help="also the LFW dev photos beside an album folder of copies of the one-photo people's")
     parser.add_argument("--frames", type=int, default=0, metavar="N",
                         help="also every LFW dev photo as a shot of N varied occluded crops, --clusters auto")
+    parser.add_argument("--k-people", type=int, default=0, metavar="N",
+                        help="also N draws of 2-9 people among 5-200 one-photo strangers, --clusters K")
     add_shared_argument(parser)
     args = parser.parse_args()
     shared, lfw, models, streams = lfw_testpack(args.shared)
@@ -200,7 +207,10 @@ def main() -> int:
         for seed in args.seeds if args.years and args.recurring else []:
             new_person_in_second_year(lfw, Path(tmp) / f"new{seed}", models, streams, people, seed)
 
-        many_people("LFW dev photos", *embedded_photos(lfw, Path(tmp) / "lfw.pkl", models, streams))
+        photos = embedded_photos(lfw, Path(tmp) / "lfw.pkl", models, streams)
+        many_people("LFW dev photos", *photos)
+        if args.k_people:
+            k_people_among_strangers(*photos, args.k_people)
         if args.copies:
             ef, truth, originals = with_album_copies(lfw, Path(tmp), models, streams)
             many_people("LFW dev photos and an album folder of copies (the originals scored)", ef, truth, scored=originals)
@@ -364,6 +374,37 @@ def library(datasets: Path, models: FaceModels, tmp: Path, streams: int) -> None
 
 FEW = (("Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi", "Jean_Chretien", "John_Ashcroft"),
        ("Tony_Blair", "Donald_Rumsfeld", "Abdullah_Gul", "Adrien_Brody", "Al_Sharpton"))
+
+
+def k_people_among_strangers(ef: embfile.EmbeddingsFile, labels: list[str], draws: int) -> None:
+    """K people with 15-30 photos each among 5-200 one-photo strangers, --clusters K (see the module's 3.)."""
+    truth = np.asarray(labels)
+    seen = Counter(labels)
+    people = sorted(p for p, n in seen.items() if n >= 15)
+    strangers = np.nonzero([seen[t] == 1 for t in labels])[0]
+    rng = np.random.default_rng(0)
+    failed, entered, offered, lost, faces = 0, 0, 0, 0, 0
+    for _ in range(draws):
+        k, per, count = int(rng.integers(2, 10)), int(rng.integers(15, 31)), int(rng.integers(5, 201))
+        chosen = {people[i] for i in rng.choice(len(people), k, replace=False)}
+        rows = np.concatenate([np.nonzero(truth == p)[0][:per] for p in sorted(chosen)]
+                              + [rng.choice(strangers, count, replace=False)])
+        part = embfile.EmbeddingsFile(ef.rows.select(rows), [], [], ef.meta)
+        folder = run_clustering(part, ClusterConfig(clusters=k)).labels
+        who = truth[rows]
+        person = np.isin(who, list(chosen))
+        for j in range(k):
+            held = who[(folder == j) & person]
+            if len(set(held)) != 1 or len(held) < 0.9 * int((who == held[0]).sum()):
+                failed += 1
+                break
+        entered += int(((folder >= 0) & ~person).sum())
+        offered += count
+        lost += int(((folder < 0) & person).sum())
+        faces += int(person.sum())
+    print(f"[2-9 people with 15-30 photos among 5-200 one-photo strangers, --clusters K, {draws} draws] "
+          f"{failed} draws with a folder that is not one person with 90% of their photos; strangers in a folder: "
+          f"{entered:,} of {offered:,}; the people's photos in outliers/: {lost:,} of {faces:,}")
 
 
 def few_people(lfw: Path, models: FaceModels, tmp: Path, streams: int) -> None:
