@@ -39,7 +39,8 @@ def build_parser():
                       "common, else the largest).", EXAMPLES)
     p.add_argument("--embeddings", nargs="+", metavar="FILE", type=common.path, help="embeddings files to search")
     p.add_argument("--query", nargs="+", metavar="IMG", type=common.path,
-                   help="reference photos of the person (several help; a folder: every image in it)")
+                   help="reference photos of the person (several help; a folder: every image in it). Where most "
+                        "are alike, one unlike all of them is left out as someone else")
     p.add_argument("--output", metavar="DIR", type=common.path, help="folder for matches.csv and the matched images")
     p.add_argument("--threshold", type=common.similarity, default=None,
                    help="minimum similarity (default: calibrated for the model, else derived from the data)")
