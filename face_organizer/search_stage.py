@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import copies, rebase, relocate
-from .embfile import EmbeddingsFile
+from .embfile import EmbeddingsFile, model_signature
 from .errors import SetupError, device_failed, one_line
 from .faces import EmbedOptions, FaceModels, embed_batch
 from .fsutil import atomic_write_text
@@ -39,8 +39,7 @@ DRY_RUN_SHOWN = 10  # the weakest matches a dry run names
 def check_same_model(ef: EmbeddingsFile, models: FaceModels) -> None:
     """Refuses a query model other than the one the file names; a file of the user's own that names
     none is searched with the model given, if its size matches, with a warning."""
-    files = ef.meta.get("model_files")
-    theirs = files.get("recognition") if isinstance(files, dict) else None
+    theirs = model_signature(ef.meta)[0]
     if theirs is None and ef.dim == models.dim:
         log.warning("the embeddings file does not name the model that made it: the queries are embedded with %s "
                     "(%d-d), and the matches mean something only where that model made the file's embeddings too",
