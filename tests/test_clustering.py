@@ -151,6 +151,40 @@ def test_k_people_among_many_strangers_each_get_a_folder(lfw_subset) -> None:
         assert set(truth[rows][result.labels == folders[0]]) & set(people) == {person}
 
 
+def test_strangers_stay_out_of_small_folders(lfw_subset) -> None:
+    # Three people with 15 photos each among 60 people with one, --clusters 3: 19 strangers entered the
+    # three folders, as each one's own row lifted its similarity to its folder's centre (by about 0.1 in a
+    # folder of 20 faces) while the cut-off is read from the similarities to other folders' centres.
+    emb, identity = lfw_subset
+    ef = embfile.load(emb)
+    truth = np.array([identity[p] for p in ef.rows.paths])
+    people = ("Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi")
+    seen = Counter(truth)
+    strangers = np.nonzero([seen[t] == 1 for t in truth])[0][:60]
+    rows = np.concatenate([np.nonzero(truth == p)[0][:15] for p in people] + [strangers])
+    result = kmeans(ef.rows.embeddings[rows], 3)
+    who = truth[rows]
+    for person in people:
+        (folder,) = np.unique(result.labels[who == person])
+        assert folder >= 0
+    assert int(((result.labels >= 0) & ~np.isin(who, people)).sum()) <= 6
+
+
+def test_a_face_is_compared_with_its_folder_without_itself_where_the_folder_holds_one_person() -> None:
+    from face_organizer.clustering import _without_own_row
+
+    rng = np.random.default_rng(0)
+    x = _unit(rng.standard_normal((7, 16))).astype(np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 2, -1])
+    own = np.full(7, 0.5, np.float32)
+    out = _without_own_row(x, labels, 3, own, np.array([True, False, True]))
+    for i in (0, 1, 2):
+        rest = x[[j for j in (0, 1, 2) if j != i]].sum(axis=0)
+        assert out[i] == pytest.approx(float(x[i] @ rest / np.linalg.norm(rest)), abs=1e-5)
+    # Another folder keeps the similarity given; a face alone in its folder, and an outlier, too.
+    assert out[3] == out[4] == out[5] == out[6] == 0.5
+
+
 def test_next_years_faces_go_to_the_same_person_folders(two_person, interviewer, tmp_path, capsys) -> None:
     emb, labels, _ = two_person
     ef = embfile.load(emb)
@@ -529,7 +563,8 @@ def test_kmeans_trained_on_a_sample_gives_the_folders_of_training_on_every_face(
     person = {int(np.bincount(sampled.labels[truth == t]).argmax()): t for t in (0, 1)}
     assert sorted(person) == [0, 1]
     assert all((sampled.labels[truth == t] == c).mean() > 0.999 for c, t in person.items())
-    assert (sampled.labels[truth == -1] == -1).mean() > 0.98
+    # Random strangers pass 2.4 spreads of the other centre's scale by chance, at about 0.8% per centre.
+    assert (sampled.labels[truth == -1] == -1).mean() >= 0.975
 
 
 def test_auto_finds_many_people(lfw_subset) -> None:
