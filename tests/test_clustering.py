@@ -132,42 +132,44 @@ def test_people_seen_five_to_twenty_times_do_not_fill_the_two_folders_of_the_two
     assert c.cohesion is not None and c.cohesion.not_one_person == ()
 
 
-def test_k_people_among_many_strangers_each_get_a_folder(lfw_subset) -> None:
-    # Three people with 20 photos each among 120 people with one: k-means put Blair and Rumsfeld in one
-    # folder and gave strangers the third, though the sample's groups of alike faces were the three people.
+THREE_PEOPLE = ("Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi")
+
+
+def _people_among_strangers(lfw_subset, photos: int, strangers: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``photos`` photos of each of ``THREE_PEOPLE`` and ``strangers`` people with one photo (of the
+    LFW dev subset): their embeddings and each one's identity."""
     emb, identity = lfw_subset
     ef = embfile.load(emb)
     truth = np.array([identity[p] for p in ef.rows.paths])
-    people = ("Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi")
     seen = Counter(truth)
-    strangers = np.nonzero([seen[t] == 1 for t in truth])[0]
-    rows = np.concatenate([np.nonzero(truth == p)[0][:20] for p in people] + [strangers])
-    assert len(strangers) == 120
-    result = kmeans(ef.rows.embeddings[rows], 3)
+    alone = np.nonzero([seen[t] == 1 for t in truth])[0]
+    assert len(alone) >= strangers
+    rows = np.concatenate([np.nonzero(truth == p)[0][:photos] for p in THREE_PEOPLE] + [alone[:strangers]])
+    return ef.rows.embeddings[rows], truth[rows]
+
+
+def test_k_people_among_many_strangers_each_get_a_folder(lfw_subset) -> None:
+    # Three people with 20 photos each among 120 people with one: k-means put Blair and Rumsfeld in one
+    # folder and gave strangers the third, though the sample's groups of alike faces were the three people.
+    x, who = _people_among_strangers(lfw_subset, 20, 120)
+    result = kmeans(x, 3)
     assert "seeded with 3 groups" in result.method
-    for person in people:
-        folders = np.unique(result.labels[truth[rows] == person])
+    for person in THREE_PEOPLE:
+        folders = np.unique(result.labels[who == person])
         assert len(folders) == 1 and folders[0] >= 0, (person, folders)
-        assert set(truth[rows][result.labels == folders[0]]) & set(people) == {person}
+        assert set(who[result.labels == folders[0]]) & set(THREE_PEOPLE) == {person}
 
 
 def test_strangers_stay_out_of_small_folders(lfw_subset) -> None:
     # Three people with 15 photos each among 60 people with one, --clusters 3: 19 strangers entered the
     # three folders, as each one's own row lifted its similarity to its folder's centre (by about 0.1 in a
     # folder of 20 faces) while the cut-off is read from the similarities to other folders' centres.
-    emb, identity = lfw_subset
-    ef = embfile.load(emb)
-    truth = np.array([identity[p] for p in ef.rows.paths])
-    people = ("Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi")
-    seen = Counter(truth)
-    strangers = np.nonzero([seen[t] == 1 for t in truth])[0][:60]
-    rows = np.concatenate([np.nonzero(truth == p)[0][:15] for p in people] + [strangers])
-    result = kmeans(ef.rows.embeddings[rows], 3)
-    who = truth[rows]
-    for person in people:
+    x, who = _people_among_strangers(lfw_subset, 15, 60)
+    result = kmeans(x, 3)
+    for person in THREE_PEOPLE:
         (folder,) = np.unique(result.labels[who == person])
         assert folder >= 0
-    assert int(((result.labels >= 0) & ~np.isin(who, people)).sum()) <= 6
+    assert int(((result.labels >= 0) & ~np.isin(who, THREE_PEOPLE)).sum()) <= 6
 
 
 def test_a_face_is_compared_with_its_folder_without_itself_where_the_folder_holds_one_person() -> None:
