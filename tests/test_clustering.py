@@ -143,7 +143,7 @@ def _people_among_strangers(lfw_subset, photos: int, strangers: int) -> tuple[np
     truth = np.array([identity[p] for p in ef.rows.paths])
     seen = Counter(truth)
     alone = np.nonzero([seen[t] == 1 for t in truth])[0]
-    assert len(alone) >= strangers
+    assert len(alone) == 120 and strangers <= 120
     rows = np.concatenate([np.nonzero(truth == p)[0][:photos] for p in THREE_PEOPLE] + [alone[:strangers]])
     return ef.rows.embeddings[rows], truth[rows]
 
