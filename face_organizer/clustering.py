@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from scipy.sparse import csr_matrix
 from scipy.special import ndtr, ndtri
 
-from .cohesion import Cohesion, folder_cohesion, join_groups, mixed_folders
+from .cohesion import Cohesion, folder_cohesion, group_counts, join_groups, mixed_folders
 from .knn import SEARCH_BLOCK, knn_graph
 from . import progress
 from .progress import count
@@ -241,12 +241,7 @@ def _person_folders(labels: NDArray[np.int64], k: int, groups: SampleGroups | No
     summary names as not one person, has no person to leave a face out of."""
     if groups is None:
         return (cohesion.sizes >= MIN_SMALL_GROUP) & ~np.isin(np.arange(k), cohesion.not_alike)
-    distinct = _distinct_groups(groups.centres, groups.sizes, MIN_SMALL_GROUP, groups.pair_cut, len(groups.sizes))
-    member = np.where(np.isin(groups.labels, distinct), groups.labels, OUTLIER)
-    folder = labels[groups.sample]
-    both = (folder >= 0) & (member >= 0)
-    n_groups = int(member.max()) + 1 if both.any() else 1
-    counts = np.bincount(folder[both] * n_groups + member[both], minlength=k * n_groups).reshape(k, n_groups)
+    counts = group_counts(labels[groups.sample], _distinct_members(groups, MIN_SMALL_GROUP), k)
     return (counts >= MIN_SMALL_GROUP).sum(axis=1) == 1
 
 
@@ -405,9 +400,14 @@ def _group_seeds(groups: SampleGroups, k: int, labels: NDArray[np.int64],
 def _mixed(labels: NDArray[np.int64], k: int, groups: SampleGroups) -> tuple[tuple[int, tuple[int, ...]], ...]:
     """The folders that hold several of the sample's distinct groups of ``MIXED_GROUP`` faces or more
     (``cohesion.mixed_folders``)."""
-    distinct = _distinct_groups(groups.centres, groups.sizes, MIXED_GROUP, groups.pair_cut, len(groups.sizes))
-    member = np.where(np.isin(groups.labels, distinct), groups.labels, OUTLIER)
-    return mixed_folders(labels[groups.sample], member, k, MIXED_GROUP)
+    return mixed_folders(labels[groups.sample], _distinct_members(groups, MIXED_GROUP), k, MIXED_GROUP)
+
+
+def _distinct_members(groups: SampleGroups, smallest: int) -> NDArray[np.int64]:
+    """Each sampled face's group among the sample's distinct groups of ``smallest`` faces or more
+    (``_distinct_groups``; ``OUTLIER``: in none)."""
+    distinct = _distinct_groups(groups.centres, groups.sizes, smallest, groups.pair_cut, len(groups.sizes))
+    return np.where(np.isin(groups.labels, distinct), groups.labels, OUTLIER)
 
 
 def _distinct_groups(centres: NDArray[np.float32], sizes: NDArray[np.int64], smallest: int, pair_cut: float,

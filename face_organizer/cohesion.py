@@ -97,9 +97,7 @@ def mixed_folders(folder: NDArray[np.int64], group: NDArray[np.int64], k: int,
     people, as it gathers faces alike to one centre: LFW dev's people with five photos or more in ten folders
     gave folders of two or three people of 5-10 photos each whose mean pair similarities (0.287-0.344) passed
     as one person's (0.272). The graph of a sample sees each person as a group."""
-    both = (folder >= 0) & (group >= 0)
-    n_groups = int(group.max()) + 1 if both.any() else 0
-    counts = np.bincount(folder[both] * n_groups + group[both], minlength=k * n_groups).reshape(k, n_groups)
+    counts = group_counts(folder, group, k)
     faces = np.bincount(folder[folder >= 0], minlength=k)
     out = []
     for c in range(k):
@@ -107,6 +105,14 @@ def mixed_folders(folder: NDArray[np.int64], group: NDArray[np.int64], k: int,
         if len(held) >= 2:
             out.append((c, tuple(held)))
     return tuple(out)
+
+
+def group_counts(folder: NDArray[np.int64], group: NDArray[np.int64], k: int) -> NDArray[np.int64]:
+    """(k, groups): how many faces of each group each of ``k`` folders holds, from each face's folder and
+    group (of a sample; -1: none)."""
+    both = (folder >= 0) & (group >= 0)
+    n_groups = int(group.max()) + 1 if both.any() else 0
+    return np.bincount(folder[both] * n_groups + group[both], minlength=k * n_groups).reshape(k, n_groups)
 
 
 def person_of(groups: tuple[tuple[int, ...], ...], k: int) -> NDArray[np.int64]:
