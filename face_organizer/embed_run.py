@@ -9,6 +9,7 @@ the parts and embeds only what is not in them yet.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -552,7 +553,18 @@ class _Recorder:
     def write(self, attempted: set[str]) -> int:
         """Write the final file (what was there, what this run found) and remove the parts; its rows."""
         ef = self.file(attempted)
-        embfile.save(self.output, ef)
+        try:
+            embfile.save(self.output, ef)
+        except BaseException:
+            # The final file is the run's largest write: where the disk is full, or the run is stopped during it,
+            # what came since the last checkpoint goes into a part, which is small and may still fit, so the
+            # re-run does not embed it again.
+            try:
+                self.checkpoint()
+            except OSError:
+                with contextlib.suppress(OSError):
+                    parts_dir(self.output).rmdir()  # where it is empty: no part was written
+            raise
         shutil.rmtree(parts_dir(self.output), ignore_errors=True)
         return len(ef.rows)
 

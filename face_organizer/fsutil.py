@@ -56,9 +56,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: object
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # a write that failed (a full disk) names no file
+            err.filename = str(target)
         raise
     _sync_folder(target.parent)
 

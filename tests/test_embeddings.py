@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
-from face_organizer import __version__, embed_run, embfile, images
+from face_organizer import __version__, embed_run, embfile, fsutil, images
 from face_organizer.cli import common
 from face_organizer.cli import embed as embed_cli
 from face_organizer.cli.embed import main as embed_main
@@ -1118,9 +1118,12 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, video_crops,
     assert not parts_dir(resumed).exists()
 
 
+@pytest.mark.parametrize("checkpoint_seconds", ["0", "3600"])
 def test_disk_full_at_the_final_write_is_one_line_and_the_rerun_embeds_nothing_again(tmp_path, video_crops, testpack_dir,
-                                                                                       monkeypatch, capsys) -> None:
-    # The checkpoint parts fit, the final file (as large again) does not.
+                                                                                       monkeypatch, capsys,
+                                                                                       checkpoint_seconds) -> None:
+    # The checkpoint parts fit, the final file (as large again) does not. With no checkpoint yet (a run shorter
+    # than --checkpoint-seconds), what the run embedded goes into a part when the final file fails.
     import errno
 
     folder = tmp_path / "in"
@@ -1130,19 +1133,21 @@ def test_disk_full_at_the_final_write_is_one_line_and_the_rerun_embeds_nothing_a
             (folder / person / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "emb.pkl"
     args = ["--input", str(folder), "--output", str(out), "--model", str(testpack_dir), "--workers", "0",
-            "--checkpoint-seconds", "0", "-q"]
+            "--checkpoint-seconds", checkpoint_seconds, "-q"]
     real_save = embfile.save
 
     def full_disk(path, ef):
         if Path(path) == out:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            with fsutil.atomic_open(path):  # the write fails as a full disk's does, naming no file
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(path, ef)
 
     monkeypatch.setattr(embfile, "save", full_disk)
     capsys.readouterr()
     assert run_cli(args) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the CPU warning, one line
-    assert last == "Error: No space left on device; free some space, then re-run the same command: it continues where it stopped"
+    assert last.startswith(f"Error: No space left on device: {out}; ")  # the file it could not write
+    assert last.endswith("then re-run the same command: it continues where it stopped")
     assert not out.exists() and list(parts_dir(out).glob("part-*.pkl"))
     monkeypatch.setattr(embfile, "save", real_save)
     assert run_cli(args) == 0
