@@ -5,7 +5,8 @@ interruption, will embed before starting it.
 The images are counted the way the run counts them (``embed_run.read_state``, ``embed_run.go_on_from``), with
 one difference: the run finds an image embedded before under another path by the digest of its bytes, and
 gives it that image's rows, which takes reading every new image; the plan counts only those moved since (a
-folder renamed: ``moves.follow_moves``), and counts other copies as images to embed.
+folder renamed: ``moves.follow_moves``; or named through a linked folder: ``moves.reached_elsewhere``), and
+counts other copies as images to embed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .embed_run import check_compatible, go_on_from, gone_lines, read_state
 from .embfile import check_replaceable, parts_dir
 from .faces import EmbedOptions
 from .fsutil import lock_holder
-from .moves import follow_moves
+from .moves import follow_moves, reached_elsewhere
 from .progress import count
 
 
@@ -73,9 +74,10 @@ class RunPlan:
             f"to embed: {count(self.to_embed, 'image')}"
             + (f" ({'; '.join(kinds)})" if self.changed or self.retried or self.turned_again else ""),
             *gone_lines(self.not_found, self.failures_gone),
-            *([f"moved since embedded (the same name and size at a new path under the inputs, and gone from "
-               f"the old one): {count(self.moved, 'image')}; they would keep their rows, read but not embedded "
-               "again, and the file would name them where they are now"] if self.moved else []),
+            *([f"moved since embedded, or named through a linked folder now (the same name and size at a new path "
+               f"under the inputs, and the old path gone or the same file): {count(self.moved, 'image')}; they would "
+               "keep their rows, read but not embedded again, and the file would name them where they are now"]
+              if self.moved else []),
         ]
 
 
@@ -102,9 +104,13 @@ def plan_run(paths: Sequence[str], output: str | os.PathLike[str], recogniser: s
     plan.turned_again = len(again)
     plan.retried = sum(p in state.failed and p not in changed for p in todo)
     # As the run drops the old path of an image it finds at a new one, where its file has the image's digest.
-    gone = {p: signature for p in state.held.difference(paths)
-            if p in state.digests and (signature := state.signatures.get(p)) is not None and not os.path.lexists(p)}
-    moved = follow_moves(gone, [p for p in todo if p not in state.held and p not in state.failed])
+    new = [p for p in todo if p not in state.held and p not in state.failed]
+    known = {p: signature for p in state.held.difference(paths)
+             if p in state.digests and (signature := state.signatures.get(p)) is not None}
+    there = {p for p in known if os.path.lexists(p)}
+    gone = {p: signature for p, signature in known.items() if p not in there}
+    gone.update((p, known[p]) for p in reached_elsewhere(there, new))  # found now through a linked folder
+    moved = follow_moves(gone, new)
     plan.moved = len(moved)
     plan.not_found = len(state.held.difference(paths)) - len(set(moved.values()))
     plan.failures_gone = len(state.failures_gone)

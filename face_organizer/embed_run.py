@@ -33,6 +33,7 @@ from .embfile import UNTRIED_KEY, EmbeddingsFile, parts_dir
 from .errors import EmbeddingsFileError, RunStopped, SetupError, device_failed, one_line
 from .faces import AT_THE_LIMIT, BatchResult, EmbedOptions, FaceModels, FaceRows, ShrunkPhotos, embed_batch
 from .fsutil import atomic_write_text
+from .moves import reached_elsewhere
 from .progress import bar as progress_bar
 from .progress import count
 from .vanished import Vanishing
@@ -134,9 +135,9 @@ class RunSummary:
             + (f"; changed since embedded, so embedded again: {self.changed:,}" if self.changed else "")
             + (f"; without a face before, so tried turned now: {self.turned_again:,}" if self.turned_again else ""),
             *gone_lines(self.not_found, self.failures_gone),
-            *([f"moved since embedded, or a copy deleted (gone from a path the file held, with the same bytes at "
-               f"another under the inputs): {count(self.moved, 'image')}; the file names them only where they are "
-               "now"] if self.moved else []),
+            *([f"moved since embedded, named through a linked folder now, or a copy deleted (the same bytes found "
+               f"at another path under the inputs, and the old path gone or the same file): "
+               f"{count(self.moved, 'image')}; the file names them only where they are now"] if self.moved else []),
             f"embedded now: {count(self.embedded, 'image')}, {count(self.faces, 'face')}; "
             + (f"photos without a face: {self.no_face:,}" if self.mode == "photos"
                else f"fallback (no face found, centre crop used): {self.fallback:,}"),
@@ -569,17 +570,20 @@ class _Recorder:
         return len(ef.rows)
 
     def moved_since(self, attempted: set[str]) -> set[str]:
-        """The paths the file holds that this run did not find, that are gone from the disk, and whose image (by
-        the digest of its bytes) this run found at another path: a folder renamed or moved since, and the same
-        command run over it at its new place. Their rows are the image's at its new path already (it took them
-        as a copy), so the file drops them instead of keeping each image twice, once where it is no more. So is a
-        copy deleted since (a collection rid of its duplicates), where the run has anything new to record."""
+        """The paths the file holds that this run did not find, that are gone from the disk or name the file of a
+        path found through other folders (``reached_elsewhere``), and whose image (by the digest of its bytes) this
+        run found at another path: a folder renamed or moved since, or named through a symbolic link, and the same
+        command run over it at its new place. Their rows are the image's at its new path already (it took them as
+        a copy), so the file drops them instead of keeping each image twice, once where it is not found now. So is
+        a copy deleted since (a collection rid of its duplicates), where the run has anything new to record."""
         found = attempted.union(self.held_now)
         old, new = self.state.digests, self.new_digests
         here = {digest for p in found if (digest := new.get(p) or old.get(p)) is not None}
         if not here:
             return set()
-        return {p for p in self.state.held if p not in found and old.get(p) in here and not os.path.lexists(p)}
+        candidates = [p for p in self.state.held if p not in found and old.get(p) in here]
+        there = [p for p in candidates if os.path.lexists(p)]
+        return set(candidates).difference(there) | reached_elsewhere(there, found)
 
     def file(self, attempted: set[str], complete: bool = True) -> EmbeddingsFile:
         """The final file: what was there, and what this run found (less the paths ``moved_since``)."""

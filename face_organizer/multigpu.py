@@ -33,7 +33,7 @@ from .cpus import CPUS_ENV, usable_cpus
 from .embed_run import close_run, read_state
 from .errors import EmbeddingsFileError, SetupError
 from .fsutil import atomic_write_bytes, exclusive, lock_holder, missing_path_hint
-from .moves import follow_moves
+from .moves import follow_moves, reached_elsewhere
 from .progress import bar as progress_bar
 from .progress import count
 from .providers import visible_gpus
@@ -284,14 +284,17 @@ def moved_images(paths: Sequence[str], previous: Mapping[int, AbstractSet[str]],
                  outputs: Mapping[int, Path]) -> dict[str, int]:
     """Image found now at a path no GPU was given -> the GPU whose embeddings file holds it at a path it is
     gone from since, found by name, size and modification time, or name and size (``moves.follow_moves``: a
-    folder renamed, or moved with ``mv``, ``cp -a`` or ``cp -r``). Given to that GPU, it takes its rows there by
-    its bytes and the file drops the old path (``embed_run``), where another GPU would embed it again. Only
-    where some listed path is not found now."""
+    folder renamed, or moved with ``mv``, ``cp -a`` or ``cp -r``), or that it holds through other folders (the
+    input named through a symbolic link one time and not another: ``moves.reached_elsewhere``). Given to that
+    GPU, it takes its rows there by its bytes and the file drops the old path (``embed_run``), where another GPU
+    would embed it again. Only where some listed path is not found now."""
     listed = {p for files in previous.values() for p in files}
     new = [p for p in paths if p not in listed]
     found = set(paths)  # a path not found may be of other inputs: gone only where it is not on the disk
-    gone = {p: gpu for gpu, files in previous.items() for p in files
-            if new and p not in found and not os.path.lexists(p)}
+    left = {p: gpu for gpu, files in previous.items() for p in files if new and p not in found}
+    there = {p for p in left if os.path.lexists(p)}
+    linked = reached_elsewhere(there, new)  # on the disk still, and found now through a linked folder
+    gone = {p: gpu for p, gpu in left.items() if p not in there or p in linked}
     signatures: dict[str, images.Signature] = {}
     for gpu in sorted(set(gone.values())):  # read only where an image is gone: a rename, or a move into folders
         try:

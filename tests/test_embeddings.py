@@ -1810,12 +1810,13 @@ def test_a_folder_renamed_since_and_embedded_again_is_held_once_at_its_new_place
     planned = capsys.readouterr().out
     assert "images found: 8; already embedded: 0\nto embed: 1 image\n" in planned
     assert "held in the file but not found under the inputs now: 2 images" in planned
-    assert ("moved since embedded (the same name and size at a new path under the inputs, and gone from the old one): "
-            "7 images; they would keep their rows") in planned
+    assert ("moved since embedded, or named through a linked folder now (the same name and size at a new path under "
+            "the inputs, and the old path gone or the same file): 7 images; they would keep their rows") in planned
     assert run_cli([*command[:1], str(new), *command[2:]]) == 0
     printed = capsys.readouterr().out
-    assert ("moved since embedded, or a copy deleted (gone from a path the file held, with the same bytes at another "
-            "under the inputs): 7 images; the file names them only where they are now") in printed
+    assert ("moved since embedded, named through a linked folder now, or a copy deleted (the same bytes found at "
+            "another path under the inputs, and the old path gone or the same file): 7 images; the file names them "
+            "only where they are now") in printed
     assert "held in the file but not found under the inputs now: 2 images" in printed
     ef = embfile.load(tmp_path / "emb.pkl")
     assert sorted(ef.rows.paths) == sorted([str(old / "frame_0000.png"), str(old / "frame_0001.png"),
@@ -1824,6 +1825,42 @@ def test_a_folder_renamed_since_and_embedded_again_is_held_once_at_its_new_place
     for i, path in enumerate(ef.rows.paths):  # the rows each image had, to the last bit, wherever it is now
         np.testing.assert_array_equal(ef.rows.embeddings[i], before.rows.embeddings[kept[str(old / Path(path).name)]])
     assert set(ef.signatures) == set(ef.digests) == set(ef.rows.paths)  # the old paths' own dropped with them
+
+
+def test_a_folder_named_through_a_linked_folder_since_is_held_once_under_the_path_used_now(video_crops, testpack_dir,
+                                                                                         tmp_path, capsys) -> None:
+    """The year folders embedded by their own paths, then one of them named through a symbolically linked folder
+    (a mount point reached by a link): each image took its rows as a copy of itself, and the file held it under
+    both paths, so clustering placed every image twice. The path it is found at now replaces the old one, also
+    for a file that is itself a link (a copy of another under its own name); the other year stays as it was."""
+    media = tmp_path / "media"
+    crops = [p for person in video_crops.values() for p in person[:3]]
+    for i, crop in enumerate(crops):
+        write_image(media / ("2017" if i < 6 else "2018") / f"frame_{i:04d}.png", read_image(crop))
+    (media / "2017" / "frame_9999.png").symlink_to(media / "2017" / "frame_0000.png")
+    out = tmp_path / "emb.pkl"
+    common_args = ["--output", str(out), "--model", str(testpack_dir), "-q"]
+    assert run_cli(["--input", str(media / "2017"), str(media / "2018"), *common_args]) == 0
+    before = embfile.load(out)
+    workspace = tmp_path / "workspace"
+    workspace.symlink_to(media, target_is_directory=True)
+    capsys.readouterr()
+    assert run_cli(["--input", str(workspace / "2017"), *common_args, "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert "images found: 7; already embedded: 0\nto embed: 0 images\n" in planned
+    assert "or named through a linked folder now (the same name and size at a new path under the inputs, and the " \
+           "old path gone or the same file): 7 images" in planned
+    assert run_cli(["--input", str(workspace / "2017"), *common_args]) == 0
+    assert ("or a copy deleted (the same bytes found at another path under the inputs, and the old path gone or the "
+            "same file): 7 images") in capsys.readouterr().out
+    ef = embfile.load(out)
+    renamed = {str(media / "2017" / Path(p).name): p for p in ef.rows.paths if p.startswith(str(workspace))}
+    assert sorted(ef.rows.paths) == sorted(renamed.get(p, p) for p in before.rows.paths)  # each image once
+    assert len(renamed) == 7 and all(p.startswith(str(media / "2018")) for p in ef.rows.paths if p not in
+                                     renamed.values())
+    row = {p: i for i, p in enumerate(ef.rows.paths)}
+    for i, path in enumerate(before.rows.paths):  # the rows each image had, to the last bit
+        np.testing.assert_array_equal(ef.rows.embeddings[row[renamed.get(path, path)]], before.rows.embeddings[i])
 
 
 def test_copies_of_an_image_take_its_rows_instead_of_being_embedded_again(video_crops, models, tmp_path,

@@ -22,7 +22,7 @@ from face_organizer.cli.multigpu import main as multi_main
 from face_organizer.cluster_stage import load_embeddings
 from face_organizer.errors import EmbeddingsFileError, SetupError
 from face_organizer.images import file_signature, read_image
-from face_organizer.moves import follow_moves
+from face_organizer.moves import follow_moves, reached_elsewhere
 from face_organizer.multigpu import parse_gpus, shard
 
 from conftest import ROOT, child_processes, needs_proc, wait_gone
@@ -583,14 +583,31 @@ def test_moved_files_are_followed_by_name_size_and_time_or_by_name_and_size_wher
     assert follow_moves({}, found) == {} and follow_moves(gone, []) == {}
 
 
-@pytest.mark.parametrize("move", ["rename", "plain copy"])
+def test_paths_reached_through_a_linked_folder_are_told_by_their_real_folder_and_name(tmp_path) -> None:
+    media, other = tmp_path / "media" / "2017", tmp_path / "media" / "2018"
+    media.mkdir(parents=True)
+    other.mkdir()
+    for name in ("a.png", "b.png"):
+        (media / name).write_bytes(b"x")
+    (media / "c.png").symlink_to(media / "a.png")  # a file of its own name: not a.png's path
+    (tmp_path / "workspace").symlink_to(tmp_path / "media", target_is_directory=True)
+    held = [str(media / "a.png"), str(media / "b.png"), str(media / "c.png"), str(other / "a.png")]
+    linked = tmp_path / "workspace" / "2017"
+    assert reached_elsewhere(held, [str(linked / "a.png"), str(linked / "c.png")]) == {held[0], held[2]}
+    assert reached_elsewhere(held, [str(media / "c.png")]) == set()  # the same path, not another
+    assert reached_elsewhere([str(media / "a.png")], [str(media / "c.png")]) == set()
+    assert reached_elsewhere([], [str(linked / "a.png")]) == reached_elsewhere(held, []) == set()
+
+
+@pytest.mark.parametrize("move", ["rename", "plain copy", "symlink"])
 def test_a_folder_renamed_since_is_embedded_on_the_gpus_whose_files_hold_its_images(move, video_crops, testpack_dir,
                                                                                     tmp_path, capsys) -> None:
-    # The input folder renamed (or copied elsewhere without the files' times, as a plain cp -r does, and deleted),
-    # and the launcher run over it at its new place without a rebase: each image goes to the GPU whose file holds
-    # it (found by name, size and time, or name and size), takes its rows there by its bytes, and the file drops
-    # the old path. Spread anew by its new path, most images went to another GPU, which embedded them again, and
-    # the old paths stayed in the files, where the later stages called them missing.
+    # The input folder renamed (or copied elsewhere without the files' times, as a plain cp -r does, and deleted;
+    # or named through a symbolic link to it), and the launcher run over it at its new place without a rebase: each
+    # image goes to the GPU whose file holds it (found by name, size and time, or name and size), takes its rows
+    # there by its bytes, and the file drops the old path. Spread anew by its new path, most images went to another
+    # GPU, which embedded them again, and the old paths stayed in the files, where the later stages called them
+    # missing (through a link, clustering placed every image twice).
     crops = [p for c in video_crops.values() for p in c][:12]
     folder, out, args = _crops_folder(tmp_path, crops, testpack_dir)
     assert common.run(multi_main, [*args, "--gpus", "0,1,2"]) == 0
@@ -598,6 +615,8 @@ def test_a_folder_renamed_since_is_embedded_on_the_gpus_whose_files_hold_its_ima
     renamed = tmp_path / "input 2017"
     if move == "rename":
         folder.rename(renamed)
+    elif move == "symlink":
+        renamed.symlink_to(folder, target_is_directory=True)
     else:
         time.sleep(0.01)
         shutil.copytree(folder, renamed, copy_function=shutil.copyfile)
@@ -613,8 +632,8 @@ def test_a_folder_renamed_since_is_embedded_on_the_gpus_whose_files_hold_its_ima
     assert planned[-1] == "to embed over the 3 workers: 1 image"
     assert common.run(multi_main, ["--input", str(renamed), *args[2:], "--gpus", "0,1,2"]) == 0
     printed = capsys.readouterr().out
-    assert "moved since embedded, or a copy deleted (gone from a path the file held, with the same bytes at another " \
-           "under the inputs): 12 images" in printed
+    assert "moved since embedded, named through a linked folder now, or a copy deleted (the same bytes found at " \
+           "another path under the inputs, and the old path gone or the same file): 12 images" in printed
     for g in (0, 1, 2):
         ef = embfile.load(out / f"embeddings_gpu{g}.pkl")
         moved = [p for p in ef.rows.paths if Path(p).name != "f99.png"]
