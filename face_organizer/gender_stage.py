@@ -195,11 +195,21 @@ class _Progress:
             self.handle = None
             return
         if not kept:
-            self.handle.write(json.dumps({"predictor": predictor}) + "\n")
+            self._write(json.dumps({"predictor": predictor}) + "\n")
         elif self.handle.tell() and not self._ends_with_newline():
-            self.handle.write("\n")  # after a line cut short by a kill
-        self.handle.flush()
+            self._write("\n")  # after a line cut short by a kill
         self.last_sync = time.monotonic()
+
+    def _write(self, text: str) -> None:
+        """Append ``text`` and flush it: a killed process loses nothing flushed. A write that fails (a full disk)
+        names no file: its error names this one."""
+        assert self.handle is not None
+        try:
+            self.handle.write(text)
+            self.handle.flush()
+        except OSError as err:
+            err.filename = err.filename or self.path
+            raise
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as handle:
@@ -209,9 +219,7 @@ class _Progress:
     def add(self, predictions: Sequence[GenderPrediction], signatures: dict[str, Signature | None]) -> None:
         if self.handle is None:
             return
-        self.handle.write("".join(json.dumps({**asdict(p), "signature": signatures.get(p.path)}) + "\n"
-                                  for p in predictions))
-        self.handle.flush()  # a killed process loses nothing flushed; a power cut what was not synced
+        self._write("".join(json.dumps({**asdict(p), "signature": signatures.get(p.path)}) + "\n" for p in predictions))
         if time.monotonic() - self.last_sync >= self.sync_seconds:
             os.fsync(self.handle.fileno())
             self.last_sync = time.monotonic()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,51 @@ def test_interrupted_filter_continues_where_it_stopped(utkface, predictor, tmp_p
     by_other_model = _Watched(predictor, name="another model")
     assert filter_by_gender(paths, [str(folder)], str(other), "Man", by_other_model, **run).resumed == 0
     assert by_other_model.asked == decodable
+
+
+class _FillsUp:
+    """A file on a disk that fills up after ``room`` characters: the write that passes it fails, naming no file."""
+
+    def __init__(self, handle: Any, room: int):
+        self.handle, self.room = handle, room
+
+    def write(self, text: str) -> int:
+        if len(text) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(text)
+        return self.handle.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
+def test_a_full_disk_names_the_progress_file_and_the_rerun_keeps_what_was_saved(utkface, predictor, tmp_path,
+                                                                                 monkeypatch) -> None:
+    from face_organizer import gender_stage
+
+    rows = read_labels(utkface)[:12]
+    folder = tmp_path / "input"
+    folder.mkdir()
+    for r in rows:
+        (folder / Path(r["path"]).name).write_bytes((utkface / r["path"]).read_bytes())
+    paths = sorted(str(p) for p in folder.iterdir())
+    out = str(tmp_path / "women")
+    run: dict[str, Any] = dict(workers=0, batch_size=4, progress=False)
+
+    def fills_up(path: str, *args: Any, **kwargs: Any) -> Any:
+        handle = open(path, *args, **kwargs)
+        return _FillsUp(handle, 1500) if path == progress_path(out) else handle
+
+    monkeypatch.setattr(gender_stage, "open", fills_up, raising=False)
+    with pytest.raises(OSError) as full:
+        filter_by_gender(paths, [str(folder)], out, "Woman", predictor, **run)
+    assert full.value.filename == progress_path(out)  # the error line names it, not "No space left" alone
+    saved = len(Path(progress_path(out)).read_text().splitlines()) - 1  # after the predictor's line
+    assert 4 <= saved < len(paths)
+    monkeypatch.undo()
+    again = _Watched(predictor)
+    assert filter_by_gender(paths, [str(folder)], out, "Woman", again, **run).resumed == saved
+    assert again.asked == paths[saved:]
 
 
 def _some_faces(utkface: Path, folder: Path, n: int) -> tuple[Path, list[str]]:
