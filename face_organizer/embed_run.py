@@ -583,7 +583,11 @@ class _Recorder:
             return set()
         candidates = [p for p in self.state.held if p not in found and old.get(p) in here]
         there = [p for p in candidates if os.path.lexists(p)]
-        return set(candidates).difference(there) | reached_elsewhere(there, found)
+        if not there:
+            return set(candidates)
+        alike = {old[p] for p in there}  # the paths found with their bytes: the only ones that may be the same file
+        return set(candidates).difference(there) | reached_elsewhere(
+            there, [p for p in found if (new.get(p) or old.get(p)) in alike])
 
     def file(self, attempted: set[str], complete: bool = True) -> EmbeddingsFile:
         """The final file: what was there, and what this run found (less the paths ``moved_since``)."""
