@@ -345,8 +345,24 @@ def model_signature(meta: dict[str, Any]) -> tuple[Any, ...]:
     return (files.get("recognition"), meta.get("embedding_size"))
 
 
+def _warn_other_modes(files: list[EmbeddingsFile], names: list[str], owner: dict[str, int], source: list[int],
+                      paths: list[str]) -> None:
+    """Say where images are in files of both modes: the rows of the first file holding each are the ones used."""
+    modes = [f.meta.get("mode") or "crops" for f in files]
+    if len(set(modes)) < 2:
+        return
+    other = {p for p, k in zip(paths, source) if modes[owner[p]] != modes[k]}
+    if other:
+        example = next(iter(sorted(other)))
+        log.warning("%s in files of both crops and photos mode (such as %s): each is taken from the first file "
+                    "given that holds it (%s, %s mode), all its faces from that run", count(len(other), "image"),
+                    example, names[owner[example]], modes[owner[example]])
+
+
 def merge(files: list[EmbeddingsFile], names: list[str]) -> EmbeddingsFile:
-    """Combine files of the same model; a (path, face_index) seen twice is kept once.
+    """Combine files of the same model; an image in several files takes its rows from the first that holds it (all
+    its faces from one run: files of crops and photos mode, or of other detection sizes, find other faces in it, so
+    mixing their rows by face number could count one face twice and lose another).
 
     Raises ``EmbeddingsFileError`` when files come from different recognisers or sizes.
     """
@@ -362,13 +378,16 @@ def merge(files: list[EmbeddingsFile], names: list[str]) -> EmbeddingsFile:
                 "embeddings of different models cannot be mixed; re-embed with one model pack"
             )
     rows = files[0].rows if len(files) == 1 else FaceRows.concat([f.rows for f in files], files[0].dim)
+    source = np.repeat(np.arange(len(files)), [len(f.rows) for f in files]).tolist()
+    owner: dict[str, int] = {}  # the first file holding each image
     seen: set[tuple[str, int]] = set()
     keep = []
-    for i, (p, fi) in enumerate(zip(rows.paths, rows.face_index.tolist())):
-        if (p, fi) not in seen:
+    for i, (p, fi, k) in enumerate(zip(rows.paths, rows.face_index.tolist(), source)):
+        if owner.setdefault(p, k) == k and (p, fi) not in seen:
             seen.add((p, fi))
             keep.append(i)
     if len(keep) < len(rows):  # else no second copy of every row
+        _warn_other_modes(files, names, owner, source, rows.paths)
         rows = rows.select(np.asarray(keep, dtype=np.intp))
     meta = dict(files[0].meta)
     meta["inputs"] = sorted({i for f in files for i in f.meta.get("inputs", [])})

@@ -1185,6 +1185,32 @@ def test_move_puts_a_group_photo_in_every_folder_of_its_faces(shared, models, tm
     assert {Path(d).read_bytes() for d in sorted_again.destinations} == set(content.values())
 
 
+def test_an_image_in_files_of_both_modes_takes_all_its_faces_from_the_first_file(shared, models, tmp_path,
+                                                                                  caplog) -> None:
+    # A photo library embedded in crops mode (the central face of each photo) and in photos mode (every face), both
+    # files given: the group photo of Obama and Biden took face 0 from one file and face 1 from the other, which
+    # may be the same face twice. Each image now takes every row from the first file holding it, with a warning.
+    library = obama_biden_library(shared, tmp_path)
+    paths = discover_images([library])
+    files = {}
+    for mode in ("crops", "photos"):
+        run_embeddings(paths, tmp_path / f"{mode}.pkl", models, EmbedOptions(mode=mode), inputs=[str(library)],
+                       progress=False)
+        files[mode] = embfile.load(tmp_path / f"{mode}.pkl")
+    group = str(library / "_multi_face" / GROUP_PHOTO)
+    assert files["crops"].rows.paths.count(group) == 1 and files["photos"].rows.paths.count(group) >= 2
+    for first, second in (("crops", "photos"), ("photos", "crops")):
+        caplog.clear()
+        merged = embfile.merge([files[first], files[second]], [f"{first}.pkl", f"{second}.pkl"])
+        assert merged.rows.paths == files[first].rows.paths  # every image from the first file, none twice
+        np.testing.assert_array_equal(merged.rows.embeddings, files[first].rows.embeddings)
+        assert f"{len(paths)} images in files of both crops and photos mode" in caplog.text
+        assert f"({first}.pkl, {first} mode)" in caplog.text
+    caplog.clear()
+    gpu1 = embfile.merge([files["photos"], files["photos"]], ["gpu0.pkl", "gpu1.pkl"])  # one mode: nothing to say
+    assert gpu1.rows.paths == files["photos"].rows.paths and "both crops and photos" not in caplog.text
+
+
 def test_a_move_keeps_the_files_of_a_copy_output_named_in_moved_to(two_person, tmp_path) -> None:
     # Only the outputs a move filled give their files up: copies sorted earlier stay where they are.
     ef = private_copy(two_person, tmp_path)
