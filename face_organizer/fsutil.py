@@ -296,8 +296,9 @@ def check_writable_dir(path: str | os.PathLike[str], make: bool = True) -> None:
 
 def lock_path(path: str | os.PathLike[str]) -> Path:
     """``.<name>.lock`` beside ``path``: the file ``exclusive`` locks, holding its owner's pid
-    (a long name shortened by ``short_name``)."""
-    target = Path(path)
+    (a long name shortened by ``short_name``). Made absolute first: ``--output .`` has no name of its own, and
+    its lock went inside it, so the folder was no longer empty."""
+    target = Path(os.path.abspath(path))
     return target.parent / f".{short_name(target.name)}.lock"
 
 
@@ -351,7 +352,7 @@ def exclusive(path: str | os.PathLike[str], hint: str) -> Iterator[None]:
     left beside ``path`` when they were killed while writing it. Where no lock can be had (a network
     share without locks, a read-only parent folder), the block runs unguarded, with a warning. Every
     output passes here first, so here a run is warned whose output would go with the container."""
-    target = Path(path)
+    target = Path(os.path.abspath(path))  # its name and the folder beside it, also for ``.``
     warn_if_in_container_only(target)
     lock = lock_path(target)
     with contextlib.suppress(OSError):  # a parent that cannot be made: _acquire fails to open the lock

@@ -1690,6 +1690,19 @@ def test_second_run_into_the_same_output_while_one_runs_is_refused(two_person, t
     assert run_cli(base) == 0 and (out / "clusters.csv").is_file()
 
 
+@pytest.mark.parametrize("given", [".", "./", "../out/."])
+def test_the_current_folder_as_output_is_sorted_into(given, two_person, tmp_path, monkeypatch, capsys) -> None:
+    # `cd /workspace/sorted && cluster_faces.py --output .`: the lock went into the empty folder itself (".lock" is
+    # all that "." names), which then was "not empty and not written by face-organizer". It sits beside it now.
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    base = ["--embeddings", str(two_person[0]), "--output", given, "-q", "--no-previews"]
+    assert run_cli(base) == 0, capsys.readouterr().err
+    assert (out / "clusters.csv").is_file() and not list(out.glob("*.lock")) and not list(tmp_path.glob(".*.lock"))
+    assert run_cli(base) == 0 and "already in place" in capsys.readouterr().out  # its own output: it goes on
+
+
 HOLD_LOCK = """
 import sys, time
 from face_organizer.fsutil import exclusive
