@@ -26,6 +26,9 @@ from .progress import size
 log = logging.getLogger(__name__)
 
 OUTPUT_MARKER = ".face-organizer-plan.json"  # in every folder that cluster_faces, search or gender wrote
+# Absolute paths of the files this process writes for itself (its --log): an output folder that holds only these
+# (and folders made for them) is as new to the stage that sorts into it, so `--output out --log out/run.log` works.
+RUN_FILES: set[str] = set()
 
 
 SIDE_NAME_MAX = 200  # bytes of a file's name kept in the name of a file beside it (limit: 255)

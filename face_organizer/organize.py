@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import FaceOrganizerError, SetupError
-from .fsutil import (OUTPUT_MARKER, atomic_write_text, check_writable_dir, filesystem_type, full_disk_hint,
-                     mount_of, same_bytes, same_size, sync_filesystem)
+from .fsutil import (OUTPUT_MARKER, RUN_FILES, atomic_write_text, check_writable_dir, filesystem_type,
+                     full_disk_hint, mount_of, same_bytes, same_size, sync_filesystem)
 from .images import GONE
 from .progress import bar as progress_bar
 from .progress import count, listed, size
@@ -761,10 +761,20 @@ BLOCK = 4096  # files take whole filesystem blocks
 
 
 def _has_entries(folder: str) -> bool:
+    """Whether ``folder`` holds anything but this run's own files (``RUN_FILES``: its --log, and folders made for
+    it): a folder holding only those is a new output."""
     if not os.path.isdir(folder):
         return False
     with os.scandir(folder) as entries:
-        return next(entries, None) is not None
+        for entry in entries:
+            path = os.path.abspath(entry.path)
+            if path in RUN_FILES:
+                continue
+            if (entry.is_dir(follow_symlinks=False) and any(f.startswith(path + os.sep) for f in RUN_FILES)
+                    and not _has_entries(path)):
+                continue
+            return True
+    return False
 
 
 def _device(path: str) -> int:

@@ -1703,6 +1703,26 @@ def test_the_current_folder_as_output_is_sorted_into(given, two_person, tmp_path
     assert run_cli(base) == 0 and "already in place" in capsys.readouterr().out  # its own output: it goes on
 
 
+@pytest.mark.parametrize("log", ["run.log", "logs/cluster.log"])
+def test_a_log_inside_the_new_output_leaves_it_new(log, two_person, tmp_path) -> None:
+    # `docker exec -d … cluster_faces.py --output /workspace/sorted --log /workspace/sorted/run.log`: the log was
+    # made first, and the output refused as "not empty and not written by face-organizer". Other files still are.
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "scripts" / "cluster_faces.py"), "--embeddings", str(two_person[0]),
+               "--no-previews", "--output"]
+    for _ in range(2):  # the second run: its own output, so it goes on
+        done = subprocess.run([*command, str(out), "--log", str(out / log)], capture_output=True, text=True)
+        assert done.returncode == 0, (out / log).read_text()
+    assert (out / "clusters.csv").is_file()
+    assert "files: " in (out / log).read_text() and "already in place" in (out / log).read_text()
+    other = tmp_path / "other"
+    (other / "logs").mkdir(parents=True)
+    (other / "logs" / "mine.txt").write_text("a user's own file")
+    refused = subprocess.run([*command, str(other), "--log", str(other / "logs" / "run.log")], capture_output=True)
+    assert refused.returncode == 2
+    assert "is not empty and was not written by face-organizer" in (other / "logs" / "run.log").read_text()
+
+
 HOLD_LOCK = """
 import sys, time
 from face_organizer.fsutil import exclusive

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import FaceOrganizerError, SetupError
-from ..fsutil import full_disk_hint
+from ..fsutil import RUN_FILES, full_disk_hint
 from ..modelpack import DEFAULT_PACK, MODEL_ROOT_ENV, default_model_root
 from ..progress import count, some
 
@@ -69,6 +69,7 @@ def log_to_file(path: str) -> None:
         os.dup2(fd, target)
     os.close(fd)
     _LOG_FILE[:] = [path]
+    RUN_FILES.add(path)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"=== {started}: {' '.join([os.path.basename(sys.argv[0]), *sys.argv[1:]])}", file=sys.stderr, flush=True)
 
@@ -80,6 +81,7 @@ def restore_output() -> None:
         target, saved = _REDIRECTED.pop()
         os.dup2(saved, target)
         os.close(saved)
+    RUN_FILES.difference_update(_LOG_FILE)
     _LOG_FILE.clear()
 
 
