@@ -24,7 +24,7 @@ from typing import Any, Literal
 from .errors import FaceOrganizerError, SetupError
 from .fsutil import (OUTPUT_MARKER, RUN_FILES, atomic_write_text, check_writable_dir, filesystem_type,
                      full_disk_hint, mount_of, same_bytes, same_size, sync_filesystem)
-from .images import GONE
+from .images import GONE, SYSTEM_FOLDERS
 from .progress import bar as progress_bar
 from .progress import count, listed, size
 from .rebase import former_paths, guess_move, near, spread
@@ -204,8 +204,8 @@ def check_output_folder(output: str, dry_run: bool = False) -> None:
     in a ``dry_run``, which writes nothing."""
     if os.path.lexists(output) and not os.path.isdir(output):
         raise SetupError(f"--output {output} is a file, not a folder; choose a new or empty folder")
-    if _has_entries(output) and not os.path.lexists(os.path.join(output, STATE_FILE)):
-        raise SetupError(f"--output {output} is not empty and was not written by face-organizer; "
+    if (found := _first_entry(output)) is not None and not os.path.lexists(os.path.join(output, STATE_FILE)):
+        raise SetupError(f"--output {output} is not empty (it holds {found}) and was not written by face-organizer; "
                          "choose a new or empty folder")
     try:
         _check_writable(output)
@@ -760,21 +760,33 @@ def refuse_renamed(output: str, renamed: Mapping[str, str]) -> None:
 BLOCK = 4096  # files take whole filesystem blocks
 
 
+# What an operating system or a NAS leaves in a folder that was only opened or made there (Finder's .DS_Store, the
+# AppleDouble ._ files it writes on other disks, Explorer's Thumbs.db and desktop.ini, the lost+found of a disk
+# mounted there): a folder holding only these is as new to a stage sorting into it.
+OS_CLUTTER = SYSTEM_FOLDERS | frozenset(name.casefold() for name in (
+    ".DS_Store", ".localized", ".Trashes", ".Spotlight-V100", ".fseventsd", ".TemporaryItems", ".AppleDouble",
+    "Thumbs.db", "desktop.ini"))
+
+
 def _has_entries(folder: str) -> bool:
-    """Whether ``folder`` holds anything but this run's own files (``RUN_FILES``: its --log, and folders made for
-    it): a folder holding only those is a new output."""
+    return _first_entry(folder) is not None
+
+
+def _first_entry(folder: str) -> str | None:
+    """The name of something in ``folder`` other than this run's own files (``RUN_FILES``: its --log, and folders
+    made for it) and ``OS_CLUTTER``; None where it holds nothing else, as a new output."""
     if not os.path.isdir(folder):
-        return False
+        return None
     with os.scandir(folder) as entries:
-        for entry in entries:
+        for entry in sorted(entries, key=lambda e: e.name):
             path = os.path.abspath(entry.path)
-            if path in RUN_FILES:
+            if path in RUN_FILES or entry.name.casefold() in OS_CLUTTER or entry.name.startswith("._"):
                 continue
             if (entry.is_dir(follow_symlinks=False) and any(f.startswith(path + os.sep) for f in RUN_FILES)
                     and not _has_entries(path)):
                 continue
-            return True
-    return False
+            return entry.name
+    return None
 
 
 def _device(path: str) -> int:

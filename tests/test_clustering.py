@@ -1694,8 +1694,12 @@ def test_second_run_into_the_same_output_while_one_runs_is_refused(two_person, t
 def test_the_current_folder_as_output_is_sorted_into(given, two_person, tmp_path, monkeypatch, capsys) -> None:
     # `cd /workspace/sorted && cluster_faces.py --output .`: the lock went into the empty folder itself (".lock" is
     # all that "." names), which then was "not empty and not written by face-organizer". It sits beside it now.
+    # What Finder, Explorer or a new disk leave in a folder only opened (.DS_Store, Thumbs.db, lost+found) is no
+    # one's files either: the folder is still new.
     out = tmp_path / "out"
-    out.mkdir()
+    (out / "lost+found").mkdir(parents=True)
+    for clutter in (".DS_Store", "._.DS_Store", "Thumbs.db"):
+        (out / clutter).write_bytes(b"\0\0")
     monkeypatch.chdir(out)
     base = ["--embeddings", str(two_person[0]), "--output", given, "-q", "--no-previews"]
     assert run_cli(base) == 0, capsys.readouterr().err
@@ -1720,7 +1724,7 @@ def test_a_log_inside_the_new_output_leaves_it_new(log, two_person, tmp_path) ->
     (other / "logs" / "mine.txt").write_text("a user's own file")
     refused = subprocess.run([*command, str(other), "--log", str(other / "logs" / "run.log")], capture_output=True)
     assert refused.returncode == 2
-    assert "is not empty and was not written by face-organizer" in (other / "logs" / "run.log").read_text()
+    assert "is not empty (it holds logs) and was not written" in (other / "logs" / "run.log").read_text()
 
 
 HOLD_LOCK = """
@@ -1766,7 +1770,7 @@ def test_rerun_into_other_clustering_is_refused_before_clustering(two_person, in
     (tmp_path / "other" / "mine.txt").write_text("user file")
     assert run_cli(["--embeddings", str(two_person[0]), "--output", str(tmp_path / "other"), "-q"]) == 2
     assert (tmp_path / "other" / "mine.txt").read_text() == "user file"
-    assert "is not empty and was not written by face-organizer" in capsys.readouterr().err
+    assert "is not empty (it holds mine.txt) and was not written by face-organizer" in capsys.readouterr().err
 
 
 def test_an_output_whose_state_lacks_its_image_count_is_still_refused_in_one_line(tmp_path) -> None:
@@ -1816,7 +1820,7 @@ def test_output_no_run_could_write_is_refused_before_clustering(two_person, tmp_
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "mine.txt").write_text("user file")
     (tmp_path / "a_file").write_text("user file")
-    for output, message in ((tmp_path / "other", "is not empty and was not written by face-organizer"),
+    for output, message in ((tmp_path / "other", "is not empty (it holds mine.txt) and was not written by"),
                             (tmp_path / "a_file", "is a file, not a folder")):
         for extra in ([], ["--dry-run"]):
             assert run_cli(["--embeddings", str(two_person[0]), "--output", str(output), "-q"] + extra) == 2

@@ -381,7 +381,7 @@ def test_bad_query_and_model_mismatch_are_clear(lfw_subset, lfw, testpack_dir, m
     (tmp_path / "taken" / "notes.txt").write_text("user file")
     assert run_cli(["--embeddings", str(emb), "--query", str(tmp_path / "broken.jpg"), "--output",
                     str(tmp_path / "taken"), "--model", str(testpack_dir)]) == 2
-    assert "is not empty and was not written by face-organizer" in capsys.readouterr().err  # before the query is read
+    assert "is not empty (it holds notes.txt)" in capsys.readouterr().err  # before the query is read
     ef = embfile.load(emb)
     query = str(Path(ef.rows.paths[0]))
     ef.rows.paths = ["/workspace/input/" + Path(p).name for p in ef.rows.paths]  # embedded inside a container
