@@ -124,7 +124,7 @@ READ_FORMATS = "jpg, jpeg, jfif, png, webp, bmp, tif, ppm, pgm" + "".join(
     if ext in IMAGE_EXTENSIONS)
 # Photo formats a library may hold that are not read here: named in a warning, not left out silently.
 OTHER_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif", ".gif", ".jxl", ".jp2", ".j2k", ".dng", ".cr2",
-                                    ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf"}) - IMAGE_EXTENSIONS
+                                    ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".tga"}) - IMAGE_EXTENSIONS
 # Videos: the crops this tool sorts are extracted from them first (by another tool); counted, so that a folder of
 # videos alone is not simply "no images".
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".wmv", ".mts", ".m2ts", ".3gp",

@@ -177,7 +177,7 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     # may not be readable: both are said, not left out silently; other files are no concern.
     img = _face_like()
     kept = write_image(tmp_path / "2019" / "a.jpg", img)
-    for name in ("IMG_0001.JXL", "IMG_0002.jxl", "DSC_0003.NEF", "DSC_0004.dng"):
+    for name in ("IMG_0001.JXL", "IMG_0002.jxl", "DSC_0003.NEF", "DSC_0004.dng", "frame_0005.TGA"):
         (tmp_path / "2019" / name).write_bytes(b"\0" * 16)
     (tmp_path / "2019" / "movie.mov").write_bytes(b"\0" * 16)
     (tmp_path / "2019" / "notes.txt").write_text("x")
@@ -194,7 +194,7 @@ def test_what_discovery_leaves_out_is_named(tmp_path: Path, monkeypatch, caplog)
     caplog.set_level("WARNING")
     assert discover_images([tmp_path]) == [str(kept)]
     assert f"cannot read folder {locked} (Permission denied): its images are left out" in caplog.text
-    assert "left out 4 photos in formats not read here (.jxl: 2; .dng: 1; .nef: 1)" in caplog.text
+    assert "left out 5 photos in formats not read here (.jxl: 2; .dng: 1; .nef: 1; .tga: 1)" in caplog.text
     assert ".mov" not in caplog.text and ".txt" not in caplog.text
     caplog.clear()
     monkeypatch.setattr(os, "scandir", real_scandir)
