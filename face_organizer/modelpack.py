@@ -108,6 +108,18 @@ def _try_download(name: str, root: Path) -> None:
         log.warning("download of %s failed: %s", name, str(err).splitlines()[0] if str(err) else type(err).__name__)
 
 
+def _unnested(folder: Path) -> Path:
+    """The one subfolder that holds a pack's ONNX files where ``folder`` itself holds none: a pack's
+    zip unpacked into a folder of its name leaves ``antelopev2/antelopev2/*.onnx``."""
+    if any(folder.glob("*.onnx")):
+        return folder
+    inner = [sub for sub in folder.iterdir() if sub.is_dir() and any(sub.glob("*.onnx"))]
+    if len(inner) != 1:
+        return folder
+    log.info("model pack %s: its files are in %s", folder.name, inner[0])
+    return inner[0]
+
+
 def resolve_pack(name: str, root: str | os.PathLike[str] | None = None, *, download: bool = True) -> ModelPack:
     """Find the pack ``name`` under ``root`` (or ``name`` itself if it is a folder).
 
@@ -120,8 +132,15 @@ def resolve_pack(name: str, root: str | os.PathLike[str] | None = None, *, downl
     else:
         base = Path(root).expanduser() if root else default_model_root()
         folder = base / name
+        if not folder.is_dir() and (base / "models" / name).is_dir():
+            # --model-root ~/.insightface, where insightface keeps its packs one folder further down
+            log.info("model pack %s: taken from %s", name, base / "models" / name)
+            folder = base / "models" / name
         if not folder.is_dir() and download and name in KNOWN_PACKS:
             _try_download(name, base)
+    label = folder.name  # the pack's name, whichever folder inside it holds the files
+    if folder.is_dir():
+        folder = _unnested(folder)
     if not folder.is_dir():
         raise ModelPackError(
             f"model pack '{name}' not found: {folder} does not exist (expected {_expected(name)}). "
@@ -135,9 +154,11 @@ def resolve_pack(name: str, root: str | os.PathLike[str] | None = None, *, downl
     missing = [r for r in ("detection", "recognition") if r not in roles]
     if missing:
         found = ", ".join(p.name for p in sorted(folder.glob("*.onnx"))) or "no .onnx files"
+        if inner := sorted(sub.name for sub in folder.iterdir() if sub.is_dir() and any(sub.glob("*.onnx"))):
+            found += f"; folders holding some: {', '.join(inner)} (name one of them as the pack)"
         raise ModelPackError(
             f"model pack '{name}' at {folder} has no {' or '.join(missing)} model "
             f"(found: {found}; expected {_expected(name)})"
         )
-    return ModelPack(name=folder.name, folder=folder, detector=roles["detection"],
+    return ModelPack(name=label, folder=folder, detector=roles["detection"],
                      recognizer=roles["recognition"], genderage=roles.get("genderage"))

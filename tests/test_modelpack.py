@@ -44,3 +44,18 @@ def test_dynamic_batch_rewrite_matches_single(models, testpack) -> None:
     x = np.random.default_rng(5).standard_normal((5, 3, 112, 112)).astype(np.float32)
     expected = np.concatenate([single.run(None, {"input0": x[i : i + 1]})[0] for i in range(5)])
     np.testing.assert_allclose(batched.run(None, {"input0": x})[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_pack_unzipped_into_a_folder_of_its_own_name(tmp_path: Path, testpack_dir: Path) -> None:
+    """antelopev2.zip unpacked into models/antelopev2/ leaves its files one folder further down."""
+    inner = tmp_path / "models" / "mypack" / "mypack"
+    shutil.copytree(testpack_dir, inner)
+    pack = resolve_pack("mypack", tmp_path / "models", download=False)
+    assert pack.name == "mypack" and pack.folder == inner and pack.recognizer.name == "MobileFaceNet.onnx"
+    # --model-root pointing at ~/.insightface rather than ~/.insightface/models finds it too
+    assert resolve_pack("mypack", tmp_path, download=False).folder == inner
+    # two folders of models inside: which one is meant is not guessed
+    shutil.copytree(testpack_dir, inner.parent / "other")
+    with pytest.raises(ModelPackError, match="no detection or recognition model") as err:
+        resolve_pack("mypack", tmp_path / "models", download=False)
+    assert "folders holding some: mypack, other" in str(err.value)
