@@ -3,8 +3,8 @@
 packages, embed them, and sort them into person folders.
 
   python scripts/demo.py --output demo_output
-Uses ../shared/models/testpack when present (offline machines), else the buffalo_l pack
-(downloaded by insightface on first use). Open demo_output/clustered/index.html after.
+Uses the testpack of $FACE_ORGANIZER_SHARED (default ../shared) when present (offline machines),
+else the buffalo_l pack (downloaded by insightface on first use). Open demo_output/clustered/index.html after.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from face_organizer.faces import load_face_models  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import sample_collection  # noqa: E402
 
-TESTPACK = Path(__file__).resolve().parents[2] / "shared" / "models" / "testpack"
+SHARED = Path(os.environ.get("FACE_ORGANIZER_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+TESTPACK = SHARED.expanduser().resolve() / "models" / "testpack"
 # Written first into the demo's folder. Its other names are those of a real workspace (input/, embeddings_gpu0.pkl),
 # so only this file tells a folder the demo made, which it may empty, from a user's.
 MARKER = ".face-organizer-demo"
@@ -42,8 +43,10 @@ def check_own_folder(out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="demo_output")
-    parser.add_argument("--model", default=str(TESTPACK) if TESTPACK.is_dir() else "buffalo_l")
+    parser.add_argument("--output", default="demo_output",
+                        help="a new folder, or one an earlier demo made, which is emptied first (default: demo_output)")
+    parser.add_argument("--model", default=str(TESTPACK) if TESTPACK.is_dir() else "buffalo_l",
+                        help=f"model pack name or folder (default here: {TESTPACK if TESTPACK.is_dir() else 'buffalo_l'})")
     args = parser.parse_args(argv)
     common.setup_logging()
     out = Path(args.output).absolute()

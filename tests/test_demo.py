@@ -49,3 +49,17 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path) -> None:
     with pytest.raises(SetupError, match="holds files the demo did not make"):
         demo.check_own_folder(workspace)
     assert (workspace / "embeddings_gpu0.pkl").read_bytes() == b"hours of embedding"
+
+
+@pytest.mark.parametrize("where", ["shared", "elsewhere"])
+def test_demo_takes_its_model_from_the_shared_setting(testpack_dir, tmp_path, where) -> None:
+    """The demo finds the testpack where $FACE_ORGANIZER_SHARED says, as the tests do, not only at ../shared."""
+    import os
+    import subprocess
+
+    shared = testpack_dir.parents[1] if where == "shared" else tmp_path
+    env = {**os.environ, "FACE_ORGANIZER_SHARED": str(shared)}
+    shown = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--help"], env=env,
+                           capture_output=True, text=True, check=True).stdout
+    expected = str(testpack_dir.resolve()) if where == "shared" else "buffalo_l"
+    assert f"(default here: {expected})" in " ".join(shown.split())
