@@ -45,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo_output",
                         help="a new folder, or one an earlier demo made, which is emptied first (default: demo_output)")
-    parser.add_argument("--model", default=str(TESTPACK) if TESTPACK.is_dir() else "buffalo_l",
-                        help=f"model pack name or folder (default here: {TESTPACK if TESTPACK.is_dir() else 'buffalo_l'})")
+    default = str(TESTPACK) if TESTPACK.is_dir() else "buffalo_l"
+    parser.add_argument("--model", default=default, help=f"model pack name or folder (default here: {default})")
     args = parser.parse_args(argv)
     common.setup_logging()
     out = Path(args.output).absolute()
