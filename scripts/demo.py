@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from face_organizer.cli import cluster, common, embed  # noqa: E402
-from face_organizer.errors import SetupError  # noqa: E402
+from face_organizer.errors import ModelPackError, SetupError  # noqa: E402
 from face_organizer.faces import load_face_models  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
 from face_organizer.samples import sample_collection  # noqa: E402
@@ -55,7 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(out)  # the demo's own folder: always start clean
     out.mkdir(parents=True)
     (out / MARKER).write_text("made by scripts/demo.py, which empties this folder on each run\n")
-    pack = resolve_pack(args.model)
+    try:
+        pack = resolve_pack(args.model, common.model_root(None))  # as generate_embeddings finds it
+    except ModelPackError as err:
+        if args.model != "buffalo_l" or TESTPACK.is_dir():
+            raise
+        raise ModelPackError(f"{err}; offline, the demo runs on the testpack of the shared models instead: set "
+                             f"FACE_ORGANIZER_SHARED to the folder that holds models/testpack (not at {SHARED})") from None
     print(f"1/3 making sample face crops with model pack {pack.name} …", file=sys.stderr)
     sample_collection(out / "input", load_face_models(pack, "cpu", 0).detector)
     print("2/3 generate_embeddings …", file=sys.stderr)

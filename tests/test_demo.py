@@ -63,3 +63,19 @@ def test_demo_takes_its_model_from_the_shared_setting(testpack_dir, tmp_path, wh
                            capture_output=True, text=True, check=True).stdout
     expected = str(testpack_dir.resolve()) if where == "shared" else "buffalo_l"
     assert f"(default here: {expected})" in " ".join(shown.split())
+
+
+def test_demo_offline_without_the_testpack_says_where_it_looked(tmp_path) -> None:
+    """Offline, with no testpack where the setting points, the error says how to give the demo one."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "FACE_ORGANIZER_SHARED": str(tmp_path / "nowhere"), "HOME": str(tmp_path),
+           "FACE_ORGANIZER_MODEL_ROOT": str(tmp_path / "models"), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--output", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: model pack 'buffalo_l' not found") and "FACE_ORGANIZER_SHARED" in last
+    assert str(tmp_path / "nowhere") in last
+    assert str(tmp_path / "models" / "buffalo_l") in last  # FACE_ORGANIZER_MODEL_ROOT, as generate_embeddings reads
