@@ -60,8 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelPackError as err:
         if args.model != "buffalo_l" or TESTPACK.is_dir():
             raise
-        raise ModelPackError(f"{err}; offline, the demo runs on the testpack of the shared models instead: set "
-                             f"FACE_ORGANIZER_SHARED to the folder that holds models/testpack (not at {SHARED})") from None
+        raise ModelPackError(f"{err}; offline, the demo runs on the testpack of the shared models instead: "
+                             f"set FACE_ORGANIZER_SHARED to the folder that holds models/testpack "
+                             f"(not at {SHARED})") from None
     print(f"1/3 making sample face crops with model pack {pack.name} …", file=sys.stderr)
     sample_collection(out / "input", load_face_models(pack, "cpu", 0).detector)
     print("2/3 generate_embeddings …", file=sys.stderr)
