@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SHARED ?= ../shared
+# The shared models and datasets: $(SHARED), else $FACE_ORGANIZER_SHARED, else ../shared.
+SHARED ?= $(or $(FACE_ORGANIZER_SHARED),../shared)
 
 .PHONY: setup setup-test demo test typecheck bench
 
@@ -39,7 +40,7 @@ setup-test: setup
 
 # Quick start: sort the faces that ship inside pip packages (insightface's t1.jpg, scikit-image's astronaut).
 demo: setup
-	$(BIN)/python scripts/demo.py --output demo_output
+	FACE_ORGANIZER_SHARED=$(SHARED) $(BIN)/python scripts/demo.py --output demo_output
 
 # Lint the Dockerfile, prove constraints.txt resolves for the image's platform, run the suite.
 test: setup-test
