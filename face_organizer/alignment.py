@@ -51,10 +51,19 @@ def similarity_transform(src: NDArray[np.floating], dst: NDArray[np.floating]) -
     return matrix
 
 
+# A face enlarged more than this to fill the template (at 112 pixels, one less than about 60 pixels wide: a distant
+# face in a video frame, a small crop, a group photo) is warped bicubically, as insightface's bilinear warp
+# smears it: crops of LFW dev faces 24-32 pixels wide were told apart better (same-vs-different AUC 0.94-0.99
+# against 0.92-0.98). Larger faces are warped bilinearly, as insightface does and the recogniser was trained on.
+CUBIC_ABOVE = 1.5
+
+
 def align(image: NDArray[np.uint8], kps: NDArray[np.floating], size: int = 112) -> NDArray[np.uint8]:
     """The face with landmarks ``kps`` (5, 2) warped onto the template in a ``size`` crop."""
     matrix = similarity_transform(kps, template_for(size))
-    return cv2.warpAffine(image, matrix, (size, size), borderValue=0.0)
+    enlarged = np.hypot(matrix[0, 0], matrix[1, 0]) > CUBIC_ABOVE
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_CUBIC if enlarged else cv2.INTER_LINEAR,
+                          borderValue=0.0)
 
 
 def centre_crop(image: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
