@@ -53,8 +53,9 @@ def similarity_transform(src: NDArray[np.floating], dst: NDArray[np.floating]) -
 
 # A face enlarged more than this to fill the template (at 112 pixels, one less than about 60 pixels wide: a distant
 # face in a video frame, a small crop, a group photo) is warped bicubically, as insightface's bilinear warp
-# smears it: crops of LFW dev faces 24-32 pixels wide were told apart better (same-vs-different AUC 0.94-0.99
-# against 0.92-0.98). Larger faces are warped bilinearly, as insightface does and the recogniser was trained on.
+# smears it: crops of LFW dev faces 24-32 pixels wide were told apart better (same-vs-different AUC 0.95-0.99
+# against 0.93-0.98, benchmarks/eval_small_faces.py). Larger faces are warped bilinearly, as insightface does
+# and as the recogniser was trained on.
 CUBIC_ABOVE = 1.5
 
 
