@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from face_organizer import embfile  # noqa: E402
 from face_organizer.embed_run import run_embeddings  # noqa: E402
-from face_organizer.evaluation import roc_auc  # noqa: E402
+from face_organizer.evaluation import d_prime, roc_auc  # noqa: E402
 from face_organizer.faces import EmbedOptions  # noqa: E402
 
 WIDTH, HEIGHT = 4032, 3024
@@ -69,11 +69,7 @@ def separation(ef: embfile.EmbeddingsFile, paths: list[str], rows: list[dict[str
     x = ef.rows.embeddings[[i for _, i in best.values()]]
     upper = np.triu_indices(len(who), 1)
     scores, same = (x @ x.T)[upper], (who[:, None] == who[None])[upper]
-    return roc_auc(scores, same), _d_prime(scores, same), len(who)
-
-
-def _d_prime(scores: np.ndarray, same: np.ndarray) -> float:
-    return float((scores[same].mean() - scores[~same].mean()) / np.sqrt((scores[same].var() + scores[~same].var()) / 2))
+    return roc_auc(scores, same), d_prime(scores, same), len(who)
 
 
 def main() -> int:
@@ -101,7 +97,7 @@ def main() -> int:
         upper = np.triu_indices(len(who), 1)
         scores, same = (ef.rows.embeddings @ ef.rows.embeddings.T)[upper], (who[:, None] == who[None])[upper]
         print(f"the photos on their own, --mode crops: AUC {roc_auc(scores, same):.4f}, "
-              f"d' {_d_prime(scores, same):.2f}")
+              f"d' {d_prime(scores, same):.2f}")
     for scale in args.scales:
         with tempfile.TemporaryDirectory() as tmp:
             paths, slot = group_photos(lfw, rows, scale, Path(tmp))
@@ -110,10 +106,10 @@ def main() -> int:
                 out = Path(tmp) / f"way{way}.pkl"
                 run_embeddings(paths, out, models, options, streams=streams, progress=False)
                 elapsed = time.perf_counter() - started
-                auc, d_prime, faces = separation(embfile.load(out), paths, rows, slot)
+                auc, separated, faces = separation(embfile.load(out), paths, rows, slot)
                 groups = f"{len(paths)} group photo{'s' * (len(paths) > 1)}"
                 print(f"scale {scale} (faces about {110 * scale:.0f} px wide), {name}: {faces} of {len(rows)} photos' "
-                      f"faces found; AUC {auc:.4f}, d' {d_prime:.2f}; {groups} in {elapsed:.1f} s", flush=True)
+                      f"faces found; AUC {auc:.4f}, d' {separated:.2f}; {groups} in {elapsed:.1f} s", flush=True)
     return 0
 
 

@@ -32,7 +32,7 @@ from face_organizer import alignment, embfile  # noqa: E402
 from face_organizer.cli import common  # noqa: E402
 from face_organizer.cli.cluster import main as cluster_main  # noqa: E402
 from face_organizer.embed_run import run_embeddings  # noqa: E402
-from face_organizer.evaluation import folder_report, roc_auc  # noqa: E402
+from face_organizer.evaluation import d_prime, folder_report, roc_auc  # noqa: E402
 from face_organizer.images import read_image  # noqa: E402
 
 PEOPLE = ("Tony_Blair", "Donald_Rumsfeld")
@@ -57,8 +57,7 @@ def separation(ef: embfile.EmbeddingsFile, labels: dict[str, str]) -> tuple[floa
     who = np.array([labels[p] for p in ef.rows.paths])
     upper = np.triu_indices(len(who), 1)
     scores, same = (ef.rows.embeddings @ ef.rows.embeddings.T)[upper], (who[:, None] == who[None])[upper]
-    d_prime = (scores[same].mean() - scores[~same].mean()) / np.sqrt((scores[same].var() + scores[~same].var()) / 2)
-    return roc_auc(scores, same), float(d_prime)
+    return roc_auc(scores, same), d_prime(scores, same)
 
 
 def main() -> int:
@@ -78,7 +77,7 @@ def main() -> int:
                 out = Path(tmp) / f"way{way}"
                 run_embeddings(list(truth), out / "emb.pkl", models, inputs=[str(Path(tmp) / "input")],
                                streams=streams, progress=False)
-                auc, d_prime = separation(embfile.load(out / "emb.pkl"), truth)
+                auc, separated = separation(embfile.load(out / "emb.pkl"), truth)
                 with contextlib.redirect_stdout(io.StringIO()):  # its summary: the folders are scored below
                     code = common.run(cluster_main, ["--embeddings", str(out / "emb.pkl"), "--output",
                                                      str(out / "sorted"), "--link-mode", "symlink", "--no-previews",
@@ -89,7 +88,7 @@ def main() -> int:
                 report = folder_report([truth[r["path"]] for r in placed], [r["cluster"] for r in placed], PEOPLE)
                 folders = "; ".join(f"{person}: purity {report.purity[report.folder_of[person]]:.3f}, recall "
                                     f"{report.recall[report.folder_of[person]]:.3f}" for person in PEOPLE)
-                print(f"{side} px, {name}: AUC {auc:.4f}, d' {d_prime:.2f}; --clusters 2: {folders}; strangers in "
+                print(f"{side} px, {name}: AUC {auc:.4f}, d' {separated:.2f}; --clusters 2: {folders}; strangers in "
                       f"outliers/ {report.strangers_out:.2f}", flush=True)
     alignment.CUBIC_ABOVE = ways["bicubic (default)"]
     return 0

@@ -20,6 +20,13 @@ def roc_auc(scores: NDArray[np.floating], positive: NDArray[np.bool_]) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def d_prime(scores: NDArray[np.floating], positive: NDArray[np.bool_]) -> float:
+    """How far apart the positives' and negatives' scores lie, in their pooled standard deviations."""
+    positive = np.asarray(positive, bool)
+    pos, neg = scores[positive], scores[~positive]
+    return float((pos.mean() - neg.mean()) / np.sqrt((pos.var() + neg.var()) / 2))
+
+
 @dataclass(frozen=True)
 class PRF:
     precision: float

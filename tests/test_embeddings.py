@@ -29,7 +29,7 @@ from face_organizer.cli.embed import main as embed_main
 from face_organizer.embed_run import RunSummary, plan_streams, run_embeddings
 from face_organizer.embfile import parts_dir
 from face_organizer.errors import EmbeddingsFileError, RunStopped, SetupError, UnsafePickleError
-from face_organizer.evaluation import roc_auc
+from face_organizer.evaluation import d_prime, roc_auc
 from face_organizer.detection import Detections
 from face_organizer.faces import TURNS, EmbedOptions, FaceRows, ShrunkPhotos, embed_batch, find_crop_faces
 from face_organizer.images import discover_images, read_image
@@ -340,10 +340,6 @@ def _same_and_different(found: FaceRows, rows: list[dict[str, str]]) -> tuple[np
     return (x @ x.T)[upper], (who[:, None] == who[None])[upper]
 
 
-def _d_prime(scores: np.ndarray, same: np.ndarray) -> float:
-    return float((scores[same].mean() - scores[~same].mean()) / np.sqrt((scores[same].var() + scores[~same].var()) / 2))
-
-
 def test_small_faces_of_a_group_photo_are_aligned_on_landmarks_found_again_around_them(lfw, lfw_labels,
                                                                                          models) -> None:
     """At 640 pixels a face of a 12-megapixel group photo is about ten pixels wide, and its landmarks too coarse to
@@ -391,8 +387,8 @@ def test_small_faces_of_a_large_jpeg_are_aligned_from_the_photo_decoded_again(tm
     np.testing.assert_array_equal(default.det_score, shrunk.det_score)
     to_whole = [np.median(np.sum(rows_.embeddings * whole.embeddings, axis=1)) for rows_ in (default, shrunk)]
     assert to_whole[0] > 0.97 and to_whole[1] < 0.93
-    d_prime = {name: _d_prime(*_same_and_different(found[name].rows, rows)) for name in ways}
-    assert d_prime["default"] > d_prime["shrunk"] + 1 and d_prime["default"] > d_prime["whole"] - 0.5
+    apart = {name: d_prime(*_same_and_different(found[name].rows, rows)) for name in ways}
+    assert apart["default"] > apart["shrunk"] + 1 and apart["default"] > apart["whole"] - 0.5
     # Decoded in a worker process, which hands the stream the photo's digest for the second decoding: the same.
     run_embeddings([str(path)], tmp_path / "worker.pkl", models, ways["default"], workers=1, progress=False)
     np.testing.assert_array_equal(embfile.load(tmp_path / "worker.pkl").rows.embeddings, default.embeddings)
