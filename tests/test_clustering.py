@@ -172,6 +172,47 @@ def test_strangers_stay_out_of_small_folders(lfw_subset) -> None:
     assert int(((result.labels >= 0) & ~np.isin(who, THREE_PEOPLE)).sum()) <= 6
 
 
+def test_strangers_who_fill_a_small_folder_do_not_pull_its_centre_to_them(lfw_subset) -> None:
+    # Three people with 10 or 15 photos each among 60 or 120 people with one, --clusters 3: k-means gives each
+    # folder more strangers than photos of its person, and they pull its centre towards them: 32 strangers
+    # stayed in the folders of three such draws while each folder's centre was read from all its faces, 23 since
+    # it is read again from the faces the cut kept where the cut took more than a fifth of them.
+    entered = 0
+    for photos, strangers in ((10, 60), (10, 120), (15, 120)):
+        x, who = _people_among_strangers(lfw_subset, photos, strangers)
+        result = kmeans(x, 3)
+        for person in THREE_PEOPLE:
+            (folder,) = np.unique(result.labels[who == person])
+            assert folder >= 0
+        entered += int(((result.labels >= 0) & ~np.isin(who, THREE_PEOPLE)).sum())
+    assert entered <= 26
+
+
+def test_a_folder_is_trimmed_only_where_the_cut_took_much_of_it(monkeypatch) -> None:
+    from face_organizer import clustering
+
+    monkeypatch.setattr(clustering, "TRIM_STEPS", 1)
+    rng = np.random.default_rng(1)
+    person = _unit(rng.standard_normal(16))
+    # Folder 0: ten faces of one person and ten strangers; folder 1: the same person's faces alone.
+    x = np.vstack([_unit(person + 0.15 * rng.standard_normal((10, 16))), _unit(rng.standard_normal((10, 16))),
+                   _unit(person + 0.15 * rng.standard_normal((10, 16)))]).astype(np.float32)
+    labels = np.repeat([0, 0, 1], 10)
+    centres = np.vstack([_unit(x[:20].sum(axis=0)), _unit(x[20:].sum(axis=0))]).astype(np.float32)
+    own = np.einsum("ij,ij->i", x, centres[labels]).astype(np.float32)
+    threshold = float(np.sort(own[:20])[9]) + 1e-6  # the cut takes half of folder 0 and none of folder 1
+    assert (own[20:] >= threshold).all() and clustering.TRIM_SHARE < 0.5
+    out = clustering._trimmed(x, labels, 2, own, threshold, np.array([True, True]))
+    assert np.array_equal(out[20:], own[20:])
+    kept = own[:20] >= threshold
+    whole = x[:20][kept].sum(axis=0)
+    for i in range(20):  # a face kept, against the other kept faces' centre; a face cut, against all of them
+        centre = whole - x[i] if kept[i] else whole
+        assert out[i] == pytest.approx(float(x[i] @ centre / np.linalg.norm(centre)), abs=1e-5), i
+    # A folder that holds more than one person is left as it is.
+    assert np.array_equal(clustering._trimmed(x, labels, 2, own, threshold, np.array([False, True])), own)
+
+
 def test_a_face_is_compared_with_its_folder_without_itself_where_the_folder_holds_one_person() -> None:
     from face_organizer.clustering import _without_own_row
 
