@@ -40,7 +40,7 @@
    with 15 photos or more, 15-30 photos each, among 5-200 of the people with one photo (the photos
    embedded for 2.), --clusters K with K the people drawn. A draw passes when each folder holds
    one of them and 90% of their photos; also how many strangers entered a folder and how many of
-   the people's photos went to outliers/.
+   the people's photos went to outliers/. With --crops too, the same draws of the occluded crops.
 
   python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5] [--library] [--few] [--copies] [--k-people 200]
 """
@@ -218,6 +218,8 @@ def main() -> int:
             everyone = tuple(sorted({r["identity"] for r in read_labels(lfw)}))
             _, ef, label = embedded_collection(lfw, Path(tmp) / "crops", models, streams, everyone, strangers=0.0, junk=0.0)
             many_people("LFW dev as occluded video crops", ef, [label[p] for p in ef.rows.paths])
+            if args.k_people:
+                k_people_among_strangers(ef, [label[p] for p in ef.rows.paths], args.k_people, "occluded video crops")
         if args.library:
             library(shared / "datasets", models, Path(tmp), streams)
         if args.few:
@@ -376,8 +378,9 @@ FEW = (("Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi", "Jean_Chretien", "
        ("Tony_Blair", "Donald_Rumsfeld", "Abdullah_Gul", "Adrien_Brody", "Al_Sharpton"))
 
 
-def k_people_among_strangers(ef: embfile.EmbeddingsFile, labels: list[str], draws: int) -> None:
-    """K people with 15-30 photos each among 5-200 one-photo strangers, --clusters K (see the module's 3.)."""
+def k_people_among_strangers(ef: embfile.EmbeddingsFile, labels: list[str], draws: int, what: str = "") -> None:
+    """K people with 15-30 photos each among 5-200 one-photo strangers, --clusters K (see the module's 3.);
+    ``what`` the photos were made into, for the report."""
     truth = np.asarray(labels)
     seen = Counter(labels)
     people = sorted(p for p, n in seen.items() if n >= 15)
@@ -402,7 +405,8 @@ def k_people_among_strangers(ef: embfile.EmbeddingsFile, labels: list[str], draw
         offered += count
         lost += int(((folder < 0) & person).sum())
         faces += int(person.sum())
-    print(f"[2-9 people with 15-30 photos among 5-200 one-photo strangers, --clusters K, {draws} draws] "
+    title = f"{what + ': ' if what else ''}2-9 people with 15-30 photos among 5-200 one-photo strangers"
+    print(f"[{title}, --clusters K, {draws} draws] "
           f"{failed} draws with a folder that is not one person with 90% of their photos; strangers in a folder: "
           f"{entered:,} of {offered:,}; the people's photos in outliers/: {lost:,} of {faces:,}")
 

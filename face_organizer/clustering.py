@@ -76,12 +76,11 @@ MIXED_GROUP = 3
 KMEANS_FACES_PER_CENTRE = 10_000
 # Faces x centres of similarities kept from k-means (240 MB with the centres' numbers): past it, a sample's.
 KMEANS_TABLE_LIMIT = 20_000_000
-# A folder that holds one person and of which the outlier cut took more than this share of the faces
-# has its centre read again from the faces the cut kept, and is cut again against it, TRIM_STEPS times
-# (``_trimmed``): strangers k-means gives a small folder pull its centre towards them. In the two-person
-# draws the cut takes 6-14% of a folder; where a few people are seen among many strangers, 6-73%.
-TRIM_SHARE = 0.2
-TRIM_STEPS = 2
+# A folder that holds one person and of which the outlier cut took more than this share of the faces is
+# cut again against the centre of its faces in its group of alike faces (``_recentred``): strangers k-means
+# gives a small folder pull its centre towards them. In the two-person draws of eval_clustering.py the cut
+# takes 6-14% of a folder; where a few people are seen among many strangers, 6-73%.
+RECENTRE_SHARE = 0.2
 
 
 @dataclass
@@ -242,30 +241,41 @@ def _without_own_row(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, 
     return similarity
 
 
-def _trimmed(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, own: NDArray[np.float32], threshold: float,
-             folders: NDArray[np.bool_]) -> NDArray[np.float32]:
+def _recentred(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, own: NDArray[np.float32], threshold: float,
+               folders: NDArray[np.bool_], groups: SampleGroups | None) -> NDArray[np.float32]:
     """``own`` (each face's similarity to its cluster's centre), where the faces of each folder among
     ``folders`` (a (k,) mask: those that hold one person) of which the cut at ``threshold`` took more than
-    ``TRIM_SHARE`` have theirs to the centre of the faces the cut kept instead (their own row left out),
-    ``TRIM_STEPS`` times.
+    ``RECENTRE_SHARE`` have theirs to another centre instead (their own row left out): that of the
+    folder's faces in its group of alike faces in the sample (``groups``), or without groups, that of
+    the faces the cut kept.
 
     Where a few people are seen among many strangers, k-means gives each of their folders strangers of
     its own, who pull its centre towards them and lift their similarity to it. In 200 draws of 2-9 LFW
     dev people with 15-30 photos among 5-200 one-photo strangers (``eval_clustering.py --k-people``),
-    2,774 of 20,596 strangers stayed in a folder against 3,641, and the people's photos in ``outliers/``
-    were as many (45). Where the cut takes little, as from a person's folder among a few strangers, a
-    centre read again from the faces kept leaves the person's hardest faces farther out: trimming every
-    folder cost Blair's folder a face in five of the twelve two-person draws."""
-    for _ in range(TRIM_STEPS):
-        kept = own >= threshold
-        sizes = np.bincount(labels, minlength=k)
-        pulled = folders & (np.bincount(labels[~kept], minlength=k) > TRIM_SHARE * sizes)
-        if not pulled.any():
-            break
-        log.info("%s of one person: centre read again from the faces the cut kept, as it took more than %d%% "
-                 "of them", count(int(pulled.sum()), "folder"), round(100 * TRIM_SHARE))
-        own = _without_own_row(x, labels, k, own, pulled, kept)
-    return own
+    2,449 of 20,596 strangers stayed in a folder against 3,641, and 46 of the people's 19,473 photos
+    were in ``outliers/`` against 45; as occluded video crops, 2,328 against 4,246 strangers, and 106
+    against 117 photos. The centre of the faces the cut kept, read again twice, left 2,774 and 2,954
+    strangers in. Where the cut takes little, as from a person's folder among a few strangers, another
+    centre leaves the person's hardest faces farther out: the centre of the faces kept, read again in
+    every folder, cost Blair's folder a face in five of the twelve two-person draws, and the group's in
+    every folder cost 5 faces more over those draws."""
+    kept = own >= threshold
+    sizes = np.bincount(labels[labels >= 0], minlength=k)
+    pulled = folders & (np.bincount(labels[~kept & (labels >= 0)], minlength=k) > RECENTRE_SHARE * sizes)
+    if not pulled.any():
+        return own
+    if groups is not None:
+        group = _distinct_members(groups, MIN_SMALL_GROUP)
+        folder = labels[groups.sample]
+        own_group = group_counts(folder, group, k).argmax(axis=1)  # a folder of one person holds one group
+        trusted = np.zeros(len(x), bool)
+        trusted[groups.sample] = (group >= 0) & (folder >= 0) & (group == own_group[np.maximum(folder, 0)])
+        how = "each one's group of alike faces"
+    else:
+        trusted, how = kept, "the faces each one kept"
+    log.info("%s of one person cut again against the centre of %s, as the first cut took more than %d%% of each",
+             count(int(pulled.sum()), "folder"), how, round(100 * RECENTRE_SHARE))
+    return _without_own_row(x, labels, k, own, pulled, trusted)
 
 
 def _person_folders(labels: NDArray[np.int64], k: int, groups: SampleGroups | None,
@@ -540,7 +550,8 @@ def kmeans(
         source = model.describe(how, z)
     if folders is not None:  # the k folders kept: the faces of groups beyond them go to outliers/ anyway
         largest = np.argsort(-np.bincount(labels, minlength=clusters), kind="stable")[:k]
-        own = _trimmed(x, labels, clusters, own, float(threshold), folders & np.isin(np.arange(clusters), largest))
+        own = _recentred(x, labels, clusters, own, float(threshold), folders & np.isin(np.arange(clusters), largest),
+                         groups)
     labels = _relabel_by_size(np.where(own >= threshold, labels, OUTLIER))
     extra = np.bincount(labels[labels >= k] - k) if (labels >= k).any() else np.zeros(0, np.int64)
     labels[labels >= k] = OUTLIER

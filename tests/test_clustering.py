@@ -175,8 +175,8 @@ def test_strangers_stay_out_of_small_folders(lfw_subset) -> None:
 def test_strangers_who_fill_a_small_folder_do_not_pull_its_centre_to_them(lfw_subset) -> None:
     # Three people with 10 or 15 photos each among 60 or 120 people with one, --clusters 3: k-means gives each
     # folder more strangers than photos of its person, and they pull its centre towards them: 32 strangers
-    # stayed in the folders of three such draws while each folder's centre was read from all its faces, 23 since
-    # it is read again from the faces the cut kept where the cut took more than a fifth of them.
+    # stayed in the folders of three such draws while each folder's centre was read from all its faces, 16 since
+    # it is read again from its group of alike faces where the cut took more than a fifth of them.
     entered = 0
     for photos, strangers in ((10, 60), (10, 120), (15, 120)):
         x, who = _people_among_strangers(lfw_subset, photos, strangers)
@@ -185,32 +185,40 @@ def test_strangers_who_fill_a_small_folder_do_not_pull_its_centre_to_them(lfw_su
             (folder,) = np.unique(result.labels[who == person])
             assert folder >= 0
         entered += int(((result.labels >= 0) & ~np.isin(who, THREE_PEOPLE)).sum())
-    assert entered <= 26
+    assert entered <= 22
 
 
-def test_a_folder_is_trimmed_only_where_the_cut_took_much_of_it(monkeypatch) -> None:
+def test_a_folder_the_cut_took_much_of_is_cut_again_against_its_group_of_alike_faces() -> None:
     from face_organizer import clustering
 
-    monkeypatch.setattr(clustering, "TRIM_STEPS", 1)
     rng = np.random.default_rng(1)
-    person = _unit(rng.standard_normal(16))
-    # Folder 0: ten faces of one person and ten strangers; folder 1: the same person's faces alone.
+    person, other = _unit(rng.standard_normal((2, 16)))
+    # Folder 0: ten faces of one person and ten strangers; folder 1: another person's faces alone.
     x = np.vstack([_unit(person + 0.15 * rng.standard_normal((10, 16))), _unit(rng.standard_normal((10, 16))),
-                   _unit(person + 0.15 * rng.standard_normal((10, 16)))]).astype(np.float32)
+                   _unit(other + 0.15 * rng.standard_normal((10, 16)))]).astype(np.float32)
     labels = np.repeat([0, 0, 1], 10)
     centres = np.vstack([_unit(x[:20].sum(axis=0)), _unit(x[20:].sum(axis=0))]).astype(np.float32)
     own = np.einsum("ij,ij->i", x, centres[labels]).astype(np.float32)
     threshold = float(np.sort(own[:20])[9]) + 1e-6  # the cut takes half of folder 0 and none of folder 1
-    assert (own[20:] >= threshold).all() and clustering.TRIM_SHARE < 0.5
-    out = clustering._trimmed(x, labels, 2, own, threshold, np.array([True, True]))
-    assert np.array_equal(out[20:], own[20:])
-    kept = own[:20] >= threshold
-    whole = x[:20][kept].sum(axis=0)
-    for i in range(20):  # a face kept, against the other kept faces' centre; a face cut, against all of them
-        centre = whole - x[i] if kept[i] else whole
-        assert out[i] == pytest.approx(float(x[i] @ centre / np.linalg.norm(centre)), abs=1e-5), i
+    assert (own[20:] >= threshold).all() and clustering.RECENTRE_SHARE < 0.5
+    # The sample's groups: seven of the person's faces, and the other person's ten.
+    group = np.full(30, -1)
+    group[:7], group[20:] = 0, 1
+    groups = clustering.SampleGroups(np.arange(30), group, np.vstack([_unit(x[:7].sum(axis=0)), centres[1]]),
+                                     np.array([7, 10]), 0.5)
+    both = np.array([True, True])
+
+    def against(members: np.ndarray, i: int) -> float:
+        centre = x[members].sum(axis=0) - (x[i] if i in members else 0)
+        return float(x[i] @ centre / np.linalg.norm(centre))
+
+    for given, members in ((groups, np.arange(7)), (None, np.nonzero(own[:20] >= threshold)[0])):
+        out = clustering._recentred(x, labels, 2, own, threshold, both, given)
+        assert np.array_equal(out[20:], own[20:])
+        for i in range(20):  # a face of the group (or kept) against the others'; any other, against all of them
+            assert out[i] == pytest.approx(against(members, i), abs=1e-5), (given is None, i)
     # A folder that holds more than one person is left as it is.
-    assert np.array_equal(clustering._trimmed(x, labels, 2, own, threshold, np.array([False, True])), own)
+    assert np.array_equal(clustering._recentred(x, labels, 2, own, threshold, np.array([False, True]), groups), own)
 
 
 def test_a_face_is_compared_with_its_folder_without_itself_where_the_folder_holds_one_person() -> None:
