@@ -40,7 +40,8 @@
    with 15 photos or more, 15-30 photos each, among 5-200 of the people with one photo (the photos
    embedded for 2.), --clusters K with K the people drawn. A draw passes when each folder holds
    one of them and 90% of their photos; also how many strangers entered a folder and how many of
-   the people's photos went to outliers/. With --crops too, the same draws of the occluded crops.
+   the people's photos went to outliers/. Then N draws of one person so, --clusters 1. With --crops
+   too, the same draws of the occluded crops.
 
   python benchmarks/eval_clustering.py [--recurring] [--blurred 20] [--auto] [--one-person] [--years] [--crops] [--frames 5] [--library] [--few] [--copies] [--k-people 200]
 """
@@ -211,6 +212,7 @@ def main() -> int:
         many_people("LFW dev photos", *photos)
         if args.k_people:
             k_people_among_strangers(*photos, args.k_people)
+            k_people_among_strangers(*photos, args.k_people, fewest=1, most=1)
         if args.copies:
             ef, truth, originals = with_album_copies(lfw, Path(tmp), models, streams)
             many_people("LFW dev photos and an album folder of copies (the originals scored)", ef, truth, scored=originals)
@@ -218,8 +220,9 @@ def main() -> int:
             everyone = tuple(sorted({r["identity"] for r in read_labels(lfw)}))
             _, ef, label = embedded_collection(lfw, Path(tmp) / "crops", models, streams, everyone, strangers=0.0, junk=0.0)
             many_people("LFW dev as occluded video crops", ef, [label[p] for p in ef.rows.paths])
-            if args.k_people:
-                k_people_among_strangers(ef, [label[p] for p in ef.rows.paths], args.k_people, "occluded video crops")
+            for fewest, most in ((2, 9), (1, 1)) if args.k_people else ():
+                k_people_among_strangers(ef, [label[p] for p in ef.rows.paths], args.k_people, "occluded video crops",
+                                         fewest, most)
         if args.library:
             library(shared / "datasets", models, Path(tmp), streams)
         if args.few:
@@ -378,9 +381,10 @@ FEW = (("Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi", "Jean_Chretien", "
        ("Tony_Blair", "Donald_Rumsfeld", "Abdullah_Gul", "Adrien_Brody", "Al_Sharpton"))
 
 
-def k_people_among_strangers(ef: embfile.EmbeddingsFile, labels: list[str], draws: int, what: str = "") -> None:
-    """K people with 15-30 photos each among 5-200 one-photo strangers, --clusters K (see the module's 3.);
-    ``what`` the photos were made into, for the report."""
+def k_people_among_strangers(ef: embfile.EmbeddingsFile, labels: list[str], draws: int, what: str = "",
+                              fewest: int = 2, most: int = 9) -> None:
+    """K people (``fewest`` to ``most``) with 15-30 photos each among 5-200 one-photo strangers, --clusters K
+    (see the module's 3.); ``what`` the photos were made into, for the report."""
     truth = np.asarray(labels)
     seen = Counter(labels)
     people = sorted(p for p, n in seen.items() if n >= 15)
@@ -388,7 +392,7 @@ def k_people_among_strangers(ef: embfile.EmbeddingsFile, labels: list[str], draw
     rng = np.random.default_rng(0)
     failed, entered, offered, lost, faces = 0, 0, 0, 0, 0
     for _ in range(draws):
-        k, per, count = int(rng.integers(2, 10)), int(rng.integers(15, 31)), int(rng.integers(5, 201))
+        k, per, count = int(rng.integers(fewest, most + 1)), int(rng.integers(15, 31)), int(rng.integers(5, 201))
         chosen = {people[i] for i in rng.choice(len(people), k, replace=False)}
         rows = np.concatenate([np.nonzero(truth == p)[0][:per] for p in sorted(chosen)]
                               + [rng.choice(strangers, count, replace=False)])
@@ -405,8 +409,9 @@ def k_people_among_strangers(ef: embfile.EmbeddingsFile, labels: list[str], draw
         offered += count
         lost += int(((folder < 0) & person).sum())
         faces += int(person.sum())
-    title = f"{what + ': ' if what else ''}2-9 people with 15-30 photos among 5-200 one-photo strangers"
-    print(f"[{title}, --clusters K, {draws} draws] "
+    counted = "1 person" if most == 1 else f"{fewest}-{most} people"
+    title = f"{what + ': ' if what else ''}{counted} with 15-30 photos among 5-200 one-photo strangers"
+    print(f"[{title}, --clusters {'1' if most == 1 else 'K'}, {draws} draws] "
           f"{failed} draws with a folder that is not one person with 90% of their photos; strangers in a folder: "
           f"{entered:,} of {offered:,}; the people's photos in outliers/: {lost:,} of {faces:,}")
 

@@ -77,9 +77,9 @@ KMEANS_FACES_PER_CENTRE = 10_000
 # Faces x centres of similarities kept from k-means (240 MB with the centres' numbers): past it, a sample's.
 KMEANS_TABLE_LIMIT = 20_000_000
 # A folder that holds one person and of which the outlier cut took more than this share of the faces is
-# cut again against the centre of its faces in its group of alike faces (``_recentred``): strangers k-means
-# gives a small folder pull its centre towards them. In the two-person draws of eval_clustering.py the cut
-# takes 6-14% of a folder; where a few people are seen among many strangers, 6-73%.
+# cut again against the centre of its faces in its group of alike faces (``_recentred``; K = 1 too): strangers
+# k-means gives a small folder pull its centre towards them. In the two-person draws of eval_clustering.py the
+# cut takes 6-14% of a folder; where a few people are seen among many strangers, 6-73%.
 RECENTRE_SHARE = 0.2
 
 
@@ -255,7 +255,8 @@ def _recentred(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, own: N
     2,449 of 20,596 strangers stayed in a folder against 3,641, and 46 of the people's 19,473 photos
     were in ``outliers/`` against 45; as occluded video crops, 2,328 against 4,246 strangers, and 106
     against 117 photos. The centre of the faces the cut kept, read again twice, left 2,774 and 2,954
-    strangers in. Where the cut takes little, as from a person's folder among a few strangers, another
+    strangers in. With one person so among 5-200 strangers (``--clusters 1``), 797 of 20,950 strangers
+    reached the folder against 3,501, and 14 of the person's 3,741 photos went to ``outliers/`` against 19. Where the cut takes little, as from a person's folder among a few strangers, another
     centre leaves the person's hardest faces farther out: the centre of the faces kept, read again in
     every folder, cost Blair's folder a face in five of the twelve two-person draws, and the group's in
     every folder cost 5 faces more over those draws."""
@@ -279,12 +280,14 @@ def _recentred(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, own: N
 
 
 def _person_folders(labels: NDArray[np.int64], k: int, groups: SampleGroups | None,
-                    cohesion: Cohesion) -> NDArray[np.bool_]:
+                    cohesion: Cohesion | None) -> NDArray[np.bool_]:
     """The clusters among ``k`` that hold one person: one of the sample's groups of alike faces
     (``MIN_SMALL_GROUP`` of its faces or more) and no other, or, without groups, alike on average
-    (``cohesion``) with ``MIN_SMALL_GROUP`` faces or more. A cluster of different people, which the
-    summary names as not one person, has no person to leave a face out of."""
+    (``cohesion``; none without either) with ``MIN_SMALL_GROUP`` faces or more. A cluster of different
+    people, which the summary names as not one person, has no person to leave a face out of."""
     if groups is None:
+        if cohesion is None:
+            return np.zeros(k, bool)
         return (cohesion.sizes >= MIN_SMALL_GROUP) & ~np.isin(np.arange(k), cohesion.not_alike)
     counts = group_counts(labels[groups.sample], _distinct_members(groups, MIN_SMALL_GROUP), k)
     return (counts >= MIN_SMALL_GROUP).sum(axis=1) == 1
@@ -518,7 +521,7 @@ def kmeans(
     own = found.own.astype(np.float32)
     sims, nearest = found.sims, found.nearest
     clusters = sims.shape[1]
-    folders = _person_folders(labels, clusters, groups, before) if before is not None else None  # k > 1
+    folders = _person_folders(labels, clusters, groups, before) if before is not None or groups is not None else None
     if min_similarity is not None:
         threshold, source = float(min_similarity), "--min-similarity"
     elif calibrated is not None:

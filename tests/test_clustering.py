@@ -135,8 +135,9 @@ def test_people_seen_five_to_twenty_times_do_not_fill_the_two_folders_of_the_two
 THREE_PEOPLE = ("Tony_Blair", "Donald_Rumsfeld", "Junichiro_Koizumi")
 
 
-def _people_among_strangers(lfw_subset, photos: int, strangers: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``photos`` photos of each of ``THREE_PEOPLE`` and ``strangers`` people with one photo (of the
+def _people_among_strangers(lfw_subset, photos: int, strangers: int,
+                            people: tuple[str, ...] = THREE_PEOPLE) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``photos`` photos of each of ``people`` and ``strangers`` people with one photo (of the
     LFW dev subset): their embeddings and each one's identity."""
     emb, identity = lfw_subset
     ef = embfile.load(emb)
@@ -144,7 +145,7 @@ def _people_among_strangers(lfw_subset, photos: int, strangers: int) -> tuple[np
     seen = Counter(truth)
     alone = np.nonzero([seen[t] == 1 for t in truth])[0]
     assert len(alone) == 120 and strangers <= 120
-    rows = np.concatenate([np.nonzero(truth == p)[0][:photos] for p in THREE_PEOPLE] + [alone[:strangers]])
+    rows = np.concatenate([np.nonzero(truth == p)[0][:photos] for p in people] + [alone[:strangers]])
     return ef.rows.embeddings[rows], truth[rows]
 
 
@@ -186,6 +187,17 @@ def test_strangers_who_fill_a_small_folder_do_not_pull_its_centre_to_them(lfw_su
             assert folder >= 0
         entered += int(((result.labels >= 0) & ~np.isin(who, THREE_PEOPLE)).sum())
     assert entered <= 22
+
+
+def test_one_person_among_many_strangers_keeps_a_folder_of_their_own(lfw_subset) -> None:
+    # --clusters 1 over 15 photos of one person among 120 people with one: the folder's centre, pulled towards
+    # the strangers, let 19-26 of them in for each of the three people; against the centre of the person's group
+    # of alike faces, 0-5.
+    for person in THREE_PEOPLE:
+        x, who = _people_among_strangers(lfw_subset, 15, 120, (person,))
+        result = kmeans(x, 1)
+        assert (result.labels[who == person] == 0).all(), person
+        assert int(((result.labels == 0) & (who != person)).sum()) <= 8, person
 
 
 def test_a_folder_the_cut_took_much_of_is_cut_again_against_its_group_of_alike_faces() -> None:
