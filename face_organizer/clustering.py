@@ -256,10 +256,11 @@ def _recentred(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, own: N
     were in ``outliers/`` against 45; as occluded video crops, 2,328 against 4,246 strangers, and 106
     against 117 photos. The centre of the faces the cut kept, read again twice, left 2,774 and 2,954
     strangers in. With one person so among 5-200 strangers (``--clusters 1``), 797 of 20,950 strangers
-    reached the folder against 3,501, and 14 of the person's 3,741 photos went to ``outliers/`` against 19. Where the cut takes little, as from a person's folder among a few strangers, another
-    centre leaves the person's hardest faces farther out: the centre of the faces kept, read again in
-    every folder, cost Blair's folder a face in five of the twelve two-person draws, and the group's in
-    every folder cost 5 faces more over those draws."""
+    reached the folder against 3,501, and 14 of the person's 3,741 photos went to ``outliers/`` against
+    19. Where the cut takes little, as from a person's folder among a few strangers, another centre
+    leaves the person's hardest faces farther out: the centre of the faces kept, read again in every
+    folder, cost Blair's folder a face in five of the twelve two-person draws, and the group's in every
+    folder cost 5 faces more over those draws."""
     kept = own >= threshold
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     pulled = folders & (np.bincount(labels[~kept & (labels >= 0)], minlength=k) > RECENTRE_SHARE * sizes)
