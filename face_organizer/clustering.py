@@ -522,7 +522,7 @@ def kmeans(
     own = found.own.astype(np.float32)
     sims, nearest = found.sims, found.nearest
     clusters = sims.shape[1]
-    folders = _person_folders(labels, clusters, groups, before) if before is not None or groups is not None else None
+    folders = _person_folders(labels, clusters, groups, before)
     if min_similarity is not None:
         threshold, source = float(min_similarity), "--min-similarity"
     elif calibrated is not None:
@@ -543,7 +543,6 @@ def kmeans(
                 how += " (the folders look like one person)"
             elif centre_model.centre <= IMPOSTOR_CENTRE_MAX:
                 model, z, how = centre_model, OTHER_CENTRE_Z, "median similarity to the other clusters' centres"
-                assert folders is not None  # computed wherever the cut-off is the data's and k > 1
                 own = _without_own_row(x, labels, clusters, own, folders)
             else:
                 how += (f" (faces are as alike to the other clusters' centres, {centre_model.centre:.3f}, as to one "
@@ -552,10 +551,10 @@ def kmeans(
             model = random_pairs
         threshold = model.cut(z)
         source = model.describe(how, z)
-    if folders is not None:  # the k folders kept: the faces of groups beyond them go to outliers/ anyway
-        largest = np.argsort(-np.bincount(labels, minlength=clusters), kind="stable")[:k]
-        own = _recentred(x, labels, clusters, own, float(threshold), folders & np.isin(np.arange(clusters), largest),
-                         groups)
+    # Only the k folders kept: the faces of groups beyond them go to outliers/ anyway.
+    largest = np.argsort(-np.bincount(labels, minlength=clusters), kind="stable")[:k]
+    own = _recentred(x, labels, clusters, own, float(threshold), folders & np.isin(np.arange(clusters), largest),
+                     groups)
     labels = _relabel_by_size(np.where(own >= threshold, labels, OUTLIER))
     extra = np.bincount(labels[labels >= k] - k) if (labels >= k).any() else np.zeros(0, np.int64)
     labels[labels >= k] = OUTLIER
