@@ -266,17 +266,18 @@ def _recentred(x: NDArray[np.float32], labels: NDArray[np.int64], k: int, own: N
     pulled = folders & (np.bincount(labels[~kept & (labels >= 0)], minlength=k) > RECENTRE_SHARE * sizes)
     if not pulled.any():
         return own
+    one = int(pulled.sum()) == 1
     if groups is not None:
         group = _distinct_members(groups, MIN_SMALL_GROUP)
         folder = labels[groups.sample]
         own_group = group_counts(folder, group, k).argmax(axis=1)  # a folder of one person holds one group
         trusted = np.zeros(len(x), bool)
         trusted[groups.sample] = (group >= 0) & (folder >= 0) & (group == own_group[np.maximum(folder, 0)])
-        how = "each one's group of alike faces"
+        how = ("its" if one else "each one's") + " group of alike faces"
     else:
-        trusted, how = kept, "the faces each one kept"
-    log.info("%s of one person cut again against the centre of %s, as the first cut took more than %d%% of each",
-             count(int(pulled.sum()), "folder"), how, round(100 * RECENTRE_SHARE))
+        trusted, how = kept, "the faces the first cut kept"
+    log.info("%s of one person cut again against the centre of %s, as the first cut took more than %d%% of %s",
+             count(int(pulled.sum()), "folder"), how, round(100 * RECENTRE_SHARE), "it" if one else "each")
     return _without_own_row(x, labels, k, own, pulled, trusted)
 
 
