@@ -5,6 +5,8 @@ Each mode runs in its own process so its peak memory is measured alone:
   --clusters 2:    two people (60/40) plus 5% scattered strangers
   2-plain:         the same with --no-extra-groups
   2+third:         --clusters 2 on two people (57%, 33%), a recurring third (5%) and 5% strangers
+  2+crowd:         --clusters 2 on two people (30%, 20%) among 50% strangers: the strangers k-means gives each
+                   folder pull its centre, so each is cut again against its group of alike faces
   2+many:          --clusters 2 on 200 people with long-tailed sizes (Zipf-like) and 5% strangers: the two
                    largest belong in the folders, the 198 others in outliers/ (most of them groups beyond k)
   2+blurred, auto+blurred: as 2 and auto through cluster_faces' own path, with 3% of the faces
@@ -34,10 +36,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def synthetic(n: int, dim: int, people: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(n: int, dim: int, people: int, seed: int = 0, strangers: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     if people == 2:
-        sizes = np.array([int(n * 0.57), int(n * 0.38)])
+        sizes = np.array([int(n * round(0.6 * (1 - strangers), 6)), int(n * round(0.4 * (1 - strangers), 6))])
     elif people == 3:
         sizes = np.array([int(n * 0.57), int(n * 0.33), int(n * 0.05)])
     else:
@@ -80,9 +82,9 @@ def child(mode: str, n: int, dim: int) -> None:
 
     base = mode.split("+")[0]
     many = int(mode) if mode.isdigit() and mode != "2" else 0  # --clusters K over K people
-    people = {"2": 2, "2-plain": 2, "2+third": 3, "2+blurred": 2, "2+copies": 2, "2+many": 200}.get(
+    people = {"2": 2, "2-plain": 2, "2+third": 3, "2+crowd": 2, "2+blurred": 2, "2+copies": 2, "2+many": 200}.get(
         mode, min(20_000, n // 25))
-    x, labels = synthetic(n, dim, many or people)
+    x, labels = synthetic(n, dim, many or people, strangers=0.5 if mode == "2+crowd" else 0.05)
     if mode in ("2+third", "2+many"):
         labels = np.where(labels >= 2, -1, labels)  # the people beyond the two belong in outliers/
     ef = None
