@@ -41,6 +41,15 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path) -> None:
     with pytest.raises(SetupError, match="is a file"):
         demo.main(["--output", str(photos / "2017" / "holiday.jpg")])
     demo.check_own_folder(tmp_path / "new")  # not there yet: made by the run
+    # A new folder a Mac or Windows has shown holds their files of its own, which the demo may empty; not folders.
+    shown = tmp_path / "shown"
+    shown.mkdir()
+    for name in (".DS_Store", "._.DS_Store", "Thumbs.db"):
+        (shown / name).write_bytes(b"\0\0\0\1Bud1")
+    demo.check_own_folder(shown)
+    (shown / "$RECYCLE.BIN").mkdir()
+    with pytest.raises(SetupError, match=r"holds files the demo did not make \(such as \$RECYCLE.BIN\)"):
+        demo.check_own_folder(shown)
     # A workspace laid out as the demo's folder is (input/, embeddings_gpu0.pkl, clustered…/) is not the demo's.
     workspace = tmp_path / "workspace"
     for made in ("input/2017", "clustered_faces/person_A"):
