@@ -76,6 +76,81 @@ class Detections:
         return Detections(boxes.astype(np.float32), self.scores, np.stack([kx, ky], axis=-1).astype(np.float32))
 
 
+# A photo at least this many times as long as it is high, or as high as it is long (a panorama, a strip of photos),
+# is also detected in tiles: letterboxed whole into the detector's square canvas, it shows its faces shrunk with its
+# longer side (a 16,000 x 1,000 strip of LFW photos put each 250-pixel photo's face at about 4 pixels at 640, and no
+# face was found). Phones' screenshots (about 2.2 to 1) stay below it.
+PANORAMA_RATIO = 2.5
+# A face found this close to a tile's edge inside the photo (not the photo's own edge) may be cut by it; the tiles
+# overlap by half, so that a face up to half the tile's side less twice this lies whole in another one.
+TILE_EDGE = 2
+
+
+def panorama_tiles(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) of the square tiles, of the photo's shorter side, that an elongated photo (of ``shape``;
+    ``PANORAMA_RATIO``) is detected in too: along its longer side, each overlapping the next by half, the last
+    ending at the photo's end. None for a photo less elongated."""
+    h, w = shape[:2]
+    side, length = min(h, w), max(h, w)
+    if side < 1 or length < PANORAMA_RATIO * side:
+        return []
+    starts = list(range(0, length - side, max(1, side // 2))) + [length - side]
+    return [(start, 0, start + side, h) if w >= h else (0, start, w, start + side) for start in starts]
+
+
+def in_tile(dets: Detections, tile: tuple[int, int, int, int], shape: tuple[int, ...]) -> Detections:
+    """``dets``, found in the ``tile`` (x0, y0, x1, y1) of a photo of ``shape``, in the photo's pixels, less the
+    faces that reach within ``TILE_EDGE`` of a tile edge that lies inside the photo: those the tile may cut."""
+    x0, y0, x1, y1 = tile
+    h, w = shape[:2]
+    boxes = dets.boxes
+    cut = np.zeros(len(dets), bool)
+    if x0 > 0:
+        cut |= boxes[:, 0] < TILE_EDGE
+    if x1 < w:
+        cut |= boxes[:, 2] > (x1 - x0) - TILE_EDGE
+    if y0 > 0:
+        cut |= boxes[:, 1] < TILE_EDGE
+    if y1 < h:
+        cut |= boxes[:, 3] > (y1 - y0) - TILE_EDGE
+    keep = np.nonzero(~cut)[0]
+    shift = np.array([x0, y0], np.float32)
+    return Detections(boxes[keep] + np.tile(shift, 2), dets.scores[keep], dets.kps[keep] + shift)
+
+
+def _nms(dets: Detections) -> Detections:
+    """``dets`` with each face found more than once kept once (non-maximum suppression, as each detection does),
+    highest score first."""
+    if not len(dets):
+        return dets
+    xywh = np.concatenate([dets.boxes[:, :2], dets.boxes[:, 2:4] - dets.boxes[:, :2]], axis=1)
+    keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), dets.scores.tolist(), 0.0, NMS_THRESHOLD), np.intp).reshape(-1)
+    return dets.take(keep[np.argsort(-dets.scores[keep], kind="stable")])
+
+
+def _iou(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.floating]:
+    """(len(a), len(b)) intersection over union of two sets of x1, y1, x2, y2 boxes."""
+    low = np.maximum(a[:, None, :2], b[None, :, :2])
+    high = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    inter = np.prod(np.clip(high - low, 0, None), axis=2)
+    return inter / np.maximum(_areas(a)[:, None] + _areas(b)[None, :] - inter, 1e-9)
+
+
+def merged(whole: Detections, tiles: Sequence[Detections]) -> Detections:
+    """The faces of an elongated photo: those of its ``tiles`` (``in_tile``), each once, and those of the ``whole``
+    photo that no tile found (faces larger than half a tile, cut by every tile). A face found both ways is kept as
+    its tile saw it: larger, so with landmarks as fine as in a photo of that tile's size."""
+    parts = list(tiles)
+    found = _nms(Detections(np.concatenate([d.boxes for d in parts]).astype(np.float32),
+                            np.concatenate([d.scores for d in parts]).astype(np.float32),
+                            np.concatenate([d.kps for d in parts]).astype(np.float32)))
+    if len(whole) and len(found):
+        whole = whole.take(np.nonzero(_iou(whole.boxes, found.boxes).max(axis=1) < NMS_THRESHOLD)[0])
+    both = Detections(np.concatenate([found.boxes, whole.boxes]), np.concatenate([found.scores, whole.scores]),
+                      np.concatenate([found.kps, whole.kps]))
+    return both.take(np.argsort(-both.scores, kind="stable"))
+
+
 def _border(shape: tuple[int, ...], pad_ratio: float) -> int:
     return int(round(max(shape[:2]) * pad_ratio))
 

@@ -17,8 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
-from .detection import (SCRFD, Detections, batchable_detector, coarse_detector, has_rival, load_detector_model,
-                        pick_central, with_dynamic_input_batch)
+from .detection import (SCRFD, Detections, batchable_detector, coarse_detector, has_rival, in_tile,
+                        load_detector_model, merged, panorama_tiles, pick_central, with_dynamic_input_batch)
 from .frames import repeated_frames
 from .images import reduction_keeping
 from .modelpack import ModelPack
@@ -280,14 +280,23 @@ def turned_where_better(images: Sequence[NDArray[np.uint8]], found: list[Detecti
 def detect_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD,
                        options: EmbedOptions) -> list[Detections]:
     """``find_photo_faces`` without trying photos turned: each photo detected at its size
-    (``EmbedOptions.detection_size``), tried again padded where none is found, and its small faces refined."""
-    sizes = [options.detection_size(image.shape) for image in images]
-    by_image: dict[int, Detections] = {}
+    (``EmbedOptions.detection_size``), an elongated one in tiles too (``panorama_tiles``), tried again padded where
+    none is found, and its small faces refined."""
+    tiles = [(n, tile) for n, image in enumerate(images) for tile in panorama_tiles(image.shape)]
+    views = list(images) + [images[n][y0:y1, x0:x1] for n, (x0, y0, x1, y1) in tiles]
+    sizes = [options.detection_size(view.shape) for view in views]
+    by_view: dict[int, Detections] = {}
     for size in sorted(set(sizes)):  # one batched call for each size (only above 640 do photos differ)
         same = [i for i, s in enumerate(sizes) if s == size]
-        found_here = detector.detect_many([images[i] for i in same], (size, size), options.photo_threshold)
-        by_image.update(zip(same, found_here))
-    found = [by_image[i] for i in range(len(images))]
+        found_here = detector.detect_many([views[i] for i in same], (size, size), options.photo_threshold)
+        by_view.update(zip(same, found_here))
+    found = [by_view[i] for i in range(len(images))]
+    if tiles:  # an elongated photo: the faces of its tiles too, each face once
+        parts: dict[int, list[Detections]] = {}
+        for i, (n, tile) in enumerate(tiles, start=len(images)):
+            parts.setdefault(n, []).append(in_tile(by_view[i], tile, images[n].shape))
+        for n, each in parts.items():
+            found[n] = merged(found[n], each)
     missed = [i for i, dets in enumerate(found) if not len(dets)]
     if missed and options.photo_retry_size:
         retry = (options.photo_retry_size, options.photo_retry_size)
@@ -295,6 +304,16 @@ def detect_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD,
         for i, dets in zip(missed, again):
             found[i] = dets
     return refine_small_faces(images, found, detector, options) if options.photo_refine_below else found
+
+
+def detection_scale(shape: tuple[int, ...], options: EmbedOptions) -> float:
+    """The scale at which the detector sees a photo of ``shape`` (``detect_photo_faces``): its longer side fitted to
+    its detection size, or for an elongated photo, its tiles' (``panorama_tiles``)."""
+    tiles = panorama_tiles(shape)
+    if tiles:
+        x0, y0, x1, y1 = tiles[0]
+        return options.detection_size((y1 - y0, x1 - x0)) / (x1 - x0)
+    return options.detection_size(shape) / max(shape[:2])
 
 
 def refine_small_faces(images: Sequence[NDArray[np.uint8]], found: list[Detections], detector: SCRFD,
@@ -307,7 +326,7 @@ def refine_small_faces(images: Sequence[NDArray[np.uint8]], found: list[Detectio
     where: list[tuple[int, int, int, int]] = []  # (photo, face, left, top) of each crop
     for n, (image, dets) in enumerate(zip(images, found)):
         h, w = image.shape[:2]
-        seen = options.detection_size(image.shape) / max(h, w)  # the photo's scale at detection (longer side fitted)
+        seen = detection_scale(image.shape, options)
         for i, (x1, y1, x2, y2) in enumerate(dets.boxes[:, :4]):
             side = max(x2 - x1, y2 - y1)
             if side * seen >= options.photo_refine_below:
@@ -416,7 +435,7 @@ def embed_batch(images: Sequence[tuple[str, NDArray[np.uint8]]], models: FaceMod
             no_face.append(path)
             continue
         dets = dets.take(np.argsort(dets.boxes[:, 0], kind="stable"))  # left to right: stable face_index
-        scale = options.detection_size(image.shape) / max(image.shape[:2])  # as the detector saw the photo
+        scale = detection_scale(image.shape, options)  # as the detector saw the photo
         if (dets.boxes[:, 2:4] - dets.boxes[:, 0:2]).max(axis=1).min() * scale < AT_THE_LIMIT:
             at_the_limit.append(path)
         kps, sources = _landmarks_for_alignment(path, image, dets, options, shrunk)

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import exif
+from .detection import PANORAMA_RATIO
 from .fsutil import OUTPUT_MARKER, missing_path_hint
 from .progress import count, listed, some
 
@@ -508,10 +509,14 @@ def _shrinkable(data: bytes) -> tuple[int, int] | None:
 
 
 def jpeg_reduction(data: bytes, min_side: int) -> int:
-    """The factor (``reduction_keeping``) that leaves a JPEG's longer side at least ``min_side``; 1 for other
+    """The factor (``reduction_keeping``) that leaves a JPEG's longer side at least ``min_side``, or its shorter
+    side where it is a panorama (``PANORAMA_RATIO``), whose faces are detected in tiles of that side; 1 for other
     formats and a JPEG over OpenCV's pixel limit (``_shrinkable``)."""
     size = _shrinkable(data) if min_side > 0 else None
-    return 1 if size is None else reduction_keeping(max(size), min_side)
+    if size is None:
+        return 1
+    detected = min(size) if max(size) >= PANORAMA_RATIO * min(size) else max(size)
+    return reduction_keeping(detected, min_side)
 
 
 def _decode_upright(data: bytes, reduction: int = 1) -> np.ndarray | None:

@@ -360,6 +360,77 @@ def test_small_faces_of_a_group_photo_are_aligned_on_landmarks_found_again_aroun
     np.testing.assert_array_equal(as_found.embeddings, unrefined.embeddings)
 
 
+def _one_photo_each(lfw_labels: list[dict[str, str]], count: int) -> list[dict[str, str]]:
+    rows: dict[str, dict[str, str]] = {}
+    for row in lfw_labels:
+        rows.setdefault(row["identity"], row)
+    return list(rows.values())[:count]
+
+
+@pytest.mark.parametrize("vertical", [False, True])
+def test_the_faces_of_a_panorama_are_found_in_tiles_as_in_photos_of_its_height(lfw, lfw_labels, models, monkeypatch,
+                                                                                 vertical) -> None:
+    """Letterboxed whole into the detector's 640-pixel canvas, a strip of 24 LFW photos (6,100 x 250 pixels, each
+    photo's face shrunk to about 10 pixels) showed 19 of the 24 faces at most, the rest embedded from coarse
+    landmarks. Detected in square tiles of its height too, every face is found and embedded as in its photo alone,
+    though the tiles do not line up with the photos."""
+    rows = _one_photo_each(lfw_labels, 24)
+    photos = [read_image(lfw / row["path"]) for row in rows]
+    alone = []
+    for photo in photos:
+        found = embed_batch([("photo.jpg", photo)], models, EmbedOptions(mode="photos")).rows
+        centre = (found.bbox[:, :2] + found.bbox[:, 2:4]) / 2 - 125
+        alone.append(found.embeddings[int(np.argmin((centre ** 2).sum(axis=1)))])
+    margin = np.full((250, 100, 3), 90, np.uint8)  # so that no tile is one of the photos
+    strip = np.hstack([margin, *photos])
+    if vertical:
+        strip = np.ascontiguousarray(np.vstack([margin.transpose(1, 0, 2), *photos]))
+
+    def found_whole(rows_found: FaceRows) -> np.ndarray:
+        """Each photo's best similarity to its face alone among the faces found in its place in the strip."""
+        centre = (rows_found.bbox[:, 1] + rows_found.bbox[:, 3] if vertical
+                  else rows_found.bbox[:, 0] + rows_found.bbox[:, 2]) / 2
+        place = ((centre - 100) // 250).astype(int)
+        return np.array([max((float(rows_found.embeddings[j] @ alone[i]) for j in np.nonzero(place == i)[0]),
+                             default=0.0) for i in range(len(photos))])
+
+    tiled = found_whole(embed_batch([("strip.jpg", strip)], models, EmbedOptions(mode="photos")).rows)
+    assert tiled.min() > 0.97, tiled
+    import face_organizer.detection as detection
+
+    monkeypatch.setattr(detection, "PANORAMA_RATIO", 1e9)  # letterboxed whole only, as before
+    whole = found_whole(embed_batch([("strip.jpg", strip)], models, EmbedOptions(mode="photos")).rows)
+    assert (whole > 0.97).sum() <= 19, whole
+
+
+def test_a_tile_leaves_out_the_faces_its_inner_edges_cut_and_a_face_found_twice_is_kept_as_its_tile_saw_it() -> None:
+    from face_organizer.detection import in_tile, merged, panorama_tiles
+
+    assert panorama_tiles((1000, 2400)) == []  # not elongated enough: 2.4 to 1
+    assert panorama_tiles((100, 400)) == [(0, 0, 100, 100), (50, 0, 150, 100), (100, 0, 200, 100),
+                                          (150, 0, 250, 100), (200, 0, 300, 100), (250, 0, 350, 100),
+                                          (300, 0, 400, 100)]
+    assert panorama_tiles((430, 100))[-1] == (0, 330, 100, 430)  # upright: down its height, the last at its end
+
+    def dets(*boxes: tuple[float, float, float, float]) -> Detections:
+        b = np.array(boxes, np.float32)
+        return Detections(b, np.linspace(0.9, 0.8, len(b)).astype(np.float32), np.repeat(b[:, None, :2], 5, axis=1))
+
+    found = dets((0.5, 10, 30, 40), (40, 10, 70, 40), (80, 10, 99.5, 40))
+    # The first tile cuts nothing at the photo's own left edge; its right edge lies inside the photo.
+    assert in_tile(found, (0, 0, 100, 100), (100, 400)).boxes[:, 0].tolist() == [0.5, 40]
+    middle = in_tile(found, (100, 0, 200, 100), (100, 400))
+    assert middle.boxes[:, 0].tolist() == [140] and middle.kps[0, 0].tolist() == [140, 10]
+    assert in_tile(found, (300, 0, 400, 100), (100, 400)).boxes[:, 0].tolist() == [340, 380]
+    whole = Detections(np.array([[139, 9, 171, 41], [10, 10, 90, 90]], np.float32), np.array([0.99, 0.7], np.float32),
+                       np.zeros((2, 5, 2), np.float32))
+    both = merged(whole, [middle, dets((141, 10, 170, 40))])
+    # The face found by the whole photo (score 0.99) and by two tiles (0.85, 0.9) is kept once, as the tile that
+    # scored it highest saw it; the large face that no tile found whole is the whole photo's.
+    assert both.boxes.tolist() == [[141, 10, 170, 40], [10, 10, 90, 90]] and both.scores.tolist() == \
+        pytest.approx([0.9, 0.7])
+
+
 def test_small_faces_of_a_large_jpeg_are_aligned_from_the_photo_decoded_again(tmp_path, lfw, lfw_labels,
                                                                               models) -> None:
     """A 12-megapixel JPEG is decoded at half size, where its small faces (65 pixels wide in the file) are 32

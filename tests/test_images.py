@@ -693,11 +693,22 @@ def test_the_size_of_a_jpeg_is_read_from_its_header_to_shrink_large_ones_while_d
         assert images.jpeg_size(data) == Image.open(photo).size, photo
     assert images.jpeg_size(jpeg(640, 480)[:100]) is None  # cut off before its frame header
     assert images.jpeg_size(b"\x89PNG\r\n\x1a\n") is None
+    def claiming(width: int, height: int) -> bytes:
+        """A small JPEG whose frame header claims ``width`` x ``height``: all that ``jpeg_reduction`` reads."""
+        data = bytearray(jpeg(64, 64))
+        start = data.index(b"\xff\xc0")
+        data[start + 5 : start + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+        return bytes(data)
+
     # As far as the longer side stays 2,000 pixels, by 2, 4 or 8 only.
     widths = {3999: 1, 4000: 2, 7999: 2, 8000: 4, 16000: 8, 40000: 8}
-    assert {w: images.jpeg_reduction(jpeg(w, 8), 2000) for w in widths} == widths
-    assert images.jpeg_reduction(jpeg(8, 8000), 2000) == 4  # a portrait's longer side
-    assert images.jpeg_reduction(jpeg(8000, 8), 0) == 1
+    assert {w: images.jpeg_reduction(claiming(w, w // 2), 2000) for w in widths} == widths
+    assert images.jpeg_reduction(claiming(6000, 8000), 2000) == 4  # a portrait's longer side
+    assert images.jpeg_reduction(claiming(8000, 6000), 0) == 1
+    # A panorama's faces are detected in tiles of its shorter side: that is the side kept.
+    assert {size: images.jpeg_reduction(claiming(*size), 2000) for size in [(16000, 1000), (16000, 4000),
+                                                                          (40000, 8000), (3000, 16000)]} == {
+        (16000, 1000): 1, (16000, 4000): 2, (40000, 8000): 4, (3000, 16000): 1}
     png = cv2.imencode(".png", np.zeros((8, 8000, 3), np.uint8))[1].tobytes()
     assert images.jpeg_reduction(png, 2000) == 1  # other formats are decoded whole
     # A header claiming more pixels than OpenCV's limit is refused as too large, not decoded shrunk.
@@ -729,7 +740,7 @@ def test_a_jpeg_decoded_shrunk_is_turned_as_its_exif_orientation_says() -> None:
     cases = [jpeg(picture, o) for o in range(1, 9)]
     cases += [jpeg(picture, 6, progressive=True), jpeg(picture.convert("L"), 3), jpeg(picture.convert("CMYK"), 8)]
     for data in cases:
-        assert images.jpeg_reduction(data, 2000) == 2
+        assert images.jpeg_size(data) == (4000, 48)  # as stored: what jpeg_reduction reads
         whole, shrunk = images.decode_bytes(data), images.decode_bytes(data, 2)
         assert shrunk.shape == (-(-whole.shape[0] // 2), -(-whole.shape[1] // 2), 3)
         expected = cv2.resize(whole, shrunk.shape[1::-1], interpolation=cv2.INTER_AREA)
