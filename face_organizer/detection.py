@@ -89,7 +89,7 @@ TILE_EDGE = 2
 def panorama_tiles(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
     """(x0, y0, x1, y1) of the square tiles, of the photo's shorter side, that an elongated photo (of ``shape``;
     ``PANORAMA_RATIO``) is detected in too: along its longer side, each overlapping the next by half, the last
-    ending at the photo's end. None for a photo less elongated."""
+    ending at the photo's end; none for a photo less elongated."""
     h, w = shape[:2]
     side, length = min(h, w), max(h, w)
     if side < 1 or length < PANORAMA_RATIO * side:
