@@ -54,6 +54,13 @@ class Detections:
     def take(self, order: NDArray[np.intp]) -> Detections:
         return Detections(self.boxes[order], self.scores[order], self.kps[order])
 
+    @staticmethod
+    def joined(parts: Sequence[Detections]) -> Detections:
+        """The faces of ``parts``, one after the other."""
+        return Detections(np.concatenate([d.boxes for d in parts]).astype(np.float32).reshape(-1, 4),
+                          np.concatenate([d.scores for d in parts]).astype(np.float32),
+                          np.concatenate([d.kps for d in parts]).astype(np.float32).reshape(-1, 5, 2))
+
     def turned_back(self, turn: int, shape: tuple[int, ...]) -> Detections:
         """These detections, found in ``cv2.rotate(image, turn)``, in the pixels of ``image`` (of ``shape``). The
         landmarks keep their order (the same eye is the same point), so aligning on them turns the face upright."""
@@ -86,14 +93,20 @@ PANORAMA_RATIO = 2.5
 TILE_EDGE = 2
 
 
+def is_panorama(height: int, width: int) -> bool:
+    """Whether a photo of this size is elongated enough (``PANORAMA_RATIO``) to be detected in tiles as well."""
+    side = min(height, width)
+    return side >= 1 and max(height, width) >= PANORAMA_RATIO * side
+
+
 def panorama_tiles(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
     """(x0, y0, x1, y1) of the square tiles, of the photo's shorter side, that an elongated photo (of ``shape``;
-    ``PANORAMA_RATIO``) is detected in too: along its longer side, each overlapping the next by half, the last
+    ``is_panorama``) is detected in too: along its longer side, each overlapping the next by half, the last
     ending at the photo's end; none for a photo less elongated."""
     h, w = shape[:2]
-    side, length = min(h, w), max(h, w)
-    if side < 1 or length < PANORAMA_RATIO * side:
+    if not is_panorama(h, w):
         return []
+    side, length = min(h, w), max(h, w)
     starts = list(range(0, length - side, max(1, side // 2))) + [length - side]
     return [(start, 0, start + side, h) if w >= h else (0, start, w, start + side) for start in starts]
 
@@ -118,13 +131,14 @@ def in_tile(dets: Detections, tile: tuple[int, int, int, int], shape: tuple[int,
     return Detections(boxes[keep] + np.tile(shift, 2), dets.scores[keep], dets.kps[keep] + shift)
 
 
-def _nms(dets: Detections) -> Detections:
-    """``dets`` with each face found more than once kept once (non-maximum suppression, as each detection does),
-    highest score first."""
+def _nms(dets: Detections, threshold: float = 0.0) -> Detections:
+    """``dets`` scoring above ``threshold``, each face found more than once kept once (non-maximum suppression at
+    ``NMS_THRESHOLD``), highest score first."""
     if not len(dets):
         return dets
     xywh = np.concatenate([dets.boxes[:, :2], dets.boxes[:, 2:4] - dets.boxes[:, :2]], axis=1)
-    keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), dets.scores.tolist(), 0.0, NMS_THRESHOLD), np.intp).reshape(-1)
+    keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), dets.scores.tolist(), threshold, NMS_THRESHOLD),
+                      np.intp).reshape(-1)
     return dets.take(keep[np.argsort(-dets.scores[keep], kind="stable")])
 
 
@@ -140,14 +154,10 @@ def merged(whole: Detections, tiles: Sequence[Detections]) -> Detections:
     """The faces of an elongated photo: those of its ``tiles`` (``in_tile``), each once, and those of the ``whole``
     photo that no tile found (faces larger than half a tile, cut by every tile). A face found both ways is kept as
     its tile saw it: larger, so with landmarks as fine as in a photo of that tile's size."""
-    parts = list(tiles)
-    found = _nms(Detections(np.concatenate([d.boxes for d in parts]).astype(np.float32),
-                            np.concatenate([d.scores for d in parts]).astype(np.float32),
-                            np.concatenate([d.kps for d in parts]).astype(np.float32)))
+    found = _nms(Detections.joined(tiles))
     if len(whole) and len(found):
         whole = whole.take(np.nonzero(_iou(whole.boxes, found.boxes).max(axis=1) < NMS_THRESHOLD)[0])
-    both = Detections(np.concatenate([found.boxes, whole.boxes]), np.concatenate([found.scores, whole.scores]),
-                      np.concatenate([found.kps, whole.kps]))
+    both = Detections.joined([found, whole])
     return both.take(np.argsort(-both.scores, kind="stable"))
 
 
@@ -437,10 +447,7 @@ class SCRFD:
         all_boxes = ((np.concatenate(boxes) - offset) / scale).astype(np.float32)
         all_scores = np.concatenate(scores).astype(np.float32)
         all_kps = ((np.concatenate(kps) - offset) / scale).astype(np.float32) if kps else np.zeros((len(all_scores), 5, 2), np.float32)
-        xywh = np.concatenate([all_boxes[:, :2], all_boxes[:, 2:] - all_boxes[:, :2]], axis=1)
-        keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), all_scores.tolist(), threshold, NMS_THRESHOLD), dtype=np.intp).reshape(-1)
-        keep = keep[np.argsort(-all_scores[keep], kind="stable")]
-        return Detections(all_boxes[keep], all_scores[keep], all_kps[keep])
+        return _nms(Detections(all_boxes, all_scores, all_kps), threshold)
 
 
 def coarse_detector(model: onnx.ModelProto, detector: SCRFD, open_session: Callable[[bytes], Any]) -> SCRFD | None:

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
-from .detection import (SCRFD, Detections, batchable_detector, coarse_detector, has_rival, in_tile,
+from .detection import (SCRFD, Detections, batchable_detector, coarse_detector, has_rival, in_tile, is_panorama,
                         load_detector_model, merged, panorama_tiles, pick_central, with_dynamic_input_batch)
 from .frames import repeated_frames
 from .images import reduction_keeping
@@ -309,10 +309,9 @@ def detect_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD,
 def detection_scale(shape: tuple[int, ...], options: EmbedOptions) -> float:
     """The scale at which the detector sees a photo of ``shape`` (``detect_photo_faces``): its longer side fitted to
     its detection size, or for an elongated photo, its tiles' (``panorama_tiles``)."""
-    tiles = panorama_tiles(shape)
-    if tiles:
-        x0, y0, x1, y1 = tiles[0]
-        return options.detection_size((y1 - y0, x1 - x0)) / (x1 - x0)
+    if is_panorama(*shape[:2]):
+        side = min(shape[:2])
+        return options.detection_size((side, side)) / side
     return options.detection_size(shape) / max(shape[:2])
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import exif
-from .detection import PANORAMA_RATIO
+from .detection import is_panorama
 from .fsutil import OUTPUT_MARKER, missing_path_hint
 from .progress import count, listed, some
 
@@ -510,13 +510,12 @@ def _shrinkable(data: bytes) -> tuple[int, int] | None:
 
 def jpeg_reduction(data: bytes, min_side: int) -> int:
     """The factor (``reduction_keeping``) that leaves a JPEG's longer side at least ``min_side``, or its shorter
-    side where it is a panorama (``PANORAMA_RATIO``), whose faces are detected in tiles of that side; 1 for other
+    side where it is a panorama (``is_panorama``), whose faces are detected in tiles of that side; 1 for other
     formats and a JPEG over OpenCV's pixel limit (``_shrinkable``)."""
     size = _shrinkable(data) if min_side > 0 else None
     if size is None:
         return 1
-    detected = min(size) if max(size) >= PANORAMA_RATIO * min(size) else max(size)
-    return reduction_keeping(detected, min_side)
+    return reduction_keeping(min(size) if is_panorama(size[1], size[0]) else max(size), min_side)
 
 
 def _decode_upright(data: bytes, reduction: int = 1) -> np.ndarray | None:
