@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Photos mode on panoramas: are the faces of a photo much longer than it is high found, and embedded as well as in
+a photo of its height?
+
+Pastes the first LFW dev photo of each of --counts people after a 100-pixel grey margin (so that no tile is one of
+the photos), side by side into a strip 250 pixels high and one above the other into a strip 250 pixels wide, saves
+each as JPEG, and embeds it in photos mode two ways: as by default (a photo at least ``detection.PANORAMA_RATIO``
+times as long as it is high is detected in square tiles of its shorter side too) and letterboxed whole only (as
+before tiles). Prints, for each, in how many of the photos' places a face was found, how alike the best face there
+is to the photo's own face embedded on its own (cosine: mean and lowest), the faces found in all, and the time.
+
+  python benchmarks/eval_panoramas.py --counts 8 16 24 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_setup import add_shared_argument, lfw_testpack, read_labels  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from face_organizer import detection, embfile  # noqa: E402
+from face_organizer.embed_run import run_embeddings  # noqa: E402
+from face_organizer.faces import EmbedOptions, embed_batch  # noqa: E402
+from face_organizer.images import read_image  # noqa: E402
+
+SIDE, MARGIN = 250, 100  # LFW's photos, and the grey margin before the first
+
+
+def own_faces(photos: list[np.ndarray], models) -> np.ndarray:
+    """Each photo's face embedded on its own in photos mode: the face nearest its centre."""
+    rows = []
+    for photo in photos:
+        found = embed_batch([("photo.jpg", photo)], models, EmbedOptions(mode="photos")).rows
+        centre = (found.bbox[:, :2] + found.bbox[:, 2:4]) / 2 - SIDE / 2
+        rows.append(found.embeddings[int(np.argmin((centre ** 2).sum(axis=1)))])
+    return np.stack(rows)
+
+
+def in_place(ef: embfile.EmbeddingsFile, own: np.ndarray, upright: bool) -> np.ndarray:
+    """For each photo, the best cosine to its own face among the faces found in its place in the strip (0: none)."""
+    box = ef.rows.bbox
+    centre = (box[:, 1] + box[:, 3] if upright else box[:, 0] + box[:, 2]) / 2
+    place = ((centre - MARGIN) // SIDE).astype(int)
+    best = np.zeros(len(own))
+    for i in range(len(own)):
+        here = np.nonzero(place == i)[0]
+        if len(here):
+            best[i] = float((ef.rows.embeddings[here] @ own[i]).max())
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", type=int, nargs="+", default=[8, 16, 24, 64],
+                        help="photos side by side in each strip")
+    add_shared_argument(parser)
+    args = parser.parse_args()
+    _, lfw, models, streams = lfw_testpack(args.shared)
+    first: dict[str, str] = {}
+    for row in read_labels(lfw):
+        first.setdefault(row["identity"], row["path"])
+    paths = list(first.values())
+    tiles_at = detection.PANORAMA_RATIO
+    for count in args.counts:
+        photos = [read_image(lfw / path) for path in paths[:count]]
+        own = own_faces(photos, models)
+        for upright in (False, True):  # the photos side by side, or one above the other (each upright)
+            strip = (np.vstack([np.full((MARGIN, SIDE, 3), 90, np.uint8), *photos]) if upright
+                     else np.hstack([np.full((SIDE, MARGIN, 3), 90, np.uint8), *photos]))
+            with tempfile.TemporaryDirectory() as tmp:
+                image = Path(tmp) / "strip.jpg"
+                cv2.imwrite(str(image), strip, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                for name, ratio in (("tiles (default)", tiles_at), ("letterboxed whole", math.inf)):
+                    detection.PANORAMA_RATIO = ratio
+                    out = Path(tmp) / f"{ratio}.pkl"
+                    started = time.perf_counter()
+                    run_embeddings([str(image)], out, models, EmbedOptions(mode="photos"), streams=streams,
+                                   progress=False)
+                    elapsed = time.perf_counter() - started
+                    ef = embfile.load(out)
+                    best = in_place(ef, own, upright)
+                    found = best > 0
+                    alike = (f"; cosine to its own face {best[found].mean():.3f} on average, lowest "
+                             f"{best[found].min():.3f}" if found.any() else "")
+                    print(f"{count} photos, {strip.shape[1]}x{strip.shape[0]}, {name}: a face in {int(found.sum())} of "
+                          f"{count} places{alike}; {len(ef.rows.paths)} faces in all; {elapsed:.1f} s", flush=True)
+    detection.PANORAMA_RATIO = tiles_at
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
