@@ -36,9 +36,11 @@ def test_a_stop_lets_a_run_save_and_ends_a_shell_that_ignores_sigterm(tmp_path, 
                             "--output", str(output), "--model", str(testpack_dir), "--batch-size", "4",
                             "--checkpoint-seconds", "600", "--status-file", str(status)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    # A docker exec -it shell: it ignores SIGTERM, so only the SIGHUP that follows ends it.
+    # A docker exec -it shell: it ignores SIGTERM, so only the SIGHUP that follows ends it. Its SIGHUP is the
+    # default one, as in a container, also where the suite runs under nohup (which would hand it an ignored one).
     shell = subprocess.Popen([sys.executable, "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                              "print('up', flush=True)\ntime.sleep(120)"], stdout=subprocess.PIPE, text=True)
+                              "signal.signal(signal.SIGHUP, signal.SIG_DFL)\nprint('up', flush=True)\ntime.sleep(120)"],
+                             stdout=subprocess.PIPE, text=True)
     children = (run, shell)
     try:
         assert shell.stdout.readline().strip() == "up"
