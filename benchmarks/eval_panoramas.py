@@ -3,10 +3,10 @@
 a photo of its height?
 
 Pastes the first LFW dev photo of each of --counts people after a 100-pixel grey margin (so that no tile is one of
-the photos), side by side into a strip 250 pixels high and one above the other into a strip 250 pixels wide, saves
-each as JPEG, and embeds it in photos mode two ways: as by default (a photo at least ``detection.PANORAMA_RATIO``
-times as long as it is high is detected in square tiles of its shorter side too) and letterboxed whole only (as
-before tiles). Prints, for each, in how many of the photos' places a face was found, how alike the best face there
+the photos), side by side into a strip 250 pixels high and one above the other into a strip 250 pixels wide, and
+the first strip turned a quarter (a panorama stored sideways without an orientation tag), saves each as JPEG, and
+embeds it in photos mode two ways: as by default (a photo at least ``detection.PANORAMA_RATIO`` times as long as it
+is high is detected in square tiles of its shorter side too) and letterboxed whole only (as before tiles). Prints, for each, in how many of the photos' places a face was found, how alike the best face there
 is to the photo's own face embedded on its own (cosine: mean and lowest), the faces found in all, and the time.
 
   python benchmarks/eval_panoramas.py --counts 8 16 24 64
@@ -73,9 +73,11 @@ def main() -> int:
     for count in args.counts:
         photos = [read_image(lfw / path) for path in paths[:count]]
         own = own_faces(photos, models)
-        for upright in (False, True):  # the photos side by side, or one above the other (each upright)
-            strip = (np.vstack([np.full((MARGIN, SIDE, 3), 90, np.uint8), *photos]) if upright
-                     else np.hstack([np.full((SIDE, MARGIN, 3), 90, np.uint8), *photos]))
+        across = np.hstack([np.full((SIDE, MARGIN, 3), 90, np.uint8), *photos])
+        for layout, strip, upright in (  # the photos side by side, one above the other, side by side stored sideways
+                ("", across, False),
+                ("", np.vstack([np.full((MARGIN, SIDE, 3), 90, np.uint8), *photos]), True),
+                (" (side by side, stored turned a quarter)", cv2.rotate(across, cv2.ROTATE_90_CLOCKWISE), True)):
             with tempfile.TemporaryDirectory() as tmp:
                 image = Path(tmp) / "strip.jpg"
                 cv2.imwrite(str(image), strip, [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -91,7 +93,7 @@ def main() -> int:
                     found = best > 0
                     alike = (f"; cosine to its own face {best[found].mean():.3f} on average, lowest "
                              f"{best[found].min():.3f}" if found.any() else "")
-                    print(f"{count} photos, {strip.shape[1]}x{strip.shape[0]}, {name}: a face in {int(found.sum())} of "
+                    print(f"{count} photos, {strip.shape[1]}x{strip.shape[0]}{layout}, {name}: a face in {int(found.sum())} of "
                           f"{count} places{alike}; {len(ef.rows.paths)} faces in all; {elapsed:.1f} s", flush=True)
     detection.PANORAMA_RATIO = tiles_at
     return 0

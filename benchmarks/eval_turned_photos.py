@@ -3,7 +3,7 @@
 
 A portrait shot of a camera without an orientation sensor is stored lying on its side, and nothing in the file
 says so. Takes N LFW dev photos, turns them by 90, 180 and 270 degrees, embeds them in photos mode as by default
-(a photo whose best face scores under ``EmbedOptions.photo_upright_score`` is tried turned) and never turned
+(a photo whose faces score under ``EmbedOptions.photo_upright_score`` at the median is tried turned) and never turned
 (``photo_upright_score=0``), and prints for each how many photos' largest faces are embedded as the same photo
 upright is (cosine above 0.9), and a third way: photos without a face upright tried turned too
 (``--turn-faceless``). Then the cost: photos mode's images/s on N UTKFace portraits (faces of every age, often

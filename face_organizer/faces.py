@@ -65,11 +65,12 @@ class EmbedOptions:
     # aligned from the photo decoded again, shrunk only as far as the smallest such face keeps this many (0:
     # never). The recogniser sees a face at 112 pixels: one shrunk below that loses detail that the file has.
     photo_face_pixels: int = 112
-    # Photos mode: a photo whose best face scores under this is tried turned by 90, 180 and 270 degrees, and kept
-    # turned where its faces score higher so (``turned_where_better``; 0: never). A face lying on its side or upside
-    # down (a portrait shot of a camera without an orientation sensor, a print scanned sideways) is often found
-    # with landmarks that do not fit it, and embedded as noise; LFW photos turned scored 0.55 at the median,
-    # upright no lower than 0.70.
+    # Photos mode: a photo whose faces score under this at the median (a photo of one face: its score) is tried
+    # turned by 90, 180 and 270 degrees, and kept turned where its faces score higher so (``turned_where_better``;
+    # 0: never). A face lying on its side or upside down (a portrait shot of a camera without an orientation
+    # sensor, a print scanned sideways) is often found with landmarks that do not fit it, and embedded as noise;
+    # LFW photos turned scored 0.55 at the median, upright no lower than 0.70. Of many faces lying on their side
+    # (a panorama stored sideways), one may score higher (0.72), hence the median rather than the best face.
     photo_upright_score: float = 0.7
     # Photos mode: photos in which no face is found upright are tried turned too (``--turn-faceless``): a print
     # scanned sideways often shows no face at all upright. Off by default, as every photo without a face (a
@@ -242,27 +243,37 @@ def _best_scores(found: Sequence[Detections]) -> NDArray[np.float32]:
     return np.array([float(dets.scores.max()) if len(dets) else 0.0 for dets in found], np.float32)
 
 
+def probe_views(image: NDArray[np.uint8]) -> list[NDArray[np.uint8]]:
+    """What ``turned_where_better`` tells a photo's way up from: the photo, or an elongated one's tiles
+    (``panorama_tiles``), in which its faces are not shrunk to a few pixels at ``TURN_PROBE``."""
+    return [image[y0:y1, x0:x1] for x0, y0, x1, y1 in panorama_tiles(image.shape)] or [image]
+
+
 def turned_where_better(images: Sequence[NDArray[np.uint8]], found: list[Detections],
                         detect: Callable[[Sequence[NDArray[np.uint8]]], list[Detections]], detector: SCRFD,
                         options: EmbedOptions, *, faceless: bool = False) -> list[Detections]:
-    """``found`` (faces of ``images``, by ``detect``), where a photo's best face scores under
-    ``options.photo_upright_score``, replaced by what ``detect`` finds in the photo turned by 90, 180 or 270
-    degrees, in the photo's own pixels, where the photo looks turned. Which way up it is, is told cheaply first:
-    the way up its best face scores highest at ``TURN_PROBE`` pixels (of 200 LFW photos, each scored higher
-    upright than turned a quarter); then ``detect`` runs on that turn only, kept where it finds a face scoring
-    higher than ``found``. With ``faceless``, photos without a face are tried too (a few reference photos; a
-    library's landscapes would pay for it)."""
+    """``found`` (faces of ``images``, by ``detect``), where a photo's faces score under
+    ``options.photo_upright_score`` at the median, replaced by what ``detect`` finds in the photo turned by 90, 180
+    or 270 degrees, in the photo's own pixels, where the photo looks turned. Which way up it is, is told cheaply
+    first: the way up its best face scores highest at ``TURN_PROBE`` pixels, in the photo or its tiles
+    (``probe_views``; of 200 LFW photos, each scored higher upright than turned a quarter); then ``detect`` runs on
+    that turn only, kept where it finds a face scoring higher than ``found``. With ``faceless``, photos without a
+    face are tried too (a few reference photos; a library's landscapes would pay for it)."""
     found = list(found)
     upright_score = options.photo_upright_score
     weak = [i for i, dets in enumerate(found) if (len(dets) or faceless and upright_score)
-            and (not len(dets) or float(dets.scores.max()) < upright_score)]
+            and (not len(dets) or float(np.median(dets.scores)) < upright_score)]
     if not weak:
         return found
     probe = (TURN_PROBE, TURN_PROBE)
-    ways = [_best_scores(detector.detect_many([images[i] for i in weak], probe, options.photo_threshold / 2))]
-    for turn in TURNS:
-        turned = [cv2.rotate(images[i], turn) for i in weak]
-        ways.append(_best_scores(detector.detect_many(turned, probe, options.photo_threshold / 2)))
+    views = [(k, view) for k, i in enumerate(weak) for view in probe_views(images[i])]
+    ways: list[NDArray[np.float32]] = []
+    for turn in (None, *TURNS):
+        turned = [view if turn is None else cv2.rotate(view, turn) for _, view in views]
+        best = _best_scores(detector.detect_many(turned, probe, options.photo_threshold / 2))
+        per_photo = np.zeros(len(weak), np.float32)
+        np.maximum.at(per_photo, [k for k, _ in views], best)
+        ways.append(per_photo)
     scores = np.stack(ways)  # (upright and each turn, photo)
     way = np.argmax(scores, axis=0)
     for n, turn in enumerate(TURNS, start=1):
