@@ -6,8 +6,9 @@ Pastes the first LFW dev photo of each of --counts people after a 100-pixel grey
 the photos), side by side into a strip 250 pixels high and one above the other into a strip 250 pixels wide, and
 the first strip turned a quarter (a panorama stored sideways without an orientation tag), saves each as JPEG, and
 embeds it in photos mode two ways: as by default (a photo at least ``detection.PANORAMA_RATIO`` times as long as it
-is high is detected in square tiles of its shorter side too) and letterboxed whole only (as before tiles). Prints, for each, in how many of the photos' places a face was found, how alike the best face there
-is to the photo's own face embedded on its own (cosine: mean and lowest), the faces found in all, and the time.
+is high is detected in square tiles of its shorter side too) and letterboxed whole only (as before tiles). Prints,
+for each, in how many of the photos' places a face was found, how alike the best face there is to the photo's own
+face embedded on its own (cosine: mean and lowest), the faces found in all, and the time.
 
   python benchmarks/eval_panoramas.py --counts 8 16 24 64
 """
@@ -93,8 +94,9 @@ def main() -> int:
                     found = best > 0
                     alike = (f"; cosine to its own face {best[found].mean():.3f} on average, lowest "
                              f"{best[found].min():.3f}" if found.any() else "")
-                    print(f"{count} photos, {strip.shape[1]}x{strip.shape[0]}{layout}, {name}: a face in {int(found.sum())} of "
-                          f"{count} places{alike}; {len(ef.rows.paths)} faces in all; {elapsed:.1f} s", flush=True)
+                    print(f"{count} photos, {strip.shape[1]}x{strip.shape[0]}{layout}, {name}: a face in "
+                          f"{int(found.sum())} of {count} places{alike}; {len(ef.rows.paths)} faces in all; "
+                          f"{elapsed:.1f} s", flush=True)
     detection.PANORAMA_RATIO = tiles_at
     return 0
 
