@@ -3,12 +3,14 @@
 a photo of its height?
 
 Pastes the first LFW dev photo of each of --counts people after a 100-pixel grey margin (so that no tile is one of
-the photos), side by side into a strip 250 pixels high and one above the other into a strip 250 pixels wide, and
-the first strip turned a quarter (a panorama stored sideways without an orientation tag), saves each as JPEG, and
-embeds it in photos mode two ways: as by default (a photo at least ``detection.PANORAMA_RATIO`` times as long as it
-is high is detected in square tiles of its shorter side too) and letterboxed whole only (as before tiles). Prints,
-for each, in how many of the photos' places a face was found, how alike the best face there is to the photo's own
-face embedded on its own (cosine: mean and lowest), the faces found in all, and the time.
+the photos), side by side into a strip 250 pixels high and one above the other into a strip 250 pixels wide, and the
+first strip turned a quarter (a panorama stored sideways without an orientation tag), and close-ups side by side
+(the central 170 pixels of LFW photos enlarged to 250, where the face is wider than half of that: larger than half a
+tile, so that every tile may cut it), saves each as JPEG, and embeds it in photos mode two ways: as by default (a
+photo at least ``detection.PANORAMA_RATIO`` times as long as it is high is detected in square tiles of its shorter
+side too) and letterboxed whole only (as before tiles). Prints, for each, in how many of the photos' places a face
+was found, how alike the best face there is to the photo's own face embedded on its own (cosine: mean and lowest),
+the faces found in all, and the time.
 
   python benchmarks/eval_panoramas.py --counts 8 16 24 64
 """
@@ -34,16 +36,33 @@ from face_organizer.faces import EmbedOptions, embed_batch  # noqa: E402
 from face_organizer.images import read_image  # noqa: E402
 
 SIDE, MARGIN = 250, 100  # LFW's photos, and the grey margin before the first
+CLOSE = 170  # the central part of an LFW photo enlarged to SIDE for a close-up: its face about 150-190 pixels wide
 
 
-def own_faces(photos: list[np.ndarray], models) -> np.ndarray:
-    """Each photo's face embedded on its own in photos mode: the face nearest its centre."""
-    rows = []
-    for photo in photos:
-        found = embed_batch([("photo.jpg", photo)], models, EmbedOptions(mode="photos")).rows
-        centre = (found.bbox[:, :2] + found.bbox[:, 2:4]) / 2 - SIDE / 2
-        rows.append(found.embeddings[int(np.argmin((centre ** 2).sum(axis=1)))])
-    return np.stack(rows)
+def own_face(photo: np.ndarray, models) -> tuple[np.ndarray, float]:
+    """A photo's face embedded on its own in photos mode: the face nearest its centre, and its width."""
+    found = embed_batch([("photo.jpg", photo)], models, EmbedOptions(mode="photos")).rows
+    centre = (found.bbox[:, :2] + found.bbox[:, 2:4]) / 2 - SIDE / 2
+    nearest = int(np.argmin((centre ** 2).sum(axis=1)))
+    return found.embeddings[nearest], float(found.bbox[nearest, 2] - found.bbox[nearest, 0])
+
+
+def close_ups(lfw: Path, paths: list[str], count: int, models) -> tuple[list[np.ndarray], np.ndarray]:
+    """``count`` photos of faces larger than half a tile: the central ``CLOSE`` pixels of LFW photos enlarged to
+    ``SIDE``, those whose face (found on its own, padded as photos mode tries a photo without a face) is wider than
+    half of it, and those faces."""
+    photos, own = [], []
+    for path in paths:
+        cut = (SIDE - CLOSE) // 2
+        photo = cv2.resize(read_image(lfw / path)[cut:cut + CLOSE, cut:cut + CLOSE], (SIDE, SIDE),
+                           interpolation=cv2.INTER_CUBIC)
+        face, width = own_face(photo, models)
+        if width > SIDE / 2:
+            photos.append(photo)
+            own.append(face)
+        if len(photos) == count:
+            break
+    return photos, np.stack(own)
 
 
 def in_place(ef: embfile.EmbeddingsFile, own: np.ndarray, upright: bool) -> np.ndarray:
@@ -73,12 +92,15 @@ def main() -> int:
     tiles_at = detection.PANORAMA_RATIO
     for count in args.counts:
         photos = [read_image(lfw / path) for path in paths[:count]]
-        own = own_faces(photos, models)
-        across = np.hstack([np.full((SIDE, MARGIN, 3), 90, np.uint8), *photos])
-        for layout, strip, upright in (  # the photos side by side, one above the other, side by side stored sideways
-                ("", across, False),
-                ("", np.vstack([np.full((MARGIN, SIDE, 3), 90, np.uint8), *photos]), True),
-                (" (side by side, stored turned a quarter)", cv2.rotate(across, cv2.ROTATE_90_CLOCKWISE), True)):
+        own = np.stack([own_face(photo, models)[0] for photo in photos])
+        close, own_close = close_ups(lfw, paths, count, models)
+        margin = np.full((SIDE, MARGIN, 3), 90, np.uint8)
+        across = np.hstack([margin, *photos])
+        for layout, strip, upright, faces in (  # side by side, one above the other, side by side stored sideways
+                ("", across, False, own),
+                ("", np.vstack([margin.transpose(1, 0, 2), *photos]), True, own),
+                (" (side by side, stored turned a quarter)", cv2.rotate(across, cv2.ROTATE_90_CLOCKWISE), True, own),
+                (" (close-ups side by side)", np.hstack([margin, *close]), False, own_close)):
             with tempfile.TemporaryDirectory() as tmp:
                 image = Path(tmp) / "strip.jpg"
                 cv2.imwrite(str(image), strip, [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -90,7 +112,7 @@ def main() -> int:
                                    progress=False)
                     elapsed = time.perf_counter() - started
                     ef = embfile.load(out)
-                    best = in_place(ef, own, upright)
+                    best = in_place(ef, faces, upright)
                     found = best > 0
                     alike = (f"; cosine to its own face {best[found].mean():.3f} on average, lowest "
                              f"{best[found].min():.3f}" if found.any() else "")

@@ -111,6 +111,18 @@ def panorama_tiles(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
     return [(start, 0, start + side, h) if w >= h else (0, start, w, start + side) for start in starts]
 
 
+def tile_around(box: NDArray[np.floating], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the square tile of an elongated photo's shorter side (as ``panorama_tiles``) centred along
+    its length on ``box`` (x1, y1, x2, y2), within the photo: where a face larger than half a tile, which each of
+    ``panorama_tiles`` may cut, is whole."""
+    h, w = shape[:2]
+    side = min(h, w)
+    along = 0 if w >= h else 1
+    start = int(round((box[along] + box[along + 2]) / 2 - side / 2))
+    start = min(max(0, start), max(h, w) - side)
+    return (start, 0, start + side, h) if w >= h else (0, start, w, start + side)
+
+
 def in_tile(dets: Detections, tile: tuple[int, int, int, int], shape: tuple[int, ...]) -> Detections:
     """``dets``, found in the ``tile`` (x0, y0, x1, y1) of a photo of ``shape``, in the photo's pixels, less the
     faces that reach within ``TILE_EDGE`` of a tile edge that lies inside the photo: those the tile may cut."""
@@ -150,15 +162,17 @@ def _iou(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.floatin
     return inter / np.maximum(_areas(a)[:, None] + _areas(b)[None, :] - inter, 1e-9)
 
 
-def merged(whole: Detections, tiles: Sequence[Detections]) -> Detections:
+def merged(whole: Detections, tiles: Sequence[Detections]) -> tuple[Detections, NDArray[np.bool_]]:
     """The faces of an elongated photo: those of its ``tiles`` (``in_tile``), each once, and those of the ``whole``
-    photo that no tile found (faces larger than half a tile, cut by every tile). A face found both ways is kept as
-    its tile saw it: larger, so with landmarks as fine as in a photo of that tile's size."""
+    photo that no tile found (faces larger than half a tile, cut by every tile), and which of them are the whole
+    photo's (seen at its scale, coarser than a tile's). A face found both ways is kept as its tile saw it: larger,
+    so with landmarks as fine as in a photo of that tile's size."""
     found = _nms(Detections.joined(tiles))
     if len(whole) and len(found):
         whole = whole.take(np.nonzero(_iou(whole.boxes, found.boxes).max(axis=1) < NMS_THRESHOLD)[0])
     both = Detections.joined([found, whole])
-    return both.take(np.argsort(-both.scores, kind="stable"))
+    order = np.argsort(-both.scores, kind="stable")
+    return both.take(order), (order >= len(found))
 
 
 def _border(shape: tuple[int, ...], pad_ratio: float) -> int:

@@ -18,7 +18,8 @@ from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
 from .detection import (SCRFD, Detections, batchable_detector, coarse_detector, has_rival, in_tile, is_panorama,
-                        load_detector_model, merged, panorama_tiles, pick_central, with_dynamic_input_batch)
+                        load_detector_model, merged, panorama_tiles, pick_central, tile_around,
+                        with_dynamic_input_batch)
 from .frames import repeated_frames
 from .images import reduction_keeping
 from .modelpack import ModelPack
@@ -291,30 +292,67 @@ def turned_where_better(images: Sequence[NDArray[np.uint8]], found: list[Detecti
 def detect_photo_faces(images: Sequence[NDArray[np.uint8]], detector: SCRFD,
                        options: EmbedOptions) -> list[Detections]:
     """``find_photo_faces`` without trying photos turned: each photo detected at its size
-    (``EmbedOptions.detection_size``), an elongated one in tiles too (``panorama_tiles``), tried again padded where
-    none is found, and its small faces refined."""
+    (``EmbedOptions.detection_size``), an elongated one in tiles too (``panorama_tiles``; its faces too large for
+    them again around each, ``_large_faces_again``), tried again padded where none is found, and its small faces
+    refined."""
     tiles = [(n, tile) for n, image in enumerate(images) for tile in panorama_tiles(image.shape)]
-    views = list(images) + [images[n][y0:y1, x0:x1] for n, (x0, y0, x1, y1) in tiles]
-    sizes = [options.detection_size(view.shape) for view in views]
-    by_view: dict[int, Detections] = {}
-    for size in sorted(set(sizes)):  # one batched call for each size (only above 640 do photos differ)
-        same = [i for i, s in enumerate(sizes) if s == size]
-        found_here = detector.detect_many([views[i] for i in same], (size, size), options.photo_threshold)
-        by_view.update(zip(same, found_here))
-    found = [by_view[i] for i in range(len(images))]
+    by_view = _detect_views(list(images) + [images[n][y0:y1, x0:x1] for n, (x0, y0, x1, y1) in tiles], detector,
+                            options)
+    found = by_view[: len(images)]
+    whole_only: dict[int, NDArray[np.bool_]] = {}  # an elongated photo's faces that only the whole photo showed
     if tiles:  # an elongated photo: the faces of its tiles too, each face once
         parts: dict[int, list[Detections]] = {}
         for i, (n, tile) in enumerate(tiles, start=len(images)):
             parts.setdefault(n, []).append(in_tile(by_view[i], tile, images[n].shape))
         for n, each in parts.items():
-            found[n] = merged(found[n], each)
+            found[n], whole_only[n] = merged(found[n], each)
+        _large_faces_again(images, found, whole_only, detector, options)
     missed = [i for i, dets in enumerate(found) if not len(dets)]
     if missed and options.photo_retry_size:
         retry = (options.photo_retry_size, options.photo_retry_size)
         again = detector.detect_many([images[i] for i in missed], retry, options.photo_threshold, pad_ratio=options.pad_ratio)
         for i, dets in zip(missed, again):
             found[i] = dets
-    return refine_small_faces(images, found, detector, options) if options.photo_refine_below else found
+            whole_only.pop(i, None)
+    return refine_small_faces(images, found, detector, options, whole_only) if options.photo_refine_below else found
+
+
+def _detect_views(views: Sequence[NDArray[np.uint8]], detector: SCRFD, options: EmbedOptions) -> list[Detections]:
+    """The faces of each of ``views`` (photos, or parts of them), each detected at its size
+    (``EmbedOptions.detection_size``): one batched call for each size (only above 640 do photos differ)."""
+    sizes = [options.detection_size(view.shape) for view in views]
+    by_view: dict[int, Detections] = {}
+    for size in sorted(set(sizes)):
+        same = [i for i, s in enumerate(sizes) if s == size]
+        by_view.update(zip(same, detector.detect_many([views[i] for i in same], (size, size), options.photo_threshold)))
+    return [by_view[i] for i in range(len(views))]
+
+
+def _large_faces_again(images: Sequence[NDArray[np.uint8]], found: list[Detections],
+                       whole_only: dict[int, NDArray[np.bool_]], detector: SCRFD, options: EmbedOptions) -> None:
+    """Each face of an elongated photo that only the whole photo showed (``merged``: larger than half a tile, cut
+    by every tile), where its faces are shrunk with the photo's length, detected again in a tile centred on it
+    (``tile_around``), padded as a photo without a face found is (a face filling most of a tile is not found
+    unpadded, as tight crops are not): in ``found``, it takes the box, score and landmarks of the face found
+    there whose centre lies in its box, and is no longer marked in ``whole_only``."""
+    again = [(n, int(i), tile_around(found[n].boxes[i], images[n].shape))
+             for n, mask in whole_only.items() for i in np.flatnonzero(mask)]
+    if not again or not options.photo_retry_size:
+        return
+    size = (options.photo_retry_size, options.photo_retry_size)
+    seen = detector.detect_many([images[n][y0:y1, x0:x1] for n, _, (x0, y0, x1, y1) in again], size,
+                                options.photo_threshold, pad_ratio=options.pad_ratio)
+    for (n, i, tile), dets in zip(again, seen):
+        dets = in_tile(dets, tile, images[n].shape)
+        x1, y1, x2, y2 = found[n].boxes[i, :4]
+        cx, cy = (dets.boxes[:, 0] + dets.boxes[:, 2]) / 2, (dets.boxes[:, 1] + dets.boxes[:, 3]) / 2
+        inside = np.flatnonzero((x1 <= cx) & (cx <= x2) & (y1 <= cy) & (cy <= y2))
+        if not len(inside):
+            continue
+        best = inside[np.argmax(dets.scores[inside])]
+        found[n] = Detections(found[n].boxes.copy(), found[n].scores.copy(), found[n].kps.copy())
+        found[n].boxes[i], found[n].scores[i], found[n].kps[i] = dets.boxes[best], dets.scores[best], dets.kps[best]
+        whole_only[n][i] = False
 
 
 def detection_scale(shape: tuple[int, ...], options: EmbedOptions) -> float:
@@ -327,19 +365,23 @@ def detection_scale(shape: tuple[int, ...], options: EmbedOptions) -> float:
 
 
 def refine_small_faces(images: Sequence[NDArray[np.uint8]], found: list[Detections], detector: SCRFD,
-                       options: EmbedOptions) -> list[Detections]:
+                       options: EmbedOptions,
+                       whole_only: Mapping[int, NDArray[np.bool_]] | None = None) -> list[Detections]:
     """``found`` with the landmarks of each face smaller than ``options.photo_refine_below`` (as the detector saw
     its photo) found again in a crop of the photo around it (a square 1.5 times its box, centred on it), as crops
     are found (``find_crop_faces``, batched), where the face found there is this one. Boxes and scores stay the
-    photo's, so the faces and their order do not change."""
+    photo's, so the faces and their order do not change. ``whole_only`` marks the faces of an elongated photo
+    that its tiles did not show (``merged``): the detector saw those at the whole photo's scale, not its tiles'."""
     crops: list[NDArray[np.uint8]] = []
     where: list[tuple[int, int, int, int]] = []  # (photo, face, left, top) of each crop
     for n, (image, dets) in enumerate(zip(images, found)):
         h, w = image.shape[:2]
-        seen = detection_scale(image.shape, options)
+        seen = np.full(len(dets), detection_scale(image.shape, options), np.float32)
+        if whole_only is not None and n in whole_only:
+            seen[whole_only[n]] = options.detection_size(image.shape) / max(image.shape[:2])
         for i, (x1, y1, x2, y2) in enumerate(dets.boxes[:, :4]):
             side = max(x2 - x1, y2 - y1)
-            if side * seen >= options.photo_refine_below:
+            if side * seen[i] >= options.photo_refine_below:
                 continue
             cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, side * 0.75
             left, top = max(0, int(cx - half)), max(0, int(cy - half))

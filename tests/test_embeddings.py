@@ -407,6 +407,37 @@ def test_the_faces_of_a_panorama_are_found_in_tiles_as_in_photos_of_its_height(l
     assert (whole > 0.97).sum() <= 19, whole
 
 
+def test_a_face_taller_than_half_a_panorama_is_embedded_as_in_its_photo_alone(lfw, lfw_labels, models) -> None:
+    """A face more than half as tall as a panorama fits whole in none of its tiles, so it came from the whole photo's
+    detection, where a 4,100-pixel strip shrinks it to about 25 pixels: aligned on those landmarks, the faces of 16
+    close-ups side by side were embedded at cosine 0.78 to their photo alone at worst. Detected again in a tile
+    centred on it (padded, as a face filling a photo is not found unpadded), each is embedded as in its photo."""
+    photos, alone = [], []
+    for row in _one_photo_each(lfw_labels, 40):
+        photo = cv2.resize(read_image(lfw / row["path"])[40:210, 40:210], (250, 250), interpolation=cv2.INTER_CUBIC)
+        found = embed_batch([("photo.jpg", photo)], models, EmbedOptions(mode="photos")).rows
+        nearest = int(np.argmin((((found.bbox[:, :2] + found.bbox[:, 2:4]) / 2 - 125) ** 2).sum(axis=1)))
+        if found.bbox[nearest, 2] - found.bbox[nearest, 0] > 125:  # wider than half the strip's height
+            photos.append(photo)
+            alone.append(found.embeddings[nearest])
+    photos, alone = photos[:16], alone[:16]
+    assert len(photos) == 16
+    strip = np.hstack([np.full((250, 100, 3), 90, np.uint8), *photos])
+
+    def as_alone(options: EmbedOptions) -> np.ndarray:
+        rows_found = embed_batch([("strip.jpg", strip)], models, options).rows
+        place = ((rows_found.bbox[:, 0] + rows_found.bbox[:, 2]) / 2 - 100) // 250
+        return np.array([max((float(rows_found.embeddings[j] @ alone[i]) for j in np.flatnonzero(place == i)),
+                             default=0.0) for i in range(len(photos))])
+
+    best = as_alone(EmbedOptions(mode="photos"))
+    assert best.min() > 0.97, best
+    # Not detected again (no padded retry): such a face has its landmarks found again around it as a small face
+    # has, being small as the detector saw the whole photo.
+    refined = as_alone(EmbedOptions(mode="photos", photo_retry_size=0))
+    assert refined.min() > 0.9, refined
+
+
 def test_a_tile_leaves_out_the_faces_its_inner_edges_cut_and_a_face_found_twice_is_kept_as_its_tile_saw_it() -> None:
     from face_organizer.detection import in_tile, merged, panorama_tiles
 
@@ -428,11 +459,12 @@ def test_a_tile_leaves_out_the_faces_its_inner_edges_cut_and_a_face_found_twice_
     assert in_tile(found, (300, 0, 400, 100), (100, 400)).boxes[:, 0].tolist() == [340, 380]
     whole = Detections(np.array([[139, 9, 171, 41], [10, 10, 90, 90]], np.float32), np.array([0.99, 0.7], np.float32),
                        np.zeros((2, 5, 2), np.float32))
-    both = merged(whole, [middle, dets((141, 10, 170, 40))])
+    both, whole_only = merged(whole, [middle, dets((141, 10, 170, 40))])
     # The face found by the whole photo (score 0.99) and by two tiles (0.85, 0.9) is kept once, as the tile that
     # scored it highest saw it; the large face that no tile found whole is the whole photo's.
     assert both.boxes.tolist() == [[141, 10, 170, 40], [10, 10, 90, 90]] and both.scores.tolist() == \
         pytest.approx([0.9, 0.7])
+    assert whole_only.tolist() == [False, True]
 
 
 def test_small_faces_of_a_large_jpeg_are_aligned_from_the_photo_decoded_again(tmp_path, lfw, lfw_labels,
