@@ -279,3 +279,31 @@ def test_make_refuses_an_unsupported_python_before_making_anything(tmp_path) -> 
     assert done.returncode != 0 and not venv.exists()
     assert (f"face-organizer needs Python 3.10 to 3.13, and {fake} is 3.14: name another, as in make demo "
             "PYTHON=python3.12") in done.stderr
+
+
+def _heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, spaces as hyphens, other punctuation
+    dropped, a repeated heading's numbered -1, -2, …"""
+    anchors: set[str] = set()
+    for title in re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.S), flags=re.M):
+        anchor = re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+        repeat = sum(a == anchor or re.fullmatch(re.escape(anchor) + r"-\d+", a) is not None for a in anchors)
+        anchors.add(f"{anchor}-{repeat}" if repeat else anchor)
+    return anchors
+
+
+def test_every_link_in_the_documents_reaches_its_file_and_heading() -> None:
+    """A heading renamed (a benchmark's command line in it changed) breaks the links to it without a word."""
+    broken = []
+    for name in ("README.md", "PROJECT_PLAN.md", "GPU_TROUBLESHOOTING_LOG.md"):
+        text = re.sub(r"```.*?```", "", (ROOT / name).read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            document = ROOT / path if path else ROOT / name
+            if not document.exists():
+                broken.append(f"{name}: {target}")
+            elif anchor and anchor not in _heading_anchors(document.read_text(encoding="utf-8")):
+                broken.append(f"{name}: {target}")
+    assert not broken, broken
