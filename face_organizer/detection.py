@@ -91,12 +91,19 @@ PANORAMA_RATIO = 2.5
 # A face found this close to a tile's edge inside the photo (not the photo's own edge) may be cut by it; the tiles
 # overlap by half, so that a face up to half the tile's side less twice this lies whole in another one.
 TILE_EDGE = 2
+# Each tile costs a detection at 640 pixels, however small it is, and there is one every half of the photo's
+# shorter side along it: a banner 2 pixels high and 2,000 long took a minute as 1,999 tiles. A photo less high than
+# this (whose faces, at most as high, would be enlarged tenfold onto the canvas) or more than this many tiles long
+# (no camera's panorama: a 16,100 x 250 strip of 64 photos is 128) is detected whole only.
+TILE_MIN_SIDE = 64
+TILES_AT_MOST = 256
 
 
 def is_panorama(height: int, width: int) -> bool:
-    """Whether a photo of this size is elongated enough (``PANORAMA_RATIO``) to be detected in tiles as well."""
-    side = min(height, width)
-    return side >= 1 and max(height, width) >= PANORAMA_RATIO * side
+    """Whether a photo of this size is elongated enough (``PANORAMA_RATIO``) to be detected in tiles as well, and
+    neither too thin nor too long for it (``TILE_MIN_SIDE``, ``TILES_AT_MOST``)."""
+    side, length = min(height, width), max(height, width)
+    return side >= TILE_MIN_SIDE and PANORAMA_RATIO * side <= length <= (TILES_AT_MOST + 1) * side / 2
 
 
 def panorama_tiles(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
