@@ -161,7 +161,7 @@ def _nms(dets: Detections, threshold: float = 0.0) -> Detections:
     return dets.take(keep[np.argsort(-dets.scores[keep], kind="stable")])
 
 
-def _iou(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.floating]:
+def iou(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.floating]:
     """(len(a), len(b)) intersection over union of two sets of x1, y1, x2, y2 boxes."""
     low = np.maximum(a[:, None, :2], b[None, :, :2])
     high = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
@@ -176,7 +176,7 @@ def merged(whole: Detections, tiles: Sequence[Detections]) -> tuple[Detections, 
     so with landmarks as fine as in a photo of that tile's size."""
     found = _nms(Detections.joined(tiles))
     if len(whole) and len(found):
-        whole = whole.take(np.nonzero(_iou(whole.boxes, found.boxes).max(axis=1) < NMS_THRESHOLD)[0])
+        whole = whole.take(np.nonzero(iou(whole.boxes, found.boxes).max(axis=1) < NMS_THRESHOLD)[0])
     both = Detections.joined([found, whole])
     order = np.argsort(-both.scores, kind="stable")
     return both.take(order), (order >= len(found))

@@ -17,8 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .alignment import align, centre_crop
-from .detection import (SCRFD, Detections, batchable_detector, coarse_detector, has_rival, in_tile, is_panorama,
-                        load_detector_model, merged, panorama_tiles, pick_central, tile_around,
+from .detection import (NMS_THRESHOLD, SCRFD, Detections, batchable_detector, coarse_detector, has_rival, in_tile,
+                        iou, is_panorama, load_detector_model, merged, panorama_tiles, pick_central, tile_around,
                         with_dynamic_input_batch)
 from .frames import repeated_frames
 from .images import reduction_keeping
@@ -334,7 +334,8 @@ def _large_faces_again(images: Sequence[NDArray[np.uint8]], found: list[Detectio
     by every tile), where its faces are shrunk with the photo's length, detected again in a tile centred on it
     (``tile_around``), padded as a photo without a face found is (a face filling most of a tile is not found
     unpadded, as tight crops are not): in ``found``, it takes the box, score and landmarks of the face found
-    there whose centre lies in its box, and is no longer marked in ``whole_only``."""
+    there that overlaps its box most, where that is the same face (``NMS_THRESHOLD``: not a smaller face within
+    it, which a tile found), and is no longer marked in ``whole_only``."""
     again = [(n, int(i), tile_around(found[n].boxes[i], images[n].shape))
              for n, mask in whole_only.items() for i in np.flatnonzero(mask)]
     if not again or not options.photo_retry_size:
@@ -344,12 +345,10 @@ def _large_faces_again(images: Sequence[NDArray[np.uint8]], found: list[Detectio
                                 options.photo_threshold, pad_ratio=options.pad_ratio)
     for (n, i, tile), dets in zip(again, seen):
         dets = in_tile(dets, tile, images[n].shape)
-        x1, y1, x2, y2 = found[n].boxes[i, :4]
-        cx, cy = (dets.boxes[:, 0] + dets.boxes[:, 2]) / 2, (dets.boxes[:, 1] + dets.boxes[:, 3]) / 2
-        inside = np.flatnonzero((x1 <= cx) & (cx <= x2) & (y1 <= cy) & (cy <= y2))
-        if not len(inside):
+        overlap = iou(found[n].boxes[i : i + 1, :4], dets.boxes[:, :4])[0]
+        if not len(dets) or overlap.max() < NMS_THRESHOLD:
             continue
-        best = inside[np.argmax(dets.scores[inside])]
+        best = int(np.argmax(overlap))
         found[n] = Detections(found[n].boxes.copy(), found[n].scores.copy(), found[n].kps.copy())
         found[n].boxes[i], found[n].scores[i], found[n].kps[i] = dets.boxes[best], dets.scores[best], dets.kps[best]
         whole_only[n][i] = False

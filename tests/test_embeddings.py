@@ -407,6 +407,33 @@ def test_the_faces_of_a_panorama_are_found_in_tiles_as_in_photos_of_its_height(l
     assert (whole > 0.97).sum() <= 19, whole
 
 
+def test_a_face_only_the_whole_panorama_showed_takes_only_its_own_face_from_the_tile_around_it() -> None:
+    from face_organizer.faces import _large_faces_again
+
+    class Tile:  # a detector that finds in the tile around the large face what it is given, in the tile's pixels
+        def __init__(self, *boxes: tuple[float, float, float, float]) -> None:
+            self.boxes = np.array(boxes, np.float32).reshape(-1, 4)
+            self.sizes: list[tuple[tuple[int, int], float]] = []
+
+        def detect_many(self, images, size, threshold, pad_ratio=0.0):
+            self.sizes.append((size, pad_ratio))
+            kps = np.repeat(self.boxes[:, None, :2], 5, axis=1)
+            return [Detections(self.boxes, np.full(len(self.boxes), 0.9, np.float32), kps) for _ in images]
+
+    photo = np.zeros((100, 400, 3), np.uint8)
+    # A small face a tile found, and a large face only the whole photo showed, coarsely, around it.
+    boxes = np.array([[150, 40, 170, 60], [128, 8, 212, 96]], np.float32)
+    for tile_finds, taken in (((30, 40, 50, 60),), False), (((10, 5, 94, 95), (30, 40, 50, 60)), True):
+        found = [Detections(boxes.copy(), np.array([0.8, 0.6], np.float32), np.zeros((2, 5, 2), np.float32))]
+        whole_only = {0: np.array([False, True])}
+        detector = Tile(*tile_finds)
+        _large_faces_again([photo], found, whole_only, detector, EmbedOptions(mode="photos"))  # type: ignore[arg-type]
+        assert detector.sizes == [((320, 320), 0.3)]  # the tile around it (x 120-220), padded as photos are retried
+        assert found[0].boxes[0].tolist() == [150, 40, 170, 60]
+        assert found[0].boxes[1].tolist() == ([130, 5, 214, 95] if taken else [128, 8, 212, 96])
+        assert whole_only[0].tolist() == [False, not taken]
+
+
 def test_a_face_taller_than_half_a_panorama_is_embedded_as_in_its_photo_alone(lfw, lfw_labels, models) -> None:
     """A face more than half as tall as a panorama fits whole in none of its tiles, so it came from the whole photo's
     detection, where a 4,100-pixel strip shrinks it to about 25 pixels: aligned on those landmarks, the faces of 16
