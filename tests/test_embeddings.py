@@ -374,8 +374,9 @@ def test_the_faces_of_a_panorama_are_found_in_tiles_as_in_photos_of_its_height(l
     photo's face shrunk to about 10 pixels) showed 19 of the 24 faces at most, the rest embedded from coarse
     landmarks. Detected in square tiles of its height too, every face is found and embedded as in its photo alone,
     though the tiles do not line up with the photos. Stored sideways without an orientation tag, the strip is told
-    turned from its tiles, though one face lying on its side scored as high as an upright face may (0.72): 15 of
-    its faces had been found lying on their side and embedded as noise, the rest not at all."""
+    turned from its tiles, though one face lying on its side scored as high as an upright face may (0.72): faces
+    had been found lying on their side in 15 of its 24 places, embedded at cosine 0.35 on average to the photo
+    alone, and in the rest none."""
     rows = _one_photo_each(lfw_labels, 24)
     photos = [read_image(lfw / row["path"]) for row in rows]
     alone = []
