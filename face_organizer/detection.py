@@ -99,11 +99,25 @@ TILE_MIN_SIDE = 64
 TILES_AT_MOST = 256
 
 
+def _tile_starts(side: int, length: int) -> list[int]:
+    """Where the square tiles of ``side`` begin along a photo's ``length``: every half of ``side``, the last ending at
+    the photo's end."""
+    return list(range(0, length - side, max(1, side // 2))) + [length - side]
+
+
+def _tile_at(start: int, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the square tile of a photo's shorter side that begins at ``start`` along its length."""
+    h, w = shape[:2]
+    side = min(h, w)
+    return (start, 0, start + side, h) if w >= h else (0, start, w, start + side)
+
+
 def is_panorama(height: int, width: int) -> bool:
     """Whether a photo of this size is elongated enough (``PANORAMA_RATIO``) to be detected in tiles as well, and
     neither too thin nor too long for it (``TILE_MIN_SIDE``, ``TILES_AT_MOST``)."""
     side, length = min(height, width), max(height, width)
-    return side >= TILE_MIN_SIDE and PANORAMA_RATIO * side <= length <= (TILES_AT_MOST + 1) * side / 2
+    return (side >= TILE_MIN_SIDE and length >= PANORAMA_RATIO * side
+            and len(_tile_starts(side, length)) <= TILES_AT_MOST)
 
 
 def panorama_tiles(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
@@ -113,9 +127,7 @@ def panorama_tiles(shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
     h, w = shape[:2]
     if not is_panorama(h, w):
         return []
-    side, length = min(h, w), max(h, w)
-    starts = list(range(0, length - side, max(1, side // 2))) + [length - side]
-    return [(start, 0, start + side, h) if w >= h else (0, start, w, start + side) for start in starts]
+    return [_tile_at(start, shape) for start in _tile_starts(min(h, w), max(h, w))]
 
 
 def tile_around(box: NDArray[np.floating], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -126,8 +138,7 @@ def tile_around(box: NDArray[np.floating], shape: tuple[int, ...]) -> tuple[int,
     side = min(h, w)
     along = 0 if w >= h else 1
     start = int(round((box[along] + box[along + 2]) / 2 - side / 2))
-    start = min(max(0, start), max(h, w) - side)
-    return (start, 0, start + side, h) if w >= h else (0, start, w, start + side)
+    return _tile_at(min(max(0, start), max(h, w) - side), shape)
 
 
 def in_tile(dets: Detections, tile: tuple[int, int, int, int], shape: tuple[int, ...]) -> Detections:

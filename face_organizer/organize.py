@@ -768,6 +768,11 @@ OS_CLUTTER = SYSTEM_FOLDERS | frozenset(name.casefold() for name in (
     "Thumbs.db", "desktop.ini"))
 
 
+def is_os_clutter(name: str) -> bool:
+    """Whether ``name`` is one of ``OS_CLUTTER`` or an AppleDouble ``._`` file."""
+    return name.casefold() in OS_CLUTTER or name.startswith("._")
+
+
 def _has_entries(folder: str) -> bool:
     return _first_entry(folder) is not None
 
@@ -780,7 +785,7 @@ def _first_entry(folder: str) -> str | None:
     with os.scandir(folder) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
             path = os.path.abspath(entry.path)
-            if path in RUN_FILES or entry.name.casefold() in OS_CLUTTER or entry.name.startswith("._"):
+            if path in RUN_FILES or is_os_clutter(entry.name):
                 continue
             if (entry.is_dir(follow_symlinks=False) and any(f.startswith(path + os.sep) for f in RUN_FILES)
                     and not _has_entries(path)):

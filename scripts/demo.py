@@ -22,7 +22,7 @@ from face_organizer.cli import cluster, common, embed  # noqa: E402
 from face_organizer.errors import ModelPackError, SetupError  # noqa: E402
 from face_organizer.faces import load_face_models  # noqa: E402
 from face_organizer.modelpack import resolve_pack  # noqa: E402
-from face_organizer.organize import OS_CLUTTER  # noqa: E402
+from face_organizer.organize import is_os_clutter  # noqa: E402
 from face_organizer.samples import sample_collection  # noqa: E402
 
 SHARED = Path(os.environ.get("FACE_ORGANIZER_SHARED") or Path(__file__).resolve().parents[2] / "shared")
@@ -32,10 +32,6 @@ TESTPACK = SHARED.expanduser().resolve() / "models" / "testpack"
 MARKER = ".face-organizer-demo"
 
 
-def _os_clutter(name: str) -> bool:
-    return name.casefold() in OS_CLUTTER or name.startswith("._")
-
-
 def check_own_folder(out: Path) -> None:
     """Refuse a folder the demo did not make (no ``MARKER``) unless it is empty, or holds only the files an
     operating system leaves in a folder it showed (Finder's ``.DS_Store``, Explorer's ``Thumbs.db``, …; not
@@ -43,7 +39,7 @@ def check_own_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise SetupError(f"--output {out} is a file: name a new folder for the demo")
     held = sorted(name for name in (os.listdir(out) if out.is_dir() else [])
-                  if not (_os_clutter(name) and (out / name).is_file()))
+                  if not (is_os_clutter(name) and (out / name).is_file()))
     if held and MARKER not in held:
         raise SetupError(f"--output {out} holds files the demo did not make (such as {held[0]}), and the demo empties "
                          "its folder before each run: name a new folder")
